@@ -1,0 +1,158 @@
+"""Configuration from the environment, with defaults that work against local services.
+
+Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets are marked
+``dev-insecure``; a deployment that sets ``LEDGERDESK_ENV=production`` refuses to start with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from psycopg2.extensions import make_dsn, parse_dsn
+
+DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-master-k").decode()
+DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
+DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _parse_master_keys(raw: str) -> dict[str, bytes]:
+    """``kid:base64[,kid:base64...]``: the first key wraps new keys, the others still unwrap."""
+    keys: dict[str, bytes] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        kid, sep, b64 = part.partition(":")
+        if not sep or not kid:
+            raise ConfigurationError("LEDGERDESK_MASTER_KEY entries must look like 'key_id:base64'")
+        try:
+            key = base64.b64decode(b64, validate=True)
+        except ValueError as exc:
+            raise ConfigurationError(f"LEDGERDESK_MASTER_KEY {kid!r} is not base64") from exc
+        if len(key) != 32:
+            raise ConfigurationError(f"LEDGERDESK_MASTER_KEY {kid!r} must be 32 bytes")
+        keys[kid] = key
+    if not keys:
+        raise ConfigurationError("LEDGERDESK_MASTER_KEY is empty")
+    return keys
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"
+    amqp_uri: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rabbit_management_url: str = "http://guest:guest@127.0.0.1:15672"
+    # The server-level DSN; each service's databases are derived from it by name.
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    database_prefix: str = "ledgerdesk"
+    master_keys: dict[str, bytes] = field(
+        default_factory=lambda: _parse_master_keys(DEV_MASTER_KEY)
+    )
+    api_key_secret: str = DEV_API_KEY_SECRET
+    operator_token: str = DEV_OPERATOR_TOKEN
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    rpc_timeout: float = 10.0
+    delivery_limit: int = 5
+    max_workers: int = 10
+    regions: tuple[str, ...] = ("uk", "in", "sg")
+    policy_version: str = "2026-01"
+    traces_exporter: str = "none"
+    relay_batch_size: int = 200
+    key_cache_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        base = cls()
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"LEDGERDESK_{name}", default)
+
+        def number(name: str, default: float, kind: type = int):
+            raw = get(name, str(default))
+            try:
+                value = kind(raw)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"LEDGERDESK_{name} must be a number, not {raw!r}"
+                ) from exc
+            if value <= 0:
+                raise ConfigurationError(f"LEDGERDESK_{name} must be positive")
+            return value
+
+        settings = cls(
+            environment=get("ENV", base.environment),
+            amqp_uri=get("AMQP_URI", base.amqp_uri),
+            rabbit_management_url=get("RABBIT_MANAGEMENT_URL", base.rabbit_management_url),
+            database_url=get("DATABASE_URL", base.database_url),
+            database_prefix=get("DATABASE_PREFIX", base.database_prefix),
+            master_keys=_parse_master_keys(get("MASTER_KEY", DEV_MASTER_KEY)),
+            api_key_secret=get("API_KEY_SECRET", base.api_key_secret),
+            operator_token=get("OPERATOR_TOKEN", base.operator_token),
+            gateway_host=get("GATEWAY_HOST", base.gateway_host),
+            gateway_port=number("GATEWAY_PORT", base.gateway_port),
+            rpc_timeout=number("RPC_TIMEOUT", base.rpc_timeout, float),
+            delivery_limit=number("DELIVERY_LIMIT", base.delivery_limit),
+            max_workers=number("MAX_WORKERS", base.max_workers),
+            regions=tuple(
+                r.strip() for r in get("REGIONS", ",".join(base.regions)).split(",") if r.strip()
+            ),
+            policy_version=get("POLICY_VERSION", base.policy_version),
+            traces_exporter=get("TRACES", base.traces_exporter),
+            relay_batch_size=number("RELAY_BATCH_SIZE", base.relay_batch_size),
+            key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not self.database_prefix.replace("_", "").isalnum():
+            raise ConfigurationError(
+                "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
+            )
+        if self.environment == "production":
+            insecure = [
+                name
+                for name, value in (
+                    ("MASTER_KEY", ",".join(self.master_keys)),
+                    ("API_KEY_SECRET", self.api_key_secret),
+                    ("OPERATOR_TOKEN", self.operator_token),
+                )
+                if "dev-insecure" in value
+            ]
+            if insecure:
+                raise ConfigurationError(
+                    "production refuses development secrets: set "
+                    + ", ".join(f"LEDGERDESK_{n}" for n in insecure)
+                )
+
+    @property
+    def current_master_key_id(self) -> str:
+        return next(iter(self.master_keys))
+
+    def database_name(self, service: str, purpose: str = "") -> str:
+        """``<prefix>_<service>`` for its data, ``<prefix>_<service>_keys`` for its keys."""
+        return "_".join(filter(None, (self.database_prefix, service, purpose)))
+
+    def database_dsn(self, service: str, purpose: str = "") -> str:
+        params = parse_dsn(self.database_url)
+        params["dbname"] = self.database_name(service, purpose)
+        return make_dsn(**params)
+
+    def with_overrides(self, **changes) -> Settings:
+        return replace(self, **changes)
+
+    def nameko_config(self) -> dict:
+        """The dict a nameko container is started with; dependencies read ``LEDGERDESK``."""
+        return {
+            "AMQP_URI": self.amqp_uri,
+            "WEB_SERVER_ADDRESS": f"{self.gateway_host}:{self.gateway_port}",
+            "max_workers": self.max_workers,
+            "serializer": "json",
+            "LEDGERDESK": self,
+        }

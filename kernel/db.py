@@ -1,0 +1,126 @@
+"""PostgreSQL access: creating a service's database, a connection pool, transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import psycopg2
+import psycopg2.extras
+import psycopg2.pool
+from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
+
+log = logging.getLogger(__name__)
+
+psycopg2.extras.register_uuid()
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL cannot be reached; the message says where we looked, never a password."""
+
+
+def describe(dsn: str) -> str:
+    params = parse_dsn(dsn)
+    return (
+        f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    )
+
+
+def connect(dsn: str, **kwargs) -> psycopg2.extensions.connection:
+    try:
+        return psycopg2.connect(dsn, **kwargs)
+    except psycopg2.OperationalError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL is not reachable at {describe(dsn)}: {exc}") from exc
+
+
+def ensure_database(server_dsn: str, name: str) -> bool:
+    """Create database ``name`` if it does not exist; True when it was created."""
+    conn = connect(server_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone():
+                return False
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg2.errors.UniqueViolation:
+                return False  # another process created it between our check and create
+            except psycopg2.errors.DuplicateDatabase:
+                return False
+            log.info("created database %s", name)
+            return True
+    finally:
+        conn.close()
+
+
+def drop_database(server_dsn: str, name: str) -> None:
+    conn = connect(server_dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        conn.close()
+
+
+def dsn_for(server_dsn: str, name: str) -> str:
+    params = parse_dsn(server_dsn)
+    params["dbname"] = name
+    return make_dsn(**params)
+
+
+class Database:
+    """A pool of connections to one database; ``transaction()`` is the one way to write."""
+
+    def __init__(self, dsn: str, minconn: int = 1, maxconn: int = 20):
+        self.dsn = dsn
+        try:
+            self._pool = psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, dsn)
+        except psycopg2.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL is not reachable at {describe(dsn)}: {exc}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg2.extensions.connection]:
+        conn = self._pool.getconn()
+        broken = False
+        try:
+            yield conn
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        finally:
+            if not broken and not conn.closed:
+                if conn.status != psycopg2.extensions.STATUS_READY:
+                    conn.rollback()
+            self._pool.putconn(conn, close=broken or bool(conn.closed))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor in one transaction: committed on success, rolled back on any exception."""
+        with self.connection() as conn:
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+
+    def ping(self) -> bool:
+        try:
+            with self.transaction() as cur:
+                cur.execute("SELECT 1")
+            return True
+        except psycopg2.Error:
+            return False
+
+    def close(self) -> None:
+        self._pool.closeall()

@@ -1,0 +1,52 @@
+"""Domain errors every service raises and the gateway maps to HTTP, one table for all.
+
+Registered with nameko so an error raised in a service arrives at the caller as the same
+exception type, not as a generic RemoteError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nameko.exceptions import deserialize_to_instance
+
+
+class DomainError(Exception):
+    """Base of the errors that are part of the API; ``detail`` is safe to show a client."""
+
+    def __init__(self, detail: str = ""):
+        self.detail = detail
+        super().__init__(detail)
+
+
+@deserialize_to_instance
+class NotFound(DomainError):
+    """Absent, or belonging to another tenant: the two are indistinguishable on purpose."""
+
+
+@deserialize_to_instance
+class Conflict(DomainError):
+    """A version conflict or a state that does not allow the change."""
+
+
+@deserialize_to_instance
+class Forbidden(DomainError):
+    pass
+
+
+@deserialize_to_instance
+class Unauthorized(DomainError):
+    pass
+
+
+@deserialize_to_instance
+class ValidationFailed(DomainError):
+    def __init__(self, errors: dict[str, Any], detail: str = "the request is not valid"):
+        self.errors = errors
+        super().__init__(detail)
+        self.args = (errors, detail)
+
+
+@deserialize_to_instance
+class ServiceUnavailable(DomainError):
+    """A dependency (a service, the broker, the database) did not answer in time."""

@@ -1,0 +1,39 @@
+"""The transactional outbox: a message leaves only if the transaction that made it commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import psycopg2.extras
+
+from kernel.envelope import Envelope
+from kernel.topology import EVENTS_EXCHANGE
+
+
+def add(
+    cur: psycopg2.extensions.cursor,
+    envelopes: Sequence[Envelope],
+    exchange: str = EVENTS_EXCHANGE,
+) -> None:
+    """Queue envelopes for the relay, in the caller's transaction.
+
+    Called after the event append (which holds the events lock) so outbox ids follow commit
+    order, and the relay's ``ORDER BY id`` keeps each stream's order.
+    """
+    if not envelopes:
+        return
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO outbox (event_id, stream_id, exchange, routing_key, body) VALUES %s"
+        " ON CONFLICT (event_id) DO NOTHING",
+        [
+            (e.event_id, e.stream_id, exchange, e.routing_key, json.dumps(e.to_dict()))
+            for e in envelopes
+        ],
+    )
+
+
+def pending_count(cur: psycopg2.extensions.cursor) -> int:
+    cur.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    return cur.fetchone()[0]

@@ -1,0 +1,204 @@
+"""The unit of work: one transaction holding appends, read-model updates, outbox and inbox.
+
+Handlers are plain functions ``handler(command, uow)``. Whatever they do through the unit of
+work commits together or not at all: events, projections, messages for other services, and
+the record that an incoming message was handled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+
+from kernel import eventstore, inbox, outbox
+from kernel.aggregate import RecordedEvent
+from kernel.db import Database
+from kernel.envelope import Envelope, EventRegistry, new_envelope
+from kernel.projections import Projection, rebuild
+from kernel.topology import EVENTS_EXCHANGE
+
+if TYPE_CHECKING:
+    from kernel.crypto import FieldCipher
+
+
+class EventSourcedStore:
+    """Everything one service needs to write and read its events; built once per process."""
+
+    def __init__(
+        self,
+        source: str,
+        db: Database,
+        registry: EventRegistry,
+        cipher: FieldCipher | None = None,
+        projections: Sequence[Projection] = (),
+    ):
+        self.source = source
+        self.db = db
+        self.registry = registry
+        self.cipher = cipher
+        self.projections = list(projections)
+
+    def unit_of_work(
+        self, actor_id: str | None = None, trace: dict[str, str] | None = None
+    ) -> UnitOfWork:
+        return UnitOfWork(self, actor_id=actor_id, trace=trace or {})
+
+    def prepare(self, stored: Envelope) -> Envelope:
+        """A stored event as handlers see it: personal fields decrypted (or erased), upcast."""
+        payload = stored.payload
+        if self.cipher is not None:
+            payload = self.cipher.decrypt_fields(payload)
+        return self.registry.upcast(dataclasses.replace(stored, payload=payload))
+
+    def projection(self, name: str) -> Projection:
+        for projection in self.projections:
+            if projection.name == name:
+                return projection
+        raise KeyError(f"{self.source} has no projection {name!r}")
+
+    def rebuild(self, name: str, progress: bool | None = None) -> int:
+        return rebuild(self.db, self.projection(name), self.prepare, progress=progress)
+
+
+class UnitOfWork:
+    def __init__(self, store: EventSourcedStore, actor_id: str | None, trace: dict[str, str]):
+        self._store = store
+        self.actor_id = actor_id
+        self.trace = trace
+        self._conn: psycopg2.extensions.connection | None = None
+        self._conn_cm: Any = None
+        self.cur: psycopg2.extensions.cursor
+        self._appends: list[tuple[str, int, list[Envelope]]] = []
+        self._messages: list[tuple[str, Envelope]] = []
+
+    def __enter__(self) -> UnitOfWork:
+        self._conn_cm = self._store.db.connection()
+        self._conn = self._conn_cm.__enter__()
+        self.cur = self._conn.cursor()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
+        finally:
+            self.cur.close()
+            self._conn_cm.__exit__(exc_type, exc, tb)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def load(self, stream_id: str) -> list[Envelope]:
+        """A stream's events, decrypted and upcast, including what this unit already appended."""
+        stored = eventstore.read_stream(self.cur, stream_id)
+        pending = [e for s, _, es in self._appends if s == stream_id for e in es]
+        return [self._store.prepare(e) for e in stored + pending]
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[RecordedEvent],
+        tenant_id: uuid.UUID | None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Envelope]:
+        """Validate, project and queue events; they are stored at commit.
+
+        Returns the envelopes as handlers see them (plaintext payloads).
+        """
+        plain: list[Envelope] = []
+        stored: list[Envelope] = []
+        for offset, recorded in enumerate(events, start=1):
+            event_type = self._store.registry[recorded.type]
+            payload = event_type.validate(recorded.payload)
+            envelope = new_envelope(
+                type=recorded.type,
+                schema_version=event_type.latest,
+                source=self._store.source,
+                stream_id=stream_id,
+                stream_version=expected_version + offset,
+                tenant_id=tenant_id,
+                actor_id=self.actor_id,
+                payload=_jsonable(payload),
+                trace=self.trace,
+                metadata=metadata,
+            )
+            plain.append(envelope)
+            for projection in self._store.projections:
+                if projection.handles(envelope):
+                    projection.apply(self.cur, envelope)
+            encrypted = envelope
+            if event_type.personal_fields:
+                if self._store.cipher is None:
+                    raise RuntimeError(f"{recorded.type} holds personal data but no cipher is set")
+                encrypted = dataclasses.replace(
+                    envelope,
+                    payload=self._store.cipher.encrypt_fields(
+                        envelope.payload,
+                        event_type.personal_fields,
+                        tenant_id=tenant_id,
+                        subject_id=envelope.payload[event_type.subject_field],
+                    ),
+                )
+            stored.append(encrypted)
+            if event_type.published:
+                public = {
+                    k: v for k, v in envelope.payload.items() if k not in event_type.personal_fields
+                }
+                self._messages.append(
+                    (EVENTS_EXCHANGE, dataclasses.replace(envelope, payload=public))
+                )
+        self._appends.append((stream_id, expected_version, stored))
+        return plain
+
+    def publish(self, envelope: Envelope, exchange: str = EVENTS_EXCHANGE) -> None:
+        """Send a message that is not one of our stored events (a command, a reply)."""
+        self._messages.append((exchange, envelope))
+
+    def first_delivery(self, consumer: str, message_id: uuid.UUID) -> bool:
+        return inbox.first_delivery(self.cur, consumer, message_id)
+
+    def commit(self) -> None:
+        assert self._conn is not None
+        try:
+            # The events lock is taken last so it is held only for the inserts and the commit.
+            for stream_id, expected_version, envelopes in self._appends:
+                eventstore.append(self.cur, stream_id, expected_version, envelopes)
+            by_exchange: dict[str, list[Envelope]] = {}
+            for exchange, envelope in self._messages:
+                by_exchange.setdefault(exchange, []).append(envelope)
+            for exchange, envelopes in by_exchange.items():
+                outbox.add(self.cur, envelopes, exchange)
+            self._conn.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        finally:
+            self._appends.clear()
+            self._messages.clear()
+
+    def rollback(self) -> None:
+        self._appends.clear()
+        self._messages.clear()
+        if self._conn is not None and not self._conn.closed:
+            self._conn.rollback()
+
+
+def _jsonable(value: Any) -> Any:
+    """Validated payloads may hold UUIDs and datetimes; events are stored as plain JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value

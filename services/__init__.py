@@ -1,0 +1,1 @@
+"""The Ledgerdesk services; ``services.platform`` lists them and runs them together."""

@@ -1,0 +1,173 @@
+"""The platform: which services exist, their topology, and ``make run``.
+
+``python -m services.platform run`` checks RabbitMQ and PostgreSQL, creates and migrates every
+service's databases, declares the broker topology, starts every service and the gateway as
+processes, prints where to reach the gateway, and stops them all on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from kernel import topology
+from kernel.config import ConfigurationError, Settings
+from kernel.db import DatabaseUnavailable, connect
+from kernel.nameko_adapters import prepare_databases
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> the nameko service class; every service owns its databases and migrations folder.
+SERVICES: dict[str, str] = {
+    "accounts": "services.accounts.service:AccountsService",
+}
+GATEWAY = "gateway.service:GatewayService"
+
+
+def subscriptions() -> list[topology.Subscription]:
+    """Every consumer queue of the platform, from each service's ``subscriptions`` module."""
+    found: list[topology.Subscription] = []
+    for name in SERVICES:
+        try:
+            module = importlib.import_module(f"services.{name}.subscriptions")
+        except ModuleNotFoundError:
+            continue
+        found.extend(module.SUBSCRIPTIONS)
+    return found
+
+
+def migrations_of(name: str) -> Path | None:
+    folder = ROOT / "services" / name / "migrations"
+    return folder if folder.is_dir() else None
+
+
+def check_dependencies(settings: Settings) -> list[str]:
+    problems = []
+    try:
+        connect(settings.database_url, connect_timeout=3).close()
+    except DatabaseUnavailable as exc:
+        problems.append(f"{exc}\n  start it, or point LEDGERDESK_DATABASE_URL at one")
+    from kombu import Connection
+
+    try:
+        with Connection(settings.amqp_uri, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # any failure to connect is reported the same way
+        host = settings.amqp_uri.rsplit("@", 1)[-1]
+        problems.append(
+            f"RabbitMQ is not reachable at {host}: {exc}\n"
+            "  start it, or point LEDGERDESK_AMQP_URI at one"
+        )
+    return problems
+
+
+def prepare(settings: Settings) -> None:
+    """Databases and topology, before any process starts: nothing is published to no queue."""
+    for name in SERVICES:
+        prepare_databases(settings, name, migrations_of(name))
+    topology.declare(settings.amqp_uri, subscriptions(), settings.delivery_limit)
+
+
+def start_processes(env: dict[str, str] | None = None) -> dict[str, subprocess.Popen]:
+    processes = {}
+    for name, path in {**SERVICES, "gateway": GATEWAY}.items():
+        processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "kernel.runner", path],
+            cwd=ROOT,
+            # Their own process group: Ctrl-C reaches the launcher only, which stops each
+            # service with SIGTERM (graceful) rather than all of them racing on SIGINT.
+            start_new_session=True,
+            env=env if env is not None else os.environ.copy(),
+        )
+    return processes
+
+
+def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 20.0) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes.values():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until_ready(url: str, processes: dict[str, subprocess.Popen], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes.values()):
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def run(settings: Settings) -> int:
+    problems = check_dependencies(settings)
+    if problems:
+        print("Ledgerdesk cannot start:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
+        return 1
+    prepare(settings)
+    processes = start_processes()
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        if not wait_until_ready(url, processes, timeout=60):
+            failed = [n for n, p in processes.items() if p.poll() is not None]
+            print(
+                f"Ledgerdesk did not become ready (stopped: {', '.join(failed) or 'none'})",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"\nLedgerdesk is running: {url}  (API spec: {url}/v1/openapi.json)")
+        print(f"Services: {', '.join(SERVICES)}, gateway. Press Ctrl-C to stop.\n", flush=True)
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(0.5)
+        failed = [n for n, p in processes.items() if p.poll() is not None]
+        print(f"stopping: {', '.join(failed)} exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping Ledgerdesk ...", flush=True)
+        return 0
+    finally:
+        stop_processes(processes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run every service and the gateway")
+    sub.add_parser("prepare", help="create and migrate databases, declare the broker topology")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as exc:
+        print(f"configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "prepare":
+        prepare(settings)
+        return 0
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
