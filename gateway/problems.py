@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import traceback
 from typing import Any
 
 from werkzeug.wrappers import Response
@@ -62,5 +63,10 @@ def from_exception(exc: BaseException) -> Response:
                 return problem(status, title, detail, headers={"WWW-Authenticate": "Bearer"})
             return problem(status, title, detail, errors=getattr(exc, "errors", None))
     # A bug: the client learns nothing of the internals; the log keeps the type, not the data.
-    log.error("unhandled %s in the gateway", type(exc).__name__, exc_info=exc)
+    # The frames say where; the message is left out, as it may quote request data.
+    log.error(
+        "unhandled %s in the gateway at\n%s",
+        type(exc).__name__,
+        "".join(traceback.format_tb(exc.__traceback__)),
+    )
     return problem(500, "Internal server error", "an unexpected error occurred")

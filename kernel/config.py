@@ -7,6 +7,7 @@ Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets 
 from __future__ import annotations
 
 import base64
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from psycopg2.extensions import make_dsn, parse_dsn
 
 DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-master-k").decode()
+_DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
 DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
 
@@ -81,12 +83,12 @@ class Settings:
                 raise ConfigurationError(
                     f"LEDGERDESK_{name} must be a number, not {raw!r}"
                 ) from exc
-            if value <= 0:
+            if not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(f"LEDGERDESK_{name} must be positive")
             return value
 
         settings = cls(
-            environment=get("ENV", base.environment),
+            environment=get("ENV", base.environment).strip().lower(),
             amqp_uri=get("AMQP_URI", base.amqp_uri),
             rabbit_management_url=get("RABBIT_MANAGEMENT_URL", base.rabbit_management_url),
             database_url=get("DATABASE_URL", base.database_url),
@@ -111,6 +113,10 @@ class Settings:
         return settings
 
     def check(self) -> None:
+        if not 0 < self.gateway_port < 65536:
+            raise ConfigurationError("LEDGERDESK_GATEWAY_PORT must be a TCP port (1-65535)")
+        if not self.regions:
+            raise ConfigurationError("LEDGERDESK_REGIONS must name at least one region")
         if not self.database_prefix.replace("_", "").isalnum():
             raise ConfigurationError(
                 "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
@@ -119,7 +125,12 @@ class Settings:
             insecure = [
                 name
                 for name, value in (
-                    ("MASTER_KEY", ",".join(self.master_keys)),
+                    (
+                        "MASTER_KEY",
+                        "dev-insecure"
+                        if _DEV_KEY_BYTES in self.master_keys.values()
+                        else ",".join(self.master_keys),
+                    ),
                     ("API_KEY_SECRET", self.api_key_secret),
                     ("OPERATOR_TOKEN", self.operator_token),
                 )

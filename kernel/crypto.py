@@ -451,6 +451,11 @@ class FieldCipher:
     def __init__(self, keystore: Keystore) -> None:
         self._keystore = keystore
 
+    @property
+    def keystore(self) -> Keystore:
+        """The keystore, for privacy commands that shred a subject or a tenant."""
+        return self._keystore
+
     def encrypt_fields(
         self,
         payload: dict,

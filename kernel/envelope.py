@@ -39,12 +39,13 @@ class EnvelopeSchema(Schema):
     envelope_version = fields.Integer(required=True, validate=validate.Equal(ENVELOPE_VERSION))
     event_id = fields.UUID(required=True)
     type = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9_]{0,63}$"))
-    schema_version = fields.Integer(required=True, validate=validate.Range(min=1))
+    schema_version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     source = fields.String(required=True, validate=validate.Regexp(r"^[a-z][a-z0-9_-]{0,63}$"))
     stream_id = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    stream_version = fields.Integer(required=True, validate=validate.Range(min=1))
+    stream_version = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     tenant_id = fields.UUID(required=True, allow_none=True)
-    occurred_at = fields.AwareDateTime(required=True, default_timezone=dt.UTC)
+    # A time without a zone is ambiguous: refused, not guessed.
+    occurred_at = fields.AwareDateTime(required=True)
     actor_id = fields.String(required=True, allow_none=True)
     trace = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     payload = fields.Dict(keys=fields.String(), required=True)
@@ -183,6 +184,8 @@ def new_envelope(
     metadata: dict[str, Any] | None = None,
     occurred_at: dt.datetime | None = None,
 ) -> Envelope:
+    if occurred_at is not None and occurred_at.utcoffset() is None:
+        raise ValueError("occurred_at must carry a time zone")
     return Envelope(
         event_id=uuid.uuid4(),
         type=type,

@@ -367,10 +367,15 @@ class Tracing(DependencyProvider):
         if kind is SpanKind.CONSUMER:
             args = getattr(worker_ctx, "args", None) or ()
             envelope = args[0] if args else None
-            if isinstance(envelope, Mapping):
+            trace_of = (
+                envelope.get("trace")
+                if isinstance(envelope, Mapping)
+                else getattr(envelope, "trace", None)
+            )
+            if trace_of:
                 # The envelope is authoritative for events: it was stamped where the
                 # event was produced, whereas AMQP headers describe the relay.
-                carrier = _clean_carrier(envelope.get("trace"))
+                carrier = _clean_carrier(trace_of)
                 if carrier:
                     return carrier
         return _clean_carrier(getattr(worker_ctx, "data", None))

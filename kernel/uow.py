@@ -51,7 +51,7 @@ class EventSourcedStore:
         """A stored event as handlers see it: personal fields decrypted (or erased), upcast."""
         payload = stored.payload
         if self.cipher is not None:
-            payload = self.cipher.decrypt_fields(payload)
+            payload = self.cipher.decrypt_fields(payload, tenant_id=stored.tenant_id)
         return self.registry.upcast(dataclasses.replace(stored, payload=payload))
 
     def projection(self, name: str) -> Projection:

@@ -3,6 +3,13 @@
 from marshmallow import RAISE, Schema, fields, validate
 
 
+class StrictBoolean(fields.Boolean):
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class SignUpAdmin(Schema):
     class Meta:
         unknown = RAISE
@@ -21,5 +28,5 @@ class SignUpV1(Schema):
     region = fields.String(required=True, validate=validate.Length(min=1, max=20))
     admin = fields.Nested(SignUpAdmin, required=True)
     # Only a JSON boolean: "yes" or 1 is not an attestation.
-    age_confirmed = fields.Boolean(required=True, truthy={True}, falsy={False})
+    age_confirmed = StrictBoolean(required=True)
     accept_policy_version = fields.String(required=True, validate=validate.Length(min=1, max=50))

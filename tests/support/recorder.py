@@ -6,6 +6,7 @@ inbox absorbed are counted in ``duplicates``, proving redeliveries happened.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from kernel.envelope import Envelope, EventRegistry
@@ -27,10 +28,13 @@ class RecorderService:
         EventRegistry(), migrations=Path(__file__).parent / "migrations", run_relay=False
     )
     tracing = Tracing()
+    # In-process tests read how often each poison message was attempted.
+    poison_attempts: Counter[str] = Counter()
 
     @consume_events(SUBSCRIPTION)
     def record(self, event: Envelope) -> None:
         if event.payload.get("poison"):
+            self.poison_attempts[str(event.event_id)] += 1
             raise PoisonMessage("this message always fails")
         with self.store.unit_of_work() as uow:
             if not uow.first_delivery("recorder.record", event.event_id):

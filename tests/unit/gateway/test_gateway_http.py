@@ -1,0 +1,307 @@
+"""Unit tests for the gateway's problem+json mapping and JSON body reading (no server)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from marshmallow import Schema, fields
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request, Response
+
+from gateway import problems
+from gateway.http import MAX_BODY_BYTES, ApiHandler, json_response, read_json
+from kernel import errors
+from kernel.envelope import MalformedEnvelope
+from services.accounts.commands import SignUpV1
+
+
+def body(response: Response) -> dict[str, Any]:
+    return json.loads(response.get_data())
+
+
+# --- problems --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "title"),
+    [
+        (problems.BadJson("the body is not valid JSON"), 400, "Malformed JSON"),
+        (errors.Forbidden("agents may not do that"), 403, "Forbidden"),
+        (errors.NotFound("no such ticket"), 404, "Not found"),
+        (errors.Conflict("stale version"), 409, "Conflict"),
+        (problems.PayloadTooLarge("too big"), 413, "Payload too large"),
+        (errors.ServiceUnavailable("accounts did not answer"), 503, "Service unavailable"),
+    ],
+)
+def test_each_domain_error_maps_to_its_status(exc: errors.DomainError, status: int, title: str):
+    response = problems.from_exception(exc)
+
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert body(response) == {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": exc.detail,
+    }
+    assert "WWW-Authenticate" not in response.headers
+
+
+def test_unauthorized_is_401_with_a_bearer_challenge():
+    response = problems.from_exception(errors.Unauthorized("a bearer API key is required"))
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert body(response) == {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "a bearer API key is required",
+    }
+
+
+def test_validation_failed_is_422_with_its_errors():
+    exc = errors.ValidationFailed({"region": ["must be one of: uk"], "admin": {"email": ["bad"]}})
+
+    response = problems.from_exception(exc)
+
+    assert response.status_code == 422
+    assert body(response) == {
+        "type": "about:blank",
+        "title": "Validation failed",
+        "status": 422,
+        "detail": "the request is not valid",
+        "errors": {"region": ["must be one of: uk"], "admin": {"email": ["bad"]}},
+    }
+
+
+def test_an_empty_detail_falls_back_to_the_title():
+    assert body(problems.from_exception(errors.NotFound()))["detail"] == "Not found"
+
+
+def test_an_error_that_came_back_over_rpc_maps_the_same_way():
+    from nameko.exceptions import deserialize, serialize
+
+    received = deserialize(json.loads(json.dumps(serialize(errors.Conflict("v3 expected")))))
+
+    response = problems.from_exception(received)
+
+    assert (response.status_code, body(response)["detail"]) == (409, "v3 expected")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("password=hunter2 at db.internal:5432"),
+        KeyError("alice@example.com"),
+        MalformedEnvelope({"payload": ["secret detail"]}),
+        errors.DomainError("an unmapped domain error"),
+    ],
+)
+def test_anything_else_is_a_500_that_reveals_nothing(exc: BaseException, caplog):
+    with caplog.at_level(logging.ERROR, logger="gateway.problems"):
+        response = problems.from_exception(exc)
+
+    assert response.status_code == 500
+    assert body(response) == {
+        "type": "about:blank",
+        "title": "Internal server error",
+        "status": 500,
+        "detail": "an unexpected error occurred",
+    }
+    for secret in ("hunter2", "alice@example.com", "secret detail", "unmapped"):
+        assert secret not in response.get_data(as_text=True)
+    assert [record.getMessage().split(" at\n")[0] for record in caplog.records] == [
+        f"unhandled {type(exc).__name__} in the gateway"
+    ]
+
+
+def test_the_500_log_keeps_the_type_not_the_data(caplog):
+    with caplog.at_level(logging.ERROR, logger="gateway.problems"):
+        problems.from_exception(RuntimeError("alice@example.com"))
+
+    assert "RuntimeError" in caplog.text
+    assert "alice@example.com" not in caplog.text
+
+
+def test_the_problem_table_lists_subclasses_before_their_bases():
+    types = [exc_type for exc_type, _, _ in problems.PROBLEMS]
+    for i, earlier in enumerate(types):
+        for later in types[i + 1 :]:
+            assert not issubclass(later, earlier), f"{later.__name__} is shadowed by {earlier}"
+
+
+def test_problem_helper_with_headers_and_errors():
+    response = problems.problem(429, "Too many", errors={"x": []}, headers={"Retry-After": "3"})
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+    assert body(response) == {
+        "type": "about:blank",
+        "title": "Too many",
+        "status": 429,
+        "detail": "Too many",
+        "errors": {"x": []},
+    }
+
+
+def test_api_handler_answers_exceptions_with_problems():
+    handler = ApiHandler("POST", "/v1/things")
+
+    assert handler.expected_exceptions is errors.DomainError
+    response = handler.response_from_exception(errors.Forbidden("no"))
+    assert (response.status_code, body(response)["title"]) == (403, "Forbidden")
+    assert handler.response_from_exception(ValueError("x")).status_code == 500
+
+
+def test_json_response():
+    response = json_response(201, {"id": "t-1"}, headers={"Location": "/v1/tenant"})
+
+    assert response.status_code == 201
+    assert response.mimetype == "application/json"
+    assert response.headers["Location"] == "/v1/tenant"
+    assert json.loads(response.get_data()) == {"id": "t-1"}
+
+
+# --- read_json -------------------------------------------------------------------------------
+
+
+class Thing(Schema):
+    name = fields.String(required=True)
+    count = fields.Integer(load_default=1)
+
+    class Meta:
+        unknown = "raise"
+
+
+def post(data: bytes | str | None = None, **kwargs: Any) -> Request:
+    return EnvironBuilder(
+        method="POST", path="/v1/things", data=data, content_type="application/json", **kwargs
+    ).get_request()
+
+
+class ExplodingStream(io.RawIOBase):
+    """A body that must never be read."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        raise AssertionError("the body was read")
+
+
+def test_read_json_loads_through_the_schema():
+    assert read_json(post(b'{"name": "printer"}'), Thing()) == {"name": "printer", "count": 1}
+
+
+def test_read_json_with_the_sign_up_command():
+    command = {
+        "company": "Acme",
+        "region": "uk",
+        "admin": {"name": "Ada", "email": "ada@example.com"},
+        "age_confirmed": True,
+        "accept_policy_version": "2026-01",
+    }
+    request = EnvironBuilder(method="POST", json=command).get_request()
+
+    assert read_json(request, SignUpV1()) == command
+
+
+@pytest.mark.parametrize("raw", [b"{", b'{"name": }', b"{'name': 'x'}", b"\xff\xfe\x00", b"nul"])
+def test_malformed_json_is_a_400(raw: bytes):
+    with pytest.raises(problems.BadJson) as info:
+        read_json(post(raw), Thing())
+
+    response = problems.from_exception(info.value)
+    assert response.status_code == 400
+    assert body(response)["detail"] == "the body is not valid JSON"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"null", b"[]", b'[{"name": "x"}]', b'"name"', b"42", b"true"]
+)
+def test_a_body_that_is_not_an_object_is_a_422(raw: bytes):
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(post(raw), Thing())
+
+    assert info.value.errors == {"_schema": ["the body must be a JSON object"]}
+    assert problems.from_exception(info.value).status_code == 422
+
+
+def test_schema_errors_are_a_422_naming_the_fields():
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(post(b'{"count": "many", "owner": "eve"}'), Thing())
+
+    assert info.value.errors == {
+        "name": ["Missing data for required field."],
+        "count": ["Not a valid integer."],
+        "owner": ["Unknown field."],
+    }
+    response = problems.from_exception(info.value)
+    assert response.status_code == 422
+    assert body(response)["errors"] == info.value.errors
+
+
+def test_a_sign_up_with_an_unknown_field_is_refused():
+    request = EnvironBuilder(
+        method="POST",
+        json={
+            "company": "Acme",
+            "region": "uk",
+            "admin": {"name": "Ada", "email": "ada@example.com"},
+            "age_confirmed": "yes",
+            "accept_policy_version": "2026-01",
+            "plan": "enterprise",
+        },
+    ).get_request()
+
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(request, SignUpV1())
+
+    assert info.value.errors == {
+        "age_confirmed": ["Not a valid boolean."],
+        "plan": ["Unknown field."],
+    }
+
+
+def test_a_declared_oversized_body_is_a_413_before_it_is_read():
+    environ = EnvironBuilder(method="POST", data=b"{}").get_environ()
+    environ["CONTENT_LENGTH"] = str(MAX_BODY_BYTES + 1)
+    environ["wsgi.input"] = ExplodingStream()
+
+    with pytest.raises(problems.PayloadTooLarge) as info:
+        read_json(Request(environ), Thing())
+
+    assert info.value.detail == f"the body may be at most {MAX_BODY_BYTES} bytes"
+    assert problems.from_exception(info.value).status_code == 413
+
+
+def test_a_real_oversized_body_is_a_413():
+    raw = b'{"name": "' + b"x" * MAX_BODY_BYTES + b'"}'
+
+    with pytest.raises(problems.PayloadTooLarge):
+        read_json(post(raw), Thing())
+
+
+def test_an_oversized_body_without_a_length_is_a_413():
+    raw = b'{"name": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    environ = EnvironBuilder(method="POST", input_stream=io.BytesIO(raw)).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True  # a server that delimits chunked bodies itself
+    request = Request(environ)
+    assert request.content_length is None
+
+    with pytest.raises(problems.PayloadTooLarge):
+        read_json(request, Thing())
+
+
+def test_a_body_of_exactly_the_limit_is_read():
+    padding = MAX_BODY_BYTES - len(b'{"name": ""}')
+    raw = b'{"name": "' + b"x" * padding + b'"}'
+    assert len(raw) == MAX_BODY_BYTES
+
+    assert read_json(post(raw), Thing())["name"] == "x" * padding

@@ -1,0 +1,347 @@
+"""Unit tests for kernel.config: settings come from a mapping here, never from os.environ."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import pytest
+from psycopg2.extensions import parse_dsn
+
+from kernel.config import (
+    DEV_API_KEY_SECRET,
+    DEV_MASTER_KEY,
+    DEV_OPERATOR_TOKEN,
+    ConfigurationError,
+    Settings,
+)
+
+KEY_A = bytes(range(32))
+KEY_B = bytes(range(100, 132))
+B64_A = base64.b64encode(KEY_A).decode()
+B64_B = base64.b64encode(KEY_B).decode()
+
+PRODUCTION_SECRETS = {
+    "LEDGERDESK_ENV": "production",
+    "LEDGERDESK_MASTER_KEY": f"prod-2026:{B64_A}",
+    "LEDGERDESK_API_KEY_SECRET": "a-real-api-key-secret",
+    "LEDGERDESK_OPERATOR_TOKEN": "a-real-operator-token",
+}
+
+
+def test_an_empty_environment_gives_the_development_defaults():
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.environment == "development"
+    assert settings.master_keys == {"dev-insecure": b"ledgerdesk-dev-insecure-master-k"}
+    assert settings.current_master_key_id == "dev-insecure"
+    assert settings.api_key_secret == DEV_API_KEY_SECRET
+    assert settings.operator_token == DEV_OPERATOR_TOKEN
+    assert settings.regions == ("uk", "in", "sg")
+    assert settings.gateway_port == 8000
+    assert settings.rpc_timeout == 10.0
+
+
+def test_from_env_reads_only_the_given_mapping(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LEDGERDESK_GATEWAY_PORT", "9999")
+
+    assert Settings.from_env({}).gateway_port == 8000
+    assert Settings.from_env({"LEDGERDESK_GATEWAY_PORT": "8123"}).gateway_port == 8123
+
+
+def test_every_setting_is_read_from_its_variable():
+    settings = Settings.from_env(
+        {
+            "LEDGERDESK_ENV": "staging",
+            "LEDGERDESK_AMQP_URI": "amqp://u:p@rabbit:5672/ld",
+            "LEDGERDESK_RABBIT_MANAGEMENT_URL": "http://u:p@rabbit:15672",
+            "LEDGERDESK_DATABASE_URL": "postgresql://u:p@db:5433/postgres",
+            "LEDGERDESK_DATABASE_PREFIX": "ld_test",
+            "LEDGERDESK_MASTER_KEY": f"k1:{B64_A}",
+            "LEDGERDESK_API_KEY_SECRET": "s3cret",
+            "LEDGERDESK_OPERATOR_TOKEN": "op",
+            "LEDGERDESK_GATEWAY_HOST": "0.0.0.0",
+            "LEDGERDESK_GATEWAY_PORT": "8080",
+            "LEDGERDESK_RPC_TIMEOUT": "2.5",
+            "LEDGERDESK_DELIVERY_LIMIT": "3",
+            "LEDGERDESK_MAX_WORKERS": "4",
+            "LEDGERDESK_REGIONS": "uk,us",
+            "LEDGERDESK_POLICY_VERSION": "2027-01",
+            "LEDGERDESK_TRACES": "otlp",
+            "LEDGERDESK_RELAY_BATCH_SIZE": "50",
+            "LEDGERDESK_KEY_CACHE_SECONDS": "0.5",
+        }
+    )
+
+    assert settings == Settings(
+        environment="staging",
+        amqp_uri="amqp://u:p@rabbit:5672/ld",
+        rabbit_management_url="http://u:p@rabbit:15672",
+        database_url="postgresql://u:p@db:5433/postgres",
+        database_prefix="ld_test",
+        master_keys={"k1": KEY_A},
+        api_key_secret="s3cret",
+        operator_token="op",
+        gateway_host="0.0.0.0",
+        gateway_port=8080,
+        rpc_timeout=2.5,
+        delivery_limit=3,
+        max_workers=4,
+        regions=("uk", "us"),
+        policy_version="2027-01",
+        traces_exporter="otlp",
+        relay_batch_size=50,
+        key_cache_seconds=0.5,
+    )
+    assert isinstance(settings.gateway_port, int)
+    assert isinstance(settings.rpc_timeout, float)
+
+
+def test_regions_are_trimmed_and_empty_entries_dropped():
+    assert Settings.from_env({"LEDGERDESK_REGIONS": " uk , ,sg ,"}).regions == ("uk", "sg")
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("GATEWAY_PORT", "eighty"),
+        ("GATEWAY_PORT", "80.5"),
+        ("GATEWAY_PORT", ""),
+        ("DELIVERY_LIMIT", "5x"),
+        ("MAX_WORKERS", "ten"),
+        ("RELAY_BATCH_SIZE", "1e3"),
+        ("RPC_TIMEOUT", "soon"),
+        ("KEY_CACHE_SECONDS", "30s"),
+    ],
+)
+def test_a_non_number_names_the_variable(name: str, raw: str):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({f"LEDGERDESK_{name}": raw})
+
+    assert str(info.value) == f"LEDGERDESK_{name} must be a number, not {raw!r}"
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("GATEWAY_PORT", "0"),
+        ("DELIVERY_LIMIT", "-1"),
+        ("MAX_WORKERS", "0"),
+        ("RELAY_BATCH_SIZE", "-200"),
+        ("RPC_TIMEOUT", "0.0"),
+        ("KEY_CACHE_SECONDS", "-0.1"),
+    ],
+)
+def test_a_number_must_be_positive(name: str, raw: str):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({f"LEDGERDESK_{name}": raw})
+
+    assert str(info.value) == f"LEDGERDESK_{name} must be positive"
+
+
+def test_a_nan_timeout_is_refused():
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({"LEDGERDESK_RPC_TIMEOUT": "nan"})
+
+
+# --- master keys -----------------------------------------------------------------------------
+
+
+def test_master_keys_keep_their_order_and_the_first_is_current():
+    settings = Settings.from_env({"LEDGERDESK_MASTER_KEY": f" new:{B64_B} , old:{B64_A} ,"})
+
+    assert settings.master_keys == {"new": KEY_B, "old": KEY_A}
+    assert list(settings.master_keys) == ["new", "old"]
+    assert settings.current_master_key_id == "new"
+
+
+def test_the_dev_master_key_parses_to_32_bytes():
+    settings = Settings.from_env({"LEDGERDESK_MASTER_KEY": DEV_MASTER_KEY})
+
+    assert len(settings.master_keys["dev-insecure"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("no-separator", "LEDGERDESK_MASTER_KEY entries must look like 'key_id:base64'"),
+        (f":{B64_A}", "LEDGERDESK_MASTER_KEY entries must look like 'key_id:base64'"),
+        (f"ok:{B64_A},broken", "LEDGERDESK_MASTER_KEY entries must look like 'key_id:base64'"),
+        ("k1:not base64!", "LEDGERDESK_MASTER_KEY 'k1' is not base64"),
+        (
+            "k1:" + base64.b64encode(b"x" * 16).decode(),
+            "LEDGERDESK_MASTER_KEY 'k1' must be 32 bytes",
+        ),
+        (
+            "k1:" + base64.b64encode(b"x" * 33).decode(),
+            "LEDGERDESK_MASTER_KEY 'k1' must be 32 bytes",
+        ),
+        ("k1:", "LEDGERDESK_MASTER_KEY 'k1' must be 32 bytes"),
+        ("", "LEDGERDESK_MASTER_KEY is empty"),
+        (" , ,", "LEDGERDESK_MASTER_KEY is empty"),
+    ],
+)
+def test_a_malformed_master_key_names_the_problem(raw: str, message: str):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"LEDGERDESK_MASTER_KEY": raw})
+
+    assert str(info.value) == message
+
+
+def test_a_malformed_master_key_message_does_not_leak_key_material():
+    short = base64.b64encode(b"top-secret-bytes").decode()
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"LEDGERDESK_MASTER_KEY": f"k1:{short}"})
+
+    assert short not in str(info.value)
+
+
+# --- production ------------------------------------------------------------------------------
+
+
+def test_production_with_real_secrets_starts():
+    settings = Settings.from_env(PRODUCTION_SECRETS)
+
+    assert settings.environment == "production"
+    assert settings.master_keys == {"prod-2026": KEY_A}
+
+
+def test_production_refuses_all_development_secrets_and_names_them():
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"LEDGERDESK_ENV": "production"})
+
+    assert str(info.value) == (
+        "production refuses development secrets: set LEDGERDESK_MASTER_KEY, "
+        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MASTER_KEY", DEV_MASTER_KEY),
+        ("MASTER_KEY", f"prod:{B64_A},{DEV_MASTER_KEY}"),
+        ("API_KEY_SECRET", DEV_API_KEY_SECRET),
+        ("OPERATOR_TOKEN", DEV_OPERATOR_TOKEN),
+    ],
+)
+def test_production_refuses_each_development_secret(name: str, value: str):
+    env = {**PRODUCTION_SECRETS, f"LEDGERDESK_{name}": value}
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+
+    assert str(info.value) == f"production refuses development secrets: set LEDGERDESK_{name}"
+
+
+@pytest.mark.parametrize("name", ["MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN"])
+def test_production_refuses_a_missing_secret_because_the_default_is_insecure(name: str):
+    env = {k: v for k, v in PRODUCTION_SECRETS.items() if k != f"LEDGERDESK_{name}"}
+
+    with pytest.raises(ConfigurationError, match=f"LEDGERDESK_{name}$"):
+        Settings.from_env(env)
+
+
+def test_development_accepts_development_secrets():
+    assert Settings.from_env({"LEDGERDESK_ENV": "development"}).api_key_secret == (
+        DEV_API_KEY_SECRET
+    )
+
+
+def test_production_refuses_the_development_key_material_under_another_id():
+    dev_b64 = DEV_MASTER_KEY.partition(":")[2]
+    env = {**PRODUCTION_SECRETS, "LEDGERDESK_MASTER_KEY": f"prod:{dev_b64}"}
+
+    with pytest.raises(ConfigurationError):
+        Settings.from_env(env)
+
+
+def test_check_runs_again_on_a_constructed_settings():
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_API_KEY_SECRET"):
+        Settings(environment="production", master_keys={"p": KEY_A}, operator_token="real").check()
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["ledger-desk", "ledger desk", "", "ld;drop", 'ld"x'])
+def test_a_database_prefix_outside_letters_digits_underscore_is_refused(prefix: str):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"LEDGERDESK_DATABASE_PREFIX": prefix})
+
+    assert str(info.value) == "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
+
+
+def test_database_names():
+    settings = Settings.from_env({"LEDGERDESK_DATABASE_PREFIX": "ld_ci"})
+
+    assert settings.database_name("accounts") == "ld_ci_accounts"
+    assert settings.database_name("accounts", "keys") == "ld_ci_accounts_keys"
+
+
+def test_database_dsn_keeps_the_server_and_swaps_the_database():
+    settings = Settings.from_env(
+        {
+            "LEDGERDESK_DATABASE_URL": "postgresql://alice:pw@db.internal:5433/postgres?sslmode=require"
+        }
+    )
+
+    assert parse_dsn(settings.database_dsn("tickets", "keys")) == {
+        "user": "alice",
+        "password": "pw",
+        "host": "db.internal",
+        "port": "5433",
+        "dbname": "ledgerdesk_tickets_keys",
+        "sslmode": "require",
+    }
+    assert parse_dsn(settings.database_dsn("tickets"))["dbname"] == "ledgerdesk_tickets"
+
+
+def test_database_dsn_from_the_default_url():
+    assert parse_dsn(Settings().database_dsn("accounts")) == {
+        "user": "postgres",
+        "host": "127.0.0.1",
+        "port": "5432",
+        "dbname": "ledgerdesk_accounts",
+    }
+
+
+# --- nameko ----------------------------------------------------------------------------------
+
+
+def test_nameko_config():
+    settings = Settings.from_env(
+        {
+            "LEDGERDESK_AMQP_URI": "amqp://u:p@rabbit:5672/vh",
+            "LEDGERDESK_GATEWAY_HOST": "0.0.0.0",
+            "LEDGERDESK_GATEWAY_PORT": "8081",
+            "LEDGERDESK_MAX_WORKERS": "3",
+        }
+    )
+
+    config = settings.nameko_config()
+
+    assert config == {
+        "AMQP_URI": "amqp://u:p@rabbit:5672/vh",
+        "WEB_SERVER_ADDRESS": "0.0.0.0:8081",
+        "max_workers": 3,
+        "serializer": "json",
+        "LEDGERDESK": settings,
+    }
+    assert config["LEDGERDESK"] is settings
+
+
+def test_with_overrides_returns_a_changed_copy():
+    settings = Settings()
+
+    changed = settings.with_overrides(gateway_port=9000, regions=("uk",))
+
+    assert (changed.gateway_port, changed.regions) == (9000, ("uk",))
+    assert (settings.gateway_port, settings.regions) == (8000, ("uk", "in", "sg"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.gateway_port = 1  # type: ignore[misc]
