@@ -26,7 +26,9 @@ def thing(n: int) -> RecordedEvent:
 
 def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
@@ -78,8 +80,11 @@ def test_relay_killed_between_publish_and_mark_loses_nothing(world):
         # The second batch is confirmed by the broker, then the process dies before marking it.
         crashing = start(
             ["kernel.relay", "testsrc"],
-            {**env, "LEDGERDESK_FAULTS": "relay.after_publish:2",
-             "LEDGERDESK_RELAY_BATCH_SIZE": str(batch)},
+            {
+                **env,
+                "LEDGERDESK_FAULTS": "relay.after_publish:2",
+                "LEDGERDESK_RELAY_BATCH_SIZE": str(batch),
+            },
         )
         assert crashing.wait(60) == -signal.SIGKILL
         with store.db.transaction() as cur:
@@ -89,8 +94,11 @@ def test_relay_killed_between_publish_and_mark_loses_nothing(world):
         survivor = start(["kernel.relay", "testsrc"], env)
         try:
             db = recorder_db(world)
-            wait_until(lambda: counts(db)[0] + counts(db)[2] >= total + batch, timeout=90,
-                       what="every message, the re-published batch included")
+            wait_until(
+                lambda: counts(db)[0] + counts(db)[2] >= total + batch,
+                timeout=90,
+                what="every message, the re-published batch included",
+            )
             effects, distinct, duplicates = counts(db)
             assert (effects, distinct) == (total, total)
             assert duplicates == batch  # the re-published batch arrived and had no effect
@@ -115,8 +123,9 @@ def test_consumer_killed_five_times_while_ten_thousand_events_flow(world):
     def write(w: int) -> None:
         for i in range(transactions):
             with store.unit_of_work() as uow:
-                uow.append(f"w{w}-{i}", 0, [thing(n) for n in range(per_transaction)],
-                           tenant_id=None)
+                uow.append(
+                    f"w{w}-{i}", 0, [thing(n) for n in range(per_transaction)], tenant_id=None
+                )
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
     for t in threads:
@@ -127,8 +136,11 @@ def test_consumer_killed_five_times_while_ten_thousand_events_flow(world):
         db = recorder_db(world)
         seen = 0
         while kills < 5:
-            seen = wait_until(lambda s=seen: (c := counts(db)[0]) >= s + 300 and c,
-                              timeout=60, what="progress before the next kill")
+            seen = wait_until(
+                lambda s=seen: (c := counts(db)[0]) >= s + 300 and c,
+                timeout=60,
+                what="progress before the next kill",
+            )
             recorder.send_signal(signal.SIGKILL)
             recorder.wait(10)
             kills += 1

@@ -35,9 +35,7 @@ def people(world):
     projection = PeopleProjection()
     store = source_store(world, projections=[projection])
     with store.db.transaction() as cur:
-        cur.execute(
-            "CREATE TABLE people (id uuid PRIMARY KEY, name text NOT NULL, erased boolean)"
-        )
+        cur.execute("CREATE TABLE people (id uuid PRIMARY KEY, name text NOT NULL, erased boolean)")
     return store
 
 
@@ -130,7 +128,8 @@ def test_a_failing_migration_leaves_nothing_half_applied(world, tmp_path):
         migrate(dsn, [("extra", folder)])
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('c'), count(*) FROM schema_migrations"
-                    " WHERE component = 'extra'")
+        cur.execute(
+            "SELECT to_regclass('c'), count(*) FROM schema_migrations WHERE component = 'extra'"
+        )
         assert cur.fetchone() == (None, 0)
     conn.close()
