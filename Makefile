@@ -21,7 +21,7 @@ services:
 run: install services
 	$(PY) -m services.platform run
 
-test: install services
+test: install services lint
 	$(PY) -m pytest
 
 lint: install

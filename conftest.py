@@ -3,7 +3,7 @@
 import warnings
 
 # Known and accepted: nameko 2.14 runs on eventlet (see README, "Versions").
-warnings.filterwarnings("ignore", message=".*Eventlet is deprecated")
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 import eventlet  # noqa: E402
 

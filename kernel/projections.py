@@ -48,7 +48,8 @@ def rebuild(
     """Empty the projection and replay every event into it, in one transaction.
 
     ``prepare`` decrypts and upcasts each stored event (erased fields read as erased, so replay
-    goes on past shredded subjects). Readers keep seeing the old read model until the commit.
+    goes on past shredded subjects). TRUNCATE's lock makes readers wait for the commit, so
+    none sees a half-built read model.
     Returns the number of events applied.
     """
     show = sys.stderr.isatty() if progress is None else progress

@@ -8,7 +8,7 @@ taking work, in-flight workers finish, then connections close.
 import warnings
 
 # Known and accepted: nameko 2.14 runs on eventlet (see README, "Versions").
-warnings.filterwarnings("ignore", message=".*Eventlet is deprecated")
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 import eventlet  # noqa: E402
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
         service_cls = load(argv[0])
-        setup_tracing(service_cls.name, settings.traces_exporter)
+        setup_tracing(getattr(service_cls, "name"), settings.traces_exporter)  # noqa: B009
         run([service_cls], settings.nameko_config())
     except (ConfigurationError, DatabaseUnavailable) as exc:
         print(f"{argv[0]}: {exc}", file=sys.stderr)

@@ -435,4 +435,4 @@ class Tracing(DependencyProvider):
             return
         span, token = entry
         span.end()
-        otel_context.detach(token)
+        otel_context.detach(token)  # type: ignore[arg-type]

@@ -138,6 +138,9 @@ class UnitOfWork:
             if event_type.personal_fields:
                 if self._store.cipher is None:
                     raise RuntimeError(f"{recorded.type} holds personal data but no cipher is set")
+                if tenant_id is None or event_type.subject_field is None:
+                    # Subject keys are wrapped by a tenant key: personal data needs a tenant.
+                    raise ValueError(f"{recorded.type} holds personal data but has no tenant")
                 encrypted = dataclasses.replace(
                     envelope,
                     payload=self._store.cipher.encrypt_fields(

@@ -11,7 +11,7 @@ import requests
 from kombu import Connection, Queue, binding
 
 from kernel import topology
-from kernel.testing import free_port, wait_until, world_env
+from kernel.testing import free_port, world_env
 from services import platform
 
 
