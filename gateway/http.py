@@ -1,23 +1,93 @@
-"""The gateway's HTTP entrypoint: problem+json errors, JSON bodies, trace context from headers."""
+"""The gateway's HTTP layer: problem+json everywhere, JSON bodies, trace context from headers,
+and an access-log event for every request.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 from functools import partial
 from typing import Any
 
 from eventlet.event import Event
 from marshmallow import Schema, ValidationError
+from nameko.extensions import SharedExtension
 from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from gateway import problems
+from gateway import accesslog, problems
+from gateway.idempotency import MIGRATIONS, IdempotencyStore
+from kernel import outbox
+from kernel.db import Database
 from kernel.errors import DomainError, ValidationFailed
+from kernel.nameko_adapters import prepare_databases, settings_of
+from kernel.relay import OutboxRelay
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+IDENTITY = "ledgerdesk.identity"  # request.environ key: who the handler found the caller to be
+RESOURCES = "ledgerdesk.resources"  # request.environ key: ids the request touched
+
+
+class _ProblemWsgiApp(WsgiApp):
+    """nameko's app, but an unknown route or method is a problem+json answer too."""
+
+    def __call__(self, environ, start_response):
+        request = Request(environ, shallow=True)
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+        except HTTPException as exc:
+            response = problems.problem(exc.code or 404, exc.name, exc.description or exc.name)
+            if exc.code == 405:
+                response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+            return response(environ, start_response)
+        request.path_values = values
+        return provider.handle_request(request)(environ, start_response)
+
+
+class ApiServer(WebServer):
+    def get_wsgi_app(self):
+        return _ProblemWsgiApp(self)
+
+
+class GatewayStore(SharedExtension):
+    """The gateway's own database: idempotency records and the outbox of access-log events."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        prepare_databases(settings, "gateway", MIGRATIONS)
+        self.db = Database(settings.database_dsn("gateway"), maxconn=settings.max_workers + 5)
+        self.idempotency = IdempotencyStore(self.db)
+        self.relay = OutboxRelay(
+            settings.database_dsn("gateway"), settings.amqp_uri, settings.relay_batch_size
+        )
+        self._relay_thread: Any = None
+
+    def start(self) -> None:
+        self._relay_thread = self.container.spawn_managed_thread(self.relay.run)
+
+    def stop(self) -> None:
+        self.relay.stop()
+        if self._relay_thread is not None:
+            self._relay_thread.wait()
+
+    def kill(self) -> None:
+        self.relay.stop()
+
+    def record_access(self, envelope: Any) -> None:
+        with self.db.transaction() as cur:
+            outbox.add(cur, [envelope])
 
 
 class ApiHandler(HttpRequestHandler):
+    server = ApiServer()
+    gateway_store = GatewayStore()
+
     def __init__(self, method: str, url: str, **kwargs: Any):
         kwargs.setdefault("expected_exceptions", DomainError)
         super().__init__(method, url, **kwargs)
@@ -26,6 +96,8 @@ class ApiHandler(HttpRequestHandler):
         # nameko's own version, but the W3C trace context joins the worker's context data,
         # which nameko carries onwards in the headers of every RPC the worker makes.
         request.shallow = False
+        request.max_content_length = MAX_BODY_BYTES
+        worker_data: dict[str, Any] = {}
         try:
             context_data = {
                 name: request.headers[name]
@@ -40,14 +112,55 @@ class ApiHandler(HttpRequestHandler):
                 args,
                 kwargs,
                 context_data=context_data,
-                handle_result=partial(self.handle_result, event),
+                handle_result=partial(self._handle_result, event, worker_data),
             )
-            return self.response_from_result(event.wait())
+            response = self.response_from_result(event.wait())
         except Exception as exc:
-            return self.response_from_exception(exc)
+            response = self.response_from_exception(exc)
+        self._record_access(request, response, worker_data)
+        return response
+
+    def _handle_result(self, event, worker_data, worker_ctx, result, exc_info):
+        worker_data.update(worker_ctx.data)
+        event.send(result, exc_info)
+        return result, exc_info
 
     def response_from_exception(self, exc: BaseException) -> Response:
         return problems.from_exception(exc)
+
+    def _record_access(self, request: Request, response: Response, worker_data: dict) -> None:
+        identity = request.environ.get(IDENTITY) or {}
+        traceparent = worker_data.get("traceparent") or ""
+        parts = traceparent.split("-")
+        trace_id = parts[1] if len(parts) == 4 else None
+        try:
+            envelope = accesslog.access_event(
+                tenant_id=identity.get("tenant_id"),
+                actor_id=identity.get("agent_id") or identity.get("actor"),
+                method=request.method,
+                route=self.url,
+                resource_ids=[
+                    *map(str, (getattr(request, "path_values", None) or {}).values()),
+                    *request.environ.get(RESOURCES, ()),
+                ],
+                status=response.status_code,
+                ip=request.remote_addr,
+                user_agent=request.headers.get("User-Agent"),
+                trace_id=trace_id,
+                at=dt.datetime.now(dt.UTC),
+                trace={
+                    k: worker_data[k] for k in ("traceparent", "tracestate") if k in worker_data
+                },
+            )
+            self.gateway_store.record_access(envelope)
+        except Exception as exc:  # the answer stands; the log says which request lost its record
+            log.error(
+                "access-log event for %s %s (status %s) not recorded: %s",
+                request.method,
+                self.url,
+                response.status_code,
+                type(exc).__name__,
+            )
 
 
 api = ApiHandler.decorator
@@ -58,7 +171,10 @@ def read_json(request: Request, schema: Schema) -> dict[str, Any]:
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
-    raw = request.get_data(cache=False)
+    try:
+        raw = request.get_data()
+    except RequestEntityTooLarge:
+        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes") from None
     if len(raw) > MAX_BODY_BYTES:
         raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
     try:

@@ -1,7 +1,12 @@
-"""The OpenAPI 3 document of the API, generated from the same schemas the gateway validates with."""
+"""The OpenAPI 3 document, generated from the schemas the gateway validates and answers with.
+
+One table lists every endpoint; a test checks the table against the gateway's routes, so an
+endpoint cannot exist undocumented.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from apispec import APISpec
@@ -9,28 +14,347 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 
 from gateway import schemas
 
-_ERRORS = {
+ERRORS = {
     "400": "malformed JSON",
     "401": "no or bad credentials",
-    "403": "role not allowed",
+    "403": "role not allowed, or the tenant is cancelled",
     "404": "not found (also: another tenant's)",
+    "405": "method not allowed",
+    "409": "version or state conflict",
     "413": "body too large",
     "422": "validation failed",
+    "428": "If-Match is required",
+    "429": "rate limited (see Retry-After)",
     "503": "a dependency is unavailable",
 }
+AUTH_ERRORS = ("401", "403", "429", "503")
 
 
-def _responses(ok: tuple[str, str, str | None], *errors: str) -> dict[str, Any]:
-    status, description, schema = ok
-    responses: dict[str, Any] = {status: {"description": description}}
-    if schema:
-        responses[status]["content"] = {"application/json": {"schema": schema}}
-    for code in errors:
-        responses[code] = {
-            "description": _ERRORS[code],
-            "content": {"application/problem+json": {"schema": "Problem"}},
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    status: str
+    response: str | None
+    auth: str | None = "bearer"  # "bearer", "operator" or None
+    roles: tuple[str, ...] = ()
+    body: str | None = None
+    errors: tuple[str, ...] = ()
+    list_params: bool = False
+    if_match: bool = False
+    idempotent: bool = False
+    etag: bool = False
+    path_params: tuple[str, ...] = field(default=())
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "post",
+        "/v1/signup",
+        "Sign up a tenant with its first admin",
+        "201",
+        "SignUpOut",
+        auth=None,
+        body="SignUpV1",
+        errors=("400", "413", "422", "429", "503"),
+        idempotent=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/tenant",
+        "The caller's tenant (also while cancelled)",
+        "200",
+        "TenantOut",
+        roles=("admin", "agent", "auditor"),
+    ),
+    Endpoint(
+        "delete",
+        "/v1/tenant",
+        "Cancel the tenant; destroyed after the grace period",
+        "202",
+        "TenantOut",
+        roles=("admin",),
+        errors=("409",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/tenant/reactivate",
+        "Reactivate a cancelled tenant during its grace",
+        "200",
+        "TenantOut",
+        roles=("admin",),
+        errors=("409", "422"),
+        idempotent=True,
+    ),
+    Endpoint(
+        "post",
+        "/v1/agents",
+        "Create an agent and its first API key",
+        "201",
+        "AgentCreatedOut",
+        roles=("admin",),
+        body="CreateAgentV1",
+        errors=("400", "413", "422"),
+        idempotent=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/agents",
+        "List the tenant's agents",
+        "200",
+        "AgentListOut",
+        roles=("admin",),
+        errors=("422",),
+        list_params=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/agents/{agent_id}",
+        "One agent",
+        "200",
+        "AgentOut",
+        roles=("admin",),
+        errors=("404",),
+        path_params=("agent_id",),
+    ),
+    Endpoint(
+        "delete",
+        "/v1/agents/{agent_id}",
+        "Deactivate an agent; its keys stop at once",
+        "200",
+        "AgentOut",
+        roles=("admin",),
+        errors=("404", "409"),
+        path_params=("agent_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/agents/{agent_id}/api-keys",
+        "Issue another API key for an agent",
+        "201",
+        "ApiKeyOut",
+        roles=("admin",),
+        errors=("404", "409", "422"),
+        idempotent=True,
+        path_params=("agent_id",),
+    ),
+    Endpoint(
+        "delete",
+        "/v1/agents/{agent_id}/api-keys/{key_id}",
+        "Revoke an API key",
+        "204",
+        None,
+        roles=("admin",),
+        errors=("404", "409"),
+        path_params=("agent_id", "key_id"),
+    ),
+    Endpoint(
+        "post",
+        "/v1/contacts",
+        "Create a contact (an end customer)",
+        "201",
+        "ContactOut",
+        roles=("admin", "agent"),
+        body="CreateContactV1",
+        errors=("400", "413", "422"),
+        idempotent=True,
+        etag=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/contacts",
+        "List the tenant's contacts",
+        "200",
+        "ContactListOut",
+        roles=("admin", "agent"),
+        errors=("422",),
+        list_params=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/contacts/{contact_id}",
+        "One contact",
+        "200",
+        "ContactOut",
+        roles=("admin", "agent"),
+        errors=("404",),
+        etag=True,
+        path_params=("contact_id",),
+    ),
+    Endpoint(
+        "patch",
+        "/v1/contacts/{contact_id}",
+        "Rectify a contact",
+        "200",
+        "ContactOut",
+        roles=("admin", "agent"),
+        body="RectifyContactV1",
+        errors=("400", "404", "409", "413", "422", "428"),
+        if_match=True,
+        etag=True,
+        path_params=("contact_id",),
+    ),
+    Endpoint(
+        "put",
+        "/v1/contacts/{contact_id}/consent",
+        "Record marketing consent",
+        "200",
+        "ConsentSetOut",
+        roles=("admin", "agent"),
+        body="SetConsentV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("contact_id",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/contacts/{contact_id}/consent",
+        "Consent now and its full history",
+        "200",
+        "ConsentStateOut",
+        roles=("admin", "agent"),
+        errors=("404",),
+        path_params=("contact_id",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/policies/current",
+        "The current policy version",
+        "200",
+        "PolicyOut",
+        auth=None,
+        errors=("404", "503"),
+    ),
+    Endpoint(
+        "post",
+        "/v1/operator/policies",
+        "Publish a new policy version (operator)",
+        "201",
+        "PolicyOut",
+        auth="operator",
+        body="PublishPolicyV1",
+        errors=("400", "409", "413", "422"),
+        idempotent=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/policies/pending-acceptance",
+        "Agents who have not accepted the current version",
+        "200",
+        "PendingAcceptanceOut",
+        roles=("admin",),
+        errors=("404",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/policies/accept",
+        "Accept the current policy version",
+        "200",
+        "AcceptanceOut",
+        roles=("admin", "agent", "auditor"),
+        body="AcceptPolicyV1",
+        errors=("400", "404", "409", "413", "422"),
+    ),
+    Endpoint("get", "/healthz", "The process is up", "200", "StatusOut", auth=None),
+    Endpoint(
+        "get",
+        "/readyz",
+        "The broker and the services' databases are reachable",
+        "200",
+        "StatusOut",
+        auth=None,
+        errors=("503",),
+    ),
+    Endpoint("get", "/v1/openapi.json", "This document", "200", None, auth=None),
+)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": "Problem"}},
+    }
+
+
+def _operation(endpoint: Endpoint) -> dict[str, Any]:
+    success: dict[str, Any] = {"description": endpoint.summary}
+    if endpoint.response:
+        success["content"] = {"application/json": {"schema": endpoint.response}}
+    if endpoint.etag:
+        success["headers"] = {
+            "ETag": {"schema": {"type": "string"}, "description": "the version, for If-Match"}
         }
-    return responses
+    if endpoint.path == "/v1/openapi.json":
+        success["content"] = {"application/json": {"schema": {"type": "object"}}}
+    responses: dict[str, Any] = {endpoint.status: success}
+    errors = set(endpoint.errors)
+    if endpoint.auth:
+        errors |= set(AUTH_ERRORS)
+    if endpoint.auth == "operator":
+        errors.discard("403")
+    for code in sorted(errors):
+        responses[code] = _problem(ERRORS[code])
+    if "429" in responses:
+        responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in endpoint.path_params
+    ]
+    if endpoint.list_params:
+        parameters += [
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+            },
+            {
+                "name": "cursor",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the next_cursor of the previous page",
+            },
+        ]
+    if endpoint.if_match:
+        parameters.append(
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "the ETag last read",
+            }
+        )
+    if endpoint.idempotent:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "the same key and body return the first response (secrets omitted)",
+            }
+        )
+    operation: dict[str, Any] = {
+        "summary": endpoint.summary,
+        "operationId": f"{endpoint.method}_{endpoint.path.strip('/').replace('/', '_')}",
+        "responses": responses,
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if endpoint.body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": endpoint.body}},
+        }
+    if endpoint.auth == "bearer":
+        operation["security"] = [{"apiKey": []}]
+        operation["description"] = "Roles: " + ", ".join(endpoint.roles) + "."
+    elif endpoint.auth == "operator":
+        operation["security"] = [{"operatorToken": []}]
+    return operation
 
 
 def build_spec() -> dict[str, Any]:
@@ -41,57 +365,15 @@ def build_spec() -> dict[str, Any]:
         plugins=[MarshmallowPlugin()],
         info={"description": "A multi-tenant helpdesk whose privacy promises are kept by code."},
     )
-    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    for name in ("SignUpV1", "TenantOut", "SignUpOut", "Problem"):
-        spec.components.schema(name, schema=getattr(schemas, name))
-    spec.path(
-        path="/v1/signup",
-        operations={
-            "post": {
-                "summary": "Sign up a tenant with its first admin",
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": "SignUpV1"}},
-                },
-                "responses": _responses(
-                    ("201", "the tenant, its admin and the admin's API key", "SignUpOut"),
-                    "400",
-                    "413",
-                    "422",
-                    "503",
-                ),
-            }
-        },
-    )
-    spec.path(
-        path="/v1/tenant",
-        operations={
-            "get": {
-                "summary": "The caller's tenant",
-                "security": [{"bearer": []}],
-                "responses": _responses(("200", "the tenant", "TenantOut"), "401", "503"),
-            }
-        },
-    )
-    spec.path(
-        path="/healthz",
-        operations={
-            "get": {"summary": "The process is up", "responses": {"200": {"description": "up"}}}
-        },
-    )
-    spec.path(
-        path="/readyz",
-        operations={
-            "get": {
-                "summary": "The broker and the services' databases are reachable",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
-            }
-        },
-    )
-    spec.path(
-        path="/v1/openapi.json",
-        operations={
-            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
-        },
-    )
+    spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})
+    names = {e.body for e in ENDPOINTS} | {e.response for e in ENDPOINTS} | {"Problem"}
+    for name in sorted(n for n in names if n):
+        if name not in spec.components.schemas:  # nested ones register themselves first
+            spec.components.schema(name, schema=getattr(schemas, name))
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method] = _operation(endpoint)
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
     return spec.to_dict()

@@ -9,6 +9,7 @@ from typing import Any
 
 from werkzeug.wrappers import Response
 
+from gateway.ratelimit import RateLimited
 from kernel import errors
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,10 @@ class PayloadTooLarge(errors.DomainError):
     pass
 
 
+class PreconditionRequired(errors.DomainError):
+    """A write that must name the version it was based on did not (no If-Match)."""
+
+
 # exception type -> (status, title); the first match wins, so subclasses come first.
 PROBLEMS: list[tuple[type[BaseException], int, str]] = [
     (BadJson, 400, "Malformed JSON"),
@@ -30,7 +35,9 @@ PROBLEMS: list[tuple[type[BaseException], int, str]] = [
     (errors.NotFound, 404, "Not found"),
     (errors.Conflict, 409, "Conflict"),
     (PayloadTooLarge, 413, "Payload too large"),
+    (PreconditionRequired, 428, "Precondition required"),
     (errors.ValidationFailed, 422, "Validation failed"),
+    (RateLimited, 429, "Too many requests"),
     (errors.ServiceUnavailable, 503, "Service unavailable"),
 ]
 
@@ -61,6 +68,8 @@ def from_exception(exc: BaseException) -> Response:
             detail = getattr(exc, "detail", "") or title
             if status == 401:
                 return problem(status, title, detail, headers={"WWW-Authenticate": "Bearer"})
+            if isinstance(exc, RateLimited):
+                return problem(status, title, detail, headers={"Retry-After": str(exc.retry_after)})
             return problem(status, title, detail, errors=getattr(exc, "errors", None))
     # A bug: the client learns nothing of the internals; the log keeps the type, not the data.
     # The frames say where; the message is left out, as it may quote request data.

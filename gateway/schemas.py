@@ -1,31 +1,134 @@
-"""Request and response schemas of the HTTP API; requests reuse the services' command schemas."""
+"""Request and response schemas of the HTTP API.
+
+Requests are the accounts service's own command schemas (one definition, validated at the gateway
+and again by the service); responses are declared here and published in the OpenAPI document.
+"""
 
 from marshmallow import Schema, fields
 
-from services.accounts.commands import SignUpV1
+from services.accounts.commands import (
+    AcceptPolicyV1,
+    CreateAgentV1,
+    CreateContactV1,
+    PublishPolicyV1,
+    RectifyContactV1,
+    SetConsentV1,
+    SignUpV1,
+)
 
-__all__ = ["SignUpV1", "TenantOut", "AgentOut", "SignUpOut", "Problem"]
+__all__ = [
+    "AgentCreatedOut",
+    "AcceptPolicyV1",
+    "CreateAgentV1",
+    "CreateContactV1",
+    "PublishPolicyV1",
+    "RectifyContactV1",
+    "SetConsentV1",
+    "SignUpV1",
+]
 
 
 class TenantOut(Schema):
     id = fields.UUID(required=True)
     company = fields.String(required=True)
     region = fields.String(required=True)
-    status = fields.String(required=True)
-    plan = fields.String()
+    status = fields.String(required=True, metadata={"enum": ["active", "cancelled"]})
+    plan = fields.String(required=True)
+    destroy_after = fields.DateTime(metadata={"description": "only while cancelled"})
 
 
 class AgentOut(Schema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
     email = fields.String(required=True)
-    role = fields.String(required=True)
+    role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
+    active = fields.Boolean(required=True)
+
+
+class AgentCreatedOut(AgentOut):
+    api_key = fields.String(
+        required=True, allow_none=True, metadata={"description": "shown once, never again"}
+    )
 
 
 class SignUpOut(Schema):
     tenant = fields.Nested(TenantOut, required=True)
     agent = fields.Nested(AgentOut, required=True)
-    api_key = fields.String(required=True, metadata={"description": "shown once, never again"})
+    api_key = fields.String(
+        required=True, allow_none=True, metadata={"description": "shown once, never again"}
+    )
+
+
+class ApiKeyOut(Schema):
+    id = fields.UUID(required=True)
+    agent_id = fields.UUID(required=True)
+    api_key = fields.String(
+        required=True, allow_none=True, metadata={"description": "shown once, never again"}
+    )
+
+
+class ContactOut(Schema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    email = fields.String(required=True)
+    phone = fields.String(required=True, allow_none=True)
+    marketing = fields.Boolean(required=True)
+    version = fields.Integer(required=True, metadata={"description": "the ETag's value"})
+
+
+class ConsentRecordOut(Schema):
+    marketing = fields.Boolean(required=True)
+    source = fields.String(required=True)
+    policy_version = fields.String(required=True)
+    recorded_at = fields.DateTime(required=True)
+
+
+class ConsentSetOut(ConsentRecordOut):
+    contact_id = fields.UUID(required=True)
+
+
+class ConsentStateOut(Schema):
+    contact_id = fields.UUID(required=True)
+    marketing = fields.Boolean(required=True)
+    history = fields.List(fields.Nested(ConsentRecordOut), required=True)
+
+
+class PolicyOut(Schema):
+    version = fields.String(required=True)
+    published_at = fields.DateTime(required=True)
+
+
+class PendingAgentOut(Schema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    email = fields.String(required=True)
+    role = fields.String(required=True)
+
+
+class PendingAcceptanceOut(Schema):
+    version = fields.String(required=True)
+    items = fields.List(fields.Nested(PendingAgentOut), required=True)
+
+
+class AcceptanceOut(Schema):
+    version = fields.String(required=True)
+    agent_id = fields.UUID(required=True)
+    accepted = fields.Boolean(required=True)
+
+
+class AgentListOut(Schema):
+    items = fields.List(fields.Nested(AgentOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class ContactListOut(Schema):
+    items = fields.List(fields.Nested(ContactOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class StatusOut(Schema):
+    status = fields.String(required=True)
+    checks = fields.Dict(keys=fields.String(), values=fields.Boolean())
 
 
 class Problem(Schema):
@@ -33,4 +136,4 @@ class Problem(Schema):
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    errors = fields.Dict(keys=fields.String(), values=fields.Raw())

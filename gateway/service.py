@@ -1,49 +1,311 @@
-"""The gateway: the one HTTP entry. Authenticates, scopes to the key's tenant, calls services."""
+"""The gateway: the one HTTP entry. Authenticates, scopes to the key's tenant, enforces roles,
+validates, limits and calls the services; one method per endpoint, each a few lines.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import hmac
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection
 from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
+from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
-from gateway.http import api, json_response, read_json
+from gateway import problems, schemas
+from gateway.http import IDENTITY, RESOURCES, GatewayStore, api, json_response, read_json
+from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
+from gateway.idempotency import IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
-from gateway.schemas import SignUpV1
-from kernel.errors import DomainError, ServiceUnavailable, Unauthorized
-from kernel.nameko_adapters import TimedRpcProxy
+from gateway.pagination import encode_cursor, page_params
+from gateway.ratelimit import RateLimiter
+from kernel.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    ServiceUnavailable,
+    Unauthorized,
+    ValidationFailed,
+)
+from kernel.nameko_adapters import TimedRpcProxy, settings_of
 from kernel.tracing import Tracing
 
 _OPENAPI = build_spec()
+
+ADMIN = ("admin",)
+STAFF = ("admin", "agent")
+ANYONE = ("admin", "agent", "auditor")
+# Responses that carry a secret are stored for replay without it: a key is shown once.
+SECRET_FIELDS = ("api_key",)
+
+
+class Limits(DependencyProvider):
+    """One rate limiter per process, shared by its workers."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+
+    def get_dependency(self, worker_ctx: Any) -> RateLimiter:
+        return self.limiter
+
+
+class Idempotency(DependencyProvider):
+    gateway_store = GatewayStore()
+
+    def get_dependency(self, worker_ctx: Any) -> IdempotencyStore:
+        return self.gateway_store.idempotency
 
 
 class GatewayService:
     name = "gateway"
 
     accounts = TimedRpcProxy("accounts")
+    limits = Limits()
+    idempotency = Idempotency()
     tracing = Tracing()
     config = Config()
 
-    # --- helpers ------------------------------------------------------------------------------
+    # --- the pieces every endpoint uses -------------------------------------------------------
 
-    def _identity(self, request: Request) -> dict[str, str]:
+    def _caller(
+        self, request: Request, roles: tuple[str, ...], while_cancelled: bool = False
+    ) -> dict[str, Any]:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("a bearer API key is required")
-        return self.accounts.authenticate(key.strip())
+        identity = self.accounts.authenticate(key.strip())
+        request.environ[IDENTITY] = identity
+        self.limits.check(identity["key_id"])
+        if identity["role"] not in roles:
+            raise Forbidden(f"the {identity['role']} role may not do this")
+        if identity["tenant_status"] != "active" and not while_cancelled:
+            raise Forbidden("the tenant is cancelled: only reactivation and export are possible")
+        return identity
 
-    # --- endpoints ----------------------------------------------------------------------------
+    def _operator(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expected = self.config["LEDGERDESK"].operator_token
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            raise Unauthorized("the operator token is required")
+        request.environ[IDENTITY] = {"actor": "operator"}
+        self.limits.check("operator")
+
+    def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):
+        """The same Idempotency-Key with the same request gives the first response again."""
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        if key is None:
+            return produce()
+        print_ = fingerprint(request.method, request.path, request.get_data())
+        stored = self.idempotency.begin(scope, key, print_)
+        if stored is not None:
+            headers = {**stored.headers, "Idempotent-Replayed": "true"}
+            return Response(stored.body, status=stored.status, headers=headers)
+        try:
+            response = produce()
+        except DomainError as exc:
+            response = problems.from_exception(exc)
+        except BaseException:
+            self.idempotency.abandon(scope, key)
+            raise
+        if response.status_code >= 500 or response.status_code in (409, 429):
+            self.idempotency.abandon(scope, key)  # transient: a retry must run again
+        else:
+            self.idempotency.complete(
+                scope,
+                key,
+                response.status_code,
+                {"Content-Type": response.content_type or "application/json"},
+                _without_secrets(response.get_data()),
+            )
+        return response
+
+    @staticmethod
+    def _page(request: Request) -> tuple[int, list | None]:
+        """``limit`` and the keyset position ``[created_at, id]`` a cursor carries."""
+        limit, cursor = page_params(request.args)
+        if not cursor:
+            return limit, None
+        created_at, _, row_id = str(cursor.get("after", "")).partition("|")
+        try:
+            dt.datetime.fromisoformat(created_at)
+            uuid.UUID(row_id)
+        except ValueError:
+            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]}) from None
+        return limit, [created_at, row_id]
+
+    @staticmethod
+    def _listing(result: dict[str, Any]) -> Response:
+        after = result.get("next")
+        cursor = encode_cursor({"after": "|".join(after)}) if after else None
+        return json_response(200, {"items": result["items"], "next_cursor": cursor})
+
+    # --- tenants ------------------------------------------------------------------------------
 
     @api("POST", "/v1/signup")
     def sign_up(self, request: Request) -> Response:
-        command = read_json(request, SignUpV1())
-        return json_response(201, self.accounts.sign_up(command))
+        command = read_json(request, schemas.SignUpV1())
+        self.limits.check(f"signup:{request.remote_addr}")
+
+        def produce() -> Response:
+            created = self.accounts.sign_up(command)
+            request.environ[IDENTITY] = {
+                "tenant_id": created["tenant"]["id"],
+                "agent_id": created["agent"]["id"],
+            }
+            request.environ[RESOURCES] = [created["tenant"]["id"], created["agent"]["id"]]
+            return json_response(201, created)
+
+        return self._idempotent(request, "signup", produce)
 
     @api("GET", "/v1/tenant")
     def get_tenant(self, request: Request) -> Response:
-        identity = self._identity(request)
-        return json_response(200, self.accounts.get_tenant(identity["tenant_id"]))
+        caller = self._caller(request, ANYONE, while_cancelled=True)
+        return json_response(200, self.accounts.get_tenant(caller["tenant_id"]))
+
+    @api("DELETE", "/v1/tenant")
+    def cancel_tenant(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(202, self.accounts.cancel_tenant(caller))
+
+    @api("POST", "/v1/tenant/reactivate")
+    def reactivate_tenant(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN, while_cancelled=True)
+        return self._idempotent(
+            request,
+            caller["tenant_id"],
+            lambda: json_response(200, self.accounts.reactivate_tenant(caller)),
+        )
+
+    # --- agents and keys ----------------------------------------------------------------------
+
+    @api("POST", "/v1/agents")
+    def create_agent(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.CreateAgentV1())
+
+        def produce() -> Response:
+            agent = self.accounts.create_agent(caller, command)
+            request.environ[RESOURCES] = [agent["id"]]
+            return json_response(201, agent)
+
+        return self._idempotent(request, caller["tenant_id"], produce)
+
+    @api("GET", "/v1/agents")
+    def list_agents(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        limit, after = self._page(request)
+        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after))
+
+    @api("GET", "/v1/agents/<string:agent_id>")
+    def get_agent(self, request: Request, agent_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.accounts.get_agent(caller["tenant_id"], agent_id))
+
+    @api("DELETE", "/v1/agents/<string:agent_id>")
+    def deactivate_agent(self, request: Request, agent_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        if agent_id == caller["agent_id"]:
+            raise Conflict("an admin cannot deactivate their own account")
+        return json_response(200, self.accounts.deactivate_agent(caller, agent_id))
+
+    @api("POST", "/v1/agents/<string:agent_id>/api-keys")
+    def issue_api_key(self, request: Request, agent_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return self._idempotent(
+            request,
+            caller["tenant_id"],
+            lambda: json_response(201, self.accounts.issue_api_key(caller, agent_id)),
+        )
+
+    @api("DELETE", "/v1/agents/<string:agent_id>/api-keys/<string:key_id>")
+    def revoke_api_key(self, request: Request, agent_id: str, key_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        self.accounts.revoke_api_key(caller, agent_id, key_id)
+        return Response(status=204)
+
+    # --- contacts and consent -----------------------------------------------------------------
+
+    @api("POST", "/v1/contacts")
+    def create_contact(self, request: Request) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.CreateContactV1())
+
+        def produce() -> Response:
+            contact = self.accounts.create_contact(caller, command)
+            request.environ[RESOURCES] = [contact["id"]]
+            return json_response(201, contact, {"ETag": _etag(contact["version"])})
+
+        return self._idempotent(request, caller["tenant_id"], produce)
+
+    @api("GET", "/v1/contacts")
+    def list_contacts(self, request: Request) -> Response:
+        caller = self._caller(request, STAFF)
+        limit, after = self._page(request)
+        return self._listing(self.accounts.list_contacts(caller["tenant_id"], limit, after))
+
+    @api("GET", "/v1/contacts/<string:contact_id>")
+    def get_contact(self, request: Request, contact_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        contact = self.accounts.get_contact(caller["tenant_id"], contact_id)
+        return json_response(200, contact, {"ETag": _etag(contact["version"])})
+
+    @api("PATCH", "/v1/contacts/<string:contact_id>")
+    def rectify_contact(self, request: Request, contact_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.RectifyContactV1())
+        version = _if_match(request)
+        contact = self.accounts.rectify_contact(caller, contact_id, version, command)
+        return json_response(200, contact, {"ETag": _etag(contact["version"])})
+
+    @api("PUT", "/v1/contacts/<string:contact_id>/consent")
+    def set_consent(self, request: Request, contact_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.SetConsentV1())
+        return json_response(200, self.accounts.set_consent(caller, contact_id, command))
+
+    @api("GET", "/v1/contacts/<string:contact_id>/consent")
+    def get_consent(self, request: Request, contact_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        return json_response(200, self.accounts.get_consent(caller["tenant_id"], contact_id))
+
+    # --- policies -----------------------------------------------------------------------------
+
+    @api("GET", "/v1/policies/current")
+    def current_policy(self, request: Request) -> Response:
+        return json_response(200, self.accounts.current_policy())
+
+    @api("POST", "/v1/operator/policies")
+    def publish_policy(self, request: Request) -> Response:
+        self._operator(request)
+        command = read_json(request, schemas.PublishPolicyV1())
+        return self._idempotent(
+            request, "operator", lambda: json_response(201, self.accounts.publish_policy(command))
+        )
+
+    @api("GET", "/v1/policies/pending-acceptance")
+    def pending_acceptance(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.accounts.pending_acceptance(caller["tenant_id"]))
+
+    @api("POST", "/v1/policies/accept")
+    def accept_policy(self, request: Request) -> Response:
+        caller = self._caller(request, ANYONE)
+        command = read_json(request, schemas.AcceptPolicyV1())
+        return json_response(200, self.accounts.accept_policy(caller, command))
+
+    # --- operations ---------------------------------------------------------------------------
+
+    @timer(interval=3600)
+    def purge_idempotency_records(self) -> None:
+        """Stored responses hold personal data: they go when their replay window closes."""
+        self.idempotency.purge_expired()
 
     @api("GET", "/v1/openapi.json")
     def openapi(self, request: Request) -> Response:
@@ -72,3 +334,30 @@ class GatewayService:
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
+
+
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def _if_match(request: Request) -> int:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        raise problems.PreconditionRequired("send If-Match with the ETag you last read")
+    value = raw.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise Conflict("If-Match does not name a version of this resource")
+    return int(value)
+
+
+def _without_secrets(body: bytes) -> bytes:
+    import json
+
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        return body
+    if isinstance(data, dict) and any(field in data for field in SECRET_FIELDS):
+        data = {k: (None if k in SECRET_FIELDS else v) for k, v in data.items()}
+        return json.dumps(data).encode()
+    return body

@@ -58,6 +58,7 @@ class Settings:
     operator_token: str = DEV_OPERATOR_TOKEN
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    gateway_processes: int = 2
     rpc_timeout: float = 10.0
     delivery_limit: int = 5
     max_workers: int = 10
@@ -66,6 +67,9 @@ class Settings:
     traces_exporter: str = "none"
     relay_batch_size: int = 200
     key_cache_seconds: float = 30.0
+    grace_days: float = 21.0
+    rate_limit: float = 50.0  # requests per second per API key, sustained
+    rate_burst: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +102,7 @@ class Settings:
             operator_token=get("OPERATOR_TOKEN", base.operator_token),
             gateway_host=get("GATEWAY_HOST", base.gateway_host),
             gateway_port=number("GATEWAY_PORT", base.gateway_port),
+            gateway_processes=number("GATEWAY_PROCESSES", base.gateway_processes),
             rpc_timeout=number("RPC_TIMEOUT", base.rpc_timeout, float),
             delivery_limit=number("DELIVERY_LIMIT", base.delivery_limit),
             max_workers=number("MAX_WORKERS", base.max_workers),
@@ -108,6 +113,9 @@ class Settings:
             traces_exporter=get("TRACES", base.traces_exporter),
             relay_batch_size=number("RELAY_BATCH_SIZE", base.relay_batch_size),
             key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
+            grace_days=number("GRACE_DAYS", base.grace_days, float),
+            rate_limit=number("RATE_LIMIT", base.rate_limit, float),
+            rate_burst=number("RATE_BURST", base.rate_burst),
         )
         settings.check()
         return settings

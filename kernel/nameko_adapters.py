@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ from kernel import migrate, topology
 from kernel.config import Settings
 from kernel.crypto import FieldCipher, Keystore
 from kernel.envelope import Envelope, EventRegistry, MalformedEnvelope
-from kernel.errors import DomainError, ServiceUnavailable
+from kernel.errors import Conflict, DomainError, ServiceUnavailable
+from kernel.eventstore import ConcurrencyError
 from kernel.projections import Projection
 from kernel.relay import OutboxRelay
 from kernel.uow import EventSourcedStore, UnitOfWork
@@ -198,5 +200,14 @@ class TimedRpcProxy(RpcProxy):
 
 
 def rpc(method: Any) -> Any:
-    """nameko's ``@rpc``, with domain errors logged as expected outcomes, not as crashes."""
-    return nameko_rpc(expected_exceptions=DomainError)(method)
+    """nameko's ``@rpc``: domain errors are expected outcomes, not crashes, and a write that lost
+    an optimistic-concurrency race is a conflict the caller can retry."""
+
+    @functools.wraps(method)
+    def entrypoint(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except ConcurrencyError:
+            raise Conflict("the resource changed meanwhile; reload and retry") from None
+
+    return nameko_rpc(expected_exceptions=DomainError)(entrypoint)

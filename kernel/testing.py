@@ -129,6 +129,19 @@ def infrastructure() -> Iterator[Infrastructure]:
 @pytest.fixture
 def world(infrastructure: Infrastructure) -> Iterator[Settings]:
     """Settings for a world of this test's own: a database prefix and a RabbitMQ vhost."""
+    with make_world(infrastructure) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def module_world(infrastructure: Infrastructure) -> Iterator[Settings]:
+    """A world shared by one module's tests, for those that start a whole stack of processes."""
+    with make_world(infrastructure) as settings:
+        yield settings
+
+
+@contextlib.contextmanager
+def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Settings]:
     name = "ldt_" + secrets.token_hex(5)
     infrastructure.management("PUT", f"/api/vhosts/{name}")
     user = urllib.parse.urlsplit(infrastructure.management_url).username or "guest"
@@ -145,6 +158,7 @@ def world(infrastructure: Infrastructure) -> Iterator[Settings]:
             "LEDGERDESK_DATABASE_PREFIX": name,
             "LEDGERDESK_KEY_CACHE_SECONDS": "0.001",
             "LEDGERDESK_DELIVERY_LIMIT": "4",
+            **overrides,
         }
     )
     yield settings
@@ -171,7 +185,12 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_DATABASE_PREFIX=settings.database_prefix,
         LEDGERDESK_DELIVERY_LIMIT=str(settings.delivery_limit),
         LEDGERDESK_GATEWAY_PORT=str(settings.gateway_port),
+        LEDGERDESK_GATEWAY_PROCESSES=str(settings.gateway_processes),
         LEDGERDESK_KEY_CACHE_SECONDS=str(settings.key_cache_seconds),
+        LEDGERDESK_GRACE_DAYS=str(settings.grace_days),
+        LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
+        LEDGERDESK_RATE_BURST=str(settings.rate_burst),
+        LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,
     )
     return env
 

@@ -29,12 +29,15 @@ SERVICES: dict[str, str] = {
     "accounts": "services.accounts.service:AccountsService",
 }
 GATEWAY = "gateway.service:GatewayService"
+# Whose consumer queues are declared: the services, and the audit ledger's queue, which binds
+# every event and exists before the audit service does, so it misses nothing from day one.
+QUEUE_OWNERS: tuple[str, ...] = (*SERVICES, "audit")
 
 
 def subscriptions() -> list[topology.Subscription]:
     """Every consumer queue of the platform, from each service's ``subscriptions`` module."""
     found: list[topology.Subscription] = []
-    for name in SERVICES:
+    for name in QUEUE_OWNERS:
         try:
             module = importlib.import_module(f"services.{name}.subscriptions")
         except ModuleNotFoundError:
@@ -75,16 +78,24 @@ def prepare(settings: Settings) -> None:
     topology.declare(settings.amqp_uri, subscriptions(), settings.delivery_limit)
 
 
-def start_processes(env: dict[str, str] | None = None) -> dict[str, subprocess.Popen]:
+def start_processes(
+    env: dict[str, str] | None = None, gateway_processes: int | None = None
+) -> dict[str, subprocess.Popen]:
+    """Every service once, and the gateway in several processes sharing its port (SO_REUSEPORT:
+    the kernel spreads connections), since one eventlet process is bound to one core."""
+    env = env if env is not None else os.environ.copy()
+    if gateway_processes is None:
+        gateway_processes = Settings.from_env(env).gateway_processes
+    programs = {**SERVICES, **{f"gateway-{n}": GATEWAY for n in range(1, gateway_processes + 1)}}
     processes = {}
-    for name, path in {**SERVICES, "gateway": GATEWAY}.items():
+    for name, path in programs.items():
         processes[name] = subprocess.Popen(
             [sys.executable, "-m", "kernel.runner", path],
             cwd=ROOT,
             # Their own process group: Ctrl-C reaches the launcher only, which stops each
             # service with SIGTERM (graceful) rather than all of them racing on SIGINT.
             start_new_session=True,
-            env=env if env is not None else os.environ.copy(),
+            env=env,
         )
     return processes
 
@@ -139,7 +150,11 @@ def run(settings: Settings) -> int:
             )
             return 1
         print(f"\nLedgerdesk is running: {url}  (API spec: {url}/v1/openapi.json)")
-        print(f"Services: {', '.join(SERVICES)}, gateway. Press Ctrl-C to stop.\n", flush=True)
+        print(
+            f"Services: {', '.join(SERVICES)}; gateway processes: "
+            f"{sum(n.startswith('gateway') for n in processes)}. Press Ctrl-C to stop.\n",
+            flush=True,
+        )
         while all(p.poll() is None for p in processes.values()):
             time.sleep(0.5)
         failed = [n for n, p in processes.items() if p.poll() is not None]

@@ -1,32 +1,87 @@
-"""Accounts' commands, validated before any handler runs."""
+"""Accounts' commands, validated before any handler runs. Unknown fields are refused."""
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from services.accounts.events import ROLES
+
+PHONE = validate.Regexp(r"^\+?[0-9][0-9 ().-]{3,31}$", error="not a phone number")
 
 
 class StrictBoolean(fields.Boolean):
+    """Only a JSON boolean: "yes" or 1 is not an attestation or a consent."""
+
     def _deserialize(self, value, attr, data, **kwargs):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
 
 
-class SignUpAdmin(Schema):
+class Command(Schema):
     class Meta:
         unknown = RAISE
 
+
+class SignUpAdmin(Command):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
     email = fields.Email(required=True, validate=validate.Length(max=320))
 
 
-class SignUpV1(Schema):
-    """``POST /v1/signup``; ``version`` 1."""
-
-    class Meta:
-        unknown = RAISE
+class SignUpV1(Command):
+    """``POST /v1/signup``."""
 
     company = fields.String(required=True, validate=validate.Length(min=1, max=200))
     region = fields.String(required=True, validate=validate.Length(min=1, max=20))
     admin = fields.Nested(SignUpAdmin, required=True)
-    # Only a JSON boolean: "yes" or 1 is not an attestation.
     age_confirmed = StrictBoolean(required=True)
     accept_policy_version = fields.String(required=True, validate=validate.Length(min=1, max=50))
+
+
+class CreateAgentV1(Command):
+    """``POST /v1/agents``."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+
+
+class CreateContactV1(Command):
+    """``POST /v1/contacts``."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    phone = fields.String(load_default=None, allow_none=True, validate=PHONE)
+
+
+class RectifyContactV1(Command):
+    """``PATCH /v1/contacts/{id}``: the fields to correct."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    email = fields.Email(validate=validate.Length(max=320))
+    phone = fields.String(allow_none=True, validate=PHONE)
+
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("name, email or phone must be given", "_schema")
+
+
+class SetConsentV1(Command):
+    """``PUT /v1/contacts/{id}/consent``."""
+
+    marketing = StrictBoolean(required=True)
+    source = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+
+class AcceptPolicyV1(Command):
+    """``POST /v1/policies/accept``."""
+
+    version = fields.String(required=True, validate=validate.Length(min=1, max=50))
+
+
+class PublishPolicyV1(Command):
+    """``POST /v1/operator/policies``."""
+
+    version = fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[A-Za-z0-9._-]+$")],
+    )

@@ -1,13 +1,17 @@
-"""Tenants and agents: the rules, in plain Python."""
+"""Tenants, agents, contacts and policies: the rules, in plain Python.
+
+Aggregates decide and record events; they never read databases or publish anything.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from kernel.aggregate import Aggregate
-from kernel.errors import ValidationFailed
+from kernel.errors import Conflict, ValidationFailed
 
 DEFAULT_PLAN = "standard"
 
@@ -18,6 +22,7 @@ class Tenant(Aggregate):
     region: str = ""
     status: str = ""
     plan: str = ""
+    destroy_after: dt.datetime | None = None
 
     @classmethod
     def sign_up(
@@ -54,11 +59,37 @@ class Tenant(Aggregate):
         )
         return tenant
 
+    def cancel(self, now: dt.datetime, grace: dt.timedelta) -> None:
+        if self.status != "active":
+            raise Conflict("the tenant is already cancelled")
+        self.record("tenant_cancelled", tenant_id=self.id, destroy_after=now + grace)
+
+    def reactivate(self, now: dt.datetime) -> None:
+        if self.status != "cancelled":
+            raise Conflict("the tenant is not cancelled")
+        assert self.destroy_after is not None
+        if now >= self.destroy_after:
+            raise Conflict("the grace period is over; the tenant is being destroyed")
+        self.record("tenant_reactivated", tenant_id=self.id)
+
     def when_tenant_created(self, event: dict[str, Any]) -> None:
         self.company = event["company"]
         self.region = event["region"]
         self.plan = event["plan"]
         self.status = "active"
+
+    def when_tenant_cancelled(self, event: dict[str, Any]) -> None:
+        self.status = "cancelled"
+        destroy_after = event["destroy_after"]
+        self.destroy_after = (
+            dt.datetime.fromisoformat(destroy_after)
+            if isinstance(destroy_after, str)
+            else destroy_after
+        )
+
+    def when_tenant_reactivated(self, event: dict[str, Any]) -> None:
+        self.status = "active"
+        self.destroy_after = None
 
 
 @dataclass
@@ -67,7 +98,9 @@ class Agent(Aggregate):
     role: str = ""
     name: str = ""
     email: str = ""
+    active: bool = True
     key_ids: tuple[str, ...] = ()
+    accepted_versions: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -85,7 +118,28 @@ class Agent(Aggregate):
         return agent
 
     def issue_api_key(self, key_id: uuid.UUID, key_hash: str) -> None:
+        if not self.active:
+            raise Conflict("the agent is deactivated")
         self.record("api_key_issued", agent_id=self.id, key_id=str(key_id), key_hash=key_hash)
+
+    def revoke_api_key(self, key_id: str) -> None:
+        if key_id not in self.key_ids:
+            raise Conflict("no such active key")
+        self.record("api_key_revoked", agent_id=self.id, key_id=key_id)
+
+    def deactivate(self) -> None:
+        if not self.active:
+            raise Conflict("the agent is already deactivated")
+        # Its keys stop working with this event: the key read model drops them in the same
+        # transaction.
+        self.record("agent_deactivated", agent_id=self.id, tenant_id=self.tenant_id)
+
+    def accept_policy(self, version: str) -> bool:
+        """Record acceptance; False when this version was already accepted (nothing recorded)."""
+        if version in self.accepted_versions:
+            return False
+        self.record("policy_accepted", agent_id=self.id, tenant_id=self.tenant_id, version=version)
+        return True
 
     def when_agent_created(self, event: dict[str, Any]) -> None:
         self.tenant_id = event["tenant_id"]
@@ -95,3 +149,97 @@ class Agent(Aggregate):
 
     def when_api_key_issued(self, event: dict[str, Any]) -> None:
         self.key_ids = (*self.key_ids, event["key_id"])
+
+    def when_api_key_revoked(self, event: dict[str, Any]) -> None:
+        self.key_ids = tuple(k for k in self.key_ids if k != event["key_id"])
+
+    def when_agent_deactivated(self, event: dict[str, Any]) -> None:
+        self.active = False
+        self.key_ids = ()
+
+    def when_policy_accepted(self, event: dict[str, Any]) -> None:
+        self.accepted_versions = (*self.accepted_versions, event["version"])
+
+
+RECTIFIABLE = ("name", "email", "phone")
+
+
+@dataclass
+class Contact(Aggregate):
+    tenant_id: str = ""
+    name: str = ""
+    email: str = ""
+    phone: str | None = None
+
+    @classmethod
+    def create(
+        cls, *, tenant_id: str, name: str, email: str, phone: str | None
+    ) -> Contact:
+        contact = cls(id=str(uuid.uuid4()))
+        contact.record(
+            "contact_created",
+            contact_id=contact.id,
+            tenant_id=tenant_id,
+            name=name,
+            email=email,
+            phone=phone,
+        )
+        return contact
+
+    def rectify(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Record what really changed; an unchanged value is not a rectification."""
+        changed = {
+            k: v for k, v in changes.items() if k in RECTIFIABLE and getattr(self, k) != v
+        }
+        if changed:
+            self.record(
+                "contact_rectified", contact_id=self.id, tenant_id=self.tenant_id, **changed
+            )
+        return changed
+
+    def record_consent(self, *, marketing: bool, source: str, policy_version: str) -> None:
+        self.record(
+            "consent_recorded",
+            contact_id=self.id,
+            tenant_id=self.tenant_id,
+            marketing=marketing,
+            source=source,
+            policy_version=policy_version,
+        )
+
+    def when_contact_created(self, event: dict[str, Any]) -> None:
+        self.tenant_id = event["tenant_id"]
+        self.name = event["name"]
+        self.email = event["email"]
+        self.phone = event.get("phone")
+
+    def when_contact_rectified(self, event: dict[str, Any]) -> None:
+        for field in RECTIFIABLE:
+            if field in event:
+                setattr(self, field, event[field])
+
+    def when_consent_recorded(self, event: dict[str, Any]) -> None:
+        pass  # consent does not change what the contact aggregate decides
+
+
+@dataclass
+class Policies(Aggregate):
+    """The platform's policy versions, one stream for the whole deployment."""
+
+    versions: tuple[str, ...] = ()
+
+    @classmethod
+    def stream_id_for(cls, aggregate_id: str) -> str:
+        return "policies"
+
+    @property
+    def current(self) -> str | None:
+        return self.versions[-1] if self.versions else None
+
+    def publish(self, version: str) -> None:
+        if version in self.versions:
+            raise Conflict(f"policy version {version} was already published")
+        self.record("policy_published", version=version)
+
+    def when_policy_published(self, event: dict[str, Any]) -> None:
+        self.versions = (*self.versions, event["version"])

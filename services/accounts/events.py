@@ -1,4 +1,8 @@
-"""Accounts' events. A version's meaning never changes: a new meaning is a new version."""
+"""Accounts' events. A version's meaning never changes: a new meaning is a new version.
+
+Every event of a tenant carries the tenant's hosting region in its metadata, so a deployment per
+region can show that no event of another region's tenant is in its store.
+"""
 
 from marshmallow import Schema, fields, validate
 
@@ -16,12 +20,26 @@ class TenantCreatedV1(Schema):
     admin_agent_id = fields.UUID(required=True)
 
 
+class TenantCancelledV1(Schema):
+    tenant_id = fields.UUID(required=True)
+    destroy_after = fields.AwareDateTime(required=True)
+
+
+class TenantReactivatedV1(Schema):
+    tenant_id = fields.UUID(required=True)
+
+
 class AgentCreatedV1(Schema):
     agent_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     name = fields.String(required=True)
     email = fields.String(required=True)
+
+
+class AgentDeactivatedV1(Schema):
+    agent_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
 
 
 class ApiKeyIssuedV1(Schema):
@@ -31,14 +49,81 @@ class ApiKeyIssuedV1(Schema):
     key_hash = fields.String(required=True)
 
 
-TENANT_CREATED = EventType("tenant_created", {1: TenantCreatedV1}, published=True)
-AGENT_CREATED = EventType(
-    "agent_created",
-    {1: AgentCreatedV1},
-    personal_fields=("name", "email"),
-    subject_field="agent_id",
-    published=True,
-)
-API_KEY_ISSUED = EventType("api_key_issued", {1: ApiKeyIssuedV1})
+class ApiKeyRevokedV1(Schema):
+    agent_id = fields.UUID(required=True)
+    key_id = fields.UUID(required=True)
 
-REGISTRY = EventRegistry(TENANT_CREATED, AGENT_CREATED, API_KEY_ISSUED)
+
+class PolicyAcceptedV1(Schema):
+    agent_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    version = fields.String(required=True)
+
+
+class ContactCreatedV1(Schema):
+    contact_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    email = fields.String(required=True)
+    phone = fields.String(load_default=None, allow_none=True)
+
+
+class ContactRectifiedV1(Schema):
+    """Only the fields that changed are present."""
+
+    contact_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    name = fields.String()
+    email = fields.String()
+    phone = fields.String(allow_none=True)
+
+
+class ConsentRecordedV1(Schema):
+    contact_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    marketing = fields.Boolean(required=True)
+    source = fields.String(required=True)
+    policy_version = fields.String(required=True)
+
+
+class PolicyPublishedV1(Schema):
+    version = fields.String(required=True)
+
+
+def _personal(name, schema, subject_field):
+    return EventType(
+        name,
+        {1: schema},
+        personal_fields=("name", "email", "phone"),
+        subject_field=subject_field,
+        published=True,
+    )
+
+
+TENANT_CREATED = EventType("tenant_created", {1: TenantCreatedV1}, published=True)
+TENANT_CANCELLED = EventType("tenant_cancelled", {1: TenantCancelledV1}, published=True)
+TENANT_REACTIVATED = EventType("tenant_reactivated", {1: TenantReactivatedV1}, published=True)
+AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id")
+AGENT_DEACTIVATED = EventType("agent_deactivated", {1: AgentDeactivatedV1}, published=True)
+API_KEY_ISSUED = EventType("api_key_issued", {1: ApiKeyIssuedV1})
+API_KEY_REVOKED = EventType("api_key_revoked", {1: ApiKeyRevokedV1}, published=True)
+POLICY_ACCEPTED = EventType("policy_accepted", {1: PolicyAcceptedV1}, published=True)
+CONTACT_CREATED = _personal("contact_created", ContactCreatedV1, "contact_id")
+CONTACT_RECTIFIED = _personal("contact_rectified", ContactRectifiedV1, "contact_id")
+CONSENT_RECORDED = EventType("consent_recorded", {1: ConsentRecordedV1}, published=True)
+POLICY_PUBLISHED = EventType("policy_published", {1: PolicyPublishedV1}, published=True)
+
+REGISTRY = EventRegistry(
+    TENANT_CREATED,
+    TENANT_CANCELLED,
+    TENANT_REACTIVATED,
+    AGENT_CREATED,
+    AGENT_DEACTIVATED,
+    API_KEY_ISSUED,
+    API_KEY_REVOKED,
+    POLICY_ACCEPTED,
+    CONTACT_CREATED,
+    CONTACT_RECTIFIED,
+    CONSENT_RECORDED,
+    POLICY_PUBLISHED,
+)

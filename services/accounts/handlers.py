@@ -1,15 +1,121 @@
-"""Accounts' command handlers: plain functions of (command, unit of work, settings)."""
+"""Accounts' command handlers and queries: plain functions over a unit of work.
+
+Every query takes the caller's tenant and filters by it: another tenant's row is indistinguishable
+from an absent one (NotFound).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
+from kernel.aggregate import Aggregate
 from kernel.config import Settings
-from kernel.errors import NotFound, Unauthorized
+from kernel.envelope import Envelope
+from kernel.errors import Conflict, NotFound, Unauthorized
+from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
 from services.accounts import apikeys
-from services.accounts.domain import Agent, Tenant
+from services.accounts.domain import Agent, Contact, Policies, Tenant
+
+A = TypeVar("A", bound=Aggregate)
+
+
+# --- loading and saving aggregates ------------------------------------------------------------
+
+
+def load(uow: UnitOfWork, cls: type[A], aggregate_id: str) -> A | None:
+    events = uow.load(cls.stream_id_for(aggregate_id))
+    return cls.from_history(aggregate_id, events) if events else None
+
+
+def save(
+    uow: UnitOfWork, aggregate: Aggregate, tenant_id: str | None, region: str | None
+) -> list[Envelope]:
+    stored = uow.append(
+        aggregate.stream_id,
+        aggregate.version,
+        aggregate.pending,
+        tenant_id=uuid.UUID(tenant_id) if tenant_id else None,
+        metadata={"region": region} if region else None,
+    )
+    aggregate.version += len(aggregate.pending)
+    aggregate.pending.clear()
+    return stored
+
+
+def _tenant_region(uow: UnitOfWork, tenant_id: str) -> str:
+    uow.cur.execute("SELECT region FROM tenants WHERE id = %s", (tenant_id,))
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no such tenant")
+    return row[0]
+
+
+def _scoped(uow: UnitOfWork, cls: type[A], tenant_id: str, aggregate_id: str) -> A:
+    try:
+        uuid.UUID(str(aggregate_id))
+    except ValueError:
+        raise NotFound(f"no such {cls.__name__.lower()}") from None
+    aggregate = load(uow, cls, aggregate_id)
+    if aggregate is None or getattr(aggregate, "tenant_id", None) != tenant_id:
+        raise NotFound(f"no such {cls.__name__.lower()}")
+    return aggregate
+
+
+# --- policies ---------------------------------------------------------------------------------
+
+
+def ensure_first_policy(uow: UnitOfWork, settings: Settings) -> None:
+    """A fresh platform starts with the configured first policy version."""
+    policies = load(uow, Policies, "platform") or Policies(id="platform")
+    if policies.current is None:
+        policies.publish(settings.policy_version)
+        save(uow, policies, None, None)
+
+
+def current_policy(uow: UnitOfWork) -> dict[str, str]:
+    uow.cur.execute("SELECT version, published_at FROM policies ORDER BY seq DESC LIMIT 1")
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no policy version has been published")
+    return {"version": row[0], "published_at": row[1].isoformat()}
+
+
+def publish_policy(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, str]:
+    policies = load(uow, Policies, "platform") or Policies(id="platform")
+    policies.publish(command["version"])
+    [published] = save(uow, policies, None, None)
+    return {"version": command["version"], "published_at": published.occurred_at.isoformat()}
+
+
+def accept_policy(uow: UnitOfWork, identity: dict[str, str], command: dict[str, Any]) -> dict:
+    current = current_policy(uow)["version"]
+    if command["version"] != current:
+        raise Conflict(f"only the current policy version ({current}) can be accepted")
+    agent = _scoped(uow, Agent, identity["tenant_id"], identity["agent_id"])
+    if agent.accept_policy(command["version"]):
+        save(uow, agent, identity["tenant_id"], _tenant_region(uow, identity["tenant_id"]))
+    return {"version": command["version"], "agent_id": agent.id, "accepted": True}
+
+
+def pending_acceptance(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    current = current_policy(uow)["version"]
+    uow.cur.execute(
+        "SELECT a.id, a.name, a.email, a.role FROM agents a"
+        " WHERE a.tenant_id = %s AND a.active AND NOT EXISTS ("
+        "   SELECT 1 FROM policy_acceptances p WHERE p.agent_id = a.id AND p.version = %s)"
+        " ORDER BY a.created_at, a.id",
+        (tenant_id, current),
+    )
+    items = [
+        {"id": str(i), "name": n, "email": e, "role": r} for i, n, e, r in uow.cur.fetchall()
+    ]
+    return {"version": current, "items": items}
+
+
+# --- tenants ----------------------------------------------------------------------------------
 
 
 def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dict[str, Any]:
@@ -20,10 +126,9 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
         age_confirmed=command["age_confirmed"],
         policy_version=command["accept_policy_version"],
         allowed_regions=settings.regions,
-        current_policy_version=settings.policy_version,
+        current_policy_version=current_policy(uow)["version"],
         admin_agent_id=admin_id,
     )
-    tenant_uuid = uuid.UUID(tenant.id)
     admin = Agent.create(
         agent_id=admin_id,
         tenant_id=tenant.id,
@@ -31,50 +136,295 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
         name=command["admin"]["name"],
         email=command["admin"]["email"],
     )
-    api_key = apikeys.generate()
-    admin.issue_api_key(uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key))
+    api_key = _issue_key(admin, settings)
+    admin.accept_policy(command["accept_policy_version"])
     uow.actor_id = admin.id
-    uow.append(tenant.stream_id, 0, tenant.pending, tenant_id=tenant_uuid)
-    uow.append(admin.stream_id, 0, admin.pending, tenant_id=tenant_uuid)
-    return {
-        "tenant": tenant_view(tenant),
-        "agent": {"id": admin.id, "name": admin.name, "email": admin.email, "role": admin.role},
-        "api_key": api_key,
-    }
+    save(uow, tenant, tenant.id, tenant.region)
+    save(uow, admin, tenant.id, tenant.region)
+    return {"tenant": tenant_view(tenant), "agent": agent_view(admin), "api_key": api_key}
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:
-    return {
+    view = {
         "id": tenant.id,
         "company": tenant.company,
         "region": tenant.region,
         "status": tenant.status,
         "plan": tenant.plan,
     }
+    if tenant.destroy_after is not None:
+        view["destroy_after"] = _iso(tenant.destroy_after)
+    return view
 
 
 def get_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
-    uow.cur.execute(
-        "SELECT id, company, region, status, plan FROM tenants WHERE id = %s", (tenant_id,)
-    )
-    row = uow.cur.fetchone()
-    if row is None:
+    tenant = load(uow, Tenant, tenant_id)
+    if tenant is None:
         raise NotFound("no such tenant")
-    return dict(zip(("id", "company", "region", "status", "plan"), map(str, row), strict=True))
+    return tenant_view(tenant)
 
 
-def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str, str]:
-    """The agent and tenant a key belongs to; the same error for unknown, revoked or inactive."""
-    if not api_key.startswith(apikeys.PREFIX):
+def cancel_tenant(uow: UnitOfWork, tenant_id: str, settings: Settings) -> dict[str, Any]:
+    tenant = load(uow, Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("no such tenant")
+    tenant.cancel(_now(), dt.timedelta(days=settings.grace_days))
+    save(uow, tenant, tenant.id, tenant.region)
+    return tenant_view(tenant)
+
+
+def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    tenant = load(uow, Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("no such tenant")
+    tenant.reactivate(_now())
+    save(uow, tenant, tenant.id, tenant.region)
+    return tenant_view(tenant)
+
+
+# --- agents and keys --------------------------------------------------------------------------
+
+
+def _issue_key(agent: Agent, settings: Settings) -> str:
+    api_key = apikeys.generate()
+    agent.issue_api_key(uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key))
+    return api_key
+
+
+def agent_view(agent: Agent) -> dict[str, Any]:
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "email": agent.email,
+        "role": agent.role,
+        "active": agent.active,
+    }
+
+
+def create_agent(
+    uow: UnitOfWork, tenant_id: str, command: dict[str, Any], settings: Settings
+) -> dict[str, Any]:
+    region = _tenant_region(uow, tenant_id)
+    agent = Agent.create(
+        agent_id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        role=command["role"],
+        name=command["name"],
+        email=command["email"],
+    )
+    api_key = _issue_key(agent, settings)
+    save(uow, agent, tenant_id, region)
+    return {**agent_view(agent), "api_key": api_key}
+
+
+def get_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
+    return agent_view(_scoped(uow, Agent, tenant_id, agent_id))
+
+
+def list_agents(
+    uow: UnitOfWork, tenant_id: str, limit: int, after: list | None
+) -> dict[str, Any]:
+    rows, next_after = _page(
+        uow,
+        "SELECT id, name, email, role, active, created_at FROM agents WHERE tenant_id = %s",
+        tenant_id,
+        limit,
+        after,
+    )
+    items = [
+        {"id": str(i), "name": n, "email": e, "role": r, "active": a}
+        for i, n, e, r, a, _ in rows
+    ]
+    return {"items": items, "next": next_after}
+
+
+def deactivate_agent(
+    uow: UnitOfWork, tenant_id: str, agent_id: str
+) -> dict[str, Any]:
+    agent = _scoped(uow, Agent, tenant_id, agent_id)
+    agent.deactivate()
+    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+    return agent_view(agent)
+
+
+def issue_api_key(
+    uow: UnitOfWork, tenant_id: str, agent_id: str, settings: Settings
+) -> dict[str, Any]:
+    agent = _scoped(uow, Agent, tenant_id, agent_id)
+    api_key = _issue_key(agent, settings)
+    key_id = agent.key_ids[-1]
+    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+    return {"id": key_id, "agent_id": agent.id, "api_key": api_key}
+
+
+def revoke_api_key(
+    uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str
+) -> None:
+    agent = _scoped(uow, Agent, tenant_id, agent_id)
+    if key_id not in agent.key_ids:
+        raise NotFound("no such key")
+    agent.revoke_api_key(key_id)
+    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+
+
+def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str, Any]:
+    """The agent and tenant a key belongs to; one error for unknown, revoked or inactive."""
+    if not api_key.startswith(apikeys.PREFIX) or len(api_key) > 200:
         raise Unauthorized("invalid credentials")
     key_hash = apikeys.keyed_hash(settings.api_key_secret, api_key)
     uow.cur.execute(
-        "SELECT k.key_hash, a.id, a.tenant_id, a.role FROM api_keys k"
-        " JOIN agents a ON a.id = k.agent_id"
+        "SELECT k.key_hash, k.key_id, a.id, a.tenant_id, a.role, t.status FROM api_keys k"
+        " JOIN agents a ON a.id = k.agent_id JOIN tenants t ON t.id = a.tenant_id"
         " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND a.active",
         (key_hash,),
     )
     row = uow.cur.fetchone()
     if row is None or not apikeys.matches(settings.api_key_secret, api_key, row[0]):
         raise Unauthorized("invalid credentials")
-    return {"agent_id": str(row[1]), "tenant_id": str(row[2]), "role": row[3]}
+    return {
+        "key_id": str(row[1]),
+        "agent_id": str(row[2]),
+        "tenant_id": str(row[3]),
+        "role": row[4],
+        "tenant_status": row[5],
+    }
+
+
+# --- contacts and consent ---------------------------------------------------------------------
+
+
+def contact_view(contact: Contact, marketing: bool | None = None) -> dict[str, Any]:
+    view = {
+        "id": contact.id,
+        "name": contact.name,
+        "email": contact.email,
+        "phone": contact.phone,
+        "version": contact.version,
+    }
+    if marketing is not None:
+        view["marketing"] = marketing
+    return view
+
+
+def create_contact(uow: UnitOfWork, tenant_id: str, command: dict[str, Any]) -> dict[str, Any]:
+    region = _tenant_region(uow, tenant_id)
+    contact = Contact.create(
+        tenant_id=tenant_id,
+        name=command["name"],
+        email=command["email"],
+        phone=command.get("phone"),
+    )
+    save(uow, contact, tenant_id, region)
+    return contact_view(contact, marketing=False)
+
+
+def get_contact(uow: UnitOfWork, tenant_id: str, contact_id: str) -> dict[str, Any]:
+    contact = _scoped(uow, Contact, tenant_id, contact_id)
+    return contact_view(contact, marketing=_marketing(uow, contact.id))
+
+
+def list_contacts(
+    uow: UnitOfWork, tenant_id: str, limit: int, after: list | None
+) -> dict[str, Any]:
+    rows, next_after = _page(
+        uow,
+        "SELECT id, name, email, phone, marketing, version, created_at FROM contacts"
+        " WHERE tenant_id = %s",
+        tenant_id,
+        limit,
+        after,
+    )
+    items = [
+        {"id": str(i), "name": n, "email": e, "phone": p, "marketing": m, "version": v}
+        for i, n, e, p, m, v, _ in rows
+    ]
+    return {"items": items, "next": next_after}
+
+
+def rectify_contact(
+    uow: UnitOfWork,
+    tenant_id: str,
+    contact_id: str,
+    expected_version: int,
+    changes: dict[str, Any],
+) -> dict[str, Any]:
+    contact = _scoped(uow, Contact, tenant_id, contact_id)
+    if contact.version != expected_version:
+        raise Conflict(f"the contact is at version {contact.version}, not {expected_version}")
+    contact.rectify(changes)
+    try:
+        save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+    except ConcurrencyError:
+        raise Conflict("the contact changed meanwhile; reload and retry") from None
+    return contact_view(contact, marketing=_marketing(uow, contact.id))
+
+
+def set_consent(
+    uow: UnitOfWork, tenant_id: str, contact_id: str, command: dict[str, Any]
+) -> dict[str, Any]:
+    contact = _scoped(uow, Contact, tenant_id, contact_id)
+    policy_version = current_policy(uow)["version"]
+    contact.record_consent(
+        marketing=command["marketing"], source=command["source"], policy_version=policy_version
+    )
+    [recorded] = save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+    return {
+        "contact_id": contact.id,
+        "marketing": command["marketing"],
+        "source": command["source"],
+        "policy_version": policy_version,
+        "recorded_at": recorded.occurred_at.isoformat(),
+    }
+
+
+def get_consent(uow: UnitOfWork, tenant_id: str, contact_id: str) -> dict[str, Any]:
+    contact = _scoped(uow, Contact, tenant_id, contact_id)
+    uow.cur.execute(
+        "SELECT marketing, source, policy_version, recorded_at FROM consents"
+        " WHERE contact_id = %s AND tenant_id = %s ORDER BY version",
+        (contact.id, tenant_id),
+    )
+    history = [
+        {"marketing": m, "source": s, "policy_version": p, "recorded_at": r.isoformat()}
+        for m, s, p, r in uow.cur.fetchall()
+    ]
+    return {
+        "contact_id": contact.id,
+        "marketing": history[-1]["marketing"] if history else False,
+        "history": history,
+    }
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _marketing(uow: UnitOfWork, contact_id: str) -> bool:
+    uow.cur.execute("SELECT marketing FROM contacts WHERE id = %s", (contact_id,))
+    row = uow.cur.fetchone()
+    return bool(row and row[0])
+
+
+def _page(
+    uow: UnitOfWork, query: str, tenant_id: str, limit: int, after: list | None
+) -> tuple[list[tuple], list | None]:
+    """Keyset pagination on (created_at, id): stable under inserts, no OFFSET scans."""
+    params: list[Any] = [tenant_id]
+    if after:
+        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
+        params.extend(after)
+    query += " ORDER BY created_at, id LIMIT %s"
+    params.append(limit + 1)
+    uow.cur.execute(query, params)
+    rows = uow.cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_after = [rows[-1][-1].isoformat(), str(rows[-1][0])] if more and rows else None
+    return rows, next_after
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso(value: dt.datetime | str) -> str:
+    return value if isinstance(value, str) else value.isoformat()

@@ -1,4 +1,4 @@
-"""Accounts' read models: tenants, agents and API keys."""
+"""Accounts' read models: tenants, agents and keys, contacts and consent, policies."""
 
 from __future__ import annotations
 
@@ -11,28 +11,37 @@ from kernel.projections import Projection
 class TenantsProjection(Projection):
     name = "tenants"
     tables = ("tenants",)
-    event_types = frozenset({"tenant_created"})
+    event_types = frozenset({"tenant_created", "tenant_cancelled", "tenant_reactivated"})
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         p = event.payload
-        cur.execute(
-            "INSERT INTO tenants (id, company, region, status, plan, created_at, version)"
-            " VALUES (%s, %s, %s, 'active', %s, %s, %s)",
-            (
-                p["tenant_id"],
-                p["company"],
-                p["region"],
-                p["plan"],
-                event.occurred_at,
-                event.stream_version,
-            ),
-        )
+        if event.type == "tenant_created":
+            cur.execute(
+                "INSERT INTO tenants (id, company, region, status, plan, created_at, version)"
+                " VALUES (%s, %s, %s, 'active', %s, %s, %s)",
+                (p["tenant_id"], p["company"], p["region"], p["plan"], event.occurred_at,
+                 event.stream_version),
+            )
+        elif event.type == "tenant_cancelled":
+            cur.execute(
+                "UPDATE tenants SET status = 'cancelled', destroy_after = %s, version = %s"
+                " WHERE id = %s",
+                (p["destroy_after"], event.stream_version, p["tenant_id"]),
+            )
+        elif event.type == "tenant_reactivated":
+            cur.execute(
+                "UPDATE tenants SET status = 'active', destroy_after = NULL, version = %s"
+                " WHERE id = %s",
+                (event.stream_version, p["tenant_id"]),
+            )
 
 
 class AgentsProjection(Projection):
     name = "agents"
     tables = ("agents", "api_keys")
-    event_types = frozenset({"agent_created", "api_key_issued"})
+    event_types = frozenset(
+        {"agent_created", "api_key_issued", "api_key_revoked", "agent_deactivated"}
+    )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         p = event.payload
@@ -40,14 +49,8 @@ class AgentsProjection(Projection):
             cur.execute(
                 "INSERT INTO agents (id, tenant_id, role, name, email, created_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    p["agent_id"],
-                    p["tenant_id"],
-                    p["role"],
-                    str(p["name"]),
-                    str(p["email"]),
-                    event.occurred_at,
-                ),
+                (p["agent_id"], p["tenant_id"], p["role"], str(p["name"]), str(p["email"]),
+                 event.occurred_at),
             )
         elif event.type == "api_key_issued":
             cur.execute(
@@ -55,6 +58,82 @@ class AgentsProjection(Projection):
                 " VALUES (%s, %s, %s, %s)",
                 (p["key_hash"], p["key_id"], p["agent_id"], event.occurred_at),
             )
+        elif event.type == "api_key_revoked":
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE key_id = %s AND revoked_at IS NULL",
+                (event.occurred_at, p["key_id"]),
+            )
+        elif event.type == "agent_deactivated":
+            cur.execute(
+                "UPDATE agents SET active = false, deactivated_at = %s WHERE id = %s",
+                (event.occurred_at, p["agent_id"]),
+            )
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE agent_id = %s AND revoked_at IS NULL",
+                (event.occurred_at, p["agent_id"]),
+            )
 
 
-PROJECTIONS = (TenantsProjection(), AgentsProjection())
+class ContactsProjection(Projection):
+    name = "contacts"
+    tables = ("contacts", "consents")
+    event_types = frozenset({"contact_created", "contact_rectified", "consent_recorded"})
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        p = event.payload
+        if event.type == "contact_created":
+            cur.execute(
+                "INSERT INTO contacts (id, tenant_id, name, email, phone, version, created_at,"
+                " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (p["contact_id"], p["tenant_id"], str(p["name"]), str(p["email"]),
+                 None if p.get("phone") is None else str(p["phone"]),
+                 event.stream_version, event.occurred_at, event.occurred_at),
+            )
+        elif event.type == "contact_rectified":
+            changes = {k: p[k] for k in ("name", "email", "phone") if k in p}
+            assignments = ", ".join(f"{column} = %s" for column in changes)
+            cur.execute(
+                f"UPDATE contacts SET {assignments}, version = %s, updated_at = %s"  # noqa: S608
+                " WHERE id = %s",
+                (*(None if v is None else str(v) for v in changes.values()),
+                 event.stream_version, event.occurred_at, p["contact_id"]),
+            )
+        elif event.type == "consent_recorded":
+            cur.execute(
+                "INSERT INTO consents (contact_id, tenant_id, marketing, source, policy_version,"
+                " recorded_at, version) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (p["contact_id"], p["tenant_id"], p["marketing"], p["source"],
+                 p["policy_version"], event.occurred_at, event.stream_version),
+            )
+            cur.execute(
+                "UPDATE contacts SET marketing = %s, version = %s, updated_at = %s WHERE id = %s",
+                (p["marketing"], event.stream_version, event.occurred_at, p["contact_id"]),
+            )
+
+
+class PoliciesProjection(Projection):
+    name = "policies"
+    tables = ("policies", "policy_acceptances")
+    event_types = frozenset({"policy_published", "policy_accepted"})
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        p = event.payload
+        if event.type == "policy_published":
+            cur.execute(
+                "INSERT INTO policies (version, published_at, seq) VALUES (%s, %s, %s)",
+                (p["version"], event.occurred_at, event.stream_version),
+            )
+        elif event.type == "policy_accepted":
+            cur.execute(
+                "INSERT INTO policy_acceptances (agent_id, tenant_id, version, accepted_at)"
+                " VALUES (%s, %s, %s, %s)",
+                (p["agent_id"], p["tenant_id"], p["version"], event.occurred_at),
+            )
+
+
+PROJECTIONS = (
+    TenantsProjection(),
+    AgentsProjection(),
+    ContactsProjection(),
+    PoliciesProjection(),
+)

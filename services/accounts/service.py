@@ -1,20 +1,47 @@
-"""The accounts service: thin nameko entrypoints over the handlers."""
+"""The accounts service: thin nameko entrypoints over the handlers.
+
+Callers pass the tenant they act for (the gateway takes it from the authenticated key); every
+handler scopes its reads and writes to it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
 
 from kernel.errors import ValidationFailed
-from kernel.nameko_adapters import EventStoreDependency, rpc
+from kernel.eventstore import ConcurrencyError
+from kernel.nameko_adapters import EventStoreDependency, rpc, settings_of
 from kernel.tracing import Tracing
-from services.accounts import handlers
-from services.accounts.commands import SignUpV1
+from services.accounts import commands, handlers
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
+
+
+def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
+    try:
+        return schema().load(request)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.normalized_messages()) from None
+
+
+class FirstPolicy(DependencyProvider):
+    """Publishes the configured first policy version when the platform has none."""
+
+    def start(self) -> None:
+        store = next(
+            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
+        ).store
+        assert store is not None
+        try:
+            with store.unit_of_work() as uow:
+                handlers.ensure_first_policy(uow, settings_of(self.container))
+        except ConcurrencyError:
+            pass  # another replica published it first
 
 
 class AccountsService:
@@ -23,17 +50,21 @@ class AccountsService:
     store = EventStoreDependency(
         REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
     )
+    first_policy = FirstPolicy()
     tracing = Tracing()
     config = Config()
 
+    @property
+    def settings(self):
+        return self.config["LEDGERDESK"]
+
+    # --- tenants ------------------------------------------------------------------------------
+
     @rpc
     def sign_up(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            command = SignUpV1().load(request)
-        except ValidationError as exc:
-            raise ValidationFailed(exc.normalized_messages()) from None
+        command = validated(commands.SignUpV1, request)
         with self.store.unit_of_work() as uow:
-            return handlers.sign_up(command, uow, self.config["LEDGERDESK"])
+            return handlers.sign_up(command, uow, self.settings)
 
     @rpc
     def get_tenant(self, tenant_id: str) -> dict[str, Any]:
@@ -41,9 +72,119 @@ class AccountsService:
             return handlers.get_tenant(uow, tenant_id)
 
     @rpc
-    def authenticate(self, api_key: str) -> dict[str, str]:
+    def cancel_tenant(self, actor: dict[str, str]) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.cancel_tenant(uow, actor["tenant_id"], self.settings)
+
+    @rpc
+    def reactivate_tenant(self, actor: dict[str, str]) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.reactivate_tenant(uow, actor["tenant_id"])
+
+    # --- agents and keys ----------------------------------------------------------------------
+
+    @rpc
+    def authenticate(self, api_key: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return handlers.authenticate(uow, self.config["LEDGERDESK"], api_key)
+            return handlers.authenticate(uow, self.settings, api_key)
+
+    @rpc
+    def create_agent(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.CreateAgentV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.create_agent(uow, actor["tenant_id"], command, self.settings)
+
+    @rpc
+    def get_agent(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.get_agent(uow, tenant_id, agent_id)
+
+    @rpc
+    def list_agents(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.list_agents(uow, tenant_id, limit, after)
+
+    @rpc
+    def deactivate_agent(self, actor: dict[str, str], agent_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.deactivate_agent(uow, actor["tenant_id"], agent_id)
+
+    @rpc
+    def issue_api_key(self, actor: dict[str, str], agent_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.issue_api_key(uow, actor["tenant_id"], agent_id, self.settings)
+
+    @rpc
+    def revoke_api_key(self, actor: dict[str, str], agent_id: str, key_id: str) -> None:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            handlers.revoke_api_key(uow, actor["tenant_id"], agent_id, key_id)
+
+    # --- contacts and consent -----------------------------------------------------------------
+
+    @rpc
+    def create_contact(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.CreateContactV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.create_contact(uow, actor["tenant_id"], command)
+
+    @rpc
+    def get_contact(self, tenant_id: str, contact_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.get_contact(uow, tenant_id, contact_id)
+
+    @rpc
+    def list_contacts(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.list_contacts(uow, tenant_id, limit, after)
+
+    @rpc
+    def rectify_contact(
+        self, actor: dict[str, str], contact_id: str, expected_version: int, request: dict
+    ) -> dict[str, Any]:
+        changes = validated(commands.RectifyContactV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.rectify_contact(
+                uow, actor["tenant_id"], contact_id, expected_version, changes
+            )
+
+    @rpc
+    def set_consent(
+        self, actor: dict[str, str], contact_id: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        command = validated(commands.SetConsentV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.set_consent(uow, actor["tenant_id"], contact_id, command)
+
+    @rpc
+    def get_consent(self, tenant_id: str, contact_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.get_consent(uow, tenant_id, contact_id)
+
+    # --- policies -----------------------------------------------------------------------------
+
+    @rpc
+    def current_policy(self) -> dict[str, str]:
+        with self.store.unit_of_work() as uow:
+            return handlers.current_policy(uow)
+
+    @rpc
+    def publish_policy(self, request: dict[str, Any]) -> dict[str, str]:
+        command = validated(commands.PublishPolicyV1, request)
+        with self.store.unit_of_work("operator") as uow:
+            return handlers.publish_policy(uow, command)
+
+    @rpc
+    def accept_policy(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.AcceptPolicyV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.accept_policy(uow, actor, command)
+
+    @rpc
+    def pending_acceptance(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.pending_acceptance(uow, tenant_id)
+
+    # --- operations ---------------------------------------------------------------------------
 
     @rpc
     def health(self) -> dict[str, bool]:

@@ -1,0 +1,96 @@
+"""Per-API-key rate limiting: a token bucket per key, held in this process's memory.
+
+Each gateway replica limits on its own, so the effective limit across replicas is a multiple of
+the configured one; that is accepted, since the limit protects the services from one noisy
+client, not a quota that is billed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from nameko.exceptions import deserialize_to_instance
+
+from kernel.errors import DomainError
+
+
+@deserialize_to_instance
+class RateLimited(DomainError):
+    """Too many requests for one key; ``retry_after`` is whole seconds, at least 1."""
+
+    def __init__(self, retry_after: float | str, detail: str = ""):
+        # A str is how nameko hands the number back from a remote service. Retry-After takes
+        # whole seconds, and rounding down could send a client back too early.
+        self.retry_after: int = max(1, math.ceil(float(retry_after)))
+        super().__init__(detail or f"too many requests; retry in {self.retry_after} s")
+        # nameko rebuilds a remote error from ``args``; both fields must survive the trip.
+        self.args = (self.retry_after, self.detail)
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, tokens: float, updated: float):
+        self.tokens = tokens
+        self.updated = updated
+
+
+class RateLimiter:
+    """``burst`` requests at once per key, then ``rate`` a second.
+
+    Keys are whatever identifies the caller (a hash of its API key, say). They are never logged
+    nor exposed; at most ``max_keys`` buckets are kept, the least recently used dropped first.
+    A dropped bucket comes back full, which only ever errs towards admitting a request.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ):
+        if not rate > 0:
+            raise ValueError("rate must be positive")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.rate = float(rate)
+        self.burst = burst
+        self.max_keys = max_keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        # Nothing blocks while it is held, so a plain (or eventlet-patched) lock serves both
+        # OS threads and greenthreads without ever yielding mid-update.
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def check(self, key: str) -> None:
+        """Take a token for ``key`` or raise :class:`RateLimited`; a refusal takes nothing."""
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = _Bucket(float(self.burst), now)
+                self._buckets[key] = bucket
+                while len(self._buckets) > self.max_keys:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+                # max(): a clock that steps back must not drain the bucket.
+                elapsed = max(0.0, now - bucket.updated)
+                bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+                bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            wait = (1.0 - bucket.tokens) / self.rate
+        # The small allowance keeps float noise (a wait of 2.0000000001) from adding a second.
+        raise RateLimited(max(1, math.ceil(wait - 1e-9)))

@@ -1,0 +1,7 @@
+"""The audit ledger's queue: every event of every service, so a new service is covered unchanged."""
+
+from kernel.topology import Subscription
+
+LEDGER = Subscription("audit.ledger", ("#",))
+
+SUBSCRIPTIONS = [LEDGER]

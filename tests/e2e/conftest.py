@@ -1,0 +1,62 @@
+"""A whole platform as processes, in a world of its own, shared by one test module."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from kernel.config import Settings
+from kernel.testing import Infrastructure, free_port, make_world, world_env
+from services import platform
+
+SIGNUP = {
+    "company": "Acme Support Ltd",
+    "region": "uk",
+    "admin": {"name": "Ada Lovelace", "email": "ada@example.com"},
+    "age_confirmed": True,
+    "accept_policy_version": "2026-01",
+}
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    url: str
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs: Any):
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return requests.request(method, self.url + path, headers=headers, timeout=15, **kwargs)
+
+    def sign_up(self, **changes: Any) -> dict[str, Any]:
+        """A new tenant; returns the signup answer (tenant, agent, api_key)."""
+        response = self.call("POST", "/v1/signup", json={**SIGNUP, **changes})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+@contextlib.contextmanager
+def running_stack(infrastructure: Infrastructure, **overrides: str) -> Iterator[Stack]:
+    port = free_port()
+    with make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(port), **overrides) as settings:
+        platform.prepare(settings)
+        processes = platform.start_processes(world_env(settings))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            assert platform.wait_until_ready(url, processes, timeout=60), "no stack"
+            yield Stack(settings, url)
+        finally:
+            platform.stop_processes(processes)
+        assert all(p.returncode == 0 for p in processes.values()), "a service did not stop"
+
+
+@pytest.fixture(scope="module")
+def stack(infrastructure: Infrastructure) -> Iterator[Stack]:
+    with running_stack(infrastructure) as running:
+        yield running
