@@ -172,9 +172,7 @@ class Contact(Aggregate):
     phone: str | None = None
 
     @classmethod
-    def create(
-        cls, *, tenant_id: str, name: str, email: str, phone: str | None
-    ) -> Contact:
+    def create(cls, *, tenant_id: str, name: str, email: str, phone: str | None) -> Contact:
         contact = cls(id=str(uuid.uuid4()))
         contact.record(
             "contact_created",
@@ -188,9 +186,7 @@ class Contact(Aggregate):
 
     def rectify(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Record what really changed; an unchanged value is not a rectification."""
-        changed = {
-            k: v for k, v in changes.items() if k in RECTIFIABLE and getattr(self, k) != v
-        }
+        changed = {k: v for k, v in changes.items() if k in RECTIFIABLE and getattr(self, k) != v}
         if changed:
             self.record(
                 "contact_rectified", contact_id=self.id, tenant_id=self.tenant_id, **changed

@@ -90,11 +90,11 @@ class PolicyPublishedV1(Schema):
     version = fields.String(required=True)
 
 
-def _personal(name, schema, subject_field):
+def _personal(name, schema, subject_field, fields=("name", "email", "phone")):
     return EventType(
         name,
         {1: schema},
-        personal_fields=("name", "email", "phone"),
+        personal_fields=fields,
         subject_field=subject_field,
         published=True,
     )
@@ -103,7 +103,7 @@ def _personal(name, schema, subject_field):
 TENANT_CREATED = EventType("tenant_created", {1: TenantCreatedV1}, published=True)
 TENANT_CANCELLED = EventType("tenant_cancelled", {1: TenantCancelledV1}, published=True)
 TENANT_REACTIVATED = EventType("tenant_reactivated", {1: TenantReactivatedV1}, published=True)
-AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id")
+AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id", ("name", "email"))
 AGENT_DEACTIVATED = EventType("agent_deactivated", {1: AgentDeactivatedV1}, published=True)
 API_KEY_ISSUED = EventType("api_key_issued", {1: ApiKeyIssuedV1})
 API_KEY_REVOKED = EventType("api_key_revoked", {1: ApiKeyRevokedV1}, published=True)

@@ -109,9 +109,7 @@ def pending_acceptance(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
         " ORDER BY a.created_at, a.id",
         (tenant_id, current),
     )
-    items = [
-        {"id": str(i), "name": n, "email": e, "role": r} for i, n, e, r in uow.cur.fetchall()
-    ]
+    items = [{"id": str(i), "name": n, "email": e, "role": r} for i, n, e, r in uow.cur.fetchall()]
     return {"version": current, "items": items}
 
 
@@ -221,9 +219,7 @@ def get_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
     return agent_view(_scoped(uow, Agent, tenant_id, agent_id))
 
 
-def list_agents(
-    uow: UnitOfWork, tenant_id: str, limit: int, after: list | None
-) -> dict[str, Any]:
+def list_agents(uow: UnitOfWork, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
     rows, next_after = _page(
         uow,
         "SELECT id, name, email, role, active, created_at FROM agents WHERE tenant_id = %s",
@@ -232,15 +228,12 @@ def list_agents(
         after,
     )
     items = [
-        {"id": str(i), "name": n, "email": e, "role": r, "active": a}
-        for i, n, e, r, a, _ in rows
+        {"id": str(i), "name": n, "email": e, "role": r, "active": a} for i, n, e, r, a, _ in rows
     ]
     return {"items": items, "next": next_after}
 
 
-def deactivate_agent(
-    uow: UnitOfWork, tenant_id: str, agent_id: str
-) -> dict[str, Any]:
+def deactivate_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
     agent = _scoped(uow, Agent, tenant_id, agent_id)
     agent.deactivate()
     save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
@@ -257,9 +250,7 @@ def issue_api_key(
     return {"id": key_id, "agent_id": agent.id, "api_key": api_key}
 
 
-def revoke_api_key(
-    uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str
-) -> None:
+def revoke_api_key(uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str) -> None:
     agent = _scoped(uow, Agent, tenant_id, agent_id)
     if key_id not in agent.key_ids:
         raise NotFound("no such key")

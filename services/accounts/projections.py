@@ -19,8 +19,14 @@ class TenantsProjection(Projection):
             cur.execute(
                 "INSERT INTO tenants (id, company, region, status, plan, created_at, version)"
                 " VALUES (%s, %s, %s, 'active', %s, %s, %s)",
-                (p["tenant_id"], p["company"], p["region"], p["plan"], event.occurred_at,
-                 event.stream_version),
+                (
+                    p["tenant_id"],
+                    p["company"],
+                    p["region"],
+                    p["plan"],
+                    event.occurred_at,
+                    event.stream_version,
+                ),
             )
         elif event.type == "tenant_cancelled":
             cur.execute(
@@ -49,8 +55,14 @@ class AgentsProjection(Projection):
             cur.execute(
                 "INSERT INTO agents (id, tenant_id, role, name, email, created_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
-                (p["agent_id"], p["tenant_id"], p["role"], str(p["name"]), str(p["email"]),
-                 event.occurred_at),
+                (
+                    p["agent_id"],
+                    p["tenant_id"],
+                    p["role"],
+                    str(p["name"]),
+                    str(p["email"]),
+                    event.occurred_at,
+                ),
             )
         elif event.type == "api_key_issued":
             cur.execute(
@@ -85,9 +97,16 @@ class ContactsProjection(Projection):
             cur.execute(
                 "INSERT INTO contacts (id, tenant_id, name, email, phone, version, created_at,"
                 " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (p["contact_id"], p["tenant_id"], str(p["name"]), str(p["email"]),
-                 None if p.get("phone") is None else str(p["phone"]),
-                 event.stream_version, event.occurred_at, event.occurred_at),
+                (
+                    p["contact_id"],
+                    p["tenant_id"],
+                    str(p["name"]),
+                    str(p["email"]),
+                    None if p.get("phone") is None else str(p["phone"]),
+                    event.stream_version,
+                    event.occurred_at,
+                    event.occurred_at,
+                ),
             )
         elif event.type == "contact_rectified":
             changes = {k: p[k] for k in ("name", "email", "phone") if k in p}
@@ -95,15 +114,26 @@ class ContactsProjection(Projection):
             cur.execute(
                 f"UPDATE contacts SET {assignments}, version = %s, updated_at = %s"  # noqa: S608
                 " WHERE id = %s",
-                (*(None if v is None else str(v) for v in changes.values()),
-                 event.stream_version, event.occurred_at, p["contact_id"]),
+                (
+                    *(None if v is None else str(v) for v in changes.values()),
+                    event.stream_version,
+                    event.occurred_at,
+                    p["contact_id"],
+                ),
             )
         elif event.type == "consent_recorded":
             cur.execute(
                 "INSERT INTO consents (contact_id, tenant_id, marketing, source, policy_version,"
                 " recorded_at, version) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (p["contact_id"], p["tenant_id"], p["marketing"], p["source"],
-                 p["policy_version"], event.occurred_at, event.stream_version),
+                (
+                    p["contact_id"],
+                    p["tenant_id"],
+                    p["marketing"],
+                    p["source"],
+                    p["policy_version"],
+                    event.occurred_at,
+                    event.stream_version,
+                ),
             )
             cur.execute(
                 "UPDATE contacts SET marketing = %s, version = %s, updated_at = %s WHERE id = %s",
