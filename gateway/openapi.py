@@ -46,6 +46,7 @@ class Endpoint:
     idempotent: bool = False
     etag: bool = False
     path_params: tuple[str, ...] = field(default=())
+    filters: tuple[str, ...] = field(default=())
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -217,6 +218,65 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path_params=("contact_id",),
     ),
     Endpoint(
+        "post",
+        "/v1/tickets",
+        "Open a ticket for a requester (a contact)",
+        "201",
+        "TicketOut",
+        roles=("admin", "agent"),
+        body="CreateTicketV1",
+        errors=("400", "413", "422"),
+        idempotent=True,
+        etag=True,
+    ),
+    Endpoint(
+        "get",
+        "/v1/tickets",
+        "List tickets; filter by status, assignee, requester",
+        "200",
+        "TicketListOut",
+        roles=("admin", "agent"),
+        errors=("422",),
+        list_params=True,
+        filters=("status", "assignee_id", "requester_id"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/tickets/{ticket_id}",
+        "One ticket with its messages",
+        "200",
+        "TicketDetailOut",
+        roles=("admin", "agent"),
+        errors=("404",),
+        etag=True,
+        path_params=("ticket_id",),
+    ),
+    Endpoint(
+        "patch",
+        "/v1/tickets/{ticket_id}",
+        "Change status, priority, assignee or tags",
+        "200",
+        "TicketDetailOut",
+        roles=("admin", "agent"),
+        body="UpdateTicketV1",
+        errors=("400", "404", "409", "413", "422", "428"),
+        if_match=True,
+        etag=True,
+        path_params=("ticket_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/tickets/{ticket_id}/messages",
+        "Add a public reply or an internal note",
+        "201",
+        "MessageOut",
+        roles=("admin", "agent"),
+        body="AddMessageV1",
+        errors=("400", "404", "409", "413", "422"),
+        idempotent=True,
+        path_params=("ticket_id",),
+    ),
+    Endpoint(
         "get",
         "/v1/policies/current",
         "The current policy version",
@@ -317,6 +377,13 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
                 "description": "the next_cursor of the previous page",
             },
         ]
+    for name in endpoint.filters:
+        schema: dict[str, Any] = {"type": "string"}
+        if name == "status":
+            schema["enum"] = ["new", "open", "pending", "solved", "closed"]
+        else:
+            schema["format"] = "uuid"
+        parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if endpoint.if_match:
         parameters.append(
             {

@@ -15,8 +15,12 @@ from services.accounts.commands import (
     SetConsentV1,
     SignUpV1,
 )
+from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
+    "AddMessageV1",
+    "CreateTicketV1",
+    "UpdateTicketV1",
     "AgentCreatedOut",
     "AcceptPolicyV1",
     "CreateAgentV1",
@@ -123,6 +127,40 @@ class AgentListOut(Schema):
 
 class ContactListOut(Schema):
     items = fields.List(fields.Nested(ContactOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class TicketOut(Schema):
+    id = fields.UUID(required=True)
+    subject = fields.String(required=True)
+    body = fields.String(required=True)
+    status = fields.String(
+        required=True, metadata={"enum": ["new", "open", "pending", "solved", "closed"]}
+    )
+    priority = fields.String(required=True, metadata={"enum": ["low", "normal", "high", "urgent"]})
+    requester_id = fields.UUID(required=True)
+    assignee_id = fields.UUID(required=True, allow_none=True)
+    tags = fields.List(fields.String(), required=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    version = fields.Integer(required=True, metadata={"description": "the ETag's value"})
+
+
+class MessageOut(Schema):
+    id = fields.UUID(required=True)
+    author_id = fields.UUID(required=True)
+    author_kind = fields.String(required=True, metadata={"enum": ["agent", "requester"]})
+    body = fields.String(required=True)
+    internal = fields.Boolean(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class TicketDetailOut(TicketOut):
+    messages = fields.List(fields.Nested(MessageOut), required=True)
+
+
+class TicketListOut(Schema):
+    items = fields.List(fields.Nested(TicketOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 

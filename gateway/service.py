@@ -65,6 +65,7 @@ class GatewayService:
     name = "gateway"
 
     accounts = TimedRpcProxy("accounts")
+    tickets = TimedRpcProxy("tickets")
     limits = Limits()
     idempotency = Idempotency()
     tracing = Tracing()
@@ -275,6 +276,52 @@ class GatewayService:
         caller = self._caller(request, STAFF)
         return json_response(200, self.accounts.get_consent(caller["tenant_id"], contact_id))
 
+    # --- tickets ------------------------------------------------------------------------------
+
+    @api("POST", "/v1/tickets")
+    def create_ticket(self, request: Request) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.CreateTicketV1())
+
+        def produce() -> Response:
+            ticket = self.tickets.create_ticket(caller, command)
+            request.environ[RESOURCES] = [ticket["id"], ticket["requester_id"]]
+            return json_response(201, ticket, {"ETag": _etag(ticket["version"])})
+
+        return self._idempotent(request, caller["tenant_id"], produce)
+
+    @api("GET", "/v1/tickets")
+    def list_tickets(self, request: Request) -> Response:
+        caller = self._caller(request, STAFF)
+        limit, after = self._page(request)
+        filters = _ticket_filters(request)
+        return self._listing(self.tickets.list_tickets(caller["tenant_id"], filters, limit, after))
+
+    @api("GET", "/v1/tickets/<string:ticket_id>")
+    def get_ticket(self, request: Request, ticket_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        ticket = self.tickets.get_ticket(caller, ticket_id)
+        request.environ[RESOURCES] = [ticket["requester_id"]]
+        return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
+
+    @api("PATCH", "/v1/tickets/<string:ticket_id>")
+    def update_ticket(self, request: Request, ticket_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.UpdateTicketV1())
+        version = _if_match(request)
+        ticket = self.tickets.update_ticket(caller, ticket_id, version, command)
+        return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
+
+    @api("POST", "/v1/tickets/<string:ticket_id>/messages")
+    def add_message(self, request: Request, ticket_id: str) -> Response:
+        caller = self._caller(request, STAFF)
+        command = read_json(request, schemas.AddMessageV1())
+        return self._idempotent(
+            request,
+            caller["tenant_id"],
+            lambda: json_response(201, self.tickets.add_message(caller, ticket_id, command)),
+        )
+
     # --- policies -----------------------------------------------------------------------------
 
     @api("GET", "/v1/policies/current")
@@ -318,10 +365,11 @@ class GatewayService:
     @api("GET", "/readyz")
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        try:
-            checks["accounts"] = self.accounts.health()["database"]
-        except (DomainError, ServiceUnavailable):
-            checks["accounts"] = False
+        for name in ("accounts", "tickets"):
+            try:
+                checks[name] = getattr(self, name).health()["database"]
+            except (DomainError, ServiceUnavailable):
+                checks[name] = False
         ready = all(checks.values())
         return json_response(
             200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks}
@@ -334,6 +382,24 @@ class GatewayService:
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
+
+
+def _ticket_filters(request: Request) -> dict[str, str]:
+    filters = {
+        k: request.args[k] for k in ("status", "assignee_id", "requester_id") if request.args.get(k)
+    }
+    errors: dict[str, list[str]] = {}
+    if filters.get("status") not in (None, "new", "open", "pending", "solved", "closed"):
+        errors["status"] = ["must be one of: new, open, pending, solved, closed"]
+    for key in ("assignee_id", "requester_id"):
+        if key in filters:
+            try:
+                uuid.UUID(filters[key])
+            except ValueError:
+                errors[key] = ["not a valid UUID"]
+    if errors:
+        raise ValidationFailed(errors)
+    return filters
 
 
 def _etag(version: int) -> str:

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> the nameko service class; every service owns its databases and migrations folder.
 SERVICES: dict[str, str] = {
     "accounts": "services.accounts.service:AccountsService",
+    "tickets": "services.tickets.service:TicketsService",
 }
 GATEWAY = "gateway.service:GatewayService"
 # Whose consumer queues are declared: the services, and the audit ledger's queue, which binds
@@ -140,7 +141,9 @@ def run(settings: Settings) -> int:
     def on_signal(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT explicitly too: a launcher started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         if not wait_until_ready(url, processes, timeout=60):
             failed = [n for n, p in processes.items() if p.poll() is not None]

@@ -281,6 +281,24 @@ def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str,
     }
 
 
+def describe_subject(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
+    """Whether an id is an agent or a contact of this tenant, and active: for other services
+    that have not yet heard of it through events."""
+    try:
+        uuid.UUID(str(subject_id))
+    except ValueError:
+        raise NotFound("no such subject") from None
+    uow.cur.execute(
+        "SELECT 'agent', active FROM agents WHERE id = %s AND tenant_id = %s"
+        " UNION ALL SELECT 'contact', true FROM contacts WHERE id = %s AND tenant_id = %s",
+        (subject_id, tenant_id, subject_id, tenant_id),
+    )
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no such subject")
+    return {"kind": row[0], "active": row[1]}
+
+
 # --- contacts and consent ---------------------------------------------------------------------
 
 

@@ -119,6 +119,11 @@ class AccountsService:
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             handlers.revoke_api_key(uow, actor["tenant_id"], agent_id, key_id)
 
+    @rpc
+    def describe_subject(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.describe_subject(uow, tenant_id, subject_id)
+
     # --- contacts and consent -----------------------------------------------------------------
 
     @rpc

@@ -73,6 +73,7 @@ def test_the_api_front_answers_with_problems_and_its_spec(stack):
     assert ready.status_code == 200 and ready.json()["checks"] == {
         "broker": True,
         "accounts": True,
+        "tickets": True,
     }
     spec = stack.call("GET", "/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.") and {"/v1/signup", "/v1/tenant"} <= set(spec["paths"])

@@ -1,0 +1,112 @@
+"""Tickets' events. Subjects, bodies and message texts are personal data of their author (the
+requester for a ticket, the writer for a message), encrypted under that person's key.
+
+Published copies leave without those fields: other services learn ids, never words.
+"""
+
+from marshmallow import Schema, fields, validate
+
+from kernel.envelope import EventRegistry, EventType
+
+STATUSES = ("new", "open", "pending", "solved", "closed")
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class TicketCreatedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    requester_id = fields.UUID(required=True)
+    subject = fields.String(required=True)
+    body = fields.String(required=True)
+    priority = fields.String(required=True, validate=validate.OneOf(PRIORITIES))
+    tags = fields.List(fields.String(), required=True)
+    # How many card numbers were cut down to their last four digits before storing.
+    redactions = fields.Integer(required=True)
+
+
+class TicketStatusChangedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    previous = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+
+
+class TicketClosedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+
+
+class TicketAssignedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    assignee_id = fields.UUID(required=True, allow_none=True)
+
+
+class TicketPriorityChangedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    priority = fields.String(required=True, validate=validate.OneOf(PRIORITIES))
+
+
+class TicketTagsChangedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    tags = fields.List(fields.String(), required=True)
+
+
+class MessageAddedV1(Schema):
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    message_id = fields.UUID(required=True)
+    author_id = fields.UUID(required=True)
+    author_kind = fields.String(required=True, validate=validate.OneOf(("agent", "requester")))
+    body = fields.String(required=True)
+    # Internal notes are for staff only: never part of "messages to you" in a requester's export.
+    internal = fields.Boolean(required=True)
+    redactions = fields.Integer(required=True)
+
+
+TICKET_CREATED = EventType(
+    "ticket_created",
+    {1: TicketCreatedV1},
+    personal_fields=("subject", "body"),
+    subject_field="requester_id",
+    published=True,
+)
+TICKET_STATUS_CHANGED = EventType(
+    "ticket_status_changed", {1: TicketStatusChangedV1}, published=True
+)
+TICKET_CLOSED = EventType("ticket_closed", {1: TicketClosedV1}, published=True)
+TICKET_ASSIGNED = EventType("ticket_assigned", {1: TicketAssignedV1}, published=True)
+TICKET_PRIORITY_CHANGED = EventType("ticket_priority_changed", {1: TicketPriorityChangedV1})
+TICKET_TAGS_CHANGED = EventType("ticket_tags_changed", {1: TicketTagsChangedV1})
+MESSAGE_ADDED = EventType(
+    "message_added",
+    {1: MessageAddedV1},
+    personal_fields=("body",),
+    subject_field="author_id",
+    published=True,
+)
+
+REGISTRY = EventRegistry(
+    TICKET_CREATED,
+    TICKET_STATUS_CHANGED,
+    TICKET_CLOSED,
+    TICKET_ASSIGNED,
+    TICKET_PRIORITY_CHANGED,
+    TICKET_TAGS_CHANGED,
+    MESSAGE_ADDED,
+)
+
+
+class TicketViewedV1(Schema):
+    """A staff member read a ticket: an access record for the audit ledger, not stored here."""
+
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    agent_id = fields.UUID(required=True)
+    # Whose personal data the read showed: the requester and every message author.
+    subject_ids = fields.List(fields.UUID(), required=True)
+
+
+TICKET_VIEWED = REGISTRY.register(EventType("ticket_viewed", {1: TicketViewedV1}))

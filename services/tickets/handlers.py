@@ -1,0 +1,293 @@
+"""Tickets' command handlers and queries: plain functions over a unit of work.
+
+Card numbers are cut to their last four digits here, before any text reaches an event, a read
+model, the outbox or a log line. Every query filters by the caller's tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kernel.cards import redact_card_numbers
+from kernel.envelope import Envelope, new_envelope
+from kernel.errors import Conflict, NotFound, ValidationFailed
+from kernel.uow import UnitOfWork
+from services.tickets.domain import Ticket
+
+# (tenant_id, subject_id) -> {"kind": "agent"|"contact", "active": bool}, or NotFound: asks
+# accounts when tickets has not yet heard of a subject (its events may still be on their way).
+SubjectLookup = Callable[[str, str], dict[str, Any]]
+
+
+def load_ticket(uow: UnitOfWork, tenant_id: str, ticket_id: str) -> Ticket:
+    try:
+        uuid.UUID(str(ticket_id))
+    except ValueError:
+        raise NotFound("no such ticket") from None
+    events = uow.load(Ticket.stream_id_for(ticket_id))
+    ticket = Ticket.from_history(ticket_id, events) if events else None
+    if ticket is None or ticket.tenant_id != tenant_id:
+        raise NotFound("no such ticket")
+    return ticket
+
+
+def save(uow: UnitOfWork, ticket: Ticket, metadata: dict[str, Any] | None = None) -> list:
+    stored = uow.append(
+        ticket.stream_id,
+        ticket.version,
+        ticket.pending,
+        tenant_id=uuid.UUID(ticket.tenant_id),
+        metadata=metadata,
+    )
+    ticket.version += len(ticket.pending)
+    ticket.pending.clear()
+    return stored
+
+
+def member(
+    uow: UnitOfWork,
+    lookup: SubjectLookup,
+    tenant_id: str,
+    subject_id: str,
+    kind: str,
+    field: str,
+) -> None:
+    """Refuse (422) a requester or assignee who is not an active member of this tenant."""
+    uow.cur.execute(
+        "SELECT tenant_id, kind, active FROM directory WHERE subject_id = %s", (subject_id,)
+    )
+    row = uow.cur.fetchone()
+    if row is not None:
+        known = {"tenant_id": str(row[0]), "kind": row[1], "active": row[2]}
+    else:
+        try:
+            known = {"tenant_id": tenant_id, **lookup(tenant_id, subject_id)}
+        except NotFound:
+            known = None
+    noun = "contact" if kind == "contact" else "agent"
+    if known is None or known["tenant_id"] != tenant_id or known["kind"] != kind:
+        raise ValidationFailed({field: [f"no such {noun} in this tenant"]})
+    if not known["active"]:
+        raise ValidationFailed({field: [f"the {noun} is deactivated"]})
+
+
+def create_ticket(
+    uow: UnitOfWork, lookup: SubjectLookup, tenant_id: str, command: dict[str, Any]
+) -> dict[str, Any]:
+    requester_id = str(command["requester_id"])
+    member(uow, lookup, tenant_id, requester_id, "contact", "requester_id")
+    subject, cut_subject = redact_card_numbers(command["subject"])
+    body, cut_body = redact_card_numbers(command["body"])
+    ticket = Ticket.create(
+        tenant_id=tenant_id,
+        requester_id=requester_id,
+        subject=subject,
+        body=body,
+        priority=command["priority"],
+        tags=command["tags"],
+        redactions=cut_subject + cut_body,
+    )
+    redactions = cut_subject + cut_body
+    [created] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+    return view_from_event(created, ticket)
+
+
+def view_from_event(created: Envelope, ticket: Ticket) -> dict[str, Any]:
+    p = created.payload
+    return {
+        "id": ticket.id,
+        "subject": p["subject"],
+        "body": p["body"],
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "requester_id": ticket.requester_id,
+        "assignee_id": ticket.assignee_id,
+        "tags": list(ticket.tags),
+        "created_at": created.occurred_at.isoformat(),
+        "updated_at": created.occurred_at.isoformat(),
+        "version": ticket.version,
+    }
+
+
+def update_ticket(
+    uow: UnitOfWork,
+    lookup: SubjectLookup,
+    tenant_id: str,
+    ticket_id: str,
+    expected_version: int,
+    changes: dict[str, Any],
+) -> dict[str, Any]:
+    ticket = load_ticket(uow, tenant_id, ticket_id)
+    if ticket.version != expected_version:
+        raise Conflict(f"the ticket is at version {ticket.version}, not {expected_version}")
+    if "assignee_id" in changes:
+        assignee = changes["assignee_id"]
+        if assignee is not None:
+            member(uow, lookup, tenant_id, str(assignee), "agent", "assignee_id")
+        ticket.assign(None if assignee is None else str(assignee))
+    if "priority" in changes:
+        ticket.prioritise(changes["priority"])
+    if "tags" in changes:
+        ticket.tag(changes["tags"])
+    if "status" in changes:
+        ticket.move_to(changes["status"])
+    save(uow, ticket)
+    return get_ticket(uow, tenant_id, ticket_id, viewer=None)
+
+
+def add_message(
+    uow: UnitOfWork,
+    tenant_id: str,
+    ticket_id: str,
+    agent_id: str,
+    command: dict[str, Any],
+) -> dict[str, Any]:
+    ticket = load_ticket(uow, tenant_id, ticket_id)
+    body, redactions = redact_card_numbers(command["body"])
+    by_requester = command["on_behalf_of_requester"]
+    author_id = ticket.requester_id if by_requester else agent_id
+    message_id = ticket.add_message(
+        author_id=author_id,
+        author_kind="requester" if by_requester else "agent",
+        body=body,
+        internal=command["internal"],
+        redactions=redactions,
+    )
+    [added] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+    return {
+        "id": message_id,
+        "author_id": author_id,
+        "author_kind": "requester" if by_requester else "agent",
+        "body": added.payload["body"],
+        "internal": command["internal"],
+        "created_at": added.occurred_at.isoformat(),
+    }
+
+
+def get_ticket(
+    uow: UnitOfWork, tenant_id: str, ticket_id: str, viewer: str | None
+) -> dict[str, Any]:
+    """A ticket with its messages; a staff viewer's read is recorded for the audit ledger."""
+    try:
+        uuid.UUID(str(ticket_id))
+    except ValueError:
+        raise NotFound("no such ticket") from None
+    uow.cur.execute(
+        f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = %s AND tenant_id = %s",
+        (ticket_id, tenant_id),
+    )
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no such ticket")
+    ticket = _ticket_row(row)
+    uow.cur.execute(
+        "SELECT id, author_id, author_kind, body, internal, created_at FROM ticket_messages"
+        " WHERE ticket_id = %s ORDER BY seq",
+        (ticket_id,),
+    )
+    ticket["messages"] = [
+        {
+            "id": str(i),
+            "author_id": str(a),
+            "author_kind": k,
+            "body": b,
+            "internal": n,
+            "created_at": c.isoformat(),
+        }
+        for i, a, k, b, n, c in uow.cur.fetchall()
+    ]
+    if viewer is not None:
+        subjects = sorted({ticket["requester_id"], *(m["author_id"] for m in ticket["messages"])})
+        uow.publish(
+            new_envelope(
+                type="ticket_viewed",
+                schema_version=1,
+                source="tickets",
+                stream_id=f"ticket-{ticket_id}",
+                stream_version=ticket["version"],
+                tenant_id=uuid.UUID(tenant_id),
+                actor_id=viewer,
+                payload={
+                    "ticket_id": str(ticket_id),
+                    "tenant_id": tenant_id,
+                    "agent_id": viewer,
+                    "subject_ids": subjects,
+                },
+                trace=uow.trace,
+            )
+        )
+    return ticket
+
+
+def list_tickets(
+    uow: UnitOfWork,
+    tenant_id: str,
+    filters: dict[str, str],
+    limit: int,
+    after: list | None,
+) -> dict[str, Any]:
+    query = f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE tenant_id = %s"
+    params: list[Any] = [tenant_id]
+    for column in ("status", "assignee_id", "requester_id"):
+        if filters.get(column):
+            query += f" AND {column} = %s"
+            params.append(filters[column])
+    if after:
+        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
+        params.extend(after)
+    query += " ORDER BY created_at, id LIMIT %s"
+    params.append(limit + 1)
+    uow.cur.execute(query, params)
+    rows = uow.cur.fetchall()
+    items = [_ticket_row(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    next_after = [items[-1]["created_at"], items[-1]["id"]] if more and items else None
+    return {"items": items, "next": next_after}
+
+
+_TICKET_COLUMNS = (
+    "id, subject, body, status, priority, requester_id, assignee_id, tags, created_at,"
+    " updated_at, version"
+)
+
+
+def _ticket_row(row: tuple) -> dict[str, Any]:
+    (i, subject, body, status, priority, requester, assignee, tags, created, updated, version) = row
+    return {
+        "id": str(i),
+        "subject": subject,
+        "body": body,
+        "status": status,
+        "priority": priority,
+        "requester_id": str(requester),
+        "assignee_id": None if assignee is None else str(assignee),
+        "tags": list(tags),
+        "created_at": created.isoformat(),
+        "updated_at": updated.isoformat(),
+        "version": version,
+    }
+
+
+# --- what tickets knows of accounts ------------------------------------------------------------
+
+
+def learn_subject(uow: UnitOfWork, event: Envelope) -> None:
+    """Keep the directory from accounts' events; an older event never undoes a newer one."""
+    p = event.payload
+    if event.type == "agent_created":
+        subject_id, kind, active = p["agent_id"], "agent", True
+    elif event.type == "agent_deactivated":
+        subject_id, kind, active = p["agent_id"], "agent", False
+    elif event.type == "contact_created":
+        subject_id, kind, active = p["contact_id"], "contact", True
+    else:
+        return
+    uow.cur.execute(
+        "INSERT INTO directory (subject_id, tenant_id, kind, active, version)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (subject_id) DO UPDATE SET active = EXCLUDED.active,"
+        " version = EXCLUDED.version WHERE directory.version < EXCLUDED.version",
+        (subject_id, p["tenant_id"], kind, active, event.stream_version),
+    )

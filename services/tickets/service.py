@@ -1,0 +1,87 @@
+"""The tickets service: thin nameko entrypoints over the handlers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from nameko.dependency_providers import Config
+
+from kernel.envelope import Envelope
+from kernel.errors import ValidationFailed
+from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
+from kernel.tracing import Tracing
+from services.tickets import commands, handlers
+from services.tickets.events import REGISTRY
+from services.tickets.projections import PROJECTIONS
+from services.tickets.subscriptions import ACCOUNTS
+
+
+def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
+    try:
+        return schema().load(request)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.normalized_messages()) from None
+
+
+class TicketsService:
+    name = "tickets"
+
+    store = EventStoreDependency(
+        REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
+    )
+    accounts = TimedRpcProxy("accounts")
+    tracing = Tracing()
+    config = Config()
+
+    def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        return self.accounts.describe_subject(tenant_id, subject_id)
+
+    @rpc
+    def create_ticket(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.CreateTicketV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.create_ticket(uow, self._lookup, actor["tenant_id"], command)
+
+    @rpc
+    def get_ticket(self, actor: dict[str, str], ticket_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.get_ticket(uow, actor["tenant_id"], ticket_id, actor["agent_id"])
+
+    @rpc
+    def list_tickets(
+        self, tenant_id: str, filters: dict[str, str], limit: int, after: list | None
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.list_tickets(uow, tenant_id, filters, limit, after)
+
+    @rpc
+    def update_ticket(
+        self, actor: dict[str, str], ticket_id: str, expected_version: int, request: dict
+    ) -> dict[str, Any]:
+        changes = validated(commands.UpdateTicketV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.update_ticket(
+                uow, self._lookup, actor["tenant_id"], ticket_id, expected_version, changes
+            )
+
+    @rpc
+    def add_message(
+        self, actor: dict[str, str], ticket_id: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        command = validated(commands.AddMessageV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.add_message(
+                uow, actor["tenant_id"], ticket_id, actor["agent_id"], command
+            )
+
+    @consume_events(ACCOUNTS)
+    def learn_from_accounts(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("tickets.learn_from_accounts", event.event_id):
+                handlers.learn_subject(uow, event)
+
+    @rpc
+    def health(self) -> dict[str, bool]:
+        return {"database": self.store.db.ping()}

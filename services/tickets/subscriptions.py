@@ -1,0 +1,10 @@
+"""What tickets consumes: accounts' news of agents and contacts, for its directory."""
+
+from kernel.topology import Subscription
+
+ACCOUNTS = Subscription(
+    "tickets.accounts",
+    ("accounts.agent_created", "accounts.agent_deactivated", "accounts.contact_created"),
+)
+
+SUBSCRIPTIONS = [ACCOUNTS]
