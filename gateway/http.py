@@ -10,17 +10,19 @@ import logging
 from functools import partial
 from typing import Any
 
+from eventlet import wsgi
 from eventlet.event import Event
 from marshmallow import Schema, ValidationError
 from nameko.extensions import SharedExtension
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from gateway import accesslog, problems
 from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from kernel import outbox
+from kernel.cards import contains_card_number
 from kernel.db import Database
 from kernel.errors import DomainError, ValidationFailed
 from kernel.nameko_adapters import prepare_databases, settings_of
@@ -45,6 +47,9 @@ class _ProblemWsgiApp(WsgiApp):
             response = problems.problem(exc.code or 404, exc.name, exc.description or exc.name)
             if exc.code == 405:
                 response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+            recorder = next(iter(self.server._providers), None)
+            if recorder is not None:
+                recorder.record_access(request, response, {}, accesslog.UNMATCHED_ROUTE)
             return response(environ, start_response)
         request.path_values = values
         return provider.handle_request(request)(environ, start_response)
@@ -53,6 +58,13 @@ class _ProblemWsgiApp(WsgiApp):
 class ApiServer(WebServer):
     def get_wsgi_app(self):
         return _ProblemWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=HttpOnlyProtocol, debug=False):
+        # No per-request log line: it would carry the client's IP and the query string (which
+        # may hold anything a client typed). Requests are recorded as access-log events instead.
+        return wsgi.Server(
+            sock, sock.getsockname(), wsgi_app, protocol=protocol, debug=debug, log_output=False
+        )
 
 
 class GatewayStore(SharedExtension):
@@ -117,7 +129,7 @@ class ApiHandler(HttpRequestHandler):
             response = self.response_from_result(event.wait())
         except Exception as exc:
             response = self.response_from_exception(exc)
-        self._record_access(request, response, worker_data)
+        self.record_access(request, response, worker_data, self.url)
         return response
 
     def _handle_result(self, event, worker_data, worker_ctx, result, exc_info):
@@ -128,7 +140,9 @@ class ApiHandler(HttpRequestHandler):
     def response_from_exception(self, exc: BaseException) -> Response:
         return problems.from_exception(exc)
 
-    def _record_access(self, request: Request, response: Response, worker_data: dict) -> None:
+    def record_access(
+        self, request: Request, response: Response, worker_data: dict, route: str
+    ) -> None:
         identity = request.environ.get(IDENTITY) or {}
         traceparent = worker_data.get("traceparent") or ""
         parts = traceparent.split("-")
@@ -138,7 +152,7 @@ class ApiHandler(HttpRequestHandler):
                 tenant_id=identity.get("tenant_id"),
                 actor_id=identity.get("agent_id") or identity.get("actor"),
                 method=request.method,
-                route=self.url,
+                route=route,
                 resource_ids=[
                     *map(str, (getattr(request, "path_values", None) or {}).values()),
                     *request.environ.get(RESOURCES, ()),
@@ -153,11 +167,14 @@ class ApiHandler(HttpRequestHandler):
                 },
             )
             self.gateway_store.record_access(envelope)
+            # One line per request, for operators: the route template, never the raw path or
+            # query, and no client address (that is in the access-log event, encrypted later).
+            log.info("%s %s -> %s trace=%s", request.method, route, response.status_code, trace_id)
         except Exception as exc:  # the answer stands; the log says which request lost its record
             log.error(
                 "access-log event for %s %s (status %s) not recorded: %s",
                 request.method,
-                self.url,
+                route,
                 response.status_code,
                 type(exc).__name__,
             )
@@ -166,8 +183,20 @@ class ApiHandler(HttpRequestHandler):
 api = ApiHandler.decorator
 
 
-def read_json(request: Request, schema: Schema) -> dict[str, Any]:
-    """The request body, loaded by ``schema``; unknown fields are refused, never assigned."""
+def refuse_card_numbers(request: Request, data: Any = None) -> None:
+    """422 for a request holding anything like a card number, anywhere, without echoing it."""
+    if contains_card_number([dict(request.args), data]):
+        raise ValidationFailed(
+            {"_schema": ["a value looks like a card number: send a processor token instead"]}
+        )
+
+
+def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> dict[str, Any]:
+    """The request body, loaded by ``schema``; unknown fields are refused, never assigned.
+
+    With ``refuse_cards`` a card-number-like value anywhere is refused before the schema runs,
+    since a schema's error messages name unknown fields, and the field could be the number.
+    """
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
@@ -180,7 +209,11 @@ def read_json(request: Request, schema: Schema) -> dict[str, Any]:
     try:
         data = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
+        if refuse_cards:
+            refuse_card_numbers(request, raw.decode("utf-8", "replace"))
         raise problems.BadJson("the body is not valid JSON") from None
+    if refuse_cards:
+        refuse_card_numbers(request, data)
     if not isinstance(data, dict):
         raise ValidationFailed({"_schema": ["the body must be a JSON object"]})
     try:

@@ -15,9 +15,13 @@ from services.accounts.commands import (
     SetConsentV1,
     SignUpV1,
 )
+from services.billing.commands import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
 from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
+    "AddPaymentMethodV1",
+    "ChangePlanV1",
+    "SetBillingAddressV1",
     "AddMessageV1",
     "CreateTicketV1",
     "UpdateTicketV1",
@@ -161,6 +165,91 @@ class TicketDetailOut(TicketOut):
 
 class TicketListOut(Schema):
     items = fields.List(fields.Nested(TicketOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class PlanOut(Schema):
+    name = fields.String(required=True)
+    price_per_agent = fields.Integer(required=True, metadata={"description": "minor units"})
+    currency = fields.String(required=True)
+
+
+class PlanListOut(Schema):
+    items = fields.List(fields.Nested(PlanOut), required=True)
+
+
+class SubscriptionOut(Schema):
+    plan = fields.String(required=True)
+    price_per_agent = fields.Integer(required=True)
+    currency = fields.String(required=True)
+    seats = fields.Integer(required=True)
+    region = fields.String(required=True)
+    tax_rate = fields.String(required=True)
+    billed_until = fields.Date(required=True, allow_none=True)
+
+
+class AddressOut(Schema):
+    line1 = fields.String(required=True)
+    line2 = fields.String(required=True, allow_none=True)
+    city = fields.String(required=True)
+    postcode = fields.String(required=True)
+    country = fields.String(required=True)
+
+
+class BillingAddressOut(Schema):
+    address = fields.Nested(AddressOut, required=True)
+
+
+class PaymentMethodOut(Schema):
+    id = fields.UUID(required=True)
+    brand = fields.String(required=True)
+    last4 = fields.String(required=True)
+    exp_month = fields.Integer(required=True)
+    exp_year = fields.Integer(required=True)
+
+
+class PaymentMethodListOut(Schema):
+    items = fields.List(fields.Nested(PaymentMethodOut), required=True)
+
+
+class InvoiceLineOut(Schema):
+    description = fields.String(required=True)
+    quantity = fields.Integer(required=True)
+    unit_amount = fields.Integer(required=True)
+    amount = fields.Integer(required=True)
+
+
+class BillingContactOut(Schema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    email = fields.String(required=True)
+
+
+class InvoiceOut(Schema):
+    id = fields.UUID(required=True)
+    number = fields.String(required=True)
+    period_start = fields.Date(required=True)
+    period_end = fields.Date(required=True)
+    currency = fields.String(required=True)
+    lines = fields.List(fields.Nested(InvoiceLineOut), required=True)
+    subtotal = fields.Integer(required=True)
+    tax_rate = fields.String(required=True)
+    tax = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+    company = fields.String(required=True)
+    address = fields.Nested(AddressOut, required=True, allow_none=True)
+    billing_contact = fields.Nested(BillingContactOut, required=True)
+    status = fields.String(required=True, metadata={"enum": ["issued", "paid"]})
+    issued_at = fields.DateTime(required=True)
+    hold_until = fields.Date(required=True)
+
+
+class InvoicePaidOut(InvoiceOut):
+    charge = fields.String(required=True, metadata={"enum": ["succeeded", "declined"]})
+
+
+class InvoiceListOut(Schema):
+    items = fields.List(fields.Nested(InvoiceOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 

@@ -17,7 +17,15 @@ from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
 from gateway import problems, schemas
-from gateway.http import IDENTITY, RESOURCES, GatewayStore, api, json_response, read_json
+from gateway.http import (
+    IDENTITY,
+    RESOURCES,
+    GatewayStore,
+    api,
+    json_response,
+    read_json,
+    refuse_card_numbers,
+)
 from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from gateway.idempotency import IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
@@ -66,6 +74,7 @@ class GatewayService:
 
     accounts = TimedRpcProxy("accounts")
     tickets = TimedRpcProxy("tickets")
+    billing = TimedRpcProxy("billing")
     limits = Limits()
     idempotency = Idempotency()
     tracing = Tracing()
@@ -122,7 +131,11 @@ class GatewayService:
                 scope,
                 key,
                 response.status_code,
-                {"Content-Type": response.content_type or "application/json"},
+                {
+                    name: value
+                    for name, value in response.headers.items()
+                    if name in ("Content-Type", "ETag", "Location")
+                },
                 _without_secrets(response.get_data()),
             )
         return response
@@ -135,11 +148,14 @@ class GatewayService:
             return limit, None
         created_at, _, row_id = str(cursor.get("after", "")).partition("|")
         try:
-            dt.datetime.fromisoformat(created_at)
-            uuid.UUID(row_id)
+            moment = dt.datetime.fromisoformat(created_at)
+            row = uuid.UUID(row_id)
         except ValueError:
-            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]}) from None
-        return limit, [created_at, row_id]
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
+        # Re-rendered, not passed on: Python reads forms PostgreSQL would refuse.
+        return limit, [moment.isoformat(), str(row)]
 
     @staticmethod
     def _listing(result: dict[str, Any]) -> Response:
@@ -322,6 +338,71 @@ class GatewayService:
             lambda: json_response(201, self.tickets.add_message(caller, ticket_id, command)),
         )
 
+    # --- billing: every request is refused if it holds anything like a card number ----------
+
+    def _billing_caller(self, request: Request) -> dict[str, Any]:
+        refuse_card_numbers(request)
+        return self._caller(request, ADMIN)
+
+    @api("GET", "/v1/billing/plans")
+    def list_plans(self, request: Request) -> Response:
+        self._billing_caller(request)
+        return json_response(200, self.billing.list_plans())
+
+    @api("GET", "/v1/billing/subscription")
+    def get_subscription(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        return json_response(200, self.billing.get_subscription(caller["tenant_id"]))
+
+    @api("PUT", "/v1/billing/subscription")
+    def change_plan(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        command = read_json(request, schemas.ChangePlanV1(), refuse_cards=True)
+        return json_response(200, self.billing.change_plan(caller, command))
+
+    @api("PUT", "/v1/billing/address")
+    def set_billing_address(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        command = read_json(request, schemas.SetBillingAddressV1(), refuse_cards=True)
+        return json_response(200, self.billing.set_address(caller, command))
+
+    @api("POST", "/v1/billing/payment-methods")
+    def add_payment_method(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        command = read_json(request, schemas.AddPaymentMethodV1(), refuse_cards=True)
+
+        def produce() -> Response:
+            method = self.billing.add_payment_method(caller, command)
+            request.environ[RESOURCES] = [method["id"]]
+            return json_response(201, method)
+
+        return self._idempotent(request, caller["tenant_id"], produce)
+
+    @api("GET", "/v1/billing/payment-methods")
+    def list_payment_methods(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        return json_response(200, self.billing.list_payment_methods(caller["tenant_id"]))
+
+    @api("GET", "/v1/billing/invoices")
+    def list_invoices(self, request: Request) -> Response:
+        caller = self._billing_caller(request)
+        limit, after = self._page(request)
+        return self._listing(self.billing.list_invoices(caller["tenant_id"], limit, after))
+
+    @api("GET", "/v1/billing/invoices/<string:invoice_id>")
+    def get_invoice(self, request: Request, invoice_id: str) -> Response:
+        caller = self._billing_caller(request)
+        return json_response(200, self.billing.get_invoice(caller["tenant_id"], invoice_id))
+
+    @api("POST", "/v1/billing/invoices/<string:invoice_id>/pay")
+    def pay_invoice(self, request: Request, invoice_id: str) -> Response:
+        caller = self._billing_caller(request)
+        return self._idempotent(
+            request,
+            caller["tenant_id"],
+            lambda: json_response(200, self.billing.pay_invoice(caller, invoice_id)),
+        )
+
     # --- policies -----------------------------------------------------------------------------
 
     @api("GET", "/v1/policies/current")
@@ -365,7 +446,7 @@ class GatewayService:
     @api("GET", "/readyz")
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        for name in ("accounts", "tickets"):
+        for name in ("accounts", "tickets", "billing"):
             try:
                 checks[name] = getattr(self, name).health()["database"]
             except (DomainError, ServiceUnavailable):

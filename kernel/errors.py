@@ -46,6 +46,10 @@ class ValidationFailed(DomainError):
         super().__init__(detail)
         self.args = (errors, detail)
 
+    def __str__(self) -> str:
+        # Logged with tracebacks: the field names and messages may quote what a client sent.
+        return self.detail
+
 
 @deserialize_to_instance
 class ServiceUnavailable(DomainError):

@@ -30,11 +30,25 @@ def load(path: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+class ExpectedErrorsInOneLine(logging.Filter):
+    """nameko logs an expected domain error (a 404, a 422) with its whole traceback: one line
+    naming the worker and the error type says all an operator needs, and quotes no request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("(expected)") and record.exc_info:
+            record.msg = "(expected) %s in %s"
+            record.args = (record.exc_info[0].__name__, record.args[0] if record.args else "")
+            record.exc_info = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m kernel.runner module.path:ServiceClass", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("nameko.containers").addFilter(ExpectedErrorsInOneLine())
     try:
         settings = Settings.from_env()
         service_cls = load(argv[0])

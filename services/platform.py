@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES: dict[str, str] = {
     "accounts": "services.accounts.service:AccountsService",
     "tickets": "services.tickets.service:TicketsService",
+    "billing": "services.billing.service:BillingService",
 }
 GATEWAY = "gateway.service:GatewayService"
 # Whose consumer queues are declared: the services, and the audit ledger's queue, which binds

@@ -299,6 +299,19 @@ def describe_subject(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[s
     return {"kind": row[0], "active": row[1]}
 
 
+def billing_contact(uow: UnitOfWork, tenant_id: str) -> dict[str, str]:
+    """The tenant's first active admin: the person an invoice is addressed to."""
+    uow.cur.execute(
+        "SELECT id, name, email FROM agents WHERE tenant_id = %s AND role = 'admin' AND active"
+        " ORDER BY created_at, id LIMIT 1",
+        (tenant_id,),
+    )
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no active admin")
+    return {"agent_id": str(row[0]), "name": row[1], "email": row[2]}
+
+
 # --- contacts and consent ---------------------------------------------------------------------
 
 

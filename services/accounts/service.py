@@ -124,6 +124,11 @@ class AccountsService:
         with self.store.unit_of_work() as uow:
             return handlers.describe_subject(uow, tenant_id, subject_id)
 
+    @rpc
+    def billing_contact(self, tenant_id: str) -> dict[str, str]:
+        with self.store.unit_of_work() as uow:
+            return handlers.billing_contact(uow, tenant_id)
+
     # --- contacts and consent -----------------------------------------------------------------
 
     @rpc

@@ -1,0 +1,37 @@
+"""Billing's commands. Card numbers never get this far: the gateway refuses any request that
+holds one, and billing refuses again before a schema could echo it back."""
+
+from marshmallow import RAISE, Schema, fields, validate
+
+
+class Command(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class ChangePlanV1(Command):
+    """``PUT /v1/billing/subscription``."""
+
+    plan = fields.String(required=True, validate=validate.Length(min=1, max=50))
+
+
+class AddPaymentMethodV1(Command):
+    """``POST /v1/billing/payment-methods``: a processor's token, never card details."""
+
+    processor_token = fields.String(
+        required=True, validate=[validate.Length(min=1, max=200), validate.Regexp(r"^tok_\w+$")]
+    )
+
+
+class AddressV1(Command):
+    line1 = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    line2 = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    city = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    postcode = fields.String(required=True, validate=validate.Length(min=1, max=20))
+    country = fields.String(required=True, validate=validate.Length(min=2, max=2))
+
+
+class SetBillingAddressV1(Command):
+    """``PUT /v1/billing/address``: the billed company's address, printed on invoices."""
+
+    address = fields.Nested(AddressV1, required=True)

@@ -1,0 +1,38 @@
+"""Billing's answers to privacy commands: erase what it may, retain what the law holds.
+
+Invoices and payment records are kept for the legal period: an erasure of a subject who is the
+billing contact on an invoice answers ``retained`` with the legal basis and the day the hold
+ends, and restricts that data (used for the legal obligation only); everything else billing holds
+of the subject is erased. When the hold ends, the retention schedule erases the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from kernel.uow import UnitOfWork
+from services.billing import catalogue
+
+
+def erase_subject(uow: UnitOfWork, subject_id: str) -> dict[str, Any]:
+    uow.cur.execute(
+        "SELECT max(hold_until) FROM invoices WHERE billing_contact_id = %s", (subject_id,)
+    )
+    hold_until: dt.date | None = uow.cur.fetchone()[0]
+    # Not held: the seat record is the only other trace of an agent here.
+    uow.cur.execute("DELETE FROM billing_agents WHERE agent_id = %s", (subject_id,))
+    if hold_until is None:
+        return {"status": "done", "detail": "nothing of this subject is held by billing"}
+    basis = catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS)
+    uow.cur.execute(
+        "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
+        " ON CONFLICT (subject_id) DO UPDATE SET basis = EXCLUDED.basis, until = EXCLUDED.until",
+        (subject_id, basis, hold_until),
+    )
+    return {"status": "retained", "basis": basis, "until": hold_until.isoformat()}
+
+
+def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
+    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
+    return uow.cur.fetchone() is not None

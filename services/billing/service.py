@@ -1,0 +1,134 @@
+"""The billing service: thin nameko entrypoints over the handlers."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
+from nameko.timer import timer
+
+from kernel.db import Database
+from kernel.envelope import Envelope
+from kernel.errors import ValidationFailed
+from kernel.nameko_adapters import (
+    EventStoreDependency,
+    TimedRpcProxy,
+    consume_events,
+    rpc,
+    settings_of,
+)
+from kernel.tracing import Tracing
+from services.billing import commands, handlers, privacy
+from services.billing.events import REGISTRY
+from services.billing.processor import SandboxProcessor
+from services.billing.projections import PROJECTIONS
+from services.billing.subscriptions import ACCOUNTS
+
+
+def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
+    handlers.refuse_card_numbers(request)
+    try:
+        return schema().load(request)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.normalized_messages()) from None
+
+
+class Clock(DependencyProvider):
+    """The time, as a dependency: the invoice run asks it rather than the system directly."""
+
+    def get_dependency(self, worker_ctx: Any):
+        return lambda: dt.datetime.now(dt.UTC)
+
+
+class Processor(DependencyProvider):
+    """The payment processor adapter; the sandbox one unless a deployment wires another."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.processor = SandboxProcessor(Database(settings.database_dsn("billing"), maxconn=5))
+
+    def get_dependency(self, worker_ctx: Any) -> SandboxProcessor:
+        return self.processor
+
+
+class BillingService:
+    name = "billing"
+
+    store = EventStoreDependency(
+        REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
+    )
+    processor = Processor()
+    clock = Clock()
+    accounts = TimedRpcProxy("accounts")
+    tracing = Tracing()
+    config = Config()
+
+    @rpc
+    def list_plans(self) -> dict[str, Any]:
+        return handlers.list_plans()
+
+    @rpc
+    def get_subscription(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.subscription(uow, tenant_id)
+
+    @rpc
+    def change_plan(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.ChangePlanV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.change_plan(uow, actor["tenant_id"], command)
+
+    @rpc
+    def set_address(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.SetBillingAddressV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.set_address(uow, actor["tenant_id"], command)
+
+    @rpc
+    def add_payment_method(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = validated(commands.AddPaymentMethodV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.add_payment_method(uow, self.processor, actor["tenant_id"], command)
+
+    @rpc
+    def list_payment_methods(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.list_payment_methods(uow, tenant_id)
+
+    @rpc
+    def list_invoices(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.list_invoices(uow, tenant_id, limit, after)
+
+    @rpc
+    def get_invoice(self, tenant_id: str, invoice_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.get_invoice(uow, tenant_id, invoice_id)
+
+    @rpc
+    def pay_invoice(self, actor: dict[str, str], invoice_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.pay_invoice(uow, self.processor, actor["tenant_id"], invoice_id)
+
+    @timer(interval=3600)
+    def invoice_run(self) -> None:
+        handlers.run_invoices(self.store.unit_of_work, self.accounts.billing_contact, self.clock())
+
+    @rpc
+    def erase_subject(self, subject_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work("retention") as uow:
+            return privacy.erase_subject(uow, subject_id)
+
+    @consume_events(ACCOUNTS)
+    def learn_from_accounts(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("billing.learn_from_accounts", event.event_id):
+                handlers.learn_from_accounts(uow, event)
+
+    @rpc
+    def health(self) -> dict[str, bool]:
+        return {"database": self.store.db.ping()}

@@ -1,0 +1,10 @@
+"""What billing consumes: new tenants (an account on the default plan) and agents (seats)."""
+
+from kernel.topology import Subscription
+
+ACCOUNTS = Subscription(
+    "billing.accounts",
+    ("accounts.tenant_created", "accounts.agent_created", "accounts.agent_deactivated"),
+)
+
+SUBSCRIPTIONS = [ACCOUNTS]
