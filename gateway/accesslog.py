@@ -16,6 +16,7 @@ from uuid import UUID
 
 from marshmallow import Schema, fields, validate
 
+from kernel.cards import redact_card_numbers
 from kernel.envelope import Envelope, EventRegistry, EventType, new_envelope
 
 SOURCE = "gateway"
@@ -72,7 +73,7 @@ def access_event(
     payload: dict[str, Any] = {
         "method": method.upper(),
         "route": route,
-        "resource_ids": [str(r) for r in resource_ids],
+        "resource_ids": [redact_card_numbers(str(r))[0] for r in resource_ids],
         "status": status,
         "ip": _address(ip),
         "user_agent": _user_agent(user_agent),
@@ -112,4 +113,6 @@ def _user_agent(user_agent: str | None) -> str | None:
     if not user_agent:
         return None
     # Control characters have no place in a log line, and a NUL would not fit in a jsonb column.
-    return _CONTROL.sub("", user_agent)[:MAX_USER_AGENT_CHARS] or None
+    # Whatever a client typed may hold a card number: never stored whole, here either.
+    cleaned = redact_card_numbers(_CONTROL.sub("", user_agent))[0]
+    return cleaned[:MAX_USER_AGENT_CHARS] or None

@@ -367,6 +367,66 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "get",
+        "/v1/audit/entries",
+        "Ledger entries of the tenant, in ledger order",
+        "200",
+        "EntryListOut",
+        roles=("admin", "auditor"),
+        errors=("422",),
+        list_params=True,
+        filters=("from", "to", "type", "subject_id"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/audit/subjects/{subject_id}/entries",
+        "Who touched this person's data: every entry naming them",
+        "200",
+        "EntryListOut",
+        roles=("admin", "auditor"),
+        errors=("404", "422"),
+        list_params=True,
+        path_params=("subject_id",),
+        filters=("from", "to", "type"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/audit/verify",
+        "Recompute the chain and the signed checkpoints",
+        "200",
+        "VerifyOut",
+        roles=("admin", "auditor"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/audit/entries/{seq}/proof",
+        "An inclusion proof against the latest signed checkpoint",
+        "200",
+        "ProofOut",
+        roles=("admin", "auditor"),
+        errors=("404", "409"),
+        path_params=("seq",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/operator/audit/entries",
+        "Ledger entries of every tenant (operator)",
+        "200",
+        "EntryListOut",
+        auth="operator",
+        errors=("422",),
+        list_params=True,
+        filters=("from", "to", "type", "subject_id"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/operator/audit/verify",
+        "Verify the whole ledger (operator)",
+        "200",
+        "VerifyOut",
+        auth="operator",
+    ),
+    Endpoint(
+        "get",
         "/v1/policies/current",
         "The current policy version",
         "200",
@@ -447,7 +507,12 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
 
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1} if name == "seq" else {"type": "string"},
+        }
         for name in endpoint.path_params
     ]
     if endpoint.list_params:
@@ -470,7 +535,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string"}
         if name == "status":
             schema["enum"] = ["new", "open", "pending", "solved", "closed"]
-        else:
+        elif name in ("from", "to"):
+            schema["format"] = "date-time"
+        elif name != "type":
             schema["format"] = "uuid"
         parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if endpoint.if_match:

@@ -253,6 +253,61 @@ class InvoiceListOut(Schema):
     next_cursor = fields.String(required=True, allow_none=True)
 
 
+class EntryOut(Schema):
+    seq = fields.Integer(required=True)
+    event_id = fields.UUID(required=True)
+    at = fields.DateTime(required=True)
+    type = fields.String(required=True)
+    service = fields.String(required=True)
+    actor_id = fields.String(required=True, allow_none=True)
+    tenant_id = fields.UUID(required=True, allow_none=True)
+    subject_ids = fields.List(fields.String(), required=True)
+    hash = fields.String(required=True)
+    prev_hash = fields.String(required=True)
+    payload = fields.Dict(
+        required=True,
+        metadata={
+            "description": "ids only; an access entry's IP and user agent read "
+            '"[erased]" once their month\'s key is shredded'
+        },
+    )
+
+
+class EntryListOut(Schema):
+    items = fields.List(fields.Nested(EntryOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class HeadOut(Schema):
+    seq = fields.Integer(required=True)
+    hash = fields.String(required=True)
+
+
+class VerifyOut(Schema):
+    ok = fields.Boolean(required=True)
+    entries = fields.Integer(required=True)
+    head = fields.Nested(HeadOut, required=True, allow_none=True)
+    first_bad_seq = fields.Integer(required=True, allow_none=True)
+    checkpoints = fields.Integer(required=True)
+
+
+class CheckpointOut(Schema):
+    tree_size = fields.Integer(required=True)
+    root_hash = fields.String(required=True)
+    signed_at = fields.String(required=True)
+    key_id = fields.String(required=True)
+    public_key = fields.String(required=True, metadata={"description": "Ed25519, base64"})
+    signature = fields.String(required=True, metadata={"description": "base64"})
+
+
+class ProofOut(Schema):
+    seq = fields.Integer(required=True)
+    leaf_index = fields.Integer(required=True)
+    leaf_hash = fields.String(required=True)
+    audit_path = fields.List(fields.String(), required=True)
+    checkpoint = fields.Nested(CheckpointOut, required=True)
+
+
 class StatusOut(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.Boolean())

@@ -35,6 +35,7 @@ from kernel.errors import (
     Conflict,
     DomainError,
     Forbidden,
+    NotFound,
     ServiceUnavailable,
     Unauthorized,
     ValidationFailed,
@@ -47,6 +48,7 @@ _OPENAPI = build_spec()
 ADMIN = ("admin",)
 STAFF = ("admin", "agent")
 ANYONE = ("admin", "agent", "auditor")
+AUDIT = ("admin", "auditor")
 # Responses that carry a secret are stored for replay without it: a key is shown once.
 SECRET_FIELDS = ("api_key",)
 
@@ -75,6 +77,7 @@ class GatewayService:
     accounts = TimedRpcProxy("accounts")
     tickets = TimedRpcProxy("tickets")
     billing = TimedRpcProxy("billing")
+    audit = TimedRpcProxy("audit")
     limits = Limits()
     idempotency = Idempotency()
     tracing = Tracing()
@@ -403,6 +406,77 @@ class GatewayService:
             lambda: json_response(200, self.billing.pay_invoice(caller, invoice_id)),
         )
 
+    # --- audit --------------------------------------------------------------------------------
+
+    def _ledger_filters(self, request: Request) -> tuple[dict[str, Any], int, int]:
+        limit, cursor = page_params(request.args)
+        after = str((cursor or {}).get("after", "0"))
+        if not after.isdigit():
+            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
+        filters: dict[str, Any] = {}
+        errors: dict[str, list[str]] = {}
+        for name in ("from", "to"):
+            if request.args.get(name):
+                try:
+                    moment = dt.datetime.fromisoformat(request.args[name])
+                except ValueError:
+                    moment = None
+                if moment is None or moment.tzinfo is None:
+                    errors[name] = ["an RFC 3339 time with its offset"]
+                else:
+                    filters[name] = moment.isoformat()
+        if request.args.get("type"):
+            filters["types"] = request.args["type"].split(",")
+        if request.args.get("subject_id"):
+            try:
+                filters["subject_id"] = str(uuid.UUID(request.args["subject_id"]))
+            except ValueError:
+                errors["subject_id"] = ["not a valid UUID"]
+        if errors:
+            raise ValidationFailed(errors)
+        return filters, limit, int(after)
+
+    def _ledger_page(self, tenant_id: str | None, request: Request, **extra: Any) -> Response:
+        filters, limit, after = self._ledger_filters(request)
+        result = self.audit.list_entries(tenant_id, {**filters, **extra}, limit, after)
+        cursor = encode_cursor({"after": str(result["next"])}) if result["next"] else None
+        return json_response(200, {"items": result["items"], "next_cursor": cursor})
+
+    @api("GET", "/v1/audit/entries")
+    def audit_entries(self, request: Request) -> Response:
+        caller = self._caller(request, AUDIT)
+        return self._ledger_page(caller["tenant_id"], request)
+
+    @api("GET", "/v1/audit/subjects/<string:subject_id>/entries")
+    def audit_subject(self, request: Request, subject_id: str) -> Response:
+        """Who touched this person's data, and when: every entry that names them."""
+        caller = self._caller(request, AUDIT)
+        try:
+            subject = str(uuid.UUID(subject_id))
+        except ValueError:
+            raise NotFound("no such subject") from None
+        return self._ledger_page(caller["tenant_id"], request, subject_id=subject)
+
+    @api("GET", "/v1/audit/verify")
+    def audit_verify(self, request: Request) -> Response:
+        self._caller(request, AUDIT)
+        return json_response(200, self.audit.verify())
+
+    @api("GET", "/v1/audit/entries/<int:seq>/proof")
+    def audit_proof(self, request: Request, seq: int) -> Response:
+        caller = self._caller(request, AUDIT)
+        return json_response(200, self.audit.proof(caller["tenant_id"], seq))
+
+    @api("GET", "/v1/operator/audit/entries")
+    def operator_audit_entries(self, request: Request) -> Response:
+        self._operator(request)
+        return self._ledger_page(None, request)
+
+    @api("GET", "/v1/operator/audit/verify")
+    def operator_audit_verify(self, request: Request) -> Response:
+        self._operator(request)
+        return json_response(200, self.audit.verify())
+
     # --- policies -----------------------------------------------------------------------------
 
     @api("GET", "/v1/policies/current")
@@ -446,7 +520,7 @@ class GatewayService:
     @api("GET", "/readyz")
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        for name in ("accounts", "tickets", "billing"):
+        for name in ("accounts", "tickets", "billing", "audit"):
             try:
                 checks[name] = getattr(self, name).health()["database"]
             except (DomainError, ServiceUnavailable):

@@ -18,6 +18,8 @@ DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-ma
 _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
 DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
+# An Ed25519 seed (32 bytes, base64) for the audit ledger's checkpoint signatures.
+DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
 
 class ConfigurationError(Exception):
@@ -68,6 +70,8 @@ class Settings:
     relay_batch_size: int = 200
     key_cache_seconds: float = 30.0
     grace_days: float = 21.0
+    audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
+    checkpoint_seconds: float = 60.0
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
 
@@ -114,6 +118,8 @@ class Settings:
             relay_batch_size=number("RELAY_BATCH_SIZE", base.relay_batch_size),
             key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
             grace_days=number("GRACE_DAYS", base.grace_days, float),
+            audit_signing_key=get("AUDIT_SIGNING_KEY", base.audit_signing_key),
+            checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
         )
@@ -141,6 +147,12 @@ class Settings:
                     ),
                     ("API_KEY_SECRET", self.api_key_secret),
                     ("OPERATOR_TOKEN", self.operator_token),
+                    (
+                        "AUDIT_SIGNING_KEY",
+                        "dev-insecure"
+                        if self.audit_signing_key == DEV_AUDIT_SIGNING_KEY
+                        else self.audit_signing_key,
+                    ),
                 )
                 if "dev-insecure" in value
             ]

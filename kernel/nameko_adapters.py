@@ -27,7 +27,7 @@ from nameko.rpc import rpc as nameko_rpc
 from kernel import db as kdb
 from kernel import migrate, topology
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto import FieldCipher, KeyShredded, Keystore
 from kernel.envelope import Envelope, EventRegistry, MalformedEnvelope
 from kernel.errors import Conflict, DomainError, ServiceUnavailable
 from kernel.eventstore import ConcurrencyError
@@ -209,5 +209,7 @@ def rpc(method: Any) -> Any:
             return method(*args, **kwargs)
         except ConcurrencyError:
             raise Conflict("the resource changed meanwhile; reload and retry") from None
+        except KeyShredded:
+            raise Conflict("a person this concerns has been erased") from None
 
     return nameko_rpc(expected_exceptions=DomainError)(entrypoint)

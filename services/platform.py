@@ -29,17 +29,15 @@ SERVICES: dict[str, str] = {
     "accounts": "services.accounts.service:AccountsService",
     "tickets": "services.tickets.service:TicketsService",
     "billing": "services.billing.service:BillingService",
+    "audit": "services.audit.service:AuditService",
 }
 GATEWAY = "gateway.service:GatewayService"
-# Whose consumer queues are declared: the services, and the audit ledger's queue, which binds
-# every event and exists before the audit service does, so it misses nothing from day one.
-QUEUE_OWNERS: tuple[str, ...] = (*SERVICES, "audit")
 
 
 def subscriptions() -> list[topology.Subscription]:
     """Every consumer queue of the platform, from each service's ``subscriptions`` module."""
     found: list[topology.Subscription] = []
-    for name in QUEUE_OWNERS:
+    for name in SERVICES:
         try:
             module = importlib.import_module(f"services.{name}.subscriptions")
         except ModuleNotFoundError:

@@ -2,10 +2,24 @@
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from kernel.cards import contains_card_number
 from services.accounts.commands import StrictBoolean
 from services.tickets.events import PRIORITIES
 
-TAG = fields.String(validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\s,]+$")])
+
+def no_card_number(value: str) -> None:
+    # Subjects and bodies are redacted; a tag is a label, so a card number there is refused.
+    if contains_card_number(value):
+        raise ValidationError("a tag cannot hold a card number")
+
+
+TAG = fields.String(
+    validate=[
+        validate.Length(min=1, max=50),
+        validate.Regexp(r"^[^\s,]+$"),
+        no_card_number,
+    ]
+)
 
 
 class Command(Schema):

@@ -26,6 +26,7 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_MASTER_KEY": f"prod-2026:{B64_A}",
     "LEDGERDESK_API_KEY_SECRET": "a-real-api-key-secret",
     "LEDGERDESK_OPERATOR_TOKEN": "a-real-operator-token",
+    "LEDGERDESK_AUDIT_SIGNING_KEY": B64_A,
 }
 
 
@@ -217,7 +218,7 @@ def test_production_refuses_all_development_secrets_and_names_them():
 
     assert str(info.value) == (
         "production refuses development secrets: set LEDGERDESK_MASTER_KEY, "
-        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN"
+        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY"
     )
 
 
@@ -239,7 +240,9 @@ def test_production_refuses_each_development_secret(name: str, value: str):
     assert str(info.value) == f"production refuses development secrets: set LEDGERDESK_{name}"
 
 
-@pytest.mark.parametrize("name", ["MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN"])
+@pytest.mark.parametrize(
+    "name", ["MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN", "AUDIT_SIGNING_KEY"]
+)
 def test_production_refuses_a_missing_secret_because_the_default_is_insecure(name: str):
     env = {k: v for k, v in PRODUCTION_SECRETS.items() if k != f"LEDGERDESK_{name}"}
 

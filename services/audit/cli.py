@@ -1,0 +1,84 @@
+"""The auditor's command line: verify the ledger, stream it, rebuild a tenant as of a moment.
+
+    python -m services.audit.cli verify
+    python -m services.audit.cli replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
+    python -m services.audit.cli state --tenant ID [--at TIME]
+
+It reads the audit database named by the usual ``LEDGERDESK_*`` settings. Output is JSON on
+stdout; a progress bar goes to stderr when it is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+
+from tqdm import tqdm
+
+from kernel.config import Settings
+from kernel.crypto import FieldCipher, Keystore
+from kernel.db import Database
+from services.audit.ledger import Ledger
+from services.audit.signing import signer_from_config
+from services.audit.state import tenant_state
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    keystore = Keystore(Database(settings.database_dsn("audit", "keys")), settings.master_keys)
+    return Ledger(
+        Database(settings.database_dsn("audit")),
+        FieldCipher(keystore),
+        signer_from_config(settings.audit_signing_key),
+    )
+
+
+def _moment(value: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time with its offset, e.g. 2026-11-01T00:00Z")
+    return moment
+
+
+def main(argv: list[str] | None = None, out=None) -> int:
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="python -m services.audit.cli")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("verify", help="recompute the hash chain and the signed checkpoints")
+    replay = commands.add_parser("replay", help="stream ledger entries as JSON lines")
+    replay.add_argument("--tenant")
+    replay.add_argument("--from", dest="since", type=_moment)
+    replay.add_argument("--to", dest="until", type=_moment)
+    replay.add_argument("--type", help="comma-separated event types")
+    state = commands.add_parser("state", help="a tenant's state as of a moment, as JSON")
+    state.add_argument("--tenant", required=True)
+    state.add_argument("--at", type=_moment, help="default: now")
+    args = parser.parse_args(argv)
+
+    ledger = open_ledger(Settings.from_env())
+    if args.command == "verify":
+        result = ledger.verify()
+        json.dump(result, out, indent=2)
+        out.write("\n")
+        return 0 if result["ok"] else 1
+    show = sys.stderr.isatty()
+    if args.command == "replay":
+        entries = ledger.iter_entries(
+            args.tenant,
+            types=args.type.split(",") if args.type else None,
+            since=args.since,
+            until=args.until,
+        )
+        for entry in tqdm(entries, total=ledger.count(), unit="entry", disable=not show):
+            out.write(json.dumps(entry) + "\n")
+        return 0
+    entries = ledger.iter_entries(args.tenant, until=args.at)
+    rebuilt = tenant_state(tqdm(entries, unit="entry", disable=not show))
+    json.dump({"as_of": (args.at or dt.datetime.now(dt.UTC)).isoformat(), **rebuilt}, out, indent=2)
+    out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The ledger: one gap-free, hash-chained sequence of every event and access in the platform.
+
+Appends serialise on an advisory lock (the next seq and the previous hash must be read and
+written as one step); the unique ``event_id`` makes a redelivered message a no-op. Access-log
+fields that identify a person (IP, user agent) are encrypted under a key per calendar month
+before hashing: the hashes cover ciphertext, so shredding a month's key erases those fields
+and every hash, checkpoint and proof still verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from kernel.crypto import FieldCipher
+from kernel.db import Database
+from kernel.envelope import Envelope
+from kernel.errors import Conflict, NotFound
+from services.audit import chain, merkle
+from services.audit.signing import Signer, checkpoint_message, verify_signature
+
+# The keystore namespace of the month keys: a "tenant" that is the ledger itself.
+ACCESS_LOG_MONTHS = uuid.uuid5(uuid.NAMESPACE_URL, "ledgerdesk:audit:access-log-months")
+ACCESS_FIELDS = ("ip", "user_agent")
+# Payload keys that name a person whose data an entry touches.
+PERSON_KEYS = (
+    "agent_id",
+    "contact_id",
+    "requester_id",
+    "assignee_id",
+    "author_id",
+    "billing_contact_id",
+    "admin_agent_id",
+)
+_LEDGER_LOCK = 0x1ED6E4
+_COLUMNS = (
+    "seq, event_id, type, service, tenant_id, actor_id, subject_ids, at, content, prev_hash, hash"
+)
+
+
+def month_of(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m")
+
+
+def month_subject(month: str) -> uuid.UUID:
+    return uuid.uuid5(ACCESS_LOG_MONTHS, month)
+
+
+def subjects_of(envelope: Envelope) -> list[str]:
+    found: set[str] = set()
+    payload = envelope.payload
+    for key in PERSON_KEYS:
+        if payload.get(key):
+            found.add(str(payload[key]))
+    for key in ("subject_ids", "resource_ids"):
+        for value in payload.get(key) or ():
+            try:
+                found.add(str(uuid.UUID(str(value))))
+            except ValueError:
+                continue
+    if envelope.actor_id:
+        try:
+            found.add(str(uuid.UUID(envelope.actor_id)))
+        except ValueError:
+            pass
+    return sorted(found)
+
+
+class Ledger:
+    def __init__(self, db: Database, cipher: FieldCipher, signer: Signer):
+        self.db = db
+        self.cipher = cipher
+        self.signer = signer
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def record(self, envelope: Envelope) -> int | None:
+        """Append one entry; None when this event is already in the ledger."""
+        month = month_of(envelope.occurred_at)
+        content = envelope.to_dict()
+        if envelope.type == "access_logged":
+            content["payload"] = self.cipher.encrypt_fields(
+                content["payload"],
+                ACCESS_FIELDS,
+                tenant_id=ACCESS_LOG_MONTHS,
+                subject_id=month_subject(month),
+            )
+        content_bytes = chain.canonical(content)
+        with self.db.transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LEDGER_LOCK,))
+            cur.execute("SELECT 1 FROM ledger WHERE event_id = %s", (envelope.event_id,))
+            if cur.fetchone():
+                return None
+            cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+            last = cur.fetchone()
+            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, chain.GENESIS)
+            cur.execute(
+                "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
+                " subject_ids, at, month, content, prev_hash, hash, leaf_hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    seq,
+                    envelope.event_id,
+                    envelope.type,
+                    envelope.source,
+                    envelope.tenant_id,
+                    envelope.actor_id,
+                    subjects_of(envelope),
+                    envelope.occurred_at,
+                    month,
+                    content_bytes,
+                    prev,
+                    chain.entry_hash(prev, seq, content_bytes),
+                    chain.leaf_hash(content_bytes),
+                ),
+            )
+            return seq
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Sign the tree of every entry so far; None when nothing was added since the last."""
+        with self.db.transaction() as cur:
+            cur.execute("SELECT coalesce(max(tree_size), 0) FROM checkpoints")
+            last = cur.fetchone()[0]
+            cur.execute("SELECT leaf_hash FROM ledger ORDER BY seq")
+            leaves = [bytes(row[0]) for row in cur.fetchall()]
+            if len(leaves) <= last:
+                return None
+            root = merkle.root(leaves)
+            signed_at = dt.datetime.now(dt.UTC).isoformat()
+            signature = self.signer.sign(checkpoint_message(len(leaves), root, signed_at))
+            cur.execute(
+                "INSERT INTO checkpoints (tree_size, root_hash, signed_at, key_id, public_key,"
+                " signature) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    len(leaves),
+                    root,
+                    signed_at,
+                    self.signer.key_id,
+                    self.signer.public_key_b64,
+                    signature,
+                ),
+            )
+        return self._checkpoint_view(
+            len(leaves), root, signed_at, self.signer.key_id, self.signer.public_key_b64, signature
+        )
+
+    def shred_month(self, month: str) -> bool:
+        """Make that month's access-log IPs and user agents unreadable, for good."""
+        return self.cipher.keystore.shred_subject(month_subject(month), ACCESS_LOG_MONTHS)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def view(self, row: tuple) -> dict[str, Any]:
+        seq, event_id, type_, service, tenant_id, actor_id, subjects, at, content, prev, hash_ = row
+        envelope = json.loads(bytes(content))
+        return {
+            "seq": seq,
+            "event_id": str(event_id),
+            "at": at.isoformat(),
+            "type": type_,
+            "service": service,
+            "actor_id": actor_id,
+            "tenant_id": None if tenant_id is None else str(tenant_id),
+            "subject_ids": list(subjects),
+            "hash": bytes(hash_).hex(),
+            "prev_hash": bytes(prev).hex(),
+            "payload": self.cipher.decrypt_fields(envelope["payload"]),
+        }
+
+    def entries(
+        self,
+        tenant_id: str | None,
+        *,
+        types: list[str] | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        subject_id: str | None = None,
+        after_seq: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        query, params = f"SELECT {_COLUMNS} FROM ledger WHERE seq > %s", [after_seq]
+        if tenant_id is not None:
+            query += " AND tenant_id = %s"
+            params.append(tenant_id)
+        if types:
+            query += " AND type = ANY(%s)"
+            params.append(types)
+        if since is not None:
+            query += " AND at >= %s"
+            params.append(since)
+        if until is not None:
+            query += " AND at < %s"
+            params.append(until)
+        if subject_id is not None:
+            query += " AND subject_ids @> ARRAY[%s]::text[]"
+            params.append(subject_id)
+        query += " ORDER BY seq LIMIT %s"
+        params.append(limit + 1)
+        with self.db.transaction() as cur:
+            cur.execute(query, params)
+            rows = cur.fetchall()
+        items = [self.view(r) for r in rows[:limit]]
+        return items, (items[-1]["seq"] if len(rows) > limit and items else None)
+
+    def iter_entries(self, tenant_id: str | None = None, **filters: Any) -> Iterator[dict]:
+        after = 0
+        while True:
+            items, _ = self.entries(tenant_id, after_seq=after, limit=1000, **filters)
+            if not items:
+                return
+            yield from items
+            after = items[-1]["seq"]
+
+    def count(self) -> int:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT count(*) FROM ledger")
+            return cur.fetchone()[0]
+
+    # --- verification and proofs --------------------------------------------------------------
+
+    def verify(self, batch_size: int = 5000) -> dict[str, Any]:
+        """Recompute the chain and every checkpoint; report the first sequence that fails."""
+        leaves: list[bytes] = []
+        head: dict[str, Any] | None = None
+
+        def stored() -> Iterator[chain.StoredEntry]:
+            nonlocal head
+            with self.db.connection() as conn, conn.cursor(name="ledger_verify") as cur:
+                cur.itersize = batch_size
+                cur.execute("SELECT seq, content, prev_hash, hash FROM ledger ORDER BY seq")
+                for seq, content, prev, hash_ in cur:
+                    content = bytes(content)
+                    leaves.append(chain.leaf_hash(content))
+                    head = {"seq": seq, "hash": bytes(hash_).hex()}
+                    yield chain.StoredEntry(seq, content, bytes(prev), bytes(hash_))
+
+        first_bad = chain.first_bad_seq(stored())
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT tree_size, root_hash, signed_at, public_key, signature FROM checkpoints"
+                " ORDER BY tree_size"
+            )
+            checkpoints = cur.fetchall()
+        verified_until = 0
+        for tree_size, root_hash, signed_at, public_key, signature in checkpoints:
+            message = checkpoint_message(tree_size, bytes(root_hash), signed_at)
+            intact = verify_signature(public_key, message, bytes(signature))
+            intact = intact and tree_size <= len(leaves)
+            intact = intact and merkle.root(leaves[:tree_size]) == bytes(root_hash)
+            if not intact:
+                # The chain may have been rewritten whole; this checkpoint narrows where.
+                bad = verified_until + 1
+                first_bad = bad if first_bad is None else min(first_bad, bad)
+                break
+            verified_until = tree_size
+        return {
+            "ok": first_bad is None,
+            "entries": len(leaves),
+            "head": head,
+            "first_bad_seq": first_bad,
+            "checkpoints": len(checkpoints),
+        }
+
+    def latest_checkpoint(self, covering: int) -> tuple | None:
+        """The newest checkpoint, signing a new one first if it does not reach ``covering``."""
+        row = self._latest_checkpoint()
+        if row is None or row[0] < covering:
+            self.checkpoint()
+            row = self._latest_checkpoint()
+        return row
+
+    def _latest_checkpoint(self) -> tuple | None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT tree_size, root_hash, signed_at, key_id, public_key, signature"
+                " FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+            )
+            return cur.fetchone()
+
+    def proof(self, tenant_id: str | None, seq: int) -> dict[str, Any]:
+        """The inclusion proof of entry ``seq`` against the latest signed checkpoint."""
+        with self.db.transaction() as cur:
+            cur.execute(f"SELECT {_COLUMNS} FROM ledger WHERE seq = %s", (seq,))
+            row = cur.fetchone()
+        if row is None or (tenant_id is not None and str(row[4]) != tenant_id):
+            raise NotFound("no such entry")
+        checkpoint = self.latest_checkpoint(seq)
+        if checkpoint is None:
+            raise Conflict("no checkpoint covers this entry yet")
+        tree_size, root_hash, signed_at, key_id, public_key, signature = checkpoint
+        with self.db.transaction() as cur:
+            cur.execute("SELECT leaf_hash FROM ledger WHERE seq <= %s ORDER BY seq", (tree_size,))
+            leaves = [bytes(r[0]) for r in cur.fetchall()]
+        path = merkle.inclusion_proof(leaves, seq - 1)
+        return {
+            "seq": seq,
+            "leaf_index": seq - 1,
+            "leaf_hash": leaves[seq - 1].hex(),
+            "audit_path": [node.hex() for node in path],
+            "checkpoint": self._checkpoint_view(
+                tree_size, bytes(root_hash), signed_at, key_id, public_key, bytes(signature)
+            ),
+        }
+
+    @staticmethod
+    def _checkpoint_view(tree_size, root, signed_at, key_id, public_key, signature) -> dict:
+        return {
+            "tree_size": tree_size,
+            "root_hash": root.hex(),
+            "signed_at": signed_at,
+            "key_id": key_id,
+            "public_key": public_key,
+            "signature": base64.b64encode(signature).decode(),
+        }

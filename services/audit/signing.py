@@ -1,0 +1,120 @@
+"""Ed25519 signatures over ledger checkpoints (tree size, Merkle root, time of signing).
+
+A checkpoint signed by the audit service pins how long the ledger was and what it held at a
+moment; anyone holding the public key can later check that the ledger still contains it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from kernel.config import DEV_AUDIT_SIGNING_KEY
+
+# dev-insecure: the configuration's development seed, for local runs and tests only. Anyone can
+# sign checkpoints with it; production refuses it (LEDGERDESK_AUDIT_SIGNING_KEY).
+DEV_SIGNING_SEED = DEV_AUDIT_SIGNING_KEY
+
+_SEED_SIZE = 32
+_PUBLIC_KEY_SIZE = 32
+_ROOT_SIZE = 32
+_CHECKPOINT_HEADER = b"ledgerdesk-checkpoint-v1\n"
+
+
+def checkpoint_message(tree_size: int, root_hash: bytes, signed_at: str) -> bytes:
+    """The bytes that are signed for a checkpoint, one field per line.
+
+    ``b"ledgerdesk-checkpoint-v1\\n<tree_size>\\n<root hex>\\n<signed_at>\\n"``. The versioned
+    first line keeps a checkpoint signature from being valid for any other message the key
+    might sign. Line breaks in ``signed_at`` are refused, since they would let two different
+    checkpoints encode to the same bytes.
+    """
+    if tree_size < 0:
+        raise ValueError(f"tree_size must not be negative, not {tree_size}")
+    if len(root_hash) != _ROOT_SIZE:
+        raise ValueError(f"root_hash must be {_ROOT_SIZE} bytes, not {len(root_hash)}")
+    if not signed_at or any(c in signed_at for c in "\r\n"):
+        raise ValueError("signed_at must be a non-empty single line")
+    return b"".join(
+        (
+            _CHECKPOINT_HEADER,
+            str(tree_size).encode("ascii"),
+            b"\n",
+            root_hash.hex().encode("ascii"),
+            b"\n",
+            signed_at.encode("utf-8"),
+            b"\n",
+        )
+    )
+
+
+class Signer:
+    """Signs with the Ed25519 key derived from a 32-byte seed."""
+
+    __slots__ = ("_private_key", "key_id", "public_key_b64")
+
+    def __init__(self, seed: bytes):
+        if len(seed) != _SEED_SIZE:
+            raise ValueError(f"an Ed25519 seed must be {_SEED_SIZE} bytes, not {len(seed)}")
+        self._private_key = Ed25519PrivateKey.from_private_bytes(seed)
+        public = self._private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        # A short stable name for the key, so a stored checkpoint says which key signed it and a
+        # rotated key can be told apart without comparing whole public keys.
+        self.key_id: str = hashlib.sha256(public).hexdigest()[:16]
+        self.public_key_b64: str = base64.b64encode(public).decode("ascii")
+
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte Ed25519 signature of ``message``."""
+        return self._private_key.sign(message)
+
+    def __repr__(self) -> str:
+        # Never the seed: a Signer may end up in a log line or a traceback.
+        return f"Signer(key_id={self.key_id!r})"
+
+
+def verify_signature(public_key_b64: str, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of ``message`` by the given key.
+
+    A malformed public key gives False rather than an error: the key usually comes from a
+    stored checkpoint, and a verifier reports a bad checkpoint instead of failing on it.
+    """
+    try:
+        public = base64.b64decode(public_key_b64, validate=True)
+    except ValueError:  # binascii.Error is a ValueError
+        return False
+    if len(public) != _PUBLIC_KEY_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def signer_from_config(value: str) -> Signer:
+    """A Signer from a configured seed: base64 of exactly 32 bytes.
+
+    Raises ValueError with a message that says what is wrong but never repeats the value,
+    which is a secret.
+    """
+    try:
+        seed = base64.b64decode(value.strip(), validate=True)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ValueError("the audit signing seed is not valid base64") from exc
+    if len(seed) != _SEED_SIZE:
+        raise ValueError(
+            f"the audit signing seed must be base64 of {_SEED_SIZE} bytes, not {len(seed)} bytes"
+        )
+    return Signer(seed)
+
+
+def is_dev_seed(value: str) -> bool:
+    """Whether ``value`` is the development seed, so production configuration can refuse it."""
+    try:
+        return base64.b64decode(value.strip(), validate=True) == base64.b64decode(DEV_SIGNING_SEED)
+    except ValueError:  # binascii.Error is a ValueError
+        return False
