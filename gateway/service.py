@@ -31,6 +31,7 @@ from gateway.idempotency import IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
 from gateway.pagination import encode_cursor, page_params
 from gateway.ratelimit import RateLimiter
+from kernel.cards import contains_card_number
 from kernel.errors import (
     Conflict,
     DomainError,
@@ -115,6 +116,8 @@ class GatewayService:
         key = request.headers.get(IDEMPOTENCY_KEY)
         if key is None:
             return produce()
+        if contains_card_number(key):
+            raise ValidationFailed({IDEMPOTENCY_KEY: ["must not hold a card number"]})
         print_ = fingerprint(request.method, request.path, request.get_data())
         stored = self.idempotency.begin(scope, key, print_)
         if stored is not None:
@@ -150,12 +153,12 @@ class GatewayService:
         if not cursor:
             return limit, None
         created_at, _, row_id = str(cursor.get("after", "")).partition("|")
+        moment = _utc(created_at)
         try:
-            moment = dt.datetime.fromisoformat(created_at)
             row = uuid.UUID(row_id)
         except ValueError:
             moment = None
-        if moment is None or moment.tzinfo is None:
+        if moment is None:
             raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
         # Re-rendered, not passed on: Python reads forms PostgreSQL would refuse.
         return limit, [moment.isoformat(), str(row)]
@@ -417,11 +420,8 @@ class GatewayService:
         errors: dict[str, list[str]] = {}
         for name in ("from", "to"):
             if request.args.get(name):
-                try:
-                    moment = dt.datetime.fromisoformat(request.args[name])
-                except ValueError:
-                    moment = None
-                if moment is None or moment.tzinfo is None:
+                moment = _utc(request.args[name])
+                if moment is None:
                     errors[name] = ["an RFC 3339 time with its offset"]
                 else:
                     filters[name] = moment.isoformat()
@@ -462,10 +462,12 @@ class GatewayService:
         self._caller(request, AUDIT)
         return json_response(200, self.audit.verify())
 
-    @api("GET", "/v1/audit/entries/<int:seq>/proof")
-    def audit_proof(self, request: Request, seq: int) -> Response:
+    @api("GET", "/v1/audit/entries/<string:seq>/proof")
+    def audit_proof(self, request: Request, seq: str) -> Response:
         caller = self._caller(request, AUDIT)
-        return json_response(200, self.audit.proof(caller["tenant_id"], seq))
+        if not seq.isdigit() or not 0 < int(seq) < 2**63:
+            raise NotFound("no such entry")
+        return json_response(200, self.audit.proof(caller["tenant_id"], int(seq)))
 
     @api("GET", "/v1/operator/audit/entries")
     def operator_audit_entries(self, request: Request) -> Response:
@@ -537,6 +539,18 @@ class GatewayService:
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
+
+
+def _utc(value: str) -> dt.datetime | None:
+    """An aware time in UTC, or None: Python reads offsets and years PostgreSQL refuses, so
+    what is passed on is always re-rendered, never the client's text."""
+    try:
+        moment = dt.datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            return None
+        return moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _ticket_filters(request: Request) -> dict[str, str]:

@@ -25,6 +25,14 @@ def next_month(day: dt.date) -> dt.date:
     return (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
 
 
+def years_after(day: dt.date, years: int) -> dt.date:
+    """The same day ``years`` later; 29 February becomes 28 February in a common year."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return day.replace(year=day.year + years, day=28)
+
+
 def _date(value: Any) -> dt.date:
     return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
 
@@ -131,7 +139,7 @@ class BillingAccount(Aggregate):
             billing_contact_id=contact["agent_id"],
             billing_contact_name=contact["name"],
             billing_contact_email=contact["email"],
-            hold_until=issued_on.replace(year=issued_on.year + hold_years).isoformat(),
+            hold_until=years_after(issued_on, hold_years).isoformat(),
         )
         return invoice_id
 
@@ -189,7 +197,12 @@ class BillingAccount(Aggregate):
     def when_invoice_issued(self, event: dict[str, Any]) -> None:
         self.invoices_issued += 1
         self.billed_until = _date(event["period_end"])
-        self.invoices[event["invoice_id"]] = {"total": event["total"], "paid": False, "declines": 0}
+        self.invoices[event["invoice_id"]] = {
+            "total": event["total"],
+            "currency": event["currency"],
+            "paid": False,
+            "declines": 0,
+        }
 
     def when_invoice_paid(self, event: dict[str, Any]) -> None:
         self.invoices[event["invoice_id"]]["paid"] = True

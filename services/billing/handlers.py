@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
@@ -15,6 +16,8 @@ from kernel.uow import UnitOfWork
 from services.billing import catalogue
 from services.billing.domain import BillingAccount
 from services.billing.processor import PaymentProcessor, ProcessorError, UnknownToken
+
+log = logging.getLogger(__name__)
 
 CARD_REFUSED = {"_schema": ["a value looks like a card number: send a processor token instead"]}
 
@@ -166,9 +169,9 @@ def pay_invoice(
     key = account.charge_key(invoice_id)
     method_id, token = list(account.payment_methods.items())[-1]
     invoice = account.invoices[invoice_id]
-    plan = catalogue.plans()[account.plan]
     try:
-        outcome = processor.charge(token, invoice["total"], plan.currency, key)
+        # The invoice's own currency: the plan may have changed (or gone) since it was issued.
+        outcome = processor.charge(token, invoice["total"], invoice["currency"], key)
     except ProcessorError:
         raise ServiceUnavailable("the payment processor failed; retry the payment") from None
     account.record_charge(invoice_id, method_id, outcome.status, outcome.reference)
@@ -190,25 +193,34 @@ def run_invoices(
         tenants = [str(row[0]) for row in uow.cur.fetchall()]
     issued = 0
     for tenant_id in tenants:
-        while True:
-            with uow_factory() as uow:
-                account = load_account(uow, tenant_id)
-                due = account.periods_due(now)
-                if not due:
-                    break
-                plan = catalogue.plans()[account.plan]
-                account.issue_invoice(
-                    period=due[0],
-                    plan=plan,
-                    seats=seats(uow, tenant_id),
-                    tax_rate=catalogue.tax_rates().get(account.region, Decimal(0)),
-                    contact=contact(tenant_id),
-                    hold_years=catalogue.LEGAL_HOLD_YEARS,
-                    issued_on=now.date(),
-                )
-                save(uow, account)
-                issued += 1
+        try:
+            issued += _invoice_tenant(uow_factory, contact, now, tenant_id)
+        except Exception as exc:  # one tenant's trouble must not stop everyone's invoices
+            log.error("invoice run for tenant %s stopped: %s", tenant_id, type(exc).__name__)
     return issued
+
+
+def _invoice_tenant(
+    uow_factory: Callable[[], UnitOfWork], contact: ContactLookup, now: dt.datetime, tenant_id: str
+) -> int:
+    issued = 0
+    while True:
+        with uow_factory() as uow:
+            account = load_account(uow, tenant_id)
+            due = account.periods_due(now)
+            if not due:
+                return issued
+            account.issue_invoice(
+                period=due[0],
+                plan=catalogue.plans()[account.plan],
+                seats=seats(uow, tenant_id),
+                tax_rate=catalogue.tax_rates().get(account.region, Decimal(0)),
+                contact=contact(tenant_id),
+                hold_years=catalogue.LEGAL_HOLD_YEARS,
+                issued_on=now.date(),
+            )
+            save(uow, account)
+            issued += 1
 
 
 _INVOICE_COLUMNS = (

@@ -36,3 +36,42 @@ def erase_subject(uow: UnitOfWork, subject_id: str) -> dict[str, Any]:
 def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
     uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
     return uow.cur.fetchone() is not None
+
+
+def destroy_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    """Everything of a destroyed tenant goes, but for the invoices the law holds: those stay,
+    restricted, until their hold ends (then ``expire_holds`` erases them)."""
+    uow.cur.execute("DELETE FROM payment_methods WHERE tenant_id = %s", (tenant_id,))
+    uow.cur.execute("DELETE FROM billing_agents WHERE tenant_id = %s", (tenant_id,))
+    uow.cur.execute(
+        "UPDATE billing_accounts SET address = NULL, company = '[erased]' WHERE tenant_id = %s",
+        (tenant_id,),
+    )
+    uow.cur.execute("SELECT max(hold_until) FROM invoices WHERE tenant_id = %s", (tenant_id,))
+    hold_until: dt.date | None = uow.cur.fetchone()[0]
+    if hold_until is None:
+        return {"status": "done", "detail": "no invoices to hold; payment methods deleted"}
+    basis = catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS)
+    uow.cur.execute(
+        "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
+        " ON CONFLICT (subject_id) DO UPDATE SET basis = EXCLUDED.basis, until = EXCLUDED.until",
+        (tenant_id, basis, hold_until),
+    )
+    return {"status": "retained", "basis": basis, "until": hold_until.isoformat()}
+
+
+def expire_holds(uow: UnitOfWork, keystore: Any, today: dt.date) -> int:
+    """Erase what the legal hold no longer covers: the invoices whose hold ended, and the keys
+    of billing contacts who are on no held invoice any more. Returns the invoices erased."""
+    uow.cur.execute(
+        "DELETE FROM invoices WHERE hold_until <= %s RETURNING billing_contact_id", (today,)
+    )
+    contacts = {str(row[0]) for row in uow.cur.fetchall()}
+    erased = uow.cur.rowcount
+    for contact in contacts:
+        uow.cur.execute("SELECT 1 FROM invoices WHERE billing_contact_id = %s", (contact,))
+        if uow.cur.fetchone() is None:
+            keystore.shred_subject(contact)
+            uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (contact,))
+    uow.cur.execute("DELETE FROM restrictions WHERE until <= %s", (today,))
+    return erased

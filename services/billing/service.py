@@ -123,6 +123,18 @@ class BillingService:
         with self.store.unit_of_work("retention") as uow:
             return privacy.erase_subject(uow, subject_id)
 
+    @rpc
+    def destroy_tenant(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work("retention") as uow:
+            return privacy.destroy_tenant(uow, tenant_id)
+
+    @timer(interval=86400)
+    def expire_legal_holds(self) -> None:
+        """When a hold ends, what it kept is erased (the retention schedule for billing)."""
+        assert self.store.store.cipher is not None
+        with self.store.unit_of_work("retention") as uow:
+            privacy.expire_holds(uow, self.store.store.cipher.keystore, self.clock().date())
+
     @consume_events(ACCOUNTS)
     def learn_from_accounts(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:
