@@ -16,9 +16,11 @@ from services.accounts.commands import (
     SignUpV1,
 )
 from services.billing.commands import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
+from services.retention.commands import FilePrivacyRequestV1
 from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
+    "FilePrivacyRequestV1",
     "AddPaymentMethodV1",
     "ChangePlanV1",
     "SetBillingAddressV1",
@@ -306,6 +308,48 @@ class ProofOut(Schema):
     leaf_hash = fields.String(required=True)
     audit_path = fields.List(fields.String(), required=True)
     checkpoint = fields.Nested(CheckpointOut, required=True)
+
+
+class ServiceAnswerOut(Schema):
+    status = fields.String(
+        required=True, metadata={"enum": ["pending", "done", "retained", "failed"]}
+    )
+    detail = fields.String()
+    basis = fields.String(metadata={"description": "the legal basis of a retention"})
+    until = fields.String(metadata={"description": "the day a legal hold ends"})
+
+
+class PrivacyRequestOut(Schema):
+    id = fields.UUID(required=True)
+    type = fields.String(required=True)
+    status = fields.String(required=True, metadata={"enum": ["pending", "completed", "failed"]})
+    subject = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    services = fields.Dict(
+        keys=fields.String(), values=fields.Nested(ServiceAnswerOut), required=True
+    )
+    created_at = fields.DateTime(required=True)
+    due_at = fields.DateTime(required=True)
+    completed_at = fields.DateTime(required=True, allow_none=True)
+
+
+class ReceiptOut(Schema):
+    class Meta:
+        unknown = "include"
+
+    receipt_version = fields.Integer(required=True)
+    request_id = fields.UUID(required=True)
+    services = fields.Dict(required=True)
+    signature = fields.Dict(required=True)
+
+
+class RegisteredServiceOut(Schema):
+    name = fields.String(required=True)
+    categories = fields.List(fields.String(), required=True)
+    commands = fields.List(fields.String(), required=True)
+
+
+class RegisteredServicesOut(Schema):
+    items = fields.List(fields.Nested(RegisteredServiceOut), required=True)
 
 
 class StatusOut(Schema):

@@ -79,6 +79,7 @@ class GatewayService:
     tickets = TimedRpcProxy("tickets")
     billing = TimedRpcProxy("billing")
     audit = TimedRpcProxy("audit")
+    retention = TimedRpcProxy("retention")
     limits = Limits()
     idempotency = Idempotency()
     tracing = Tracing()
@@ -479,6 +480,32 @@ class GatewayService:
         self._operator(request)
         return json_response(200, self.audit.verify())
 
+    # --- privacy requests ---------------------------------------------------------------------
+
+    @api("POST", "/v1/privacy/requests")
+    def file_privacy_request(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.FilePrivacyRequestV1())
+        filed = self.retention.file_request(caller, command)
+        created = filed.pop("created")
+        request.environ[RESOURCES] = [filed["id"], *filed["subject"].values()]
+        return json_response(202 if created else 200, filed)
+
+    @api("GET", "/v1/privacy/requests/<string:request_id>")
+    def get_privacy_request(self, request: Request, request_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.get_request(caller["tenant_id"], request_id))
+
+    @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
+    def get_privacy_receipt(self, request: Request, request_id: str) -> Response:
+        caller = self._caller(request, AUDIT)
+        return json_response(200, self.retention.get_receipt(caller["tenant_id"], request_id))
+
+    @api("GET", "/v1/operator/privacy/services")
+    def privacy_services(self, request: Request) -> Response:
+        self._operator(request)
+        return json_response(200, {"items": self.retention.registered_services()})
+
     # --- policies -----------------------------------------------------------------------------
 
     @api("GET", "/v1/policies/current")
@@ -522,7 +549,7 @@ class GatewayService:
     @api("GET", "/readyz")
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        for name in ("accounts", "tickets", "billing", "audit"):
+        for name in ("accounts", "tickets", "billing", "audit", "retention"):
             try:
                 checks[name] = getattr(self, name).health()["database"]
             except (DomainError, ServiceUnavailable):

@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import eventlet
 from kombu import Queue
@@ -67,6 +67,12 @@ class WorkerStore:
     @property
     def store(self) -> EventSourcedStore:
         return self._store
+
+    @property
+    def cipher(self) -> FieldCipher:
+        """The field cipher, for privacy commands that shred a subject's key."""
+        assert self._store.cipher is not None
+        return self._store.cipher
 
     def unit_of_work(self, actor_id: str | None = None) -> UnitOfWork:
         data = self._worker_ctx.data
@@ -121,6 +127,11 @@ class EventStoreDependency(DependencyProvider):
     def kill(self) -> None:
         if self.relay is not None:
             self.relay.stop()
+
+    @property
+    def cipher(self) -> FieldCipher:
+        # Read by nameko's extension discovery before setup, so no assertion here: None then.
+        return cast(FieldCipher, self.store.cipher if self.store is not None else None)
 
     def get_dependency(self, worker_ctx: Any) -> WorkerStore:
         assert self.store is not None

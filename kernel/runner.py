@@ -36,8 +36,10 @@ class ExpectedErrorsInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if str(record.msg).startswith("(expected)") and record.exc_info:
+            error = record.exc_info[0]
+            worker = record.args[0] if isinstance(record.args, tuple) and record.args else ""
             record.msg = "(expected) %s in %s"
-            record.args = (record.exc_info[0].__name__, record.args[0] if record.args else "")
+            record.args = (error.__name__ if error else "error", worker)
             record.exc_info = None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True

@@ -30,6 +30,7 @@ SERVICES: dict[str, str] = {
     "tickets": "services.tickets.service:TicketsService",
     "billing": "services.billing.service:BillingService",
     "audit": "services.audit.service:AuditService",
+    "retention": "services.retention.service:RetentionService",
 }
 GATEWAY = "gateway.service:GatewayService"
 

@@ -363,6 +363,16 @@ def list_contacts(
     return {"items": items, "next": next_after}
 
 
+def rectify_subject(
+    uow: UnitOfWork, tenant_id: str, contact_id: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """A rectification request's correction: applied to the latest version, whatever it is."""
+    contact = _scoped(uow, Contact, tenant_id, contact_id)
+    contact.rectify(changes)
+    save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+    return contact_view(contact, marketing=_marketing(uow, contact.id))
+
+
 def rectify_contact(
     uow: UnitOfWork,
     tenant_id: str,
@@ -385,6 +395,9 @@ def set_consent(
     uow: UnitOfWork, tenant_id: str, contact_id: str, command: dict[str, Any]
 ) -> dict[str, Any]:
     contact = _scoped(uow, Contact, tenant_id, contact_id)
+    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (contact.id,))
+    if command["marketing"] and uow.cur.fetchone() is not None:
+        raise Conflict("the contact's data is restricted: no marketing")
     policy_version = current_policy(uow)["version"]
     contact.record_consent(
         marketing=command["marketing"], source=command["source"], policy_version=policy_version

@@ -13,13 +13,16 @@ from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 
+from kernel import privacy as privacy_protocol
+from kernel.envelope import Envelope
 from kernel.errors import ValidationFailed
 from kernel.eventstore import ConcurrencyError
-from kernel.nameko_adapters import EventStoreDependency, rpc, settings_of
+from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers
+from services.accounts import commands, handlers, privacy
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
+from services.accounts.subscriptions import PRIVACY
 
 
 def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
@@ -51,6 +54,7 @@ class AccountsService:
         REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
     )
     first_policy = FirstPolicy()
+    announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))
     tracing = Tracing()
     config = Config()
 
@@ -158,6 +162,14 @@ class AccountsService:
             )
 
     @rpc
+    def rectify_subject(
+        self, actor: dict[str, str], contact_id: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        changes = validated(commands.RectifyContactV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.rectify_subject(uow, actor["tenant_id"], contact_id, changes)
+
+    @rpc
     def set_consent(
         self, actor: dict[str, str], contact_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
@@ -193,6 +205,13 @@ class AccountsService:
     def pending_acceptance(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return handlers.pending_acceptance(uow, tenant_id)
+
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(
+                uow, self.name, event, privacy.handlers_for(self.store.cipher)
+            )
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from kernel.config import Settings
 from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
+from kernel.signing import signer_from_config
 from services.audit.ledger import Ledger
-from services.audit.signing import signer_from_config
 from services.audit.state import tenant_state
 
 

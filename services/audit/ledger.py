@@ -20,8 +20,8 @@ from kernel.crypto import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound
+from kernel.signing import Signer, checkpoint_message, verify_signature
 from services.audit import chain, merkle
-from services.audit.signing import Signer, checkpoint_message, verify_signature
 
 # The keystore namespace of the month keys: a "tenant" that is the ledger itself.
 ACCESS_LOG_MONTHS = uuid.uuid5(uuid.NAMESPACE_URL, "ledgerdesk:audit:access-log-months")
@@ -182,7 +182,8 @@ class Ledger:
         after_seq: int = 0,
         limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int | None]:
-        query, params = f"SELECT {_COLUMNS} FROM ledger WHERE seq > %s", [after_seq]
+        query = f"SELECT {_COLUMNS} FROM ledger WHERE seq > %s"
+        params: list[Any] = [after_seq]
         if tenant_id is not None:
             query += " AND tenant_id = %s"
             params.append(tenant_id)

@@ -9,13 +9,14 @@ from typing import Any
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 
+from kernel import privacy as privacy_protocol
 from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
+from kernel.signing import signer_from_config
 from kernel.tracing import Tracing
 from services.audit.ledger import Ledger
-from services.audit.signing import signer_from_config
-from services.audit.subscriptions import LEDGER
+from services.audit.subscriptions import LEDGER, PRIVACY
 
 
 class LedgerDependency(DependencyProvider):
@@ -36,10 +37,9 @@ class LedgerDependency(DependencyProvider):
 class AuditService:
     name = "audit"
 
-    # The ledger is audit's store; it publishes nothing, so it needs no relay.
-    store = EventStoreDependency(
-        EventRegistry(), migrations=Path(__file__).parent / "migrations", run_relay=False
-    )
+    # The ledger is audit's store; its outbox carries only its answers to privacy commands.
+    store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    announcement = privacy_protocol.Announcement(("access_log",))
     ledger = LedgerDependency()
     tracing = Tracing()
 
@@ -82,9 +82,22 @@ class AuditService:
     def shred_month(self, month: str) -> bool:
         return self.ledger.shred_month(month)
 
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(uow, self.name, event, {"erase_subject": _ids_only})
+
     @rpc
     def health(self) -> dict[str, bool]:
         return {"database": self.store.db.ping()}
+
+
+def _ids_only(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": "done",
+        "detail": "the ledger holds identifiers only; access-log IPs and user agents go with "
+        "their month's key",
+    }
 
 
 def _moment(value: str | None) -> dt.datetime | None:

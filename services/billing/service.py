@@ -11,6 +11,7 @@ from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 
+from kernel import privacy as privacy_protocol
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import ValidationFailed
@@ -26,7 +27,7 @@ from services.billing import commands, handlers, privacy
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
-from services.billing.subscriptions import ACCOUNTS
+from services.billing.subscriptions import ACCOUNTS, PRIVACY
 
 
 def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
@@ -65,6 +66,7 @@ class BillingService:
     clock = Clock()
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()
+    announcement = privacy_protocol.Announcement(("invoices", "payment_methods"))
     config = Config()
 
     @rpc
@@ -131,15 +133,28 @@ class BillingService:
     @timer(interval=86400)
     def expire_legal_holds(self) -> None:
         """When a hold ends, what it kept is erased (the retention schedule for billing)."""
-        assert self.store.store.cipher is not None
+        cipher = self.store.cipher
         with self.store.unit_of_work("retention") as uow:
-            privacy.expire_holds(uow, self.store.store.cipher.keystore, self.clock().date())
+            privacy.expire_holds(uow, cipher.keystore, self.clock().date())
 
     @consume_events(ACCOUNTS)
     def learn_from_accounts(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("billing.learn_from_accounts", event.event_id):
                 handlers.learn_from_accounts(uow, event)
+
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(
+                uow,
+                self.name,
+                event,
+                {
+                    "erase_subject": lambda u, c: privacy.erase_subject(u, str(c["subject_id"])),
+                    "destroy_tenant": lambda u, c: privacy.destroy_tenant(u, str(c["tenant_id"])),
+                },
+            )
 
     @rpc
     def health(self) -> dict[str, bool]:

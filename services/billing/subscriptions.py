@@ -1,5 +1,6 @@
 """What billing consumes: new tenants (an account on the default plan) and agents (seats)."""
 
+from kernel import privacy
 from kernel.topology import Subscription
 
 ACCOUNTS = Subscription(
@@ -7,4 +8,6 @@ ACCOUNTS = Subscription(
     ("accounts.tenant_created", "accounts.agent_created", "accounts.agent_deactivated"),
 )
 
-SUBSCRIPTIONS = [ACCOUNTS]
+PRIVACY = privacy.subscription("billing")
+
+SUBSCRIPTIONS = [PRIVACY, ACCOUNTS]

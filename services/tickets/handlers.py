@@ -71,6 +71,9 @@ def member(
         raise ValidationFailed({field: [f"no such {noun} in this tenant"]})
     if not known["active"]:
         raise ValidationFailed({field: [f"the {noun} is deactivated"]})
+    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
+    if uow.cur.fetchone() is not None:
+        raise ValidationFailed({field: [f"the {noun}'s data is restricted: no new processing"]})
 
 
 def create_ticket(

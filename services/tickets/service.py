@@ -8,14 +8,15 @@ from typing import Any
 from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
 
+from kernel import privacy as privacy_protocol
 from kernel.envelope import Envelope
 from kernel.errors import ValidationFailed
 from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers
+from services.tickets import commands, handlers, privacy
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
-from services.tickets.subscriptions import ACCOUNTS
+from services.tickets.subscriptions import ACCOUNTS, PRIVACY
 
 
 def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
@@ -33,6 +34,7 @@ class TicketsService:
     )
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()
+    announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     config = Config()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -81,6 +83,13 @@ class TicketsService:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("tickets.learn_from_accounts", event.event_id):
                 handlers.learn_subject(uow, event)
+
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(
+                uow, self.name, event, privacy.handlers_for(self.store.cipher)
+            )
 
     @rpc
     def health(self) -> dict[str, bool]:

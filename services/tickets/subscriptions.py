@@ -1,5 +1,6 @@
 """What tickets consumes: accounts' news of agents and contacts, for its directory."""
 
+from kernel import privacy
 from kernel.topology import Subscription
 
 ACCOUNTS = Subscription(
@@ -7,4 +8,6 @@ ACCOUNTS = Subscription(
     ("accounts.agent_created", "accounts.agent_deactivated", "accounts.contact_created"),
 )
 
-SUBSCRIPTIONS = [ACCOUNTS]
+PRIVACY = privacy.subscription("tickets")
+
+SUBSCRIPTIONS = [PRIVACY, ACCOUNTS]

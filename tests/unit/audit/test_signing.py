@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from services.audit.signing import (
+from kernel.signing import (
     DEV_SIGNING_SEED,
     Signer,
     checkpoint_message,

@@ -1,0 +1,81 @@
+"""Accounts' answers to privacy commands.
+
+Erasure shreds the subject's key (every event about them reads as erased, backups too) and
+scrubs the read models; an erased agent is also deactivated, so their keys stop at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel.crypto import ERASED, FieldCipher
+from kernel.uow import UnitOfWork
+from services.accounts import handlers
+from services.accounts.domain import Agent, Contact
+
+
+def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
+    def erase_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
+        agent = handlers.load(uow, Agent, subject)
+        if agent is not None and agent.tenant_id == tenant and agent.active:
+            agent.deactivate()
+            handlers.save(uow, agent, tenant, handlers._tenant_region(uow, tenant))
+        shredded = cipher.keystore.shred_subject(subject, tenant)
+        uow.cur.execute(
+            "UPDATE contacts SET name = %s, email = %s, phone = NULL WHERE id = %s"
+            " AND tenant_id = %s",
+            (ERASED, ERASED, subject, tenant),
+        )
+        uow.cur.execute(
+            "UPDATE agents SET name = %s, email = %s WHERE id = %s AND tenant_id = %s",
+            (ERASED, ERASED, subject, tenant),
+        )
+        return {
+            "status": "done",
+            "detail": ("subject key shredded; " if shredded else "no key held; ")
+            + "read models scrubbed",
+        }
+
+    def restrict_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        uow.cur.execute(
+            "INSERT INTO restrictions (subject_id, tenant_id, request_id) VALUES (%s, %s, %s)"
+            " ON CONFLICT (subject_id) DO NOTHING",
+            (command["subject_id"], command["tenant_id"], command["request_id"]),
+        )
+        return {"status": "done", "detail": "kept, and not used for marketing or new processing"}
+
+    def lift_restriction(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (command["subject_id"],))
+        return {"status": "done", "detail": "restriction lifted"}
+
+    def object_to_marketing(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
+        contact = handlers.load(uow, Contact, subject)
+        if contact is None or contact.tenant_id != tenant:
+            return {"status": "done", "detail": "no such contact here"}
+        contact.record_consent(
+            marketing=False,
+            source="objection",
+            policy_version=handlers.current_policy(uow)["version"],
+        )
+        handlers.save(uow, contact, tenant, handlers._tenant_region(uow, tenant))
+        return {"status": "done", "detail": "marketing consent off, the objection on record"}
+
+    def rectify_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        # The corrected values never travel in a command (the ledger records every command):
+        # retention applied them through accounts when the request was filed.
+        return {"status": "done", "detail": "the owner's record was rectified when filed"}
+
+    return {
+        "erase_subject": erase_subject,
+        "restrict_subject": restrict_subject,
+        "lift_restriction": lift_restriction,
+        "object_to_marketing": object_to_marketing,
+        "rectify_subject": rectify_subject,
+    }
+
+
+def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
+    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
+    return uow.cur.fetchone() is not None

@@ -1,0 +1,51 @@
+"""Retention's commands: data-subject requests as an admin files them."""
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from services.accounts.commands import RectifyContactV1
+
+REQUEST_TYPES = ("erasure", "rectification", "restriction", "objection", "lift_restriction")
+
+
+class Command(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class SubjectV1(Command):
+    contact_id = fields.UUID()
+    agent_id = fields.UUID()
+
+    @validates_schema
+    def exactly_one(self, data, **kwargs):
+        if len(data) != 1:
+            raise ValidationError("name exactly one of contact_id or agent_id", "_schema")
+
+
+class FilePrivacyRequestV1(Command):
+    """``POST /v1/privacy/requests``."""
+
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    subject = fields.Nested(SubjectV1, required=True)
+    changes = fields.Nested(RectifyContactV1, load_default=None, allow_none=True)
+    # What the admin checked to be sure the request comes from the person (recorded as said).
+    identity_check = fields.String(
+        load_default="attested by the filing admin", validate=validate.Length(min=1, max=500)
+    )
+
+    @validates_schema
+    def changes_for_rectification(self, data, **kwargs):
+        if data["type"] == "rectification":
+            if not data.get("changes"):
+                raise ValidationError("a rectification names its changes", "changes")
+            if "contact_id" not in data["subject"]:
+                raise ValidationError("only a contact's record is rectified here", "subject")
+        elif data.get("changes") is not None:
+            raise ValidationError("changes belong to a rectification only", "changes")

@@ -1,0 +1,109 @@
+"""The retention service: data-subject requests fanned out to every announced service."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from marshmallow import ValidationError
+from nameko.extensions import DependencyProvider
+from nameko.timer import timer
+
+from kernel.envelope import Envelope, EventRegistry
+from kernel.errors import ValidationFailed
+from kernel.nameko_adapters import (
+    EventStoreDependency,
+    TimedRpcProxy,
+    consume_events,
+    rpc,
+    settings_of,
+)
+from kernel.signing import Signer, signer_from_config
+from kernel.tracing import Tracing
+from services.retention import requests
+from services.retention.commands import FilePrivacyRequestV1
+from services.retention.subscriptions import ANSWERS, REGISTRY
+
+
+class Clock(DependencyProvider):
+    def get_dependency(self, worker_ctx: Any):
+        return lambda: dt.datetime.now(dt.UTC)
+
+
+class ReceiptSigner(DependencyProvider):
+    """The platform's audit key signs erasure receipts, as it signs ledger checkpoints."""
+
+    def setup(self) -> None:
+        self.signer = signer_from_config(settings_of(self.container).audit_signing_key)
+
+    def get_dependency(self, worker_ctx: Any) -> Signer:
+        return self.signer
+
+
+class RetentionService:
+    name = "retention"
+
+    store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    accounts = TimedRpcProxy("accounts")
+    signer = ReceiptSigner()
+    clock = Clock()
+    tracing = Tracing()
+
+    @rpc
+    def file_request(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            command = FilePrivacyRequestV1().load(request)
+        except ValidationError as exc:
+            raise ValidationFailed(exc.normalized_messages()) from None
+        if command["type"] == "rectification":
+            # The corrected values go straight to their owner; the command only says "done".
+            self.accounts.rectify_subject(
+                actor, str(command["subject"]["contact_id"]), command["changes"]
+            )
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            filed, created = requests.file_request(
+                uow,
+                self.accounts.describe_subject,
+                actor["tenant_id"],
+                actor["agent_id"],
+                command,
+                self.clock(),
+            )
+        return {**filed, "created": created}
+
+    @rpc
+    def get_request(self, tenant_id: str, request_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.get_request(uow, tenant_id, request_id)
+
+    @rpc
+    def get_receipt(self, tenant_id: str, request_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.get_receipt(uow, tenant_id, request_id)
+
+    @rpc
+    def registered_services(self) -> list[dict[str, Any]]:
+        with self.store.unit_of_work() as uow:
+            return requests.registered_services(uow)
+
+    @consume_events(REGISTRY)
+    def service_announced(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("retention.registry", event.event_id):
+                requests.register_service(uow, event)
+
+    @consume_events(ANSWERS)
+    def privacy_answered(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("retention.answers", event.event_id):
+                requests.record_answer(uow, event, self.signer, self.clock())
+
+    @timer(interval=3600)
+    def overdue_requests(self) -> None:
+        with self.store.unit_of_work("retention") as uow:
+            requests.mark_overdue(uow, self.clock())
+
+    @rpc
+    def health(self) -> dict[str, bool]:
+        return {"database": self.store.db.ping()}

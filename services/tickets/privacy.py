@@ -1,0 +1,54 @@
+"""Tickets' answers to privacy commands: shred the subject's key, scrub their words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernel.crypto import ERASED, FieldCipher
+from kernel.uow import UnitOfWork
+
+# An erased subject's directory row is pinned here: no later event about them revives it.
+_FINAL = 2**31 - 1
+
+
+def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
+    def erase_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
+        shredded = cipher.keystore.shred_subject(subject, tenant)
+        uow.cur.execute(
+            "UPDATE tickets SET subject = %s, body = %s WHERE requester_id = %s AND tenant_id = %s",
+            (ERASED, ERASED, subject, tenant),
+        )
+        tickets = uow.cur.rowcount
+        uow.cur.execute(
+            "UPDATE ticket_messages SET body = %s WHERE author_id = %s AND tenant_id = %s",
+            (ERASED, subject, tenant),
+        )
+        messages = uow.cur.rowcount
+        uow.cur.execute(
+            "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
+            (_FINAL, subject),
+        )
+        return {
+            "status": "done",
+            "detail": f"{'subject key shredded' if shredded else 'no key held'}; "
+            f"{tickets} tickets and {messages} messages scrubbed",
+        }
+
+    def restrict_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        uow.cur.execute(
+            "INSERT INTO restrictions (subject_id, tenant_id) VALUES (%s, %s)"
+            " ON CONFLICT (subject_id) DO NOTHING",
+            (command["subject_id"], command["tenant_id"]),
+        )
+        return {"status": "done", "detail": "kept; no new tickets for this requester"}
+
+    def lift_restriction(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (command["subject_id"],))
+        return {"status": "done", "detail": "restriction lifted"}
+
+    return {
+        "erase_subject": erase_subject,
+        "restrict_subject": restrict_subject,
+        "lift_restriction": lift_restriction,
+    }
