@@ -49,7 +49,12 @@ class _ProblemWsgiApp(WsgiApp):
                 response.headers["Allow"] = ", ".join(exc.valid_methods or ())
             recorder = next(iter(self.server._providers), None)
             if recorder is not None:
-                recorder.record_access(request, response, {}, accesslog.UNMATCHED_ROUTE)
+                context = {
+                    name: request.headers[name]
+                    for name in ("traceparent", "tracestate")
+                    if request.headers.get(name)
+                }
+                recorder.record_access(request, response, context, accesslog.UNMATCHED_ROUTE)
             return response(environ, start_response)
         request.path_values = values
         return provider.handle_request(request)(environ, start_response)
@@ -214,12 +219,29 @@ def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> d
         raise problems.BadJson("the body is not valid JSON") from None
     if refuse_cards:
         refuse_card_numbers(request, data)
+    if _holds_nul(data):
+        # PostgreSQL text cannot hold NUL, and no name or address needs one.
+        raise ValidationFailed({"_schema": ["text may not contain NUL characters"]})
     if not isinstance(data, dict):
         raise ValidationFailed({"_schema": ["the body must be a JSON object"]})
     try:
         return schema.load(data)
     except ValidationError as exc:
         raise ValidationFailed(exc.normalized_messages()) from None
+
+
+def _holds_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -182,6 +182,7 @@ class OutboxRelay:
             raise
         faults.point("relay.after_publish")
         published_ids = [b[0] for b in batch if str(b[1]) in confirmed]
+        failures: list[tuple] = []
         with conn.cursor() as cur:
             if published_ids:
                 cur.execute(
@@ -200,20 +201,23 @@ class OutboxRelay:
                 attempts = cur.fetchone()[0]
                 backoff = min(self.max_backoff, 0.5 * 2 ** min(attempts, 10))
                 self._retry_after[stream_id] = time.monotonic() + backoff
-                self.stats.failed += 1
-                self.stats.last_error = reason
-                self.stats.errors_by_routing_key[routing_key] = (
-                    self.stats.errors_by_routing_key.get(routing_key, 0) + 1
-                )
-                # Ids only: the routing key and event id say what failed, the body stays put.
-                log.error(
-                    "outbox event %s (%s) not published: %s; retrying in %.1fs",
-                    event_id,
-                    routing_key,
-                    reason,
-                    backoff,
-                )
+                failures.append((event_id, routing_key, reason, backoff))
         conn.commit()
+        # Counted once committed, so whoever reads the stats finds the rows already marked.
+        for event_id, routing_key, reason, backoff in failures:
+            self.stats.failed += 1
+            self.stats.last_error = reason
+            self.stats.errors_by_routing_key[routing_key] = (
+                self.stats.errors_by_routing_key.get(routing_key, 0) + 1
+            )
+            # Ids only: the routing key and event id say what failed, the body stays put.
+            log.error(
+                "outbox event %s (%s) not published: %s; retrying in %.1fs",
+                event_id,
+                routing_key,
+                reason,
+                backoff,
+            )
         faults.point("relay.after_mark")
         for stream_id in {b[6] for b in batch if str(b[1]) in confirmed}:
             self._retry_after.pop(stream_id, None)

@@ -80,7 +80,9 @@ def prepare(settings: Settings) -> None:
 
 
 def start_processes(
-    env: dict[str, str] | None = None, gateway_processes: int | None = None
+    env: dict[str, str] | None = None,
+    gateway_processes: int | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, subprocess.Popen]:
     """Every service once, and the gateway in several processes sharing its port (SO_REUSEPORT:
     the kernel spreads connections), since one eventlet process is bound to one core."""
@@ -88,6 +90,8 @@ def start_processes(
     if gateway_processes is None:
         gateway_processes = Settings.from_env(env).gateway_processes
     programs = {**SERVICES, **{f"gateway-{n}": GATEWAY for n in range(1, gateway_processes + 1)}}
+    if only is not None:
+        programs = {name: path for name, path in programs.items() if name in only}
     processes = {}
     for name, path in programs.items():
         processes[name] = subprocess.Popen(

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from kernel.crypto import FieldCipher
+from kernel.crypto import FieldCipher, KeyShredded
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound
@@ -81,14 +81,20 @@ class Ledger:
     def record(self, envelope: Envelope) -> int | None:
         """Append one entry; None when this event is already in the ledger."""
         month = month_of(envelope.occurred_at)
+        if self._recorded(envelope.event_id):
+            return None  # a redelivery: checked first, so a shredded month cannot make it fail
         content = envelope.to_dict()
         if envelope.type == "access_logged":
-            content["payload"] = self.cipher.encrypt_fields(
-                content["payload"],
-                ACCESS_FIELDS,
-                tenant_id=ACCESS_LOG_MONTHS,
-                subject_id=month_subject(month),
-            )
+            try:
+                content["payload"] = self.cipher.encrypt_fields(
+                    content["payload"],
+                    ACCESS_FIELDS,
+                    tenant_id=ACCESS_LOG_MONTHS,
+                    subject_id=month_subject(month),
+                )
+            except KeyShredded:
+                # Its month is already past retention: the fields are erased before recording.
+                content["payload"] = {**content["payload"], **dict.fromkeys(ACCESS_FIELDS, None)}
         content_bytes = chain.canonical(content)
         with self.db.transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LEDGER_LOCK,))
@@ -119,6 +125,11 @@ class Ledger:
                 ),
             )
             return seq
+
+    def _recorded(self, event_id: uuid.UUID) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT 1 FROM ledger WHERE event_id = %s", (event_id,))
+            return cur.fetchone() is not None
 
     def checkpoint(self) -> dict[str, Any] | None:
         """Sign the tree of every entry so far; None when nothing was added since the last."""
@@ -249,7 +260,11 @@ class Ledger:
         verified_until = 0
         for tree_size, root_hash, signed_at, public_key, signature in checkpoints:
             message = checkpoint_message(tree_size, bytes(root_hash), signed_at)
-            intact = verify_signature(public_key, message, bytes(signature))
+            # The configured key, never the one stored beside the checkpoint: whoever can
+            # rewrite the tables could store a key of their own there too.
+            intact = public_key == self.signer.public_key_b64 and verify_signature(
+                self.signer.public_key_b64, message, bytes(signature)
+            )
             intact = intact and tree_size <= len(leaves)
             intact = intact and merkle.root(leaves[:tree_size]) == bytes(root_hash)
             if not intact:

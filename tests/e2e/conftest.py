@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -27,6 +28,16 @@ SIGNUP = {
 class Stack:
     settings: Settings
     url: str
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def stop(self, name: str) -> None:
+        """Stop one service gracefully, as an operator or a crash would take it away."""
+        platform.stop_processes({name: self.processes.pop(name)})
+
+    def start(self, name: str) -> None:
+        self.processes.update(
+            platform.start_processes(world_env(self.settings), gateway_processes=0, only=(name,))
+        )
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any):
         headers = dict(kwargs.pop("headers", {}))
@@ -50,7 +61,8 @@ def running_stack(infrastructure: Infrastructure, **overrides: str) -> Iterator[
         url = f"http://127.0.0.1:{port}"
         try:
             assert platform.wait_until_ready(url, processes, timeout=60), "no stack"
-            yield Stack(settings, url)
+            # The stack shares the dict: what it stops and restarts is what is stopped here.
+            yield Stack(settings, url, processes)
         finally:
             platform.stop_processes(processes)
         assert all(p.returncode == 0 for p in processes.values()), "a service did not stop"

@@ -76,6 +76,7 @@ def test_the_api_front_answers_with_problems_and_its_spec(stack):
         "tickets": True,
         "billing": True,
         "audit": True,
+        "retention": True,
     }
     spec = stack.call("GET", "/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.") and {"/v1/signup", "/v1/tenant"} <= set(spec["paths"])

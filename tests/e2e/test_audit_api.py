@@ -1,0 +1,597 @@
+"""The audit API over real HTTP against the whole platform: who may read the ledger, what each
+tenant sees, filters and paging, every request and every published event recorded exactly once,
+verification, inclusion proofs checked by a verifier written here from RFC 6962, and "who
+touched this person".
+
+Every request the module makes sends a ``traceparent`` of its own, so its access-log entry can be
+found by ``payload.trace_id``.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg2
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from kernel.testing import wait_until
+from services import platform
+from tests.e2e.conftest import SIGNUP, Stack
+
+EVENTS_EXCHANGE = "ledgerdesk.events"
+# Every service has an outbox; the gateway's carries the access log.
+PUBLISHERS = (*platform.SERVICES, "gateway")
+
+
+# --- the independent verifier (RFC 6962 section 2.1; Ed25519 through `cryptography`) -----------
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def largest_power_of_two_below(n: int) -> int:
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def root_from_audit_path(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes:
+    """Where PATH(index, D[size]) leads from ``leaf``; RFC 6962 builds the path as
+    PATH(m, D[0:k]) : MTH(D[k:n]) for m < k, else PATH(m - k, D[k:n]) : MTH(D[0:k])."""
+    if size == 1:
+        if path:
+            raise ValueError("audit path too long")
+        return leaf
+    if not path:
+        raise ValueError("audit path too short")
+    k = largest_power_of_two_below(size)
+    *inner, sibling = path
+    if index < k:
+        return sha256(b"\x01" + root_from_audit_path(index, k, leaf, inner) + sibling)
+    return sha256(b"\x01" + sibling + root_from_audit_path(index - k, size - k, leaf, inner))
+
+
+def check_proof(proof: dict[str, Any], content: bytes, public_key: str) -> None:
+    leaf = sha256(b"\x00" + content)
+    assert proof["leaf_hash"] == leaf.hex()
+    assert proof["leaf_index"] == proof["seq"] - 1
+    checkpoint = proof["checkpoint"]
+    path = [bytes.fromhex(node) for node in proof["audit_path"]]
+    root = root_from_audit_path(proof["leaf_index"], checkpoint["tree_size"], leaf, path)
+    assert root.hex() == checkpoint["root_hash"]
+    assert checkpoint["public_key"] == public_key
+    message = (
+        f"ledgerdesk-checkpoint-v1\n{checkpoint['tree_size']}\n"
+        f"{checkpoint['root_hash']}\n{checkpoint['signed_at']}\n"
+    ).encode()
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(
+        base64.b64decode(checkpoint["signature"]), message
+    )
+
+
+def public_key_of(seed_b64: str) -> str:
+    private = Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed_b64))
+    raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+# --- requests with a trace of their own ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Sent:
+    method: str
+    path: str
+    status: int
+    trace_id: str
+    user_agent: str
+    tenant_id: str | None
+    actor_id: str | None
+    touches: tuple[str, ...] = ()
+
+
+class Traced:
+    """Sends each request with a unique traceparent and remembers what the ledger should say."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.sent: list[Sent] = []
+        self.callers: dict[str, tuple[str | None, str | None]] = {
+            stack.settings.operator_token: (None, "operator")
+        }
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs: Any):
+        trace_id = secrets.token_hex(16)
+        user_agent = f"audit-e2e/{trace_id[:12]}"
+        headers = {
+            "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+            "User-Agent": user_agent,
+        }
+        response = self.stack.call(method, path, key, headers=headers, **kwargs)
+        tenant_id, actor_id = self.callers.get(key or "", (None, None))
+        if path.startswith("/v1/operator/") and actor_id != "operator":
+            tenant_id, actor_id = None, None  # an API key is not looked up there
+        # Ids in the path are what the request is about: the gateway records them as such.
+        touches = tuple(part for part in path.split("/") if is_uuid(part))
+        self.sent.append(
+            Sent(
+                method,
+                path,
+                response.status_code,
+                trace_id,
+                user_agent,
+                tenant_id,
+                actor_id,
+                touches,
+            )
+        )
+        return response
+
+    def touched(self, *subject_ids: str) -> None:
+        """The last request also named these people (what it created or showed)."""
+        self.sent[-1].touches += subject_ids
+
+
+@dataclasses.dataclass
+class Scene:
+    client: Traced
+    tenant_a: str
+    tenant_b: str
+    admin_a: str
+    admin_b: str
+    agent: str
+    auditor: str
+    contact: str
+    ticket: str
+    contact_b: str
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="module")
+def scene(stack: Stack) -> Scene:
+    client = Traced(stack)
+    version = client.call("GET", "/v1/policies/current").json()["version"]
+
+    def sign_up(company: str) -> dict[str, Any]:
+        admin = {"name": "Admin", "email": f"{unique('admin')}@example.com"}
+        body = {**SIGNUP, "company": company, "admin": admin, "accept_policy_version": version}
+        response = client.call("POST", "/v1/signup", json=body)
+        assert response.status_code == 201, response.text
+        created = response.json()
+        tenant, agent = created["tenant"]["id"], created["agent"]["id"]
+        client.callers[created["api_key"]] = (tenant, agent)
+        client.sent[-1].tenant_id, client.sent[-1].actor_id = tenant, agent
+        client.touched(agent)
+        return created
+
+    def add_agent(admin_key: str, role: str) -> str:
+        body = {"name": unique("Agent"), "email": f"{unique('a')}@example.com", "role": role}
+        response = client.call("POST", "/v1/agents", admin_key, json=body)
+        assert response.status_code == 201, response.text
+        agent = response.json()
+        client.callers[agent["api_key"]] = (client.callers[admin_key][0], agent["id"])
+        client.touched(agent["id"])
+        return agent["api_key"]
+
+    def add_contact(key: str) -> str:
+        body = {"name": unique("Contact"), "email": f"{unique('c')}@example.com"}
+        response = client.call("POST", "/v1/contacts", key, json=body)
+        assert response.status_code == 201, response.text
+        client.touched(response.json()["id"])
+        return response.json()["id"]
+
+    a, b = sign_up("Audited A Ltd"), sign_up("Other B Ltd")
+    admin_a, admin_b = a["api_key"], b["api_key"]
+    agent, auditor = add_agent(admin_a, "agent"), add_agent(admin_a, "auditor")
+    contact = add_contact(agent)
+    assert client.call("GET", f"/v1/contacts/{contact}", agent).status_code == 200
+    missing = str(uuid.uuid4())
+    assert client.call("GET", f"/v1/contacts/{missing}", agent).status_code == 404
+    ticket_body = {"subject": "Refund", "body": "Please", "requester_id": contact}
+    response = client.call("POST", "/v1/tickets", agent, json=ticket_body)
+    assert response.status_code == 201, response.text
+    client.touched(contact)
+    ticket = response.json()["id"]
+    assert client.call("GET", f"/v1/tickets/{ticket}", agent).status_code == 200
+    client.touched(contact)
+    assert client.call("GET", "/v1/contacts", admin_a).status_code == 200
+    contact_b = add_contact(admin_b)
+    # B asks for A's contact by id: refused, and recorded as B's access, not A's.
+    assert client.call("GET", f"/v1/contacts/{contact}", admin_b).status_code == 404
+    assert client.call("GET", "/v1/tenant").status_code == 401
+
+    scene = Scene(
+        client,
+        a["tenant"]["id"],
+        b["tenant"]["id"],
+        admin_a,
+        admin_b,
+        agent,
+        auditor,
+        contact,
+        ticket,
+        contact_b,
+    )
+    settle(stack, client)
+    return scene
+
+
+# --- reading the ledger -------------------------------------------------------------------------
+
+
+def ledger_rows(stack: Stack, query: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(stack.settings.database_dsn("audit"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def recorded_trace_ids(stack: Stack) -> collections.Counter:
+    rows = ledger_rows(
+        stack,
+        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' FROM ledger"
+        " WHERE type = 'access_logged'",
+    )
+    return collections.Counter(row[0] for row in rows)
+
+
+def settle(stack: Stack, client: Traced) -> None:
+    """Wait until every request sent so far has its access entry in the ledger."""
+    expected = {s.trace_id for s in client.sent}
+    wait_until(
+        lambda: expected <= set(recorded_trace_ids(stack)),
+        timeout=60,
+        interval=0.2,
+        what="every request's access entry in the ledger",
+    )
+
+
+def content_of(stack: Stack, seq: int) -> bytes:
+    return bytes(ledger_rows(stack, "SELECT content FROM ledger WHERE seq = %s", (seq,))[0][0])
+
+
+def pages(
+    client: Traced, path: str, key: str, params: dict[str, str] | None = None, limit: int = 200
+) -> tuple[list[dict[str, Any]], int]:
+    """Every item of a listing, following next_cursor; and how many pages it took."""
+    items: list[dict[str, Any]] = []
+    query = {**(params or {}), "limit": str(limit)}
+    count = 0
+    while True:
+        response = client.call("GET", path, key, params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        count += 1
+        assert len(body["items"]) <= limit
+        items.extend(body["items"])
+        if not body["next_cursor"]:
+            return items, count
+        assert len(body["items"]) == limit
+        query = {**query, "cursor": body["next_cursor"]}
+
+
+def by_trace(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {e["payload"]["trace_id"]: e for e in items if e["type"] == "access_logged"}
+
+
+# --- who may read -------------------------------------------------------------------------------
+
+
+def test_admins_and_auditors_read_the_ledger_agents_and_strangers_do_not(scene):
+    client = scene.client
+    paths = [
+        "/v1/audit/entries",
+        "/v1/audit/verify",
+        f"/v1/audit/subjects/{scene.contact}/entries",
+        "/v1/audit/entries/1/proof",
+    ]
+    for path in paths:
+        assert client.call("GET", path, scene.agent).status_code == 403, path
+        assert client.call("GET", path).status_code == 401, path
+        assert client.call("GET", path, "not-a-key").status_code == 401, path
+    for key in (scene.admin_a, scene.auditor):
+        assert client.call("GET", "/v1/audit/entries", key).status_code == 200
+        assert client.call("GET", "/v1/audit/verify", key).status_code == 200
+
+
+def test_a_tenant_sees_only_its_own_entries(scene):
+    settle(scene.client.stack, scene.client)
+    a_traces = {s.trace_id for s in scene.client.sent if s.tenant_id == scene.tenant_a}
+    b_traces = {s.trace_id for s in scene.client.sent if s.tenant_id == scene.tenant_b}
+    mine, _ = pages(scene.client, "/v1/audit/entries", scene.auditor)
+    theirs, _ = pages(scene.client, "/v1/audit/entries", scene.admin_b)
+    assert mine and theirs
+    assert {e["tenant_id"] for e in mine} == {scene.tenant_a}
+    assert {e["tenant_id"] for e in theirs} == {scene.tenant_b}
+    assert [e["seq"] for e in mine] == sorted({e["seq"] for e in mine})  # ledger order
+
+    types = {e["type"] for e in mine}
+    assert {"tenant_created", "agent_created", "contact_created", "ticket_created"} <= types
+    assert {"ticket_viewed", "access_logged"} <= types
+    assert {"seq", "at", "type", "service", "actor_id", "tenant_id", "subject_ids", "hash",
+            "prev_hash", "payload"} <= set(mine[0])  # fmt: skip
+
+    assert a_traces <= set(by_trace(mine))
+    assert not b_traces & set(by_trace(mine))
+    assert b_traces <= set(by_trace(theirs))
+    # Events name B's contact only in B's ledger view.
+    assert not any(scene.contact_b in e["subject_ids"] for e in mine)
+    assert any(scene.contact_b in e["subject_ids"] for e in theirs)
+
+
+def test_entries_filter_by_type_and_time(scene):
+    client = scene.client
+    # Once every earlier request is recorded, nothing recorded later can be older than these.
+    settle(client.stack, client)
+    everything, _ = pages(client, "/v1/audit/entries", scene.auditor)
+
+    accesses, _ = pages(client, "/v1/audit/entries", scene.auditor, {"type": "access_logged"})
+    assert accesses and {e["type"] for e in accesses} == {"access_logged"}
+    wanted = {"contact_created", "ticket_created"}
+    created, _ = pages(client, "/v1/audit/entries", scene.auditor, {"type": ",".join(wanted)})
+    assert {e["type"] for e in created} == wanted
+    assert [e["seq"] for e in created] == [e["seq"] for e in everything if e["type"] in wanted]
+    assert scene.contact in {e["payload"].get("contact_id") for e in created}
+
+    start = dt.datetime.fromisoformat(everything[2]["at"])
+    end = dt.datetime.fromisoformat(everything[-3]["at"])
+    window, _ = pages(
+        client,
+        "/v1/audit/entries",
+        scene.auditor,
+        {"from": start.isoformat(), "to": end.isoformat()},
+    )
+    expected = [e["seq"] for e in everything if start <= dt.datetime.fromisoformat(e["at"]) < end]
+    assert expected and [e["seq"] for e in window] == expected
+
+    refused = client.call("GET", "/v1/audit/entries", scene.auditor, params={"from": "yesterday"})
+    assert refused.status_code == 422
+    naive = client.call(
+        "GET", "/v1/audit/entries", scene.auditor, params={"to": "2026-01-01T00:00:00"}
+    )
+    assert naive.status_code == 422
+
+
+def test_cursor_paging_walks_the_whole_listing_in_order(scene):
+    snapshot, single = pages(scene.client, "/v1/audit/entries", scene.auditor)
+    assert single == 1 and len(snapshot) > 9
+    paged, count = pages(scene.client, "/v1/audit/entries", scene.auditor, limit=4)
+    seqs = [e["seq"] for e in paged]
+    assert count >= len(snapshot) // 4
+    assert seqs == sorted(set(seqs))  # no repeats, no going back
+    # Entries recorded while paging (these very requests) may follow; none before is skipped.
+    assert paged[: len(snapshot)] == snapshot
+    forged = scene.client.call(
+        "GET", "/v1/audit/entries", scene.auditor, params={"cursor": "not a cursor"}
+    )
+    assert forged.status_code == 422
+
+
+# --- verification and proofs --------------------------------------------------------------------
+
+
+def test_the_ledger_verifies(scene):
+    for key in (scene.auditor, scene.admin_a):
+        response = scene.client.call("GET", "/v1/audit/verify", key)
+        assert response.status_code == 200
+        result = response.json()
+        assert (result["ok"], result["first_bad_seq"]) == (True, None), result
+        assert result["entries"] > 0
+        assert result["head"]["seq"] == result["entries"]
+        [(head_hash,)] = ledger_rows(
+            scene.client.stack, "SELECT hash FROM ledger WHERE seq = %s", (result["head"]["seq"],)
+        )
+        assert result["head"]["hash"] == bytes(head_hash).hex()
+
+
+def test_proofs_check_out_with_an_independent_verifier_and_the_published_key(scene):
+    stack, client = scene.client.stack, scene.client
+    public_key = public_key_of(stack.settings.audit_signing_key)
+    mine, _ = pages(client, "/v1/audit/entries", scene.auditor)
+    read_contact = next(s for s in client.sent if s.path == f"/v1/contacts/{scene.contact}")
+    chosen = [
+        by_trace(mine)[read_contact.trace_id],
+        next(e for e in mine if e["type"] == "contact_created"),
+        next(e for e in mine if e["type"] == "ticket_viewed"),
+        mine[0],
+        mine[-1],
+    ]
+    for entry in chosen:
+        response = client.call("GET", f"/v1/audit/entries/{entry['seq']}/proof", scene.auditor)
+        assert response.status_code == 200, response.text
+        proof = response.json()
+        assert proof["seq"] == entry["seq"]
+        check_proof(proof, content_of(stack, entry["seq"]), public_key)
+
+    # Another tenant's entry, or one that does not exist, has no proof for this tenant.
+    theirs, _ = pages(client, "/v1/audit/entries", scene.admin_b)
+    for seq in (theirs[0]["seq"], 10**9):
+        response = client.call("GET", f"/v1/audit/entries/{seq}/proof", scene.auditor)
+        assert response.status_code == 404, response.text
+        assert response.headers["Content-Type"] == "application/problem+json"
+
+
+# --- who touched this person --------------------------------------------------------------------
+
+
+def test_the_entries_naming_a_contact_say_who_accessed_them(scene):
+    client, stack = scene.client, scene.client.stack
+    settle(stack, client)  # earlier subject queries are accesses to the contact too
+    expected = {
+        s.trace_id
+        for s in client.sent
+        if scene.contact in s.touches and s.tenant_id == scene.tenant_a
+    }
+    path = f"/v1/audit/subjects/{scene.contact}/entries"
+    found, _ = pages(client, path, scene.auditor)
+
+    assert all(scene.contact in e["subject_ids"] for e in found)
+    assert {e["tenant_id"] for e in found} == {scene.tenant_a}
+    accesses = by_trace(found)
+    assert set(accesses) == expected
+    read = next(s for s in client.sent if s.path == f"/v1/contacts/{scene.contact}")
+    entry = accesses[read.trace_id]
+    assert (entry["actor_id"], entry["payload"]["method"]) == (read.actor_id, "GET")
+    assert entry["payload"]["route"] == "/v1/contacts/<string:contact_id>"
+    assert entry["payload"]["user_agent"] == read.user_agent
+    assert entry["payload"]["ip"] == "127.0.0.1"
+    assert {"contact_created", "ticket_created", "ticket_viewed", "access_logged"} <= {
+        e["type"] for e in found
+    }
+
+    # B's own (refused) look at A's contact is in B's answer, never A's; A sees nothing of B.
+    theirs, _ = pages(client, path, scene.admin_b)
+    b_read = next(
+        s for s in client.sent if s.path == f"/v1/contacts/{scene.contact}" and s.status == 404
+    )
+    assert set(by_trace(theirs)) == {b_read.trace_id}
+    b_contact_for_a, _ = pages(
+        client, f"/v1/audit/subjects/{scene.contact_b}/entries", scene.auditor
+    )
+    assert b_contact_for_a == []
+    nobody = client.call("GET", "/v1/audit/subjects/not-a-uuid/entries", scene.auditor)
+    assert nobody.status_code == 404
+
+
+# --- the operator -------------------------------------------------------------------------------
+
+
+def test_operator_endpoints_see_every_tenant_and_need_the_token(scene):
+    client = scene.client
+    token = client.stack.settings.operator_token
+    everything, _ = pages(client, "/v1/operator/audit/entries", token)
+    tenants = {e["tenant_id"] for e in everything}
+    assert {scene.tenant_a, scene.tenant_b, None} <= tenants
+    response = client.call("GET", "/v1/operator/audit/verify", token)
+    assert response.status_code == 200
+    assert response.json()["ok"] is True
+
+    for path in ("/v1/operator/audit/entries", "/v1/operator/audit/verify"):
+        assert client.call("GET", path).status_code == 401
+        assert client.call("GET", path, scene.admin_a).status_code == 401
+        assert client.call("GET", path, token + "x").status_code == 401
+
+
+# --- exactly once (these run last: they cover every request the module made) --------------------
+
+
+def unmatched_entries(scene: Scene, user_agent: str) -> list[dict[str, Any]]:
+    token = scene.client.stack.settings.operator_token
+    everything, _ = pages(
+        scene.client, "/v1/operator/audit/entries", token, {"type": "access_logged"}
+    )
+    return [e for e in everything if e["payload"]["user_agent"] == user_agent]
+
+
+def test_a_request_to_no_route_is_recorded_once(scene):
+    client = scene.client
+    response = client.call("GET", "/v1/no/such/route", scene.admin_a)
+    assert response.status_code == 404
+    unmatched = client.sent.pop()  # found by its user agent, below, not by its trace
+    entries = wait_until(
+        lambda: unmatched_entries(scene, unmatched.user_agent),
+        timeout=30,
+        interval=0.5,
+        what="the unmatched request's access entry",
+    )
+    assert len(entries) == 1
+    assert (entries[0]["payload"]["route"], entries[0]["payload"]["status"]) == ("<unmatched>", 404)
+
+
+def test_a_request_to_no_route_keeps_its_trace_id(scene):
+    client = scene.client
+    assert client.call("GET", "/v1/no/route/either", scene.admin_a).status_code == 404
+    unmatched = client.sent.pop()
+    entries = wait_until(
+        lambda: unmatched_entries(scene, unmatched.user_agent),
+        timeout=30,
+        interval=0.5,
+        what="the unmatched request's access entry",
+    )
+    assert [e["payload"]["trace_id"] for e in entries] == [unmatched.trace_id]
+
+
+def test_every_request_made_is_in_the_ledger_exactly_once(scene):
+    client, stack = scene.client, scene.client.stack
+    settle(stack, client)
+    sent = list(client.sent)
+    token = stack.settings.operator_token
+    everything, _ = pages(client, "/v1/operator/audit/entries", token, {"type": "access_logged"})
+
+    counts = collections.Counter(e["payload"]["trace_id"] for e in everything)
+    assert {s.trace_id: counts[s.trace_id] for s in sent} == {s.trace_id: 1 for s in sent}
+    in_database = recorded_trace_ids(stack)
+    assert [s for s in sent if in_database[s.trace_id] != 1] == []
+    entries = by_trace(everything)
+    for s in sent:
+        entry = entries[s.trace_id]
+        payload = entry["payload"]
+        recorded = (payload["method"], payload["status"], entry["tenant_id"], entry["actor_id"])
+        assert recorded == (s.method, s.status, s.tenant_id, s.actor_id), (s, entry)
+        assert payload["user_agent"] == s.user_agent
+    assert len(sent) > 10
+
+
+def outbox_ids(stack: Stack) -> set[uuid.UUID]:
+    found: set[uuid.UUID] = set()
+    for service in PUBLISHERS:
+        conn = psycopg2.connect(stack.settings.database_dsn(service))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT event_id FROM outbox WHERE exchange = %s", (EVENTS_EXCHANGE,))
+                found |= {uuid.UUID(str(row[0])) for row in cur.fetchall()}
+        finally:
+            conn.close()
+    return found
+
+
+def test_every_published_event_of_every_service_is_in_the_ledger_exactly_once(scene):
+    stack = scene.client.stack
+    published = outbox_ids(stack)
+
+    def in_ledger() -> list[uuid.UUID]:
+        return [uuid.UUID(str(r[0])) for r in ledger_rows(stack, "SELECT event_id FROM ledger")]
+
+    wait_until(
+        lambda: published <= set(in_ledger()),
+        timeout=60,
+        interval=0.2,
+        what="every published event in the ledger",
+    )
+    recorded = in_ledger()
+    assert len(recorded) == len(set(recorded))
+    # Nothing in the ledger that no service published (read again: requests go on meanwhile).
+    assert set(recorded) <= outbox_ids(stack)
+    [(low, high, count)] = ledger_rows(stack, "SELECT min(seq), max(seq), count(*) FROM ledger")
+    assert (low, high) == (1, count)
+    sources = {
+        json.loads(bytes(r[0]))["source"] for r in ledger_rows(stack, "SELECT content FROM ledger")
+    }
+    assert {"accounts", "tickets", "billing", "gateway"} <= sources <= set(PUBLISHERS)

@@ -1,0 +1,331 @@
+"""Data-subject requests across every service, over real HTTP and real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+
+import psycopg2
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from kernel.testing import wait_until
+from services import platform
+
+
+def admin(stack):
+    created = stack.sign_up()
+    return created["api_key"], created
+
+
+def make_contact(stack, key, name):
+    email = f"{name.lower().replace(' ', '.')}.{uuid.uuid4().hex[:6]}@example.com"
+    phone = f"+44 20 {uuid.uuid4().int % 10**4:04d} {uuid.uuid4().int % 10**4:04d}"
+    response = stack.call(
+        "POST",
+        "/v1/contacts",
+        key=key,
+        json={"name": name, "email": email, "phone": phone},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def file(stack, key, body):
+    response = stack.call("POST", "/v1/privacy/requests", key=key, json=body)
+    assert response.status_code in (200, 202), response.text
+    return response.json()
+
+
+def completed(stack, key, request_id, timeout=60):
+    def done():
+        body = stack.call("GET", f"/v1/privacy/requests/{request_id}", key=key).json()
+        return body if body["status"] != "pending" else None
+
+    return wait_until(done, timeout=timeout, what=f"request {request_id} to complete")
+
+
+def dump_all(stack) -> str:
+    """Every service database's data, as text, the way a backup would hold it."""
+    settings = stack.settings
+    out = []
+    for name in [*platform.SERVICES, "gateway"]:
+        params = psycopg2.extensions.parse_dsn(settings.database_dsn(name))
+        out.append(
+            subprocess.run(
+                [
+                    "pg_dump",
+                    "-h",
+                    params["host"],
+                    "-p",
+                    str(params.get("port", 5432)),
+                    "-U",
+                    params["user"],
+                    "--data-only",
+                    params["dbname"],
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    return "\n".join(out)
+
+
+def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
+    key, _ = admin(stack)
+    carol = make_contact(stack, key, "Carol Quixote")
+    dave = make_contact(stack, key, "Dave Untouched")
+    ticket = stack.call(
+        "POST",
+        "/v1/tickets",
+        key=key,
+        json={
+            "subject": "Carol Quixote needs help",
+            "body": "From carol: my order",
+            "requester_id": carol["id"],
+        },
+    ).json()
+    stack.call(
+        "POST",
+        f"/v1/tickets/{ticket['id']}/messages",
+        key=key,
+        json={"body": "Carol Quixote adds details", "on_behalf_of_requester": True},
+    )
+    stack.call(
+        "PUT",
+        f"/v1/contacts/{carol['id']}/consent",
+        key=key,
+        json={"marketing": True, "source": "web form"},
+    )
+    assert stack.call("GET", f"/v1/contacts/{carol['id']}", key=key).status_code == 200
+
+    filed = file(
+        stack,
+        key,
+        {
+            "type": "erasure",
+            "subject": {"contact_id": carol["id"]},
+            "identity_check": "matched the e-mail on file",
+        },
+    )
+    assert filed["status"] == "pending" and filed["type"] == "erasure"
+    again = file(stack, key, {"type": "erasure", "subject": {"contact_id": carol["id"]}})
+    assert again["id"] == filed["id"] or again["status"] != "pending"
+
+    result = completed(stack, key, filed["id"])
+    assert result["status"] == "completed"
+    assert set(result["services"]) == {"accounts", "tickets", "billing", "audit", "retention"} - {
+        "retention"
+    }
+    assert all(answer["status"] == "done" for answer in result["services"].values())
+
+    shown = stack.call("GET", f"/v1/contacts/{carol['id']}", key=key).json()
+    assert shown["name"] == "[erased]" and shown["email"] == "[erased]"
+    seen = stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).json()
+    assert seen["subject"] == "[erased]" and seen["messages"][0]["body"] == "[erased]"
+    assert stack.call("GET", f"/v1/contacts/{dave['id']}", key=key).json()["name"] == (
+        "Dave Untouched"
+    )
+
+    dump = dump_all(stack)
+    for value in ("Carol Quixote", carol["email"], carol["phone"]):
+        assert value not in dump, f"{value!r} is still in a database dump"
+    assert "Dave Untouched" in dump  # the dump is real: other contacts are there
+
+    verified = wait_until(
+        lambda: (v := stack.call("GET", "/v1/audit/verify", key=key).json())["ok"] and v,
+        what="the ledger to verify",
+    )
+    assert verified["first_bad_seq"] is None
+
+
+def test_the_receipt_verifies_with_the_audit_key_and_cites_ledger_entries(stack):
+    key, _ = admin(stack)
+    contact = make_contact(stack, key, "Erin Receipt")
+    filed = file(stack, key, {"type": "erasure", "subject": {"contact_id": contact["id"]}})
+    completed(stack, key, filed["id"])
+    receipt = stack.call("GET", f"/v1/privacy/requests/{filed['id']}/receipt", key=key).json()
+    signature = receipt.pop("signature")
+    signed = json.dumps(receipt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(signature["public_key"]))
+    public.verify(base64.b64decode(signature["value"]), signed.encode())  # raises if forged
+    tampered = dict(receipt, request_id=str(uuid.uuid4()))
+    with pytest.raises(InvalidSignature):
+        public.verify(
+            base64.b64decode(signature["value"]),
+            json.dumps(tampered, sort_keys=True, separators=(",", ":")).encode(),
+        )
+    # The key is the ledger's: the receipt's public key signs the ledger's checkpoints too.
+    proof = stack.call("GET", "/v1/audit/entries/1/proof", key=stack.settings.operator_token)
+    assert proof.status_code in (401, 403, 404)  # operators use their own endpoints
+    cited = {answer["ledger_event_id"] for answer in receipt["services"].values()}
+
+    def in_ledger():
+        entries = stack.call(
+            "GET",
+            "/v1/operator/audit/entries?type=privacy_answered&limit=200",
+            key=stack.settings.operator_token,
+        ).json()["items"]
+        return cited <= {e["event_id"] for e in entries}
+
+    wait_until(in_ledger, what="every cited answer in the audit ledger")
+
+
+def test_an_admin_on_invoices_is_retained_by_billing_and_erased_elsewhere(stack):
+    """billing's answer is the one reported exception when invoices name the subject."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    key, created = admin(stack)
+    admin_id = created["agent"]["id"]
+    other_admin = stack.call(
+        "POST",
+        "/v1/agents",
+        key=key,
+        json={"name": "Second Admin", "email": "second@example.com", "role": "admin"},
+    ).json()
+    wait_until(
+        lambda: stack.call("GET", "/v1/billing/subscription", key=key).status_code == 200,
+        what="the billing account",
+    )
+    # An invoice naming the first admin: the billing run, as its timer would call it.
+    import datetime as dt
+
+    from kernel.crypto import FieldCipher, Keystore
+    from kernel.db import Database
+    from kernel.uow import EventSourcedStore
+    from services.billing import handlers as billing
+    from services.billing.events import REGISTRY
+    from services.billing.projections import PROJECTIONS
+
+    settings = stack.settings
+    store = EventSourcedStore(
+        "billing",
+        Database(settings.database_dsn("billing")),
+        REGISTRY,
+        FieldCipher(
+            Keystore(Database(settings.database_dsn("billing", "keys")), settings.master_keys)
+        ),
+        PROJECTIONS,
+    )
+    with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=10) as rpc:
+        first_of_next = (dt.datetime.now(dt.UTC).replace(day=28) + dt.timedelta(days=5)).replace(
+            day=1, hour=2
+        )
+        assert (
+            billing.run_invoices(store.unit_of_work, rpc.accounts.billing_contact, first_of_next)
+            >= 1
+        )
+
+    second_key = other_admin["api_key"]
+    filed = file(stack, second_key, {"type": "erasure", "subject": {"agent_id": admin_id}})
+    result = completed(stack, second_key, filed["id"])
+    assert result["status"] == "completed"
+    held = result["services"]["billing"]
+    assert held["status"] == "retained"
+    assert "tax and accounting law" in held["basis"] and held["until"] > "2035"
+    others = {n: a["status"] for n, a in result["services"].items() if n != "billing"}
+    assert set(others.values()) == {"done"}
+    # The erased admin's key stopped working: they were deactivated as part of the erasure.
+    assert stack.call("GET", "/v1/tenant", key=key).status_code == 401
+
+
+def test_restriction_objection_and_rectification(stack):
+    key, _ = admin(stack)
+    contact = make_contact(stack, key, "Fay Restricted")
+    restricted = completed(
+        stack,
+        key,
+        file(stack, key, {"type": "restriction", "subject": {"contact_id": contact["id"]}})["id"],
+    )
+    assert restricted["status"] == "completed"
+    refused = stack.call(
+        "PUT",
+        f"/v1/contacts/{contact['id']}/consent",
+        key=key,
+        json={"marketing": True, "source": "web form"},
+    )
+    assert refused.status_code == 409
+    no_ticket = stack.call(
+        "POST",
+        "/v1/tickets",
+        key=key,
+        json={"subject": "x", "body": "y", "requester_id": contact["id"]},
+    )
+    assert no_ticket.status_code == 422
+    assert stack.call("GET", f"/v1/contacts/{contact['id']}", key=key).status_code == 200
+
+    objected = completed(
+        stack,
+        key,
+        file(stack, key, {"type": "objection", "subject": {"contact_id": contact["id"]}})["id"],
+    )
+    assert objected["status"] == "completed"
+    consent = stack.call("GET", f"/v1/contacts/{contact['id']}/consent", key=key).json()
+    assert consent["marketing"] is False and consent["history"][-1]["source"] == "objection"
+
+    rectified = completed(
+        stack,
+        key,
+        file(
+            stack,
+            key,
+            {
+                "type": "rectification",
+                "subject": {"contact_id": contact["id"]},
+                "changes": {"name": "Fay Rectified"},
+            },
+        )["id"],
+    )
+    assert rectified["status"] == "completed"
+    assert stack.call("GET", f"/v1/contacts/{contact['id']}", key=key).json()["name"] == (
+        "Fay Rectified"
+    )
+
+
+def test_requests_are_validated_and_tenant_scoped(stack):
+    key_a, _ = admin(stack)
+    key_b, _ = admin(stack)
+    contact = make_contact(stack, key_a, "Gus Scoped")
+    for body in (
+        {"type": "erasure", "subject": {}},
+        {"type": "deletion", "subject": {"contact_id": contact["id"]}},
+        {"type": "erasure", "subject": {"contact_id": contact["id"], "agent_id": contact["id"]}},
+        {"type": "rectification", "subject": {"contact_id": contact["id"]}},
+    ):
+        assert stack.call("POST", "/v1/privacy/requests", key=key_a, json=body).status_code == 422
+    other = stack.call(
+        "POST",
+        "/v1/privacy/requests",
+        key=key_b,
+        json={"type": "erasure", "subject": {"contact_id": contact["id"]}},
+    )
+    assert other.status_code == 404
+    filed = file(stack, key_a, {"type": "restriction", "subject": {"contact_id": contact["id"]}})
+    assert stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key_b).status_code == 404
+    assert stack.call("GET", f"/v1/privacy/requests/{uuid.uuid4()}", key=key_a).status_code == 404
+
+
+def test_a_service_that_is_down_gets_its_command_when_it_returns(stack):
+    key, _ = admin(stack)
+    contact = make_contact(stack, key, "Hal Waiting")
+    stack.stop("tickets")
+    try:
+        filed = file(stack, key, {"type": "erasure", "subject": {"contact_id": contact["id"]}})
+
+        def others_answered():
+            body = stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()
+            answered = [n for n, a in body["services"].items() if a["status"] != "pending"]
+            return body if set(answered) == {"accounts", "billing", "audit"} else None
+
+        waiting = wait_until(others_answered, what="every service but tickets to answer")
+        assert waiting["status"] == "pending"
+        assert waiting["services"]["tickets"]["status"] == "pending"
+    finally:
+        stack.start("tickets")
+    result = completed(stack, key, filed["id"])
+    assert result["status"] == "completed"
+    assert result["services"]["tickets"]["status"] == "done"
