@@ -72,6 +72,7 @@ class Settings:
     grace_days: float = 21.0
     audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
     checkpoint_seconds: float = 60.0
+    schedule_seconds: float = 60.0
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
 
@@ -120,6 +121,7 @@ class Settings:
             grace_days=number("GRACE_DAYS", base.grace_days, float),
             audit_signing_key=get("AUDIT_SIGNING_KEY", base.audit_signing_key),
             checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
+            schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
         )

@@ -27,6 +27,7 @@ COMMANDS = (
     "object_to_marketing",
     "rectify_subject",
     "destroy_tenant",
+    "purge_category",
 )
 OUTCOMES = ("done", "retained", "failed")
 PROTOCOL_VERSION = 1
@@ -35,11 +36,14 @@ PROTOCOL_VERSION = 1
 class PrivacyCommandV1(Schema):
     request_id = fields.UUID(required=True)
     command = fields.String(required=True, validate=validate.OneOf(COMMANDS))
-    tenant_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True, allow_none=True)
     subject_id = fields.UUID(load_default=None, allow_none=True)
     subject_kind = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(("contact", "agent"))
+        load_default=None, allow_none=True, validate=validate.OneOf(("contact", "agent", "tenant"))
     )
+    # For purge_category: the data category and the moment before which it goes.
+    category = fields.String(load_default=None, allow_none=True)
+    before = fields.String(load_default=None, allow_none=True)
 
 
 class PrivacyAnsweredV1(Schema):

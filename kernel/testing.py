@@ -188,6 +188,8 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_GATEWAY_PROCESSES=str(settings.gateway_processes),
         LEDGERDESK_KEY_CACHE_SECONDS=str(settings.key_cache_seconds),
         LEDGERDESK_GRACE_DAYS=str(settings.grace_days),
+        LEDGERDESK_SCHEDULE_SECONDS=str(settings.schedule_seconds),
+        LEDGERDESK_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
         LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
         LEDGERDESK_RATE_BURST=str(settings.rate_burst),
         LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,

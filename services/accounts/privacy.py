@@ -67,7 +67,29 @@ def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
         # retention applied them through accounts when the request was filed.
         return {"status": "done", "detail": "the owner's record was rectified when filed"}
 
+    def destroy_tenant(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        tenant = str(command["tenant_id"])
+        subjects = cipher.keystore.shred_tenant(tenant)
+        uow.cur.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND agent_id IN"
+            " (SELECT id FROM agents WHERE tenant_id = %s)",
+            (tenant,),
+        )
+        uow.cur.execute("DELETE FROM consents WHERE tenant_id = %s", (tenant,))
+        uow.cur.execute("DELETE FROM contacts WHERE tenant_id = %s", (tenant,))
+        uow.cur.execute("DELETE FROM policy_acceptances WHERE tenant_id = %s", (tenant,))
+        uow.cur.execute(
+            "UPDATE agents SET name = %s, email = %s, active = false WHERE tenant_id = %s",
+            (ERASED, ERASED, tenant),
+        )
+        uow.cur.execute(
+            "UPDATE tenants SET status = 'destroyed', company = %s WHERE id = %s",
+            (ERASED, tenant),
+        )
+        return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
+
     return {
+        "destroy_tenant": destroy_tenant,
         "erase_subject": erase_subject,
         "restrict_subject": restrict_subject,
         "lift_restriction": lift_restriction,

@@ -159,6 +159,19 @@ class Ledger:
             len(leaves), root, signed_at, self.signer.key_id, self.signer.public_key_b64, signature
         )
 
+    def shred_months_before(self, before: dt.datetime) -> list[str]:
+        """Erase the access-log fields of every month that ended before ``before``."""
+        cutoff = month_of(before)
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT DISTINCT month FROM ledger WHERE type = 'access_logged' AND month < %s",
+                (cutoff,),
+            )
+            months = [row[0] for row in cur.fetchall()]
+        for month in months:
+            self.shred_month(month)
+        return months
+
     def shred_month(self, month: str) -> bool:
         """Make that month's access-log IPs and user agents unreadable, for good."""
         return self.cipher.keystore.shred_subject(month_subject(month), ACCESS_LOG_MONTHS)

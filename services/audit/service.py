@@ -85,7 +85,22 @@ class AuditService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(uow, self.name, event, {"erase_subject": _ids_only})
+            privacy_protocol.handle_command(
+                uow,
+                self.name,
+                event,
+                {
+                    "erase_subject": _ids_only,
+                    "destroy_tenant": _ids_only,
+                    "purge_category": self._purge,
+                },
+            )
+
+    def _purge(self, uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+        if command.get("category") != "access_log" or not command.get("before"):
+            return {"status": "done", "detail": "audit holds nothing of that category"}
+        months = self.ledger.shred_months_before(dt.datetime.fromisoformat(command["before"]))
+        return {"status": "done", "detail": f"{len(months)} months of access-log fields erased"}
 
     @rpc
     def health(self) -> dict[str, bool]:

@@ -150,6 +150,11 @@ def get_request(uow: UnitOfWork, tenant_id: str, request_id: str) -> dict[str, A
 
 def record_answer(uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.datetime) -> None:
     p = event.payload
+    # Answers to one request take turns: two last answers recorded side by side would each see
+    # the other still pending, and nobody would complete the request.
+    uow.cur.execute("SELECT 1 FROM requests WHERE id = %s FOR UPDATE", (p["request_id"],))
+    if uow.cur.fetchone() is None:
+        return  # not a tracked request (a schedule's purge, say): the ledger has the answer
     uow.cur.execute(
         "INSERT INTO request_services (request_id, service, status, detail, basis, until,"
         " answer_event_id, answered_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s"
@@ -183,6 +188,10 @@ def record_answer(uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.date
         ("failed" if failed else "completed", now, p["request_id"]),
     )
     row = uow.cur.fetchone()
+    if row is not None and row[1] == "destruction":
+        from services.retention.schedules import destruction_report
+
+        destruction_report(uow, p["request_id"])
     if row is not None and row[1] == "erasure" and not failed:
         receipt = make_receipt(uow, str(row[0]), p["request_id"], signer)
         uow.cur.execute(

@@ -10,6 +10,7 @@ from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 
+from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ValidationFailed
 from kernel.nameko_adapters import (
@@ -21,9 +22,9 @@ from kernel.nameko_adapters import (
 )
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
-from services.retention import requests
+from services.retention import requests, schedules
 from services.retention.commands import FilePrivacyRequestV1
-from services.retention.subscriptions import ANSWERS, REGISTRY
+from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS
 
 
 class Clock(DependencyProvider):
@@ -98,6 +99,20 @@ class RetentionService:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("retention.answers", event.event_id):
                 requests.record_answer(uow, event, self.signer, self.clock())
+
+    @consume_events(TENANTS)
+    def tenant_clock(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("retention.tenants", event.event_id):
+                schedules.learn_from_accounts(uow, event)
+
+    @timer(interval=Settings.from_env().schedule_seconds)
+    def run_schedules(self) -> None:
+        """Destroy tenants whose grace ran out; purge access logs past their policy."""
+        with self.store.unit_of_work("retention") as uow:
+            schedules.destroy_due_tenants(uow, self.clock())
+        with self.store.unit_of_work("retention") as uow:
+            schedules.purge_access_logs(uow, self.clock())
 
     @timer(interval=3600)
     def overdue_requests(self) -> None:

@@ -5,4 +5,9 @@ from kernel.topology import Subscription
 REGISTRY = Subscription("retention.registry", ("*.service_announced",))
 ANSWERS = Subscription("retention.answers", ("*.privacy_answered",))
 
-SUBSCRIPTIONS = [REGISTRY, ANSWERS]
+# The clocks: a cancellation starts a tenant's grace, a reactivation stops it.
+TENANTS = Subscription(
+    "retention.tenants", ("accounts.tenant_cancelled", "accounts.tenant_reactivated")
+)
+
+SUBSCRIPTIONS = [REGISTRY, ANSWERS, TENANTS]

@@ -47,7 +47,15 @@ def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
         uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (command["subject_id"],))
         return {"status": "done", "detail": "restriction lifted"}
 
+    def destroy_tenant(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        tenant = str(command["tenant_id"])
+        subjects = cipher.keystore.shred_tenant(tenant)
+        for table in ("ticket_messages", "tickets", "directory", "restrictions"):
+            uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
+        return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
+
     return {
+        "destroy_tenant": destroy_tenant,
         "erase_subject": erase_subject,
         "restrict_subject": restrict_subject,
         "lift_restriction": lift_restriction,

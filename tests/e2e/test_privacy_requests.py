@@ -41,11 +41,17 @@ def file(stack, key, body):
 
 
 def completed(stack, key, request_id, timeout=60):
+    last: dict = {}
+
     def done():
         body = stack.call("GET", f"/v1/privacy/requests/{request_id}", key=key).json()
+        last.update(body)
         return body if body["status"] != "pending" else None
 
-    return wait_until(done, timeout=timeout, what=f"request {request_id} to complete")
+    try:
+        return wait_until(done, timeout=timeout, what=f"request {request_id} to complete")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the request as last read: {last}") from None
 
 
 def dump_all(stack) -> str:

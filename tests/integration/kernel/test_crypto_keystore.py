@@ -273,7 +273,7 @@ def test_tampering_is_detected_and_distinct_from_erasure(keys_db, keystore):
         cur.execute(
             # One byte changed for sure: setting it to a constant would miss 1 time in 256.
             "UPDATE subject_keys SET wrapped_key ="
-            " set_byte(wrapped_key, 20, (get_byte(wrapped_key, 20) + 1) % 256) "
+            " set_byte(wrapped_key, 20, (get_byte(wrapped_key, 20) + 1) %% 256) "
             "WHERE subject_id = %s",
             (bob,),
         )

@@ -1,0 +1,143 @@
+"""The retention schedule: clocks started by events, commands sent when they run out.
+
+A cancelled tenant is destroyed when its grace ends (``destroy_after`` comes with the
+cancellation) unless it was reactivated; access-log personal data is purged a month at a time
+once the whole month is older than its policy (60 days by default).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from kernel.envelope import Envelope, new_envelope
+from kernel.uow import UnitOfWork
+
+
+def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
+    p = event.payload
+    if event.type == "tenant_cancelled":
+        uow.cur.execute(
+            "INSERT INTO schedules (tenant_id, kind, due_at, status)"
+            " VALUES (%s, 'destruction', %s, 'waiting') ON CONFLICT (tenant_id, kind) DO UPDATE"
+            " SET due_at = EXCLUDED.due_at, status = 'waiting', request_id = NULL"
+            " WHERE schedules.status <> 'running'",
+            (p["tenant_id"], p["destroy_after"]),
+        )
+    elif event.type == "tenant_reactivated":
+        uow.cur.execute(
+            "UPDATE schedules SET status = 'cancelled' WHERE tenant_id = %s"
+            " AND kind = 'destruction' AND status = 'waiting'",
+            (p["tenant_id"],),
+        )
+
+
+def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime) -> list[str]:
+    """Start the destruction of every tenant whose grace has run out; returns their ids."""
+    uow.cur.execute(
+        "SELECT tenant_id FROM schedules WHERE kind = 'destruction' AND status = 'waiting'"
+        " AND due_at <= %s FOR UPDATE SKIP LOCKED",
+        (now,),
+    )
+    started = []
+    for (tenant_id,) in uow.cur.fetchall():
+        request_id = str(uuid.uuid4())
+        uow.cur.execute(
+            "INSERT INTO requests (id, tenant_id, type, subject_kind, subject_id, filed_by,"
+            " identity_check, status, created_at, due_at)"
+            " VALUES (%s, %s, 'destruction', 'tenant', %s, %s, 'the grace period ran out',"
+            " 'pending', %s, %s)",
+            (request_id, tenant_id, tenant_id, tenant_id, now, now + dt.timedelta(days=30)),
+        )
+        uow.cur.execute(
+            "INSERT INTO request_services (request_id, service, status)"
+            " SELECT %s, name, 'pending' FROM services",
+            (request_id,),
+        )
+        uow.cur.execute(
+            "UPDATE schedules SET status = 'running', request_id = %s WHERE tenant_id = %s"
+            " AND kind = 'destruction'",
+            (request_id, tenant_id),
+        )
+        uow.publish(_command(request_id, "destroy_tenant", str(tenant_id), str(tenant_id)))
+        started.append(str(tenant_id))
+    return started
+
+
+def purge_access_logs(uow: UnitOfWork, now: dt.datetime) -> str | None:
+    """Send the purge for every month wholly older than the policy; returns its cut-off."""
+    uow.cur.execute("SELECT days FROM policies WHERE category = 'access_log' AND tenant_id IS NULL")
+    days = uow.cur.fetchone()[0]
+    cutoff = (now - dt.timedelta(days=days)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    uow.cur.execute("SELECT before FROM purges WHERE category = 'access_log'")
+    last = uow.cur.fetchone()
+    if last is not None and last[0] >= cutoff:
+        return None
+    uow.cur.execute(
+        "INSERT INTO purges (category, before, issued_at) VALUES ('access_log', %s, %s)"
+        " ON CONFLICT (category) DO UPDATE SET before = EXCLUDED.before,"
+        " issued_at = EXCLUDED.issued_at",
+        (cutoff, now),
+    )
+    command = _command(str(uuid.uuid4()), "purge_category", None, None)
+    command.payload.update(category="access_log", before=cutoff.isoformat())
+    uow.publish(command)
+    return cutoff.isoformat()
+
+
+def destruction_report(uow: UnitOfWork, request_id: str) -> None:
+    """Record in the audit ledger what each service did with a destroyed tenant."""
+    uow.cur.execute(
+        "SELECT r.tenant_id, s.service, s.status, s.answer_event_id FROM requests r"
+        " JOIN request_services s ON s.request_id = r.id WHERE r.id = %s",
+        (request_id,),
+    )
+    rows = uow.cur.fetchall()
+    if not rows:
+        return
+    tenant_id = str(rows[0][0])
+    uow.cur.execute("UPDATE schedules SET status = 'done' WHERE request_id = %s", (request_id,))
+    uow.publish(
+        new_envelope(
+            type="tenant_destroyed",
+            schema_version=1,
+            source="retention",
+            stream_id=f"privacy-{request_id}",
+            stream_version=2,
+            tenant_id=uuid.UUID(tenant_id),
+            actor_id="retention",
+            payload={
+                "request_id": request_id,
+                "tenant_id": tenant_id,
+                "services": {
+                    service: {"status": status, "answer_event_id": str(answer)}
+                    for _, service, status, answer in rows
+                },
+            },
+        )
+    )
+
+
+def _command(
+    request_id: str, command: str, tenant_id: str | None, subject_id: str | None
+) -> Envelope:
+    payload: dict[str, Any] = {
+        "request_id": request_id,
+        "command": command,
+        "tenant_id": tenant_id,
+        "subject_id": subject_id,
+        "subject_kind": "tenant" if subject_id else None,
+    }
+    return new_envelope(
+        type="privacy_command",
+        schema_version=1,
+        source="retention",
+        stream_id=f"privacy-{request_id}",
+        stream_version=1,
+        tenant_id=uuid.UUID(tenant_id) if tenant_id else None,
+        actor_id="retention",
+        payload=payload,
+    )
