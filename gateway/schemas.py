@@ -16,10 +16,11 @@ from services.accounts.commands import (
     SignUpV1,
 )
 from services.billing.commands import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
-from services.retention.commands import FilePrivacyRequestV1
+from services.retention.commands import FilePrivacyRequestV1, SetPolicyV1
 from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
+    "SetPolicyV1",
     "FilePrivacyRequestV1",
     "AddPaymentMethodV1",
     "ChangePlanV1",
@@ -350,6 +351,34 @@ class RegisteredServiceOut(Schema):
 
 class RegisteredServicesOut(Schema):
     items = fields.List(fields.Nested(RegisteredServiceOut), required=True)
+
+
+class ExportOut(Schema):
+    export_version = fields.Integer(required=True)
+    request_id = fields.UUID(required=True)
+    subject_id = fields.UUID(required=True)
+    generated_at = fields.DateTime(required=True)
+    services = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(),
+        required=True,
+        metadata={
+            "description": "each service's part: accounts (record, consent history), "
+            "tickets (tickets raised, replies; never internal notes), billing (invoices "
+            "naming them), audit (staff reads: who, when, what)"
+        },
+    )
+
+
+class RetentionPolicyOut(Schema):
+    category = fields.String(required=True)
+    days = fields.Integer(required=True)
+    overridden = fields.Boolean(required=True, metadata={"description": "this tenant's own"})
+    description = fields.String(required=True)
+
+
+class RetentionPolicyListOut(Schema):
+    items = fields.List(fields.Nested(RetentionPolicyOut), required=True)
 
 
 class StatusOut(Schema):

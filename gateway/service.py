@@ -496,10 +496,26 @@ class GatewayService:
         caller = self._caller(request, ADMIN)
         return json_response(200, self.retention.get_request(caller["tenant_id"], request_id))
 
+    @api("GET", "/v1/privacy/requests/<string:request_id>/export")
+    def get_privacy_export(self, request: Request, request_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.export(caller["tenant_id"], request_id))
+
     @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
     def get_privacy_receipt(self, request: Request, request_id: str) -> Response:
         caller = self._caller(request, AUDIT)
         return json_response(200, self.retention.get_receipt(caller["tenant_id"], request_id))
+
+    @api("GET", "/v1/retention/policies")
+    def retention_policies(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.policies(caller["tenant_id"]))
+
+    @api("PUT", "/v1/retention/policies/<string:category>")
+    def set_retention_policy(self, request: Request, category: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.SetPolicyV1())
+        return json_response(200, self.retention.set_policy(caller, category, command))
 
     @api("GET", "/v1/operator/privacy/services")
     def privacy_services(self, request: Request) -> Response:

@@ -101,3 +101,51 @@ def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
 def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
     uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
     return uow.cur.fetchone() is not None
+
+
+def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
+    """What accounts holds about one person: their record, and a contact's consent history."""
+    uow.cur.execute(
+        "SELECT name, email, phone, marketing, created_at FROM contacts"
+        " WHERE id = %s AND tenant_id = %s",
+        (subject_id, tenant_id),
+    )
+    contact = uow.cur.fetchone()
+    if contact is not None:
+        uow.cur.execute(
+            "SELECT marketing, source, policy_version, recorded_at FROM consents"
+            " WHERE contact_id = %s ORDER BY version",
+            (subject_id,),
+        )
+        consents = [
+            {"marketing": m, "source": s, "policy_version": p, "recorded_at": r.isoformat()}
+            for m, s, p, r in uow.cur.fetchall()
+        ]
+        name, email, phone, marketing, created = contact
+        return {
+            "contact": {
+                "name": name,
+                "email": email,
+                "phone": phone,
+                "created_at": created.isoformat(),
+            },
+            "marketing_consent": {"current": marketing, "history": consents},
+            "restricted": is_restricted(uow, subject_id),
+        }
+    uow.cur.execute(
+        "SELECT name, email, role, active, created_at FROM agents WHERE id = %s AND tenant_id = %s",
+        (subject_id, tenant_id),
+    )
+    agent = uow.cur.fetchone()
+    if agent is None:
+        return {}
+    name, email, role, active, created = agent
+    return {
+        "agent": {
+            "name": name,
+            "email": email,
+            "role": role,
+            "active": active,
+            "created_at": created.isoformat(),
+        }
+    }

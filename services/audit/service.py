@@ -103,6 +103,26 @@ class AuditService:
         return {"status": "done", "detail": f"{len(months)} months of access-log fields erased"}
 
     @rpc
+    def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        """Who read this person's data, when, and what: the staff reads the ledger records."""
+        reads = []
+        for entry in self.ledger.iter_entries(
+            tenant_id, subject_id=subject_id, types=["access_logged", "ticket_viewed"]
+        ):
+            if entry["actor_id"] == subject_id:
+                continue  # their own requests are not staff reads
+            payload = entry["payload"]
+            reads.append(
+                {
+                    "who": entry["actor_id"],
+                    "when": entry["at"],
+                    "what": payload.get("route") or f"ticket {payload.get('ticket_id')}",
+                    "resources": payload.get("resource_ids") or [payload.get("ticket_id")],
+                }
+            )
+        return {"staff_reads": reads}
+
+    @rpc
     def health(self) -> dict[str, bool]:
         return {"database": self.store.db.ping()}
 

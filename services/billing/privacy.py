@@ -75,3 +75,25 @@ def expire_holds(uow: UnitOfWork, keystore: Any, today: dt.date) -> int:
             uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (contact,))
     uow.cur.execute("DELETE FROM restrictions WHERE until <= %s", (today,))
     return erased
+
+
+def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
+    """Invoices that name the person as billing contact (kept under the legal hold)."""
+    uow.cur.execute(
+        "SELECT number, period_start, period_end, total, currency, billing_contact_name,"
+        " billing_contact_email, hold_until FROM invoices"
+        " WHERE billing_contact_id = %s AND tenant_id = %s ORDER BY number",
+        (subject_id, tenant_id),
+    )
+    invoices = [
+        {
+            "number": n,
+            "period": [s.isoformat(), e.isoformat()],
+            "total": t,
+            "currency": c,
+            "billed_to": {"name": name, "email": email},
+            "kept_until": h.isoformat(),
+        }
+        for n, s, e, t, c, name, email, h in uow.cur.fetchall()
+    ]
+    return {"invoices": invoices, "restricted": is_restricted(uow, subject_id)}

@@ -11,7 +11,14 @@ from marshmallow import (
 
 from services.accounts.commands import RectifyContactV1
 
-REQUEST_TYPES = ("erasure", "rectification", "restriction", "objection", "lift_restriction")
+REQUEST_TYPES = (
+    "access",
+    "erasure",
+    "rectification",
+    "restriction",
+    "objection",
+    "lift_restriction",
+)
 
 
 class Command(Schema):
@@ -49,3 +56,9 @@ class FilePrivacyRequestV1(Command):
                 raise ValidationError("only a contact's record is rectified here", "subject")
         elif data.get("changes") is not None:
             raise ValidationError("changes belong to a rectification only", "changes")
+
+
+class SetPolicyV1(Command):
+    """``PUT /v1/retention/policies/{category}``: this tenant's period, in days."""
+
+    days = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=36500))

@@ -76,6 +76,18 @@ def file_request(
             now + dt.timedelta(days=DUE_DAYS),
         ),
     )
+    if command["type"] == "access":
+        # Nothing changes anywhere: the export is gathered from every service when read.
+        uow.cur.execute(
+            "INSERT INTO request_services (request_id, service, status, detail)"
+            " SELECT %s, name, 'done', 'included in the export' FROM services",
+            (request_id,),
+        )
+        uow.cur.execute(
+            "UPDATE requests SET status = 'completed', completed_at = %s WHERE id = %s",
+            (now, request_id),
+        )
+        return get_request(uow, tenant_id, request_id), True
     uow.cur.execute(
         "INSERT INTO request_services (request_id, service, status)"
         " SELECT %s, name, 'pending' FROM services",
@@ -231,6 +243,14 @@ def make_receipt(uow: UnitOfWork, tenant_id: str, request_id: str, signer: Signe
             "signed": "the canonical JSON of this receipt without its signature",
         },
     }
+
+
+def export_subject(uow: UnitOfWork, tenant_id: str, request_id: str) -> tuple[str, list[str]]:
+    """The subject of an access request and the services to gather its export from."""
+    request = get_request(uow, tenant_id, request_id)
+    if request["type"] != "access":
+        raise NotFound("no export: the request is not an access request")
+    return next(iter(request["subject"].values())), sorted(request["services"])
 
 
 def get_receipt(uow: UnitOfWork, tenant_id: str, request_id: str) -> dict[str, Any]:

@@ -121,6 +121,46 @@ def destruction_report(uow: UnitOfWork, request_id: str) -> None:
     )
 
 
+CATEGORIES = {
+    "access_log": "IP addresses and user agents in the access log",
+    "closed_tickets": "closed tickets' text (scheduled erasure: not yet enforced)",
+}
+
+
+def policies(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    """Each category's effective period for this tenant: its own override or the default."""
+    uow.cur.execute(
+        "SELECT category, days, tenant_id IS NOT NULL FROM policies"
+        " WHERE tenant_id = %s OR tenant_id IS NULL ORDER BY category, tenant_id NULLS LAST",
+        (tenant_id,),
+    )
+    effective: dict[str, dict[str, Any]] = {}
+    for category, days, overridden in uow.cur.fetchall():
+        effective.setdefault(
+            category,
+            {
+                "category": category,
+                "days": days,
+                "overridden": overridden,
+                "description": CATEGORIES.get(category, ""),
+            },
+        )
+    return {"items": sorted(effective.values(), key=lambda p: p["category"])}
+
+
+def set_policy(uow: UnitOfWork, tenant_id: str, category: str, days: int) -> dict[str, Any]:
+    from kernel.errors import NotFound
+
+    if category not in CATEGORIES:
+        raise NotFound("no such data category")
+    uow.cur.execute(
+        "INSERT INTO policies (category, tenant_id, days) VALUES (%s, %s, %s)"
+        " ON CONFLICT (category, tenant_id) DO UPDATE SET days = EXCLUDED.days",
+        (category, tenant_id, days),
+    )
+    return next(p for p in policies(uow, tenant_id)["items"] if p["category"] == category)
+
+
 def _command(
     request_id: str, command: str, tenant_id: str | None, subject_id: str | None
 ) -> Envelope:

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from marshmallow import ValidationError
+from nameko.dependency_providers import Config
+from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
+from nameko.standalone.rpc import ClusterRpcProxy, RpcTimeout
 from nameko.timer import timer
 
 from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
-from kernel.errors import ValidationFailed
+from kernel.errors import ServiceUnavailable, ValidationFailed
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -23,7 +26,7 @@ from kernel.nameko_adapters import (
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
 from services.retention import requests, schedules
-from services.retention.commands import FilePrivacyRequestV1
+from services.retention.commands import FilePrivacyRequestV1, SetPolicyV1
 from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS
 
 
@@ -50,6 +53,7 @@ class RetentionService:
     signer = ReceiptSigner()
     clock = Clock()
     tracing = Tracing()
+    config = Config()
 
     @rpc
     def file_request(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
@@ -79,9 +83,51 @@ class RetentionService:
             return requests.get_request(uow, tenant_id, request_id)
 
     @rpc
+    def export(self, tenant_id: str, request_id: str) -> dict[str, Any]:
+        """One JSON document: what every service holds about the subject, gathered now (so no
+        copy of it is kept here), each part under the service that holds it."""
+        with self.store.unit_of_work() as uow:
+            subject_id, services = requests.export_subject(uow, tenant_id, request_id)
+        settings = self.config["LEDGERDESK"]
+        document: dict[str, Any] = {}
+        with ClusterRpcProxy(
+            {"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout
+        ) as cluster:
+            for service in services:
+                try:
+                    document[service] = getattr(cluster, service).privacy_export(
+                        tenant_id, subject_id
+                    )
+                except (RpcTimeout, UnknownService):
+                    raise ServiceUnavailable(f"{service} did not answer; retry") from None
+        return {
+            "export_version": 1,
+            "request_id": request_id,
+            "subject_id": subject_id,
+            "generated_at": self.clock().isoformat(),
+            "services": document,
+        }
+
+    @rpc
     def get_receipt(self, tenant_id: str, request_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return requests.get_receipt(uow, tenant_id, request_id)
+
+    @rpc
+    def policies(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return schedules.policies(uow, tenant_id)
+
+    @rpc
+    def set_policy(
+        self, actor: dict[str, str], category: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            command = SetPolicyV1().load(request)
+        except ValidationError as exc:
+            raise ValidationFailed(exc.normalized_messages()) from None
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return schedules.set_policy(uow, actor["tenant_id"], category, command["days"])
 
     @rpc
     def registered_services(self) -> list[dict[str, Any]]:

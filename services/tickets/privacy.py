@@ -60,3 +60,42 @@ def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
         "restrict_subject": restrict_subject,
         "lift_restriction": lift_restriction,
     }
+
+
+def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
+    """Tickets a person raised with the replies they could see, and what they wrote. Internal
+    notes are staff's own: never part of the messages to them."""
+    uow.cur.execute(
+        "SELECT id, subject, body, status, created_at FROM tickets"
+        " WHERE requester_id = %s AND tenant_id = %s ORDER BY created_at",
+        (subject_id, tenant_id),
+    )
+    tickets = []
+    for ticket_id, subject, body, status, created in uow.cur.fetchall():
+        uow.cur.execute(
+            "SELECT author_kind, body, created_at FROM ticket_messages"
+            " WHERE ticket_id = %s AND NOT internal ORDER BY seq",
+            (ticket_id,),
+        )
+        tickets.append(
+            {
+                "id": str(ticket_id),
+                "subject": subject,
+                "body": body,
+                "status": status,
+                "created_at": created.isoformat(),
+                "messages": [
+                    {"from": kind, "body": text, "at": at.isoformat()}
+                    for kind, text, at in uow.cur.fetchall()
+                ],
+            }
+        )
+    uow.cur.execute(
+        "SELECT ticket_id, body, created_at FROM ticket_messages"
+        " WHERE author_id = %s AND tenant_id = %s AND author_kind = 'agent' ORDER BY created_at",
+        (subject_id, tenant_id),
+    )
+    written = [
+        {"ticket_id": str(t), "body": b, "at": a.isoformat()} for t, b, a in uow.cur.fetchall()
+    ]
+    return {"tickets_requested": tickets, "messages_written_as_staff": written}

@@ -92,5 +92,10 @@ class TicketsService:
             )
 
     @rpc
+    def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return privacy.export(uow, tenant_id, subject_id)
+
+    @rpc
     def health(self) -> dict[str, bool]:
         return {"database": self.store.db.ping()}

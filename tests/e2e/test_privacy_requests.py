@@ -120,7 +120,10 @@ def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
     )
     assert filed["status"] == "pending" and filed["type"] == "erasure"
     again = file(stack, key, {"type": "erasure", "subject": {"contact_id": carol["id"]}})
-    assert again["id"] == filed["id"] or again["status"] != "pending"
+    # A second identical open request returns the first; once the first completed (it may
+    # already have), a new one is a new request.
+    first_now = stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()
+    assert again["id"] == filed["id"] or first_now["status"] != "pending"
 
     result = completed(stack, key, filed["id"])
     assert result["status"] == "completed"
@@ -330,8 +333,113 @@ def test_a_service_that_is_down_gets_its_command_when_it_returns(stack):
         waiting = wait_until(others_answered, what="every service but tickets to answer")
         assert waiting["status"] == "pending"
         assert waiting["services"]["tickets"]["status"] == "pending"
+        # While it is open, the same request again is the same request (200, not a new 202).
+        again = stack.call(
+            "POST",
+            "/v1/privacy/requests",
+            key=key,
+            json={"type": "erasure", "subject": {"contact_id": contact["id"]}},
+        )
+        assert again.status_code == 200 and again.json()["id"] == filed["id"]
     finally:
         stack.start("tickets")
     result = completed(stack, key, filed["id"])
     assert result["status"] == "completed"
     assert result["services"]["tickets"]["status"] == "done"
+
+
+def test_retention_policies_have_defaults_and_tenant_overrides(stack):
+    key, _ = admin(stack)
+    other, _ = admin(stack)
+    policies = stack.call("GET", "/v1/retention/policies", key=key).json()["items"]
+    assert {p["category"]: (p["days"], p["overridden"]) for p in policies} == {
+        "access_log": (60, False),
+        "closed_tickets": (730, False),
+    }
+    changed = stack.call("PUT", "/v1/retention/policies/access_log", key=key, json={"days": 30})
+    assert changed.status_code == 200 and changed.json()["days"] == 30
+    mine = {
+        p["category"]: p
+        for p in stack.call("GET", "/v1/retention/policies", key=key).json()["items"]
+    }
+    assert mine["access_log"]["days"] == 30 and mine["access_log"]["overridden"] is True
+    theirs = {
+        p["category"]: p
+        for p in stack.call("GET", "/v1/retention/policies", key=other).json()["items"]
+    }
+    assert theirs["access_log"]["days"] == 60  # an override is the tenant's own
+    assert (
+        stack.call("PUT", "/v1/retention/policies/nothing", key=key, json={"days": 3}).status_code
+        == 404
+    )
+    for bad in ({"days": 0}, {"days": "30"}, {"days": 30, "extra": 1}):
+        assert (
+            stack.call("PUT", "/v1/retention/policies/access_log", key=key, json=bad).status_code
+            == 422
+        )
+
+
+def test_an_access_request_exports_everything_about_the_subject_and_nothing_else(stack):
+    key, created = admin(stack)
+    agent_id = created["agent"]["id"]
+    jo = make_contact(stack, key, "Jo Export")
+    kim = make_contact(stack, key, "Kim Other")
+    ticket = stack.call(
+        "POST",
+        "/v1/tickets",
+        key=key,
+        json={"subject": "Jo's parcel", "body": "where is it", "requester_id": jo["id"]},
+    ).json()
+    stack.call(
+        "POST", f"/v1/tickets/{ticket['id']}/messages", key=key, json={"body": "It ships tomorrow"}
+    )
+    stack.call(
+        "POST",
+        f"/v1/tickets/{ticket['id']}/messages",
+        key=key,
+        json={"body": "staff only: Jo was rude", "internal": True},
+    )
+    stack.call(
+        "POST",
+        "/v1/tickets",
+        key=key,
+        json={"subject": "Kim's thing", "body": "kim", "requester_id": kim["id"]},
+    )
+    stack.call(
+        "PUT",
+        f"/v1/contacts/{jo['id']}/consent",
+        key=key,
+        json={"marketing": True, "source": "checkout"},
+    )
+    assert stack.call("GET", f"/v1/contacts/{jo['id']}", key=key).status_code == 200
+    assert stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).status_code == 200
+
+    filed = file(stack, key, {"type": "access", "subject": {"contact_id": jo["id"]}})
+    assert completed(stack, key, filed["id"])["status"] == "completed"
+
+    def exported():
+        doc = stack.call("GET", f"/v1/privacy/requests/{filed['id']}/export", key=key).json()
+        reads = doc["services"]["audit"]["staff_reads"]
+        return doc if any(r["who"] == agent_id for r in reads) else None
+
+    doc = wait_until(exported, what="the staff reads to reach the ledger and the export")
+    services = doc["services"]
+    assert services["accounts"]["contact"]["email"] == jo["email"]
+    assert [c["source"] for c in services["accounts"]["marketing_consent"]["history"]] == [
+        "checkout"
+    ]
+    [requested] = services["tickets"]["tickets_requested"]
+    assert requested["subject"] == "Jo's parcel"
+    assert [m["body"] for m in requested["messages"]] == ["It ships tomorrow"]
+    reads = services["audit"]["staff_reads"]
+    assert {r["who"] for r in reads} == {agent_id}
+    assert any("/v1/contacts/" in r["what"] for r in reads)
+    assert services["billing"]["invoices"] == []
+    text = json.dumps(doc)
+    assert "Kim Other" not in text and kim["email"] not in text and "Jo was rude" not in text
+    # An export is an access request's: another request has none.
+    erasure = file(stack, key, {"type": "restriction", "subject": {"contact_id": kim["id"]}})
+    assert (
+        stack.call("GET", f"/v1/privacy/requests/{erasure['id']}/export", key=key).status_code
+        == 404
+    )
