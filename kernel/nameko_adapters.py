@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,11 +87,13 @@ class EventStoreDependency(DependencyProvider):
         projections: Sequence[Projection] = (),
         migrations: Path | None = None,
         run_relay: bool = True,
+        erasure_handlers: Callable[[EventSourcedStore], Mapping[str, Any]] | None = None,
     ):
         self.registry = registry
         self.projections = projections
         self.migrations = migrations
         self.run_relay = run_relay
+        self.erasure_handlers = erasure_handlers
         self.store: EventSourcedStore | None = None
         self.relay: OutboxRelay | None = None
         self._relay_thread: Any = None
@@ -113,6 +115,10 @@ class EventStoreDependency(DependencyProvider):
             self.relay = OutboxRelay(
                 settings.database_dsn(service), settings.amqp_uri, settings.relay_batch_size
             )
+        if self.erasure_handlers is not None:
+            # In setup, so before any entrypoint takes work: a database restored from a backup
+            # is brought back to "erased" before it serves anyone.
+            reapply_erasures(self.store, settings, self.erasure_handlers(self.store))
 
     def start(self) -> None:
         if self.relay is not None:
@@ -136,6 +142,36 @@ class EventStoreDependency(DependencyProvider):
     def get_dependency(self, worker_ctx: Any) -> WorkerStore:
         assert self.store is not None
         return WorkerStore(self.store, worker_ctx)
+
+
+def reapply_erasures(
+    store: EventSourcedStore, settings: Settings, handlers: Mapping[str, Any]
+) -> int:
+    """Apply retention's log of completed erasures and destructions again (all idempotent:
+    shredding a shredded key and scrubbing a scrubbed row change nothing). Returns how many."""
+    from nameko.standalone.rpc import ClusterRpcProxy
+
+    try:
+        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
+            log_entries = rpc.retention.erasure_log()
+    except Exception as exc:  # retention down or absent: say so loudly, do not block startup
+        log.warning(
+            "%s could not read retention's erasure log (%s): erasures were not re-applied",
+            store.source,
+            type(exc).__name__,
+        )
+        return 0
+    applied = 0
+    for entry in log_entries:
+        handler = handlers.get(entry["command"])
+        if handler is None:
+            continue
+        with store.unit_of_work(store.source) as uow:
+            handler(uow, entry)
+        applied += 1
+    if applied:
+        log.info("%s re-applied %d erasures from retention's log", store.source, applied)
+    return applied
 
 
 class DurableEventConsumer(Consumer):

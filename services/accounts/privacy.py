@@ -14,7 +14,9 @@ from services.accounts import handlers
 from services.accounts.domain import Agent, Contact
 
 
-def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
+def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
+    assert cipher is not None, "privacy handlers need the service's keystore"
+
     def erase_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
         tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
         agent = handlers.load(uow, Agent, subject)

@@ -51,7 +51,10 @@ class AccountsService:
     name = "accounts"
 
     store = EventStoreDependency(
-        REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
+        REGISTRY,
+        PROJECTIONS,
+        migrations=Path(__file__).parent / "migrations",
+        erasure_handlers=lambda store: privacy.handlers_for(store.cipher),
     )
     first_policy = FirstPolicy()
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))

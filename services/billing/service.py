@@ -38,6 +38,13 @@ def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
         raise ValidationFailed(exc.normalized_messages()) from None
 
 
+def billing_privacy(store: Any) -> dict[str, Any]:
+    return {
+        "erase_subject": lambda uow, c: privacy.erase_subject(uow, str(c["subject_id"])),
+        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(uow, str(c["tenant_id"])),
+    }
+
+
 class Clock(DependencyProvider):
     """The time, as a dependency: the invoice run asks it rather than the system directly."""
 
@@ -60,7 +67,10 @@ class BillingService:
     name = "billing"
 
     store = EventStoreDependency(
-        REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
+        REGISTRY,
+        PROJECTIONS,
+        migrations=Path(__file__).parent / "migrations",
+        erasure_handlers=billing_privacy,
     )
     processor = Processor()
     clock = Clock()
@@ -146,15 +156,7 @@ class BillingService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(
-                uow,
-                self.name,
-                event,
-                {
-                    "erase_subject": lambda u, c: privacy.erase_subject(u, str(c["subject_id"])),
-                    "destroy_tenant": lambda u, c: privacy.destroy_tenant(u, str(c["tenant_id"])),
-                },
-            )
+            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(None))
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:

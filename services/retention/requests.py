@@ -279,6 +279,26 @@ def register_service(uow: UnitOfWork, event: Envelope) -> None:
     )
 
 
+def erasure_log(uow: UnitOfWork) -> list[dict[str, Any]]:
+    """Every completed erasure and destruction, oldest first: what a restored service applies
+    again before it serves."""
+    uow.cur.execute(
+        "SELECT id, type, tenant_id, subject_kind, subject_id FROM requests"
+        " WHERE type IN ('erasure', 'destruction') AND status = 'completed'"
+        " ORDER BY completed_at, id"
+    )
+    return [
+        {
+            "request_id": str(rid),
+            "command": "erase_subject" if type_ == "erasure" else "destroy_tenant",
+            "tenant_id": str(tenant),
+            "subject_kind": kind,
+            "subject_id": str(subject),
+        }
+        for rid, type_, tenant, kind, subject in uow.cur.fetchall()
+    ]
+
+
 def registered_services(uow: UnitOfWork) -> list[dict[str, Any]]:
     uow.cur.execute("SELECT name, categories, commands FROM services ORDER BY name")
     return [{"name": n, "categories": c, "commands": m} for n, c, m in uow.cur.fetchall()]

@@ -130,6 +130,11 @@ class RetentionService:
             return schedules.set_policy(uow, actor["tenant_id"], category, command["days"])
 
     @rpc
+    def erasure_log(self) -> list[dict[str, Any]]:
+        with self.store.unit_of_work() as uow:
+            return requests.erasure_log(uow)
+
+    @rpc
     def registered_services(self) -> list[dict[str, Any]]:
         with self.store.unit_of_work() as uow:
             return requests.registered_services(uow)

@@ -11,7 +11,9 @@ from kernel.uow import UnitOfWork
 _FINAL = 2**31 - 1
 
 
-def handlers_for(cipher: FieldCipher) -> dict[str, Any]:
+def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
+    assert cipher is not None, "privacy handlers need the service's keystore"
+
     def erase_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
         tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
         shredded = cipher.keystore.shred_subject(subject, tenant)

@@ -30,7 +30,10 @@ class TicketsService:
     name = "tickets"
 
     store = EventStoreDependency(
-        REGISTRY, PROJECTIONS, migrations=Path(__file__).parent / "migrations"
+        REGISTRY,
+        PROJECTIONS,
+        migrations=Path(__file__).parent / "migrations",
+        erasure_handlers=lambda store: privacy.handlers_for(store.cipher),
     )
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()
