@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services run test lint clean
+.PHONY: install services run test lint bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy kernel services gateway
+
+# Figures, not assertions: speed is shown by benchmarks, never by timed tests.
+bench: install services
+	$(PY) -m bench.erasure
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
