@@ -2,18 +2,10 @@
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from kernel.commands import StrictBoolean
 from services.accounts.events import ROLES
 
 PHONE = validate.Regexp(r"^\+?[0-9][0-9 ().-]{3,31}$", error="not a phone number")
-
-
-class StrictBoolean(fields.Boolean):
-    """Only a JSON boolean: "yes" or 1 is not an attestation or a consent."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise self.make_error("invalid", input=value)
-        return value
 
 
 class Command(Schema):

@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 
 from kernel import privacy as privacy_protocol
+from kernel.commands import load_command
 from kernel.envelope import Envelope
-from kernel.errors import ValidationFailed
 from kernel.eventstore import ConcurrencyError
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
 from kernel.tracing import Tracing
@@ -23,13 +22,6 @@ from services.accounts import commands, handlers, privacy
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 from services.accounts.subscriptions import PRIVACY
-
-
-def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
-    try:
-        return schema().load(request)
-    except ValidationError as exc:
-        raise ValidationFailed(exc.normalized_messages()) from None
 
 
 class FirstPolicy(DependencyProvider):
@@ -69,7 +61,7 @@ class AccountsService:
 
     @rpc
     def sign_up(self, request: dict[str, Any]) -> dict[str, Any]:
-        command = validated(commands.SignUpV1, request)
+        command = load_command(commands.SignUpV1, request)
         with self.store.unit_of_work() as uow:
             return handlers.sign_up(command, uow, self.settings)
 
@@ -97,7 +89,7 @@ class AccountsService:
 
     @rpc
     def create_agent(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        command = validated(commands.CreateAgentV1, request)
+        command = load_command(commands.CreateAgentV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.create_agent(uow, actor["tenant_id"], command, self.settings)
 
@@ -140,7 +132,7 @@ class AccountsService:
 
     @rpc
     def create_contact(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        command = validated(commands.CreateContactV1, request)
+        command = load_command(commands.CreateContactV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.create_contact(uow, actor["tenant_id"], command)
 
@@ -158,7 +150,7 @@ class AccountsService:
     def rectify_contact(
         self, actor: dict[str, str], contact_id: str, expected_version: int, request: dict
     ) -> dict[str, Any]:
-        changes = validated(commands.RectifyContactV1, request)
+        changes = load_command(commands.RectifyContactV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.rectify_contact(
                 uow, actor["tenant_id"], contact_id, expected_version, changes
@@ -168,7 +160,7 @@ class AccountsService:
     def rectify_subject(
         self, actor: dict[str, str], contact_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        changes = validated(commands.RectifyContactV1, request)
+        changes = load_command(commands.RectifyContactV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.rectify_subject(uow, actor["tenant_id"], contact_id, changes)
 
@@ -176,7 +168,7 @@ class AccountsService:
     def set_consent(
         self, actor: dict[str, str], contact_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        command = validated(commands.SetConsentV1, request)
+        command = load_command(commands.SetConsentV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.set_consent(uow, actor["tenant_id"], contact_id, command)
 
@@ -194,13 +186,13 @@ class AccountsService:
 
     @rpc
     def publish_policy(self, request: dict[str, Any]) -> dict[str, str]:
-        command = validated(commands.PublishPolicyV1, request)
+        command = load_command(commands.PublishPolicyV1, request)
         with self.store.unit_of_work("operator") as uow:
             return handlers.publish_policy(uow, command)
 
     @rpc
     def accept_policy(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        command = validated(commands.AcceptPolicyV1, request)
+        command = load_command(commands.AcceptPolicyV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.accept_policy(uow, actor, command)
 

@@ -6,15 +6,15 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
+from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
-from kernel.errors import ValidationFailed
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -31,11 +31,9 @@ from services.billing.subscriptions import ACCOUNTS, PRIVACY
 
 
 def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
+    # Before the schema: its error messages name unknown fields, and a field could be the number.
     handlers.refuse_card_numbers(request)
-    try:
-        return schema().load(request)
-    except ValidationError as exc:
-        raise ValidationFailed(exc.normalized_messages()) from None
+    return load_command(schema, request)
 
 
 def billing_privacy(store: Any) -> dict[str, Any]:

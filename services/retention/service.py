@@ -6,16 +6,16 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from marshmallow import ValidationError
 from nameko.dependency_providers import Config
 from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
 from nameko.standalone.rpc import ClusterRpcProxy, RpcTimeout
 from nameko.timer import timer
 
+from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
-from kernel.errors import ServiceUnavailable, ValidationFailed
+from kernel.errors import ServiceUnavailable
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -57,10 +57,7 @@ class RetentionService:
 
     @rpc
     def file_request(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            command = FilePrivacyRequestV1().load(request)
-        except ValidationError as exc:
-            raise ValidationFailed(exc.normalized_messages()) from None
+        command = load_command(FilePrivacyRequestV1, request)
         if command["type"] == "rectification":
             # The corrected values go straight to their owner; the command only says "done".
             self.accounts.rectify_subject(
@@ -122,10 +119,7 @@ class RetentionService:
     def set_policy(
         self, actor: dict[str, str], category: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        try:
-            command = SetPolicyV1().load(request)
-        except ValidationError as exc:
-            raise ValidationFailed(exc.normalized_messages()) from None
+        command = load_command(SetPolicyV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return schedules.set_policy(uow, actor["tenant_id"], category, command["days"])
 

@@ -3,7 +3,7 @@
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from kernel.cards import contains_card_number
-from services.accounts.commands import StrictBoolean
+from kernel.commands import StrictBoolean
 from services.tickets.events import PRIORITIES
 
 

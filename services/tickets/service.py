@@ -5,25 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marshmallow import Schema, ValidationError
 from nameko.dependency_providers import Config
 
 from kernel import privacy as privacy_protocol
+from kernel.commands import load_command
 from kernel.envelope import Envelope
-from kernel.errors import ValidationFailed
 from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
 from kernel.tracing import Tracing
 from services.tickets import commands, handlers, privacy
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
-
-
-def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
-    try:
-        return schema().load(request)
-    except ValidationError as exc:
-        raise ValidationFailed(exc.normalized_messages()) from None
 
 
 class TicketsService:
@@ -45,7 +37,7 @@ class TicketsService:
 
     @rpc
     def create_ticket(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
-        command = validated(commands.CreateTicketV1, request)
+        command = load_command(commands.CreateTicketV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.create_ticket(uow, self._lookup, actor["tenant_id"], command)
 
@@ -65,7 +57,7 @@ class TicketsService:
     def update_ticket(
         self, actor: dict[str, str], ticket_id: str, expected_version: int, request: dict
     ) -> dict[str, Any]:
-        changes = validated(commands.UpdateTicketV1, request)
+        changes = load_command(commands.UpdateTicketV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.update_ticket(
                 uow, self._lookup, actor["tenant_id"], ticket_id, expected_version, changes
@@ -75,7 +67,7 @@ class TicketsService:
     def add_message(
         self, actor: dict[str, str], ticket_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
-        command = validated(commands.AddMessageV1, request)
+        command = load_command(commands.AddMessageV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.add_message(
                 uow, actor["tenant_id"], ticket_id, actor["agent_id"], command
