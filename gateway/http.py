@@ -121,6 +121,10 @@ class ApiHandler(HttpRequestHandler):
                 for name in ("traceparent", "tracestate")
                 if request.headers.get(name)
             }
+            if _holds_nul([dict(request.args), getattr(request, "path_values", None) or {}]):
+                # PostgreSQL refuses NUL in text: a query or path holding one is the client's
+                # mistake, not a server error.
+                raise ValidationFailed({"_schema": ["the URL may not contain NUL characters"]})
             args, kwargs = self.get_entrypoint_parameters(request)
             self.check_signature(args, kwargs)
             event = Event()

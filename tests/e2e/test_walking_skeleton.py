@@ -107,3 +107,11 @@ def test_the_api_front_answers_with_problems_and_its_spec(stack):
     unknown_route = stack.call("GET", "/v1/nothing-here")
     assert unknown_route.status_code == 404
     assert unknown_route.headers["Content-Type"] == "application/problem+json"
+
+
+def test_a_nul_character_in_a_url_is_the_clients_mistake_not_a_server_error(stack):
+    key = stack.sign_up()["api_key"]
+    for path in ("/v1/audit/entries?type=a%00b", "/v1/contacts/%00", "/v1/tickets?status=%00"):
+        response = stack.call("GET", path, key=key)
+        assert response.status_code == 422, (path, response.text)
+        assert response.headers["Content-Type"] == "application/problem+json"
