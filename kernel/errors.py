@@ -6,6 +6,7 @@ exception type, not as a generic RemoteError.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from nameko.exceptions import deserialize_to_instance
@@ -22,6 +23,14 @@ class DomainError(Exception):
 @deserialize_to_instance
 class NotFound(DomainError):
     """Absent, or belonging to another tenant: the two are indistinguishable on purpose."""
+
+
+def require_id(value: Any, noun: str) -> None:
+    """An id that is not even a UUID names nothing: NotFound, like an absent one."""
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        raise NotFound(f"no such {noun}") from None
 
 
 @deserialize_to_instance

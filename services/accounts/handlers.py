@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.envelope import Envelope
-from kernel.errors import Conflict, NotFound, Unauthorized
+from kernel.errors import Conflict, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
 from services.accounts import apikeys
@@ -54,10 +54,7 @@ def _tenant_region(uow: UnitOfWork, tenant_id: str) -> str:
 
 
 def _scoped(uow: UnitOfWork, cls: type[A], tenant_id: str, aggregate_id: str) -> A:
-    try:
-        uuid.UUID(str(aggregate_id))
-    except ValueError:
-        raise NotFound(f"no such {cls.__name__.lower()}") from None
+    require_id(aggregate_id, cls.__name__.lower())
     aggregate = load(uow, cls, aggregate_id)
     if aggregate is None or getattr(aggregate, "tenant_id", None) != tenant_id:
         raise NotFound(f"no such {cls.__name__.lower()}")
@@ -284,10 +281,7 @@ def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str,
 def describe_subject(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
     """Whether an id is an agent or a contact of this tenant, and active: for other services
     that have not yet heard of it through events."""
-    try:
-        uuid.UUID(str(subject_id))
-    except ValueError:
-        raise NotFound("no such subject") from None
+    require_id(subject_id, "subject")
     uow.cur.execute(
         "SELECT 'agent', active FROM agents WHERE id = %s AND tenant_id = %s"
         " UNION ALL SELECT 'contact', true FROM contacts WHERE id = %s AND tenant_id = %s",

@@ -11,7 +11,7 @@ from typing import Any
 
 from kernel.cards import contains_card_number
 from kernel.envelope import Envelope
-from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
 from services.billing import catalogue
 from services.billing.domain import BillingAccount
@@ -162,7 +162,7 @@ def pay_invoice(
 ) -> dict[str, Any]:
     """Charge the newest payment method. A processor error leaves the attempt open: paying
     again reuses its idempotency key, so the processor never charges twice."""
-    _uuid_or_404(invoice_id, "invoice")
+    require_id(invoice_id, "invoice")
     account = load_account(uow, tenant_id)
     if not account.payment_methods:
         raise Conflict("add a payment method first")
@@ -272,7 +272,7 @@ def _invoice_row(row: tuple) -> dict[str, Any]:
 
 
 def get_invoice(uow: UnitOfWork, tenant_id: str, invoice_id: str) -> dict[str, Any]:
-    _uuid_or_404(invoice_id, "invoice")
+    require_id(invoice_id, "invoice")
     uow.cur.execute(
         f"SELECT {_INVOICE_COLUMNS} FROM invoices WHERE id = %s AND tenant_id = %s",
         (invoice_id, tenant_id),
@@ -298,10 +298,3 @@ def list_invoices(
     items = [_invoice_row(r) for r in rows[:limit]]
     more = len(rows) > limit
     return {"items": items, "next": [items[-1]["issued_at"], items[-1]["id"]] if more else None}
-
-
-def _uuid_or_404(value: str, noun: str) -> None:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        raise NotFound(f"no such {noun}") from None

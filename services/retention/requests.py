@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.envelope import Envelope, new_envelope
-from kernel.errors import NotFound
+from kernel.errors import NotFound, require_id
 from kernel.signing import Signer
 from kernel.uow import UnitOfWork
 
@@ -122,10 +122,7 @@ def _subject(subject: dict[str, Any]) -> tuple[str, str]:
 
 
 def get_request(uow: UnitOfWork, tenant_id: str, request_id: str) -> dict[str, Any]:
-    try:
-        uuid.UUID(str(request_id))
-    except ValueError:
-        raise NotFound("no such request") from None
+    require_id(request_id, "request")
     uow.cur.execute(
         "SELECT id, type, status, subject_kind, subject_id, created_at, due_at, completed_at"
         " FROM requests WHERE id = %s AND tenant_id = %s",

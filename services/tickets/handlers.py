@@ -12,7 +12,7 @@ from typing import Any
 
 from kernel.cards import redact_card_numbers
 from kernel.envelope import Envelope, new_envelope
-from kernel.errors import Conflict, NotFound, ValidationFailed
+from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
 from services.tickets.domain import Ticket
 
@@ -22,10 +22,7 @@ SubjectLookup = Callable[[str, str], dict[str, Any]]
 
 
 def load_ticket(uow: UnitOfWork, tenant_id: str, ticket_id: str) -> Ticket:
-    try:
-        uuid.UUID(str(ticket_id))
-    except ValueError:
-        raise NotFound("no such ticket") from None
+    require_id(ticket_id, "ticket")
     events = uow.load(Ticket.stream_id_for(ticket_id))
     ticket = Ticket.from_history(ticket_id, events) if events else None
     if ticket is None or ticket.tenant_id != tenant_id:
@@ -173,10 +170,7 @@ def get_ticket(
     uow: UnitOfWork, tenant_id: str, ticket_id: str, viewer: str | None
 ) -> dict[str, Any]:
     """A ticket with its messages; a staff viewer's read is recorded for the audit ledger."""
-    try:
-        uuid.UUID(str(ticket_id))
-    except ValueError:
-        raise NotFound("no such ticket") from None
+    require_id(ticket_id, "ticket")
     uow.cur.execute(
         f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE id = %s AND tenant_id = %s",
         (ticket_id, tenant_id),
