@@ -46,6 +46,13 @@ class PrivacyCommandV1(Schema):
     before = fields.String(load_default=None, allow_none=True)
 
 
+class PrivacyCommandV2(PrivacyCommandV1):
+    """Adds the services that act on the command: a re-send names those that still owe an
+    answer, so the others do not do the work again; null means every service (as in v1)."""
+
+    services = fields.List(fields.String(), required=True, allow_none=True)
+
+
 class PrivacyAnsweredV1(Schema):
     request_id = fields.UUID(required=True)
     command = fields.String(required=True, validate=validate.OneOf(COMMANDS))
@@ -63,7 +70,11 @@ class ServiceAnnouncedV1(Schema):
     protocol_version = fields.Integer(required=True)
 
 
-PRIVACY_COMMAND = EventType("privacy_command", {1: PrivacyCommandV1})
+PRIVACY_COMMAND = EventType(
+    "privacy_command",
+    {1: PrivacyCommandV1, 2: PrivacyCommandV2},
+    upcasters={1: lambda payload: {**payload, "services": None}},
+)
 PRIVACY_ANSWERED = EventType("privacy_answered", {1: PrivacyAnsweredV1})
 SERVICE_ANNOUNCED = EventType("service_announced", {1: ServiceAnnouncedV1})
 
@@ -80,7 +91,10 @@ def handle_command(
 ) -> None:
     """Run this service's handler for a command once, and publish its answer in the same
     transaction. A command the service has nothing for answers ``done``."""
-    command = PRIVACY_COMMAND.validate(event.payload)
+    payload, version = PRIVACY_COMMAND.upcast(dict(event.payload), event.schema_version)
+    command = PRIVACY_COMMAND.validate(payload, version)
+    if command["services"] is not None and service not in command["services"]:
+        return  # a re-send meant for the services that still owe an answer
     if not uow.first_delivery(f"{service}.privacy", event.event_id):
         return
     handler = handlers.get(command["command"])

@@ -62,3 +62,22 @@ class SetPolicyV1(Command):
     """``PUT /v1/retention/policies/{category}``: this tenant's period, in days."""
 
     days = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=36500))
+
+
+class DecideRequestV1(Command):
+    """``POST /v1/privacy/requests/{id}/approve`` and ``/deny``: the reason is kept with it."""
+
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+# A correction applies at once: holding it for approval would keep the corrected personal data
+# in retention's database while it waits.
+APPROVABLE_TYPES = tuple(t for t in REQUEST_TYPES if t != "rectification")
+
+
+class SetApprovalPolicyV1(Command):
+    """``PUT /v1/privacy/approval-policy``: the request types that wait for a second admin."""
+
+    requires_approval = fields.List(
+        fields.String(validate=validate.OneOf(APPROVABLE_TYPES)), required=True
+    )

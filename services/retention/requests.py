@@ -12,10 +12,12 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
-from kernel.errors import NotFound, require_id
+from kernel.errors import Conflict, NotFound, require_id
 from kernel.signing import Signer
 from kernel.uow import UnitOfWork
 
@@ -31,8 +33,23 @@ COMMAND_FOR = {
     "objection": "object_to_marketing",
     "rectification": "rectify_subject",
     "lift_restriction": "lift_restriction",
+    "destruction": "destroy_tenant",
 }
-DUE_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a request may take, and how soon an unanswered part is asked again."""
+
+    deadline_days: float = 30.0
+    retry_seconds: float = 300.0
+    max_retry_seconds: float = 86400.0
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        """The wait after the ``attempts``-th send: doubling from ``retry_seconds``, capped."""
+        seconds = self.retry_seconds * 2 ** min(max(attempts - 1, 0), 32)
+        return dt.timedelta(seconds=min(seconds, self.max_retry_seconds))
+
 
 # (tenant_id, subject_id) -> {"kind": ...}; NotFound for an id this tenant does not have.
 SubjectLookup = Callable[[str, str], dict[str, Any]]
@@ -45,6 +62,7 @@ def file_request(
     filed_by: str,
     command: dict[str, Any],
     now: dt.datetime,
+    timing: Timing,
 ) -> tuple[dict[str, Any], bool]:
     """Record the request and send its command; returns (request, created)."""
     kind, subject_id = _subject(command["subject"])
@@ -53,17 +71,18 @@ def file_request(
         raise NotFound(f"no such {kind}")
     uow.cur.execute(
         "SELECT id FROM requests WHERE tenant_id = %s AND type = %s AND subject_id = %s"
-        " AND status = 'pending'",
+        " AND status IN ('pending', 'awaiting_approval')",
         (tenant_id, command["type"], subject_id),
     )
     existing = uow.cur.fetchone()
     if existing is not None:
         return get_request(uow, tenant_id, str(existing[0])), False
     request_id = str(uuid.uuid4())
+    waits = command["type"] in approval_policy(uow, tenant_id)["requires_approval"]
     uow.cur.execute(
         "INSERT INTO requests (id, tenant_id, type, subject_kind, subject_id, filed_by,"
         " identity_check, status, created_at, due_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             request_id,
             tenant_id,
@@ -72,12 +91,22 @@ def file_request(
             subject_id,
             filed_by,
             command["identity_check"],
+            "awaiting_approval" if waits else "pending",
             now,
-            now + dt.timedelta(days=DUE_DAYS),
+            # The legal clock runs from receipt, approval or not.
+            now + dt.timedelta(days=timing.deadline_days),
         ),
     )
-    if command["type"] == "access":
-        # Nothing changes anywhere: the export is gathered from every service when read.
+    if not waits:
+        _dispatch(uow, request_id, now, timing)
+    return get_request(uow, tenant_id, request_id), True
+
+
+def _dispatch(uow: UnitOfWork, request_id: str, now: dt.datetime, timing: Timing) -> None:
+    """Send a request on its way: one part per announced service, stored before the command
+    leaves (an access request is complete at once: its export is gathered when read)."""
+    uow.cur.execute("SELECT type FROM requests WHERE id = %s", (request_id,))
+    if uow.cur.fetchone()[0] == "access":
         uow.cur.execute(
             "INSERT INTO request_services (request_id, service, status, detail)"
             " SELECT %s, name, 'done', 'included in the export' FROM services",
@@ -87,32 +116,127 @@ def file_request(
             "UPDATE requests SET status = 'completed', completed_at = %s WHERE id = %s",
             (now, request_id),
         )
-        return get_request(uow, tenant_id, request_id), True
+        return
     uow.cur.execute(
-        "INSERT INTO request_services (request_id, service, status)"
-        " SELECT %s, name, 'pending' FROM services",
+        "INSERT INTO request_services (request_id, service, status, attempts, last_sent_at,"
+        " next_attempt_at) SELECT %s, name, 'pending', 1, %s, %s FROM services",
+        (request_id, now, now + timing.backoff(1)),
+    )
+    uow.publish(_command(uow, request_id))
+
+
+def _command(uow: UnitOfWork, request_id: str, services: list[str] | None = None) -> Envelope:
+    """The request's command: to every service (v1), or again to those named (v2)."""
+    uow.cur.execute(
+        "SELECT tenant_id, type, subject_kind, subject_id, filed_by FROM requests WHERE id = %s",
         (request_id,),
     )
+    tenant_id, type_, kind, subject_id, filed_by = uow.cur.fetchone()
+    payload = {
+        "request_id": request_id,
+        "command": COMMAND_FOR[type_],
+        "tenant_id": str(tenant_id),
+        "subject_id": str(subject_id),
+        "subject_kind": kind,
+    }
+    return new_envelope(
+        type="privacy_command",
+        schema_version=1 if services is None else 2,
+        source="retention",
+        stream_id=f"privacy-{request_id}",
+        stream_version=1,
+        tenant_id=tenant_id,
+        actor_id=str(filed_by),
+        payload=payload if services is None else {**payload, "services": services},
+        trace=uow.trace,
+    )
+
+
+def decide(
+    uow: UnitOfWork,
+    tenant_id: str,
+    request_id: str,
+    admin_id: str,
+    decision: str,
+    reason: str,
+    now: dt.datetime,
+    timing: Timing,
+) -> dict[str, Any]:
+    """Approve (the request is sent) or deny (it ends, with the reason kept) a request that
+    waits for approval. Four eyes: the admin who filed it cannot decide it."""
+    if decision not in ("approved", "denied"):
+        raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
+    get_request(uow, tenant_id, request_id)
+    uow.cur.execute("SELECT status, filed_by FROM requests WHERE id = %s FOR UPDATE", (request_id,))
+    status, filed_by = uow.cur.fetchone()
+    if status != "awaiting_approval":
+        raise Conflict(f"the request is {status}, not awaiting approval")
+    if str(filed_by) == admin_id:
+        raise Conflict("the admin who filed a request cannot decide it; another admin must")
+    uow.cur.execute(
+        "UPDATE requests SET decision = %s, decided_by = %s, decided_at = %s,"
+        " decision_reason = %s, status = %s, completed_at = %s WHERE id = %s",
+        (
+            decision,
+            admin_id,
+            now,
+            reason,
+            "pending" if decision == "approved" else "denied",
+            None if decision == "approved" else now,
+            request_id,
+        ),
+    )
+    # The ledger records who decided and when; the reason, free text that may name someone,
+    # stays here where it can be erased with the request's tenant.
     uow.publish(
         new_envelope(
-            type="privacy_command",
+            type=f"privacy_request_{decision}",
             schema_version=1,
             source="retention",
             stream_id=f"privacy-{request_id}",
             stream_version=1,
             tenant_id=uuid.UUID(tenant_id),
-            actor_id=filed_by,
-            payload={
-                "request_id": request_id,
-                "command": COMMAND_FOR[command["type"]],
-                "tenant_id": tenant_id,
-                "subject_id": subject_id,
-                "subject_kind": kind,
-            },
+            actor_id=admin_id,
+            payload={"request_id": request_id, "tenant_id": tenant_id, "decided_by": admin_id},
             trace=uow.trace,
         )
     )
-    return get_request(uow, tenant_id, request_id), True
+    if decision == "approved":
+        _dispatch(uow, request_id, now, timing)
+    return get_request(uow, tenant_id, request_id)
+
+
+def list_requests(
+    uow: UnitOfWork, tenant_id: str, status: str | None, limit: int, after: list | None
+) -> dict[str, Any]:
+    query = f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE tenant_id = %s"
+    params: list[Any] = [tenant_id]
+    if status:
+        query += " AND status = %s"
+        params.append(status)
+    rows, next_after = keyset_page(
+        uow.cur, query, params, limit, after, lambda row: [row[5].isoformat(), str(row[0])]
+    )
+    return {"items": _render_requests(uow, rows), "next": next_after}
+
+
+def approval_policy(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    uow.cur.execute(
+        "SELECT types, tenant_id IS NOT NULL FROM approval_policies"
+        " WHERE tenant_id = %s OR tenant_id IS NULL ORDER BY tenant_id NULLS LAST LIMIT 1",
+        (tenant_id,),
+    )
+    types, overridden = uow.cur.fetchone()
+    return {"requires_approval": sorted(types), "source": "tenant" if overridden else "default"}
+
+
+def set_approval_policy(uow: UnitOfWork, tenant_id: str, types: list[str]) -> dict[str, Any]:
+    uow.cur.execute(
+        "INSERT INTO approval_policies (tenant_id, types) VALUES (%s, %s)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET types = EXCLUDED.types",
+        (tenant_id, sorted(set(types))),
+    )
+    return approval_policy(uow, tenant_id)
 
 
 def _subject(subject: dict[str, Any]) -> tuple[str, str]:
@@ -121,30 +245,49 @@ def _subject(subject: dict[str, Any]) -> tuple[str, str]:
     return "agent", str(subject["agent_id"])
 
 
+_REQUEST_COLUMNS = (
+    "id, type, status, subject_kind, subject_id, created_at, due_at, completed_at,"
+    " filed_by, decision, decided_by, decided_at, decision_reason"
+)
+
+
 def get_request(uow: UnitOfWork, tenant_id: str, request_id: str) -> dict[str, Any]:
     require_id(request_id, "request")
     uow.cur.execute(
-        "SELECT id, type, status, subject_kind, subject_id, created_at, due_at, completed_at"
-        " FROM requests WHERE id = %s AND tenant_id = %s",
+        f"SELECT {_REQUEST_COLUMNS} FROM requests WHERE id = %s AND tenant_id = %s",
         (request_id, tenant_id),
     )
     row = uow.cur.fetchone()
     if row is None:
         raise NotFound("no such request")
-    rid, type_, status, kind, subject, created, due, completed = row
-    uow.cur.execute(
-        "SELECT service, status, detail, basis, until FROM request_services"
-        " WHERE request_id = %s ORDER BY service",
-        (request_id,),
-    )
-    services = {
-        name: {
-            k: v
-            for k, v in (("status", st), ("detail", d or ""), ("basis", b), ("until", u))
-            if v is not None
-        }
-        for name, st, d, b, u in uow.cur.fetchall()
-    }
+    return _render_requests(uow, [row])[0]
+
+
+def _render_requests(uow: UnitOfWork, rows: list[tuple]) -> list[dict[str, Any]]:
+    """Requests as the API shows them, with every service's answer: one query for a whole page."""
+    answers: dict[Any, dict[str, Any]] = {row[0]: {} for row in rows}
+    if rows:
+        uow.cur.execute(
+            "SELECT request_id, service, status, detail, basis, until, attempts, next_attempt_at"
+            " FROM request_services WHERE request_id = ANY(%s) ORDER BY request_id, service",
+            ([row[0] for row in rows],),
+        )
+        statuses = {row[0]: row[2] for row in rows}
+        for request_id, name, st, d, b, u, attempts, next_at in uow.cur.fetchall():
+            answer: dict[str, Any] = {"status": st, "detail": d or ""}
+            answer.update({k: v for k, v in (("basis", b), ("until", u)) if v is not None})
+            if attempts:
+                answer["attempts"] = attempts
+            if st in ("pending", "failed") and next_at is not None:
+                if statuses[request_id] == "pending":
+                    answer["next_attempt_at"] = next_at.isoformat()
+            answers[request_id][name] = answer
+    return [_render_request(row, answers[row[0]]) for row in rows]
+
+
+def _render_request(row: tuple, services: dict[str, Any]) -> dict[str, Any]:
+    rid, type_, status, kind, subject, created, due, completed, filed_by = row[:9]
+    decision, decided_by, decided_at, reason = row[9:]
     return {
         "id": str(rid),
         "type": type_,
@@ -154,10 +297,21 @@ def get_request(uow: UnitOfWork, tenant_id: str, request_id: str) -> dict[str, A
         "created_at": created.isoformat(),
         "due_at": due.isoformat(),
         "completed_at": completed.isoformat() if completed else None,
+        "filed_by": str(filed_by),
+        "approval": None
+        if decision is None
+        else {
+            "decision": decision,
+            "decided_by": str(decided_by),
+            "decided_at": decided_at.isoformat(),
+            "reason": reason,
+        },
     }
 
 
-def record_answer(uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.datetime) -> None:
+def record_answer(
+    uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.datetime, timing: Timing
+) -> None:
     p = event.payload
     # Answers to one request take turns: two last answers recorded side by side would each see
     # the other still pending, and nobody would complete the request.
@@ -165,12 +319,21 @@ def record_answer(uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.date
     if uow.cur.fetchone() is None:
         return  # not a tracked request (a schedule's purge, say): the ledger has the answer
     uow.cur.execute(
+        "SELECT attempts FROM request_services WHERE request_id = %s AND service = %s",
+        (p["request_id"], p["service"]),
+    )
+    sent = uow.cur.fetchone()
+    # A failure is asked again after its backoff; any other answer is final.
+    retry_at = now + timing.backoff(sent[0] if sent else 1) if p["status"] == "failed" else None
+    uow.cur.execute(
         "INSERT INTO request_services (request_id, service, status, detail, basis, until,"
-        " answer_event_id, answered_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s"
+        " answer_event_id, answered_at, next_attempt_at)"
+        " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s"
         " WHERE EXISTS (SELECT 1 FROM requests WHERE id = %s)"
         " ON CONFLICT (request_id, service) DO UPDATE SET status = EXCLUDED.status,"
         " detail = EXCLUDED.detail, basis = EXCLUDED.basis, until = EXCLUDED.until,"
-        " answer_event_id = EXCLUDED.answer_event_id, answered_at = EXCLUDED.answered_at",
+        " answer_event_id = EXCLUDED.answer_event_id, answered_at = EXCLUDED.answered_at,"
+        " next_attempt_at = EXCLUDED.next_attempt_at",
         (
             p["request_id"],
             p["service"],
@@ -180,28 +343,29 @@ def record_answer(uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.date
             p.get("until"),
             event.event_id,
             event.occurred_at,
+            retry_at,
             p["request_id"],
         ),
     )
     uow.cur.execute(
-        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER"
-        " (WHERE status = 'failed') FROM request_services WHERE request_id = %s",
+        "SELECT count(*) FILTER (WHERE status IN ('pending', 'failed')) FROM request_services"
+        " WHERE request_id = %s",
         (p["request_id"],),
     )
-    pending, failed = uow.cur.fetchone()
-    if pending:
-        return
+    (open_parts,) = uow.cur.fetchone()
+    if open_parts:
+        return  # failed parts are retried until the deadline, which fails the request
     uow.cur.execute(
-        "UPDATE requests SET status = %s, completed_at = %s WHERE id = %s AND status = 'pending'"
-        " RETURNING tenant_id, type",
-        ("failed" if failed else "completed", now, p["request_id"]),
+        "UPDATE requests SET status = 'completed', completed_at = %s"
+        " WHERE id = %s AND status = 'pending' RETURNING tenant_id, type",
+        (now, p["request_id"]),
     )
     row = uow.cur.fetchone()
     if row is not None and row[1] == "destruction":
         from services.retention.schedules import destruction_report
 
         destruction_report(uow, p["request_id"])
-    if row is not None and row[1] == "erasure" and not failed:
+    if row is not None and row[1] == "erasure":
         receipt = make_receipt(uow, str(row[0]), p["request_id"], signer)
         uow.cur.execute(
             "UPDATE requests SET receipt = %s WHERE id = %s",
@@ -301,11 +465,39 @@ def registered_services(uow: UnitOfWork) -> list[dict[str, Any]]:
     return [{"name": n, "categories": c, "commands": m} for n, c, m in uow.cur.fetchall()]
 
 
+def resend_due(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> int:
+    """Send each open request's command again to the services that still owe an answer (or
+    answered ``failed``) once their backoff has passed; returns the commands sent. Durable
+    queues keep a command for a service that is down; this covers one that was lost, dead-
+    lettered after its delivery limit, or failed for a reason that may pass."""
+    uow.cur.execute(
+        "SELECT rs.request_id, rs.service, rs.attempts FROM request_services rs"
+        " JOIN requests r ON r.id = rs.request_id"
+        " WHERE r.status = 'pending' AND rs.status IN ('pending', 'failed')"
+        " AND rs.next_attempt_at <= %s ORDER BY rs.request_id, rs.service"
+        " FOR UPDATE OF rs SKIP LOCKED",
+        (now,),
+    )
+    due: dict[str, list[tuple[str, int]]] = {}
+    for request_id, service, attempts in uow.cur.fetchall():
+        due.setdefault(str(request_id), []).append((service, attempts))
+    for request_id, parts in due.items():
+        for service, attempts in parts:
+            uow.cur.execute(
+                "UPDATE request_services SET attempts = %s, last_sent_at = %s,"
+                " next_attempt_at = %s WHERE request_id = %s AND service = %s",
+                (attempts + 1, now, now + timing.backoff(attempts + 1), request_id, service),
+            )
+        uow.publish(_command(uow, request_id, [service for service, _ in parts]))
+    return len(due)
+
+
 def mark_overdue(uow: UnitOfWork, now: dt.datetime) -> list[str]:
     """Requests past their due date turn failed; each one raises an alert event."""
     uow.cur.execute(
         "UPDATE requests SET status = 'failed', completed_at = %s"
-        " WHERE status = 'pending' AND due_at < %s RETURNING id, tenant_id",
+        " WHERE status IN ('pending', 'awaiting_approval') AND due_at < %s"
+        " RETURNING id, tenant_id",
         (now, now),
     )
     overdue = uow.cur.fetchall()

@@ -13,6 +13,7 @@ from typing import Any
 
 from kernel.envelope import Envelope, new_envelope
 from kernel.uow import UnitOfWork
+from services.retention.requests import Timing
 
 
 def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
@@ -33,7 +34,42 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
         )
 
 
-def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime) -> list[str]:
+def learn_ticket_closed(uow: UnitOfWork, event: Envelope) -> None:
+    p = event.payload
+    uow.cur.execute(
+        "INSERT INTO closed_tickets (ticket_id, tenant_id, closed_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT (ticket_id) DO NOTHING",
+        (p["ticket_id"], p["tenant_id"], event.occurred_at),
+    )
+
+
+def expire_closed_tickets(uow: UnitOfWork, now: dt.datetime) -> dict[str, int]:
+    """For every tenant with closed tickets past its period (its own, or the default), send
+    the purge of closed tickets before its cut-off; returns {tenant: tickets} sent for."""
+    uow.cur.execute(
+        "SELECT o.tenant_id, coalesce(t.days, d.days)"
+        " FROM (SELECT DISTINCT tenant_id FROM closed_tickets WHERE purged_at IS NULL) o"
+        " JOIN policies d ON d.category = 'closed_tickets' AND d.tenant_id IS NULL"
+        " LEFT JOIN policies t ON t.category = 'closed_tickets' AND t.tenant_id = o.tenant_id"
+    )
+    sent = {}
+    for tenant_id, days in uow.cur.fetchall():
+        cutoff = now - dt.timedelta(days=days)
+        uow.cur.execute(
+            "UPDATE closed_tickets SET purged_at = %s WHERE tenant_id = %s AND purged_at IS NULL"
+            " AND closed_at < %s",
+            (now, tenant_id, cutoff),
+        )
+        if not uow.cur.rowcount:
+            continue
+        sent[str(tenant_id)] = uow.cur.rowcount
+        command = _command(str(uuid.uuid4()), "purge_category", str(tenant_id), None)
+        command.payload.update(category="closed_tickets", before=cutoff.isoformat())
+        uow.publish(command)
+    return sent
+
+
+def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> list[str]:
     """Start the destruction of every tenant whose grace has run out; returns their ids."""
     uow.cur.execute(
         "SELECT tenant_id FROM schedules WHERE kind = 'destruction' AND status = 'waiting'"
@@ -48,12 +84,19 @@ def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime) -> list[str]:
             " identity_check, status, created_at, due_at)"
             " VALUES (%s, %s, 'destruction', 'tenant', %s, %s, 'the grace period ran out',"
             " 'pending', %s, %s)",
-            (request_id, tenant_id, tenant_id, tenant_id, now, now + dt.timedelta(days=30)),
+            (
+                request_id,
+                tenant_id,
+                tenant_id,
+                tenant_id,
+                now,
+                now + dt.timedelta(days=timing.deadline_days),
+            ),
         )
         uow.cur.execute(
-            "INSERT INTO request_services (request_id, service, status)"
-            " SELECT %s, name, 'pending' FROM services",
-            (request_id,),
+            "INSERT INTO request_services (request_id, service, status, attempts, last_sent_at,"
+            " next_attempt_at) SELECT %s, name, 'pending', 1, %s, %s FROM services",
+            (request_id, now, now + timing.backoff(1)),
         )
         uow.cur.execute(
             "UPDATE schedules SET status = 'running', request_id = %s WHERE tenant_id = %s"
@@ -123,7 +166,7 @@ def destruction_report(uow: UnitOfWork, request_id: str) -> None:
 
 CATEGORIES = {
     "access_log": "IP addresses and user agents in the access log",
-    "closed_tickets": "closed tickets' text (scheduled erasure: not yet enforced)",
+    "closed_tickets": "closed tickets' text: subject, body and messages",
 }
 
 

@@ -23,11 +23,17 @@ from kernel.nameko_adapters import (
     rpc,
     settings_of,
 )
+from kernel.observability import service_health
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
 from services.retention import requests, schedules
-from services.retention.commands import FilePrivacyRequestV1, SetPolicyV1
-from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS
+from services.retention.commands import (
+    DecideRequestV1,
+    FilePrivacyRequestV1,
+    SetApprovalPolicyV1,
+    SetPolicyV1,
+)
+from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS, TICKETS
 
 
 class Clock(DependencyProvider):
@@ -45,6 +51,20 @@ class ReceiptSigner(DependencyProvider):
         return self.signer
 
 
+class RequestTiming(DependencyProvider):
+    """The deadline and retry backoff of data-subject requests, from configuration."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.timing = requests.Timing(
+            deadline_days=settings.privacy_deadline_days,
+            retry_seconds=settings.privacy_retry_seconds,
+        )
+
+    def get_dependency(self, worker_ctx: Any) -> requests.Timing:
+        return self.timing
+
+
 class RetentionService:
     name = "retention"
 
@@ -52,6 +72,7 @@ class RetentionService:
     accounts = TimedRpcProxy("accounts")
     signer = ReceiptSigner()
     clock = Clock()
+    timing = RequestTiming()
     tracing = Tracing()
     config = Config()
 
@@ -71,6 +92,7 @@ class RetentionService:
                 actor["agent_id"],
                 command,
                 self.clock(),
+                self.timing,
             )
         return {**filed, "created": created}
 
@@ -78,6 +100,43 @@ class RetentionService:
     def get_request(self, tenant_id: str, request_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return requests.get_request(uow, tenant_id, request_id)
+
+    @rpc
+    def list_requests(
+        self, tenant_id: str, status: str | None, limit: int, after: list | None
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.list_requests(uow, tenant_id, status, limit, after)
+
+    @rpc
+    def decide_request(
+        self, actor: dict[str, str], request_id: str, decision: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        command = load_command(DecideRequestV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return requests.decide(
+                uow,
+                actor["tenant_id"],
+                request_id,
+                actor["agent_id"],
+                decision,
+                command["reason"],
+                self.clock(),
+                self.timing,
+            )
+
+    @rpc
+    def approval_policy(self, tenant_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.approval_policy(uow, tenant_id)
+
+    @rpc
+    def set_approval_policy(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+        command = load_command(SetApprovalPolicyV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return requests.set_approval_policy(
+                uow, actor["tenant_id"], command["requires_approval"]
+            )
 
     @rpc
     def export(self, tenant_id: str, request_id: str) -> dict[str, Any]:
@@ -143,7 +202,7 @@ class RetentionService:
     def privacy_answered(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("retention.answers", event.event_id):
-                requests.record_answer(uow, event, self.signer, self.clock())
+                requests.record_answer(uow, event, self.signer, self.clock(), self.timing)
 
     @consume_events(TENANTS)
     def tenant_clock(self, event: Envelope) -> None:
@@ -151,19 +210,31 @@ class RetentionService:
             if uow.first_delivery("retention.tenants", event.event_id):
                 schedules.learn_from_accounts(uow, event)
 
+    @consume_events(TICKETS)
+    def ticket_clock(self, event: Envelope) -> None:
+        with self.store.unit_of_work() as uow:
+            if uow.first_delivery("retention.tickets", event.event_id):
+                schedules.learn_ticket_closed(uow, event)
+
     @timer(interval=Settings.from_env().schedule_seconds)
     def run_schedules(self) -> None:
-        """Destroy tenants whose grace ran out; purge access logs past their policy."""
+        """Destroy tenants whose grace ran out; purge access logs and closed tickets past
+        their policies."""
         with self.store.unit_of_work("retention") as uow:
-            schedules.destroy_due_tenants(uow, self.clock())
+            schedules.destroy_due_tenants(uow, self.clock(), self.timing)
         with self.store.unit_of_work("retention") as uow:
             schedules.purge_access_logs(uow, self.clock())
+        with self.store.unit_of_work("retention") as uow:
+            schedules.expire_closed_tickets(uow, self.clock())
 
-    @timer(interval=3600)
-    def overdue_requests(self) -> None:
+    @timer(interval=Settings.from_env().schedule_seconds)
+    def follow_up_requests(self) -> None:
+        """Ask again whoever still owes an answer; fail what is past its deadline (alert)."""
+        with self.store.unit_of_work("retention") as uow:
+            requests.resend_due(uow, self.clock(), self.timing)
         with self.store.unit_of_work("retention") as uow:
             requests.mark_overdue(uow, self.clock())
 
     @rpc
-    def health(self) -> dict[str, bool]:
-        return {"database": self.store.db.ping()}
+    def health(self) -> dict[str, Any]:
+        return service_health(self.store.db)

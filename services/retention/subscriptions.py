@@ -10,4 +10,7 @@ TENANTS = Subscription(
     "retention.tenants", ("accounts.tenant_cancelled", "accounts.tenant_reactivated")
 )
 
-SUBSCRIPTIONS = [REGISTRY, ANSWERS, TENANTS]
+# A closed ticket's retention period starts when it closes.
+TICKETS = Subscription("retention.tickets", ("tickets.ticket_closed",))
+
+SUBSCRIPTIONS = [REGISTRY, ANSWERS, TENANTS, TICKETS]

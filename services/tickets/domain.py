@@ -121,6 +121,7 @@ class Ticket(Aggregate):
             body=body,
             internal=internal,
             redactions=redactions,
+            requester_id=self.requester_id,
         )
         return message_id
 

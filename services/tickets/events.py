@@ -1,5 +1,7 @@
-"""Tickets' events. Subjects, bodies and message texts are personal data of their author (the
-requester for a ticket, the writer for a message), encrypted under that person's key.
+"""Tickets' events. A ticket's subject, body and messages are encrypted under the ticket's own
+key, a child of its requester's key: erasing the requester erases every ticket of theirs in one
+shred, and a closed ticket past its retention period is erased alone. (Events written before
+version 2 of ``message_added`` hold a message under its writer's key; they still open.)
 
 Published copies leave without those fields: other services learn ids, never words.
 """
@@ -66,11 +68,19 @@ class MessageAddedV1(Schema):
     redactions = fields.Integer(required=True)
 
 
+class MessageAddedV2(MessageAddedV1):
+    """Adds the ticket's requester, whose key is the parent of the ticket key the body is
+    encrypted under (null for a message upcast from version 1)."""
+
+    requester_id = fields.UUID(required=True, allow_none=True)
+
+
 TICKET_CREATED = EventType(
     "ticket_created",
     {1: TicketCreatedV1},
     personal_fields=("subject", "body"),
-    subject_field="requester_id",
+    subject_field="ticket_id",
+    parent_field="requester_id",
     published=True,
 )
 TICKET_STATUS_CHANGED = EventType(
@@ -82,9 +92,11 @@ TICKET_PRIORITY_CHANGED = EventType("ticket_priority_changed", {1: TicketPriorit
 TICKET_TAGS_CHANGED = EventType("ticket_tags_changed", {1: TicketTagsChangedV1})
 MESSAGE_ADDED = EventType(
     "message_added",
-    {1: MessageAddedV1},
+    {1: MessageAddedV1, 2: MessageAddedV2},
+    upcasters={1: lambda payload: {**payload, "requester_id": None}},
     personal_fields=("body",),
-    subject_field="author_id",
+    subject_field="ticket_id",
+    parent_field="requester_id",
     published=True,
 )
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.cards import redact_card_numbers
+from kernel.crypto import KeyShredded
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
@@ -52,11 +53,16 @@ def member(
     field: str,
 ) -> None:
     """Refuse (422) a requester or assignee who is not an active member of this tenant."""
+    # The directory entry and the restriction in one round trip; a row even with no entry.
     uow.cur.execute(
-        "SELECT tenant_id, kind, active FROM directory WHERE subject_id = %s", (subject_id,)
+        "SELECT d.tenant_id, d.kind, d.active,"
+        " EXISTS (SELECT 1 FROM restrictions WHERE subject_id = %s)"
+        " FROM (SELECT 1) AS one LEFT JOIN directory d ON d.subject_id = %s",
+        (subject_id, subject_id),
     )
     row = uow.cur.fetchone()
-    if row is not None:
+    restricted = row[3]
+    if row[0] is not None:
         known = {"tenant_id": str(row[0]), "kind": row[1], "active": row[2]}
     else:
         try:
@@ -68,8 +74,7 @@ def member(
         raise ValidationFailed({field: [f"no such {noun} in this tenant"]})
     if not known["active"]:
         raise ValidationFailed({field: [f"the {noun} is deactivated"]})
-    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
-    if uow.cur.fetchone() is not None:
+    if restricted:
         raise ValidationFailed({field: [f"the {noun}'s data is restricted: no new processing"]})
 
 
@@ -155,7 +160,13 @@ def add_message(
         internal=command["internal"],
         redactions=redactions,
     )
-    [added] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+    try:
+        [added] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+    except KeyShredded:
+        # The ticket's key went with its requester's erasure: nothing new is written under it.
+        raise Conflict(
+            "the requester of this ticket was erased; it takes no new messages"
+        ) from None
     return {
         "id": message_id,
         "author_id": author_id,
@@ -178,7 +189,7 @@ def get_ticket(
     row = uow.cur.fetchone()
     if row is None:
         raise NotFound("no such ticket")
-    ticket = _ticket_row(row)
+    ticket = _ticket_row(uow, tenant_id, row)
     uow.cur.execute(
         "SELECT id, author_id, author_kind, body, internal, created_at FROM ticket_messages"
         " WHERE ticket_id = %s ORDER BY seq",
@@ -189,7 +200,7 @@ def get_ticket(
             "id": str(i),
             "author_id": str(a),
             "author_kind": k,
-            "body": b,
+            "body": uow.cipher.open_stored(tenant_id, {"body": b})["body"],
             "internal": n,
             "created_at": c.isoformat(),
         }
@@ -238,7 +249,7 @@ def list_tickets(
     params.append(limit + 1)
     uow.cur.execute(query, params)
     rows = uow.cur.fetchall()
-    items = [_ticket_row(r) for r in rows[:limit]]
+    items = [_ticket_row(uow, tenant_id, r) for r in rows[:limit]]
     more = len(rows) > limit
     next_after = [items[-1]["created_at"], items[-1]["id"]] if more and items else None
     return {"items": items, "next": next_after}
@@ -250,12 +261,13 @@ _TICKET_COLUMNS = (
 )
 
 
-def _ticket_row(row: tuple) -> dict[str, Any]:
+def _ticket_row(uow: UnitOfWork, tenant_id: str, row: tuple) -> dict[str, Any]:
     (i, subject, body, status, priority, requester, assignee, tags, created, updated, version) = row
+    words = uow.cipher.open_stored(tenant_id, {"subject": subject, "body": body})
     return {
         "id": str(i),
-        "subject": subject,
-        "body": body,
+        "subject": words["subject"],
+        "body": words["body"],
         "status": status,
         "priority": priority,
         "requester_id": str(requester),

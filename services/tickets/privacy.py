@@ -1,10 +1,13 @@
-"""Tickets' answers to privacy commands: shred the subject's key, scrub their words."""
+"""Tickets' answers to privacy commands. A ticket's words are under its own key, a child of its
+requester's: erasing the requester is one shred (their tickets and messages go with it, with no
+scrub, since the read models hold ciphertext only); a closed ticket past its period loses its
+own key. Messages an agent wrote before tickets had their own keys are under the agent's key."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kernel.crypto import ERASED, FieldCipher
+from kernel.crypto import FieldCipher
 from kernel.uow import UnitOfWork
 
 # An erased subject's directory row is pinned here: no later event about them revives it.
@@ -18,24 +21,29 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
         shredded = cipher.keystore.shred_subject(subject, tenant)
         uow.cur.execute(
-            "UPDATE tickets SET subject = %s, body = %s WHERE requester_id = %s AND tenant_id = %s",
-            (ERASED, ERASED, subject, tenant),
-        )
-        tickets = uow.cur.rowcount
-        uow.cur.execute(
-            "UPDATE ticket_messages SET body = %s WHERE author_id = %s AND tenant_id = %s",
-            (ERASED, subject, tenant),
-        )
-        messages = uow.cur.rowcount
-        uow.cur.execute(
             "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
             (_FINAL, subject),
         )
         return {
             "status": "done",
-            "detail": f"{'subject key shredded' if shredded else 'no key held'}; "
-            f"{tickets} tickets and {messages} messages scrubbed",
+            "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
+            " they requested and their words there read as erased",
         }
+
+    def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        if command.get("category") != "closed_tickets":
+            return {"status": "done", "detail": "tickets holds nothing of this category"}
+        tenant = str(command["tenant_id"])
+        uow.cur.execute(
+            "UPDATE tickets SET erased_at = now() WHERE tenant_id = %s AND status = 'closed'"
+            " AND closed_at < %s AND erased_at IS NULL RETURNING id",
+            (tenant, command["before"]),
+        )
+        ids = [str(row[0]) for row in uow.cur.fetchall()]
+        # A rebuilt read model no longer marks tickets purged before (no event records a
+        # purge), so the keys actually destroyed are counted, not the tickets selected.
+        shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
+        return {"status": "done", "detail": f"{shredded} closed tickets' keys shredded"}
 
     def restrict_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
         uow.cur.execute(
@@ -59,6 +67,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
     return {
         "destroy_tenant": destroy_tenant,
         "erase_subject": erase_subject,
+        "purge_category": purge_category,
         "restrict_subject": restrict_subject,
         "lift_restriction": lift_restriction,
     }
@@ -73,7 +82,9 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
         (subject_id, tenant_id),
     )
     tickets = []
+    opened = uow.cipher.open_stored
     for ticket_id, subject, body, status, created in uow.cur.fetchall():
+        words = opened(tenant_id, {"subject": subject, "body": body})
         uow.cur.execute(
             "SELECT author_kind, body, created_at FROM ticket_messages"
             " WHERE ticket_id = %s AND NOT internal ORDER BY seq",
@@ -82,12 +93,16 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
         tickets.append(
             {
                 "id": str(ticket_id),
-                "subject": subject,
-                "body": body,
+                "subject": words["subject"],
+                "body": words["body"],
                 "status": status,
                 "created_at": created.isoformat(),
                 "messages": [
-                    {"from": kind, "body": text, "at": at.isoformat()}
+                    {
+                        "from": kind,
+                        "body": opened(tenant_id, {"body": text})["body"],
+                        "at": at.isoformat(),
+                    }
                     for kind, text, at in uow.cur.fetchall()
                 ],
             }
@@ -98,6 +113,7 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
         (subject_id, tenant_id),
     )
     written = [
-        {"ticket_id": str(t), "body": b, "at": a.isoformat()} for t, b, a in uow.cur.fetchall()
+        {"ticket_id": str(t), "body": opened(tenant_id, {"body": b})["body"], "at": a.isoformat()}
+        for t, b, a in uow.cur.fetchall()
     ]
     return {"tickets_requested": tickets, "messages_written_as_staff": written}

@@ -3,6 +3,8 @@ everywhere (held billing records aside); a reactivation stops the clock."""
 
 from __future__ import annotations
 
+import urllib.parse
+
 import psycopg2
 import pytest
 
@@ -15,7 +17,10 @@ GRACE_SECONDS = 8.64  # LEDGERDESK_GRACE_DAYS=0.0001
 @pytest.fixture(scope="module")
 def quick(infrastructure):
     with running_stack(
-        infrastructure, LEDGERDESK_GRACE_DAYS="0.0001", LEDGERDESK_SCHEDULE_SECONDS="1"
+        infrastructure,
+        LEDGERDESK_GRACE_DAYS="0.0001",
+        LEDGERDESK_SCHEDULE_SECONDS="1",
+        LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
     ) as stack:
         yield stack
 
@@ -113,3 +118,51 @@ def test_a_reactivated_tenant_is_not_destroyed(quick):
     assert rows(quick, "accounts", "SELECT status FROM tenants WHERE id = %s", tenant_id) == [
         ("active",)
     ]
+
+
+def test_a_lost_command_is_sent_again_and_the_request_completes(quick, infrastructure):
+    """A command that never reaches a service (here: purged from its queue while the service
+    was down, as a dead-lettered one would be) is sent again, to that service only."""
+    created = quick.sign_up()
+    key = created["api_key"]
+    contact = quick.call(
+        "POST", "/v1/contacts", key=key, json={"name": "Lou Lost", "email": "lou@example.com"}
+    ).json()
+    quick.stop("tickets")
+    try:
+        filed = quick.call(
+            "POST",
+            "/v1/privacy/requests",
+            key=key,
+            json={"type": "erasure", "subject": {"contact_id": contact["id"]}},
+        ).json()
+
+        def others_answered():
+            body = quick.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()
+            owed = {n for n, a in body["services"].items() if a["status"] != "done"}
+            return body if owed == {"tickets"} else None
+
+        wait_until(others_answered, what="every service but tickets to answer")
+        vhost = urllib.parse.quote(quick.settings.database_prefix, safe="")
+        purged = infrastructure.management(
+            "DELETE", f"/api/queues/{vhost}/tickets.privacy/contents"
+        )
+        assert purged.status_code in (200, 204), purged.text
+    finally:
+        quick.start("tickets")
+
+    last: dict = {}
+
+    def completed():
+        body = quick.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()
+        last.update(body)
+        return body if body["status"] == "completed" else None
+
+    try:
+        result = wait_until(completed, timeout=60, what="the re-sent command to complete it")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the request as last read: {last}") from None
+    assert result["services"]["tickets"]["status"] == "done"
+    assert result["services"]["tickets"]["attempts"] >= 2
+    # The others answered the first command and were not asked again.
+    assert result["services"]["accounts"]["attempts"] == 1

@@ -6,10 +6,9 @@ import datetime as dt
 import uuid
 from pathlib import Path
 
-from kernel.crypto import FieldCipher, Keystore, is_erased
-from kernel.db import Database
+from kernel.crypto import is_erased
 from kernel.envelope import new_envelope
-from kernel.nameko_adapters import prepare_databases
+from kernel.nameko_adapters import open_store
 from kernel.uow import EventSourcedStore
 from services.billing import handlers, privacy
 from services.billing.events import REGISTRY
@@ -18,15 +17,7 @@ from services.billing.projections import PROJECTIONS
 
 
 def billing_store(world) -> EventSourcedStore:
-    prepare_databases(world, "billing", Path("services/billing/migrations"))
-    keystore = Keystore(Database(world.database_dsn("billing", "keys")), world.master_keys, 0.001)
-    return EventSourcedStore(
-        "billing",
-        Database(world.database_dsn("billing")),
-        REGISTRY,
-        FieldCipher(keystore),
-        PROJECTIONS,
-    )
+    return open_store(world, "billing", REGISTRY, PROJECTIONS, Path("services/billing/migrations"))
 
 
 def accounts_event(type_: str, tenant: str, occurred_at: dt.datetime, **payload):
