@@ -73,8 +73,19 @@ class Settings:
     audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
     checkpoint_seconds: float = 60.0
     schedule_seconds: float = 60.0
+    # A data-subject request not answered by every service within this turns failed (alert).
+    privacy_deadline_days: float = 30.0
+    # The first re-send of a command a service has not (or not successfully) answered; each
+    # further one waits twice as long, up to a day.
+    privacy_retry_seconds: float = 300.0
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
+    # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
+    ops_host: str = "0.0.0.0"
+    ops_port: int = 9100
+    # AMQP heartbeats (seconds): a dead broker connection is noticed within about twice this.
+    heartbeat: int = 10
+    log_format: str = "json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +106,12 @@ class Settings:
             if not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(f"LEDGERDESK_{name} must be positive")
             return value
+
+        def port(name: str, default: int) -> int:
+            raw = get(name, str(default)).strip() or "0"
+            if not raw.isdigit() or int(raw) > 65535:
+                raise ConfigurationError(f"LEDGERDESK_{name} must be a TCP port, or 0 for any")
+            return int(raw)
 
         settings = cls(
             environment=get("ENV", base.environment).strip().lower(),
@@ -122,8 +139,18 @@ class Settings:
             audit_signing_key=get("AUDIT_SIGNING_KEY", base.audit_signing_key),
             checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
             schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
+            privacy_deadline_days=number(
+                "PRIVACY_DEADLINE_DAYS", base.privacy_deadline_days, float
+            ),
+            privacy_retry_seconds=number(
+                "PRIVACY_RETRY_SECONDS", base.privacy_retry_seconds, float
+            ),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
+            ops_host=get("OPS_HOST", base.ops_host),
+            ops_port=port("OPS_PORT", base.ops_port),
+            heartbeat=number("HEARTBEAT", base.heartbeat),
+            log_format=get("LOG_FORMAT", base.log_format).strip().lower(),
         )
         settings.check()
         return settings
@@ -131,6 +158,11 @@ class Settings:
     def check(self) -> None:
         if not 0 < self.gateway_port < 65536:
             raise ConfigurationError("LEDGERDESK_GATEWAY_PORT must be a TCP port (1-65535)")
+        if self.log_format not in ("json", "text"):
+            raise ConfigurationError("LEDGERDESK_LOG_FORMAT must be json or text")
+        # Below 4 s the broker drops consumers: kombu's loop beats only when its 1 s wait ends.
+        if not 4 <= self.heartbeat <= 600:
+            raise ConfigurationError("LEDGERDESK_HEARTBEAT must be 4-600 seconds")
         if not self.regions:
             raise ConfigurationError("LEDGERDESK_REGIONS must name at least one region")
         if not self.database_prefix.replace("_", "").isalnum():
@@ -187,5 +219,6 @@ class Settings:
             "WEB_SERVER_ADDRESS": f"{self.gateway_host}:{self.gateway_port}",
             "max_workers": self.max_workers,
             "serializer": "json",
+            "HEARTBEAT": self.heartbeat,
             "LEDGERDESK": self,
         }

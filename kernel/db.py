@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import psycopg2
 import psycopg2.extras
@@ -85,6 +86,10 @@ class Database:
             raise DatabaseUnavailable(
                 f"PostgreSQL is not reachable at {describe(dsn)}: {exc}"
             ) from exc
+        # psycopg2's pool opens ``minconn`` at once and afterwards keeps only that many idle,
+        # closing every other connection as it comes back: under load a busy service started a
+        # PostgreSQL session per request. Past the start, every connection opened is kept.
+        self._pool.minconn = maxconn
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
@@ -124,3 +129,28 @@ class Database:
 
     def close(self) -> None:
         self._pool.closeall()
+
+
+def keyset_page(
+    cur: psycopg2.extensions.cursor,
+    query: str,
+    params: Sequence[Any],
+    limit: int,
+    after: list | None,
+    position: Callable[[tuple], list[str]],
+) -> tuple[list[tuple], list[str] | None]:
+    """One page of ``query`` (a SELECT with a WHERE clause over a table with ``created_at`` and
+    ``id``) in (created_at, id) order, after the position ``after``: stable under inserts and
+    free of OFFSET scans. Returns the rows and the next page's position (from ``position`` of
+    the last row), or None on the last page."""
+    params = list(params)
+    if after:
+        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
+        params.extend(after)
+    query += " ORDER BY created_at, id LIMIT %s"
+    params.append(limit + 1)
+    cur.execute(query, params)
+    rows = cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, position(rows[-1]) if more and rows else None

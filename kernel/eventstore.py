@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 
-from kernel.envelope import Envelope
+from kernel.envelope import Envelope, stored_envelope
 
 
 class ConcurrencyError(Exception):
@@ -28,14 +28,25 @@ class ConcurrencyError(Exception):
         super().__init__(f"stream {stream_id!r} is no longer at version {expected_version}")
 
 
+# uuid and jsonb columns are read as text and decoded below: psycopg2 would hand each such
+# value to a typecaster written in Python (uuid.UUID, json.loads), one call per value, which
+# was most of a catch-up read's time.
 _COLUMNS = (
-    "position, event_id, type, schema_version, source, stream_id, stream_version, tenant_id,"
-    " occurred_at, actor_id, trace, payload, metadata"
+    "position, event_id::text, type, schema_version, source, stream_id, stream_version,"
+    " tenant_id::text, occurred_at, actor_id, trace::text, payload::text, metadata::text"
 )
 
+# raw_decode skips json.loads' checks for leading and trailing whitespace, which jsonb's text
+# never has.
+_decode = json.JSONDecoder().raw_decode
+_UUID = uuid.UUID
 
-def _row_to_envelope(row: Sequence[Any]) -> tuple[int, Envelope]:
-    (
+
+def _envelopes(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
+    # A batch holds few tenants: one UUID each, shared (a UUID is immutable).
+    tenants: dict[str, uuid.UUID] = {}
+    envelopes = []
+    for (
         position,
         event_id,
         type_,
@@ -49,21 +60,55 @@ def _row_to_envelope(row: Sequence[Any]) -> tuple[int, Envelope]:
         trace,
         payload,
         metadata,
-    ) = row
-    return position, Envelope(
-        event_id=event_id,
-        type=type_,
-        schema_version=schema_version,
-        source=source,
-        stream_id=stream_id,
-        stream_version=stream_version,
-        tenant_id=tenant_id,
-        occurred_at=occurred_at,
-        actor_id=actor_id,
-        trace=trace,
-        payload=payload,
-        metadata=metadata,
-    )
+    ) in rows:
+        if tenant_id is not None:
+            tenant = tenants.get(tenant_id)
+            if tenant is None:
+                tenant = tenants[tenant_id] = _UUID(tenant_id)
+        else:
+            tenant = None
+        envelopes.append(
+            (
+                position,
+                stored_envelope(
+                    _UUID(event_id),
+                    type_,
+                    schema_version,
+                    source,
+                    stream_id,
+                    stream_version,
+                    tenant,
+                    occurred_at,
+                    actor_id,
+                    # Most events carry no trace or metadata: no decoder needed for those.
+                    {} if trace == "{}" else _decode(trace)[0],
+                    _decode(payload)[0],
+                    {} if metadata == "{}" else _decode(metadata)[0],
+                ),
+            )
+        )
+    return envelopes
+
+
+# The savepoint is left to end with the transaction: releasing it would cost a round trip,
+# and a savepoint's work commits with its transaction either way.
+_APPEND_HEAD = (
+    b"LOCK TABLE events IN EXCLUSIVE MODE; SAVEPOINT event_append;"
+    b" INSERT INTO events (event_id, type, schema_version, source, stream_id, stream_version,"
+    b" tenant_id, occurred_at, actor_id, trace, payload, metadata)"
+    b" SELECT * FROM (VALUES "
+)
+# VALUES outside an INSERT's own list takes no types from the columns: the casts give them.
+_ROW = (
+    "(%s::uuid, %s::text, %s::integer, %s::text, %s::text, %s::integer, %s::uuid,"
+    " %s::timestamptz, %s::text, %s::jsonb, %s::jsonb, %s::jsonb)"
+)
+_VERSION_CHECK = (
+    ") AS appended"
+    " WHERE (SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s) = %s"
+    # Positions are drawn in this order, so they follow the stream's versions.
+    " ORDER BY appended.column6"
+)
 
 
 def stream_version(cur: psycopg2.extensions.cursor, stream_id: str) -> int:
@@ -85,40 +130,38 @@ def append(
     for offset, envelope in enumerate(envelopes, start=1):
         if envelope.stream_id != stream_id or envelope.stream_version != expected_version + offset:
             raise ValueError("envelopes must continue the stream from the expected version")
-    cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-    if stream_version(cur, stream_id) != expected_version:
-        raise ConcurrencyError(stream_id, expected_version)
-    cur.execute("SAVEPOINT event_append")
-    try:
-        psycopg2.extras.execute_values(
-            cur,
-            "INSERT INTO events (event_id, type, schema_version, source, stream_id,"
-            " stream_version, tenant_id, occurred_at, actor_id, trace, payload, metadata)"
-            " VALUES %s",
-            [
-                (
-                    e.event_id,
-                    e.type,
-                    e.schema_version,
-                    e.source,
-                    e.stream_id,
-                    e.stream_version,
-                    e.tenant_id,
-                    e.occurred_at,
-                    e.actor_id,
-                    json.dumps(e.trace),
-                    json.dumps(e.payload),
-                    json.dumps(e.metadata),
-                )
-                for e in envelopes
-            ],
+    rows = b",".join(
+        cur.mogrify(
+            _ROW,
+            (
+                e.event_id,
+                e.type,
+                e.schema_version,
+                e.source,
+                e.stream_id,
+                e.stream_version,
+                e.tenant_id,
+                e.occurred_at,
+                e.actor_id,
+                json.dumps(e.trace),
+                json.dumps(e.payload),
+                json.dumps(e.metadata),
+            ),
         )
+        for e in envelopes
+    )
+    check = cur.mogrify(_VERSION_CHECK, (stream_id, expected_version))
+    try:
+        # One round trip: the lock, a savepoint, and an insert that writes nothing unless the
+        # stream is still at the expected version (checked under the lock, as before).
+        cur.execute(_APPEND_HEAD + rows + check)
     except psycopg2.errors.UniqueViolation:
         # The primary key (stream_id, stream_version) is the last guard, should the check above
         # ever be bypassed (another writer not taking the lock, a manual insert).
         cur.execute("ROLLBACK TO SAVEPOINT event_append")
         raise ConcurrencyError(stream_id, expected_version) from None
-    cur.execute("RELEASE SAVEPOINT event_append")
+    if cur.rowcount != len(envelopes):
+        raise ConcurrencyError(stream_id, expected_version)
 
 
 def read_stream(
@@ -129,7 +172,7 @@ def read_stream(
         " ORDER BY stream_version",
         (stream_id, after_version),
     )
-    return [_row_to_envelope(row)[1] for row in cur.fetchall()]
+    return [envelope for _position, envelope in _envelopes(cur.fetchall())]
 
 
 def read_all(
@@ -150,7 +193,7 @@ def read_all(
             " ORDER BY position LIMIT %s",
             (tenant_id, after_position, limit),
         )
-    return [_row_to_envelope(row) for row in cur.fetchall()]
+    return _envelopes(cur.fetchall())
 
 
 def iter_all(

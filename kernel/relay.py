@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import amqp
 import psycopg2
 from kombu import Connection
+from psycopg2.extensions import parse_dsn
 
 from kernel import faults
-from kernel.db import connect, describe
+from kernel.db import DatabaseUnavailable, connect, describe
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,17 @@ class _ConfirmingPublisher:
     Waiting per message costs a round trip each (~1.5k msg/s here); one wait per batch does not.
     """
 
-    def __init__(self, amqp_uri: str, confirm_timeout: float):
-        self._kombu = Connection(amqp_uri, connect_timeout=5, heartbeat=0)
+    def __init__(
+        self, amqp_uri: str, confirm_timeout: float, heartbeat: float = 10.0, name: str = "relay"
+    ):
+        # Heartbeats on: a connection the broker (or the network) dropped is noticed in
+        # seconds, not when the next publish hangs. Named, so operators find it in the broker.
+        self._kombu = Connection(
+            amqp_uri,
+            connect_timeout=5,
+            heartbeat=heartbeat,
+            transport_options={"client_properties": {"connection_name": name}},
+        )
         self._kombu.connect()
         self._conn: amqp.Connection = self._kombu.connection
         self._channel = self._conn.channel()
@@ -117,6 +127,15 @@ class _ConfirmingPublisher:
                 continue
         return self._confirmed, self._failed
 
+    def keepalive(self) -> None:
+        """Read what the broker sent (its heartbeats) and send ours when due; raises
+        ``ConnectionForced`` once the broker has been silent for two intervals."""
+        try:
+            self._conn.drain_events(timeout=0)
+        except TimeoutError:
+            pass
+        self._conn.heartbeat_tick()
+
     def close(self) -> None:
         try:
             self._kombu.release()
@@ -133,6 +152,7 @@ class OutboxRelay:
         confirm_timeout: float = 30.0,
         idle_wait: float = 1.0,
         max_backoff: float = 30.0,
+        heartbeat: float = 10.0,
     ):
         self.dsn = dsn
         self.amqp_uri = amqp_uri
@@ -140,6 +160,7 @@ class OutboxRelay:
         self.confirm_timeout = confirm_timeout
         self.idle_wait = idle_wait
         self.max_backoff = max_backoff
+        self.heartbeat = heartbeat
         self.stats = RelayStats()
         self._stop = threading.Event()
         self._publisher: _ConfirmingPublisher | None = None
@@ -154,7 +175,12 @@ class OutboxRelay:
         conn = self._work_conn
         assert conn is not None
         if self._publisher is None:
-            self._publisher = _ConfirmingPublisher(self.amqp_uri, self.confirm_timeout)
+            self._publisher = _ConfirmingPublisher(
+                self.amqp_uri,
+                self.confirm_timeout,
+                self.heartbeat,
+                f"ledgerdesk relay {parse_dsn(self.dsn).get('dbname', '')}",
+            )
         now = time.monotonic()
         with conn.cursor() as cur:
             cur.execute(
@@ -234,7 +260,13 @@ class OutboxRelay:
         while not self._stop.is_set():
             try:
                 self._run_as_leader(on_ready)
-            except (psycopg2.Error, OSError, amqp.exceptions.AMQPError, PublishFailed) as exc:
+            except (
+                psycopg2.Error,
+                DatabaseUnavailable,
+                OSError,
+                amqp.exceptions.AMQPError,
+                PublishFailed,
+            ) as exc:
                 log.warning("relay pass failed, reconnecting: %s", exc)
                 self._close()
                 self._stop.wait(min(self.max_backoff, 2.0))
@@ -260,6 +292,8 @@ class OutboxRelay:
             if self.publish_pending() >= self.batch_size:
                 continue  # more may be waiting: no need to sleep
             self._wait_for_notify()
+            if self._publisher is not None:
+                self._publisher.keepalive()
 
     def _wait_for_notify(self) -> None:
         conn = self._lock_conn

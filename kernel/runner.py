@@ -2,7 +2,11 @@
 
 eventlet must patch the standard library before anything else is imported, psycopg2 included
 (eventlet then makes it cooperative). SIGTERM stops the service gracefully: entrypoints stop
-taking work, in-flight workers finish, then connections close.
+taking work, in-flight workers finish (a message is acknowledged only after its handler's
+transaction committed), then the relay and the ops server stop and connections close.
+
+Logs are JSON lines (``LEDGERDESK_LOG_FORMAT=text`` for the old format); every process serves
+its ops endpoints (``kernel.observability``).
 """
 
 import warnings
@@ -14,14 +18,20 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
+import datetime as dt  # noqa: E402
 import importlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 
 from nameko.cli.run import run  # noqa: E402
+from opentelemetry import trace  # noqa: E402
 
 from kernel.config import ConfigurationError, Settings  # noqa: E402
 from kernel.db import DatabaseUnavailable  # noqa: E402
+from kernel.observability import Operations  # noqa: E402
 from kernel.tracing import setup_tracing  # noqa: E402
 
 
@@ -45,16 +55,81 @@ class ExpectedErrorsInOneLine(logging.Filter):
         return True
 
 
+class ExceptionTypesOnly(logging.Filter):
+    """An exception passed as a log argument ("error handling worker %s: %s") is written as its
+    type: its text may quote the data that broke it (a duplicate key's value, an address)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, BaseException) for a in record.args
+        ):
+            record.args = tuple(
+                type(a).__name__ if isinstance(a, BaseException) else a for a in record.args
+            )
+        return True
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line, for log collectors: time, level, service, logger, message, and
+    the current span's trace and span ids. Messages are the kernel's own (ids, types, counts),
+    never message bodies; a traceback is kept as frames and exception type only, since an
+    exception's text may quote the data that broke it."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            line["trace_id"] = format(span.trace_id, "032x")
+            line["span_id"] = format(span.span_id, "016x")
+        if record.exc_info and record.exc_info[0] is not None:
+            line["error"] = record.exc_info[0].__name__
+            line["frames"] = "".join(traceback.format_tb(record.exc_info[2]))
+        # Not ASCII-escaped: a value escaped as \uXXXX would slip past a search for it.
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure_logging(service: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLines(service))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(ExceptionTypesOnly())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("nameko.containers").addFilter(ExpectedErrorsInOneLine())
+
+
+def with_operations(service_cls: type) -> type:
+    """Every process serves its ops endpoints: add ``Operations`` unless the class has one."""
+    if not any(isinstance(v, Operations) for _, v in inspect.getmembers(service_cls)):
+        service_cls.ops = Operations()  # type: ignore[attr-defined]
+    return service_cls
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m kernel.runner module.path:ServiceClass", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("nameko.containers").addFilter(ExpectedErrorsInOneLine())
     try:
         settings = Settings.from_env()
-        service_cls = load(argv[0])
-        setup_tracing(getattr(service_cls, "name"), settings.traces_exporter)  # noqa: B009
+        service_cls = with_operations(load(argv[0]))
+        name = getattr(service_cls, "name")  # noqa: B009
+        configure_logging(name, settings.log_format)
+        setup_tracing(name, settings.traces_exporter)
         run([service_cls], settings.nameko_config())
     except (ConfigurationError, DatabaseUnavailable) as exc:
         print(f"{argv[0]}: {exc}", file=sys.stderr)

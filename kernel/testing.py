@@ -158,6 +158,8 @@ def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Set
             "LEDGERDESK_DATABASE_PREFIX": name,
             "LEDGERDESK_KEY_CACHE_SECONDS": "0.001",
             "LEDGERDESK_DELIVERY_LIMIT": "4",
+            # Many worlds run at once: each process's ops endpoints take a free port.
+            "LEDGERDESK_OPS_PORT": "0",
             **overrides,
         }
     )
@@ -189,10 +191,14 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_KEY_CACHE_SECONDS=str(settings.key_cache_seconds),
         LEDGERDESK_GRACE_DAYS=str(settings.grace_days),
         LEDGERDESK_SCHEDULE_SECONDS=str(settings.schedule_seconds),
+        LEDGERDESK_PRIVACY_DEADLINE_DAYS=str(settings.privacy_deadline_days),
+        LEDGERDESK_PRIVACY_RETRY_SECONDS=str(settings.privacy_retry_seconds),
         LEDGERDESK_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
         LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
         LEDGERDESK_RATE_BURST=str(settings.rate_burst),
         LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,
+        LEDGERDESK_OPS_PORT=str(settings.ops_port),
+        LEDGERDESK_HEARTBEAT=str(settings.heartbeat),
     )
     return env
 

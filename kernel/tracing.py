@@ -81,14 +81,16 @@ def setup_tracing(
 ) -> TracerProvider:
     """Install the process-wide tracer provider (idempotent) and return it.
 
-    ``exporter`` is ``"none"`` (spans are created and propagated, not exported) or
-    ``"console"``. It and ``service_name`` are fixed by the first call: OpenTelemetry
-    refuses to replace a global provider. Later calls only attach ``span_exporter``
+    ``exporter`` is ``"none"`` (spans are created and propagated, not exported),
+    ``"console"``, or ``"otlp"`` (OTLP over HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``, or
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, as OpenTelemetry's own variables say). It and
+    ``service_name`` are fixed by the first call: OpenTelemetry refuses to replace a global
+    provider. Later calls only attach ``span_exporter``
     (synchronously, via ``SimpleSpanProcessor``) so tests can observe spans.
     """
     global _provider
-    if exporter not in ("none", "console"):
-        raise ValueError(f"unknown trace exporter {exporter!r}; use 'none' or 'console'")
+    if exporter not in ("none", "console", "otlp"):
+        raise ValueError(f"unknown trace exporter {exporter!r}; use 'none', 'console' or 'otlp'")
     with _setup_lock:
         if _provider is None:
             existing = trace.get_tracer_provider()
@@ -100,6 +102,14 @@ def setup_tracing(
                 _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
                 if exporter == "console":
                     _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+                elif exporter == "otlp":
+                    # Imported only when chosen; batched, so a slow collector never holds
+                    # up a worker (spans queue, and are dropped rather than block, when full).
+                    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                        OTLPSpanExporter,
+                    )
+
+                    _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
                 trace.set_tracer_provider(_provider)
         else:
             name = _provider.resource.attributes.get(SERVICE_NAME)

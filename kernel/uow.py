@@ -54,6 +54,11 @@ class EventSourcedStore:
             payload = self.cipher.decrypt_fields(payload, tenant_id=stored.tenant_id)
         return self.registry.upcast(dataclasses.replace(stored, payload=payload))
 
+    def upcast(self, stored: Envelope) -> Envelope:
+        """A stored event upcast, its personal fields left encrypted (for ciphertext read
+        models)."""
+        return self.registry.upcast(stored)
+
     def projection(self, name: str) -> Projection:
         for projection in self.projections:
             if projection.name == name:
@@ -61,7 +66,9 @@ class EventSourcedStore:
         raise KeyError(f"{self.source} has no projection {name!r}")
 
     def rebuild(self, name: str, progress: bool | None = None) -> int:
-        return rebuild(self.db, self.projection(name), self.prepare, progress=progress)
+        projection = self.projection(name)
+        prepare = self.upcast if projection.ciphertext else self.prepare
+        return rebuild(self.db, projection, prepare, progress=progress)
 
 
 class UnitOfWork:
@@ -131,9 +138,6 @@ class UnitOfWork:
                 metadata=metadata,
             )
             plain.append(envelope)
-            for projection in self._store.projections:
-                if projection.handles(envelope):
-                    projection.apply(self.cur, envelope)
             encrypted = envelope
             if event_type.personal_fields:
                 if self._store.cipher is None:
@@ -148,8 +152,16 @@ class UnitOfWork:
                         event_type.personal_fields,
                         tenant_id=tenant_id,
                         subject_id=envelope.payload[event_type.subject_field],
+                        parent_id=(
+                            envelope.payload[event_type.parent_field]
+                            if event_type.parent_field
+                            else None
+                        ),
                     ),
                 )
+            for projection in self._store.projections:
+                if projection.handles(envelope):
+                    projection.apply(self.cur, encrypted if projection.ciphertext else envelope)
             stored.append(encrypted)
             if event_type.published:
                 public = {
@@ -164,6 +176,13 @@ class UnitOfWork:
     def publish(self, envelope: Envelope, exchange: str = EVENTS_EXCHANGE) -> None:
         """Send a message that is not one of our stored events (a command, a reply)."""
         self._messages.append((exchange, envelope))
+
+    @property
+    def cipher(self) -> FieldCipher:
+        """The store's cipher, to open what a ciphertext read model keeps."""
+        if self._store.cipher is None:
+            raise RuntimeError(f"{self._store.source} has no cipher")
+        return self._store.cipher
 
     def first_delivery(self, consumer: str, message_id: uuid.UUID) -> bool:
         return inbox.first_delivery(self.cur, consumer, message_id)

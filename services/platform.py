@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from kernel import topology
 from kernel.config import ConfigurationError, Settings
 from kernel.db import DatabaseUnavailable, connect
-from kernel.nameko_adapters import prepare_databases
+from kernel.nameko_adapters import declare_rpc_queues, prepare_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,35 +74,74 @@ def check_dependencies(settings: Settings) -> list[str]:
 
 
 def prepare(settings: Settings) -> None:
-    """Databases and topology, before any process starts: nothing is published to no queue."""
+    """Databases and topology, before any process starts: nothing is published to no queue.
+    RPC queues left classic by an older release become quorum queues here, their requests kept
+    (refused while processes of that release still consume them)."""
     for name in SERVICES:
         prepare_databases(settings, name, migrations_of(name))
     topology.declare(settings.amqp_uri, subscriptions(), settings.delivery_limit)
+    declare_rpc_queues(settings.amqp_uri, SERVICES)
+
+
+class ServiceProcess(subprocess.Popen):
+    """A platform process, and the port its ops endpoints (/healthz, /readyz, /metrics) are on."""
+
+    ops_port: int
+
+
+def ops_ports(count: int, base: int | None) -> list[int]:
+    """``base``, ``base + 1``, ... for a predictable ``make run``; else free ports (tests run many
+    stacks at once, each process needs a port of its own)."""
+    if base:
+        return [base + n for n in range(count)]
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def start_processes(
     env: dict[str, str] | None = None,
     gateway_processes: int | None = None,
     only: tuple[str, ...] | None = None,
+    ops_port: int | None = None,
+    log_dir: Path | None = None,
 ) -> dict[str, subprocess.Popen]:
     """Every service once, and the gateway in several processes sharing its port (SO_REUSEPORT:
-    the kernel spreads connections), since one eventlet process is bound to one core."""
+    the kernel spreads connections), since one eventlet process is bound to one core.
+
+    Each process gets its own ops port: ``ops_port``, ``ops_port + 1``, ... in the order
+    of ``SERVICES`` then the gateways, or free ones. With ``log_dir``, each process writes its
+    log to ``<log_dir>/<name>.log`` instead of the launcher's stderr."""
     env = env if env is not None else os.environ.copy()
     if gateway_processes is None:
         gateway_processes = Settings.from_env(env).gateway_processes
     programs = {**SERVICES, **{f"gateway-{n}": GATEWAY for n in range(1, gateway_processes + 1)}}
+    ports = dict(zip(programs, ops_ports(len(programs), ops_port), strict=True))
     if only is not None:
         programs = {name: path for name, path in programs.items() if name in only}
-    processes = {}
+    processes: dict[str, subprocess.Popen] = {}
     for name, path in programs.items():
-        processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "kernel.runner", path],
-            cwd=ROOT,
-            # Their own process group: Ctrl-C reaches the launcher only, which stops each
-            # service with SIGTERM (graceful) rather than all of them racing on SIGINT.
-            start_new_session=True,
-            env=env,
-        )
+        log = open(log_dir / f"{name}.log", "ab") if log_dir is not None else None  # noqa: SIM115
+        try:
+            process = ServiceProcess(
+                [sys.executable, "-m", "kernel.runner", path],
+                cwd=ROOT,
+                # Their own process group: Ctrl-C reaches the launcher only, which stops each
+                # service with SIGTERM (graceful) rather than all of them racing on SIGINT.
+                start_new_session=True,
+                env={**env, "LEDGERDESK_OPS_PORT": str(ports[name])},
+                stderr=log,
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child holds its own descriptor
+        process.ops_port = ports[name]
+        processes[name] = process
     return processes
 
 
@@ -139,7 +179,7 @@ def run(settings: Settings) -> int:
         print("Ledgerdesk cannot start:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
         return 1
     prepare(settings)
-    processes = start_processes()
+    processes = start_processes(ops_port=settings.ops_port)
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
 
     def on_signal(signum, frame):
@@ -157,9 +197,11 @@ def run(settings: Settings) -> int:
             )
             return 1
         print(f"\nLedgerdesk is running: {url}  (API spec: {url}/v1/openapi.json)")
+        ports = " ".join(f"{name}:{getattr(p, 'ops_port', '?')}" for name, p in processes.items())
         print(
             f"Services: {', '.join(SERVICES)}; gateway processes: "
-            f"{sum(n.startswith('gateway') for n in processes)}. Press Ctrl-C to stop.\n",
+            f"{sum(n.startswith('gateway') for n in processes)}.\n"
+            f"Ops ports (/healthz /readyz /metrics): {ports}. Press Ctrl-C to stop.\n",
             flush=True,
         )
         while all(p.poll() is None for p in processes.values()):

@@ -17,6 +17,7 @@ from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
+from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.accounts import commands, handlers, privacy
 from services.accounts.events import REGISTRY
@@ -216,5 +217,5 @@ class AccountsService:
             return privacy.export(uow, tenant_id, subject_id)
 
     @rpc
-    def health(self) -> dict[str, bool]:
-        return {"database": self.store.db.ping()}
+    def health(self) -> dict[str, Any]:
+        return service_health(self.store.db)

@@ -13,8 +13,10 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import psycopg2.extras
 
 from kernel.crypto import FieldCipher, KeyShredded
 from kernel.db import Database
@@ -80,9 +82,90 @@ class Ledger:
 
     def record(self, envelope: Envelope) -> int | None:
         """Append one entry; None when this event is already in the ledger."""
+        if envelope.type == "access_logged" and self._recorded(envelope.event_id):
+            # A redelivery is checked first here, so a month shredded since cannot change it.
+            return None
+        month, content_bytes = self._content(envelope)
+        with self.db.transaction() as cur:
+            # Lock and read the head in one round trip; a redelivery is then a conflict on the
+            # unique event_id that inserts nothing, and a seq not inserted leaves no gap.
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(%s);"
+                " SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+                (_LEDGER_LOCK,),
+            )
+            last = cur.fetchone()
+            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, chain.GENESIS)
+            cur.execute(
+                "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
+                " subject_ids, at, month, content, prev_hash, hash, leaf_hash)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                self._row(
+                    envelope,
+                    seq,
+                    month,
+                    content_bytes,
+                    prev,
+                    chain.entry_hash(prev, seq, content_bytes),
+                ),
+            )
+            return seq if cur.rowcount == 1 else None
+
+    def record_many(self, envelopes: Sequence[Envelope]) -> list[int | None]:
+        """Append entries in order in one transaction (one lock, one commit); for each, its seq,
+        or None when that event is already in the ledger (or earlier in ``envelopes``).
+
+        All or nothing: if any entry fails, none is recorded and the error is raised, so a
+        caller can fall back to ``record`` one by one to find the entry at fault.
+        """
+        if not envelopes:
+            return []
+        # Encrypted before the lock is taken, so the lock is held for the statements alone. A
+        # redelivered access event is encrypted for nothing here but never written: the check
+        # under the lock below skips it, so a month shredded since cannot change its entry.
+        prepared = [(e, *self._content(e)) for e in envelopes]
+        with self.db.transaction() as cur:
+            # The lock, the head and which of these events are already recorded, in one round
+            # trip. Under the lock nothing else appends, so what is missing here is missing at
+            # commit, and the chain is built without gaps; a conflict on event_id (which the
+            # lock rules out) would fail the whole insert rather than leave a hole in the chain.
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(%s);"
+                " SELECT h.seq, h.hash,"
+                " ARRAY(SELECT event_id FROM ledger WHERE event_id = ANY(%s::uuid[]))"
+                " FROM (SELECT 1) AS one"
+                " LEFT JOIN (SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1) AS h ON true",
+                (_LEDGER_LOCK, [e.event_id for e in envelopes]),
+            )
+            last_seq, last_hash, present = cur.fetchone()
+            seen = {uuid.UUID(str(event_id)) for event_id in present}
+            seq, prev = (last_seq, bytes(last_hash)) if last_seq else (0, chain.GENESIS)
+            rows: list[tuple] = []
+            assigned: list[int | None] = []
+            for envelope, month, content_bytes in prepared:
+                if envelope.event_id in seen:
+                    assigned.append(None)
+                    continue
+                seen.add(envelope.event_id)
+                seq += 1
+                entry_hash = chain.entry_hash(prev, seq, content_bytes)
+                rows.append(self._row(envelope, seq, month, content_bytes, prev, entry_hash))
+                assigned.append(seq)
+                prev = entry_hash
+            if rows:
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
+                    " subject_ids, at, month, content, prev_hash, hash, leaf_hash) VALUES %s",
+                    rows,
+                    page_size=len(rows),
+                )
+        return assigned
+
+    def _content(self, envelope: Envelope) -> tuple[str, bytes]:
+        """The entry's month and canonical content, access-log fields encrypted."""
         month = month_of(envelope.occurred_at)
-        if self._recorded(envelope.event_id):
-            return None  # a redelivery: checked first, so a shredded month cannot make it fail
         content = envelope.to_dict()
         if envelope.type == "access_logged":
             try:
@@ -95,36 +178,27 @@ class Ledger:
             except KeyShredded:
                 # Its month is already past retention: the fields are erased before recording.
                 content["payload"] = {**content["payload"], **dict.fromkeys(ACCESS_FIELDS, None)}
-        content_bytes = chain.canonical(content)
-        with self.db.transaction() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LEDGER_LOCK,))
-            cur.execute("SELECT 1 FROM ledger WHERE event_id = %s", (envelope.event_id,))
-            if cur.fetchone():
-                return None
-            cur.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
-            last = cur.fetchone()
-            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, chain.GENESIS)
-            cur.execute(
-                "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
-                " subject_ids, at, month, content, prev_hash, hash, leaf_hash)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    seq,
-                    envelope.event_id,
-                    envelope.type,
-                    envelope.source,
-                    envelope.tenant_id,
-                    envelope.actor_id,
-                    subjects_of(envelope),
-                    envelope.occurred_at,
-                    month,
-                    content_bytes,
-                    prev,
-                    chain.entry_hash(prev, seq, content_bytes),
-                    chain.leaf_hash(content_bytes),
-                ),
-            )
-            return seq
+        return month, chain.canonical(content)
+
+    @staticmethod
+    def _row(
+        envelope: Envelope, seq: int, month: str, content: bytes, prev: bytes, entry_hash: bytes
+    ) -> tuple:
+        return (
+            seq,
+            envelope.event_id,
+            envelope.type,
+            envelope.source,
+            envelope.tenant_id,
+            envelope.actor_id,
+            subjects_of(envelope),
+            envelope.occurred_at,
+            month,
+            content,
+            prev,
+            entry_hash,
+            chain.leaf_hash(content),
+        )
 
     def _recorded(self, event_id: uuid.UUID) -> bool:
         with self.db.transaction() as cur:

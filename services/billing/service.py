@@ -22,6 +22,7 @@ from kernel.nameko_adapters import (
     rpc,
     settings_of,
 )
+from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.billing import commands, handlers, privacy
 from services.billing.events import REGISTRY
@@ -162,5 +163,5 @@ class BillingService:
             return privacy.export(uow, tenant_id, subject_id)
 
     @rpc
-    def health(self) -> dict[str, bool]:
-        return {"database": self.store.db.ping()}
+    def health(self) -> dict[str, Any]:
+        return service_health(self.store.db)

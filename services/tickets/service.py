@@ -11,6 +11,7 @@ from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
+from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.tickets import commands, handlers, privacy
 from services.tickets.events import REGISTRY
@@ -92,5 +93,5 @@ class TicketsService:
             return privacy.export(uow, tenant_id, subject_id)
 
     @rpc
-    def health(self) -> dict[str, bool]:
-        return {"database": self.store.db.ping()}
+    def health(self) -> dict[str, Any]:
+        return service_health(self.store.db)

@@ -9,6 +9,7 @@ import pytest
 
 from kernel import eventstore
 from kernel.aggregate import RecordedEvent
+from kernel.envelope import new_envelope
 from kernel.eventstore import ConcurrencyError
 from tests.support.source import source_store
 
@@ -136,3 +137,49 @@ def test_reading_a_stream_and_the_envelope_it_gives(world):
     assert all(e.tenant_id == tenant and e.actor_id == "agent-7" for e in events)
     assert events[0].trace["traceparent"].startswith("00-" + "a" * 32)
     assert events[0].source == "testsrc" and events[0].routing_key == "testsrc.thing_happened"
+
+
+def test_every_reader_gives_back_exactly_the_envelopes_appended(world):
+    """Rows are decoded by the store itself (uuid and jsonb read as text): every kind of value
+    comes back equal and of the type the envelope declares."""
+    store = source_store(world)
+    tenant = uuid.uuid4()
+    payloads = [
+        {},
+        {"text": "{}", "empty": {}, "none": None, "flag": False, "n": -7, "x": 2.5},
+        {"nested": {"list": [1, "two", [3.0], {"k": None}]}, "unicode": "é \u2603 \U0001f600"},
+        {"quote": 'a "b" \\ c\n\td', "big": 2**53 + 1},
+    ]
+    appended = [
+        new_envelope(
+            type="thing_happened",
+            schema_version=1,
+            source="testsrc",
+            stream_id="odd-values",
+            stream_version=n,
+            tenant_id=None if n % 2 else tenant,
+            actor_id=None if n == 1 else f"agent-{n}",
+            payload=payload,
+            trace={} if n < 3 else {"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+            metadata={} if n == 2 else {"causation": {"id": str(uuid.uuid4()), "n": [n]}},
+        )
+        for n, payload in enumerate(payloads, start=1)
+    ]
+    with store.db.transaction() as cur:
+        eventstore.append(cur, "odd-values", 0, appended)
+    with store.db.transaction() as cur:
+        everything = [envelope for _, envelope in eventstore.read_all(cur)]
+        one_by_one = [envelope for _, envelope in eventstore.iter_all(cur, 0, batch_size=1)]
+        stream = eventstore.read_stream(cur, "odd-values")
+        later = eventstore.read_stream(cur, "odd-values", after_version=2)
+        tenants = [envelope for _, envelope in eventstore.read_all(cur, tenant_id=tenant)]
+    assert everything == one_by_one == stream == appended
+    assert later == appended[2:]
+    assert tenants == [e for e in appended if e.tenant_id == tenant]
+    for envelope in everything:
+        assert type(envelope.event_id) is uuid.UUID
+        assert envelope.tenant_id is None or type(envelope.tenant_id) is uuid.UUID
+        assert envelope.occurred_at.utcoffset() is not None
+    # Each envelope has dicts of its own, even where the stored value was the same '{}'.
+    assert everything[0].trace is not everything[1].trace
+    assert everything[0].payload is not everything[0].trace

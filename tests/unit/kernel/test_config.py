@@ -144,6 +144,15 @@ def test_a_number_must_be_positive(name: str, raw: str):
     assert str(info.value) == f"LEDGERDESK_{name} must be positive"
 
 
+@pytest.mark.parametrize("raw", ["1", "3", "601"])
+def test_a_heartbeat_the_broker_would_not_keep_is_refused(raw: str):
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"LEDGERDESK_HEARTBEAT": raw})
+
+    assert str(info.value) == "LEDGERDESK_HEARTBEAT must be 4-600 seconds"
+    assert Settings.from_env({"LEDGERDESK_HEARTBEAT": "4"}).heartbeat == 4
+
+
 def test_a_nan_timeout_is_refused():
     with pytest.raises(ConfigurationError):
         Settings.from_env({"LEDGERDESK_RPC_TIMEOUT": "nan"})
@@ -324,6 +333,7 @@ def test_nameko_config():
             "LEDGERDESK_GATEWAY_HOST": "0.0.0.0",
             "LEDGERDESK_GATEWAY_PORT": "8081",
             "LEDGERDESK_MAX_WORKERS": "3",
+            "LEDGERDESK_HEARTBEAT": "7",
         }
     )
 
@@ -334,9 +344,19 @@ def test_nameko_config():
         "WEB_SERVER_ADDRESS": "0.0.0.0:8081",
         "max_workers": 3,
         "serializer": "json",
+        "HEARTBEAT": 7,
         "LEDGERDESK": settings,
     }
     assert config["LEDGERDESK"] is settings
+
+
+def test_ops_port_may_be_zero_for_any_and_log_format_is_json_or_text():
+    assert Settings.from_env({}).ops_port == 9100
+    assert Settings.from_env({"LEDGERDESK_OPS_PORT": "0"}).ops_port == 0
+    assert Settings.from_env({"LEDGERDESK_LOG_FORMAT": "TEXT"}).log_format == "text"
+    for name, value in (("OPS_PORT", "-1"), ("OPS_PORT", "70000"), ("LOG_FORMAT", "xml")):
+        with pytest.raises(ConfigurationError, match=f"LEDGERDESK_{name}"):
+            Settings.from_env({f"LEDGERDESK_{name}": value})
 
 
 def test_with_overrides_returns_a_changed_copy():

@@ -32,7 +32,7 @@ class MemoryKeystore:
         self.keys: dict[uuid.UUID, bytes | None] = {}
         self.tenants: dict[uuid.UUID, uuid.UUID] = {}
 
-    def subject_key(self, tenant_id, subject_id, create=True):
+    def subject_key(self, tenant_id, subject_id, create=True, parent_id=None):
         if subject_id not in self.keys:
             if not create:
                 return None
@@ -163,3 +163,23 @@ def test_ciphertext_is_base64_of_nonce_and_ciphertext():
     raw = base64.b64decode(sealed["v"]["ct"])
     assert len(raw) == 12 + len(b'"abc"') + 16
     assert sealed["v"]["$enc"] == 1
+
+
+def test_the_four_kinds_of_associated_data_never_coincide():
+    from kernel.crypto import child_key_aad, field_aad, subject_key_aad, tenant_key_aad
+
+    tenant, parent, subject = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    child = child_key_aad(tenant, parent, subject)
+    assert child.startswith(b"ledgerdesk/v1/child-key/")
+    assert len({tenant_key_aad(tenant), subject_key_aad(tenant, subject), child}) == 3
+    assert child != field_aad(tenant, parent, subject.hex)
+    # A child key wrapped under its parent does not open as a top-level subject key.
+    with pytest.raises(TamperedCiphertext):
+        unwrap_key(KEK, wrap_key(KEK, KEY, child), subject_key_aad(tenant, subject))
+
+
+def test_a_subject_cannot_be_its_own_parent():
+    keystore = Keystore(db=None, master_keys={"k1": KEK})  # refused before any database work
+    subject = uuid.uuid4()
+    with pytest.raises(ValueError):
+        keystore.subject_key(uuid.uuid4(), subject, parent_id=str(subject))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -19,6 +20,7 @@ from kernel.envelope import (
     MalformedEnvelope,
     MalformedPayload,
     new_envelope,
+    stored_envelope,
 )
 
 EVENT_ID = uuid.UUID("0b9c3f5e-7a1d-4c2b-9e8f-1a2b3c4d5e6f")
@@ -190,6 +192,22 @@ def test_new_envelope_stamps_a_fresh_id_and_an_aware_time_and_copies_dicts():
     assert first.trace == {"traceparent": "tp"} and first.trace is not trace
     assert first.metadata == {"m": 1} and first.metadata is not metadata
     assert second.trace == {} and second.metadata == {}
+
+
+def test_an_envelope_from_the_store_is_the_envelope_the_constructor_builds():
+    built = Envelope.from_dict(valid_dict())
+    fields = {f.name: getattr(built, f.name) for f in dataclasses.fields(Envelope)}
+    del fields["envelope_version"]
+    stored = stored_envelope(**fields)
+
+    assert type(stored) is Envelope
+    assert stored == built and repr(stored) == repr(built)
+    # The same attributes in the same order: a field added to Envelope must be added there too.
+    assert list(vars(stored).items()) == list(vars(built).items())
+    assert stored.to_dict() == built.to_dict()
+    assert dataclasses.replace(stored, stream_version=4).stream_version == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stored.type = "other"  # type: ignore[misc]
 
 
 # --- malformed envelopes ---------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Dead letters: what the broker set aside after a message kept failing, listed and replayed.
+
+A consumer queue dead-letters a message to ``<queue>.dead`` when its delivery limit runs out
+(or at once, for a malformed envelope). An operator lists them, mends the cause, then replays
+them into the live queue they came from:
+
+    python -m kernel.deadletters list [--queue QUEUE]
+    python -m kernel.deadletters replay QUEUE [--id MESSAGE_ID ...]
+
+Listings carry ids, types, counts and reasons only: a body may hold personal data, so it is
+never printed, logged or returned. Reading a dead-letter queue takes its messages without
+acknowledging them and gives them back when the channel closes, so listing moves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import amqp
+from kombu import Connection
+
+log = logging.getLogger(__name__)
+
+DEAD_SUFFIX = ".dead"
+# Broker headers that describe earlier deaths: a replayed message starts its life afresh.
+_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-delivery-count",
+        *(f"x-{end}-death-{part}" for end in ("first", "last") for part in ("exchange", "queue")),
+        *(f"x-{end}-death-reason" for end in ("first", "last")),
+    }
+)
+
+
+class UnknownQueue(LookupError):
+    """The dead-letter queue does not exist on the broker."""
+
+
+def live_queue(queue: str) -> str:
+    """The consumer queue a name refers to: ``tickets.accounts`` or ``tickets.accounts.dead``."""
+    return queue.removesuffix(DEAD_SUFFIX)
+
+
+def platform_queues() -> list[str]:
+    """The consumer queues of every platform service."""
+    # Imported here: the kernel knows no services, the platform lists them.
+    from services.platform import subscriptions
+
+    return [s.queue for s in subscriptions()]
+
+
+@contextmanager
+def _channel(amqp_uri: str) -> Iterator[tuple[amqp.Connection, amqp.Channel]]:
+    with Connection(amqp_uri, connect_timeout=5) as kombu_conn:
+        kombu_conn.connect()
+        conn: amqp.Connection = kombu_conn.connection
+        channel = conn.channel()
+        try:
+            yield conn, channel
+        finally:
+            if channel.is_open:
+                # Unacknowledged messages go back to their queue, in their place.
+                channel.close()
+
+
+def _depth(conn: amqp.Connection, queue: str) -> int | None:
+    """Messages ready in ``queue``, or None when it does not exist (a passive declare fails and
+    closes its channel, so each probe has a channel of its own)."""
+    channel = conn.channel()
+    try:
+        _name, count, _consumers = channel.queue_declare(queue, passive=True)
+    except amqp.exceptions.NotFound:
+        return None
+    if channel.is_open:
+        channel.close()
+    return int(count)
+
+
+def dead_letter_depths(amqp_uri: str, queues: Iterable[str]) -> dict[str, int]:
+    """``{queue: messages in queue.dead}`` for the queues whose dead-letter queue exists."""
+    depths: dict[str, int] = {}
+    with Connection(amqp_uri, connect_timeout=5) as kombu_conn:
+        kombu_conn.connect()
+        for queue in queues:
+            depth = _depth(kombu_conn.connection, live_queue(queue) + DEAD_SUFFIX)
+            if depth is not None:
+                depths[live_queue(queue)] = depth
+    return depths
+
+
+def _when(value: Any) -> str | None:
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC).isoformat()
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None if value is None else str(value)
+
+
+def describe(queue: str, message: amqp.Message) -> dict[str, Any]:
+    """What an operator needs to decide on a dead letter: ids, type, counts, reason, time."""
+    properties = message.properties
+    headers = properties.get("application_headers") or {}
+    deaths = [d for d in headers.get("x-death") or () if isinstance(d, dict)]
+    first = deaths[-1] if deaths else {}  # RabbitMQ puts the most recent death first
+    event_type = _text(properties.get("type"))
+    if event_type is None:
+        try:
+            body = json.loads(message.body)
+            event_type = f"{body.get('source')}.{body.get('type')}" if body.get("type") else None
+        except (ValueError, TypeError, AttributeError):
+            event_type = None
+    return {
+        "queue": queue,
+        "message_id": _text(properties.get("message_id")),
+        "event_type": event_type,
+        "deaths": sum(int(d.get("count", 1)) for d in deaths),
+        "delivery_count": headers.get("x-delivery-count"),
+        "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
+        "dead_since": _when(first.get("time")),
+    }
+
+
+def _take(channel: amqp.Channel, queue: str, limit: int) -> Iterator[amqp.Message]:
+    """Up to ``limit`` messages of ``queue``, unacknowledged."""
+    for _ in range(limit):
+        message = channel.basic_get(queue, no_ack=False)
+        if message is None:
+            return
+        yield message
+
+
+def list_dead_letters(
+    amqp_uri: str, queue: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The dead letters of ``queue`` (a consumer queue), or of every platform queue."""
+    queues = [live_queue(queue)] if queue else platform_queues()
+    items: list[dict[str, Any]] = []
+    with _channel(amqp_uri) as (conn, channel):
+        for name in queues:
+            depth = _depth(conn, name + DEAD_SUFFIX)
+            if depth is None:
+                if queue:
+                    raise UnknownQueue(f"no dead-letter queue {name + DEAD_SUFFIX}")
+                continue
+            # Bounded by the depth seen now: messages given back are not read a second time.
+            items.extend(describe(name, m) for m in _take(channel, name + DEAD_SUFFIX, depth))
+            if len(items) >= limit:
+                break
+    return items[:limit]
+
+
+def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None = None) -> int:
+    """Move dead letters of ``queue`` back into it (all, or those with ``message_ids``).
+
+    Each is published to the live queue with a publisher confirm, and only then acknowledged
+    in the dead-letter queue: a crash between the two leaves a copy in both, which the
+    consumer's inbox absorbs; nothing is ever in neither. Returns how many moved.
+    """
+    name = live_queue(queue)
+    wanted = set(message_ids) if message_ids is not None else None
+    moved = 0
+    with _channel(amqp_uri) as (conn, channel):
+        depth = _depth(conn, name + DEAD_SUFFIX)
+        if depth is None:
+            raise UnknownQueue(f"no dead-letter queue {name + DEAD_SUFFIX}")
+        if _depth(conn, name) is None:
+            raise UnknownQueue(f"no queue {name} to replay into")
+        publisher = conn.channel()
+        publisher.confirm_select()
+        try:
+            for message in _take(channel, name + DEAD_SUFFIX, depth):
+                message_id = _text(message.properties.get("message_id"))
+                if wanted is not None and message_id not in wanted:
+                    continue  # given back when the channel closes
+                properties = dict(message.properties)
+                headers = {
+                    k: v
+                    for k, v in (properties.pop("application_headers", None) or {}).items()
+                    if k not in _DEATH_HEADERS
+                }
+                replayed = amqp.Message(message.body, application_headers=headers, **properties)
+                # The default exchange routes to the live queue only: the other subscribers
+                # of the event had it already.
+                publisher.basic_publish_confirm(replayed, exchange="", routing_key=name)
+                channel.basic_ack(message.delivery_tag)
+                moved += 1
+                log.info("replayed dead letter %s into %s", message_id, name)
+        finally:
+            if publisher.is_open:
+                publisher.close()
+    return moved
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kernel.config import Settings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kernel.deadletters", description="List and replay dead letters."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="list dead letters (ids, types, reasons; no bodies)")
+    listing.add_argument("--queue", help="one consumer queue, e.g. tickets.accounts")
+    replay = sub.add_parser("replay", help="move dead letters back into their queue")
+    replay.add_argument("queue", help="the consumer queue, e.g. tickets.accounts")
+    replay.add_argument("--id", action="append", dest="ids", help="only this message id")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    try:
+        if args.command == "list":
+            for item in list_dead_letters(settings.amqp_uri, args.queue):
+                print(json.dumps(item))
+        else:
+            moved = replay_dead_letters(settings.amqp_uri, args.queue, args.ids)
+            print(json.dumps({"replayed": moved}))
+    except UnknownQueue as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Runtime operations of every process: health, readiness and Prometheus metrics.
+
+Each process serves, on its ops port (``LEDGERDESK_OPS_PORT``; 0 picks a free one):
+
+- ``GET /healthz``: 200 ``{"status": "ok"}`` while the process runs;
+- ``GET /readyz``: 200 when its database and the broker answer, else 503, with the checks;
+- ``GET /metrics``: Prometheus text.
+
+A service gets all of it from one dependency, ``Operations`` (``kernel.runner`` adds it to any
+service class that does not declare one). Counters are incremented in one place each: the
+durable consumer counts messages and redeliveries, ``Operations`` times every worker. Gauges
+that describe state (outbox lag, dead letters) are read when scraped, so they are never stale.
+Metrics carry service, queue, entrypoint and route-template labels: never ids or payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import eventlet
+from eventlet import wsgi
+from kombu import Connection
+from nameko.extensions import DependencyProvider, SharedExtension
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kernel import db as kdb
+
+log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+MESSAGES_HANDLED = Counter(
+    "ledgerdesk_messages_handled_total",
+    "Messages taken from a consumer queue, by outcome: handled (acknowledged), failed "
+    "(returned to the queue), rejected (malformed, dead-lettered at once)",
+    ["service", "queue", "outcome"],
+)
+REDELIVERIES = Counter(
+    "ledgerdesk_redeliveries_total",
+    "Messages that arrived again after an earlier delivery failed or was interrupted",
+    ["service", "queue"],
+)
+HANDLER_SECONDS = Histogram(
+    "ledgerdesk_handler_seconds",
+    "Time a worker took, per entrypoint (RPC method, event handler, HTTP endpoint, timer)",
+    ["service", "entrypoint"],
+)
+HTTP_REQUESTS = Counter(
+    "ledgerdesk_http_requests_total",
+    "HTTP requests answered, by route template and status",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "ledgerdesk_http_request_seconds",
+    "Time to answer an HTTP request, by route template",
+    ["route", "method"],
+)
+
+
+# ---------------------------------------------------------------------------- state
+
+
+def outbox_status(database: kdb.Database) -> tuple[int, float | None]:
+    """Unpublished outbox rows, and the age in seconds of the oldest (None when empty)."""
+    with database.transaction() as cur:
+        cur.execute(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8"
+            " FROM outbox WHERE published_at IS NULL"
+        )
+        count, oldest = cur.fetchone()
+    return int(count), (None if oldest is None else round(float(oldest), 3))
+
+
+def service_health(database: kdb.Database) -> dict[str, Any]:
+    """A service's ``health()`` answer: its database, and how far its outbox is behind."""
+    try:
+        lag, oldest = outbox_status(database)
+    except Exception:  # any failure to read is "database not usable", whatever its type
+        return {"database": False, "outbox_lag": 0, "outbox_oldest_seconds": None}
+    return {"database": True, "outbox_lag": lag, "outbox_oldest_seconds": oldest}
+
+
+def broker_reachable(amqp_uri: str, timeout: float = 2.0) -> bool:
+    try:
+        with Connection(amqp_uri, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # any failure to connect means "not ready", whatever its type
+        return False
+
+
+def render_metrics(*registries: CollectorRegistry) -> bytes:
+    """The process's metrics (and those of ``registries``) in Prometheus text format."""
+    return b"".join(generate_latest(r) for r in (REGISTRY, *registries))
+
+
+# ------------------------------------------------------------------------ ops server
+
+
+class _ScrapeTimeGauges(Collector):
+    """Gauges read when scraped: a failing read leaves the gauge out rather than lie."""
+
+    def __init__(self, server: OpsServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        service = self._server.service_name
+        lag = GaugeMetricFamily(
+            "ledgerdesk_outbox_lag_events",
+            "Outbox rows committed but not yet confirmed by the broker",
+            labels=["service"],
+        )
+        oldest = GaugeMetricFamily(
+            "ledgerdesk_outbox_oldest_seconds",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            labels=["service"],
+        )
+        database = self._server.database()
+        if database is not None:
+            try:
+                count, age = outbox_status(database)
+                lag.add_metric([service], count)
+                oldest.add_metric([service], age or 0.0)
+            except Exception as exc:  # the scrape goes on without the gauge
+                log.warning("outbox gauges not read: %s", type(exc).__name__)
+        yield lag
+        yield oldest
+        dead = GaugeMetricFamily(
+            "ledgerdesk_dead_letters",
+            "Messages in a consumer queue's dead-letter queue (<queue>.dead)",
+            labels=["queue"],
+        )
+        queues = self._server.consumer_queues()
+        if queues:
+            from kernel.deadletters import dead_letter_depths
+
+            try:
+                for queue, depth in dead_letter_depths(self._server.amqp_uri, queues).items():
+                    dead.add_metric([queue], depth)
+            except Exception as exc:  # broker away: the gauge is absent, readyz says why
+                log.warning("dead-letter gauges not read: %s", type(exc).__name__)
+        yield dead
+
+
+class OpsServer(SharedExtension):
+    """The process's ops HTTP server (one per container), in an eventlet green thread."""
+
+    def setup(self) -> None:
+        from kernel.nameko_adapters import settings_of
+
+        settings = settings_of(self.container)
+        self.service_name: str = self.container.service_name
+        self.amqp_uri: str = settings.amqp_uri
+        self.host: str = settings.ops_host
+        self.requested_port: int = settings.ops_port
+        self.port: int | None = None
+        self._socket: Any = None
+        self._thread: Any = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_ScrapeTimeGauges(self))
+
+    def start(self) -> None:
+        self._socket = eventlet.listen((self.host, self.requested_port))
+        self.port = self._socket.getsockname()[1]
+        self._thread = self.container.spawn_managed_thread(self._serve)
+        log.info("operations endpoints of %s on port %s", self.service_name, self.port)
+
+    def _serve(self) -> None:
+        # No access log: probes every few seconds would drown the process's own lines.
+        wsgi.server(self._socket, self.wsgi_app, log_output=False, log=None)
+
+    def stop(self) -> None:
+        # Subextensions stop last, after every worker finished: the probes answer to the end.
+        self.kill()
+
+    def kill(self) -> None:
+        if self._thread is not None:
+            self._thread.kill()
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    # --- what the endpoints read ----------------------------------------------------------
+
+    def database(self) -> kdb.Database | None:
+        """The service's own database, from whichever dependency holds it."""
+        for extension in self.container.extensions:
+            store = getattr(extension, "store", None)
+            for candidate in (getattr(store, "db", None), getattr(extension, "db", None)):
+                if isinstance(candidate, kdb.Database):
+                    return candidate
+        return None
+
+    def consumer_queues(self) -> list[str]:
+        return sorted(
+            {
+                subscription.queue
+                for entrypoint in self.container.entrypoints
+                if (subscription := getattr(entrypoint, "subscription", None)) is not None
+            }
+        )
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        checks = {"broker": broker_reachable(self.amqp_uri)}
+        database = self.database()
+        if database is not None:
+            checks["database"] = database.ping()
+        return all(checks.values()), checks
+
+    # --- the WSGI app -----------------------------------------------------------------------
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _answer(start_response, 405, {"status": "method not allowed"})
+        if path == "/healthz":
+            return _answer(start_response, 200, {"status": "ok"})
+        if path == "/readyz":
+            ready, checks = self.readiness()
+            body = {"status": "ready" if ready else "not ready", "checks": checks}
+            return _answer(start_response, 200 if ready else 503, body)
+        if path == "/metrics":
+            payload = render_metrics(self._registry)
+            start_response(
+                "200 OK",
+                [("Content-Type", METRICS_CONTENT_TYPE), ("Content-Length", str(len(payload)))],
+            )
+            return [payload]
+        return _answer(start_response, 404, {"status": "not found"})
+
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+def _answer(start_response: Callable, status: int, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body).encode()
+    start_response(
+        f"{status} {_REASONS[status]}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
+    )
+    return [payload]
+
+
+# ------------------------------------------------------------------------- dependency
+
+
+class Operations(DependencyProvider):
+    """Declare once per service: the ops server, and a timer around every worker.
+
+    ``status_of`` maps an exception an HTTP entrypoint raised to the status it answers with
+    (the gateway's problem table), for the request counters.
+    """
+
+    server = OpsServer()
+
+    def __init__(self, status_of: Callable[[BaseException], int] | None = None) -> None:
+        self.status_of = status_of
+        self._started: dict[int, float] = {}
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    def get_dependency(self, worker_ctx: Any) -> OpsServer:
+        return self.server
+
+    def worker_setup(self, worker_ctx: Any) -> None:
+        self._started[id(worker_ctx)] = time.perf_counter()
+
+    def worker_result(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> None:
+        started = self._started.pop(id(worker_ctx), None)
+        if started is None:
+            return
+        elapsed = time.perf_counter() - started
+        entrypoint = worker_ctx.entrypoint
+        HANDLER_SECONDS.labels(worker_ctx.service_name, entrypoint.method_name).observe(elapsed)
+        route = getattr(entrypoint, "url", None)
+        if route is None:
+            return
+        method = str(getattr(entrypoint, "method", "")).upper()
+        if exc_info:
+            exc = exc_info[1]
+            status = self.status_of(exc) if self.status_of is not None else 500
+        else:
+            status = getattr(result, "status_code", 200)
+        HTTP_REQUESTS.labels(route, method, str(status)).inc()
+        HTTP_SECONDS.labels(route, method).observe(elapsed)
+
+    def worker_teardown(self, worker_ctx: Any) -> None:
+        # worker_result is skipped for a worker killed mid-flight: forget its start here.
+        self._started.pop(id(worker_ctx), None)

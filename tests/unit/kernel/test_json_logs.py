@@ -1,0 +1,72 @@
+"""The processes' log lines: one JSON object each, with the current trace, and no exception text."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from kernel.runner import ExceptionTypesOnly, JsonLines, configure_logging
+
+
+@pytest.fixture
+def captured():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLines("tickets"))
+    handler.addFilter(ExceptionTypesOnly())
+    logger = logging.getLogger("ledgerdesk.test.jsonlogs")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, stream
+    logger.removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_line_is_one_json_object_with_the_current_trace(captured):
+    logger, stream = captured
+    tracer = TracerProvider().get_tracer("test")
+    logger.info("outside any span")
+    with tracer.start_as_current_span("work") as span:
+        logger.warning("handled %s", "e-1")
+    outside, inside = lines(stream)
+    assert set(outside) == {"time", "level", "service", "logger", "message"}
+    assert outside["service"] == "tickets" and outside["level"] == "INFO"
+    context = span.get_span_context()
+    assert inside["message"] == "handled e-1"
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
+
+
+def test_exception_text_never_reaches_the_line(captured):
+    logger, stream = captured
+    email = "".join(("zoë", "@", "example.com"))  # not in the source the frames quote
+    try:
+        raise ValueError(f"duplicate key (email)=({email})")
+    except ValueError as exc:
+        logger.exception("error handling worker %s: %s", "tickets.create", exc)
+    [line] = lines(stream)
+    assert line["message"] == "error handling worker tickets.create: ValueError"
+    assert line["error"] == "ValueError" and "test_json_logs.py" in line["frames"]
+    assert email not in stream.getvalue()
+
+
+def test_text_format_stays_for_humans():
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("tickets", "text")
+        [handler] = root.handlers
+        assert not isinstance(handler.formatter, JsonLines)
+        configure_logging("tickets", "json")
+        assert isinstance(root.handlers[0].formatter, JsonLines)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
