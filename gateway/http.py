@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ from kernel import outbox
 from kernel.cards import contains_card_number
 from kernel.db import Database
 from kernel.errors import DomainError, ValidationFailed
+from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import prepare_databases, settings_of
 from kernel.relay import OutboxRelay
 
@@ -80,8 +82,16 @@ class GatewayStore(SharedExtension):
         prepare_databases(settings, "gateway", MIGRATIONS)
         self.db = Database(settings.database_dsn("gateway"), maxconn=settings.max_workers + 5)
         self.idempotency = IdempotencyStore(self.db)
+        # Concurrent requests share the access-log transaction (one commit for those that
+        # finish meanwhile); each still returns only once its own record is committed.
+        self.access_log: GroupCommit[Any, None] = GroupCommit(
+            self._record_accesses, self._record_access
+        )
         self.relay = OutboxRelay(
-            settings.database_dsn("gateway"), settings.amqp_uri, settings.relay_batch_size
+            settings.database_dsn("gateway"),
+            settings.amqp_uri,
+            settings.relay_batch_size,
+            heartbeat=settings.heartbeat,
         )
         self._relay_thread: Any = None
 
@@ -97,6 +107,14 @@ class GatewayStore(SharedExtension):
         self.relay.stop()
 
     def record_access(self, envelope: Any) -> None:
+        self.access_log.submit(envelope)
+
+    def _record_accesses(self, envelopes: Sequence[Any]) -> list[None]:
+        with self.db.transaction() as cur:
+            outbox.add(cur, envelopes)
+        return [None] * len(envelopes)
+
+    def _record_access(self, envelope: Any) -> None:
         with self.db.transaction() as cur:
             outbox.add(cur, [envelope])
 

@@ -437,6 +437,57 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "get",
+        "/v1/privacy/requests",
+        "This tenant's requests, oldest first; filter by status",
+        "200",
+        "PrivacyRequestListOut",
+        roles=("admin",),
+        errors=("422",),
+        list_params=True,
+        filters=("status",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/privacy/requests/{request_id}/approve",
+        "Approve a request that waits for approval (not by the admin who filed it)",
+        "200",
+        "PrivacyRequestOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("request_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/privacy/requests/{request_id}/deny",
+        "Deny a request that waits for approval, with the reason",
+        "200",
+        "PrivacyRequestOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("request_id",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/privacy/approval-policy",
+        "The request types that wait for a second admin's approval",
+        "200",
+        "ApprovalPolicyOut",
+        roles=("admin",),
+    ),
+    Endpoint(
+        "put",
+        "/v1/privacy/approval-policy",
+        "Set the request types that wait for a second admin's approval",
+        "200",
+        "ApprovalPolicyOut",
+        roles=("admin",),
+        body="SetApprovalPolicyV1",
+        errors=("400", "413", "422"),
+    ),
+    Endpoint(
+        "get",
         "/v1/privacy/requests/{request_id}",
         "A request and every service's answer",
         "200",
@@ -542,6 +593,52 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=("503",),
     ),
     Endpoint("get", "/v1/openapi.json", "This document", "200", None, auth=None),
+    Endpoint("get", "/metrics", "Prometheus metrics of this process", "200", None, auth=None),
+    Endpoint(
+        "get",
+        "/v1/operator/health",
+        "Every service's readiness and outbox lag, and the broker (operator)",
+        "200",
+        "OperatorHealthOut",
+        auth="operator",
+    ),
+    Endpoint(
+        "get",
+        "/v1/operator/dead-letters",
+        "Dead letters of every consumer queue, or of ?queue= (ids and reasons only; operator)",
+        "200",
+        "DeadLetterListOut",
+        auth="operator",
+        errors=("404", "422"),
+        filters=("queue",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/operator/dead-letters/{queue}/replay",
+        "Move dead letters (all, or those in ids) back into their queue (operator)",
+        "200",
+        "ReplayedOut",
+        auth="operator",
+        body="ReplayDeadLettersV1",
+        errors=("400", "404", "413", "422"),
+        path_params=("queue",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/me",
+        "Who the key belongs to: agent, tenant and role",
+        "200",
+        "MeOut",
+        roles=("admin", "agent", "auditor"),
+    ),
+    Endpoint(
+        "get",
+        "/v1/audit/public-key",
+        "The platform's audit public key, which signs receipts and checkpoints",
+        "200",
+        "PublicKeyOut",
+        roles=("admin", "auditor"),
+    ),
 )
 
 
@@ -562,6 +659,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         }
     if endpoint.path == "/v1/openapi.json":
         success["content"] = {"application/json": {"schema": {"type": "object"}}}
+    if endpoint.path == "/metrics":
+        success["content"] = {"text/plain": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {endpoint.status: success}
     errors = set(endpoint.errors)
     if endpoint.auth:
@@ -600,11 +699,13 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         ]
     for name in endpoint.filters:
         schema: dict[str, Any] = {"type": "string"}
-        if name == "status":
+        if name == "status" and endpoint.path.startswith("/v1/privacy/"):
+            schema["enum"] = schemas.PRIVACY_STATUSES
+        elif name == "status":
             schema["enum"] = ["new", "open", "pending", "solved", "closed"]
         elif name in ("from", "to"):
             schema["format"] = "date-time"
-        elif name != "type":
+        elif name not in ("type", "queue"):
             schema["format"] = "uuid"
         parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if endpoint.if_match:

@@ -16,10 +16,17 @@ from services.accounts.commands import (
     SignUpV1,
 )
 from services.billing.commands import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
-from services.retention.commands import FilePrivacyRequestV1, SetPolicyV1
+from services.retention.commands import (
+    DecideRequestV1,
+    FilePrivacyRequestV1,
+    SetApprovalPolicyV1,
+    SetPolicyV1,
+)
 from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
+    "DecideRequestV1",
+    "SetApprovalPolicyV1",
     "SetPolicyV1",
     "FilePrivacyRequestV1",
     "AddPaymentMethodV1",
@@ -318,12 +325,26 @@ class ServiceAnswerOut(Schema):
     detail = fields.String()
     basis = fields.String(metadata={"description": "the legal basis of a retention"})
     until = fields.String(metadata={"description": "the day a legal hold ends"})
+    attempts = fields.Integer(metadata={"description": "how many times the command was sent"})
+    next_attempt_at = fields.DateTime(
+        metadata={"description": "when an unanswered or failed part is asked again"}
+    )
+
+
+PRIVACY_STATUSES = ["awaiting_approval", "pending", "completed", "failed", "denied"]
+
+
+class ApprovalOut(Schema):
+    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decided_by = fields.UUID(required=True)
+    decided_at = fields.DateTime(required=True)
+    reason = fields.String(required=True)
 
 
 class PrivacyRequestOut(Schema):
     id = fields.UUID(required=True)
     type = fields.String(required=True)
-    status = fields.String(required=True, metadata={"enum": ["pending", "completed", "failed"]})
+    status = fields.String(required=True, metadata={"enum": PRIVACY_STATUSES})
     subject = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     services = fields.Dict(
         keys=fields.String(), values=fields.Nested(ServiceAnswerOut), required=True
@@ -331,6 +352,18 @@ class PrivacyRequestOut(Schema):
     created_at = fields.DateTime(required=True)
     due_at = fields.DateTime(required=True)
     completed_at = fields.DateTime(required=True, allow_none=True)
+    filed_by = fields.UUID()
+    approval = fields.Nested(ApprovalOut, allow_none=True)
+
+
+class PrivacyRequestListOut(Schema):
+    items = fields.List(fields.Nested(PrivacyRequestOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class ApprovalPolicyOut(Schema):
+    requires_approval = fields.List(fields.String(), required=True)
+    source = fields.String(required=True, metadata={"enum": ["default", "tenant"]})
 
 
 class ReceiptOut(Schema):
@@ -392,3 +425,55 @@ class Problem(Schema):
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
     errors = fields.Dict(keys=fields.String(), values=fields.Raw())
+
+
+class MeOut(Schema):
+    agent_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
+
+
+class PublicKeyOut(Schema):
+    algorithm = fields.String(required=True, metadata={"enum": ["Ed25519"]})
+    key_id = fields.String(required=True)
+    public_key = fields.String(required=True, metadata={"description": "raw key, base64"})
+
+
+# --- operations (gateway/operations.py) ---------------------------------------------------------
+
+
+class ServiceHealthOut(Schema):
+    ready = fields.Boolean(required=True)
+    database = fields.Boolean(required=True)
+    outbox_lag = fields.Integer(required=True, metadata={"description": "unpublished events"})
+    outbox_oldest_seconds = fields.Float(required=True, allow_none=True)
+    reachable = fields.Boolean(metadata={"description": "the service answered its health RPC"})
+
+
+class OperatorHealthOut(Schema):
+    services = fields.Dict(
+        keys=fields.String(), values=fields.Nested(ServiceHealthOut), required=True
+    )
+    broker = fields.Boolean(required=True)
+
+
+class DeadLetterOut(Schema):
+    queue = fields.String(required=True, metadata={"description": "the consumer queue"})
+    message_id = fields.String(required=True, allow_none=True)
+    event_type = fields.String(required=True, allow_none=True)
+    deaths = fields.Integer(required=True)
+    delivery_count = fields.Integer(allow_none=True)
+    reason = fields.String(required=True, allow_none=True)
+    dead_since = fields.DateTime(required=True, allow_none=True)
+
+
+class DeadLetterListOut(Schema):
+    items = fields.List(fields.Nested(DeadLetterOut), required=True)
+
+
+class ReplayDeadLettersV1(Schema):
+    ids = fields.List(fields.String(), metadata={"description": "only these message ids"})
+
+
+class ReplayedOut(Schema):
+    replayed = fields.Integer(required=True)

@@ -17,6 +17,7 @@ from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
 from gateway import problems, schemas
+from gateway.console import ConsoleRoutes
 from gateway.http import (
     IDENTITY,
     RESOURCES,
@@ -29,6 +30,7 @@ from gateway.http import (
 from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from gateway.idempotency import IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
+from gateway.operations import OperationsRoutes
 from gateway.pagination import encode_cursor, page_params
 from gateway.ratelimit import RateLimiter
 from kernel.cards import contains_card_number
@@ -42,6 +44,7 @@ from kernel.errors import (
     ValidationFailed,
 )
 from kernel.nameko_adapters import TimedRpcProxy, settings_of
+from kernel.signing import signer_from_config
 from kernel.tracing import Tracing
 
 _OPENAPI = build_spec()
@@ -72,7 +75,7 @@ class Idempotency(DependencyProvider):
         return self.gateway_store.idempotency
 
 
-class GatewayService:
+class GatewayService(ConsoleRoutes, OperationsRoutes):
     name = "gateway"
 
     accounts = TimedRpcProxy("accounts")
@@ -187,6 +190,15 @@ class GatewayService:
             return json_response(201, created)
 
         return self._idempotent(request, "signup", produce)
+
+    @api("GET", "/v1/me")
+    def me(self, request: Request) -> Response:
+        """Who the key belongs to, so a client (the console) can offer what the role may do."""
+        caller = self._caller(request, ANYONE)
+        return json_response(
+            200,
+            {k: caller[k] for k in ("agent_id", "tenant_id", "role")},
+        )
 
     @api("GET", "/v1/tenant")
     def get_tenant(self, request: Request) -> Response:
@@ -470,6 +482,17 @@ class GatewayService:
             raise NotFound("no such entry")
         return json_response(200, self.audit.proof(caller["tenant_id"], int(seq)))
 
+    @api("GET", "/v1/audit/public-key")
+    def audit_public_key(self, request: Request) -> Response:
+        """The key receipts and checkpoints must be signed with, to check them against: the key
+        a receipt carries proves only that someone signed it."""
+        self._caller(request, AUDIT)
+        signer = signer_from_config(self.config["LEDGERDESK"].audit_signing_key)
+        return json_response(
+            200,
+            {"algorithm": "Ed25519", "key_id": signer.key_id, "public_key": signer.public_key_b64},
+        )
+
     @api("GET", "/v1/operator/audit/entries")
     def operator_audit_entries(self, request: Request) -> Response:
         self._operator(request)
@@ -490,6 +513,43 @@ class GatewayService:
         created = filed.pop("created")
         request.environ[RESOURCES] = [filed["id"], *filed["subject"].values()]
         return json_response(202 if created else 200, filed)
+
+    @api("GET", "/v1/privacy/requests")
+    def list_privacy_requests(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        limit, after = self._page(request)
+        status = request.args.get("status") or None
+        if status is not None and status not in schemas.PRIVACY_STATUSES:
+            raise ValidationFailed({"status": [f"one of {', '.join(schemas.PRIVACY_STATUSES)}"]})
+        return self._listing(
+            self.retention.list_requests(caller["tenant_id"], status, limit, after)
+        )
+
+    @api("POST", "/v1/privacy/requests/<string:request_id>/approve")
+    def approve_privacy_request(self, request: Request, request_id: str) -> Response:
+        return self._decide(request, request_id, "approved")
+
+    @api("POST", "/v1/privacy/requests/<string:request_id>/deny")
+    def deny_privacy_request(self, request: Request, request_id: str) -> Response:
+        return self._decide(request, request_id, "denied")
+
+    def _decide(self, request: Request, request_id: str, decision: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.DecideRequestV1())
+        decided = self.retention.decide_request(caller, request_id, decision, command)
+        request.environ[RESOURCES] = [decided["id"], *decided["subject"].values()]
+        return json_response(200, decided)
+
+    @api("GET", "/v1/privacy/approval-policy")
+    def approval_policy(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.approval_policy(caller["tenant_id"]))
+
+    @api("PUT", "/v1/privacy/approval-policy")
+    def set_approval_policy(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.SetApprovalPolicyV1())
+        return json_response(200, self.retention.set_approval_policy(caller, command))
 
     @api("GET", "/v1/privacy/requests/<string:request_id>")
     def get_privacy_request(self, request: Request, request_id: str) -> Response:

@@ -18,6 +18,16 @@ if [ -z "${LEDGERDESK_DATABASE_URL:-}" ] && command -v pg_isready >/dev/null; th
     pg_ctlcluster --skip-systemctl-redirect "$version" main start
   fi
   wait_for 60 "PostgreSQL" pg_isready -q -h 127.0.0.1 -p 5432
+  # Each stack the tests start holds a pool per service: 100 connections (the packaged
+  # default) run out when stacks overlap, so a local server gets room for more.
+  if [ "$(psql -h 127.0.0.1 -U postgres -Atc 'show max_connections' 2>/dev/null || echo 0)" -lt 300 ] \
+      && command -v pg_ctlcluster >/dev/null; then
+    echo "ensure-services: raising PostgreSQL max_connections to 400 (restart)"
+    psql -q -h 127.0.0.1 -U postgres -c 'ALTER SYSTEM SET max_connections = 400'
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    wait_for 60 "PostgreSQL" pg_isready -q -h 127.0.0.1 -p 5432
+  fi
 fi
 
 if [ -z "${LEDGERDESK_AMQP_URI:-}" ] && command -v rabbitmq-server >/dev/null; then

@@ -1,0 +1,114 @@
+"""Mixed into the gateway service: what operators (and the console's operations view) read.
+
+- ``GET /metrics``: the gateway process's Prometheus metrics, on the API port too;
+- ``GET /v1/operator/health``: every service's readiness and outbox lag, and the broker;
+- ``GET /v1/operator/dead-letters``, ``POST /v1/operator/dead-letters/{queue}/replay``.
+
+Dead letters are listed by id, type and reason only; replay moves them back into the consumer
+queue they came from, and only into a queue of the platform.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import eventlet
+from werkzeug.wrappers import Request, Response
+
+from gateway import problems, schemas
+from gateway.http import api, json_response, read_json
+from kernel import deadletters
+from kernel.errors import DomainError, NotFound, ServiceUnavailable
+from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
+
+SERVICES = ("accounts", "tickets", "billing", "audit", "retention")
+
+
+def status_of(exc: BaseException) -> int:
+    """The status an exception answers with: the gateway's one problem table."""
+    for exc_type, status, _title in problems.PROBLEMS:
+        if isinstance(exc, exc_type):
+            return status
+    return 500
+
+
+class OperationsRoutes:
+    """The gateway's operations endpoints; ``ops`` also serves them on the ops port."""
+
+    ops = Operations(status_of=status_of)
+    config: Any
+
+    def _operator(self, request: Request) -> None:  # the gateway's own, operator token
+        raise NotImplementedError
+
+    @api("GET", "/metrics")
+    def metrics(self, request: Request) -> Response:
+        return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)
+
+    @api("GET", "/v1/operator/health")
+    def operator_health(self, request: Request) -> Response:
+        self._operator(request)
+        # In parallel: a service that is down costs one RPC timeout, not one each.
+        pile: eventlet.GreenPile = eventlet.GreenPile()
+        for name in SERVICES:
+            pile.spawn(self._service_health, name)
+        services = dict(zip(SERVICES, pile, strict=True))
+        broker = broker_reachable(self.config["AMQP_URI"])
+        return json_response(200, {"services": services, "broker": broker})
+
+    def _service_health(self, name: str) -> dict[str, Any]:
+        try:
+            answer = getattr(self, name).health()
+        except (DomainError, ServiceUnavailable):
+            return {
+                "ready": False,
+                "database": False,
+                "outbox_lag": 0,
+                "outbox_oldest_seconds": None,
+                "reachable": False,
+            }
+        database = bool(answer.get("database"))
+        return {
+            "ready": database,
+            "database": database,
+            "outbox_lag": int(answer.get("outbox_lag") or 0),
+            "outbox_oldest_seconds": answer.get("outbox_oldest_seconds"),
+            "reachable": True,
+        }
+
+    @api("GET", "/v1/operator/dead-letters")
+    def dead_letters(self, request: Request) -> Response:
+        self._operator(request)
+        queue = request.args.get("queue") or None
+        if queue is not None:
+            queue = _platform_queue(queue)
+        try:
+            items = deadletters.list_dead_letters(self.config["AMQP_URI"], queue)
+        except deadletters.UnknownQueue:
+            raise NotFound("no such queue") from None
+        except OSError:
+            raise ServiceUnavailable("the broker is not reachable") from None
+        return json_response(200, {"items": items})
+
+    @api("POST", "/v1/operator/dead-letters/<string:queue>/replay")
+    def replay_dead_letters(self, request: Request, queue: str) -> Response:
+        self._operator(request)
+        name = _platform_queue(queue)
+        command = read_json(request, schemas.ReplayDeadLettersV1()) if request.get_data() else {}
+        try:
+            moved = deadletters.replay_dead_letters(
+                self.config["AMQP_URI"], name, command.get("ids")
+            )
+        except deadletters.UnknownQueue:
+            raise NotFound("no such queue") from None
+        except OSError:
+            raise ServiceUnavailable("the broker is not reachable") from None
+        return json_response(200, {"replayed": moved})
+
+
+def _platform_queue(queue: str) -> str:
+    """A consumer queue of the platform, or 404: nothing is ever published to another."""
+    name = deadletters.live_queue(queue)
+    if name not in deadletters.platform_queues():
+        raise NotFound("no such queue")
+    return name

@@ -1,0 +1,183 @@
+"""docker-compose.yml: valid Compose, every service of the code in it, and secrets that are
+development defaults production refuses."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import hashlib
+import json
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from kernel.config import (
+    DEV_API_KEY_SECRET,
+    DEV_AUDIT_SIGNING_KEY,
+    DEV_MASTER_KEY,
+    DEV_OPERATOR_TOKEN,
+    ConfigurationError,
+    Settings,
+)
+from services.platform import GATEWAY, SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SECRETS = ("MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN", "AUDIT_SIGNING_KEY")
+
+
+@functools.cache
+def _compose() -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load((ROOT / "docker-compose.yml").read_text(), Loader=loader)
+
+
+def compose() -> dict[str, Any]:
+    """A fresh copy, so a test that edits it edits its own."""
+    return copy.deepcopy(_compose())
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${NAME}``, ``${NAME:-default}`` and ``${NAME-default}``, as it would run."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, default = match.group(1), match.group(2), match.group(3) or ""
+        if op == ":-":
+            return env.get(name) or default
+        if op == "-":
+            return env.get(name, default)
+        return env.get(name, "")
+
+    return re.sub(r"\$\{(\w+)(?:(:?-)([^}]*))?\}", one, value)
+
+
+def environment_of(service: str, env: dict[str, str]) -> dict[str, str]:
+    raw = compose()["services"][service]["environment"]
+    return {name: interpolate(str(value), env) for name, value in raw.items()}
+
+
+def test_the_compose_file_follows_the_compose_specification() -> None:
+    schema = json.loads((HERE / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(compose())]
+    assert errors == []
+    # The schema does refuse what Compose refuses, so the empty list above means something.
+    broken = compose()
+    broken["services"]["tickets"]["command_line"] = "typo"
+    assert list(validator.iter_errors(broken))
+
+
+def test_every_process_of_the_platform_is_a_compose_service_running_its_class() -> None:
+    services = compose()["services"]
+    for name, path in {**SERVICES, "gateway": GATEWAY}.items():
+        assert services[name]["command"] == ["kernel.runner", path], name
+        assert services[name]["build"] == "."
+        depends = services[name]["depends_on"]
+        assert depends["prepare"] == {"condition": "service_completed_successfully"}
+        assert depends["rabbitmq"] == {"condition": "service_healthy"}
+        assert depends["postgres"] == {"condition": "service_healthy"}
+    assert services["prepare"]["command"] == ["services.platform", "prepare"]
+    assert services["prepare"]["restart"] == "no"
+    images = {services[name]["image"] for name in [*SERVICES, "gateway", "prepare"]}
+    assert len(images) == 1, "one image for every process"
+
+
+def test_services_can_be_scaled_and_only_the_gateway_publishes_a_port() -> None:
+    services = compose()["services"]
+    for name in SERVICES:
+        # A fixed host port or container name would make `--scale NAME=3` fail.
+        assert "ports" not in services[name], name
+        assert "container_name" not in services[name], name
+    assert [p.rsplit(":", 1)[-1] for p in services["gateway"]["ports"]] == ["8000"]
+    assert environment_of("gateway", {})["LEDGERDESK_GATEWAY_HOST"] == "0.0.0.0"
+
+
+def test_infrastructure_is_healthy_before_services_start_and_traces_reach_jaeger() -> None:
+    services = compose()["services"]
+    for name in ("postgres", "rabbitmq"):
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+    for volume in services["rabbitmq"]["volumes"] + services["otel-collector"]["volumes"]:
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / source).is_file(), source
+    collector = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
+    pipeline = collector["service"]["pipelines"]["traces"]
+    for kind in ("receivers", "processors", "exporters"):
+        for component in pipeline[kind]:
+            assert component in collector[kind], component
+    exporter = collector["exporters"][pipeline["exporters"][0]]["endpoint"]
+    assert exporter.split(":")[0] in services, "the collector exports to a compose service"
+    endpoint = urllib.parse.urlsplit(environment_of("tickets", {})["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert endpoint.hostname == "otel-collector" and endpoint.hostname in services
+    receiver = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert receiver.rsplit(":", 1)[-1] == str(endpoint.port) == "4318"
+
+
+def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses() -> None:
+    defaults = Settings.from_env(environment_of("accounts", {}))
+    dev = Settings.from_env({"LEDGERDESK_MASTER_KEY": DEV_MASTER_KEY})
+    assert defaults.master_keys == dev.master_keys
+    assert defaults.api_key_secret == DEV_API_KEY_SECRET
+    assert defaults.operator_token == DEV_OPERATOR_TOKEN
+    assert defaults.audit_signing_key == DEV_AUDIT_SIGNING_KEY
+
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(environment_of("accounts", {"LEDGERDESK_ENV": "production"}))
+    for name in SECRETS:
+        assert f"LEDGERDESK_{name}" in str(refused.value)
+
+    real = {
+        "LEDGERDESK_ENV": "production",
+        "LEDGERDESK_MASTER_KEY": "k1:" + base64.b64encode(bytes(range(32))).decode(),
+        "LEDGERDESK_API_KEY_SECRET": "a-real-secret",
+        "LEDGERDESK_OPERATOR_TOKEN": "a-real-token",
+        "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
+    }
+    settings = Settings.from_env(environment_of("accounts", real))
+    assert settings.environment == "production" and settings.current_master_key_id == "k1"
+
+
+def test_the_broker_credentials_in_compose_open_the_dev_user_of_the_definitions() -> None:
+    users = json.loads((ROOT / "deploy" / "rabbitmq" / "dev-users.json").read_text())
+    env = environment_of("tickets", {})
+    for variable in ("LEDGERDESK_AMQP_URI", "LEDGERDESK_RABBIT_MANAGEMENT_URL"):
+        url = urllib.parse.urlsplit(env[variable])
+        assert url.hostname == "rabbitmq" and url.password and "dev-insecure" in url.password
+        (user,) = [u for u in users["users"] if u["name"] == url.username]
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        stored = base64.b64decode(user["password_hash"])
+        salt, digest = stored[:4], stored[4:]
+        assert hashlib.sha256(salt + url.password.encode()).digest() == digest
+        (grant,) = [p for p in users["permissions"] if p["user"] == url.username]
+        assert grant["vhost"] == urllib.parse.unquote(url.path.lstrip("/") or "/")
+
+
+class _Recording(dict):
+    """An environment that remembers every name asked of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: set[str] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+
+def test_every_ledgerdesk_variable_in_compose_is_one_the_code_reads() -> None:
+    env = _Recording(environment_of("tickets", {}))
+    Settings.from_env(env)
+    given = {name for name in env if name.startswith("LEDGERDESK_")}
+    assert given <= env.asked, f"not read by Settings: {sorted(given - env.asked)}"
+
+
+def test_the_compose_delivery_limit_is_the_one_the_broker_definitions_hold() -> None:
+    definitions = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
+    limits = {q["arguments"].get("x-delivery-limit") for q in definitions["queues"]} - {None}
+    assert limits == {Settings.from_env(environment_of("tickets", {})).delivery_limit}

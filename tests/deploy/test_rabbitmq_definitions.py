@@ -1,0 +1,109 @@
+"""deploy/rabbitmq/definitions.json is the topology the code declares: the expectations come
+from services.platform.subscriptions(), kernel.topology and the RPC queues of
+kernel.nameko_adapters, so the file cannot drift from them, and a real broker confirms that
+declaring the code's topology over the file changes nothing."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from amqp.exceptions import PreconditionFailed
+
+from kernel import topology
+from kernel.config import Settings
+from kernel.nameko_adapters import declare_rpc_queues, rpc_queue
+from kernel.testing import Infrastructure, make_world
+from services.platform import SERVICES, subscriptions
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
+
+
+def definitions() -> dict[str, Any]:
+    return json.loads(DEFINITIONS.read_text())
+
+
+def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
+    queues: dict[str, dict[str, Any]] = {}
+    for subscription in subscriptions():
+        queues[subscription.queue] = subscription.kombu_queue(delivery_limit).queue_arguments
+        queues[subscription.dead_letter_queue] = {}
+    for service in SERVICES:
+        queues[rpc_queue(service).name] = rpc_queue(service).queue_arguments
+    return queues
+
+
+def expected_bindings() -> set[tuple[str, str, str]]:
+    found = set()
+    for subscription in subscriptions():
+        for key in subscription.bindings:
+            found.add((topology.EVENTS_EXCHANGE, subscription.queue, key))
+        found.add(
+            (topology.DEAD_LETTER_EXCHANGE, subscription.dead_letter_queue, subscription.queue)
+        )
+    for service in SERVICES:
+        queue = rpc_queue(service)
+        found.add((queue.exchange.name, queue.name, queue.routing_key))
+    return found
+
+
+def test_every_queue_of_the_code_is_defined_with_its_arguments() -> None:
+    defined = definitions()
+    queues = {q["name"]: q for q in defined["queues"]}
+    assert {name: q["arguments"] for name, q in queues.items()} == expected_queues(
+        Settings().delivery_limit
+    )
+    assert all(q["durable"] and not q["auto_delete"] for q in queues.values())
+    assert {q["vhost"] for q in queues.values()} == {"/"}
+
+
+def test_the_exchanges_and_bindings_are_the_codes() -> None:
+    defined = definitions()
+    exchanges = {e["name"]: (e["type"], e["durable"]) for e in defined["exchanges"]}
+    rpc_exchange = rpc_queue("any").exchange
+    assert exchanges == {
+        topology.EVENTS_EXCHANGE: (topology.events_exchange.type, True),
+        topology.DEAD_LETTER_EXCHANGE: (topology.dead_letter_exchange.type, True),
+        rpc_exchange.name: (rpc_exchange.type, True),
+    }
+    bindings = [
+        (b["source"], b["destination"], b["routing_key"])
+        for b in defined["bindings"]
+        if b["destination_type"] == "queue"
+    ]
+    assert len(bindings) == len(defined["bindings"]) == len(set(bindings))
+    assert set(bindings) == expected_bindings()
+
+
+def queues_on(infrastructure: Infrastructure, vhost: str) -> dict[str, tuple[str, dict]]:
+    listed = infrastructure.management("GET", f"/api/queues/{urllib.parse.quote(vhost, safe='')}")
+    return {q["name"]: (q.get("type", "classic"), q["arguments"]) for q in listed.json()}
+
+
+def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchanged(
+    infrastructure: Infrastructure,
+) -> None:
+    limit = Settings().delivery_limit
+    with make_world(infrastructure, LEDGERDESK_DELIVERY_LIMIT=str(limit)) as world:
+        vhost = world.database_prefix  # the world's vhost has the same name
+        body = {k: definitions()[k] for k in ("exchanges", "queues", "bindings", "policies")}
+        infrastructure.management("POST", f"/api/definitions/{vhost}", json=body)
+        loaded = queues_on(infrastructure, vhost)
+        assert {name: args for name, (_, args) in loaded.items()} == expected_queues(limit)
+        assert {kind for name, (kind, _) in loaded.items() if not name.endswith(".dead")} == {
+            "quorum"
+        }
+
+        # RabbitMQ refuses to redeclare a queue with other arguments, so this passing means
+        # the file and the code agree on every argument of every queue (an RPC queue of another
+        # type would be migrated, and named in the result).
+        topology.declare(world.amqp_uri, subscriptions(), world.delivery_limit)
+        assert declare_rpc_queues(world.amqp_uri, SERVICES) == []
+        assert queues_on(infrastructure, vhost) == loaded
+
+        # ... and a different delivery limit is refused, so the step above could fail.
+        with pytest.raises(PreconditionFailed):
+            topology.declare(world.amqp_uri, subscriptions(), limit + 1)
