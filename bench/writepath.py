@@ -1,0 +1,289 @@
+"""Sections 1 and 3: the write path through the gateway, its raw floor, and fan-out to audit.
+
+Ours: N concurrent HTTP clients create tickets through the gateway. Each request authenticates
+by RPC, creates the ticket by RPC (event append, projection and outbox in one transaction), the
+relay publishes it with confirms, and audit records it in the ledger; the gateway writes an
+access-log event for the ledger too.
+
+The raw floor: one process doing, per request, what the platform's own work comes down to,
+with nothing in between: the same transaction in psycopg2 (events lock, version check, event
+insert, read-model insert, outbox insert) and one pika publish waiting for its confirm.
+
+Fan-out: the ledger stamps ``recorded_at`` when it records an entry, and the entry keeps the
+event's ``occurred_at``, so append-to-ledger latency is read from the ledger after the run:
+no probe adds load while it is measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+import psycopg2
+import requests
+
+from bench.harness import Context, Row, percentile
+from kernel.nameko_adapters import prepare_databases
+from kernel.testing import wait_until
+
+TICKET = {"subject": "order 1234 has not arrived", "body": "where is it?", "priority": "normal"}
+
+
+def _tenant(ctx: Context) -> tuple[str, str, str]:
+    """A new tenant, its admin's key and a contact that tickets already knows."""
+    stack = ctx.stack()
+    signed = stack.sign_up()
+    key = signed["api_key"]
+    contact = stack.call(
+        "POST",
+        "/v1/contacts",
+        key=key,
+        json={"name": "Bench Contact", "email": f"bench.{uuid.uuid4().hex[:8]}@example.com"},
+    )
+    assert contact.status_code == 201, contact.text
+    contact_id = contact.json()["id"]
+    conn = psycopg2.connect(stack.settings.database_dsn("tickets"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+
+            def known() -> bool:
+                cur.execute("SELECT 1 FROM directory WHERE subject_id = %s", (contact_id,))
+                return cur.fetchone() is not None
+
+            wait_until(known, timeout=60, what="tickets to learn of the contact")
+    finally:
+        conn.close()
+    return signed["tenant"]["id"], key, contact_id
+
+
+def _client_loop(
+    url: str,
+    key: str,
+    body: dict[str, Any],
+    until: float,
+    latencies: list[float],
+    errors: list[int],
+    schedule: list[float] | None = None,
+) -> None:
+    """Create tickets until ``until``: back to back, or at the times in ``schedule``.
+
+    With a schedule, latency counts from the planned send time, so a request delayed by a
+    slow predecessor is charged its wait (no coordinated omission).
+    """
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {key}"}
+    planned = iter(schedule) if schedule is not None else None
+    while True:
+        if planned is not None:
+            start = next(planned, None)
+            if start is None:
+                return
+            delay = start - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        else:
+            start = time.perf_counter()
+            if start >= until:
+                return
+        response = session.post(url + "/v1/tickets", json=body, headers=headers, timeout=30)
+        done = time.perf_counter()
+        if response.status_code == 201:
+            latencies.append(done - start)
+        else:
+            errors.append(response.status_code)
+
+
+def _load(
+    url: str, key: str, contact_id: str, clients: int, seconds: float, rate: float | None
+) -> tuple[list[float], list[int], float]:
+    body = {**TICKET, "requester_id": contact_id}
+    latencies: list[float] = []
+    errors: list[int] = []
+    began = time.perf_counter()
+    until = began + seconds
+    schedules: list[list[float] | None] = [None] * clients
+    if rate is not None:
+        interval = 1.0 / rate
+        times = [began + i * interval for i in range(int(seconds * rate))]
+        schedules = [times[n::clients] for n in range(clients)]
+    threads = [
+        threading.Thread(
+            target=_client_loop,
+            args=(url, key, body, until, latencies, errors, schedules[n]),
+            daemon=True,
+        )
+        for n in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, errors, time.perf_counter() - began
+
+
+# --- the raw floor ------------------------------------------------------------------------------
+
+
+def _raw_floor(ctx: Context, seconds: float) -> float:
+    """Requests per second of one process doing the same transaction and one confirmed publish."""
+    settings = ctx.world()
+    prepare_databases(settings, "floor", Path("services/tickets/migrations"))
+    conn = psycopg2.connect(settings.database_dsn("floor"))
+    broker = pika.BlockingConnection(pika.URLParameters(settings.amqp_uri))
+    channel = broker.channel()
+    channel.exchange_declare("bench.floor", "topic", durable=True)
+    channel.queue_declare("bench.floor", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind("bench.floor", "bench.floor", "#")
+    channel.confirm_delivery()
+    tenant, requester = str(uuid.uuid4()), str(uuid.uuid4())
+    done = 0
+    until = time.perf_counter() + seconds
+    began = time.perf_counter()
+    try:
+        while time.perf_counter() < until:
+            ticket, event_id = str(uuid.uuid4()), str(uuid.uuid4())
+            stream = f"Ticket-{ticket}"
+            payload = {**TICKET, "ticket_id": ticket, "tenant_id": tenant, "tags": []}
+            body = json.dumps({"event_id": event_id, "type": "ticket_created", "payload": payload})
+            with conn.cursor() as cur:
+                cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+                cur.execute(
+                    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
+                    (stream,),
+                )
+                cur.fetchone()
+                cur.execute(
+                    "INSERT INTO events (event_id, type, schema_version, source, stream_id,"
+                    " stream_version, tenant_id, occurred_at, actor_id, payload)"
+                    " VALUES (%s, 'ticket_created', 1, 'tickets', %s, 1, %s, now(), %s, %s)",
+                    (event_id, stream, tenant, requester, json.dumps(payload)),
+                )
+                cur.execute(
+                    "INSERT INTO tickets (id, tenant_id, requester_id, subject, body, status,"
+                    " priority, tags, version, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s, 'new', 'normal', '{}', 1, now(), now())",
+                    (ticket, tenant, requester, TICKET["subject"], TICKET["body"]),
+                )
+                cur.execute(
+                    "INSERT INTO outbox (event_id, stream_id, exchange, routing_key, body)"
+                    " VALUES (%s, %s, 'bench.floor', 'tickets.ticket_created', %s)",
+                    (event_id, stream, body),
+                )
+            conn.commit()
+            channel.basic_publish(
+                "bench.floor",
+                "tickets.ticket_created",
+                body.encode(),
+                pika.BasicProperties(content_type="application/json", delivery_mode=2),
+                mandatory=True,
+            )
+            done += 1
+    finally:
+        broker.close()
+        conn.close()
+    return done / (time.perf_counter() - began)
+
+
+# --- fan-out ------------------------------------------------------------------------------------
+
+
+def _fanout(ctx: Context, tenant_id: str, since: dt.datetime) -> list[float]:
+    """Seconds from each ticket's append (since ``since``) to its ledger entry, once every
+    ticket the tenant has is recorded."""
+    expected = _ticket_count(ctx, tenant_id)
+    conn = psycopg2.connect(ctx.stack().settings.database_dsn("audit"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+
+            def recorded() -> bool:
+                cur.execute(
+                    "SELECT count(*) FROM ledger WHERE type = 'ticket_created' AND tenant_id = %s",
+                    (tenant_id,),
+                )
+                return cur.fetchone()[0] >= expected
+
+            wait_until(recorded, timeout=300, interval=0.5, what="audit to record every ticket")
+            cur.execute(
+                "SELECT extract(epoch FROM recorded_at - at) FROM ledger"
+                " WHERE type = 'ticket_created' AND tenant_id = %s AND at >= %s",
+                (tenant_id, since),
+            )
+            return [float(r[0]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def run(ctx: Context, sections: set[str]) -> list[Row]:
+    seconds = 4.0 if ctx.quick else 20.0
+    paced_seconds = 3.0 if ctx.quick else 15.0
+    clients = 4 if ctx.quick else 16
+    stack = ctx.stack()
+    rows: list[Row] = []
+    size = f"{clients} clients, {seconds:.0f} s"
+
+    floor = _raw_floor(ctx, seconds=min(seconds, 10.0))
+    full_tenant, key, contact = _tenant(ctx)
+    half_tenant, half_key, half_contact = _tenant(ctx)
+    # A short warm-up: connections, worker pools and caches are not what is measured.
+    _load(stack.url, key, contact, clients, 1.0, None)
+    measured_from = dt.datetime.now(dt.UTC)
+    latencies, errors, elapsed = _load(stack.url, key, contact, clients, seconds, None)
+    throughput = len(latencies) / elapsed
+    half = throughput / 2
+    paced_from = dt.datetime.now(dt.UTC)
+    paced, paced_errors, _ = _load(stack.url, half_key, half_contact, clients, paced_seconds, half)
+
+    if "write" in sections:
+        rows += [
+            Row(
+                "write",
+                "throughput (tickets/s)",
+                throughput,
+                "req/s",
+                floor,
+                "raw floor: psycopg2 tx + confirmed pika publish, 1 process",
+                "ratio >= 0.5",
+                throughput / floor >= 0.5,
+                f"{size}; {len(errors)} errors",
+            ),
+            Row("write", "p50 latency at max", percentile(latencies, 50) * 1000, "ms", note=size),
+            Row("write", "p95 latency at max", percentile(latencies, 95) * 1000, "ms", note=size),
+            Row("write", "p99 latency at max", percentile(latencies, 99) * 1000, "ms", note=size),
+            Row(
+                "write",
+                f"p99 latency at half max ({half:.0f}/s)",
+                percentile(paced, 99) * 1000,
+                "ms",
+                target="< 100 ms",
+                met=percentile(paced, 99) < 0.1,
+                note=f"open loop, {paced_seconds:.0f} s; p50 {percentile(paced, 50) * 1000:.1f}"
+                f" ms; {len(paced_errors)} errors",
+            ),
+        ]
+    if "fanout" in sections:
+        full = _fanout(ctx, full_tenant, measured_from)
+        at_half = _fanout(ctx, half_tenant, paced_from)
+        for label, values in (("at max load", full), ("at half load", at_half)):
+            rows += [
+                Row("fanout", f"append to ledger p50 {label}", percentile(values, 50) * 1000, "ms"),
+                Row("fanout", f"append to ledger p99 {label}", percentile(values, 99) * 1000, "ms"),
+            ]
+    return rows
+
+
+def _ticket_count(ctx: Context, tenant_id: str) -> int:
+    conn = psycopg2.connect(ctx.stack().settings.database_dsn("tickets"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM tickets WHERE tenant_id = %s", (tenant_id,))
+            return cur.fetchone()[0]
+    finally:
+        conn.close()

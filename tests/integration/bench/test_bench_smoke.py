@@ -1,0 +1,46 @@
+"""The benchmark harness still runs: one cheap section end to end, at its quick size.
+
+Speed is not asserted here (the figures are the benchmark's business); what is checked is that
+the section ran against real PostgreSQL, produced its rows, and wrote the record and the chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from bench.__main__ import run
+
+ROW_KEYS = {
+    "section",
+    "measure",
+    "ours",
+    "unit",
+    "baseline",
+    "baseline_name",
+    "ratio",
+    "target",
+    "met",
+    "note",
+}
+
+
+def test_the_quick_event_store_section_writes_its_record_and_chart(infrastructure, tmp_path):
+    record, rows = run({"eventstore"}, quick=True, out=tmp_path, infrastructure=infrastructure)
+
+    assert record["failures"] == {}
+    written = json.loads((tmp_path / f"{record['date']}-quick.json").read_text())
+    assert written["quick"] is True and written["sections"] == ["eventstore"]
+    assert written["machine"]["cores"] >= 1
+    assert [r["measure"] for r in written["rows"]] == [
+        "append throughput",
+        "catch-up read of 10,000 events",
+    ]
+    for row in written["rows"]:
+        assert set(row) == ROW_KEYS
+        assert row["section"] == "eventstore"
+        assert row["ours"] > 0 and row["baseline"] > 0
+        assert math.isclose(row["ratio"], row["ours"] / row["baseline"])
+        assert row["met"] is (row["ratio"] >= 1)
+    assert (tmp_path / f"{record['date']}-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(rows) == 2

@@ -1,0 +1,126 @@
+"""The distributed case: a three-node RabbitMQ cluster on this machine (loopback ports, quorum
+queues replicated on all three). One node is stopped under load and started again: no accepted
+write is lost, and clients connected to it reconnect to the surviving nodes.
+
+Every process gets the three nodes as failover URLs (``LEDGERDESK_AMQP_URI`` holds them
+``;``-separated; kombu tries them in turn). How to run it: docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+
+from kernel.testing import Infrastructure, free_port, make_world, wait_until, world_env
+from services import platform
+from tests.e2e.conftest import Stack
+from tests.reliability.load import (
+    FAST,
+    TicketLoad,
+    assert_accepted_writes_kept,
+    ready,
+    ticket_writer,
+    wait_for_progress,
+)
+from tests.reliability.nodes import RabbitNode, rabbit_cluster
+
+pytestmark = pytest.mark.reliability
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[RabbitNode]]:
+    with rabbit_cluster(3) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def cluster_stack(nodes: list[RabbitNode], database_url: str) -> Iterator[Stack]:
+    """A whole platform whose every process knows all three nodes, the first one first."""
+    port = free_port()
+    own = nodes[0].infrastructure(database_url)
+    with make_world(own, LEDGERDESK_GATEWAY_PORT=str(port), **FAST) as world:
+        vhost = world.database_prefix
+        settings = world.with_overrides(
+            amqp_uri=";".join(f"{node.amqp_base}/{vhost}" for node in nodes)
+        )
+        platform.prepare(settings)
+        processes = platform.start_processes(world_env(settings))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            assert platform.wait_until_ready(url, processes, timeout=90), "no stack"
+            yield Stack(settings, url, processes)
+        finally:
+            platform.stop_processes(processes)
+
+
+def connected_nodes(watch: Infrastructure, vhost: str) -> set[str]:
+    connections = watch.management("GET", "/api/connections").json()
+    return {c["node"] for c in connections if c.get("vhost") == vhost}
+
+
+def stop_a_node_under_load(
+    stack: Stack, nodes: list[RabbitNode], victim: RabbitNode, database_url: str, patience: float
+) -> None:
+    watch = next(n for n in nodes if n is not victim).infrastructure(database_url)
+    vhost = stack.settings.database_prefix
+    quoted = urllib.parse.quote(vhost, safe="")
+    # Quorum queues are replicated on every node, so losing one loses no message.
+    queues = [s.queue for s in platform.subscriptions()] + [f"rpc-{s}" for s in platform.SERVICES]
+    for queue in queues:
+        info = watch.management("GET", f"/api/queues/{quoted}/{queue}").json()
+        assert sorted(info["members"]) == sorted(n.name for n in nodes), queue
+    # The first URL is everyone's first choice (the statistics lag a few seconds).
+    wait_until(
+        lambda: connected_nodes(watch, vhost) == {nodes[0].name},
+        timeout=30,
+        what="every process connected to the first node",
+    )
+
+    tenant_id, key, contact_id = ticket_writer(stack)
+    with TicketLoad(stack.url, key, contact_id, clients=8) as load:
+        wait_for_progress(load, 100)
+        load.outcomes.phase = f"{victim.name} stopped"
+        victim.stop_app()
+        try:
+            wait_for_progress(load, 150, timeout=patience, what="writes with a node down")
+
+            def on_survivors() -> set[str] | None:
+                found = connected_nodes(watch, vhost)
+                return found if found and victim.name not in found else None
+
+            moved = wait_until(
+                on_survivors,
+                timeout=60,
+                what="every connection on the surviving nodes",
+            )
+        finally:
+            victim.start_app()
+        load.outcomes.phase = f"{victim.name} back"
+        wait_for_progress(load, 100, timeout=120, what="writes after it returned")
+        wait_until(lambda: ready(stack), timeout=60, what="readiness")
+    outcomes = load.outcomes
+    print(f"\n{victim.name} stopped; connections then on {sorted(moved)}: {outcomes.summary()}")
+    assert outcomes.unexpected == {}, outcomes.summary()
+    assert outcomes.hangs == 0 and outcomes.refused == 0, outcomes.summary()
+    assert_accepted_writes_kept(stack.settings, tenant_id, outcomes.accepted)
+
+
+@pytest.mark.timeout(500)
+def test_a_node_no_client_uses_stopped_under_load_loses_nothing(infrastructure, cluster):
+    """Quorum queues lose a member (perhaps their leader) and carry on."""
+    with cluster_stack(cluster, infrastructure.database_url) as stack:
+        stop_a_node_under_load(stack, cluster, cluster[2], infrastructure.database_url, 180)
+
+
+@pytest.mark.timeout(500)
+def test_the_node_every_client_uses_stopped_under_load_they_move_to_the_others(
+    infrastructure, cluster
+):
+    """Every process reconnects to a survivor and declares its queues there: the RPC queues
+    are quorum queues like the consumers' (a classic one could not be declared while its node
+    is away), and each caller's reply queue is transient (it went with the node)."""
+    with cluster_stack(cluster, infrastructure.database_url) as stack:
+        stop_a_node_under_load(stack, cluster, cluster[0], infrastructure.database_url, 30)
