@@ -4,14 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services run test lint bench clean
+.PHONY: install services run test lint bench screenshots clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 # Local PostgreSQL and RabbitMQ (with the management plugin the tests use), started if stopped.
@@ -29,9 +29,14 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy kernel services gateway
 
-# Figures, not assertions: speed is shown by benchmarks, never by timed tests.
+# Figures, not assertions: speed is shown by benchmarks, never by timed tests. One table, and
+# bench/results/<date>.json and .png (docs/performance.md); BENCH_ARGS=--quick for a smoke run.
 bench: install services
-	$(PY) -m bench.erasure
+	$(PY) -m bench $(BENCH_ARGS)
+
+# The console's screenshots in docs/console/ (the README shows them), from its browser tests.
+screenshots: install services
+	LEDGERDESK_SCREENSHOT_DIR=docs/console $(PY) -m pytest tests/e2e/test_console.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
