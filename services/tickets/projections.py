@@ -1,28 +1,28 @@
 """Tickets' read models: tickets and their messages, with their words kept encrypted as the
-events hold them (``kernel.crypto.stored_form``): readers open them with the ticket's key, so
+events hold them (``kernel.crypto.STORED_FORM``): readers open them with the ticket's key, so
 an erasure is a key shred and never a scrub of these tables."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg2
 
-from kernel.crypto import stored_form
+from kernel.crypto import STORED_FORM, stored_field
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 
 # Rows go to the server as one JSON document per statement: the C encoder writes it far faster
 # than psycopg2 adapts parameters one by one, and ``json_populate_recordset`` types every field
 # by the table's own columns (uuid, text[], timestamptz), so nothing is spelled twice. Times
-# are written as ISO 8601 text, with their offset.
-_rows_json = json.JSONEncoder(separators=(",", ":")).encode
+# are written as ISO 8601 text, with their offset; encrypted fields as their stored form.
+_rows_json = STORED_FORM.encode
 
 
-def _changes(event: Envelope) -> dict[str, Any]:
-    """What an event other than ticket_created sets on its ticket's row."""
+def _changes(event: Envelope, at: str) -> dict[str, Any]:
+    """What an event other than ticket_created sets on its ticket's row (``at``: when it
+    occurred, as ISO 8601 text)."""
     p = event.payload
     if event.type == "ticket_status_changed":
         changes: dict[str, Any] = {"status": p["status"]}
@@ -34,37 +34,36 @@ def _changes(event: Envelope) -> dict[str, Any]:
         changes = {"tags": list(p["tags"])}
     elif event.type == "ticket_closed":
         # The status already moved; the clock of its retention starts.
-        changes = {"closed_at": event.occurred_at.isoformat()}
+        changes = {"closed_at": at}
     else:  # message_added
         changes = {}
     changes["version"] = event.stream_version
-    changes["updated_at"] = event.occurred_at.isoformat()
+    changes["updated_at"] = at
     return changes
 
 
-def _new_ticket(event: Envelope) -> dict[str, Any]:
+def _new_ticket(event: Envelope, at: str) -> dict[str, Any]:
     """A new ticket's row. It has every column that ``_changes`` sets, so the rows of a batch,
     whatever their later events changed, keep the same keys (one INSERT takes them all)."""
     p = event.payload
-    occurred_at = event.occurred_at.isoformat()
     return {
         "id": p["ticket_id"],
         "tenant_id": p["tenant_id"],
         "requester_id": p["requester_id"],
-        "subject": stored_form(p["subject"]),
-        "body": stored_form(p["body"]),
+        "subject": stored_field(p["subject"]),
+        "body": stored_field(p["body"]),
         "status": "new",
         "priority": p["priority"],
         "assignee_id": None,
         "tags": list(p["tags"]),
         "version": event.stream_version,
-        "created_at": occurred_at,
-        "updated_at": occurred_at,
+        "created_at": at,
+        "updated_at": at,
         "closed_at": None,
     }
 
 
-def _message(event: Envelope) -> dict[str, Any]:
+def _message(event: Envelope, at: str) -> dict[str, Any]:
     p = event.payload
     return {
         "id": p["message_id"],
@@ -72,9 +71,9 @@ def _message(event: Envelope) -> dict[str, Any]:
         "tenant_id": p["tenant_id"],
         "author_id": p["author_id"],
         "author_kind": p["author_kind"],
-        "body": stored_form(p["body"]),
+        "body": stored_field(p["body"]),
         "internal": p["internal"],
-        "created_at": event.occurred_at.isoformat(),
+        "created_at": at,
         "seq": event.stream_version,
     }
 
@@ -118,12 +117,13 @@ class TicketsProjection(Projection):
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         # The statements replay's apply_batch writes, for a batch of one.
+        at = event.occurred_at.isoformat()
         if event.type == "ticket_created":
-            _insert(cur, "tickets", [_new_ticket(event)])
+            _insert(cur, "tickets", [_new_ticket(event, at)])
             return
         if event.type == "message_added":
-            _insert(cur, "ticket_messages", [_message(event)])
-        _update(cur, [{"id": event.payload["ticket_id"], **_changes(event)}])
+            _insert(cur, "ticket_messages", [_message(event, at)])
+        _update(cur, [{"id": event.payload["ticket_id"], **_changes(event, at)}])
 
     def apply_batch(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
         """The batch folded in memory, then written in a few statements.
@@ -137,16 +137,17 @@ class TicketsProjection(Projection):
         changed: dict[str, dict[str, Any]] = {}
         messages: list[dict[str, Any]] = []
         for event in events:
+            at = event.occurred_at.isoformat()
             if event.type == "ticket_created":
-                created[event.payload["ticket_id"]] = _new_ticket(event)
+                created[event.payload["ticket_id"]] = _new_ticket(event, at)
                 continue
             if event.type == "message_added":
-                messages.append(_message(event))
+                messages.append(_message(event, at))
             ticket_id = event.payload["ticket_id"]
             row = created.get(ticket_id)
             if row is None:
                 row = changed.setdefault(ticket_id, {})
-            row.update(_changes(event))
+            row.update(_changes(event, at))
         if created:
             _insert(cur, "tickets", list(created.values()))
         if messages:

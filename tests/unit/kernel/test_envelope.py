@@ -542,3 +542,20 @@ def test_registry_lookup():
     assert registry["note_added"] is NOTE_V2
     with pytest.raises(KeyError):
         registry["other"]
+
+
+@pytest.mark.parametrize("made", [uuid.uuid4, uuid.uuid1, lambda: uuid.UUID(int=0)])
+def test_a_uuid_read_from_its_column_is_the_uuid_the_constructor_makes(made):
+    from kernel.eventstore import _uuid_from_column
+
+    expected = made()
+    read = _uuid_from_column(str(expected))
+    assert read == expected and hash(read) == hash(expected)
+    assert (str(read), read.version, read.is_safe) == (
+        str(expected),
+        expected.version,
+        uuid.UUID(str(expected)).is_safe,
+    )
+    assert {read: 1}[expected] == 1
+    with pytest.raises(TypeError):
+        read.int = 1  # as immutable as any UUID
