@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
+import eventlet.patcher
 import psycopg2
 from psycopg2 import sql
 from tqdm import tqdm
@@ -13,6 +15,10 @@ from tqdm import tqdm
 from kernel import eventstore
 from kernel.db import Database
 from kernel.envelope import Envelope
+
+# Real threads even where eventlet patched ``threading``: a green one would not run until the
+# replaying thread waited for it.
+_threading = eventlet.patcher.original("threading")
 
 
 class Projection:
@@ -57,15 +63,20 @@ class _BatchedWrites:
     """The cursor a projection replays into: its statements go to the server in batches.
 
     Replay applies every event with a statement or two, and one round trip each was most of its
-    time. Queued statements are sent joined as one; touching anything but ``execute`` (a fetch,
-    ``rowcount``) sends the queue first, so what it reads is the last statement's result, as
-    it would be unbatched. An error surfaces at the batch, and the rebuild rolls back whole.
+    time. Queued statements are sent joined as one, by a thread of their own: the server writes
+    one batch while this thread reads and folds the next (the sending thread holds the
+    interpreter lock only to start and end the call). Touching anything but ``execute`` (a
+    fetch, ``rowcount``) waits for what was sent and sends the queue first, so what it reads is
+    the last statement's result, as it would be unbatched. An error surfaces at the next send
+    or wait, and the rebuild rolls back whole.
     """
 
     def __init__(self, cur: psycopg2.extensions.cursor, limit: int = 500):
         self._cur = cur
         self._limit = limit
         self._queued: list[bytes] = []
+        self._sending: Any = None  # the thread writing the last batch
+        self._failure: BaseException | None = None
 
     def execute(self, query: Any, params: Any = None) -> None:
         self._queued.append(self._cur.mogrify(query, params))
@@ -73,13 +84,58 @@ class _BatchedWrites:
             self.flush()
 
     def flush(self) -> None:
+        """Send what is queued (once what was sent before is written)."""
+        self.wait()
         if self._queued:
-            self._cur.execute(b";\n".join(self._queued))
+            statement = b";\n".join(self._queued)
             self._queued.clear()
+            self._sending = _threading.Thread(
+                target=self._send, args=(statement,), name="rebuild-writes", daemon=True
+            )
+            self._sending.start()
+
+    def _send(self, statement: bytes) -> None:
+        try:
+            self._cur.execute(statement)
+        except BaseException as exc:  # raised in the replaying thread, at its next wait
+            self._failure = exc
+
+    def wait(self) -> None:
+        """Until everything sent is written; raises what writing it raised."""
+        if self._sending is not None:
+            self._sending.join()
+            self._sending = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     def __getattr__(self, name: str) -> Any:
         self.flush()
+        self.wait()
         return getattr(self._cur, name)
+
+
+@contextlib.contextmanager
+def _snapshot_reader(
+    db: Database, cur: psycopg2.extensions.cursor
+) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor on a second connection that sees exactly what ``cur``'s transaction sees.
+
+    Replay reads the store there because the writing connection is busy with the last batch.
+    The snapshot is the writer's, taken after its TRUNCATE: a transaction that appends events a
+    projection handles writes the read model first, so it either committed before the lock was
+    granted (its events are in the snapshot) or waits until the rebuild commits.
+    """
+    cur.execute("SELECT pg_export_snapshot()")
+    (snapshot,) = cur.fetchone()
+    with db.connection() as conn:
+        try:
+            with conn.cursor() as reader:
+                reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                reader.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+                yield reader
+        finally:
+            conn.rollback()
 
 
 def rebuild(
@@ -106,17 +162,20 @@ def rebuild(
         batched = _BatchedWrites(cur)
         # A projection sees a cursor: the batching is replay's business, not the projection's.
         writes = cast(psycopg2.extensions.cursor, batched)
-        with bar:
-            while True:
-                batch = eventstore.read_all(cur, position, batch_size)
-                if not batch:
-                    break
-                events = [prepare(stored) for _, stored in batch if projection.handles(stored)]
-                projection.apply_batch(writes, events)
-                applied += len(events)
-                position = batch[-1][0]
-                batched.flush()
-                bar.update(position - bar.n)
+        try:
+            with bar, _snapshot_reader(db, cur) as reader:
+                while True:
+                    batch = eventstore.read_all(reader, position, batch_size)
+                    if not batch:
+                        break
+                    events = [prepare(stored) for _, stored in batch if projection.handles(stored)]
+                    projection.apply_batch(writes, events)
+                    applied += len(events)
+                    position = batch[-1][0]
+                    batched.flush()
+                    bar.update(position - bar.n)
+        finally:
+            batched.wait()
         cur.execute(
             "INSERT INTO projection_state (name, position, rebuilt_at) VALUES (%s, %s, now())"
             " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, rebuilt_at = now()",
