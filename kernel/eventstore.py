@@ -58,7 +58,8 @@ def _uuid_from_column(text: str) -> uuid.UUID:
     return value
 
 
-def _envelopes(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
+def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
+    """(position, envelope) of each row ``read_all_rows`` fetched."""
     # A batch holds few tenants: one UUID each, shared (a UUID is immutable).
     tenants: dict[str, uuid.UUID] = {}
     envelopes = []
@@ -188,7 +189,7 @@ def read_stream(
         " ORDER BY stream_version",
         (stream_id, after_version),
     )
-    return [envelope for _position, envelope in _envelopes(cur.fetchall())]
+    return [envelope for _position, envelope in envelopes_of(cur.fetchall())]
 
 
 def read_all(
@@ -198,6 +199,17 @@ def read_all(
     tenant_id: uuid.UUID | None = None,
 ) -> list[tuple[int, Envelope]]:
     """Events in global order after ``after_position``: the basis of catch-up and replay."""
+    return envelopes_of(read_all_rows(cur, after_position, limit, tenant_id))
+
+
+def read_all_rows(
+    cur: psycopg2.extensions.cursor,
+    after_position: int = 0,
+    limit: int = 1000,
+    tenant_id: uuid.UUID | None = None,
+) -> list[tuple[Any, ...]]:
+    """``read_all``'s rows as the server sends them, each beginning with its position: for a
+    reader that fetches the next batch while it decodes the last (``envelopes_of``)."""
     if tenant_id is None:
         cur.execute(
             f"SELECT {_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
@@ -209,7 +221,7 @@ def read_all(
             " ORDER BY position LIMIT %s",
             (tenant_id, after_position, limit),
         )
-    return _envelopes(cur.fetchall())
+    return cur.fetchall()
 
 
 def iter_all(

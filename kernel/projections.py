@@ -59,13 +59,41 @@ class Projection:
             self.apply(cur, event)
 
 
+class _InThread:
+    """A call run by a thread of its own; ``result`` waits for it and returns or raises what
+    it did. For the waits on the server that replay overlaps with its own work: a thread in
+    psycopg2's call holds the interpreter lock only to start and end it."""
+
+    def __init__(self, call: Callable[..., Any], *args: Any):
+        self._call, self._args = call, args
+        self._value: Any = None
+        self._failure: BaseException | None = None
+        self._thread = _threading.Thread(target=self._run, name="rebuild-io", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._call(*self._args)
+        except BaseException as exc:  # raised in the caller's thread, by ``result``
+            self._failure = exc
+
+    def join(self) -> None:
+        """Until the call has ended, whatever it did."""
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+        return self._value
+
+
 class _BatchedWrites:
     """The cursor a projection replays into: its statements go to the server in batches.
 
     Replay applies every event with a statement or two, and one round trip each was most of its
-    time. Queued statements are sent joined as one, by a thread of their own: the server writes
-    one batch while this thread reads and folds the next (the sending thread holds the
-    interpreter lock only to start and end the call). Touching anything but ``execute`` (a
+    time. Queued statements are sent joined as one, from a thread of their own: the server
+    writes one batch while replay reads and folds the next. Touching anything but ``execute`` (a
     fetch, ``rowcount``) waits for what was sent and sends the queue first, so what it reads is
     the last statement's result, as it would be unbatched. An error surfaces at the next send
     or wait, and the rebuild rolls back whole.
@@ -75,8 +103,7 @@ class _BatchedWrites:
         self._cur = cur
         self._limit = limit
         self._queued: list[bytes] = []
-        self._sending: Any = None  # the thread writing the last batch
-        self._failure: BaseException | None = None
+        self._sent: _InThread | None = None
 
     def execute(self, query: Any, params: Any = None) -> None:
         self._queued.append(self._cur.mogrify(query, params))
@@ -89,25 +116,13 @@ class _BatchedWrites:
         if self._queued:
             statement = b";\n".join(self._queued)
             self._queued.clear()
-            self._sending = _threading.Thread(
-                target=self._send, args=(statement,), name="rebuild-writes", daemon=True
-            )
-            self._sending.start()
-
-    def _send(self, statement: bytes) -> None:
-        try:
-            self._cur.execute(statement)
-        except BaseException as exc:  # raised in the replaying thread, at its next wait
-            self._failure = exc
+            self._sent = _InThread(self._cur.execute, statement)
 
     def wait(self) -> None:
         """Until everything sent is written; raises what writing it raised."""
-        if self._sending is not None:
-            self._sending.join()
-            self._sending = None
-        failure, self._failure = self._failure, None
-        if failure is not None:
-            raise failure
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.result()
 
     def __getattr__(self, name: str) -> Any:
         self.flush()
@@ -164,16 +179,25 @@ def rebuild(
         writes = cast(psycopg2.extensions.cursor, batched)
         try:
             with bar, _snapshot_reader(db, cur) as reader:
-                while True:
-                    batch = eventstore.read_all(reader, position, batch_size)
-                    if not batch:
-                        break
-                    events = [prepare(stored) for _, stored in batch if projection.handles(stored)]
-                    projection.apply_batch(writes, events)
-                    applied += len(events)
-                    position = batch[-1][0]
-                    batched.flush()
-                    bar.update(position - bar.n)
+                # The next batch is fetched while this one is decoded, folded and sent.
+                fetching = _InThread(eventstore.read_all_rows, reader, position, batch_size)
+                try:
+                    while rows := fetching.result():
+                        fetching = _InThread(
+                            eventstore.read_all_rows, reader, rows[-1][0], batch_size
+                        )
+                        batch = eventstore.envelopes_of(rows)
+                        events = [
+                            prepare(stored) for _, stored in batch if projection.handles(stored)
+                        ]
+                        projection.apply_batch(writes, events)
+                        applied += len(events)
+                        position = batch[-1][0]
+                        batched.flush()
+                        bar.update(position - bar.n)
+                finally:
+                    # No read left running on a connection that goes back to its pool.
+                    fetching.join()
         finally:
             batched.wait()
         cur.execute(
