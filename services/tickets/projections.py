@@ -1,5 +1,5 @@
 """Tickets' read models: tickets and their messages, with their words kept encrypted as the
-events hold them (``kernel.crypto.STORED_FORM``): readers open them with the ticket's key, so
+events hold them (``kernel.crypto.stored_json``): readers open them with the ticket's key, so
 an erasure is a key shred and never a scrub of these tables."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto import STORED_FORM, stored_field
+from kernel.crypto import stored_field, stored_json
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 
-# Rows go to the server as one JSON document per statement: the C encoder writes it far faster
+# Rows go to the server as one JSON document per statement: it is written far faster
 # than psycopg2 adapts parameters one by one, and ``json_populate_recordset`` types every field
 # by the table's own columns (uuid, text[], timestamptz), so nothing is spelled twice. Times
 # are written as ISO 8601 text, with their offset; encrypted fields as their stored form.
-_rows_json = STORED_FORM.encode
+_rows_json = stored_json
 
 
 def _changes(event: Envelope, at: str) -> dict[str, Any]:

@@ -183,3 +183,18 @@ def test_a_subject_cannot_be_its_own_parent():
     subject = uuid.uuid4()
     with pytest.raises(ValueError):
         keystore.subject_key(uuid.uuid4(), subject, parent_id=str(subject))
+
+
+def test_the_stored_form_of_an_encrypted_field_is_compact_json_with_sorted_keys():
+    import json as _json
+
+    from kernel.crypto import stored_field, stored_json
+
+    field = {"tenant": str(uuid.uuid4()), "ct": "q+/=", "subject": str(uuid.uuid4()), "$enc": 1}
+    row = {"body": stored_field(field), "name": "Zoë"}
+    text = stored_json(row)
+    assert _json.loads(text) == row
+    # The field's text inside the row is what a reader finds in the text column.
+    assert _json.dumps(field, separators=(",", ":"), sort_keys=True) in text
+    with pytest.raises(ValueError):
+        stored_field({"ct": "plaintext pretending"})

@@ -559,3 +559,12 @@ def test_a_uuid_read_from_its_column_is_the_uuid_the_constructor_makes(made):
     assert {read: 1}[expected] == 1
     with pytest.raises(TypeError):
         read.int = 1  # as immutable as any UUID
+
+
+def test_a_stored_payload_reads_the_same_whatever_decoder_reads_it():
+    from kernel.eventstore import _decode
+
+    text = json.dumps({"n": 2**70, "x": 1.5, "s": "é\u2028", "l": [None, True]})
+    assert _decode(text) == json.loads(text)  # past 64 bits: json's decoder, not orjson's
+    small = json.dumps({"n": 2**40, "nested": {"a": [1, 2]}, "s": "ü"})
+    assert _decode(small) == json.loads(small)
