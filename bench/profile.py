@@ -29,12 +29,10 @@ from bench.harness import infrastructure_from_env
 from bench.history import new_requester, tickets_store, write_history
 from kernel import eventstore
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
-from kernel.db import Database, ensure_database
+from kernel.db import ensure_database
 from kernel.nameko_adapters import prepare_databases
-from kernel.signing import signer_from_config
 from kernel.testing import make_world
-from services.audit.ledger import Ledger
+from services.audit.ledger import open_ledger
 from services.tickets import handlers
 
 AUDIT_MIGRATIONS = Path(__file__).resolve().parent.parent / "services/audit/migrations"
@@ -101,12 +99,7 @@ def ledger(settings: Settings, size: int) -> None:
     for _ in range(max(1, size // 100)):
         write_history(store, tenant, new_requester(store, tenant), 100)
     prepare_databases(settings, "audit", AUDIT_MIGRATIONS)
-    keystore = Keystore(Database(settings.database_dsn("audit", "keys")), settings.master_keys)
-    book = Ledger(
-        Database(settings.database_dsn("audit")),
-        FieldCipher(keystore),
-        signer_from_config(settings.audit_signing_key),
-    )
+    book = open_ledger(settings)
     with store.db.transaction() as cur:
         sample = [e for _, e in eventstore.read_all(cur, 0, size)]
     # Half one per transaction, half in batches of ten (what audit's consumer, which holds up

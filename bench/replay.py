@@ -22,11 +22,8 @@ from pathlib import Path
 from bench.harness import Context, Row
 from bench.history import new_requester, tickets_store, write_history
 from kernel import eventstore
-from kernel.crypto import FieldCipher, Keystore
-from kernel.db import Database
 from kernel.nameko_adapters import prepare_databases
-from kernel.signing import signer_from_config
-from services.audit.ledger import Ledger
+from services.audit.ledger import Ledger, open_ledger
 
 AUDIT_MIGRATIONS = Path(__file__).resolve().parent.parent / "services/audit/migrations"
 
@@ -87,12 +84,7 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 rebuild_seconds += time.perf_counter() - began
 
     prepare_databases(settings, "audit", AUDIT_MIGRATIONS)
-    keystore = Keystore(Database(settings.database_dsn("audit", "keys")), settings.master_keys)
-    ledger = Ledger(
-        Database(settings.database_dsn("audit")),
-        FieldCipher(keystore),
-        signer_from_config(settings.audit_signing_key),
-    )
+    ledger = open_ledger(settings)
     with store.db.transaction() as cur:
         sample = [e for _, e in eventstore.read_all(cur, 0, entries)]
     began = time.perf_counter()

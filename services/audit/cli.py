@@ -18,20 +18,8 @@ import sys
 from tqdm import tqdm
 
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
-from kernel.db import Database
-from kernel.signing import signer_from_config
-from services.audit.ledger import Ledger
+from services.audit.ledger import open_ledger
 from services.audit.state import tenant_state
-
-
-def open_ledger(settings: Settings) -> Ledger:
-    keystore = Keystore(Database(settings.database_dsn("audit", "keys")), settings.master_keys)
-    return Ledger(
-        Database(settings.database_dsn("audit")),
-        FieldCipher(keystore),
-        signer_from_config(settings.audit_signing_key),
-    )
 
 
 def _moment(value: str) -> dt.datetime:

@@ -18,11 +18,12 @@ from typing import Any
 
 import psycopg2.extras
 
-from kernel.crypto import FieldCipher, KeyShredded
+from kernel.config import Settings
+from kernel.crypto import FieldCipher, KeyShredded, Keystore
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound
-from kernel.signing import Signer, checkpoint_message, verify_signature
+from kernel.signing import Signer, checkpoint_message, signer_from_config, verify_signature
 from services.audit import chain, merkle
 
 # The keystore namespace of the month keys: a "tenant" that is the ledger itself.
@@ -419,3 +420,14 @@ class Ledger:
             "public_key": public_key,
             "signature": base64.b64encode(signature).decode(),
         }
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger on ``settings``' audit databases, outside the service (the auditor's command
+    line, tests, benchmarks); the databases must exist."""
+    keystore = Keystore(Database(settings.database_dsn("audit", "keys")), settings.master_keys)
+    return Ledger(
+        Database(settings.database_dsn("audit")),
+        FieldCipher(keystore),
+        signer_from_config(settings.audit_signing_key),
+    )

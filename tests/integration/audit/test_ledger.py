@@ -29,15 +29,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.accesslog import access_event
-from kernel.crypto import FieldCipher, Keystore
-from kernel.db import Database
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import NotFound
 from kernel.nameko_adapters import prepare_databases
-from kernel.signing import signer_from_config
 from kernel.testing import world_env
 from services.audit import chain, cli
-from services.audit.ledger import Ledger
+from services.audit.ledger import Ledger, open_ledger
 
 MIGRATIONS = Path("services/audit/migrations")
 BASE = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
@@ -131,12 +128,7 @@ def check_proof(proof: dict[str, Any], content: bytes, public_key: str) -> None:
 @pytest.fixture
 def ledger(world) -> Ledger:
     prepare_databases(world, "audit", MIGRATIONS)
-    keystore = Keystore(Database(world.database_dsn("audit", "keys")), world.master_keys)
-    return Ledger(
-        Database(world.database_dsn("audit")),
-        FieldCipher(keystore),
-        signer_from_config(world.audit_signing_key),
-    )
+    return open_ledger(world)
 
 
 def event(

@@ -13,12 +13,9 @@ import uuid
 
 import pytest
 
-from kernel.crypto import FieldCipher, Keystore
-from kernel.db import Database
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import prepare_databases
-from kernel.signing import signer_from_config
-from services.audit.ledger import Ledger
+from services.audit.ledger import Ledger, open_ledger
 from tests.integration.audit.test_ledger import (
     BASE,
     MIGRATIONS,
@@ -33,12 +30,7 @@ from tests.integration.audit.test_ledger import (
 @pytest.fixture
 def ledger(world) -> Ledger:
     prepare_databases(world, "audit", MIGRATIONS)
-    keystore = Keystore(Database(world.database_dsn("audit", "keys")), world.master_keys)
-    return Ledger(
-        Database(world.database_dsn("audit")),
-        FieldCipher(keystore),
-        signer_from_config(world.audit_signing_key),
-    )
+    return open_ledger(world)
 
 
 def chain_is_whole(ledger: Ledger, expected: int) -> None:
