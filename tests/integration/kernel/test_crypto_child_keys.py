@@ -74,6 +74,41 @@ def erased(cipher: FieldCipher, payload: dict, fields=TEXT) -> bool:
     return all(is_erased(opened[f]) for f in fields)
 
 
+def outcome_while_the_parent_is_being_shredded(db: Database, parent, create_child) -> list:
+    """What ``create_child`` returned or raised, run while ``parent``'s shred is in progress.
+
+    The shred is shred_subject's UPDATE held open: the child's creation must run into its
+    lock, wait, and only then see the outcome of the shred."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(create_child())
+        except Exception as exc:  # reported by the caller's assertion
+            outcome.append(exc)
+
+    with db.transaction() as shred:
+        shred.execute(
+            "UPDATE subject_keys SET wrapped_key = NULL, shredded_at = now() WHERE subject_id = %s",
+            (parent,),
+        )
+        creator = threading.Thread(target=run)
+        creator.start()
+
+        def creator_waits_on_a_lock() -> bool:
+            with db.transaction() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                return cur.fetchone()[0] == 1
+
+        wait_until(creator_waits_on_a_lock, timeout=20, what="the creator to wait on the parent")
+        assert not outcome
+    creator.join(20)
+    return outcome
+
+
 def row(db: Database, subject) -> tuple | None:
     with db.transaction() as cur:
         cur.execute(
@@ -284,35 +319,11 @@ def test_bulk_shred_destroys_many_keys_and_tombstones_the_rest(keys_db):
 def test_a_child_waits_for_a_parent_shred_in_progress_and_is_refused(keys_db):
     tenant, ann = uuid.uuid4(), uuid.uuid4()
     Keystore(keys_db, {"k1": K1}).subject_key(tenant, ann)
-    outcome: list = []
-
-    def create_child() -> None:
-        try:
-            keystore = Keystore(keys_db, {"k1": K1})
-            outcome.append(keystore.subject_key(tenant, uuid.uuid4(), parent_id=ann))
-        except Exception as exc:  # reported by the assertion below
-            outcome.append(exc)
-
-    # The same UPDATE as shred_subject, held open so the child's creation runs into it.
-    with keys_db.transaction() as shred:
-        shred.execute(
-            "UPDATE subject_keys SET wrapped_key = NULL, shredded_at = now() WHERE subject_id = %s",
-            (ann,),
-        )
-        creator = threading.Thread(target=create_child)
-        creator.start()
-
-        def creator_waits_on_a_lock() -> bool:
-            with keys_db.transaction() as cur:
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return cur.fetchone()[0] == 1
-
-        wait_until(creator_waits_on_a_lock, timeout=20, what="the creator to wait on the parent")
-        assert not outcome
-    creator.join(20)
+    outcome = outcome_while_the_parent_is_being_shredded(
+        keys_db,
+        ann,
+        lambda: Keystore(keys_db, {"k1": K1}).subject_key(tenant, uuid.uuid4(), parent_id=ann),
+    )
     assert len(outcome) == 1 and isinstance(outcome[0], KeyShredded), outcome
 
 
@@ -427,32 +438,8 @@ def test_a_child_of_a_cached_parent_waits_for_a_shred_in_progress_and_is_refused
     keystore = Keystore(keys_db, {"k1": K1}, cache_seconds=3600)
     keystore.subject_key(tenant, ann)
     child = uuid.uuid4()
-    outcome: list = []
-
-    def create_child() -> None:
-        try:
-            outcome.append(keystore.subject_key(tenant, child, parent_id=ann))
-        except Exception as exc:  # reported by the assertion below
-            outcome.append(exc)
-
-    with keys_db.transaction() as shred:
-        shred.execute(
-            "UPDATE subject_keys SET wrapped_key = NULL, shredded_at = now() WHERE subject_id = %s",
-            (ann,),
-        )
-        creator = threading.Thread(target=create_child)
-        creator.start()
-
-        def creator_waits_on_a_lock() -> bool:
-            with keys_db.transaction() as cur:
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-                )
-                return cur.fetchone()[0] == 1
-
-        wait_until(creator_waits_on_a_lock, timeout=20, what="the creator to wait on the parent")
-        assert not outcome
-    creator.join(20)
+    outcome = outcome_while_the_parent_is_being_shredded(
+        keys_db, ann, lambda: keystore.subject_key(tenant, child, parent_id=ann)
+    )
     assert len(outcome) == 1 and isinstance(outcome[0], KeyShredded), outcome
     assert row(keys_db, child) is None
