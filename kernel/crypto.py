@@ -384,7 +384,7 @@ class Keystore:
                     conn.autocommit = False
         if not inserted:
             return None
-        log.info("created subject key for %s in tenant %s", subject, tenant)
+        log.debug("created subject key for %s in tenant %s", subject, tenant)
         return _Entry(tenant, key, 0.0, parent)
 
     @staticmethod
@@ -450,7 +450,7 @@ class Keystore:
             (subject, tenant, wrapped, parent),
         )
         if cur.rowcount:
-            log.info("created subject key for %s in tenant %s", subject, tenant)
+            log.debug("created subject key for %s in tenant %s", subject, tenant)
         row = self._select_subject(cur, subject)
         if row is None:  # only if the winner's row vanished, which tombstones never do
             raise CryptoError(f"subject key for {subject} disappeared while being created")
@@ -480,7 +480,7 @@ class Keystore:
                 (parent, tenant, wrapped),
             )
             if cur.rowcount:
-                log.info("created subject key for %s in tenant %s", parent, tenant)
+                log.debug("created subject key for %s in tenant %s", parent, tenant)
             cur.execute(select, (parent,))
             row = cur.fetchone()
             if row is None:  # tombstones are never deleted either
