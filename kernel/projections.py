@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
@@ -153,6 +154,21 @@ def _snapshot_reader(
             conn.rollback()
 
 
+@contextlib.contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """Replay allocates millions of objects that live for one batch and form no cycles, so
+    reference counting frees them all; the cycle collector's passes over each batch's
+    survivors found nothing and cost a fifth of a rebuild's time. It resumes afterwards (if it
+    was on), and collects whatever cycles the rest of the process made meanwhile."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def rebuild(
     db: Database,
     projection: Projection,
@@ -169,7 +185,7 @@ def rebuild(
     """
     show = sys.stderr.isatty() if progress is None else progress
     applied = 0
-    with db.transaction() as cur:
+    with _cycle_collection_paused(), db.transaction() as cur:
         projection.reset(cur)
         total = eventstore.head_position(cur)
         bar = tqdm(total=total, desc=f"rebuild {projection.name}", unit="ev", disable=not show)

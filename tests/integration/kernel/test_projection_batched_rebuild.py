@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import eventlet.patcher
 import psycopg2
 import pytest
@@ -123,3 +125,47 @@ def test_events_appended_while_rebuilds_run_are_in_the_model_once(store):
     assert appended, "the writer appended nothing: the test proves nothing"
     assert [n for n, _ in rows] == list(range(1, 1201)) + appended
     assert rows[-1][1] == sum(n for n, _ in rows)
+
+
+class CollectorWatch(RunningTotal):
+    """Notes whether the cycle collector was on for each event it applies."""
+
+    name = "watched"
+
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        self.seen.append(gc.isenabled())
+        super().apply(cur, event)
+
+
+def test_the_cycle_collector_pauses_for_a_rebuild_and_resumes_after_it(world):
+    watch = CollectorWatch()
+    store = source_store(world, projections=[watch])
+    with store.db.transaction() as cur:
+        cur.execute("CREATE TABLE totals (n integer PRIMARY KEY, total integer NOT NULL)")
+    append(store, 10)
+    assert gc.isenabled()
+
+    watch.seen = []
+    assert store.rebuild("watched", progress=False) == 10
+    assert watch.seen == [False] * 10
+    assert gc.isenabled()
+
+    # A rebuild that fails turns it back on as well.
+    with store.db.transaction() as cur:
+        cur.execute("ALTER TABLE totals ADD CONSTRAINT small CHECK (total < 50) NOT VALID")
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        store.rebuild("watched", progress=False)
+    assert gc.isenabled()
+
+    # And one in a process that had turned it off leaves it off.
+    gc.disable()
+    try:
+        with store.db.transaction() as cur:
+            cur.execute("ALTER TABLE totals DROP CONSTRAINT small")
+        store.rebuild("watched", progress=False)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
