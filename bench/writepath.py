@@ -17,16 +17,17 @@ no probe adds load while it is measured.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 import psycopg2
-import requests
 
 from bench.harness import Context, Row, percentile
 from kernel.nameko_adapters import prepare_databases
@@ -76,28 +77,44 @@ def _client_loop(
 
     With a schedule, latency counts from the planned send time, so a request delayed by a
     slow predecessor is charged its wait (no coordinated omission).
+
+    The client is the standard library's, on one kept-alive connection, with the request's
+    bytes built once: the load generator shares the machine's cores with what it measures, and
+    ``requests`` took 1.5 ms of CPU per request, about a sixth of a gateway process's share.
     """
-    session = requests.Session()
-    headers = {"Authorization": f"Bearer {key}"}
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    payload = json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     planned = iter(schedule) if schedule is not None else None
-    while True:
-        if planned is not None:
-            start = next(planned, None)
-            if start is None:
-                return
-            delay = start - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        else:
-            start = time.perf_counter()
-            if start >= until:
-                return
-        response = session.post(url + "/v1/tickets", json=body, headers=headers, timeout=30)
-        done = time.perf_counter()
-        if response.status_code == 201:
-            latencies.append(done - start)
-        else:
-            errors.append(response.status_code)
+    try:
+        while True:
+            if planned is not None:
+                start = next(planned, None)
+                if start is None:
+                    return
+                delay = start - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            else:
+                start = time.perf_counter()
+                if start >= until:
+                    return
+            try:
+                connection.request("POST", "/v1/tickets", payload, headers)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException):
+                connection.close()  # the next request opens a new connection
+                status = 0
+            done = time.perf_counter()
+            if status == 201:
+                latencies.append(done - start)
+            else:
+                errors.append(status)
+    finally:
+        connection.close()
 
 
 def _load(
