@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -90,10 +91,43 @@ class Database:
         # closing every other connection as it comes back: under load a busy service started a
         # PostgreSQL session per request. Past the start, every connection opened is kept.
         self._pool.minconn = maxconn
+        # A connection found dead usually means the server restarted, which ended every session
+        # the pool keeps: each would fail one request in turn. So a dead connection retires
+        # every connection opened before it was found; they are closed, unused, as they come up.
+        self._generation = 0
+        self._born: dict[int, int] = {}  # id of a connection: the generation it was first used in
+        self._lock = threading.Lock()
+
+    def _checkout(self) -> psycopg2.extensions.connection:
+        while True:
+            conn = self._pool.getconn()
+            with self._lock:
+                born = self._born.setdefault(id(conn), self._generation)
+                retired = born < self._generation
+                if retired:
+                    del self._born[id(conn)]
+            if not retired:
+                return conn
+            self._pool.putconn(conn, close=True)
+
+    def _checkin(self, conn: psycopg2.extensions.connection, broken: bool) -> None:
+        close = broken or bool(conn.closed)
+        if conn.closed:
+            with self._lock:
+                if self._born.get(id(conn), -1) == self._generation:
+                    self._generation += 1
+                    log.warning(
+                        "a connection to %s was lost: retiring the pool's older connections",
+                        describe(self.dsn),
+                    )
+        if close:
+            with self._lock:
+                self._born.pop(id(conn), None)
+        self._pool.putconn(conn, close=close)
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg2.extensions.connection]:
-        conn = self._pool.getconn()
+        conn = self._checkout()
         broken = False
         try:
             yield conn
@@ -104,7 +138,7 @@ class Database:
             if not broken and not conn.closed:
                 if conn.status != psycopg2.extensions.STATUS_READY:
                     conn.rollback()
-            self._pool.putconn(conn, close=broken or bool(conn.closed))
+            self._checkin(conn, broken)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:

@@ -62,3 +62,34 @@ def test_a_connection_the_server_ended_is_dropped_not_kept(world):
             assert cur.fetchone()[0] != pid
     finally:
         db.close()
+
+
+def test_after_a_server_restart_one_request_fails_not_one_per_kept_connection(world):
+    db = Database(source_store(world).db.dsn, maxconn=6)
+    try:
+        kept = backends_of_concurrent_transactions(db, 5)
+        assert len(kept) == 5
+        # What a restart does to the pool's sessions: every one of them ends.
+        outsider = psycopg2.connect(db.dsn)
+        try:
+            with outsider, outsider.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (list(kept),)
+                )
+        finally:
+            outsider.close()
+
+        failures, backends = 0, set()
+        for _ in range(5):
+            try:
+                with db.transaction() as cur:
+                    cur.execute("SELECT pg_backend_pid()")
+                    backends.add(cur.fetchone()[0])
+            except psycopg2.OperationalError:
+                failures += 1
+        assert failures == 1  # the first finds its session gone; the rest get new ones
+        assert backends and not backends & kept
+        # The new connections are kept in turn.
+        assert backends_of_concurrent_transactions(db, 5).isdisjoint(kept)
+    finally:
+        db.close()
