@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
+from kernel.db import keyset_page
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
@@ -436,19 +437,10 @@ def _marketing(uow: UnitOfWork, contact_id: str) -> bool:
 def _page(
     uow: UnitOfWork, query: str, tenant_id: str, limit: int, after: list | None
 ) -> tuple[list[tuple], list | None]:
-    """Keyset pagination on (created_at, id): stable under inserts, no OFFSET scans."""
-    params: list[Any] = [tenant_id]
-    if after:
-        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
-        params.extend(after)
-    query += " ORDER BY created_at, id LIMIT %s"
-    params.append(limit + 1)
-    uow.cur.execute(query, params)
-    rows = uow.cur.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_after = [rows[-1][-1].isoformat(), str(rows[-1][0])] if more and rows else None
-    return rows, next_after
+    """A page of ``query``'s rows (id first, created_at last) for ``tenant_id``."""
+    return keyset_page(
+        uow.cur, query, [tenant_id], limit, after, lambda row: [row[-1].isoformat(), str(row[0])]
+    )
 
 
 def _now() -> dt.datetime:

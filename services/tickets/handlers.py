@@ -12,6 +12,7 @@ from typing import Any
 
 from kernel.cards import redact_card_numbers
 from kernel.crypto import KeyShredded
+from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
@@ -242,17 +243,10 @@ def list_tickets(
         if filters.get(column):
             query += f" AND {column} = %s"
             params.append(filters[column])
-    if after:
-        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
-        params.extend(after)
-    query += " ORDER BY created_at, id LIMIT %s"
-    params.append(limit + 1)
-    uow.cur.execute(query, params)
-    rows = uow.cur.fetchall()
-    items = [_ticket_row(uow, tenant_id, r) for r in rows[:limit]]
-    more = len(rows) > limit
-    next_after = [items[-1]["created_at"], items[-1]["id"]] if more and items else None
-    return {"items": items, "next": next_after}
+    rows, next_after = keyset_page(
+        uow.cur, query, params, limit, after, lambda row: [row[8].isoformat(), str(row[0])]
+    )
+    return {"items": [_ticket_row(uow, tenant_id, r) for r in rows], "next": next_after}
 
 
 _TICKET_COLUMNS = (
