@@ -190,7 +190,7 @@ def get_ticket(
     row = uow.cur.fetchone()
     if row is None:
         raise NotFound("no such ticket")
-    ticket = _ticket_row(uow, tenant_id, row)
+    ticket = _ticket_row(row, uow.cipher.open_stored(tenant_id, _stored_words(row)))
     uow.cur.execute(
         "SELECT id, author_id, author_kind, body, internal, created_at FROM ticket_messages"
         " WHERE ticket_id = %s ORDER BY seq",
@@ -246,7 +246,10 @@ def list_tickets(
     rows, next_after = keyset_page(
         uow.cur, query, params, limit, after, lambda row: [row[8].isoformat(), str(row[0])]
     )
-    return {"items": [_ticket_row(uow, tenant_id, r) for r in rows], "next": next_after}
+    # One keystore round trip for the page: each ticket's words are under a key of its own.
+    words = uow.cipher.open_stored_rows(tenant_id, [_stored_words(r) for r in rows])
+    items = [_ticket_row(r, w) for r, w in zip(rows, words, strict=True)]
+    return {"items": items, "next": next_after}
 
 
 _TICKET_COLUMNS = (
@@ -255,9 +258,14 @@ _TICKET_COLUMNS = (
 )
 
 
-def _ticket_row(uow: UnitOfWork, tenant_id: str, row: tuple) -> dict[str, Any]:
-    (i, subject, body, status, priority, requester, assignee, tags, created, updated, version) = row
-    words = uow.cipher.open_stored(tenant_id, {"subject": subject, "body": body})
+def _stored_words(row: tuple) -> dict[str, str | None]:
+    """A ticket row's encrypted columns (``_TICKET_COLUMNS``), as ``open_stored`` takes them."""
+    return {"subject": row[1], "body": row[2]}
+
+
+def _ticket_row(row: tuple, words: dict[str, Any]) -> dict[str, Any]:
+    """A ticket row (``_TICKET_COLUMNS``) with its words opened."""
+    (i, _, _, status, priority, requester, assignee, tags, created, updated, version) = row
     return {
         "id": str(i),
         "subject": words["subject"],
