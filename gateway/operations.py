@@ -18,7 +18,7 @@ from werkzeug.wrappers import Request, Response
 from gateway import problems, schemas
 from gateway.http import api, json_response, read_json
 from kernel import deadletters
-from kernel.errors import DomainError, NotFound, ServiceUnavailable
+from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
 
 SERVICES = ("accounts", "tickets", "billing", "audit", "retention")
@@ -101,14 +101,16 @@ class OperationsRoutes:
             )
         except deadletters.UnknownQueue:
             raise NotFound("no such queue") from None
+        except deadletters.NotReplayable as exc:
+            raise Conflict(str(exc)) from None
         except OSError:
             raise ServiceUnavailable("the broker is not reachable") from None
         return json_response(200, {"replayed": moved})
 
 
 def _platform_queue(queue: str) -> str:
-    """A consumer queue of the platform, or 404: nothing is ever published to another."""
+    """A consumer or RPC queue of the platform, or 404: nothing is ever published to another."""
     name = deadletters.live_queue(queue)
-    if name not in deadletters.platform_queues():
+    if name not in deadletters.platform_queues() + deadletters.rpc_queues():
         raise NotFound("no such queue")
     return name

@@ -29,6 +29,9 @@ from kombu import Connection
 log = logging.getLogger(__name__)
 
 DEAD_SUFFIX = ".dead"
+# How often a request set aside from an RPC queue had been delivered: the quorum dead-letter
+# queue counts deliveries of its own in ``x-delivery-count``.
+DELIVERIES_HEADER = "x-ledgerdesk-deliveries"
 # Broker headers that describe earlier deaths: a replayed message starts its life afresh.
 _DEATH_HEADERS = frozenset(
     {
@@ -44,6 +47,11 @@ class UnknownQueue(LookupError):
     """The dead-letter queue does not exist on the broker."""
 
 
+class NotReplayable(ValueError):
+    """Requests set aside from an RPC queue are listed, never replayed: their callers gave up
+    long ago, and a request run now would answer no one."""
+
+
 def live_queue(queue: str) -> str:
     """The consumer queue a name refers to: ``tickets.accounts`` or ``tickets.accounts.dead``."""
     return queue.removesuffix(DEAD_SUFFIX)
@@ -55,6 +63,15 @@ def platform_queues() -> list[str]:
     from services.platform import subscriptions
 
     return [s.queue for s in subscriptions()]
+
+
+def rpc_queues() -> list[str]:
+    """The RPC queues of every platform service, whose refused requests are listed too."""
+    from nameko.rpc import RPC_QUEUE_TEMPLATE
+
+    from services.platform import SERVICES
+
+    return [RPC_QUEUE_TEMPLATE.format(service) for service in SERVICES]
 
 
 @contextmanager
@@ -129,7 +146,7 @@ def describe(queue: str, message: amqp.Message) -> dict[str, Any]:
         "message_id": _text(properties.get("message_id")),
         "event_type": event_type,
         "deaths": sum(int(d.get("count", 1)) for d in deaths),
-        "delivery_count": headers.get("x-delivery-count"),
+        "delivery_count": headers.get(DELIVERIES_HEADER, headers.get("x-delivery-count")),
         "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
         "dead_since": _when(first.get("time")),
     }
@@ -147,8 +164,8 @@ def _take(channel: amqp.Channel, queue: str, limit: int) -> Iterator[amqp.Messag
 def list_dead_letters(
     amqp_uri: str, queue: str | None = None, limit: int = 1000
 ) -> list[dict[str, Any]]:
-    """The dead letters of ``queue`` (a consumer queue), or of every platform queue."""
-    queues = [live_queue(queue)] if queue else platform_queues()
+    """The dead letters of ``queue`` (a consumer or RPC queue), or of every platform queue."""
+    queues = [live_queue(queue)] if queue else platform_queues() + rpc_queues()
     items: list[dict[str, Any]] = []
     with _channel(amqp_uri) as (conn, channel):
         for name in queues:
@@ -172,6 +189,8 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
     consumer's inbox absorbs; nothing is ever in neither. Returns how many moved.
     """
     name = live_queue(queue)
+    if name in rpc_queues():
+        raise NotReplayable(f"{name} holds requests, which are never replayed")
     wanted = set(message_ids) if message_ids is not None else None
     moved = 0
     with _channel(amqp_uri) as (conn, channel):
@@ -227,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             moved = replay_dead_letters(settings.amqp_uri, args.queue, args.ids)
             print(json.dumps({"replayed": moved}))
-    except UnknownQueue as exc:
+    except (UnknownQueue, NotReplayable) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     return 0

@@ -9,6 +9,9 @@
 - RPC queues (``rpc-<service>``) are quorum queues, so they survive the loss of the node that
   declared them (``declare_rpc_queues`` creates them, and migrates classic ones, before services
   start); reply queues are transient, so a surviving node lets a caller declare its own again.
+  A request that cannot be served (undecodable, no reply address, not a request, an unknown
+  method, or delivered ``LEDGERDESK_DELIVERY_LIMIT`` times already) goes to
+  ``rpc-<service>.dead`` and is counted, and the service keeps serving.
 - Publisher connections (RPC requests, replies) carry AMQP heartbeats like consumers do, and
   ``PublisherHeartbeats`` keeps the idle ones in kombu's pools beating.
 """
@@ -27,6 +30,7 @@ import amqp
 import eventlet
 import kombu.exceptions
 import kombu.pools
+import kombu.serialization
 import nameko.amqp.publish
 import psycopg2
 from kombu import Connection, Queue
@@ -38,7 +42,7 @@ from nameko.constants import (
     LOGIN_METHOD_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY,
 )
-from nameko.exceptions import UnknownService
+from nameko.exceptions import MalformedRequest, MethodNotFound, UnknownService
 from nameko.extensions import DependencyProvider, SharedExtension
 from nameko.messaging import Consumer, QueueConsumer
 from nameko.rpc import (
@@ -54,7 +58,7 @@ from nameko.rpc import (
 )
 
 from kernel import db as kdb
-from kernel import migrate, observability, topology
+from kernel import deadletters, migrate, observability, topology
 from kernel.config import Settings
 from kernel.crypto import FieldCipher, KeyShredded, Keystore
 from kernel.envelope import Envelope, EventRegistry, MalformedEnvelope, MalformedPayload
@@ -380,9 +384,15 @@ class _DeadLetteringQueueConsumer(QueueConsumer):
     def get_consumers(self, consumer_cls: Any, channel: Any) -> Any:
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
-            if isinstance(provider, DurableEventConsumer):
-                consumer.on_decode_error = provider.undecodable
+            undecodable = getattr(provider, "undecodable", None)
+            if undecodable is not None:
+                consumer.on_decode_error = undecodable
         return consumers
+
+
+class _RpcQueueConsumer(_DeadLetteringQueueConsumer):
+    """The same, for RPC queues: a class of its own, so requests keep their own connection (a
+    backlog of events never holds up a request)."""
 
 
 def topic_matches(binding: str, routing_key: str) -> bool:
@@ -581,8 +591,20 @@ def rpc_queue(service: str, exchange: Any = None) -> Queue:
     )
 
 
+def rpc_dead_letter_queue(service: str) -> Queue:
+    """Where a service's RPC consumer sets aside requests it cannot serve (a quorum queue, so a
+    dead letter the broker confirmed outlives a node), reached through the default exchange."""
+    return Queue(
+        RPC_QUEUE_TEMPLATE.format(service) + ".dead",
+        durable=True,
+        auto_delete=False,
+        queue_arguments={"x-queue-type": "quorum"},
+    )
+
+
 def declare_rpc_queues(amqp_uri: str, services: Iterable[str], resume: bool = True) -> list[str]:
-    """Declare each service's RPC queue as a quorum queue; safe to repeat, and run before any
+    """Declare each service's RPC queue as a quorum queue, and its dead-letter queue
+    (``rpc_dead_letter_queue``); safe to repeat, and run before any
     service starts (and by each service as it starts). A classic one left by an older release
     cannot be redeclared as quorum (PRECONDITION_FAILED), so it is replaced, losing nothing:
     the requests it holds wait in a holding queue (``<queue>.migrating``) while it is deleted
@@ -604,6 +626,7 @@ def declare_rpc_queues(amqp_uri: str, services: Iterable[str], resume: bool = Tr
                 replaced.append(queue.name)
             if resume or queue.name in replaced:
                 _requeue_held_requests(conn, queue)
+            rpc_dead_letter_queue(service)(conn.channel()).declare()
     return replaced
 
 
@@ -687,11 +710,123 @@ class _Responder(Responder):
     publisher_cls = _UnconfirmedReplyPublisher
 
 
+def _returns(message: Any) -> int:
+    """How often the broker had this message back from a consumer that did not settle it
+    (``x-delivery-count``, which a quorum queue keeps)."""
+    returned = (message.headers or {}).get("x-delivery-count")
+    return returned if isinstance(returned, int) and returned > 0 else 0
+
+
+def _answerable(message: Any) -> bool:
+    """Whether nameko can reply: it needs a reply address, and answers in the request's
+    content type."""
+    properties = message.properties
+    return isinstance(properties.get("reply_to"), str) and (
+        properties.get("content_type") in kombu.serialization.registry.type_to_name
+    )
+
+
 class _QuorumRpcConsumer(RpcConsumer):
     """nameko's RPC consumer on a quorum queue (``rpc_queue``) instead of a classic one, whose
-    replies are published without waiting for the broker's confirm."""
+    replies are published without waiting for the broker's confirm.
 
+    A request it cannot serve goes to ``rpc-<service>.dead`` (a copy the broker confirmed, then
+    the original acknowledged) and is counted as ``rejected``, and the service keeps serving.
+    nameko would let one without a reply address end the service, and the broker would hand it
+    to the next process, and the next; one delivered ``delivery_limit`` times already has most
+    likely ended a process each time (nameko acknowledges a request only once it is answered).
+    A request that can be answered also gets nameko's error (``MalformedRequest``,
+    ``MethodNotFound``), so its caller need not wait for its timeout."""
+
+    queue_consumer = _RpcQueueConsumer()
     publisher_heartbeats = PublisherHeartbeats()
+
+    def handle_message(self, body: Any, message: Any) -> None:
+        if _redelivered(message):
+            self._count(observability.REDELIVERIES)
+        unfit = self._unfit(body, message)
+        if unfit is None:
+            super().handle_message(body, message)
+        else:
+            self._dead_letter(message, *unfit)
+
+    def undecodable(self, message: Any, exc: Exception) -> None:
+        why = f"the body cannot be decoded ({type(exc).__name__})"
+        error = MalformedRequest("the body cannot be decoded") if _answerable(message) else None
+        self._dead_letter(message, "rejected", why, error)
+
+    def _unfit(self, body: Any, message: Any) -> tuple[str, str, Exception | None] | None:
+        """Why a request cannot be served: the broker's word for it, ours, and the error its
+        caller gets (None when it cannot be answered)."""
+        returned = _returns(message)
+        limit = settings_of(self.container).delivery_limit
+        if returned >= limit:
+            return "delivery_limit", f"delivered {returned + 1} times (limit {limit})", None
+        if not _answerable(message):
+            return "rejected", "no reply address, or no content type to answer in", None
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("args"), list)
+            and isinstance(body.get("kwargs"), dict)
+        ):
+            return "rejected", "not a request (args, kwargs)", MalformedRequest("not a request")
+        try:
+            self.get_provider_for_method(message.delivery_info["routing_key"])
+        except MethodNotFound as exc:
+            return "rejected", "no such method", exc
+        return None
+
+    def _dead_letter(self, message: Any, reason: str, why: str, error: Exception | None) -> None:
+        queue = rpc_dead_letter_queue(self.container.service_name).name
+        headers = dict(message.headers or {})
+        headers["x-first-death-reason"] = reason
+        headers["x-first-death-queue"] = self.queue.name
+        headers[deadletters.DELIVERIES_HEADER] = _returns(message) + 1
+        headers[_ROUTING_KEY_HEADER] = message.delivery_info.get("routing_key")
+        properties = message.properties
+        config = self.container.config
+        try:
+            with nameko.amqp.publish.get_producer(
+                config[AMQP_URI_CONFIG_KEY],
+                ssl=config.get(AMQP_SSL_CONFIG_KEY),
+                login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+            ) as producer:
+                producer.publish(
+                    message.body,
+                    exchange="",
+                    routing_key=queue,
+                    mandatory=True,
+                    delivery_mode=2,
+                    headers=headers,
+                    content_type=properties.get("content_type") or "application/octet-stream",
+                    content_encoding=properties.get("content_encoding") or "binary",
+                    message_id=properties.get("message_id"),
+                    correlation_id=properties.get("correlation_id"),
+                    type=message.delivery_info.get("routing_key"),
+                )
+        except BROKER_UNREACHABLE as exc:
+            # Not acknowledged: the broker gives it back with the connection, to try again.
+            log.warning("request not set aside: the broker is unreachable (%s)", type(exc).__name__)
+            return
+        self._count(observability.MESSAGES_HANDLED, outcome="rejected")
+        # Say what was wrong with it, never what it held.
+        log.error(
+            "dead-lettering request %s on %s: %s",
+            properties.get("correlation_id"),
+            self.queue.name,
+            why,
+        )
+        if error is None:
+            self.queue_consumer.ack_message(message)
+            return
+        try:
+            self.handle_result(message, None, (type(error), error, None))
+        except BROKER_UNREACHABLE as exc:
+            # Set aside already; given back with the connection, it is set aside again.
+            log.warning("error not sent: the broker is unreachable (%s)", type(exc).__name__)
+
+    def _count(self, metric: Any, **labels: str) -> None:
+        metric.labels(service=self.container.service_name, queue=self.queue.name, **labels).inc()
 
     def handle_result(self, message: Any, result: Any, exc_info: Any) -> Any:
         config = self.container.config

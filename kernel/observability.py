@@ -25,6 +25,7 @@ import eventlet
 from eventlet import wsgi
 from kombu import Connection
 from nameko.extensions import DependencyProvider, SharedExtension
+from nameko.rpc import RPC_QUEUE_TEMPLATE, Rpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -133,7 +134,7 @@ class _ScrapeTimeGauges(Collector):
         yield oldest
         dead = GaugeMetricFamily(
             "ledgerdesk_dead_letters",
-            "Messages in a consumer queue's dead-letter queue (<queue>.dead)",
+            "Messages in a consumer or RPC queue's dead-letter queue (<queue>.dead)",
             labels=["queue"],
         )
         queues = self._server.consumer_queues()
@@ -199,13 +200,15 @@ class OpsServer(SharedExtension):
         return None
 
     def consumer_queues(self) -> list[str]:
-        return sorted(
-            {
-                subscription.queue
-                for entrypoint in self.container.entrypoints
-                if (subscription := getattr(entrypoint, "subscription", None)) is not None
-            }
-        )
+        """The queues this process consumes: its subscriptions', and its RPC queue."""
+        queues = {
+            subscription.queue
+            for entrypoint in self.container.entrypoints
+            if (subscription := getattr(entrypoint, "subscription", None)) is not None
+        }
+        if any(isinstance(entrypoint, Rpc) for entrypoint in self.container.entrypoints):
+            queues.add(RPC_QUEUE_TEMPLATE.format(self.service_name))
+        return sorted(queues)
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         checks = {"broker": broker_reachable(self.amqp_uri)}

@@ -15,7 +15,7 @@ from amqp.exceptions import PreconditionFailed
 
 from kernel import topology
 from kernel.config import Settings
-from kernel.nameko_adapters import declare_rpc_queues, rpc_queue
+from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
 from kernel.testing import Infrastructure, make_world
 from services.platform import SERVICES, subscriptions
 
@@ -33,6 +33,8 @@ def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
         queues[subscription.dead_letter_queue] = {}
     for service in SERVICES:
         queues[rpc_queue(service).name] = rpc_queue(service).queue_arguments
+        dead = rpc_dead_letter_queue(service)
+        queues[dead.name] = dead.queue_arguments
     return queues
 
 

@@ -100,6 +100,12 @@ def test_operator_health_and_dead_letter_endpoints(ops_stack):
     # Only a platform queue: nothing is ever published into another.
     unknown = stack.call("POST", "/v1/operator/dead-letters/amq.rabbitmq.log/replay", key=token)
     assert unknown.status_code == 404
+    # Requests an RPC queue set aside are listed, never replayed: their callers have gone.
+    requests_ = stack.call("GET", "/v1/operator/dead-letters?queue=rpc-tickets", key=token)
+    assert requests_.status_code == 200 and requests_.json() == {"items": []}
+    refused = stack.call("POST", "/v1/operator/dead-letters/rpc-tickets/replay", key=token)
+    assert refused.status_code == 409, refused.text
+    assert "never replayed" in refused.json()["detail"]
 
 
 def test_consumer_and_relay_connections_have_heartbeats(ops_stack, infrastructure):
