@@ -25,6 +25,7 @@ from typing import Any
 
 import amqp
 from kombu import Connection
+from nameko.rpc import RPC_QUEUE_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ def platform_queues() -> list[str]:
 
 def rpc_queues() -> list[str]:
     """The RPC queues of every platform service, whose refused requests are listed too."""
-    from nameko.rpc import RPC_QUEUE_TEMPLATE
-
     from services.platform import SERVICES
 
     return [RPC_QUEUE_TEMPLATE.format(service) for service in SERVICES]

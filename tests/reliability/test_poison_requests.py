@@ -12,6 +12,7 @@ import json
 import uuid
 
 import pytest
+import requests
 from kombu import Connection, Exchange, Producer, Queue
 
 from kernel import deadletters
@@ -72,6 +73,16 @@ class Replies:
         self.connection.release()
 
 
+def dead_letter_gauge(stack: Stack, service: str, queue: str) -> float | None:
+    """``ledgerdesk_dead_letters`` for ``queue``, from the service's /metrics."""
+    port = stack.processes[service].ops_port  # type: ignore[attr-defined]
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f'ledgerdesk_dead_letters{{queue="{queue}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def serving(stack: Stack) -> None:
     """Every service answers its health RPC through the gateway, and a ticket is written."""
     token = stack.settings.operator_token
@@ -113,6 +124,7 @@ def test_bad_requests_on_every_rpc_queue_are_set_aside_and_services_keep_serving
                     f"{service}.no_such_method",
                 }
                 assert refused_count(stack, service, f"rpc-{service}") >= 4, service
+                assert dead_letter_gauge(stack, service, f"rpc-{service}") == 4, service
                 assert stack.processes[service].poll() is None, f"{service} ended"
 
             # The callers that gave a reply address were answered with the error, at once.
