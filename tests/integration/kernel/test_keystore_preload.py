@@ -35,8 +35,22 @@ def dsn(world) -> str:
     return dsn
 
 
-def test_one_round_trip_loads_a_page_of_keys_that_then_open_without_the_database(dsn):
-    writer = Keystore(Database(dsn), {"k1": K1})
+@pytest.fixture
+def database(dsn):
+    """Opens databases on the keystore's, each counting its transactions, closed at the end."""
+    opened: list[CountingDatabase] = []
+
+    def open_database() -> CountingDatabase:
+        opened.append(CountingDatabase(dsn))
+        return opened[-1]
+
+    yield open_database
+    for db in opened:
+        db.close()
+
+
+def test_one_round_trip_loads_a_page_of_keys_that_then_open_without_the_database(database):
+    writer = Keystore(database(), {"k1": K1})
     tenant, other_tenant, ann = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     top = [uuid.uuid4() for _ in range(3)]
     children = [uuid.uuid4() for _ in range(2)]
@@ -47,7 +61,7 @@ def test_one_round_trip_loads_a_page_of_keys_that_then_open_without_the_database
     writer.shred_subject(erased)
     writer.subject_key(other_tenant, foreign)
 
-    db = CountingDatabase(dsn)
+    db = database()
     reader = Keystore(db, {"k1": K1}, cache_seconds=3600)
     reader.preload([*top, *children, erased, unknown, str(foreign)])
     assert db.transactions == 1
@@ -66,16 +80,16 @@ def test_one_round_trip_loads_a_page_of_keys_that_then_open_without_the_database
     assert db.transactions == 2
 
 
-def test_a_keystore_that_caches_nothing_loads_nothing_ahead(dsn):
+def test_a_keystore_that_caches_nothing_loads_nothing_ahead(database):
     tenant, subject = uuid.uuid4(), uuid.uuid4()
-    Keystore(Database(dsn), {"k1": K1}).subject_key(tenant, subject)
-    db = CountingDatabase(dsn)
+    Keystore(database(), {"k1": K1}).subject_key(tenant, subject)
+    db = database()
     Keystore(db, {"k1": K1}, cache_seconds=0).preload([subject])
     assert db.transactions == 0
 
 
-def test_rows_opened_together_read_as_each_alone(dsn):
-    writer = FieldCipher(Keystore(Database(dsn), {"k1": K1}))
+def test_rows_opened_together_read_as_each_alone(database):
+    writer = FieldCipher(Keystore(database(), {"k1": K1}))
     tenant, ann = uuid.uuid4(), uuid.uuid4()
     tickets = [uuid.uuid4() for _ in range(4)]
     rows = []
@@ -91,11 +105,11 @@ def test_rows_opened_together_read_as_each_alone(dsn):
     writer.keystore.shred_subject(tickets[2])
     rows.append({"subject": None, "body": "not encrypted"})
 
-    db = CountingDatabase(dsn)
+    db = database()
     together = FieldCipher(Keystore(db, {"k1": K1}, cache_seconds=3600))
     opened = together.open_stored_rows(tenant, rows)
     assert db.transactions == 1
-    alone = FieldCipher(Keystore(Database(dsn), {"k1": K1}, cache_seconds=0))
+    alone = FieldCipher(Keystore(database(), {"k1": K1}, cache_seconds=0))
     assert opened == [alone.open_stored(tenant, row) for row in rows]
     assert opened[0] == {"subject": "subject 0", "body": "body 0"}
     assert all(is_erased(v) for v in opened[2].values())
