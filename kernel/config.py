@@ -63,6 +63,16 @@ class Settings:
     gateway_processes: int = 2
     rpc_timeout: float = 10.0
     delivery_limit: int = 5
+    # How long a dead letter waits in a dead-letter queue (``<queue>.dead``, ``rpc-<s>.dead``)
+    # for an operator before the broker drops it. audit.ledger.dead can hold access events with
+    # their IP address and user agent in plaintext, outside the audit keys that end them, and a
+    # tenant may shorten its access-log period to one day: two days keep such a copy within a
+    # day of the shortest period, and still give an operator, alerted by the
+    # ``ledgerdesk_dead_letters`` gauge, two days to mend the cause and replay.
+    dead_letter_ttl_hours: float = 48.0
+    # Past this many messages a dead-letter queue drops its oldest: a flood of failures cannot
+    # fill the broker's memory and disk (whose alarms block every publisher of the platform).
+    dead_letter_max_messages: int = 10_000
     max_workers: int = 10
     regions: tuple[str, ...] = ("uk", "in", "sg")
     policy_version: str = "2026-01"
@@ -127,6 +137,12 @@ class Settings:
             gateway_processes=number("GATEWAY_PROCESSES", base.gateway_processes),
             rpc_timeout=number("RPC_TIMEOUT", base.rpc_timeout, float),
             delivery_limit=number("DELIVERY_LIMIT", base.delivery_limit),
+            dead_letter_ttl_hours=number(
+                "DEAD_LETTER_TTL_HOURS", base.dead_letter_ttl_hours, float
+            ),
+            dead_letter_max_messages=number(
+                "DEAD_LETTER_MAX_MESSAGES", base.dead_letter_max_messages
+            ),
             max_workers=number("MAX_WORKERS", base.max_workers),
             regions=tuple(
                 r.strip() for r in get("REGIONS", ",".join(base.regions)).split(",") if r.strip()
@@ -163,6 +179,11 @@ class Settings:
         # Below 4 s the broker drops consumers: kombu's loop beats only when its 1 s wait ends.
         if not 4 <= self.heartbeat <= 600:
             raise ConfigurationError("LEDGERDESK_HEARTBEAT must be 4-600 seconds")
+        # RabbitMQ takes a message TTL in whole milliseconds, as an unsigned 32-bit number.
+        if not 1 <= round(self.dead_letter_ttl_hours * 3_600_000) < 2**32:
+            raise ConfigurationError(
+                "LEDGERDESK_DEAD_LETTER_TTL_HOURS must be between a millisecond and 1193 hours"
+            )
         if not self.regions:
             raise ConfigurationError("LEDGERDESK_REGIONS must name at least one region")
         if not self.database_prefix.replace("_", "").isalnum():

@@ -8,8 +8,12 @@ them into the live queue they came from:
     python -m kernel.deadletters replay QUEUE [--id MESSAGE_ID ...]
 
 Listings carry ids, types, counts and reasons only: a body may hold personal data, so it is
-never printed, logged or returned. Reading a dead-letter queue takes its messages without
-acknowledging them and gives them back when the channel closes, so listing moves nothing.
+never printed, logged or returned. A dead letter lives ``LEDGERDESK_DEAD_LETTER_TTL_HOURS`` at
+most (the broker drops it then, and the oldest once a queue holds
+``LEDGERDESK_DEAD_LETTER_MAX_MESSAGES``), so a replay comes within that. Requests set aside from
+an RPC queue keep no body at all (``rpc-<service>.dead``): they are listed, never replayed.
+Reading a dead-letter queue takes its messages without acknowledging them and gives them back
+when the channel closes, so listing moves nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ DEAD_SUFFIX = ".dead"
 # How often a request set aside from an RPC queue had been delivered: the quorum dead-letter
 # queue counts deliveries of its own in ``x-delivery-count``.
 DELIVERIES_HEADER = "x-ledgerdesk-deliveries"
+# A request set aside from an RPC queue keeps no body: these say how long it was, and in what.
+BODY_BYTES_HEADER = "x-ledgerdesk-body-bytes"
+CONTENT_TYPE_HEADER = "x-ledgerdesk-content-type"
 # Broker headers that describe earlier deaths: a replayed message starts its life afresh.
 _DEATH_HEADERS = frozenset(
     {
@@ -147,7 +154,8 @@ def describe(queue: str, message: amqp.Message) -> dict[str, Any]:
         "deaths": sum(int(d.get("count", 1)) for d in deaths),
         "delivery_count": headers.get(DELIVERIES_HEADER, headers.get("x-delivery-count")),
         "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
-        "dead_since": _when(first.get("time")),
+        # An RPC consumer stamps a request it sets aside; the broker's dead letters have x-death.
+        "dead_since": _when(first.get("time") or properties.get("timestamp")),
     }
 
 
@@ -206,6 +214,9 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
                 if wanted is not None and message_id not in wanted:
                     continue  # given back when the channel closes
                 properties = dict(message.properties)
+                # What was left of its life in the dead-letter queue, set when it was moved there
+                # from an older one (kernel.topology): in the live queue it has a life afresh.
+                properties.pop("expiration", None)
                 headers = {
                     k: v
                     for k, v in (properties.pop("application_headers", None) or {}).items()

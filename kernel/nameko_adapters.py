@@ -10,8 +10,9 @@
   declared them (``declare_rpc_queues`` creates them, and migrates classic ones, before services
   start); reply queues are transient, so a surviving node lets a caller declare its own again.
   A request that cannot be served (undecodable, no reply address, not a request, an unknown
-  method, or delivered ``LEDGERDESK_DELIVERY_LIMIT`` times already) goes to
-  ``rpc-<service>.dead`` and is counted, and the service keeps serving.
+  method, or delivered ``LEDGERDESK_DELIVERY_LIMIT`` times already) is set aside in
+  ``rpc-<service>.dead`` without its body (what it was, why, and ids only) and counted, and the
+  service keeps serving.
 - Publisher connections (RPC requests, replies) carry AMQP heartbeats like consumers do, and
   ``PublisherHeartbeats`` keeps the idle ones in kombu's pools beating.
 """
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -440,7 +442,12 @@ class DurableEventConsumer(Consumer):
     def setup(self) -> None:
         settings = settings_of(self.container)
         # Declared here too, so a consumer started before the platform's declare still works.
-        topology.declare(settings.amqp_uri, [self.subscription], settings.delivery_limit)
+        topology.declare(
+            settings.amqp_uri,
+            [self.subscription],
+            settings.delivery_limit,
+            topology.DeadLetterLimits.of(settings),
+        )
         self.queue: Queue = self.subscription.kombu_queue(settings.delivery_limit)
         super().setup()
 
@@ -569,8 +576,9 @@ class TimedRpcProxy(RpcProxy):
 
 # ------------------------------------------------------------------ RPC queues
 
-# Where a request waiting out a migration keeps the routing key nameko dispatches it by.
-_ROUTING_KEY_HEADER = "x-ledgerdesk-rpc-routing-key"
+# Where a request waiting out a migration keeps the routing key nameko dispatches it by, and a
+# request set aside the routing key it came with.
+_ROUTING_KEY_HEADER = topology.HELD_ROUTING_KEY_HEADER
 
 
 class RpcQueueInUse(Exception):
@@ -591,18 +599,26 @@ def rpc_queue(service: str, exchange: Any = None) -> Queue:
     )
 
 
-def rpc_dead_letter_queue(service: str) -> Queue:
+def rpc_dead_letter_queue(
+    service: str, limits: topology.DeadLetterLimits = topology.DEFAULT_DEAD_LETTER_LIMITS
+) -> Queue:
     """Where a service's RPC consumer sets aside requests it cannot serve (a quorum queue, so a
-    dead letter the broker confirmed outlives a node), reached through the default exchange."""
+    dead letter the broker confirmed outlives a node), reached through the default exchange,
+    with the dead-letter queues' bounded life."""
     return Queue(
         RPC_QUEUE_TEMPLATE.format(service) + ".dead",
         durable=True,
         auto_delete=False,
-        queue_arguments={"x-queue-type": "quorum"},
+        queue_arguments={"x-queue-type": "quorum", **limits.queue_arguments()},
     )
 
 
-def declare_rpc_queues(amqp_uri: str, services: Iterable[str], resume: bool = True) -> list[str]:
+def declare_rpc_queues(
+    amqp_uri: str,
+    services: Iterable[str],
+    resume: bool = True,
+    dead_letters: topology.DeadLetterLimits = topology.DEFAULT_DEAD_LETTER_LIMITS,
+) -> list[str]:
     """Declare each service's RPC queue as a quorum queue, and its dead-letter queue
     (``rpc_dead_letter_queue``); safe to repeat, and run before any
     service starts (and by each service as it starts). A classic one left by an older release
@@ -611,8 +627,10 @@ def declare_rpc_queues(amqp_uri: str, services: Iterable[str], resume: bool = Tr
     and the quorum queue declared, then go to it with their own routing keys. A request sent in
     the moment between delete and declare finds no queue, and its caller gets an error (503)
     at once. Refuses (``RpcQueueInUse``) while old processes still consume the classic queue.
-    With ``resume``, requests a run cut short left in a holding queue go on to the quorum
-    queue too. Returns the queues that were replaced."""
+    A dead-letter queue without these ``dead_letters`` limits is replaced the same way
+    (``topology.declare_dead_letter_queue``), and the requests it kept whole from older
+    releases lose their bodies on the way. With ``resume``, requests a run cut short left in
+    a holding queue go on too. Returns the RPC queues that were replaced."""
     replaced = []
     with Connection(amqp_uri, connect_timeout=5) as conn:
         conn.ensure_connection(max_retries=3)
@@ -626,77 +644,65 @@ def declare_rpc_queues(amqp_uri: str, services: Iterable[str], resume: bool = Tr
                 replaced.append(queue.name)
             if resume or queue.name in replaced:
                 _requeue_held_requests(conn, queue)
-            rpc_dead_letter_queue(service)(conn.channel()).declare()
+            topology.declare_dead_letter_queue(
+                conn, rpc_dead_letter_queue(service, dead_letters), dead_letters, resume, _emptied
+            )
     return replaced
 
 
 def _replace_classic_queue(conn: Connection, queue: Queue) -> None:
-    holding = f"{queue.name}.migrating"
-    channel = conn.channel()
-    # Classic: a quorum queue cannot be deleted "if empty", and this one lives for moments.
-    channel.queue_declare(holding, durable=True, auto_delete=False)
-    while True:
-        try:
-            _, _, consumers = channel.queue_declare(queue.name, passive=True)
-        except amqp.exceptions.NotFound:
-            return  # another process replaced it meanwhile
-        if consumers:
-            raise RpcQueueInUse(
-                f"{queue.name} is a classic queue still consumed by {consumers} process(es) of "
-                "an older release: stop them, then prepare again (docs/operations.md)"
-            )
-        _move(channel, queue.name, "", lambda message: holding, keep_routing_key=True)
-        try:
-            # Only if nothing came in since the move, and no consumer appeared.
-            channel.queue_delete(queue.name, if_unused=True, if_empty=True)
-            return
-        except (amqp.exceptions.PreconditionFailed, amqp.exceptions.NotFound):
-            channel = conn.channel()
+    try:
+        topology.hold(conn, queue.name, quorum=False, keep_routing_key=True)
+    except topology.QueueInUse as exc:
+        raise RpcQueueInUse(
+            f"{queue.name} is a classic queue still consumed by {exc.consumers} process(es) of "
+            "an older release: stop them, then prepare again (docs/operations.md)"
+        ) from None
 
 
 def _requeue_held_requests(conn: Connection, queue: Queue) -> None:
-    holding = f"{queue.name}.migrating"
-    channel = conn.channel()
-    try:
-        channel.queue_declare(holding, passive=True)
-    except amqp.exceptions.NotFound:
-        return
-    _move(
-        channel,
-        holding,
+    topology.release_held(
+        conn,
+        queue.name,
         queue.exchange.name,
         lambda message: message.headers.pop(_ROUTING_KEY_HEADER),
-        keep_routing_key=False,
     )
-    with contextlib.suppress(amqp.exceptions.PreconditionFailed, amqp.exceptions.NotFound):
-        channel.queue_delete(holding, if_empty=True)
 
 
-def _move(
-    channel: Any,
-    source: str,
-    exchange: str,
-    routing_key: Callable[[Any], str],
-    keep_routing_key: bool,
-) -> int:
-    """Move every message of ``source`` with its body and properties, each acknowledged only
-    after the broker confirmed its copy (a crash between the two duplicates, never loses)."""
-    moved = 0
-    while True:
-        try:
-            message = channel.basic_get(source, no_ack=False)
-        except amqp.exceptions.NotFound:
-            return moved
-        if message is None:
-            return moved
-        headers = message.properties["application_headers"] = dict(message.headers or {})
-        if keep_routing_key:
-            headers[_ROUTING_KEY_HEADER] = message.delivery_info["routing_key"]
-        key = routing_key(message)
-        copy = amqp.Message(message.body, **message.properties)
-        channel.basic_publish_confirm(copy, exchange=exchange, routing_key=key, mandatory=True)
-        channel.basic_ack(message.delivery_tag)
-        moved += 1
+# What a request set aside keeps: why, from where, how often and when it was set aside, its
+# method, size and content type, and ids to find its caller and trace by. Never its body (API
+# keys sent to ``authenticate``, ticket text before redaction) nor any other header: it is never
+# replayed (``deadletters.NotReplayable``), so a body would serve no one.
+_SET_ASIDE_HEADERS = frozenset(
+    {
+        "x-first-death-reason",
+        "x-first-death-queue",
+        deadletters.DELIVERIES_HEADER,
+        deadletters.BODY_BYTES_HEADER,
+        deadletters.CONTENT_TYPE_HEADER,
+        _ROUTING_KEY_HEADER,
+        "nameko.traceparent",
+    }
+)
+_SET_ASIDE_PROPERTIES = ("message_id", "correlation_id", "type", "timestamp")
+_NO_BODY = {"content_type": "application/octet-stream", "content_encoding": "binary"}
+
+
+def _without_body(
+    body: Any, properties: Mapping[str, Any], headers: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The headers and properties of a request's set-aside copy, which has no body."""
+    kept = {k: v for k, v in headers.items() if k in _SET_ASIDE_HEADERS and v is not None}
+    kept.setdefault(deadletters.BODY_BYTES_HEADER, len(body or b""))
+    if properties.get("content_type"):
+        kept.setdefault(deadletters.CONTENT_TYPE_HEADER, properties["content_type"])
+    return kept, {k: properties[k] for k in _SET_ASIDE_PROPERTIES if properties.get(k) is not None}
+
+
+def _emptied(message: amqp.Message) -> amqp.Message:
+    """A request set aside by an older release, which kept its body, as this one sets it aside."""
+    headers, properties = _without_body(message.body, message.properties, message.headers or {})
+    return amqp.Message(b"", application_headers=headers, delivery_mode=2, **_NO_BODY, **properties)
 
 
 class _UnconfirmedReplyPublisher(nameko.amqp.publish.Publisher):
@@ -708,6 +714,10 @@ class _UnconfirmedReplyPublisher(nameko.amqp.publish.Publisher):
 
 class _Responder(Responder):
     publisher_cls = _UnconfirmedReplyPublisher
+
+
+# The broker's reply code for a mandatory message no queue took.
+_NO_ROUTE = 312
 
 
 def _returns(message: Any) -> int:
@@ -778,12 +788,19 @@ class _QuorumRpcConsumer(RpcConsumer):
 
     def _dead_letter(self, message: Any, reason: str, why: str, error: Exception | None) -> None:
         queue = rpc_dead_letter_queue(self.container.service_name).name
-        headers = dict(message.headers or {})
-        headers["x-first-death-reason"] = reason
-        headers["x-first-death-queue"] = self.queue.name
-        headers[deadletters.DELIVERIES_HEADER] = _returns(message) + 1
-        headers[_ROUTING_KEY_HEADER] = message.delivery_info.get("routing_key")
+        routing_key = message.delivery_info.get("routing_key")
         properties = message.properties
+        headers, kept = _without_body(
+            message.body,
+            {**properties, "type": routing_key, "timestamp": int(time.time())},
+            {
+                **(message.headers or {}),
+                "x-first-death-reason": reason,
+                "x-first-death-queue": self.queue.name,
+                deadletters.DELIVERIES_HEADER: _returns(message) + 1,
+                _ROUTING_KEY_HEADER: routing_key,
+            },
+        )
         config = self.container.config
         try:
             with nameko.amqp.publish.get_producer(
@@ -792,21 +809,26 @@ class _QuorumRpcConsumer(RpcConsumer):
                 login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
             ) as producer:
                 producer.publish(
-                    message.body,
+                    b"",
                     exchange="",
                     routing_key=queue,
                     mandatory=True,
                     delivery_mode=2,
                     headers=headers,
-                    content_type=properties.get("content_type") or "application/octet-stream",
-                    content_encoding=properties.get("content_encoding") or "binary",
-                    message_id=properties.get("message_id"),
-                    correlation_id=properties.get("correlation_id"),
-                    type=message.delivery_info.get("routing_key"),
+                    **_NO_BODY,
+                    **kept,
                 )
         except BROKER_UNREACHABLE as exc:
             # Not acknowledged: the broker gives it back with the connection, to try again.
             log.warning("request not set aside: the broker is unreachable (%s)", type(exc).__name__)
+            return
+        except amqp.exceptions.ChannelError as exc:
+            if exc.reply_code != _NO_ROUTE:
+                raise
+            # The dead-letter queue is being replaced (new limits): back to the RPC queue, to be
+            # set aside on a later delivery, once it is there again.
+            log.warning("request not set aside: %s is being replaced; requeued", queue)
+            self.queue_consumer.requeue_message(message)
             return
         self._count(observability.MESSAGES_HANDLED, outcome="rejected")
         # Say what was wrong with it, never what it held.
@@ -850,7 +872,10 @@ class _QuorumRpcConsumer(RpcConsumer):
         # resuming a migration cut short is left to ``prepare``: looking for its holding queue
         # costs a channel error, logged by the broker, on every start.
         declare_rpc_queues(
-            self.container.config["AMQP_URI"], [self.container.service_name], resume=False
+            self.container.config["AMQP_URI"],
+            [self.container.service_name],
+            resume=False,
+            dead_letters=topology.DeadLetterLimits.of(settings_of(self.container)),
         )
         self.queue = rpc_queue(self.container.service_name, get_rpc_exchange(self.container.config))
 

@@ -68,11 +68,11 @@ HTTP_SECONDS = Histogram(
 
 
 def outbox_status(database: kdb.Database) -> tuple[int, float | None]:
-    """Unpublished outbox rows, and the age in seconds of the oldest (None when empty)."""
+    """Outbox rows not yet published, and the age in seconds of the oldest (None when empty):
+    the relay deletes a row once the broker confirmed it, so every row is still to go."""
     with database.transaction() as cur:
         cur.execute(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8"
-            " FROM outbox WHERE published_at IS NULL"
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox"
         )
         count, oldest = cur.fetchone()
     return int(count), (None if oldest is None else round(float(oldest), 3))

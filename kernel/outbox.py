@@ -35,5 +35,6 @@ def add(
 
 
 def pending_count(cur: psycopg2.extensions.cursor) -> int:
-    cur.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    """Messages not yet confirmed by the broker: the relay deletes the rows it published."""
+    cur.execute("SELECT count(*) FROM outbox")
     return cur.fetchone()[0]

@@ -1,11 +1,14 @@
 """The outbox relay: publishes committed outbox rows to RabbitMQ with publisher confirms.
 
-A row is marked published only after the broker confirmed it, so a crash at any point loses
-nothing (it may publish a row twice; consumers' inboxes absorb that). Rows are read as "every
-unpublished row, in id order", never "rows after the last id seen", which would skip rows that
-commit late. One relay per database is active at a time (a PostgreSQL advisory lock elects it),
-which keeps each stream's order; others wait as standbys. Messages are published ``mandatory``:
-a message that no queue is bound to comes back as an error and its row stays in the outbox.
+A row is deleted once the broker confirmed it, never before, so a crash at any point loses
+nothing (it may publish a row twice; consumers' inboxes absorb that), and no published body
+outlives its publication: the gateway's access events carry IP addresses and user agents, which
+the audit ledger keeps under period keys and shreds, and a copy kept here would outlive that.
+Rows are read as "every row still in the outbox, in id order", never "rows after the last id
+seen", which would skip rows that commit late. One relay per database is active at a time (a
+PostgreSQL advisory lock elects it), which keeps each stream's order; others wait as standbys.
+Messages are published ``mandatory``: a message that no queue is bound to comes back as an
+error and its row stays in the outbox.
 
 Run standalone with ``python -m kernel.relay SERVICE``; services also run it in-process.
 """
@@ -171,7 +174,7 @@ class OutboxRelay:
     # --- one pass -----------------------------------------------------------------------------
 
     def publish_pending(self) -> int:
-        """Publish one batch of unpublished rows; returns how many were confirmed."""
+        """Publish one batch of the outbox's rows; returns how many were confirmed (and deleted)."""
         conn = self._work_conn
         assert conn is not None
         if self._publisher is None:
@@ -185,7 +188,7 @@ class OutboxRelay:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT id, event_id, stream_id, exchange, routing_key, body FROM outbox"
-                " WHERE published_at IS NULL ORDER BY id LIMIT %s",
+                " ORDER BY id LIMIT %s",
                 (self.batch_size,),
             )
             rows = cur.fetchall()
@@ -211,10 +214,9 @@ class OutboxRelay:
         failures: list[tuple] = []
         with conn.cursor() as cur:
             if published_ids:
-                cur.execute(
-                    "UPDATE outbox SET published_at = now(), last_error = NULL WHERE id = ANY(%s)",
-                    (published_ids,),
-                )
+                # Deleted, not marked: consumers hold what they need, and a crash before this
+                # commits only publishes the rows again.
+                cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", (published_ids,))
             for row_id, event_id, _x, routing_key, _b, _t, stream_id in batch:
                 reason = failed.get(str(event_id))
                 if reason is None:
@@ -229,7 +231,7 @@ class OutboxRelay:
                 self._retry_after[stream_id] = time.monotonic() + backoff
                 failures.append((event_id, routing_key, reason, backoff))
         conn.commit()
-        # Counted once committed, so whoever reads the stats finds the rows already marked.
+        # Counted once committed, so whoever reads the stats finds the rows already gone.
         for event_id, routing_key, reason, backoff in failures:
             self.stats.failed += 1
             self.stats.last_error = reason
@@ -244,6 +246,7 @@ class OutboxRelay:
                 reason,
                 backoff,
             )
+        # Named for the mark a row used to get; a crash here has the confirmed rows deleted.
         faults.point("relay.after_mark")
         for stream_id in {b[6] for b in batch if str(b[1]) in confirmed}:
             self._retry_after.pop(stream_id, None)

@@ -186,6 +186,8 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_RABBIT_MANAGEMENT_URL=settings.rabbit_management_url,
         LEDGERDESK_DATABASE_PREFIX=settings.database_prefix,
         LEDGERDESK_DELIVERY_LIMIT=str(settings.delivery_limit),
+        LEDGERDESK_DEAD_LETTER_TTL_HOURS=str(settings.dead_letter_ttl_hours),
+        LEDGERDESK_DEAD_LETTER_MAX_MESSAGES=str(settings.dead_letter_max_messages),
         LEDGERDESK_GATEWAY_PORT=str(settings.gateway_port),
         LEDGERDESK_GATEWAY_PROCESSES=str(settings.gateway_processes),
         LEDGERDESK_KEY_CACHE_SECONDS=str(settings.key_cache_seconds),

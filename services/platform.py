@@ -76,11 +76,16 @@ def check_dependencies(settings: Settings) -> list[str]:
 def prepare(settings: Settings) -> None:
     """Databases and topology, before any process starts: nothing is published to no queue.
     RPC queues left classic by an older release become quorum queues here, their requests kept
-    (refused while processes of that release still consume them)."""
+    (refused while processes of that release still consume them), and dead-letter queues
+    declared without the configured limits are replaced by ones with them, their messages kept
+    (those past the TTL dropped, requests set aside by an older release emptied)."""
     for name in SERVICES:
         prepare_databases(settings, name, migrations_of(name))
-    topology.declare(settings.amqp_uri, subscriptions(), settings.delivery_limit)
-    declare_rpc_queues(settings.amqp_uri, SERVICES)
+    dead_letters = topology.DeadLetterLimits.of(settings)
+    topology.declare(
+        settings.amqp_uri, subscriptions(), settings.delivery_limit, dead_letters, resume=True
+    )
+    declare_rpc_queues(settings.amqp_uri, SERVICES, dead_letters=dead_letters)
 
 
 class ServiceProcess(subprocess.Popen):

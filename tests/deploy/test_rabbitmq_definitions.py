@@ -27,15 +27,30 @@ def definitions() -> dict[str, Any]:
 
 
 def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
+    limits = topology.DeadLetterLimits.of(Settings())
     queues: dict[str, dict[str, Any]] = {}
     for subscription in subscriptions():
         queues[subscription.queue] = subscription.kombu_queue(delivery_limit).queue_arguments
-        queues[subscription.dead_letter_queue] = {}
+        dead = subscription.kombu_dead_letter_queue(limits)
+        queues[dead.name] = dead.queue_arguments
     for service in SERVICES:
         queues[rpc_queue(service).name] = rpc_queue(service).queue_arguments
-        dead = rpc_dead_letter_queue(service)
+        dead = rpc_dead_letter_queue(service, limits)
         queues[dead.name] = dead.queue_arguments
     return queues
+
+
+def test_every_dead_letter_queue_has_a_bounded_life() -> None:
+    """A dead letter can hold what a service was sent (an access event's IP address, say): the
+    broker drops it after the TTL, and the oldest past the length limit."""
+    defaults = Settings()
+    dead = {q["name"]: q["arguments"] for q in definitions()["queues"]}
+    dead = {name: arguments for name, arguments in dead.items() if name.endswith(".dead")}
+    assert len(dead) == len(subscriptions()) + len(SERVICES)
+    for name, arguments in dead.items():
+        assert arguments["x-message-ttl"] == defaults.dead_letter_ttl_hours * 3_600_000, name
+        assert arguments["x-max-length"] == defaults.dead_letter_max_messages, name
+        assert arguments["x-overflow"] == "drop-head", name
 
 
 def expected_bindings() -> set[tuple[str, str, str]]:
@@ -109,3 +124,5 @@ def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchang
         # ... and a different delivery limit is refused, so the step above could fail.
         with pytest.raises(PreconditionFailed):
             topology.declare(world.amqp_uri, subscriptions(), limit + 1)
+        # A dead-letter queue with other limits is replaced rather than refused: the arguments
+        # compared above are what hold those to the code.

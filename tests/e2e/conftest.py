@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,10 +53,18 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(infrastructure: Infrastructure, **overrides: str) -> Iterator[Stack]:
+def running_stack(
+    infrastructure: Infrastructure,
+    before_start: Callable[[Settings], None] | None = None,
+    **overrides: str,
+) -> Iterator[Stack]:
+    """A whole platform in a world of its own; ``before_start`` runs once the world is prepared
+    and before any process starts (to bind a queue that sees every message, say)."""
     port = free_port()
     with make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(port), **overrides) as settings:
         platform.prepare(settings)
+        if before_start is not None:
+            before_start(settings)
         processes = platform.start_processes(world_env(settings))
         url = f"http://127.0.0.1:{port}"
         try:

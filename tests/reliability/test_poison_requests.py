@@ -9,13 +9,14 @@ reply address ended the service that took it, and the broker handed it to the ne
 from __future__ import annotations
 
 import json
+import urllib.parse
 import uuid
 
 import pytest
 import requests
 from kombu import Connection, Exchange, Producer, Queue
 
-from kernel import deadletters
+from kernel import deadletters, topology
 from kernel.testing import queue_depth, wait_until
 from services import platform
 from tests.e2e.conftest import Stack, running_stack
@@ -25,16 +26,61 @@ pytestmark = pytest.mark.reliability
 
 RPC_EXCHANGE = Exchange("nameko-rpc", type="topic", durable=True)
 REQUEST = json.dumps({"args": [], "kwargs": {}}).encode()
+# What requests set aside must not keep: an API key sent to authenticate, and ticket text.
+API_KEY = "ldk_poison-canary-" + uuid.uuid4().hex
+TICKET_TEXT = "poison canary ticket text " + uuid.uuid4().hex
+ACTOR = {"tenant_id": str(uuid.uuid4()), "agent_id": str(uuid.uuid4()), "role": "admin"}
+CARRYING = {
+    "accounts": ("accounts.authenticate", {"args": [API_KEY], "kwargs": {}}),
+    "tickets": (
+        "tickets.create_ticket",
+        {"args": [ACTOR, {"subject": TICKET_TEXT, "body": TICKET_TEXT}], "kwargs": {}},
+    ),
+}
 
 
 def bad_requests(service: str) -> list[tuple[str, str, bytes, bool, str | None]]:
-    """(what, routing key, body, with a reply address, the error its caller gets)."""
+    """(what, routing key, body, with a reply address, the error its caller gets). The request
+    with no reply address is a real call, carrying an API key or ticket text where the service
+    takes one."""
+    method, request = CARRYING.get(service, (f"{service}.health", {"args": [], "kwargs": {}}))
     return [
         ("not json", f"{service}.health", b"{this is not json", True, "MalformedRequest"),
-        ("no reply address", f"{service}.health", REQUEST, False, None),
+        ("no reply address", method, json.dumps(request).encode(), False, None),
         ("not a request", f"{service}.health", b'{"hello": "world"}', True, "MalformedRequest"),
         ("unknown method", f"{service}.no_such_method", REQUEST, True, "MethodNotFound"),
     ]
+
+
+def set_aside(infrastructure, stack: Stack, service: str) -> list[dict]:
+    """Every request in ``rpc-<service>.dead`` as the broker's management API shows it (body,
+    properties, headers), given back to the queue."""
+    vhost = urllib.parse.quote(stack.settings.database_prefix, safe="")
+    return infrastructure.management(
+        "POST",
+        f"/api/queues/{vhost}/rpc-{service}.dead/get",
+        json={"count": 100, "ackmode": "ack_requeue_true", "encoding": "auto"},
+    ).json()
+
+
+def assert_bodiless_and_bounded(infrastructure, stack: Stack, service: str, count: int) -> None:
+    """What an operator needs of each set-aside request, and nothing of what it carried; and
+    the queue's bounded life, as the broker has it."""
+    messages = set_aside(infrastructure, stack, service)
+    assert len(messages) == count, service
+    whole = json.dumps(messages)
+    assert API_KEY not in whole and TICKET_TEXT not in whole, service
+    for message in messages:
+        assert (message["payload"], message["payload_bytes"]) == ("", 0), service
+        headers = message["properties"]["headers"]
+        assert headers[deadletters.BODY_BYTES_HEADER] > 0, service
+        assert headers["x-first-death-reason"] in ("rejected", "delivery_limit"), service
+        assert message["properties"]["type"].startswith(f"{service}."), service
+        assert message["properties"]["correlation_id"], service
+    vhost = urllib.parse.quote(stack.settings.database_prefix, safe="")
+    queue = infrastructure.management("GET", f"/api/queues/{vhost}/rpc-{service}.dead").json()
+    limits = topology.DeadLetterLimits.of(stack.settings).queue_arguments()
+    assert {k: queue["arguments"].get(k) for k in limits} == limits, service
 
 
 class Replies:
@@ -120,9 +166,9 @@ def test_bad_requests_on_every_rpc_queue_are_set_aside_and_services_keep_serving
                 assert len(listed) == 4, listed
                 assert {item["reason"] for item in listed} == {"rejected"}
                 assert {item["event_type"] for item in listed} == {
-                    f"{service}.health",
-                    f"{service}.no_such_method",
+                    routing_key for _, routing_key, _, _, _ in bad_requests(service)
                 }
+                assert_bodiless_and_bounded(infrastructure, stack, service, 4)
                 assert refused_count(stack, service, f"rpc-{service}") >= 4, service
                 assert dead_letter_gauge(stack, service, f"rpc-{service}") == 4, service
                 assert stack.processes[service].poll() is None, f"{service} ended"
@@ -151,7 +197,8 @@ def test_a_request_delivered_up_to_the_limit_is_set_aside_unrun(infrastructure):
         stack.stop("tickets")
         replies = Replies(stack.settings.amqp_uri)
         try:
-            correlation_id = replies.send("tickets.health", REQUEST, reply=True)
+            method, request = CARRYING["tickets"]
+            correlation_id = replies.send(method, json.dumps(request).encode(), reply=True)
             # Each delivery that ends without an answer (a process killed while handling it)
             # returns the request to its queue, and the broker counts the return.
             with Connection(stack.settings.amqp_uri, connect_timeout=5) as connection:
@@ -174,7 +221,8 @@ def test_a_request_delivered_up_to_the_limit_is_set_aside_unrun(infrastructure):
             [item] = deadletters.list_dead_letters(stack.settings.amqp_uri, "rpc-tickets")
             assert item["reason"] == "delivery_limit"
             assert item["delivery_count"] == limit + 1  # the limit returns, then its last
-            assert item["event_type"] == "tickets.health"
+            assert item["event_type"] == "tickets.create_ticket"
+            assert_bodiless_and_bounded(infrastructure, stack, "tickets", 1)
             # Not run: a run request is answered, and this one never was.
             serving(stack)
             assert correlation_id not in replies.received()

@@ -66,6 +66,8 @@ def test_every_setting_is_read_from_its_variable():
             "LEDGERDESK_GATEWAY_PORT": "8080",
             "LEDGERDESK_RPC_TIMEOUT": "2.5",
             "LEDGERDESK_DELIVERY_LIMIT": "3",
+            "LEDGERDESK_DEAD_LETTER_TTL_HOURS": "0.5",
+            "LEDGERDESK_DEAD_LETTER_MAX_MESSAGES": "20",
             "LEDGERDESK_MAX_WORKERS": "4",
             "LEDGERDESK_REGIONS": "uk,us",
             "LEDGERDESK_POLICY_VERSION": "2027-01",
@@ -88,6 +90,8 @@ def test_every_setting_is_read_from_its_variable():
         gateway_port=8080,
         rpc_timeout=2.5,
         delivery_limit=3,
+        dead_letter_ttl_hours=0.5,
+        dead_letter_max_messages=20,
         max_workers=4,
         regions=("uk", "us"),
         policy_version="2027-01",
@@ -117,6 +121,8 @@ def test_regions_are_trimmed_and_empty_entries_dropped():
         ("RELAY_BATCH_SIZE", "1e3"),
         ("RPC_TIMEOUT", "soon"),
         ("KEY_CACHE_SECONDS", "30s"),
+        ("DEAD_LETTER_TTL_HOURS", "2d"),
+        ("DEAD_LETTER_MAX_MESSAGES", "1e4"),
     ],
 )
 def test_a_non_number_names_the_variable(name: str, raw: str):
@@ -135,6 +141,8 @@ def test_a_non_number_names_the_variable(name: str, raw: str):
         ("RELAY_BATCH_SIZE", "-200"),
         ("RPC_TIMEOUT", "0.0"),
         ("KEY_CACHE_SECONDS", "-0.1"),
+        ("DEAD_LETTER_TTL_HOURS", "0"),
+        ("DEAD_LETTER_MAX_MESSAGES", "0"),
     ],
 )
 def test_a_number_must_be_positive(name: str, raw: str):
@@ -151,6 +159,14 @@ def test_a_heartbeat_the_broker_would_not_keep_is_refused(raw: str):
 
     assert str(info.value) == "LEDGERDESK_HEARTBEAT must be 4-600 seconds"
     assert Settings.from_env({"LEDGERDESK_HEARTBEAT": "4"}).heartbeat == 4
+
+
+@pytest.mark.parametrize("raw", ["0.0000001", "1193.1"])
+def test_a_dead_letter_ttl_the_broker_cannot_take_is_refused(raw: str):
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_DEAD_LETTER_TTL_HOURS"):
+        Settings.from_env({"LEDGERDESK_DEAD_LETTER_TTL_HOURS": raw})
+
+    assert Settings.from_env({"LEDGERDESK_DEAD_LETTER_TTL_HOURS": "1193"}).dead_letter_ttl_hours
 
 
 def test_a_nan_timeout_is_refused():
