@@ -13,6 +13,7 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
+from kernel.crypto import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.nameko_adapters import (
@@ -37,10 +38,13 @@ def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
     return load_command(schema, request)
 
 
-def billing_privacy(store: Any) -> dict[str, Any]:
+def billing_privacy(cipher: FieldCipher | None) -> dict[str, Any]:
+    assert cipher is not None, "privacy handlers need the service's keystore"
     return {
         "erase_subject": lambda uow, c: privacy.erase_subject(uow, str(c["subject_id"])),
-        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(uow, str(c["tenant_id"])),
+        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(
+            uow, cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
+        ),
     }
 
 
@@ -69,7 +73,7 @@ class BillingService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=billing_privacy,
+        erasure_handlers=lambda store: billing_privacy(store.cipher),
     )
     processor = Processor()
     clock = Clock()
@@ -136,8 +140,9 @@ class BillingService:
 
     @rpc
     def destroy_tenant(self, tenant_id: str) -> dict[str, Any]:
+        keystore = self.store.cipher.keystore
         with self.store.unit_of_work("retention") as uow:
-            return privacy.destroy_tenant(uow, tenant_id)
+            return privacy.destroy_tenant(uow, keystore, tenant_id, None)
 
     @timer(interval=86400)
     def expire_legal_holds(self) -> None:
@@ -155,7 +160,9 @@ class BillingService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(None))
+            privacy_protocol.handle_command(
+                uow, self.name, event, billing_privacy(self.store.cipher)
+            )
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
