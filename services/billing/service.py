@@ -13,7 +13,6 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
-from kernel.crypto import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.nameko_adapters import (
@@ -38,12 +37,12 @@ def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
     return load_command(schema, request)
 
 
-def billing_privacy(cipher: FieldCipher | None) -> dict[str, Any]:
-    assert cipher is not None, "privacy handlers need the service's keystore"
+def billing_privacy(store: Any) -> dict[str, Any]:
+    """``store``: the service's store (or a worker's view of it), for its keystore."""
     return {
         "erase_subject": lambda uow, c: privacy.erase_subject(uow, str(c["subject_id"])),
         "destroy_tenant": lambda uow, c: privacy.destroy_tenant(
-            uow, cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
+            uow, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
         ),
     }
 
@@ -73,7 +72,7 @@ class BillingService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=lambda store: billing_privacy(store.cipher),
+        erasure_handlers=billing_privacy,
     )
     processor = Processor()
     clock = Clock()
@@ -160,9 +159,7 @@ class BillingService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(
-                uow, self.name, event, billing_privacy(self.store.cipher)
-            )
+            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(self.store))
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
