@@ -181,9 +181,10 @@ class EventType:
             # One value has one key: under two, shredding either would not be enough.
             raise ValueError(f"{self.name}: {sorted(both)} cannot be personal and tenant fields")
 
-    @property
+    @functools.cached_property
     def encrypted_fields(self) -> tuple[str, ...]:
-        """Every field stored encrypted, and left out of published copies."""
+        """Every field stored encrypted, and left out of published copies (read on every
+        append: computed once)."""
         return self.personal_fields + self.tenant_fields
 
     @property
