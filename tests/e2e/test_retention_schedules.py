@@ -275,6 +275,11 @@ def test_a_destroyed_tenant_leaves_its_company_only_on_held_invoices_even_after_
     ).json()
     ticket = {"subject": "A question", "body": "about quills", "requester_id": contact["id"]}
     assert quick.call("POST", "/v1/tickets", key=key, json=ticket).ok
+    checked = f"Ivy {tag} showed her passport"
+    access = {"type": "access", "subject": {"contact_id": contact["id"]}, "identity_check": checked}
+    assert quick.call("POST", "/v1/privacy/requests", key=key, json=access).status_code == 202
+    # Retention keeps what the admin checked under the tenant's key, never in plaintext.
+    assert holding(quick, checked) == set()
     assert issue_invoices(quick) >= 1
     [invoice] = quick.call("GET", "/v1/billing/invoices", key=key).json()["items"]
     assert (invoice["company"], invoice["address"]["line1"]) == (company, street)
