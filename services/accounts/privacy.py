@@ -77,6 +77,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         if tenant is not None and tenant.destroy(str(command["request_id"])):
             handlers.save(uow, tenant, tenant.id, tenant.region)
         subjects = cipher.keystore.shred_tenant(tenant_id)
+        # Not a read model (kept from retention's commands): nothing left to restrict.
+        uow.cur.execute("DELETE FROM restrictions WHERE tenant_id = %s", (tenant_id,))
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {
