@@ -166,12 +166,26 @@ class EventType:
     # When set, the key of ``subject_field``'s id is a child of this field's id's key: erasing
     # the parent erases it too, in one shred (a ticket's words under its requester, say).
     parent_field: str | None = None
-    # Published events also leave through the outbox, without their personal fields.
+    # Payload fields that belong to the tenant itself (its company name, its billing address),
+    # encrypted under the tenant's own subject key (the subject whose id is the tenant id), so
+    # destroying the tenant, or shredding that one key, makes them unreadable.
+    tenant_fields: tuple[str, ...] = ()
+    # Published events also leave through the outbox, without their personal or tenant fields.
     published: bool = False
 
     def __post_init__(self) -> None:
         if self.personal_fields and not self.subject_field:
             raise ValueError(f"{self.name}: personal fields need a subject_field")
+        both = set(self.personal_fields) & set(self.tenant_fields)
+        if both:
+            # One value has one key: under two, shredding either would not be enough.
+            raise ValueError(f"{self.name}: {sorted(both)} cannot be personal and tenant fields")
+
+    @functools.cached_property
+    def encrypted_fields(self) -> tuple[str, ...]:
+        """Every field stored encrypted, and left out of published copies (read on every
+        append: computed once)."""
+        return self.personal_fields + self.tenant_fields
 
     @property
     def latest(self) -> int:

@@ -17,7 +17,7 @@ import psycopg2
 from kernel import eventstore, inbox, outbox
 from kernel.aggregate import RecordedEvent
 from kernel.db import Database
-from kernel.envelope import Envelope, EventRegistry, new_envelope
+from kernel.envelope import Envelope, EventRegistry, EventType, new_envelope
 from kernel.projections import Projection, rebuild
 from kernel.topology import EVENTS_EXCHANGE
 
@@ -138,40 +138,48 @@ class UnitOfWork:
                 metadata=metadata,
             )
             plain.append(envelope)
-            encrypted = envelope
-            if event_type.personal_fields:
-                if self._store.cipher is None:
-                    raise RuntimeError(f"{recorded.type} holds personal data but no cipher is set")
-                if tenant_id is None or event_type.subject_field is None:
-                    # Subject keys are wrapped by a tenant key: personal data needs a tenant.
-                    raise ValueError(f"{recorded.type} holds personal data but has no tenant")
-                encrypted = dataclasses.replace(
-                    envelope,
-                    payload=self._store.cipher.encrypt_fields(
-                        envelope.payload,
-                        event_type.personal_fields,
-                        tenant_id=tenant_id,
-                        subject_id=envelope.payload[event_type.subject_field],
-                        parent_id=(
-                            envelope.payload[event_type.parent_field]
-                            if event_type.parent_field
-                            else None
-                        ),
-                    ),
-                )
+            encrypted = self._encrypted(event_type, envelope, tenant_id)
             for projection in self._store.projections:
                 if projection.handles(envelope):
                     projection.apply(self.cur, encrypted if projection.ciphertext else envelope)
             stored.append(encrypted)
             if event_type.published:
-                public = {
-                    k: v for k, v in envelope.payload.items() if k not in event_type.personal_fields
-                }
+                hidden = event_type.encrypted_fields
+                public = {k: v for k, v in envelope.payload.items() if k not in hidden}
                 self._messages.append(
                     (EVENTS_EXCHANGE, dataclasses.replace(envelope, payload=public))
                 )
         self._appends.append((stream_id, expected_version, stored))
         return plain
+
+    def _encrypted(
+        self, event_type: EventType, envelope: Envelope, tenant_id: uuid.UUID | None
+    ) -> Envelope:
+        """The envelope as stored: personal fields under the subject's key, tenant fields under
+        the tenant's own subject key."""
+        if not event_type.encrypted_fields:
+            return envelope
+        cipher = self._store.cipher
+        if cipher is None:
+            raise RuntimeError(f"{event_type.name} holds personal data but no cipher is set")
+        if tenant_id is None:
+            # Subject keys are wrapped by a tenant key: personal data needs a tenant.
+            raise ValueError(f"{event_type.name} holds personal data but has no tenant")
+        payload = envelope.payload
+        if event_type.personal_fields:
+            assert event_type.subject_field is not None  # EventType refuses one without
+            payload = cipher.encrypt_fields(
+                payload,
+                event_type.personal_fields,
+                tenant_id=tenant_id,
+                subject_id=payload[event_type.subject_field],
+                parent_id=payload[event_type.parent_field] if event_type.parent_field else None,
+            )
+        if event_type.tenant_fields:
+            payload = cipher.encrypt_fields(
+                payload, event_type.tenant_fields, tenant_id=tenant_id, subject_id=tenant_id
+            )
+        return dataclasses.replace(envelope, payload=payload)
 
     def publish(self, envelope: Envelope, exchange: str = EVENTS_EXCHANGE) -> None:
         """Send a message that is not one of our stored events (a command, a reply)."""

@@ -60,6 +60,8 @@ class Tenant(Aggregate):
         return tenant
 
     def cancel(self, now: dt.datetime, grace: dt.timedelta) -> None:
+        if self.status == "destroyed":
+            raise Conflict("the tenant was destroyed")
         if self.status != "active":
             raise Conflict("the tenant is already cancelled")
         self.record("tenant_cancelled", tenant_id=self.id, destroy_after=now + grace)
@@ -71,6 +73,14 @@ class Tenant(Aggregate):
         if now >= self.destroy_after:
             raise Conflict("the grace period is over; the tenant is being destroyed")
         self.record("tenant_reactivated", tenant_id=self.id)
+
+    def destroy(self, request_id: str) -> bool:
+        """Record the destruction; False when it was recorded already (a re-applied command
+        after a restore, a redelivery): destruction happens once."""
+        if self.status == "destroyed":
+            return False
+        self.record("tenant_destroyed", tenant_id=self.id, request_id=request_id)
+        return True
 
     def when_tenant_created(self, event: dict[str, Any]) -> None:
         self.company = event["company"]
@@ -89,6 +99,10 @@ class Tenant(Aggregate):
 
     def when_tenant_reactivated(self, event: dict[str, Any]) -> None:
         self.status = "active"
+        self.destroy_after = None
+
+    def when_tenant_destroyed(self, event: dict[str, Any]) -> None:
+        self.status = "destroyed"
         self.destroy_after = None
 
 

@@ -29,6 +29,24 @@ class TenantReactivatedV1(Schema):
     tenant_id = fields.UUID(required=True)
 
 
+class TenantDestroyedV1(Schema):
+    """The tenant's grace ran out and retention's destruction reached accounts: its key is
+    shredded, and replaying its streams ends here (agents inactive, keys revoked, contacts
+    gone), so a rebuilt read model cannot bring any of it back."""
+
+    tenant_id = fields.UUID(required=True)
+    request_id = fields.UUID(required=True)
+
+
+class BillingContactDisclosedV1(Schema):
+    """Accounts told billing who an invoice goes to (the company and its billing contact): an
+    access record for the audit ledger, not stored here."""
+
+    tenant_id = fields.UUID(required=True)
+    agent_id = fields.UUID(required=True)
+    disclosed_to = fields.String(required=True)
+
+
 class AgentCreatedV1(Schema):
     agent_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
@@ -100,9 +118,15 @@ def _personal(name, schema, subject_field, fields=("name", "email", "phone")):
     )
 
 
-TENANT_CREATED = EventType("tenant_created", {1: TenantCreatedV1}, published=True)
+# The company is the tenant's own: under the tenant's key (shredded with the tenant), and left
+# out of the published copy. Its meaning is unchanged (readers of the store decrypt it), so
+# the version is too.
+TENANT_CREATED = EventType(
+    "tenant_created", {1: TenantCreatedV1}, tenant_fields=("company",), published=True
+)
 TENANT_CANCELLED = EventType("tenant_cancelled", {1: TenantCancelledV1}, published=True)
 TENANT_REACTIVATED = EventType("tenant_reactivated", {1: TenantReactivatedV1}, published=True)
+TENANT_DESTROYED = EventType("tenant_destroyed", {1: TenantDestroyedV1})
 AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id", ("name", "email"))
 AGENT_DEACTIVATED = EventType("agent_deactivated", {1: AgentDeactivatedV1}, published=True)
 API_KEY_ISSUED = EventType("api_key_issued", {1: ApiKeyIssuedV1})
@@ -117,6 +141,7 @@ REGISTRY = EventRegistry(
     TENANT_CREATED,
     TENANT_CANCELLED,
     TENANT_REACTIVATED,
+    TENANT_DESTROYED,
     AGENT_CREATED,
     AGENT_DEACTIVATED,
     API_KEY_ISSUED,
@@ -126,4 +151,8 @@ REGISTRY = EventRegistry(
     CONTACT_RECTIFIED,
     CONSENT_RECORDED,
     POLICY_PUBLISHED,
+)
+
+BILLING_CONTACT_DISCLOSED = REGISTRY.register(
+    EventType("billing_contact_disclosed", {1: BillingContactDisclosedV1})
 )

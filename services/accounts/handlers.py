@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.db import keyset_page
-from kernel.envelope import Envelope
+from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
@@ -295,16 +295,32 @@ def describe_subject(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[s
 
 
 def billing_contact(uow: UnitOfWork, tenant_id: str) -> dict[str, str]:
-    """The tenant's first active admin: the person an invoice is addressed to."""
+    """Who an invoice goes to: the company and its first active admin. Billing asks the owner
+    rather than keep its own copy, and the disclosure is recorded for the audit ledger."""
     uow.cur.execute(
-        "SELECT id, name, email FROM agents WHERE tenant_id = %s AND role = 'admin' AND active"
-        " ORDER BY created_at, id LIMIT 1",
+        "SELECT a.id, a.name, a.email, t.company FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+        " WHERE a.tenant_id = %s AND a.role = 'admin' AND a.active AND t.status <> 'destroyed'"
+        " ORDER BY a.created_at, a.id LIMIT 1",
         (tenant_id,),
     )
     row = uow.cur.fetchone()
     if row is None:
         raise NotFound("no active admin")
-    return {"agent_id": str(row[0]), "name": row[1], "email": row[2]}
+    agent_id = str(row[0])
+    uow.publish(
+        new_envelope(
+            type="billing_contact_disclosed",
+            schema_version=1,
+            source="accounts",
+            stream_id=Tenant.stream_id_for(tenant_id),
+            stream_version=1,
+            tenant_id=uuid.UUID(tenant_id),
+            actor_id="billing",
+            payload={"tenant_id": tenant_id, "agent_id": agent_id, "disclosed_to": "billing"},
+            trace=uow.trace,
+        )
+    )
+    return {"agent_id": agent_id, "name": row[1], "email": row[2], "company": row[3]}
 
 
 # --- contacts and consent ---------------------------------------------------------------------

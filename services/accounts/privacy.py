@@ -11,7 +11,7 @@ from typing import Any
 from kernel.crypto import ERASED, FieldCipher
 from kernel.uow import UnitOfWork
 from services.accounts import handlers
-from services.accounts.domain import Agent, Contact
+from services.accounts.domain import Agent, Contact, Tenant
 
 
 def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
@@ -70,24 +70,15 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         return {"status": "done", "detail": "the owner's record was rectified when filed"}
 
     def destroy_tenant(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
-        tenant = str(command["tenant_id"])
-        subjects = cipher.keystore.shred_tenant(tenant)
-        uow.cur.execute(
-            "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL AND agent_id IN"
-            " (SELECT id FROM agents WHERE tenant_id = %s)",
-            (tenant,),
-        )
-        uow.cur.execute("DELETE FROM consents WHERE tenant_id = %s", (tenant,))
-        uow.cur.execute("DELETE FROM contacts WHERE tenant_id = %s", (tenant,))
-        uow.cur.execute("DELETE FROM policy_acceptances WHERE tenant_id = %s", (tenant,))
-        uow.cur.execute(
-            "UPDATE agents SET name = %s, email = %s, active = false WHERE tenant_id = %s",
-            (ERASED, ERASED, tenant),
-        )
-        uow.cur.execute(
-            "UPDATE tenants SET status = 'destroyed', company = %s WHERE id = %s",
-            (ERASED, tenant),
-        )
+        tenant_id = str(command["tenant_id"])
+        tenant = handlers.load(uow, Tenant, tenant_id)
+        # Recorded before the key goes, in this unit of work: the read models change with the
+        # event (projections apply it), and a replay ends in the same place.
+        if tenant is not None and tenant.destroy(str(command["request_id"])):
+            handlers.save(uow, tenant, tenant.id, tenant.region)
+        subjects = cipher.keystore.shred_tenant(tenant_id)
+        # Not a read model (kept from retention's commands): nothing left to restrict.
+        uow.cur.execute("DELETE FROM restrictions WHERE tenant_id = %s", (tenant_id,))
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {

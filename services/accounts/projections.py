@@ -1,9 +1,15 @@
-"""Accounts' read models: tenants, agents and keys, contacts and consent, policies."""
+"""Accounts' read models: tenants, agents and keys, contacts and consent, policies.
+
+Each applies ``tenant_destroyed`` to what it keeps of the tenant, so a replay ends where the
+destruction left it: the company erased, agents inactive with their keys revoked, contacts,
+consents and policy acceptances gone.
+"""
 
 from __future__ import annotations
 
 import psycopg2
 
+from kernel.crypto import ERASED
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 
@@ -11,7 +17,9 @@ from kernel.projections import Projection
 class TenantsProjection(Projection):
     name = "tenants"
     tables = ("tenants",)
-    event_types = frozenset({"tenant_created", "tenant_cancelled", "tenant_reactivated"})
+    event_types = frozenset(
+        {"tenant_created", "tenant_cancelled", "tenant_reactivated", "tenant_destroyed"}
+    )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         p = event.payload
@@ -21,7 +29,7 @@ class TenantsProjection(Projection):
                 " VALUES (%s, %s, %s, 'active', %s, %s, %s)",
                 (
                     p["tenant_id"],
-                    p["company"],
+                    str(p["company"]),
                     p["region"],
                     p["plan"],
                     event.occurred_at,
@@ -40,13 +48,25 @@ class TenantsProjection(Projection):
                 " WHERE id = %s",
                 (event.stream_version, p["tenant_id"]),
             )
+        elif event.type == "tenant_destroyed":
+            cur.execute(
+                "UPDATE tenants SET status = 'destroyed', company = %s, destroy_after = NULL,"
+                " version = %s WHERE id = %s",
+                (ERASED, event.stream_version, p["tenant_id"]),
+            )
 
 
 class AgentsProjection(Projection):
     name = "agents"
     tables = ("agents", "api_keys")
     event_types = frozenset(
-        {"agent_created", "api_key_issued", "api_key_revoked", "agent_deactivated"}
+        {
+            "agent_created",
+            "api_key_issued",
+            "api_key_revoked",
+            "agent_deactivated",
+            "tenant_destroyed",
+        }
     )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
@@ -84,12 +104,25 @@ class AgentsProjection(Projection):
                 "UPDATE api_keys SET revoked_at = %s WHERE agent_id = %s AND revoked_at IS NULL",
                 (event.occurred_at, p["agent_id"]),
             )
+        elif event.type == "tenant_destroyed":
+            cur.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE revoked_at IS NULL AND agent_id IN"
+                " (SELECT id FROM agents WHERE tenant_id = %s)",
+                (event.occurred_at, p["tenant_id"]),
+            )
+            cur.execute(
+                "UPDATE agents SET name = %s, email = %s, active = false,"
+                " deactivated_at = coalesce(deactivated_at, %s) WHERE tenant_id = %s",
+                (ERASED, ERASED, event.occurred_at, p["tenant_id"]),
+            )
 
 
 class ContactsProjection(Projection):
     name = "contacts"
     tables = ("contacts", "consents")
-    event_types = frozenset({"contact_created", "contact_rectified", "consent_recorded"})
+    event_types = frozenset(
+        {"contact_created", "contact_rectified", "consent_recorded", "tenant_destroyed"}
+    )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         p = event.payload
@@ -139,12 +172,15 @@ class ContactsProjection(Projection):
                 "UPDATE contacts SET marketing = %s, version = %s, updated_at = %s WHERE id = %s",
                 (p["marketing"], event.stream_version, event.occurred_at, p["contact_id"]),
             )
+        elif event.type == "tenant_destroyed":
+            cur.execute("DELETE FROM consents WHERE tenant_id = %s", (p["tenant_id"],))
+            cur.execute("DELETE FROM contacts WHERE tenant_id = %s", (p["tenant_id"],))
 
 
 class PoliciesProjection(Projection):
     name = "policies"
     tables = ("policies", "policy_acceptances")
-    event_types = frozenset({"policy_published", "policy_accepted"})
+    event_types = frozenset({"policy_published", "policy_accepted", "tenant_destroyed"})
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         p = event.payload
@@ -159,6 +195,8 @@ class PoliciesProjection(Projection):
                 " VALUES (%s, %s, %s, %s)",
                 (p["agent_id"], p["tenant_id"], p["version"], event.occurred_at),
             )
+        elif event.type == "tenant_destroyed":
+            cur.execute("DELETE FROM policy_acceptances WHERE tenant_id = %s", (p["tenant_id"],))
 
 
 PROJECTIONS = (

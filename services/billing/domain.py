@@ -42,8 +42,8 @@ class BillingAccount(Aggregate):
     tenant_id: str = ""
     plan: str = ""
     region: str = ""
-    company: str = ""
     address: dict | None = None
+    destroyed: bool = False
     billed_until: dt.date | None = None
     invoices_issued: int = 0
     payment_methods: dict[str, str] = field(default_factory=dict)  # id -> token
@@ -51,7 +51,7 @@ class BillingAccount(Aggregate):
 
     @classmethod
     def open(
-        cls, *, tenant_id: str, plan: str, region: str, company: str, opened_at: dt.datetime
+        cls, *, tenant_id: str, plan: str, region: str, opened_at: dt.datetime
     ) -> BillingAccount:
         account = cls(id=tenant_id)
         account.record(
@@ -59,23 +59,37 @@ class BillingAccount(Aggregate):
             tenant_id=tenant_id,
             plan=plan,
             region=region,
-            company=company,
             billed_from=month_start(opened_at.date()).isoformat(),
         )
         return account
 
+    def destroy(self, request_id: str | None) -> bool:
+        """Close the account with its tenant; False when it was closed already (a command
+        re-applied after a restore, a redelivery)."""
+        if self.destroyed:
+            return False
+        self.record("tenant_destroyed", tenant_id=self.tenant_id, request_id=request_id)
+        return True
+
+    def _open_only(self) -> None:
+        if self.destroyed:
+            raise Conflict("the billing account was closed with its tenant")
+
     def change_plan(self, plan: str, catalogue: dict[str, Plan]) -> None:
+        self._open_only()
         if plan not in catalogue:
             raise ValidationFailed({"plan": [f"must be one of: {', '.join(catalogue)}"]})
         if plan != self.plan:
             self.record("plan_changed", tenant_id=self.tenant_id, plan=plan, previous=self.plan)
 
     def set_address(self, address: dict) -> None:
+        self._open_only()
         self.record("billing_address_set", tenant_id=self.tenant_id, address=address)
 
     def add_payment_method(
         self, token: str, brand: str, last4: str, exp_month: int, exp_year: int
     ) -> str:
+        self._open_only()
         method_id = str(uuid.uuid4())
         self.record(
             "payment_method_added",
@@ -90,7 +104,9 @@ class BillingAccount(Aggregate):
         return method_id
 
     def periods_due(self, now: dt.datetime) -> list[tuple[dt.date, dt.date]]:
-        """Whole calendar months ended by ``now`` and not yet invoiced."""
+        """Whole calendar months ended by ``now`` and not yet invoiced (none once destroyed)."""
+        if self.destroyed:
+            return []
         due, start = [], self.billed_until
         assert start is not None
         while next_month(start) <= now.date():
@@ -109,6 +125,8 @@ class BillingAccount(Aggregate):
         hold_years: int,
         issued_on: dt.date,
     ) -> str:
+        """``contact``: the company and whom the invoice goes to, as accounts tells it."""
+        self._open_only()
         if period[0] != self.billed_until:
             raise Conflict("invoices are issued period after period")
         invoice_id = str(uuid.uuid4())
@@ -134,7 +152,7 @@ class BillingAccount(Aggregate):
             tax_rate=str(tax_rate),
             tax=tax,
             total=subtotal + tax,
-            company=self.company,
+            company=contact["company"],
             address=self.address,
             billing_contact_id=contact["agent_id"],
             billing_contact_name=contact["name"],
@@ -182,7 +200,6 @@ class BillingAccount(Aggregate):
         self.tenant_id = event["tenant_id"]
         self.plan = event["plan"]
         self.region = event["region"]
-        self.company = event["company"]
         self.billed_until = _date(event["billed_from"])
 
     def when_plan_changed(self, event: dict[str, Any]) -> None:
@@ -209,3 +226,8 @@ class BillingAccount(Aggregate):
 
     def when_charge_declined(self, event: dict[str, Any]) -> None:
         self.invoices[event["invoice_id"]]["declines"] += 1
+
+    def when_tenant_destroyed(self, event: dict[str, Any]) -> None:
+        self.destroyed = True
+        self.address = None
+        self.payment_methods = {}

@@ -1,5 +1,14 @@
-"""Billing's events. Invoices name the billed company and its billing contact (an agent): the
-contact's name and e-mail are personal data, encrypted under the agent's key.
+"""Billing's events, and how each holds what is not billing's own to keep.
+
+- The account's address and processor tokens are the tenant's: under the tenant's own key
+  (``tenant_fields``), shredded when the tenant is destroyed.
+- An invoice's company, address and billing contact (an agent's name and e-mail) are under the
+  invoice's own key, a child of the contact's key: the legal hold keeps invoices after the
+  tenant's destruction, so they cannot be under the tenant's own key; when a hold ends, its
+  invoices' keys are shredded, and the contact's when no held invoice names them. (Invoices
+  issued before then hold name and e-mail under the contact's key, and company and address in
+  plaintext; they open as before.)
+- Published copies carry ids, states and amounts only.
 """
 
 from marshmallow import Schema, fields
@@ -14,6 +23,20 @@ class AccountOpenedV1(Schema):
     company = fields.String(required=True)
     # The first period starts here; periods are calendar months (UTC).
     billed_from = fields.Date(required=True)
+
+
+class AccountOpenedV2(Schema):
+    """Without the company: accounts owns it and tells billing per invoice (by RPC, recorded),
+    so billing keeps no copy that could outlive the tenant."""
+
+    tenant_id = fields.UUID(required=True)
+    plan = fields.String(required=True)
+    region = fields.String(required=True)
+    billed_from = fields.Date(required=True)
+
+
+def _without_company(payload: dict) -> dict:
+    return {k: v for k, v in payload.items() if k != "company"}
 
 
 class PlanChangedV1(Schema):
@@ -73,6 +96,15 @@ class InvoiceIssuedV1(Schema):
     hold_until = fields.Date(required=True)
 
 
+class TenantDestroyedV1(Schema):
+    """The tenant was destroyed: no more invoice runs, payment methods and the address gone (the
+    tenant's own key is shredded); held invoices stay until their hold ends. Null request: a
+    destruction asked for outside retention's requests."""
+
+    tenant_id = fields.UUID(required=True)
+    request_id = fields.UUID(required=True, allow_none=True)
+
+
 class InvoicePaidV1(Schema):
     tenant_id = fields.UUID(required=True)
     invoice_id = fields.UUID(required=True)
@@ -88,17 +120,32 @@ class ChargeDeclinedV1(Schema):
     attempt = fields.Integer(required=True)
 
 
-ACCOUNT_OPENED = EventType("billing_account_opened", {1: AccountOpenedV1}, published=True)
+ACCOUNT_OPENED = EventType(
+    "billing_account_opened",
+    {1: AccountOpenedV1, 2: AccountOpenedV2},
+    upcasters={1: _without_company},
+    published=True,
+)
 PLAN_CHANGED = EventType("plan_changed", {1: PlanChangedV1}, published=True)
-BILLING_ADDRESS_SET = EventType("billing_address_set", {1: BillingAddressSetV1})
-PAYMENT_METHOD_ADDED = EventType("payment_method_added", {1: PaymentMethodAddedV1})
+# Only where these fields are stored changed (under the tenant's key), not what they mean: the
+# store decrypts them on read, so the version stands.
+BILLING_ADDRESS_SET = EventType(
+    "billing_address_set", {1: BillingAddressSetV1}, tenant_fields=("address",)
+)
+PAYMENT_METHOD_ADDED = EventType(
+    "payment_method_added", {1: PaymentMethodAddedV1}, tenant_fields=("token",)
+)
+# The same fields as ever; what changed is the key they are stored under (the invoice's own, a
+# child of the contact's) and that the published copy leaves without company and address.
 INVOICE_ISSUED = EventType(
     "invoice_issued",
     {1: InvoiceIssuedV1},
-    personal_fields=("billing_contact_name", "billing_contact_email"),
-    subject_field="billing_contact_id",
+    personal_fields=("company", "address", "billing_contact_name", "billing_contact_email"),
+    subject_field="invoice_id",
+    parent_field="billing_contact_id",
     published=True,
 )
+TENANT_DESTROYED = EventType("tenant_destroyed", {1: TenantDestroyedV1})
 INVOICE_PAID = EventType("invoice_paid", {1: InvoicePaidV1}, published=True)
 CHARGE_DECLINED = EventType("charge_declined", {1: ChargeDeclinedV1}, published=True)
 
@@ -110,4 +157,5 @@ REGISTRY = EventRegistry(
     INVOICE_ISSUED,
     INVOICE_PAID,
     CHARGE_DECLINED,
+    TENANT_DESTROYED,
 )

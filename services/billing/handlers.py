@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 CARD_REFUSED = {"_schema": ["a value looks like a card number: send a processor token instead"]}
 
-# tenant_id -> {"agent_id", "name", "email"}: the billing contact printed on an invoice.
+# tenant_id -> {"agent_id", "name", "email", "company"}: whom an invoice goes to, as accounts
+# (their owner) tells it; billing keeps them on the invoice only.
 ContactLookup = Callable[[str], dict[str, str]]
 
 
@@ -63,7 +64,6 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
             tenant_id=p["tenant_id"],
             plan=p.get("plan") or catalogue.DEFAULT_PLAN,
             region=p["region"],
-            company=p["company"],
             opened_at=event.occurred_at,
         )
         save(uow, account)
@@ -189,7 +189,9 @@ def run_invoices(
 ) -> int:
     """Issue every invoice due by ``now``, one unit of work per invoice; returns how many."""
     with uow_factory() as uow:
-        uow.cur.execute("SELECT tenant_id FROM billing_accounts ORDER BY tenant_id")
+        uow.cur.execute(
+            "SELECT tenant_id FROM billing_accounts WHERE destroyed_at IS NULL ORDER BY tenant_id"
+        )
         tenants = [str(row[0]) for row in uow.cur.fetchall()]
     issued = 0
     for tenant_id in tenants:

@@ -3,7 +3,8 @@
 Invoices and payment records are kept for the legal period: an erasure of a subject who is the
 billing contact on an invoice answers ``retained`` with the legal basis and the day the hold
 ends, and restricts that data (used for the legal obligation only); everything else billing holds
-of the subject is erased. When the hold ends, the retention schedule erases the rest.
+of the subject is erased. When the hold ends, the retention schedule erases the rest. A destroyed
+tenant's invoices are held the same way; the rest of the tenant goes at once.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kernel.crypto import Keystore
 from kernel.uow import UnitOfWork
-from services.billing import catalogue
+from services.billing import catalogue, handlers
+from services.billing.domain import BillingAccount
 
 
 def erase_subject(uow: UnitOfWork, subject_id: str) -> dict[str, Any]:
@@ -38,19 +41,28 @@ def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
     return uow.cur.fetchone() is not None
 
 
-def destroy_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+def destroy_tenant(
+    uow: UnitOfWork, keystore: Keystore, tenant_id: str, request_id: str | None
+) -> dict[str, Any]:
     """Everything of a destroyed tenant goes, but for the invoices the law holds: those stay,
-    restricted, until their hold ends (then ``expire_holds`` erases them)."""
-    uow.cur.execute("DELETE FROM payment_methods WHERE tenant_id = %s", (tenant_id,))
+    restricted, until their hold ends (then ``expire_holds`` erases them).
+
+    The destruction is an event on the account's stream (the read models apply it, so a rebuild
+    ends here too). The tenant's own key goes now (the account's address, its processor
+    tokens); the tenant key itself, which also wraps the held invoices' keys, goes with the
+    last hold, or now when nothing is held."""
+    events = uow.load(BillingAccount.stream_id_for(tenant_id))
+    if events:
+        account = BillingAccount.from_history(tenant_id, events)
+        if account.destroy(request_id):
+            handlers.save(uow, account)
     uow.cur.execute("DELETE FROM billing_agents WHERE tenant_id = %s", (tenant_id,))
-    uow.cur.execute(
-        "UPDATE billing_accounts SET address = NULL, company = '[erased]' WHERE tenant_id = %s",
-        (tenant_id,),
-    )
     uow.cur.execute("SELECT max(hold_until) FROM invoices WHERE tenant_id = %s", (tenant_id,))
     hold_until: dt.date | None = uow.cur.fetchone()[0]
     if hold_until is None:
-        return {"status": "done", "detail": "no invoices to hold; payment methods deleted"}
+        keystore.shred_tenant(tenant_id)
+        return {"status": "done", "detail": "no invoices to hold; the tenant's keys shredded"}
+    keystore.shred_subject(tenant_id, tenant_id)
     basis = catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS)
     uow.cur.execute(
         "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
@@ -60,21 +72,35 @@ def destroy_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
     return {"status": "retained", "basis": basis, "until": hold_until.isoformat()}
 
 
-def expire_holds(uow: UnitOfWork, keystore: Any, today: dt.date) -> int:
-    """Erase what the legal hold no longer covers: the invoices whose hold ended, and the keys
-    of billing contacts who are on no held invoice any more. Returns the invoices erased."""
+def expire_holds(uow: UnitOfWork, keystore: Keystore, today: dt.date) -> int:
+    """Erase what the legal hold no longer covers: the invoices whose hold ended (their rows and
+    their keys), the keys of billing contacts who are on no held invoice any more, and the keys
+    of destroyed tenants nothing is held for any more. Returns the invoices erased."""
     uow.cur.execute(
-        "DELETE FROM invoices WHERE hold_until <= %s RETURNING billing_contact_id", (today,)
+        "DELETE FROM invoices WHERE hold_until <= %s RETURNING id, tenant_id, billing_contact_id",
+        (today,),
     )
-    contacts = {str(row[0]) for row in uow.cur.fetchall()}
-    erased = uow.cur.rowcount
-    for contact in contacts:
+    expired = uow.cur.fetchall()
+    by_tenant: dict[str, list[str]] = {}
+    for invoice_id, tenant_id, _ in expired:
+        by_tenant.setdefault(str(tenant_id), []).append(str(invoice_id))
+    for tenant_id, invoice_ids in by_tenant.items():
+        keystore.shred_subjects(invoice_ids, tenant_id)
+    for contact in {str(row[2]) for row in expired}:
         uow.cur.execute("SELECT 1 FROM invoices WHERE billing_contact_id = %s", (contact,))
         if uow.cur.fetchone() is None:
             keystore.shred_subject(contact)
             uow.cur.execute("DELETE FROM restrictions WHERE subject_id = %s", (contact,))
     uow.cur.execute("DELETE FROM restrictions WHERE until <= %s", (today,))
-    return erased
+    uow.cur.execute(
+        "SELECT a.tenant_id FROM billing_accounts a WHERE a.destroyed_at IS NOT NULL"
+        " AND a.tenant_id = ANY(%s::uuid[])"
+        " AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = a.tenant_id)",
+        (list(by_tenant),),
+    )
+    for (tenant_id,) in uow.cur.fetchall():
+        keystore.shred_tenant(tenant_id)
+    return len(expired)
 
 
 def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:

@@ -1,11 +1,19 @@
-"""Billing's read models: accounts, payment methods (brand, last 4, expiry), invoices."""
+"""Billing's read models: accounts, payment methods (brand, last 4, expiry), invoices.
+
+They keep plaintext while the tenant lives; ``tenant_destroyed`` takes the account's address and
+the payment methods, so a rebuild ends there too. Invoices stay, restricted, for their legal
+hold (their fields read as erased once their keys are shredded). Processor tokens are never
+kept here: only the events hold them, under the tenant's key.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import psycopg2
 
+from kernel.crypto import is_erased
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 
@@ -21,6 +29,7 @@ class BillingProjection(Projection):
             "payment_method_added",
             "invoice_issued",
             "invoice_paid",
+            "tenant_destroyed",
         }
     )
 
@@ -28,13 +37,12 @@ class BillingProjection(Projection):
         p = event.payload
         if event.type == "billing_account_opened":
             cur.execute(
-                "INSERT INTO billing_accounts (tenant_id, plan, region, company, opened_at,"
-                " version) VALUES (%s, %s, %s, %s, %s, %s)",
+                "INSERT INTO billing_accounts (tenant_id, plan, region, opened_at, version)"
+                " VALUES (%s, %s, %s, %s, %s)",
                 (
                     p["tenant_id"],
                     p["plan"],
                     p["region"],
-                    p["company"],
                     event.occurred_at,
                     event.stream_version,
                 ),
@@ -47,12 +55,12 @@ class BillingProjection(Projection):
         elif event.type == "billing_address_set":
             cur.execute(
                 "UPDATE billing_accounts SET address = %s, version = %s WHERE tenant_id = %s",
-                (json.dumps(p["address"]), event.stream_version, p["tenant_id"]),
+                (_json(p["address"]), event.stream_version, p["tenant_id"]),
             )
         elif event.type == "payment_method_added":
             cur.execute(
                 "INSERT INTO payment_methods (id, tenant_id, brand, last4, exp_month, exp_year,"
-                " token, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                " created_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
                     p["payment_method_id"],
                     p["tenant_id"],
@@ -60,7 +68,6 @@ class BillingProjection(Projection):
                     p["last4"],
                     p["exp_month"],
                     p["exp_year"],
-                    p["token"],
                     event.occurred_at,
                 ),
             )
@@ -83,8 +90,8 @@ class BillingProjection(Projection):
                     p["tax_rate"],
                     p["tax"],
                     p["total"],
-                    p["company"],
-                    None if p.get("address") is None else json.dumps(p["address"]),
+                    str(p["company"]),
+                    _json(p.get("address")),
                     p["billing_contact_id"],
                     str(p["billing_contact_name"]),
                     str(p["billing_contact_email"]),
@@ -97,11 +104,23 @@ class BillingProjection(Projection):
                 "UPDATE invoices SET status = 'paid', paid_reference = %s WHERE id = %s",
                 (p["reference"], p["invoice_id"]),
             )
+        elif event.type == "tenant_destroyed":
+            cur.execute(
+                "UPDATE billing_accounts SET address = NULL, company = NULL, destroyed_at = %s"
+                " WHERE tenant_id = %s",
+                (event.occurred_at, p["tenant_id"]),
+            )
+            cur.execute("DELETE FROM payment_methods WHERE tenant_id = %s", (p["tenant_id"],))
         if event.type != "billing_account_opened" and event.type in self.event_types:
             cur.execute(
                 "UPDATE billing_accounts SET version = %s WHERE tenant_id = %s",
                 (event.stream_version, p["tenant_id"]),
             )
+
+
+def _json(value: Any) -> str | None:
+    """An address as the jsonb column keeps it; none when absent or erased."""
+    return None if value is None or is_erased(value) else json.dumps(value)
 
 
 PROJECTIONS = (BillingProjection(),)

@@ -38,9 +38,12 @@ def validated(schema: type[Schema], request: Any) -> dict[str, Any]:
 
 
 def billing_privacy(store: Any) -> dict[str, Any]:
+    """``store``: the service's store (or a worker's view of it), for its keystore."""
     return {
         "erase_subject": lambda uow, c: privacy.erase_subject(uow, str(c["subject_id"])),
-        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(uow, str(c["tenant_id"])),
+        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(
+            uow, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
+        ),
     }
 
 
@@ -136,8 +139,9 @@ class BillingService:
 
     @rpc
     def destroy_tenant(self, tenant_id: str) -> dict[str, Any]:
+        keystore = self.store.cipher.keystore
         with self.store.unit_of_work("retention") as uow:
-            return privacy.destroy_tenant(uow, tenant_id)
+            return privacy.destroy_tenant(uow, keystore, tenant_id, None)
 
     @timer(interval=86400)
     def expire_legal_holds(self) -> None:
@@ -155,7 +159,7 @@ class BillingService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(None))
+            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(self.store))
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:

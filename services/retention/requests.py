@@ -20,6 +20,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, require_id
 from kernel.signing import Signer
 from kernel.uow import UnitOfWork
+from services.retention import sealed
 
 
 def canonical(document: dict[str, Any]) -> bytes:
@@ -81,7 +82,7 @@ def file_request(
     waits = command["type"] in approval_policy(uow, tenant_id)["requires_approval"]
     uow.cur.execute(
         "INSERT INTO requests (id, tenant_id, type, subject_kind, subject_id, filed_by,"
-        " identity_check, status, created_at, due_at)"
+        " identity_check_sealed, status, created_at, due_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             request_id,
@@ -90,7 +91,7 @@ def file_request(
             kind,
             subject_id,
             filed_by,
-            command["identity_check"],
+            sealed.seal(uow.cipher, tenant_id, "identity_check", command["identity_check"]),
             "awaiting_approval" if waits else "pending",
             now,
             # The legal clock runs from receipt, approval or not.
@@ -175,19 +176,19 @@ def decide(
         raise Conflict("the admin who filed a request cannot decide it; another admin must")
     uow.cur.execute(
         "UPDATE requests SET decision = %s, decided_by = %s, decided_at = %s,"
-        " decision_reason = %s, status = %s, completed_at = %s WHERE id = %s",
+        " decision_reason_sealed = %s, status = %s, completed_at = %s WHERE id = %s",
         (
             decision,
             admin_id,
             now,
-            reason,
+            sealed.seal(uow.cipher, tenant_id, "decision_reason", reason),
             "pending" if decision == "approved" else "denied",
             None if decision == "approved" else now,
             request_id,
         ),
     )
     # The ledger records who decided and when; the reason, free text that may name someone,
-    # stays here where it can be erased with the request's tenant.
+    # stays here, under the tenant's key: it is erased with the request's tenant.
     uow.publish(
         new_envelope(
             type=f"privacy_request_{decision}",
@@ -247,7 +248,7 @@ def _subject(subject: dict[str, Any]) -> tuple[str, str]:
 
 _REQUEST_COLUMNS = (
     "id, type, status, subject_kind, subject_id, created_at, due_at, completed_at,"
-    " filed_by, decision, decided_by, decided_at, decision_reason"
+    " filed_by, decision, decided_by, decided_at, decision_reason_sealed, tenant_id"
 )
 
 
@@ -282,12 +283,12 @@ def _render_requests(uow: UnitOfWork, rows: list[tuple]) -> list[dict[str, Any]]
                 if statuses[request_id] == "pending":
                     answer["next_attempt_at"] = next_at.isoformat()
             answers[request_id][name] = answer
-    return [_render_request(row, answers[row[0]]) for row in rows]
+    return [_render_request(uow, row, answers[row[0]]) for row in rows]
 
 
-def _render_request(row: tuple, services: dict[str, Any]) -> dict[str, Any]:
+def _render_request(uow: UnitOfWork, row: tuple, services: dict[str, Any]) -> dict[str, Any]:
     rid, type_, status, kind, subject, created, due, completed, filed_by = row[:9]
-    decision, decided_by, decided_at, reason = row[9:]
+    decision, decided_by, decided_at, reason, tenant_id = row[9:]
     return {
         "id": str(rid),
         "type": type_,
@@ -304,7 +305,7 @@ def _render_request(row: tuple, services: dict[str, Any]) -> dict[str, Any]:
             "decision": decision,
             "decided_by": str(decided_by),
             "decided_at": decided_at.isoformat(),
-            "reason": reason,
+            "reason": sealed.opened(uow.cipher, tenant_id, "decision_reason", reason),
         },
     }
 
@@ -365,6 +366,8 @@ def record_answer(
         from services.retention.schedules import destruction_report
 
         destruction_report(uow, p["request_id"])
+        # Every other service has done its part: retention's is its free text about the tenant.
+        sealed.destroy_tenant(uow, row[0])
     if row is not None and row[1] == "erasure":
         receipt = make_receipt(uow, str(row[0]), p["request_id"], signer)
         uow.cur.execute(

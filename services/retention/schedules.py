@@ -14,6 +14,7 @@ from typing import Any
 from kernel.envelope import Envelope, new_envelope
 from kernel.uow import UnitOfWork
 from services.retention.requests import Timing
+from services.retention.sealed import seal
 
 
 def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
@@ -81,14 +82,14 @@ def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> li
         request_id = str(uuid.uuid4())
         uow.cur.execute(
             "INSERT INTO requests (id, tenant_id, type, subject_kind, subject_id, filed_by,"
-            " identity_check, status, created_at, due_at)"
-            " VALUES (%s, %s, 'destruction', 'tenant', %s, %s, 'the grace period ran out',"
-            " 'pending', %s, %s)",
+            " identity_check_sealed, status, created_at, due_at)"
+            " VALUES (%s, %s, 'destruction', 'tenant', %s, %s, %s, 'pending', %s, %s)",
             (
                 request_id,
                 tenant_id,
                 tenant_id,
                 tenant_id,
+                seal(uow.cipher, tenant_id, "identity_check", "the grace period ran out"),
                 now,
                 now + dt.timedelta(days=timing.deadline_days),
             ),

@@ -26,7 +26,7 @@ from kernel.nameko_adapters import (
 from kernel.observability import service_health
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
-from services.retention import requests, schedules
+from services.retention import requests, schedules, sealed
 from services.retention.commands import (
     DecideRequestV1,
     FilePrivacyRequestV1,
@@ -65,10 +65,28 @@ class RequestTiming(DependencyProvider):
         return self.timing
 
 
+class SealedFreeText(DependencyProvider):
+    """On start: the keys of destroyed tenants shredded again in retention's keystore, then
+    any free text still in plaintext sealed under its tenant's key (see ``sealed``)."""
+
+    def start(self) -> None:
+        store = next(
+            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
+        ).store
+        assert store is not None
+        with store.unit_of_work(self.container.service_name) as uow:
+            sealed.reapply_destructions(uow)
+        while True:
+            with store.unit_of_work(self.container.service_name) as uow:
+                if not sealed.seal_legacy(uow):
+                    break
+
+
 class RetentionService:
     name = "retention"
 
     store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    sealed_free_text = SealedFreeText()
     accounts = TimedRpcProxy("accounts")
     signer = ReceiptSigner()
     clock = Clock()
@@ -234,6 +252,9 @@ class RetentionService:
             requests.resend_due(uow, self.clock(), self.timing)
         with self.store.unit_of_work("retention") as uow:
             requests.mark_overdue(uow, self.clock())
+        with self.store.unit_of_work("retention") as uow:
+            # What an older replica wrote in plaintext during a rolling upgrade.
+            sealed.seal_legacy(uow)
 
     @rpc
     def health(self) -> dict[str, Any]:

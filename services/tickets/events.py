@@ -14,6 +14,15 @@ STATUSES = ("new", "open", "pending", "solved", "closed")
 PRIORITIES = ("low", "normal", "high", "urgent")
 
 
+class TenantDestroyedV1(Schema):
+    """The tenant was destroyed: its tickets and messages leave the read models, and a replay
+    removes them again, so a rebuild cannot bring them back (their words are unreadable anyway:
+    the tenant's key is gone)."""
+
+    tenant_id = fields.UUID(required=True)
+    request_id = fields.UUID(required=True)
+
+
 class TicketCreatedV1(Schema):
     ticket_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
@@ -100,7 +109,10 @@ MESSAGE_ADDED = EventType(
     published=True,
 )
 
+TENANT_DESTROYED = EventType("tenant_destroyed", {1: TenantDestroyedV1})
+
 REGISTRY = EventRegistry(
+    TENANT_DESTROYED,
     TICKET_CREATED,
     TICKET_STATUS_CHANGED,
     TICKET_CLOSED,

@@ -5,8 +5,10 @@ own key. Messages an agent wrote before tickets had their own keys are under the
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+from kernel.aggregate import RecordedEvent
 from kernel.crypto import FieldCipher
 from kernel.uow import UnitOfWork
 
@@ -59,8 +61,21 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
 
     def destroy_tenant(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
         tenant = str(command["tenant_id"])
+        # Recorded once, on a stream of the tenant's own: the projection deletes its tickets
+        # and messages with the event, and does again on every replay.
+        stream = f"tenant-{tenant}"
+        history = uow.load(stream)
+        if not any(event.type == "tenant_destroyed" for event in history):
+            destroyed = {"tenant_id": tenant, "request_id": str(command["request_id"])}
+            uow.append(
+                stream,
+                len(history),
+                [RecordedEvent("tenant_destroyed", destroyed)],
+                tenant_id=uuid.UUID(tenant),
+            )
         subjects = cipher.keystore.shred_tenant(tenant)
-        for table in ("ticket_messages", "tickets", "directory", "restrictions"):
+        # Learned from accounts' events and commands, not from this store: deleted here.
+        for table in ("directory", "restrictions"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 

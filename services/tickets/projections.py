@@ -99,6 +99,11 @@ def _update(cur: psycopg2.extensions.cursor, rows: list[dict[str, Any]]) -> None
     )
 
 
+def _forget_tenant(cur: psycopg2.extensions.cursor, tenant_id: str) -> None:
+    cur.execute("DELETE FROM ticket_messages WHERE tenant_id = %s", (tenant_id,))
+    cur.execute("DELETE FROM tickets WHERE tenant_id = %s", (tenant_id,))
+
+
 class TicketsProjection(Projection):
     name = "tickets"
     ciphertext = True
@@ -112,12 +117,16 @@ class TicketsProjection(Projection):
             "ticket_priority_changed",
             "ticket_tags_changed",
             "message_added",
+            "tenant_destroyed",
         }
     )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
         # The statements replay's apply_batch writes, for a batch of one.
         at = event.occurred_at.isoformat()
+        if event.type == "tenant_destroyed":
+            _forget_tenant(cur, event.payload["tenant_id"])
+            return
         if event.type == "ticket_created":
             _insert(cur, "tickets", [_new_ticket(event, at)])
             return
@@ -131,8 +140,18 @@ class TicketsProjection(Projection):
         Every event sets whole columns (the last value wins) and a ticket's events come in its
         stream's order, so a ticket created in the batch is inserted once as its last event left
         it, and an older ticket gets the columns its events set, once. Replay of one statement
-        per event was bound by the server's statement count.
+        per event was bound by the server's statement count. A tenant's destruction ends a
+        fold: what came before it is written, then the tenant's rows are deleted.
         """
+        start = 0
+        for end, event in enumerate(events):
+            if event.type == "tenant_destroyed":
+                self._fold(cur, events[start:end])
+                _forget_tenant(cur, event.payload["tenant_id"])
+                start = end + 1
+        self._fold(cur, events[start:])
+
+    def _fold(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
         created: dict[str, dict[str, Any]] = {}
         changed: dict[str, dict[str, Any]] = {}
         messages: list[dict[str, Any]] = []

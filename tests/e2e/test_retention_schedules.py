@@ -1,14 +1,29 @@
 """The retention schedule over a running platform: a grace that runs out destroys the tenant
-everywhere (held billing records aside); a reactivation stops the clock."""
+everywhere (held billing records aside), in every byte of every database and after a rebuild of
+every read model; a reactivation stops the clock."""
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 import urllib.parse
 
 import psycopg2
 import pytest
+from nameko.standalone.rpc import ClusterRpcProxy
+from psycopg2 import sql
 
-from kernel.testing import wait_until
+from kernel.config import Settings
+from kernel.nameko_adapters import open_store
+from kernel.testing import wait_until, world_env
+from services.accounts.events import REGISTRY as ACCOUNTS_EVENTS
+from services.accounts.projections import PROJECTIONS as ACCOUNTS_PROJECTIONS
+from services.billing import handlers as billing_handlers
+from services.billing.domain import next_month
+from services.billing.events import REGISTRY as BILLING_EVENTS
+from services.billing.projections import PROJECTIONS as BILLING_PROJECTIONS
+from services.tickets.events import REGISTRY as TICKETS_EVENTS
+from services.tickets.projections import PROJECTIONS as TICKETS_PROJECTIONS
 from tests.e2e.conftest import running_stack
 
 GRACE_SECONDS = 8.64  # LEDGERDESK_GRACE_DAYS=0.0001
@@ -166,3 +181,164 @@ def test_a_lost_command_is_sent_again_and_the_request_completes(quick, infrastru
     assert result["services"]["tickets"]["attempts"] >= 2
     # The others answered the first command and were not asked again.
     assert result["services"]["accounts"]["attempts"] == 1
+
+
+# --- what a destroyed tenant leaves: every byte of every service's database --------------------
+
+
+def stored_text(stack, service: str) -> dict[str, str]:
+    """Every column of every table of a service's database as text (bytea as its bytes), by
+    ``table.column``: event payloads, outbox bodies, the ledger's content, the read models."""
+    conn = psycopg2.connect(stack.settings.database_dsn(service))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'public' ORDER BY table_name, column_name"
+            )
+            found = {}
+            for table, column, data_type in cur.fetchall():
+                value = sql.Identifier(column)
+                text = (
+                    sql.SQL("encode({}, 'escape')").format(value)
+                    if data_type == "bytea"
+                    else sql.SQL("{}::text").format(value)
+                )
+                cur.execute(
+                    sql.SQL("SELECT coalesce(string_agg({}, ' '), '') FROM {}").format(
+                        text, sql.Identifier(table)
+                    )
+                )
+                found[f"{service}: {table}.{column}"] = cur.fetchone()[0]
+            return found
+    finally:
+        conn.close()
+
+
+def holding(stack, canary: str) -> set[str]:
+    services = ("accounts", "billing", "tickets", "retention", "audit", "gateway")
+    return {
+        place
+        for service in services
+        for place, text in stored_text(stack, service).items()
+        if canary in text
+    }
+
+
+def issue_invoices(stack) -> int:
+    """Billing's hourly invoice run, a month ahead, against the stack's billing database."""
+    settings = Settings.from_env(world_env(stack.settings))
+    store = open_store(settings, "billing", BILLING_EVENTS, BILLING_PROJECTIONS, prepare=False)
+    try:
+        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}) as cluster:
+            first = next_month(dt.datetime.now(dt.UTC).date())
+            return billing_handlers.run_invoices(
+                store.unit_of_work,
+                cluster.accounts.billing_contact,
+                dt.datetime(first.year, first.month, first.day, 2, tzinfo=dt.UTC),
+            )
+    finally:
+        store.db.close()
+
+
+def rebuild_everything(stack) -> None:
+    """Every projection of accounts, billing and tickets, replayed from their event stores."""
+    settings = Settings.from_env(world_env(stack.settings))
+    for service, registry, projections in (
+        ("accounts", ACCOUNTS_EVENTS, ACCOUNTS_PROJECTIONS),
+        ("billing", BILLING_EVENTS, BILLING_PROJECTIONS),
+        ("tickets", TICKETS_EVENTS, TICKETS_PROJECTIONS),
+    ):
+        store = open_store(settings, service, registry, projections, prepare=False)
+        try:
+            for projection in projections:
+                store.rebuild(projection.name, progress=False)
+        finally:
+            store.db.close()
+
+
+def test_a_destroyed_tenant_leaves_its_company_only_on_held_invoices_even_after_a_rebuild(quick):
+    tag = secrets.token_hex(4)
+    company, street = f"Canary {tag} Quills Ltd", f"{tag} Lark Lane"
+    created = quick.sign_up(company=company)
+    key, tenant_id = created["api_key"], created["tenant"]["id"]
+    wait_until(
+        lambda: quick.call("GET", "/v1/billing/subscription", key=key).status_code == 200,
+        what="billing to open the tenant's account",
+    )
+    address = {"line1": street, "city": "Larkton", "postcode": "LK1 1AA", "country": "GB"}
+    assert quick.call("PUT", "/v1/billing/address", key=key, json={"address": address}).ok
+    card = {"processor_token": "tok_sandbox_visa"}
+    assert quick.call("POST", "/v1/billing/payment-methods", key=key, json=card).ok
+    contact = quick.call(
+        "POST", "/v1/contacts", key=key, json={"name": f"Ivy {tag}", "email": f"{tag}@x.example"}
+    ).json()
+    ticket = {"subject": "A question", "body": "about quills", "requester_id": contact["id"]}
+    assert quick.call("POST", "/v1/tickets", key=key, json=ticket).ok
+    checked = f"Ivy {tag} showed her passport"
+    access = {"type": "access", "subject": {"contact_id": contact["id"]}, "identity_check": checked}
+    assert quick.call("POST", "/v1/privacy/requests", key=key, json=access).status_code == 202
+    # Retention keeps what the admin checked under the tenant's key, never in plaintext.
+    assert holding(quick, checked) == set()
+    assert issue_invoices(quick) >= 1
+    [invoice] = quick.call("GET", "/v1/billing/invoices", key=key).json()["items"]
+    assert (invoice["company"], invoice["address"]["line1"]) == (company, street)
+
+    def ledger_has_the_invoice() -> bool:
+        entries = quick.call(
+            "GET",
+            "/v1/operator/audit/entries?type=invoice_issued&limit=200",
+            key=quick.settings.operator_token,
+        ).json()["items"]
+        return any(e["payload"]["invoice_id"] == invoice["id"] for e in entries)
+
+    wait_until(ledger_has_the_invoice, what="the invoice in the audit ledger")
+    # Published events carry ids: the company and address are in no event that left billing
+    # or accounts, so the ledger, which keeps everything forever, never had them.
+    for canary in (company, street):
+        assert not {p for p in holding(quick, canary) if p.startswith("audit: ")}, canary
+
+    assert quick.call("DELETE", "/v1/tenant", key=key).status_code == 202
+    wait_until(
+        lambda: quick.call("GET", "/v1/tenant", key=key).status_code == 401,
+        timeout=60,
+        what="the destroyed tenant's keys to stop working",
+    )
+    wait_until(
+        lambda: (
+            rows(
+                quick,
+                "retention",
+                "SELECT status FROM requests WHERE tenant_id = %s AND type = 'destruction'",
+                tenant_id,
+            )
+            == [("completed",)]
+        ),
+        timeout=60,
+        what="the destruction to complete",
+    )
+
+    for moment in ("destroyed", "rebuilt"):
+        assert holding(quick, company) == {"billing: invoices.company"}, moment
+        assert holding(quick, street) == {"billing: invoices.address"}, moment
+        assert holding(quick, f"Ivy {tag}") == set(), moment
+        assert rows(
+            quick,
+            "accounts",
+            "SELECT count(*) FROM agents WHERE tenant_id = %s AND active",
+            tenant_id,
+        ) == [(0,)]
+        assert rows(
+            quick, "tickets", "SELECT count(*) FROM tickets WHERE tenant_id = %s", tenant_id
+        ) == [(0,)]
+        assert rows(
+            quick,
+            "billing",
+            "SELECT count(*) FROM payment_methods WHERE tenant_id = %s",
+            tenant_id,
+        ) == [(0,)]
+        assert quick.call("GET", "/v1/tenant", key=key).status_code == 401
+        if moment == "destroyed":
+            # The read models replayed from the event stores end where the destruction left
+            # them: the legal hold's invoice copy is the only one.
+            rebuild_everything(quick)

@@ -26,14 +26,30 @@ class PersonNamedV1(Schema):
     email = fields.String(required=True)
 
 
+class MemberJoinedV1(Schema):
+    person_id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    company = fields.String(required=True)
+    plan = fields.String(required=True)
+
+
 THING_HAPPENED = EventType("thing_happened", {1: ThingHappenedV1}, published=True)
+# A person's name under their key, and their tenant's company under the tenant's own key.
+MEMBER_JOINED = EventType(
+    "member_joined",
+    {1: MemberJoinedV1},
+    personal_fields=("name",),
+    subject_field="person_id",
+    tenant_fields=("company",),
+    published=True,
+)
 PERSON_NAMED = EventType(
     "person_named",
     {1: PersonNamedV1},
     personal_fields=("name", "email"),
     subject_field="person_id",
 )
-REGISTRY = EventRegistry(THING_HAPPENED, PERSON_NAMED)
+REGISTRY = EventRegistry(THING_HAPPENED, PERSON_NAMED, MEMBER_JOINED)
 
 
 def source_store(settings: Settings, projections=(), maxconn: int = 20) -> EventSourcedStore:

@@ -101,10 +101,12 @@ class Billing:
         for _ in range(seats - 1):
             self.add_agent(tenant, at)
         tag = tenant.admin_id[:8]
+        # What accounts tells billing per invoice: the company and its billing contact.
         self.contacts[tenant.id] = {
             "agent_id": tenant.admin_id,
             "name": f"Billing Admin {tag}",
             "email": f"admin.{tag}@billing.example",
+            "company": company,
         }
         return tenant
 

@@ -11,24 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from kernel.db import Database
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import prepare_databases
+from kernel.nameko_adapters import open_store
 from kernel.signing import signer_from_config
-from kernel.uow import EventSourcedStore
 from services.retention import requests
 
 SERVICES = ("accounts", "audit", "billing", "tickets")
+RETENTION_MIGRATIONS = Path("services/retention/migrations")
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 TIMING = requests.Timing(deadline_days=30, retry_seconds=60)
 
 
 @pytest.fixture
 def retention(world):
-    prepare_databases(world, "retention", Path("services/retention/migrations"))
-    store = EventSourcedStore(
-        "retention", Database(world.database_dsn("retention")), EventRegistry()
-    )
+    store = open_store(world, "retention", EventRegistry(), (), RETENTION_MIGRATIONS)
     # Completed erasures are signed: the test keeps the signer beside the store.
     store.signer = signer_from_config(world.audit_signing_key)  # type: ignore[attr-defined]
     with store.db.transaction() as cur:

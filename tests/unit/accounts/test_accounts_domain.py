@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import uuid
@@ -13,7 +14,7 @@ from marshmallow import ValidationError
 
 from kernel.aggregate import Aggregate, RecordedEvent
 from kernel.envelope import new_envelope
-from kernel.errors import ValidationFailed
+from kernel.errors import Conflict, ValidationFailed
 from services.accounts import apikeys
 from services.accounts.commands import SignUpV1
 from services.accounts.domain import DEFAULT_PLAN, Agent, Tenant
@@ -203,6 +204,27 @@ def test_agent_created_declares_its_personal_fields():
 
     assert agent_created.personal_fields == ("name", "email")
     assert agent_created.subject_field == "agent_id"
+
+
+def test_the_company_is_a_tenant_field_and_destruction_is_not_published():
+    assert REGISTRY["tenant_created"].tenant_fields == ("company",)
+    assert REGISTRY["tenant_destroyed"].published is False
+
+
+def test_a_tenant_is_destroyed_once_and_nothing_follows():
+    tenant = sign_up()
+    request = str(uuid.uuid4())
+    assert tenant.destroy(request) is True
+    assert tenant.status == "destroyed"
+    assert tenant.pending[-1] == RecordedEvent(
+        "tenant_destroyed", {"tenant_id": tenant.id, "request_id": request}
+    )
+    assert tenant.destroy(str(uuid.uuid4())) is False
+    assert len(tenant.pending) == 2
+    with pytest.raises(Conflict, match="destroyed"):
+        tenant.cancel(dt.datetime.now(dt.UTC), dt.timedelta(days=21))
+    with pytest.raises(Conflict):
+        tenant.reactivate(dt.datetime.now(dt.UTC))
 
 
 # --- the aggregate base ----------------------------------------------------------------------

@@ -568,3 +568,26 @@ def test_a_stored_payload_reads_the_same_whatever_decoder_reads_it():
     assert _decode(text) == json.loads(text)  # past 64 bits: json's decoder, not orjson's
     small = json.dumps({"n": 2**40, "nested": {"a": [1, 2]}, "s": "ü"})
     assert _decode(small) == json.loads(small)
+
+
+def test_tenant_fields_are_encrypted_and_hidden_with_personal_fields():
+    event_type = EventType(
+        "member_joined",
+        {1: NoteV1},
+        personal_fields=("name",),
+        subject_field="agent_id",
+        tenant_fields=("company", "address"),
+    )
+    assert event_type.encrypted_fields == ("name", "company", "address")
+    assert EventType("noted", {1: NoteV1}).encrypted_fields == ()
+
+
+def test_a_field_cannot_be_both_personal_and_a_tenant_field():
+    with pytest.raises(ValueError, match="personal and tenant"):
+        EventType(
+            "member_joined",
+            {1: NoteV1},
+            personal_fields=("name", "company"),
+            subject_field="agent_id",
+            tenant_fields=("company",),
+        )
