@@ -229,6 +229,10 @@ class EventRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._types
 
+    def types(self) -> list[EventType]:
+        """Every type registered, in the order registered (the data map walks them)."""
+        return list(self._types.values())
+
     def upcast(self, envelope: Envelope) -> Envelope:
         event_type = self._types.get(envelope.type)
         if event_type is None or envelope.schema_version >= event_type.latest:

@@ -201,6 +201,7 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,
         LEDGERDESK_OPS_PORT=str(settings.ops_port),
         LEDGERDESK_HEARTBEAT=str(settings.heartbeat),
+        LEDGERDESK_TRACES=settings.traces_exporter,
     )
     return env
 

@@ -78,6 +78,12 @@ def stack(logged_stack) -> Stack:
 
 @pytest.fixture(scope="module")
 def invoice_run(stack) -> Iterator[Callable[[], int]]:
+    with invoice_runner(stack) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def invoice_runner(stack: Stack) -> Iterator[Callable[[], int]]:
     """Issue every invoice due a month from now, as billing's hourly timer would then."""
     # The settings the service processes were started with (their master keys above all).
     settings = Settings.from_env(world_env(stack.settings))

@@ -1,0 +1,159 @@
+"""What accounts keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
+
+from kernel.datamap import (
+    End,
+    Held,
+    ServiceMap,
+    Table,
+    When,
+    operational,
+    personal,
+    pseudonym,
+    secret,
+)
+from services.accounts.events import REGISTRY
+
+_PRIVACY = "services.accounts.privacy"
+# Destruction is the tenant_destroyed event, which the read models apply (a rebuild too).
+_PROJECTIONS = "services.accounts.projections"
+SCRUBBED = End(When.ERASURE, "scrubbed to [erased]", _PRIVACY)
+DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PROJECTIONS)
+DESTROYED_SCRUBBED = End(When.DESTRUCTION, "scrubbed to [erased]", _PROJECTIONS)
+
+DATA_MAP = ServiceMap(
+    service="accounts",
+    summary="tenants, agents (staff), contacts (end customers), API keys, consent and policy"
+    " acceptance; read models rebuilt from its events",
+    tables=(
+        Table(
+            "tenants",
+            "a tenant: company, region, plan, status",
+            (
+                pseudonym("id"),
+                personal("company", Held.PLAINTEXT, DESTROYED_SCRUBBED),
+                operational("region"),
+                operational("status"),
+                operational("plan"),
+                operational("created_at"),
+                operational("version"),
+                operational("destroy_after"),
+            ),
+            ends=(End(When.KEPT, "a destroyed tenant's row stays, scrubbed, as its tombstone"),),
+        ),
+        Table(
+            "agents",
+            "staff users of a tenant",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("role"),
+                personal("name", Held.PLAINTEXT, SCRUBBED, DESTROYED_SCRUBBED),
+                personal("email", Held.PLAINTEXT, SCRUBBED, DESTROYED_SCRUBBED),
+                operational("active"),
+                operational("created_at"),
+                operational("deactivated_at"),
+            ),
+            ends=(End(When.KEPT, "ids and roles stay, scrubbed, for the audit trail"),),
+        ),
+        Table(
+            "api_keys",
+            "API keys as keyed hashes (HMAC-SHA-256 under the platform's secret)",
+            (
+                secret(
+                    "key_hash",
+                    Held.KEYED_HASH,
+                    End(When.DESTRUCTION, "revoked: it authenticates no one", _PROJECTIONS),
+                    End(
+                        When.ERASURE, "the agent is deactivated: it authenticates no one", _PRIVACY
+                    ),
+                ),
+                pseudonym("key_id"),
+                pseudonym("agent_id"),
+                operational("issued_at"),
+                operational("revoked_at"),
+            ),
+        ),
+        Table(
+            "contacts",
+            "end customers of a tenant",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                personal("name", Held.PLAINTEXT, SCRUBBED, DESTROYED),
+                personal("email", Held.PLAINTEXT, SCRUBBED, DESTROYED),
+                personal("phone", Held.PLAINTEXT, SCRUBBED, DESTROYED),
+                operational("marketing"),
+                operational("version"),
+                operational("created_at"),
+                operational("updated_at"),
+            ),
+        ),
+        Table(
+            "consents",
+            "every marketing-consent record of a contact",
+            (
+                pseudonym("contact_id"),
+                pseudonym("tenant_id"),
+                operational("marketing"),
+                operational("source", "how the consent was given (a form, a call)"),
+                operational("policy_version"),
+                operational("recorded_at"),
+                operational("version"),
+            ),
+            ends=(DESTROYED,),
+        ),
+        Table(
+            "policies",
+            "published policy versions",
+            (operational("version"), operational("published_at"), operational("seq")),
+            ends=(End(When.KEPT, "platform-wide, no one's data"),),
+        ),
+        Table(
+            "policy_acceptances",
+            "which agent accepted which policy version, when",
+            (
+                pseudonym("agent_id"),
+                pseudonym("tenant_id"),
+                operational("version"),
+                operational("accepted_at"),
+            ),
+            ends=(DESTROYED,),
+        ),
+        Table(
+            "restrictions",
+            "subjects whose data is kept but not used",
+            (
+                pseudonym("subject_id"),
+                pseudonym("tenant_id"),
+                pseudonym("request_id"),
+                operational("restricted_at"),
+            ),
+            ends=(
+                End(When.REPLACED, "deleted when the restriction is lifted", _PRIVACY),
+                End(When.DESTRUCTION, "the tenant's rows are deleted", _PRIVACY),
+            ),
+        ),
+    ),
+    registries=(REGISTRY,),
+    event_fields={
+        "tenant_created": {
+            "region": operational("region"),
+            "plan": operational("plan"),
+            "policy_version": operational("policy_version"),
+        },
+        "api_key_issued": {
+            "key_hash": secret(
+                "key_hash", Held.KEYED_HASH, note="HMAC-SHA-256 of the key, never the key"
+            )
+        },
+        "policy_accepted": {"version": operational("version")},
+        "consent_recorded": {
+            "source": operational("source", "how the consent was given; card numbers refused"),
+            "policy_version": operational("policy_version"),
+        },
+        "policy_published": {"version": operational("version")},
+        "billing_contact_disclosed": {
+            "disclosed_to": operational("disclosed_to", "the service that asked")
+        },
+    },
+)

@@ -1,0 +1,152 @@
+"""What billing keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
+
+from kernel.datamap import (
+    End,
+    Held,
+    ServiceMap,
+    Table,
+    When,
+    operational,
+    personal,
+    pseudonym,
+    secret,
+)
+from services.billing.events import REGISTRY
+
+_PRIVACY = "services.billing.privacy"
+_PROJECTIONS = "services.billing.projections"
+_MIGRATION = "services/billing/migrations/0002_destruction_and_keys.sql"
+DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PROJECTIONS)
+HOLD = End(When.LEGAL_HOLD, "kept, restricted, until the hold ends; then deleted", _PRIVACY)
+
+DATA_MAP = ServiceMap(
+    service="billing",
+    summary="plans, subscriptions, invoices (kept under a legal hold) and payment methods as"
+    " processor tokens; never a card number",
+    tables=(
+        Table(
+            "billing_accounts",
+            "a tenant's billing account",
+            (
+                pseudonym("tenant_id"),
+                operational("plan"),
+                operational("region"),
+                personal(
+                    "company",
+                    Held.PLAINTEXT,
+                    End(
+                        When.RETIRED, "emptied, never written: the company is accounts'", _MIGRATION
+                    ),
+                ),
+                personal(
+                    "address",
+                    Held.PLAINTEXT,
+                    End(When.DESTRUCTION, "set to NULL by tenant_destroyed", _PROJECTIONS),
+                ),
+                operational("opened_at"),
+                operational("version"),
+                operational("destroyed_at"),
+            ),
+            ends=(End(When.KEPT, "scrubbed: the account's tombstone"),),
+        ),
+        Table(
+            "payment_methods",
+            "payment methods as the processor's tokens: brand, last four digits, expiry",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("brand"),
+                operational("last4"),
+                operational("exp_month"),
+                operational("exp_year"),
+                secret(
+                    "token",
+                    Held.PLAINTEXT,
+                    End(
+                        When.RETIRED, "emptied, never written: tokens are in the events", _MIGRATION
+                    ),
+                ),
+                operational("created_at"),
+            ),
+            ends=(DESTROYED,),
+        ),
+        Table(
+            "invoices",
+            "issued invoices, kept for the legal period",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("number"),
+                operational("period_start"),
+                operational("period_end"),
+                operational("currency"),
+                operational("lines"),
+                operational("subtotal"),
+                operational("tax_rate"),
+                operational("tax"),
+                operational("total"),
+                personal("company", Held.PLAINTEXT, HOLD),
+                personal("address", Held.PLAINTEXT, HOLD),
+                pseudonym("billing_contact_id"),
+                personal("billing_contact_name", Held.PLAINTEXT, HOLD),
+                personal("billing_contact_email", Held.PLAINTEXT, HOLD),
+                operational("status"),
+                operational("issued_at"),
+                operational("hold_until"),
+                operational("paid_reference"),
+            ),
+            ends=(HOLD,),
+        ),
+        Table(
+            "billing_agents",
+            "seats: which agents are active, by id",
+            (
+                pseudonym("agent_id"),
+                pseudonym("tenant_id"),
+                operational("active"),
+                operational("version"),
+            ),
+            ends=(DESTROYED, End(When.ERASURE, "deleted", _PRIVACY)),
+        ),
+        Table(
+            "restrictions",
+            "data kept under a legal hold: used for nothing but the legal obligation",
+            (
+                pseudonym("subject_id"),
+                operational("basis"),
+                operational("until"),
+                operational("restricted_at"),
+            ),
+            ends=(HOLD,),
+        ),
+        Table(
+            "sandbox_charges",
+            "the sandbox processor's own record of charges (a real processor keeps this)",
+            (
+                operational("idempotency_key"),
+                operational("amount"),
+                operational("currency"),
+                operational("status"),
+                operational("reference"),
+                operational("charged_at"),
+            ),
+            ends=(End(When.KEPT, "amounts and references, no one's data"),),
+        ),
+    ),
+    registries=(REGISTRY,),
+    event_fields={
+        "billing_account_opened": {"plan": operational("plan"), "region": operational("region")},
+        "plan_changed": {"plan": operational("plan"), "previous": operational("previous")},
+        "payment_method_added": {
+            "brand": operational("brand"),
+            "last4": operational("last4", "the last four digits, as processors show them"),
+        },
+        "invoice_issued": {
+            "number": operational("number"),
+            "currency": operational("currency"),
+            "lines.description": operational("lines.description", "the plan's line"),
+            "tax_rate": operational("tax_rate"),
+        },
+        "invoice_paid": {"reference": operational("reference", "the processor's reference")},
+    },
+)

@@ -1,0 +1,130 @@
+"""What retention keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
+
+from kernel.datamap import End, Held, ServiceMap, Table, When, operational, personal, pseudonym
+
+_SEALED = "services.retention.sealed"
+KEPT = End(When.KEPT, "the record of what was done, by ids: evidence the promise was kept")
+
+DATA_MAP = ServiceMap(
+    service="retention",
+    summary="retention policies, schedules, the registry of services, and data-subject"
+    " requests as persisted plans with every service's answer",
+    tables=(
+        Table(
+            "services",
+            "each service's announcement: its data categories and commands",
+            (
+                operational("name"),
+                operational("categories"),
+                operational("commands"),
+                operational("protocol_version"),
+                operational("announced_at"),
+            ),
+            ends=(End(When.REPLACED, "the next announcement"),),
+        ),
+        Table(
+            "requests",
+            "data-subject requests and destructions: who, what, status, the signed receipt",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("type"),
+                operational("subject_kind"),
+                pseudonym("subject_id"),
+                pseudonym("filed_by"),
+                personal(
+                    "identity_check",
+                    Held.PLAINTEXT,
+                    End(When.RETIRED, "sealed into identity_check_sealed on start", _SEALED),
+                    note="rows of older releases only, until sealed",
+                ),
+                personal(
+                    "identity_check_sealed",
+                    Held.TENANT_KEY,
+                    End(When.DESTRUCTION, "the tenant's key is shredded", _SEALED),
+                    note="how the admin checked the requester's identity (free text)",
+                ),
+                operational("status"),
+                operational("created_at"),
+                operational("due_at"),
+                operational("completed_at"),
+                operational("receipt", "signed: ids, statuses and ledger references"),
+                pseudonym("decided_by"),
+                operational("decided_at"),
+                operational("decision"),
+                personal(
+                    "decision_reason",
+                    Held.PLAINTEXT,
+                    End(When.RETIRED, "sealed into decision_reason_sealed on start", _SEALED),
+                    note="rows of older releases only, until sealed",
+                ),
+                personal(
+                    "decision_reason_sealed",
+                    Held.TENANT_KEY,
+                    End(When.DESTRUCTION, "the tenant's key is shredded", _SEALED),
+                    note="the approving or denying admin's reason (free text)",
+                ),
+            ),
+            ends=(KEPT,),
+        ),
+        Table(
+            "request_services",
+            "each service's part of a request and its answer",
+            (
+                pseudonym("request_id"),
+                operational("service"),
+                operational("status"),
+                operational("detail", "the service's own words: what it did, counts"),
+                operational("basis", "a legal hold's basis"),
+                operational("until"),
+                pseudonym("answer_event_id"),
+                operational("answered_at"),
+                operational("attempts"),
+                operational("last_sent_at"),
+                operational("next_attempt_at"),
+            ),
+            ends=(KEPT,),
+        ),
+        Table(
+            "schedules",
+            "clocks that run out: a cancelled tenant's grace",
+            (
+                pseudonym("tenant_id"),
+                operational("kind"),
+                operational("due_at"),
+                operational("status"),
+                pseudonym("request_id"),
+            ),
+            ends=(KEPT,),
+        ),
+        Table(
+            "policies",
+            "retention periods per data category, per tenant or the default",
+            (operational("category"), pseudonym("tenant_id"), operational("days")),
+            ends=(KEPT,),
+        ),
+        Table(
+            "purges",
+            "the last purge of each category",
+            (operational("category"), operational("before"), operational("issued_at")),
+            ends=(KEPT,),
+        ),
+        Table(
+            "approval_policies",
+            "which request types wait for a second admin, per tenant",
+            (pseudonym("tenant_id"), operational("types")),
+            ends=(KEPT,),
+        ),
+        Table(
+            "closed_tickets",
+            "when each closed ticket closed, so its words are purged on time: ids and times",
+            (
+                pseudonym("ticket_id"),
+                pseudonym("tenant_id"),
+                operational("closed_at"),
+                operational("purged_at"),
+            ),
+            ends=(KEPT,),
+        ),
+    ),
+)
