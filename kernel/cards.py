@@ -20,8 +20,10 @@ The matching rule
 3. A *candidate* is a span of whole consecutive groups of one run holding 13 to 19 digits in
    total. Spans never start or end inside a group, so a candidate never has a digit right
    before or after it, and a 20+ digit group is never a card.
-4. A candidate *is a card* when its digits pass the Luhn check. Order and phone numbers that
-   fail Luhn are left alone.
+4. A candidate *is a card* when its digits pass the Luhn check, its first digit is not 0 (no
+   card number starts with 0, ISO/IEC 7812), and it is not a phone number in international
+   form: 13 to 15 digits right after a ``+`` (E.164 numbers have at most 15 digits, and a
+   card is not written with a plus). Order and phone numbers that fail these are left alone.
 5. Within a run, the cards reported are the non-overlapping set of cards covering the most
    digits (ties: the one whose first card starts earliest, then the longer card). So a
    trailing short group (``4111 1111 1111 1111 12/27``) never hides the card before it, and a
@@ -52,6 +54,8 @@ from itertools import accumulate, compress
 MIN_DIGITS = 13
 MAX_DIGITS = 19
 MAX_SEPARATORS = 3  # between two groups of one run
+PHONE_DIGITS = 15  # the most an international (E.164) phone number has
+_PLUS = "+\uff0b"
 
 # Unicode category Pd (test_cards checks this list against unicodedata), and the minus sign.
 _DASHES = (
@@ -106,6 +110,8 @@ _VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
 _DOUBLED = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
 # A run's shape: 0xFF for a digit, 0x00 for a separator.
 _SHAPE = bytes.maketrans(b"0123456789 ", b"\xff" * 10 + b"\x00")
+# 0xFF where a digit is 0: no card starts there.
+_ZERO = bytes.maketrans(b"0123456789", b"\xff" + b"\x00" * 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +143,10 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _runs(text: str) -> Iterator[re.Match[str]]:
-    return (_ASCII_RUN if text.isascii() else _RUN).finditer(text)
+def _runs(text: str) -> Iterator[tuple[re.Match[str], bool]]:
+    """Each run of 13 digits or more, and whether a plus sign comes right before it."""
+    for run in (_ASCII_RUN if text.isascii() else _RUN).finditer(text):
+        yield run, run.start() > 0 and text[run.start() - 1] in _PLUS
 
 
 def _canonical(run: str) -> bytes:
@@ -166,9 +174,9 @@ def _sums_mod_10(values: bytes | bytearray) -> bytes:
     return bytes(sums)
 
 
-def _passing(canonical: bytes) -> Iterator[tuple[int, bytes]]:
+def _passing(canonical: bytes, after_plus: bool) -> Iterator[tuple[int, bytes]]:
     """For each length of 13 to 19 digits, a byte per digit of a run where a span of that
-    many digits may start: 0x00 where it is a candidate that passes Luhn.
+    many digits may start: 0x00 where it is a card (a candidate that passes the rule's tests).
 
     In digit positions (separators dropped): the Luhn sum of digits ``[a, b)`` doubles the
     digits whose index has the parity of ``b`` (the last digit is never doubled). With the
@@ -177,9 +185,9 @@ def _passing(canonical: bytes) -> Iterator[tuple[int, bytes]]:
     an odd one. Interleave them: ``M[i]`` is ``E[i]`` for an even ``i`` and ``O[i]`` for an odd
     one, ``N`` the other way round; then a span of length ``L`` passes when
     ``M[a + L] == (M if L is even else N)[a]``. It is a candidate when ``a`` and ``a + L`` are
-    group boundaries. For each ``L`` the three conditions are tested over every ``a`` at once,
-    on byte strings read as integers: XOR leaves a zero byte where two bytes are equal, and OR
-    with 0xFF (not a boundary) at ``a`` or at ``a + L`` keeps only the candidates.
+    group boundaries. For each ``L`` the conditions are tested over every ``a`` at once, on
+    byte strings read as integers: XOR leaves a zero byte where two bytes are equal, and OR
+    with 0xFF (not a boundary, a leading 0) at ``a`` or at ``a + L`` keeps only the cards.
     """
     digits = canonical.replace(b" ", b"")
     length = len(digits)
@@ -199,7 +207,9 @@ def _passing(canonical: bytes) -> Iterator[tuple[int, bytes]]:
     shape = canonical.translate(_SHAPE)
     while b"\x00\x00" in shape:
         shape = shape.replace(b"\x00\x00", b"\x00")
-    not_boundary = int.from_bytes(b"\x00" + shape.replace(b"\x00\xff", b"\x00")[1:] + b"\x00")
+    not_boundary = b"\x00" + shape.replace(b"\x00\xff", b"\x00")[1:] + b"\x00"
+    not_end = int.from_bytes(not_boundary)
+    not_start = not_end | int.from_bytes(digits.translate(_ZERO) + b"\x00")
 
     sums = (int.from_bytes(same), int.from_bytes(other))
     for span in range(MIN_DIGITS, min(MAX_DIGITS, length) + 1):
@@ -207,17 +217,19 @@ def _passing(canonical: bytes) -> Iterator[tuple[int, bytes]]:
         at_end = (1 << (8 * starts)) - 1  # the last ``starts`` bytes: index a + span
         missed = (
             ((sums[0] & at_end) ^ (sums[span % 2] >> (8 * span)))
-            | (not_boundary & at_end)
-            | (not_boundary >> (8 * span))
+            | (not_end & at_end)
+            | (not_start >> (8 * span))
         )
+        if after_plus and span <= PHONE_DIGITS:
+            missed |= 0xFF << (8 * (starts - 1))  # a = 0: a phone number, not a card
         yield span, missed.to_bytes(starts)
 
 
 def _holds_card(text: str) -> bool:
     return any(
         missed.find(0) >= 0
-        for run in _runs(text)
-        for _, missed in _passing(_canonical(run.group()))
+        for run, after_plus in _runs(text)
+        for _, missed in _passing(_canonical(run.group()), after_plus)
     )
 
 
@@ -231,12 +243,12 @@ _FLAGS = {
 }
 
 
-def _best_cover(canonical: bytes) -> list[tuple[int, int]]:
+def _best_cover(canonical: bytes, after_plus: bool) -> list[tuple[int, int]]:
     """The cards of a run as ``(first digit, digit count)``: the non-overlapping candidates
     that pass and cover the most digits (ties as the module rule says)."""
     flags = 0
     size = 0
-    for span, missed in _passing(canonical):
+    for span, missed in _passing(canonical, after_plus):
         size = size or len(missed)
         flags |= int.from_bytes(missed.translate(_FLAGS[span]) + bytes(span - MIN_DIGITS))
     if not flags:
@@ -271,9 +283,9 @@ def _best_cover(canonical: bytes) -> list[tuple[int, int]]:
 def find_card_numbers(text: str) -> list[CardMatch]:
     """Every card-number-like sequence in ``text``, in order, never overlapping."""
     cards: list[CardMatch] = []
-    for run in _runs(text):
+    for run, after_plus in _runs(text):
         canonical = _canonical(run.group())
-        cover = _best_cover(canonical)
+        cover = _best_cover(canonical, after_plus)
         if not cover:
             continue
         digits = canonical.replace(b" ", b"")
