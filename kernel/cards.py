@@ -236,7 +236,6 @@ def _holds_card(text: str) -> bool:
 # Bit k of a start's byte: a card of MIN_DIGITS + k digits starts there. Its lengths, shortest
 # first, for each byte value.
 _LENGTHS = tuple(tuple(MIN_DIGITS + k for k in range(8) if bits >> k & 1) for bits in range(256))
-_NONZERO = re.compile(b"[^\\x00]")
 _FLAGS = {
     span: bytes.maketrans(bytes(range(256)), bytes([1 << (span - MIN_DIGITS)]) + bytes(255))
     for span in range(MIN_DIGITS, MAX_DIGITS + 1)
@@ -254,23 +253,26 @@ def _best_cover(canonical: bytes, after_plus: bool) -> list[tuple[int, int]]:
     if not flags:
         return []
     starts = flags.to_bytes(size)
-    candidates = [match.start() for match in _NONZERO.finditer(starts)]
+    candidates = list(compress(range(size), starts))
     # best[a]: most digits coverable by cards starting at digit a or later; take[a]: the
     # length of the card starting at a in that cover, 0 to skip a. Filled right to left,
     # candidate by candidate; a digit where no card starts has the best of the next one.
     best = [0] * (size + MAX_DIGITS + 1)
-    take: dict[int, int] = {}
+    take = [0] * size
     filled = size  # best[filled:] is known
     for start in reversed(candidates):
-        best[start + 1 : filled] = [best[filled]] * (filled - start - 1)
-        best_here, take_here = best[start + 1], 0
+        if filled > start + 1:
+            best[start + 1 : filled] = [best[filled]] * (filled - start - 1)
+        best_here = best[start + 1]
         for span in _LENGTHS[starts[start]]:
             covered = span + best[start + span]
             # ">=" so that on a tie a card starting here wins over skipping this digit, and
             # the longer card wins over a shorter one starting at the same digit.
             if covered >= best_here:
-                best_here, take_here = covered, span
-        best[start], take[start], filled = best_here, take_here, start
+                best_here = covered
+                take[start] = span
+        best[start] = best_here
+        filled = start
     cover: list[tuple[int, int]] = []
     reach = 0
     for start in candidates:
