@@ -3,6 +3,7 @@
     .venv/bin/python -m bench                      # everything (about 10 minutes on 2 cores)
     .venv/bin/python -m bench --quick              # smaller sizes, a smoke run
     .venv/bin/python -m bench --only eventstore,replay
+    .venv/bin/python -m bench --only cards            # the card-number check, in process
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
 them). Each section runs in worlds of its own (databases, vhost) that are dropped at the end;
@@ -22,11 +23,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import erasure_stack, eventstore, replay, report, scaleout, writepath
+from bench import cards, erasure_stack, eventstore, replay, report, scaleout, writepath
 from bench.harness import Context, Row, cores, infrastructure_from_env
 from kernel.testing import Infrastructure
 
-SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout")
+SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout", "cards")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -38,6 +39,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"erasure"}, erasure_stack.run),
         ({"replay"}, replay.run),
         ({"scaleout"}, scaleout.run),
+        ({"cards"}, cards.run),
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from eventlet import wsgi
 from eventlet.event import Event
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 from nameko.extensions import SharedExtension
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
@@ -24,6 +24,7 @@ from gateway import accesslog, problems
 from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from kernel import outbox
 from kernel.cards import contains_card_number
+from kernel.commands import load_command
 from kernel.db import Database
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
@@ -219,10 +220,12 @@ def refuse_card_numbers(request: Request, data: Any = None) -> None:
 
 
 def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> dict[str, Any]:
-    """The request body, loaded by ``schema``; unknown fields are refused, never assigned.
+    """The request body, loaded as the services load it (``kernel.commands.load_command``):
+    unknown fields are refused, never assigned, and so is a card number in any field but those
+    its schema says are redacted.
 
-    With ``refuse_cards`` a card-number-like value anywhere is refused before the schema runs,
-    since a schema's error messages name unknown fields, and the field could be the number.
+    With ``refuse_cards`` (billing) a card-number-like value anywhere, the query and a body
+    that is not JSON included, is refused before anything else reads the request.
     """
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
@@ -246,10 +249,7 @@ def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> d
         raise ValidationFailed({"_schema": ["text may not contain NUL characters"]})
     if not isinstance(data, dict):
         raise ValidationFailed({"_schema": ["the body must be a JSON object"]})
-    try:
-        return schema.load(data)
-    except ValidationError as exc:
-        raise ValidationFailed(exc.normalized_messages()) from None
+    return load_command(schema, data)
 
 
 def _holds_nul(value: Any) -> bool:

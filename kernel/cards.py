@@ -1,55 +1,124 @@
-"""Finding card numbers in free text, so billing can refuse them and logs never hold them.
+"""Finding card numbers in free text, so commands can refuse them and logs never hold them.
 
-Customers paste card numbers into tickets. Nothing in Ledgerdesk may store or echo one, so
-this module finds anything that looks like a payment card number, can redact it, and can
-tell whether a JSON-like value holds one anywhere.
+Customers paste card numbers into tickets, names, phone fields. Nothing in Ledgerdesk may store
+or echo one, so this module finds anything that looks like a payment card number, can redact
+it, and can tell whether a JSON-like value holds one anywhere.
 
 The matching rule
 -----------------
-1. Split the text into *runs*: maximal sequences of ASCII digit *groups* where consecutive
-   groups are joined by exactly one space or exactly one dash (``4111 1111-1111 1111`` is
-   one run of four groups; ``4111  1111`` or ``4111 - 1111`` are separate runs). Only ASCII
-   ``0``-``9`` count as digits; anything else, letters included, ends a run, so
+1. A *digit* is any Unicode decimal digit (``str.isdecimal``: ASCII, Arabic-Indic, Devanagari,
+   full-width...), read as its value. A *separator* is any Unicode whitespace (``str.isspace``:
+   tab, newline, no-break and thin spaces, ideographic space...), a dash (Unicode category Pd,
+   and the minus sign), a dot (``.``, middle dot, one-dot leader, small and full-width full
+   stops) or an invisible joiner (soft hyphen, zero-width space and joiners, word joiner, BOM).
+   ``/`` ``,`` ``_`` and ``:`` are not separators: they write dates, times, lists and ids.
+2. Split the text into *runs*: maximal sequences of digit *groups* where consecutive groups are
+   joined by 1 to 3 separators, mixed as they come (``4111 1111-1111 1111``, ``4111 - 1111``,
+   ``4111\\r\\n1111``, ``4111.1111``). Four separators or more (a blank line, a padded
+   column) end a run, and so does anything else, letters included, so
    ``ref4111111111111111x`` holds a card.
-2. A *candidate* is a span of whole consecutive groups of one run holding 13 to 19 digits in
+3. A *candidate* is a span of whole consecutive groups of one run holding 13 to 19 digits in
    total. Spans never start or end inside a group, so a candidate never has a digit right
    before or after it, and a 20+ digit group is never a card.
-3. A candidate *is a card* when its digits pass the Luhn check. Order and phone numbers
-   that fail Luhn are left alone.
-4. Within a run, the cards reported are the non-overlapping set of cards covering the most
+4. A candidate *is a card* when its digits pass the Luhn check, its first digit is not 0 (no
+   card number starts with 0, ISO/IEC 7812), and it is not a phone number in international
+   form: 13 to 15 digits right after a ``+`` (E.164 numbers have at most 15 digits, and a
+   card is not written with a plus). Order and phone numbers that fail these are left alone.
+5. Within a run, the cards reported are the non-overlapping set of cards covering the most
    digits (ties: the one whose first card starts earliest, then the longer card). So a
-   trailing short group (``4111 1111 1111 1111 12/27``) never hides the card before it, and
-   a leading one (``ref 12 4111 1111 1111 1111``) cannot steal part of it: redaction hides
-   as many digits as any reading of the run allows.
+   trailing short group (``4111 1111 1111 1111 12/27``) never hides the card before it, and a
+   leading one (``ref 12 4111 1111 1111 1111``) cannot steal part of it: redaction hides as
+   many digits as any reading of the run allows.
 
-Every run is scanned once and each group starts at most 7 candidates (one per total of 13
-to 19 digits), each found by bisection and checked in constant time from prefix sums, so the
-work is linear in the length of the text; no backtracking regular expression is involved.
+The cost
+--------
+Every free-text field of every command is checked (``kernel.commands``), and a request body
+may be 1 MiB, so the work is linear in the length of the text and runs mostly in C (figures:
+``python -m bench --only cards``). One regular expression finds the runs of 13 digits or more;
+its quantifiers are possessive, so it never backtracks, and shorter digit sequences never leave
+the regex engine. Each run is rewritten one byte per character (digits to ASCII, separators to
+a space), and the Luhn test of every candidate is done once per length of 13 to 19 digits over
+whole byte strings (``_passing``), with no Python loop per digit. Only redaction, which must
+choose among the cards of a run, walks the candidates that passed one by one.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate, compress
 
 MIN_DIGITS = 13
 MAX_DIGITS = 19
+MAX_SEPARATORS = 3  # between two groups of one run
+PHONE_DIGITS = 15  # the most an international (E.164) phone number has
+_PLUS = "+\uff0b"
 
-# A plain character class with a single quantifier: it cannot backtrack catastrophically.
-_GROUP = re.compile(r"[0-9]+")
-_SEPARATORS = frozenset(" -")
+# Unicode category Pd (test_cards checks this list against unicodedata), and the minus sign.
+_DASHES = (
+    "-\u058a\u05be\u1400\u1806\u2010\u2011\u2012\u2013\u2014\u2015\u2e17\u2e1a\u2e3a\u2e3b"
+    "\u2e40\u2e5d\u301c\u3030\u30a0\ufe31\ufe32\ufe58\ufe63\uff0d\U00010ead"
+) + "\u2212"
+_DOTS = ".\u00b7\u2024\ufe52\uff0e"
+# Invisible, and so the easiest way to split a number that a reader still sees whole.
+_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_PUNCTUATION = _DASHES + _DOTS + _INVISIBLE
+
+
+def is_separator(char: str) -> bool:
+    """True when ``char`` may join two digit groups of one card number (the rule above)."""
+    return char.isspace() or char in _PUNCTUATION
+
+
+def _run_pattern(digit: str, separator: str) -> re.Pattern[str]:
+    # A digit, 12 more each after 0-3 separators, then the rest of the run group by group: a
+    # run of at least 13 digits, so the bulk of ordinary text never leaves the regex engine.
+    # Digits and separators are disjoint classes, so giving back a separator can never help
+    # a match: every quantifier is possessive, and the engine never backtracks.
+    sep = f"{separator}{{0,{MAX_SEPARATORS}}}+"
+    return re.compile(f"{digit}(?:{sep}{digit}){{{MIN_DIGITS - 1}}}(?:{sep}{digit}++)*+")
+
+
+# In Python's str patterns \d is exactly str.isdecimal and \s exactly str.isspace.
+_RUN = _run_pattern(r"\d", "[\\s" + re.escape(_PUNCTUATION) + "]")
+# The same rule for ASCII text (most text): smaller classes, a quarter faster.
+_ASCII_SEPARATORS = "".join(c for c in map(chr, range(128)) if is_separator(c))
+_ASCII_RUN = _run_pattern("[0-9]", "[" + re.escape(_ASCII_SEPARATORS) + "]")
+_ASCII_CANONICAL = bytes.maketrans(_ASCII_SEPARATORS.encode(), b" " * len(_ASCII_SEPARATORS))
+
+
+class _Canonical(dict[int, str]):
+    """``str.translate`` table of a run: a digit to its ASCII value, a separator to a space.
+
+    Filled on first sight of a character; it can only ever hold the few hundred digits and
+    separators Unicode has.
+    """
+
+    def __missing__(self, code: int) -> str:
+        char = chr(code)
+        value = " " if is_separator(char) else str(unicodedata.decimal(char))
+        self[code] = value
+        return value
+
+
+_CANONICAL = _Canonical()
+_VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
 # Luhn's doubled value of each digit, with the two digits of the product already added.
-_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+_DOUBLED = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))
+# A run's shape: 0xFF for a digit, 0x00 for a separator.
+_SHAPE = bytes.maketrans(b"0123456789 ", b"\xff" * 10 + b"\x00")
+# 0xFF where a digit is 0: no card starts there.
+_ZERO = bytes.maketrans(b"0123456789", b"\xff" + b"\x00" * 9)
 
 
 @dataclass(frozen=True, slots=True)
 class CardMatch:
     """Where a card number sits in a text: ``text[start:end]``.
 
-    Only the last four digits are kept, so a match can be logged or shown safely.
+    Only the last four digits are kept (as ASCII), so a match can be logged or shown safely.
     """
 
     start: int
@@ -58,14 +127,14 @@ class CardMatch:
 
 
 def luhn_valid(digits: str) -> bool:
-    """True when ``digits`` (ASCII digits only, at least one) passes the Luhn check."""
-    if not digits or not (digits.isascii() and digits.isdigit()):
+    """True when ``digits`` (decimal digits only, at least one) passes the Luhn check."""
+    if not digits or not digits.isdecimal():
         return False
     total = 0
     # Counting from the right, every second digit is doubled; subtracting 9 equals adding
     # the two digits of the doubled value.
     for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
+        value = unicodedata.decimal(char)
         if index % 2:
             value *= 2
             if value > 9:
@@ -74,95 +143,165 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _runs(text: str) -> list[list[tuple[int, int]]]:
-    """Groups of digits as ``(start, end)`` offsets, gathered into runs (see the module rule)."""
-    runs: list[list[tuple[int, int]]] = []
-    current: list[tuple[int, int]] = []
-    for match in _GROUP.finditer(text):
-        start, end = match.span()
-        if current:
-            previous_end = current[-1][1]
-            if start == previous_end + 1 and text[previous_end] in _SEPARATORS:
-                current.append((start, end))
-                continue
-            runs.append(current)
-        current = [(start, end)]
-    if current:
-        runs.append(current)
-    return runs
+def _runs(text: str) -> Iterator[tuple[re.Match[str], bool]]:
+    """Each run of 13 digits or more, and whether a plus sign comes right before it."""
+    for run in (_ASCII_RUN if text.isascii() else _RUN).finditer(text):
+        yield run, run.start() > 0 and text[run.start() - 1] in _PLUS
 
 
-def _cards_in_run(text: str, groups: list[tuple[int, int]]) -> list[CardMatch]:
-    digits = "".join(text[start:end] for start, end in groups)
-    if len(digits) < MIN_DIGITS:
+def _canonical(run: str) -> bytes:
+    """``run`` one byte per character: ASCII digits, and a space for each separator."""
+    if run.isascii():
+        return run.encode("ascii").translate(_ASCII_CANONICAL)
+    return run.translate(_CANONICAL).encode("ascii")
+
+
+# Chunks of 28 values of 0-9 sum to at most 252: a chunk's running sums fit in bytes.
+_CHUNK = 28
+# _ADD_MOD_10[base]: a byte table turning a running sum s into (base + s) mod 10.
+_ADD_MOD_10 = tuple(bytes((base + s) % 10 for s in range(256)) for base in range(10))
+
+
+def _sums_mod_10(values: bytes | bytearray) -> bytes:
+    """The prefix sums of ``values`` (each 0-9) mod 10, from the empty prefix: one byte more.
+
+    Chunk by chunk, so the per-value work (``accumulate``, ``translate``) runs in C.
+    """
+    sums = bytearray(1)
+    for index in range(0, len(values), _CHUNK):
+        running = bytes(accumulate(values[index : index + _CHUNK]))
+        sums += running.translate(_ADD_MOD_10[sums[-1]])
+    return bytes(sums)
+
+
+def _passing(canonical: bytes, after_plus: bool) -> Iterator[tuple[int, bytes]]:
+    """For each length of 13 to 19 digits, a byte per digit of a run where a span of that
+    many digits may start: 0x00 where it is a card (a candidate that passes the rule's tests).
+
+    In digit positions (separators dropped): the Luhn sum of digits ``[a, b)`` doubles the
+    digits whose index has the parity of ``b`` (the last digit is never doubled). With the
+    prefix sums (mod 10) ``E`` of the digits doubling the even indexes and ``O`` doubling the
+    odd ones, ``[a, b)`` passes when ``E[b] == E[a]`` for an even ``b``, ``O[b] == O[a]`` for
+    an odd one. Interleave them: ``M[i]`` is ``E[i]`` for an even ``i`` and ``O[i]`` for an odd
+    one, ``N`` the other way round; then a span of length ``L`` passes when
+    ``M[a + L] == (M if L is even else N)[a]``. It is a candidate when ``a`` and ``a + L`` are
+    group boundaries. For each ``L`` the conditions are tested over every ``a`` at once, on
+    byte strings read as integers: XOR leaves a zero byte where two bytes are equal, and OR
+    with 0xFF (not a boundary, a leading 0) at ``a`` or at ``a + L`` keeps only the cards.
+    """
+    digits = canonical.replace(b" ", b"")
+    length = len(digits)
+    if length > MAX_DIGITS and len(canonical) == length:
+        return  # one group, too long to be a card
+    value, doubled = digits.translate(_VALUE), digits.translate(_DOUBLED)
+    even_doubled, odd_doubled = bytearray(value), bytearray(value)
+    even_doubled[0::2] = doubled[0::2]
+    odd_doubled[1::2] = doubled[1::2]
+    even_sums, odd_sums = _sums_mod_10(even_doubled), _sums_mod_10(odd_doubled)
+    same, other = bytearray(odd_sums), bytearray(even_sums)
+    same[0::2], other[0::2] = even_sums[0::2], odd_sums[0::2]
+
+    # 0x00 at each group boundary (before the first digit of a group, and after the last
+    # digit of the run), 0xFF elsewhere: collapse each separator sequence (at most three) to
+    # one byte, then let it stand for the digit that follows it.
+    shape = canonical.translate(_SHAPE)
+    while b"\x00\x00" in shape:
+        shape = shape.replace(b"\x00\x00", b"\x00")
+    not_boundary = b"\x00" + shape.replace(b"\x00\xff", b"\x00")[1:] + b"\x00"
+    not_end = int.from_bytes(not_boundary)
+    not_start = not_end | int.from_bytes(digits.translate(_ZERO) + b"\x00")
+
+    sums = (int.from_bytes(same), int.from_bytes(other))
+    for span in range(MIN_DIGITS, min(MAX_DIGITS, length) + 1):
+        starts = length + 1 - span  # a = 0 .. length - span
+        at_end = (1 << (8 * starts)) - 1  # the last ``starts`` bytes: index a + span
+        missed = (
+            ((sums[0] & at_end) ^ (sums[span % 2] >> (8 * span)))
+            | (not_end & at_end)
+            | (not_start >> (8 * span))
+        )
+        if after_plus and span <= PHONE_DIGITS:
+            missed |= 0xFF << (8 * (starts - 1))  # a = 0: a phone number, not a card
+        yield span, missed.to_bytes(starts)
+
+
+def _holds_card(text: str) -> bool:
+    return any(
+        missed.find(0) >= 0
+        for run, after_plus in _runs(text)
+        for _, missed in _passing(_canonical(run.group()), after_plus)
+    )
+
+
+# Bit k of a start's byte: a card of MIN_DIGITS + k digits starts there. Its lengths, shortest
+# first, for each byte value.
+_LENGTHS = tuple(tuple(MIN_DIGITS + k for k in range(8) if bits >> k & 1) for bits in range(256))
+_FLAGS = {
+    span: bytes.maketrans(bytes(range(256)), bytes([1 << (span - MIN_DIGITS)]) + bytes(255))
+    for span in range(MIN_DIGITS, MAX_DIGITS + 1)
+}
+
+
+def _best_cover(canonical: bytes, after_plus: bool) -> list[tuple[int, int]]:
+    """The cards of a run as ``(first digit, digit count)``: the non-overlapping candidates
+    that pass and cover the most digits (ties as the module rule says)."""
+    flags = 0
+    size = 0
+    for span, missed in _passing(canonical, after_plus):
+        size = size or len(missed)
+        flags |= int.from_bytes(missed.translate(_FLAGS[span]) + bytes(span - MIN_DIGITS))
+    if not flags:
         return []
-
-    # Offset in ``digits`` of each group's first digit, plus one for the end of the run.
-    offsets = [0]
-    for start, end in groups:
-        offsets.append(offsets[-1] + end - start)
-
-    # Prefix sums (mod 10) of the digits under both alternations of doubling, so the Luhn sum
-    # of any slice is a subtraction. A slice's last digit is never doubled, hence the doubled
-    # digits are those whose index has the parity of the slice's stop index: even stops use
-    # ``even_doubled`` and odd stops ``odd_doubled``.
-    even_doubled = [0]
-    odd_doubled = [0]
-    for index, char in enumerate(digits):
-        value = ord(char) - 48
-        if index % 2:
-            even_doubled.append((even_doubled[-1] + value) % 10)
-            odd_doubled.append((odd_doubled[-1] + _DOUBLED[value]) % 10)
-        else:
-            even_doubled.append((even_doubled[-1] + _DOUBLED[value]) % 10)
-            odd_doubled.append((odd_doubled[-1] + value) % 10)
-
-    # best[i]: most digits coverable by cards using groups i.. ; choice[i]: the last group of
-    # the card starting at group i in that best cover, or -1 to skip group i. Filled right to
-    # left, so each group is decided once.
-    count = len(groups)
-    best = [0] * (count + 1)
-    choice = [-1] * (count + 1)
-    for i in range(count - 1, -1, -1):
-        first = offsets[i]
-        best_here = best[i + 1]
-        choice_here = -1
-        # Jump straight to the spans ending 13 to 19 digits from here: the groups in between
-        # cannot end a card, and walking them made long runs of 1-digit groups slow.
-        for stop_index in range(
-            bisect_left(offsets, first + MIN_DIGITS, i + 1),
-            bisect_right(offsets, first + MAX_DIGITS, i + 1),
-        ):
-            stop = offsets[stop_index]
-            sums = odd_doubled if stop % 2 else even_doubled
-            if sums[stop] == sums[first]:
-                covered = stop - first + best[stop_index]
-                # ">=" so that on a tie the card starting here wins over skipping this group,
-                # and the longer card wins over a shorter one starting at the same group.
-                if covered >= best_here:
-                    best_here = covered
-                    choice_here = stop_index - 1
-        best[i] = best_here
-        choice[i] = choice_here
-
-    cards: list[CardMatch] = []
-    i = 0
-    while i < count:
-        j = choice[i]
-        if j < 0:
-            i += 1
-            continue
-        last4 = digits[offsets[j + 1] - 4 : offsets[j + 1]]
-        cards.append(CardMatch(start=groups[i][0], end=groups[j][1], last4=last4))
-        i = j + 1
-    return cards
+    starts = flags.to_bytes(size)
+    candidates = list(compress(range(size), starts))
+    # best[a]: most digits coverable by cards starting at digit a or later; take[a]: the
+    # length of the card starting at a in that cover, 0 to skip a. Filled right to left,
+    # candidate by candidate; a digit where no card starts has the best of the next one.
+    best = [0] * (size + MAX_DIGITS + 1)
+    take = [0] * size
+    filled = size  # best[filled:] is known
+    for start in reversed(candidates):
+        if filled > start + 1:
+            best[start + 1 : filled] = [best[filled]] * (filled - start - 1)
+        best_here = best[start + 1]
+        for span in _LENGTHS[starts[start]]:
+            covered = span + best[start + span]
+            # ">=" so that on a tie a card starting here wins over skipping this digit, and
+            # the longer card wins over a shorter one starting at the same digit.
+            if covered >= best_here:
+                best_here = covered
+                take[start] = span
+        best[start] = best_here
+        filled = start
+    cover: list[tuple[int, int]] = []
+    reach = 0
+    for start in candidates:
+        if start >= reach and take[start]:
+            cover.append((start, take[start]))
+            reach = start + take[start]
+    return cover
 
 
 def find_card_numbers(text: str) -> list[CardMatch]:
     """Every card-number-like sequence in ``text``, in order, never overlapping."""
     cards: list[CardMatch] = []
-    for groups in _runs(text):
-        cards.extend(_cards_in_run(text, groups))
+    for run, after_plus in _runs(text):
+        canonical = _canonical(run.group())
+        cover = _best_cover(canonical, after_plus)
+        if not cover:
+            continue
+        digits = canonical.replace(b" ", b"")
+        # Where each digit sits in the run, to map digit spans back to the text.
+        at = list(compress(range(len(canonical)), canonical.translate(_SHAPE)))
+        for start, span in cover:
+            stop = start + span
+            cards.append(
+                CardMatch(
+                    start=run.start() + at[start],
+                    end=run.start() + at[stop - 1] + 1,
+                    last4=digits[stop - 4 : stop].decode("ascii"),
+                )
+            )
     return cards
 
 
@@ -224,6 +363,6 @@ def contains_card_number(value: object) -> bool:
             stack.extend(item)
         else:
             for text in _texts_of_scalar(item):
-                if find_card_numbers(text):
+                if _holds_card(text):
                     return True
     return False

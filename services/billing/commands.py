@@ -1,5 +1,6 @@
-"""Billing's commands. Card numbers never get this far: the gateway refuses any request that
-holds one, and billing refuses again before a schema could echo it back."""
+"""Billing's commands. Card numbers never get this far: the gateway refuses any billing request
+that holds one anywhere (its query included), and billing loads commands as every service does
+(``kernel.commands.load_command``), which refuses one in any field before a schema runs."""
 
 from marshmallow import RAISE, Schema, fields, validate
 

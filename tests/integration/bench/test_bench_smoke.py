@@ -44,3 +44,20 @@ def test_the_quick_event_store_section_writes_its_record_and_chart(infrastructur
         assert row["met"] is (row["ratio"] >= 1)
     assert (tmp_path / f"{record['date']}-quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(rows) == 2
+
+
+def test_the_quick_cards_section_measures_every_figure(infrastructure, tmp_path):
+    record, rows = run({"cards"}, quick=True, out=tmp_path, infrastructure=infrastructure)
+
+    assert record["failures"] == {}
+    assert [row.measure for row in rows] == [
+        "no-card check, ticket-like text, 1 MiB",
+        "no-card check, ticket-like text, 4 KiB, a typical request",
+        "redaction, ticket-like text with a card every 4 KiB, 1 MiB",
+        "no-card check, worst case: 1 MiB of digits and separators",
+        "redaction, worst case: 1 MiB of digits and separators",
+        "load_command of a contact (check + schema)",
+    ]
+    for row in rows:
+        assert row.section == "cards" and row.ours > 0
+        assert row.baseline is None or row.baseline > 0

@@ -22,11 +22,10 @@ from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from kernel.nameko_adapters import prepare_databases
 from kernel.uow import EventSourcedStore
-from services.billing import catalogue, commands, handlers, privacy
+from services.billing import catalogue, handlers, privacy
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
-from services.billing.service import validated
 
 MIGRATIONS = Path(services.billing.__file__).parent / "migrations"
 UTC = dt.UTC
@@ -478,25 +477,6 @@ def test_a_payment_method_keeps_only_brand_last4_and_expiry(billing):
     for (text,) in everything:
         for number in ("4242424242424242", "5555555555554444", "4000000000000002"):
             assert number not in text
-
-
-@pytest.mark.parametrize(
-    "request_",
-    [
-        {"processor_token": "4111111111111111"},
-        {"processor_token": "tok_sandbox_visa", "note": "5555 5555 5555 4444"},
-        {"processor_token": "tok_sandbox_visa", "3782-822463-10005": True},
-        {"processor_token": "tok_sandbox_visa", "card": {"number": 4111111111111111}},
-    ],
-    ids=["token", "extra-value", "extra-key", "nested-number"],
-)
-def test_billing_refuses_a_card_number_before_its_schema_could_echo_it(request_):
-    with pytest.raises(ValidationFailed) as refused:
-        validated(commands.AddPaymentMethodV1, request_)
-    assert refused.value.errors == handlers.CARD_REFUSED
-    shown = json.dumps(refused.value.errors) + str(refused.value)
-    for digits in ("4111111111111111", "5555", "3782"):
-        assert digits not in shown
 
 
 def test_a_successful_charge_pays_the_invoice_once(billing, invoiced):

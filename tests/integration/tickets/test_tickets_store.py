@@ -14,9 +14,9 @@ from typing import Any
 
 import psycopg2
 import pytest
-from marshmallow import ValidationError
 
 from kernel import eventstore
+from kernel.commands import load_command
 from kernel.crypto import is_encrypted, is_erased
 from kernel.errors import Conflict, NotFound, ValidationFailed
 from kernel.uow import EventSourcedStore
@@ -56,7 +56,8 @@ def create(
         "requester_id": requester,
         **changes,
     }
-    command = commands.CreateTicketV1().load(request)
+    # Loaded as the service loads it: a card number in a tag is refused there.
+    command = load_command(commands.CreateTicketV1, request)
     with store.unit_of_work(agent) as uow:
         return handlers.create_ticket(uow, unknown_to_accounts, tenant, command)
 
@@ -65,7 +66,7 @@ def update(
     store: EventSourcedStore, tenant: str, agent: str, ticket: dict[str, Any], **changes: Any
 ) -> dict[str, Any]:
     """The change, based on the version the read model shows now."""
-    command = commands.UpdateTicketV1().load(changes)
+    command = load_command(commands.UpdateTicketV1, changes)
     version = view(store, tenant, ticket["id"])["version"]
     with store.unit_of_work(agent) as uow:
         updated = handlers.update_ticket(
@@ -78,7 +79,7 @@ def update(
 def message(
     store: EventSourcedStore, tenant: str, agent: str, ticket_id: str, body: str, **flags: Any
 ) -> dict[str, Any]:
-    command = commands.AddMessageV1().load({"body": body, **flags})
+    command = load_command(commands.AddMessageV1, {"body": body, **flags})
     with store.unit_of_work(agent) as uow:
         return handlers.add_message(uow, tenant, ticket_id, agent, command)
 
@@ -515,6 +516,6 @@ def test_a_card_number_in_a_tag_is_refused_or_never_stored(store, world):
     for attempt in attempts:
         try:
             attempt()
-        except (ValidationError, ValidationFailed):
+        except ValidationFailed:
             pass  # refusing is as good as never storing
     assert places_holding(world.database_dsn("tickets"), [VISA, MASTERCARD, AMEX]) == []

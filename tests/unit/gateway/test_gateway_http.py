@@ -305,3 +305,20 @@ def test_a_body_of_exactly_the_limit_is_read():
     assert len(raw) == MAX_BODY_BYTES
 
     assert read_json(post(raw), Thing())["name"] == "x" * padding
+
+
+def test_read_json_refuses_a_card_number_as_the_services_do_naming_the_field():
+    # The gateway loads commands with the services' own check (kernel.commands.load_command),
+    # which runs before the schema: the card is the one complaint, the missing fields wait.
+    sign_up = {"company": "Acme", "admin": {"name": "Ada 4111.1111.1111.1111"}}
+    request = EnvironBuilder(method="POST", json=sign_up).get_request()
+
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(request, SignUpV1())
+
+    response = problems.from_exception(info.value)
+    assert response.status_code == 422
+    assert body(response)["errors"] == {
+        "admin": {"name": ["looks like a card number: card numbers are never stored"]}
+    }
+    assert "1111" not in response.get_data(as_text=True)
