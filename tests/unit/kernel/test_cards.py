@@ -518,3 +518,16 @@ def test_one_megabyte_adversarial_input_completes(text: str) -> None:
     redacted, count = redact_card_numbers(text)
     assert redacted.count("[card ending") == count
     assert contains_card_number(text) is (count > 0)
+
+
+def test_a_uuid_is_an_id_not_a_card() -> None:
+    # Its digit-only groups 4883-8634-6522265 pass Luhn: read as a card, an access record's
+    # resource id was rewritten and an Idempotency-Key refused.
+    uuid = "d6b2ff92-8c27-4883-8634-6522265f14f4"
+    assert luhn_valid("488386346522265")
+    assert find_card_numbers(uuid) == []
+    assert find_card_numbers(uuid.upper()) == []
+    assert not contains_card_number({"ids": [uuid]})
+    # A card beside an id, or an id-like run that is not a whole UUID, is still a card.
+    assert [m.last4 for m in find_card_numbers(f"{uuid} 4111 1111 1111 1111")] == ["1111"]
+    assert find_card_numbers("8c27-4883-8634-6522265f14f4") != []
