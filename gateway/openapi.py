@@ -269,7 +269,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/tickets/{ticket_id}/messages",
         "Add a public reply or an internal note",
         "201",
-        "MessageOut",
+        "MessageAddedOut",
         roles=("admin", "agent"),
         body="AddMessageV1",
         errors=("400", "404", "409", "413", "422"),

@@ -16,7 +16,7 @@ from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
-from gateway import problems, schemas
+from gateway import privacy, problems, schemas
 from gateway.console import ConsoleRoutes
 from gateway.http import (
     IDENTITY,
@@ -26,14 +26,18 @@ from gateway.http import (
     json_response,
     read_json,
     refuse_card_numbers,
+    touched_ids,
 )
 from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
-from gateway.idempotency import IdempotencyStore, fingerprint
+from gateway.idempotency import MIGRATIONS, PLATFORM, IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
 from gateway.pagination import encode_cursor, page_params
 from gateway.ratelimit import RateLimiter
+from gateway.subscriptions import PRIVACY
+from kernel import privacy as privacy_protocol
 from kernel.cards import contains_card_number
+from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import (
     Conflict,
     DomainError,
@@ -43,7 +47,13 @@ from kernel.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from kernel.nameko_adapters import TimedRpcProxy, settings_of
+from kernel.nameko_adapters import (
+    EventStoreDependency,
+    TimedRpcProxy,
+    consume_events,
+    rpc,
+    settings_of,
+)
 from kernel.signing import signer_from_config
 from kernel.tracing import Tracing
 
@@ -72,12 +82,18 @@ class Idempotency(DependencyProvider):
     gateway_store = GatewayStore()
 
     def get_dependency(self, worker_ctx: Any) -> IdempotencyStore:
-        return self.gateway_store.idempotency
+        return self.gateway_store.idempotency()
 
 
 class GatewayService(ConsoleRoutes, OperationsRoutes):
     name = "gateway"
 
+    # The gateway's own database: idempotency records and the access-log outbox; no events of
+    # its own. Its keystore holds the tenant keys that seal stored responses.
+    store = EventStoreDependency(
+        EventRegistry(), migrations=MIGRATIONS, erasure_handlers=privacy.erasure_handlers
+    )
+    announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
     accounts = TimedRpcProxy("accounts")
     tickets = TimedRpcProxy("tickets")
     billing = TimedRpcProxy("billing")
@@ -137,6 +153,9 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         if response.status_code >= 500 or response.status_code in (409, 429):
             self.idempotency.abandon(scope, key)  # transient: a retry must run again
         else:
+            # Sealed under the key of the tenant it belongs to (for a sign-up, the tenant it
+            # created), naming everyone in it so that their erasure deletes it.
+            owner = (request.environ.get(IDENTITY) or {}).get("tenant_id") or PLATFORM
             self.idempotency.complete(
                 scope,
                 key,
@@ -147,6 +166,8 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
                     if name in ("Content-Type", "ETag", "Location")
                 },
                 _without_secrets(response.get_data()),
+                owner,
+                touched_ids(request, response),
             )
         return response
 
@@ -606,6 +627,20 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         caller = self._caller(request, ANYONE)
         command = read_json(request, schemas.AcceptPolicyV1())
         return json_response(200, self.accounts.accept_policy(caller, command))
+
+    # --- the privacy protocol: the gateway keeps stored responses --------------------------------
+
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(
+                uow, self.name, event, privacy.handlers_for(self.store.cipher.keystore)
+            )
+
+    @rpc
+    def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return privacy.export(uow, tenant_id, subject_id, self.idempotency.ttl)
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -34,14 +34,20 @@ SERVICES: dict[str, str] = {
     "retention": "services.retention.service:RetentionService",
 }
 GATEWAY = "gateway.service:GatewayService"
+# Whoever serves RPC: the services, and the gateway, which answers for its stored responses in
+# a data-subject export (``privacy_export``).
+RPC_SERVERS: tuple[str, ...] = (*SERVICES, "gateway")
 
 
 def subscriptions() -> list[topology.Subscription]:
-    """Every consumer queue of the platform, from each service's ``subscriptions`` module."""
+    """Every consumer queue of the platform, from each service's ``subscriptions`` module and
+    the gateway's."""
     found: list[topology.Subscription] = []
-    for name in SERVICES:
+    for module_name in [f"services.{name}.subscriptions" for name in SERVICES] + [
+        "gateway.subscriptions"
+    ]:
         try:
-            module = importlib.import_module(f"services.{name}.subscriptions")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
         found.extend(module.SUBSCRIPTIONS)
@@ -80,7 +86,7 @@ def prepare(settings: Settings) -> None:
     for name in SERVICES:
         prepare_databases(settings, name, migrations_of(name))
     topology.declare(settings.amqp_uri, subscriptions(), settings.delivery_limit)
-    declare_rpc_queues(settings.amqp_uri, SERVICES)
+    declare_rpc_queues(settings.amqp_uri, RPC_SERVERS)
 
 
 class ServiceProcess(subprocess.Popen):

@@ -17,7 +17,7 @@ from kernel import topology
 from kernel.config import Settings
 from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
 from kernel.testing import Infrastructure, make_world
-from services.platform import SERVICES, subscriptions
+from services.platform import RPC_SERVERS, subscriptions
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 
@@ -31,7 +31,7 @@ def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
     for subscription in subscriptions():
         queues[subscription.queue] = subscription.kombu_queue(delivery_limit).queue_arguments
         queues[subscription.dead_letter_queue] = {}
-    for service in SERVICES:
+    for service in RPC_SERVERS:
         queues[rpc_queue(service).name] = rpc_queue(service).queue_arguments
         dead = rpc_dead_letter_queue(service)
         queues[dead.name] = dead.queue_arguments
@@ -46,7 +46,7 @@ def expected_bindings() -> set[tuple[str, str, str]]:
         found.add(
             (topology.DEAD_LETTER_EXCHANGE, subscription.dead_letter_queue, subscription.queue)
         )
-    for service in SERVICES:
+    for service in RPC_SERVERS:
         queue = rpc_queue(service)
         found.add((queue.exchange.name, queue.name, queue.routing_key))
     return found
@@ -103,7 +103,7 @@ def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchang
         # the file and the code agree on every argument of every queue (an RPC queue of another
         # type would be migrated, and named in the result).
         topology.declare(world.amqp_uri, subscriptions(), world.delivery_limit)
-        assert declare_rpc_queues(world.amqp_uri, SERVICES) == []
+        assert declare_rpc_queues(world.amqp_uri, RPC_SERVERS) == []
         assert queues_on(infrastructure, vhost) == loaded
 
         # ... and a different delivery limit is refused, so the step above could fail.
