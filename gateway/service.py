@@ -118,7 +118,10 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         if identity["role"] not in roles:
             raise Forbidden(f"the {identity['role']} role may not do this")
         if identity["tenant_status"] != "active" and not while_cancelled:
-            raise Forbidden("the tenant is cancelled: only reactivation and export are possible")
+            raise Forbidden(
+                "the tenant is cancelled: only reactivation and data export (access requests"
+                " and their exports) are possible"
+            )
         return identity
 
     def _operator(self, request: Request) -> None:
@@ -528,8 +531,13 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("POST", "/v1/privacy/requests")
     def file_privacy_request(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         command = read_json(request, schemas.FilePrivacyRequestV1())
+        if _cancelled(caller) and command["type"] != "access":
+            raise Forbidden(
+                "the tenant is cancelled: only access requests (a data export) can be filed"
+                " until it is reactivated"
+            )
         filed = self.retention.file_request(caller, command)
         created = filed.pop("created")
         request.environ[RESOURCES] = [filed["id"], *filed["subject"].values()]
@@ -537,7 +545,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/privacy/requests")
     def list_privacy_requests(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         limit, after = self._page(request)
         status = request.args.get("status") or None
         if status is not None and status not in schemas.PRIVACY_STATUSES:
@@ -555,8 +563,17 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         return self._decide(request, request_id, "denied")
 
     def _decide(self, request: Request, request_id: str, decision: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         command = read_json(request, schemas.DecideRequestV1())
+        # An access request a cancelled tenant's policy holds for approval must be decidable,
+        # or its export could never be had during the grace.
+        if _cancelled(caller):
+            held = self.retention.get_request(caller["tenant_id"], request_id)
+            if held["type"] != "access":
+                raise Forbidden(
+                    "the tenant is cancelled: only access requests can be decided until it is"
+                    " reactivated"
+                )
         decided = self.retention.decide_request(caller, request_id, decision, command)
         request.environ[RESOURCES] = [decided["id"], *decided["subject"].values()]
         return json_response(200, decided)
@@ -574,12 +591,12 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/privacy/requests/<string:request_id>")
     def get_privacy_request(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         return json_response(200, self.retention.get_request(caller["tenant_id"], request_id))
 
     @api("GET", "/v1/privacy/requests/<string:request_id>/export")
     def get_privacy_export(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         return json_response(200, self.retention.export(caller["tenant_id"], request_id))
 
     @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
@@ -677,6 +694,10 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
+
+
+def _cancelled(caller: dict[str, Any]) -> bool:
+    return caller["tenant_status"] != "active"
 
 
 def _utc(value: str) -> dt.datetime | None:

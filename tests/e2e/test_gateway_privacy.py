@@ -1,6 +1,6 @@
 """What the gateway keeps and records, over real HTTP against the whole platform: stored
-responses without plaintext that erasure reaches, and access records naming everyone an
-answer showed."""
+responses without plaintext that erasure reaches, access records naming everyone an answer
+showed, and a cancelled tenant's way to take its data out during the grace."""
 
 from __future__ import annotations
 
@@ -163,6 +163,115 @@ def test_who_accessed_a_contact_lists_list_reads_an_update_and_the_export_downlo
         "/v1/tickets/<string:ticket_id>",
         "/v1/privacy/requests/<string:request_id>/export",
     } <= routes
+
+
+# --- finding 11: a cancelled tenant takes its data out during the grace --------------------------
+
+
+def test_a_cancelled_tenant_files_access_requests_and_downloads_their_exports(stack):
+    created = stack.sign_up()
+    key = created["api_key"]
+    eve = make_contact(stack, key, "Eve Leaving")
+    make_ticket(stack, key, eve["id"], "Eve's last order")
+    other = stack.sign_up()
+    assert stack.call("DELETE", "/v1/tenant", key=key).status_code == 202
+
+    filed = stack.call(
+        "POST",
+        "/v1/privacy/requests",
+        key=key,
+        json={"type": "access", "subject": {"contact_id": eve["id"]}},
+    )
+    assert filed.status_code == 202, filed.text
+    request_id = filed.json()["id"]
+    assert completed(stack, key, request_id)["status"] == "completed"
+    listed = stack.call("GET", "/v1/privacy/requests", key=key)
+    assert listed.status_code == 200 and request_id in {r["id"] for r in listed.json()["items"]}
+    export = stack.call("GET", f"/v1/privacy/requests/{request_id}/export", key=key)
+    assert export.status_code == 200, export.text
+    document = export.json()
+    assert document["subject_id"] == eve["id"]
+    assert document["services"]["accounts"]["contact"]["email"] == eve["email"]
+    [requested] = document["services"]["tickets"]["tickets_requested"]
+    assert requested["subject"] == "Eve's last order"
+    assert "stored_api_responses" in document["services"]["gateway"]
+
+    # What is not an export stays refused, and says what is possible.
+    refused = stack.call("POST", "/v1/contacts", key=key, json={"name": "X", "email": "x@x.io"})
+    assert refused.status_code == 403
+    assert "access requests" in refused.json()["detail"]
+    for body in (
+        {"type": "erasure", "subject": {"contact_id": eve["id"]}},
+        {"type": "restriction", "subject": {"contact_id": eve["id"]}},
+    ):
+        answer = stack.call("POST", "/v1/privacy/requests", key=key, json=body)
+        assert answer.status_code == 403, answer.text
+        assert "only access requests" in answer.json()["detail"]
+
+    # Strangers get nothing: no key, another tenant's key, another tenant's ids.
+    path = f"/v1/privacy/requests/{request_id}/export"
+    assert stack.call("GET", path).status_code == 401
+    assert stack.call("GET", path, key=other["api_key"]).status_code == 404
+    theirs = stack.call(
+        "POST",
+        "/v1/privacy/requests",
+        key=other["api_key"],
+        json={"type": "access", "subject": {"contact_id": eve["id"]}},
+    )
+    assert theirs.status_code == 404
+    assert (
+        stack.call(
+            "POST",
+            "/v1/privacy/requests",
+            key=key,
+            json={"type": "access", "subject": {"agent_id": other["agent"]["id"]}},
+        ).status_code
+        == 404
+    )
+
+    # Reactivated, the tenant may do everything again.
+    assert stack.call("POST", "/v1/tenant/reactivate", key=key).status_code == 200
+    erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": eve["id"]}})
+    assert erasure["type"] == "erasure"
+
+
+def test_a_cancelled_tenant_s_access_request_held_for_approval_can_be_approved(stack):
+    created = stack.sign_up()
+    key = created["api_key"]
+    second = stack.call(
+        "POST",
+        "/v1/agents",
+        key=key,
+        json={"name": "Second Admin", "email": f"{unique('second')}@example.com", "role": "admin"},
+    )
+    assert second.status_code == 201, second.text
+    other_admin = second.json()["api_key"]
+    policy = {"requires_approval": ["access", "erasure"]}
+    assert stack.call("PUT", "/v1/privacy/approval-policy", key=key, json=policy).ok
+    fay = make_contact(stack, key, "Fay Held")
+    erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": fay["id"]}})
+    assert stack.call("DELETE", "/v1/tenant", key=key).status_code == 202
+
+    access = file(stack, key, {"type": "access", "subject": {"contact_id": fay["id"]}})
+    assert access["status"] == "awaiting_approval"
+    approved = stack.call(
+        "POST",
+        f"/v1/privacy/requests/{access['id']}/approve",
+        key=other_admin,
+        json={"reason": "the customer is leaving and takes its data"},
+    )
+    assert approved.status_code == 200, approved.text
+    assert completed(stack, key, access["id"])["status"] == "completed"
+    export = stack.call("GET", f"/v1/privacy/requests/{access['id']}/export", key=key)
+    assert export.status_code == 200 and export.json()["subject_id"] == fay["id"]
+    # The erasure filed before the cancellation waits: deciding it is not an export.
+    held = stack.call(
+        "POST",
+        f"/v1/privacy/requests/{erasure['id']}/approve",
+        key=other_admin,
+        json={"reason": "tidy up"},
+    )
+    assert held.status_code == 403 and "only access requests" in held.json()["detail"]
 
 
 # --- finding 2: stored responses hold no plaintext, and erasure reaches them ----------------------
