@@ -33,6 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # list the API gives names more than a handful of ids (a ticket: itself, requester, assignee).
 MAX_RESOURCE_IDS = 25 * MAX_LIMIT
 _UUID_CHARS = 36
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class AccessLoggedV1(Schema):
@@ -145,17 +146,14 @@ def ids_in(document: Any) -> list[str]:
         item = pending.popleft()
         if isinstance(item, dict):
             for key, value in item.items():
-                if isinstance(value, dict | list):
+                if isinstance(value, str):
+                    if len(value) == _UUID_CHARS and (key == "id" or key.endswith("_id")):
+                        # The services answer with canonical ids; anything else is parsed.
+                        canonical = value if _CANONICAL.fullmatch(value) else canonical_id(value)
+                        if canonical is not None:
+                            found[canonical] = None
+                elif isinstance(value, dict | list):
                     pending.append(value)
-                elif (
-                    isinstance(value, str)
-                    and len(value) == _UUID_CHARS
-                    and isinstance(key, str)
-                    and (key == "id" or key.endswith("_id"))
-                ):
-                    canonical = canonical_id(value)
-                    if canonical is not None:
-                        found.setdefault(canonical)
         elif isinstance(item, list):
             pending.extend(item)
     return list(found)
