@@ -170,6 +170,7 @@ class IdempotencyStore:
         except KeyShredded:
             # The tenant was destroyed meanwhile: nothing of it may be written any more.
             self.abandon(scope, key)
+            log.info("a response was not kept for replay: its tenant's key is gone")
             return False
         with self.db.transaction() as cur:
             cur.execute(

@@ -645,7 +645,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         command = read_json(request, schemas.AcceptPolicyV1())
         return json_response(200, self.accounts.accept_policy(caller, command))
 
-    # --- the privacy protocol: the gateway keeps stored responses --------------------------------
+    # --- the privacy protocol: the gateway keeps stored responses -----------------------------
 
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
