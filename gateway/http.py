@@ -21,15 +21,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from gateway import accesslog, problems
-from gateway.idempotency import MIGRATIONS, IdempotencyStore
+from gateway.idempotency import IdempotencyStore
 from kernel import outbox
 from kernel.cards import contains_card_number
 from kernel.commands import load_command
-from kernel.db import Database
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import prepare_databases, settings_of
-from kernel.relay import OutboxRelay
+from kernel.nameko_adapters import EventStoreDependency
+from kernel.uow import EventSourcedStore
 
 log = logging.getLogger(__name__)
 
@@ -76,47 +75,47 @@ class ApiServer(WebServer):
 
 
 class GatewayStore(SharedExtension):
-    """The gateway's own database: idempotency records and the outbox of access-log events."""
+    """What the gateway's entrypoints share of its own database: the idempotency records and
+    the outbox of access-log events.
+
+    The database and its keystore are the service's store (an ``EventStoreDependency``, which
+    creates and migrates them, runs their one outbox relay and re-applies erasures at start);
+    it is looked up on first use, since a service's extensions are set up side by side.
+    """
 
     def setup(self) -> None:
-        settings = settings_of(self.container)
-        prepare_databases(settings, "gateway", MIGRATIONS)
-        self.db = Database(settings.database_dsn("gateway"), maxconn=settings.max_workers + 5)
-        self.idempotency = IdempotencyStore(self.db)
-        # Concurrent requests share the access-log transaction (one commit for those that
-        # finish meanwhile); each still returns only once its own record is committed.
-        self.access_log: GroupCommit[Any, None] = GroupCommit(
-            self._record_accesses, self._record_access
-        )
-        self.relay = OutboxRelay(
-            settings.database_dsn("gateway"),
-            settings.amqp_uri,
-            settings.relay_batch_size,
-            heartbeat=settings.heartbeat,
-        )
-        self._relay_thread: Any = None
+        self._idempotency: IdempotencyStore | None = None
+        self._access_log: GroupCommit[Any, None] | None = None
 
-    def start(self) -> None:
-        self._relay_thread = self.container.spawn_managed_thread(self.relay.run)
+    # Methods, not properties: nameko reads every attribute of an extension when it binds it,
+    # before anything is set up.
+    def store(self) -> EventSourcedStore:
+        for dependency in self.container.dependencies:
+            if isinstance(dependency, EventStoreDependency) and dependency.store is not None:
+                return dependency.store
+        raise RuntimeError("the gateway's store is not set up")
 
-    def stop(self) -> None:
-        self.relay.stop()
-        if self._relay_thread is not None:
-            self._relay_thread.wait()
-
-    def kill(self) -> None:
-        self.relay.stop()
+    def idempotency(self) -> IdempotencyStore:
+        if self._idempotency is None:
+            store = self.store()
+            assert store.cipher is not None
+            self._idempotency = IdempotencyStore(store.db, store.cipher.keystore)
+        return self._idempotency
 
     def record_access(self, envelope: Any) -> None:
-        self.access_log.submit(envelope)
+        if self._access_log is None:
+            # Concurrent requests share the access-log transaction (one commit for those that
+            # finish meanwhile); each still returns only once its own record is committed.
+            self._access_log = GroupCommit(self._record_accesses, self._record_access)
+        self._access_log.submit(envelope)
 
     def _record_accesses(self, envelopes: Sequence[Any]) -> list[None]:
-        with self.db.transaction() as cur:
+        with self.store().db.transaction() as cur:
             outbox.add(cur, envelopes)
         return [None] * len(envelopes)
 
     def _record_access(self, envelope: Any) -> None:
-        with self.db.transaction() as cur:
+        with self.store().db.transaction() as cur:
             outbox.add(cur, [envelope])
 
 
@@ -181,10 +180,8 @@ class ApiHandler(HttpRequestHandler):
                 actor_id=identity.get("agent_id") or identity.get("actor"),
                 method=request.method,
                 route=route,
-                resource_ids=[
-                    *map(str, (getattr(request, "path_values", None) or {}).values()),
-                    *request.environ.get(RESOURCES, ()),
-                ],
+                resource_ids=requested_ids(request),
+                answer_ids=answer_ids(response),
                 status=response.status_code,
                 ip=request.remote_addr,
                 user_agent=request.headers.get("User-Agent"),
@@ -209,6 +206,31 @@ class ApiHandler(HttpRequestHandler):
 
 
 api = ApiHandler.decorator
+
+
+def requested_ids(request: Request) -> list[str]:
+    """The ids a request named: its path's, and those its handler added (``RESOURCES``)."""
+    return [
+        *map(str, (getattr(request, "path_values", None) or {}).values()),
+        *map(str, request.environ.get(RESOURCES, ())),
+    ]
+
+
+def answer_ids(response: Response) -> list[str]:
+    """Every id a JSON answer holds (``accesslog.ids_in``): a read of a list names everyone on
+    the page, an update everyone in the resource it returns, whatever the endpoint. A problem
+    (an error) is ``application/problem+json`` and names no one."""
+    if response.mimetype != "application/json" or response.is_streamed:
+        return []
+    try:
+        return accesslog.ids_in(json.loads(response.get_data()))
+    except (ValueError, UnicodeDecodeError):
+        return []
+
+
+def touched_ids(request: Request, response: Response) -> list[str]:
+    """Whom and what a request touched: the ids it named and those its answer holds."""
+    return accesslog.named_ids(requested_ids(request), answer_ids(response))
 
 
 def refuse_card_numbers(request: Request, data: Any = None) -> None:

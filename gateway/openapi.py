@@ -269,7 +269,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/tickets/{ticket_id}/messages",
         "Add a public reply or an internal note",
         "201",
-        "MessageOut",
+        "MessageAddedOut",
         roles=("admin", "agent"),
         body="AddMessageV1",
         errors=("400", "404", "409", "413", "422"),
@@ -428,7 +428,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post",
         "/v1/privacy/requests",
-        "File an erasure, rectification, restriction or objection for a subject",
+        "File an access, erasure, rectification, restriction or objection request for a subject;"
+        " while the tenant is cancelled, access requests only",
         "202",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -438,7 +439,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/privacy/requests",
-        "This tenant's requests, oldest first; filter by status",
+        "This tenant's requests, oldest first; filter by status (also while cancelled)",
         "200",
         "PrivacyRequestListOut",
         roles=("admin",),
@@ -449,7 +450,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post",
         "/v1/privacy/requests/{request_id}/approve",
-        "Approve a request that waits for approval (not by the admin who filed it)",
+        "Approve a request that waits for approval (not by the admin who filed it); while the"
+        " tenant is cancelled, access requests only",
         "200",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -460,7 +462,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post",
         "/v1/privacy/requests/{request_id}/deny",
-        "Deny a request that waits for approval, with the reason",
+        "Deny a request that waits for approval, with the reason; while the tenant is cancelled,"
+        " access requests only",
         "200",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -489,7 +492,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/privacy/requests/{request_id}",
-        "A request and every service's answer",
+        "A request and every service's answer (also while cancelled)",
         "200",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -499,7 +502,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/privacy/requests/{request_id}/export",
-        "An access request's export: everything every service holds about the subject",
+        "An access request's export: everything every service holds about the subject (also"
+        " while cancelled, during the grace)",
         "200",
         "ExportOut",
         roles=("admin",),

@@ -169,6 +169,13 @@ class MessageOut(Schema):
     created_at = fields.DateTime(required=True)
 
 
+class MessageAddedOut(MessageOut):
+    """A message just added, with its ticket and the ticket's requester: whom it concerns."""
+
+    ticket_id = fields.UUID(required=True)
+    requester_id = fields.UUID(required=True)
+
+
 class TicketDetailOut(TicketOut):
     messages = fields.List(fields.Nested(MessageOut), required=True)
 

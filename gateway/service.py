@@ -16,7 +16,7 @@ from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
-from gateway import problems, schemas
+from gateway import privacy, problems, schemas
 from gateway.console import ConsoleRoutes
 from gateway.http import (
     IDENTITY,
@@ -26,14 +26,18 @@ from gateway.http import (
     json_response,
     read_json,
     refuse_card_numbers,
+    touched_ids,
 )
 from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
-from gateway.idempotency import IdempotencyStore, fingerprint
+from gateway.idempotency import MIGRATIONS, PLATFORM, IdempotencyStore, fingerprint
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
 from gateway.pagination import encode_cursor, page_params
 from gateway.ratelimit import RateLimiter
+from gateway.subscriptions import PRIVACY
+from kernel import privacy as privacy_protocol
 from kernel.cards import contains_card_number
+from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import (
     Conflict,
     DomainError,
@@ -43,7 +47,13 @@ from kernel.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from kernel.nameko_adapters import TimedRpcProxy, settings_of
+from kernel.nameko_adapters import (
+    EventStoreDependency,
+    TimedRpcProxy,
+    consume_events,
+    rpc,
+    settings_of,
+)
 from kernel.signing import signer_from_config
 from kernel.tracing import Tracing
 
@@ -72,12 +82,18 @@ class Idempotency(DependencyProvider):
     gateway_store = GatewayStore()
 
     def get_dependency(self, worker_ctx: Any) -> IdempotencyStore:
-        return self.gateway_store.idempotency
+        return self.gateway_store.idempotency()
 
 
 class GatewayService(ConsoleRoutes, OperationsRoutes):
     name = "gateway"
 
+    # The gateway's own database: idempotency records and the access-log outbox; no events of
+    # its own. Its keystore holds the tenant keys that seal stored responses.
+    store = EventStoreDependency(
+        EventRegistry(), migrations=MIGRATIONS, erasure_handlers=privacy.erasure_handlers
+    )
+    announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
     accounts = TimedRpcProxy("accounts")
     tickets = TimedRpcProxy("tickets")
     billing = TimedRpcProxy("billing")
@@ -102,7 +118,10 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         if identity["role"] not in roles:
             raise Forbidden(f"the {identity['role']} role may not do this")
         if identity["tenant_status"] != "active" and not while_cancelled:
-            raise Forbidden("the tenant is cancelled: only reactivation and export are possible")
+            raise Forbidden(
+                "the tenant is cancelled: only reactivation and data export (access requests"
+                " and their exports) are possible"
+            )
         return identity
 
     def _operator(self, request: Request) -> None:
@@ -137,6 +156,9 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         if response.status_code >= 500 or response.status_code in (409, 429):
             self.idempotency.abandon(scope, key)  # transient: a retry must run again
         else:
+            # Sealed under the key of the tenant it belongs to (for a sign-up, the tenant it
+            # created), naming everyone in it so that their erasure deletes it.
+            owner = (request.environ.get(IDENTITY) or {}).get("tenant_id") or PLATFORM
             self.idempotency.complete(
                 scope,
                 key,
@@ -147,6 +169,8 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
                     if name in ("Content-Type", "ETag", "Location")
                 },
                 _without_secrets(response.get_data()),
+                owner,
+                touched_ids(request, response),
             )
         return response
 
@@ -507,8 +531,13 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("POST", "/v1/privacy/requests")
     def file_privacy_request(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         command = read_json(request, schemas.FilePrivacyRequestV1())
+        if _cancelled(caller) and command["type"] != "access":
+            raise Forbidden(
+                "the tenant is cancelled: only access requests (a data export) can be filed"
+                " until it is reactivated"
+            )
         filed = self.retention.file_request(caller, command)
         created = filed.pop("created")
         request.environ[RESOURCES] = [filed["id"], *filed["subject"].values()]
@@ -516,7 +545,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/privacy/requests")
     def list_privacy_requests(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         limit, after = self._page(request)
         status = request.args.get("status") or None
         if status is not None and status not in schemas.PRIVACY_STATUSES:
@@ -534,8 +563,17 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         return self._decide(request, request_id, "denied")
 
     def _decide(self, request: Request, request_id: str, decision: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         command = read_json(request, schemas.DecideRequestV1())
+        # An access request a cancelled tenant's policy holds for approval must be decidable,
+        # or its export could never be had during the grace.
+        if _cancelled(caller):
+            held = self.retention.get_request(caller["tenant_id"], request_id)
+            if held["type"] != "access":
+                raise Forbidden(
+                    "the tenant is cancelled: only access requests can be decided until it is"
+                    " reactivated"
+                )
         decided = self.retention.decide_request(caller, request_id, decision, command)
         request.environ[RESOURCES] = [decided["id"], *decided["subject"].values()]
         return json_response(200, decided)
@@ -553,12 +591,12 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/privacy/requests/<string:request_id>")
     def get_privacy_request(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         return json_response(200, self.retention.get_request(caller["tenant_id"], request_id))
 
     @api("GET", "/v1/privacy/requests/<string:request_id>/export")
     def get_privacy_export(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
+        caller = self._caller(request, ADMIN, while_cancelled=True)
         return json_response(200, self.retention.export(caller["tenant_id"], request_id))
 
     @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
@@ -607,6 +645,20 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         command = read_json(request, schemas.AcceptPolicyV1())
         return json_response(200, self.accounts.accept_policy(caller, command))
 
+    # --- the privacy protocol: the gateway keeps stored responses -----------------------------
+
+    @consume_events(PRIVACY)
+    def privacy_command(self, event: Envelope) -> None:
+        with self.store.unit_of_work(self.name) as uow:
+            privacy_protocol.handle_command(
+                uow, self.name, event, privacy.handlers_for(self.store.cipher.keystore)
+            )
+
+    @rpc
+    def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return privacy.export(uow, tenant_id, subject_id, self.idempotency.ttl)
+
     # --- operations ---------------------------------------------------------------------------
 
     @timer(interval=3600)
@@ -642,6 +694,10 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
+
+
+def _cancelled(caller: dict[str, Any]) -> bool:
+    return caller["tenant_status"] != "active"
 
 
 def _utc(value: str) -> dt.datetime | None:

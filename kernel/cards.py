@@ -24,7 +24,8 @@ The matching rule
    card number starts with 0, ISO/IEC 7812), and it is not a phone number in international
    form: 13 to 15 digits right after a ``+`` (E.164 numbers have at most 15 digits, and a
    card is not written with a plus). Order and phone numbers that fail these are left alone.
-5. A UUID in its canonical form (8-4-4-4-12 hex digits) is an id, never part of a card.
+5. A UUID in its canonical form (8-4-4-4-12 hex digits, a letter among them) is an id,
+   never part of a card.
 6. Within a run, the cards reported are the non-overlapping set of cards covering the most
    digits (ties: the one whose first card starts earliest, then the longer card). So a
    trailing short group (``4111 1111 1111 1111 12/27``) never hides the card before it, and a
@@ -152,10 +153,17 @@ _UUID = re.compile(
 )
 
 
+_HEX_LETTER = re.compile("[A-Fa-f]")
+
+
 def _without_uuids(text: str) -> str:
     if "-" not in text:
         return text
-    return _UUID.sub(lambda m: "x" * len(m.group()), text)
+    # Only one with a hex letter: a random UUID has some (all 30 random digits decimal: one in
+    # a million and a half), and one of digits alone can spell a card it was made to hide.
+    return _UUID.sub(
+        lambda m: "x" * len(m.group()) if _HEX_LETTER.search(m.group()) else m.group(), text
+    )
 
 
 def _runs(text: str) -> Iterator[tuple[re.Match[str], bool]]:

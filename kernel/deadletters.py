@@ -74,10 +74,11 @@ def platform_queues() -> list[str]:
 
 
 def rpc_queues() -> list[str]:
-    """The RPC queues of every platform service, whose refused requests are listed too."""
-    from services.platform import SERVICES
+    """The RPC queues of every platform service (and the gateway's), whose refused requests
+    are listed too."""
+    from services.platform import RPC_SERVERS
 
-    return [RPC_QUEUE_TEMPLATE.format(service) for service in SERVICES]
+    return [RPC_QUEUE_TEMPLATE.format(service) for service in RPC_SERVERS]
 
 
 @contextmanager

@@ -34,14 +34,20 @@ SERVICES: dict[str, str] = {
     "retention": "services.retention.service:RetentionService",
 }
 GATEWAY = "gateway.service:GatewayService"
+# Whoever serves RPC: the services, and the gateway, which answers for its stored responses in
+# a data-subject export (``privacy_export``).
+RPC_SERVERS: tuple[str, ...] = (*SERVICES, "gateway")
 
 
 def subscriptions() -> list[topology.Subscription]:
-    """Every consumer queue of the platform, from each service's ``subscriptions`` module."""
+    """Every consumer queue of the platform, from each service's ``subscriptions`` module and
+    the gateway's."""
     found: list[topology.Subscription] = []
-    for name in SERVICES:
+    for module_name in [f"services.{name}.subscriptions" for name in SERVICES] + [
+        "gateway.subscriptions"
+    ]:
         try:
-            module = importlib.import_module(f"services.{name}.subscriptions")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError:
             continue
         found.extend(module.SUBSCRIPTIONS)
@@ -85,7 +91,7 @@ def prepare(settings: Settings) -> None:
     topology.declare(
         settings.amqp_uri, subscriptions(), settings.delivery_limit, dead_letters, resume=True
     )
-    declare_rpc_queues(settings.amqp_uri, SERVICES, dead_letters=dead_letters)
+    declare_rpc_queues(settings.amqp_uri, RPC_SERVERS, dead_letters=dead_letters)
 
 
 class ServiceProcess(subprocess.Popen):

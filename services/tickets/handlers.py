@@ -170,6 +170,10 @@ def add_message(
         ) from None
     return {
         "id": message_id,
+        # Whom the message concerns: the gateway's records of this answer (its access log,
+        # a stored response to replay) name them, so the requester's erasure reaches them.
+        "ticket_id": ticket.id,
+        "requester_id": ticket.requester_id,
         "author_id": author_id,
         "author_kind": "requester" if by_requester else "agent",
         "body": added.payload["body"],

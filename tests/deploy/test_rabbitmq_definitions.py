@@ -17,7 +17,7 @@ from kernel import topology
 from kernel.config import Settings
 from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
 from kernel.testing import Infrastructure, make_world
-from services.platform import SERVICES, subscriptions
+from services.platform import RPC_SERVERS, subscriptions
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 
@@ -33,7 +33,7 @@ def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
         queues[subscription.queue] = subscription.kombu_queue(delivery_limit).queue_arguments
         dead = subscription.kombu_dead_letter_queue(limits)
         queues[dead.name] = dead.queue_arguments
-    for service in SERVICES:
+    for service in RPC_SERVERS:
         queues[rpc_queue(service).name] = rpc_queue(service).queue_arguments
         dead = rpc_dead_letter_queue(service, limits)
         queues[dead.name] = dead.queue_arguments
@@ -46,7 +46,7 @@ def test_every_dead_letter_queue_has_a_bounded_life() -> None:
     defaults = Settings()
     dead = {q["name"]: q["arguments"] for q in definitions()["queues"]}
     dead = {name: arguments for name, arguments in dead.items() if name.endswith(".dead")}
-    assert len(dead) == len(subscriptions()) + len(SERVICES)
+    assert len(dead) == len(subscriptions()) + len(RPC_SERVERS)
     for name, arguments in dead.items():
         assert arguments["x-message-ttl"] == defaults.dead_letter_ttl_hours * 3_600_000, name
         assert arguments["x-max-length"] == defaults.dead_letter_max_messages, name
@@ -61,7 +61,7 @@ def expected_bindings() -> set[tuple[str, str, str]]:
         found.add(
             (topology.DEAD_LETTER_EXCHANGE, subscription.dead_letter_queue, subscription.queue)
         )
-    for service in SERVICES:
+    for service in RPC_SERVERS:
         queue = rpc_queue(service)
         found.add((queue.exchange.name, queue.name, queue.routing_key))
     return found
@@ -118,7 +118,7 @@ def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchang
         # the file and the code agree on every argument of every queue (an RPC queue of another
         # type would be migrated, and named in the result).
         topology.declare(world.amqp_uri, subscriptions(), world.delivery_limit)
-        assert declare_rpc_queues(world.amqp_uri, SERVICES) == []
+        assert declare_rpc_queues(world.amqp_uri, RPC_SERVERS) == []
         assert queues_on(infrastructure, vhost) == loaded
 
         # ... and a different delivery limit is refused, so the step above could fail.

@@ -126,8 +126,11 @@ class Traced:
         tenant_id, actor_id = self.callers.get(key or "", (None, None))
         if path.startswith("/v1/operator/") and actor_id != "operator":
             tenant_id, actor_id = None, None  # an API key is not looked up there
-        # Ids in the path are what the request is about: the gateway records them as such.
+        # Ids in the path are what the request is about, and every id a JSON answer shows
+        # (under "id" or "*_id", however nested): the gateway records them as such.
         touches = tuple(part for part in path.split("/") if is_uuid(part))
+        if response.ok and response.headers.get("Content-Type") == "application/json":
+            touches += tuple(ids_shown(response.json()))
         self.sent.append(
             Sent(
                 method,
@@ -159,6 +162,19 @@ class Scene:
     contact: str
     ticket: str
     contact_b: str
+
+
+def ids_shown(document: Any) -> list[str]:
+    if isinstance(document, dict):
+        found = [
+            str(uuid.UUID(value))
+            for name, value in document.items()
+            if (name == "id" or name.endswith("_id")) and isinstance(value, str) and is_uuid(value)
+        ]
+        return found + [i for value in document.values() for i in ids_shown(value)]
+    if isinstance(document, list):
+        return [i for item in document for i in ids_shown(item)]
+    return []
 
 
 def is_uuid(text: str) -> bool:

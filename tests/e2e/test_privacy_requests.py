@@ -127,9 +127,7 @@ def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
 
     result = completed(stack, key, filed["id"])
     assert result["status"] == "completed"
-    assert set(result["services"]) == {"accounts", "tickets", "billing", "audit", "retention"} - {
-        "retention"
-    }
+    assert set(result["services"]) == {"accounts", "tickets", "billing", "audit", "gateway"}
     assert all(answer["status"] == "done" for answer in result["services"].values())
 
     shown = stack.call("GET", f"/v1/contacts/{carol['id']}", key=key).json()
@@ -328,7 +326,7 @@ def test_a_service_that_is_down_gets_its_command_when_it_returns(stack):
         def others_answered():
             body = stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()
             answered = [n for n, a in body["services"].items() if a["status"] != "pending"]
-            return body if set(answered) == {"accounts", "billing", "audit"} else None
+            return body if set(answered) == {"accounts", "billing", "audit", "gateway"} else None
 
         waiting = wait_until(others_answered, what="every service but tickets to answer")
         assert waiting["status"] == "pending"

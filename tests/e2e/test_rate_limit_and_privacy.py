@@ -313,6 +313,7 @@ def test_every_request_emits_an_access_log_event(stack):
             "method": "GET",
             "route": "/v1/contacts/<string:contact_id>",
             "resource_ids": payload["resource_ids"],
+            "omitted_ids": 0,
             "status": status,
             "ip": "127.0.0.1",
             "user_agent": agents[name],

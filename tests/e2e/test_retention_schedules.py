@@ -54,7 +54,11 @@ def test_a_cancelled_tenant_is_destroyed_when_its_grace_runs_out(quick):
     created = quick.sign_up()
     key, tenant_id = created["api_key"], created["tenant"]["id"]
     contact = quick.call(
-        "POST", "/v1/contacts", key=key, json={"name": "Ivy Doomed", "email": "ivy@example.com"}
+        "POST",
+        "/v1/contacts",
+        key=key,
+        json={"name": "Ivy Doomed", "email": "ivy@example.com"},
+        headers={"Idempotency-Key": f"ivy-{tenant_id}"},
     ).json()
     quick.call(
         "POST",
@@ -66,6 +70,10 @@ def test_a_cancelled_tenant_is_destroyed_when_its_grace_runs_out(quick):
             "requester_id": contact["id"],
         },
     )
+    # The gateway keeps the contact's creation to replay, sealed under the tenant's key.
+    assert rows(
+        quick, "gateway", "SELECT count(*) FROM idempotency_keys WHERE tenant_id = %s", tenant_id
+    ) == [(1,)]
     assert quick.call("DELETE", "/v1/tenant", key=key).status_code == 202
 
     wait_until(
@@ -99,7 +107,27 @@ def test_a_cancelled_tenant_is_destroyed_when_its_grace_runs_out(quick):
         return [e for e in entries if e["tenant_id"] == tenant_id]
 
     [report] = wait_until(reported, what="the destruction report in the audit ledger")
-    assert set(report["payload"]["services"]) >= {"accounts", "tickets", "billing", "audit"}
+    assert set(report["payload"]["services"]) >= {
+        "accounts",
+        "tickets",
+        "billing",
+        "audit",
+        "gateway",
+    }
+    assert rows(
+        quick,
+        "gateway",
+        "SELECT count(*) FROM idempotency_keys WHERE tenant_id = %s OR scope = %s",
+        tenant_id,
+        tenant_id,
+    ) == [(0,)]
+    assert rows(
+        quick,
+        "gateway",
+        "SELECT shredded_at IS NOT NULL FROM tenant_keys WHERE tenant_id = %s",
+        tenant_id,
+        purpose="keys",
+    ) == [(True,)]
     assert all(s["status"] in ("done", "retained") for s in report["payload"]["services"].values())
     dump = "".join(
         str(r)

@@ -1,6 +1,6 @@
 """Tenants cannot see each other, roles limit what a key may do, and a cancelled tenant's keys
-can do nothing but look at the tenant and reactivate it: over real HTTP, against the whole
-platform running as processes.
+can do nothing but look at the tenant, reactivate it and take its data out (access requests and
+their exports): over real HTTP, against the whole platform running as processes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ ROLES = ("admin", "agent", "auditor")
 BEARER = tuple(e for e in ENDPOINTS if e.auth == "bearer")
 # What a cancelled tenant's keys may still do.
 WHILE_CANCELLED = {("get", "/v1/tenant"), ("post", "/v1/tenant/reactivate")}
+# Taking its data out during the grace: these answer as for an active tenant, here to a request
+# with an empty body or an id it does not have (tests/e2e/test_gateway_privacy.py files real
+# access requests and downloads their exports).
+EXPORT_WHILE_CANCELLED = {
+    ("post", "/v1/privacy/requests"): 422,
+    ("get", "/v1/privacy/requests"): 200,
+    ("post", "/v1/privacy/requests/{request_id}/approve"): 422,
+    ("post", "/v1/privacy/requests/{request_id}/deny"): 422,
+    ("get", "/v1/privacy/requests/{request_id}"): 404,
+    ("get", "/v1/privacy/requests/{request_id}/export"): 404,
+}
 # Endpoints that change the whole tenant: the role matrix gives each case a tenant of its own.
 TENANT_WIDE = {("delete", "/v1/tenant"), ("post", "/v1/tenant/reactivate")}
 
@@ -316,6 +327,9 @@ def test_a_cancelled_tenants_admin_key_is_refused(stack, cancelled_tenant, endpo
     if (endpoint.method, endpoint.path) in WHILE_CANCELLED:
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "cancelled"
+    elif (endpoint.method, endpoint.path) in EXPORT_WHILE_CANCELLED:
+        expected = EXPORT_WHILE_CANCELLED[(endpoint.method, endpoint.path)]
+        assert response.status_code == expected, response.text
     else:
         assert_problem(response, 403)
 

@@ -454,7 +454,9 @@ def test_public_internal_and_requester_messages(stack):
 
     public = post_message(stack, me["key"], ticket["id"], "We are looking into it.")
     assert public.status_code == 201, public.text
-    assert set(public.json()) == MESSAGE_FIELDS
+    # A new message also says whom it concerns: its ticket and the ticket's requester.
+    assert set(public.json()) == MESSAGE_FIELDS | {"ticket_id", "requester_id"}
+    assert (public.json()["ticket_id"], public.json()["requester_id"]) == (ticket["id"], requester)
     assert public.json()["author_id"] == me["admin_id"]
     assert public.json()["author_kind"] == "agent" and public.json()["internal"] is False
 
@@ -486,7 +488,11 @@ def test_public_internal_and_requester_messages(stack):
         note.json()["id"],
         reply.json()["id"],
     ]
-    assert messages == [public.json(), note.json(), reply.json()]
+    # As they were answered, less whom they concern (the ticket says that once).
+    assert messages == [
+        {k: v for k, v in m.json().items() if k not in ("ticket_id", "requester_id")}
+        for m in (public, note, reply)
+    ]
     assert get(stack, me["key"], other["id"]).json()["messages"] == []
 
     # A message moved the version on: a PATCH based on the older ETag is stale.

@@ -92,13 +92,17 @@ def refused_count(stack: Stack, service: str, queue: str) -> float:
     at once (cannot be read), or failed (returned until the delivery limit dead-letters them:
     the consumers of other services' events read the fields they need without checking the
     version, so a payload in an unknown version fails there rather than being refused)."""
-    port = stack.processes[service].ops_port  # type: ignore[attr-defined]
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     total = 0.0
-    for line in text.splitlines():
-        if line.startswith("ledgerdesk_messages_handled_total{") and f'queue="{queue}"' in line:
-            if 'outcome="rejected"' in line or 'outcome="failed"' in line:
-                total += float(line.rsplit(" ", 1)[1])
+    # The gateway runs as several processes (gateway-1, gateway-2, ...) sharing its queue.
+    for name, process in stack.processes.items():
+        if name != service and not name.startswith(f"{service}-"):
+            continue
+        port = process.ops_port  # type: ignore[attr-defined]
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            if line.startswith("ledgerdesk_messages_handled_total{") and f'queue="{queue}"' in line:
+                if 'outcome="rejected"' in line or 'outcome="failed"' in line:
+                    total += float(line.rsplit(" ", 1)[1])
     return total
 
 

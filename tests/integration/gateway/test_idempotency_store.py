@@ -18,7 +18,9 @@ from gateway.idempotency import (
 from kernel import db as kdb
 from kernel import migrate
 from kernel.config import Settings
+from kernel.crypto import Keystore
 from kernel.errors import Conflict, ValidationFailed
+from kernel.nameko_adapters import prepare_databases
 
 # The tests run monkey-patched; real OS threads make the racing transactions truly concurrent.
 real_threading = patcher.original("threading")
@@ -30,10 +32,8 @@ HEADERS = {"Content-Type": "application/json", "Location": "/v1/contacts/c-1"}
 
 
 def prepare(world: Settings) -> str:
-    kdb.ensure_database(world.database_url, world.database_name("gateway"))
-    dsn = world.database_dsn("gateway")
-    migrate.migrate(dsn, [("gateway", MIGRATIONS)])
-    return dsn
+    prepare_databases(world, "gateway", MIGRATIONS)
+    return world.database_dsn("gateway")
 
 
 @pytest.fixture
@@ -49,8 +49,15 @@ def database(dsn: str) -> Iterator[kdb.Database]:
 
 
 @pytest.fixture
-def store(database: kdb.Database) -> IdempotencyStore:
-    return IdempotencyStore(database)
+def keystore(world: Settings, dsn: str) -> Iterator[Keystore]:
+    keys = kdb.Database(world.database_dsn("gateway", "keys"))
+    yield Keystore(keys, world.master_keys, cache_seconds=world.key_cache_seconds)
+    keys.close()
+
+
+@pytest.fixture
+def store(database: kdb.Database, keystore: Keystore) -> IdempotencyStore:
+    return IdempotencyStore(database, keystore)
 
 
 def age(database: kdb.Database, key: str, by: str) -> None:
@@ -63,7 +70,7 @@ def age(database: kdb.Database, key: str, by: str) -> None:
 
 def test_the_first_request_owns_the_key_and_a_retry_gets_its_response(store):
     assert store.begin(TENANT, "k-1", FP) is None
-    assert store.complete(TENANT, "k-1", 201, HEADERS, b'{"id": "c-1"}') is True
+    assert store.complete(TENANT, "k-1", 201, HEADERS, b'{"id": "c-1"}', TENANT) is True
 
     replay = store.begin(TENANT, "k-1", FP)
 
@@ -74,14 +81,14 @@ def test_the_first_request_owns_the_key_and_a_retry_gets_its_response(store):
 
 def test_an_empty_body_and_headers_replay_as_they_were(store):
     store.begin(TENANT, "k-empty", FP)
-    store.complete(TENANT, "k-empty", 204, {}, b"")
+    store.complete(TENANT, "k-empty", 204, {}, b"", TENANT)
 
     assert store.begin(TENANT, "k-empty", FP) == StoredResponse(204, {}, b"")
 
 
 def test_the_same_key_with_a_different_request_is_refused(store):
     store.begin(TENANT, "k-2", FP)
-    store.complete(TENANT, "k-2", 201, HEADERS, b"{}")
+    store.complete(TENANT, "k-2", 201, HEADERS, b"{}", TENANT)
     other = fingerprint("POST", "/v1/contacts", b'{"name": "Grace"}')
 
     with pytest.raises(ValidationFailed) as caught:
@@ -103,7 +110,7 @@ def test_a_request_still_in_progress_is_a_conflict(store):
 
 def test_scopes_do_not_share_keys(store):
     store.begin(TENANT, "k-5", FP)
-    store.complete(TENANT, "k-5", 201, HEADERS, b"tenant")
+    store.complete(TENANT, "k-5", 201, HEADERS, b"tenant", TENANT)
 
     assert store.begin(str(uuid.uuid4()), "k-5", FP) is None
     assert store.begin("signup", "k-5", FP) is None
@@ -115,13 +122,13 @@ def test_abandon_frees_the_key_for_a_retry(store):
     store.abandon(TENANT, "k-6")
 
     assert store.begin(TENANT, "k-6", FP) is None
-    store.complete(TENANT, "k-6", 201, HEADERS, b"second try")
+    store.complete(TENANT, "k-6", 201, HEADERS, b"second try", TENANT)
     assert store.begin(TENANT, "k-6", FP).body == b"second try"
 
 
 def test_abandon_never_removes_a_completed_response(store):
     store.begin(TENANT, "k-7", FP)
-    store.complete(TENANT, "k-7", 201, HEADERS, b"done")
+    store.complete(TENANT, "k-7", 201, HEADERS, b"done", TENANT)
 
     store.abandon(TENANT, "k-7")
 
@@ -132,26 +139,26 @@ def test_completing_a_key_no_longer_held_records_nothing(store):
     store.begin(TENANT, "k-8", FP)
     store.abandon(TENANT, "k-8")
 
-    assert store.complete(TENANT, "k-8", 201, HEADERS, b"late") is False
+    assert store.complete(TENANT, "k-8", 201, HEADERS, b"late", TENANT) is False
     assert store.begin(TENANT, "k-8", FP) is None
 
 
 def test_an_expired_response_is_forgotten_and_replaced(store, database):
     store.begin(TENANT, "k-9", FP)
-    store.complete(TENANT, "k-9", 201, HEADERS, b"old")
+    store.complete(TENANT, "k-9", 201, HEADERS, b"old", TENANT)
     age(database, "k-9", "25 hours")
     other = fingerprint("POST", "/v1/tickets", b"{}")
 
     assert store.begin(TENANT, "k-9", other) is None  # even for another request
     with pytest.raises(Conflict):
         store.begin(TENANT, "k-9", other)
-    store.complete(TENANT, "k-9", 201, HEADERS, b"new")
+    store.complete(TENANT, "k-9", 201, HEADERS, b"new", TENANT)
     assert store.begin(TENANT, "k-9", other).body == b"new"
 
 
 def test_a_response_within_the_ttl_is_kept(store, database):
     store.begin(TENANT, "k-10", FP)
-    store.complete(TENANT, "k-10", 201, HEADERS, b"kept")
+    store.complete(TENANT, "k-10", 201, HEADERS, b"kept", TENANT)
     age(database, "k-10", "23 hours")
 
     assert store.begin(TENANT, "k-10", FP).body == b"kept"
@@ -171,7 +178,7 @@ def test_an_in_progress_row_past_its_lease_is_presumed_dead(store, database):
 def test_purge_deletes_only_expired_rows(store, database):
     for key in ("old-1", "old-2", "fresh"):
         store.begin(TENANT, key, FP)
-        store.complete(TENANT, key, 200, {}, b"")
+        store.complete(TENANT, key, 200, {}, b"", TENANT)
     age(database, "old-1", "2 days")
     age(database, "old-2", "25 hours")
 
@@ -203,13 +210,13 @@ def test_the_fingerprint_covers_method_path_and_body():
     assert fingerprint("POST", "/a", b"b") != fingerprint("POST", "/", b"ab")
 
 
-def test_many_concurrent_begins_for_one_key_make_exactly_one_owner(dsn):
+def test_many_concurrent_begins_for_one_key_make_exactly_one_owner(dsn, keystore):
     racers = 30
     barrier = real_threading.Barrier(racers)
     outcomes: list[str] = []
     lock = real_threading.Lock()
     # A pool each: nothing shared between the OS threads but the database itself.
-    stores = [IdempotencyStore(kdb.Database(dsn, maxconn=1)) for _ in range(racers)]
+    stores = [IdempotencyStore(kdb.Database(dsn, maxconn=1), keystore) for _ in range(racers)]
 
     def race(store: IdempotencyStore) -> None:
         barrier.wait()
@@ -233,15 +240,17 @@ def test_many_concurrent_begins_for_one_key_make_exactly_one_owner(dsn):
     assert sorted(outcomes) == ["conflict"] * (racers - 1) + ["owner"]
 
 
-def test_many_concurrent_begins_on_an_expired_key_make_exactly_one_owner(dsn, store, database):
+def test_many_concurrent_begins_on_an_expired_key_make_exactly_one_owner(
+    dsn, store, database, keystore
+):
     store.begin(TENANT, "stale", FP)
-    store.complete(TENANT, "stale", 201, HEADERS, b"old")
+    store.complete(TENANT, "stale", 201, HEADERS, b"old", TENANT)
     age(database, "stale", "25 hours")
     racers = 20
     barrier = real_threading.Barrier(racers)
     outcomes: list[str] = []
     lock = real_threading.Lock()
-    stores = [IdempotencyStore(kdb.Database(dsn, maxconn=1)) for _ in range(racers)]
+    stores = [IdempotencyStore(kdb.Database(dsn, maxconn=1), keystore) for _ in range(racers)]
 
     def race(store: IdempotencyStore) -> None:
         barrier.wait()
@@ -276,10 +285,10 @@ def test_the_table_refuses_a_half_completed_row(database):
             )
 
 
-def test_a_short_ttl_is_honoured(database):
-    store = IdempotencyStore(database, ttl=timedelta(seconds=30))
+def test_a_short_ttl_is_honoured(database, keystore):
+    store = IdempotencyStore(database, keystore, ttl=timedelta(seconds=30))
     store.begin(TENANT, "k-ttl", FP)
-    store.complete(TENANT, "k-ttl", 201, HEADERS, b"x")
+    store.complete(TENANT, "k-ttl", 201, HEADERS, b"x", TENANT)
     age(database, "k-ttl", "31 seconds")
 
     assert store.begin(TENANT, "k-ttl", FP) is None

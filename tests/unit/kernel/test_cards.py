@@ -531,3 +531,5 @@ def test_a_uuid_is_an_id_not_a_card() -> None:
     # A card beside an id, or an id-like run that is not a whole UUID, is still a card.
     assert [m.last4 for m in find_card_numbers(f"{uuid} 4111 1111 1111 1111")] == ["1111"]
     assert find_card_numbers("8c27-4883-8634-6522265f14f4") != []
+    # One of digits alone can spell a card in that shape: it is read as digits.
+    assert find_card_numbers("41111111-1111-1111-1111-111111111111") != []

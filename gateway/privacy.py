@@ -1,0 +1,60 @@
+"""The gateway's answers to privacy commands. What it keeps of anyone is its idempotency records:
+each stored response sealed under its tenant's key in the gateway's keystore, naming the ids
+it concerns, for a day. Erasing a subject deletes the records naming them; destroying a tenant
+shreds its key, then deletes its records. Nothing in the gateway is derived from events, so no
+rebuild can bring a record back; a restored database gets both again from retention's erasure
+log before it serves (``EventStoreDependency``'s ``erasure_handlers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from gateway import idempotency
+from kernel.crypto import Keystore
+from kernel.uow import EventSourcedStore, UnitOfWork
+
+CATEGORIES = ("api_responses",)
+
+
+def handlers_for(keystore: Keystore) -> dict[str, Any]:
+    def erase_subject(uow: UnitOfWork, command: Mapping[str, Any]) -> dict[str, Any]:
+        deleted = idempotency.forget_subject(uow.cur, command["tenant_id"], command["subject_id"])
+        return {"status": "done", "detail": f"{deleted} stored API responses naming them deleted"}
+
+    def destroy_tenant(uow: UnitOfWork, command: Mapping[str, Any]) -> dict[str, Any]:
+        tenant = str(command["tenant_id"])
+        # The key first: from here on nothing of the tenant is readable, even from a backup.
+        keystore.shred_tenant(tenant)
+        deleted = idempotency.forget_tenant(uow.cur, tenant)
+        return {
+            "status": "done",
+            "detail": f"tenant key shredded; {deleted} stored API responses deleted",
+        }
+
+    return {"erase_subject": erase_subject, "destroy_tenant": destroy_tenant}
+
+
+def erasure_handlers(store: EventSourcedStore) -> dict[str, Any]:
+    """For ``EventStoreDependency``: what a restored gateway applies again before it serves."""
+    assert store.cipher is not None, "the gateway's privacy handlers need its keystore"
+    return handlers_for(store.cipher.keystore)
+
+
+def export(uow: UnitOfWork, tenant_id: str, subject_id: str, ttl: timedelta) -> dict[str, Any]:
+    """The stored responses that name the subject: when, which status, until when. Not their
+    bodies: a body can hold other people's data (a ticket names its assignee), and what it
+    holds of this subject is in the export parts of the services that own it."""
+    return {
+        "stored_api_responses": [
+            {
+                "status": status,
+                "stored_at": created.isoformat(),
+                "deleted_by": (created + ttl).isoformat(),
+            }
+            for status, created in idempotency.naming(uow.cur, tenant_id, subject_id)
+        ],
+        "purpose": "replaying the answer to a retried request with the same Idempotency-Key",
+    }
