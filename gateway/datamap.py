@@ -9,15 +9,20 @@ from kernel.datamap import (
     When,
     operational,
     personal,
+    pseudonym,
 )
 
 _IDEMPOTENCY = "gateway.idempotency"
+_MIGRATION = "gateway/migrations/0002_idempotency_sealed.sql"
 EXPIRED = End(When.TTL, "deleted 24 hours after the first request", _IDEMPOTENCY)
+ERASED = End(When.ERASURE, "rows naming the subject are deleted", _IDEMPOTENCY)
+DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _IDEMPOTENCY)
 
 DATA_MAP = ServiceMap(
     service="gateway",
-    summary="the HTTP entry: remembered responses for Idempotency-Key retries, and the outbox"
-    " of access-log events",
+    summary="the HTTP entry: remembered responses for Idempotency-Key retries, sealed under"
+    " the tenant's key, and the outbox of access-log events; it answers privacy commands"
+    " (erasure and destruction reach the remembered responses)",
     tables=(
         Table(
             "idempotency_keys",
@@ -28,11 +33,33 @@ DATA_MAP = ServiceMap(
                 operational("fingerprint", "SHA-256 of method, path and body"),
                 operational("status"),
                 operational("headers", "Content-Type, ETag, Location"),
-                personal("body", Held.PLAINTEXT, EXPIRED, note="the response, API keys removed"),
+                personal(
+                    "body",
+                    Held.PLAINTEXT,
+                    End(When.RETIRED, "written by the previous release only", _MIGRATION),
+                    ERASED,
+                    DESTROYED,
+                    EXPIRED,
+                    note="rows of the previous release; found by the ids in their text",
+                ),
                 operational("created_at"),
                 operational("completed_at"),
+                pseudonym("tenant_id", "whose key seals the response"),
+                pseudonym("subject_ids", "every id the response names"),
+                personal(
+                    "sealed_body",
+                    Held.TENANT_KEY,
+                    ERASED,
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded, the rows deleted",
+                        _IDEMPOTENCY,
+                    ),
+                    EXPIRED,
+                    note="the response, API keys blanked, bound to its scope and key",
+                ),
             ),
-            ends=(EXPIRED,),
+            ends=(EXPIRED, ERASED, DESTROYED),
         ),
     ),
     messages=(REGISTRY,),
@@ -41,7 +68,9 @@ DATA_MAP = ServiceMap(
             "method": operational("method", "the HTTP method"),
             "trace_id": operational("trace_id", "the request's trace"),
             "route": operational("route", "the route's template, never the raw path or query"),
-            "resource_ids": operational("resource_ids", "ids the request touched"),
+            "resource_ids": operational(
+                "resource_ids", "every id the request named or its answer showed"
+            ),
             "ip": personal("ip", Held.PLAINTEXT, note="encrypted by audit on receipt"),
             "user_agent": personal("user_agent", Held.PLAINTEXT, note="likewise"),
         }
