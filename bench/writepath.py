@@ -184,8 +184,8 @@ def _raw_floor(ctx: Context, seconds: float) -> float:
                 )
                 cur.execute(
                     "INSERT INTO tickets (id, tenant_id, requester_id, subject, body, status,"
-                    " priority, tags, version, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, 'new', 'normal', '{}', 1, now(), now())",
+                    " priority, version, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s, 'new', 'normal', 1, now(), now())",
                     (ticket, tenant, requester, TICKET["subject"], TICKET["body"]),
                 )
                 cur.execute(

@@ -95,7 +95,13 @@ DATA_MAP = ServiceMap(
                 pseudonym("contact_id"),
                 pseudonym("tenant_id"),
                 operational("marketing"),
-                operational("source", "how the consent was given (a form, a call)"),
+                personal(
+                    "source",
+                    Held.PLAINTEXT,
+                    SCRUBBED,
+                    note="how the consent was given (free text: a form, a call, who asked);"
+                    " under the contact's key in the events",
+                ),
                 operational("policy_version"),
                 operational("recorded_at"),
                 operational("version"),
@@ -148,7 +154,12 @@ DATA_MAP = ServiceMap(
         },
         "policy_accepted": {"version": operational("version")},
         "consent_recorded": {
-            "source": operational("source", "how the consent was given; card numbers refused"),
+            "source": personal(
+                "source",
+                Held.SUBJECT_KEY,
+                note="how the consent was given (free text); events of releases before it was"
+                " sealed hold it in plaintext",
+            ),
             "policy_version": operational("policy_version"),
         },
         "policy_published": {"version": operational("version")},

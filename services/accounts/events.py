@@ -134,7 +134,19 @@ API_KEY_REVOKED = EventType("api_key_revoked", {1: ApiKeyRevokedV1}, published=T
 POLICY_ACCEPTED = EventType("policy_accepted", {1: PolicyAcceptedV1}, published=True)
 CONTACT_CREATED = _personal("contact_created", ContactCreatedV1, "contact_id")
 CONTACT_RECTIFIED = _personal("contact_rectified", ContactRectifiedV1, "contact_id")
-CONSENT_RECORDED = EventType("consent_recorded", {1: ConsentRecordedV1}, published=True)
+# How the consent was given is free text ("kiosk at the Leeds store, asked by Dana"): under the
+# contact's key, so their erasure reaches it, and left out of the published copy (the ledger is
+# permanent). Its meaning is unchanged, only how it is held and what the published copy carries,
+# so the version is too: readers of the store decrypt it (events of older releases hold it in
+# plaintext, and still read), and the one consumer of the published event, audit's replay of a
+# tenant's state, reads the contact and the consent's value, never its source.
+CONSENT_RECORDED = EventType(
+    "consent_recorded",
+    {1: ConsentRecordedV1},
+    personal_fields=("source",),
+    subject_field="contact_id",
+    published=True,
+)
 POLICY_PUBLISHED = EventType("policy_published", {1: PolicyPublishedV1}, published=True)
 
 REGISTRY = EventRegistry(

@@ -1,14 +1,15 @@
 """Accounts' answers to privacy commands.
 
 Erasure shreds the subject's key (every event about them reads as erased, backups too) and
-scrubs the read models; an erased agent is also deactivated, so their keys stop at once.
+scrubs the read models (a contact's name, e-mail, phone, and how they consented); an erased
+agent is also deactivated, so their keys stop at once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kernel.crypto import ERASED, FieldCipher
+from kernel.crypto import ERASED, FieldCipher, KeyShredded
 from kernel.uow import UnitOfWork
 from services.accounts import handlers
 from services.accounts.domain import Agent, Contact, Tenant
@@ -28,6 +29,11 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE contacts SET name = %s, email = %s, phone = NULL WHERE id = %s"
             " AND tenant_id = %s",
             (ERASED, ERASED, subject, tenant),
+        )
+        # How they consented is their free text too (the record that they did stays).
+        uow.cur.execute(
+            "UPDATE consents SET source = %s WHERE contact_id = %s AND tenant_id = %s",
+            (ERASED, subject, tenant),
         )
         uow.cur.execute(
             "UPDATE agents SET name = %s, email = %s WHERE id = %s AND tenant_id = %s",
@@ -61,7 +67,12 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             source="objection",
             policy_version=handlers.current_policy(uow)["version"],
         )
-        handlers.save(uow, contact, tenant, handlers._tenant_region(uow, tenant))
+        try:
+            handlers.save(uow, contact, tenant, handlers._tenant_region(uow, tenant))
+        except KeyShredded:
+            # A consent's source is under the contact's key, which their erasure destroyed:
+            # nothing can be recorded of them, and nothing of them is left to market to.
+            return {"status": "done", "detail": "the contact was erased: nothing to object to"}
         return {"status": "done", "detail": "marketing consent off, the objection on record"}
 
     def rectify_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:

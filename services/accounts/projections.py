@@ -162,7 +162,9 @@ class ContactsProjection(Projection):
                     p["contact_id"],
                     p["tenant_id"],
                     p["marketing"],
-                    p["source"],
+                    # Plaintext here, as the contact's name is: scrubbed by their erasure, and
+                    # a replay after it reads the event's source as erased.
+                    str(p["source"]),
                     p["policy_version"],
                     event.occurred_at,
                     event.stream_version,

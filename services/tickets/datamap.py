@@ -14,8 +14,18 @@ from kernel.datamap import (
 from services.tickets.events import REGISTRY
 
 _PRIVACY = "services.tickets.privacy"
+_SEALED = "services.tickets.sealed"
+_MIGRATION = "services/tickets/migrations/0004_sealed_tags.sql"
 DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PRIVACY)
 PURGED = End(When.PERIOD, "closed_tickets: the ticket's key is shredded", _PRIVACY)
+
+# Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
+_TAGS = personal(
+    "tags",
+    Held.SUBJECT_KEY,
+    note="labels staff type freely; events of releases before they were sealed hold them in"
+    " plaintext",
+)
 
 DATA_MAP = ServiceMap(
     service="tickets",
@@ -34,7 +44,22 @@ DATA_MAP = ServiceMap(
                 operational("status"),
                 operational("priority"),
                 pseudonym("assignee_id"),
-                operational("tags", "labels staff choose; card numbers refused"),
+                personal(
+                    "tags",
+                    Held.PLAINTEXT,
+                    End(When.RETIRED, "emptied; new rows leave it empty", _MIGRATION),
+                    End(When.RETIRED, "an older replica's writes emptied, and sealed", _SEALED),
+                    note="empty; an older replica's rows during a rolling upgrade only, until"
+                    " sealed; dropped by a later release",
+                ),
+                personal(
+                    "tags_sealed",
+                    Held.SUBJECT_KEY,
+                    SHREDDED_WITH_SUBJECT,
+                    PURGED,
+                    DESTROYED,
+                    note="labels staff type freely; card numbers refused",
+                ),
                 operational("version"),
                 operational("created_at"),
                 operational("updated_at"),
@@ -80,7 +105,7 @@ DATA_MAP = ServiceMap(
     ),
     registries=(REGISTRY,),
     event_fields={
-        "ticket_created": {"tags": operational("tags", "labels staff choose")},
-        "ticket_tags_changed": {"tags": operational("tags", "labels staff choose")},
+        "ticket_created": {"tags": _TAGS},
+        "ticket_tags_changed": {"tags": _TAGS},
     },
 )

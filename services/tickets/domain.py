@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.aggregate import Aggregate
+from kernel.crypto import is_erased
 from kernel.errors import Conflict
 
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -33,7 +34,8 @@ class Ticket(Aggregate):
     status: str = ""
     priority: str = "normal"
     assignee_id: str | None = None
-    tags: tuple[str, ...] = ()
+    # None once the ticket's key is gone: its tags read as erased, and none can be written.
+    tags: tuple[str, ...] | None = ()
 
     @classmethod
     def create(
@@ -101,10 +103,23 @@ class Ticket(Aggregate):
 
     def tag(self, tags: list[str]) -> None:
         self._writable()
-        if _tags(tags) != list(self.tags):
-            self.record(
-                "ticket_tags_changed", ticket_id=self.id, tenant_id=self.tenant_id, tags=_tags(tags)
-            )
+        if self.tags is None or _tags(tags) != list(self.tags):
+            self._record_tags(_tags(tags))
+
+    def seal_tags(self) -> None:
+        """Record the tags again as they are, closed ticket or not: an older release wrote them
+        in plaintext, and this records them under the ticket's key (nothing else changes)."""
+        if self.tags is not None:
+            self._record_tags(list(self.tags))
+
+    def _record_tags(self, tags: list[str]) -> None:
+        self.record(
+            "ticket_tags_changed",
+            ticket_id=self.id,
+            tenant_id=self.tenant_id,
+            tags=tags,
+            requester_id=self.requester_id,
+        )
 
     def add_message(
         self, *, author_id: str, author_kind: str, body: str, internal: bool, redactions: int
@@ -136,7 +151,7 @@ class Ticket(Aggregate):
         self.requester_id = event["requester_id"]
         self.status = "new"
         self.priority = event["priority"]
-        self.tags = tuple(event["tags"])
+        self.tags = _held(event["tags"])
 
     def when_ticket_status_changed(self, event: dict[str, Any]) -> None:
         self.status = event["status"]
@@ -151,10 +166,15 @@ class Ticket(Aggregate):
         self.priority = event["priority"]
 
     def when_ticket_tags_changed(self, event: dict[str, Any]) -> None:
-        self.tags = tuple(event["tags"])
+        self.tags = _held(event["tags"])
 
     def when_message_added(self, event: dict[str, Any]) -> None:
         pass
+
+
+def _held(tags: Any) -> tuple[str, ...] | None:
+    """Tags as an event holds them: a list, or erased with the ticket's key."""
+    return None if is_erased(tags) else tuple(tags)
 
 
 def _tags(tags: list[str]) -> list[str]:

@@ -1,7 +1,13 @@
-"""Tickets' events. A ticket's subject, body and messages are encrypted under the ticket's own
-key, a child of its requester's key: erasing the requester erases every ticket of theirs in one
-shred, and a closed ticket past its retention period is erased alone. (Events written before
+"""Tickets' events. A ticket's subject, body, tags and messages are encrypted under the ticket's
+own key, a child of its requester's key: erasing the requester erases every ticket of theirs in
+one shred, and a closed ticket past its retention period is erased alone. (Events written before
 version 2 of ``message_added`` hold a message under its writer's key; they still open.)
+
+Tags are words too: staff type them freely ("vip-john-smith"). ``ticket_created`` keeps its
+version, since only how its tags are stored changed, not what they mean (readers of the store
+decrypt them; events of older releases hold them in plaintext and still read).
+``ticket_tags_changed`` needed the requester, whose key is the parent of the ticket's: that is its
+version 2.
 
 Published copies leave without those fields: other services learn ids, never words.
 """
@@ -65,6 +71,13 @@ class TicketTagsChangedV1(Schema):
     tags = fields.List(fields.String(), required=True)
 
 
+class TicketTagsChangedV2(TicketTagsChangedV1):
+    """Adds the ticket's requester, whose key is the parent of the ticket key the tags are
+    encrypted under (null for a change upcast from version 1, whose tags are in plaintext)."""
+
+    requester_id = fields.UUID(required=True, allow_none=True)
+
+
 class MessageAddedV1(Schema):
     ticket_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
@@ -87,7 +100,7 @@ class MessageAddedV2(MessageAddedV1):
 TICKET_CREATED = EventType(
     "ticket_created",
     {1: TicketCreatedV1},
-    personal_fields=("subject", "body"),
+    personal_fields=("subject", "body", "tags"),
     subject_field="ticket_id",
     parent_field="requester_id",
     published=True,
@@ -98,7 +111,14 @@ TICKET_STATUS_CHANGED = EventType(
 TICKET_CLOSED = EventType("ticket_closed", {1: TicketClosedV1}, published=True)
 TICKET_ASSIGNED = EventType("ticket_assigned", {1: TicketAssignedV1}, published=True)
 TICKET_PRIORITY_CHANGED = EventType("ticket_priority_changed", {1: TicketPriorityChangedV1})
-TICKET_TAGS_CHANGED = EventType("ticket_tags_changed", {1: TicketTagsChangedV1})
+TICKET_TAGS_CHANGED = EventType(
+    "ticket_tags_changed",
+    {1: TicketTagsChangedV1, 2: TicketTagsChangedV2},
+    upcasters={1: lambda payload: {**payload, "requester_id": None}},
+    personal_fields=("tags",),
+    subject_field="ticket_id",
+    parent_field="requester_id",
+)
 MESSAGE_ADDED = EventType(
     "message_added",
     {1: MessageAddedV1, 2: MessageAddedV2},

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.cards import redact_card_numbers
-from kernel.crypto import KeyShredded
+from kernel.crypto import ERASED, KeyShredded, is_erased
 from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
@@ -110,7 +110,7 @@ def view_from_event(created: Envelope, ticket: Ticket) -> dict[str, Any]:
         "priority": ticket.priority,
         "requester_id": ticket.requester_id,
         "assignee_id": ticket.assignee_id,
-        "tags": list(ticket.tags),
+        "tags": list(p["tags"]),
         "created_at": created.occurred_at.isoformat(),
         "updated_at": created.occurred_at.isoformat(),
         "version": ticket.version,
@@ -139,7 +139,11 @@ def update_ticket(
         ticket.tag(changes["tags"])
     if "status" in changes:
         ticket.move_to(changes["status"])
-    save(uow, ticket)
+    try:
+        save(uow, ticket)
+    except KeyShredded:
+        # Only tags are written under the ticket's key here, and it went with its requester.
+        raise Conflict("the requester of this ticket was erased; its tags cannot change") from None
     return get_ticket(uow, tenant_id, ticket_id, viewer=None)
 
 
@@ -257,19 +261,30 @@ def list_tickets(
 
 
 _TICKET_COLUMNS = (
-    "id, subject, body, status, priority, requester_id, assignee_id, tags, created_at,"
+    "id, subject, body, status, priority, requester_id, assignee_id, tags_sealed, created_at,"
     " updated_at, version"
 )
 
 
 def _stored_words(row: tuple) -> dict[str, str | None]:
-    """A ticket row's encrypted columns (``_TICKET_COLUMNS``), as ``open_stored`` takes them."""
-    return {"subject": row[1], "body": row[2]}
+    """A ticket row's encrypted columns (``_TICKET_COLUMNS``), as ``open_stored`` takes them:
+    under the names of the event fields they were sealed as."""
+    return {"subject": row[1], "body": row[2], "tags": row[7]}
+
+
+def shown_tags(words: dict[str, Any]) -> list[str]:
+    """A ticket's tags as the API shows them: a list of strings, ``["[erased]"]`` once the
+    ticket's key is gone (as its subject reads ``"[erased]"``). A ticket whose tags an older
+    release wrote in plaintext and were not sealed yet has none to show."""
+    tags = words["tags"]
+    if tags is None:
+        return [ERASED] if is_erased(words["subject"]) else []
+    return [ERASED] if is_erased(tags) else list(tags)
 
 
 def _ticket_row(row: tuple, words: dict[str, Any]) -> dict[str, Any]:
     """A ticket row (``_TICKET_COLUMNS``) with its words opened."""
-    (i, _, _, status, priority, requester, assignee, tags, created, updated, version) = row
+    (i, _, _, status, priority, requester, assignee, _, created, updated, version) = row
     return {
         "id": str(i),
         "subject": words["subject"],
@@ -278,7 +293,7 @@ def _ticket_row(row: tuple, words: dict[str, Any]) -> dict[str, Any]:
         "priority": priority,
         "requester_id": str(requester),
         "assignee_id": None if assignee is None else str(assignee),
-        "tags": list(tags),
+        "tags": shown_tags(words),
         "created_at": created.isoformat(),
         "updated_at": updated.isoformat(),
         "version": version,

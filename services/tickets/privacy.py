@@ -1,7 +1,8 @@
-"""Tickets' answers to privacy commands. A ticket's words are under its own key, a child of its
-requester's: erasing the requester is one shred (their tickets and messages go with it, with no
-scrub, since the read models hold ciphertext only); a closed ticket past its period loses its
-own key. Messages an agent wrote before tickets had their own keys are under the agent's key."""
+"""Tickets' answers to privacy commands. A ticket's words (subject, body, tags, messages) are
+under its own key, a child of its requester's: erasing the requester is one shred (their tickets
+and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
+ticket past its period loses its own key. Messages an agent wrote before tickets had their own
+keys are under the agent's key."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from kernel.aggregate import RecordedEvent
 from kernel.crypto import FieldCipher
 from kernel.uow import UnitOfWork
+from services.tickets.handlers import shown_tags
 
 # An erased subject's directory row is pinned here: no later event about them revives it.
 _FINAL = 2**31 - 1
@@ -92,14 +94,14 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
     """Tickets a person raised with the replies they could see, and what they wrote. Internal
     notes are staff's own: never part of the messages to them."""
     uow.cur.execute(
-        "SELECT id, subject, body, status, created_at FROM tickets"
+        "SELECT id, subject, body, tags_sealed, status, created_at FROM tickets"
         " WHERE requester_id = %s AND tenant_id = %s ORDER BY created_at",
         (subject_id, tenant_id),
     )
     tickets = []
     opened = uow.cipher.open_stored
-    for ticket_id, subject, body, status, created in uow.cur.fetchall():
-        words = opened(tenant_id, {"subject": subject, "body": body})
+    for ticket_id, subject, body, tags, status, created in uow.cur.fetchall():
+        words = opened(tenant_id, {"subject": subject, "body": body, "tags": tags})
         uow.cur.execute(
             "SELECT author_kind, body, created_at FROM ticket_messages"
             " WHERE ticket_id = %s AND NOT internal ORDER BY seq",
@@ -110,6 +112,8 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
                 "id": str(ticket_id),
                 "subject": words["subject"],
                 "body": words["body"],
+                # Staff's labels on their ticket may say something of them ("vip-jo-smith").
+                "tags": shown_tags(words),
                 "status": status,
                 "created_at": created.isoformat(),
                 "messages": [

@@ -1,6 +1,6 @@
-"""Tickets' read models: tickets and their messages, with their words kept encrypted as the
-events hold them (``kernel.crypto.stored_json``): readers open them with the ticket's key, so
-an erasure is a key shred and never a scrub of these tables."""
+"""Tickets' read models: tickets and their messages, with their words (subject, body, tags,
+messages) kept encrypted as the events hold them (``kernel.crypto.stored_json``): readers open
+them with the ticket's key, so an erasure is a key shred and never a scrub of these tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto import stored_field, stored_json
+from kernel.crypto import is_encrypted, stored_field, stored_json
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 
@@ -18,6 +18,13 @@ from kernel.projections import Projection
 # by the table's own columns (uuid, text[], timestamptz), so nothing is spelled twice. Times
 # are written as ISO 8601 text, with their offset; encrypted fields as their stored form.
 _rows_json = stored_json
+
+
+def _sealed_tags(tags: Any) -> dict | None:
+    """A ticket's tags for ``tags_sealed``. Events of releases before tags were sealed hold them
+    in plaintext, which a read model never copies: such a ticket shows none until the service
+    records its tags again under its key (``services.tickets.sealed``)."""
+    return stored_field(tags) if is_encrypted(tags) else None
 
 
 def _changes(event: Envelope, at: str) -> dict[str, Any]:
@@ -31,7 +38,7 @@ def _changes(event: Envelope, at: str) -> dict[str, Any]:
     elif event.type == "ticket_priority_changed":
         changes = {"priority": p["priority"]}
     elif event.type == "ticket_tags_changed":
-        changes = {"tags": list(p["tags"])}
+        changes = {"tags_sealed": _sealed_tags(p["tags"])}
     elif event.type == "ticket_closed":
         # The status already moved; the clock of its retention starts.
         changes = {"closed_at": at}
@@ -55,7 +62,8 @@ def _new_ticket(event: Envelope, at: str) -> dict[str, Any]:
         "status": "new",
         "priority": p["priority"],
         "assignee_id": None,
-        "tags": list(p["tags"]),
+        # The plaintext ``tags`` column is retired: left to its default, empty.
+        "tags_sealed": _sealed_tags(p["tags"]),
         "version": event.stream_version,
         "created_at": at,
         "updated_at": at,

@@ -6,17 +6,32 @@ from pathlib import Path
 from typing import Any
 
 from nameko.dependency_providers import Config
+from nameko.extensions import DependencyProvider
+from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
+from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers, privacy
+from services.tickets import commands, handlers, privacy, sealed
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
+
+
+class SealedTags(DependencyProvider):
+    """On start: the tags an older release wrote in plaintext recorded again under their
+    tickets' keys (see ``sealed``)."""
+
+    def start(self) -> None:
+        store = next(
+            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
+        ).store
+        assert store is not None
+        sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
 
 
 class TicketsService:
@@ -31,6 +46,7 @@ class TicketsService:
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
+    sealed_tags = SealedTags()
     config = Config()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -91,6 +107,11 @@ class TicketsService:
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return privacy.export(uow, tenant_id, subject_id)
+
+    @timer(interval=Settings.from_env().schedule_seconds)
+    def seal_plaintext_tags(self) -> None:
+        """What an older replica writes in plaintext during a rolling upgrade."""
+        sealed.seal_all(lambda: self.store.unit_of_work(self.name), plaintext_only=True)
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -93,6 +93,8 @@ def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
             "subject": "Carol Quixote needs help",
             "body": "From carol: my order",
             "requester_id": carol["id"],
+            # Free text staff type, as the subject and body are: gone with her too.
+            "tags": ["vip-carol-quixote"],
         },
     ).json()
     stack.call(
@@ -105,7 +107,7 @@ def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
         "PUT",
         f"/v1/contacts/{carol['id']}/consent",
         key=key,
-        json={"marketing": True, "source": "web form"},
+        json={"marketing": True, "source": "kiosk, asked by Carol Quixote's sister"},
     )
     assert stack.call("GET", f"/v1/contacts/{carol['id']}", key=key).status_code == 200
 
@@ -134,12 +136,15 @@ def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):
     assert shown["name"] == "[erased]" and shown["email"] == "[erased]"
     seen = stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).json()
     assert seen["subject"] == "[erased]" and seen["messages"][0]["body"] == "[erased]"
+    assert seen["tags"] == ["[erased]"]
+    consent = stack.call("GET", f"/v1/contacts/{carol['id']}/consent", key=key).json()
+    assert [c["source"] for c in consent["history"]] == ["[erased]"]
     assert stack.call("GET", f"/v1/contacts/{dave['id']}", key=key).json()["name"] == (
         "Dave Untouched"
     )
 
     dump = dump_all(stack)
-    for value in ("Carol Quixote", carol["email"], carol["phone"]):
+    for value in ("Carol Quixote", "carol-quixote", carol["email"], carol["phone"]):
         assert value not in dump, f"{value!r} is still in a database dump"
     assert "Dave Untouched" in dump  # the dump is real: other contacts are there
 

@@ -695,8 +695,15 @@ def test_published_ticket_events_and_views_carry_ids_only(stack):
         me = tenant(stack)
         requester = contact(stack, me["key"])
         helper = agent(stack, me["key"])
-        words = [unique("Secret subject"), unique("Secret body"), unique("Secret reply")]
-        ticket = open_ticket(stack, me["key"], requester, subject=words[0], body=words[1])
+        words = [
+            unique("Secret subject"),
+            unique("Secret body"),
+            unique("Secret reply"),
+            f"vip-{secrets.token_hex(4)}",
+        ]
+        ticket = open_ticket(
+            stack, me["key"], requester, subject=words[0], body=words[1], tags=[words[3]]
+        )
         tid = ticket["id"]
         message = post_message(
             stack, helper["api_key"], tid, words[2], on_behalf_of_requester=False
@@ -729,7 +736,7 @@ def test_published_ticket_events_and_views_carry_ids_only(stack):
             assert word not in raw, envelope["type"]
         assert "$enc" not in raw
         assert envelope["source"] == "tickets" and envelope["tenant_id"] == me["tenant_id"]
-        assert not {"subject", "body"} & set(envelope["payload"]), envelope["type"]
+        assert not {"subject", "body", "tags"} & set(envelope["payload"]), envelope["type"]
         by_type.setdefault(envelope["type"], []).append(envelope)
 
     [created] = by_type["ticket_created"]
@@ -738,7 +745,6 @@ def test_published_ticket_events_and_views_carry_ids_only(stack):
         "tenant_id",
         "requester_id",
         "priority",
-        "tags",
         "redactions",
     }
     assert created["payload"]["requester_id"] == requester

@@ -5,29 +5,16 @@ tenant's key, is unreadable everywhere accounts keeps it."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import services.accounts
 from kernel.errors import Unauthorized
-from kernel.nameko_adapters import open_store
 from kernel.uow import EventSourcedStore
 from services.accounts import handlers, privacy
-from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 
-MIGRATIONS = Path(services.accounts.__file__).parent / "migrations"
 TABLES = ("tenants", "agents", "api_keys", "contacts", "consents", "policy_acceptances")
-
-
-@pytest.fixture
-def accounts(world) -> EventSourcedStore:
-    store = open_store(world, "accounts", REGISTRY, PROJECTIONS, MIGRATIONS)
-    with store.unit_of_work() as uow:
-        handlers.ensure_first_policy(uow, world)
-    return store
 
 
 def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, Any]:

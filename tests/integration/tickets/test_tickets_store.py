@@ -101,7 +101,8 @@ def snapshot(store: EventSourcedStore) -> dict[str, list[dict[str, Any]]]:
 
 
 def opened(store: EventSourcedStore, tables: dict[str, list[dict[str, Any]]]) -> dict:
-    """A snapshot with the words the read models keep encrypted opened (or erased)."""
+    """A snapshot with the words the read models keep encrypted opened (or erased); a ticket's
+    sealed tags opened as ``tags``."""
     result = {}
     for table, rows in tables.items():
         result[table] = [
@@ -109,7 +110,10 @@ def opened(store: EventSourcedStore, tables: dict[str, list[dict[str, Any]]]) ->
                 **row,
                 **store.cipher.open_stored(
                     row["tenant_id"],
-                    {k: row[k] for k in ("subject", "body") if k in row},
+                    {
+                        **{k: row[k] for k in ("subject", "body") if k in row},
+                        **({"tags": row["tags_sealed"]} if "tags_sealed" in row else {}),
+                    },
                 ),
             }
             for row in rows
@@ -281,8 +285,8 @@ def test_replay_after_a_requester_is_shredded_erases_only_their_words(store):
     for row in after["tickets"]:
         old = old_tickets[str(row["id"])]
         if str(row["id"]) in alices:
-            assert (row["subject"], row["body"]) == ("[erased]", "[erased]")
-            assert {**row, "subject": old["subject"], "body": old["body"]} == old
+            assert (row["subject"], row["body"], row["tags"]) == ("[erased]",) * 3
+            assert {**row, **{k: old[k] for k in ("subject", "body", "tags")}} == old
         else:
             assert row == old
     old_messages = {str(r["id"]): r for r in before["ticket_messages"]}
@@ -353,7 +357,7 @@ def test_the_event_store_holds_words_only_as_ciphertext(store):
     }
     for routing_key, body in outbox:
         envelope = json.loads(body)
-        assert not {"subject", "body"} & set(envelope["payload"]), routing_key
+        assert not {"subject", "body", "tags"} & set(envelope["payload"]), routing_key
         assert "$enc" not in body
         for word in words:
             assert word not in body

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
+from kernel.crypto import ERASED
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
 from services.tickets import commands
@@ -249,6 +250,72 @@ def test_tags_are_normalised_trimmed_unique_and_sorted():
     [changed] = ticket.pending
     assert changed.type == "ticket_tags_changed" and changed.payload["tags"] == ["alpha", "zeta"]
     assert ticket.tags == ("alpha", "zeta")
+
+
+def test_a_tag_change_names_the_requester_whose_key_holds_the_tickets():
+    ticket = ticket_at("open")
+    ticket.tag(["vip"])
+    [changed] = ticket.pending
+    assert changed.payload["requester_id"] == REQUESTER
+    assert REGISTRY["ticket_tags_changed"].validate(changed.payload)["tags"] == ["vip"]
+    tags = REGISTRY["ticket_tags_changed"]
+    assert tags.latest == 2 and tags.personal_fields == ("tags",)
+    assert "tags" in REGISTRY["ticket_created"].personal_fields
+
+
+def test_a_version_1_tag_change_upcasts_with_no_requester():
+    v1 = new_envelope(
+        type="ticket_tags_changed",
+        schema_version=1,
+        source="tickets",
+        stream_id="ticket-x",
+        stream_version=2,
+        tenant_id=uuid.UUID(TENANT),
+        actor_id=AGENT,
+        payload={"ticket_id": str(uuid.uuid4()), "tenant_id": TENANT, "tags": ["old"]},
+    )
+    upcast = REGISTRY.upcast(v1)
+    assert upcast.schema_version == 2
+    assert upcast.payload == {**v1.payload, "requester_id": None}
+
+
+def test_tags_erased_with_the_tickets_key_are_no_tags_and_any_change_is_recorded():
+    ticket = Ticket.from_history(
+        "t",
+        [
+            new_envelope(
+                type="ticket_created",
+                schema_version=1,
+                source="tickets",
+                stream_id="ticket-t",
+                stream_version=1,
+                tenant_id=uuid.UUID(TENANT),
+                actor_id=AGENT,
+                payload={**new_ticket().pending[0].payload, "tags": ERASED},
+            )
+        ],
+    )
+    assert ticket.tags is None
+    # Recorded, so that writing it under the shredded key refuses the change.
+    ticket.tag([])
+    [changed] = ticket.pending
+    assert changed.payload["tags"] == []
+    ticket.pending.clear()
+    ticket.tags = None
+    ticket.seal_tags()  # nothing readable to seal
+    assert ticket.pending == []
+
+
+def test_sealing_records_the_tags_again_even_on_a_closed_ticket():
+    ticket = ticket_at("open")
+    ticket.tag(["b", "a"])
+    ticket.move_to("solved")
+    ticket.move_to("closed")
+    ticket.pending.clear()
+    ticket.seal_tags()
+    [sealed] = ticket.pending
+    assert (sealed.type, sealed.payload["tags"]) == ("ticket_tags_changed", ["a", "b"])
+    assert ticket.tags == ("a", "b") and ticket.status == "closed"
 
 
 # --- commands -----------------------------------------------------------------------------------
