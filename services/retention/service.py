@@ -222,10 +222,11 @@ class RetentionService:
         their policies."""
         with self.store.unit_of_work("retention") as uow:
             schedules.destroy_due_tenants(uow, self.clock(), self.timing)
+        day_seconds = self.config["LEDGERDESK"].day_seconds
         with self.store.unit_of_work("retention") as uow:
-            schedules.purge_access_logs(uow, self.clock())
+            schedules.purge_access_logs(uow, self.clock(), day_seconds)
         with self.store.unit_of_work("retention") as uow:
-            schedules.expire_closed_tickets(uow, self.clock())
+            schedules.expire_closed_tickets(uow, self.clock(), day_seconds)
 
     @timer(interval=Settings.from_env().schedule_seconds)
     def follow_up_requests(self) -> None:
