@@ -93,6 +93,8 @@ PRIVACY_ANSWERED = EventType("privacy_answered", {1: PrivacyAnsweredV1})
 SERVICE_ANNOUNCED = EventType("service_announced", {1: ServiceAnnouncedV1})
 
 # A command handler: (unit of work, command payload) -> the answer's status, detail and extras.
+# The payload is the latest version's, plus ``issued_at``: when retention sent the command. A
+# handler must be idempotent: a restored service runs it again (``kernel.forgetting``).
 Handler = Callable[[UnitOfWork, dict[str, Any]], dict[str, Any]]
 
 
@@ -106,7 +108,7 @@ def handle_command(
     """Run this service's handler for a command once, and publish its answer in the same
     transaction. A command the service has nothing for answers ``done``."""
     payload, version = PRIVACY_COMMAND.upcast(dict(event.payload), event.schema_version)
-    command = PRIVACY_COMMAND.validate(payload, version)
+    command = {**PRIVACY_COMMAND.validate(payload, version), "issued_at": event.occurred_at}
     if command["services"] is not None and service not in command["services"]:
         return  # a re-send meant for the services that still owe an answer
     if not uow.first_delivery(f"{service}.privacy", event.event_id):

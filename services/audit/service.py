@@ -15,6 +15,7 @@ from kernel.config import Settings
 from kernel.crypto import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
+from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
 from kernel.observability import service_health
@@ -60,7 +61,11 @@ class AuditService:
     name = "audit"
 
     # The ledger is audit's store; its outbox carries only its answers to privacy commands.
-    store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    store = EventStoreDependency(
+        EventRegistry(),
+        migrations=Path(__file__).parent / "migrations",
+        forgetting=Forgetting(lambda store: privacy_handlers(store.db, store.cipher)),
+    )
     announcement = privacy_protocol.Announcement(("access_log",))
     ledger = LedgerDependency()
     recorder = RecorderDependency()

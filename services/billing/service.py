@@ -15,6 +15,7 @@ from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
+from kernel.forgetting import Forgetting
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -44,6 +45,12 @@ def billing_privacy(store: Any) -> dict[str, Any]:
     }
 
 
+def expire_holds(store: Any) -> None:
+    """Erase what legal holds no longer cover, as of today."""
+    with store.unit_of_work("retention") as uow:
+        privacy.expire_holds(uow, store.cipher.keystore, dt.datetime.now(dt.UTC).date())
+
+
 class Clock(DependencyProvider):
     """The time, as a dependency: the invoice run asks it rather than the system directly."""
 
@@ -69,7 +76,8 @@ class BillingService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=billing_privacy,
+        # Holds that ended while the service was away (or since the backup) are expired too.
+        forgetting=Forgetting(billing_privacy, own=expire_holds),
     )
     processor = Processor()
     clock = Clock()
