@@ -1,7 +1,8 @@
 """What wires the kernel into nameko services: dependencies and entrypoints, kept thin.
 
-- ``EventStoreDependency``: prepares the service's databases (create, migrate), hands each worker
-  a narrow API to open units of work, and runs the outbox relay while the service runs.
+- ``EventStoreDependency``: prepares the service's databases (create, migrate), re-applies
+  retention's log of forgetting before the service serves (``kernel.forgetting``), hands each
+  worker a narrow API to open units of work, and runs the outbox relay while the service runs.
 - ``consume_events``: a durable consumer of a ``Subscription``; a handler that raises has its
   message requeued until the broker's delivery limit dead-letters it (nameko's own event
   handler acknowledges failed messages, losing them).
