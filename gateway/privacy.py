@@ -3,7 +3,7 @@ each stored response sealed under its tenant's key in the gateway's keystore, na
 it concerns, for a day. Erasing a subject deletes the records naming them; destroying a tenant
 shreds its key, then deletes its records. Nothing in the gateway is derived from events, so no
 rebuild can bring a record back; a restored database gets both again from retention's erasure
-log before it serves (``EventStoreDependency``'s ``erasure_handlers``).
+log of forgetting before it serves (``kernel.forgetting``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def handlers_for(keystore: Keystore) -> dict[str, Any]:
 
 
 def erasure_handlers(store: EventSourcedStore) -> dict[str, Any]:
-    """For ``EventStoreDependency``: what a restored gateway applies again before it serves."""
+    """For ``kernel.forgetting``: what a restored gateway applies again before it serves."""
     assert store.cipher is not None, "the gateway's privacy handlers need its keystore"
     return handlers_for(store.cipher.keystore)
 

@@ -285,7 +285,7 @@ class EntryOut(Schema):
         required=True,
         metadata={
             "description": "ids only; an access entry's IP and user agent read "
-            '"[erased]" once their month\'s key is shredded'
+            '"[erased]" once their day\'s key is shredded'
         },
     )
 

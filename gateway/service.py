@@ -47,6 +47,7 @@ from kernel.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from kernel.forgetting import Forgetting
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -91,7 +92,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
     # The gateway's own database: idempotency records and the access-log outbox; no events of
     # its own. Its keystore holds the tenant keys that seal stored responses.
     store = EventStoreDependency(
-        EventRegistry(), migrations=MIGRATIONS, erasure_handlers=privacy.erasure_handlers
+        EventRegistry(), migrations=MIGRATIONS, forgetting=Forgetting(privacy.erasure_handlers)
     )
     announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
     accounts = TimedRpcProxy("accounts")

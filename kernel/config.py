@@ -88,6 +88,9 @@ class Settings:
     # The first re-send of a command a service has not (or not successfully) answered; each
     # further one waits twice as long, up to a day.
     privacy_retry_seconds: float = 300.0
+    # The length of the "day" retention periods (access log, closed tickets) are counted in,
+    # and of the access log's key buckets: a test makes it seconds long, production refuses that.
+    day_seconds: int = 86400
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
     # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
@@ -161,6 +164,7 @@ class Settings:
             privacy_retry_seconds=number(
                 "PRIVACY_RETRY_SECONDS", base.privacy_retry_seconds, float
             ),
+            day_seconds=number("DAY_SECONDS", base.day_seconds),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
             ops_host=get("OPS_HOST", base.ops_host),
@@ -190,6 +194,9 @@ class Settings:
             raise ConfigurationError(
                 "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
             )
+        if self.environment == "production" and self.day_seconds != Settings.day_seconds:
+            # A shorter day would shorten every retention period by the same factor.
+            raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
         if self.environment == "production":
             insecure = [
                 name

@@ -1,7 +1,8 @@
 """What wires the kernel into nameko services: dependencies and entrypoints, kept thin.
 
-- ``EventStoreDependency``: prepares the service's databases (create, migrate), hands each worker
-  a narrow API to open units of work, and runs the outbox relay while the service runs.
+- ``EventStoreDependency``: prepares the service's databases (create, migrate), re-applies
+  retention's log of forgetting before the service serves (``kernel.forgetting``), hands each
+  worker a narrow API to open units of work, and runs the outbox relay while the service runs.
 - ``consume_events``: a durable consumer of a ``Subscription``; a handler that raises has its
   message requeued until the broker's delivery limit dead-letters it (nameko's own event
   handler acknowledges failed messages, losing them).
@@ -61,6 +62,7 @@ from nameko.rpc import (
 
 from kernel import db as kdb
 from kernel import deadletters, migrate, observability, topology
+from kernel import forgetting as forgetting_log
 from kernel.config import Settings
 from kernel.crypto import FieldCipher, KeyShredded, Keystore
 from kernel.envelope import Envelope, EventRegistry, MalformedEnvelope, MalformedPayload
@@ -279,16 +281,18 @@ class EventStoreDependency(DependencyProvider):
         projections: Sequence[Projection] = (),
         migrations: Path | None = None,
         run_relay: bool = True,
-        erasure_handlers: Callable[[EventSourcedStore], Mapping[str, Any]] | None = None,
+        forgetting: forgetting_log.Forgetting | None = None,
     ):
         self.registry = registry
         self.projections = projections
         self.migrations = migrations
         self.run_relay = run_relay
-        self.erasure_handlers = erasure_handlers
+        self.forgetting = forgetting
         self.store: EventSourcedStore | None = None
         self.relay: OutboxRelay | None = None
         self._relay_thread: Any = None
+        self._forgotten = forgetting is None
+        self._stopping = False
 
     def setup(self) -> None:
         settings = settings_of(self.container)
@@ -308,22 +312,57 @@ class EventStoreDependency(DependencyProvider):
                 settings.relay_batch_size,
                 heartbeat=settings.heartbeat,
             )
-        if self.erasure_handlers is not None:
+        if self.forgetting is not None:
             # In setup, so before any entrypoint takes work: a database restored from a backup
-            # is brought back to "erased" before it serves anyone.
-            reapply_erasures(self.store, settings, self.erasure_handlers(self.store))
+            # is brought back to what was forgotten before it serves anyone.
+            self._reapply(self.forgetting, self.store, settings)
+
+    def _reapply(
+        self, forgetting: forgetting_log.Forgetting, store: EventSourcedStore, settings: Settings
+    ) -> None:
+        use_publisher_heartbeat(settings.heartbeat)
+        handlers = forgetting.handlers(store)
+
+        def read_log() -> list[forgetting_log.LogEntry]:
+            if forgetting.log is not None:
+                return forgetting.log(store)
+            return forgetting_log.from_retention(settings)()
+
+        def apply(command: dict[str, Any]) -> bool:
+            handler = handlers.get(command["command"])
+            if handler is None:
+                return False
+            with store.unit_of_work(store.source) as uow:
+                handler(uow, command)
+            return True
+
+        own = forgetting.own
+        forgetting_log.reapply(
+            store.source,
+            read_log,
+            apply,
+            own=None if own is None else lambda: own(store),
+            stopping=lambda: self._stopping,
+        )
+        self._forgotten = True
+
+    def readiness_checks(self) -> dict[str, bool]:
+        """What ``/readyz`` adds: whether retention's log of forgetting has been re-applied."""
+        return {} if self.forgetting is None else {"forgetting": self._forgotten}
 
     def start(self) -> None:
         if self.relay is not None:
             self._relay_thread = self.container.spawn_managed_thread(self.relay.run)
 
     def stop(self) -> None:
+        self._stopping = True
         if self.relay is not None:
             self.relay.stop()
             if self._relay_thread is not None:
                 self._relay_thread.wait()
 
     def kill(self) -> None:
+        self._stopping = True
         if self.relay is not None:
             self.relay.stop()
 
@@ -335,37 +374,6 @@ class EventStoreDependency(DependencyProvider):
     def get_dependency(self, worker_ctx: Any) -> WorkerStore:
         assert self.store is not None
         return WorkerStore(self.store, worker_ctx)
-
-
-def reapply_erasures(
-    store: EventSourcedStore, settings: Settings, handlers: Mapping[str, Any]
-) -> int:
-    """Apply retention's log of completed erasures and destructions again (all idempotent:
-    shredding a shredded key and scrubbing a scrubbed row change nothing). Returns how many."""
-    from nameko.standalone.rpc import ClusterRpcProxy
-
-    use_publisher_heartbeat(settings.heartbeat)
-    try:
-        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
-            log_entries = rpc.retention.erasure_log()
-    except Exception as exc:  # retention down or absent: say so loudly, do not block startup
-        log.warning(
-            "%s could not read retention's erasure log (%s): erasures were not re-applied",
-            store.source,
-            type(exc).__name__,
-        )
-        return 0
-    applied = 0
-    for entry in log_entries:
-        handler = handlers.get(entry["command"])
-        if handler is None:
-            continue
-        with store.unit_of_work(store.source) as uow:
-            handler(uow, entry)
-        applied += 1
-    if applied:
-        log.info("%s re-applied %d erasures from retention's log", store.source, applied)
-    return applied
 
 
 class _DeadLetteringQueueConsumer(QueueConsumer):

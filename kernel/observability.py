@@ -3,7 +3,8 @@
 Each process serves, on its ops port (``LEDGERDESK_OPS_PORT``; 0 picks a free one):
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the process runs;
-- ``GET /readyz``: 200 when its database and the broker answer, else 503, with the checks;
+- ``GET /readyz``: 200 when its database and the broker answer (and its store has re-applied
+  retention's log of forgetting, ``kernel.forgetting``), else 503, with the checks;
 - ``GET /metrics``: Prometheus text.
 
 A service gets all of it from one dependency, ``Operations`` (``kernel.runner`` adds it to any
@@ -165,8 +166,9 @@ class OpsServer(SharedExtension):
         self._thread: Any = None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ScrapeTimeGauges(self))
-
-    def start(self) -> None:
+        # Served from setup on: a service that waits there (to re-apply retention's log of
+        # forgetting) is alive (/healthz) and says why it is not ready (/readyz), so an
+        # orchestrator neither restarts it nor sends it traffic.
         self._socket = eventlet.listen((self.host, self.requested_port))
         self.port = self._socket.getsockname()[1]
         self._thread = self.container.spawn_managed_thread(self._serve)
@@ -215,6 +217,12 @@ class OpsServer(SharedExtension):
         database = self.database()
         if database is not None:
             checks["database"] = database.ping()
+        # And what a dependency says of itself (a store that has not re-applied retention's
+        # log of forgetting yet, say).
+        for extension in self.container.extensions:
+            more = getattr(extension, "readiness_checks", None)
+            if callable(more):
+                checks.update(more())
         return all(checks.values()), checks
 
     # --- the WSGI app -----------------------------------------------------------------------

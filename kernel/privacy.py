@@ -53,6 +53,17 @@ class PrivacyCommandV2(PrivacyCommandV1):
     services = fields.List(fields.String(), required=True, allow_none=True)
 
 
+class PrivacyCommandV3(PrivacyCommandV2):
+    """Adds per-tenant cut-offs to a purge: each tenant named loses what of the category lies
+    before its own moment, every other tenant what lies before ``before`` (a tenant's retention
+    override next to the platform's default, in one command). Null: ``before`` for every tenant
+    (as in v1 and v2)."""
+
+    cutoffs = fields.Dict(
+        keys=fields.UUID(), values=fields.String(), required=True, allow_none=True
+    )
+
+
 class PrivacyAnsweredV1(Schema):
     request_id = fields.UUID(required=True)
     command = fields.String(required=True, validate=validate.OneOf(COMMANDS))
@@ -72,13 +83,18 @@ class ServiceAnnouncedV1(Schema):
 
 PRIVACY_COMMAND = EventType(
     "privacy_command",
-    {1: PrivacyCommandV1, 2: PrivacyCommandV2},
-    upcasters={1: lambda payload: {**payload, "services": None}},
+    {1: PrivacyCommandV1, 2: PrivacyCommandV2, 3: PrivacyCommandV3},
+    upcasters={
+        1: lambda payload: {**payload, "services": None},
+        2: lambda payload: {**payload, "cutoffs": None},
+    },
 )
 PRIVACY_ANSWERED = EventType("privacy_answered", {1: PrivacyAnsweredV1})
 SERVICE_ANNOUNCED = EventType("service_announced", {1: ServiceAnnouncedV1})
 
 # A command handler: (unit of work, command payload) -> the answer's status, detail and extras.
+# The payload is the latest version's, plus ``issued_at``: when retention sent the command. A
+# handler must be idempotent: a restored service runs it again (``kernel.forgetting``).
 Handler = Callable[[UnitOfWork, dict[str, Any]], dict[str, Any]]
 
 
@@ -92,7 +108,7 @@ def handle_command(
     """Run this service's handler for a command once, and publish its answer in the same
     transaction. A command the service has nothing for answers ``done``."""
     payload, version = PRIVACY_COMMAND.upcast(dict(event.payload), event.schema_version)
-    command = PRIVACY_COMMAND.validate(payload, version)
+    command = {**PRIVACY_COMMAND.validate(payload, version), "issued_at": event.occurred_at}
     if command["services"] is not None and service not in command["services"]:
         return  # a re-send meant for the services that still owe an answer
     if not uow.first_delivery(f"{service}.privacy", event.event_id):

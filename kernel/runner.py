@@ -19,16 +19,19 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()
 
 import datetime as dt  # noqa: E402
+import errno  # noqa: E402
 import importlib  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from nameko.cli.run import run  # noqa: E402
+from nameko.runners import ServiceRunner  # noqa: E402
 from opentelemetry import trace  # noqa: E402
 
+from kernel import forgetting  # noqa: E402
 from kernel.config import ConfigurationError, Settings  # noqa: E402
 from kernel.db import DatabaseUnavailable  # noqa: E402
 from kernel.observability import Operations  # noqa: E402
@@ -120,6 +123,49 @@ def with_operations(service_cls: type) -> type:
     return service_cls
 
 
+def run(service_cls: type, config: dict) -> None:
+    """nameko's ``run``, but a SIGTERM that comes while the service is still starting (waiting
+    to re-apply retention's log of forgetting, say) ends the wait and the process cleanly:
+    nameko would stop a container that has not started, which fails on its timers and leaves
+    the process waiting."""
+    runner = ServiceRunner(config)
+    runner.add_service(service_cls)
+    started = [False]
+
+    def shutdown(signum, frame):
+        # Signal handlers run in the main loop and cannot use eventlet primitives.
+        if started[0]:
+            eventlet.spawn_n(runner.stop)
+        else:
+            forgetting.abandon_start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        runner.start()
+    except forgetting.StartAbandoned:
+        return
+    started[0] = True
+    if forgetting.start_abandoned():  # told to stop once the wait was over: stop now
+        runner.stop()
+        return
+    # As nameko does: a signal while the main greenlet waits interrupts it (EINTR).
+    waiting = eventlet.spawn(runner.wait)
+    while True:
+        try:
+            waiting.wait()
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            raise
+        except KeyboardInterrupt:
+            try:
+                runner.stop()
+            except KeyboardInterrupt:
+                runner.kill()
+        else:
+            break
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m kernel.runner module.path:ServiceClass", file=sys.stderr)
@@ -130,7 +176,7 @@ def main(argv: list[str]) -> int:
         name = getattr(service_cls, "name")  # noqa: B009
         configure_logging(name, settings.log_format)
         setup_tracing(name, settings.traces_exporter)
-        run([service_cls], settings.nameko_config())
+        run(service_cls, settings.nameko_config())
     except (ConfigurationError, DatabaseUnavailable) as exc:
         print(f"{argv[0]}: {exc}", file=sys.stderr)
         return 1

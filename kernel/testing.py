@@ -195,6 +195,7 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_SCHEDULE_SECONDS=str(settings.schedule_seconds),
         LEDGERDESK_PRIVACY_DEADLINE_DAYS=str(settings.privacy_deadline_days),
         LEDGERDESK_PRIVACY_RETRY_SECONDS=str(settings.privacy_retry_seconds),
+        LEDGERDESK_DAY_SECONDS=str(settings.day_seconds),
         LEDGERDESK_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
         LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
         LEDGERDESK_RATE_BURST=str(settings.rate_burst),

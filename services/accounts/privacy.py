@@ -62,6 +62,17 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         contact = handlers.load(uow, Contact, subject)
         if contact is None or contact.tenant_id != tenant:
             return {"status": "done", "detail": "no such contact here"}
+        # Once per request: applied again after a restore that kept it, it would undo a consent
+        # the contact gave since. An objection recorded before requests were marked here is
+        # known by its opt-out, recorded no earlier than the command was sent.
+        uow.cur.execute(
+            "SELECT 1 FROM consents WHERE contact_id = %s AND source = 'objection'"
+            " AND NOT marketing AND recorded_at >= %s",
+            (subject, command["issued_at"]),
+        )
+        already = uow.cur.fetchone() is not None
+        if not uow.first_delivery("accounts.objections", command["request_id"]) or already:
+            return {"status": "done", "detail": "the objection is on record already"}
         contact.record_consent(
             marketing=False,
             source="objection",

@@ -16,6 +16,7 @@ from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
+from kernel.forgetting import Forgetting
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
@@ -47,7 +48,7 @@ class AccountsService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=lambda store: privacy.handlers_for(store.cipher),
+        forgetting=Forgetting(lambda store: privacy.handlers_for(store.cipher)),
     )
     first_policy = FirstPolicy()
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))

@@ -2,7 +2,7 @@
 
 from kernel.datamap import End, Held, ServiceMap, Table, When, operational, personal, pseudonym
 
-_LEDGER = "services.audit.ledger"
+_KEYS = "services.audit.access_keys"
 APPEND_ONLY = End(When.KEPT, "append-only and hash-chained: triggers refuse UPDATE and DELETE")
 
 DATA_MAP = ServiceMap(
@@ -22,20 +22,38 @@ DATA_MAP = ServiceMap(
                 pseudonym("actor_id"),
                 pseudonym("subject_ids", "whom the entry concerns, by id"),
                 operational("at"),
-                operational("month", "the period whose key encrypts the access-log fields"),
+                operational("month", "entries of earlier releases: the month whose key"),
                 operational("recorded_at"),
                 personal(
                     "content",
                     Held.PERIOD_KEY,
-                    End(When.PERIOD, "access_log: the period's key is shredded", _LEDGER),
+                    End(
+                        When.PERIOD,
+                        "access_log: the tenant's day keys past its period are"
+                        " shredded, within a day",
+                        _KEYS,
+                    ),
+                    End(When.DESTRUCTION, "the tenant's access-log keys are shredded", _KEYS),
                     note="the published envelope: ids and states; an access's IP address and"
-                    " user agent under the period's key",
+                    " user agent under its tenant's day key",
                 ),
                 operational("prev_hash"),
                 operational("hash"),
                 operational("leaf_hash"),
+                operational("access_key", "the tenant's day whose key encrypts IP and agent"),
             ),
             ends=(APPEND_ONLY,),
+        ),
+        Table(
+            "access_log_keys",
+            "every access-log key with entries (a tenant's day; a month for older entries),"
+            " so a purge reads a row per tenant and day, not the ledger",
+            (
+                pseudonym("tenant_id"),
+                operational("name", "the day (start and length) or the month"),
+                operational("ends_at"),
+            ),
+            ends=(End(When.KEPT, "names and times: the key itself is shredded in the keystore"),),
         ),
         Table(
             "checkpoints",

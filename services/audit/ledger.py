@@ -2,9 +2,9 @@
 
 Appends serialise on an advisory lock (the next seq and the previous hash must be read and
 written as one step); the unique ``event_id`` makes a redelivered message a no-op. Access-log
-fields that identify a person (IP, user agent) are encrypted under a key per calendar month
-before hashing: the hashes cover ciphertext, so shredding a month's key erases those fields
-and every hash, checkpoint and proof still verifies.
+fields that identify a person (IP, user agent) are encrypted under a key of the entry's tenant
+and day before hashing (``services.audit.access_keys``): the hashes cover ciphertext, so
+destroying a key erases those fields and every hash, checkpoint and proof still verifies.
 """
 
 from __future__ import annotations
@@ -13,22 +13,20 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg2.extras
 
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, KeyShredded, Keystore
+from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound
 from kernel.signing import Signer, checkpoint_message, signer_from_config, verify_signature
-from services.audit import chain, merkle
+from services.audit import access_keys, chain, merkle
+from services.audit.access_keys import AccessLogKeys
 
-# The keystore namespace of the month keys: a "tenant" that is the ledger itself.
-ACCESS_LOG_MONTHS = uuid.uuid5(uuid.NAMESPACE_URL, "ledgerdesk:audit:access-log-months")
-ACCESS_FIELDS = ("ip", "user_agent")
 # Payload keys that name a person whose data an entry touches.
 PERSON_KEYS = (
     "agent_id",
@@ -43,14 +41,6 @@ _LEDGER_LOCK = 0x1ED6E4
 _COLUMNS = (
     "seq, event_id, type, service, tenant_id, actor_id, subject_ids, at, content, prev_hash, hash"
 )
-
-
-def month_of(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m")
-
-
-def month_subject(month: str) -> uuid.UUID:
-    return uuid.uuid5(ACCESS_LOG_MONTHS, month)
 
 
 def subjects_of(envelope: Envelope) -> list[str]:
@@ -74,19 +64,20 @@ def subjects_of(envelope: Envelope) -> list[str]:
 
 
 class Ledger:
-    def __init__(self, db: Database, cipher: FieldCipher, signer: Signer):
+    def __init__(self, db: Database, cipher: FieldCipher, signer: Signer, day_seconds: int = 86400):
         self.db = db
         self.cipher = cipher
         self.signer = signer
+        self.sealer = AccessLogKeys(cipher, day_seconds)
 
     # --- writing ------------------------------------------------------------------------------
 
     def record(self, envelope: Envelope) -> int | None:
         """Append one entry; None when this event is already in the ledger."""
         if envelope.type == "access_logged" and self._recorded(envelope.event_id):
-            # A redelivery is checked first here, so a month shredded since cannot change it.
+            # A redelivery is checked first here, so a day destroyed since cannot change it.
             return None
-        month, content_bytes = self._content(envelope)
+        key, content_bytes = self._content(envelope)
         with self.db.transaction() as cur:
             # Lock and read the head in one round trip; a redelivery is then a conflict on the
             # unique event_id that inserts nothing, and a seq not inserted leaves no gap.
@@ -97,19 +88,22 @@ class Ledger:
             )
             last = cur.fetchone()
             seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, chain.GENESIS)
+            row = self._row(
+                envelope,
+                seq,
+                key,
+                content_bytes,
+                prev,
+                chain.entry_hash(prev, seq, content_bytes),
+            )
+            # The key's row first, in the same round trip: rowcount is then the entry's.
             cur.execute(
-                "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
-                " subject_ids, at, month, content, prev_hash, hash, leaf_hash)"
+                (f"{access_keys.REMEMBER}; " if key else "")
+                + "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
+                " subject_ids, at, access_key, content, prev_hash, hash, leaf_hash)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (event_id) DO NOTHING",
-                self._row(
-                    envelope,
-                    seq,
-                    month,
-                    content_bytes,
-                    prev,
-                    chain.entry_hash(prev, seq, content_bytes),
-                ),
+                (*(key or ()), *row),
             )
             return seq if cur.rowcount == 1 else None
 
@@ -124,7 +118,7 @@ class Ledger:
             return []
         # Encrypted before the lock is taken, so the lock is held for the statements alone. A
         # redelivered access event is encrypted for nothing here but never written: the check
-        # under the lock below skips it, so a month shredded since cannot change its entry.
+        # under the lock below skips it, so a day destroyed since cannot change its entry.
         prepared = [(e, *self._content(e)) for e in envelopes]
         with self.db.transaction() as cur:
             # The lock, the head and which of these events are already recorded, in one round
@@ -143,47 +137,55 @@ class Ledger:
             seen = {uuid.UUID(str(event_id)) for event_id in present}
             seq, prev = (last_seq, bytes(last_hash)) if last_seq else (0, chain.GENESIS)
             rows: list[tuple] = []
+            keys: set[access_keys.Row] = set()
             assigned: list[int | None] = []
-            for envelope, month, content_bytes in prepared:
+            for envelope, key, content_bytes in prepared:
                 if envelope.event_id in seen:
                     assigned.append(None)
                     continue
                 seen.add(envelope.event_id)
                 seq += 1
                 entry_hash = chain.entry_hash(prev, seq, content_bytes)
-                rows.append(self._row(envelope, seq, month, content_bytes, prev, entry_hash))
+                rows.append(self._row(envelope, seq, key, content_bytes, prev, entry_hash))
+                if key:
+                    keys.add(key)
                 assigned.append(seq)
                 prev = entry_hash
+            if keys:
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO access_log_keys (tenant_id, name, ends_at) VALUES %s"
+                    " ON CONFLICT DO NOTHING",
+                    sorted(keys, key=lambda k: (str(k[0]), k[1])),
+                    page_size=len(keys),
+                )
             if rows:
                 psycopg2.extras.execute_values(
                     cur,
                     "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
-                    " subject_ids, at, month, content, prev_hash, hash, leaf_hash) VALUES %s",
+                    " subject_ids, at, access_key, content, prev_hash, hash, leaf_hash) VALUES %s",
                     rows,
                     page_size=len(rows),
                 )
         return assigned
 
-    def _content(self, envelope: Envelope) -> tuple[str, bytes]:
-        """The entry's month and canonical content, access-log fields encrypted."""
-        month = month_of(envelope.occurred_at)
+    def _content(self, envelope: Envelope) -> tuple[access_keys.Row | None, bytes]:
+        """The entry's access-log key (access entries only) and canonical content, access-log
+        fields encrypted under that key."""
         content = envelope.to_dict()
+        key = None
         if envelope.type == "access_logged":
-            try:
-                content["payload"] = self.cipher.encrypt_fields(
-                    content["payload"],
-                    ACCESS_FIELDS,
-                    tenant_id=ACCESS_LOG_MONTHS,
-                    subject_id=month_subject(month),
-                )
-            except KeyShredded:
-                # Its month is already past retention: the fields are erased before recording.
-                content["payload"] = {**content["payload"], **dict.fromkeys(ACCESS_FIELDS, None)}
-        return month, chain.canonical(content)
+            content["payload"], key = self.sealer.seal(envelope, content["payload"])
+        return key, chain.canonical(content)
 
     @staticmethod
     def _row(
-        envelope: Envelope, seq: int, month: str, content: bytes, prev: bytes, entry_hash: bytes
+        envelope: Envelope,
+        seq: int,
+        key: access_keys.Row | None,
+        content: bytes,
+        prev: bytes,
+        entry_hash: bytes,
     ) -> tuple:
         return (
             seq,
@@ -194,7 +196,7 @@ class Ledger:
             envelope.actor_id,
             subjects_of(envelope),
             envelope.occurred_at,
-            month,
+            None if key is None else key[1],
             content,
             prev,
             entry_hash,
@@ -234,22 +236,16 @@ class Ledger:
             len(leaves), root, signed_at, self.signer.key_id, self.signer.public_key_b64, signature
         )
 
-    def shred_months_before(self, before: dt.datetime) -> list[str]:
-        """Erase the access-log fields of every month that ended before ``before``."""
-        cutoff = month_of(before)
-        with self.db.transaction() as cur:
-            cur.execute(
-                "SELECT DISTINCT month FROM ledger WHERE type = 'access_logged' AND month < %s",
-                (cutoff,),
-            )
-            months = [row[0] for row in cur.fetchall()]
-        for month in months:
-            self.shred_month(month)
-        return months
+    def purge_access_log(
+        self, before: dt.datetime, cutoffs: Mapping[uuid.UUID, dt.datetime] | None = None
+    ) -> int:
+        """Erase the IPs and user agents of every day that ended before its tenant's cut-off
+        (``cutoffs``, else ``before``); returns the keys destroyed just now."""
+        return access_keys.purge(self.db, self.cipher.keystore, before, cutoffs or {})
 
-    def shred_month(self, month: str) -> bool:
-        """Make that month's access-log IPs and user agents unreadable, for good."""
-        return self.cipher.keystore.shred_subject(month_subject(month), ACCESS_LOG_MONTHS)
+    def destroy_tenant_access_log(self, tenant_id: uuid.UUID) -> int:
+        """Erase the IPs and user agents of every entry of a tenant's access log, for good."""
+        return access_keys.destroy_tenant(self.db, self.cipher.keystore, tenant_id)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -430,4 +426,5 @@ def open_ledger(settings: Settings) -> Ledger:
         Database(settings.database_dsn("audit")),
         FieldCipher(keystore),
         signer_from_config(settings.audit_signing_key),
+        settings.day_seconds,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,26 +12,32 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
+from kernel.crypto import FieldCipher
+from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
+from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
 from kernel.observability import service_health
+from kernel.privacy import Handler
 from kernel.signing import signer_from_config
 from kernel.tracing import Tracing
+from services.audit import access_keys
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, PRIVACY
 
 
 class LedgerDependency(DependencyProvider):
-    """The ledger over audit's own database and keystore (for the month keys)."""
+    """The ledger over audit's own database and keystore (for the access log's day keys)."""
 
     def start(self) -> None:
         store = next(
             d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
         ).store
         assert store is not None and store.cipher is not None
-        signer = signer_from_config(settings_of(self.container).audit_signing_key)
-        self.ledger = Ledger(store.db, store.cipher, signer)
+        settings = settings_of(self.container)
+        signer = signer_from_config(settings.audit_signing_key)
+        self.ledger = Ledger(store.db, store.cipher, signer, settings.day_seconds)
         # Consuming workers share transactions: one lock and one commit for what arrives meanwhile.
         self.recorder: GroupCommit[Envelope, int | None] = GroupCommit(
             self.ledger.record_many, self.ledger.record
@@ -54,7 +61,11 @@ class AuditService:
     name = "audit"
 
     # The ledger is audit's store; its outbox carries only its answers to privacy commands.
-    store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    store = EventStoreDependency(
+        EventRegistry(),
+        migrations=Path(__file__).parent / "migrations",
+        forgetting=Forgetting(lambda store: privacy_handlers(store.db, store.cipher)),
+    )
     announcement = privacy_protocol.Announcement(("access_log",))
     ledger = LedgerDependency()
     recorder = RecorderDependency()
@@ -95,29 +106,12 @@ class AuditService:
     def checkpoint(self) -> dict[str, Any] | None:
         return self.ledger.checkpoint()
 
-    @rpc
-    def shred_month(self, month: str) -> bool:
-        return self.ledger.shred_month(month)
-
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
             privacy_protocol.handle_command(
-                uow,
-                self.name,
-                event,
-                {
-                    "erase_subject": _ids_only,
-                    "destroy_tenant": _ids_only,
-                    "purge_category": self._purge,
-                },
+                uow, self.name, event, privacy_handlers(self.store.db, self.store.cipher)
             )
-
-    def _purge(self, uow: Any, command: dict[str, Any]) -> dict[str, Any]:
-        if command.get("category") != "access_log" or not command.get("before"):
-            return {"status": "done", "detail": "audit holds nothing of that category"}
-        months = self.ledger.shred_months_before(dt.datetime.fromisoformat(command["before"]))
-        return {"status": "done", "detail": f"{len(months)} months of access-log fields erased"}
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -144,11 +138,39 @@ class AuditService:
         return service_health(self.store.db)
 
 
-def _ids_only(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+def privacy_handlers(db: Database, cipher: FieldCipher | None) -> dict[str, Handler]:
+    """Audit's answers: the ledger holds ids, but for the access log's IPs and user agents,
+    which go with their tenant's day keys, past a period or with the tenant."""
+    assert cipher is not None, "privacy handlers need the service's keystore"
+    keystore = cipher.keystore
+
+    def erase_subject(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "status": "done",
+            "detail": "the ledger holds identifiers only; access-log IPs and user agents go "
+            "with their tenant's day keys",
+        }
+
+    def destroy_tenant(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+        destroyed = access_keys.destroy_tenant(db, keystore, command["tenant_id"])
+        return {"status": "done", "detail": f"the tenant's access-log keys destroyed ({destroyed})"}
+
+    def purge_category(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
+        if command.get("category") != "access_log" or not command.get("before"):
+            return {"status": "done", "detail": "audit holds nothing of that category"}
+        cutoffs = {
+            uuid.UUID(str(tenant)): dt.datetime.fromisoformat(before)
+            for tenant, before in (command.get("cutoffs") or {}).items()
+        }
+        destroyed = access_keys.purge(
+            db, keystore, dt.datetime.fromisoformat(command["before"]), cutoffs
+        )
+        return {"status": "done", "detail": f"{destroyed} days of access-log fields erased"}
+
     return {
-        "status": "done",
-        "detail": "the ledger holds identifiers only; access-log IPs and user agents go with "
-        "their month's key",
+        "erase_subject": erase_subject,
+        "destroy_tenant": destroy_tenant,
+        "purge_category": purge_category,
     }
 
 

@@ -14,6 +14,7 @@ from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
+from kernel.forgetting import Forgetting
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -38,6 +39,12 @@ def billing_privacy(store: Any) -> dict[str, Any]:
             uow, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
         ),
     }
+
+
+def expire_holds(store: Any) -> None:
+    """Erase what legal holds no longer cover, as of today."""
+    with store.unit_of_work("retention") as uow:
+        privacy.expire_holds(uow, store.cipher.keystore, dt.datetime.now(dt.UTC).date())
 
 
 class Clock(DependencyProvider):
@@ -65,7 +72,8 @@ class BillingService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=billing_privacy,
+        # Holds that ended while the service was away (or since the backup) are expired too.
+        forgetting=Forgetting(billing_privacy, own=expire_holds),
     )
     processor = Processor()
     clock = Clock()

@@ -104,9 +104,16 @@ DATA_MAP = ServiceMap(
             ends=(KEPT,),
         ),
         Table(
-            "purges",
-            "the last purge of each category",
-            (operational("category"), operational("before"), operational("issued_at")),
+            "purge_cutoffs",
+            "the latest cut-off each purge went out with, per category and tenant (NULL: the"
+            " default), so a restored service forgets again what was purged",
+            (
+                operational("category"),
+                pseudonym("tenant_id"),
+                operational("before"),
+                pseudonym("request_id"),
+                operational("issued_at"),
+            ),
             ends=(KEPT,),
         ),
         Table(

@@ -1,12 +1,19 @@
 """The retention schedule: clocks started by events, commands sent when they run out.
 
 A cancelled tenant is destroyed when its grace ends (``destroy_after`` comes with the
-cancellation) unless it was reactivated; access-log personal data is purged a month at a time
-once the whole month is older than its policy (60 days by default).
+cancellation) unless it was reactivated. Periods (``policies``: a default per data category, a
+tenant's own override) count in days of ``LEDGERDESK_DAY_SECONDS``: a closed ticket's words go
+once its tenant's period has run since it closed; the access log's IPs and user agents are kept
+under a key per tenant and day, each destroyed once the whole day is older than its tenant's
+period (60 days by default), so none outlives its period by more than a day.
+
+Each purge's cut-off is kept per category and tenant (``purge_cutoffs``), the latest ever sent:
+what a restored service must purge again (``services.retention.forgetting``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
@@ -44,7 +51,16 @@ def learn_ticket_closed(uow: UnitOfWork, event: Envelope) -> None:
     )
 
 
-def expire_closed_tickets(uow: UnitOfWork, now: dt.datetime) -> dict[str, int]:
+def period(days: int, day_seconds: int) -> dt.timedelta:
+    return dt.timedelta(seconds=days * day_seconds)
+
+
+def day_start(moment: dt.datetime, day_seconds: int) -> dt.datetime:
+    """The start of the day (of ``day_seconds``, counted from the epoch) ``moment`` falls in."""
+    return dt.datetime.fromtimestamp(int(moment.timestamp()) // day_seconds * day_seconds, dt.UTC)
+
+
+def expire_closed_tickets(uow: UnitOfWork, now: dt.datetime, day_seconds: int) -> dict[str, int]:
     """For every tenant with closed tickets past its period (its own, or the default), send
     the purge of closed tickets before its cut-off; returns {tenant: tickets} sent for."""
     uow.cur.execute(
@@ -55,7 +71,7 @@ def expire_closed_tickets(uow: UnitOfWork, now: dt.datetime) -> dict[str, int]:
     )
     sent = {}
     for tenant_id, days in uow.cur.fetchall():
-        cutoff = now - dt.timedelta(days=days)
+        cutoff = now - period(days, day_seconds)
         uow.cur.execute(
             "UPDATE closed_tickets SET purged_at = %s WHERE tenant_id = %s AND purged_at IS NULL"
             " AND closed_at < %s",
@@ -64,9 +80,9 @@ def expire_closed_tickets(uow: UnitOfWork, now: dt.datetime) -> dict[str, int]:
         if not uow.cur.rowcount:
             continue
         sent[str(tenant_id)] = uow.cur.rowcount
-        command = _command(str(uuid.uuid4()), "purge_category", str(tenant_id), None)
-        command.payload.update(category="closed_tickets", before=cutoff.isoformat())
-        uow.publish(command)
+        request_id = str(uuid.uuid4())
+        _keep_cutoff(uow, "closed_tickets", tenant_id, cutoff, request_id, now)
+        uow.publish(_purge(request_id, "closed_tickets", str(tenant_id), cutoff))
     return sent
 
 
@@ -109,27 +125,75 @@ def destroy_due_tenants(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> li
     return started
 
 
-def purge_access_logs(uow: UnitOfWork, now: dt.datetime) -> str | None:
-    """Send the purge for every month wholly older than the policy; returns its cut-off."""
-    uow.cur.execute("SELECT days FROM policies WHERE category = 'access_log' AND tenant_id IS NULL")
-    days = uow.cur.fetchone()[0]
-    cutoff = (now - dt.timedelta(days=days)).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0
-    )
-    uow.cur.execute("SELECT before FROM purges WHERE category = 'access_log'")
-    last = uow.cur.fetchone()
-    if last is not None and last[0] >= cutoff:
-        return None
+def purge_access_logs(uow: UnitOfWork, now: dt.datetime, day_seconds: int) -> dict[str, Any] | None:
+    """Send the purge of the access log's days wholly older than each tenant's period (its own
+    override, or the default): one command, the default's cut-off and each overriding tenant's
+    own (``privacy_command`` v3). Cut-offs fall on day boundaries, so it goes once a day, when
+    one moves past what earlier purges reached. Returns what was sent, or None."""
+    uow.cur.execute("SELECT tenant_id, days FROM policies WHERE category = 'access_log'")
+    periods = dict(uow.cur.fetchall())
+    default = day_start(now - period(periods.pop(None), day_seconds), day_seconds)
+    own = {
+        str(tenant): day_start(now - period(days, day_seconds), day_seconds)
+        for tenant, days in periods.items()
+    }
     uow.cur.execute(
-        "INSERT INTO purges (category, before, issued_at) VALUES ('access_log', %s, %s)"
-        " ON CONFLICT (category) DO UPDATE SET before = EXCLUDED.before,"
-        " issued_at = EXCLUDED.issued_at",
-        (cutoff, now),
+        "SELECT tenant_id, before FROM purge_cutoffs WHERE category = 'access_log' FOR UPDATE"
     )
-    command = _command(str(uuid.uuid4()), "purge_category", None, None)
-    command.payload.update(category="access_log", before=cutoff.isoformat())
-    uow.publish(command)
-    return cutoff.isoformat()
+    rows = uow.cur.fetchall()
+    covered = next((before for tenant, before in rows if tenant is None), None)
+    reached = {str(tenant): before for tenant, before in rows if tenant is not None}
+    if covered is not None and default <= covered:
+        if all(cutoff <= reached.get(t, covered) for t, cutoff in own.items()):
+            return None
+    request_id = str(uuid.uuid4())
+    _keep_cutoff(uow, "access_log", None, default, request_id, now)
+    for tenant, cutoff in own.items():
+        # Until its first own cut-off, a tenant's log went with the default's.
+        kept = max(cutoff, reached.get(tenant, covered) or cutoff)
+        _keep_cutoff(uow, "access_log", tenant, kept, request_id, now)
+    # A tenant back on the default (its override gone) goes with the default's from now on.
+    for former in set(reached) - set(own):
+        _keep_cutoff(uow, "access_log", former, default, request_id, now)
+    uow.publish(_purge(request_id, "access_log", None, default, own))
+    return {"before": default.isoformat(), "cutoffs": {t: c.isoformat() for t, c in own.items()}}
+
+
+def _keep_cutoff(
+    uow: UnitOfWork,
+    category: str,
+    tenant_id: Any,
+    before: dt.datetime,
+    request_id: str,
+    now: dt.datetime,
+) -> None:
+    """Remember a purge's cut-off for this category and tenant: the latest ever sent."""
+    uow.cur.execute(
+        "INSERT INTO purge_cutoffs (category, tenant_id, before, request_id, issued_at)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (category, tenant_id) DO UPDATE"
+        " SET before = greatest(purge_cutoffs.before, EXCLUDED.before),"
+        " request_id = EXCLUDED.request_id, issued_at = EXCLUDED.issued_at",
+        (category, tenant_id, before, request_id, now),
+    )
+
+
+def _purge(
+    request_id: str,
+    category: str,
+    tenant_id: str | None,
+    before: dt.datetime,
+    cutoffs: dict[str, dt.datetime] | None = None,
+) -> Envelope:
+    """A ``purge_category`` command: of one tenant, or of every tenant (each named in
+    ``cutoffs`` before its own moment, the others before ``before``)."""
+    command = _command(request_id, "purge_category", tenant_id, None)
+    command.payload.update(
+        category=category,
+        before=before.isoformat(),
+        services=None,
+        cutoffs=None if cutoffs is None else {t: c.isoformat() for t, c in cutoffs.items()},
+    )
+    return dataclasses.replace(command, schema_version=3)
 
 
 def destruction_report(uow: UnitOfWork, request_id: str) -> None:

@@ -16,6 +16,7 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ServiceUnavailable
+from kernel.forgetting import Forgetting, LogEntry
 from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
@@ -24,9 +25,11 @@ from kernel.nameko_adapters import (
     settings_of,
 )
 from kernel.observability import service_health
+from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
-from services.retention import requests, schedules, sealed
+from kernel.uow import EventSourcedStore
+from services.retention import forgetting, requests, schedules, sealed
 from services.retention.commands import (
     DecideRequestV1,
     FilePrivacyRequestV1,
@@ -34,6 +37,16 @@ from services.retention.commands import (
     SetPolicyV1,
 )
 from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS, TICKETS
+
+
+def privacy_handlers() -> dict[str, Handler]:
+    """Retention's own answers to privacy commands, as a starting retention re-applies them."""
+    return {}
+
+
+def own_forgetting_log(store: EventSourcedStore) -> list[LogEntry]:
+    with store.db.transaction() as cur:
+        return forgetting.forgetting_log(cur)
 
 
 class Clock(DependencyProvider):
@@ -85,7 +98,12 @@ class SealedFreeText(DependencyProvider):
 class RetentionService:
     name = "retention"
 
-    store = EventStoreDependency(EventRegistry(), migrations=Path(__file__).parent / "migrations")
+    store = EventStoreDependency(
+        EventRegistry(),
+        migrations=Path(__file__).parent / "migrations",
+        # Retention applies its own log too, read from its database: it cannot ask itself.
+        forgetting=Forgetting(lambda store: privacy_handlers(), log=own_forgetting_log),
+    )
     sealed_free_text = SealedFreeText()
     accounts = TimedRpcProxy("accounts")
     signer = ReceiptSigner()
@@ -202,8 +220,15 @@ class RetentionService:
 
     @rpc
     def erasure_log(self) -> list[dict[str, Any]]:
+        """Completed erasures and destructions: what processes of the previous release ask."""
         with self.store.unit_of_work() as uow:
             return requests.erasure_log(uow)
+
+    @rpc
+    def forgetting_log(self) -> list[dict[str, Any]]:
+        """Every kind of forgetting on record: what a starting service applies again."""
+        with self.store.db.transaction() as cur:
+            return forgetting.forgetting_log(cur)
 
     @rpc
     def registered_services(self) -> list[dict[str, Any]]:
@@ -240,10 +265,11 @@ class RetentionService:
         their policies."""
         with self.store.unit_of_work("retention") as uow:
             schedules.destroy_due_tenants(uow, self.clock(), self.timing)
+        day_seconds = self.config["LEDGERDESK"].day_seconds
         with self.store.unit_of_work("retention") as uow:
-            schedules.purge_access_logs(uow, self.clock())
+            schedules.purge_access_logs(uow, self.clock(), day_seconds)
         with self.store.unit_of_work("retention") as uow:
-            schedules.expire_closed_tickets(uow, self.clock())
+            schedules.expire_closed_tickets(uow, self.clock(), day_seconds)
 
     @timer(interval=Settings.from_env().schedule_seconds)
     def follow_up_requests(self) -> None:

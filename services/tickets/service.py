@@ -13,6 +13,7 @@ from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
+from kernel.forgetting import Forgetting
 from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
 from kernel.observability import service_health
 from kernel.tracing import Tracing
@@ -41,7 +42,7 @@ class TicketsService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        erasure_handlers=lambda store: privacy.handlers_for(store.cipher),
+        forgetting=Forgetting(lambda store: privacy.handlers_for(store.cipher)),
     )
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()

@@ -1,16 +1,37 @@
-"""Erasure survives a restore: a service database (and its keystore) restored from a dump taken
-before the erasure is brought back to "erased" before the service serves again."""
+"""Forgetting survives a restore: service databases (and keystores) restored from dumps taken
+before an erasure, a restriction, a closed-ticket purge or an access-log shred are brought back
+to what was forgotten before the services serve again; and a service that starts while
+retention (which keeps the log of it all) is down does not serve until retention is back.
+
+Days are 2 s long here (``LEDGERDESK_DAY_SECONDS``), so retention periods run out in the test.
+"""
 
 from __future__ import annotations
 
 import subprocess
+import urllib.parse
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg2
+import pytest
+import requests
 from psycopg2.extensions import parse_dsn
 
 from kernel.db import drop_database, ensure_database
-from kernel.testing import wait_until
+from kernel.testing import Infrastructure, wait_until
+from tests.e2e.conftest import Stack, running_stack
+
+LONG = 30_000  # days (of 2 s): nothing of the tenant goes by its period meanwhile
+
+
+@pytest.fixture(scope="module")
+def stack(infrastructure: Infrastructure) -> Iterator[Stack]:
+    with running_stack(
+        infrastructure, LEDGERDESK_DAY_SECONDS="2", LEDGERDESK_SCHEDULE_SECONDS="1"
+    ) as running:
+        yield running
 
 
 def pg(tool: str, dsn: str, *args: str) -> subprocess.CompletedProcess:
@@ -105,3 +126,242 @@ def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tm
         )
         assert cur.fetchone() == (True,)  # the key that came back with the dump is gone again
     keys.close()
+
+
+def dump(stack: Stack, tmp_path, service: str) -> dict[str, Any]:
+    """Backups of a service's data and keystore databases, as an operator's would be."""
+    dumps = {}
+    for purpose in ("", "keys"):
+        dumps[purpose] = tmp_path / f"{service}{purpose or '_data'}.dump"
+        pg(
+            "pg_dump",
+            stack.settings.database_dsn(service, purpose),
+            "-Fc",
+            "-f",
+            str(dumps[purpose]),
+            stack.settings.database_name(service, purpose),
+        )
+    return dumps
+
+
+def restore(stack: Stack, service: str, dumps: dict[str, Any]) -> None:
+    settings = stack.settings
+    for purpose, file in dumps.items():
+        name = settings.database_name(service, purpose)
+        drop_database(settings.database_url, name)
+        ensure_database(settings.database_url, name)
+        pg("pg_restore", settings.database_dsn(service, purpose), "-d", name, str(file))
+
+
+def rows(stack: Stack, service: str, query: str, *params: Any, purpose: str = "") -> list:
+    conn = psycopg2.connect(stack.settings.database_dsn(service, purpose))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def set_period(stack: Stack, key: str, category: str, days: int) -> None:
+    answer = stack.call("PUT", f"/v1/retention/policies/{category}", key=key, json={"days": days})
+    assert answer.status_code == 200, answer.text
+
+
+def access_entries(stack: Stack, key: str) -> dict[str, dict[str, Any]]:
+    """The tenant's first access-log entries, by event id."""
+    page = stack.call("GET", "/v1/audit/entries?type=access_logged&limit=50", key=key)
+    assert page.status_code == 200, page.text
+    return {e["event_id"]: e["payload"] for e in page.json()["items"]}
+
+
+def live_day_keys(stack: Stack, tenant_id: str) -> int:
+    """The tenant's access-log day keys in audit's keystore that still open something."""
+    return rows(
+        stack,
+        "audit",
+        "SELECT count(*) FROM subject_keys WHERE tenant_id = %s AND wrapped_key IS NOT NULL",
+        tenant_id,
+        purpose="keys",
+    )[0][0]
+
+
+def test_purges_restrictions_and_access_log_shreds_are_applied_again_after_a_restore(
+    stack, tmp_path, infrastructure
+):
+    signup = stack.sign_up()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    set_period(stack, key, "closed_tickets", LONG)
+    set_period(stack, key, "access_log", LONG)
+    kim = stack.call(
+        "POST", "/v1/contacts", key=key, json={"name": "Kim Restored", "email": "kim@example.com"}
+    ).json()
+    ticket = wait_until(
+        lambda: (
+            (
+                r := stack.call(
+                    "POST",
+                    "/v1/tickets",
+                    key=key,
+                    json={"subject": "Kim's order", "body": "late", "requester_id": kim["id"]},
+                )
+            ).status_code
+            == 201
+            and r.json()
+        ),
+        what="tickets to know the contact",
+    )
+    for status in ("open", "solved", "closed"):
+        answer = stack.call(
+            "PATCH",
+            f"/v1/tickets/{ticket['id']}",
+            key=key,
+            json={"status": status},
+            headers={"If-Match": f'"{ticket["version"]}"'},
+        )
+        assert answer.status_code == 200, answer.text
+        ticket = answer.json()
+    early = wait_until(
+        lambda: (found := access_entries(stack, key)) and len(found) >= 5 and found,
+        what="the tenant's requests in the access log",
+    )
+    assert all(payload["ip"] == "127.0.0.1" for payload in early.values())
+    dumps = {
+        service: dump(stack, tmp_path, service) for service in ("accounts", "tickets", "audit")
+    }
+
+    # What is forgotten after the backups: a restriction, a closed ticket, the access log.
+    filed = stack.call(
+        "POST",
+        "/v1/privacy/requests",
+        key=key,
+        json={"type": "restriction", "subject": {"contact_id": kim["id"]}},
+    ).json()
+    wait_until(
+        lambda: (
+            stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()["status"]
+            == "completed"
+        ),
+        what="the restriction",
+    )
+    set_period(stack, key, "closed_tickets", 1)
+    wait_until(
+        lambda: (
+            stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).json()["subject"]
+            == "[erased]"
+        ),
+        what="the closed ticket's purge",
+    )
+    set_period(stack, key, "access_log", 1)
+
+    def early_erased() -> bool:
+        now = access_entries(stack, key)
+        return all(now[event_id]["ip"] == "[erased]" for event_id in early)
+
+    wait_until(early_erased, what="the access log's shred")
+    # From here on the tenant's purges reach nothing it had: only the log can take it again.
+    set_period(stack, key, "access_log", LONG)
+
+    for service in ("accounts", "tickets", "audit"):
+        stack.stop(service)
+    # Whatever was sent meanwhile waits for audit in its queue: not what this test is about.
+    vhost = urllib.parse.quote(stack.settings.database_prefix, safe="")
+    infrastructure.management("DELETE", f"/api/queues/{vhost}/audit.privacy/contents")
+    for service, service_dumps in dumps.items():
+        restore(stack, service, service_dumps)
+    # The restores really brought it all back.
+    assert (
+        rows(stack, "accounts", "SELECT 1 FROM restrictions WHERE subject_id = %s", kim["id"]) == []
+    )
+    assert (
+        rows(stack, "tickets", "SELECT 1 FROM restrictions WHERE subject_id = %s", kim["id"]) == []
+    )
+    ticket_key = "SELECT wrapped_key IS NOT NULL FROM subject_keys WHERE subject_id = %s"
+    assert rows(stack, "tickets", ticket_key, ticket["id"], purpose="keys") == [(True,)]
+    assert live_day_keys(stack, tenant_id) > 0
+
+    for service in ("accounts", "tickets", "audit"):
+        stack.start(service)
+    wait_until(
+        lambda: stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).status_code == 200,
+        timeout=90,
+        what="the restored services to serve",
+    )
+    shown = stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key).json()
+    assert (shown["subject"], shown["body"]) == ("[erased]", "[erased]")
+    assert rows(stack, "tickets", ticket_key, ticket["id"], purpose="keys") == [(False,)]
+    assert rows(
+        stack, "accounts", "SELECT 1 FROM restrictions WHERE subject_id = %s", kim["id"]
+    ) == [(1,)]
+    assert rows(
+        stack, "tickets", "SELECT 1 FROM restrictions WHERE subject_id = %s", kim["id"]
+    ) == [(1,)]
+    refused = stack.call(
+        "POST",
+        "/v1/tickets",
+        key=key,
+        json={"subject": "again", "body": "hello", "requester_id": kim["id"]},
+    )
+    assert refused.status_code == 422, refused.text
+    assert early_erased()
+    assert stack.call("GET", "/v1/audit/verify", key=key).json()["ok"] is True
+
+
+def test_a_service_started_while_retention_is_down_serves_only_once_it_is_back(stack):
+    key = stack.sign_up()["api_key"]
+    contact = stack.call(
+        "POST", "/v1/contacts", key=key, json={"name": "Rae Waiting", "email": "rae@example.com"}
+    ).json()
+    ticket = wait_until(
+        lambda: (
+            (
+                r := stack.call(
+                    "POST",
+                    "/v1/tickets",
+                    key=key,
+                    json={"subject": "hi", "body": "there", "requester_id": contact["id"]},
+                )
+            ).status_code
+            == 201
+            and r.json()
+        ),
+        what="tickets to know the contact",
+    )
+    stack.stop("retention")
+    stack.stop("tickets")
+    try:
+        stack.start("tickets")
+        port = stack.processes["tickets"].ops_port  # type: ignore[attr-defined]
+
+        def readiness() -> tuple[int, dict] | None:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            except requests.ConnectionError:
+                return None
+            return answer.status_code, answer.json()
+
+        waiting = wait_until(readiness, timeout=60, what="tickets' ops endpoints")
+        assert waiting[0] == 503, waiting
+        assert waiting[1]["checks"]["forgetting"] is False
+        # Alive, so an orchestrator does not restart it; not serving: the gateway says 503.
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        answer = stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key)
+        assert answer.status_code == 503, answer.text
+        still = readiness()
+        assert still is not None and still[0] == 503 and not still[1]["checks"]["forgetting"]
+    finally:
+        stack.start("retention")
+
+    shown = wait_until(
+        lambda: (
+            (r := stack.call("GET", f"/v1/tickets/{ticket['id']}", key=key)).status_code == 200
+            and r.json()
+        ),
+        timeout=90,
+        what="tickets to serve once retention is back",
+    )
+    assert shown["subject"] == "hi"
+    assert readiness() == (
+        200,
+        {"status": "ready", "checks": {"broker": True, "database": True, "forgetting": True}},
+    )

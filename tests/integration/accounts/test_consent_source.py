@@ -4,6 +4,7 @@ accounts' database, a rebuild of the read models included."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -39,7 +40,13 @@ def consent_of(store: EventSourcedStore, tenant_id: str, contact_id: str) -> dic
 
 
 def command(tenant_id: str, subject_id: str) -> dict[str, Any]:
-    return {"tenant_id": tenant_id, "subject_id": subject_id, "request_id": str(uuid.uuid4())}
+    """A privacy command as handlers take it (kernel.privacy), sent now."""
+    return {
+        "tenant_id": tenant_id,
+        "subject_id": subject_id,
+        "request_id": str(uuid.uuid4()),
+        "issued_at": dt.datetime.now(dt.UTC),
+    }
 
 
 def test_a_consent_source_is_sealed_unpublished_and_gone_with_the_contacts_erasure(

@@ -1,6 +1,6 @@
 """The audit ledger against a real PostgreSQL: exactly once, append-only, tampering found at the
 right sequence number, inclusion proofs and signatures checked by a verifier written here from
-RFC 6962 and RFC 8032 (sharing no code with ``services.audit.merkle``), month keys shredded,
+RFC 6962 and RFC 8032 (sharing no code with ``services.audit.merkle``), day keys destroyed,
 "who touched this person" queries, and the auditor's command line.
 
 Tampering is done the way an attacker with database access would: straight in SQL, with the
@@ -33,7 +33,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import NotFound
 from kernel.nameko_adapters import prepare_databases
 from kernel.testing import world_env
-from services.audit import chain, cli
+from services.audit import access_keys, chain, cli
 from services.audit.ledger import Ledger, open_ledger
 
 MIGRATIONS = Path("services/audit/migrations")
@@ -714,17 +714,19 @@ def test_a_tampered_signature_or_root_fails_the_independent_check(ledger, world)
         check_proof({**proof, "checkpoint": later}, content, public_key)
 
 
-# --- shredding a month of the access log ------------------------------------------------------
+# --- destroying days of the access log -------------------------------------------------------
 
 
-JANUARY = dt.datetime(2026, 1, 20, 12, 0, tzinfo=dt.UTC)
-FEBRUARY = dt.datetime(2026, 2, 3, 12, 0, tzinfo=dt.UTC)
+DAY_ONE = dt.datetime(2026, 1, 20, 12, 0, tzinfo=dt.UTC)
+DAY_TWO = dt.datetime(2026, 1, 21, 12, 0, tzinfo=dt.UTC)
+END_OF_DAY_ONE = dt.datetime(2026, 1, 21, tzinfo=dt.UTC)
 
 
-def month_of_accesses(ledger: Ledger, tenant: uuid.UUID) -> dict[str, list[Envelope]]:
-    months: dict[str, list[Envelope]] = {"2026-01": [], "2026-02": []}
+def days_of_accesses(ledger: Ledger, tenant: uuid.UUID | None) -> dict[str, list[Envelope]]:
+    """A tenant's accesses over two days (and an event that is not an access)."""
+    days: dict[str, list[Envelope]] = {"one": [], "two": []}
     for i in range(4):
-        for month, start in (("2026-01", JANUARY), ("2026-02", FEBRUARY)):
+        for day, start in (("one", DAY_ONE), ("two", DAY_TWO)):
             envelope = access(
                 at=start + dt.timedelta(hours=i),
                 tenant=tenant,
@@ -732,33 +734,42 @@ def month_of_accesses(ledger: Ledger, tenant: uuid.UUID) -> dict[str, list[Envel
                 route="/v1/tickets/<ticket_id>",
                 resource_ids=[str(uuid.uuid4())],
                 ip=f"192.0.2.{i + 1}",
-                user_agent=f"Mozilla/5.0 (agent {month} {i})",
+                user_agent=f"Mozilla/5.0 (agent {day} {i} {tenant})",
             )
-            months[month].append(envelope)
+            days[day].append(envelope)
             ledger.record(envelope)
-    # A month boundary is UTC's: 23:30 on 31 January at UTC-2 is February.
-    late = dt.datetime(2026, 1, 31, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+    # A day boundary is UTC's: 23:30 on 20 January at UTC-2 is the 21st.
+    late = dt.datetime(2026, 1, 20, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
     envelope = access(at=late, tenant=tenant, actor=None, route="/v1/tenant", ip="192.0.2.99")
-    months["2026-02"].append(envelope)
+    days["two"].append(envelope)
     ledger.record(envelope)
-    ledger.record(event("thing_happened", {"thing_id": "x", "n": 1}, source="testsrc", at=JANUARY))
-    return months
+    ledger.record(event("thing_happened", {"thing_id": "x", "n": 1}, source="testsrc", at=DAY_ONE))
+    return days
 
 
 def by_event_id(ledger: Ledger, tenant: uuid.UUID | None = None) -> dict[str, dict[str, Any]]:
     return {e["event_id"]: e for e in ledger.iter_entries(None if tenant is None else str(tenant))}
 
 
-def test_shredding_a_month_erases_its_ips_and_user_agents_and_everything_still_verifies(
-    ledger, world
-):
-    tenant = uuid.uuid4()
-    months = month_of_accesses(ledger, tenant)
+def readable(ledger: Ledger, envelopes: Sequence[Envelope]) -> list[bool]:
+    """For each access, whether its IP and user agent still read as recorded (else erased)."""
     entries = by_event_id(ledger)
-    for envelope in months["2026-01"] + months["2026-02"]:
-        entry = entries[str(envelope.event_id)]
-        assert entry["payload"]["ip"] == envelope.payload["ip"]
-        assert entry["payload"]["user_agent"] == envelope.payload["user_agent"]
+    out = []
+    for envelope in envelopes:
+        payload = entries[str(envelope.event_id)]["payload"]
+        if (payload["ip"], payload["user_agent"]) == (ERASED, ERASED):
+            out.append(False)
+        else:
+            assert payload["ip"] == envelope.payload["ip"]
+            assert payload["user_agent"] == envelope.payload["user_agent"]
+            out.append(True)
+    return out
+
+
+def test_purging_a_day_erases_its_ips_and_user_agents_and_everything_still_verifies(ledger, world):
+    tenant = uuid.uuid4()
+    days = days_of_accesses(ledger, tenant)
+    assert readable(ledger, days["one"] + days["two"]) == [True] * 9
     # At rest they are ciphertext: neither an IP nor a user agent is in the stored bytes.
     for row in rows(ledger).values():
         assert b"192.0.2." not in row.content
@@ -766,22 +777,22 @@ def test_shredding_a_month_erases_its_ips_and_user_agents_and_everything_still_v
     ledger.checkpoint()
     before = rows(ledger)
 
-    assert ledger.shred_month("2026-01") is True
-    assert ledger.shred_month("2026-01") is False  # already gone
+    # A day goes once it has wholly ended before the cut-off: not a moment earlier.
+    assert ledger.purge_access_log(END_OF_DAY_ONE - dt.timedelta(microseconds=1)) == 0
+    assert readable(ledger, days["one"]) == [True] * 4
+    assert ledger.purge_access_log(END_OF_DAY_ONE) == 1
+    assert ledger.purge_access_log(END_OF_DAY_ONE) == 0  # already gone
 
     entries = by_event_id(ledger)
-    for envelope in months["2026-01"]:
+    assert readable(ledger, days["one"]) == [False] * 4
+    for envelope in days["one"]:
         payload = entries[str(envelope.event_id)]["payload"]
-        assert (payload["ip"], payload["user_agent"]) == (ERASED, ERASED)
         # Who did what to which resource stays readable.
         expected = {k: envelope.payload[k] for k in ("method", "route", "resource_ids", "status")}
         assert {k: payload[k] for k in expected} == expected
         assert payload["trace_id"] == envelope.payload["trace_id"]
         assert json.loads(json.dumps(entries[str(envelope.event_id)]))["payload"]["ip"] == ERASED
-    for envelope in months["2026-02"]:
-        payload = entries[str(envelope.event_id)]["payload"]
-        assert payload["ip"] == envelope.payload["ip"]
-        assert payload["user_agent"] == envelope.payload["user_agent"]
+    assert readable(ledger, days["two"]) == [True] * 5
 
     assert rows(ledger) == before  # nothing stored changed: only a key was destroyed
     result = ledger.verify()
@@ -791,14 +802,117 @@ def test_shredding_a_month_erases_its_ips_and_user_agents_and_everything_still_v
         check_proof(ledger.proof(None, seq), row.content, public_key)
 
 
-def test_redelivery_of_an_access_event_after_its_month_was_shredded_is_a_no_op(ledger):
-    tenant = uuid.uuid4()
-    months = month_of_accesses(ledger, tenant)
-    count = ledger.count()
-    ledger.shred_month("2026-01")
+def test_each_tenant_loses_its_days_at_its_own_cut_off_and_a_destroyed_tenant_all_of_them(
+    ledger,
+):
+    short, default, destroyed = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    days = {tenant: days_of_accesses(ledger, tenant) for tenant in (short, default, destroyed)}
+    anonymous = days_of_accesses(ledger, None)  # requests without a tenant: the default's
 
-    assert ledger.record(months["2026-01"][0]) is None
+    # The default reaches the end of day one; the short-period tenant's own cut-off, day two.
+    ledger.purge_access_log(END_OF_DAY_ONE, {short: END_OF_DAY_ONE + dt.timedelta(days=1)})
+    assert readable(ledger, days[short]["one"] + days[short]["two"]) == [False] * 9
+    for tenant in (default, destroyed):
+        assert readable(ledger, days[tenant]["one"]) == [False] * 4
+        assert readable(ledger, days[tenant]["two"]) == [True] * 5
+    assert readable(ledger, anonymous["one"] + anonymous["two"]) == [False] * 4 + [True] * 5
+
+    # A tenant with a longer period than the default keeps its days past the default's.
+    longer = uuid.uuid4()
+    kept = days_of_accesses(ledger, longer)
+    ledger.purge_access_log(END_OF_DAY_ONE, {longer: END_OF_DAY_ONE - dt.timedelta(days=1)})
+    assert readable(ledger, kept["one"] + kept["two"]) == [True] * 9
+
+    assert ledger.destroy_tenant_access_log(destroyed) >= 1
+    assert readable(ledger, days[destroyed]["two"]) == [False] * 5
+    assert readable(ledger, days[default]["two"]) == [True] * 5
+    # Whatever of it arrives late is recorded without them, and the chain holds.
+    late = access(at=DAY_TWO, tenant=destroyed, actor=None, route="/v1/tenant", ip="192.0.2.77")
+    assert ledger.record(late) is not None
+    assert by_event_id(ledger)[str(late.event_id)]["payload"]["ip"] is None
+    assert ledger.verify()["ok"] is True
+
+
+def test_redelivery_of_an_access_event_after_its_day_was_purged_is_a_no_op(ledger):
+    tenant = uuid.uuid4()
+    days = days_of_accesses(ledger, tenant)
+    count = ledger.count()
+    ledger.purge_access_log(END_OF_DAY_ONE)
+
+    assert ledger.record(days["one"][0]) is None
     assert ledger.count() == count
+
+
+def test_entries_recorded_under_month_keys_are_purged_with_their_month(world, tmp_path):
+    """The ledger before day keys: access entries under a key per calendar month, shared by
+    every tenant. They keep it (the ledger is never rewritten), and purges and destructions
+    still reach it."""
+    first = tmp_path / "migrations"
+    first.mkdir()
+    (first / "0001_ledger.sql").write_text((MIGRATIONS / "0001_ledger.sql").read_text())
+    prepare_databases(world, "audit", first)
+    old = open_ledger(world)
+    tenant, other, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    december = dt.datetime(2025, 12, 10, tzinfo=dt.UTC)
+    legacy = [
+        access(at=at, tenant=t, actor=None, route="/v1/tenant", ip=f"192.0.2.{n}")
+        for n, (at, t) in enumerate(
+            ((DAY_ONE, tenant), (DAY_ONE, third), (DAY_ONE, None), (december, other)),
+            start=1,
+        )
+    ] + [access(at=december, tenant=third, actor=None, route="/v1/tenant", ip="192.0.2.9")]
+    with old.db.transaction() as cur:
+        prev = chain.GENESIS
+        for seq, envelope in enumerate(legacy, start=1):
+            month = envelope.occurred_at.strftime("%Y-%m")
+            content = envelope.to_dict()
+            content["payload"] = old.cipher.encrypt_fields(
+                content["payload"],
+                ("ip", "user_agent"),
+                access_keys.ACCESS_LOG_MONTHS,
+                uuid.uuid5(access_keys.ACCESS_LOG_MONTHS, month),
+            )
+            data = chain.canonical(content)
+            entry_hash = chain.entry_hash(prev, seq, data)
+            cur.execute(
+                "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
+                " subject_ids, at, month, content, prev_hash, hash, leaf_hash) VALUES"
+                " (%s, %s, 'access_logged', 'gateway', %s, NULL, '{}', %s, %s, %s, %s, %s, %s)",
+                (
+                    seq,
+                    envelope.event_id,
+                    envelope.tenant_id,
+                    envelope.occurred_at,
+                    month,
+                    data,
+                    prev,
+                    entry_hash,
+                    chain.leaf_hash(data),
+                ),
+            )
+            prev = entry_hash
+
+    prepare_databases(world, "audit", MIGRATIONS)  # the day keys' migration, on that ledger
+    ledger = open_ledger(world)
+    with ledger.db.transaction() as cur:
+        cur.execute("SELECT name, count(*), min(ends_at) FROM access_log_keys GROUP BY name")
+        assert sorted(cur.fetchall()) == [
+            ("2025-12", 2, dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+            ("2026-01", 3, dt.datetime(2026, 2, 1, tzinfo=dt.UTC)),  # one row per tenant in it
+        ]
+    new = days_of_accesses(ledger, tenant)
+    assert readable(ledger, legacy) == [True] * 5
+
+    # A destroyed tenant takes the months holding its entries with it, the others' too.
+    ledger.destroy_tenant_access_log(other)
+    assert readable(ledger, legacy) == [True, True, True, False, False]
+    # Any tenant's cut-off past a month's end takes the whole shared month: early for the
+    # others rather than late for that one.
+    end_of_january = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+    assert ledger.purge_access_log(END_OF_DAY_ONE, {tenant: end_of_january}) >= 1
+    assert readable(ledger, legacy) == [False] * 5
+    assert readable(ledger, new["one"] + new["two"]) == [False] * 9
+    assert ledger.verify()["ok"] is True
 
 
 # --- who touched this person ------------------------------------------------------------------

@@ -18,10 +18,11 @@ from kernel.nameko_adapters import prepare_databases
 from services.audit.ledger import Ledger, open_ledger
 from tests.integration.audit.test_ledger import (
     BASE,
+    END_OF_DAY_ONE,
     MIGRATIONS,
     by_event_id,
+    days_of_accesses,
     mixed,
-    month_of_accesses,
     rows,
     things,
 )
@@ -69,22 +70,27 @@ def test_redeliveries_in_a_batch_are_skipped_without_a_gap(ledger):
     assert ledger.count() == 6
 
 
-def test_access_events_are_encrypted_in_batches_and_their_months_shred(ledger):
+def test_access_events_are_encrypted_in_batches_and_their_days_purged(ledger):
     tenant = uuid.uuid4()
-    months = month_of_accesses(ledger, tenant)  # recorded one by one
-    ledger.shred_month("2026-01")
+    days = days_of_accesses(ledger, tenant)  # recorded one by one
+    ledger.purge_access_log(END_OF_DAY_ONE)
     count = ledger.count()
-    # A batch holding a redelivery of a shredded month's access and new ones of a live month.
+    # A batch holding a redelivery of a purged day's access and new ones of a live day.
     fresh = [
-        dataclasses.replace(e, event_id=uuid.uuid4(), payload=dict(e.payload))
-        for e in months["2026-02"]
+        dataclasses.replace(e, event_id=uuid.uuid4(), payload=dict(e.payload)) for e in days["two"]
     ]
-    assert ledger.record_many([months["2026-01"][0], *fresh])[0] is None
+    assert ledger.record_many([days["one"][0], *fresh])[0] is None
     assert ledger.count() == count + len(fresh)
     seen = by_event_id(ledger, tenant)
     for envelope in fresh:
         assert seen[str(envelope.event_id)]["payload"]["ip"] == envelope.payload["ip"]
-    assert seen[str(months["2026-01"][0].event_id)]["payload"]["ip"] == "[erased]"
+    assert seen[str(days["one"][0].event_id)]["payload"]["ip"] == "[erased]"
+    # A batch's keys are listed once each, and purged with their day.
+    with ledger.db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM access_log_keys WHERE tenant_id = %s", (tenant,))
+        assert cur.fetchone() == (2,)
+    ledger.purge_access_log(END_OF_DAY_ONE + dt.timedelta(days=1))
+    assert by_event_id(ledger, tenant)[str(fresh[0].event_id)]["payload"]["ip"] == "[erased]"
     chain_is_whole(ledger, ledger.count())
 
 

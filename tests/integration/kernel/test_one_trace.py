@@ -1,5 +1,6 @@
 """One trace: an HTTP request through the gateway, the RPC it makes and the event it causes,
-seen by an in-memory span exporter with the gateway and two services in this process."""
+seen by an in-memory span exporter with the gateway and two services in this process (and
+retention, whose log of forgetting a service re-applies before it serves)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kernel import topology
 from kernel.testing import free_port, wait_until
 from kernel.tracing import setup_tracing
 from services.accounts.service import AccountsService
+from services.retention.service import RetentionService
 from services.tickets.service import TicketsService
 from services.tickets.subscriptions import SUBSCRIPTIONS
 
@@ -25,7 +27,8 @@ def test_request_rpc_and_event_share_one_trace(world, container_factory):
     config = world.with_overrides(gateway_port=port).nameko_config()
     topology.declare(world.amqp_uri, SUBSCRIPTIONS, world.delivery_limit)
     containers = [
-        container_factory(cls, config) for cls in (AccountsService, TicketsService, GatewayService)
+        container_factory(cls, config)
+        for cls in (RetentionService, AccountsService, TicketsService, GatewayService)
     ]
     for container in containers:
         container.start()

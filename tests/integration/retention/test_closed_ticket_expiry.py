@@ -22,6 +22,8 @@ from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from tests.integration.tickets.test_tickets_store import create, enrol, message, update, view
 
+DAY = 86400
+
 
 @pytest.fixture
 def tickets(world):
@@ -79,10 +81,11 @@ def test_closed_tickets_past_the_period_read_as_erased_and_nothing_else_does(tic
             schedules.learn_ticket_closed(uow, event)
     now = dt.datetime.now(dt.UTC)
 
+    # Periods count in days of LEDGERDESK_DAY_SECONDS: here a minute, so 30 days are 30 minutes.
     with retention.unit_of_work("retention") as uow:
-        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=29)) == {}
+        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(minutes=29), 60) == {}
     with retention.unit_of_work("retention") as uow:
-        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=31)) == {
+        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(minutes=31), 60) == {
             other_tenant: 1
         }
     run_purges(store, retention)
@@ -90,9 +93,11 @@ def test_closed_tickets_past_the_period_read_as_erased_and_nothing_else_does(tic
     assert view(store, tenant, old["id"])["subject"] == old["subject"]
 
     with retention.unit_of_work("retention") as uow:
-        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=731)) == {tenant: 1}
+        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=731), DAY) == {
+            tenant: 1
+        }
     with retention.unit_of_work("retention") as uow:  # once per ticket
-        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=800)) == {}
+        assert schedules.expire_closed_tickets(uow, now + dt.timedelta(days=800), DAY) == {}
     run_purges(store, retention)
 
     gone = view(store, tenant, old["id"])

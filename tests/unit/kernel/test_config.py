@@ -275,6 +275,16 @@ def test_production_refuses_a_missing_secret_because_the_default_is_insecure(nam
         Settings.from_env(env)
 
 
+def test_a_day_is_a_day_unless_a_test_shortens_it_and_production_refuses_that():
+    assert Settings.from_env({}).day_seconds == 86400
+    assert Settings.from_env({"LEDGERDESK_DAY_SECONDS": "2"}).day_seconds == 2
+    assert Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_DAY_SECONDS": "86400"})
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_DAY_SECONDS"):
+        Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_DAY_SECONDS": "2"})
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_DAY_SECONDS must be"):
+        Settings.from_env({"LEDGERDESK_DAY_SECONDS": "0"})
+
+
 def test_development_accepts_development_secrets():
     assert Settings.from_env({"LEDGERDESK_ENV": "development"}).api_key_secret == (
         DEV_API_KEY_SECRET
