@@ -410,6 +410,7 @@ SPAN_ATTRIBUTES: tuple[Field, ...] = (
     Field("exception.stacktrace", "an error's traceback, redacted the same way"),
     Field("exception.escaped", "OpenTelemetry's flag on exception events"),
     Field("service.name", "resource: the process's service"),
+    Field("service.instance.id", "resource: a random id of the process"),
     Field("telemetry.sdk.language", "resource: the SDK's language"),
     Field("telemetry.sdk.name", "resource: the SDK's name"),
     Field("telemetry.sdk.version", "resource: the SDK's version"),
