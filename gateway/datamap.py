@@ -14,9 +14,13 @@ from kernel.datamap import (
 
 _IDEMPOTENCY = "gateway.idempotency"
 _MIGRATION = "gateway/migrations/0002_idempotency_sealed.sql"
-EXPIRED = End(When.TTL, "deleted 24 hours after the first request", _IDEMPOTENCY)
-ERASED = End(When.ERASURE, "rows naming the subject are deleted", _IDEMPOTENCY)
-DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _IDEMPOTENCY)
+EXPIRED = End(
+    When.TTL,
+    "deleted by an hourly purge once 24 hours old (so at 25 hours at most)",
+    f"{_IDEMPOTENCY}:IdempotencyStore.purge_expired",
+)
+ERASED = End(When.ERASURE, "rows naming the subject are deleted", f"{_IDEMPOTENCY}:forget_subject")
+DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", f"{_IDEMPOTENCY}:forget_tenant")
 
 DATA_MAP = ServiceMap(
     service="gateway",
@@ -29,8 +33,16 @@ DATA_MAP = ServiceMap(
             "the first response to a POST with an Idempotency-Key, replayed to its retries",
             (
                 operational("scope", "the tenant id, or 'signup'"),
-                operational("key", "the client's Idempotency-Key; card numbers refused"),
-                operational("fingerprint", "SHA-256 of method, path and body"),
+                personal(
+                    "key",
+                    Held.PLAINTEXT,
+                    note="the client's Idempotency-Key: free text it chose; card numbers refused",
+                ),
+                personal(
+                    "fingerprint",
+                    Held.PLAINTEXT,
+                    note="SHA-256 of method, path and body: a guess of a body can be confirmed",
+                ),
                 operational("status"),
                 operational("headers", "Content-Type, ETag, Location"),
                 personal(

@@ -22,6 +22,23 @@ DOCUMENT = platform.ROOT / "docs" / "data-map.md"
 GATEWAY = "gateway"
 
 
+# Said here so the map never claims more than the code does.
+LIMITS = (
+    "Events and ledger entries written by an earlier release keep what they held then: a"
+    " tenant's company, billing addresses and processor tokens, invoice addresses, consent"
+    " sources and ticket tags in plaintext. Event stores and the ledger are append-only;"
+    " re-encrypting them needs a tool that rewrites history, which does not exist yet.",
+    "Copies below the databases and the broker: PostgreSQL's dead row versions (until VACUUM),"
+    " its WAL and archives, and RabbitMQ's message store. They end with vacuuming, WAL"
+    " recycling and the backup policy (docs/operations.md), not with an erasure.",
+    "The card-number check is for what people paste: a number deliberately disguised (split"
+    " by letters, by `/ , _ :`, by four or more separators, or inside a UUID with a hex"
+    " letter) passes it.",
+    "An identity check or approval reason about an erased person stays, under the tenant's key,"
+    " until the tenant is destroyed: it is the evidence the request was handled.",
+)
+
+
 def service_maps() -> dict[str, ServiceMap]:
     """Each service's declaration, the gateway's last (it has databases of its own too)."""
     names = [*platform.SERVICES, GATEWAY]
@@ -32,8 +49,9 @@ def service_maps() -> dict[str, ServiceMap]:
 
 
 def subscriptions_of(name: str) -> list:
+    module = "gateway.subscriptions" if name == GATEWAY else f"services.{name}.subscriptions"
     try:
-        return list(importlib.import_module(f"services.{name}.subscriptions").SUBSCRIPTIONS)
+        return list(importlib.import_module(module).SUBSCRIPTIONS)
     except ModuleNotFoundError:
         return []
 
@@ -99,6 +117,12 @@ def render() -> str:
         lines += datamap.render_events(service_map)
         if service_map.queues:
             lines += datamap.render_queues(f"Queues of {name}", service_map.queues)
+    lines += [
+        "## What this map does not reach",
+        "",
+        *(f"- {limit}" for limit in LIMITS),
+        "",
+    ]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -16,9 +16,19 @@ from services.accounts.events import REGISTRY
 _PRIVACY = "services.accounts.privacy"
 # Destruction is the tenant_destroyed event, which the read models apply (a rebuild too).
 _PROJECTIONS = "services.accounts.projections"
-SCRUBBED = End(When.ERASURE, "scrubbed to [erased]", _PRIVACY)
-DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PROJECTIONS)
-DESTROYED_SCRUBBED = End(When.DESTRUCTION, "scrubbed to [erased]", _PROJECTIONS)
+SCRUBBED = End(When.ERASURE, "scrubbed to [erased]", f"{_PRIVACY}:erase_subject")
+COMPANY_ERASED = End(
+    When.DESTRUCTION, "scrubbed to [erased]", f"{_PROJECTIONS}:TenantsProjection.apply"
+)
+AGENT_ERASED = End(
+    When.DESTRUCTION, "scrubbed to [erased]", f"{_PROJECTIONS}:AgentsProjection.apply"
+)
+KEYS_REVOKED = End(
+    When.DESTRUCTION, "revoked: it authenticates no one", f"{_PROJECTIONS}:AgentsProjection.apply"
+)
+CONTACTS_DELETED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PROJECTIONS}:ContactsProjection.apply"
+)
 
 DATA_MAP = ServiceMap(
     service="accounts",
@@ -30,7 +40,7 @@ DATA_MAP = ServiceMap(
             "a tenant: company, region, plan, status",
             (
                 pseudonym("id"),
-                personal("company", Held.PLAINTEXT, DESTROYED_SCRUBBED),
+                personal("company", Held.PLAINTEXT, COMPANY_ERASED),
                 operational("region"),
                 operational("status"),
                 operational("plan"),
@@ -47,8 +57,8 @@ DATA_MAP = ServiceMap(
                 pseudonym("id"),
                 pseudonym("tenant_id"),
                 operational("role"),
-                personal("name", Held.PLAINTEXT, SCRUBBED, DESTROYED_SCRUBBED),
-                personal("email", Held.PLAINTEXT, SCRUBBED, DESTROYED_SCRUBBED),
+                personal("name", Held.PLAINTEXT, SCRUBBED, AGENT_ERASED),
+                personal("email", Held.PLAINTEXT, SCRUBBED, AGENT_ERASED),
                 operational("active"),
                 operational("created_at"),
                 operational("deactivated_at"),
@@ -62,9 +72,11 @@ DATA_MAP = ServiceMap(
                 secret(
                     "key_hash",
                     Held.KEYED_HASH,
-                    End(When.DESTRUCTION, "revoked: it authenticates no one", _PROJECTIONS),
+                    KEYS_REVOKED,
                     End(
-                        When.ERASURE, "the agent is deactivated: it authenticates no one", _PRIVACY
+                        When.ERASURE,
+                        "the agent is deactivated, which revokes its keys",
+                        f"{_PROJECTIONS}:AgentsProjection.apply",
                     ),
                 ),
                 pseudonym("key_id"),
@@ -79,9 +91,9 @@ DATA_MAP = ServiceMap(
             (
                 pseudonym("id"),
                 pseudonym("tenant_id"),
-                personal("name", Held.PLAINTEXT, SCRUBBED, DESTROYED),
-                personal("email", Held.PLAINTEXT, SCRUBBED, DESTROYED),
-                personal("phone", Held.PLAINTEXT, SCRUBBED, DESTROYED),
+                personal("name", Held.PLAINTEXT, SCRUBBED, CONTACTS_DELETED),
+                personal("email", Held.PLAINTEXT, SCRUBBED, CONTACTS_DELETED),
+                personal("phone", Held.PLAINTEXT, SCRUBBED, CONTACTS_DELETED),
                 operational("marketing"),
                 operational("version"),
                 operational("created_at"),
@@ -106,7 +118,7 @@ DATA_MAP = ServiceMap(
                 operational("recorded_at"),
                 operational("version"),
             ),
-            ends=(DESTROYED,),
+            ends=(CONTACTS_DELETED,),
         ),
         Table(
             "policies",
@@ -123,7 +135,13 @@ DATA_MAP = ServiceMap(
                 operational("version"),
                 operational("accepted_at"),
             ),
-            ends=(DESTROYED,),
+            ends=(
+                End(
+                    When.DESTRUCTION,
+                    "the tenant's rows are deleted",
+                    f"{_PROJECTIONS}:PoliciesProjection.apply",
+                ),
+            ),
         ),
         Table(
             "restrictions",
@@ -135,8 +153,14 @@ DATA_MAP = ServiceMap(
                 operational("restricted_at"),
             ),
             ends=(
-                End(When.REPLACED, "deleted when the restriction is lifted", _PRIVACY),
-                End(When.DESTRUCTION, "the tenant's rows are deleted", _PRIVACY),
+                End(
+                    When.REPLACED,
+                    "deleted when the restriction is lifted",
+                    f"{_PRIVACY}:lift_restriction",
+                ),
+                End(
+                    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+                ),
             ),
         ),
     ),

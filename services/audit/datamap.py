@@ -31,9 +31,13 @@ DATA_MAP = ServiceMap(
                         When.PERIOD,
                         "access_log: the tenant's day keys past its period are"
                         " shredded, within a day",
-                        _KEYS,
+                        f"{_KEYS}:purge",
                     ),
-                    End(When.DESTRUCTION, "the tenant's access-log keys are shredded", _KEYS),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's access-log keys are shredded",
+                        f"{_KEYS}:destroy_tenant",
+                    ),
                     note="the published envelope: ids and states; an access's IP address and"
                     " user agent under its tenant's day key",
                 ),

@@ -16,8 +16,15 @@ from services.billing.events import REGISTRY
 _PRIVACY = "services.billing.privacy"
 _PROJECTIONS = "services.billing.projections"
 _MIGRATION = "services/billing/migrations/0002_destruction_and_keys.sql"
-DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PROJECTIONS)
-HOLD = End(When.LEGAL_HOLD, "kept, restricted, until the hold ends; then deleted", _PRIVACY)
+# Destruction is the tenant_destroyed event, which the read model applies (a rebuild too).
+DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PROJECTIONS}:BillingProjection.apply"
+)
+HOLD = End(
+    When.LEGAL_HOLD,
+    "kept, restricted, until the hold ends; then deleted",
+    f"{_PRIVACY}:expire_holds",
+)
 
 DATA_MAP = ServiceMap(
     service="billing",
@@ -41,7 +48,11 @@ DATA_MAP = ServiceMap(
                 personal(
                     "address",
                     Held.PLAINTEXT,
-                    End(When.DESTRUCTION, "set to NULL by tenant_destroyed", _PROJECTIONS),
+                    End(
+                        When.DESTRUCTION,
+                        "set to NULL by tenant_destroyed",
+                        f"{_PROJECTIONS}:BillingProjection.apply",
+                    ),
                 ),
                 operational("opened_at"),
                 operational("version"),
@@ -106,7 +117,12 @@ DATA_MAP = ServiceMap(
                 operational("active"),
                 operational("version"),
             ),
-            ends=(DESTROYED, End(When.ERASURE, "deleted", _PRIVACY)),
+            ends=(
+                End(
+                    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+                ),
+                End(When.ERASURE, "deleted", f"{_PRIVACY}:erase_subject"),
+            ),
         ),
         Table(
             "restrictions",

@@ -35,13 +35,21 @@ DATA_MAP = ServiceMap(
                 personal(
                     "identity_check",
                     Held.PLAINTEXT,
-                    End(When.RETIRED, "sealed into identity_check_sealed on start", _SEALED),
+                    End(
+                        When.RETIRED,
+                        "sealed into identity_check_sealed on start",
+                        f"{_SEALED}:seal_legacy",
+                    ),
                     note="rows of older releases only, until sealed",
                 ),
                 personal(
                     "identity_check_sealed",
                     Held.TENANT_KEY,
-                    End(When.DESTRUCTION, "the tenant's key is shredded", _SEALED),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded",
+                        f"{_SEALED}:destroy_tenant",
+                    ),
                     note="how the admin checked the requester's identity (free text)",
                 ),
                 operational("status"),
@@ -55,13 +63,21 @@ DATA_MAP = ServiceMap(
                 personal(
                     "decision_reason",
                     Held.PLAINTEXT,
-                    End(When.RETIRED, "sealed into decision_reason_sealed on start", _SEALED),
+                    End(
+                        When.RETIRED,
+                        "sealed into decision_reason_sealed on start",
+                        f"{_SEALED}:seal_legacy",
+                    ),
                     note="rows of older releases only, until sealed",
                 ),
                 personal(
                     "decision_reason_sealed",
                     Held.TENANT_KEY,
-                    End(When.DESTRUCTION, "the tenant's key is shredded", _SEALED),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded",
+                        f"{_SEALED}:destroy_tenant",
+                    ),
                     note="the approving or denying admin's reason (free text)",
                 ),
             ),

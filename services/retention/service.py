@@ -40,7 +40,10 @@ from services.retention.subscriptions import ANSWERS, REGISTRY, TENANTS, TICKETS
 
 
 def privacy_handlers() -> dict[str, Handler]:
-    """Retention's own answers to privacy commands, as a starting retention re-applies them."""
+    """Retention's own answers to privacy commands: none. It tracks the commands rather than
+    answering them; its own share of a destruction (the tenant's key, which seals its free text)
+    is shredded when the destruction completes and again on start (``SealedFreeText``). The log
+    is still read at start, from its own database, so its readiness means the same as others'."""
     return {}
 
 
@@ -101,7 +104,7 @@ class RetentionService:
     store = EventStoreDependency(
         EventRegistry(),
         migrations=Path(__file__).parent / "migrations",
-        # Retention applies its own log too, read from its database: it cannot ask itself.
+        # Its log read from its own database (it cannot ask itself); see privacy_handlers.
         forgetting=Forgetting(lambda store: privacy_handlers(), log=own_forgetting_log),
     )
     sealed_free_text = SealedFreeText()

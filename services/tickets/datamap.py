@@ -16,8 +16,16 @@ from services.tickets.events import REGISTRY
 _PRIVACY = "services.tickets.privacy"
 _SEALED = "services.tickets.sealed"
 _MIGRATION = "services/tickets/migrations/0004_sealed_tags.sql"
-DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", _PRIVACY)
-PURGED = End(When.PERIOD, "closed_tickets: the ticket's key is shredded", _PRIVACY)
+# Destruction is the tenant_destroyed event, which the read model applies (a rebuild too).
+DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", "services.tickets.projections:_forget_tenant"
+)
+LEARNED_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+)
+PURGED = End(
+    When.PERIOD, "closed_tickets: the ticket's key is shredded", f"{_PRIVACY}:purge_category"
+)
 
 # Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
 _TAGS = personal(
@@ -48,7 +56,11 @@ DATA_MAP = ServiceMap(
                     "tags",
                     Held.PLAINTEXT,
                     End(When.RETIRED, "emptied; new rows leave it empty", _MIGRATION),
-                    End(When.RETIRED, "an older replica's writes emptied, and sealed", _SEALED),
+                    End(
+                        When.RETIRED,
+                        "an older replica's writes emptied, and sealed",
+                        f"{_SEALED}:seal_batch",
+                    ),
                     note="empty; an older replica's rows during a rolling upgrade only, until"
                     " sealed; dropped by a later release",
                 ),
@@ -94,13 +106,13 @@ DATA_MAP = ServiceMap(
                 operational("active"),
                 operational("version"),
             ),
-            ends=(DESTROYED,),
+            ends=(LEARNED_DESTROYED,),
         ),
         Table(
             "restrictions",
             "requesters whose data is kept but not processed further",
             (pseudonym("subject_id"), pseudonym("tenant_id"), operational("restricted_at")),
-            ends=(DESTROYED,),
+            ends=(LEARNED_DESTROYED,),
         ),
     ),
     registries=(REGISTRY,),

@@ -87,26 +87,28 @@ def test_every_personal_column_has_an_end_that_names_it(name: str) -> None:
 
 
 def test_personal_plaintext_that_nothing_ends_fails_the_map() -> None:
-    forgotten = Table(
-        "contacts",
-        "x",
-        (datamap.personal("nickname", Held.PLAINTEXT),),
-    )
-    pointing_elsewhere = Table(
-        "contacts",
-        "x",
-        (
-            datamap.personal(
-                "nickname",
-                Held.PLAINTEXT,
-                End(When.ERASURE, "scrubbed", "services.billing.catalogue"),
-            ),
-        ),
-    )
-    assert datamap.unended([forgotten]) == ["contacts.nickname: personal data that nothing ends"]
-    assert datamap.unended([pointing_elsewhere]) == [
-        "contacts.nickname: services.billing.catalogue never names table contacts"
+    def nickname(*ends: End) -> Table:
+        return Table("contacts", "x", (datamap.personal("nickname", Held.PLAINTEXT, *ends),))
+
+    assert datamap.unended([nickname()]) == ["contacts.nickname: personal data that nothing ends"]
+    assert datamap.unended(
+        [nickname(End(When.ERASURE, "scrubbed", "services.accounts.privacy"))]
+    ) == ["contacts.nickname: ends by erasure of the subject but names no function that does"]
+    assert datamap.unended(
+        [nickname(End(When.ERASURE, "scrubbed", "services.accounts.privacy:no_such_function"))]
+    ) == ["contacts.nickname: services.accounts.privacy:no_such_function does not exist"]
+    # A function that exists but never touches the table: lifting a restriction.
+    assert datamap.unended(
+        [nickname(End(When.ERASURE, "scrubbed", "services.accounts.privacy:lift_restriction"))]
+    ) == [
+        "contacts.nickname: services.accounts.privacy:lift_restriction never names table contacts"
     ]
+    assert (
+        datamap.unended(
+            [nickname(End(When.ERASURE, "scrubbed", "services.accounts.privacy:erase_subject"))]
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("name", list(MAPS))
