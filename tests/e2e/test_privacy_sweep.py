@@ -55,6 +55,14 @@ def canary(kind: str) -> str:
     return f"Canary{kind}{TAG}"
 
 
+PHONES = {who: f"+44 7700 9{secrets.randbelow(100_000):05d}" for who in ("Doomed", "Erased")}
+
+
+def phone(who: str) -> str:
+    """A phone number found nowhere else (a phone field takes only digits and punctuation)."""
+    return PHONES[who]
+
+
 class SourceAddress(HTTPAdapter):
     """Connections from a chosen loopback address, so the gateway sees that client IP."""
 
@@ -126,7 +134,7 @@ def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
             json={
                 "name": canary(f"{who}Name"),
                 "email": f"{canary(who).lower()}@mail.example",
-                "phone": f"+44 20 7946 {secrets.randbelow(10_000):04d}",
+                "phone": phone(who),
             },
         ),
         201,
@@ -301,10 +309,16 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
     # Positive controls: the sweep finds what is there before anything is forgotten, and the
     # ledger shows B's requests with the canary address and agent (under the default period).
     before = sweep.find(
-        [canary("ErasedName"), canary("ErasedSource"), canary("ErasedIdem"), canary("DoomedName")],
+        [
+            canary("ErasedName"),
+            canary("ErasedSource"),
+            canary("ErasedIdem"),
+            canary("DoomedName"),
+            phone("Erased"),
+        ],
         stored(stack, log),
     )
-    assert len(before) == 4, before
+    assert len(before) == 5, before
     accesses = ok(stack.call("GET", "/v1/audit/entries?type=access_logged&limit=200", key=key_b))
     seen = {(e["payload"]["ip"], e["payload"]["user_agent"]) for e in accesses["items"]}
     assert (CANARY_IP, CANARY_AGENT) in seen, seen
@@ -375,6 +389,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         canary("DoomedTag").lower(),
         canary("IdentityCheck"),
         canary("Reason"),
+        *PHONES.values(),
         CANARY_IP,
         CANARY_AGENT,
         CARD,
