@@ -52,7 +52,6 @@ from kernel.nameko_adapters import (
     EventStoreDependency,
     TimedRpcProxy,
     consume_events,
-    rpc,
     settings_of,
 )
 from kernel.signing import signer_from_config
@@ -598,7 +597,13 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
     @api("GET", "/v1/privacy/requests/<string:request_id>/export")
     def get_privacy_export(self, request: Request, request_id: str) -> Response:
         caller = self._caller(request, ADMIN, while_cancelled=True)
-        return json_response(200, self.retention.export(caller["tenant_id"], request_id))
+        document = self.retention.export(caller["tenant_id"], request_id, [self.name])
+        if self.name in document["services"]:  # the gateway's own part, from its own store
+            with self.store.unit_of_work() as uow:
+                document["services"][self.name] = privacy.export(
+                    uow, caller["tenant_id"], document["subject_id"], self.idempotency.ttl
+                )
+        return json_response(200, document)
 
     @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
     def get_privacy_receipt(self, request: Request, request_id: str) -> Response:
@@ -654,11 +659,6 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             privacy_protocol.handle_command(
                 uow, self.name, event, privacy.handlers_for(self.store.cipher.keystore)
             )
-
-    @rpc
-    def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
-        with self.store.unit_of_work() as uow:
-            return privacy.export(uow, tenant_id, subject_id, self.idempotency.ttl)
 
     # --- operations ---------------------------------------------------------------------------
 

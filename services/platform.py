@@ -34,9 +34,9 @@ SERVICES: dict[str, str] = {
     "retention": "services.retention.service:RetentionService",
 }
 GATEWAY = "gateway.service:GatewayService"
-# Whoever serves RPC: the services, and the gateway, which answers for its stored responses in
-# a data-subject export (``privacy_export``).
-RPC_SERVERS: tuple[str, ...] = (*SERVICES, "gateway")
+# Whoever serves RPC: the services. (The gateway adds its own part to a data-subject export
+# itself, rather than be asked back by RPC while it serves the download.)
+RPC_SERVERS: tuple[str, ...] = tuple(SERVICES)
 
 
 def subscriptions() -> list[topology.Subscription]:

@@ -178,17 +178,22 @@ class RetentionService:
             )
 
     @rpc
-    def export(self, tenant_id: str, request_id: str) -> dict[str, Any]:
+    def export(
+        self, tenant_id: str, request_id: str, caller_answers: list[str] | None = None
+    ) -> dict[str, Any]:
         """One JSON document: what every service holds about the subject, gathered now (so no
-        copy of it is kept here), each part under the service that holds it."""
+        copy of it is kept here), each part under the service that holds it. A part of
+        ``caller_answers`` is left ``None`` for the caller to fill in: the gateway, which asks
+        for the export while serving a download, would otherwise be asked back by RPC from
+        inside that request, and enough downloads at once would take every worker it has."""
         with self.store.unit_of_work() as uow:
             subject_id, services = requests.export_subject(uow, tenant_id, request_id)
         settings = self.config["LEDGERDESK"]
-        document: dict[str, Any] = {}
+        document: dict[str, Any] = {s: None for s in services if s in (caller_answers or ())}
         with ClusterRpcProxy(
             {"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout
         ) as cluster:
-            for service in services:
+            for service in (s for s in services if s not in document):
                 try:
                     document[service] = getattr(cluster, service).privacy_export(
                         tenant_id, subject_id
