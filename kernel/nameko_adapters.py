@@ -2,7 +2,8 @@
 
 - ``EventStoreDependency``: prepares the service's databases (create, migrate), re-applies
   retention's log of forgetting before the service serves (``kernel.forgetting``), hands each
-  worker a narrow API to open units of work, and runs the outbox relay while the service runs.
+  worker a narrow API to open units of work, and runs the outbox relay while the service runs;
+  ``store_of`` finds that store for the service's other extensions.
 - ``consume_events``: a durable consumer of a ``Subscription``; a handler that raises has its
   message requeued until the broker's delivery limit dead-letters it (nameko's own event
   handler acknowledges failed messages, losing them).
@@ -374,6 +375,18 @@ class EventStoreDependency(DependencyProvider):
     def get_dependency(self, worker_ctx: Any) -> WorkerStore:
         assert self.store is not None
         return WorkerStore(self.store, worker_ctx)
+
+
+def store_of(container: Any) -> EventSourcedStore:
+    """The store a service's ``EventStoreDependency`` opened, for its other extensions.
+
+    A service's extensions are set up side by side, so the store is there from their ``start``
+    (or on first use), not in their ``setup``: before, this raises ``RuntimeError``.
+    """
+    for dependency in container.dependencies:
+        if isinstance(dependency, EventStoreDependency) and dependency.store is not None:
+            return dependency.store
+    raise RuntimeError(f"the {container.service_name} service's store is not set up")
 
 
 class _DeadLetteringQueueConsumer(QueueConsumer):
