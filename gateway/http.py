@@ -27,7 +27,7 @@ from kernel.cards import contains_card_number
 from kernel.commands import load_command
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import EventStoreDependency
+from kernel.nameko_adapters import store_of
 from kernel.uow import EventSourcedStore
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,7 @@ class GatewayStore(SharedExtension):
     # Methods, not properties: nameko reads every attribute of an extension when it binds it,
     # before anything is set up.
     def store(self) -> EventSourcedStore:
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, EventStoreDependency) and dependency.store is not None:
-                return dependency.store
-        raise RuntimeError("the gateway's store is not set up")
+        return store_of(self.container)
 
     def idempotency(self) -> IdempotencyStore:
         if self._idempotency is None:

@@ -216,7 +216,8 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
                     continue  # given back when the channel closes
                 properties = dict(message.properties)
                 # What was left of its life in the dead-letter queue, set when it was moved there
-                # from an older one (kernel.topology): in the live queue it has a life afresh.
+                # from an older one (kernel.queue_replacement): in the live queue it has a life
+                # afresh.
                 properties.pop("expiration", None)
                 headers = {
                     k: v

@@ -2,7 +2,8 @@
 
 - ``EventStoreDependency``: prepares the service's databases (create, migrate), re-applies
   retention's log of forgetting before the service serves (``kernel.forgetting``), hands each
-  worker a narrow API to open units of work, and runs the outbox relay while the service runs.
+  worker a narrow API to open units of work, and runs the outbox relay while the service runs;
+  ``store_of`` finds that store for the service's other extensions.
 - ``consume_events``: a durable consumer of a ``Subscription``; a handler that raises has its
   message requeued until the broker's delivery limit dead-letters it (nameko's own event
   handler acknowledges failed messages, losing them).
@@ -61,7 +62,7 @@ from nameko.rpc import (
 )
 
 from kernel import db as kdb
-from kernel import deadletters, migrate, observability, topology
+from kernel import deadletters, migrate, observability, queue_replacement, topology
 from kernel import forgetting as forgetting_log
 from kernel.config import Settings
 from kernel.crypto import FieldCipher, KeyShredded, Keystore
@@ -376,6 +377,18 @@ class EventStoreDependency(DependencyProvider):
         return WorkerStore(self.store, worker_ctx)
 
 
+def store_of(container: Any) -> EventSourcedStore:
+    """The store a service's ``EventStoreDependency`` opened, for its other extensions.
+
+    A service's extensions are set up side by side, so the store is there from their ``start``
+    (or on first use), not in their ``setup``: before, this raises ``RuntimeError``.
+    """
+    for dependency in container.dependencies:
+        if isinstance(dependency, EventStoreDependency) and dependency.store is not None:
+            return dependency.store
+    raise RuntimeError(f"the {container.service_name} service's store is not set up")
+
+
 class _DeadLetteringQueueConsumer(QueueConsumer):
     """nameko's queue consumer, but a body that cannot even be decoded goes to the consumer that
     received it, to be dead-lettered and counted (kombu's default acknowledges it: lost); and
@@ -586,7 +599,7 @@ class TimedRpcProxy(RpcProxy):
 
 # Where a request waiting out a migration keeps the routing key nameko dispatches it by, and a
 # request set aside the routing key it came with.
-_ROUTING_KEY_HEADER = topology.HELD_ROUTING_KEY_HEADER
+_ROUTING_KEY_HEADER = queue_replacement.HELD_ROUTING_KEY_HEADER
 
 
 class RpcQueueInUse(Exception):
@@ -636,7 +649,7 @@ def declare_rpc_queues(
     the moment between delete and declare finds no queue, and its caller gets an error (503)
     at once. Refuses (``RpcQueueInUse``) while old processes still consume the classic queue.
     A dead-letter queue without these ``dead_letters`` limits is replaced the same way
-    (``topology.declare_dead_letter_queue``), and the requests it kept whole from older
+    (``queue_replacement.declare_dead_letter_queue``), and the requests it kept whole from older
     releases lose their bodies on the way. With ``resume``, requests a run cut short left in
     a holding queue go on too. Returns the RPC queues that were replaced."""
     replaced = []
@@ -652,7 +665,7 @@ def declare_rpc_queues(
                 replaced.append(queue.name)
             if resume or queue.name in replaced:
                 _requeue_held_requests(conn, queue)
-            topology.declare_dead_letter_queue(
+            queue_replacement.declare_dead_letter_queue(
                 conn, rpc_dead_letter_queue(service, dead_letters), dead_letters, resume, _emptied
             )
     return replaced
@@ -660,8 +673,8 @@ def declare_rpc_queues(
 
 def _replace_classic_queue(conn: Connection, queue: Queue) -> None:
     try:
-        topology.hold(conn, queue.name, quorum=False, keep_routing_key=True)
-    except topology.QueueInUse as exc:
+        queue_replacement.hold(conn, queue.name, quorum=False, keep_routing_key=True)
+    except queue_replacement.QueueInUse as exc:
         raise RpcQueueInUse(
             f"{queue.name} is a classic queue still consumed by {exc.consumers} process(es) of "
             "an older release: stop them, then prepare again (docs/operations.md)"
@@ -669,7 +682,7 @@ def _replace_classic_queue(conn: Connection, queue: Queue) -> None:
 
 
 def _requeue_held_requests(conn: Connection, queue: Queue) -> None:
-    topology.release_held(
+    queue_replacement.release_held(
         conn,
         queue.name,
         queue.exchange.name,

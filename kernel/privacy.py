@@ -154,12 +154,9 @@ class Announcement(DependencyProvider):
         self.commands = commands
 
     def start(self) -> None:
-        from kernel.nameko_adapters import EventStoreDependency
+        from kernel.nameko_adapters import store_of
 
-        store = next(
-            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
-        ).store
-        assert store is not None
+        store = store_of(self.container)
         service = self.container.service_name
         with store.unit_of_work(service) as uow:
             uow.publish(

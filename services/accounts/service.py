@@ -17,7 +17,7 @@ from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
+from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.accounts import commands, handlers, privacy
@@ -30,10 +30,7 @@ class FirstPolicy(DependencyProvider):
     """Publishes the configured first policy version when the platform has none."""
 
     def start(self) -> None:
-        store = next(
-            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
-        ).store
-        assert store is not None
+        store = store_of(self.container)
         try:
             with store.unit_of_work() as uow:
                 handlers.ensure_first_policy(uow, settings_of(self.container))

@@ -17,7 +17,7 @@ from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
 from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of
+from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of, store_of
 from kernel.observability import service_health
 from kernel.privacy import Handler
 from kernel.signing import signer_from_config
@@ -31,10 +31,8 @@ class LedgerDependency(DependencyProvider):
     """The ledger over audit's own database and keystore (for the access log's day keys)."""
 
     def start(self) -> None:
-        store = next(
-            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
-        ).store
-        assert store is not None and store.cipher is not None
+        store = store_of(self.container)
+        assert store.cipher is not None
         settings = settings_of(self.container)
         signer = signer_from_config(settings.audit_signing_key)
         self.ledger = Ledger(store.db, store.cipher, signer, settings.day_seconds)

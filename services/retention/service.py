@@ -23,6 +23,7 @@ from kernel.nameko_adapters import (
     consume_events,
     rpc,
     settings_of,
+    store_of,
 )
 from kernel.observability import service_health
 from kernel.privacy import Handler
@@ -86,10 +87,7 @@ class SealedFreeText(DependencyProvider):
     any free text still in plaintext sealed under its tenant's key (see ``sealed``)."""
 
     def start(self) -> None:
-        store = next(
-            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
-        ).store
-        assert store is not None
+        store = store_of(self.container)
         with store.unit_of_work(self.container.service_name) as uow:
             sealed.reapply_destructions(uow)
         while True:

@@ -14,7 +14,13 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import EventStoreDependency, TimedRpcProxy, consume_events, rpc
+from kernel.nameko_adapters import (
+    EventStoreDependency,
+    TimedRpcProxy,
+    consume_events,
+    rpc,
+    store_of,
+)
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.tickets import commands, handlers, privacy, sealed
@@ -28,10 +34,7 @@ class SealedTags(DependencyProvider):
     tickets' keys (see ``sealed``)."""
 
     def start(self) -> None:
-        store = next(
-            d for d in self.container.dependencies if isinstance(d, EventStoreDependency)
-        ).store
-        assert store is not None
+        store = store_of(self.container)
         sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
 
 

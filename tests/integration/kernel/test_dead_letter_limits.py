@@ -15,7 +15,7 @@ import amqp
 import pytest
 from kombu import Connection, Queue
 
-from kernel import deadletters, topology
+from kernel import deadletters, queue_replacement, topology
 from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue
 from kernel.testing import Infrastructure, make_world, wait_until
 from services import platform
@@ -320,10 +320,10 @@ def test_dead_letters_a_replacement_cut_short_left_waiting_go_on_at_the_next_pre
     publish(world.amqp_uri, "", queue.name, [amqp.Message("held", delivery_mode=2)])
     # Cut short once the old queue went: its messages wait in the holding queue.
     with Connection(world.amqp_uri, connect_timeout=5) as conn:
-        topology.hold(conn, queue.name, quorum=kind == "quorum", keep_routing_key=False)
+        queue_replacement.hold(conn, queue.name, quorum=kind == "quorum", keep_routing_key=False)
     assert queue.name not in queue_names(infrastructure, world.database_prefix)
 
     with Connection(world.amqp_uri, connect_timeout=5) as conn:
-        assert not topology.declare_dead_letter_queue(conn, queue, limits, resume=True)
+        assert not queue_replacement.declare_dead_letter_queue(conn, queue, limits, resume=True)
     assert [text(m.body) for m in peek(world.amqp_uri, queue.name)] == ["held"]
     assert f"{queue.name}.migrating" not in queue_names(infrastructure, world.database_prefix)

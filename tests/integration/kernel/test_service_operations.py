@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kernel import deadletters, topology
 from kernel.aggregate import RecordedEvent
 from kernel.envelope import Envelope, EventRegistry
-from kernel.nameko_adapters import EventStoreDependency, consume_events
+from kernel.nameko_adapters import EventStoreDependency, consume_events, store_of
 from kernel.observability import Operations
 from kernel.relay import OutboxRelay
 from kernel.testing import queue_depth, wait_until, world_env
@@ -101,7 +101,7 @@ def scrape(port: int) -> Scrape:
 
 
 def effects(container) -> int:
-    db = next(d.store.db for d in container.dependencies if isinstance(d, EventStoreDependency))
+    db = store_of(container).db
     with db.transaction() as cur:
         cur.execute("SELECT count(*) FROM effects")
         return cur.fetchone()[0]
