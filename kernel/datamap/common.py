@@ -177,7 +177,8 @@ SERVICE_QUEUES: tuple[Queue, ...] = (
     ),
 )
 
-# Queues that live for the moment a dead-letter or RPC queue is replaced (kernel.topology).
+# Queues that live for the moment a dead-letter or RPC queue is replaced
+# (kernel.queue_replacement).
 TRANSIENT_QUEUES: tuple[Queue, ...] = (
     Queue(
         "*.migrating",

@@ -35,14 +35,18 @@ KILLS = 3
 PROGRESS_BETWEEN_KILLS = 300
 
 
-def start_audit(env: dict[str, str], log: Path) -> subprocess.Popen:
+def start(service: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("ab") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "kernel.runner", "services.audit.service:AuditService"],
+            [sys.executable, "-m", "kernel.runner", service],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
+
+
+def start_audit(env: dict[str, str], log: Path) -> subprocess.Popen:
+    return start("services.audit.service:AuditService", env, log)
 
 
 def ledger_count(db: Database) -> int:
@@ -68,6 +72,10 @@ def test_audit_killed_three_times_mid_stream_records_every_event_exactly_once(
     # Checkpoints every second, so some are signed between (and during) the kills too.
     env = {**world_env(world), "LEDGERDESK_CHECKPOINT_SECONDS": "1"}
     log = tmp_path / "audit.log"
+
+    # Audit serves only once it has re-applied retention's log of forgetting: retention runs.
+    prepare_databases(world, "retention", Path("services/retention/migrations"))
+    retention = start("services.retention.service:RetentionService", env, tmp_path / "ret.log")
 
     relay = OutboxRelay(world.database_dsn("testsrc"), world.amqp_uri, idle_wait=0.2)
     relay_thread = threading.Thread(target=relay.run, daemon=True)
@@ -154,8 +162,9 @@ def test_audit_killed_three_times_mid_stream_records_every_event_exactly_once(
         assert result["head"]["seq"] == count
         assert result["checkpoints"] >= 1
     finally:
-        audit.terminate()
-        audit.wait(30)
+        for process in (audit, retention):
+            process.terminate()
+            process.wait(30)
         relay.stop()
         relay_thread.join(10)
         for t in writers:
