@@ -172,7 +172,12 @@ class OpsServer(SharedExtension):
         self._socket = eventlet.listen((self.host, self.requested_port))
         self.port = self._socket.getsockname()[1]
         self._thread = self.container.spawn_managed_thread(self._serve)
+        self._started = False
         log.info("operations endpoints of %s on port %s", self.service_name, self.port)
+
+    def start(self) -> None:
+        # Every extension is set up by now, and entrypoints start taking work.
+        self._started = True
 
     def _serve(self) -> None:
         # No access log: probes every few seconds would drown the process's own lines.
@@ -223,6 +228,10 @@ class OpsServer(SharedExtension):
             more = getattr(extension, "readiness_checks", None)
             if callable(more):
                 checks.update(more())
+        if not self._started:
+            # Served from setup on, while other extensions (the store creating its databases)
+            # may not be set up yet: nothing is ready before the container starts.
+            checks["started"] = False
         return all(checks.values()), checks
 
     # --- the WSGI app -----------------------------------------------------------------------
