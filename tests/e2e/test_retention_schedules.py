@@ -4,27 +4,23 @@ every read model; a reactivation stops the clock."""
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import urllib.parse
 
 import psycopg2
 import pytest
-from nameko.standalone.rpc import ClusterRpcProxy
-from psycopg2 import sql
 
 from kernel.config import Settings
 from kernel.nameko_adapters import open_store
 from kernel.testing import wait_until, world_env
 from services.accounts.events import REGISTRY as ACCOUNTS_EVENTS
 from services.accounts.projections import PROJECTIONS as ACCOUNTS_PROJECTIONS
-from services.billing import handlers as billing_handlers
-from services.billing.domain import next_month
 from services.billing.events import REGISTRY as BILLING_EVENTS
 from services.billing.projections import PROJECTIONS as BILLING_PROJECTIONS
 from services.tickets.events import REGISTRY as TICKETS_EVENTS
 from services.tickets.projections import PROJECTIONS as TICKETS_PROJECTIONS
 from tests.e2e.conftest import running_stack
+from tests.e2e.test_billing_api import invoice_runner, stored_text
 
 GRACE_SECONDS = 8.64  # LEDGERDESK_GRACE_DAYS=0.0001
 
@@ -214,59 +210,21 @@ def test_a_lost_command_is_sent_again_and_the_request_completes(quick, infrastru
 # --- what a destroyed tenant leaves: every byte of every service's database --------------------
 
 
-def stored_text(stack, service: str) -> dict[str, str]:
-    """Every column of every table of a service's database as text (bytea as its bytes), by
-    ``table.column``: event payloads, outbox bodies, the ledger's content, the read models."""
-    conn = psycopg2.connect(stack.settings.database_dsn(service))
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = 'public' ORDER BY table_name, column_name"
-            )
-            found = {}
-            for table, column, data_type in cur.fetchall():
-                value = sql.Identifier(column)
-                text = (
-                    sql.SQL("encode({}, 'escape')").format(value)
-                    if data_type == "bytea"
-                    else sql.SQL("{}::text").format(value)
-                )
-                cur.execute(
-                    sql.SQL("SELECT coalesce(string_agg({}, ' '), '') FROM {}").format(
-                        text, sql.Identifier(table)
-                    )
-                )
-                found[f"{service}: {table}.{column}"] = cur.fetchone()[0]
-            return found
-    finally:
-        conn.close()
-
-
 def holding(stack, canary: str) -> set[str]:
     services = ("accounts", "billing", "tickets", "retention", "audit", "gateway")
     return {
         place
         for service in services
-        for place, text in stored_text(stack, service).items()
+        for column, text in stored_text(stack.settings.database_dsn(service)).items()
         if canary in text
+        for place in [f"{service}: {column}"]
     }
 
 
 def issue_invoices(stack) -> int:
     """Billing's hourly invoice run, a month ahead, against the stack's billing database."""
-    settings = Settings.from_env(world_env(stack.settings))
-    store = open_store(settings, "billing", BILLING_EVENTS, BILLING_PROJECTIONS, prepare=False)
-    try:
-        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}) as cluster:
-            first = next_month(dt.datetime.now(dt.UTC).date())
-            return billing_handlers.run_invoices(
-                store.unit_of_work,
-                cluster.accounts.billing_contact,
-                dt.datetime(first.year, first.month, first.day, 2, tzinfo=dt.UTC),
-            )
-    finally:
-        store.db.close()
+    with invoice_runner(stack) as run:
+        return run()
 
 
 def rebuild_everything(stack) -> None:
