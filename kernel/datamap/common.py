@@ -197,18 +197,29 @@ TRANSIENT_QUEUES: tuple[Queue, ...] = (
 )
 
 
+# The one published event that carries personal data in plaintext, for the audit ledger.
+ACCESS_EVENT = "gateway.access_logged"
+
+
 def subscription_queues(subscriptions: Iterable[Any]) -> tuple[Queue, ...]:
     """Each consumer queue (``kernel.topology.Subscription``) and its dead-letter queue: what
-    they hold is the published events they are bound to."""
+    they hold is the published events they are bound to, which carry ids and states, and an
+    access event's IP address and user agent where they are bound to access events."""
+    from kernel.nameko_adapters import topic_matches
+
     queues: list[Queue] = []
     for subscription in subscriptions:
         bound = ", ".join(subscription.bindings)
+        accesses = any(topic_matches(b, ACCESS_EVENT) for b in subscription.bindings)
+        category = Category.PERSONAL if accesses else Category.PSEUDONYMOUS
+        holds = "ids and states" + (
+            "; an access event's IP address and user agent, for the ledger" if accesses else ""
+        )
         queues.append(
             Queue(
                 subscription.queue,
-                f"published events ({bound}): ids and states; an access event's IP address"
-                " and user agent, for the ledger",
-                Category.PERSONAL,
+                f"published events ({bound}): {holds}",
+                category,
                 Held.PLAINTEXT,
                 (End(When.CONSUMED, "acknowledged once handled"),),
             )
@@ -216,8 +227,8 @@ def subscription_queues(subscriptions: Iterable[Any]) -> tuple[Queue, ...]:
         queues.append(
             Queue(
                 subscription.dead_letter_queue,
-                f"what {subscription.queue} could not handle, as published",
-                Category.PERSONAL,
+                f"what {subscription.queue} could not handle, as published: {holds}",
+                category,
                 Held.PLAINTEXT,
                 (
                     End(
