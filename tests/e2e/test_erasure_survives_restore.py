@@ -186,6 +186,21 @@ def live_day_keys(stack: Stack, tenant_id: str) -> int:
     )[0][0]
 
 
+def new_ticket(stack: Stack, key: str, requester_id: str, subject: str) -> dict[str, Any]:
+    """A ticket, once tickets has learnt of its requester from accounts' events."""
+
+    def created() -> dict[str, Any] | None:
+        answer = stack.call(
+            "POST",
+            "/v1/tickets",
+            key=key,
+            json={"subject": subject, "body": "words", "requester_id": requester_id},
+        )
+        return answer.json() if answer.status_code == 201 else None
+
+    return wait_until(created, what="tickets to know the contact")
+
+
 def test_purges_restrictions_and_access_log_shreds_are_applied_again_after_a_restore(
     stack, tmp_path, infrastructure
 ):
@@ -196,21 +211,7 @@ def test_purges_restrictions_and_access_log_shreds_are_applied_again_after_a_res
     kim = stack.call(
         "POST", "/v1/contacts", key=key, json={"name": "Kim Restored", "email": "kim@example.com"}
     ).json()
-    ticket = wait_until(
-        lambda: (
-            (
-                r := stack.call(
-                    "POST",
-                    "/v1/tickets",
-                    key=key,
-                    json={"subject": "Kim's order", "body": "late", "requester_id": kim["id"]},
-                )
-            ).status_code
-            == 201
-            and r.json()
-        ),
-        what="tickets to know the contact",
-    )
+    ticket = new_ticket(stack, key, kim["id"], "Kim's order")
     for status in ("open", "solved", "closed"):
         answer = stack.call(
             "PATCH",
@@ -312,21 +313,7 @@ def test_a_service_started_while_retention_is_down_serves_only_once_it_is_back(s
     contact = stack.call(
         "POST", "/v1/contacts", key=key, json={"name": "Rae Waiting", "email": "rae@example.com"}
     ).json()
-    ticket = wait_until(
-        lambda: (
-            (
-                r := stack.call(
-                    "POST",
-                    "/v1/tickets",
-                    key=key,
-                    json={"subject": "hi", "body": "there", "requester_id": contact["id"]},
-                )
-            ).status_code
-            == 201
-            and r.json()
-        ),
-        what="tickets to know the contact",
-    )
+    ticket = new_ticket(stack, key, contact["id"], "hi")
     stack.stop("retention")
     stack.stop("tickets")
     try:
