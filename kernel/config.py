@@ -49,7 +49,7 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
     # Erasure receipts are signed with the audit key, as the ledger's checkpoints are.
     "retention": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
-    # The audit public key it publishes comes from a list of public keys, never the seed.
+    # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
     "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN"}),
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
@@ -60,9 +60,9 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
 # of guessing online (the operator token opens every tenant's audit log) or offline (the API-key
 # secret keys the stored hashes of API keys).
 MIN_SECRET_CHARS = 32
-# Fewer distinct characters (or bytes) than these is a repeated pattern, not a random value: the
-# chance that random base64 or hex of the minimum length has so few is negligible.
-_MIN_DISTINCT_CHARS = 10
+# Fewer distinct characters (or bytes) than these is a repeated pattern, not a random value:
+# random base64 or hex of the minimum length has so few about once in a million draws or less.
+_MIN_DISTINCT_CHARS = 8
 _MIN_DISTINCT_KEY_BYTES = 16
 _SEED_BYTES = 32
 
@@ -95,6 +95,8 @@ def _seed_bytes(value: str) -> bytes:
 
 def _masked_url(url: str) -> str:
     """A URL or DSN with its password replaced, for a repr."""
+    if "://" not in url:  # a libpq "key=value" DSN
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:

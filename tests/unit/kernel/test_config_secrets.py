@@ -191,6 +191,8 @@ def test_no_secret_is_in_the_repr_or_str_of_settings_or_the_nameko_config():
     assert "rabbit:5672" in repr(settings) and "db:5432" in repr(settings)
     assert "operator_token='***'" in repr(settings)
     assert "operator_token=''" in repr(settings.with_overrides(operator_token=""))
+    keywords = settings.with_overrides(database_url="host=db user=ld password=kv-pass-4711")
+    assert "kv-pass-4711" not in repr(keywords) and "host=db" in repr(keywords)
 
 
 def test_the_dev_defaults_still_pass_development_and_the_signer_takes_them():
