@@ -5,6 +5,7 @@ validates, limits and calls the services; one method per endpoint, each a few li
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
@@ -67,6 +68,19 @@ AUDIT = ("admin", "auditor")
 SECRET_FIELDS = ("api_key",)
 
 
+def operator_token_matches(presented: str, expected: str) -> bool:
+    """Whether a presented operator token is the configured one, in constant time.
+
+    An empty token never matches, on either side: a process configured without an operator
+    token (or with an empty one) has no operator, rather than one any bare ``Bearer`` opens.
+    Digests are compared, so the time taken says nothing about the token's length either.
+    """
+    same = hmac.compare_digest(
+        hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+    return same and bool(presented) and bool(expected)
+
+
 class Limits(DependencyProvider):
     """One rate limiter per process, shared by its workers."""
 
@@ -126,10 +140,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     def _operator(self, request: Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        expected = self.config["LEDGERDESK"].operator_token
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), expected.encode()
-        ):
+        if not operator_token_matches(token.strip(), self.config["LEDGERDESK"].operator_token):
             raise Unauthorized("the operator token is required")
         request.environ[IDENTITY] = {"actor": "operator"}
         self.limits.check("operator")
@@ -511,6 +522,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         """The key receipts and checkpoints must be signed with, to check them against: the key
         a receipt carries proves only that someone signed it."""
         self._caller(request, AUDIT)
+        # replaced by LEDGERDESK_AUDIT_PUBLIC_KEYS
         signer = signer_from_config(self.config["LEDGERDESK"].audit_signing_key)
         return json_response(
             200,

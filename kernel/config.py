@@ -1,16 +1,23 @@
 """Configuration from the environment, with defaults that work against local services.
 
 Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets are marked
-``dev-insecure``; a deployment that sets ``LEDGERDESK_ENV=production`` refuses to start with them.
+``dev-insecure``; a deployment that sets ``LEDGERDESK_ENV=production`` refuses to start with them,
+and with secrets too short or too uniform to be random.
+
+A process reads only the secrets it uses (``SERVICE_SECRETS``); no message, log line or repr
+shows a secret's value.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -22,8 +29,84 @@ DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
 DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
 
+# Every secret setting, by the name after ``LEDGERDESK_``, and its field of Settings.
+SECRET_FIELDS: dict[str, str] = {
+    "MASTER_KEY": "master_keys",
+    "API_KEY_SECRET": "api_key_secret",
+    "OPERATOR_TOKEN": "operator_token",
+    "AUDIT_SIGNING_KEY": "audit_signing_key",
+}
+ALL_SECRETS: frozenset[str] = frozenset(SECRET_FIELDS)
+
+# The secrets each process uses, and the only ones it reads from the environment: a secret it
+# does not use is blank in production (so a use would fail loudly rather than fall back to a
+# public development value) and its development value otherwise. Production checks only these;
+# docker-compose.yml and deploy/kubernetes give each process exactly these.
+SERVICE_SECRETS: dict[str, frozenset[str]] = {
+    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET"}),
+    "tickets": frozenset({"MASTER_KEY"}),
+    "billing": frozenset({"MASTER_KEY"}),
+    "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
+    # Erasure receipts are signed with the audit key, as the ledger's checkpoints are.
+    "retention": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
+    # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
+    "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN"}),
+    # Creating databases and declaring the broker's topology (and the operators' dead-letter
+    # and relay tools) take the connection settings only.
+    "prepare": frozenset(),
+}
+
+# A bearer token or HMAC key typed by people: 32 characters of base64 are 192 bits, out of reach
+# of guessing online (the operator token opens every tenant's audit log) or offline (the API-key
+# secret keys the stored hashes of API keys).
+MIN_SECRET_CHARS = 32
+# Fewer distinct characters (or bytes) than these is a repeated pattern, not a random value:
+# random base64 or hex of the minimum length has so few about once in a million draws or less.
+_MIN_DISTINCT_CHARS = 8
+_MIN_DISTINCT_KEY_BYTES = 16
+_SEED_BYTES = 32
+
+
 class ConfigurationError(Exception):
-    """A setting is missing or malformed; the message names the variable."""
+    """A setting is missing or malformed; the message names the variable, never a secret's value."""
+
+
+def _looks_like_dev(value: str) -> bool:
+    """Whether a secret is marked development in any spelling (case, ``-``, ``_``, spaces)."""
+    return "devinsecure" in re.sub(r"[^a-z0-9]", "", value.lower())
+
+
+def _seed_bytes(value: str) -> bytes:
+    """The audit signing seed as the signer reads it: base64 of exactly 32 bytes, nothing around
+    it. The message never repeats the value."""
+    try:
+        seed = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            "LEDGERDESK_AUDIT_SIGNING_KEY must be base64 (of a 32-byte Ed25519 seed)"
+        ) from None
+    if len(seed) != _SEED_BYTES:
+        raise ConfigurationError(
+            f"LEDGERDESK_AUDIT_SIGNING_KEY must be base64 of {_SEED_BYTES} bytes,"
+            f" not {len(seed)} bytes"
+        )
+    return seed
+
+
+def _masked_url(url: str) -> str:
+    """A URL or DSN with its password replaced, for a repr."""
+    if "://" not in url:  # a libpq "key=value" DSN
+        return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _parse_master_keys(raw: str) -> dict[str, bytes]:
@@ -35,8 +118,9 @@ def _parse_master_keys(raw: str) -> dict[str, bytes]:
             raise ConfigurationError("LEDGERDESK_MASTER_KEY entries must look like 'key_id:base64'")
         try:
             key = base64.b64decode(b64, validate=True)
-        except ValueError as exc:
-            raise ConfigurationError(f"LEDGERDESK_MASTER_KEY {kid!r} is not base64") from exc
+        except ValueError:
+            # Not chained: the decoder's error could quote the key material.
+            raise ConfigurationError(f"LEDGERDESK_MASTER_KEY {kid!r} is not base64") from None
         if len(key) != 32:
             raise ConfigurationError(f"LEDGERDESK_MASTER_KEY {kid!r} must be 32 bytes")
         keys[kid] = key
@@ -99,14 +183,63 @@ class Settings:
     # AMQP heartbeats (seconds): a dead broker connection is noticed within about twice this.
     heartbeat: int = 10
     log_format: str = "json"
+    # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS.
+    held_secrets: frozenset[str] = ALL_SECRETS
+
+    def __repr__(self) -> str:
+        # A Settings ends up in nameko's config, and so in tracebacks and debug output: secrets
+        # are shown as held or not, and URLs without their passwords.
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS.values():
+                text = "'***'" if value else "''"
+            elif f.name in ("amqp_uri", "rabbit_management_url", "database_url"):
+                text = repr(_masked_url(value))
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, service: str | None = None) -> Settings:
+        """Settings from ``env`` (the process environment by default) for ``service``: only the
+        secrets it uses (``SERVICE_SECRETS``) are read, and checked. Without ``service``, every
+        secret is (the local launcher, which hands them on to each process, and tests)."""
         env = os.environ if env is None else env
         base = cls()
+        environment = env.get("LEDGERDESK_ENV", base.environment).strip().lower()
+        if service is None:
+            held = ALL_SECRETS
+        elif service in SERVICE_SECRETS:
+            held = SERVICE_SECRETS[service]
+        elif environment == "production":
+            raise ConfigurationError(
+                f"no secrets are declared for the service {service!r}"
+                " (kernel.config.SERVICE_SECRETS)"
+            )
+        else:
+            held = frozenset()
 
         def get(name: str, default: str) -> str:
             return env.get(f"LEDGERDESK_{name}", default)
+
+        def secret(name: str, default: str) -> str:
+            """A secret as given: the consumer uses it byte for byte, so nothing is stripped,
+            and whitespace around it (a newline left by a file) is refused rather than kept."""
+            if name not in held:
+                return "" if environment == "production" else default
+            value = get(name, default)
+            if value != value.strip():
+                raise ConfigurationError(
+                    f"LEDGERDESK_{name} has whitespace around it (a newline from a file?):"
+                    " remove it"
+                )
+            return value
+
+        master_key = secret("MASTER_KEY", DEV_MASTER_KEY)
 
         def number(name: str, default: float, kind: type = int):
             raw = get(name, str(default))
@@ -127,14 +260,16 @@ class Settings:
             return int(raw)
 
         settings = cls(
-            environment=get("ENV", base.environment).strip().lower(),
+            environment=environment,
             amqp_uri=get("AMQP_URI", base.amqp_uri),
             rabbit_management_url=get("RABBIT_MANAGEMENT_URL", base.rabbit_management_url),
             database_url=get("DATABASE_URL", base.database_url),
             database_prefix=get("DATABASE_PREFIX", base.database_prefix),
-            master_keys=_parse_master_keys(get("MASTER_KEY", DEV_MASTER_KEY)),
-            api_key_secret=get("API_KEY_SECRET", base.api_key_secret),
-            operator_token=get("OPERATOR_TOKEN", base.operator_token),
+            master_keys=_parse_master_keys(master_key)
+            if master_key or "MASTER_KEY" in held
+            else {},
+            api_key_secret=secret("API_KEY_SECRET", base.api_key_secret),
+            operator_token=secret("OPERATOR_TOKEN", base.operator_token),
             gateway_host=get("GATEWAY_HOST", base.gateway_host),
             gateway_port=number("GATEWAY_PORT", base.gateway_port),
             gateway_processes=number("GATEWAY_PROCESSES", base.gateway_processes),
@@ -155,7 +290,7 @@ class Settings:
             relay_batch_size=number("RELAY_BATCH_SIZE", base.relay_batch_size),
             key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
             grace_days=number("GRACE_DAYS", base.grace_days, float),
-            audit_signing_key=get("AUDIT_SIGNING_KEY", base.audit_signing_key),
+            audit_signing_key=secret("AUDIT_SIGNING_KEY", base.audit_signing_key),
             checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
             schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
             privacy_deadline_days=number(
@@ -171,6 +306,7 @@ class Settings:
             ops_port=port("OPS_PORT", base.ops_port),
             heartbeat=number("HEARTBEAT", base.heartbeat),
             log_format=get("LOG_FORMAT", base.log_format).strip().lower(),
+            held_secrets=held,
         )
         settings.check()
         return settings
@@ -198,30 +334,69 @@ class Settings:
             # A shorter day would shorten every retention period by the same factor.
             raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
         if self.environment == "production":
-            insecure = [
-                name
-                for name, value in (
-                    (
-                        "MASTER_KEY",
-                        "dev-insecure"
-                        if _DEV_KEY_BYTES in self.master_keys.values()
-                        else ",".join(self.master_keys),
-                    ),
-                    ("API_KEY_SECRET", self.api_key_secret),
-                    ("OPERATOR_TOKEN", self.operator_token),
-                    (
-                        "AUDIT_SIGNING_KEY",
-                        "dev-insecure"
-                        if self.audit_signing_key == DEV_AUDIT_SIGNING_KEY
-                        else self.audit_signing_key,
-                    ),
-                )
-                if "dev-insecure" in value
-            ]
-            if insecure:
+            self._check_production_secrets()
+        if self.audit_signing_key:
+            _seed_bytes(self.audit_signing_key)
+
+    def _check_production_secrets(self) -> None:
+        """Every secret this process holds is set, not a development value in any spelling, and
+        long and varied enough to be random. Messages name settings, never values."""
+        held = self.held_secrets
+        try:
+            seed = _seed_bytes(self.audit_signing_key) if self.audit_signing_key else b""
+        except ConfigurationError:
+            seed = b""  # refused below, after the development values
+        development = {
+            "MASTER_KEY": any(
+                _looks_like_dev(kid) or _looks_like_dev(key.decode("latin-1"))
+                for kid, key in self.master_keys.items()
+            ),
+            "API_KEY_SECRET": _looks_like_dev(self.api_key_secret),
+            "OPERATOR_TOKEN": _looks_like_dev(self.operator_token),
+            # Compared as bytes: every base64 spelling of the development seed is refused.
+            "AUDIT_SIGNING_KEY": _looks_like_dev(self.audit_signing_key)
+            or _looks_like_dev(seed.decode("latin-1")),
+        }
+        insecure = [name for name in SECRET_FIELDS if name in held and development[name]]
+        if insecure:
+            raise ConfigurationError(
+                "production refuses development secrets: set "
+                + ", ".join(f"LEDGERDESK_{n}" for n in insecure)
+            )
+        for name, value in (
+            ("OPERATOR_TOKEN", self.operator_token),
+            ("API_KEY_SECRET", self.api_key_secret),
+        ):
+            if name not in held:
+                continue
+            if len(value) < MIN_SECRET_CHARS:
                 raise ConfigurationError(
-                    "production refuses development secrets: set "
-                    + ", ".join(f"LEDGERDESK_{n}" for n in insecure)
+                    f"production needs LEDGERDESK_{name} of at least {MIN_SECRET_CHARS}"
+                    " characters: a shorter one can be guessed (e.g. head -c 32 /dev/urandom"
+                    " | base64)"
+                )
+            if len(set(value)) < _MIN_DISTINCT_CHARS:
+                raise ConfigurationError(
+                    f"production refuses LEDGERDESK_{name}: it repeats a few characters,"
+                    " it is not random"
+                )
+        if "MASTER_KEY" in held:
+            if not self.master_keys:
+                raise ConfigurationError("production needs LEDGERDESK_MASTER_KEY")
+            for kid, key in self.master_keys.items():
+                if len(set(key)) < _MIN_DISTINCT_KEY_BYTES:
+                    raise ConfigurationError(
+                        f"production refuses LEDGERDESK_MASTER_KEY {kid!r}: its bytes repeat,"
+                        " it is not random"
+                    )
+        if "AUDIT_SIGNING_KEY" in held:
+            if not self.audit_signing_key:
+                raise ConfigurationError("production needs LEDGERDESK_AUDIT_SIGNING_KEY")
+            seed = _seed_bytes(self.audit_signing_key)
+            if len(set(seed)) < _MIN_DISTINCT_KEY_BYTES:
+                raise ConfigurationError(
+                    "production refuses LEDGERDESK_AUDIT_SIGNING_KEY: its bytes repeat,"
+                    " it is not random"
                 )
 
     @property

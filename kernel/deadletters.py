@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("queue", help="the consumer queue, e.g. tickets.accounts")
     replay.add_argument("--id", action="append", dest="ids", help="only this message id")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    # The broker only, as the prepare job: no secret.
+    settings = Settings.from_env(service="prepare")
     try:
         if args.command == "list":
             for item in list_dead_letters(settings.amqp_uri, args.queue):

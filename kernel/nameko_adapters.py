@@ -205,7 +205,9 @@ class PublisherHeartbeats(SharedExtension):
 
 def settings_of(container: Any) -> Settings:
     settings = container.config.get("LEDGERDESK")
-    return settings if isinstance(settings, Settings) else Settings.from_env()
+    if isinstance(settings, Settings):
+        return settings
+    return Settings.from_env(service=container.service_name)
 
 
 def prepare_databases(settings: Settings, service: str, migrations: Path | None) -> None:

@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", help="the service whose outbox to relay, e.g. accounts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
-    settings = Settings.from_env()
+    # A database and the broker only, as the prepare job: no secret.
+    settings = Settings.from_env(service="prepare")
     relay = OutboxRelay(
         settings.database_dsn(args.service), settings.amqp_uri, settings.relay_batch_size
     )

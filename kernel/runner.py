@@ -171,9 +171,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m kernel.runner module.path:ServiceClass", file=sys.stderr)
         return 2
     try:
-        settings = Settings.from_env()
         service_cls = with_operations(load(argv[0]))
         name = getattr(service_cls, "name")  # noqa: B009
+        # Only the secrets this service uses are read (kernel.config.SERVICE_SECRETS).
+        settings = Settings.from_env(service=name)
         configure_logging(name, settings.log_format)
         setup_tracing(name, settings.traces_exporter)
         run(service_cls, settings.nameko_config())

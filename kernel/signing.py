@@ -96,15 +96,17 @@ def verify_signature(public_key_b64: str, message: bytes, signature: bytes) -> b
 
 
 def signer_from_config(value: str) -> Signer:
-    """A Signer from a configured seed: base64 of exactly 32 bytes.
+    """A Signer from a configured seed: base64 of exactly 32 bytes, nothing around it.
 
+    Not stripped: what the configuration checked is what signs (whitespace is refused there).
     Raises ValueError with a message that says what is wrong but never repeats the value,
     which is a secret.
     """
     try:
-        seed = base64.b64decode(value.strip(), validate=True)
-    except ValueError as exc:  # binascii.Error is a ValueError
-        raise ValueError("the audit signing seed is not valid base64") from exc
+        seed = base64.b64decode(value, validate=True)
+    except ValueError:  # binascii.Error is a ValueError
+        # Not chained: the decoder's error could quote the seed.
+        raise ValueError("the audit signing seed is not valid base64") from None
     if len(seed) != _SEED_SIZE:
         raise ValueError(
             f"the audit signing seed must be base64 of {_SEED_SIZE} bytes, not {len(seed)} bytes"
@@ -115,6 +117,6 @@ def signer_from_config(value: str) -> Signer:
 def is_dev_seed(value: str) -> bool:
     """Whether ``value`` is the development seed, so production configuration can refuse it."""
     try:
-        return base64.b64decode(value.strip(), validate=True) == base64.b64decode(DEV_SIGNING_SEED)
+        return base64.b64decode(value, validate=True) == base64.b64decode(DEV_SIGNING_SEED)
     except ValueError:  # binascii.Error is a ValueError
         return False

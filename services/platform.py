@@ -130,7 +130,7 @@ def start_processes(
     log to ``<log_dir>/<name>.log`` instead of the launcher's stderr."""
     env = env if env is not None else os.environ.copy()
     if gateway_processes is None:
-        gateway_processes = Settings.from_env(env).gateway_processes
+        gateway_processes = Settings.from_env(env, service="gateway").gateway_processes
     programs = {**SERVICES, **{f"gateway-{n}": GATEWAY for n in range(1, gateway_processes + 1)}}
     ports = dict(zip(programs, ops_ports(len(programs), ops_port), strict=True))
     if only is not None:
@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("prepare", help="create and migrate databases, declare the broker topology")
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
+        # Preparing needs no secret (a prepare job is given none); running starts every
+        # process here, each reading its own secrets from the environment handed on.
+        settings = Settings.from_env(service="prepare" if args.command == "prepare" else None)
     except ConfigurationError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return 2

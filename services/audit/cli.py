@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
     state.add_argument("--at", type=_moment, help="default: now")
     args = parser.parse_args(argv)
 
-    ledger = open_ledger(Settings.from_env())
+    ledger = open_ledger(Settings.from_env(service="audit"))
     if args.command == "verify":
         result = ledger.verify()
         json.dump(result, out, indent=2)

@@ -73,7 +73,7 @@ class AuditService:
     def record(self, event: Envelope) -> None:
         self.recorder.submit(event)
 
-    @timer(interval=Settings.from_env().checkpoint_seconds)
+    @timer(interval=Settings.from_env(service="audit").checkpoint_seconds)
     def sign_checkpoint(self) -> None:
         self.ledger.checkpoint()
 

@@ -265,7 +265,7 @@ class RetentionService:
             if uow.first_delivery("retention.tickets", event.event_id):
                 schedules.learn_ticket_closed(uow, event)
 
-    @timer(interval=Settings.from_env().schedule_seconds)
+    @timer(interval=Settings.from_env(service="retention").schedule_seconds)
     def run_schedules(self) -> None:
         """Destroy tenants whose grace ran out; purge access logs and closed tickets past
         their policies."""
@@ -277,7 +277,7 @@ class RetentionService:
         with self.store.unit_of_work("retention") as uow:
             schedules.expire_closed_tickets(uow, self.clock(), day_seconds)
 
-    @timer(interval=Settings.from_env().schedule_seconds)
+    @timer(interval=Settings.from_env(service="retention").schedule_seconds)
     def follow_up_requests(self) -> None:
         """Ask again whoever still owes an answer; fail what is past its deadline (alert)."""
         with self.store.unit_of_work("retention") as uow:

@@ -112,7 +112,7 @@ class TicketsService:
         with self.store.unit_of_work() as uow:
             return privacy.export(uow, tenant_id, subject_id)
 
-    @timer(interval=Settings.from_env().schedule_seconds)
+    @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
     def seal_plaintext_tags(self) -> None:
         """What an older replica writes in plaintext during a rolling upgrade."""
         sealed.seal_all(lambda: self.store.unit_of_work(self.name), plaintext_only=True)

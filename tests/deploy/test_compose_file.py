@@ -18,18 +18,29 @@ import pytest
 import yaml
 
 from kernel.config import (
-    DEV_API_KEY_SECRET,
     DEV_AUDIT_SIGNING_KEY,
-    DEV_MASTER_KEY,
-    DEV_OPERATOR_TOKEN,
+    SECRET_FIELDS,
+    SERVICE_SECRETS,
     ConfigurationError,
     Settings,
 )
+from kernel.signing import signer_from_config
 from services.platform import GATEWAY, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-SECRETS = ("MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN", "AUDIT_SIGNING_KEY")
+# The compose services that run Ledgerdesk: every process, and the one-shot preparation.
+PROCESSES = [*SERVICES, "gateway", "prepare"]
+# Production values: long, random-looking, none a development value.
+REAL = {
+    "LEDGERDESK_ENV": "production",
+    "LEDGERDESK_MASTER_KEY": "k1:" + base64.b64encode(bytes(range(32))).decode(),
+    "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
+    "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
+    "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
+}
+# Given ahead of the code that reads it: the audit public key list (gateway, audit).
+NOT_READ_YET = {"LEDGERDESK_AUDIT_PUBLIC_KEYS"}
 
 
 @functools.cache
@@ -119,28 +130,41 @@ def test_infrastructure_is_healthy_before_services_start_and_traces_reach_jaeger
     assert receiver.rsplit(":", 1)[-1] == str(endpoint.port) == "4318"
 
 
-def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses() -> None:
-    defaults = Settings.from_env(environment_of("accounts", {}))
-    dev = Settings.from_env({"LEDGERDESK_MASTER_KEY": DEV_MASTER_KEY})
-    assert defaults.master_keys == dev.master_keys
-    assert defaults.api_key_secret == DEV_API_KEY_SECRET
-    assert defaults.operator_token == DEV_OPERATOR_TOKEN
-    assert defaults.audit_signing_key == DEV_AUDIT_SIGNING_KEY
+def test_each_service_is_given_exactly_the_secrets_it_uses() -> None:
+    for name in PROCESSES:
+        env = environment_of(name, {})
+        given = {v.removeprefix("LEDGERDESK_") for v in env} & set(SECRET_FIELDS)
+        assert given == SERVICE_SECRETS[name], name
+    assert "LEDGERDESK_AUDIT_SIGNING_KEY" not in environment_of("gateway", {})
 
-    with pytest.raises(ConfigurationError) as refused:
-        Settings.from_env(environment_of("accounts", {"LEDGERDESK_ENV": "production"}))
-    for name in SECRETS:
-        assert f"LEDGERDESK_{name}" in str(refused.value)
 
-    real = {
-        "LEDGERDESK_ENV": "production",
-        "LEDGERDESK_MASTER_KEY": "k1:" + base64.b64encode(bytes(range(32))).decode(),
-        "LEDGERDESK_API_KEY_SECRET": "a-real-secret",
-        "LEDGERDESK_OPERATOR_TOKEN": "a-real-token",
-        "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
+def test_the_gateway_is_given_the_audit_public_key_of_the_development_seed() -> None:
+    (key,) = json.loads(environment_of("gateway", {})["LEDGERDESK_AUDIT_PUBLIC_KEYS"])
+    assert key == {
+        "public_key": signer_from_config(DEV_AUDIT_SIGNING_KEY).public_key_b64,
+        "valid_from": "1970-01-01T00:00:00+00:00",
+        "valid_until": None,
     }
-    settings = Settings.from_env(environment_of("accounts", real))
-    assert settings.environment == "production" and settings.current_master_key_id == "k1"
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses(name: str) -> None:
+    own = SERVICE_SECRETS[name]
+    defaults = Settings.from_env(environment_of(name, {}), service=name)
+    dev = Settings()
+    for secret in own:
+        field = SECRET_FIELDS[secret]
+        assert getattr(defaults, field) == getattr(dev, field), secret
+
+    if own:
+        with pytest.raises(ConfigurationError) as refused:
+            Settings.from_env(environment_of(name, {"LEDGERDESK_ENV": "production"}), service=name)
+        assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
+            f"LEDGERDESK_{n}" for n in SECRET_FIELDS if n in own
+        )
+
+    settings = Settings.from_env(environment_of(name, REAL), service=name)
+    assert settings.environment == "production" and settings.held_secrets == own
 
 
 def test_the_broker_credentials_in_compose_open_the_dev_user_of_the_definitions() -> None:
@@ -170,10 +194,12 @@ class _Recording(dict):
         return super().get(key, default)
 
 
-def test_every_ledgerdesk_variable_in_compose_is_one_the_code_reads() -> None:
-    env = _Recording(environment_of("tickets", {}))
-    Settings.from_env(env)
-    given = {name for name in env if name.startswith("LEDGERDESK_")}
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_every_ledgerdesk_variable_in_compose_is_one_the_code_reads(name: str) -> None:
+    # Read as the service reads it: a secret it was given but does not read is found too.
+    env = _Recording(environment_of(name, {}))
+    Settings.from_env(env, service=name)
+    given = {n for n in env if n.startswith("LEDGERDESK_")} - NOT_READ_YET
     assert given <= env.asked, f"not read by Settings: {sorted(given - env.asked)}"
 
 

@@ -14,7 +14,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kernel.config import ConfigurationError, Settings
+from kernel.config import (
+    DEV_AUDIT_SIGNING_KEY,
+    SECRET_FIELDS,
+    SERVICE_SECRETS,
+    ConfigurationError,
+    Settings,
+)
+from kernel.signing import signer_from_config
 from services.platform import GATEWAY, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +29,20 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 OPS_PORT = 9100
 PROCESSES = {**SERVICES, "gateway": GATEWAY}
+# Every container of Ledgerdesk: the processes, and the prepare job.
+ALL = [*PROCESSES, "prepare"]
+# Every container takes these from ledgerdesk-secrets: they hold the broker's and the database's
+# passwords.
+CONNECTIONS = {"LEDGERDESK_DATABASE_URL", "LEDGERDESK_AMQP_URI"}
+# Production values: long, random-looking, none a development value.
+REAL = {
+    "LEDGERDESK_MASTER_KEY": "k2026a:" + base64.b64encode(bytes(range(32))).decode(),
+    "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
+    "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
+    "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(bytes(range(1, 33))).decode(),
+}
+# Given ahead of the code that reads it: the audit public key list.
+NOT_READ_YET = {"LEDGERDESK_AUDIT_PUBLIC_KEYS"}
 
 
 @functools.cache
@@ -84,8 +105,7 @@ def test_every_process_has_a_deployment_probes_resources_and_an_autoscaler(name:
     assert readiness["path"] == "/readyz" and readiness["port"] in ports
     assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(OPS_PORT)
-    sources = {next(iter(s.values()))["name"] for s in container["envFrom"]}
-    assert sources == {"ledgerdesk-config", "ledgerdesk-secrets"}
+    assert container["envFrom"] == [{"configMapRef": {"name": "ledgerdesk-config"}}]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
 
@@ -129,38 +149,91 @@ def test_the_prepare_job_runs_the_platform_preparation() -> None:
     assert [i["name"] for i in kustomization()["images"]] == ["ledgerdesk"]
 
 
-def cluster_environment(**secrets: str) -> dict[str, str]:
-    config = find("ConfigMap", "ledgerdesk-config")["data"]
-    secret = find("Secret", "ledgerdesk-secrets")["stringData"]
-    return {**config, **secret, **secrets}
-
-
-def test_the_placeholder_secrets_are_refused_by_the_production_config() -> None:
-    with pytest.raises(ConfigurationError) as refused:
-        Settings.from_env(cluster_environment())
-    for name in ("MASTER_KEY", "API_KEY_SECRET", "OPERATOR_TOKEN", "AUDIT_SIGNING_KEY"):
-        assert f"LEDGERDESK_{name}" in str(refused.value)
-
-    settings = Settings.from_env(
-        cluster_environment(
-            LEDGERDESK_MASTER_KEY="k2026a:" + base64.b64encode(bytes(range(32))).decode(),
-            LEDGERDESK_API_KEY_SECRET="real",
-            LEDGERDESK_OPERATOR_TOKEN="real",
-            LEDGERDESK_AUDIT_SIGNING_KEY=base64.b64encode(bytes(range(1, 33))).decode(),
+def container_of(process: str) -> dict[str, Any]:
+    kind, name = (
+        ("Job", "ledgerdesk-prepare")
+        if process == "prepare"
+        else (
+            "Deployment",
+            f"ledgerdesk-{process}",
         )
     )
+    (container,) = find(kind, name)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def secret_keys(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables taken from ledgerdesk-secrets, and the key each comes from."""
+    keys = {}
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            assert ref["name"] == "ledgerdesk-secrets", variable["name"]
+            keys[variable["name"]] = ref["key"]
+    return keys
+
+
+def process_environment(process: str, **overrides: str) -> dict[str, str]:
+    """What the process's container sees: the ConfigMap, its keys of the Secret, its own values."""
+    container = container_of(process)
+    config = find("ConfigMap", "ledgerdesk-config")["data"]
+    secret = find("Secret", "ledgerdesk-secrets")["stringData"]
+    own = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
+    given = {name: secret[key] for name, key in secret_keys(container).items()}
+    return {**config, **own, **given, **overrides}
+
+
+@pytest.mark.parametrize("process", sorted(ALL))
+def test_each_process_is_given_exactly_the_secrets_it_uses(process: str) -> None:
+    container = container_of(process)
+    assert "secretRef" not in str(container.get("envFrom")), "never the whole Secret"
+    keys = secret_keys(container)
+    assert all(name == key for name, key in keys.items())
+    expected = CONNECTIONS | {f"LEDGERDESK_{n}" for n in SERVICE_SECRETS[process]}
+    assert set(keys) == expected
+    # Every key a container names is in the Secret: a pod would not start otherwise.
+    assert set(keys) <= set(find("Secret", "ledgerdesk-secrets")["stringData"])
+
+
+def test_the_gateway_has_the_audit_public_key_and_never_the_seed() -> None:
+    env = process_environment("gateway")
+    assert "LEDGERDESK_AUDIT_SIGNING_KEY" not in env
+    assert json.loads(env["LEDGERDESK_AUDIT_PUBLIC_KEYS"]) == [
+        {
+            "public_key": signer_from_config(DEV_AUDIT_SIGNING_KEY).public_key_b64,
+            "valid_from": "1970-01-01T00:00:00+00:00",
+            "valid_until": None,
+        }
+    ]
+
+
+@pytest.mark.parametrize("process", sorted(ALL))
+def test_the_placeholder_secrets_are_refused_by_the_production_config(process: str) -> None:
+    own = SERVICE_SECRETS[process]
+    if own:
+        with pytest.raises(ConfigurationError) as refused:
+            Settings.from_env(process_environment(process), service=process)
+        assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
+            f"LEDGERDESK_{n}" for n in SECRET_FIELDS if n in own
+        )
+
+    real = {k: v for k, v in REAL.items() if k.removeprefix("LEDGERDESK_") in own}
+    settings = Settings.from_env(process_environment(process, **real), service=process)
     assert settings.environment == "production"
     assert settings.gateway_host == "0.0.0.0"
+    assert settings.held_secrets == own
 
 
 def test_the_delivery_limit_matches_the_broker_definitions() -> None:
     definitions = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
     limits = {q["arguments"].get("x-delivery-limit") for q in definitions["queues"]} - {None}
-    settings = Settings.from_env(cluster_environment(LEDGERDESK_ENV="development"))
-    assert limits == {settings.delivery_limit}
+    for process in ALL:
+        env = process_environment(process, LEDGERDESK_ENV="development")
+        assert limits == {Settings.from_env(env, service=process).delivery_limit}
 
 
-def test_every_ledgerdesk_variable_of_the_cluster_is_one_the_code_reads() -> None:
+@pytest.mark.parametrize("process", sorted(ALL))
+def test_every_ledgerdesk_variable_of_the_cluster_is_one_the_code_reads(process: str) -> None:
     asked: set[str] = set()
 
     class Recording(dict):
@@ -168,7 +241,8 @@ def test_every_ledgerdesk_variable_of_the_cluster_is_one_the_code_reads() -> Non
             asked.add(key)
             return super().get(key, default)
 
-    env = Recording(cluster_environment(LEDGERDESK_ENV="development"))
-    Settings.from_env(env)
-    given = {name for name in env if name.startswith("LEDGERDESK_")}
+    # Read as the process reads it: a secret it was given but does not read is found too.
+    env = Recording(process_environment(process, LEDGERDESK_ENV="development"))
+    Settings.from_env(env, service=process)
+    given = {name for name in env if name.startswith("LEDGERDESK_")} - NOT_READ_YET
     assert given <= asked, f"not read by Settings: {sorted(given - asked)}"

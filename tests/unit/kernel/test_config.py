@@ -24,9 +24,9 @@ B64_B = base64.b64encode(KEY_B).decode()
 PRODUCTION_SECRETS = {
     "LEDGERDESK_ENV": "production",
     "LEDGERDESK_MASTER_KEY": f"prod-2026:{B64_A}",
-    "LEDGERDESK_API_KEY_SECRET": "a-real-api-key-secret",
-    "LEDGERDESK_OPERATOR_TOKEN": "a-real-operator-token",
-    "LEDGERDESK_AUDIT_SIGNING_KEY": B64_A,
+    "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
+    "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
+    "LEDGERDESK_AUDIT_SIGNING_KEY": B64_B,
 }
 
 
@@ -178,7 +178,7 @@ def test_a_nan_timeout_is_refused():
 
 
 def test_master_keys_keep_their_order_and_the_first_is_current():
-    settings = Settings.from_env({"LEDGERDESK_MASTER_KEY": f" new:{B64_B} , old:{B64_A} ,"})
+    settings = Settings.from_env({"LEDGERDESK_MASTER_KEY": f"new:{B64_B} , old:{B64_A} ,"})
 
     assert settings.master_keys == {"new": KEY_B, "old": KEY_A}
     assert list(settings.master_keys) == ["new", "old"]
@@ -208,7 +208,7 @@ def test_the_dev_master_key_parses_to_32_bytes():
         ),
         ("k1:", "LEDGERDESK_MASTER_KEY 'k1' must be 32 bytes"),
         ("", "LEDGERDESK_MASTER_KEY is empty"),
-        (" , ,", "LEDGERDESK_MASTER_KEY is empty"),
+        (", ,", "LEDGERDESK_MASTER_KEY is empty"),
     ],
 )
 def test_a_malformed_master_key_names_the_problem(raw: str, message: str):
