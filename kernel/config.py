@@ -7,6 +7,7 @@ Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -43,6 +44,19 @@ def _parse_master_keys(raw: str) -> dict[str, bytes]:
     if not keys:
         raise ConfigurationError("LEDGERDESK_MASTER_KEY is empty")
     return keys
+
+
+def _parse_networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (a bare address is its /32 or /128), normalised."""
+    networks = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ConfigurationError(
+                f"LEDGERDESK_TRUSTED_PROXIES: {part!r} is not an IP network (CIDR)"
+            ) from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,9 @@ class Settings:
     day_seconds: int = 86400
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
+    # The networks of the proxies (load balancers) whose X-Forwarded-For / Forwarded headers
+    # say who the client is (gateway.clientaddr); none by default: the socket peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
     # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
     ops_host: str = "0.0.0.0"
     ops_port: int = 9100
@@ -167,6 +184,7 @@ class Settings:
             day_seconds=number("DAY_SECONDS", base.day_seconds),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
+            trusted_proxies=_parse_networks(get("TRUSTED_PROXIES", "")),
             ops_host=get("OPS_HOST", base.ops_host),
             ops_port=port("OPS_PORT", base.ops_port),
             heartbeat=number("HEARTBEAT", base.heartbeat),
