@@ -104,16 +104,17 @@ class Edge(SharedExtension):
     def write_summaries(self, final: bool = False) -> None:
         """Write the summaries of the intervals that ended (with ``final``, the current one's
         too) to the gateway's outbox; one that cannot be written now is tried again."""
-        self._unwritten.extend(self.budget.ended(final))
-        while self._unwritten:
-            summary = self._unwritten[0]
+        # Taken before the first write yields: a writer running meanwhile (the timer, another
+        # entrypoint stopping) finds nothing of these to write again.
+        pending, self._unwritten = [*self._unwritten, *self.budget.ended(final)], []
+        for index, summary in enumerate(pending):
             try:
                 with store_of(self.container).db.transaction() as cur:
                     outbox.add(cur, [accesslog.summary_event(summary)])
             except Exception as exc:  # the database is away: the next interval tries again
                 log.warning("access summary not written yet: %s", type(exc).__name__)
+                self._unwritten[:0] = pending[index:]
                 return
-            self._unwritten.pop(0)
             log.info(
                 "access summary: %s unauthenticated requests counted, %s written one by one",
                 summary.counted,

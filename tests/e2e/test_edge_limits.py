@@ -307,5 +307,5 @@ def test_a_flood_of_unauthenticated_requests_adds_a_bounded_number_of_ledger_ent
         return accesses + recorded if recorded == len(summary_ids) else None
 
     gained = wait_until(ledger, what="the summaries in the ledger")
+    # At most the budget and one summary per interval, however long the flood took.
     assert gained <= (LOG_LIMIT + 1) * intervals, (gained, intervals)
-    assert gained < flood / 5
