@@ -1,5 +1,12 @@
 """The access log: one ``gateway.access_logged`` event per request, for the audit service.
 
+Unauthenticated requests (no credential, a refused one, an unknown route, a public endpoint)
+are not what a tenant audits, and anyone can send them by the million: past
+``LEDGERDESK_UNAUTHENTICATED_LOG_LIMIT`` of them in an interval of
+``LEDGERDESK_UNAUTHENTICATED_LOG_SECONDS`` a gateway process counts them instead
+(``UnauthenticatedBudget``) and writes one ``gateway.access_summarized`` event when the interval
+ends: counts by method, route template and status, and no address or user agent.
+
 The event says who did what to which resources, not what was sent: it carries the route
 template (``/v1/contacts/<id>``) and the ids matched, never the raw path or its query string,
 where search terms and other personal data end up. Its ``resource_ids`` name everyone whose data
@@ -11,10 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
-from collections import deque
-from collections.abc import Iterable
-from datetime import datetime
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +43,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # list the API gives names more than a handful of ids (a ticket: itself, requester, assignee).
 MAX_RESOURCE_IDS = 25 * MAX_LIMIT
 _UUID_CHARS = 36
+# Rows (method, route, status) one access summary holds at most.
+MAX_SUMMARY_ROWS = 500
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -80,7 +92,39 @@ ACCESS_LOGGED = EventType(
     upcasters={1: lambda payload: {**payload, "omitted_ids": 0}},
     published=True,
 )
-REGISTRY = EventRegistry(ACCESS_LOGGED)
+
+
+class SummaryRowV1(Schema):
+    method = fields.String(required=True, validate=validate.Regexp(r"^[A-Z]{1,16}$"))
+    route = fields.String(
+        required=True,
+        validate=validate.Regexp(rf"^(/[^?#\s]{{0,499}}|{re.escape(UNMATCHED_ROUTE)})$"),
+    )
+    status = fields.Integer(required=True, strict=True, validate=validate.Range(min=100, max=599))
+    count = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class AccessSummarizedV1(Schema):
+    """The unauthenticated requests of one interval of one gateway process that were counted
+    rather than written one by one: a new event, not a version of ``access_logged``, since it
+    stands for many requests and names no one."""
+
+    started_at = fields.DateTime(required=True)
+    ended_at = fields.DateTime(required=True)
+    # Unauthenticated requests of the interval that have an access_logged event of their own.
+    written = fields.Integer(required=True, strict=True, validate=validate.Range(min=0))
+    # Those counted here; ``requests`` breaks them down (up to MAX_SUMMARY_ROWS rows, so a
+    # count may exceed the rows' sum).
+    counted = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    requests = fields.List(
+        fields.Nested(SummaryRowV1), required=True, validate=validate.Length(max=MAX_SUMMARY_ROWS)
+    )
+
+
+ACCESS_SUMMARIZED = EventType("access_summarized", {1: AccessSummarizedV1}, published=True)
+REGISTRY = EventRegistry(ACCESS_LOGGED, ACCESS_SUMMARIZED)
+# A method outside these is summarised as OTHER: the rows a client can make stay bounded.
+_SUMMARY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def access_event(
@@ -194,3 +238,107 @@ def _user_agent(user_agent: str | None) -> str | None:
     # Whatever a client typed may hold a card number: never stored whole, here either.
     cleaned = redact_card_numbers(_CONTROL.sub("", user_agent))[0]
     return cleaned[:MAX_USER_AGENT_CHARS] or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What one interval counted (``UnauthenticatedBudget``)."""
+
+    started_at: datetime
+    ended_at: datetime
+    written: int
+    counted: int
+    requests: dict[tuple[str, str, int], int]
+
+
+class UnauthenticatedBudget:
+    """At most ``limit`` unauthenticated requests per interval of ``seconds`` are written one
+    by one; the others are counted by (method, route template, status) until the interval
+    ends, in memory bounded by ``MAX_SUMMARY_ROWS`` rows. Intervals are aligned on the epoch,
+    so every process's intervals are the same ones. Nothing about the client is kept."""
+
+    def __init__(self, limit: int, seconds: float, clock: Callable[[], float] = time.time):
+        if limit < 0 or not seconds > 0:
+            raise ValueError("limit must be at least 0 and seconds positive")
+        self.limit = limit
+        self.seconds = float(seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._interval = self._interval_of(clock())
+        self._written = 0
+        self._counted = 0
+        self._rows: Counter[tuple[str, str, int]] = Counter()
+        self._ended: list[Summary] = []
+
+    def admit(self, method: str, route: str, status: int) -> bool:
+        """True if this request is to be written one by one; else it has been counted."""
+        with self._lock:
+            self._roll(self._clock())
+            if self._written < self.limit:
+                self._written += 1
+                return True
+            self._counted += 1
+            method = method.upper() if method.upper() in _SUMMARY_METHODS else "OTHER"
+            key = (method, route, status)
+            if key in self._rows or len(self._rows) < MAX_SUMMARY_ROWS:
+                self._rows[key] += 1
+            return False
+
+    def ended(self, final: bool = False) -> list[Summary]:
+        """The summaries of the intervals that ended (with ``final``, the current one too)
+        that counted anything; each is handed out once."""
+        with self._lock:
+            self._roll(self._clock(), final)
+            ended, self._ended = self._ended, []
+            return ended
+
+    def _interval_of(self, now: float) -> int:
+        return math.floor(now / self.seconds)
+
+    def _roll(self, now: float, final: bool = False) -> None:
+        interval = self._interval_of(now)
+        if interval == self._interval and not final:
+            return
+        if self._counted:
+            ends = min((self._interval + 1) * self.seconds, max(now, self._interval * self.seconds))
+            self._ended.append(
+                Summary(
+                    started_at=datetime.fromtimestamp(self._interval * self.seconds, UTC),
+                    ended_at=datetime.fromtimestamp(ends, UTC),
+                    written=self._written,
+                    counted=self._counted,
+                    requests=dict(self._rows),
+                )
+            )
+        if interval != self._interval:
+            self._interval, self._written = interval, 0
+        self._counted = 0
+        self._rows = Counter()
+
+
+def summary_event(summary: Summary) -> Envelope:
+    """The ``access_summarized`` event of one interval's summary, validated."""
+    payload: dict[str, Any] = {
+        "started_at": summary.started_at.isoformat(),
+        "ended_at": summary.ended_at.isoformat(),
+        "written": summary.written,
+        "counted": summary.counted,
+        "requests": [
+            {"method": method, "route": route, "status": status, "count": count}
+            for (method, route, status), count in sorted(summary.requests.items())
+        ],
+    }
+    ACCESS_SUMMARIZED.validate(payload)
+    envelope = new_envelope(
+        type=ACCESS_SUMMARIZED.name,
+        schema_version=ACCESS_SUMMARIZED.latest,
+        source=SOURCE,
+        stream_id="access-summary-pending",
+        stream_version=1,
+        tenant_id=None,
+        actor_id=None,
+        payload=payload,
+        trace={},
+        occurred_at=summary.ended_at,
+    )
+    return dataclasses.replace(envelope, stream_id=f"access-summary-{envelope.event_id}")

@@ -83,8 +83,21 @@ DATA_MAP = ServiceMap(
             "resource_ids": operational(
                 "resource_ids", "every id the request named or its answer showed"
             ),
-            "ip": personal("ip", Held.PLAINTEXT, note="encrypted by audit on receipt"),
+            "ip": personal(
+                "ip",
+                Held.PLAINTEXT,
+                note="the socket peer, or the client a trusted proxy names"
+                " (LEDGERDESK_TRUSTED_PROXIES); encrypted by audit on receipt",
+            ),
             "user_agent": personal("user_agent", Held.PLAINTEXT, note="likewise"),
-        }
+        },
+        # Counts of one interval's unauthenticated requests past the access log's budget:
+        # no address, user agent, tenant or id.
+        "access_summarized": {
+            "requests.method": operational("requests.method", "an HTTP method, or OTHER"),
+            "requests.route": operational(
+                "requests.route", "the route's template, never the raw path or query"
+            ),
+        },
     },
 )

@@ -21,7 +21,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from gateway import accesslog, problems
+from gateway.edge import Edge
 from gateway.idempotency import IdempotencyStore
+from gateway.ratelimit import RateLimited
 from kernel import outbox
 from kernel.cards import contains_card_number
 from kernel.commands import load_command
@@ -42,6 +44,9 @@ class _ProblemWsgiApp(WsgiApp):
 
     def __call__(self, environ, start_response):
         request = Request(environ, shallow=True)
+        refused = refused_at_the_edge(self.server, self.url_map, request)
+        if refused is not None:
+            return refused(environ, start_response)
         adapter = self.url_map.bind_to_environ(environ)
         try:
             provider, values = adapter.match()
@@ -63,6 +68,8 @@ class _ProblemWsgiApp(WsgiApp):
 
 
 class ApiServer(WebServer):
+    edge = Edge()
+
     def get_wsgi_app(self):
         return _ProblemWsgiApp(self)
 
@@ -156,6 +163,13 @@ class ApiHandler(HttpRequestHandler):
         self.record_access(request, response, worker_data, self.url)
         return response
 
+    def stop(self) -> None:
+        # While the database is still there: what this interval counted is not lost.
+        try:
+            self.server.edge.write_summaries(final=True)
+        finally:
+            super().stop()
+
     def _handle_result(self, event, worker_data, worker_ctx, result, exc_info):
         worker_data.update(worker_ctx.data)
         event.send(result, exc_info)
@@ -168,6 +182,10 @@ class ApiHandler(HttpRequestHandler):
         self, request: Request, response: Response, worker_data: dict, route: str
     ) -> None:
         identity = request.environ.get(IDENTITY) or {}
+        if not identity and not self.server.edge.written_one_by_one(
+            request.method, route, response.status_code
+        ):
+            return  # counted into this interval's access summary (gateway.accesslog)
         traceparent = worker_data.get("traceparent") or ""
         parts = traceparent.split("-")
         trace_id = parts[1] if len(parts) == 4 else None
@@ -180,7 +198,7 @@ class ApiHandler(HttpRequestHandler):
                 resource_ids=requested_ids(request),
                 answer_ids=answer_ids(response),
                 status=response.status_code,
-                ip=request.remote_addr,
+                ip=self.server.edge.client_of(request),
                 user_agent=request.headers.get("User-Agent"),
                 trace_id=trace_id,
                 at=dt.datetime.now(dt.UTC),
@@ -203,6 +221,26 @@ class ApiHandler(HttpRequestHandler):
 
 
 api = ApiHandler.decorator
+
+
+def refused_at_the_edge(server: ApiServer, url_map: Any, request: Request) -> Response | None:
+    """A 429 when the client's address is over its bucket (``gateway.edge``), before a route's
+    handler runs: its body and credential are never read. Access-logged like any answer."""
+    try:
+        server.edge.admit(request)
+        return None
+    except RateLimited as exc:
+        response = problems.from_exception(exc)
+    recorder = next(iter(server._providers), None)
+    if recorder is not None:
+        try:
+            provider, _ = url_map.bind_to_environ(request.environ).match()
+            route = provider.url
+        except HTTPException:
+            route = accesslog.UNMATCHED_ROUTE
+        # A refused request continues no one's trace.
+        recorder.record_access(request, response, {}, route)
+    return response
 
 
 def requested_ids(request: Request) -> list[str]:

@@ -24,7 +24,8 @@ ERRORS = {
     "413": "body too large",
     "422": "validation failed",
     "428": "If-Match is required",
-    "429": "rate limited (see Retry-After)",
+    "429": "rate limited, per client address (every request, refused credentials, sign-ups) or"
+    " per API key (see Retry-After)",
     "503": "a dependency is unavailable",
 }
 AUTH_ERRORS = ("401", "403", "429", "503")
@@ -666,7 +667,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.path == "/metrics":
         success["content"] = {"text/plain": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {endpoint.status: success}
-    errors = set(endpoint.errors)
+    # Every request, public ones included, passes its client address's bucket first.
+    errors = set(endpoint.errors) | {"429"}
     if endpoint.auth:
         errors |= set(AUTH_ERRORS)
     if endpoint.auth == "operator":

@@ -75,22 +75,45 @@ class RateLimiter:
     def check(self, key: str) -> None:
         """Take a token for ``key`` or raise :class:`RateLimited`; a refusal takes nothing."""
         with self._lock:
-            now = self._clock()
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = _Bucket(float(self.burst), now)
-                self._buckets[key] = bucket
-                while len(self._buckets) > self.max_keys:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(key)
-                # max(): a clock that steps back must not drain the bucket.
-                elapsed = max(0.0, now - bucket.updated)
-                bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
-                bucket.updated = now
+            bucket = self._refilled(key)
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
                 return
-            wait = (1.0 - bucket.tokens) / self.rate
+            wait = self._wait(bucket)
+        raise RateLimited(wait)
+
+    def ensure(self, key: str) -> None:
+        """Raise :class:`RateLimited` if ``key`` has no token left, taking none: for a bucket
+        that counts failures (``spend``), checked before the work that may fail."""
+        with self._lock:
+            bucket = self._refilled(key)
+            if bucket.tokens >= 1.0:
+                return
+            wait = self._wait(bucket)
+        raise RateLimited(wait)
+
+    def spend(self, key: str) -> None:
+        """Take a token for ``key`` if one is left (a failure that already happened)."""
+        with self._lock:
+            bucket = self._refilled(key)
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
+
+    def _refilled(self, key: str) -> _Bucket:
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = _Bucket(float(self.burst), now)
+            self._buckets[key] = bucket
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            # max(): a clock that steps back must not drain the bucket.
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        return bucket
+
+    def _wait(self, bucket: _Bucket) -> int:
         # The small allowance keeps float noise (a wait of 2.0000000001) from adding a second.
-        raise RateLimited(max(1, math.ceil(wait - 1e-9)))
+        return max(1, math.ceil((1.0 - bucket.tokens) / self.rate - 1e-9))

@@ -19,6 +19,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway import privacy, problems, schemas
 from gateway.console import ConsoleRoutes
+from gateway.edge import Edge, GatewayLimits
 from gateway.http import (
     IDENTITY,
     RESOURCES,
@@ -82,14 +83,17 @@ def operator_token_matches(presented: str, expected: str) -> bool:
 
 
 class Limits(DependencyProvider):
-    """One rate limiter per process, shared by its workers."""
+    """One rate limiter per process for API keys, shared by its workers, with the process's
+    per-address limits (``gateway.edge``)."""
+
+    edge = Edge()
 
     def setup(self) -> None:
         settings = settings_of(self.container)
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
 
-    def get_dependency(self, worker_ctx: Any) -> RateLimiter:
-        return self.limiter
+    def get_dependency(self, worker_ctx: Any) -> GatewayLimits:
+        return GatewayLimits(self.limiter, self.edge)
 
 
 class Idempotency(DependencyProvider):
@@ -126,7 +130,13 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("a bearer API key is required")
-        identity = self.accounts.authenticate(key.strip())
+        # An address whose keys were refused too often is refused before its key costs a call.
+        self.limits.before_authentication(request)
+        try:
+            identity = self.accounts.authenticate(key.strip())
+        except Unauthorized:
+            self.limits.authentication_failed(request, "api_key")
+            raise
         request.environ[IDENTITY] = identity
         self.limits.check(identity["key_id"])
         if identity["role"] not in roles:
@@ -140,7 +150,13 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     def _operator(self, request: Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if not operator_token_matches(token.strip(), self.config["LEDGERDESK"].operator_token):
+        expected = self.config["LEDGERDESK"].operator_token
+        presented = scheme.lower() == "bearer" and bool(token.strip())
+        if presented:
+            self.limits.before_authentication(request)
+        if not presented or not operator_token_matches(token.strip(), expected):
+            if presented:
+                self.limits.authentication_failed(request, "operator_token")
             raise Unauthorized("the operator token is required")
         request.environ[IDENTITY] = {"actor": "operator"}
         self.limits.check("operator")
@@ -212,8 +228,9 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("POST", "/v1/signup")
     def sign_up(self, request: Request) -> Response:
+        # Per client address, before the body is read: a sign-up creates a tenant and its keys.
+        self.limits.sign_up(request)
         command = read_json(request, schemas.SignUpV1())
-        self.limits.check(f"signup:{request.remote_addr}")
 
         def produce() -> Response:
             created = self.accounts.sign_up(command)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
 import re
@@ -129,6 +130,19 @@ def _parse_master_keys(raw: str) -> dict[str, bytes]:
     return keys
 
 
+def _parse_networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated CIDRs (a bare address is its /32 or /128), normalised."""
+    networks = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ConfigurationError(
+                f"LEDGERDESK_TRUSTED_PROXIES: {part!r} is not an IP network (CIDR)"
+            ) from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str = "development"
@@ -177,6 +191,23 @@ class Settings:
     day_seconds: int = 86400
     rate_limit: float = 50.0  # requests per second per API key, sustained
     rate_burst: int = 100
+    # The networks of the proxies (load balancers) whose X-Forwarded-For / Forwarded headers
+    # say who the client is (gateway.clientaddr); none by default: the socket peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
+    # Per client address and gateway process, before anything else is done with a request:
+    # generous, since one address may be a whole office behind NAT.
+    client_rate_limit: float = 100.0
+    client_rate_burst: int = 200
+    # Refused credentials per client address: past the burst, 429 without asking accounts.
+    auth_failure_rate_limit: float = 0.1
+    auth_failure_burst: int = 10
+    # Sign-ups per client address: three at once, then one every ten minutes.
+    signup_rate_limit: float = 1 / 600
+    signup_burst: int = 3
+    # Unauthenticated requests written to the access log one by one, per gateway process and
+    # interval; the rest are counted into one access_summarized event per interval.
+    unauthenticated_log_limit: int = 60
+    unauthenticated_log_seconds: float = 60.0
     # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
     ops_host: str = "0.0.0.0"
     ops_port: int = 9100
@@ -302,6 +333,21 @@ class Settings:
             day_seconds=number("DAY_SECONDS", base.day_seconds),
             rate_limit=number("RATE_LIMIT", base.rate_limit, float),
             rate_burst=number("RATE_BURST", base.rate_burst),
+            trusted_proxies=_parse_networks(get("TRUSTED_PROXIES", "")),
+            client_rate_limit=number("CLIENT_RATE_LIMIT", base.client_rate_limit, float),
+            client_rate_burst=number("CLIENT_RATE_BURST", base.client_rate_burst),
+            auth_failure_rate_limit=number(
+                "AUTH_FAILURE_RATE_LIMIT", base.auth_failure_rate_limit, float
+            ),
+            auth_failure_burst=number("AUTH_FAILURE_BURST", base.auth_failure_burst),
+            signup_rate_limit=number("SIGNUP_RATE_LIMIT", base.signup_rate_limit, float),
+            signup_burst=number("SIGNUP_BURST", base.signup_burst),
+            unauthenticated_log_limit=number(
+                "UNAUTHENTICATED_LOG_LIMIT", base.unauthenticated_log_limit
+            ),
+            unauthenticated_log_seconds=number(
+                "UNAUTHENTICATED_LOG_SECONDS", base.unauthenticated_log_seconds, float
+            ),
             ops_host=get("OPS_HOST", base.ops_host),
             ops_port=port("OPS_PORT", base.ops_port),
             heartbeat=number("HEARTBEAT", base.heartbeat),

@@ -58,6 +58,24 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered, by route template and status",
     ["route", "method", "status"],
 )
+RATE_LIMITED = Counter(
+    "ledgerdesk_rate_limited_total",
+    "Requests answered 429, by the limit that refused them: client (per client address, before "
+    "anything else), auth_failure (the address's credentials were refused too often), signup "
+    "(per client address), key (per API key)",
+    ["limit"],
+)
+FAILED_AUTHENTICATIONS = Counter(
+    "ledgerdesk_failed_authentications_total",
+    "Requests whose credential was refused (an API key accounts does not know, a wrong "
+    "operator token), by credential; a request without one is not counted",
+    ["credential"],
+)
+ACCESSES_SUMMARIZED = Counter(
+    "ledgerdesk_access_log_summarized_total",
+    "Unauthenticated requests counted into an access_summarized event instead of being "
+    "written to the access log one by one",
+)
 HTTP_SECONDS = Histogram(
     "ledgerdesk_http_request_seconds",
     "Time to answer an HTTP request, by route template",

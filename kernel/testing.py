@@ -160,6 +160,16 @@ def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Set
             "LEDGERDESK_DELIVERY_LIMIT": "4",
             # Many worlds run at once: each process's ops endpoints take a free port.
             "LEDGERDESK_OPS_PORT": "0",
+            # Every test client is 127.0.0.1: the per-address limits, and the budget of
+            # unauthenticated requests the access log writes one by one, are relaxed here and
+            # tested by the tests that set them.
+            "LEDGERDESK_CLIENT_RATE_LIMIT": "1000000",
+            "LEDGERDESK_CLIENT_RATE_BURST": "1000000",
+            "LEDGERDESK_AUTH_FAILURE_RATE_LIMIT": "1000000",
+            "LEDGERDESK_AUTH_FAILURE_BURST": "1000000",
+            "LEDGERDESK_SIGNUP_RATE_LIMIT": "1000000",
+            "LEDGERDESK_SIGNUP_BURST": "1000000",
+            "LEDGERDESK_UNAUTHENTICATED_LOG_LIMIT": "1000000",
             **overrides,
         }
     )
@@ -199,6 +209,15 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
         LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
         LEDGERDESK_RATE_BURST=str(settings.rate_burst),
+        LEDGERDESK_TRUSTED_PROXIES=",".join(settings.trusted_proxies),
+        LEDGERDESK_CLIENT_RATE_LIMIT=str(settings.client_rate_limit),
+        LEDGERDESK_CLIENT_RATE_BURST=str(settings.client_rate_burst),
+        LEDGERDESK_AUTH_FAILURE_RATE_LIMIT=str(settings.auth_failure_rate_limit),
+        LEDGERDESK_AUTH_FAILURE_BURST=str(settings.auth_failure_burst),
+        LEDGERDESK_SIGNUP_RATE_LIMIT=str(settings.signup_rate_limit),
+        LEDGERDESK_SIGNUP_BURST=str(settings.signup_burst),
+        LEDGERDESK_UNAUTHENTICATED_LOG_LIMIT=str(settings.unauthenticated_log_limit),
+        LEDGERDESK_UNAUTHENTICATED_LOG_SECONDS=str(settings.unauthenticated_log_seconds),
         LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,
         LEDGERDESK_OPS_PORT=str(settings.ops_port),
         LEDGERDESK_HEARTBEAT=str(settings.heartbeat),

@@ -179,3 +179,19 @@ def test_rate_limited_is_429_with_retry_after():
         "status": 429,
         "detail": "too many requests; retry in 12 s",
     }
+
+
+def test_a_failure_bucket_is_checked_without_taking_and_spent_by_failures():
+    clock = FakeClock()
+    failures = RateLimiter(rate=0.1, burst=2, clock=clock)
+    for _ in range(5):
+        failures.ensure("a")  # checking takes nothing
+    failures.spend("a")
+    failures.spend("a")
+    failures.spend("a")  # never below empty: the wait stays one token's
+    with pytest.raises(RateLimited) as caught:
+        failures.ensure("a")
+    assert caught.value.retry_after == 10
+    failures.ensure("b")  # another address is untouched
+    clock.advance(10)
+    failures.ensure("a")
