@@ -17,7 +17,7 @@ from gateway import schemas
 ERRORS = {
     "400": "malformed JSON",
     "401": "no or bad credentials",
-    "403": "role not allowed, or the tenant is cancelled",
+    "403": "role not allowed, the tenant is cancelled, or four eyes refuse this decider",
     "404": "not found (also: another tenant's)",
     "405": "method not allowed",
     "409": "version or state conflict",
@@ -48,6 +48,8 @@ class Endpoint:
     etag: bool = False
     path_params: tuple[str, ...] = field(default=())
     filters: tuple[str, ...] = field(default=())
+    # Other successful answers: (status, response schema, description).
+    also: tuple[tuple[str, str, str], ...] = field(default=())
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -451,8 +453,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post",
         "/v1/privacy/requests/{request_id}/approve",
-        "Approve a request that waits for approval (not by the admin who filed it); while the"
-        " tenant is cancelled, access requests only",
+        "Approve a request that waits for approval: not by the admin who filed it (409), nor"
+        " with a key the filer issued, and only by an admin since before it was filed (403);"
+        " while the tenant is cancelled, access requests only",
         "200",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -463,8 +466,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "post",
         "/v1/privacy/requests/{request_id}/deny",
-        "Deny a request that waits for approval, with the reason; while the tenant is cancelled,"
-        " access requests only",
+        "Deny a request that waits for approval, with the reason (same rules as approving);"
+        " while the tenant is cancelled, access requests only",
         "200",
         "PrivacyRequestOut",
         roles=("admin",),
@@ -483,12 +486,66 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "put",
         "/v1/privacy/approval-policy",
-        "Set the request types that wait for a second admin's approval",
+        "Set the request types that wait for a second admin's approval: widening the policy"
+        " applies at once (200, the policy); lifting or narrowing a policy that requires"
+        " approval is a change another admin must approve (202, the change)",
         "200",
         "ApprovalPolicyOut",
         roles=("admin",),
         body="SetApprovalPolicyV1",
         errors=("400", "413", "422"),
+        also=(
+            (
+                "202",
+                "ApprovalPolicyChangeOut",
+                "the change waits for another admin's approval",
+            ),
+        ),
+    ),
+    Endpoint(
+        "get",
+        "/v1/privacy/approval-policy/changes",
+        "Changes of the approval policy that waited or wait for approval, oldest first",
+        "200",
+        "ApprovalPolicyChangeListOut",
+        roles=("admin",),
+        errors=("422",),
+        list_params=True,
+        filters=("status",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/privacy/approval-policy/changes/{change_id}",
+        "A change of the approval policy",
+        "200",
+        "ApprovalPolicyChangeOut",
+        roles=("admin",),
+        errors=("404",),
+        path_params=("change_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/privacy/approval-policy/changes/{change_id}/approve",
+        "Approve a waiting change of the approval policy, which then applies: not by its filer,"
+        " nor with a key the filer issued, and only by an admin since before it was filed (403);"
+        " 409 when it no longer waits (decided, or superseded by a newer change)",
+        "200",
+        "ApprovalPolicyChangeOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("change_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/privacy/approval-policy/changes/{change_id}/deny",
+        "Deny a waiting change of the approval policy, with the reason (same rules as approving)",
+        "200",
+        "ApprovalPolicyChangeOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("change_id",),
     ),
     Endpoint(
         "get",
@@ -667,6 +724,11 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.path == "/metrics":
         success["content"] = {"text/plain": {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {endpoint.status: success}
+    for status, response, description in endpoint.also:
+        responses[status] = {
+            "description": description,
+            "content": {"application/json": {"schema": response}},
+        }
     # Every request, public ones included, passes its client address's bucket first.
     errors = set(endpoint.errors) | {"429"}
     if endpoint.auth:
@@ -705,7 +767,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         ]
     for name in endpoint.filters:
         schema: dict[str, Any] = {"type": "string"}
-        if name == "status" and endpoint.path.startswith("/v1/privacy/"):
+        if name == "status" and endpoint.path.startswith("/v1/privacy/approval-policy/"):
+            schema["enum"] = schemas.POLICY_CHANGE_STATUSES
+        elif name == "status" and endpoint.path.startswith("/v1/privacy/"):
             schema["enum"] = schemas.PRIVACY_STATUSES
         elif name == "status":
             schema["enum"] = ["new", "open", "pending", "solved", "closed"]
@@ -765,6 +829,7 @@ def build_spec() -> dict[str, Any]:
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})
     names = {e.body for e in ENDPOINTS} | {e.response for e in ENDPOINTS} | {"Problem"}
+    names |= {response for e in ENDPOINTS for _, response, _ in e.also}
     for name in sorted(n for n in names if n):
         if name not in spec.components.schemas:  # nested ones register themselves first
             spec.components.schema(name, schema=getattr(schemas, name))

@@ -373,6 +373,41 @@ class ApprovalPolicyOut(Schema):
     source = fields.String(required=True, metadata={"enum": ["default", "tenant"]})
 
 
+POLICY_CHANGE_STATUSES = ["awaiting_approval", "approved", "denied", "superseded"]
+
+
+class PolicyChangeApprovalOut(Schema):
+    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decided_by = fields.UUID(required=True)
+    decided_at = fields.DateTime(required=True)
+    reason = fields.String(required=True)
+
+
+class ApprovalPolicyChangeOut(Schema):
+    """A change that lifts or narrows a policy requiring approval: it waits for an admin other
+    than its filer (who was an admin before it was filed, acting with a key the filer did not
+    issue). A newer filing, or a change applied meanwhile, supersedes it."""
+
+    id = fields.UUID(required=True)
+    status = fields.String(required=True, metadata={"enum": POLICY_CHANGE_STATUSES})
+    requires_approval = fields.List(
+        fields.String(), required=True, metadata={"description": "the policy once approved"}
+    )
+    based_on = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "the policy it was filed against"},
+    )
+    filed_by = fields.UUID(required=True)
+    created_at = fields.DateTime(required=True)
+    approval = fields.Nested(PolicyChangeApprovalOut, required=True, allow_none=True)
+
+
+class ApprovalPolicyChangeListOut(Schema):
+    items = fields.List(fields.Nested(ApprovalPolicyChangeOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
 class ReceiptOut(Schema):
     class Meta:
         unknown = "include"

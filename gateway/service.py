@@ -614,9 +614,47 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("PUT", "/v1/privacy/approval-policy")
     def set_approval_policy(self, request: Request) -> Response:
+        """200 with the policy when it applies at once (widening it); 202 with the change when
+        it lifts or narrows a policy that requires approval: another admin decides that."""
         caller = self._caller(request, ADMIN)
         command = read_json(request, schemas.SetApprovalPolicyV1())
-        return json_response(200, self.retention.set_approval_policy(caller, command))
+        changed = self.retention.change_approval_policy(caller, command)
+        if not changed["applied"]:
+            request.environ[RESOURCES] = [changed["result"]["id"]]
+        return json_response(200 if changed["applied"] else 202, changed["result"])
+
+    @api("GET", "/v1/privacy/approval-policy/changes")
+    def list_policy_changes(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        limit, after = self._page(request)
+        status = request.args.get("status") or None
+        if status is not None and status not in schemas.POLICY_CHANGE_STATUSES:
+            raise ValidationFailed(
+                {"status": [f"one of {', '.join(schemas.POLICY_CHANGE_STATUSES)}"]}
+            )
+        return self._listing(
+            self.retention.list_policy_changes(caller["tenant_id"], status, limit, after)
+        )
+
+    @api("GET", "/v1/privacy/approval-policy/changes/<string:change_id>")
+    def get_policy_change(self, request: Request, change_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.get_policy_change(caller["tenant_id"], change_id))
+
+    @api("POST", "/v1/privacy/approval-policy/changes/<string:change_id>/approve")
+    def approve_policy_change(self, request: Request, change_id: str) -> Response:
+        return self._decide_change(request, change_id, "approved")
+
+    @api("POST", "/v1/privacy/approval-policy/changes/<string:change_id>/deny")
+    def deny_policy_change(self, request: Request, change_id: str) -> Response:
+        return self._decide_change(request, change_id, "denied")
+
+    def _decide_change(self, request: Request, change_id: str, decision: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.DecideRequestV1())
+        decided = self.retention.decide_policy_change(caller, change_id, decision, command)
+        request.environ[RESOURCES] = [decided["id"]]
+        return json_response(200, decided)
 
     @api("GET", "/v1/privacy/requests/<string:request_id>")
     def get_privacy_request(self, request: Request, request_id: str) -> Response:

@@ -172,6 +172,9 @@ class EventType:
     tenant_fields: tuple[str, ...] = ()
     # Published events also leave through the outbox, without their personal or tenant fields.
     published: bool = False
+    # Fields kept in the store as they are but left out of published copies too: what only the
+    # owner may hold (an API key's keyed hash), on an event the ledger must still see.
+    unpublished_fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.personal_fields and not self.subject_field:
@@ -186,6 +189,11 @@ class EventType:
         """Every field stored encrypted, and left out of published copies (read on every
         append: computed once)."""
         return self.personal_fields + self.tenant_fields
+
+    @functools.cached_property
+    def withheld_fields(self) -> tuple[str, ...]:
+        """Every field a published copy leaves out."""
+        return self.encrypted_fields + self.unpublished_fields
 
     @property
     def latest(self) -> int:

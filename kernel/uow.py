@@ -144,7 +144,7 @@ class UnitOfWork:
                     projection.apply(self.cur, encrypted if projection.ciphertext else envelope)
             stored.append(encrypted)
             if event_type.published:
-                hidden = event_type.encrypted_fields
+                hidden = event_type.withheld_fields
                 public = {k: v for k, v in envelope.payload.items() if k not in hidden}
                 self._messages.append(
                     (EVENTS_EXCHANGE, dataclasses.replace(envelope, payload=public))

@@ -44,8 +44,12 @@ def render_events(service_map: ServiceMap) -> list[str]:
                     continue
                 note = declared[path].note if path in declared else ""
                 published = "yes" if event_type.published else "no"
-                if category is Category.PERSONAL and held is not Held.PLAINTEXT:
+                if path.split(".", 1)[0] in event_type.withheld_fields:
                     published = "no (stripped)" if event_type.published else "no"
+                elif category is Category.PERSONAL and held is not Held.PLAINTEXT:
+                    # Sealed by the service itself (not by the kernel, which strips what it
+                    # encrypts): the published copy carries the ciphertext.
+                    published = "yes (sealed)" if event_type.published else "no"
                 rows.append(
                     f"| `{event_type.name}` v{version} | `{path}` | "
                     f"{category.value if category else 'UNDECLARED'} | "

@@ -83,6 +83,10 @@ DATA_MAP = ServiceMap(
                 pseudonym("agent_id"),
                 operational("issued_at"),
                 operational("revoked_at"),
+                pseudonym(
+                    "issuer_id",
+                    "whom the key answers to for four eyes (NULL: issued before it was recorded)",
+                ),
             ),
         ),
         Table(
@@ -173,7 +177,9 @@ DATA_MAP = ServiceMap(
         },
         "api_key_issued": {
             "key_hash": secret(
-                "key_hash", Held.KEYED_HASH, note="HMAC-SHA-256 of the key, never the key"
+                "key_hash",
+                Held.KEYED_HASH,
+                note="HMAC-SHA-256 of the key, never the key; left out of the published copy",
             )
         },
         "policy_accepted": {"version": operational("version")},

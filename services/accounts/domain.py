@@ -131,10 +131,17 @@ class Agent(Aggregate):
         )
         return agent
 
-    def issue_api_key(self, key_id: uuid.UUID, key_hash: str) -> None:
+    def issue_api_key(self, key_id: uuid.UUID, key_hash: str, issuer_id: str) -> None:
+        """``issuer_id``: whom the key answers to for four eyes (see ``ApiKeyIssuedV2``)."""
         if not self.active:
             raise Conflict("the agent is deactivated")
-        self.record("api_key_issued", agent_id=self.id, key_id=str(key_id), key_hash=key_hash)
+        self.record(
+            "api_key_issued",
+            agent_id=self.id,
+            key_id=str(key_id),
+            key_hash=key_hash,
+            issuer_id=issuer_id,
+        )
 
     def revoke_api_key(self, key_id: str) -> None:
         if key_id not in self.key_ids:

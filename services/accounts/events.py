@@ -67,6 +67,25 @@ class ApiKeyIssuedV1(Schema):
     key_hash = fields.String(required=True)
 
 
+class ApiKeyIssuedV2(Schema):
+    """V1 and whom the key answers to, for four eyes (``issuer_id``): a key minted for an agent
+    is known to whoever minted it, so it answers to the person the minting key answered to (an
+    admin's own key answers to her; a key she minted for someone else answers to her, and so
+    does every key minted with it). A sign-up key and the key an agent is created with (handed
+    over once, at onboarding) answer to the agent. The published copy is ids only: the hash
+    stays in accounts' store."""
+
+    agent_id = fields.UUID(required=True)
+    key_id = fields.UUID(required=True)
+    key_hash = fields.String(required=True)
+    # None only for keys issued before this version, whose issuer was not recorded.
+    issuer_id = fields.UUID(required=True, allow_none=True)
+
+
+def _issuer_unknown(payload: dict) -> dict:
+    return {**payload, "issuer_id": None}
+
+
 class ApiKeyRevokedV1(Schema):
     agent_id = fields.UUID(required=True)
     key_id = fields.UUID(required=True)
@@ -129,7 +148,13 @@ TENANT_REACTIVATED = EventType("tenant_reactivated", {1: TenantReactivatedV1}, p
 TENANT_DESTROYED = EventType("tenant_destroyed", {1: TenantDestroyedV1})
 AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id", ("name", "email"))
 AGENT_DEACTIVATED = EventType("agent_deactivated", {1: AgentDeactivatedV1}, published=True)
-API_KEY_ISSUED = EventType("api_key_issued", {1: ApiKeyIssuedV1})
+API_KEY_ISSUED = EventType(
+    "api_key_issued",
+    {1: ApiKeyIssuedV1, 2: ApiKeyIssuedV2},
+    upcasters={1: _issuer_unknown},
+    published=True,
+    unpublished_fields=("key_hash",),
+)
 API_KEY_REVOKED = EventType("api_key_revoked", {1: ApiKeyRevokedV1}, published=True)
 POLICY_ACCEPTED = EventType("policy_accepted", {1: PolicyAcceptedV1}, published=True)
 CONTACT_CREATED = _personal("contact_created", ContactCreatedV1, "contact_id")

@@ -132,7 +132,7 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
         name=command["admin"]["name"],
         email=command["admin"]["email"],
     )
-    api_key = _issue_key(admin, settings)
+    api_key = _issue_key(admin, settings, admin.id)
     admin.accept_policy(command["accept_policy_version"])
     uow.actor_id = admin.id
     save(uow, tenant, tenant.id, tenant.region)
@@ -181,10 +181,25 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
 # --- agents and keys --------------------------------------------------------------------------
 
 
-def _issue_key(agent: Agent, settings: Settings) -> str:
+def _issue_key(agent: Agent, settings: Settings, issuer_id: str) -> str:
     api_key = apikeys.generate()
-    agent.issue_api_key(uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key))
+    agent.issue_api_key(
+        uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key), issuer_id
+    )
     return api_key
+
+
+def key_issuer(uow: UnitOfWork, key_id: str, agent_id: str) -> str:
+    """Whom a key answers to for four eyes: the person, besides its agent, who may hold it (its
+    agent when no one else does, or for keys issued before the issuer was recorded)."""
+    uow.cur.execute(
+        "SELECT coalesce(issuer_id, agent_id) FROM api_keys WHERE key_id = %s AND agent_id = %s",
+        (key_id, agent_id),
+    )
+    row = uow.cur.fetchone()
+    if row is None:
+        raise Unauthorized("invalid credentials")
+    return str(row[0])
 
 
 def agent_view(agent: Agent) -> dict[str, Any]:
@@ -208,7 +223,9 @@ def create_agent(
         name=command["name"],
         email=command["email"],
     )
-    api_key = _issue_key(agent, settings)
+    # The key an agent is created with is handed to them once, at onboarding: it answers to
+    # them, or no agent created by another admin could ever decide that admin's requests.
+    api_key = _issue_key(agent, settings, agent.id)
     save(uow, agent, tenant_id, region)
     return {**agent_view(agent), "api_key": api_key}
 
@@ -239,12 +256,16 @@ def deactivate_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str
 
 
 def issue_api_key(
-    uow: UnitOfWork, tenant_id: str, agent_id: str, settings: Settings
+    uow: UnitOfWork, actor: dict[str, str], agent_id: str, settings: Settings
 ) -> dict[str, Any]:
-    agent = _scoped(uow, Agent, tenant_id, agent_id)
-    api_key = _issue_key(agent, settings)
+    """A new key for an agent. Whoever holds the key that minted it may hold this one too, so
+    it answers to the person the minting key answers to: an admin minting a key for another
+    admin cannot approve her own requests with it, nor with any key minted with that one."""
+    issuer_id = key_issuer(uow, actor["key_id"], actor["agent_id"])
+    agent = _scoped(uow, Agent, actor["tenant_id"], agent_id)
+    api_key = _issue_key(agent, settings, issuer_id)
     key_id = agent.key_ids[-1]
-    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+    save(uow, agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
     return {"id": key_id, "agent_id": agent.id, "api_key": api_key}
 
 
@@ -257,12 +278,15 @@ def revoke_api_key(uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str) 
 
 
 def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str, Any]:
-    """The agent and tenant a key belongs to; one error for unknown, revoked or inactive."""
+    """The agent and tenant a key belongs to; one error for unknown, revoked or inactive. With
+    ids and times for four eyes: whom the key answers to (``key_issuer_id``) and since when
+    the agent has been an admin (``admin_since``; None for other roles)."""
     if not api_key.startswith(apikeys.PREFIX) or len(api_key) > 200:
         raise Unauthorized("invalid credentials")
     key_hash = apikeys.keyed_hash(settings.api_key_secret, api_key)
     uow.cur.execute(
-        "SELECT k.key_hash, k.key_id, a.id, a.tenant_id, a.role, t.status FROM api_keys k"
+        "SELECT k.key_hash, k.key_id, a.id, a.tenant_id, a.role, t.status,"
+        " coalesce(k.issuer_id, k.agent_id), a.created_at FROM api_keys k"
         " JOIN agents a ON a.id = k.agent_id JOIN tenants t ON t.id = a.tenant_id"
         " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND a.active",
         (key_hash,),
@@ -276,6 +300,10 @@ def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str,
         "tenant_id": str(row[3]),
         "role": row[4],
         "tenant_status": row[5],
+        "key_issuer_id": str(row[6]),
+        # An agent's role is set when it is created (no route changes it): a promotion would
+        # have to record when it happened, and this would read that.
+        "admin_since": row[7].isoformat() if row[4] == "admin" else None,
     }
 
 

@@ -86,9 +86,9 @@ class AgentsProjection(Projection):
             )
         elif event.type == "api_key_issued":
             cur.execute(
-                "INSERT INTO api_keys (key_hash, key_id, agent_id, issued_at)"
-                " VALUES (%s, %s, %s, %s)",
-                (p["key_hash"], p["key_id"], p["agent_id"], event.occurred_at),
+                "INSERT INTO api_keys (key_hash, key_id, agent_id, issued_at, issuer_id)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (p["key_hash"], p["key_id"], p["agent_id"], event.occurred_at, p.get("issuer_id")),
             )
         elif event.type == "api_key_revoked":
             cur.execute(

@@ -110,7 +110,7 @@ class AccountsService:
     @rpc
     def issue_api_key(self, actor: dict[str, str], agent_id: str) -> dict[str, Any]:
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return handlers.issue_api_key(uow, actor["tenant_id"], agent_id, self.settings)
+            return handlers.issue_api_key(uow, actor, agent_id, self.settings)
 
     @rpc
     def revoke_api_key(self, actor: dict[str, str], agent_id: str, key_id: str) -> None:

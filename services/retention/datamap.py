@@ -1,9 +1,17 @@
 """What retention keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
 
 from kernel.datamap import End, Held, ServiceMap, Table, When, operational, personal, pseudonym
+from services.retention.events import MESSAGES
 
 _SEALED = "services.retention.sealed"
 KEPT = End(When.KEPT, "the record of what was done, by ids: evidence the promise was kept")
+
+_REASON_SEALED = personal(
+    "reason_sealed",
+    Held.TENANT_KEY,
+    note="the deciding admin's reason (free text) as retention keeps it, so the ledger's copy"
+    " is unreadable once the tenant's key is shredded",
+)
 
 DATA_MAP = ServiceMap(
     service="retention",
@@ -32,6 +40,10 @@ DATA_MAP = ServiceMap(
                 operational("subject_kind"),
                 pseudonym("subject_id"),
                 pseudonym("filed_by"),
+                pseudonym(
+                    "filed_key_issuer",
+                    "whom the filer's key answered to, for four eyes (from accounts, by id)",
+                ),
                 personal(
                     "identity_check",
                     Held.PLAINTEXT,
@@ -139,6 +151,37 @@ DATA_MAP = ServiceMap(
             ends=(KEPT,),
         ),
         Table(
+            "approval_policy_changes",
+            "changes that lift or narrow an approval policy, waiting for or decided by another"
+            " admin",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("types", "the policy once approved"),
+                operational("based_on", "the policy it was filed against"),
+                pseudonym("filed_by"),
+                pseudonym(
+                    "filed_key_issuer",
+                    "whom the filer's key answered to, for four eyes (from accounts, by id)",
+                ),
+                operational("status"),
+                operational("created_at"),
+                pseudonym("decided_by"),
+                operational("decided_at"),
+                personal(
+                    "decision_reason_sealed",
+                    Held.TENANT_KEY,
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded",
+                        f"{_SEALED}:destroy_tenant",
+                    ),
+                    note="the approving or denying admin's reason (free text)",
+                ),
+            ),
+            ends=(KEPT,),
+        ),
+        Table(
             "closed_tickets",
             "when each closed ticket closed, so its words are purged on time: ids and times",
             (
@@ -150,4 +193,28 @@ DATA_MAP = ServiceMap(
             ends=(KEPT,),
         ),
     ),
+    messages=(MESSAGES,),
+    event_fields={
+        **{
+            f"privacy_request_{decision}": {
+                "decision": operational("decision"),
+                "reason_sealed": _REASON_SEALED,
+            }
+            for decision in ("approved", "denied")
+        },
+        **{
+            f"approval_policy_change_{decision}": {
+                "decision": operational("decision"),
+                "reason_sealed": _REASON_SEALED,
+            }
+            for decision in ("approved", "denied")
+        },
+        "approval_policy_change_filed": {
+            "requires_approval": operational("requires_approval", "request types"),
+            "based_on": operational("based_on", "request types"),
+        },
+        "approval_policy_changed": {
+            "requires_approval": operational("requires_approval", "request types"),
+        },
+    },
 )

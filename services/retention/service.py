@@ -130,6 +130,7 @@ class RetentionService:
                 command,
                 self.clock(),
                 self.timing,
+                actor.get("key_issuer_id"),
             )
         return {**filed, "created": created}
 
@@ -155,7 +156,7 @@ class RetentionService:
                 uow,
                 actor["tenant_id"],
                 request_id,
-                actor["agent_id"],
+                actor,
                 decision,
                 command["reason"],
                 self.clock(),
@@ -168,11 +169,39 @@ class RetentionService:
             return requests.approval_policy(uow, tenant_id)
 
     @rpc
-    def set_approval_policy(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
+    def change_approval_policy(
+        self, actor: dict[str, Any], request: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The policy as it now is, or, for a change that waits for another admin, the change
+        (``applied`` says which). Named anew so a caller of the old ``set_approval_policy``,
+        which applied every change at once, fails rather than being answered in a new shape."""
         command = load_command(SetApprovalPolicyV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return requests.set_approval_policy(
-                uow, actor["tenant_id"], command["requires_approval"]
+            result, applied = requests.change_approval_policy(
+                uow, actor, command["requires_approval"], self.clock()
+            )
+        return {"applied": applied, "result": result}
+
+    @rpc
+    def get_policy_change(self, tenant_id: str, change_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.get_policy_change(uow, tenant_id, change_id)
+
+    @rpc
+    def list_policy_changes(
+        self, tenant_id: str, status: str | None, limit: int, after: list | None
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return requests.list_policy_changes(uow, tenant_id, status, limit, after)
+
+    @rpc
+    def decide_policy_change(
+        self, actor: dict[str, Any], change_id: str, decision: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        command = load_command(DecideRequestV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return requests.decide_policy_change(
+                uow, actor["tenant_id"], change_id, actor, decision, command["reason"], self.clock()
             )
 
     @rpc

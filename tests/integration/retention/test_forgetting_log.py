@@ -52,6 +52,18 @@ def file(store, tenant: str, type_: str, contact: str, at: dt.datetime) -> dict:
     return filed
 
 
+def admin(since: dt.datetime) -> dict:
+    """An admin who decides, as the gateway describes the caller: one who has been an admin
+    since the day before ``since``, with a key of their own."""
+    agent = str(uuid.uuid4())
+    return {
+        "agent_id": agent,
+        "key_id": str(uuid.uuid4()),
+        "key_issuer_id": agent,
+        "admin_since": (since - dt.timedelta(days=1)).isoformat(),
+    }
+
+
 def log_of(store) -> list[dict]:
     with store.db.transaction() as cur:
         entries = forgetting_log(cur)
@@ -76,7 +88,7 @@ def test_the_log_holds_every_kind_of_forgetting_in_the_order_it_went_out(retenti
     file(retention, tenant, "erasure", waiting, T0 + 6 * minute)
     no = file(retention, tenant, "erasure", denied, T0 + 7 * minute)
     with retention.unit_of_work("other-admin") as uow:
-        requests.decide(uow, tenant, no["id"], str(uuid.uuid4()), "denied", "not them", T0, TIMING)
+        requests.decide(uow, tenant, no["id"], admin(T0), "denied", "not them", T0, TIMING)
     # A destruction that ran; closed tickets and access-log purges of both tenants.
     with retention.db.transaction() as cur:
         cur.execute(

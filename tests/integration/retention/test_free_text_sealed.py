@@ -55,8 +55,14 @@ def file_and_approve(store: EventSourcedStore, tenant: str) -> dict[str, Any]:
             T0,
             TIMING,
         )
+    decider = {
+        "agent_id": approver,
+        "key_id": str(uuid.uuid4()),
+        "key_issuer_id": approver,
+        "admin_since": (T0 - dt.timedelta(days=1)).isoformat(),
+    }
     with store.unit_of_work(approver) as uow:
-        return requests.decide(uow, tenant, filed["id"], approver, "approved", REASON, T0, TIMING)
+        return requests.decide(uow, tenant, filed["id"], decider, "approved", REASON, T0, TIMING)
 
 
 def dump(store: EventSourcedStore) -> str:

@@ -161,7 +161,7 @@ def test_agent_create_and_issue_api_key():
     agent = Agent.create(
         agent_id=agent_id, tenant_id="t-1", role="admin", name="Ada", email="ada@example.com"
     )
-    agent.issue_api_key(key_id, "f" * 64)
+    agent.issue_api_key(key_id, "f" * 64, str(agent_id))
 
     assert agent.id == str(agent_id)
     assert agent.stream_id == f"agent-{agent_id}"
@@ -184,6 +184,7 @@ def test_agent_create_and_issue_api_key():
         "agent_id": str(agent_id),
         "key_id": str(key_id),
         "key_hash": "f" * 64,
+        "issuer_id": str(agent_id),
     }
 
 
@@ -193,8 +194,8 @@ def test_an_agent_keeps_every_issued_key_in_order():
     )
     first, second = uuid.uuid4(), uuid.uuid4()
 
-    agent.issue_api_key(first, "h1")
-    agent.issue_api_key(second, "h2")
+    agent.issue_api_key(first, "h1", agent.id)
+    agent.issue_api_key(second, "h2", agent.id)
 
     assert agent.key_ids == (str(first), str(second))
 

@@ -1,0 +1,102 @@
+"""What retention publishes about approvals, for the audit ledger: messages it does not store
+(its requests and policy changes are rows, not event streams). A version's meaning never
+changes: a new meaning is a new version. Each payload is checked against its schema when sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from kernel.envelope import EventRegistry, EventType
+from services.retention.commands import APPROVABLE_TYPES
+
+DECISIONS = ("approved", "denied")
+
+
+class PrivacyRequestDecidedV1(Schema):
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    decided_by = fields.UUID(required=True)
+
+
+class PrivacyRequestDecidedV2(PrivacyRequestDecidedV1):
+    """V1 and what was decided, with which key and whom that key answers to (an admin who
+    mints a key for another holds it too), and why: the reason as retention keeps it, sealed
+    under the tenant's key, so the tenant's destruction makes it unreadable in the ledger too."""
+
+    decision = fields.String(required=True, validate=validate.OneOf(DECISIONS))
+    # None in entries upcast from v1, which did not record them.
+    key_id = fields.UUID(required=True, allow_none=True)
+    key_issuer_id = fields.UUID(required=True, allow_none=True)
+    reason_sealed = fields.String(required=True, allow_none=True)
+
+
+class ApprovalPolicyChangeFiledV1(Schema):
+    """A change lifting or narrowing a policy that requires approval: it waits for another
+    admin."""
+
+    change_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    filed_by = fields.UUID(required=True)
+    requires_approval = fields.List(
+        fields.String(validate=validate.OneOf(APPROVABLE_TYPES)), required=True
+    )
+    based_on = fields.List(fields.String(validate=validate.OneOf(APPROVABLE_TYPES)), required=True)
+
+
+class ApprovalPolicyChangeDecidedV1(Schema):
+    change_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    decided_by = fields.UUID(required=True)
+    decision = fields.String(required=True, validate=validate.OneOf(DECISIONS))
+    key_id = fields.UUID(required=True)
+    key_issuer_id = fields.UUID(required=True)
+    reason_sealed = fields.String(required=True)
+
+
+class ApprovalPolicyChangedV1(Schema):
+    """The tenant's policy as it now is: widened at once, or a change approved
+    (``change_id``)."""
+
+    tenant_id = fields.UUID(required=True)
+    requires_approval = fields.List(
+        fields.String(validate=validate.OneOf(APPROVABLE_TYPES)), required=True
+    )
+    change_id = fields.UUID(required=True, allow_none=True)
+
+
+def _decided(decision: str):
+    def upcast(payload: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **payload,
+            "decision": decision,
+            "key_id": None,
+            "key_issuer_id": None,
+            "reason_sealed": None,
+        }
+
+    return upcast
+
+
+MESSAGES = EventRegistry(
+    *(
+        EventType(
+            f"privacy_request_{decision}",
+            {1: PrivacyRequestDecidedV1, 2: PrivacyRequestDecidedV2},
+            upcasters={1: _decided(decision)},
+            published=True,
+        )
+        for decision in DECISIONS
+    ),
+    EventType("approval_policy_change_filed", {1: ApprovalPolicyChangeFiledV1}, published=True),
+    *(
+        EventType(
+            f"approval_policy_change_{decision}",
+            {1: ApprovalPolicyChangeDecidedV1},
+            published=True,
+        )
+        for decision in DECISIONS
+    ),
+    EventType("approval_policy_changed", {1: ApprovalPolicyChangedV1}, published=True),
+)
