@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from kernel.signed_note import NoteError, PublicKey, check_key_name, parse_key_list
+
 DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-master-k").decode()
 _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
@@ -24,6 +26,18 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 
 class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names the variable."""
+
+
+def _parse_audit_public_keys(raw: str, origin: str) -> tuple[PublicKey, ...] | None:
+    """``LEDGERDESK_AUDIT_PUBLIC_KEYS``: None when unset (development derives the key from the
+    signing seed); else a JSON array of {public_key, valid_from, valid_until} (see
+    ``kernel.signed_note.parse_key_list``)."""
+    if not raw.strip():
+        return None
+    try:
+        return parse_key_list(raw, origin)
+    except NoteError as exc:
+        raise ConfigurationError(f"LEDGERDESK_AUDIT_PUBLIC_KEYS: {exc}") from exc
 
 
 def _parse_master_keys(raw: str) -> dict[str, bytes]:
@@ -81,6 +95,11 @@ class Settings:
     key_cache_seconds: float = 30.0
     grace_days: float = 21.0
     audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
+    # The public keys that may sign the ledger's checkpoints, each with its validity period;
+    # None (unset): development derives the one key from the seed, valid since the epoch.
+    audit_public_keys: tuple[PublicKey, ...] | None = None
+    # The checkpoints' origin line and key name; empty: "ledgerdesk.audit/<database prefix>".
+    audit_log_origin: str = ""
     checkpoint_seconds: float = 60.0
     schedule_seconds: float = 60.0
     # A data-subject request not answered by every service within this turns failed (alert).
@@ -126,6 +145,7 @@ class Settings:
                 raise ConfigurationError(f"LEDGERDESK_{name} must be a TCP port, or 0 for any")
             return int(raw)
 
+        origin = get("AUDIT_LOG_ORIGIN", base.audit_log_origin).strip()
         settings = cls(
             environment=get("ENV", base.environment).strip().lower(),
             amqp_uri=get("AMQP_URI", base.amqp_uri),
@@ -156,6 +176,11 @@ class Settings:
             key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
             grace_days=number("GRACE_DAYS", base.grace_days, float),
             audit_signing_key=get("AUDIT_SIGNING_KEY", base.audit_signing_key),
+            audit_log_origin=origin,
+            audit_public_keys=_parse_audit_public_keys(
+                get("AUDIT_PUBLIC_KEYS", ""),
+                origin or cls.default_audit_origin(get("DATABASE_PREFIX", base.database_prefix)),
+            ),
             checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
             schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
             privacy_deadline_days=number(
@@ -194,6 +219,10 @@ class Settings:
             raise ConfigurationError(
                 "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
             )
+        try:
+            check_key_name(self.audit_origin)
+        except NoteError as exc:
+            raise ConfigurationError(f"LEDGERDESK_AUDIT_LOG_ORIGIN: {exc}") from exc
         if self.environment == "production" and self.day_seconds != Settings.day_seconds:
             # A shorter day would shorten every retention period by the same factor.
             raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
@@ -223,6 +252,16 @@ class Settings:
                     "production refuses development secrets: set "
                     + ", ".join(f"LEDGERDESK_{n}" for n in insecure)
                 )
+
+    @staticmethod
+    def default_audit_origin(database_prefix: str) -> str:
+        return f"ledgerdesk.audit/{database_prefix}"
+
+    @property
+    def audit_origin(self) -> str:
+        """The name of this deployment's ledger in its signed checkpoints (the note's origin
+        line and key name). It must not change once checkpoints are signed under it."""
+        return self.audit_log_origin or self.default_audit_origin(self.database_prefix)
 
     @property
     def current_master_key_id(self) -> str:
