@@ -81,14 +81,16 @@ class Ledger:
         cipher: FieldCipher,
         signer: Signer,
         day_seconds: int = 86400,
+        *,
+        origin: str,
         keys: tuple[PublicKey, ...] | None = None,
-        origin: str = Settings.default_audit_origin(Settings.database_prefix),
     ):
         self.db = db
         self.cipher = cipher
         self.signer = signer
         self.sealer = AccessLogKeys(cipher, day_seconds)
         # The published keys checkpoints are verified against; by default the signer's alone.
+        # The origin has no default: notes signed under another name would not verify.
         self.keys = keys if keys is not None else (PublicKey(signer.public_key),)
         self.origin = origin
 
@@ -560,6 +562,6 @@ def open_ledger(settings: Settings) -> Ledger:
         FieldCipher(keystore),
         signer_from_config(settings.audit_signing_key),
         settings.day_seconds,
-        published_keys(settings),
-        settings.audit_origin,
+        origin=settings.audit_origin,
+        keys=published_keys(settings),
     )

@@ -48,8 +48,8 @@ class LedgerDependency(DependencyProvider):
             store.cipher,
             self.signer,
             settings.day_seconds,
-            self.keys,
-            settings.audit_origin,
+            origin=settings.audit_origin,
+            keys=self.keys,
         )
         # Consuming workers share transactions: one lock and one commit for what arrives meanwhile.
         self.recorder: GroupCommit[Envelope, int | None] = GroupCommit(

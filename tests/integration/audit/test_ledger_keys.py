@@ -33,7 +33,7 @@ ORIGIN = "audit.ledgerdesk.test/keys"
 
 def ledger_with(world, signer: Signer, keys: tuple[PublicKey, ...]) -> Ledger:
     base = open_ledger(world)
-    return Ledger(base.db, base.cipher, signer, world.day_seconds, keys, ORIGIN)
+    return Ledger(base.db, base.cipher, signer, world.day_seconds, origin=ORIGIN, keys=keys)
 
 
 @pytest.fixture
@@ -207,11 +207,14 @@ def test_the_audit_service_refuses_to_start_with_a_signing_key_not_published_or_
     for key in keys:
         key["public_key"] = key["public_key"] or seed_key
     env["LEDGERDESK_AUDIT_PUBLIC_KEYS"] = json.dumps(keys)
+    platform.prepare(prepared)
+    # Services read retention's log of forgetting as they start: retention runs too, so the
+    # refusal cannot hide behind that wait.
     processes = platform.start_processes(
-        env, gateway_processes=0, only=("audit",), log_dir=tmp_path
+        env, gateway_processes=0, only=("retention", "audit"), log_dir=tmp_path
     )
     try:
-        processes["audit"].wait(timeout=60)
+        processes["audit"].wait(timeout=120)
     finally:
         platform.stop_processes(processes)
     assert processes["audit"].returncode != 0
