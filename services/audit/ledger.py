@@ -34,6 +34,7 @@ from kernel.signing import (
 )
 from services.audit import access_keys, chain, merkle
 from services.audit.access_keys import AccessLogKeys
+from services.audit.offline_verify import EXPORT_FORMAT
 
 # Payload keys that name a person whose data an entry touches.
 PERSON_KEYS = (
@@ -69,9 +70,6 @@ def subjects_of(envelope: Envelope) -> list[str]:
         except ValueError:
             pass
     return sorted(found)
-
-
-EXPORT_FORMAT = "ledgerdesk-audit-export/1"
 
 
 class Ledger:
