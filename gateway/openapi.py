@@ -696,7 +696,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/audit/public-key",
-        "The platform's audit public key, which signs receipts and checkpoints",
+        "The platform's audit public keys (with validity periods and the ledger's origin),"
+        " which sign receipts and checkpoints",
         "200",
         "PublicKeyOut",
         roles=("admin", "auditor"),

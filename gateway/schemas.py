@@ -315,6 +315,14 @@ class CheckpointOut(Schema):
     key_id = fields.String(required=True)
     public_key = fields.String(required=True, metadata={"description": "Ed25519, base64"})
     signature = fields.String(required=True, metadata={"description": "base64"})
+    note = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "the checkpoint as a C2SP tlog-checkpoint signed note; null for"
+            " checkpoints signed before notes"
+        },
+    )
 
 
 class ProofOut(Schema):
@@ -475,10 +483,37 @@ class MeOut(Schema):
     role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
 
 
+class AuditKeyOut(Schema):
+    public_key = fields.String(required=True, metadata={"description": "raw key, base64"})
+    key_id = fields.String(required=True)
+    verifier_key = fields.String(
+        required=True, metadata={"description": "signed-note verifier key: name+id+base64"}
+    )
+    valid_from = fields.String(required=True, metadata={"description": "ISO-8601, inclusive"})
+    valid_until = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "ISO-8601, exclusive; null: no end yet"},
+    )
+
+
 class PublicKeyOut(Schema):
     algorithm = fields.String(required=True, metadata={"enum": ["Ed25519"]})
-    key_id = fields.String(required=True)
-    public_key = fields.String(required=True, metadata={"description": "raw key, base64"})
+    key_id = fields.String(required=True, metadata={"description": "the key signing now"})
+    public_key = fields.String(
+        required=True, metadata={"description": "the key signing now: raw key, base64"}
+    )
+    origin = fields.String(
+        required=True, metadata={"description": "the ledger's name in its signed checkpoints"}
+    )
+    verifier_key = fields.String(
+        required=True, metadata={"description": "the key signing now, as a note verifier key"}
+    )
+    keys = fields.List(
+        fields.Nested(AuditKeyOut),
+        required=True,
+        metadata={"description": "every key checkpoints verify under, with its period"},
+    )
 
 
 # --- operations (gateway/operations.py) ---------------------------------------------------------

@@ -56,7 +56,8 @@ from kernel.nameko_adapters import (
     consume_events,
     settings_of,
 )
-from kernel.signing import signer_from_config
+from kernel.signed_note import PublicKey, current_key, short_key_id, verifier_key
+from kernel.signing import published_keys
 from kernel.tracing import Tracing
 
 _OPENAPI = build_spec()
@@ -96,6 +97,19 @@ class Limits(DependencyProvider):
         return GatewayLimits(self.limiter, self.edge)
 
 
+class AuditKeys(DependencyProvider):
+    """The audit public keys and the ledger's origin, from configuration only (never the seed):
+    read once at start, so a production gateway without LEDGERDESK_AUDIT_PUBLIC_KEYS does not
+    start rather than fail on each request."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.keys = (settings.audit_origin, published_keys(settings))
+
+    def get_dependency(self, worker_ctx: Any) -> tuple[str, tuple[PublicKey, ...]]:
+        return self.keys
+
+
 class Idempotency(DependencyProvider):
     gateway_store = GatewayStore()
 
@@ -118,6 +132,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
     audit = TimedRpcProxy("audit")
     retention = TimedRpcProxy("retention")
     limits = Limits()
+    audit_keys = AuditKeys()
     idempotency = Idempotency()
     tracing = Tracing()
     config = Config()
@@ -536,14 +551,29 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/audit/public-key")
     def audit_public_key(self, request: Request) -> Response:
-        """The key receipts and checkpoints must be signed with, to check them against: the key
-        a receipt carries proves only that someone signed it."""
+        """The keys receipts and checkpoints must be signed with, to check them against (the key
+        a receipt carries proves only that someone signed it), each with its validity period,
+        and the ledger's origin. The top-level key is the one signing now, as before lists."""
         self._caller(request, AUDIT)
-        # replaced by LEDGERDESK_AUDIT_PUBLIC_KEYS
-        signer = signer_from_config(self.config["LEDGERDESK"].audit_signing_key)
+        origin, keys = self.audit_keys
+        current = current_key(keys, dt.datetime.now(dt.UTC))
         return json_response(
             200,
-            {"algorithm": "Ed25519", "key_id": signer.key_id, "public_key": signer.public_key_b64},
+            {
+                "algorithm": "Ed25519",
+                "key_id": short_key_id(current.public_key),
+                "public_key": current.public_key_b64,
+                "origin": origin,
+                "verifier_key": verifier_key(origin, current.public_key),
+                "keys": [
+                    {
+                        **key.as_json(),
+                        "key_id": short_key_id(key.public_key),
+                        "verifier_key": verifier_key(origin, key.public_key),
+                    }
+                    for key in keys
+                ],
+            },
         )
 
     @api("GET", "/v1/operator/audit/entries")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from kernel.signed_note import NoteError, PublicKey, check_key_name, parse_key_list
+
 DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-master-k").decode()
 _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
@@ -110,6 +112,18 @@ def _masked_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def _parse_audit_public_keys(raw: str, origin: str) -> tuple[PublicKey, ...] | None:
+    """``LEDGERDESK_AUDIT_PUBLIC_KEYS``: None when unset (development derives the key from the
+    signing seed); else a JSON array of {public_key, valid_from, valid_until} (see
+    ``kernel.signed_note.parse_key_list``)."""
+    if not raw.strip():
+        return None
+    try:
+        return parse_key_list(raw, origin)
+    except NoteError as exc:
+        raise ConfigurationError(f"LEDGERDESK_AUDIT_PUBLIC_KEYS: {exc}") from exc
+
+
 def _parse_master_keys(raw: str) -> dict[str, bytes]:
     """``kid:base64[,kid:base64...]``: the first key wraps new keys, the others still unwrap."""
     keys: dict[str, bytes] = {}
@@ -179,6 +193,11 @@ class Settings:
     key_cache_seconds: float = 30.0
     grace_days: float = 21.0
     audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
+    # The public keys that may sign the ledger's checkpoints, each with its validity period;
+    # None (unset): development derives the one key from the seed, valid since the epoch.
+    audit_public_keys: tuple[PublicKey, ...] | None = None
+    # The checkpoints' origin line and key name; empty: "ledgerdesk.audit/<database prefix>".
+    audit_log_origin: str = ""
     checkpoint_seconds: float = 60.0
     schedule_seconds: float = 60.0
     # A data-subject request not answered by every service within this turns failed (alert).
@@ -290,6 +309,7 @@ class Settings:
                 raise ConfigurationError(f"LEDGERDESK_{name} must be a TCP port, or 0 for any")
             return int(raw)
 
+        origin = get("AUDIT_LOG_ORIGIN", base.audit_log_origin).strip()
         settings = cls(
             environment=environment,
             amqp_uri=get("AMQP_URI", base.amqp_uri),
@@ -322,6 +342,11 @@ class Settings:
             key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
             grace_days=number("GRACE_DAYS", base.grace_days, float),
             audit_signing_key=secret("AUDIT_SIGNING_KEY", base.audit_signing_key),
+            audit_log_origin=origin,
+            audit_public_keys=_parse_audit_public_keys(
+                get("AUDIT_PUBLIC_KEYS", ""),
+                origin or cls.default_audit_origin(get("DATABASE_PREFIX", base.database_prefix)),
+            ),
             checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
             schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
             privacy_deadline_days=number(
@@ -376,6 +401,10 @@ class Settings:
             raise ConfigurationError(
                 "LEDGERDESK_DATABASE_PREFIX may hold letters, digits and _ only"
             )
+        try:
+            check_key_name(self.audit_origin)
+        except NoteError as exc:
+            raise ConfigurationError(f"LEDGERDESK_AUDIT_LOG_ORIGIN: {exc}") from exc
         if self.environment == "production" and self.day_seconds != Settings.day_seconds:
             # A shorter day would shorten every retention period by the same factor.
             raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
@@ -444,6 +473,16 @@ class Settings:
                     "production refuses LEDGERDESK_AUDIT_SIGNING_KEY: its bytes repeat,"
                     " it is not random"
                 )
+
+    @staticmethod
+    def default_audit_origin(database_prefix: str) -> str:
+        return f"ledgerdesk.audit/{database_prefix}"
+
+    @property
+    def audit_origin(self) -> str:
+        """The name of this deployment's ledger in its signed checkpoints (the note's origin
+        line and key name). It must not change once checkpoints are signed under it."""
+        return self.audit_log_origin or self.default_audit_origin(self.database_prefix)
 
     @property
     def current_master_key_id(self) -> str:

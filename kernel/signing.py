@@ -7,13 +7,20 @@ moment; anyone holding the public key can later check that the ledger still cont
 from __future__ import annotations
 
 import base64
-import hashlib
+import datetime as dt
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from kernel.config import DEV_AUDIT_SIGNING_KEY
+from kernel.config import DEV_AUDIT_SIGNING_KEY, ConfigurationError, Settings
+from kernel.signed_note import (
+    PublicKey,
+    checkpoint_text,
+    short_key_id,
+    sign_note,
+    v1_checkpoint_message,
+)
 
 # dev-insecure: the configuration's development seed, for local runs and tests only. Anyone can
 # sign checkpoints with it; production refuses it (LEDGERDESK_AUDIT_SIGNING_KEY).
@@ -21,41 +28,17 @@ DEV_SIGNING_SEED = DEV_AUDIT_SIGNING_KEY
 
 _SEED_SIZE = 32
 _PUBLIC_KEY_SIZE = 32
-_ROOT_SIZE = 32
-_CHECKPOINT_HEADER = b"ledgerdesk-checkpoint-v1\n"
 
 
 def checkpoint_message(tree_size: int, root_hash: bytes, signed_at: str) -> bytes:
-    """The bytes that are signed for a checkpoint, one field per line.
-
-    ``b"ledgerdesk-checkpoint-v1\\n<tree_size>\\n<root hex>\\n<signed_at>\\n"``. The versioned
-    first line keeps a checkpoint signature from being valid for any other message the key
-    might sign. Line breaks in ``signed_at`` are refused, since they would let two different
-    checkpoints encode to the same bytes.
-    """
-    if tree_size < 0:
-        raise ValueError(f"tree_size must not be negative, not {tree_size}")
-    if len(root_hash) != _ROOT_SIZE:
-        raise ValueError(f"root_hash must be {_ROOT_SIZE} bytes, not {len(root_hash)}")
-    if not signed_at or any(c in signed_at for c in "\r\n"):
-        raise ValueError("signed_at must be a non-empty single line")
-    return b"".join(
-        (
-            _CHECKPOINT_HEADER,
-            str(tree_size).encode("ascii"),
-            b"\n",
-            root_hash.hex().encode("ascii"),
-            b"\n",
-            signed_at.encode("utf-8"),
-            b"\n",
-        )
-    )
+    """The v1 checkpoint message (``kernel.signed_note.v1_checkpoint_message``)."""
+    return v1_checkpoint_message(tree_size, root_hash, signed_at)
 
 
 class Signer:
     """Signs with the Ed25519 key derived from a 32-byte seed."""
 
-    __slots__ = ("_private_key", "key_id", "public_key_b64")
+    __slots__ = ("_private_key", "key_id", "public_key", "public_key_b64")
 
     def __init__(self, seed: bytes):
         if len(seed) != _SEED_SIZE:
@@ -64,12 +47,18 @@ class Signer:
         public = self._private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         # A short stable name for the key, so a stored checkpoint says which key signed it and a
         # rotated key can be told apart without comparing whole public keys.
-        self.key_id: str = hashlib.sha256(public).hexdigest()[:16]
+        self.key_id: str = short_key_id(public)
+        self.public_key: bytes = public
         self.public_key_b64: str = base64.b64encode(public).decode("ascii")
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``message``."""
         return self._private_key.sign(message)
+
+    def sign_checkpoint(self, origin: str, tree_size: int, root_hash: bytes, signed_at: str) -> str:
+        """The checkpoint as a signed note (C2SP tlog-checkpoint), signed under ``origin``."""
+        text = checkpoint_text(origin, tree_size, root_hash, signed_at)
+        return sign_note(text, origin, self.public_key, self.sign)
 
     def __repr__(self) -> str:
         # Never the seed: a Signer may end up in a log line or a traceback.
@@ -120,3 +109,40 @@ def is_dev_seed(value: str) -> bool:
         return base64.b64decode(value, validate=True) == base64.b64decode(DEV_SIGNING_SEED)
     except ValueError:  # binascii.Error is a ValueError
         return False
+
+
+def published_keys(settings: Settings) -> tuple[PublicKey, ...]:
+    """The audit public keys checkpoints and receipts are checked against, with their validity
+    periods: ``LEDGERDESK_AUDIT_PUBLIC_KEYS``. Unset, development derives the one key from the
+    signing seed, valid since the epoch; production refuses to guess, so that a process that
+    publishes or checks keys (the gateway) never needs the seed."""
+    if settings.audit_public_keys is not None:
+        return settings.audit_public_keys
+    if settings.environment == "production":
+        raise ConfigurationError(
+            "production needs LEDGERDESK_AUDIT_PUBLIC_KEYS (the audit public keys and when each"
+            " is valid)"
+        )
+    return (PublicKey(signer_from_config(settings.audit_signing_key).public_key),)
+
+
+def check_signing_key(
+    signer: Signer, keys: tuple[PublicKey, ...], now: dt.datetime | None = None
+) -> PublicKey:
+    """The entry of ``keys`` under which ``signer`` signs now; ConfigurationError if none.
+
+    A checkpoint verifies only under a key whose period holds its time of signing, so a
+    signer whose key is not published, or not valid now, would sign checkpoints that fail.
+    """
+    moment = now or dt.datetime.now(dt.UTC)
+    for key in keys:
+        if key.public_key == signer.public_key and key.valid_at(moment):
+            return key
+    if any(key.public_key == signer.public_key for key in keys):
+        raise ConfigurationError(
+            f"the audit signing key {signer.key_id} is not valid now"
+            " (see its period in LEDGERDESK_AUDIT_PUBLIC_KEYS)"
+        )
+    raise ConfigurationError(
+        f"the audit signing key {signer.key_id} is not in LEDGERDESK_AUDIT_PUBLIC_KEYS"
+    )

@@ -10,6 +10,7 @@ without one.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -222,7 +223,12 @@ def world_env(settings: Settings) -> dict[str, str]:
         LEDGERDESK_OPS_PORT=str(settings.ops_port),
         LEDGERDESK_HEARTBEAT=str(settings.heartbeat),
         LEDGERDESK_TRACES=settings.traces_exporter,
+        LEDGERDESK_AUDIT_LOG_ORIGIN=settings.audit_log_origin,
     )
+    if settings.audit_public_keys is not None:
+        env["LEDGERDESK_AUDIT_PUBLIC_KEYS"] = json.dumps(
+            [key.as_json() for key in settings.audit_public_keys]
+        )
     return env
 
 

@@ -1,8 +1,14 @@
-"""The auditor's command line: verify the ledger, stream it, rebuild a tenant as of a moment.
+"""The auditor's command line: verify the ledger, stream it, rebuild a tenant as of a moment,
+export it for offline verification.
 
     python -m services.audit.cli verify
     python -m services.audit.cli replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
     python -m services.audit.cli state --tenant ID [--at TIME]
+    python -m services.audit.cli export PATH
+
+``export`` writes JSON lines (a header, every signed checkpoint, every entry) to PATH, or to
+``audit-export.jsonl`` in PATH when it is a folder; ``services.audit.offline_verify`` checks it
+with the public keys alone.
 
 It reads the audit database named by the usual ``LEDGERDESK_*`` settings. Output is JSON on
 stdout; a progress bar goes to stderr when it is a terminal.
@@ -13,12 +19,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
 from kernel.config import Settings
 from services.audit.ledger import open_ledger
+from services.audit.offline_verify import EXPORT_FILE
 from services.audit.state import tenant_state
 
 
@@ -42,6 +51,8 @@ def main(argv: list[str] | None = None, out=None) -> int:
     state = commands.add_parser("state", help="a tenant's state as of a moment, as JSON")
     state.add_argument("--tenant", required=True)
     state.add_argument("--at", type=_moment, help="default: now")
+    export = commands.add_parser("export", help="write the ledger for the offline verifier")
+    export.add_argument("path", help="a file, or a folder to write audit-export.jsonl in")
     args = parser.parse_args(argv)
 
     ledger = open_ledger(Settings.from_env(service="audit"))
@@ -51,6 +62,23 @@ def main(argv: list[str] | None = None, out=None) -> int:
         out.write("\n")
         return 0 if result["ok"] else 1
     show = sys.stderr.isatty()
+    if args.command == "export":
+        target = Path(args.path)
+        if target.is_dir():
+            target = target / EXPORT_FILE
+        # Written beside and renamed into place: a reader never sees half an export.
+        partial = target.with_name(target.name + ".partial")
+        written = {"entry": 0, "checkpoint": 0}
+        with partial.open("w", encoding="utf-8") as file:
+            for record in tqdm(ledger.export(), unit="line", disable=not show):
+                if record.get("type") in written:
+                    written[record["type"]] += 1
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(partial, target)
+        summary = {"path": str(target), "entries": written["entry"]}
+        json.dump({**summary, "checkpoints": written["checkpoint"]}, out)
+        out.write("\n")
+        return 0
     if args.command == "replay":
         entries = ledger.iter_entries(
             args.tenant,

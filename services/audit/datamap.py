@@ -69,6 +69,7 @@ DATA_MAP = ServiceMap(
                 operational("key_id"),
                 operational("public_key"),
                 operational("signature"),
+                operational("note", "the checkpoint as a signed note (C2SP tlog-checkpoint)"),
             ),
             ends=(APPEND_ONLY,),
         ),

@@ -23,9 +23,18 @@ from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound
-from kernel.signing import Signer, checkpoint_message, signer_from_config, verify_signature
+from kernel.signed_note import NoteError, PublicKey, open_checkpoint, parse_time
+from kernel.signing import (
+    Signer,
+    check_signing_key,
+    checkpoint_message,
+    published_keys,
+    signer_from_config,
+    verify_signature,
+)
 from services.audit import access_keys, chain, merkle
 from services.audit.access_keys import AccessLogKeys
+from services.audit.offline_verify import EXPORT_FORMAT
 
 # Payload keys that name a person whose data an entry touches.
 PERSON_KEYS = (
@@ -64,11 +73,24 @@ def subjects_of(envelope: Envelope) -> list[str]:
 
 
 class Ledger:
-    def __init__(self, db: Database, cipher: FieldCipher, signer: Signer, day_seconds: int = 86400):
+    def __init__(
+        self,
+        db: Database,
+        cipher: FieldCipher,
+        signer: Signer,
+        day_seconds: int = 86400,
+        *,
+        origin: str,
+        keys: tuple[PublicKey, ...] | None = None,
+    ):
         self.db = db
         self.cipher = cipher
         self.signer = signer
         self.sealer = AccessLogKeys(cipher, day_seconds)
+        # The published keys checkpoints are verified against; by default the signer's alone.
+        # The origin has no default: notes signed under another name would not verify.
+        self.keys = keys if keys is not None else (PublicKey(signer.public_key),)
+        self.origin = origin
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -218,11 +240,16 @@ class Ledger:
             if len(leaves) <= last:
                 return None
             root = merkle.root(leaves)
-            signed_at = dt.datetime.now(dt.UTC).isoformat()
+            now = dt.datetime.now(dt.UTC)
+            # Signed only while the key is valid: a checkpoint signed outside its key's period
+            # would fail every verification, so a key past its end stops signing instead.
+            check_signing_key(self.signer, self.keys, now)
+            signed_at = now.isoformat()
             signature = self.signer.sign(checkpoint_message(len(leaves), root, signed_at))
+            note = self.signer.sign_checkpoint(self.origin, len(leaves), root, signed_at)
             cur.execute(
                 "INSERT INTO checkpoints (tree_size, root_hash, signed_at, key_id, public_key,"
-                " signature) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                " signature, note) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (
                     len(leaves),
                     root,
@@ -230,10 +257,17 @@ class Ledger:
                     self.signer.key_id,
                     self.signer.public_key_b64,
                     signature,
+                    note,
                 ),
             )
         return self._checkpoint_view(
-            len(leaves), root, signed_at, self.signer.key_id, self.signer.public_key_b64, signature
+            len(leaves),
+            root,
+            signed_at,
+            self.signer.key_id,
+            self.signer.public_key_b64,
+            signature,
+            note,
         )
 
     def purge_access_log(
@@ -337,17 +371,21 @@ class Ledger:
         first_bad = chain.first_bad_seq(stored())
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT tree_size, root_hash, signed_at, public_key, signature FROM checkpoints"
-                " ORDER BY tree_size"
+                "SELECT tree_size, root_hash, signed_at, public_key, signature, note"
+                " FROM checkpoints ORDER BY tree_size"
             )
             checkpoints = cur.fetchall()
         verified_until = 0
-        for tree_size, root_hash, signed_at, public_key, signature in checkpoints:
-            message = checkpoint_message(tree_size, bytes(root_hash), signed_at)
-            # The configured key, never the one stored beside the checkpoint: whoever can
-            # rewrite the tables could store a key of their own there too.
-            intact = public_key == self.signer.public_key_b64 and verify_signature(
-                self.signer.public_key_b64, message, bytes(signature)
+        for tree_size, root_hash, signed_at, public_key, signature, note in checkpoints:
+            intact = checkpoint_sound(
+                self.keys,
+                self.origin,
+                tree_size,
+                bytes(root_hash),
+                signed_at,
+                public_key,
+                bytes(signature),
+                note,
             )
             intact = intact and tree_size <= len(leaves)
             intact = intact and merkle.root(leaves[:tree_size]) == bytes(root_hash)
@@ -376,7 +414,7 @@ class Ledger:
     def _latest_checkpoint(self) -> tuple | None:
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT tree_size, root_hash, signed_at, key_id, public_key, signature"
+                "SELECT tree_size, root_hash, signed_at, key_id, public_key, signature, note"
                 " FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
             )
             return cur.fetchone()
@@ -391,7 +429,7 @@ class Ledger:
         checkpoint = self.latest_checkpoint(seq)
         if checkpoint is None:
             raise Conflict("no checkpoint covers this entry yet")
-        tree_size, root_hash, signed_at, key_id, public_key, signature = checkpoint
+        tree_size, root_hash, signed_at, key_id, public_key, signature, note = checkpoint
         with self.db.transaction() as cur:
             cur.execute("SELECT leaf_hash FROM ledger WHERE seq <= %s ORDER BY seq", (tree_size,))
             leaves = [bytes(r[0]) for r in cur.fetchall()]
@@ -402,12 +440,14 @@ class Ledger:
             "leaf_hash": leaves[seq - 1].hex(),
             "audit_path": [node.hex() for node in path],
             "checkpoint": self._checkpoint_view(
-                tree_size, bytes(root_hash), signed_at, key_id, public_key, bytes(signature)
+                tree_size, bytes(root_hash), signed_at, key_id, public_key, bytes(signature), note
             ),
         }
 
     @staticmethod
-    def _checkpoint_view(tree_size, root, signed_at, key_id, public_key, signature) -> dict:
+    def _checkpoint_view(
+        tree_size, root, signed_at, key_id, public_key, signature, note
+    ) -> dict[str, Any]:
         return {
             "tree_size": tree_size,
             "root_hash": root.hex(),
@@ -415,7 +455,100 @@ class Ledger:
             "key_id": key_id,
             "public_key": public_key,
             "signature": base64.b64encode(signature).decode(),
+            # None for checkpoints signed before notes were.
+            "note": note,
         }
+
+    # --- export -------------------------------------------------------------------------------
+
+    def export(self, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+        """The ledger for an auditor's offline verifier, as records for JSON lines: a header,
+        every checkpoint (ascending tree size), then every entry (ascending seq).
+
+        Checkpoints come first so that the verifier can check each one as its walk of the
+        entries passes its size, in one pass. One snapshot is read throughout, so no
+        checkpoint covers more entries than the export holds (unless rows were deleted).
+        """
+        with self.db.connection() as conn:
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                cur.execute(
+                    "SELECT tree_size, root_hash, signed_at, key_id, public_key, signature,"
+                    " note FROM checkpoints ORDER BY tree_size"
+                )
+                checkpoints = cur.fetchall()
+                cur.execute("SELECT count(*) FROM ledger")
+                count = cur.fetchone()[0]
+            yield {
+                "format": EXPORT_FORMAT,
+                "origin": self.origin,
+                "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+                "checkpoints": len(checkpoints),
+                "entries": count,
+            }
+            for tree_size, root, signed_at, key_id, public_key, signature, note in checkpoints:
+                yield {
+                    "type": "checkpoint",
+                    **self._checkpoint_view(
+                        tree_size,
+                        bytes(root),
+                        signed_at,
+                        key_id,
+                        public_key,
+                        bytes(signature),
+                        note,
+                    ),
+                }
+            with conn.cursor(name="ledger_export") as cur:
+                cur.itersize = batch_size
+                cur.execute("SELECT seq, content, prev_hash, hash FROM ledger ORDER BY seq")
+                for seq, content, prev, hash_ in cur:
+                    yield {
+                        "type": "entry",
+                        "seq": seq,
+                        # The canonical bytes are UTF-8 JSON; as text they read as such and
+                        # encode back to the same bytes.
+                        "content": bytes(content).decode("utf-8"),
+                        "prev_hash": bytes(prev).hex(),
+                        "hash": bytes(hash_).hex(),
+                    }
+
+
+def checkpoint_sound(
+    keys: tuple[PublicKey, ...],
+    origin: str,
+    tree_size: int,
+    root_hash: bytes,
+    signed_at: str,
+    public_key: str,
+    signature: bytes,
+    note: str | None,
+) -> bool:
+    """Whether a stored checkpoint is signed by a published key valid when it was signed: its
+    v1 signature, and its note when it has one (which must state the same tree head).
+
+    The published keys, never the one stored beside the checkpoint: whoever can rewrite the
+    tables could store a key of their own there too.
+    """
+    try:
+        moment = parse_time(signed_at, "signed_at")
+    except NoteError:
+        return False
+    key = next((k for k in keys if k.public_key_b64 == public_key and k.valid_at(moment)), None)
+    message = checkpoint_message(tree_size, root_hash, signed_at)
+    if key is None or not verify_signature(key.public_key_b64, message, signature):
+        return False
+    if note is None:
+        return True
+    try:
+        opened, _ = open_checkpoint(note, origin, keys)
+    except NoteError:
+        return False
+    return (opened.tree_size, opened.root_hash, opened.signed_at) == (
+        tree_size,
+        root_hash,
+        signed_at,
+    )
 
 
 def open_ledger(settings: Settings) -> Ledger:
@@ -427,4 +560,6 @@ def open_ledger(settings: Settings) -> Ledger:
         FieldCipher(keystore),
         signer_from_config(settings.audit_signing_key),
         settings.day_seconds,
+        origin=settings.audit_origin,
+        keys=published_keys(settings),
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """The Merkle Tree Hash of an empty list (RFC 6962: the hash of the empty string)."""
@@ -99,3 +99,64 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     return sn == 0 and hmac.compare_digest(r, root)
+
+
+class Frontier:
+    """The Merkle Tree Hash of a growing list of leaves, one leaf at a time, without keeping
+    the leaves: the roots of the perfect subtrees the list splits into (its binary
+    decomposition, largest first), at most one per bit of the size.
+
+    Appending merges equal-sized neighbours, as a binary counter carries; ``root()`` folds the
+    subtrees from the right, which is RFC 6962's split at the largest power of two below the
+    size applied recursively. So a verifier walks a ledger once, reading the root at each
+    checkpoint's size as it passes it, in O(log n) memory.
+    """
+
+    __slots__ = ("_subtrees", "size")
+
+    def __init__(self) -> None:
+        self._subtrees: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        """Add one leaf hash (``chain.leaf_hash`` of an entry's content)."""
+        self.size += 1
+        width, node = 1, leaf
+        while self._subtrees and self._subtrees[-1][0] == width:
+            left_width, left = self._subtrees.pop()
+            width, node = left_width + width, node_hash(left, node)
+        self._subtrees.append((width, node))
+
+    def root(self) -> bytes:
+        """The Merkle Tree Hash of the leaves appended so far."""
+        if not self._subtrees:
+            return EMPTY_ROOT
+        node = self._subtrees[-1][1]
+        for _, left in reversed(self._subtrees[:-1]):
+            node = node_hash(left, node)
+        return node
+
+
+def roots_at(leaves: Iterable[bytes], sizes: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+    """``(size, root)`` for each of ``sizes`` (ascending), in one pass over ``leaves``.
+
+    Stops at the last leaf: a size beyond the leaves given yields nothing, and the caller
+    sees which sizes were not reached.
+    """
+    frontier = Frontier()
+    wanted = iter(sizes)
+    size = next(wanted, None)
+    while size == 0:
+        yield 0, EMPTY_ROOT
+        size = next(wanted, None)
+    if size is None:
+        return
+    for leaf in leaves:
+        frontier.append(leaf)
+        while size == frontier.size:
+            yield size, frontier.root()
+            size = next(wanted, None)
+        if size is None:
+            return
+        if size < frontier.size:
+            raise ValueError("sizes must be ascending")

@@ -20,7 +20,7 @@ from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of, store_of
 from kernel.observability import service_health
 from kernel.privacy import Handler
-from kernel.signing import signer_from_config
+from kernel.signing import check_signing_key, published_keys, signer_from_config
 from kernel.tracing import Tracing
 from services.audit import access_keys
 from services.audit.ledger import Ledger
@@ -30,12 +30,27 @@ from services.audit.subscriptions import LEDGER, PRIVACY
 class LedgerDependency(DependencyProvider):
     """The ledger over audit's own database and keystore (for the access log's day keys)."""
 
+    def setup(self) -> None:
+        # Refused before anything starts (audit waits for retention's log of forgetting at
+        # start): a key that is not published, or not valid now, would sign checkpoints that
+        # no auditor's verifier accepts.
+        settings = settings_of(self.container)
+        self.signer = signer_from_config(settings.audit_signing_key)
+        self.keys = published_keys(settings)
+        check_signing_key(self.signer, self.keys)
+
     def start(self) -> None:
         store = store_of(self.container)
         assert store.cipher is not None
         settings = settings_of(self.container)
-        signer = signer_from_config(settings.audit_signing_key)
-        self.ledger = Ledger(store.db, store.cipher, signer, settings.day_seconds)
+        self.ledger = Ledger(
+            store.db,
+            store.cipher,
+            self.signer,
+            settings.day_seconds,
+            origin=settings.audit_origin,
+            keys=self.keys,
+        )
         # Consuming workers share transactions: one lock and one commit for what arrives meanwhile.
         self.recorder: GroupCommit[Envelope, int | None] = GroupCommit(
             self.ledger.record_many, self.ledger.record

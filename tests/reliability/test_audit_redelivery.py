@@ -155,7 +155,10 @@ def test_audit_killed_three_times_mid_stream_records_every_event_exactly_once(
 
         keystore = Keystore(Database(world.database_dsn("audit", "keys")), world.master_keys)
         ledger = Ledger(
-            audit_db, FieldCipher(keystore), signer_from_config(world.audit_signing_key)
+            audit_db,
+            FieldCipher(keystore),
+            signer_from_config(world.audit_signing_key),
+            origin=world.audit_origin,
         )
         result = ledger.verify()
         assert (result["ok"], result["entries"], result["first_bad_seq"]) == (True, count, None)

@@ -5,6 +5,7 @@ and RabbitMQ."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from kernel.config import SERVICE_SECRETS
+from kernel.signing import signer_from_config
 from kernel.testing import Infrastructure, free_port, make_world, wait_until, world_env
 from services import platform
 
@@ -23,6 +25,18 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_OPERATOR_TOKEN": base64.b64encode(os.urandom(32)).decode(),
     "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
 }
+# Public, not a secret: what the gateway publishes and the audit service must sign under.
+AUDIT_PUBLIC_KEYS = json.dumps(
+    [
+        {
+            "public_key": signer_from_config(
+                PRODUCTION_SECRETS["LEDGERDESK_AUDIT_SIGNING_KEY"]
+            ).public_key_b64,
+            "valid_from": "1970-01-01T00:00:00+00:00",
+            "valid_until": None,
+        }
+    ]
+)
 # The process names start_processes gives: each service, and one gateway.
 PROCESSES = {**{name: name for name in platform.SERVICES}, "gateway-1": "gateway"}
 
@@ -56,7 +70,11 @@ def test_every_process_starts_in_production_with_only_its_own_secrets(
     port = free_port()
     with make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(port)) as settings:
         platform.prepare(settings)
-        base = {**without_secrets(world_env(settings)), "LEDGERDESK_ENV": "production"}
+        base = {
+            **without_secrets(world_env(settings)),
+            "LEDGERDESK_ENV": "production",
+            "LEDGERDESK_AUDIT_PUBLIC_KEYS": AUDIT_PUBLIC_KEYS,
+        }
         for process, service in PROCESSES.items():
             own = {
                 f"LEDGERDESK_{name}": PRODUCTION_SECRETS[f"LEDGERDESK_{name}"]

@@ -33,7 +33,8 @@ def audit(world) -> EventSourcedStore:
 
 @pytest.fixture
 def ledger(world, audit) -> Ledger:
-    return Ledger(audit.db, audit.cipher, signer_from_config(world.audit_signing_key), DAY)
+    signer = signer_from_config(world.audit_signing_key)
+    return Ledger(audit.db, audit.cipher, signer, DAY, origin=world.audit_origin)
 
 
 @pytest.fixture

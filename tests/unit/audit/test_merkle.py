@@ -213,3 +213,33 @@ def test_verify_inclusion_rejects_proofs_of_the_wrong_length() -> None:
     assert not merkle.verify_inclusion(leaves[3], 3, 8, proof[:-1], tree_root)
     assert not merkle.verify_inclusion(leaves[3], 3, 8, [*proof, proof[0]], tree_root)
     assert not merkle.verify_inclusion(leaves[0], 0, 0, [], merkle.EMPTY_ROOT)
+
+
+# --- the incremental root (Frontier, roots_at) ----------------------------------------------------
+
+
+def test_the_frontier_gives_the_recursive_root_after_every_append() -> None:
+    leaves = make_leaves(300)
+    frontier = merkle.Frontier()
+    assert frontier.root() == reference_root([])
+    for n, leaf in enumerate(leaves, 1):
+        frontier.append(leaf)
+        assert (frontier.size, frontier.root()) == (n, reference_root(leaves[:n])), n
+
+
+def test_roots_at_gives_each_size_asked_for_in_one_pass_and_stops_at_the_last_leaf() -> None:
+    leaves = make_leaves(70)
+    consumed: list[bytes] = []
+
+    def counted():
+        for leaf in leaves:
+            consumed.append(leaf)
+            yield leaf
+
+    sizes = [0, 1, 5, 5, 64, 70, 71]
+    got = list(merkle.roots_at(counted(), sizes))
+    assert got == [(s, reference_root(leaves[:s])) for s in sizes[:-1]]
+    assert len(consumed) == 70  # one pass, each leaf read once
+    assert list(merkle.roots_at(iter(leaves[:3]), [2])) == [(2, reference_root(leaves[:2]))]
+    with pytest.raises(ValueError, match="ascending"):
+        list(merkle.roots_at(iter(leaves), [5, 3]))
