@@ -393,9 +393,10 @@ class Ledger:
     # --- verification and proofs --------------------------------------------------------------
 
     def verify(self, *, from_zero: bool = True, batch_size: int = 5000) -> dict[str, Any]:
-        """Run the verification job now and store its result (see ``services.audit.verify``);
-        from the first entry unless ``from_zero`` is False, then from where the last intact
-        run ended. None of this is ever done on a request: the endpoints read the stored result.
+        """Run the verification job now and store its result
+        (``services.audit.verification``): from the first entry unless ``from_zero`` is False,
+        then from where the last intact run ended. Never on a request: the endpoints read the
+        stored result.
         """
         return verification.run(self, from_zero=from_zero, batch_size=batch_size)
 
