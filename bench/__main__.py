@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick              # smaller sizes, a smoke run
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
+    .venv/bin/python -m bench --only ledger           # verification and proofs at scale
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
 them). Each section runs in worlds of its own (databases, vhost) that are dropped at the end;
@@ -23,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cards, erasure_stack, eventstore, replay, report, scaleout, writepath
+from bench import cards, erasure_stack, eventstore, ledger, replay, report, scaleout, writepath
 from bench.harness import Context, Row, cores, infrastructure_from_env
 from kernel.testing import Infrastructure
 
-SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout", "cards")
+SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout", "cards", "ledger")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -40,6 +41,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"replay"}, replay.run),
         ({"scaleout"}, scaleout.run),
         ({"cards"}, cards.run),
+        ({"ledger"}, ledger.run),
     ]
 
 

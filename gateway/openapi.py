@@ -394,15 +394,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/audit/verify",
-        "Recompute the chain and the signed checkpoints",
+        "The tenant's own entries checked against the latest signed checkpoint, and the"
+        " platform verification job's verdict (no platform-wide figures)",
         "200",
-        "VerifyOut",
+        "TenantVerifyOut",
         roles=("admin", "auditor"),
     ),
     Endpoint(
         "get",
         "/v1/audit/entries/{seq}/proof",
-        "An inclusion proof against the latest signed checkpoint",
+        "An inclusion proof against the latest signed checkpoint; 409 with Retry-After"
+        " until a checkpoint covers the entry",
         "200",
         "ProofOut",
         roles=("admin", "auditor"),
@@ -423,7 +425,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/operator/audit/verify",
-        "Verify the whole ledger (operator)",
+        "The verification job's last run over the whole ledger (operator)",
         "200",
         "VerifyOut",
         auth="operator",
@@ -740,6 +742,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         responses[code] = _problem(ERRORS[code])
     if "429" in responses:
         responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    if endpoint.path == "/v1/audit/entries/{seq}/proof":
+        responses["409"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
 
     parameters: list[dict[str, Any]] = [
         {

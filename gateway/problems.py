@@ -68,7 +68,7 @@ def from_exception(exc: BaseException) -> Response:
             detail = getattr(exc, "detail", "") or title
             if status == 401:
                 return problem(status, title, detail, headers={"WWW-Authenticate": "Bearer"})
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | errors.RetryLater):
                 return problem(status, title, detail, headers={"Retry-After": str(exc.retry_after)})
             return problem(status, title, detail, errors=getattr(exc, "errors", None))
     # A bug: the client learns nothing of the internals; the log keeps the type, not the data.

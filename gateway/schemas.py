@@ -301,11 +301,56 @@ class HeadOut(Schema):
 
 
 class VerifyOut(Schema):
-    ok = fields.Boolean(required=True)
-    entries = fields.Integer(required=True)
+    """The verification job's last run, whole (the operator's view)."""
+
+    ok = fields.Boolean(
+        required=True, allow_none=True, metadata={"description": "null before the first run"}
+    )
+    entries = fields.Integer(required=True, metadata={"description": "entries the run reached"})
     head = fields.Nested(HeadOut, required=True, allow_none=True)
     first_bad_seq = fields.Integer(required=True, allow_none=True)
-    checkpoints = fields.Integer(required=True)
+    first_bad_node_seq = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the first entry whose stored leaf or tree nodes are wrong"},
+    )
+    checkpoints = fields.Integer(required=True, metadata={"description": "checkpoints verified"})
+    verified_size = fields.Integer(
+        required=True, metadata={"description": "the tree size of the last checkpoint verified"}
+    )
+    from_zero = fields.Boolean(required=True, allow_none=True)
+    started_at = fields.String(required=True, allow_none=True)
+    finished_at = fields.String(required=True, allow_none=True)
+
+
+class TenantCheckpointOut(Schema):
+    signed_at = fields.String(required=True)
+    signature_ok = fields.Boolean(required=True)
+
+
+class PlatformVerdictOut(Schema):
+    ok = fields.Boolean(
+        required=True, allow_none=True, metadata={"description": "null before the first run"}
+    )
+    verified_at = fields.String(required=True, allow_none=True)
+
+
+class TenantVerifyOut(Schema):
+    """A tenant's view: its own entries, and the platform job's verdict without figures."""
+
+    scope = fields.String(required=True, metadata={"enum": ["tenant"]})
+    ok = fields.Boolean(required=True)
+    entries = fields.Integer(required=True, metadata={"description": "the tenant's own"})
+    included = fields.Integer(
+        required=True,
+        metadata={"description": "own entries proved included in the latest checkpoint"},
+    )
+    pending = fields.Integer(
+        required=True, metadata={"description": "own entries newer than the latest checkpoint"}
+    )
+    first_bad_seq = fields.Integer(required=True, allow_none=True)
+    checkpoint = fields.Nested(TenantCheckpointOut, required=True, allow_none=True)
+    platform = fields.Nested(PlatformVerdictOut, required=True)
 
 
 class CheckpointOut(Schema):

@@ -539,8 +539,9 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("GET", "/v1/audit/verify")
     def audit_verify(self, request: Request) -> Response:
-        self._caller(request, AUDIT)
-        return json_response(200, self.audit.verify())
+        """A tenant's own entries and the platform job's verdict; never platform figures."""
+        caller = self._caller(request, AUDIT)
+        return json_response(200, self.audit.tenant_verify(caller["tenant_id"]))
 
     @api("GET", "/v1/audit/entries/<string:seq>/proof")
     def audit_proof(self, request: Request, seq: str) -> Response:

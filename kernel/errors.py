@@ -6,6 +6,7 @@ exception type, not as a generic RemoteError.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -36,6 +37,18 @@ def require_id(value: Any, noun: str) -> None:
 @deserialize_to_instance
 class Conflict(DomainError):
     """A version conflict or a state that does not allow the change."""
+
+
+@deserialize_to_instance
+class RetryLater(Conflict):
+    """Not yet: the state the request needs comes about by itself; ``retry_after`` is whole
+    seconds (at least 1) a client should wait before asking again (the Retry-After header)."""
+
+    def __init__(self, retry_after: float | str, detail: str = ""):
+        # A str is how nameko hands the number back from a remote service.
+        self.retry_after: int = max(1, math.ceil(float(retry_after)))
+        super().__init__(detail or f"not yet; retry in {self.retry_after} s")
+        self.args = (self.retry_after, self.detail)
 
 
 @deserialize_to_instance

@@ -574,12 +574,18 @@ async function showLedger() {
   badge.className = "badge";
   badge.textContent = "Verifying the chain…";
   const [verdict] = await Promise.all([call("GET", "/v1/audit/verify"), loadEntries(false)]);
+  // The tenant's own entries only, and the platform check's verdict without its figures.
+  const platform = verdict.platform.verified_at
+    ? `platform check ${verdict.platform.ok ? "intact" : "FAILED"} ${when(verdict.platform.verified_at)}`
+    : "platform check not run yet";
   if (verdict.ok) {
     badge.classList.add("ok");
-    badge.textContent = `Ledger verified: ${verdict.entries} entries, ${verdict.checkpoints} signed checkpoints, chain intact.`;
+    badge.textContent = `Ledger verified: ${verdict.included} of your ${verdict.entries} entries proved in the latest signed checkpoint (${verdict.pending} awaiting the next), ${platform}.`;
   } else {
     badge.classList.add("bad");
-    badge.textContent = `Ledger broken: first bad sequence ${verdict.first_bad_seq}.`;
+    badge.textContent = verdict.first_bad_seq
+      ? `Ledger broken: your entry ${verdict.first_bad_seq} does not verify.`
+      : `Ledger broken: ${platform}.`;
   }
 }
 
@@ -592,6 +598,12 @@ async function showProof(seq) {
     const result = await verifyProof(proof);
     say("proof-result", result.text, result.ok ? "ok" : "bad");
   } catch (error) {
+    if (error instanceof ApiError && error.status === 409) {
+      // Not in a signed checkpoint yet; asking again once the next one is signed.
+      say("proof-result", `${error.message} Checking again shortly…`);
+      setTimeout(() => showProof(seq), 5000);
+      return;
+    }
     say("proof-result", `No proof: ${error.message}`, "bad");
   }
 }

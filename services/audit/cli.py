@@ -1,7 +1,7 @@
 """The auditor's command line: verify the ledger, stream it, rebuild a tenant as of a moment,
 export it for offline verification.
 
-    python -m services.audit.cli verify
+    python -m services.audit.cli verify [--resume]
     python -m services.audit.cli replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
     python -m services.audit.cli state --tenant ID [--at TIME]
     python -m services.audit.cli export PATH
@@ -10,7 +10,9 @@ export it for offline verification.
 ``audit-export.jsonl`` in PATH when it is a folder; ``services.audit.offline_verify`` checks it
 with the public keys alone.
 
-It reads the audit database named by the usual ``LEDGERDESK_*`` settings. Output is JSON on
+It reads the audit database named by the usual ``LEDGERDESK_*`` settings. ``verify`` runs the
+verification job (``services.audit.verification``) and stores its result, which the verify
+endpoints then report. Output is JSON on
 stdout; a progress bar goes to stderr when it is a terminal.
 """
 
@@ -42,7 +44,14 @@ def main(argv: list[str] | None = None, out=None) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(prog="python -m services.audit.cli")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("verify", help="recompute the hash chain and the signed checkpoints")
+    verify = commands.add_parser(
+        "verify", help="recompute the hash chain and the signed checkpoints, from the first entry"
+    )
+    verify.add_argument(
+        "--resume",
+        action="store_true",
+        help="start where the last intact run ended (what the service's timer does)",
+    )
     replay = commands.add_parser("replay", help="stream ledger entries as JSON lines")
     replay.add_argument("--tenant")
     replay.add_argument("--from", dest="since", type=_moment)
@@ -57,7 +66,7 @@ def main(argv: list[str] | None = None, out=None) -> int:
 
     ledger = open_ledger(Settings.from_env(service="audit"))
     if args.command == "verify":
-        result = ledger.verify()
+        result = ledger.verify(from_zero=not args.resume)
         json.dump(result, out, indent=2)
         out.write("\n")
         return 0 if result["ok"] else 1

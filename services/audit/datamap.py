@@ -60,6 +60,36 @@ DATA_MAP = ServiceMap(
             ends=(End(When.KEPT, "names and times: the key itself is shredded in the keystore"),),
         ),
         Table(
+            "ledger_nodes",
+            "the checkpoint tree's perfect subtrees, each stored with the entry that completes"
+            " it: roots and proofs from O(log n) rows",
+            (
+                operational("level"),
+                operational("idx"),
+                operational("hash", "a Merkle node: a hash of leaf hashes, no content"),
+            ),
+            ends=(APPEND_ONLY,),
+        ),
+        Table(
+            "ledger_verifications",
+            "each run of the verification job: what the verify endpoints report",
+            (
+                operational("id"),
+                operational("started_at"),
+                operational("finished_at"),
+                operational("from_zero"),
+                operational("ok"),
+                operational("entries"),
+                operational("head_hash"),
+                operational("first_bad_seq"),
+                operational("first_bad_node_seq"),
+                operational("checkpoints"),
+                operational("verified_size"),
+                operational("compact_range", "Merkle nodes where an intact run ended"),
+            ),
+            ends=(End(When.KEPT, "sequence numbers, hashes and verdicts: nobody's data"),),
+        ),
+        Table(
             "checkpoints",
             "signed tree heads of the ledger",
             (

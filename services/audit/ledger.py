@@ -22,7 +22,7 @@ from kernel.config import Settings
 from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
 from kernel.envelope import Envelope
-from kernel.errors import Conflict, NotFound
+from kernel.errors import NotFound, RetryLater
 from kernel.signed_note import NoteError, PublicKey, open_checkpoint, parse_time
 from kernel.signing import (
     Signer,
@@ -32,7 +32,7 @@ from kernel.signing import (
     signer_from_config,
     verify_signature,
 )
-from services.audit import access_keys, chain, merkle
+from services.audit import access_keys, chain, merkle, verification
 from services.audit.access_keys import AccessLogKeys
 from services.audit.offline_verify import EXPORT_FORMAT
 
@@ -47,6 +47,23 @@ PERSON_KEYS = (
     "admin_agent_id",
 )
 _LEDGER_LOCK = 0x1ED6E4
+# The head, its leaf and the stored nodes of the compact range of the tree up to it (largest
+# first): what the next entry's nodes and a checkpoint's root are computed from, in O(log n).
+_HEAD = (
+    " SELECT h.seq, h.hash, h.leaf_hash,"
+    " ARRAY(SELECT n.hash FROM generate_series(62, 1, -1) AS lv"
+    " JOIN ledger_nodes n ON n.level = lv AND n.idx = (h.seq >> lv) - 1"
+    " WHERE (h.seq >> lv) & 1 = 1 ORDER BY lv DESC)"
+)
+_HEAD_ROW = (
+    " LEFT JOIN (SELECT seq, hash, leaf_hash FROM ledger ORDER BY seq DESC LIMIT 1) AS h ON true"
+)
+_NODES = (
+    "SELECT 0, seq - 1, leaf_hash FROM ledger WHERE seq = ANY(%s::bigint[])"
+    " UNION ALL SELECT n.level, n.idx, n.hash FROM ledger_nodes n"
+    " JOIN unnest(%s::smallint[], %s::bigint[]) AS w(level, idx)"
+    " ON n.level = w.level AND n.idx = w.idx"
+)
 _COLUMNS = (
     "seq, event_id, type, service, tenant_id, actor_id, subject_ids, at, content, prev_hash, hash"
 )
@@ -79,6 +96,7 @@ class Ledger:
         cipher: FieldCipher,
         signer: Signer,
         day_seconds: int = 86400,
+        checkpoint_seconds: float = 60.0,
         *,
         origin: str,
         keys: tuple[PublicKey, ...] | None = None,
@@ -91,6 +109,9 @@ class Ledger:
         # The origin has no default: notes signed under another name would not verify.
         self.keys = keys if keys is not None else (PublicKey(signer.public_key),)
         self.origin = origin
+        self.day_seconds = day_seconds
+        # How often checkpoints are signed: what a caller waiting for one is told to wait.
+        self.checkpoint_seconds = checkpoint_seconds
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -101,15 +122,23 @@ class Ledger:
             return None
         key, content_bytes = self._content(envelope)
         with self.db.transaction() as cur:
-            # Lock and read the head in one round trip; a redelivery is then a conflict on the
-            # unique event_id that inserts nothing, and a seq not inserted leaves no gap.
+            # Lock and read the head, the tree's compact range and whether this event is in
+            # already, in one round trip. Under the lock nothing else appends, so a redelivery
+            # found here inserts nothing, and a seq not inserted leaves no gap.
             cur.execute(
                 "SELECT pg_advisory_xact_lock(%s);"
-                " SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
-                (_LEDGER_LOCK,),
+                + _HEAD
+                + ", EXISTS (SELECT 1 FROM ledger WHERE event_id = %s)"
+                " FROM (SELECT 1) AS one" + _HEAD_ROW,
+                (_LEDGER_LOCK, envelope.event_id),
             )
-            last = cur.fetchone()
-            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, chain.GENESIS)
+            *head, present = cur.fetchone()
+            if present:
+                return None
+            tree, prev = _tree_and_prev(*head)
+            seq = tree.size + 1
+            leaf = chain.leaf_hash(content_bytes)
+            nodes = tree.append(leaf)
             row = self._row(
                 envelope,
                 seq,
@@ -117,17 +146,24 @@ class Ledger:
                 content_bytes,
                 prev,
                 chain.entry_hash(prev, seq, content_bytes),
+                leaf,
             )
-            # The key's row first, in the same round trip: rowcount is then the entry's.
+            # The key's row first and the nodes the entry completes after it, in one round trip
+            # of plain inserts (a statement with a CTE costs more to plan than to run here).
             cur.execute(
                 (f"{access_keys.REMEMBER}; " if key else "")
-                + "INSERT INTO ledger (seq, event_id, type, service, tenant_id, actor_id,"
-                " subject_ids, at, access_key, content, prev_hash, hash, leaf_hash)"
+                + "INSERT INTO ledger (seq, event_id, type, service, tenant_id,"
+                " actor_id, subject_ids, at, access_key, content, prev_hash, hash, leaf_hash)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (event_id) DO NOTHING",
-                (*(key or ()), *row),
+                + (
+                    "; INSERT INTO ledger_nodes (level, idx, hash) VALUES "
+                    + ", ".join(["(%s, %s, %s)"] * len(nodes))
+                    if nodes
+                    else ""
+                ),
+                (*(key or ()), *row, *(value for node in nodes for value in node)),
             )
-            return seq if cur.rowcount == 1 else None
+            return seq
 
     def record_many(self, envelopes: Sequence[Envelope]) -> list[int | None]:
         """Append entries in order in one transaction (one lock, one commit); for each, its seq,
@@ -149,16 +185,17 @@ class Ledger:
             # lock rules out) would fail the whole insert rather than leave a hole in the chain.
             cur.execute(
                 "SELECT pg_advisory_xact_lock(%s);"
-                " SELECT h.seq, h.hash,"
-                " ARRAY(SELECT event_id FROM ledger WHERE event_id = ANY(%s::uuid[]))"
-                " FROM (SELECT 1) AS one"
-                " LEFT JOIN (SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1) AS h ON true",
+                + _HEAD
+                + ", ARRAY(SELECT event_id FROM ledger WHERE event_id = ANY(%s::uuid[]))"
+                " FROM (SELECT 1) AS one" + _HEAD_ROW,
                 (_LEDGER_LOCK, [e.event_id for e in envelopes]),
             )
-            last_seq, last_hash, present = cur.fetchone()
+            *head, present = cur.fetchone()
             seen = {uuid.UUID(str(event_id)) for event_id in present}
-            seq, prev = (last_seq, bytes(last_hash)) if last_seq else (0, chain.GENESIS)
+            tree, prev = _tree_and_prev(*head)
+            seq = tree.size
             rows: list[tuple] = []
+            nodes: list[tuple[int, int, bytes]] = []
             keys: set[access_keys.Row] = set()
             assigned: list[int | None] = []
             for envelope, key, content_bytes in prepared:
@@ -168,7 +205,9 @@ class Ledger:
                 seen.add(envelope.event_id)
                 seq += 1
                 entry_hash = chain.entry_hash(prev, seq, content_bytes)
-                rows.append(self._row(envelope, seq, key, content_bytes, prev, entry_hash))
+                leaf = chain.leaf_hash(content_bytes)
+                nodes.extend(tree.append(leaf))
+                rows.append(self._row(envelope, seq, key, content_bytes, prev, entry_hash, leaf))
                 if key:
                     keys.add(key)
                 assigned.append(seq)
@@ -189,6 +228,13 @@ class Ledger:
                     rows,
                     page_size=len(rows),
                 )
+            if nodes:
+                psycopg2.extras.execute_values(
+                    cur,
+                    "INSERT INTO ledger_nodes (level, idx, hash) VALUES %s",
+                    nodes,
+                    page_size=len(nodes),
+                )
         return assigned
 
     def _content(self, envelope: Envelope) -> tuple[access_keys.Row | None, bytes]:
@@ -208,6 +254,7 @@ class Ledger:
         content: bytes,
         prev: bytes,
         entry_hash: bytes,
+        leaf: bytes,
     ) -> tuple:
         return (
             seq,
@@ -222,7 +269,7 @@ class Ledger:
             content,
             prev,
             entry_hash,
-            chain.leaf_hash(content),
+            leaf,
         )
 
     def _recorded(self, event_id: uuid.UUID) -> bool:
@@ -231,27 +278,37 @@ class Ledger:
             return cur.fetchone() is not None
 
     def checkpoint(self) -> dict[str, Any] | None:
-        """Sign the tree of every entry so far; None when nothing was added since the last."""
+        """Sign the tree of every entry so far; None when nothing was added since the last.
+
+        The root comes from the O(log n) stored nodes of the tree's compact range. The ledger's
+        lock is held until the checkpoint is committed, so any snapshot that holds an entry
+        signed after it also holds the checkpoint (the verification walk relies on that).
+        """
         with self.db.transaction() as cur:
-            cur.execute("SELECT coalesce(max(tree_size), 0) FROM checkpoints")
-            last = cur.fetchone()[0]
-            cur.execute("SELECT leaf_hash FROM ledger ORDER BY seq")
-            leaves = [bytes(row[0]) for row in cur.fetchall()]
-            if len(leaves) <= last:
+            cur.execute(
+                "SELECT pg_advisory_xact_lock(%s);"
+                + _HEAD
+                + ", (SELECT coalesce(max(tree_size), 0) FROM checkpoints)"
+                " FROM (SELECT 1) AS one" + _HEAD_ROW,
+                (_LEDGER_LOCK,),
+            )
+            *head, last = cur.fetchone()
+            tree, _ = _tree_and_prev(*head)
+            if tree.size <= last:
                 return None
-            root = merkle.root(leaves)
+            root = tree.root()
             now = dt.datetime.now(dt.UTC)
             # Signed only while the key is valid: a checkpoint signed outside its key's period
             # would fail every verification, so a key past its end stops signing instead.
             check_signing_key(self.signer, self.keys, now)
             signed_at = now.isoformat()
-            signature = self.signer.sign(checkpoint_message(len(leaves), root, signed_at))
-            note = self.signer.sign_checkpoint(self.origin, len(leaves), root, signed_at)
+            signature = self.signer.sign(checkpoint_message(tree.size, root, signed_at))
+            note = self.signer.sign_checkpoint(self.origin, tree.size, root, signed_at)
             cur.execute(
                 "INSERT INTO checkpoints (tree_size, root_hash, signed_at, key_id, public_key,"
                 " signature, note) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (
-                    len(leaves),
+                    tree.size,
                     root,
                     signed_at,
                     self.signer.key_id,
@@ -261,13 +318,28 @@ class Ledger:
                 ),
             )
         return self._checkpoint_view(
-            len(leaves),
+            tree.size,
             root,
             signed_at,
             self.signer.key_id,
             self.signer.public_key_b64,
             signature,
             note,
+        )
+
+    def signature_holds(
+        self,
+        tree_size: int,
+        root: bytes,
+        signed_at: str,
+        public_key: str,
+        signature: bytes,
+        note: str | None,
+    ) -> bool:
+        """Whether a stored checkpoint is signed by a published key valid when it was signed:
+        the one place that knows how a checkpoint's signatures are checked."""
+        return checkpoint_sound(
+            self.keys, self.origin, tree_size, root, signed_at, public_key, signature, note
         )
 
     def purge_access_log(
@@ -352,64 +424,92 @@ class Ledger:
 
     # --- verification and proofs --------------------------------------------------------------
 
-    def verify(self, batch_size: int = 5000) -> dict[str, Any]:
-        """Recompute the chain and every checkpoint; report the first sequence that fails."""
-        leaves: list[bytes] = []
-        head: dict[str, Any] | None = None
+    def verify(self, *, from_zero: bool = True, batch_size: int = 5000) -> dict[str, Any]:
+        """Run the verification job now and store its result
+        (``services.audit.verification``): from the first entry unless ``from_zero`` is False,
+        then from where the last intact run ended. Never on a request: the endpoints read the
+        stored result.
+        """
+        return verification.run(self, from_zero=from_zero, batch_size=batch_size)
 
-        def stored() -> Iterator[chain.StoredEntry]:
-            nonlocal head
-            with self.db.connection() as conn, conn.cursor(name="ledger_verify") as cur:
-                cur.itersize = batch_size
-                cur.execute("SELECT seq, content, prev_hash, hash FROM ledger ORDER BY seq")
-                for seq, content, prev, hash_ in cur:
-                    content = bytes(content)
-                    leaves.append(chain.leaf_hash(content))
-                    head = {"seq": seq, "hash": bytes(hash_).hex()}
-                    yield chain.StoredEntry(seq, content, bytes(prev), bytes(hash_))
+    def scheduled_verification(self) -> dict[str, Any]:
+        """The timer's run: from where the last intact run ended, and from the first entry
+        when the last such run is more than a day old."""
+        last = verification.last_from_zero(self.db)
+        stale = last is None or dt.datetime.now(dt.UTC) - last > dt.timedelta(
+            seconds=self.day_seconds
+        )
+        return self.verify(from_zero=stale)
 
-        first_bad = chain.first_bad_seq(stored())
-        with self.db.transaction() as cur:
+    def verification_report(self) -> dict[str, Any]:
+        """The last verification run's result, as stored; a run of nothing before the first."""
+        return verification.latest(self.db)
+
+    def tenant_report(self, tenant_id: str, batch_size: int = 1000) -> dict[str, Any]:
+        """What a tenant may see of verification: its own entries, each one's content hashed to
+        its leaf and proved included in the latest signed checkpoint, and the platform job's
+        verdict and time. No platform-wide count, head or tree size: another tenant's writes
+        change nothing here until they are signed into a checkpoint, and even then only when.
+
+        O(own entries x log n): each entry's path is read from the stored nodes, a batch at a
+        time.
+        """
+        checkpoint = self._latest_checkpoint()
+        included = pending = failed = 0
+        first_bad: int | None = None
+        signed = False
+        if checkpoint is not None:
+            tree_size, root_hash, signed_at, _key_id, public_key, signature, note = checkpoint
+            root = bytes(root_hash)
+            signed = self.signature_holds(
+                tree_size, root, signed_at, public_key, bytes(signature), note
+            )
+        with self.db.connection() as conn, conn.cursor(name="tenant_entries") as cur:
+            cur.itersize = batch_size
             cur.execute(
-                "SELECT tree_size, root_hash, signed_at, public_key, signature, note"
-                " FROM checkpoints ORDER BY tree_size"
+                "SELECT seq, content FROM ledger WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
             )
-            checkpoints = cur.fetchall()
-        verified_until = 0
-        for tree_size, root_hash, signed_at, public_key, signature, note in checkpoints:
-            intact = checkpoint_sound(
-                self.keys,
-                self.origin,
-                tree_size,
-                bytes(root_hash),
-                signed_at,
-                public_key,
-                bytes(signature),
-                note,
-            )
-            intact = intact and tree_size <= len(leaves)
-            intact = intact and merkle.root(leaves[:tree_size]) == bytes(root_hash)
-            if not intact:
-                # The chain may have been rewritten whole; this checkpoint narrows where.
-                bad = verified_until + 1
-                first_bad = bad if first_bad is None else min(first_bad, bad)
-                break
-            verified_until = tree_size
+            while batch := cur.fetchmany(batch_size):
+                covered = []
+                for seq, content in batch:
+                    if checkpoint is None or seq > tree_size:
+                        pending += 1
+                    else:
+                        covered.append((seq, chain.leaf_hash(bytes(content))))
+                if not covered:
+                    continue
+                paths = {seq: merkle.inclusion_ranges(seq - 1, tree_size) for seq, _ in covered}
+                with self.db.transaction() as nodes_cur:
+                    wanted = {(0, seq - 1) for seq in paths}
+                    nodes = _read_nodes(
+                        nodes_cur, wanted.union(*(merkle.nodes_of(r) for r in paths.values()))
+                    )
+                for seq, leaf in covered:
+                    try:
+                        path = merkle.hashes_of(paths[seq], nodes)
+                    except KeyError:
+                        path = []
+                    # The leaf read back must be the content's hash too: it is what every other
+                    # entry's proof is built from.
+                    ok = signed and nodes.get((0, seq - 1)) == leaf
+                    if ok and merkle.verify_inclusion(leaf, seq - 1, tree_size, path, root):
+                        included += 1
+                    else:
+                        failed += 1
+                        first_bad = seq if first_bad is None else first_bad
+        platform = self.verification_report()
         return {
-            "ok": first_bad is None,
-            "entries": len(leaves),
-            "head": head,
+            "scope": "tenant",
+            "ok": not failed and (checkpoint is None or signed) and platform["ok"] is not False,
+            "entries": included + pending + failed,
+            "included": included,
+            "pending": pending,
             "first_bad_seq": first_bad,
-            "checkpoints": len(checkpoints),
+            "checkpoint": None
+            if checkpoint is None
+            else {"signed_at": checkpoint[2], "signature_ok": signed},
+            "platform": {"ok": platform["ok"], "verified_at": platform["finished_at"]},
         }
-
-    def latest_checkpoint(self, covering: int) -> tuple | None:
-        """The newest checkpoint, signing a new one first if it does not reach ``covering``."""
-        row = self._latest_checkpoint()
-        if row is None or row[0] < covering:
-            self.checkpoint()
-            row = self._latest_checkpoint()
-        return row
 
     def _latest_checkpoint(self) -> tuple | None:
         with self.db.transaction() as cur:
@@ -420,29 +520,47 @@ class Ledger:
             return cur.fetchone()
 
     def proof(self, tenant_id: str | None, seq: int) -> dict[str, Any]:
-        """The inclusion proof of entry ``seq`` against the latest signed checkpoint."""
+        """The inclusion proof of entry ``seq`` against the latest signed checkpoint, from
+        O(log n) stored nodes. Never signs one on demand: a checkpoint's tree size is the
+        platform's volume, and signing at a caller's request would let it read that volume at
+        a moment of its choosing. Until a checkpoint covers the entry, ``RetryLater``.
+        """
         with self.db.transaction() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM ledger WHERE seq = %s", (seq,))
+            cur.execute("SELECT tenant_id, leaf_hash FROM ledger WHERE seq = %s", (seq,))
             row = cur.fetchone()
-        if row is None or (tenant_id is not None and str(row[4]) != tenant_id):
+        if row is None or (tenant_id is not None and str(row[0]) != tenant_id):
             raise NotFound("no such entry")
-        checkpoint = self.latest_checkpoint(seq)
-        if checkpoint is None:
-            raise Conflict("no checkpoint covers this entry yet")
+        checkpoint = self._latest_checkpoint()
+        if checkpoint is None or checkpoint[0] < seq:
+            raise RetryLater(
+                self.checkpoint_seconds,
+                "no signed checkpoint covers this entry yet; one is signed every"
+                f" {self.checkpoint_seconds:g} s",
+            )
         tree_size, root_hash, signed_at, key_id, public_key, signature, note = checkpoint
+        ranges = merkle.inclusion_ranges(seq - 1, tree_size)
         with self.db.transaction() as cur:
-            cur.execute("SELECT leaf_hash FROM ledger WHERE seq <= %s ORDER BY seq", (tree_size,))
-            leaves = [bytes(r[0]) for r in cur.fetchall()]
-        path = merkle.inclusion_proof(leaves, seq - 1)
+            nodes = _read_nodes(cur, merkle.nodes_of(ranges))
+        path = merkle.hashes_of(ranges, nodes)
         return {
             "seq": seq,
             "leaf_index": seq - 1,
-            "leaf_hash": leaves[seq - 1].hex(),
+            "leaf_hash": bytes(row[1]).hex(),
             "audit_path": [node.hex() for node in path],
             "checkpoint": self._checkpoint_view(
                 tree_size, bytes(root_hash), signed_at, key_id, public_key, bytes(signature), note
             ),
         }
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) of RFC 6962 2.1.2, from O(log n) stored nodes."""
+        ranges = merkle.consistency_ranges(old_size, new_size)
+        with self.db.transaction() as cur:
+            cur.execute("SELECT coalesce(max(seq), 0) FROM ledger")
+            if cur.fetchone()[0] < new_size:
+                raise NotFound("the ledger is not that long")
+            nodes = _read_nodes(cur, merkle.nodes_of(ranges))
+        return merkle.hashes_of(ranges, nodes)
 
     @staticmethod
     def _checkpoint_view(
@@ -560,6 +678,28 @@ def open_ledger(settings: Settings) -> Ledger:
         FieldCipher(keystore),
         signer_from_config(settings.audit_signing_key),
         settings.day_seconds,
+        settings.checkpoint_seconds,
         origin=settings.audit_origin,
         keys=published_keys(settings),
     )
+
+
+def _tree_and_prev(
+    seq: int | None, hash_: bytes | None, leaf: bytes | None, nodes: list[bytes] | None
+) -> tuple[merkle.CompactRange, bytes]:
+    """The tree up to the head (from its stored compact range) and the head's hash."""
+    if seq is None:
+        return merkle.CompactRange(), chain.GENESIS
+    hashes = [bytes(h) for h in nodes or ()]
+    if seq & 1:  # an odd size ends in a lone leaf: the head's own
+        hashes.append(bytes(leaf or b""))
+    return merkle.CompactRange(seq, hashes), bytes(hash_ or b"")
+
+
+def _read_nodes(cur: Any, wanted: set[merkle.Node]) -> dict[merkle.Node, bytes]:
+    """The stored hashes of ``wanted`` nodes (leaves from the ledger, the rest from the tree),
+    in one round trip; a node not stored is missing from the answer."""
+    leaves = [idx + 1 for level, idx in wanted if level == 0]
+    inner = [(level, idx) for level, idx in wanted if level > 0]
+    cur.execute(_NODES, (leaves, [n[0] for n in inner], [n[1] for n in inner]))
+    return {(level, idx): bytes(hash_) for level, idx, hash_ in cur.fetchall()}

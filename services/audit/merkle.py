@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Mapping, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """The Merkle Tree Hash of an empty list (RFC 6962: the hash of the empty string)."""
@@ -101,62 +101,179 @@ def verify_inclusion(
     return sn == 0 and hmac.compare_digest(r, root)
 
 
-class Frontier:
-    """The Merkle Tree Hash of a growing list of leaves, one leaf at a time, without keeping
-    the leaves: the roots of the perfect subtrees the list splits into (its binary
-    decomposition, largest first), at most one per bit of the size.
+# --- the tree as stored: perfect subtrees, compact ranges, proofs in O(log n) nodes ------------
+#
+# A *node* (level, index) is the root of the perfect subtree over leaves
+# [index * 2**level, (index + 1) * 2**level); level 0 is a leaf. Every subtree hash that RFC 6962's
+# recursive definitions ask for is the hash of a range [start, end) whose start is a multiple of
+# the largest power of two not above end - start, and such a range is a run of perfect subtrees,
+# largest first (its *decomposition*), whose hashes fold from the right into the range's hash.
+# So a tree that stores each perfect subtree's hash as it completes answers a root, an inclusion
+# proof or a consistency proof from O(log n) stored nodes.
 
-    Appending merges equal-sized neighbours, as a binary counter carries; ``root()`` folds the
-    subtrees from the right, which is RFC 6962's split at the largest power of two below the
-    size applied recursively. So a verifier walks a ledger once, reading the root at each
-    checkpoint's size as it passes it, in O(log n) memory.
+Node = tuple[int, int]
+"""(level, index): the perfect subtree over leaves [index * 2**level, (index + 1) * 2**level)."""
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than ``n`` (n > 1): where RFC 6962 splits D[n]."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def decomposition(start: int, end: int) -> list[Node]:
+    """The perfect subtrees that make up leaves [start, end), largest (leftmost) first.
+
+    Only ranges RFC 6962 asks for are accepted: ``start`` a multiple of the largest power of
+    two that fits in the range, so the subtrees are the set bits of ``end - start``.
+    """
+    size = end - start
+    if size <= 0:
+        raise ValueError(f"an empty or negative range [{start}, {end})")
+    if start % (1 << (size.bit_length() - 1)):
+        raise ValueError(f"[{start}, {end}) is not a subtree range of the tree")
+    nodes: list[Node] = []
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            nodes.append((level, start >> level))
+            start += 1 << level
+    return nodes
+
+
+def fold(hashes: Sequence[bytes]) -> bytes:
+    """The hash of a range from its decomposition's hashes (largest first)."""
+    if not hashes:
+        return EMPTY_ROOT
+    result = hashes[-1]
+    for left in reversed(hashes[:-1]):
+        result = node_hash(left, result)
+    return result
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes make PATH(index, D[size]), from the leaf upwards."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf index {index} is outside a tree of {size} leaves")
+    ranges: list[tuple[int, int]] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            ranges.append((start + k, end))
+            end = start + k
+        else:
+            ranges.append((start, start + k))
+            start += k
+    return ranges[::-1]
+
+
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose hashes make PROOF(old_size, D[new_size]) (RFC 6962 2.1.2)."""
+    if not 0 < old_size <= new_size:
+        raise ValueError(f"no consistency proof from {old_size} to {new_size} leaves")
+    ranges: list[tuple[int, int]] = []
+    start, end, m, whole = 0, new_size, old_size, True
+    # SUBPROOF(m, D[start:end], whole), unrolled: each step appends one sibling range.
+    while m != end - start:
+        k = _split(end - start)
+        if m <= k:
+            ranges.append((start + k, end))
+            end = start + k
+        else:
+            ranges.append((start, start + k))
+            start, m, whole = start + k, m - k, False
+    if not whole:
+        ranges.append((start, end))
+    return ranges[::-1]
+
+
+def nodes_of(ranges: Sequence[tuple[int, int]]) -> set[Node]:
+    """Every stored node that the hashes of ``ranges`` are computed from."""
+    return {node for start, end in ranges for node in decomposition(start, end)}
+
+
+def hashes_of(ranges: Sequence[tuple[int, int]], lookup: Mapping[Node, bytes]) -> list[bytes]:
+    """The hash of each range, folded from the nodes in ``lookup`` (KeyError if one is missing)."""
+    return [fold([lookup[node] for node in decomposition(s, e)]) for s, e in ranges]
+
+
+def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
+    """PROOF(old_size, D[n]) of RFC 6962 section 2.1.2 over ``leaves`` (all n of them)."""
+    ranges = consistency_ranges(old_size, len(leaves))
+    return [root(leaves[start:end]) for start, end in ranges]
+
+
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """Whether ``proof`` shows the tree of ``old_size`` with ``old_root`` to be a prefix of the
+    tree of ``new_size`` with ``new_root``; the algorithm of RFC 9162 section 2.1.4.2.
+
+    Equal sizes need an empty proof and equal roots; the empty tree is a prefix of any tree.
+    """
+    if not 0 <= old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not proof and hmac.compare_digest(old_root, new_root)
+    if old_size == 0:
+        return not proof
+    if not proof:
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is the first node
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root)
+
+
+class CompactRange:
+    """The perfect subtrees of leaves [0, size), largest first: what a tree needs to take its
+    next leaf and to give its root, in O(log size) hashes (a transparency log's compact range).
+
+    ``append`` returns the nodes each new leaf completes, which the ledger stores beside it.
     """
 
-    __slots__ = ("_subtrees", "size")
+    __slots__ = ("hashes", "size")
 
-    def __init__(self) -> None:
-        self._subtrees: list[tuple[int, bytes]] = []
-        self.size = 0
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()):
+        if len(hashes) != size.bit_count():
+            raise ValueError(f"a compact range of {size} leaves has {size.bit_count()} hashes")
+        self.size = size
+        self.hashes = list(hashes)
 
-    def append(self, leaf: bytes) -> None:
-        """Add one leaf hash (``chain.leaf_hash`` of an entry's content)."""
+    @staticmethod
+    def nodes(size: int) -> list[Node]:
+        """The nodes of the compact range of ``size`` leaves, largest first."""
+        return decomposition(0, size) if size else []
+
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add leaf ``size``; the (level, index, hash) of every node above level 0 it completes."""
+        completed: list[tuple[int, int, bytes]] = []
+        carry, level, size = leaf, 0, self.size
+        while size >> level & 1:
+            carry = node_hash(self.hashes.pop(), carry)
+            level += 1
+            completed.append((level, ((size + 1) >> level) - 1, carry))
+        self.hashes.append(carry)
         self.size += 1
-        width, node = 1, leaf
-        while self._subtrees and self._subtrees[-1][0] == width:
-            left_width, left = self._subtrees.pop()
-            width, node = left_width + width, node_hash(left, node)
-        self._subtrees.append((width, node))
+        return completed
 
     def root(self) -> bytes:
-        """The Merkle Tree Hash of the leaves appended so far."""
-        if not self._subtrees:
-            return EMPTY_ROOT
-        node = self._subtrees[-1][1]
-        for _, left in reversed(self._subtrees[:-1]):
-            node = node_hash(left, node)
-        return node
-
-
-def roots_at(leaves: Iterable[bytes], sizes: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-    """``(size, root)`` for each of ``sizes`` (ascending), in one pass over ``leaves``.
-
-    Stops at the last leaf: a size beyond the leaves given yields nothing, and the caller
-    sees which sizes were not reached.
-    """
-    frontier = Frontier()
-    wanted = iter(sizes)
-    size = next(wanted, None)
-    while size == 0:
-        yield 0, EMPTY_ROOT
-        size = next(wanted, None)
-    if size is None:
-        return
-    for leaf in leaves:
-        frontier.append(leaf)
-        while size == frontier.size:
-            yield size, frontier.root()
-            size = next(wanted, None)
-        if size is None:
-            return
-        if size < frontier.size:
-            raise ValueError("sizes must be ascending")
+        return fold(self.hashes)

@@ -9,7 +9,7 @@ answer of ``GET /v1/audit/public-key`` saved as is (it names the origin), or a b
 ``LEDGERDESK_AUDIT_PUBLIC_KEYS``. ``--origin`` names the log when the keys do not.
 
 It walks the hash chain once (``chain.first_bad_seq``), growing the Merkle tree as it goes
-(``merkle.Frontier``), and checks every checkpoint as the walk passes its tree size: its
+(``merkle.CompactRange``), and checks every checkpoint as the walk passes its tree size: its
 signature by a listed key whose validity period holds the checkpoint's time of signing, its
 origin, and its root against the entries. It needs no settings, database or secret.
 
@@ -212,7 +212,7 @@ def verify(export: Export, origin: str, keys: Sequence[PublicKey]) -> dict[str, 
         (check_checkpoint(record, origin, keys) for record in export.checkpoints),
         key=lambda claim: claim[0],
     )
-    frontier = merkle.Frontier()
+    frontier = merkle.CompactRange()
     verified_until = 0
     bad: dict[str, Any] | None = None
     position = 0

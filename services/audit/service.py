@@ -48,6 +48,7 @@ class LedgerDependency(DependencyProvider):
             store.cipher,
             self.signer,
             settings.day_seconds,
+            settings.checkpoint_seconds,
             origin=settings.audit_origin,
             keys=self.keys,
         )
@@ -92,6 +93,13 @@ class AuditService:
     def sign_checkpoint(self) -> None:
         self.ledger.checkpoint()
 
+    @timer(interval=Settings.from_env().checkpoint_seconds)
+    def verify_ledger(self) -> None:
+        """The verification job: from where the last intact run ended, and from the first
+        entry once a day. It runs on every tick, appended to or not, so when it ran says
+        nothing of anyone's activity."""
+        self.ledger.scheduled_verification()
+
     @rpc
     def list_entries(
         self, tenant_id: str | None, filters: dict[str, Any], limit: int, after_seq: int
@@ -109,7 +117,12 @@ class AuditService:
 
     @rpc
     def verify(self) -> dict[str, Any]:
-        return self.ledger.verify()
+        """The verification job's last result (a request never runs one)."""
+        return self.ledger.verification_report()
+
+    @rpc
+    def tenant_verify(self, tenant_id: str) -> dict[str, Any]:
+        return self.ledger.tenant_report(tenant_id)
 
     @rpc
     def proof(self, tenant_id: str | None, seq: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from services import platform
 from tests.e2e.conftest import SIGNUP, Stack, running_stack
 
 EVENTS_EXCHANGE = "ledgerdesk.events"
+CHECKPOINT = 15
 # Every service has an outbox; the gateway's carries the access log.
 PUBLISHERS = (*platform.SERVICES, "gateway")
 
@@ -215,7 +216,11 @@ class Tap:
 
 @pytest.fixture(scope="module")
 def stack(infrastructure: Infrastructure) -> Iterator[Stack]:
-    with running_stack(infrastructure, before_start=Tap.bind) as running:
+    # Checkpoints (and verification runs) every 15 s: often enough for proofs to come without
+    # a long wait, seldom enough to see two reads with none between.
+    with running_stack(
+        infrastructure, before_start=Tap.bind, LEDGERDESK_CHECKPOINT_SECONDS=str(CHECKPOINT)
+    ) as running:
         yield running
 
 
@@ -450,18 +455,91 @@ def test_cursor_paging_walks_the_whole_listing_in_order(scene):
 # --- verification and proofs --------------------------------------------------------------------
 
 
-def test_the_ledger_verifies(scene):
+PLATFORM_FIGURES = {"head", "checkpoints", "verified_size", "tree_size", "root_hash"}
+
+
+def keys_of(document: Any) -> set[str]:
+    if isinstance(document, dict):
+        return set(document) | {k for value in document.values() for k in keys_of(value)}
+    return set()
+
+
+def tenant_verify(client: Traced, key: str) -> dict[str, Any]:
+    response = client.call("GET", "/v1/audit/verify", key)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_tenant_verifies_its_own_entries_and_sees_no_platform_figures(scene):
+    client = scene.client
     for key in (scene.auditor, scene.admin_a):
-        response = scene.client.call("GET", "/v1/audit/verify", key)
-        assert response.status_code == 200
-        result = response.json()
-        assert (result["ok"], result["first_bad_seq"]) == (True, None), result
-        assert result["entries"] > 0
-        assert result["head"]["seq"] == result["entries"]
-        [(head_hash,)] = ledger_rows(
-            scene.client.stack, "SELECT hash FROM ledger WHERE seq = %s", (result["head"]["seq"],)
+        shown = tenant_verify(client, key)
+        assert not keys_of(shown) & PLATFORM_FIGURES, shown
+        # Once a checkpoint covers some of the tenant's entries and the job has run.
+        result = wait_until(
+            lambda k=key: (
+                (r := tenant_verify(client, k))["included"] and r["platform"]["verified_at"] and r
+            ),
+            timeout=4 * CHECKPOINT,
+            interval=1,
+            what="a checkpoint and a verification run",
         )
-        assert result["head"]["hash"] == bytes(head_hash).hex()
+        assert result["scope"] == "tenant"
+        assert (result["ok"], result["first_bad_seq"]) == (True, None), result
+        assert result["platform"]["ok"] is True
+        assert result["checkpoint"]["signature_ok"] is True
+        assert result["included"] + result["pending"] == result["entries"]
+        assert not keys_of(result) & PLATFORM_FIGURES, result
+        settle(client.stack, client)
+        mine, _ = pages(client, "/v1/audit/entries", key)
+        assert 0 < result["entries"] <= len(mine)
+
+
+def test_a_tenants_verify_does_not_move_when_another_tenant_writes(scene):
+    client = scene.client
+    for _ in range(6):
+        settle(client.stack, client)
+        before = tenant_verify(client, scene.auditor)
+        settle(client.stack, client)  # that read is an entry of A's own
+        for _ in range(4):
+            body = {"name": unique("Contact"), "email": f"{unique('c')}@example.com"}
+            assert client.call("POST", "/v1/contacts", scene.admin_b, json=body).status_code == 201
+        settle(client.stack, client)
+        after = tenant_verify(client, scene.auditor)
+        if after.get("checkpoint") != before.get("checkpoint"):
+            continue  # a checkpoint was signed meanwhile: that is news, and allowed to show
+        # What moved is A's own read between the two, and when the job last ran (every tick,
+        # whoever writes): nothing of B's.
+        assert after["entries"] == before["entries"] + 1, (before, after)
+        assert after["pending"] == before["pending"] + 1
+        same = {k: v for k, v in after.items() if k not in ("entries", "pending", "platform")}
+        assert same == {k: v for k, v in before.items() if k in same}
+        assert after["platform"]["ok"] == before["platform"]["ok"]
+        assert not keys_of(after) & PLATFORM_FIGURES
+        return
+    pytest.fail("a checkpoint was signed between every pair of reads")
+
+
+def test_the_operator_sees_the_whole_verification(scene):
+    token = scene.client.stack.settings.operator_token
+
+    def verified() -> dict[str, Any] | None:
+        response = scene.client.call("GET", "/v1/operator/audit/verify", token)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        return result if result["ok"] is not None and result["checkpoints"] else None
+
+    result = wait_until(verified, timeout=4 * CHECKPOINT, interval=1, what="a verification run")
+    assert (result["ok"], result["first_bad_seq"], result["first_bad_node_seq"]) == (
+        True,
+        None,
+        None,
+    )
+    assert result["head"]["seq"] == result["entries"] >= result["verified_size"] > 0
+    [(head_hash,)] = ledger_rows(
+        scene.client.stack, "SELECT hash FROM ledger WHERE seq = %s", (result["head"]["seq"],)
+    )
+    assert result["head"]["hash"] == bytes(head_hash).hex()
 
 
 def test_proofs_check_out_with_an_independent_verifier_and_the_published_key(scene):
@@ -477,8 +555,19 @@ def test_proofs_check_out_with_an_independent_verifier_and_the_published_key(sce
         mine[-1],
     ]
     for entry in chosen:
-        response = client.call("GET", f"/v1/audit/entries/{entry['seq']}/proof", scene.auditor)
-        assert response.status_code == 200, response.text
+        path = f"/v1/audit/entries/{entry['seq']}/proof"
+
+        def proved(path: str = path) -> Any:
+            response = client.call("GET", path, scene.auditor)
+            if response.status_code == 409:
+                # Not yet in a checkpoint: asking signs none, and says when to come back.
+                assert int(response.headers["Retry-After"]) == CHECKPOINT
+                assert response.headers["Content-Type"] == "application/problem+json"
+                return None
+            assert response.status_code == 200, response.text
+            return response
+
+        response = wait_until(proved, timeout=4 * CHECKPOINT, interval=1, what="a checkpoint")
         proof = response.json()
         assert proof["seq"] == entry["seq"]
         check_proof(proof, content_of(stack, entry["seq"]), public_key)
@@ -544,7 +633,7 @@ def test_operator_endpoints_see_every_tenant_and_need_the_token(scene):
     assert {scene.tenant_a, scene.tenant_b, None} <= tenants
     response = client.call("GET", "/v1/operator/audit/verify", token)
     assert response.status_code == 200
-    assert response.json()["ok"] is True
+    assert response.json()["ok"] is not False  # None before the job's first run
 
     for path in ("/v1/operator/audit/entries", "/v1/operator/audit/verify"):
         assert client.call("GET", path).status_code == 401

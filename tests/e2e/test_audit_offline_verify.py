@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nameko.standalone.rpc import ClusterRpcProxy
 
 from kernel.config import DEV_AUDIT_SIGNING_KEY
 from kernel.signed_note import parse_verifier_key
@@ -67,6 +68,8 @@ def stack(infrastructure: Infrastructure) -> Iterator[Stack]:
     with running_stack(
         infrastructure,
         LEDGERDESK_AUDIT_LOG_ORIGIN=ORIGIN,
+        # The test signs its checkpoints itself, where it needs them.
+        LEDGERDESK_CHECKPOINT_SECONDS="3600",
         LEDGERDESK_AUDIT_PUBLIC_KEYS=json.dumps(configured_keys(DEV_AUDIT_SIGNING_KEY)),
     ) as running:
         yield running
@@ -102,7 +105,10 @@ def latest_entry(stack: Stack, key: str, after: int) -> int:
 
 
 def sign_checkpoint_covering(stack: Stack, key: str, seq: int) -> int:
-    """Ask for a proof of ``seq``: the audit service signs a checkpoint covering it."""
+    """Have the audit service sign a checkpoint now (as its timer does), then take the proof of
+    ``seq`` against it: proofs never sign one on demand."""
+    with ClusterRpcProxy({"AMQP_URI": stack.settings.amqp_uri}, timeout=30) as cluster:
+        cluster.audit.checkpoint()
     response = stack.call("GET", f"/v1/audit/entries/{seq}/proof", key)
     assert response.status_code == 200, response.text
     checkpoint = response.json()["checkpoint"]

@@ -190,7 +190,12 @@ def console(infrastructure: Infrastructure, tmp_path_factory) -> Iterator[Consol
     downloads.mkdir()
     driver = _browser(downloads)
     port = free_port()
-    overrides = {"LEDGERDESK_GATEWAY_PORT": str(port), "LEDGERDESK_GATEWAY_PROCESSES": "1"}
+    overrides = {
+        "LEDGERDESK_GATEWAY_PORT": str(port),
+        "LEDGERDESK_GATEWAY_PROCESSES": "1",
+        # A proof waits for a checkpoint that covers its entry (none is signed on demand).
+        "LEDGERDESK_CHECKPOINT_SECONDS": "5",
+    }
     try:
         with make_world(infrastructure, **overrides) as settings, log.open("wb") as out:
             platform.prepare(settings)
@@ -473,7 +478,9 @@ def test_an_auditor_filters_the_ledger_sees_who_accessed_a_subject_and_checks_a_
     wait_until(lambda: agent in console.text("#accessed-list"), what="who accessed Carol")
 
     console.find("#entries tbody tr button").click()
-    wait_until(lambda: console.text("#proof-result").startswith("Included:"), what="the proof")
+    wait_until(
+        lambda: console.text("#proof-result").startswith("Included:"), timeout=60, what="the proof"
+    )
     assert "ok" in console.find("#proof-result").get_attribute("class").split()
     console.seen()
     console.shot("ledger")

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.accesslog import access_event
 from kernel.envelope import Envelope, new_envelope
-from kernel.errors import NotFound
+from kernel.errors import NotFound, RetryLater
 from kernel.nameko_adapters import prepare_databases
 from kernel.testing import world_env
 from services.audit import access_keys, chain, cli
@@ -243,6 +243,14 @@ class Row:
     hash: bytes
 
 
+VERDICT = ("ok", "entries", "head", "first_bad_seq", "first_bad_node_seq", "checkpoints")
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """A verification run's findings, without when it ran."""
+    return {key: result[key] for key in VERDICT}
+
+
 def rows(ledger: Ledger) -> dict[int, Row]:
     with ledger.db.transaction() as cur:
         cur.execute("SELECT seq, event_id, content, prev_hash, hash FROM ledger ORDER BY seq")
@@ -251,14 +259,17 @@ def rows(ledger: Ledger) -> dict[int, Row]:
         }
 
 
+TABLES = ("ledger", "checkpoints", "ledger_nodes")
+
+
 def tamper(ledger: Ledger, change: Callable[[Any], None]) -> None:
     """Run ``change(cursor)`` with the append-only triggers off, in one transaction."""
     with ledger.db.transaction() as cur:
-        cur.execute("ALTER TABLE ledger DISABLE TRIGGER USER")
-        cur.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
+        for table in TABLES:
+            cur.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         change(cur)
-        cur.execute("ALTER TABLE ledger ENABLE TRIGGER USER")
-        cur.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
+        for table in TABLES:
+            cur.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
 
 
 def edited(content: bytes) -> bytes:
@@ -351,11 +362,12 @@ def test_concurrent_writers_and_redeliveries_give_one_gap_free_chain(ledger):
     assert len(recorded) == len(expected_ids)  # each shared event won exactly once
     stored = rows(ledger)
     assert {row.event_id for row in stored.values()} == expected_ids
-    assert ledger.verify() == {
+    assert verdict(ledger.verify()) == {
         "ok": True,
         "entries": len(expected_ids),
         "head": {"seq": len(expected_ids), "hash": stored[len(expected_ids)].hash.hex()},
         "first_bad_seq": None,
+        "first_bad_node_seq": None,
         "checkpoints": 0,
     }
 
@@ -490,11 +502,12 @@ CHAIN_TAMPERING: dict[str, tuple[Callable[[dict[int, Row]], Callable[[Any], None
 def test_an_untouched_ledger_verifies(ledger):
     record_all(ledger, mixed(N, [uuid.uuid4(), uuid.uuid4()]))
     result = ledger.verify()
-    assert result == {
+    assert verdict(result) == {
         "ok": True,
         "entries": N,
         "head": {"seq": N, "hash": rows(ledger)[N].hash.hex()},
         "first_bad_seq": None,
+        "first_bad_node_seq": None,
         "checkpoints": 0,
     }
     ledger.checkpoint()
@@ -526,11 +539,12 @@ def checkpointed(ledger) -> Ledger:
         record_all(ledger, envelopes[ledger.count() : size])
         assert ledger.checkpoint()["tree_size"] == size
     record_all(ledger, envelopes[ledger.count() :])
-    assert ledger.verify() == {
+    assert verdict(ledger.verify()) == {
         "ok": True,
         "entries": TOTAL,
         "head": {"seq": TOTAL, "hash": rows(ledger)[TOTAL].hash.hex()},
         "first_bad_seq": None,
+        "first_bad_node_seq": None,
         "checkpoints": 2,
     }
     return ledger
@@ -654,7 +668,11 @@ def test_every_entry_has_a_proof_that_an_independent_verifier_accepts(ledger, wo
     stored = rows(ledger)
     public_key = public_key_of(world.audit_signing_key)
 
-    # With no checkpoint yet, asking for a proof signs one that covers the entry.
+    # With no checkpoint yet there is no proof, and asking does not sign one: try again later.
+    with pytest.raises(RetryLater) as refused:
+        ledger.proof(None, 1)
+    assert refused.value.retry_after == 60
+    assert ledger.checkpoint()["tree_size"] == 53
     proofs = {seq: ledger.proof(None, seq) for seq in stored}
     for seq, proof in proofs.items():
         check_proof(proof, stored[seq].content, public_key)
@@ -673,9 +691,13 @@ def test_every_entry_has_a_proof_that_an_independent_verifier_accepts(ledger, wo
     with pytest.raises(AssertionError):
         check_proof({**proof, "leaf_index": 17, "seq": 18}, stored[17].content, public_key)
 
-    # Later entries get a newer checkpoint; older proofs stay valid against their own.
+    # Later entries wait for the next checkpoint; the older ones still prove against theirs.
     more = record_all(ledger, mixed(7, [tenant_a]))
     stored = rows(ledger)
+    with pytest.raises(RetryLater):
+        ledger.proof(None, more[0])
+    assert ledger.proof(None, 53)["checkpoint"]["tree_size"] == 53
+    assert ledger.checkpoint()["tree_size"] == 60
     for seq in (*more, 1, 53):
         proof = ledger.proof(None, seq)
         assert proof["checkpoint"]["tree_size"] == 60
@@ -686,6 +708,7 @@ def test_every_entry_has_a_proof_that_an_independent_verifier_accepts(ledger, wo
 def test_a_proof_is_scoped_to_the_tenant_that_asks(ledger):
     tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
     record_all(ledger, mixed(6, [tenant_a, tenant_b]))
+    ledger.checkpoint()
     mine = [e["seq"] for e in ledger.entries(str(tenant_a))[0]]
     theirs = [e["seq"] for e in ledger.entries(str(tenant_b))[0]]
     assert mine and theirs
@@ -699,6 +722,7 @@ def test_a_proof_is_scoped_to_the_tenant_that_asks(ledger):
 
 def test_a_tampered_signature_or_root_fails_the_independent_check(ledger, world):
     record_all(ledger, things(5))
+    ledger.checkpoint()
     proof = ledger.proof(None, 3)
     content = rows(ledger)[3].content
     public_key = public_key_of(world.audit_signing_key)

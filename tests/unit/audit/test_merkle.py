@@ -215,31 +215,121 @@ def test_verify_inclusion_rejects_proofs_of_the_wrong_length() -> None:
     assert not merkle.verify_inclusion(leaves[0], 0, 0, [], merkle.EMPTY_ROOT)
 
 
-# --- the incremental root (Frontier, roots_at) ----------------------------------------------------
+# --- the stored tree: compact ranges, proofs from nodes, consistency proofs ---------------------
 
 
-def test_the_frontier_gives_the_recursive_root_after_every_append() -> None:
-    leaves = make_leaves(300)
-    frontier = merkle.Frontier()
-    assert frontier.root() == reference_root([])
-    for n, leaf in enumerate(leaves, 1):
-        frontier.append(leaf)
-        assert (frontier.size, frontier.root()) == (n, reference_root(leaves[:n])), n
+def reference_subproof(m: int, leaves: Sequence[bytes], whole: bool) -> list[bytes]:
+    """SUBPROOF(m, D[n], b) of RFC 6962 section 2.1.2, by the recursive definition."""
+    n = len(leaves)
+    if m == n:
+        return [] if whole else [reference_root(leaves)]
+    k = split_point(n)
+    if m <= k:
+        return reference_subproof(m, leaves[:k], whole) + [reference_root(leaves[k:])]
+    return reference_subproof(m - k, leaves[k:], False) + [reference_root(leaves[:k])]
 
 
-def test_roots_at_gives_each_size_asked_for_in_one_pass_and_stops_at_the_last_leaf() -> None:
-    leaves = make_leaves(70)
-    consumed: list[bytes] = []
+def reference_consistency(m: int, leaves: Sequence[bytes]) -> list[bytes]:
+    return reference_subproof(m, leaves, True)
 
-    def counted():
-        for leaf in leaves:
-            consumed.append(leaf)
-            yield leaf
 
-    sizes = [0, 1, 5, 5, 64, 70, 71]
-    got = list(merkle.roots_at(counted(), sizes))
-    assert got == [(s, reference_root(leaves[:s])) for s in sizes[:-1]]
-    assert len(consumed) == 70  # one pass, each leaf read once
-    assert list(merkle.roots_at(iter(leaves[:3]), [2])) == [(2, reference_root(leaves[:2]))]
-    with pytest.raises(ValueError, match="ascending"):
-        list(merkle.roots_at(iter(leaves), [5, 3]))
+def stored_nodes(leaves: Sequence[bytes]) -> dict[merkle.Node, bytes]:
+    """Every perfect subtree's hash, computed here by the recursive definition."""
+    nodes: dict[merkle.Node, bytes] = {}
+    level = 0
+    while (1 << level) <= len(leaves):
+        width = 1 << level
+        for index in range(len(leaves) // width):
+            nodes[(level, index)] = reference_root(leaves[index * width : (index + 1) * width])
+        level += 1
+    return nodes
+
+
+@pytest.mark.parametrize("n", range(1, 70))
+def test_a_compact_range_grows_leaf_by_leaf_into_the_recursive_root(n: int) -> None:
+    leaves = make_leaves(n)
+    nodes = stored_nodes(leaves)
+    compact = merkle.CompactRange()
+    completed: dict[merkle.Node, bytes] = {}
+    for size, leaf in enumerate(leaves, start=1):
+        completed.update({(lvl, i): h for lvl, i, h in compact.append(leaf)})
+        assert compact.size == size
+        assert compact.root() == reference_root(leaves[:size])
+        assert compact.hashes == [nodes[node] for node in merkle.CompactRange.nodes(size)]
+    # Every node above the leaves, completed exactly when its last leaf arrived.
+    assert completed == {node: h for node, h in nodes.items() if node[0] > 0}
+    # Rebuilt from its stored hashes, it carries on the same.
+    again = merkle.CompactRange(n, [nodes[node] for node in merkle.CompactRange.nodes(n)])
+    again.append(leaf_hash(b"next"))
+    compact.append(leaf_hash(b"next"))
+    assert again.hashes == compact.hashes
+
+
+def test_a_compact_range_refuses_the_wrong_number_of_hashes() -> None:
+    with pytest.raises(ValueError):
+        merkle.CompactRange(3, [bytes(32)])
+
+
+@pytest.mark.parametrize("n", range(1, 40))
+def test_inclusion_proofs_from_stored_nodes_are_the_recursive_paths(n: int) -> None:
+    leaves = make_leaves(n)
+    nodes = stored_nodes(leaves)
+    for m in range(n):
+        ranges = merkle.inclusion_ranges(m, n)
+        wanted = merkle.nodes_of(ranges)
+        assert len(wanted) <= 2 * n.bit_length()  # O(log n) reads
+        path = merkle.hashes_of(ranges, {node: nodes[node] for node in wanted})
+        assert path == reference_path(m, leaves)
+
+
+@pytest.mark.parametrize("n", range(1, 40))
+def test_consistency_proofs_are_the_recursive_definition_and_verify(n: int) -> None:
+    leaves = make_leaves(n)
+    nodes = stored_nodes(leaves)
+    new_root = reference_root(leaves)
+    for m in range(1, n + 1):
+        expected = reference_consistency(m, leaves)
+        assert merkle.consistency_proof(leaves, m) == expected
+        ranges = merkle.consistency_ranges(m, n)
+        wanted = merkle.nodes_of(ranges)
+        assert len(wanted) <= 2 * n.bit_length()
+        assert merkle.hashes_of(ranges, {node: nodes[node] for node in wanted}) == expected
+        old_root = reference_root(leaves[:m])
+        assert merkle.verify_consistency(m, n, old_root, new_root, expected)
+
+
+@pytest.mark.parametrize("n", range(2, 34))
+def test_consistency_proofs_that_do_not_hold_are_rejected(n: int) -> None:
+    leaves = make_leaves(n)
+    new_root = reference_root(leaves)
+    other = make_leaves(n + 1)[1:]  # a different history of the same length
+    for m in range(1, n):
+        proof = reference_consistency(m, leaves)
+        old_root = reference_root(leaves[:m])
+        assert not merkle.verify_consistency(m, n, reference_root(other[:m]), new_root, proof)
+        assert not merkle.verify_consistency(m, n, old_root, reference_root(other), proof)
+        assert not merkle.verify_consistency(m, n, old_root, flip(new_root, 3), proof)
+        for i, element in enumerate(proof):
+            bad = [*proof[:i], flip(element, 0), *proof[i + 1 :]]
+            assert not merkle.verify_consistency(m, n, old_root, new_root, bad)
+        assert not merkle.verify_consistency(m, n, old_root, new_root, proof[:-1])
+        assert not merkle.verify_consistency(m, n, old_root, new_root, [*proof, proof[0]])
+        # (As with inclusion, other sizes can share a proof's shape: checkpoints sign the size.)
+    # Equal sizes prove with nothing; the empty tree is a prefix of every tree.
+    assert merkle.verify_consistency(n, n, new_root, new_root, [])
+    assert not merkle.verify_consistency(n, n, new_root, flip(new_root, 1), [])
+    assert not merkle.verify_consistency(n, n, new_root, new_root, [new_root])
+    assert merkle.verify_consistency(0, n, merkle.EMPTY_ROOT, new_root, [])
+    assert not merkle.verify_consistency(n, n - 1, new_root, new_root, [])
+
+
+def test_ranges_outside_the_tree_are_refused() -> None:
+    for call in (
+        lambda: merkle.inclusion_ranges(3, 3),
+        lambda: merkle.consistency_ranges(0, 3),
+        lambda: merkle.consistency_ranges(4, 3),
+        lambda: merkle.decomposition(1, 3),
+        lambda: merkle.decomposition(2, 2),
+    ):
+        with pytest.raises(ValueError):
+            call()

@@ -93,6 +93,19 @@ def test_an_error_that_came_back_over_rpc_maps_the_same_way():
     assert (response.status_code, body(response)["detail"]) == (409, "v3 expected")
 
 
+def test_retry_later_over_rpc_is_a_409_that_says_when_to_retry():
+    from nameko.exceptions import deserialize, serialize
+
+    sent = errors.RetryLater(60.0, "no signed checkpoint covers this entry yet")
+    received = deserialize(json.loads(json.dumps(serialize(sent))))
+
+    response = problems.from_exception(received)
+
+    assert response.status_code == 409
+    assert response.headers["Retry-After"] == "60"
+    assert body(response)["detail"] == "no signed checkpoint covers this entry yet"
+
+
 @pytest.mark.parametrize(
     "exc",
     [
