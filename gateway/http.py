@@ -20,7 +20,8 @@ from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from gateway import accesslog, problems
+from gateway import accesslog, bodies, problems
+from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES
 from gateway.idempotency import IdempotencyStore
 from kernel import outbox
 from kernel.cards import contains_card_number
@@ -32,9 +33,9 @@ from kernel.uow import EventSourcedStore
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
 IDENTITY = "ledgerdesk.identity"  # request.environ key: who the handler found the caller to be
 RESOURCES = "ledgerdesk.resources"  # request.environ key: ids the request touched
+BODY_LIMIT = "ledgerdesk.body_limit"  # request.environ key: the route's limit (``limit_body``)
 
 
 class _ProblemWsgiApp(WsgiApp):
@@ -120,17 +121,18 @@ class ApiHandler(HttpRequestHandler):
     server = ApiServer()
     gateway_store = GatewayStore()
 
-    def __init__(self, method: str, url: str, **kwargs: Any):
+    def __init__(self, method: str, url: str, max_body_bytes: int = BODY_BYTES, **kwargs: Any):
         kwargs.setdefault("expected_exceptions", DomainError)
+        self.max_body_bytes = max_body_bytes
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request: Request) -> Response:
         # nameko's own version, but the W3C trace context joins the worker's context data,
         # which nameko carries onwards in the headers of every RPC the worker makes.
         request.shallow = False
-        request.max_content_length = MAX_BODY_BYTES
         worker_data: dict[str, Any] = {}
         try:
+            limit_body(request, self.max_body_bytes)
             context_data = {
                 name: request.headers[name]
                 for name in ("traceparent", "tracestate")
@@ -238,28 +240,47 @@ def refuse_card_numbers(request: Request, data: Any = None) -> None:
         )
 
 
+def limit_body(request: Request, limit: int) -> None:
+    """Refuse (413) a body declared larger than ``limit``, before anything reads it, and let
+    ``read_json`` refuse one that turns out larger (one without a length)."""
+    request.environ[BODY_LIMIT] = limit
+    # Werkzeug cuts a body without a length at the maximum, silently: one byte more than the
+    # limit is read, so a body past it is seen to be.
+    request.max_content_length = limit + 1
+    if request.content_length is not None and request.content_length > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
+
+
 def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> dict[str, Any]:
     """The request body, loaded as the services load it (``kernel.commands.load_command``):
     unknown fields are refused, never assigned, and so is a card number in any field but those
     its schema says are redacted.
 
+    The body is at most the route's limit (``limit_body``), and JSON nested deeper than
+    ``bodies.MAX_JSON_DEPTH`` is refused (400) before it is parsed.
+
     With ``refuse_cards`` (billing) a card-number-like value anywhere, the query and a body
     that is not JSON included, is refused before anything else reads the request.
     """
+    limit = request.environ.get(BODY_LIMIT, MAX_BODY_BYTES)
     length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if length is not None and length > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
     try:
         raw = request.get_data()
     except RequestEntityTooLarge:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes") from None
+    if len(raw) > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
     try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+        data = bodies.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
         if refuse_cards:
             refuse_card_numbers(request, raw.decode("utf-8", "replace"))
+        if isinstance(exc, bodies.TooDeep):
+            raise problems.BadJson(
+                f"the body nests more than {bodies.MAX_JSON_DEPTH} levels deep"
+            ) from None
         raise problems.BadJson("the body is not valid JSON") from None
     if refuse_cards:
         refuse_card_numbers(request, data)

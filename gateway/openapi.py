@@ -13,15 +13,19 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from gateway import schemas
+from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
 
 ERRORS = {
-    "400": "malformed JSON",
+    "400": f"malformed JSON, or JSON nested more than {MAX_JSON_DEPTH} levels deep",
     "401": "no or bad credentials",
     "403": "role not allowed, or the tenant is cancelled",
     "404": "not found (also: another tenant's)",
     "405": "method not allowed",
     "409": "version or state conflict",
-    "413": "body too large",
+    "413": (
+        f"body too large ({BODY_BYTES >> 10} KiB; {MAX_BODY_BYTES >> 20} MiB for a ticket's or a"
+        " message's text)"
+    ),
     "422": "validation failed",
     "428": "If-Match is required",
     "429": "rate limited (see Retry-After)",

@@ -20,6 +20,7 @@ from gateway import privacy, problems, schemas
 from gateway.console import ConsoleRoutes
 from gateway.http import (
     IDENTITY,
+    MAX_BODY_BYTES,
     RESOURCES,
     GatewayStore,
     api,
@@ -337,7 +338,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     # --- tickets ------------------------------------------------------------------------------
 
-    @api("POST", "/v1/tickets")
+    @api("POST", "/v1/tickets", max_body_bytes=MAX_BODY_BYTES)
     def create_ticket(self, request: Request) -> Response:
         caller = self._caller(request, STAFF)
         command = read_json(request, schemas.CreateTicketV1())
@@ -371,7 +372,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         ticket = self.tickets.update_ticket(caller, ticket_id, version, command)
         return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
 
-    @api("POST", "/v1/tickets/<string:ticket_id>/messages")
+    @api("POST", "/v1/tickets/<string:ticket_id>/messages", max_body_bytes=MAX_BODY_BYTES)
     def add_message(self, request: Request, ticket_id: str) -> Response:
         caller = self._caller(request, STAFF)
         command = read_json(request, schemas.AddMessageV1())
