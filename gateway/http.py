@@ -1,5 +1,11 @@
 """The gateway's HTTP layer: problem+json everywhere, JSON bodies, trace context from headers,
 and an access-log event for every request.
+
+A client's ``traceparent`` is continued only once the request is authenticated
+(``continue_client_trace``): until then, and for the whole of an unauthenticated request, the
+worker is on a trace of its own. A client's ``tracestate`` is never read. Every answer names the
+trace the request was recorded under in a ``traceresponse`` header (W3C Trace Context level 2),
+continued or not, so a client can always quote it.
 """
 
 from __future__ import annotations
@@ -7,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -29,6 +36,7 @@ from kernel.commands import load_command
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import store_of
+from kernel.tracing import TraceHandle, valid_traceparent
 from kernel.uow import EventSourcedStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 IDENTITY = "ledgerdesk.identity"  # request.environ key: who the handler found the caller to be
 RESOURCES = "ledgerdesk.resources"  # request.environ key: ids the request touched
 BODY_LIMIT = "ledgerdesk.body_limit"  # request.environ key: the route's limit (``limit_body``)
+CLIENT_TRACE = "ledgerdesk.client_trace"  # request.environ key: ``client_trace`` of the request
 
 
 class _ProblemWsgiApp(WsgiApp):
@@ -52,11 +61,10 @@ class _ProblemWsgiApp(WsgiApp):
                 response.headers["Allow"] = ", ".join(exc.valid_methods or ())
             recorder = next(iter(self.server._providers), None)
             if recorder is not None:
-                context = {
-                    name: request.headers[name]
-                    for name in ("traceparent", "tracestate")
-                    if request.headers.get(name)
-                }
+                # No route, so no credential was checked: the client's trace is not continued,
+                # and the access record has an id of its own (no worker, so no span).
+                context = {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"}
+                answer_trace(response, context)
                 recorder.record_access(request, response, context, accesslog.UNMATCHED_ROUTE)
             return response(environ, start_response)
         request.path_values = values
@@ -127,17 +135,15 @@ class ApiHandler(HttpRequestHandler):
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request: Request) -> Response:
-        # nameko's own version, but the W3C trace context joins the worker's context data,
-        # which nameko carries onwards in the headers of every RPC the worker makes.
+        # nameko's own version, but the worker starts a trace of its own (its context data
+        # holds no client header: nameko would carry it onwards in every RPC the worker makes);
+        # the handler continues the client's once it has authenticated the request.
         request.shallow = False
         worker_data: dict[str, Any] = {}
         try:
             limit_body(request, self.max_body_bytes)
-            context_data = {
-                name: request.headers[name]
-                for name in ("traceparent", "tracestate")
-                if request.headers.get(name)
-            }
+            context_data: dict[str, str] = {}
+            request.environ[CLIENT_TRACE] = client_trace(request)
             if _holds_nul([dict(request.args), getattr(request, "path_values", None) or {}]):
                 # PostgreSQL refuses NUL in text: a query or path holding one is the client's
                 # mistake, not a server error.
@@ -155,6 +161,7 @@ class ApiHandler(HttpRequestHandler):
             response = self.response_from_result(event.wait())
         except Exception as exc:
             response = self.response_from_exception(exc)
+        answer_trace(response, worker_data)
         self.record_access(request, response, worker_data, self.url)
         return response
 
@@ -171,8 +178,7 @@ class ApiHandler(HttpRequestHandler):
     ) -> None:
         identity = request.environ.get(IDENTITY) or {}
         traceparent = worker_data.get("traceparent") or ""
-        parts = traceparent.split("-")
-        trace_id = parts[1] if len(parts) == 4 else None
+        trace_id = traceparent.split("-")[1] if valid_traceparent(traceparent) else None
         try:
             envelope = accesslog.access_event(
                 tenant_id=identity.get("tenant_id"),
@@ -186,9 +192,7 @@ class ApiHandler(HttpRequestHandler):
                 user_agent=request.headers.get("User-Agent"),
                 trace_id=trace_id,
                 at=dt.datetime.now(dt.UTC),
-                trace={
-                    k: worker_data[k] for k in ("traceparent", "tracestate") if k in worker_data
-                },
+                trace={"traceparent": traceparent} if trace_id else {},
             )
             self.gateway_store.record_access(envelope)
             # One line per request, for operators: the route template, never the raw path or
@@ -238,6 +242,33 @@ def refuse_card_numbers(request: Request, data: Any = None) -> None:
         raise ValidationFailed(
             {"_schema": ["a value looks like a card number: send a processor token instead"]}
         )
+
+
+def client_trace(request: Request) -> dict[str, str]:
+    """The trace context a request's client asked to continue: its ``traceparent`` if it has
+    exactly one, of the W3C level 1 syntax (``kernel.tracing.valid_traceparent``); else none.
+    Its ``tracestate`` is never taken."""
+    values = request.headers.getlist("traceparent")
+    # Its trace id is 32 hex digits of the client's choosing: 16 of them glued to letters
+    # read as a card number (kernel.cards), which the access log would keep for good.
+    if len(values) == 1 and valid_traceparent(values[0]) and not contains_card_number(values[0]):
+        return {"traceparent": values[0]}
+    return {}
+
+
+def answer_trace(response: Response, worker_data: dict[str, Any]) -> None:
+    """Name the trace a request was recorded under: ``traceresponse``, as the worker left it."""
+    traceparent = worker_data.get("traceparent")
+    if valid_traceparent(traceparent):
+        response.headers["traceresponse"] = traceparent
+
+
+def continue_client_trace(tracing: TraceHandle, request: Request) -> None:
+    """Once a request is authenticated: what its worker does from now on is part of the trace
+    its client sent, if any (``TraceHandle.continue_trace``)."""
+    carrier = request.environ.get(CLIENT_TRACE)
+    if carrier:
+        tracing.continue_trace(carrier)
 
 
 def limit_body(request: Request, limit: int) -> None:

@@ -762,7 +762,14 @@ def build_spec() -> dict[str, Any]:
         version="1",
         openapi_version="3.1.0",
         plugins=[MarshmallowPlugin()],
-        info={"description": "A multi-tenant helpdesk whose privacy promises are kept by code."},
+        info={
+            "description": (
+                "A multi-tenant helpdesk whose privacy promises are kept by code. A W3C"
+                " traceparent header is continued once the request is authenticated (never for"
+                " sign-up or an unauthenticated request); tracestate is ignored. Every answer"
+                " names the trace it was recorded under in a traceresponse header."
+            )
+        },
     )
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})

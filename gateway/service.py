@@ -24,6 +24,7 @@ from gateway.http import (
     RESOURCES,
     GatewayStore,
     api,
+    continue_client_trace,
     json_response,
     read_json,
     refuse_card_numbers,
@@ -115,6 +116,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             raise Unauthorized("a bearer API key is required")
         identity = self.accounts.authenticate(key.strip())
         request.environ[IDENTITY] = identity
+        continue_client_trace(self.tracing, request)
         self.limits.check(identity["key_id"])
         if identity["role"] not in roles:
             raise Forbidden(f"the {identity['role']} role may not do this")
@@ -133,6 +135,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         ):
             raise Unauthorized("the operator token is required")
         request.environ[IDENTITY] = {"actor": "operator"}
+        continue_client_trace(self.tracing, request)
         self.limits.check("operator")
 
     def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):

@@ -295,6 +295,10 @@ def test_every_request_emits_an_access_log_event(stack):
                 headers={"User-Agent": agents[name], "traceparent": header},
             )
             assert response.status_code == status, response.text
+            # The trace sent is continued once the key is good; a 401's is the gateway's own.
+            answered = response.headers["traceresponse"].split("-")[1]
+            assert (answered == trace_id) is (name != "unauthorized")
+            traces[name] = answered
 
         events = log.collect(set(agents.values()))
         raw = [body for body, _ in log.events]

@@ -19,6 +19,7 @@ from gateway.http import (
     BODY_BYTES,
     MAX_BODY_BYTES,
     ApiHandler,
+    client_trace,
     json_response,
     limit_body,
     read_json,
@@ -412,3 +413,26 @@ def test_the_ticket_routes_keep_the_large_limit_and_every_other_route_the_small_
     large = {url for (_, url), limit in limits.items() if limit == MAX_BODY_BYTES}
     assert large == {"/v1/tickets", "/v1/tickets/<string:ticket_id>/messages"}
     assert set(limits.values()) == {BODY_BYTES, MAX_BODY_BYTES}
+
+
+# --- trace headers ---------------------------------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("headers", "taken"),
+    [
+        ([("traceparent", TRACEPARENT), ("tracestate", "pan=4111 1111 1111 1111")], TRACEPARENT),
+        ([("tracestate", "pan=4111 1111 1111 1111")], None),
+        ([("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)], None),  # which one?
+        ([("traceparent", f" {TRACEPARENT}")], None),
+        ([("traceparent", "cc" + TRACEPARENT[2:] + "-more")], None),
+        # 16 digits glued to letters: a card number to the access log's redactor.
+        ([("traceparent", f"00-4111111111111111{'a' * 16}-00f067aa0ba902b7-01")], None),
+    ],
+)
+def test_only_an_exact_traceparent_is_taken_from_a_client_never_a_tracestate(headers, taken):
+    request = EnvironBuilder(method="GET", headers=headers).get_request()
+
+    assert client_trace(request) == ({"traceparent": taken} if taken else {})
