@@ -38,7 +38,7 @@ def settled(stack: Stack, key: str) -> None:
     """Once the ledger holds an access sent after everything before it, it holds all of it."""
     sentinel, trace_id = traced(stack, "GET", "/v1/me", key=key)
     assert sentinel.status_code == 200, sentinel.text
-    wait_until(lambda: audit_holds(stack, trace_id), timeout=30, what="the sentinel's access")
+    wait_until(lambda: audit_holds(stack, trace_id), timeout=90, what="the sentinel's access")
 
 
 # --- trace headers --------------------------------------------------------------------------
@@ -94,13 +94,13 @@ def test_a_clients_tracestate_is_kept_nowhere(stack, infrastructure):
 def test_a_traceparent_is_continued_only_exact_and_authenticated(stack):
     key = sign_up(stack)["api_key"]
     sent: dict[str, str] = {}
+    answered: dict[str, str | None] = {}
 
     def call(name: str, traceparent: str, used_key: str | None, status: int) -> None:
         response = stack.call("GET", "/v1/me", key=used_key, headers={"traceparent": traceparent})
         assert response.status_code == status, response.text
         sent[name] = traceparent.split("-")[1].lower()
-        # The answer names the trace the request was recorded under, whichever it is.
-        assert len(response.headers["traceresponse"].split("-")[1]) == 32
+        answered[name] = response.headers.get("traceresponse")
 
     trace_id, good = a_traceparent()
     call("valid, authenticated", good, key, 200)
@@ -119,6 +119,8 @@ def test_a_traceparent_is_continued_only_exact_and_authenticated(stack):
     continued = {name for name, trace in sent.items() if trace in recorded}
     assert continued == {"valid, authenticated"}, continued
     assert trace_id in recorded
+    # Each answer named the trace its request was recorded under, continued or not.
+    assert all(a and a.split("-")[1] in recorded for a in answered.values()), answered
 
 
 # --- bodies ---------------------------------------------------------------------------------
