@@ -11,6 +11,8 @@ body may be 1 MiB, so the detector (``kernel.cards``) is measured in process, no
   card pasted every 4 KiB or so;
 - both over 1 MiB worst cases made only of digits and separators (the slowest shape is the
   figure; every shape is in the note);
+- the refusal check over 1 MiB JSON bodies of many small values (numbers, short strings), as
+  ``json.loads`` gives them: what one billing request can make the gateway walk;
 - ``load_command`` of a contact: what the check adds to loading one command.
 
 The baseline of the texts is ``json.loads`` of the same text sent as a JSON string, which the
@@ -43,6 +45,13 @@ WORST = {
     "4-digit groups": "4111 ",
     "dense cards": "8 5 1 ",  # a third of all 13-19 digit spans are cards
     "arabic-indic, no-break spaces": "\u0661\u00a0",
+    "13-digit runs apart": "4111111111112    ",  # a run each: per-run costs add up
+}
+# 1 MiB JSON bodies of many small values (a list in one field): per-value costs add up.
+VALUES = {
+    "1-digit numbers": b"1",
+    "1-character strings": b'"1"',
+    "13-digit numbers": b"4111111111112",
 }
 CARDS = ("4111 1111 1111 1111", "5555-5555-5555-4444", "3782 822463 10005", "4111.1111.1111.1111")
 
@@ -164,6 +173,27 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 note="; ".join(f"{shape} {ms:.0f} ms" for shape, ms in figures.items()),
             )
         )
+
+    figures = {}
+    bases = {}
+    for shape, unit in VALUES.items():
+        body = b"[" + b",".join([unit] * (MIB // (len(unit) + 1))) + b"]"
+        value = json.loads(body)
+        figures[shape], bases[shape] = in_turn(
+            partial(contains_card_number, value), partial(json.loads, body), runs
+        )
+    slowest = max(figures, key=figures.__getitem__)
+    rows.append(
+        Row(
+            "cards",
+            "no-card check, worst case: a 1 MiB JSON body of small values",
+            figures[slowest] * 1000,
+            "ms",
+            bases[slowest] * 1000,
+            "json.loads of the same body",
+            note="; ".join(f"{shape} {s * 1000:.0f} ms" for shape, s in figures.items()),
+        )
+    )
 
     contact = {"name": "Ann Example", "email": "ann@example.com", "phone": "+44 20 7946 0958"}
     ours, base = in_turn(

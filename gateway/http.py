@@ -1,5 +1,11 @@
 """The gateway's HTTP layer: problem+json everywhere, JSON bodies, trace context from headers,
 and an access-log event for every request.
+
+A client's ``traceparent`` is continued only once the request is authenticated
+(``continue_client_trace``): until then, and for the whole of an unauthenticated request, the
+worker is on a trace of its own. A client's ``tracestate`` is never read. Every answer names the
+trace the request was recorded under in a ``traceresponse`` header (W3C Trace Context level 2),
+continued or not, so a client can always quote it.
 """
 
 from __future__ import annotations
@@ -7,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -20,7 +27,8 @@ from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
-from gateway import accesslog, problems
+from gateway import accesslog, bodies, problems
+from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES
 from gateway.edge import Edge
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimited
@@ -30,13 +38,15 @@ from kernel.commands import load_command
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters import store_of
+from kernel.tracing import TraceHandle, valid_traceparent
 from kernel.uow import EventSourcedStore
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
 IDENTITY = "ledgerdesk.identity"  # request.environ key: who the handler found the caller to be
 RESOURCES = "ledgerdesk.resources"  # request.environ key: ids the request touched
+BODY_LIMIT = "ledgerdesk.body_limit"  # request.environ key: the route's limit (``limit_body``)
+CLIENT_TRACE = "ledgerdesk.client_trace"  # request.environ key: ``client_trace`` of the request
 
 
 class _ProblemWsgiApp(WsgiApp):
@@ -56,11 +66,10 @@ class _ProblemWsgiApp(WsgiApp):
                 response.headers["Allow"] = ", ".join(exc.valid_methods or ())
             recorder = next(iter(self.server._providers), None)
             if recorder is not None:
-                context = {
-                    name: request.headers[name]
-                    for name in ("traceparent", "tracestate")
-                    if request.headers.get(name)
-                }
+                # No route, so no credential was checked: the client's trace is not continued,
+                # and the access record has an id of its own (no worker, so no span).
+                context = {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"}
+                answer_trace(response, context)
                 recorder.record_access(request, response, context, accesslog.UNMATCHED_ROUTE)
             return response(environ, start_response)
         request.path_values = values
@@ -127,22 +136,21 @@ class ApiHandler(HttpRequestHandler):
     server = ApiServer()
     gateway_store = GatewayStore()
 
-    def __init__(self, method: str, url: str, **kwargs: Any):
+    def __init__(self, method: str, url: str, max_body_bytes: int = BODY_BYTES, **kwargs: Any):
         kwargs.setdefault("expected_exceptions", DomainError)
+        self.max_body_bytes = max_body_bytes
         super().__init__(method, url, **kwargs)
 
     def handle_request(self, request: Request) -> Response:
-        # nameko's own version, but the W3C trace context joins the worker's context data,
-        # which nameko carries onwards in the headers of every RPC the worker makes.
+        # nameko's own version, but the worker starts a trace of its own (its context data
+        # holds no client header: nameko would carry it onwards in every RPC the worker makes);
+        # the handler continues the client's once it has authenticated the request.
         request.shallow = False
-        request.max_content_length = MAX_BODY_BYTES
         worker_data: dict[str, Any] = {}
         try:
-            context_data = {
-                name: request.headers[name]
-                for name in ("traceparent", "tracestate")
-                if request.headers.get(name)
-            }
+            limit_body(request, self.max_body_bytes)
+            context_data: dict[str, str] = {}
+            request.environ[CLIENT_TRACE] = client_trace(request)
             if _holds_nul([dict(request.args), getattr(request, "path_values", None) or {}]):
                 # PostgreSQL refuses NUL in text: a query or path holding one is the client's
                 # mistake, not a server error.
@@ -160,6 +168,7 @@ class ApiHandler(HttpRequestHandler):
             response = self.response_from_result(event.wait())
         except Exception as exc:
             response = self.response_from_exception(exc)
+        answer_trace(response, worker_data)
         self.record_access(request, response, worker_data, self.url)
         return response
 
@@ -187,8 +196,7 @@ class ApiHandler(HttpRequestHandler):
         ):
             return  # counted into this interval's access summary (gateway.accesslog)
         traceparent = worker_data.get("traceparent") or ""
-        parts = traceparent.split("-")
-        trace_id = parts[1] if len(parts) == 4 else None
+        trace_id = traceparent.split("-")[1] if valid_traceparent(traceparent) else None
         try:
             envelope = accesslog.access_event(
                 tenant_id=identity.get("tenant_id"),
@@ -202,9 +210,7 @@ class ApiHandler(HttpRequestHandler):
                 user_agent=request.headers.get("User-Agent"),
                 trace_id=trace_id,
                 at=dt.datetime.now(dt.UTC),
-                trace={
-                    k: worker_data[k] for k in ("traceparent", "tracestate") if k in worker_data
-                },
+                trace={"traceparent": traceparent} if trace_id else {},
             )
             self.gateway_store.record_access(envelope)
             # One line per request, for operators: the route template, never the raw path or
@@ -276,28 +282,74 @@ def refuse_card_numbers(request: Request, data: Any = None) -> None:
         )
 
 
+def client_trace(request: Request) -> dict[str, str]:
+    """The trace context a request's client asked to continue: its ``traceparent`` if it has
+    exactly one, of the W3C level 1 syntax (``kernel.tracing.valid_traceparent``); else none.
+    Its ``tracestate`` is never taken."""
+    values = request.headers.getlist("traceparent")
+    # Its trace id is 32 hex digits of the client's choosing: 16 of them glued to letters
+    # read as a card number (kernel.cards), which the access log would keep for good.
+    if len(values) == 1 and valid_traceparent(values[0]) and not contains_card_number(values[0]):
+        return {"traceparent": values[0]}
+    return {}
+
+
+def answer_trace(response: Response, worker_data: dict[str, Any]) -> None:
+    """Name the trace a request was recorded under: ``traceresponse``, as the worker left it."""
+    traceparent = worker_data.get("traceparent")
+    if valid_traceparent(traceparent):
+        response.headers["traceresponse"] = traceparent
+
+
+def continue_client_trace(tracing: TraceHandle, request: Request) -> None:
+    """Once a request is authenticated: what its worker does from now on is part of the trace
+    its client sent, if any (``TraceHandle.continue_trace``)."""
+    carrier = request.environ.get(CLIENT_TRACE)
+    if carrier:
+        tracing.continue_trace(carrier)
+
+
+def limit_body(request: Request, limit: int) -> None:
+    """Refuse (413) a body declared larger than ``limit``, before anything reads it, and let
+    ``read_json`` refuse one that turns out larger (one without a length)."""
+    request.environ[BODY_LIMIT] = limit
+    # Werkzeug cuts a body without a length at the maximum, silently: one byte more than the
+    # limit is read, so a body past it is seen to be.
+    request.max_content_length = limit + 1
+    if request.content_length is not None and request.content_length > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
+
+
 def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> dict[str, Any]:
     """The request body, loaded as the services load it (``kernel.commands.load_command``):
     unknown fields are refused, never assigned, and so is a card number in any field but those
     its schema says are redacted.
 
+    The body is at most the route's limit (``limit_body``), and JSON nested deeper than
+    ``bodies.MAX_JSON_DEPTH`` is refused (400) before it is parsed.
+
     With ``refuse_cards`` (billing) a card-number-like value anywhere, the query and a body
     that is not JSON included, is refused before anything else reads the request.
     """
+    limit = request.environ.get(BODY_LIMIT, MAX_BODY_BYTES)
     length = request.content_length
-    if length is not None and length > MAX_BODY_BYTES:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
+    if length is not None and length > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
     try:
         raw = request.get_data()
     except RequestEntityTooLarge:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise problems.PayloadTooLarge(f"the body may be at most {MAX_BODY_BYTES} bytes")
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes") from None
+    if len(raw) > limit:
+        raise problems.PayloadTooLarge(f"the body may be at most {limit} bytes")
     try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+        data = bodies.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
         if refuse_cards:
             refuse_card_numbers(request, raw.decode("utf-8", "replace"))
+        if isinstance(exc, bodies.TooDeep):
+            raise problems.BadJson(
+                f"the body nests more than {bodies.MAX_JSON_DEPTH} levels deep"
+            ) from None
         raise problems.BadJson("the body is not valid JSON") from None
     if refuse_cards:
         refuse_card_numbers(request, data)

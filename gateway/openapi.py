@@ -13,15 +13,19 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from gateway import schemas
+from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
 
 ERRORS = {
-    "400": "malformed JSON",
+    "400": f"malformed JSON, or JSON nested more than {MAX_JSON_DEPTH} levels deep",
     "401": "no or bad credentials",
     "403": "role not allowed, the tenant is cancelled, or four eyes refuse this decider",
     "404": "not found (also: another tenant's)",
     "405": "method not allowed",
     "409": "version or state conflict",
-    "413": "body too large",
+    "413": (
+        f"body too large ({BODY_BYTES >> 10} KiB; {MAX_BODY_BYTES >> 20} MiB for a ticket's or a"
+        " message's text)"
+    ),
     "422": "validation failed",
     "428": "If-Match is required",
     "429": "rate limited, per client address (every request, refused credentials, sign-ups) or"
@@ -829,7 +833,14 @@ def build_spec() -> dict[str, Any]:
         version="1",
         openapi_version="3.1.0",
         plugins=[MarshmallowPlugin()],
-        info={"description": "A multi-tenant helpdesk whose privacy promises are kept by code."},
+        info={
+            "description": (
+                "A multi-tenant helpdesk whose privacy promises are kept by code. A W3C"
+                " traceparent header is continued once the request is authenticated (never for"
+                " sign-up or an unauthenticated request); tracestate is ignored. Every answer"
+                " names the trace it was recorded under in a traceresponse header."
+            )
+        },
     )
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from gateway import bodies
 from kernel.errors import ValidationFailed
 
 DEFAULT_LIMIT = 50
@@ -58,7 +59,9 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
         raise _bad_cursor()
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        position = json.loads(raw.decode("utf-8"))
+        # A position is flat: anything nested deeper is refused before it is parsed (a cursor
+        # of 1,500 "[" would otherwise exhaust the parser's recursion).
+        position = bodies.loads(raw.decode("utf-8"), max_depth=1)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise _bad_cursor() from None
     if not _valid_position(position):

@@ -7,6 +7,7 @@ import logging
 import traceback
 from typing import Any
 
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from gateway.ratelimit import RateLimited
@@ -35,6 +36,8 @@ PROBLEMS: list[tuple[type[BaseException], int, str]] = [
     (errors.NotFound, 404, "Not found"),
     (errors.Conflict, 409, "Conflict"),
     (PayloadTooLarge, 413, "Payload too large"),
+    # Werkzeug's, when a handler reads a body past the route's limit (``http.limit_body``).
+    (RequestEntityTooLarge, 413, "Payload too large"),
     (PreconditionRequired, 428, "Precondition required"),
     (errors.ValidationFailed, 422, "Validation failed"),
     (RateLimited, 429, "Too many requests"),

@@ -22,9 +22,11 @@ from gateway.console import ConsoleRoutes
 from gateway.edge import Edge, GatewayLimits
 from gateway.http import (
     IDENTITY,
+    MAX_BODY_BYTES,
     RESOURCES,
     GatewayStore,
     api,
+    continue_client_trace,
     json_response,
     read_json,
     refuse_card_numbers,
@@ -153,6 +155,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             self.limits.authentication_failed(request, "api_key")
             raise
         request.environ[IDENTITY] = identity
+        continue_client_trace(self.tracing, request)
         self.limits.check(identity["key_id"])
         if identity["role"] not in roles:
             raise Forbidden(f"the {identity['role']} role may not do this")
@@ -174,6 +177,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
                 self.limits.authentication_failed(request, "operator_token")
             raise Unauthorized("the operator token is required")
         request.environ[IDENTITY] = {"actor": "operator"}
+        continue_client_trace(self.tracing, request)
         self.limits.check("operator")
 
     def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):
@@ -380,7 +384,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     # --- tickets ------------------------------------------------------------------------------
 
-    @api("POST", "/v1/tickets")
+    @api("POST", "/v1/tickets", max_body_bytes=MAX_BODY_BYTES)
     def create_ticket(self, request: Request) -> Response:
         caller = self._caller(request, STAFF)
         command = read_json(request, schemas.CreateTicketV1())
@@ -414,7 +418,7 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         ticket = self.tickets.update_ticket(caller, ticket_id, version, command)
         return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
 
-    @api("POST", "/v1/tickets/<string:ticket_id>/messages")
+    @api("POST", "/v1/tickets/<string:ticket_id>/messages", max_body_bytes=MAX_BODY_BYTES)
     def add_message(self, request: Request, ticket_id: str) -> Response:
         caller = self._caller(request, STAFF)
         command = read_json(request, schemas.AddMessageV1())

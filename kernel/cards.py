@@ -42,6 +42,11 @@ the regex engine. Each run is rewritten one byte per character (digits to ASCII,
 a space), and the Luhn test of every candidate is done once per length of 13 to 19 digits over
 whole byte strings (``_passing``), with no Python loop per digit. Only redaction, which must
 choose among the cards of a run, walks the candidates that passed one by one.
+
+What is paid per call rather than per character is kept out of the refusal check, since a
+request of many small values or many short runs would multiply it: ``contains_card_number``
+collects every text of a value long enough to hold a card and tests them together, and all
+the runs of a text go through ``_passing`` in one call (``_holds_card``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress
 
@@ -198,9 +203,15 @@ def _sums_mod_10(values: bytes | bytearray) -> bytes:
     return bytes(sums)
 
 
-def _passing(canonical: bytes, after_plus: bool) -> Iterator[tuple[int, bytes]]:
+def _passing(
+    canonical: bytes, phone_starts: Sequence[int] = (), runs: bytes = b""
+) -> Iterator[tuple[int, bytes]]:
     """For each length of 13 to 19 digits, a byte per digit of a run where a span of that
     many digits may start: 0x00 where it is a card (a candidate that passes the rule's tests).
+    ``phone_starts``: the digits a plus sign comes right before (where 13 to 15 digits are a
+    phone number). ``runs``, when ``canonical`` is several runs joined by a space: a byte per
+    digit, the same within a run and different from those of the runs around it (``_TURNS``);
+    a span is a candidate only within one run.
 
     In digit positions (separators dropped): the Luhn sum of digits ``[a, b)`` doubles the
     digits whose index has the parity of ``b`` (the last digit is never doubled). With the
@@ -235,6 +246,14 @@ def _passing(canonical: bytes, after_plus: bool) -> Iterator[tuple[int, bytes]]:
     not_end = int.from_bytes(not_boundary)
     not_start = not_end | int.from_bytes(digits.translate(_ZERO) + b"\x00")
 
+    phone = 0
+    if phone_starts:
+        at_plus = bytearray(length + 1)
+        for start in phone_starts:
+            at_plus[start] = 0xFF
+        phone = int.from_bytes(at_plus)
+
+    run_of = int.from_bytes(runs)
     sums = (int.from_bytes(same), int.from_bytes(other))
     for span in range(MIN_DIGITS, min(MAX_DIGITS, length) + 1):
         starts = length + 1 - span  # a = 0 .. length - span
@@ -244,17 +263,63 @@ def _passing(canonical: bytes, after_plus: bool) -> Iterator[tuple[int, bytes]]:
             | (not_end & at_end)
             | (not_start >> (8 * span))
         )
-        if after_plus and span <= PHONE_DIGITS:
-            missed |= 0xFF << (8 * (starts - 1))  # a = 0: a phone number, not a card
+        if run_of:
+            # The run of digit a against that of digit a + span - 1: not 0 where they differ.
+            missed |= (run_of >> (8 * (span - 1))) ^ (run_of & at_end)
+        if phone and span <= PHONE_DIGITS:
+            missed |= phone >> (8 * span)  # a phone number, not a card
         yield span, missed.to_bytes(starts)
 
 
+# A run and the plus sign right before it (its first 13 to 15 digits are a phone number).
+_PLUS_RUN = re.compile(f"[{_PLUS}]({_RUN.pattern})")
+_ASCII_PLUS_RUN = re.compile(f"\\+({_ASCII_RUN.pattern})")
+# Stands for a run tested as a phone number once it is cut out of a text: no digit, no
+# separator, no letter, so nothing next to it joins up with anything else.
+_CUT = "\x00"
+# Joins runs to test them together; kept as it is by ``_canonical``.
+_JOINT = "|"
+_CANONICAL[ord(_JOINT)] = _JOINT
+# A run has 13 digits or more, so a span of at most 19 can touch three runs (the end of one, a
+# whole one, the start of the next), never four: three marks by turns tell any two apart.
+_TURNS = (b"\x00", b"\x01", b"\x02")
+
+
+def _testable(runs: list[str]) -> list[str]:
+    # One group too long to be a card (the integer form of 1e300, say): nothing to test.
+    return [run for run in runs if len(run) <= MAX_DIGITS or not run.isdecimal()]
+
+
 def _holds_card(text: str) -> bool:
-    return any(
-        missed.find(0) >= 0
-        for run, after_plus in _runs(text)
-        for _, missed in _passing(_canonical(run.group()), after_plus)
-    )
+    """Whether any run of ``text`` holds a card.
+
+    All the runs are tested in one pass of ``_passing``: its cost per call, not per digit, is
+    what a text of many short runs (``4111111111112    `` over and over) would otherwise
+    multiply. Runs are independent of each other, so their order does not matter.
+    """
+    text = _without_uuids(text)
+    ascii_text = text.isascii()
+    phones: list[str] = []
+    if "+" in text or (not ascii_text and _PLUS[1] in text):
+        plus_run = _ASCII_PLUS_RUN if ascii_text else _PLUS_RUN
+        phones = _testable(plus_run.findall(text))
+        text = plus_run.sub(_CUT, text)
+    runs = phones + _testable((_ASCII_RUN if ascii_text else _RUN).findall(text))
+    if not runs:
+        return False
+    canonical = _canonical(_JOINT.join(runs))
+    turns: list[bytes] = []
+    phone_starts: list[int] = []
+    digits = 0
+    for index, run in enumerate(canonical.split(_JOINT.encode())):
+        if index < len(phones):
+            phone_starts.append(digits)
+        count = len(run) - run.count(b" ")
+        turns.append(_TURNS[index % 3] * count)
+        digits += count
+    canonical = canonical.replace(_JOINT.encode(), b" ")
+    run_turns = b"".join(turns) if len(runs) > 1 else b""
+    return any(missed.find(0) >= 0 for _, missed in _passing(canonical, phone_starts, run_turns))
 
 
 # Bit k of a start's byte: a card of MIN_DIGITS + k digits starts there. Its lengths, shortest
@@ -271,7 +336,7 @@ def _best_cover(canonical: bytes, after_plus: bool) -> list[tuple[int, int]]:
     that pass and cover the most digits (ties as the module rule says)."""
     flags = 0
     size = 0
-    for span, missed in _passing(canonical, after_plus):
+    for span, missed in _passing(canonical, (0,) if after_plus else ()):
         size = size or len(missed)
         flags |= int.from_bytes(missed.translate(_FLAGS[span]) + bytes(span - MIN_DIGITS))
     if not flags:
@@ -356,11 +421,20 @@ def _texts_of_scalar(value: object) -> list[str]:
     if isinstance(value, float):
         texts = [repr(value)]
         # Large integral floats print in exponent form (4.111111111111111e+15); their integer
-        # form is what the client sent as a JSON number.
-        if math.isfinite(value) and value.is_integer():
+        # form is what the client sent as a JSON number. From 1e19 on it is one group of 20
+        # digits or more, never a card (and 1e300, five bytes of JSON, would be 301 to scan).
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e19:
             texts.append(str(int(value)))
         return texts
     return []
+
+
+# No card has fewer digits: a shorter text, or an integer of fewer digits, cannot hold one.
+_SMALLEST_CARD = 10 ** (MIN_DIGITS - 1)
+# Joins the texts of one value into one text to scan: neither a digit, nor a separator, nor a
+# plus sign, nor a letter or digit a UUID could run into, so no run crosses it and each text
+# reads as it does alone.
+_JOIN = "\x00"
 
 
 def contains_card_number(value: object) -> bool:
@@ -369,12 +443,33 @@ def contains_card_number(value: object) -> bool:
     Walks dicts (keys and values), lists, tuples and sets; other objects are ignored. An
     explicit stack instead of recursion, so a deeply nested request cannot raise
     RecursionError. The answer is a bare bool so callers cannot echo the offending value.
+
+    The cost per value is what bounds a request of many small values (a list of a few hundred
+    thousand numbers fits in 1 MiB): the walk only collects the texts that are long enough to
+    hold a card, and they are scanned together, once.
     """
+    kind = type(value)
+    if kind is str:
+        return len(value) >= MIN_DIGITS and _holds_card(value)  # type: ignore[arg-type]
+    if kind is int:
+        return not -_SMALLEST_CARD < value < _SMALLEST_CARD and _holds_card(str(value))  # type: ignore[operator]
+    texts: list[str] = []
     stack: list[object] = [value]
     # Containers already walked, by identity, so a self-referencing value cannot loop forever.
     seen: set[int] = set()
     while stack:
         item = stack.pop()
+        kind = type(item)
+        # The types JSON gives first, by exact type: an isinstance check against an abstract
+        # class costs more than the rest of the walk.
+        if kind is str:
+            if len(item) >= MIN_DIGITS:  # type: ignore[arg-type]
+                texts.append(item)  # type: ignore[arg-type]
+            continue
+        if kind is int:
+            if not -_SMALLEST_CARD < item < _SMALLEST_CARD:  # type: ignore[operator]
+                texts.append(str(item))
+            continue
         if isinstance(item, Mapping | list | tuple | set | frozenset):
             if id(item) in seen:
                 continue
@@ -386,7 +481,5 @@ def contains_card_number(value: object) -> bool:
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(item)
         else:
-            for text in _texts_of_scalar(item):
-                if _holds_card(text):
-                    return True
-    return False
+            texts.extend(text for text in _texts_of_scalar(item) if len(text) >= MIN_DIGITS)
+    return bool(texts) and _holds_card(_JOIN.join(texts))

@@ -271,7 +271,9 @@ class WorkerStore:
 
     def unit_of_work(self, actor_id: str | None = None) -> UnitOfWork:
         data = self._worker_ctx.data
-        trace = {k: data[k] for k in ("traceparent", "tracestate") if data.get(k)}
+        # The Tracing dependency keeps the worker's traceparent here; a tracestate is never
+        # stamped (kernel.tracing).
+        trace = {"traceparent": data["traceparent"]} if data.get("traceparent") else {}
         return self._store.unit_of_work(actor_id=actor_id or data.get("actor_id"), trace=trace)
 
 

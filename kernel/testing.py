@@ -23,6 +23,7 @@ import psycopg2
 import pytest
 import requests
 
+from kernel.cards import contains_card_number
 from kernel.config import Settings
 from kernel.db import drop_database
 
@@ -258,3 +259,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def client_traceparent() -> tuple[str, str]:
+    """A trace id and the W3C ``traceparent`` a test client sends to continue it.
+
+    Never one that reads as a card number: the gateway continues no trace whose header holds
+    one (``gateway.http.client_trace``), and random hex digits that run across the header's
+    dashes make a Luhn-valid number in about one header of ten, which made tests that look for
+    their trace id fail at random.
+    """
+    while True:
+        trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+        header = f"00-{trace_id}-{span_id}-01"
+        if not contains_card_number(header):
+            return trace_id, header

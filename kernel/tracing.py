@@ -5,12 +5,20 @@ everywhere it goes:
 
 * nameko RPC: nameko 2.14 sends a worker's ``context_data`` as AMQP headers prefixed
   ``nameko.`` and hands them to the callee as ``worker_ctx.data``. The ``Tracing``
-  dependency provider therefore keeps ``traceparent``/``tracestate`` in
-  ``worker_ctx.data`` pointing at the current worker's span.
-* events: our envelopes carry ``{"trace": {"traceparent": ..., "tracestate": ...}}``,
-  because an envelope may be relayed from an outbox long after (and far from) the
-  worker that wrote it, so AMQP headers cannot be trusted to describe its origin.
-* HTTP: the gateway reads the incoming ``traceparent`` header (``extract_from_headers``).
+  dependency provider therefore keeps ``traceparent`` in ``worker_ctx.data`` pointing at
+  the current worker's span.
+* events: our envelopes carry ``{"trace": {"traceparent": ...}}``, because an envelope may
+  be relayed from an outbox long after (and far from) the worker that wrote it, so AMQP
+  headers cannot be trusted to describe its origin.
+* HTTP: the gateway starts every request's worker on a trace of its own, and continues a
+  client's ``traceparent`` only once the request is authenticated
+  (``TraceHandle.continue_trace``).
+
+Only a ``traceparent`` of exactly the W3C Trace Context level 1 syntax is ever read
+(``valid_traceparent``), wherever it comes from. ``tracestate`` is never read nor written:
+Ledgerdesk has no vendor entries of its own, and a client's is free text that would be stamped
+on every event the request causes, and kept for good in the audit ledger. Envelopes stored
+with one still load; it is simply not carried on.
 
 Telemetry carries context, not content: span attributes pass through
 ``scrub_attributes`` and exception text is redacted before it is recorded.
@@ -24,7 +32,8 @@ import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 from nameko.extensions import DependencyProvider
 from opentelemetry import context as otel_context
@@ -38,12 +47,13 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
     "Tracing",
     "TraceHandle",
+    "valid_traceparent",
     "current_trace_context",
     "extract_from_headers",
     "record_error",
@@ -57,6 +67,11 @@ log = logging.getLogger(__name__)
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 _TRACE_KEYS = (TRACEPARENT, TRACESTATE)
+# W3C Trace Context level 1, version 00: version, trace id (not all zeros), parent span id (not
+# all zeros) and flags, lowercase hex, nothing before or after. A later version is refused
+# rather than read by its version 00 prefix, as the spec would allow: its added fields are
+# nothing we could check, and a client has nothing to gain from sending one.
+_TRACEPARENT_RE = re.compile(r"00-(?!0{32}-)[0-9a-f]{32}-(?!0{16}-)[0-9a-f]{16}-[0-9a-f]{2}")
 
 # Only W3C TraceContext: baggage is deliberately not propagated, since it is an open
 # channel for arbitrary (possibly personal) data to ride along with every call.
@@ -131,11 +146,18 @@ def current_trace_context(context: Context | None = None) -> dict[str, str]:
     return carrier
 
 
+def valid_traceparent(value: Any) -> TypeGuard[str]:
+    """True for a ``traceparent`` of exactly the W3C Trace Context level 1 syntax."""
+    return isinstance(value, str) and _TRACEPARENT_RE.fullmatch(value) is not None
+
+
 def _clean_carrier(carrier: Any) -> dict[str, str]:
-    """Only string trace keys: carriers come off the wire and may hold anything."""
+    """A valid ``traceparent`` alone: carriers come off the wire and may hold anything, and a
+    ``tracestate`` is never carried on (see the module's docstring)."""
     if not isinstance(carrier, Mapping):
         return {}
-    return {k: v for k in _TRACE_KEYS if isinstance(v := carrier.get(k), str) and v}
+    traceparent = carrier.get(TRACEPARENT)
+    return {TRACEPARENT: traceparent} if valid_traceparent(traceparent) else {}
 
 
 def _extract(carrier: Mapping[str, str]) -> Context:
@@ -352,6 +374,28 @@ class TraceHandle:
             return {}
         return current_trace_context(trace.set_span_in_context(span, Context()))
 
+    def continue_trace(self, carrier: Mapping[str, str]) -> bool:
+        """Make the rest of this worker's work part of the trace ``carrier`` names (a client's
+        ``traceparent``, once the gateway knows who sent it).
+
+        A span is started under that parent, linked to the worker's own span (which started a
+        trace of its own and holds what was done before), and made current: the RPCs the
+        worker makes from now on, and the events they cause, carry the carrier's trace id.
+        False, and nothing changes, without a valid ``traceparent`` or when the worker has
+        already continued one.
+        """
+        return self._provider.continue_trace(self._worker_ctx, carrier)
+
+
+@dataclass
+class _Worker:
+    name: str
+    span: Span
+    token: object
+    attributes: dict[str, Any]
+    # The span and context token of ``TraceHandle.continue_trace``, once called.
+    continued: tuple[Span, object] | None = None
+
 
 class Tracing(DependencyProvider):
     """Give every worker a span, parented on the trace it arrived with.
@@ -364,14 +408,35 @@ class Tracing(DependencyProvider):
     def __init__(self) -> None:
         # Keyed by id(): nameko's WorkerContext is hashable but test doubles may not
         # be; the entry lives only from worker_setup to worker_teardown.
-        self._workers: dict[int, tuple[Span, object]] = {}
+        self._workers: dict[int, _Worker] = {}
 
     def get_dependency(self, worker_ctx: Any) -> TraceHandle:
         return TraceHandle(self, worker_ctx)
 
     def worker_span(self, worker_ctx: Any) -> Span | None:
+        """The worker's current span: the one that continued a trace, if any."""
         entry = self._workers.get(id(worker_ctx))
-        return entry[0] if entry else None
+        if entry is None:
+            return None
+        return entry.continued[0] if entry.continued else entry.span
+
+    def continue_trace(self, worker_ctx: Any, carrier: Mapping[str, str]) -> bool:
+        entry = self._workers.get(id(worker_ctx))
+        clean = _clean_carrier(carrier)
+        if entry is None or entry.continued is not None or not clean:
+            return False
+        parent = _extract(clean)
+        span = _TRACER.start_span(
+            entry.name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=entry.attributes,
+            links=[Link(entry.span.get_span_context())],
+        )
+        ctx = trace.set_span_in_context(span, parent)
+        entry.continued = (span, otel_context.attach(ctx))
+        _set_outgoing(worker_ctx, ctx)
+        return True
 
     def _incoming_carrier(self, worker_ctx: Any, kind: SpanKind) -> dict[str, str]:
         if kind is SpanKind.CONSUMER:
@@ -407,25 +472,13 @@ class Tracing(DependencyProvider):
         if isinstance(call_id, str):
             attributes["nameko.call_id"] = call_id
 
-        span = _TRACER.start_span(
-            f"{service}.{method}",
-            context=parent,
-            kind=kind,
-            attributes=scrub_attributes(attributes),
-        )
+        name = f"{service}.{method}"
+        scrubbed = scrub_attributes(attributes)
+        span = _TRACER.start_span(name, context=parent, kind=kind, attributes=scrubbed)
         ctx = trace.set_span_in_context(span, parent)
         token = otel_context.attach(ctx)
-        self._workers[id(worker_ctx)] = (span, token)
-
-        # RPC proxies read worker_ctx.context_data when they send, so anything this
-        # worker calls becomes a child of this span. Stale keys are removed so an
-        # outgoing call never claims a parent that is not ours.
-        outgoing = current_trace_context(ctx)
-        for key in _TRACE_KEYS:
-            if key in outgoing:
-                worker_ctx.data[key] = outgoing[key]
-            else:
-                worker_ctx.data.pop(key, None)
+        self._workers[id(worker_ctx)] = _Worker(name, span, token, scrubbed)
+        _set_outgoing(worker_ctx, ctx)
 
     def worker_result(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> None:
         if not exc_info:
@@ -443,6 +496,21 @@ class Tracing(DependencyProvider):
         entry = self._workers.pop(id(worker_ctx), None)
         if entry is None:
             return
-        span, token = entry
-        span.end()
-        otel_context.detach(token)  # type: ignore[arg-type]
+        if entry.continued is not None:
+            continued, continued_token = entry.continued
+            continued.end()
+            otel_context.detach(continued_token)  # type: ignore[arg-type]
+        entry.span.end()
+        otel_context.detach(entry.token)  # type: ignore[arg-type]
+
+
+def _set_outgoing(worker_ctx: Any, ctx: Context) -> None:
+    # RPC proxies read worker_ctx.context_data when they send, so anything the worker calls
+    # becomes a child of the span in ``ctx``. Stale keys are removed so an outgoing call never
+    # claims a parent that is not ours, and never carries a tracestate.
+    outgoing = current_trace_context(ctx)
+    for key in _TRACE_KEYS:
+        if key in outgoing:
+            worker_ctx.data[key] = outgoing[key]
+        else:
+            worker_ctx.data.pop(key, None)

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kombu import Connection, Exchange, Queue, binding
 
 from kernel.config import Settings
-from kernel.testing import Infrastructure, wait_until
+from kernel.testing import Infrastructure, client_traceparent, wait_until
 from services import platform
 from tests.e2e.conftest import SIGNUP, Stack, running_stack
 
@@ -107,7 +107,9 @@ class Sent:
 
 
 class Traced:
-    """Sends each request with a unique traceparent and remembers what the ledger should say."""
+    """Sends each request with a unique traceparent and remembers what the ledger should say,
+    under the trace id the gateway answers with (``traceresponse``): the one sent when the
+    request is authenticated, one of the gateway's own when it is not."""
 
     def __init__(self, stack: Stack):
         self.stack = stack
@@ -117,13 +119,14 @@ class Traced:
         }
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any):
-        trace_id = secrets.token_hex(16)
+        trace_id, traceparent = client_traceparent()
         user_agent = f"audit-e2e/{trace_id[:12]}"
         headers = {
-            "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+            "traceparent": traceparent,
             "User-Agent": user_agent,
         }
         response = self.stack.call(method, path, key, headers=headers, **kwargs)
+        trace_id = response.headers["traceresponse"].split("-")[1]
         tenant_id, actor_id = self.callers.get(key or "", (None, None))
         if path.startswith("/v1/operator/") and actor_id != "operator":
             tenant_id, actor_id = None, None  # an API key is not looked up there
@@ -667,7 +670,7 @@ def test_a_request_to_no_route_is_recorded_once(scene):
     assert (entries[0]["payload"]["route"], entries[0]["payload"]["status"]) == ("<unmatched>", 404)
 
 
-def test_a_request_to_no_route_keeps_its_trace_id(scene):
+def test_a_request_to_no_route_is_recorded_under_the_trace_id_it_was_answered_with(scene):
     client = scene.client
     assert client.call("GET", "/v1/no/route/either", scene.admin_a).status_code == 404
     unmatched = client.sent.pop()

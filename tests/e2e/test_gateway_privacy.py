@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 
-from kernel.testing import wait_until
+from kernel.testing import client_traceparent, wait_until
 from tests.e2e.conftest import Stack
 
 
@@ -72,10 +72,10 @@ def idempotency_table(stack: Stack) -> str:
 
 def traced(stack: Stack, method: str, path: str, key: str, **kwargs: Any) -> tuple[Any, str]:
     """The response, and the trace id its access entry carries."""
-    trace_id = secrets.token_hex(16)
+    trace_id, traceparent = client_traceparent()
     headers = {
         **kwargs.pop("headers", {}),
-        "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01",
+        "traceparent": traceparent,
     }
     response = stack.call(method, path, key=key, headers=headers, **kwargs)
     return response, trace_id

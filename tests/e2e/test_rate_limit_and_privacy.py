@@ -22,7 +22,7 @@ import requests
 from kombu import Connection, Queue, binding
 
 from kernel import topology
-from kernel.testing import wait_until
+from kernel.testing import client_traceparent, wait_until
 from tests.e2e.conftest import Stack, running_stack
 
 PERSONAL_EVENTS = {"agent_created", "contact_created", "contact_rectified"}
@@ -66,8 +66,7 @@ def person() -> dict[str, str]:
 
 
 def traceparent() -> tuple[str, str]:
-    trace_id = secrets.token_hex(16)
-    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    return client_traceparent()
 
 
 # --- (a) rate limits --------------------------------------------------------------------------
@@ -295,6 +294,10 @@ def test_every_request_emits_an_access_log_event(stack):
                 headers={"User-Agent": agents[name], "traceparent": header},
             )
             assert response.status_code == status, response.text
+            # The trace sent is continued once the key is good; a 401's is the gateway's own.
+            answered = response.headers["traceresponse"].split("-")[1]
+            assert (answered == trace_id) is (name != "unauthorized")
+            traces[name] = answered
 
         events = log.collect(set(agents.values()))
         raw = [body for body, _ in log.events]
@@ -394,8 +397,8 @@ def logged(infrastructure, tmp_path_factory) -> Iterator[tuple[Stack, Path]]:
 
 def traced(stack: Stack, method: str, path: str, **kwargs) -> tuple[requests.Response, str]:
     """A request with a trace id of its own: the gateway's request log line names it."""
-    trace_id = uuid.uuid4().hex
-    headers = {**kwargs.pop("headers", {}), "traceparent": f"00-{trace_id}-{'1' * 16}-01"}
+    trace_id, header = client_traceparent()
+    headers = {**kwargs.pop("headers", {}), "traceparent": header}
     return stack.call(method, path, headers=headers, **kwargs), trace_id
 
 

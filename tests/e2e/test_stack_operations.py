@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from kernel.testing import Infrastructure, free_port, make_world, wait_until, world_env
+from kernel.testing import (
+    Infrastructure,
+    client_traceparent,
+    free_port,
+    make_world,
+    wait_until,
+    world_env,
+)
 from services import platform
 from tests.e2e.conftest import Stack
 
@@ -147,12 +154,12 @@ def test_logs_are_json_lines_with_trace_ids_and_no_personal_data(ops_stack):
     contact = {"name": f"Ólafur Árnason-{mark}", "email": f"olafur.{mark}@example.net"}
     key = stack.sign_up(admin=person)["api_key"]
     assert stack.call("POST", "/v1/contacts", key=key, json=contact).status_code == 201
-    trace_id = secrets.token_hex(16)
+    trace_id, header = client_traceparent()
     missing = stack.call(
         "GET",
         f"/v1/contacts/{uuid.uuid4()}",
         key=key,
-        headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        headers={"traceparent": header},
     )
     assert missing.status_code == 404
 

@@ -47,6 +47,9 @@ def test_request_rpc_and_event_share_one_trace(world, container_factory):
         timeout=30,
     )
     assert response.status_code == 201, response.text
+    # A sign-up is not authenticated: the gateway starts a trace of its own, and says which.
+    assert response.headers["traceresponse"].split("-")[1] != trace_id
+    trace_id = response.headers["traceresponse"].split("-")[1]
 
     def ours() -> dict[str, SpanKind]:
         spans = {

@@ -9,11 +9,21 @@ from typing import Any
 
 import pytest
 from marshmallow import Schema, fields
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from gateway import problems
-from gateway.http import MAX_BODY_BYTES, ApiHandler, json_response, read_json
+from gateway.bodies import MAX_JSON_DEPTH
+from gateway.http import (
+    BODY_BYTES,
+    MAX_BODY_BYTES,
+    ApiHandler,
+    client_trace,
+    json_response,
+    limit_body,
+    read_json,
+)
 from kernel import errors
 from kernel.envelope import MalformedEnvelope
 from services.accounts.commands import SignUpV1
@@ -335,3 +345,107 @@ def test_read_json_refuses_a_card_number_as_the_services_do_naming_the_field():
         "admin": {"name": ["looks like a card number: card numbers are never stored"]}
     }
     assert "1111" not in response.get_data(as_text=True)
+
+
+# --- bounded input: nesting and per-route body limits ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000, b'{"a":' * 100_000, b'{"name": ' + b"[" * 40 + b"]" * 40 + b"}"],
+    ids=["brackets", "objects", "just-too-deep"],
+)
+def test_json_nested_too_deep_is_a_400_problem_before_it_is_parsed(raw: bytes):
+    with pytest.raises(problems.BadJson) as info:
+        read_json(post(raw), Thing())
+
+    response = problems.from_exception(info.value)
+    assert response.status_code == 400
+    assert body(response)["detail"] == f"the body nests more than {MAX_JSON_DEPTH} levels deep"
+
+
+def test_json_nested_as_deep_as_allowed_reaches_the_schema():
+    nested = b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1)
+
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(post(b'{"name": ' + nested + b"}"), Thing())
+
+    assert info.value.errors == {"name": ["Not a valid string."]}
+
+
+def test_a_too_deep_billing_body_holding_a_card_is_refused_for_the_card():
+    raw = b"[" * 100_000 + b'"4111 1111 1111 1111"'
+
+    with pytest.raises(errors.ValidationFailed) as info:
+        read_json(post(raw), Thing(), refuse_cards=True)
+
+    assert "card number" in info.value.errors["_schema"][0]
+
+
+def test_a_route_reads_no_more_than_its_own_limit():
+    # Every route but those taking a ticket's text has the small limit: a body past it is a 413
+    # before it is read, and one that only turns out larger (chunked) is a 413 when read.
+    environ = EnvironBuilder(method="POST", data=b"{}").get_environ()
+    environ["CONTENT_LENGTH"] = str(BODY_BYTES + 1)
+    environ["wsgi.input"] = ExplodingStream()
+    with pytest.raises(problems.PayloadTooLarge) as info:
+        limit_body(Request(environ), BODY_BYTES)
+    assert info.value.detail == f"the body may be at most {BODY_BYTES} bytes"
+
+    raw = b'{"name": "' + b"x" * BODY_BYTES + b'"}'
+    environ = EnvironBuilder(method="POST", input_stream=io.BytesIO(raw)).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    request = Request(environ)
+    limit_body(request, BODY_BYTES)
+    with pytest.raises(problems.PayloadTooLarge):
+        read_json(request, Thing())
+
+
+def test_a_handler_reading_past_the_limit_itself_gets_a_413_not_a_500():
+    # An Idempotency-Key fingerprint, say, reads the body with request.get_data().
+    response = problems.from_exception(RequestEntityTooLarge())
+
+    assert response.status_code == 413
+    assert body(response)["title"] == "Payload too large"
+
+
+def test_the_ticket_routes_keep_the_large_limit_and_every_other_route_the_small_one():
+    from gateway.service import GatewayService
+
+    limits = {
+        (entry.method, entry.url): entry.max_body_bytes
+        for entry in (
+            getattr(GatewayService, name).nameko_entrypoints
+            for name in dir(GatewayService)
+            if hasattr(getattr(GatewayService, name), "nameko_entrypoints")
+        )
+        for entry in entry
+        if isinstance(entry, ApiHandler)
+    }
+    large = {url for (_, url), limit in limits.items() if limit == MAX_BODY_BYTES}
+    assert large == {"/v1/tickets", "/v1/tickets/<string:ticket_id>/messages"}
+    assert set(limits.values()) == {BODY_BYTES, MAX_BODY_BYTES}
+
+
+# --- trace headers ---------------------------------------------------------------------------
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("headers", "taken"),
+    [
+        ([("traceparent", TRACEPARENT), ("tracestate", "pan=4111 1111 1111 1111")], TRACEPARENT),
+        ([("tracestate", "pan=4111 1111 1111 1111")], None),
+        ([("traceparent", TRACEPARENT), ("traceparent", TRACEPARENT)], None),  # which one?
+        ([("traceparent", f" {TRACEPARENT}")], None),
+        ([("traceparent", "cc" + TRACEPARENT[2:] + "-more")], None),
+        # 16 digits glued to letters: a card number to the access log's redactor.
+        ([("traceparent", f"00-4111111111111111{'a' * 16}-00f067aa0ba902b7-01")], None),
+    ],
+)
+def test_only_an_exact_traceparent_is_taken_from_a_client_never_a_tracestate(headers, taken):
+    request = EnvironBuilder(method="GET", headers=headers).get_request()
+
+    assert client_trace(request) == ({"traceparent": taken} if taken else {})

@@ -81,6 +81,9 @@ def test_a_cursor_is_url_safe_without_padding_and_deterministic():
         b64(b'{"after": "x"}') + "==",  # padding is not part of the format
         b64(b'{"after": "x"}')[:-1] + "+",  # the standard alphabet is not ours
         "A" * (MAX_CURSOR_CHARS + 1),
+        # As deep as a cursor's length allows: the parser would run out of recursion (a 500).
+        b64(b"[" * 1500),
+        b64(b'{"a":' * 300),
     ],
 )
 def test_garbage_cursors_are_a_validation_error_on_cursor(cursor: str):

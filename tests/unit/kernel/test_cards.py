@@ -310,6 +310,34 @@ def test_the_detector_agrees_with_the_rule_written_the_obvious_way() -> None:
         assert contains_card_number(text) is bool(expected), repr(text)
 
 
+def test_many_runs_and_values_checked_together_agree_with_each_checked_alone() -> None:
+    # contains_card_number tests every run of every text of a value in one pass: no run may
+    # borrow digits from another, and a plus sign excuses only the run right after it.
+    # The end of one run, a whole 13-digit run and the start of the next spell a card.
+    three_runs = "1234567890123 4    1111111111111    11 2222222222222"
+    assert luhn_valid("4" + "1" * 15) and reference_cards(three_runs) == []
+    assert contains_card_number(three_runs) is False
+    assert contains_card_number(three_runs.split("    ")) is False
+
+    rng = random.Random(17)
+    alphabet = list("0123456789" * 4) + [" ", " ", "-", ".", "+", "x", "\u0661", "\u00a0"]
+    seeds = [grouped(number, (4, 4, 4), " ") for number in TEST_CARDS.values()]
+    seeds += ["4111111111112", "+4111111111111111", "1" * 25, "0" * 19]
+    for _ in range(500):
+        texts = []
+        for _ in range(rng.randint(1, 12)):
+            pieces = [rng.choice(alphabet) for _ in range(rng.randint(0, 40))]
+            if rng.random() < 0.3:
+                pieces.insert(rng.randint(0, len(pieces)), rng.choice(seeds))
+            texts.append("".join(pieces))
+        expected = any(reference_cards(text) for text in texts)
+        assert contains_card_number(texts) is expected, texts
+        # Runs apart (four separators end one) in one text: the same answer.
+        assert contains_card_number("    ".join(texts)) is bool(
+            reference_cards("    ".join(texts))
+        ), texts
+
+
 def test_shortest_and_longest_lengths() -> None:
     nineteen = "6011000000000000001"
     assert luhn_valid(nineteen)

@@ -9,6 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from kernel.envelope import Envelope
 from kernel.tracing import (
     Tracing,
     current_trace_context,
@@ -16,6 +17,7 @@ from kernel.tracing import (
     scrub_attributes,
     setup_tracing,
     start_span,
+    valid_traceparent,
 )
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
@@ -140,10 +142,59 @@ def test_current_trace_context_round_trip(spans):
     assert consumer.parent.span_id == span.get_span_context().span_id
 
 
-def test_tracestate_travels_with_traceparent():
-    carrier = {"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
-    with start_span("s", carrier=carrier):
-        assert current_trace_context()["tracestate"] == "vendor=abc"
+def test_a_tracestate_is_never_carried_on():
+    # Free text from whoever sent it (a card number, say), stamped on every event otherwise.
+    carrier = {"traceparent": TRACEPARENT, "tracestate": "pan=4111 1111 1111 1111"}
+    with start_span("s", carrier=carrier) as span:
+        assert span.get_span_context().trace_id == TRACE_ID
+        assert set(current_trace_context()) == {"traceparent"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        TRACEPARENT,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        "00-00000000000000000000000000000001-0000000000000001-ff",
+    ],
+)
+def test_a_traceparent_of_the_level_1_syntax_is_valid(value: str):
+    assert valid_traceparent(value)
+    assert trace.get_current_span(extract_from_headers({"traceparent": value})).get_span_context()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        TRACEPARENT.upper(),  # hex is lowercase
+        f" {TRACEPARENT}",  # nothing around it
+        f"{TRACEPARENT} ",
+        f"{TRACEPARENT}\n",
+        f"{TRACEPARENT}-what-follows",  # version 00 has four fields
+        "cc" + TRACEPARENT[2:],  # a later version: refused, not read by its prefix
+        "cc" + TRACEPARENT[2:] + "-what-follows",
+        "ff" + TRACEPARENT[2:],
+        f"00-{'0' * 32}-{PARENT_SPAN_ID:016x}-01",  # all-zero ids
+        f"00-{TRACE_ID:032x}-{'0' * 16}-01",
+        f"00-{TRACE_ID:032x}-{PARENT_SPAN_ID:016x}-1",
+        f"00-{TRACE_ID:032x}"[:-1] + f"-{PARENT_SPAN_ID:016x}-01",  # 31 hex digits
+        f"00-{TRACE_ID:032x}-{PARENT_SPAN_ID:016x}"[:-1] + "-01",  # 15
+        f"00-{TRACE_ID:032x}-{PARENT_SPAN_ID:016x}-0g",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01,00-4bf92f3577b34da6",
+        "pan=4111 1111 1111 1111",
+        "",
+        None,
+        42,
+    ],
+)
+def test_anything_else_is_dropped_and_a_new_trace_started(value: object):
+    assert not valid_traceparent(value)
+    headers = {"traceparent": value, "tracestate": "pan=4111 1111 1111 1111"}
+    context = extract_from_headers({k: v for k, v in headers.items() if isinstance(v, str)})
+    assert not trace.get_current_span(context).get_span_context().is_valid
+    with start_span("fresh", carrier={"traceparent": value}) as span:  # type: ignore[dict-item]
+        assert span.get_span_context().trace_id != TRACE_ID
+        assert set(current_trace_context()) == {"traceparent"}
 
 
 def test_exception_is_recorded_with_error_status(spans):
@@ -256,7 +307,7 @@ def test_provider_parents_on_worker_ctx_data_and_rewrites_it(spans):
     }
     # Downstream RPC calls made by this worker carry the worker's own span.
     assert _traceparent_ids(outgoing["traceparent"]) == (TRACE_ID, span.context.span_id)
-    assert outgoing["tracestate"] == "vendor=abc"
+    assert "tracestate" not in outgoing  # whoever sent it, it goes no further
     assert outgoing["tenant"] == "acme"
     # The worker's context was detached at teardown.
     assert not trace.get_current_span().get_span_context().is_valid
@@ -378,3 +429,66 @@ def test_context_is_per_greenthread_under_eventlet(spans):
     assert _finished(spans, "tickets.second").context.trace_id == OTHER_TRACE_ID
     # Nothing leaked into the spawning greenthread.
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_worker_continues_a_trace_only_when_told_to(spans):
+    # The gateway's workers start a trace of their own; once the request is authenticated the
+    # gateway continues the client's, and everything after is in it.
+    provider = Tracing()
+    worker_ctx = FakeWorkerCtx(method_name="create_ticket", entrypoint=Rpc())
+    worker_ctx.entrypoint.method_name = "create_ticket"
+    provider.worker_setup(worker_ctx)
+    handle = provider.get_dependency(worker_ctx)
+    before = dict(worker_ctx.data)
+    own_trace = trace.get_current_span().get_span_context().trace_id
+    assert own_trace != TRACE_ID
+
+    assert not handle.continue_trace({"traceparent": "00-garbage", "tracestate": "a=b"})
+    assert worker_ctx.data == before
+    assert handle.continue_trace({"traceparent": TRACEPARENT, "tracestate": "pan=4111"})
+    continued = trace.get_current_span().get_span_context()
+    assert continued.trace_id == TRACE_ID
+    assert _traceparent_ids(worker_ctx.data["traceparent"]) == (TRACE_ID, continued.span_id)
+    assert "tracestate" not in worker_ctx.data
+    assert _traceparent_ids(handle.current_trace_context()["traceparent"])[0] == TRACE_ID
+    # Once only: a second parent would split the worker's work over two traces.
+    assert not handle.continue_trace({"traceparent": OTHER_TRACEPARENT})
+    provider.worker_teardown(worker_ctx)
+
+    own, joined = (s for s in spans.get_finished_spans() if s.name == "tickets.create_ticket")
+    if own.context.trace_id == TRACE_ID:
+        own, joined = joined, own
+    assert own.context.trace_id == own_trace and own.parent is None
+    assert joined.context.trace_id == TRACE_ID and joined.parent.span_id == PARENT_SPAN_ID
+    assert [link.context.span_id for link in joined.links] == [own.context.span_id]
+    assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_an_event_stored_with_a_tracestate_still_loads_and_continues_its_trace_without_it(spans):
+    # Events written before tracestate was dropped carry one: they load as before, and their
+    # consumers continue the trace, but the state goes no further.
+    stored = {
+        "envelope_version": 1,
+        "event_id": "4a4f5c8e-0b7e-4f57-9a84-1a4f1b2c3d4e",
+        "type": "ticket_created",
+        "schema_version": 1,
+        "source": "tickets",
+        "stream_id": "ticket-1",
+        "stream_version": 1,
+        "tenant_id": None,
+        "occurred_at": "2026-01-01T00:00:00+00:00",
+        "actor_id": None,
+        "trace": {"traceparent": TRACEPARENT, "tracestate": "pan=4111 1111 1111 1111"},
+        "payload": {},
+    }
+    envelope = Envelope.from_dict(stored)
+    assert envelope.trace["tracestate"] == "pan=4111 1111 1111 1111"
+
+    provider = Tracing()
+    worker_ctx = FakeWorkerCtx(method_name="on_ticket_created", args=(envelope,))
+    _run_worker(provider, worker_ctx)
+
+    span = _finished(spans, "tickets.on_ticket_created")
+    assert span.context.trace_id == TRACE_ID and span.parent.span_id == PARENT_SPAN_ID
+    assert "tracestate" not in worker_ctx.data
+    assert not span.context.trace_state
