@@ -661,7 +661,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=("503",),
     ),
     Endpoint("get", "/v1/openapi.json", "This document", "200", None, auth=None),
-    Endpoint("get", "/metrics", "Prometheus metrics of this process", "200", None, auth=None),
+    Endpoint(
+        "get",
+        "/metrics",
+        "Prometheus metrics of this process (the operator token; the ops port needs none)",
+        "200",
+        None,
+        auth="operator",
+    ),
     Endpoint(
         "get",
         "/v1/operator/health",

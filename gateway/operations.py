@@ -1,6 +1,8 @@
 """Mixed into the gateway service: what operators (and the console's operations view) read.
 
-- ``GET /metrics``: the gateway process's Prometheus metrics, on the API port too;
+- ``GET /metrics``: the gateway process's Prometheus metrics, on the API port too, there with
+  the operator token: request counts by route and status are the platform's volume, which no
+  tenant and no stranger may watch (the ops port, inside the cluster, needs none);
 - ``GET /v1/operator/health``: every service's readiness and outbox lag, and the broker;
 - ``GET /v1/operator/dead-letters``, ``POST /v1/operator/dead-letters/{queue}/replay``.
 
@@ -43,6 +45,7 @@ class OperationsRoutes:
 
     @api("GET", "/metrics")
     def metrics(self, request: Request) -> Response:
+        self._operator(request)
         return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)
 
     @api("GET", "/v1/operator/health")

@@ -52,7 +52,7 @@ def ops(stack: Stack, name: str, path: str) -> requests.Response:
 
 def test_every_process_serves_health_readiness_and_metrics(ops_stack):
     stack, _ = ops_stack
-    assert stack.sign_up()["tenant"]["id"]
+    admin_key = stack.sign_up()["api_key"]
     for name in stack.processes:
         assert ops(stack, name, "/healthz").json() == {"status": "ok"}, name
         ready = ops(stack, name, "/readyz")
@@ -76,8 +76,11 @@ def test_every_process_serves_health_readiness_and_metrics(ops_stack):
     assert 'ledgerdesk_handler_seconds_count{entrypoint="sign_up",service="accounts"}' in (
         ops(stack, "accounts", "/metrics").text
     )
-    # The gateway's API port serves its metrics too: requests by route template and status.
-    api = stack.call("GET", "/metrics")
+    # The gateway's API port serves its metrics too, requests by route template and status,
+    # to the operator only: they are the platform's volume, for no tenant or stranger to watch.
+    assert stack.call("GET", "/metrics").status_code == 401
+    assert stack.call("GET", "/metrics", key=admin_key).status_code == 401
+    api = stack.call("GET", "/metrics", key=stack.settings.operator_token)
     assert api.headers["Content-Type"].startswith("text/plain")
     assert (
         'ledgerdesk_http_requests_total{method="POST",route="/v1/signup",status="201"}' in api.text
