@@ -24,10 +24,12 @@ run: install services
 test: install services lint
 	$(PY) -m pytest
 
+# lint-imports keeps the layers: pyproject.toml, [tool.importlinter].
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy kernel services gateway
+	$(VENV)/bin/lint-imports --no-cache
 
 # Figures, not assertions: speed is shown by benchmarks, never by timed tests. One table, and
 # bench/results/<date>.json and .png (docs/performance.md); BENCH_ARGS=--quick for a smoke run.

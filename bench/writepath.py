@@ -80,7 +80,7 @@ def _client_loop(
 
     The client is the standard library's, on one kept-alive connection, with the request's
     bytes built once: the load generator shares the machine's cores with what it measures, and
-    ``requests`` took 1.5 ms of CPU per request, about a sixth of a gateway process's share.
+    ``requests`` cost about four times its CPU per request (docs/performance.md).
     """
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)

@@ -15,15 +15,37 @@ from __future__ import annotations
 from typing import Any
 
 import eventlet
+from nameko.rpc import RPC_QUEUE_TEMPLATE
 from werkzeug.wrappers import Request, Response
 
 from gateway import problems, schemas
+from gateway import subscriptions as gateway_subscriptions
 from gateway.http import api, json_response, read_json
 from kernel import deadletters
 from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
+from services.accounts import contracts as accounts_contracts
+from services.audit import contracts as audit_contracts
+from services.billing import contracts as billing_contracts
+from services.retention import contracts as retention_contracts
+from services.tickets import contracts as tickets_contracts
 
-SERVICES = ("accounts", "tickets", "billing", "audit", "retention")
+# Each service by the contracts module it shows the gateway, in the order of the platform's list
+# (services.platform, which the gateway does not import: a test keeps the two in step).
+CONTRACTS = {
+    "accounts": accounts_contracts,
+    "tickets": tickets_contracts,
+    "billing": billing_contracts,
+    "audit": audit_contracts,
+    "retention": retention_contracts,
+}
+SERVICES = tuple(CONTRACTS)
+# The queues whose dead letters operators list: every consumer queue, then every RPC queue.
+DEAD_LETTER_QUEUES: tuple[str, ...] = (
+    *(s.queue for c in CONTRACTS.values() for s in c.SUBSCRIPTIONS),
+    *(s.queue for s in gateway_subscriptions.SUBSCRIPTIONS),
+    *(RPC_QUEUE_TEMPLATE.format(name) for name in SERVICES),
+)
 
 
 def status_of(exc: BaseException) -> int:
@@ -86,7 +108,9 @@ class OperationsRoutes:
         if queue is not None:
             queue = _platform_queue(queue)
         try:
-            items = deadletters.list_dead_letters(self.config["AMQP_URI"], queue)
+            items = deadletters.list_dead_letters(
+                self.config["AMQP_URI"], queue, every=DEAD_LETTER_QUEUES
+            )
         except deadletters.UnknownQueue:
             raise NotFound("no such queue") from None
         except OSError:
@@ -114,6 +138,6 @@ class OperationsRoutes:
 def _platform_queue(queue: str) -> str:
     """A consumer or RPC queue of the platform, or 404: nothing is ever published to another."""
     name = deadletters.live_queue(queue)
-    if name not in deadletters.platform_queues() + deadletters.rpc_queues():
+    if name not in DEAD_LETTER_QUEUES:
         raise NotFound("no such queue")
     return name

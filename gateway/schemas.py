@@ -1,12 +1,13 @@
 """Request and response schemas of the HTTP API.
 
-Requests are the accounts service's own command schemas (one definition, validated at the gateway
-and again by the service); responses are declared here and published in the OpenAPI document.
+Requests are the services' own command schemas, from each one's contracts module, all that the
+gateway may import of a service (one definition, validated at the gateway and again by the
+service); responses are declared here and published in the OpenAPI document.
 """
 
 from marshmallow import Schema, fields
 
-from services.accounts.commands import (
+from services.accounts.contracts import (
     AcceptPolicyV1,
     CreateAgentV1,
     CreateContactV1,
@@ -15,14 +16,14 @@ from services.accounts.commands import (
     SetConsentV1,
     SignUpV1,
 )
-from services.billing.commands import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
-from services.retention.commands import (
+from services.billing.contracts import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
+from services.retention.contracts import (
     DecideRequestV1,
     FilePrivacyRequestV1,
     SetApprovalPolicyV1,
     SetPolicyV1,
 )
-from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
+from services.tickets.contracts import AddMessageV1, CreateTicketV1, UpdateTicketV1
 
 __all__ = [
     "DecideRequestV1",

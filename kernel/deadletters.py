@@ -4,8 +4,11 @@ A consumer queue dead-letters a message to ``<queue>.dead`` when its delivery li
 (or at once, for a malformed envelope). An operator lists them, mends the cause, then replays
 them into the live queue they came from:
 
-    python -m kernel.deadletters list [--queue QUEUE]
-    python -m kernel.deadletters replay QUEUE [--id MESSAGE_ID ...]
+    python -m services.platform dead-letters list [--queue QUEUE]
+    python -m services.platform dead-letters replay QUEUE [--id MESSAGE_ID ...]
+
+(``python -m kernel.deadletters`` takes the same commands for a named queue: the kernel knows
+no services, so listing every platform queue is the platform's.)
 
 Listings carry ids, types, counts and reasons only: a body may hold personal data, so it is
 never printed, logged or returned. A dead letter lives ``LEDGERDESK_DEAD_LETTER_TTL_HOURS`` at
@@ -23,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -65,20 +68,11 @@ def live_queue(queue: str) -> str:
     return queue.removesuffix(DEAD_SUFFIX)
 
 
-def platform_queues() -> list[str]:
-    """The consumer queues of every platform service."""
-    # Imported here: the kernel knows no services, the platform lists them.
-    from services.platform import subscriptions
-
-    return [s.queue for s in subscriptions()]
-
-
-def rpc_queues() -> list[str]:
-    """The RPC queues of every platform service (and the gateway's), whose refused requests
-    are listed too."""
-    from services.platform import RPC_SERVERS
-
-    return [RPC_QUEUE_TEMPLATE.format(service) for service in RPC_SERVERS]
+def is_rpc_queue(queue: str) -> bool:
+    """Whether ``queue`` (live or dead) is a service's RPC queue, ``rpc-<service>``."""
+    prefix, _, suffix = RPC_QUEUE_TEMPLATE.partition("{}")
+    name = live_queue(queue)
+    return name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix + suffix)
 
 
 @contextmanager
@@ -170,10 +164,12 @@ def _take(channel: amqp.Channel, queue: str, limit: int) -> Iterator[amqp.Messag
 
 
 def list_dead_letters(
-    amqp_uri: str, queue: str | None = None, limit: int = 1000
+    amqp_uri: str, queue: str | None = None, limit: int = 1000, every: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
-    """The dead letters of ``queue`` (a consumer or RPC queue), or of every platform queue."""
-    queues = [live_queue(queue)] if queue else platform_queues() + rpc_queues()
+    """The dead letters of ``queue`` (a consumer or RPC queue), or else of each of ``every``
+    (the caller's list: the platform's queues, which the kernel does not know) that has a
+    dead-letter queue."""
+    queues = [live_queue(queue)] if queue else [live_queue(name) for name in every]
     items: list[dict[str, Any]] = []
     with _channel(amqp_uri) as (conn, channel):
         for name in queues:
@@ -197,7 +193,7 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
     consumer's inbox absorbs; nothing is ever in neither. Returns how many moved.
     """
     name = live_queue(queue)
-    if name in rpc_queues():
+    if is_rpc_queue(name):
         raise NotReplayable(f"{name} holds requests, which are never replayed")
     wanted = set(message_ids) if message_ids is not None else None
     moved = 0
@@ -237,12 +233,16 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
     return moved
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    every: Sequence[str] = (),
+    prog: str = "python -m kernel.deadletters",
+) -> int:
+    """The command line; ``every`` is what ``list`` without ``--queue`` lists (the platform
+    passes its queues: ``python -m services.platform dead-letters``)."""
     from kernel.config import Settings
 
-    parser = argparse.ArgumentParser(
-        prog="python -m kernel.deadletters", description="List and replay dead letters."
-    )
+    parser = argparse.ArgumentParser(prog=prog, description="List and replay dead letters.")
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list dead letters (ids, types, reasons; no bodies)")
     listing.add_argument("--queue", help="one consumer queue, e.g. tickets.accounts")
@@ -250,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("queue", help="the consumer queue, e.g. tickets.accounts")
     replay.add_argument("--id", action="append", dest="ids", help="only this message id")
     args = parser.parse_args(argv)
+    if args.command == "list" and not args.queue and not every:
+        parser.error(
+            "name a queue (--queue); every platform queue: python -m services.platform dead-letters"
+        )
     # The broker only, as the prepare job: no secret.
     settings = Settings.from_env(service="prepare")
     try:
         if args.command == "list":
-            for item in list_dead_letters(settings.amqp_uri, args.queue):
+            for item in list_dead_letters(settings.amqp_uri, args.queue, every=every):
                 print(json.dumps(item))
         else:
             moved = replay_dead_letters(settings.amqp_uri, args.queue, args.ids)

@@ -1,8 +1,11 @@
 """The unit of work: one transaction holding appends, read-model updates, outbox and inbox.
 
-Handlers are plain functions ``handler(command, uow)``. Whatever they do through the unit of
-work commits together or not at all: events, projections, messages for other services, and
-the record that an incoming message was handled.
+Handlers are plain functions that take the unit of work first, then what they act on: ids
+from the caller's identity, the loaded command, collaborators such as a payment processor
+(``handlers.change_plan(uow, tenant_id, command)``; accounts' ``sign_up(command, uow,
+settings)`` is the one that puts the command first). Whatever they do through the unit of work
+commits together or not at all: events, projections, messages for other services, and the
+record that an incoming message was handled.
 """
 
 from __future__ import annotations

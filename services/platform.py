@@ -3,6 +3,8 @@
 ``python -m services.platform run`` checks RabbitMQ and PostgreSQL, creates and migrates every
 service's databases, declares the broker topology, starts every service and the gateway as
 processes, prints where to reach the gateway, and stops them all on Ctrl-C or SIGTERM.
+``python -m services.platform dead-letters list|replay`` is ``kernel.deadletters``' command line
+over the platform's queues.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kernel import topology
+from nameko.rpc import RPC_QUEUE_TEMPLATE
+
+from kernel import deadletters, topology
 from kernel.config import ConfigurationError, Settings
 from kernel.db import DatabaseUnavailable, connect
 from kernel.nameko_adapters import declare_rpc_queues, prepare_databases
@@ -52,6 +56,14 @@ def subscriptions() -> list[topology.Subscription]:
             continue
         found.extend(module.SUBSCRIPTIONS)
     return found
+
+
+def dead_letter_queues() -> list[str]:
+    """Every queue of the platform whose dead letters an operator lists: the consumer queues,
+    then the RPC queues (whose refused requests are listed, never replayed)."""
+    return [s.queue for s in subscriptions()] + [
+        RPC_QUEUE_TEMPLATE.format(service) for service in RPC_SERVERS
+    ]
 
 
 def migrations_of(name: str) -> Path | None:
@@ -228,10 +240,17 @@ def run(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["dead-letters"]:
+        # The kernel's command line, given the platform's queues (the kernel knows no services).
+        return deadletters.main(
+            argv[1:], every=dead_letter_queues(), prog="python -m services.platform dead-letters"
+        )
     parser = argparse.ArgumentParser(prog="python -m services.platform")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run every service and the gateway")
     sub.add_parser("prepare", help="create and migrate databases, declare the broker topology")
+    sub.add_parser("dead-letters", help="list and replay dead letters (--help: how)")
     args = parser.parse_args(argv)
     try:
         # Preparing needs no secret (a prepare job is given none); running starts every

@@ -9,7 +9,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from services.accounts.commands import RectifyContactV1
+from services.accounts.contracts import RectifyContactV1
 
 REQUEST_TYPES = (
     "access",

@@ -1,0 +1,24 @@
+"""What retention shows the rest of the platform: the only module of ``services.retention``
+that the gateway and other services import (``make lint`` holds them to it; pyproject.toml,
+``[tool.importlinter]``).
+
+The command schemas are the HTTP API's requests as well (the gateway validates with them, then
+retention again); the subscriptions are the queues it consumes, which the gateway's dead-letter
+endpoints are limited to. Everything else in the package is retention's own.
+"""
+
+from services.retention.commands import (
+    DecideRequestV1,
+    FilePrivacyRequestV1,
+    SetApprovalPolicyV1,
+    SetPolicyV1,
+)
+from services.retention.subscriptions import SUBSCRIPTIONS
+
+__all__ = [
+    "SUBSCRIPTIONS",
+    "DecideRequestV1",
+    "FilePrivacyRequestV1",
+    "SetApprovalPolicyV1",
+    "SetPolicyV1",
+]

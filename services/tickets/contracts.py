@@ -1,0 +1,13 @@
+"""What tickets shows the rest of the platform: the only module of ``services.tickets`` that
+the gateway and other services import (``make lint`` holds them to it; pyproject.toml,
+``[tool.importlinter]``).
+
+The command schemas are the HTTP API's requests as well (the gateway validates with them, then
+tickets again); the subscriptions are the queues it consumes, which the gateway's dead-letter
+endpoints are limited to. Everything else in the package is tickets' own.
+"""
+
+from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
+from services.tickets.subscriptions import SUBSCRIPTIONS
+
+__all__ = ["SUBSCRIPTIONS", "AddMessageV1", "CreateTicketV1", "UpdateTicketV1"]
