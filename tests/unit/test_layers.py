@@ -22,7 +22,7 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 KERNEL = "The kernel imports no service and no gateway"
 SERVICES = "A service imports another only through its contracts module"
-GATEWAY = "The gateway imports of the services their contracts modules only"
+GATEWAY = "The gateway imports nothing of the services but their contracts modules"
 CONTRACTS = "A contracts module declares: it loads none of its service's workings"
 
 
