@@ -28,8 +28,11 @@ BODY_BYTES = 64 << 10
 # neither the parser nor a walk of its result can run out of stack.
 MAX_JSON_DEPTH = 32
 
-# A JSON string, escapes and all; possessive, so an unterminated one costs one pass, no more.
-_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# A JSON string, escapes and all, possessive; an unterminated one runs to the end of the text.
+# Were it to need its closing quote, ``sub`` would try again from each quote inside it, each try
+# running to the end: a body of one quote and then ``\"`` repeated took seconds per 64 KiB
+# (quadratic). The parser refuses an unterminated string, so what follows it is never parsed.
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]++")
 # As signed bytes: +1 for an opening bracket, -1 for a closing one.
 _STEPS = str.maketrans({"[": "\x01", "{": "\x01", "]": "\xff", "}": "\xff"})

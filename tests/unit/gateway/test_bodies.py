@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.bodies import MAX_JSON_DEPTH, TooDeep, loads, nesting_depth
+from gateway.bodies import _STRING, MAX_JSON_DEPTH, TooDeep, loads, nesting_depth
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,20 @@ def test_loads_reads_bytes_as_json_loads_does():
         assert loads(json.dumps(document, ensure_ascii=False).encode(encoding)) == document
     with pytest.raises(ValueError):
         loads(b"{")
+
+
+@pytest.mark.parametrize(
+    ("text", "start"),
+    [
+        ('"' + '\\"' * 5000, 0),  # an unterminated string of escaped quotes
+        ('{"a": "' + '\\"' * 5000, 6),
+    ],
+)
+def test_an_unterminated_string_is_cut_out_in_one_match(text: str, start: int):
+    # One match from its opening quote to the end of the text: were the closing quote required,
+    # the search would start again at every quote inside and run to the end each time, a cost
+    # that grows with the square of the body (seconds for 64 KiB, before any authentication).
+    last = list(_STRING.finditer(text))[-1]
+    assert (last.start(), last.end()) == (start, len(text))
+    with pytest.raises(ValueError):
+        loads(text)
