@@ -10,8 +10,11 @@ written by the client itself and is never read.
 ``X-Forwarded-For`` is read when it is present, else RFC 7239 ``Forwarded`` (its ``for=``
 values). X-Forwarded-For wins because it is the header load balancers append to; a proxy that
 writes only ``Forwarded`` must drop any X-Forwarded-For a client sends (docs/operations.md).
-A hop that is not an IP address (``unknown``, an obfuscated name, garbage) ends the walk and the
-peer is the client: never a string a client chose that is not an address.
+A hop that is not an IP address (``unknown``, an obfuscated name, garbage) ends the walk with
+the client unknown (None): never a string a client chose, and never the proxy itself, whose
+address would put the client in the proxy's own buckets (and every such client in one). Only
+the last ``MAX_HOPS`` hops are read: a client that writes more to the left cannot push the walk
+off the end.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Where a request's client address is kept once computed (``client_of``): one answer per request.
 ENVIRON_KEY = "ledgerdesk.client_address"
-# A chain longer than this through trusted proxies is no deployment's: the peer is the client.
+# No deployment has more trusted proxies in a row than this: hops further left are not read.
 MAX_HOPS = 32
 
 
@@ -84,63 +87,63 @@ def parse_address(text: str | None) -> Address | None:
 def client_address(
     peer: str | None, headers: Mapping[str, str], trusted: TrustedProxies
 ) -> str | None:
-    """The client's address (module docstring), or None when the peer has none (a socket that
-    is not IP)."""
+    """The client's address (module docstring), or None when it is unknown: the peer has none
+    (a socket that is not IP), or the trusted proxies' hops do not say (unreadable, or trusted
+    further than ``MAX_HOPS`` reach)."""
     peer_address = parse_address(peer)
     if peer_address is None:
         return None
     if not trusted or peer_address not in trusted:
         return str(peer_address)
     hops = _hops(headers)
-    if not hops or len(hops) > MAX_HOPS:
+    if not hops:
         return str(peer_address)
     farthest = peer_address
-    for hop in reversed(hops):
+    for hop in reversed(hops[-MAX_HOPS:]):
         address = parse_address(hop)
         if address is None:
-            return str(peer_address)
+            return None
         if address not in trusted:
             return str(address)
         farthest = address
+    if len(hops) > MAX_HOPS:
+        return None
     # Every hop is a trusted proxy: the request began at the farthest of them.
     return str(farthest)
 
 
 def _hops(headers: Mapping[str, str]) -> list[str] | None:
-    """The addresses the proxies recorded, client side first; None if unreadable."""
+    """The addresses the proxies recorded, client side first (an unreadable one as ""); None
+    when there is no forwarding header."""
     forwarded_for = (headers.get("X-Forwarded-For") or "").strip()
     if forwarded_for:
         return [hop.strip() for hop in forwarded_for.split(",")]
     forwarded = (headers.get("Forwarded") or "").strip()
     if forwarded:
-        return _forwarded_for(forwarded)
+        return [_forwarded_for(element) for element in _split_outside_quotes(forwarded, ",")]
     return None
 
 
-def _forwarded_for(value: str) -> list[str] | None:
-    """The ``for=`` of each element of an RFC 7239 ``Forwarded`` value; None if an element has
-    none or the value does not parse."""
-    hops: list[str] = []
-    for element in _split_outside_quotes(value, ","):
-        found = None
-        for pair in _split_outside_quotes(element, ";"):
-            name, equals, raw = pair.strip().partition("=")
-            if not equals:
-                if pair.strip():
-                    return None
-                continue
-            if name.strip().lower() != "for":
-                continue
-            raw = raw.strip()
-            if raw.startswith('"'):
-                if len(raw) < 2 or not raw.endswith('"'):
-                    return None
-                raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-            found = raw
-        if found is None:
-            return None
-        hops.append(found)
-    return hops
+def _forwarded_for(element: str) -> str:
+    """The ``for=`` of one element of an RFC 7239 ``Forwarded`` value; "" if it has none or does
+    not parse. Element by element, so what a client wrote to the left cannot spoil the elements
+    our proxies appended after it."""
+    found = ""
+    for pair in _split_outside_quotes(element, ";"):
+        name, equals, raw = pair.strip().partition("=")
+        if not equals:
+            if pair.strip():
+                return ""
+            continue
+        if name.strip().lower() != "for":
+            continue
+        raw = raw.strip()
+        if raw.startswith('"'):
+            if len(raw) < 2 or not raw.endswith('"'):
+                return ""
+            raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        found = raw
+    return found
 
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:

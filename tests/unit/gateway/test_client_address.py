@@ -61,8 +61,9 @@ def test_entries_a_client_wrote_to_the_left_of_its_own_address_are_ignored():
         ", ".join(["10.0.0.1"] * 40),
     ],
 )
-def test_a_malformed_forwarded_for_falls_back_to_the_peer(value):
-    assert of("10.1.2.3", X_Forwarded_For=value) == "10.1.2.3"
+def test_a_malformed_forwarded_for_leaves_the_client_unknown_not_the_proxy(value):
+    # Never the proxy: its address would put the client in the proxy's own buckets.
+    assert of("10.1.2.3", X_Forwarded_For=value) is None
 
 
 @pytest.mark.parametrize(
@@ -76,8 +77,23 @@ def test_a_malformed_forwarded_for_falls_back_to_the_peer(value):
         "garbage",
     ],
 )
-def test_a_malformed_forwarded_falls_back_to_the_peer(value):
-    assert of("10.1.2.3", Forwarded=value) == "10.1.2.3"
+def test_a_malformed_forwarded_leaves_the_client_unknown_not_the_proxy(value):
+    assert of("10.1.2.3", Forwarded=value) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # More hops written to the left than any chain of proxies has: only the last are read.
+        {"X_Forwarded_For": ", ".join(["198.51.100.7"] * 40 + ["203.0.113.9"])},
+        {"X_Forwarded_For": ", ".join(["garbage"] * 40 + ["203.0.113.9"])},
+        # A client's unreadable Forwarded element spoils nothing the proxy appended after it.
+        {"Forwarded": "garbage;;, for=203.0.113.9"},
+        {"Forwarded": "for=_hidden, for=203.0.113.9"},
+    ],
+)
+def test_what_a_client_writes_to_the_left_cannot_hide_it_behind_the_proxy(headers):
+    assert of("10.1.2.3", **headers) == "203.0.113.9"
 
 
 def test_x_forwarded_for_wins_over_forwarded():
