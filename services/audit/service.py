@@ -93,7 +93,7 @@ class AuditService:
     def sign_checkpoint(self) -> None:
         self.ledger.checkpoint()
 
-    @timer(interval=Settings.from_env().checkpoint_seconds)
+    @timer(interval=Settings.from_env(service="audit").checkpoint_seconds)
     def verify_ledger(self) -> None:
         """The verification job: from where the last intact run ended, and from the first
         entry once a day. It runs on every tick, appended to or not, so when it ran says

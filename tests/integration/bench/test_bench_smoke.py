@@ -56,6 +56,7 @@ def test_the_quick_cards_section_measures_every_figure(infrastructure, tmp_path)
         "redaction, ticket-like text with a card every 4 KiB, 1 MiB",
         "no-card check, worst case: 1 MiB of digits and separators",
         "redaction, worst case: 1 MiB of digits and separators",
+        "no-card check, worst case: a 1 MiB JSON body of small values",
         "load_command of a contact (check + schema)",
     ]
     for row in rows:
