@@ -43,7 +43,8 @@ class Infrastructure:
             method,
             base + path,
             auth=(parts.username or "guest", parts.password or "guest"),
-            timeout=10,
+            # Creating or deleting a vhost of quorum queues takes the broker a while under load.
+            timeout=60,
             **kwargs,
         )
         response.raise_for_status()
@@ -145,6 +146,26 @@ def module_world(infrastructure: Infrastructure) -> Iterator[Settings]:
 @contextlib.contextmanager
 def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Settings]:
     name = "ldt_" + secrets.token_hex(5)
+    # Everything after the name is in the try: a vhost whose creation timed out on our side may
+    # still be made by the broker, and a test that fails must not leave its world behind
+    # either. Leaked vhosts pile up until the broker's management slows down for every test.
+    try:
+        yield _new_world(infrastructure, name, overrides)
+    finally:
+        with contextlib.suppress(requests.RequestException):
+            infrastructure.management("DELETE", f"/api/vhosts/{name}")
+        conn = psycopg2.connect(infrastructure.database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (name + "%",))
+                names = [row[0] for row in cur.fetchall()]
+        finally:
+            conn.close()
+        for database in names:
+            drop_database(infrastructure.database_url, database)
+
+
+def _new_world(infrastructure: Infrastructure, name: str, overrides: dict[str, str]) -> Settings:
     infrastructure.management("PUT", f"/api/vhosts/{name}")
     user = urllib.parse.urlsplit(infrastructure.management_url).username or "guest"
     infrastructure.management(
@@ -152,7 +173,7 @@ def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Set
         f"/api/permissions/{name}/{user}",
         json={"configure": ".*", "write": ".*", "read": ".*"},
     )
-    settings = Settings.from_env(
+    return Settings.from_env(
         {
             "LEDGERDESK_DATABASE_URL": infrastructure.database_url,
             "LEDGERDESK_AMQP_URI": f"{infrastructure.amqp_base}/{name}",
@@ -175,18 +196,6 @@ def make_world(infrastructure: Infrastructure, **overrides: str) -> Iterator[Set
             **overrides,
         }
     )
-    yield settings
-    with contextlib.suppress(requests.RequestException):
-        infrastructure.management("DELETE", f"/api/vhosts/{name}")
-    conn = psycopg2.connect(infrastructure.database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (name + "%",))
-            names = [row[0] for row in cur.fetchall()]
-    finally:
-        conn.close()
-    for database in names:
-        drop_database(infrastructure.database_url, database)
 
 
 def world_env(settings: Settings) -> dict[str, str]:

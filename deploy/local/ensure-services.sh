@@ -35,6 +35,11 @@ if [ -z "${LEDGERDESK_AMQP_URI:-}" ] && command -v rabbitmq-server >/dev/null; t
     echo "ensure-services: starting RabbitMQ"
     rabbitmq-server -detached
     wait_for 90 "RabbitMQ" rabbitmq-diagnostics -q check_running
+  elif ! rabbitmq-diagnostics -q check_running >/dev/null 2>&1; then
+    # The node answers but its application was stopped (rabbitmqctl stop_app): start it.
+    echo "ensure-services: starting the RabbitMQ application"
+    rabbitmqctl -q start_app
+    wait_for 90 "RabbitMQ" rabbitmq-diagnostics -q check_running
   fi
   if ! rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_management; then
     echo "ensure-services: enabling the RabbitMQ management plugin"
