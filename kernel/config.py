@@ -70,6 +70,9 @@ _MIN_DISTINCT_KEY_BYTES = 16
 _SEED_BYTES = 32
 
 
+ENVIRONMENTS = frozenset({"development", "test", "production"})
+
+
 class ConfigurationError(Exception):
     """A setting is missing or malformed; the message names the variable, never a secret's value."""
 
@@ -261,6 +264,11 @@ class Settings:
         env = os.environ if env is None else env
         base = cls()
         environment = env.get("LEDGERDESK_ENV", base.environment).strip().lower()
+        # A closed set: "prod" or "produciton" would otherwise run on every development secret.
+        if environment not in ENVIRONMENTS:
+            raise ConfigurationError(
+                "LEDGERDESK_ENV must be one of " + ", ".join(sorted(ENVIRONMENTS))
+            )
         if service is None:
             held = ALL_SECRETS
         elif service in SERVICE_SECRETS:

@@ -111,12 +111,23 @@ def is_dev_seed(value: str) -> bool:
         return False
 
 
+_DEV_PUBLIC_KEY = Signer(base64.b64decode(DEV_SIGNING_SEED)).public_key
+
+
 def published_keys(settings: Settings) -> tuple[PublicKey, ...]:
     """The audit public keys checkpoints and receipts are checked against, with their validity
     periods: ``LEDGERDESK_AUDIT_PUBLIC_KEYS``. Unset, development derives the one key from the
     signing seed, valid since the epoch; production refuses to guess, so that a process that
     publishes or checks keys (the gateway) never needs the seed."""
     if settings.audit_public_keys is not None:
+        if settings.environment == "production" and any(
+            key.public_key == _DEV_PUBLIC_KEY for key in settings.audit_public_keys
+        ):
+            # Its seed is in the repository: anyone could sign checkpoints and receipts that
+            # auditors would then accept.
+            raise ConfigurationError(
+                "production refuses the development key in LEDGERDESK_AUDIT_PUBLIC_KEYS"
+            )
         return settings.audit_public_keys
     if settings.environment == "production":
         raise ConfigurationError(

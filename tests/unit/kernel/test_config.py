@@ -54,7 +54,7 @@ def test_from_env_reads_only_the_given_mapping(monkeypatch: pytest.MonkeyPatch):
 def test_every_setting_is_read_from_its_variable():
     settings = Settings.from_env(
         {
-            "LEDGERDESK_ENV": "staging",
+            "LEDGERDESK_ENV": "test",
             "LEDGERDESK_AMQP_URI": "amqp://u:p@rabbit:5672/ld",
             "LEDGERDESK_RABBIT_MANAGEMENT_URL": "http://u:p@rabbit:15672",
             "LEDGERDESK_DATABASE_URL": "postgresql://u:p@db:5433/postgres",
@@ -78,7 +78,7 @@ def test_every_setting_is_read_from_its_variable():
     )
 
     assert settings == Settings(
-        environment="staging",
+        environment="test",
         amqp_uri="amqp://u:p@rabbit:5672/ld",
         rabbit_management_url="http://u:p@rabbit:15672",
         database_url="postgresql://u:p@db:5433/postgres",
