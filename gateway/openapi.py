@@ -398,8 +398,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/audit/verify",
-        "The tenant's own entries checked against the latest signed checkpoint, and the"
-        " platform verification job's verdict (no platform-wide figures)",
+        "The tenant's own entries checked against the latest signed checkpoint (those not"
+        " proved before, a bounded number per call), and the platform verification job's"
+        " verdict (no platform-wide figures)",
         "200",
         "TenantVerifyOut",
         roles=("admin", "auditor"),

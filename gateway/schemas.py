@@ -344,10 +344,17 @@ class TenantVerifyOut(Schema):
     entries = fields.Integer(required=True, metadata={"description": "the tenant's own"})
     included = fields.Integer(
         required=True,
-        metadata={"description": "own entries proved included in the latest checkpoint"},
+        metadata={
+            "description": "own entries proved included in a signed checkpoint (the latest"
+            " when they were proved)"
+        },
     )
     pending = fields.Integer(
-        required=True, metadata={"description": "own entries newer than the latest checkpoint"}
+        required=True,
+        metadata={
+            "description": "own entries not proved yet: newer than the latest checkpoint, or"
+            " past what one call proves (the next call goes on)"
+        },
     )
     first_bad_seq = fields.Integer(required=True, allow_none=True)
     checkpoint = fields.Nested(TenantCheckpointOut, required=True, allow_none=True)

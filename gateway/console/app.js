@@ -580,7 +580,7 @@ async function showLedger() {
     : "platform check not run yet";
   if (verdict.ok) {
     badge.classList.add("ok");
-    badge.textContent = `Ledger verified: ${verdict.included} of your ${verdict.entries} entries proved in the latest signed checkpoint (${verdict.pending} awaiting the next), ${platform}.`;
+    badge.textContent = `Ledger verified: ${verdict.included} of your ${verdict.entries} entries proved in a signed checkpoint (${verdict.pending} not proved yet), ${platform}.`;
   } else {
     badge.classList.add("bad");
     badge.textContent = verdict.first_bad_seq

@@ -90,6 +90,27 @@ DATA_MAP = ServiceMap(
             ends=(End(When.KEPT, "sequence numbers, hashes and verdicts: nobody's data"),),
         ),
         Table(
+            "tenant_verifications",
+            "how far each tenant's own view of verification has proved its entries, so a call"
+            " proves only what came after (a bounded number)",
+            (
+                pseudonym("tenant_id"),
+                operational("verified_size", "the checkpoint its entries were last proved in"),
+                operational("last_seq"),
+                operational("included"),
+                operational("failed"),
+                operational("first_bad_seq"),
+                operational("checked_at"),
+            ),
+            ends=(
+                End(
+                    When.DESTRUCTION,
+                    "the tenant's row is deleted",
+                    "services.audit.tenant_view:forget",
+                ),
+            ),
+        ),
+        Table(
             "checkpoints",
             "signed tree heads of the ledger",
             (

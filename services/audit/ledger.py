@@ -32,7 +32,7 @@ from kernel.signing import (
     signer_from_config,
     verify_signature,
 )
-from services.audit import access_keys, chain, merkle, verification
+from services.audit import access_keys, chain, merkle, tenant_view, verification
 from services.audit.access_keys import AccessLogKeys
 from services.audit.offline_verify import EXPORT_FORMAT
 
@@ -445,73 +445,40 @@ class Ledger:
         """The last verification run's result, as stored; a run of nothing before the first."""
         return verification.latest(self.db)
 
-    def tenant_report(self, tenant_id: str, batch_size: int = 1000) -> dict[str, Any]:
-        """What a tenant may see of verification: its own entries, each one's content hashed to
-        its leaf and proved included in the latest signed checkpoint, and the platform job's
-        verdict and time. No platform-wide count, head or tree size: another tenant's writes
-        change nothing here until they are signed into a checkpoint, and even then only when.
-
-        O(own entries x log n): each entry's path is read from the stored nodes, a batch at a
-        time.
+    def tenant_report(
+        self, tenant_id: str, limit: int = tenant_view.PROOFS_PER_CALL
+    ) -> dict[str, Any]:
+        """What a tenant may see of verification (``services.audit.tenant_view``): its own
+        entries proved included in a signed checkpoint, at most ``limit`` more per call, and
+        the platform job's verdict and time. No platform-wide count, head or tree size:
+        another tenant's writes change nothing here until they are signed into a checkpoint,
+        and even then only when.
         """
-        checkpoint = self._latest_checkpoint()
-        included = pending = failed = 0
-        first_bad: int | None = None
-        signed = False
-        if checkpoint is not None:
-            tree_size, root_hash, signed_at, _key_id, public_key, signature, note = checkpoint
-            root = bytes(root_hash)
-            signed = self.signature_holds(
-                tree_size, root, signed_at, public_key, bytes(signature), note
-            )
-        with self.db.connection() as conn, conn.cursor(name="tenant_entries") as cur:
-            cur.itersize = batch_size
-            cur.execute(
-                "SELECT seq, content FROM ledger WHERE tenant_id = %s ORDER BY seq", (tenant_id,)
-            )
-            while batch := cur.fetchmany(batch_size):
-                covered = []
-                for seq, content in batch:
-                    if checkpoint is None or seq > tree_size:
-                        pending += 1
-                    else:
-                        covered.append((seq, chain.leaf_hash(bytes(content))))
-                if not covered:
-                    continue
-                paths = {seq: merkle.inclusion_ranges(seq - 1, tree_size) for seq, _ in covered}
-                with self.db.transaction() as nodes_cur:
-                    wanted = {(0, seq - 1) for seq in paths}
-                    nodes = _read_nodes(
-                        nodes_cur, wanted.union(*(merkle.nodes_of(r) for r in paths.values()))
-                    )
-                for seq, leaf in covered:
-                    try:
-                        path = merkle.hashes_of(paths[seq], nodes)
-                    except KeyError:
-                        path = []
-                    # The leaf read back must be the content's hash too: it is what every other
-                    # entry's proof is built from.
-                    ok = signed and nodes.get((0, seq - 1)) == leaf
-                    if ok and merkle.verify_inclusion(leaf, seq - 1, tree_size, path, root):
-                        included += 1
-                    else:
-                        failed += 1
-                        first_bad = seq if first_bad is None else first_bad
-        platform = self.verification_report()
-        return {
-            "scope": "tenant",
-            "ok": not failed and (checkpoint is None or signed) and platform["ok"] is not False,
-            "entries": included + pending + failed,
-            "included": included,
-            "pending": pending,
-            "first_bad_seq": first_bad,
-            "checkpoint": None
-            if checkpoint is None
-            else {"signed_at": checkpoint[2], "signature_ok": signed},
-            "platform": {"ok": platform["ok"], "verified_at": platform["finished_at"]},
-        }
+        return tenant_view.report(self, tenant_id, limit=limit)
 
-    def _latest_checkpoint(self) -> tuple | None:
+    def prove_leaves(
+        self, cur: Any, leaves: Sequence[tuple[int, bytes]], tree_size: int, root: bytes
+    ) -> list[tuple[int, bool]]:
+        """For each (seq, leaf hash recomputed from its content), whether it is proved included
+        in the tree of ``tree_size`` with ``root``, from the stored nodes, in one round trip."""
+        paths = {seq: merkle.inclusion_ranges(seq - 1, tree_size) for seq, _ in leaves}
+        wanted = {(0, seq - 1) for seq in paths}
+        nodes = _read_nodes(cur, wanted.union(*(merkle.nodes_of(r) for r in paths.values())))
+        proved = []
+        for seq, leaf in leaves:
+            try:
+                path = merkle.hashes_of(paths[seq], nodes)
+            except KeyError:
+                path = []
+            # The leaf read back must be the content's hash too: it is what every other
+            # entry's proof is built from.
+            ok = nodes.get((0, seq - 1)) == leaf and merkle.verify_inclusion(
+                leaf, seq - 1, tree_size, path, root
+            )
+            proved.append((seq, ok))
+        return proved
+
+    def latest_checkpoint(self) -> tuple | None:
         with self.db.transaction() as cur:
             cur.execute(
                 "SELECT tree_size, root_hash, signed_at, key_id, public_key, signature, note"
@@ -530,7 +497,7 @@ class Ledger:
             row = cur.fetchone()
         if row is None or (tenant_id is not None and str(row[0]) != tenant_id):
             raise NotFound("no such entry")
-        checkpoint = self._latest_checkpoint()
+        checkpoint = self.latest_checkpoint()
         if checkpoint is None or checkpoint[0] < seq:
             raise RetryLater(
                 self.checkpoint_seconds,

@@ -22,7 +22,7 @@ from kernel.observability import service_health
 from kernel.privacy import Handler
 from kernel.signing import check_signing_key, published_keys, signer_from_config
 from kernel.tracing import Tracing
-from services.audit import access_keys
+from services.audit import access_keys, tenant_view
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, PRIVACY
 
@@ -166,7 +166,8 @@ class AuditService:
 
 def privacy_handlers(db: Database, cipher: FieldCipher | None) -> dict[str, Handler]:
     """Audit's answers: the ledger holds ids, but for the access log's IPs and user agents,
-    which go with their tenant's day keys, past a period or with the tenant."""
+    which go with their tenant's day keys, past a period or with the tenant (and with the
+    tenant, its verification progress)."""
     assert cipher is not None, "privacy handlers need the service's keystore"
     keystore = cipher.keystore
 
@@ -179,7 +180,12 @@ def privacy_handlers(db: Database, cipher: FieldCipher | None) -> dict[str, Hand
 
     def destroy_tenant(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
         destroyed = access_keys.destroy_tenant(db, keystore, command["tenant_id"])
-        return {"status": "done", "detail": f"the tenant's access-log keys destroyed ({destroyed})"}
+        tenant_view.forget(db, command["tenant_id"])
+        return {
+            "status": "done",
+            "detail": f"the tenant's access-log keys destroyed ({destroyed}), its verification"
+            " progress deleted",
+        }
 
     def purge_category(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
         if command.get("category") != "access_log" or not command.get("before"):

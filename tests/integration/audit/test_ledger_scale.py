@@ -18,6 +18,7 @@ from kernel.errors import RetryLater
 from kernel.nameko_adapters import prepare_databases
 from services.audit import chain
 from services.audit.ledger import Ledger, open_ledger
+from services.audit.service import privacy_handlers
 from tests.integration.audit.test_ledger import (
     MIGRATIONS,
     check_proof,
@@ -273,16 +274,123 @@ def test_a_tenants_report_finds_its_own_tampered_entry_and_not_anothers(ledger):
     stored = rows(ledger)
 
     tamper(ledger, lambda cur: set_row(cur, theirs[1], content=edited(stored[theirs[1]].content)))
-    report = ledger.tenant_report(str(a))
-    assert (report["ok"], report["first_bad_seq"], report["included"]) == (True, None, len(mine))
-    # The platform job sees it when it next runs, and A learns that (not where, nor how much).
-    ledger.verify()
-    report = ledger.tenant_report(str(a))
-    assert (report["ok"], report["first_bad_seq"], report["platform"]["ok"]) == (False, None, False)
+    report = ledger.tenant_report(str(a), limit=2)
+    assert (report["ok"], report["first_bad_seq"], report["included"]) == (True, None, 2)
 
+    # A's own entry, edited before this view reached it: found, and it stays in the report.
     tamper(ledger, lambda cur: set_row(cur, mine[2], content=edited(stored[mine[2]].content)))
     report = ledger.tenant_report(str(a))
-    assert (report["first_bad_seq"], report["included"]) == (mine[2], len(mine) - 1)
+    assert (report["ok"], report["first_bad_seq"], report["included"], report["pending"]) == (
+        False,
+        mine[2],
+        len(mine) - 1,
+        0,
+    )
+    assert ledger.tenant_report(str(a)) == report
+    # The platform job sees B's too when it next runs, and A learns that (not where, nor how
+    # much).
+    ledger.verify()
+    report = ledger.tenant_report(str(a))
+    assert (report["first_bad_seq"], report["platform"]["ok"]) == (mine[2], False)
+
+
+def test_an_entry_edited_after_the_tenants_view_proved_it_is_the_platform_jobs_finding(ledger):
+    a, b = uuid.uuid4(), uuid.uuid4()
+    record_all(ledger, mixed(10, [a, b]))
+    ledger.checkpoint()
+    ledger.verify()
+    mine = [e["seq"] for e in ledger.entries(str(a))[0]]
+    proved = ledger.tenant_report(str(a))
+    assert (proved["ok"], proved["included"], proved["pending"]) == (True, len(mine), 0)
+
+    content = rows(ledger)[mine[1]].content
+    tamper(ledger, lambda cur: set_row(cur, mine[1], content=edited(content)))
+    # Proved once, not proved again: each call's work stays bounded by what is new.
+    assert ledger.tenant_report(str(a)) == proved
+    # The platform job rebuilds the tree from every entry and checks each checkpoint's root
+    # against it: it finds the edit, and the tenant's report carries its verdict.
+    assert ledger.verify()["ok"] is False
+    report = ledger.tenant_report(str(a))
+    assert (report["ok"], report["platform"]["ok"], report["included"]) == (
+        False,
+        False,
+        len(mine),
+    )
+
+
+@pytest.fixture
+def leaves_hashed(monkeypatch) -> list[int]:
+    """The leaves hashed (an entry's content read and hashed) since the list was last cleared."""
+    hashed: list[int] = []
+    leaf_hash = chain.leaf_hash
+
+    def counting(content: bytes) -> bytes:
+        hashed.append(1)
+        return leaf_hash(content)
+
+    monkeypatch.setattr(chain, "leaf_hash", counting)
+    return hashed
+
+
+def figures(report: dict[str, Any]) -> tuple[int, int, int]:
+    return report["included"], report["pending"], report["entries"]
+
+
+def test_a_tenants_report_proves_a_bounded_number_of_entries_per_call(world, ledger, leaves_hashed):
+    a, b = uuid.uuid4(), uuid.uuid4()
+    record_all(ledger, mixed(36, [a, b]))  # 12 of A's (a third are no tenant's)
+    ledger.checkpoint()
+    ledger.verify()
+    record_all(ledger, mixed(6, [a]))  # 4 more, newer than the checkpoint
+
+    seen = []
+    for reader in (ledger, open_ledger(world), open_ledger(world)):  # progress is stored
+        leaves_hashed.clear()
+        report = reader.tenant_report(str(a), limit=5)
+        seen.append((len(leaves_hashed), *figures(report), report["ok"]))
+    assert seen == [(5, 5, 11, 16, True), (5, 10, 6, 16, True), (2, 12, 4, 16, True)]
+
+    # Caught up with the checkpoint: a call reads nothing, however many entries it covers.
+    leaves_hashed.clear()
+    assert figures(ledger.tenant_report(str(a), limit=5)) == (12, 4, 16)
+    assert leaves_hashed == []
+    # B writes and a checkpoint covers it all: A's next call proves A's four, not B's.
+    ledger.record_many(mixed(30, [b]))
+    ledger.checkpoint()
+    leaves_hashed.clear()
+    assert figures(ledger.tenant_report(str(a), limit=5)) == (16, 0, 16)
+    assert len(leaves_hashed) == 4
+
+
+def test_a_call_while_another_proves_for_the_tenant_proves_nothing_twice(ledger, leaves_hashed):
+    a = uuid.uuid4()
+    record_all(ledger, mixed(7, [a]))  # 5 of A's
+    ledger.checkpoint()
+    assert figures(ledger.tenant_report(str(a), limit=1)) == (1, 4, 5)
+
+    with ledger.db.transaction() as cur:
+        # Another call holds the tenant's progress: this one reports it and proves nothing.
+        cur.execute("SELECT 1 FROM tenant_verifications WHERE tenant_id = %s FOR UPDATE", (str(a),))
+        leaves_hashed.clear()
+        assert figures(ledger.tenant_report(str(a))) == (1, 4, 5)
+        assert leaves_hashed == []
+    assert figures(ledger.tenant_report(str(a))) == (5, 0, 5)
+    assert figures(ledger.tenant_report(str(a))) == (5, 0, 5)
+
+
+def test_a_destroyed_tenants_verification_progress_goes_with_it(ledger):
+    gone, kept = uuid.uuid4(), uuid.uuid4()
+    record_all(ledger, mixed(6, [gone, kept]))
+    ledger.checkpoint()
+    for tenant in (gone, kept):
+        ledger.tenant_report(str(tenant))
+
+    handlers = privacy_handlers(ledger.db, ledger.cipher)
+    answer = handlers["destroy_tenant"](None, {"tenant_id": str(gone)})
+    assert answer["status"] == "done"
+    with ledger.db.transaction() as cur:
+        cur.execute("SELECT tenant_id FROM tenant_verifications")
+        assert [str(row[0]) for row in cur.fetchall()] == [str(kept)]
 
 
 def test_a_proof_waits_for_the_next_checkpoint_instead_of_signing_one(ledger):
