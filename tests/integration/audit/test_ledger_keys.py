@@ -143,10 +143,13 @@ def test_the_cli_export_verifies_offline_in_a_process_without_settings(
     ledger = open_ledger(prepared)
     record_all(ledger, things(6))
     ledger.checkpoint()
+    # Entries no checkpoint covers yet: the command signs one over them before it exports.
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
     out = io.StringIO()
     assert cli.main(["export", str(tmp_path)], out=out) == 0
     summary = json.loads(out.getvalue())
-    assert (summary["entries"], summary["checkpoints"]) == (6, 1)
+    assert (summary["entries"], summary["checkpoints"]) == (9, 2)
+    assert summary["covered_until"] == 9
     keys = tmp_path / "keys.json"
     keys.write_text(
         json.dumps(
@@ -171,7 +174,30 @@ def test_the_cli_export_verifies_offline_in_a_process_without_settings(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["verified_until"] == 6
+    assert (json.loads(done.stdout)["verified_until"], json.loads(done.stdout)["not_covered"]) == (
+        9,
+        0,
+    )
+
+
+def test_an_export_stops_at_the_newest_checkpoint_leaving_out_entries_no_signature_covers(
+    prepared,
+):
+    keys = (PublicKey(OLD.public_key),)
+    ledger = ledger_with(prepared, OLD, keys)
+    record_all(ledger, things(6))
+    ledger.checkpoint()
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
+    header, *rest = ledger.export()
+    assert [r["seq"] for r in rest if r["type"] == "entry"] == [1, 2, 3, 4, 5, 6]
+    assert (header["entries"], header["tree_size"]) == (6, 6)
+    result = offline(ledger, keys)
+    assert (result["ok"], result["verified_until"], result["not_covered"]) == (True, 6, 0)
+    # With nothing signed, nothing is exported, and the verifier says it covers nothing.
+    tamper(ledger, lambda cur: cur.execute("DELETE FROM checkpoints"))
+    header, *rest = ledger.export()
+    assert (header["entries"], rest) == (0, [])
+    assert offline(ledger, keys)["ok"] is False
 
 
 @pytest.mark.parametrize(
