@@ -229,6 +229,28 @@ def check_checkpoint(record: dict[str, Any], origin: str, keys: Sequence[PublicK
     return Claim(size, root, "not signed by a listed key valid when it was signed")
 
 
+def out_of_order(
+    noted: bool,
+    signed_at: dt.datetime,
+    noted_from: int | None,
+    latest: tuple[int, dt.datetime] | None,
+) -> str | None:
+    """Why a checkpoint whose signature holds breaks the order honest checkpoints keep, or None:
+    ``noted_from`` is the tree size of the first checkpoint with a note before it, ``latest``
+    the tree size and time of the newest signing among smaller trees. Shared with the server's
+    verification job."""
+    if not noted and noted_from is not None:
+        return (
+            f"it has no signed note, yet the checkpoint of tree size {noted_from} before it has one"
+        )
+    if latest is not None and signed_at < latest[1]:
+        return (
+            f"signed at {signed_at.isoformat()}, before the checkpoint of the smaller tree size"
+            f" {latest[0]}"
+        )
+    return None
+
+
 def in_order(claims: list[Claim]) -> list[Claim]:
     """The claims by tree size, each refused that breaks the order honest checkpoints keep.
 
@@ -244,19 +266,11 @@ def in_order(claims: list[Claim]) -> list[Claim]:
     for size, group in itertools.groupby(ordered, key=lambda claim: claim.size):
         newest: dt.datetime | None = None
         for claim in group:
-            if claim.reason is None and not claim.noted and noted_from is not None:
-                claim = dataclasses.replace(
-                    claim,
-                    reason=f"it has no signed note, yet the checkpoint of tree size {noted_from}"
-                    " before it has one",
-                )
             at = claim.signed_at
-            if claim.reason is None and at is not None and latest and at < latest[1]:
-                claim = dataclasses.replace(
-                    claim,
-                    reason=f"signed at {at.isoformat()}, before the checkpoint of the smaller"
-                    f" tree size {latest[0]}",
-                )
+            if claim.reason is None and at is not None:
+                reason = out_of_order(claim.noted, at, noted_from, latest)
+                if reason is not None:
+                    claim = dataclasses.replace(claim, reason=reason)
             if claim.reason is None and at is not None:
                 if claim.noted and noted_from is None:
                     noted_from = size

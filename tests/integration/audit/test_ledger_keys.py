@@ -19,7 +19,7 @@ import pytest
 
 from kernel.nameko_adapters import prepare_databases
 from kernel.signed_note import EPOCH, PublicKey, open_checkpoint
-from kernel.signing import Signer
+from kernel.signing import Signer, checkpoint_message
 from kernel.testing import world_env
 from services import platform
 from services.audit import cli, offline_verify
@@ -88,6 +88,81 @@ def test_checkpoints_signed_before_notes_still_verify_and_a_bad_one_still_fails(
     assert (ledger.verify()["ok"], ledger.verify()["first_bad_seq"]) == (False, 5)
     result = offline(ledger, keys)
     assert (result["ok"], result["first_bad_seq"]) == (False, 5)
+
+
+def two_checkpoints(prepared) -> tuple[Ledger, tuple[PublicKey, ...], list[dict]]:
+    keys = (PublicKey(OLD.public_key),)
+    ledger = ledger_with(prepared, OLD, keys)
+    record_all(ledger, things(4))
+    first = ledger.checkpoint()
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
+    second = ledger.checkpoint()
+    assert first is not None and second is not None
+    assert ledger.verify()["ok"] is True
+    return ledger, keys, [first, second]
+
+
+def test_a_checkpoint_without_its_note_after_one_with_a_note_is_refused(prepared):
+    # Its v1 signature holds, but a v1 message names no log: another log's would too.
+    ledger, keys, _ = two_checkpoints(prepared)
+    tamper(
+        ledger, lambda cur: cur.execute("UPDATE checkpoints SET note = NULL WHERE tree_size = 7")
+    )
+    result = ledger.verify()
+    assert (result["ok"], result["first_bad_seq"]) == (False, 5)
+    result = offline(ledger, keys)
+    assert (result["ok"], result["first_bad_seq"], result["bad_checkpoint"]["tree_size"]) == (
+        False,
+        5,
+        7,
+    )
+
+
+def test_a_larger_tree_signed_before_a_smaller_one_is_refused(prepared):
+    # As a leaked retired key would sign: a larger tree, dated back inside the key's period.
+    ledger, keys, (first, second) = two_checkpoints(prepared)
+    backdated = (dt.datetime.fromisoformat(first["signed_at"]) - dt.timedelta(days=1)).isoformat()
+    root = bytes.fromhex(second["root_hash"])
+
+    def resign(cur) -> None:
+        cur.execute(
+            "UPDATE checkpoints SET signed_at = %s, signature = %s, note = %s WHERE tree_size = 7",
+            (
+                backdated,
+                OLD.sign(checkpoint_message(7, root, backdated)),
+                OLD.sign_checkpoint(ORIGIN, 7, root, backdated),
+            ),
+        )
+
+    tamper(ledger, resign)
+    # Each signature holds on its own; only the order tells.
+    assert ledger.signature_holds(
+        7,
+        root,
+        backdated,
+        OLD.public_key_b64,
+        OLD.sign(checkpoint_message(7, root, backdated)),
+        OLD.sign_checkpoint(ORIGIN, 7, root, backdated),
+    )
+    for from_zero in (True, False):
+        result = ledger.verify(from_zero=from_zero)
+        assert (result["ok"], result["first_bad_seq"]) == (False, 5), from_zero
+    result = offline(ledger, keys)
+    assert (result["ok"], result["first_bad_seq"]) == (False, 5)
+    assert "before the checkpoint of the smaller tree size 4" in result["bad_checkpoint"]["reason"]
+
+
+def test_a_resumed_walk_keeps_the_order_from_the_checkpoint_it_ended_at(prepared):
+    ledger, keys, (first, _) = two_checkpoints(prepared)
+    assert ledger.verify(from_zero=False)["verified_size"] == 7
+    record_all(ledger, things(2, dt.datetime(2026, 5, 1, tzinfo=dt.UTC)))
+    ledger.checkpoint()
+    # The new checkpoint, re-signed without a note, on a walk that resumes at 7.
+    tamper(
+        ledger, lambda cur: cur.execute("UPDATE checkpoints SET note = NULL WHERE tree_size = 9")
+    )
+    result = ledger.verify(from_zero=False)
+    assert (result["ok"], result["first_bad_seq"]) == (False, 8)
 
 
 def test_after_a_rotation_old_and_new_checkpoints_verify_and_a_key_out_of_its_period_does_not(
