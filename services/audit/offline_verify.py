@@ -395,7 +395,7 @@ def _refusal(
             f" expected {expect_size}"
         )
     if expect_root is not None and root_at_expected != expect_root:
-        return f"another log: its root at tree size {expect_size} is not the expected one"
+        return f"another tree: its root at tree size {expect_size} is not the expected one"
     if not_covered and not allow_unsigned_tail:
         return (
             f"not covered: {not_covered} entries after the newest checkpoint"
