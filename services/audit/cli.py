@@ -6,9 +6,12 @@ export it for offline verification.
     python -m services.audit.cli state --tenant ID [--at TIME]
     python -m services.audit.cli export PATH
 
-``export`` writes JSON lines (a header, every signed checkpoint, every entry) to PATH, or to
-``audit-export.jsonl`` in PATH when it is a folder; ``services.audit.offline_verify`` checks it
-with the public keys alone.
+``export`` signs a checkpoint of the ledger as it stands (with the audit service's signing key,
+as its timer would), then writes JSON lines (a header, every signed checkpoint, the entries up to
+the newest checkpoint's tree size, all from one snapshot) to PATH, or to ``audit-export.jsonl``
+in PATH when it is a folder; ``services.audit.offline_verify`` checks it with the public keys
+alone. Every entry it writes is covered by a signature: entries recorded after that checkpoint
+wait for the next export.
 
 It reads the audit database named by the usual ``LEDGERDESK_*`` settings. ``verify`` runs the
 verification job (``services.audit.verification``) and stores its result, which the verify
@@ -77,16 +80,33 @@ def main(argv: list[str] | None = None, out=None) -> int:
             target = target / EXPORT_FILE
         # Written beside and renamed into place: a reader never sees half an export.
         partial = target.with_name(target.name + ".partial")
+        # A hash chain has no key: the entries past the newest checkpoint would prove nothing,
+        # so one is signed now and the export stops at the newest checkpoint.
+        ledger.checkpoint()
         written = {"entry": 0, "checkpoint": 0}
+        covered_until = 0
         with partial.open("w", encoding="utf-8") as file:
             for record in tqdm(ledger.export(), unit="line", disable=not show):
                 if record.get("type") in written:
                     written[record["type"]] += 1
+                elif "format" in record:
+                    covered_until = record["tree_size"]
                 file.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(partial, target)
-        summary = {"path": str(target), "entries": written["entry"]}
-        json.dump({**summary, "checkpoints": written["checkpoint"]}, out)
+        summary = {
+            "path": str(target),
+            "entries": written["entry"],
+            "checkpoints": written["checkpoint"],
+            # The newest checkpoint's tree size: the export holds no entry after it.
+            "covered_until": covered_until,
+        }
+        json.dump(summary, out)
         out.write("\n")
+        print(
+            f"exported {written['entry']} entries, up to the newest signed checkpoint"
+            f" (tree size {covered_until}); entries recorded after it wait for the next export",
+            file=sys.stderr,
+        )
         return 0
     if args.command == "replay":
         entries = ledger.iter_entries(

@@ -26,7 +26,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kernel.db import Database
+from kernel.signed_note import NoteError, parse_time
 from services.audit import chain, merkle
+from services.audit.offline_verify import out_of_order
 
 if TYPE_CHECKING:
     from services.audit.ledger import Ledger
@@ -166,6 +168,10 @@ class _Walk:
         self.checkpoints = checkpoints
         self.first_bad: int | None = None
         self.first_bad_node: int | None = None
+        # The order checkpoints keep (see offline_verify.out_of_order): the first with a note,
+        # and the newest signing so far.
+        self.noted_from: int | None = None
+        self.latest: tuple[int, dt.datetime] | None = None
 
     @classmethod
     def resumed(cls, cur: Any) -> _Walk | None:
@@ -179,11 +185,40 @@ class _Walk:
             return None
         _, entries, head_hash, verified_size, checkpoints, hashes = row
         tree = merkle.CompactRange(entries, [bytes(h) for h in hashes])
-        return cls(tree, bytes(head_hash), verified_size, checkpoints)
+        walk = cls(tree, bytes(head_hash), verified_size, checkpoints)
+        if verified_size:
+            # The prefix kept the order, so the checkpoint it ended at holds what order needs:
+            # the newest signing, and whether notes had begun.
+            cur.execute(
+                "SELECT signed_at, note IS NOT NULL FROM checkpoints WHERE tree_size = %s",
+                (verified_size,),
+            )
+            found = cur.fetchone()
+            if found is None:
+                return None
+            try:
+                walk.latest = (verified_size, parse_time(found[0], "signed_at"))
+            except NoteError:
+                return None
+            walk.noted_from = verified_size if found[1] else None
+        return walk
 
     @property
     def ok(self) -> bool:
         return self.first_bad is None and self.first_bad_node is None
+
+    def _in_order(self, size: int, signed_at: str, noted: bool) -> bool:
+        """Whether a checkpoint whose signature holds keeps the order; if so, it moves it on."""
+        try:
+            moment = parse_time(signed_at, "signed_at")
+        except NoteError:
+            return False
+        if out_of_order(noted, moment, self.noted_from, self.latest) is not None:
+            return False
+        if noted and self.noted_from is None:
+            self.noted_from = size
+        self.latest = (size, moment)
+        return True
 
     def run(
         self,
@@ -226,7 +261,7 @@ class _Walk:
                     size, root, signed_at, public_key, signature, note = pending.pop()
                     holds = ledger.signature_holds(
                         size, root, signed_at, public_key, signature, note
-                    )
+                    ) and self._in_order(size, signed_at, note is not None)
                     if not (holds and self.tree.root() == root):
                         # The chain may have been rewritten whole; this checkpoint narrows where.
                         self.first_bad = self.verified_size + 1

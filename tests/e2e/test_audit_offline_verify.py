@@ -151,7 +151,7 @@ def exported(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Exported
         seq = latest_entry(stack, admin, max(sizes, default=0))
         sizes.append(sign_checkpoint_covering(stack, admin, seq))
     add_contact(stack, admin, "Edsger")  # entries after the newest checkpoint, too
-    latest_entry(stack, admin, sizes[-1])
+    last = latest_entry(stack, admin, sizes[-1])
 
     response = stack.call("GET", "/v1/audit/public-key", admin)
     assert response.status_code == 200, response.text
@@ -168,10 +168,13 @@ def exported(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Exported
     entries = [line for line in rest if line["type"] == "entry"]
     assert rest == checkpoints + entries, "checkpoints first, then entries"
     assert (summary["entries"], summary["checkpoints"]) == (len(entries), len(checkpoints))
+    assert summary["covered_until"] == len(entries)
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     # Those asked for, and any the audit service's timer signed meanwhile.
     assert set(sizes) <= {c["tree_size"] for c in checkpoints}
-    assert len(entries) > checkpoints[-1]["tree_size"] >= sizes[-1]
+    # The export signs a checkpoint over the entries after the newest one, and stops at it:
+    # every entry it holds is covered by a signature.
+    assert len(entries) == checkpoints[-1]["tree_size"] >= last > sizes[-1]
     assert header["origin"] == ORIGIN
     return Exported(path, response.json(), header, checkpoints, entries)
 
@@ -183,8 +186,10 @@ def keys_file(exported: Exported, tmp_path: Path) -> Path:
     return path
 
 
-def verify(export: Path, keys: Path | str) -> tuple[int, dict[str, Any] | None, str]:
-    done = run("services.audit.offline_verify", str(export), "--keys", str(keys), env=bare_env())
+def verify(export: Path, keys: Path | str, *options: str) -> tuple[int, dict[str, Any] | None, str]:
+    done = run(
+        "services.audit.offline_verify", str(export), "--keys", str(keys), *options, env=bare_env()
+    )
     result = json.loads(done.stdout) if done.stdout.strip() else None
     return done.returncode, result, done.stderr
 
@@ -230,6 +235,7 @@ def test_an_export_verifies_with_the_published_keys_alone(exported, keys_file):
     assert result["entries"] == len(exported.entries)
     assert result["checkpoints"] == len(exported.checkpoints)
     assert result["verified_until"] == exported.checkpoints[-1]["tree_size"]
+    assert result["not_covered"] == 0
     assert result["head"]["hash"] == exported.entries[-1]["hash"]
     # The folder works as well as the file, and the keys as inline JSON as well as a file.
     code, _, stderr = verify(exported.path.parent, json.dumps(exported.keys))
@@ -325,6 +331,41 @@ def test_deleting_the_signed_tail_is_caught_by_the_checkpoint_that_covered_it(
     code, result, stderr = verify(exported.write(tmp_path, entries=entries), keys_file)
     assert code == 1, stderr
     assert (result["first_bad_seq"], result["bad_checkpoint"]["tree_size"]) == (first + 1, second)
+
+
+def test_entries_after_the_newest_checkpoint_are_not_covered_unless_accepted(
+    exported, keys_file, tmp_path
+):
+    # Appended with honest hashes: a hash chain has no key, so only a signature could tell.
+    entries = [*exported.entries]
+    for n in range(2):
+        content = json.dumps({"type": "appended_unsigned", "n": n}, separators=(",", ":"))
+        entries.append(entry_line(len(entries) + 1, content, entries[-1]["hash"]))
+    path = exported.write(tmp_path, entries=entries)
+    code, result, stderr = verify(path, keys_file)
+    assert code == 1, stderr
+    assert (result["not_covered"], result["first_bad_seq"]) == (2, len(exported.entries) + 1)
+    assert "not covered" in stderr
+    code, result, stderr = verify(path, keys_file, "--allow-unsigned-tail")
+    assert code == 0, stderr
+    assert (result["verified_until"], result["not_covered"]) == (len(exported.entries), 2)
+
+
+def test_an_export_cut_short_with_its_checkpoints_falls_short_of_the_expected_size(
+    exported, keys_file, tmp_path
+):
+    # Cut at an earlier checkpoint, the later ones dropped along with their entries.
+    kept = exported.checkpoints[:-1]
+    entries = exported.entries[: kept[-1]["tree_size"]]
+    path = exported.write(tmp_path, checkpoints=kept, entries=entries)
+    newest = exported.checkpoints[-1]
+    assert verify(path, keys_file)[0] == 0, "alone, the cut-short export is whole and signed"
+    code, result, stderr = verify(path, keys_file, "--expect-size", str(newest["tree_size"]))
+    assert code == 1, stderr
+    assert f"fewer than the expected {newest['tree_size']}" in result["refused"]
+    pin = ("--expect-size", str(newest["tree_size"]), "--expect-root", newest["root_hash"])
+    code, _, stderr = verify(exported.path, keys_file, *pin)
+    assert code == 0, stderr
 
 
 def test_an_inserted_entry_is_found_even_with_honest_hashes(exported, keys_file, tmp_path):

@@ -19,7 +19,7 @@ import pytest
 
 from kernel.nameko_adapters import prepare_databases
 from kernel.signed_note import EPOCH, PublicKey, open_checkpoint
-from kernel.signing import Signer
+from kernel.signing import Signer, checkpoint_message
 from kernel.testing import world_env
 from services import platform
 from services.audit import cli, offline_verify
@@ -90,6 +90,81 @@ def test_checkpoints_signed_before_notes_still_verify_and_a_bad_one_still_fails(
     assert (result["ok"], result["first_bad_seq"]) == (False, 5)
 
 
+def two_checkpoints(prepared) -> tuple[Ledger, tuple[PublicKey, ...], list[dict]]:
+    keys = (PublicKey(OLD.public_key),)
+    ledger = ledger_with(prepared, OLD, keys)
+    record_all(ledger, things(4))
+    first = ledger.checkpoint()
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
+    second = ledger.checkpoint()
+    assert first is not None and second is not None
+    assert ledger.verify()["ok"] is True
+    return ledger, keys, [first, second]
+
+
+def test_a_checkpoint_without_its_note_after_one_with_a_note_is_refused(prepared):
+    # Its v1 signature holds, but a v1 message names no log: another log's would too.
+    ledger, keys, _ = two_checkpoints(prepared)
+    tamper(
+        ledger, lambda cur: cur.execute("UPDATE checkpoints SET note = NULL WHERE tree_size = 7")
+    )
+    result = ledger.verify()
+    assert (result["ok"], result["first_bad_seq"]) == (False, 5)
+    result = offline(ledger, keys)
+    assert (result["ok"], result["first_bad_seq"], result["bad_checkpoint"]["tree_size"]) == (
+        False,
+        5,
+        7,
+    )
+
+
+def test_a_larger_tree_signed_before_a_smaller_one_is_refused(prepared):
+    # As a leaked retired key would sign: a larger tree, dated back inside the key's period.
+    ledger, keys, (first, second) = two_checkpoints(prepared)
+    backdated = (dt.datetime.fromisoformat(first["signed_at"]) - dt.timedelta(days=1)).isoformat()
+    root = bytes.fromhex(second["root_hash"])
+
+    def resign(cur) -> None:
+        cur.execute(
+            "UPDATE checkpoints SET signed_at = %s, signature = %s, note = %s WHERE tree_size = 7",
+            (
+                backdated,
+                OLD.sign(checkpoint_message(7, root, backdated)),
+                OLD.sign_checkpoint(ORIGIN, 7, root, backdated),
+            ),
+        )
+
+    tamper(ledger, resign)
+    # Each signature holds on its own; only the order tells.
+    assert ledger.signature_holds(
+        7,
+        root,
+        backdated,
+        OLD.public_key_b64,
+        OLD.sign(checkpoint_message(7, root, backdated)),
+        OLD.sign_checkpoint(ORIGIN, 7, root, backdated),
+    )
+    for from_zero in (True, False):
+        result = ledger.verify(from_zero=from_zero)
+        assert (result["ok"], result["first_bad_seq"]) == (False, 5), from_zero
+    result = offline(ledger, keys)
+    assert (result["ok"], result["first_bad_seq"]) == (False, 5)
+    assert "before the checkpoint of the smaller tree size 4" in result["bad_checkpoint"]["reason"]
+
+
+def test_a_resumed_walk_keeps_the_order_from_the_checkpoint_it_ended_at(prepared):
+    ledger, keys, (first, _) = two_checkpoints(prepared)
+    assert ledger.verify(from_zero=False)["verified_size"] == 7
+    record_all(ledger, things(2, dt.datetime(2026, 5, 1, tzinfo=dt.UTC)))
+    ledger.checkpoint()
+    # The new checkpoint, re-signed without a note, on a walk that resumes at 7.
+    tamper(
+        ledger, lambda cur: cur.execute("UPDATE checkpoints SET note = NULL WHERE tree_size = 9")
+    )
+    result = ledger.verify(from_zero=False)
+    assert (result["ok"], result["first_bad_seq"]) == (False, 8)
+
+
 def test_after_a_rotation_old_and_new_checkpoints_verify_and_a_key_out_of_its_period_does_not(
     prepared,
 ):
@@ -143,10 +218,13 @@ def test_the_cli_export_verifies_offline_in_a_process_without_settings(
     ledger = open_ledger(prepared)
     record_all(ledger, things(6))
     ledger.checkpoint()
+    # Entries no checkpoint covers yet: the command signs one over them before it exports.
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
     out = io.StringIO()
     assert cli.main(["export", str(tmp_path)], out=out) == 0
     summary = json.loads(out.getvalue())
-    assert (summary["entries"], summary["checkpoints"]) == (6, 1)
+    assert (summary["entries"], summary["checkpoints"]) == (9, 2)
+    assert summary["covered_until"] == 9
     keys = tmp_path / "keys.json"
     keys.write_text(
         json.dumps(
@@ -171,7 +249,30 @@ def test_the_cli_export_verifies_offline_in_a_process_without_settings(
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["verified_until"] == 6
+    assert (json.loads(done.stdout)["verified_until"], json.loads(done.stdout)["not_covered"]) == (
+        9,
+        0,
+    )
+
+
+def test_an_export_stops_at_the_newest_checkpoint_leaving_out_entries_no_signature_covers(
+    prepared,
+):
+    keys = (PublicKey(OLD.public_key),)
+    ledger = ledger_with(prepared, OLD, keys)
+    record_all(ledger, things(6))
+    ledger.checkpoint()
+    record_all(ledger, things(3, dt.datetime(2026, 4, 1, tzinfo=dt.UTC)))
+    header, *rest = ledger.export()
+    assert [r["seq"] for r in rest if r["type"] == "entry"] == [1, 2, 3, 4, 5, 6]
+    assert (header["entries"], header["tree_size"]) == (6, 6)
+    result = offline(ledger, keys)
+    assert (result["ok"], result["verified_until"], result["not_covered"]) == (True, 6, 0)
+    # With nothing signed, nothing is exported, and the verifier says it covers nothing.
+    tamper(ledger, lambda cur: cur.execute("DELETE FROM checkpoints"))
+    header, *rest = ledger.export()
+    assert (header["entries"], rest) == (0, [])
+    assert offline(ledger, keys)["ok"] is False
 
 
 @pytest.mark.parametrize(
