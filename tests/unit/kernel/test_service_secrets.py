@@ -3,7 +3,6 @@ only those: a process needs no secret it does not use, and holds none even when 
 
 from __future__ import annotations
 
-import base64
 import traceback
 
 import pytest
@@ -16,17 +15,7 @@ from kernel.config import (
     ConfigurationError,
     Settings,
 )
-
-KEY_A = bytes(range(32))
-B64_A = base64.b64encode(KEY_A).decode()
-B64_B = base64.b64encode(bytes(range(100, 132))).decode()
-PRODUCTION_SECRETS = {
-    "LEDGERDESK_ENV": "production",
-    "LEDGERDESK_MASTER_KEY": f"prod-2026:{B64_A}",
-    "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
-    "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
-    "LEDGERDESK_AUDIT_SIGNING_KEY": B64_B,
-}
+from tests.unit.kernel.test_config_secrets import B64_A, PRODUCTION_SECRETS
 
 
 def _refusal(env: dict[str, str], service: str) -> str:
