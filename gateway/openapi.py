@@ -702,9 +702,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "get",
         "/v1/me",
-        "Who the key belongs to: agent, tenant and role",
+        "Who the key belongs to: agent, tenant and role, and whether the key is the agent's own",
         "200",
         "MeOut",
+        roles=("admin", "agent", "auditor"),
+    ),
+    Endpoint(
+        "post",
+        "/v1/me/api-keys",
+        "Claim a key of your own: it answers to you alone, and every key you held ends",
+        "201",
+        "ClaimedApiKeyOut",
         roles=("admin", "agent", "auditor"),
     ),
     Endpoint(

@@ -86,6 +86,14 @@ class ApiKeyOut(Schema):
     )
 
 
+class ClaimedApiKeyOut(ApiKeyOut):
+    revoked_key_ids = fields.List(
+        fields.UUID(),
+        required=True,
+        metadata={"description": "the caller's keys that ended, the calling key among them"},
+    )
+
+
 class ContactOut(Schema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
@@ -534,6 +542,15 @@ class MeOut(Schema):
     agent_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
     role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
+    key_id = fields.UUID(required=True)
+    key_is_own = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "false for a key another admin minted or created the agent with:"
+            " it does not count as a second pair of eyes on that admin's requests until the"
+            " agent claims a key of their own (POST /v1/me/api-keys)"
+        },
+    )
 
 
 class AuditKeyOut(Schema):

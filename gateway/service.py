@@ -268,8 +268,20 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         caller = self._caller(request, ANYONE)
         return json_response(
             200,
-            {k: caller[k] for k in ("agent_id", "tenant_id", "role")},
+            {
+                **{k: caller[k] for k in ("agent_id", "tenant_id", "role", "key_id")},
+                "key_is_own": caller.get("key_issuer_id") == caller["agent_id"],
+            },
         )
+
+    @api("POST", "/v1/me/api-keys")
+    def claim_api_key(self, request: Request) -> Response:
+        """A key of the caller's own in place of all they hold. Not replayable by an
+        Idempotency-Key: the calling key ends with the call, so a retry cannot authenticate."""
+        caller = self._caller(request, ANYONE)
+        claimed = self.accounts.claim_api_key(caller)
+        request.environ[RESOURCES] = [caller["agent_id"]]
+        return json_response(201, claimed)
 
     @api("GET", "/v1/tenant")
     def get_tenant(self, request: Request) -> Response:

@@ -236,6 +236,22 @@ function signOut() {
   $("secret").focus();
 }
 
+// A key another admin made answers to that admin too: the agent swaps it for one of their own.
+async function claimKey() {
+  try {
+    const claimed = await call("POST", "/v1/me/api-keys");
+    Object.assign(session, { secret: claimed.api_key, key_id: claimed.id, key_is_own: true });
+    saveSession();
+    $("claim-key").hidden = true;
+    $("claimed-key").value = claimed.api_key;
+    $("claimed").hidden = false;
+    $("claimed-key").focus();
+    say("notice", "Claimed: your other keys have ended, and this tab now uses the new one.", "ok");
+  } catch (error) {
+    say("notice", `Not claimed: ${error.message}`, "bad");
+  }
+}
+
 function allowedViews() {
   const role = session.role === "cancelled" ? "admin" : session.role;
   return Object.keys(VIEWS).filter((name) =>
@@ -267,6 +283,10 @@ function showConsole() {
   $("sign-in").hidden = true;
   $("console").hidden = false;
   $("sign-out").hidden = false;
+  $("claim").hidden = !(session.mode === "key" && session.key_is_own === false);
+  $("claim-key").hidden = false;
+  $("claimed").hidden = true;
+  $("claimed-key").value = "";
   const role = session.role === "cancelled" ? "a cancelled tenant's key" : session.role;
   $("who").textContent = `Signed in: ${role}`;
   renderTabs();
@@ -829,6 +849,7 @@ function start() {
   $("more-entries").addEventListener("click", () => loadEntries(true));
   $("check-receipt").addEventListener("submit", checkPastedReceipt);
   $("reactivate").addEventListener("click", reactivate);
+  $("claim-key").addEventListener("click", claimKey);
   window.addEventListener("hashchange", () => {
     // Only view names: the skip link's #main is a place in the page, not a view.
     const name = location.hash.slice(1);

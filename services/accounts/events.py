@@ -71,9 +71,9 @@ class ApiKeyIssuedV2(Schema):
     """V1 and whom the key answers to, for four eyes (``issuer_id``): a key minted for an agent
     is known to whoever minted it, so it answers to the person the minting key answered to (an
     admin's own key answers to her; a key she minted for someone else answers to her, and so
-    does every key minted with it). A sign-up key and the key an agent is created with (handed
-    over once, at onboarding) answer to the agent. The published copy is ids only: the hash
-    stays in accounts' store."""
+    does every key minted with it, including the key an agent is created with). A sign-up key
+    and a key an agent claims for themselves (``POST /v1/me/api-keys``) answer to the agent.
+    The published copy is ids only: the hash stays in accounts' store."""
 
     agent_id = fields.UUID(required=True)
     key_id = fields.UUID(required=True)

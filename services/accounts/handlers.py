@@ -213,9 +213,15 @@ def agent_view(agent: Agent) -> dict[str, Any]:
 
 
 def create_agent(
-    uow: UnitOfWork, tenant_id: str, command: dict[str, Any], settings: Settings
+    uow: UnitOfWork, actor: dict[str, str], command: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
+    """A new agent and the key it starts with. The creating admin sees that key, so it answers
+    to whom the creating key answers to, like any key one admin mints for another: until the
+    new agent claims a key of their own (``claim_api_key``), nothing they do counts as a second
+    pair of eyes on their creator's requests."""
+    tenant_id = actor["tenant_id"]
     region = _tenant_region(uow, tenant_id)
+    issuer_id = key_issuer(uow, actor["key_id"], actor["agent_id"])
     agent = Agent.create(
         agent_id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -223,9 +229,7 @@ def create_agent(
         name=command["name"],
         email=command["email"],
     )
-    # The key an agent is created with is handed to them once, at onboarding: it answers to
-    # them, or no agent created by another admin could ever decide that admin's requests.
-    api_key = _issue_key(agent, settings, agent.id)
+    api_key = _issue_key(agent, settings, issuer_id)
     save(uow, agent, tenant_id, region)
     return {**agent_view(agent), "api_key": api_key}
 
@@ -277,16 +281,36 @@ def revoke_api_key(uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str) 
     save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
 
 
+def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) -> dict[str, Any]:
+    """A key of the caller's own in place of every key they hold: the new key answers to them
+    alone, and the calling key and all their others end, so a copy kept by whoever minted one
+    stops working. Whoever holds a copy of a key can claim with it too, but then the agent's own
+    keys stop working, which they notice, and the ledger shows the claim."""
+    agent = _scoped(uow, Agent, actor["tenant_id"], actor["agent_id"])
+    ended = list(agent.key_ids)
+    api_key = _issue_key(agent, settings, agent.id)
+    for key_id in ended:
+        agent.revoke_api_key(key_id)
+    save(uow, agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
+    return {
+        "id": agent.key_ids[-1],
+        "agent_id": agent.id,
+        "api_key": api_key,
+        "revoked_key_ids": ended,
+    }
+
+
 def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str, Any]:
     """The agent and tenant a key belongs to; one error for unknown, revoked or inactive. With
-    ids and times for four eyes: whom the key answers to (``key_issuer_id``) and since when
-    the agent has been an admin (``admin_since``; None for other roles)."""
+    ids and times for four eyes: whom the key answers to (``key_issuer_id``), when it was
+    issued (``key_issued_at``) and since when the agent has been an admin (``admin_since``;
+    None for other roles)."""
     if not api_key.startswith(apikeys.PREFIX) or len(api_key) > 200:
         raise Unauthorized("invalid credentials")
     key_hash = apikeys.keyed_hash(settings.api_key_secret, api_key)
     uow.cur.execute(
         "SELECT k.key_hash, k.key_id, a.id, a.tenant_id, a.role, t.status,"
-        " coalesce(k.issuer_id, k.agent_id), a.created_at FROM api_keys k"
+        " coalesce(k.issuer_id, k.agent_id), a.created_at, k.issued_at FROM api_keys k"
         " JOIN agents a ON a.id = k.agent_id JOIN tenants t ON t.id = a.tenant_id"
         " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND a.active",
         (key_hash,),
@@ -301,6 +325,7 @@ def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str,
         "role": row[4],
         "tenant_status": row[5],
         "key_issuer_id": str(row[6]),
+        "key_issued_at": row[8].isoformat(),
         # An agent's role is set when it is created (no route changes it): a promotion would
         # have to record when it happened, and this would read that.
         "admin_since": row[7].isoformat() if row[4] == "admin" else None,

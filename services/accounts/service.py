@@ -90,7 +90,7 @@ class AccountsService:
     def create_agent(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
         command = load_command(commands.CreateAgentV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return handlers.create_agent(uow, actor["tenant_id"], command, self.settings)
+            return handlers.create_agent(uow, actor, command, self.settings)
 
     @rpc
     def get_agent(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
@@ -111,6 +111,11 @@ class AccountsService:
     def issue_api_key(self, actor: dict[str, str], agent_id: str) -> dict[str, Any]:
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.issue_api_key(uow, actor, agent_id, self.settings)
+
+    @rpc
+    def claim_api_key(self, actor: dict[str, str]) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return handlers.claim_api_key(uow, actor, self.settings)
 
     @rpc
     def revoke_api_key(self, actor: dict[str, str], agent_id: str, key_id: str) -> None:

@@ -166,11 +166,12 @@ def check_four_eyes(
 ) -> None:
     """Refuse a decision the filer could have made alone. ``decider`` is the authenticated
     caller as accounts describes it (ids and times only): ``agent_id``, ``key_issuer_id`` (whom
-    the acting key answers to: an admin who mints a key for another holds it too) and
-    ``admin_since``. The people behind the decision (the decider, whom their key answers to)
-    must not be the people behind the filing (the filer, whom the filer's key answered to),
-    and the decider must have been an admin before it was filed: an admin created after it
-    was filed is one its filer could have created to approve it."""
+    the acting key answers to: an admin who mints a key for another, or creates them, holds it
+    too), ``key_issued_at`` and ``admin_since``. The people behind the decision (the decider,
+    whom their key answers to) must not be the people behind the filing (the filer, whom the
+    filer's key answered to); the decider must have been an admin before it was filed (an
+    admin created after it was filed is one its filer could have created to approve it), and
+    must act with a key issued before it was filed."""
     behind_filing = {str(filed_by), str(filed_key_issuer or filed_by)}
     if decider["agent_id"] == str(filed_by):
         raise Conflict(f"the admin who filed {what} cannot decide it; another admin must")
@@ -187,6 +188,13 @@ def check_four_eyes(
     if since is None or dt.datetime.fromisoformat(since) >= filed_at:
         raise Forbidden(
             f"only an admin who was already an admin when {what} was filed may decide it"
+        )
+    issued = decider.get("key_issued_at")
+    if issued is None or dt.datetime.fromisoformat(issued) >= filed_at:
+        # A key claimed after the filing may have been claimed for it, by whoever kept a copy
+        # of the key it replaced: the agent finds their keys ended only afterwards.
+        raise Forbidden(
+            f"this key was issued after {what} was filed: decide it with a key you held before"
         )
 
 

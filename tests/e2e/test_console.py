@@ -354,6 +354,17 @@ def test_a_second_admin_approves_and_denies_requests_that_wait_for_approval(cons
         json={"name": "Hal Example", "email": "hal.example@example.com", "role": "admin"},
     )
     console.secrets += [hal["api_key"], "Hal Example", "hal.example@example.com"]
+    # Hal's first key was made by the admin, who saw it: the page offers him a key of his own,
+    # and only that one counts as a second pair of eyes on the admin's requests.
+    console.sign_in(hal["api_key"])
+    wait_until(lambda: console.find("#claim").is_displayed(), what="the offer to claim a key")
+    console.find("#claim-key").click()
+    wait_until(lambda: console.find("#claimed").is_displayed(), what="the claimed key")
+    own = console.find("#claimed-key").get_attribute("value")
+    console.secrets.append(own)
+    assert not console.find("#claim-key").is_displayed()
+    assert console.stack.call("GET", "/v1/me", key=hal["api_key"]).status_code == 401
+    assert console.api("GET", "/v1/me", own)["key_is_own"] is True
     policy = {"requires_approval": ["restriction"]}
     console.api("PUT", "/v1/privacy/approval-policy", console.admin_key, json=policy)
     approved, denied = console.contact(), console.contact()
@@ -366,7 +377,6 @@ def test_a_second_admin_approves_and_denies_requests_that_wait_for_approval(cons
         )
         assert filed["status"] == "awaiting_approval"
 
-    console.sign_in(hal["api_key"])
     console.open("privacy")
     decisions = (
         (approved, "Approve", "Identity checked on a call back", "completed"),

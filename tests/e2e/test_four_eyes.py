@@ -27,6 +27,13 @@ def new_admin(stack, key) -> dict:
     return response.json()
 
 
+def colleague(stack, key) -> dict:
+    """An admin created now with ``key`` who has claimed a key of her own, as a real colleague
+    would on receiving the one she was created with."""
+    created = new_admin(stack, key)
+    return {**created, "api_key": stack.claim_key(created["api_key"])}
+
+
 def mint(stack, key, agent_id) -> dict:
     response = stack.call("POST", f"/v1/agents/{agent_id}/api-keys", key=key)
     assert response.status_code == 201, response.text
@@ -86,17 +93,17 @@ def in_ledger(stack, key, type_, **payload):
 
 def test_an_admin_created_after_a_request_was_filed_cannot_decide_it(stack):
     key, _ = admin(stack)
-    before = new_admin(stack, key)
+    before = colleague(stack, key)
     assert policy(stack, key, ["erasure"]).status_code == 200
     filed = erasure_waiting(stack, key)
-    # The filer creates an admin of her own making, and approves with it.
-    after = new_admin(stack, key)
+    # The filer creates an admin of her own making, claims its key, and approves with it.
+    after = colleague(stack, key)
     refused(decide(stack, after["api_key"], filed["id"]), 403, "already an admin when")
     refused(decide(stack, after["api_key"], filed["id"], "deny"), 403, "already an admin when")
     assert stack.call("GET", f"/v1/privacy/requests/{filed['id']}", key=key).json()["status"] == (
         "awaiting_approval"
     )
-    # An admin from before the filing, with the key she was created with, still may.
+    # An admin from before the filing, with the key she claimed before it, still may.
     approved = decide(stack, before["api_key"], filed["id"], reason="seen the signed letter")
     assert approved.status_code == 200, approved.text
     assert approved.json()["approval"]["decided_by"] == before["id"]
@@ -108,8 +115,8 @@ def test_an_admin_created_after_a_request_was_filed_cannot_decide_it(stack):
 def test_a_key_an_admin_minted_for_another_cannot_decide_her_requests(stack):
     key, created = admin(stack)
     ada = created["agent"]["id"]
-    bea = new_admin(stack, key)
-    cy = new_admin(stack, key)
+    bea = colleague(stack, key)
+    cy = colleague(stack, key)
     assert policy(stack, key, ["erasure"]).status_code == 200
     # Ada mints a key for Bea (who was an admin before the filing) and approves as her.
     for_bea = mint(stack, key, bea["id"])
@@ -128,14 +135,16 @@ def test_a_key_an_admin_minted_for_another_cannot_decide_her_requests(stack):
     refused(decide(stack, key, as_bea["id"]), 403, "issued")
 
     # A key Bea mints for herself with a key of her own is hers; one Cy mints for Bea answers
-    # to Cy: it may decide Ada's requests, not Cy's.
+    # to Cy: it may decide Ada's requests, not Cy's (and only those filed after it was minted).
     own = mint(stack, bea["api_key"], bea["id"])
     by_cy = mint(stack, cy["api_key"], bea["id"])
+    refused(decide(stack, by_cy["api_key"], filed["id"]), 403, "issued after")
     contact = make_contact(stack, key, "Gil Filed")
     cys = file(stack, cy["api_key"], {"type": "erasure", "subject": {"contact_id": contact["id"]}})
+    adas = erasure_waiting(stack, key)
     refused(decide(stack, by_cy["api_key"], cys["id"]), 403, "issued by")
     assert decide(stack, own["api_key"], cys["id"]).status_code == 200
-    assert decide(stack, by_cy["api_key"], filed["id"]).status_code == 200
+    assert decide(stack, by_cy["api_key"], adas["id"]).status_code == 200
 
     # Each issuance reaches the ledger, ids only: whom the key answers to, never the key or
     # its hash.
@@ -162,13 +171,58 @@ def test_a_key_an_admin_minted_for_another_cannot_decide_her_requests(stack):
         assert secret not in issued
 
 
+# --- attack 4: the creator keeps the key she created a colleague with -----------------------
+
+
+def test_the_key_an_admin_was_created_with_answers_to_her_creator_until_she_claims_her_own(stack):
+    key, created = admin(stack)
+    ada = created["agent"]["id"]
+    bea = new_admin(stack, key)
+    kept = bea["api_key"]  # Ada saw it when she created Bea, and kept a copy
+    me = stack.call("GET", "/v1/me", key=kept).json()
+    assert (me["agent_id"], me["key_is_own"]) == (bea["id"], False)
+    assert stack.call("GET", "/v1/me", key=key).json()["key_is_own"] is True
+    assert in_ledger(stack, key, "api_key_issued", agent_id=bea["id"])["payload"]["issuer_id"] == (
+        ada
+    )
+    assert policy(stack, key, ["erasure"]).status_code == 200
+    filed = erasure_waiting(stack, key)
+    # The key Bea was created with is one Ada holds too: it does not count as Bea's eyes.
+    refused(decide(stack, kept, filed["id"]), 403, "issued by the admin who filed")
+
+    # Bea claims a key of her own: Ada's copy stops working, everywhere, at once.
+    claimed = stack.call("POST", "/v1/me/api-keys", key=kept)
+    assert claimed.status_code == 201, claimed.text
+    own = claimed.json()
+    assert own["agent_id"] == bea["id"] and own["revoked_key_ids"]
+    assert stack.call("GET", "/v1/me", key=kept).status_code == 401
+    assert stack.call("GET", "/v1/me", key=own["api_key"]).json()["key_is_own"] is True
+    # Claimed after the filing, it may not decide that one (Ada, with her copy, could have
+    # claimed it just to approve): requests filed from now on, it may.
+    refused(decide(stack, own["api_key"], filed["id"]), 403, "issued after")
+    later = erasure_waiting(stack, key)
+    assert decide(stack, own["api_key"], later["id"]).status_code == 200
+    entry = in_ledger(stack, key, "api_key_issued", key_id=own["id"])
+    assert entry["payload"]["issuer_id"] == bea["id"] and entry["actor_id"] == bea["id"]
+    for key_id in own["revoked_key_ids"]:
+        in_ledger(stack, key, "api_key_revoked", key_id=key_id)
+    assert own["api_key"] not in str(ledger(stack, key, "api_key_issued"))
+
+    # Had Ada claimed with her copy first, Bea's own key ends: she finds herself locked out,
+    # and the claim is in the ledger under her id. A second claim ends the first.
+    stolen = stack.claim_key(mint(stack, key, bea["id"])["api_key"])
+    assert stack.call("GET", "/v1/me", key=own["api_key"]).status_code == 401
+    assert stack.call("POST", "/v1/me/api-keys", key=own["api_key"]).status_code == 401
+    assert stack.call("GET", "/v1/me", key=stolen).json()["key_is_own"] is True
+
+
 # --- attack 3: the filer lifts the policy and files again ------------------------------------
 
 
 def test_lifting_or_narrowing_the_policy_waits_for_another_admin(stack):
     key, created = admin(stack)
     ada = created["agent"]["id"]
-    bea = new_admin(stack, key)
+    bea = colleague(stack, key)
     assert policy(stack, key, ["erasure"]).status_code == 200
     lifted = policy(stack, key, [])
     assert lifted.status_code == 202, lifted.text
@@ -193,7 +247,8 @@ def test_lifting_or_narrowing_the_policy_waits_for_another_admin(stack):
     refused(
         decide_change(stack, mint(stack, key, bea["id"])["api_key"], change["id"]), 403, "issued"
     )
-    refused(decide_change(stack, new_admin(stack, key)["api_key"], change["id"]), 403, "already")
+    refused(decide_change(stack, new_admin(stack, key)["api_key"], change["id"]), 403, "issued")
+    refused(decide_change(stack, colleague(stack, key)["api_key"], change["id"]), 403, "already")
     approved = decide_change(stack, bea["api_key"], change["id"], reason="we stop holding them")
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "approved"
@@ -235,7 +290,7 @@ def test_lifting_or_narrowing_the_policy_waits_for_another_admin(stack):
 
 def test_the_ledger_records_each_decision_with_its_key_and_sealed_reason(stack):
     key, created = admin(stack)
-    bea = new_admin(stack, key)
+    bea = colleague(stack, key)
     assert policy(stack, key, ["erasure"]).status_code == 200
     filed = erasure_waiting(stack, key)
     reason = f"Quill Ledgerby's passport seen {uuid.uuid4().hex[:6]}"

@@ -245,7 +245,7 @@ def test_a_cancelled_tenant_s_access_request_held_for_approval_can_be_approved(s
         json={"name": "Second Admin", "email": f"{unique('second')}@example.com", "role": "admin"},
     )
     assert second.status_code == 201, second.text
-    other_admin = second.json()["api_key"]
+    other_admin = stack.claim_key(second.json()["api_key"])
     policy = {"requires_approval": ["access", "erasure"]}
     assert stack.call("PUT", "/v1/privacy/approval-policy", key=key, json=policy).ok
     fay = make_contact(stack, key, "Fay Held")

@@ -22,7 +22,7 @@ def second_admin(stack, key):
         },
     )
     assert response.status_code == 201, response.text
-    return response.json()["api_key"]
+    return stack.claim_key(response.json()["api_key"])
 
 
 def require_approval(stack, key, types):

@@ -303,6 +303,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         ),
         201,
     )
+    second_key = stack.claim_key(second["api_key"])
     planted = plant_people(call, key_b, "Erased")
     contact_id = planted["contact"]["id"]
 
@@ -350,7 +351,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         stack.call(
             "POST",
             f"/v1/privacy/requests/{filed['id']}/approve",
-            key=second["api_key"],
+            key=second_key,
             json={"reason": canary("Reason")},
         )
     )

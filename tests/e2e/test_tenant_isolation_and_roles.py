@@ -33,7 +33,12 @@ EXPORT_WHILE_CANCELLED = {
     ("get", "/v1/privacy/requests/{request_id}/export"): 404,
 }
 # Endpoints that change the whole tenant: the role matrix gives each case a tenant of its own.
-TENANT_WIDE = {("delete", "/v1/tenant"), ("post", "/v1/tenant/reactivate")}
+# Endpoints that change the tenant or end the calling key run on a tenant of their own.
+TENANT_WIDE = {
+    ("delete", "/v1/tenant"),
+    ("post", "/v1/tenant/reactivate"),
+    ("post", "/v1/me/api-keys"),
+}
 
 
 # --- helpers ----------------------------------------------------------------------------------

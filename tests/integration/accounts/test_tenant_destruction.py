@@ -34,7 +34,7 @@ def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, 
     with store.unit_of_work() as uow:
         agent = handlers.create_agent(
             uow,
-            tenant_id,
+            handlers.authenticate(uow, settings, signed["api_key"]),
             {"name": "Second Agent", "email": "agent@canary.example", "role": "agent"},
             settings,
         )

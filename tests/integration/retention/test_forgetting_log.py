@@ -60,6 +60,7 @@ def admin(since: dt.datetime) -> dict:
         "agent_id": agent,
         "key_id": str(uuid.uuid4()),
         "key_issuer_id": agent,
+        "key_issued_at": (since - dt.timedelta(days=1)).isoformat(),
         "admin_since": (since - dt.timedelta(days=1)).isoformat(),
     }
 

@@ -59,6 +59,7 @@ def file_and_approve(store: EventSourcedStore, tenant: str) -> dict[str, Any]:
         "agent_id": approver,
         "key_id": str(uuid.uuid4()),
         "key_issuer_id": approver,
+        "key_issued_at": (T0 - dt.timedelta(days=1)).isoformat(),
         "admin_since": (T0 - dt.timedelta(days=1)).isoformat(),
     }
     with store.unit_of_work(approver) as uow:

@@ -16,11 +16,17 @@ FILED_AT = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 FILER, MINTER, OTHER = (str(uuid.uuid4()) for _ in range(3))
 
 
-def caller(agent_id: str, issuer: str | None = None, since: dt.datetime | None = None) -> dict:
+def caller(
+    agent_id: str,
+    issuer: str | None = None,
+    since: dt.datetime | None = None,
+    issued: dt.datetime | None = None,
+) -> dict:
     return {
         "agent_id": agent_id,
         "key_id": str(uuid.uuid4()),
         "key_issuer_id": agent_id if issuer is None else issuer,
+        "key_issued_at": (issued or FILED_AT - dt.timedelta(hours=1)).isoformat(),
         "admin_since": (since or FILED_AT - dt.timedelta(days=1)).isoformat(),
     }
 
@@ -56,6 +62,16 @@ def test_a_filing_of_an_older_release_has_only_its_filer_behind_it():
 def test_an_admin_since_the_filing_or_later_may_not_decide(since):
     with pytest.raises(Forbidden, match="already an admin when a policy change was filed"):
         check_four_eyes(caller(OTHER, since=since), FILER, FILER, FILED_AT, "a policy change")
+
+
+@pytest.mark.parametrize("issued", [FILED_AT, FILED_AT + dt.timedelta(minutes=5)])
+def test_a_key_issued_at_or_after_the_filing_may_not_decide(issued):
+    # Whoever kept a copy of an agent's key could claim a fresh one with it just to approve.
+    with pytest.raises(Forbidden, match="issued after a request was filed"):
+        check_four_eyes(caller(OTHER, issued=issued), FILER, FILER, FILED_AT, "a request")
+    older = {k: v for k, v in caller(OTHER).items() if k != "key_issued_at"}
+    with pytest.raises(Forbidden, match="issued after"):
+        check_four_eyes(older, FILER, FILER, FILED_AT, "a request")
 
 
 def test_a_caller_not_an_admin_or_described_by_an_older_gateway_is_refused():
