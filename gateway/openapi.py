@@ -596,13 +596,67 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "put",
         "/v1/retention/policies/{category}",
-        "Set this tenant's period",
+        "Set this tenant's period: lengthening it applies at once (200, the period); shortening"
+        " it while the approval policy names erasure is a change another admin must approve"
+        " (202, the change)",
         "200",
         "RetentionPolicyOut",
         roles=("admin",),
         body="SetPolicyV1",
         errors=("400", "404", "413", "422"),
         path_params=("category",),
+        also=(
+            (
+                "202",
+                "RetentionPeriodChangeOut",
+                "the change waits for another admin's approval",
+            ),
+        ),
+    ),
+    Endpoint(
+        "get",
+        "/v1/retention/period-changes",
+        "Shortened periods that waited or wait for approval, oldest first",
+        "200",
+        "RetentionPeriodChangeListOut",
+        roles=("admin",),
+        errors=("422",),
+        list_params=True,
+        filters=("status",),
+    ),
+    Endpoint(
+        "get",
+        "/v1/retention/period-changes/{change_id}",
+        "A shortened period that waits or waited for approval",
+        "200",
+        "RetentionPeriodChangeOut",
+        roles=("admin",),
+        errors=("404",),
+        path_params=("change_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/retention/period-changes/{change_id}/approve",
+        "Approve a shortened period, which then applies: not by its filer, nor with a key the"
+        " filer issued, and only by an admin since before it was filed, with a key issued before"
+        " it (403); 409 when it no longer waits",
+        "200",
+        "RetentionPeriodChangeOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("change_id",),
+    ),
+    Endpoint(
+        "post",
+        "/v1/retention/period-changes/{change_id}/deny",
+        "Deny a shortened period, with the reason (same rules as approving)",
+        "200",
+        "RetentionPeriodChangeOut",
+        roles=("admin",),
+        body="DecideRequestV1",
+        errors=("400", "404", "409", "413", "422"),
+        path_params=("change_id",),
     ),
     Endpoint(
         "get",
@@ -792,7 +846,9 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         ]
     for name in endpoint.filters:
         schema: dict[str, Any] = {"type": "string"}
-        if name == "status" and endpoint.path.startswith("/v1/privacy/approval-policy/"):
+        if name == "status" and endpoint.path.startswith(
+            ("/v1/privacy/approval-policy/", "/v1/retention/period-changes")
+        ):
             schema["enum"] = schemas.POLICY_CHANGE_STATUSES
         elif name == "status" and endpoint.path.startswith("/v1/privacy/"):
             schema["enum"] = schemas.PRIVACY_STATUSES

@@ -525,6 +525,28 @@ class RetentionPolicyListOut(Schema):
     items = fields.List(fields.Nested(RetentionPolicyOut), required=True)
 
 
+class RetentionPeriodChangeOut(Schema):
+    """A shortened period, while the tenant's approval policy names erasure: it waits for an
+    admin other than its filer, by the rules a request's approval follows. A newer filing for
+    the category, or a period applied meanwhile, supersedes it."""
+
+    id = fields.UUID(required=True)
+    status = fields.String(required=True, metadata={"enum": POLICY_CHANGE_STATUSES})
+    category = fields.String(required=True)
+    days = fields.Integer(required=True, metadata={"description": "the period once approved"})
+    based_on_days = fields.Integer(
+        required=True, metadata={"description": "the period it was filed against"}
+    )
+    filed_by = fields.UUID(required=True)
+    created_at = fields.DateTime(required=True)
+    approval = fields.Nested(PolicyChangeApprovalOut, required=True, allow_none=True)
+
+
+class RetentionPeriodChangeListOut(Schema):
+    items = fields.List(fields.Nested(RetentionPeriodChangeOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
 class StatusOut(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.Boolean())

@@ -674,14 +674,19 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
     def list_policy_changes(self, request: Request) -> Response:
         caller = self._caller(request, ADMIN)
         limit, after = self._page(request)
+        status = self._change_status(request)
+        return self._listing(
+            self.retention.list_policy_changes(caller["tenant_id"], status, limit, after)
+        )
+
+    @staticmethod
+    def _change_status(request: Request) -> str | None:
         status = request.args.get("status") or None
         if status is not None and status not in schemas.POLICY_CHANGE_STATUSES:
             raise ValidationFailed(
                 {"status": [f"one of {', '.join(schemas.POLICY_CHANGE_STATUSES)}"]}
             )
-        return self._listing(
-            self.retention.list_policy_changes(caller["tenant_id"], status, limit, after)
-        )
+        return status
 
     @api("GET", "/v1/privacy/approval-policy/changes/<string:change_id>")
     def get_policy_change(self, request: Request, change_id: str) -> Response:
@@ -731,9 +736,43 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
 
     @api("PUT", "/v1/retention/policies/<string:category>")
     def set_retention_policy(self, request: Request, category: str) -> Response:
+        """200 with the period when it applies at once; 202 with the change when it shortens a
+        period while erasure needs approval: another admin decides that."""
         caller = self._caller(request, ADMIN)
         command = read_json(request, schemas.SetPolicyV1())
-        return json_response(200, self.retention.set_policy(caller, category, command))
+        changed = self.retention.change_retention_period(caller, category, command)
+        if not changed["applied"]:
+            request.environ[RESOURCES] = [changed["result"]["id"]]
+        return json_response(200 if changed["applied"] else 202, changed["result"])
+
+    @api("GET", "/v1/retention/period-changes")
+    def list_period_changes(self, request: Request) -> Response:
+        caller = self._caller(request, ADMIN)
+        limit, after = self._page(request)
+        status = self._change_status(request)
+        return self._listing(
+            self.retention.list_period_changes(caller["tenant_id"], status, limit, after)
+        )
+
+    @api("GET", "/v1/retention/period-changes/<string:change_id>")
+    def get_period_change(self, request: Request, change_id: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        return json_response(200, self.retention.get_period_change(caller["tenant_id"], change_id))
+
+    @api("POST", "/v1/retention/period-changes/<string:change_id>/approve")
+    def approve_period_change(self, request: Request, change_id: str) -> Response:
+        return self._decide_period_change(request, change_id, "approved")
+
+    @api("POST", "/v1/retention/period-changes/<string:change_id>/deny")
+    def deny_period_change(self, request: Request, change_id: str) -> Response:
+        return self._decide_period_change(request, change_id, "denied")
+
+    def _decide_period_change(self, request: Request, change_id: str, decision: str) -> Response:
+        caller = self._caller(request, ADMIN)
+        command = read_json(request, schemas.DecideRequestV1())
+        decided = self.retention.decide_period_change(caller, change_id, decision, command)
+        request.environ[RESOURCES] = [decided["id"]]
+        return json_response(200, decided)
 
     @api("GET", "/v1/operator/privacy/services")
     def privacy_services(self, request: Request) -> Response:

@@ -730,9 +730,14 @@ async function savePolicy(category, input) {
     return;
   }
   try {
-    await call("PUT", `/v1/retention/policies/${encodeURIComponent(category)}`, { days });
+    const answer = await call("PUT", `/v1/retention/policies/${encodeURIComponent(category)}`, { days });
     await showRetention();
-    say("retention-status", `Saved: ${category} is kept for ${days} days.`, "ok");
+    if (answer.status === "awaiting_approval") {
+      // Shortening a period erases sooner: where erasure needs approval, so does this.
+      say("retention-status", `Waiting: ${days} days for ${category} applies once another admin approves change ${answer.id}.`);
+    } else {
+      say("retention-status", `Saved: ${category} is kept for ${days} days.`, "ok");
+    }
   } catch (error) {
     say("retention-status", `Not saved: ${error.message}`, "bad");
   }

@@ -182,6 +182,38 @@ DATA_MAP = ServiceMap(
             ends=(KEPT,),
         ),
         Table(
+            "retention_period_changes",
+            "shortened retention periods waiting for or decided by another admin, while the"
+            " tenant's approval policy names erasure",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                operational("category"),
+                operational("days", "the period once approved"),
+                operational("based_on_days", "the period it was filed against"),
+                pseudonym("filed_by"),
+                pseudonym(
+                    "filed_key_issuer",
+                    "whom the filer's key answered to, for four eyes (from accounts, by id)",
+                ),
+                operational("status"),
+                operational("created_at"),
+                pseudonym("decided_by"),
+                operational("decided_at"),
+                personal(
+                    "decision_reason_sealed",
+                    Held.TENANT_KEY,
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded",
+                        f"{_SEALED}:destroy_tenant",
+                    ),
+                    note="the approving or denying admin's reason (free text)",
+                ),
+            ),
+            ends=(KEPT,),
+        ),
+        Table(
             "closed_tickets",
             "when each closed ticket closed, so its words are purged on time: ids and times",
             (
@@ -215,6 +247,22 @@ DATA_MAP = ServiceMap(
         },
         "approval_policy_changed": {
             "requires_approval": operational("requires_approval", "request types"),
+        },
+        **{
+            f"retention_period_change_{decision}": {
+                "decision": operational("decision"),
+                "reason_sealed": _REASON_SEALED,
+            }
+            for decision in ("approved", "denied")
+        },
+        "retention_period_change_filed": {
+            "category": operational("category", "a data category's name"),
+            "days": operational("days"),
+            "based_on_days": operational("based_on_days"),
+        },
+        "retention_period_changed": {
+            "category": operational("category", "a data category's name"),
+            "days": operational("days"),
         },
     },
 )

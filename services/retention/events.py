@@ -66,6 +66,28 @@ class ApprovalPolicyChangedV1(Schema):
     change_id = fields.UUID(required=True, allow_none=True)
 
 
+class RetentionPeriodChangeFiledV1(Schema):
+    """A change shortening a retention period while erasure needs approval: it waits for
+    another admin."""
+
+    change_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    filed_by = fields.UUID(required=True)
+    category = fields.String(required=True)
+    days = fields.Integer(required=True)
+    based_on_days = fields.Integer(required=True)
+
+
+class RetentionPeriodChangedV1(Schema):
+    """A tenant's period for a category as it now is: lengthened (or shortened where erasure
+    needs no approval) at once, or a change approved (``change_id``)."""
+
+    tenant_id = fields.UUID(required=True)
+    category = fields.String(required=True)
+    days = fields.Integer(required=True)
+    change_id = fields.UUID(required=True, allow_none=True)
+
+
 def _decided(decision: str):
     def upcast(payload: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -99,4 +121,15 @@ MESSAGES = EventRegistry(
         for decision in DECISIONS
     ),
     EventType("approval_policy_changed", {1: ApprovalPolicyChangedV1}, published=True),
+    EventType("retention_period_change_filed", {1: RetentionPeriodChangeFiledV1}, published=True),
+    *(
+        # A decision on a period change says what a decision on a policy change says.
+        EventType(
+            f"retention_period_change_{decision}",
+            {1: ApprovalPolicyChangeDecidedV1},
+            published=True,
+        )
+        for decision in DECISIONS
+    ),
+    EventType("retention_period_changed", {1: RetentionPeriodChangedV1}, published=True),
 )

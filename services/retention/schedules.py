@@ -256,19 +256,6 @@ def policies(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
     return {"items": sorted(effective.values(), key=lambda p: p["category"])}
 
 
-def set_policy(uow: UnitOfWork, tenant_id: str, category: str, days: int) -> dict[str, Any]:
-    from kernel.errors import NotFound
-
-    if category not in CATEGORIES:
-        raise NotFound("no such data category")
-    uow.cur.execute(
-        "INSERT INTO policies (category, tenant_id, days) VALUES (%s, %s, %s)"
-        " ON CONFLICT (category, tenant_id) DO UPDATE SET days = EXCLUDED.days",
-        (category, tenant_id, days),
-    )
-    return next(p for p in policies(uow, tenant_id)["items"] if p["category"] == category)
-
-
 def _command(
     request_id: str, command: str, tenant_id: str | None, subject_id: str | None
 ) -> Envelope:

@@ -30,7 +30,7 @@ from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
 from kernel.uow import EventSourcedStore
-from services.retention import forgetting, requests, schedules, sealed
+from services.retention import forgetting, periods, requests, schedules, sealed
 from services.retention.commands import (
     DecideRequestV1,
     FilePrivacyRequestV1,
@@ -246,12 +246,40 @@ class RetentionService:
             return schedules.policies(uow, tenant_id)
 
     @rpc
-    def set_policy(
-        self, actor: dict[str, str], category: str, request: dict[str, Any]
+    def change_retention_period(
+        self, actor: dict[str, Any], category: str, request: dict[str, Any]
     ) -> dict[str, Any]:
+        """The period as it now is, or the change that waits for another admin (``applied``
+        says which). Named anew so a caller of the old ``set_policy``, which applied every
+        period at once, fails rather than being answered in a new shape."""
         command = load_command(SetPolicyV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return schedules.set_policy(uow, actor["tenant_id"], category, command["days"])
+            result, applied = periods.change_period(
+                uow, actor, category, command["days"], self.clock()
+            )
+        return {"applied": applied, "result": result}
+
+    @rpc
+    def get_period_change(self, tenant_id: str, change_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return periods.get_change(uow, tenant_id, change_id)
+
+    @rpc
+    def list_period_changes(
+        self, tenant_id: str, status: str | None, limit: int, after: list | None
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return periods.list_changes(uow, tenant_id, status, limit, after)
+
+    @rpc
+    def decide_period_change(
+        self, actor: dict[str, Any], change_id: str, decision: str, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        command = load_command(DecideRequestV1, request)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return periods.decide_change(
+                uow, actor["tenant_id"], change_id, actor, decision, command["reason"], self.clock()
+            )
 
     @rpc
     def erasure_log(self) -> list[dict[str, Any]]:

@@ -285,6 +285,106 @@ def test_lifting_or_narrowing_the_policy_waits_for_another_admin(stack):
     refused(decide_change(stack, bea["api_key"], second["id"]), 409, "superseded")
 
 
+# --- attack 5: the filer shortens a retention period so the schedule erases for her ---------
+
+
+def period(stack, key, category, days):
+    return stack.call("PUT", f"/v1/retention/policies/{category}", key=key, json={"days": days})
+
+
+def days_of(stack, key, category):
+    items = stack.call("GET", "/v1/retention/policies", key=key).json()["items"]
+    return next(p["days"] for p in items if p["category"] == category)
+
+
+def decide_period(stack, key, change_id, decision="approve", reason="checked"):
+    return stack.call(
+        "POST",
+        f"/v1/retention/period-changes/{change_id}/{decision}",
+        key=key,
+        json={"reason": reason},
+    )
+
+
+def test_shortening_a_retention_period_while_erasure_needs_approval_waits_for_another_admin(
+    stack,
+):
+    key, created = admin(stack)
+    ada = created["agent"]["id"]
+    bea = colleague(stack, key)
+    # Without an approval policy naming erasure, a period changes at once, both ways.
+    assert period(stack, key, "closed_tickets", 100).status_code == 200
+    assert period(stack, key, "closed_tickets", 90).status_code == 200
+    assert policy(stack, key, ["erasure"]).status_code == 200
+
+    # Lengthening applies at once; shortening (closed tickets' words purged sooner) waits.
+    assert period(stack, key, "closed_tickets", 120).json()["days"] == 120
+    shortened = period(stack, key, "closed_tickets", 1)
+    assert shortened.status_code == 202, shortened.text
+    change = shortened.json()
+    assert (change["status"], change["category"], change["days"], change["based_on_days"]) == (
+        "awaiting_approval",
+        "closed_tickets",
+        1,
+        120,
+    )
+    assert change["filed_by"] == ada and change["approval"] is None
+    assert days_of(stack, key, "closed_tickets") == 120
+    listed = stack.call(
+        "GET", "/v1/retention/period-changes?status=awaiting_approval", key=key
+    ).json()
+    assert [c["id"] for c in listed["items"]] == [change["id"]]
+
+    # Not by the filer, not with a key she minted or created an admin with, nor by an admin
+    # she made after filing.
+    refused(decide_period(stack, key, change["id"]), 409, "filed")
+    refused(
+        decide_period(stack, mint(stack, key, bea["id"])["api_key"], change["id"]), 403, "issued"
+    )
+    refused(decide_period(stack, new_admin(stack, key)["api_key"], change["id"]), 403, "issued")
+    refused(decide_period(stack, colleague(stack, key)["api_key"], change["id"]), 403, "already")
+    # Another tenant's admin does not see it.
+    stranger, _ = admin(stack)
+    assert decide_period(stack, stranger, change["id"]).status_code == 404
+    assert (
+        stack.call("GET", f"/v1/retention/period-changes/{change['id']}", key=stranger).status_code
+        == 404
+    )
+
+    approved = decide_period(stack, bea["api_key"], change["id"], reason="the DPA says a day")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "approved"
+    assert approved.json()["approval"]["reason"] == "the DPA says a day"
+    assert days_of(stack, key, "closed_tickets") == 1
+    refused(decide_period(stack, bea["api_key"], change["id"], "deny"), 409, "approved")
+
+    # A denial leaves the period; a newer filing supersedes a waiting one.
+    waiting = period(stack, key, "access_log", 10).json()
+    denied = decide_period(stack, bea["api_key"], waiting["id"], "deny", "we need them for fraud")
+    assert denied.status_code == 200 and denied.json()["status"] == "denied"
+    first = period(stack, key, "access_log", 20).json()
+    second = period(stack, key, "access_log", 30).json()
+    assert (
+        stack.call("GET", f"/v1/retention/period-changes/{first['id']}", key=key).json()["status"]
+        == "superseded"
+    )
+    assert second["status"] == "awaiting_approval"
+    assert days_of(stack, key, "access_log") == 60
+
+    # The ledger has the filing, the decisions (reasons sealed) and every period that applied.
+    in_ledger(stack, key, "retention_period_change_filed", change_id=change["id"])
+    decided = in_ledger(stack, key, "retention_period_change_approved", change_id=change["id"])
+    assert decided["payload"]["decided_by"] == bea["id"]
+    assert decided["payload"]["reason_sealed"].startswith('{"$enc"')
+    assert "the DPA says a day" not in str(decided)
+    applied = in_ledger(
+        stack, key, "retention_period_changed", change_id=change["id"], category="closed_tickets"
+    )
+    assert applied["payload"]["days"] == 1
+    at_once = in_ledger(stack, key, "retention_period_changed", days=120)
+    assert at_once["payload"]["change_id"] is None and at_once["actor_id"] == ada
+
+
 # --- the ledger: who decided what, with the reason sealed ------------------------------------
 
 
