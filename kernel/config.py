@@ -300,9 +300,11 @@ class Variable:
     # A key or token: a process reads it only if it uses it (SERVICE_SECRETS), a repr never
     # shows it, and deploy/kubernetes/secret.yaml holds it.
     secret: bool = False
-    # A URL that may carry a password: a repr masks it, and secret.yaml holds it too when the
-    # cluster's processes use it.
+    # A URL that may carry a password: a repr masks it, and secret.yaml holds it too unless
+    # only the test kit reads it.
     credential: bool = False
+    # Read by the test kit and the benchmarks only, never by a process of the platform.
+    tests_only: bool = False
     # The default as the configuration table shows it, when its value would not say it.
     shown: str | None = None
 
@@ -348,7 +350,8 @@ class Settings:
         name="RABBIT_MANAGEMENT_URL",
         credential=True,
         shown="local RabbitMQ, guest",
-        doc="the broker's management API (tests and the dead-letter tools)",
+        tests_only=True,
+        doc="the broker's management API: the test kit's vhosts and the benchmarks only",
     )
     # The server-level DSN; each service's databases are derived from it by name.
     database_url: str = setting(
@@ -848,3 +851,11 @@ def _held_secrets(environment: str, service: str | None) -> frozenset[str]:
             f"no secrets are declared for the service {service!r} (kernel.config.SERVICE_SECRETS)"
         )
     return frozenset()
+
+
+if __name__ == "__main__":
+    # The configuration table of docs/operations.md (kernel.config_table): imported here, the
+    # table's module reads this one as ``kernel.config``, not as ``__main__``.
+    from kernel.config_table import main
+
+    raise SystemExit(main())
