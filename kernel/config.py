@@ -1,8 +1,13 @@
 """Configuration from the environment, with defaults that work against local services.
 
-Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets are marked
-``dev-insecure``; a deployment that sets ``LEDGERDESK_ENV=production`` refuses to start with them,
-and with secrets too short or too uniform to be random.
+Every setting has one name (``LEDGERDESK_*``) and is declared once, as a field of ``Settings``
+whose metadata (``setting``) says how it is read, written back, documented and whether it is a
+secret; ``from_env``, ``to_env``, the test kit's ``world_env`` and the configuration table of
+docs/operations.md (``python -m kernel.config --write``) all derive from that declaration.
+
+Development defaults for secrets are marked ``dev-insecure``; a deployment that sets
+``LEDGERDESK_ENV=production`` refuses to start with them, and with secrets too short or too
+uniform to be random.
 
 A process reads only the secrets it uses (``SERVICE_SECRETS``); no message, log line or repr
 shows a secret's value.
