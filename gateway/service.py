@@ -125,7 +125,9 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
     # The gateway's own database: idempotency records and the access-log outbox; no events of
     # its own. Its keystore holds the tenant keys that seal stored responses.
     store = EventStoreDependency(
-        EventRegistry(), migrations=MIGRATIONS, forgetting=Forgetting(privacy.erasure_handlers)
+        EventRegistry(),
+        migrations=MIGRATIONS,
+        forgetting=Forgetting(lambda store, settings: privacy.erasure_handlers(store)),
     )
     announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
     accounts = TimedRpcProxy("accounts")

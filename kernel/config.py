@@ -1,8 +1,13 @@
 """Configuration from the environment, with defaults that work against local services.
 
-Every setting has one name (``LEDGERDESK_*``). Development defaults for secrets are marked
-``dev-insecure``; a deployment that sets ``LEDGERDESK_ENV=production`` refuses to start with them,
-and with secrets too short or too uniform to be random.
+Every setting has one name (``LEDGERDESK_*``) and is declared once, as a field of ``Settings``
+whose metadata (``setting``) says how it is read, written back, documented and whether it is a
+secret; ``from_env``, ``to_env``, the test kit's ``world_env`` and the configuration table of
+docs/operations.md (``python -m kernel.config --write``) all derive from that declaration.
+
+Development defaults for secrets are marked ``dev-insecure``; a deployment that sets
+``LEDGERDESK_ENV=production`` refuses to start with them, and with secrets too short or too
+uniform to be random.
 
 A process reads only the secrets it uses (``SERVICE_SECRETS``); no message, log line or repr
 shows a secret's value.
@@ -13,12 +18,15 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import math
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from decimal import Decimal
+from typing import Any
 
 from psycopg2.extensions import make_dsn, parse_dsn
 
@@ -31,15 +39,6 @@ DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
 # An Ed25519 seed (32 bytes, base64) for the audit ledger's checkpoint signatures.
 DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
-
-# Every secret setting, by the name after ``LEDGERDESK_``, and its field of Settings.
-SECRET_FIELDS: dict[str, str] = {
-    "MASTER_KEY": "master_keys",
-    "API_KEY_SECRET": "api_key_secret",
-    "OPERATOR_TOKEN": "operator_token",
-    "AUDIT_SIGNING_KEY": "audit_signing_key",
-}
-ALL_SECRETS: frozenset[str] = frozenset(SECRET_FIELDS)
 
 # The secrets each process uses, and the only ones it reads from the environment: a secret it
 # does not use is blank in production (so a use would fail loudly rather than fall back to a
@@ -115,16 +114,64 @@ def _masked_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def _parse_audit_public_keys(raw: str, origin: str) -> tuple[PublicKey, ...] | None:
-    """``LEDGERDESK_AUDIT_PUBLIC_KEYS``: None when unset (development derives the key from the
-    signing seed); else a JSON array of {public_key, valid_from, valid_until} (see
-    ``kernel.signed_note.parse_key_list``)."""
-    if not raw.strip():
-        return None
-    try:
-        return parse_key_list(raw, origin)
-    except NoteError as exc:
-        raise ConfigurationError(f"LEDGERDESK_AUDIT_PUBLIC_KEYS: {exc}") from exc
+# --- how a value is read from its variable and written back -----------------------------------
+#
+# A parser takes the variable's name (for its messages, which never repeat a secret) and its
+# text, and the settings read before it (the key list needs the ledger's origin); a renderer is
+# its inverse, so that ``Settings.from_env(settings.to_env()) == settings``.
+
+Parser = Callable[[str, str, Mapping[str, Any]], Any]
+
+
+def _text(variable: str, raw: str, read: Mapping[str, Any]) -> str:
+    return raw
+
+
+def _stripped(variable: str, raw: str, read: Mapping[str, Any]) -> str:
+    return raw.strip()
+
+
+def _lowered(variable: str, raw: str, read: Mapping[str, Any]) -> str:
+    return raw.strip().lower()
+
+
+def _environment(variable: str, raw: str, read: Mapping[str, Any]) -> str:
+    environment = raw.strip().lower()
+    # A closed set: "prod" or "produciton" would otherwise run on every development secret.
+    if environment not in ENVIRONMENTS:
+        raise ConfigurationError(f"{variable} must be one of " + ", ".join(sorted(ENVIRONMENTS)))
+    return environment
+
+
+def _number(kind: type[int] | type[float]) -> Parser:
+    """A positive, finite number of ``kind``."""
+
+    def parse(variable: str, raw: str, read: Mapping[str, Any]) -> int | float:
+        try:
+            value = kind(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{variable} must be a number, not {raw!r}") from exc
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigurationError(f"{variable} must be positive")
+        return value
+
+    return parse
+
+
+def _port(variable: str, raw: str, read: Mapping[str, Any]) -> int:
+    raw = raw.strip() or "0"
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigurationError(f"{variable} must be a TCP port, or 0 for any")
+    return int(raw)
+
+
+def _names(variable: str, raw: str, read: Mapping[str, Any]) -> tuple[str, ...]:
+    """Comma-separated, trimmed, empty entries dropped."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _joined(value: tuple[str, ...]) -> str:
+    return ",".join(value)
 
 
 def _parse_master_keys(raw: str) -> dict[str, bytes]:
@@ -147,97 +194,444 @@ def _parse_master_keys(raw: str) -> dict[str, bytes]:
     return keys
 
 
-def _parse_networks(raw: str) -> tuple[str, ...]:
+def _master_keys(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, bytes]:
+    return _parse_master_keys(raw)
+
+
+def _render_master_keys(keys: dict[str, bytes]) -> str:
+    return ",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in keys.items())
+
+
+def _networks(variable: str, raw: str, read: Mapping[str, Any]) -> tuple[str, ...]:
     """Comma-separated CIDRs (a bare address is its /32 or /128), normalised."""
     networks = []
     for part in filter(None, (p.strip() for p in raw.split(","))):
         try:
             networks.append(str(ipaddress.ip_network(part, strict=False)))
         except ValueError:
-            raise ConfigurationError(
-                f"LEDGERDESK_TRUSTED_PROXIES: {part!r} is not an IP network (CIDR)"
-            ) from None
+            raise ConfigurationError(f"{variable}: {part!r} is not an IP network (CIDR)") from None
     return tuple(networks)
+
+
+def _audit_public_keys(
+    variable: str, raw: str, read: Mapping[str, Any]
+) -> tuple[PublicKey, ...] | None:
+    """None when unset (development derives the key from the signing seed); else a JSON array
+    of {public_key, valid_from, valid_until} (``kernel.signed_note.parse_key_list``), whose
+    verifier keys must name this ledger's origin."""
+    if not raw.strip():
+        return None
+    origin = read["audit_log_origin"] or Settings.default_audit_origin(read["database_prefix"])
+    try:
+        return parse_key_list(raw, origin)
+    except NoteError as exc:
+        raise ConfigurationError(f"{variable}: {exc}") from exc
+
+
+def _render_audit_public_keys(keys: tuple[PublicKey, ...] | None) -> str:
+    return "" if keys is None else json.dumps([key.as_json() for key in keys])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A billing plan: its price per agent per month, in minor units (pence, paise, cents)."""
+
+    name: str
+    price_per_agent: int
+    currency: str
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "price_per_agent": self.price_per_agent,
+            "currency": self.currency,
+        }
+
+
+DEFAULT_PLANS = (
+    Plan("standard", 1500, "GBP"),
+    Plan("team", 2900, "GBP"),
+    Plan("enterprise", 4900, "GBP"),
+)
+
+
+def _plans(variable: str, raw: str, read: Mapping[str, Any]) -> tuple[Plan, ...]:
+    if not raw:
+        return DEFAULT_PLANS
+    try:
+        return tuple(
+            Plan(str(p["name"]), int(p["price_per_agent"]), str(p["currency"]))
+            for p in json.loads(raw)
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"{variable} is not a list of plans") from exc
+
+
+def _render_plans(plans: tuple[Plan, ...]) -> str:
+    return json.dumps([plan.view() for plan in plans])
+
+
+DEFAULT_TAX_RATES = {"uk": Decimal("0.20"), "in": Decimal("0.18"), "sg": Decimal("0.09")}
+
+
+def _tax_rates(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, Decimal]:
+    if not raw:
+        return dict(DEFAULT_TAX_RATES)
+    rates = {}
+    for item in raw.split(","):
+        region, _, rate = item.partition(":")
+        try:
+            rates[region.strip()] = Decimal(rate)
+        except ArithmeticError as exc:
+            raise ConfigurationError(f"{variable}: region:rate,...") from exc
+    return rates
+
+
+def _render_tax_rates(rates: dict[str, Decimal]) -> str:
+    return ",".join(f"{region}:{rate}" for region, rate in rates.items())
+
+
+# --- the declaration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variable:
+    """How one setting is spelt in the environment, read, written back and documented."""
+
+    name: str  # after LEDGERDESK_
+    doc: str
+    parse: Parser = _text
+    render: Callable[[Any], str] = str
+    # A key or token: a process reads it only if it uses it (SERVICE_SECRETS), a repr never
+    # shows it, and deploy/kubernetes/secret.yaml holds it.
+    secret: bool = False
+    # A URL that may carry a password: a repr masks it, and secret.yaml holds it too unless
+    # only the test kit reads it.
+    credential: bool = False
+    # Read by the test kit and the benchmarks only, never by a process of the platform.
+    tests_only: bool = False
+    # The default as the configuration table shows it, when its value would not say it.
+    shown: str | None = None
+
+    @property
+    def variable(self) -> str:
+        return PREFIX + self.name
+
+
+PREFIX = "LEDGERDESK_"
+
+
+def setting(
+    default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **spec: Any
+) -> Any:
+    """A field of Settings read from ``LEDGERDESK_<name>``: see ``Variable``."""
+    metadata = {"variable": Variable(**spec)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
-    environment: str = "development"
-    amqp_uri: str = "amqp://guest:guest@127.0.0.1:5672/"
-    rabbit_management_url: str = "http://guest:guest@127.0.0.1:15672"
-    # The server-level DSN; each service's databases are derived from it by name.
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    database_prefix: str = "ledgerdesk"
-    master_keys: dict[str, bytes] = field(
-        default_factory=lambda: _parse_master_keys(DEV_MASTER_KEY)
+    """Every setting, declared once: its variable, parser, renderer, secrecy and meaning are
+    its field's metadata (``setting``); ``from_env``, ``to_env``, the test kit's ``world_env``
+    and the configuration table (``python -m kernel.config --write``) are derived from them."""
+
+    environment: str = setting(
+        "development",
+        name="ENV",
+        parse=_environment,
+        doc="`development`, `test` or `production`; production refuses development secrets",
     )
-    api_key_secret: str = DEV_API_KEY_SECRET
-    operator_token: str = DEV_OPERATOR_TOKEN
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
-    gateway_processes: int = 2
-    rpc_timeout: float = 10.0
-    delivery_limit: int = 5
+    amqp_uri: str = setting(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        name="AMQP_URI",
+        credential=True,
+        shown="local RabbitMQ, guest",
+        doc="the broker; several URIs separated by `;` are tried in turn",
+    )
+    rabbit_management_url: str = setting(
+        "http://guest:guest@127.0.0.1:15672",
+        name="RABBIT_MANAGEMENT_URL",
+        credential=True,
+        shown="local RabbitMQ, guest",
+        tests_only=True,
+        doc="the broker's management API: the test kit's vhosts and the benchmarks only",
+    )
+    # The server-level DSN; each service's databases are derived from it by name.
+    database_url: str = setting(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        name="DATABASE_URL",
+        credential=True,
+        shown="local server, postgres",
+        doc="the server-level DSN; databases are `<prefix>_<service>[_keys]`",
+    )
+    database_prefix: str = setting(
+        "ledgerdesk", name="DATABASE_PREFIX", doc="the prefix of every database's name"
+    )
+    master_keys: dict[str, bytes] = setting(
+        factory=lambda: _parse_master_keys(DEV_MASTER_KEY),
+        name="MASTER_KEY",
+        parse=_master_keys,
+        render=_render_master_keys,
+        secret=True,
+        shown="dev-insecure",
+        doc="`kid:base64[,kid:base64...]` of 32 bytes each, current first",
+    )
+    api_key_secret: str = setting(
+        DEV_API_KEY_SECRET,
+        name="API_KEY_SECRET",
+        secret=True,
+        shown="dev-insecure",
+        doc="the HMAC key of stored API key hashes",
+    )
+    operator_token: str = setting(
+        DEV_OPERATOR_TOKEN,
+        name="OPERATOR_TOKEN",
+        secret=True,
+        shown="dev-insecure",
+        doc="the operator routes' bearer credential",
+    )
+    gateway_host: str = setting("127.0.0.1", name="GATEWAY_HOST", doc="the gateway's address")
+    gateway_port: int = setting(8000, name="GATEWAY_PORT", parse=_number(int), doc="its port")
+    gateway_processes: int = setting(
+        2, name="GATEWAY_PROCESSES", parse=_number(int), doc="gateway processes sharing the port"
+    )
+    rpc_timeout: float = setting(
+        10.0, name="RPC_TIMEOUT", parse=_number(float), doc="seconds per RPC call"
+    )
+    delivery_limit: int = setting(
+        5, name="DELIVERY_LIMIT", parse=_number(int), doc="quorum queue delivery limit"
+    )
     # How long a dead letter waits in a dead-letter queue (``<queue>.dead``, ``rpc-<s>.dead``)
     # for an operator before the broker drops it. audit.ledger.dead can hold access events with
     # their IP address and user agent in plaintext, outside the audit keys that end them, and a
     # tenant may shorten its access-log period to one day: two days keep such a copy within a
     # day of the shortest period, and still give an operator, alerted by the
     # ``ledgerdesk_dead_letters`` gauge, two days to mend the cause and replay.
-    dead_letter_ttl_hours: float = 48.0
+    dead_letter_ttl_hours: float = setting(
+        48.0,
+        name="DEAD_LETTER_TTL_HOURS",
+        parse=_number(float),
+        doc="a dead letter's life in `<queue>.dead` / `rpc-<service>.dead` (queue argument"
+        " `x-message-ttl`); short because `audit.ledger.dead` can hold access events (IP, user"
+        " agent) and a tenant's access-log period can be one day",
+    )
     # Past this many messages a dead-letter queue drops its oldest: a flood of failures cannot
     # fill the broker's memory and disk (whose alarms block every publisher of the platform).
-    dead_letter_max_messages: int = 10_000
-    max_workers: int = 10
-    regions: tuple[str, ...] = ("uk", "in", "sg")
-    policy_version: str = "2026-01"
-    traces_exporter: str = "none"
-    relay_batch_size: int = 200
-    key_cache_seconds: float = 30.0
-    grace_days: float = 21.0
-    audit_signing_key: str = DEV_AUDIT_SIGNING_KEY
+    dead_letter_max_messages: int = setting(
+        10_000,
+        name="DEAD_LETTER_MAX_MESSAGES",
+        parse=_number(int),
+        doc="per dead-letter queue (`x-max-length`, `x-overflow: drop-head`): past it the"
+        " oldest goes",
+    )
+    max_workers: int = setting(
+        10, name="MAX_WORKERS", parse=_number(int), doc="nameko workers (DB pool = this + 5)"
+    )
+    regions: tuple[str, ...] = setting(
+        ("uk", "in", "sg"),
+        name="REGIONS",
+        parse=_names,
+        render=_joined,
+        doc="tenant regions, comma-separated",
+    )
+    policy_version: str = setting(
+        "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"
+    )
+    traces_exporter: str = setting(
+        "none",
+        name="TRACES",
+        doc="span exporter: `none`, `console` or `otlp` (to `OTEL_EXPORTER_OTLP_ENDPOINT`)",
+    )
+    relay_batch_size: int = setting(
+        200, name="RELAY_BATCH_SIZE", parse=_number(int), doc="rows per relay batch"
+    )
+    key_cache_seconds: float = setting(
+        30.0, name="KEY_CACHE_SECONDS", parse=_number(float), doc="subject-key cache TTL"
+    )
+    grace_days: float = setting(
+        21.0,
+        name="GRACE_DAYS",
+        parse=_number(float),
+        doc="a cancelled tenant's grace before destruction",
+    )
+    audit_signing_key: str = setting(
+        DEV_AUDIT_SIGNING_KEY,
+        name="AUDIT_SIGNING_KEY",
+        secret=True,
+        shown="dev-insecure",
+        doc="Ed25519 seed (base64 of 32 bytes): checkpoints and erasure receipts; the audit"
+        " and retention services only",
+    )
+    # The checkpoints' origin line and key name; empty: "ledgerdesk.audit/<database prefix>".
+    audit_log_origin: str = setting(
+        "",
+        name="AUDIT_LOG_ORIGIN",
+        parse=_stripped,
+        shown="`ledgerdesk.audit/<database prefix>`",
+        doc="the ledger's name in its checkpoints (origin line and key name); never change it"
+        " once checkpoints are signed",
+    )
     # The public keys that may sign the ledger's checkpoints, each with its validity period;
     # None (unset): development derives the one key from the seed, valid since the epoch.
-    audit_public_keys: tuple[PublicKey, ...] | None = None
-    # The checkpoints' origin line and key name; empty: "ledgerdesk.audit/<database prefix>".
-    audit_log_origin: str = ""
-    checkpoint_seconds: float = 60.0
-    schedule_seconds: float = 60.0
+    audit_public_keys: tuple[PublicKey, ...] | None = setting(
+        None,
+        name="AUDIT_PUBLIC_KEYS",
+        parse=_audit_public_keys,
+        render=_render_audit_public_keys,
+        shown="unset: the seed's key, valid since the epoch; production requires it",
+        doc='JSON array of `{"public_key", "valid_from", "valid_until"}` (base64 raw Ed25519'
+        " key, ISO-8601 with offset, `valid_until` null: no end; `verifier_key` in the note"
+        " form may stand for `public_key`); the gateway publishes it, audit verifies under it"
+        " and will not start if its signing key is not in it and valid now",
+    )
+    checkpoint_seconds: float = setting(
+        60.0,
+        name="CHECKPOINT_SECONDS",
+        parse=_number(float),
+        doc="how often the ledger signs a checkpoint",
+    )
+    schedule_seconds: float = setting(
+        60.0,
+        name="SCHEDULE_SECONDS",
+        parse=_number(float),
+        doc="how often retention runs its schedules and follow-ups",
+    )
     # A data-subject request not answered by every service within this turns failed (alert).
-    privacy_deadline_days: float = 30.0
+    privacy_deadline_days: float = setting(
+        30.0,
+        name="PRIVACY_DEADLINE_DAYS",
+        parse=_number(float),
+        doc="a data-subject request not completed by then fails (alert)",
+    )
     # The first re-send of a command a service has not (or not successfully) answered; each
     # further one waits twice as long, up to a day.
-    privacy_retry_seconds: float = 300.0
+    privacy_retry_seconds: float = setting(
+        300.0,
+        name="PRIVACY_RETRY_SECONDS",
+        parse=_number(float),
+        doc="first re-send of an unanswered or failed part; doubles, up to a day",
+    )
     # The length of the "day" retention periods (access log, closed tickets) are counted in,
     # and of the access log's key buckets: a test makes it seconds long, production refuses that.
-    day_seconds: int = 86400
-    rate_limit: float = 50.0  # requests per second per API key, sustained
-    rate_burst: int = 100
+    day_seconds: int = setting(
+        86400,
+        name="DAY_SECONDS",
+        parse=_number(int),
+        doc="the day retention periods and access-log keys count in; production refuses any other",
+    )
+    rate_limit: float = setting(
+        50.0,
+        name="RATE_LIMIT",
+        parse=_number(float),
+        doc="per API key and gateway process: requests per second, sustained",
+    )
+    rate_burst: int = setting(100, name="RATE_BURST", parse=_number(int), doc="and its burst")
     # The networks of the proxies (load balancers) whose X-Forwarded-For / Forwarded headers
     # say who the client is (gateway.clientaddr); none by default: the socket peer is the client.
-    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        name="TRUSTED_PROXIES",
+        parse=_networks,
+        render=_joined,
+        doc="CIDRs of proxies whose `X-Forwarded-For` / `Forwarded` name the client"
+        " ([operations](#limits-client-addresses-and-the-access-log-of-unauthenticated-requests))",
+    )
     # Per client address and gateway process, before anything else is done with a request:
     # generous, since one address may be a whole office behind NAT.
-    client_rate_limit: float = 100.0
-    client_rate_burst: int = 200
+    client_rate_limit: float = setting(
+        100.0,
+        name="CLIENT_RATE_LIMIT",
+        parse=_number(float),
+        doc="per client address and gateway process, every request, before anything else:"
+        " requests per second",
+    )
+    client_rate_burst: int = setting(
+        200, name="CLIENT_RATE_BURST", parse=_number(int), doc="and its burst"
+    )
     # Refused credentials per client address: past the burst, 429 without asking accounts.
-    auth_failure_rate_limit: float = 0.1
-    auth_failure_burst: int = 10
+    auth_failure_rate_limit: float = setting(
+        0.1,
+        name="AUTH_FAILURE_RATE_LIMIT",
+        parse=_number(float),
+        doc="refused credentials per client address and second: past them and the burst, 429"
+        " without asking accounts",
+    )
+    auth_failure_burst: int = setting(
+        10, name="AUTH_FAILURE_BURST", parse=_number(int), doc="and its burst"
+    )
     # Sign-ups per client address: three at once, then one every ten minutes.
-    signup_rate_limit: float = 1 / 600
-    signup_burst: int = 3
+    signup_rate_limit: float = setting(
+        1 / 600,
+        name="SIGNUP_RATE_LIMIT",
+        parse=_number(float),
+        shown="`0.00167` (one per 10 min)",
+        doc="sign-ups per client address and second",
+    )
+    signup_burst: int = setting(3, name="SIGNUP_BURST", parse=_number(int), doc="and its burst")
     # Unauthenticated requests written to the access log one by one, per gateway process and
     # interval; the rest are counted into one access_summarized event per interval.
-    unauthenticated_log_limit: int = 60
-    unauthenticated_log_seconds: float = 60.0
+    unauthenticated_log_limit: int = setting(
+        60,
+        name="UNAUTHENTICATED_LOG_LIMIT",
+        parse=_number(int),
+        doc="unauthenticated requests access-logged one by one per interval and gateway"
+        " process; the rest go into one `access_summarized`",
+    )
+    unauthenticated_log_seconds: float = setting(
+        60.0,
+        name="UNAUTHENTICATED_LOG_SECONDS",
+        parse=_number(float),
+        doc="that interval (aligned on the epoch)",
+    )
     # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
-    ops_host: str = "0.0.0.0"
-    ops_port: int = 9100
+    ops_host: str = setting("0.0.0.0", name="OPS_HOST", doc="each process's ops endpoints' address")
+    ops_port: int = setting(
+        9100,
+        name="OPS_PORT",
+        parse=_port,
+        doc="their port: `/healthz`, `/readyz`, `/metrics` (0: a free port)",
+    )
     # AMQP heartbeats (seconds): a dead broker connection is noticed within about twice this.
-    heartbeat: int = 10
-    log_format: str = "json"
-    # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS.
-    held_secrets: frozenset[str] = ALL_SECRETS
+    heartbeat: int = setting(
+        10,
+        name="HEARTBEAT",
+        parse=_number(int),
+        doc="AMQP heartbeat seconds, 4-600 (consumers, RPC replies, relays)",
+    )
+    log_format: str = setting(
+        "json",
+        name="LOG_FORMAT",
+        parse=_lowered,
+        doc="`json` (one object per line) or `text`",
+    )
+    billing_plans: tuple[Plan, ...] = setting(
+        DEFAULT_PLANS,
+        name="BILLING_PLANS",
+        parse=_plans,
+        render=_render_plans,
+        shown="standard, team, enterprise (1500, 2900, 4900 GBP)",
+        doc='the plans, JSON: `[{"name", "price_per_agent", "currency"}]`, prices per agent'
+        " and month in minor units",
+    )
+    tax_rates: dict[str, Decimal] = setting(
+        factory=lambda: dict(DEFAULT_TAX_RATES),
+        name="TAX_RATES",
+        parse=_tax_rates,
+        render=_render_tax_rates,
+        doc="the tax rate per region, `region:rate,...`",
+    )
+    # Invoices and payment records are kept this long (tax and accounting law), then erased.
+    legal_hold_years: int = setting(
+        10,
+        name="LEGAL_HOLD_YEARS",
+        parse=_number(int),
+        doc="how long billing holds invoices and payment records (tax and accounting law)",
+    )
+    # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS. Not a
+    # variable: ``from_env`` gives it from the service it reads for.
+    held_secrets: frozenset[str] = field(default_factory=lambda: ALL_SECRETS)
 
     def __repr__(self) -> str:
         # A Settings ends up in nameko's config, and so in tracebacks and debug output: secrets
@@ -245,9 +639,10 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in SECRET_FIELDS.values():
+            variable = f.metadata.get("variable")
+            if variable is not None and variable.secret:
                 text = "'***'" if value else "''"
-            elif f.name in ("amqp_uri", "rabbit_management_url", "database_url"):
+            elif variable is not None and variable.credential:
                 text = repr(_masked_url(value))
             else:
                 text = repr(value)
@@ -262,133 +657,40 @@ class Settings:
         secrets it uses (``SERVICE_SECRETS``) are read, and checked. Without ``service``, every
         secret is (the local launcher, which hands them on to each process, and tests)."""
         env = os.environ if env is None else env
-        base = cls()
-        environment = env.get("LEDGERDESK_ENV", base.environment).strip().lower()
-        # A closed set: "prod" or "produciton" would otherwise run on every development secret.
-        if environment not in ENVIRONMENTS:
-            raise ConfigurationError(
-                "LEDGERDESK_ENV must be one of " + ", ".join(sorted(ENVIRONMENTS))
-            )
-        if service is None:
-            held = ALL_SECRETS
-        elif service in SERVICE_SECRETS:
-            held = SERVICE_SECRETS[service]
-        elif environment == "production":
-            raise ConfigurationError(
-                f"no secrets are declared for the service {service!r}"
-                " (kernel.config.SERVICE_SECRETS)"
-            )
-        else:
-            held = frozenset()
-
-        def get(name: str, default: str) -> str:
-            return env.get(f"LEDGERDESK_{name}", default)
-
-        def secret(name: str, default: str) -> str:
-            """A secret as given: the consumer uses it byte for byte, so nothing is stripped,
-            and whitespace around it (a newline left by a file) is refused rather than kept."""
-            if name not in held:
-                return "" if environment == "production" else default
-            value = get(name, default)
-            if value != value.strip():
-                raise ConfigurationError(
-                    f"LEDGERDESK_{name} has whitespace around it (a newline from a file?):"
-                    " remove it"
-                )
-            return value
-
-        master_key = secret("MASTER_KEY", DEV_MASTER_KEY)
-
-        def number(name: str, default: float, kind: type = int):
-            raw = get(name, str(default))
-            try:
-                value = kind(raw)
-            except ValueError as exc:
-                raise ConfigurationError(
-                    f"LEDGERDESK_{name} must be a number, not {raw!r}"
-                ) from exc
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigurationError(f"LEDGERDESK_{name} must be positive")
-            return value
-
-        def port(name: str, default: int) -> int:
-            raw = get(name, str(default)).strip() or "0"
-            if not raw.isdigit() or int(raw) > 65535:
-                raise ConfigurationError(f"LEDGERDESK_{name} must be a TCP port, or 0 for any")
-            return int(raw)
-
-        origin = get("AUDIT_LOG_ORIGIN", base.audit_log_origin).strip()
-        settings = cls(
-            environment=environment,
-            amqp_uri=get("AMQP_URI", base.amqp_uri),
-            rabbit_management_url=get("RABBIT_MANAGEMENT_URL", base.rabbit_management_url),
-            database_url=get("DATABASE_URL", base.database_url),
-            database_prefix=get("DATABASE_PREFIX", base.database_prefix),
-            master_keys=_parse_master_keys(master_key)
-            if master_key or "MASTER_KEY" in held
-            else {},
-            api_key_secret=secret("API_KEY_SECRET", base.api_key_secret),
-            operator_token=secret("OPERATOR_TOKEN", base.operator_token),
-            gateway_host=get("GATEWAY_HOST", base.gateway_host),
-            gateway_port=number("GATEWAY_PORT", base.gateway_port),
-            gateway_processes=number("GATEWAY_PROCESSES", base.gateway_processes),
-            rpc_timeout=number("RPC_TIMEOUT", base.rpc_timeout, float),
-            delivery_limit=number("DELIVERY_LIMIT", base.delivery_limit),
-            dead_letter_ttl_hours=number(
-                "DEAD_LETTER_TTL_HOURS", base.dead_letter_ttl_hours, float
-            ),
-            dead_letter_max_messages=number(
-                "DEAD_LETTER_MAX_MESSAGES", base.dead_letter_max_messages
-            ),
-            max_workers=number("MAX_WORKERS", base.max_workers),
-            regions=tuple(
-                r.strip() for r in get("REGIONS", ",".join(base.regions)).split(",") if r.strip()
-            ),
-            policy_version=get("POLICY_VERSION", base.policy_version),
-            traces_exporter=get("TRACES", base.traces_exporter),
-            relay_batch_size=number("RELAY_BATCH_SIZE", base.relay_batch_size),
-            key_cache_seconds=number("KEY_CACHE_SECONDS", base.key_cache_seconds, float),
-            grace_days=number("GRACE_DAYS", base.grace_days, float),
-            audit_signing_key=secret("AUDIT_SIGNING_KEY", base.audit_signing_key),
-            audit_log_origin=origin,
-            audit_public_keys=_parse_audit_public_keys(
-                get("AUDIT_PUBLIC_KEYS", ""),
-                origin or cls.default_audit_origin(get("DATABASE_PREFIX", base.database_prefix)),
-            ),
-            checkpoint_seconds=number("CHECKPOINT_SECONDS", base.checkpoint_seconds, float),
-            schedule_seconds=number("SCHEDULE_SECONDS", base.schedule_seconds, float),
-            privacy_deadline_days=number(
-                "PRIVACY_DEADLINE_DAYS", base.privacy_deadline_days, float
-            ),
-            privacy_retry_seconds=number(
-                "PRIVACY_RETRY_SECONDS", base.privacy_retry_seconds, float
-            ),
-            day_seconds=number("DAY_SECONDS", base.day_seconds),
-            rate_limit=number("RATE_LIMIT", base.rate_limit, float),
-            rate_burst=number("RATE_BURST", base.rate_burst),
-            trusted_proxies=_parse_networks(get("TRUSTED_PROXIES", "")),
-            client_rate_limit=number("CLIENT_RATE_LIMIT", base.client_rate_limit, float),
-            client_rate_burst=number("CLIENT_RATE_BURST", base.client_rate_burst),
-            auth_failure_rate_limit=number(
-                "AUTH_FAILURE_RATE_LIMIT", base.auth_failure_rate_limit, float
-            ),
-            auth_failure_burst=number("AUTH_FAILURE_BURST", base.auth_failure_burst),
-            signup_rate_limit=number("SIGNUP_RATE_LIMIT", base.signup_rate_limit, float),
-            signup_burst=number("SIGNUP_BURST", base.signup_burst),
-            unauthenticated_log_limit=number(
-                "UNAUTHENTICATED_LOG_LIMIT", base.unauthenticated_log_limit
-            ),
-            unauthenticated_log_seconds=number(
-                "UNAUTHENTICATED_LOG_SECONDS", base.unauthenticated_log_seconds, float
-            ),
-            ops_host=get("OPS_HOST", base.ops_host),
-            ops_port=port("OPS_PORT", base.ops_port),
-            heartbeat=number("HEARTBEAT", base.heartbeat),
-            log_format=get("LOG_FORMAT", base.log_format).strip().lower(),
-            held_secrets=held,
-        )
+        read: dict[str, Any] = {}
+        held: frozenset[str] = ALL_SECRETS
+        for f, variable in declared():
+            if variable.secret and variable.name not in held:
+                # A secret it does not use: blank in production, so that a use fails loudly
+                # rather than fall back to a public development value.
+                read[f.name] = _blank(f) if read["environment"] == "production" else _default(f)
+                continue
+            raw = env.get(variable.variable)
+            if raw is None:
+                read[f.name] = _default(f)
+            else:
+                if variable.secret and raw != raw.strip():
+                    # The consumer uses a secret byte for byte: whitespace around it (a newline
+                    # left by a file) is refused rather than kept or stripped.
+                    raise ConfigurationError(
+                        f"{variable.variable} has whitespace around it (a newline from a"
+                        " file?): remove it"
+                    )
+                read[f.name] = variable.parse(variable.variable, raw, read)
+            if f.name == "environment":
+                held = _held_secrets(read["environment"], service)
+        settings = cls(**read, held_secrets=held)
         settings.check()
         return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The variables ``from_env`` reads these settings back from: every setting, and of the
+        secrets those this process holds (``from_env(to_env(), service)`` gives it back)."""
+        return {
+            variable.variable: variable.render(getattr(self, f.name))
+            for f, variable in declared()
+            if not variable.secret or variable.name in self.held_secrets
+        }
 
     def check(self) -> None:
         if not 0 < self.gateway_port < 65536:
@@ -518,3 +820,47 @@ class Settings:
             "HEARTBEAT": self.heartbeat,
             "LEDGERDESK": self,
         }
+
+
+def declared() -> Iterator[tuple[Field[Any], Variable]]:
+    """Every setting read from the environment, in the order they are read, with its variable."""
+    for f in fields(Settings):
+        variable = f.metadata.get("variable")
+        if variable is not None:
+            yield f, variable
+
+
+def _default(f: Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def _blank(f: Field[Any]) -> Any:
+    """A secret's value when a process does not hold it: empty, of its type."""
+    return type(_default(f))()
+
+
+# Every secret setting, by the name after ``LEDGERDESK_``, and its field of Settings.
+SECRET_FIELDS: dict[str, str] = {
+    variable.name: f.name for f, variable in declared() if variable.secret
+}
+ALL_SECRETS: frozenset[str] = frozenset(SECRET_FIELDS)
+
+
+def _held_secrets(environment: str, service: str | None) -> frozenset[str]:
+    if service is None:
+        return ALL_SECRETS
+    if service in SERVICE_SECRETS:
+        return SERVICE_SECRETS[service]
+    if environment == "production":
+        raise ConfigurationError(
+            f"no secrets are declared for the service {service!r} (kernel.config.SERVICE_SECRETS)"
+        )
+    return frozenset()
+
+
+if __name__ == "__main__":
+    # The configuration table of docs/operations.md (kernel.config_table): imported here, the
+    # table's module reads this one as ``kernel.config``, not as ``__main__``.
+    from kernel.config_table import main
+
+    raise SystemExit(main())

@@ -43,9 +43,10 @@ MAX_RETRY_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Forgetting:
-    """What a service forgets again as it starts, given its store once it is open."""
+    """What a service forgets again as it starts, given its store once it is open and its
+    settings (billing's answers name its legal hold)."""
 
-    handlers: Callable[[EventSourcedStore], Mapping[str, Handler]]
+    handlers: Callable[[EventSourcedStore, Settings], Mapping[str, Handler]]
     # Where the log comes from: retention, by RPC, unless given (retention reads its own).
     log: Callable[[EventSourcedStore], list[LogEntry]] | None = None
     # Forgetting on the service's own clock, done after the log (billing: ended legal holds).

@@ -326,7 +326,7 @@ class EventStoreDependency(DependencyProvider):
         self, forgetting: forgetting_log.Forgetting, store: EventSourcedStore, settings: Settings
     ) -> None:
         use_publisher_heartbeat(settings.heartbeat)
-        handlers = forgetting.handlers(store)
+        handlers = forgetting.handlers(store, settings)
 
         def read_log() -> list[forgetting_log.LogEntry]:
             if forgetting.log is not None:

@@ -10,7 +10,6 @@ without one.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import time
@@ -199,47 +198,9 @@ def _new_world(infrastructure: Infrastructure, name: str, overrides: dict[str, s
 
 
 def world_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a child process live in ``settings``' world."""
-    env = os.environ.copy()
-    env.update(
-        LEDGERDESK_DATABASE_URL=settings.database_url,
-        LEDGERDESK_AMQP_URI=settings.amqp_uri,
-        LEDGERDESK_RABBIT_MANAGEMENT_URL=settings.rabbit_management_url,
-        LEDGERDESK_DATABASE_PREFIX=settings.database_prefix,
-        LEDGERDESK_DELIVERY_LIMIT=str(settings.delivery_limit),
-        LEDGERDESK_DEAD_LETTER_TTL_HOURS=str(settings.dead_letter_ttl_hours),
-        LEDGERDESK_DEAD_LETTER_MAX_MESSAGES=str(settings.dead_letter_max_messages),
-        LEDGERDESK_GATEWAY_PORT=str(settings.gateway_port),
-        LEDGERDESK_GATEWAY_PROCESSES=str(settings.gateway_processes),
-        LEDGERDESK_KEY_CACHE_SECONDS=str(settings.key_cache_seconds),
-        LEDGERDESK_GRACE_DAYS=str(settings.grace_days),
-        LEDGERDESK_SCHEDULE_SECONDS=str(settings.schedule_seconds),
-        LEDGERDESK_PRIVACY_DEADLINE_DAYS=str(settings.privacy_deadline_days),
-        LEDGERDESK_PRIVACY_RETRY_SECONDS=str(settings.privacy_retry_seconds),
-        LEDGERDESK_DAY_SECONDS=str(settings.day_seconds),
-        LEDGERDESK_CHECKPOINT_SECONDS=str(settings.checkpoint_seconds),
-        LEDGERDESK_RATE_LIMIT=str(settings.rate_limit),
-        LEDGERDESK_RATE_BURST=str(settings.rate_burst),
-        LEDGERDESK_TRUSTED_PROXIES=",".join(settings.trusted_proxies),
-        LEDGERDESK_CLIENT_RATE_LIMIT=str(settings.client_rate_limit),
-        LEDGERDESK_CLIENT_RATE_BURST=str(settings.client_rate_burst),
-        LEDGERDESK_AUTH_FAILURE_RATE_LIMIT=str(settings.auth_failure_rate_limit),
-        LEDGERDESK_AUTH_FAILURE_BURST=str(settings.auth_failure_burst),
-        LEDGERDESK_SIGNUP_RATE_LIMIT=str(settings.signup_rate_limit),
-        LEDGERDESK_SIGNUP_BURST=str(settings.signup_burst),
-        LEDGERDESK_UNAUTHENTICATED_LOG_LIMIT=str(settings.unauthenticated_log_limit),
-        LEDGERDESK_UNAUTHENTICATED_LOG_SECONDS=str(settings.unauthenticated_log_seconds),
-        LEDGERDESK_OPERATOR_TOKEN=settings.operator_token,
-        LEDGERDESK_OPS_PORT=str(settings.ops_port),
-        LEDGERDESK_HEARTBEAT=str(settings.heartbeat),
-        LEDGERDESK_TRACES=settings.traces_exporter,
-        LEDGERDESK_AUDIT_LOG_ORIGIN=settings.audit_log_origin,
-    )
-    if settings.audit_public_keys is not None:
-        env["LEDGERDESK_AUDIT_PUBLIC_KEYS"] = json.dumps(
-            [key.as_json() for key in settings.audit_public_keys]
-        )
-    return env
+    """The environment that makes a child process live in ``settings``' world: every setting
+    of the world (``Settings.to_env``), over this process's environment."""
+    return {**os.environ, **settings.to_env()}
 
 
 def wait_until(

@@ -45,7 +45,7 @@ class AccountsService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        forgetting=Forgetting(lambda store: privacy.handlers_for(store.cipher)),
+        forgetting=Forgetting(lambda store, settings: privacy.handlers_for(store.cipher)),
     )
     first_policy = FirstPolicy()
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))

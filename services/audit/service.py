@@ -78,7 +78,7 @@ class AuditService:
     store = EventStoreDependency(
         EventRegistry(),
         migrations=Path(__file__).parent / "migrations",
-        forgetting=Forgetting(lambda store: privacy_handlers(store.db, store.cipher)),
+        forgetting=Forgetting(lambda store, settings: privacy_handlers(store.db, store.cipher)),
     )
     announcement = privacy_protocol.Announcement(("access_log",))
     ledger = LedgerDependency()

@@ -6,13 +6,12 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
-from services.billing import catalogue
+from services.billing.catalogue import DEFAULT_PLAN, Catalogue
 from services.billing.domain import BillingAccount
 from services.billing.processor import PaymentProcessor, ProcessorError, UnknownToken
 
@@ -53,7 +52,7 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
             return
         account = BillingAccount.open(
             tenant_id=p["tenant_id"],
-            plan=p.get("plan") or catalogue.DEFAULT_PLAN,
+            plan=p.get("plan") or DEFAULT_PLAN,
             region=p["region"],
             opened_at=event.occurred_at,
         )
@@ -71,8 +70,8 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
 # --- plans and subscription -------------------------------------------------------------------
 
 
-def list_plans() -> dict[str, Any]:
-    return {"items": [plan.view() for plan in catalogue.plans().values()]}
+def list_plans(catalogue: Catalogue) -> dict[str, Any]:
+    return {"items": [plan.view() for plan in catalogue.plans.values()]}
 
 
 def seats(uow: UnitOfWork, tenant_id: str) -> int:
@@ -82,25 +81,27 @@ def seats(uow: UnitOfWork, tenant_id: str) -> int:
     return max(1, uow.cur.fetchone()[0])
 
 
-def subscription(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+def subscription(uow: UnitOfWork, catalogue: Catalogue, tenant_id: str) -> dict[str, Any]:
     account = load_account(uow, tenant_id)
-    plan = catalogue.plans()[account.plan]
+    plan = catalogue.plans[account.plan]
     return {
         "plan": plan.name,
         "price_per_agent": plan.price_per_agent,
         "currency": plan.currency,
         "seats": seats(uow, tenant_id),
         "region": account.region,
-        "tax_rate": str(catalogue.tax_rates().get(account.region, 0)),
+        "tax_rate": str(catalogue.tax_rates.get(account.region, 0)),
         "billed_until": account.billed_until.isoformat() if account.billed_until else None,
     }
 
 
-def change_plan(uow: UnitOfWork, tenant_id: str, command: dict[str, Any]) -> dict[str, Any]:
+def change_plan(
+    uow: UnitOfWork, catalogue: Catalogue, tenant_id: str, command: dict[str, Any]
+) -> dict[str, Any]:
     account = load_account(uow, tenant_id)
-    account.change_plan(command["plan"], catalogue.plans())
+    account.change_plan(command["plan"], catalogue.plans)
     save(uow, account)
-    return subscription(uow, tenant_id)
+    return subscription(uow, catalogue, tenant_id)
 
 
 def set_address(uow: UnitOfWork, tenant_id: str, command: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +176,7 @@ def pay_invoice(
 
 def run_invoices(
     uow_factory: Callable[[], UnitOfWork],
+    catalogue: Catalogue,
     contact: ContactLookup,
     now: dt.datetime,
 ) -> int:
@@ -187,14 +189,18 @@ def run_invoices(
     issued = 0
     for tenant_id in tenants:
         try:
-            issued += _invoice_tenant(uow_factory, contact, now, tenant_id)
+            issued += _invoice_tenant(uow_factory, catalogue, contact, now, tenant_id)
         except Exception as exc:  # one tenant's trouble must not stop everyone's invoices
             log.error("invoice run for tenant %s stopped: %s", tenant_id, type(exc).__name__)
     return issued
 
 
 def _invoice_tenant(
-    uow_factory: Callable[[], UnitOfWork], contact: ContactLookup, now: dt.datetime, tenant_id: str
+    uow_factory: Callable[[], UnitOfWork],
+    catalogue: Catalogue,
+    contact: ContactLookup,
+    now: dt.datetime,
+    tenant_id: str,
 ) -> int:
     issued = 0
     while True:
@@ -205,11 +211,11 @@ def _invoice_tenant(
                 return issued
             account.issue_invoice(
                 period=due[0],
-                plan=catalogue.plans()[account.plan],
+                plan=catalogue.plans[account.plan],
                 seats=seats(uow, tenant_id),
-                tax_rate=catalogue.tax_rates().get(account.region, Decimal(0)),
+                tax_rate=catalogue.tax_rate(account.region),
                 contact=contact(tenant_id),
-                hold_years=catalogue.LEGAL_HOLD_YEARS,
+                hold_years=catalogue.legal_hold_years,
                 issued_on=now.date(),
             )
             save(uow, account)

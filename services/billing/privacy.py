@@ -14,11 +14,12 @@ from typing import Any
 
 from kernel.crypto import Keystore
 from kernel.uow import UnitOfWork
-from services.billing import catalogue, handlers
+from services.billing import handlers
+from services.billing.catalogue import Catalogue
 from services.billing.domain import BillingAccount
 
 
-def erase_subject(uow: UnitOfWork, subject_id: str) -> dict[str, Any]:
+def erase_subject(uow: UnitOfWork, catalogue: Catalogue, subject_id: str) -> dict[str, Any]:
     uow.cur.execute(
         "SELECT max(hold_until) FROM invoices WHERE billing_contact_id = %s", (subject_id,)
     )
@@ -27,7 +28,7 @@ def erase_subject(uow: UnitOfWork, subject_id: str) -> dict[str, Any]:
     uow.cur.execute("DELETE FROM billing_agents WHERE agent_id = %s", (subject_id,))
     if hold_until is None:
         return {"status": "done", "detail": "nothing of this subject is held by billing"}
-    basis = catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS)
+    basis = catalogue.legal_basis
     uow.cur.execute(
         "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
         " ON CONFLICT (subject_id) DO UPDATE SET basis = EXCLUDED.basis, until = EXCLUDED.until",
@@ -42,7 +43,11 @@ def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
 
 
 def destroy_tenant(
-    uow: UnitOfWork, keystore: Keystore, tenant_id: str, request_id: str | None
+    uow: UnitOfWork,
+    catalogue: Catalogue,
+    keystore: Keystore,
+    tenant_id: str,
+    request_id: str | None,
 ) -> dict[str, Any]:
     """Everything of a destroyed tenant goes, but for the invoices the law holds: those stay,
     restricted, until their hold ends (then ``expire_holds`` erases them).
@@ -63,7 +68,7 @@ def destroy_tenant(
         keystore.shred_tenant(tenant_id)
         return {"status": "done", "detail": "no invoices to hold; the tenant's keys shredded"}
     keystore.shred_subject(tenant_id, tenant_id)
-    basis = catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS)
+    basis = catalogue.legal_basis
     uow.cur.execute(
         "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
         " ON CONFLICT (subject_id) DO UPDATE SET basis = EXCLUDED.basis, until = EXCLUDED.until",

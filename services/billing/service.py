@@ -25,18 +25,19 @@ from kernel.nameko_adapters import (
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.billing import commands, handlers, privacy
+from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
 from services.billing.subscriptions import ACCOUNTS, PRIVACY
 
 
-def billing_privacy(store: Any) -> dict[str, Any]:
+def billing_privacy(store: Any, catalogue: Catalogue) -> dict[str, Any]:
     """``store``: the service's store (or a worker's view of it), for its keystore."""
     return {
-        "erase_subject": lambda uow, c: privacy.erase_subject(uow, str(c["subject_id"])),
+        "erase_subject": lambda uow, c: privacy.erase_subject(uow, catalogue, str(c["subject_id"])),
         "destroy_tenant": lambda uow, c: privacy.destroy_tenant(
-            uow, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
+            uow, catalogue, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
         ),
     }
 
@@ -52,6 +53,16 @@ class Clock(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any):
         return lambda: dt.datetime.now(dt.UTC)
+
+
+class Prices(DependencyProvider):
+    """The plans, tax rates and legal hold, from the settings the process started with."""
+
+    def setup(self) -> None:
+        self.catalogue = Catalogue.of(settings_of(self.container))
+
+    def get_dependency(self, worker_ctx: Any) -> Catalogue:
+        return self.catalogue
 
 
 class Processor(DependencyProvider):
@@ -73,9 +84,13 @@ class BillingService:
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
         # Holds that ended while the service was away (or since the backup) are expired too.
-        forgetting=Forgetting(billing_privacy, own=expire_holds),
+        forgetting=Forgetting(
+            lambda store, settings: billing_privacy(store, Catalogue.of(settings)),
+            own=expire_holds,
+        ),
     )
     processor = Processor()
+    catalogue = Prices()
     clock = Clock()
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()
@@ -84,18 +99,18 @@ class BillingService:
 
     @rpc
     def list_plans(self) -> dict[str, Any]:
-        return handlers.list_plans()
+        return handlers.list_plans(self.catalogue)
 
     @rpc
     def get_subscription(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return handlers.subscription(uow, tenant_id)
+            return handlers.subscription(uow, self.catalogue, tenant_id)
 
     @rpc
     def change_plan(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
         command = load_command(commands.ChangePlanV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return handlers.change_plan(uow, actor["tenant_id"], command)
+            return handlers.change_plan(uow, self.catalogue, actor["tenant_id"], command)
 
     @rpc
     def set_address(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
@@ -131,18 +146,20 @@ class BillingService:
 
     @timer(interval=3600)
     def invoice_run(self) -> None:
-        handlers.run_invoices(self.store.unit_of_work, self.accounts.billing_contact, self.clock())
+        handlers.run_invoices(
+            self.store.unit_of_work, self.catalogue, self.accounts.billing_contact, self.clock()
+        )
 
     @rpc
     def erase_subject(self, subject_id: str) -> dict[str, Any]:
         with self.store.unit_of_work("retention") as uow:
-            return privacy.erase_subject(uow, subject_id)
+            return privacy.erase_subject(uow, self.catalogue, subject_id)
 
     @rpc
     def destroy_tenant(self, tenant_id: str) -> dict[str, Any]:
         keystore = self.store.cipher.keystore
         with self.store.unit_of_work("retention") as uow:
-            return privacy.destroy_tenant(uow, keystore, tenant_id, None)
+            return privacy.destroy_tenant(uow, self.catalogue, keystore, tenant_id, None)
 
     @timer(interval=86400)
     def expire_legal_holds(self) -> None:
@@ -160,7 +177,9 @@ class BillingService:
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
-            privacy_protocol.handle_command(uow, self.name, event, billing_privacy(self.store))
+            privacy_protocol.handle_command(
+                uow, self.name, event, billing_privacy(self.store, self.catalogue)
+            )
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:

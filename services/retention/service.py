@@ -103,7 +103,7 @@ class RetentionService:
         EventRegistry(),
         migrations=Path(__file__).parent / "migrations",
         # Its log read from its own database (it cannot ask itself); see privacy_handlers.
-        forgetting=Forgetting(lambda store: privacy_handlers(), log=own_forgetting_log),
+        forgetting=Forgetting(lambda store, settings: privacy_handlers(), log=own_forgetting_log),
     )
     sealed_free_text = SealedFreeText()
     accounts = TimedRpcProxy("accounts")

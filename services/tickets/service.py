@@ -45,7 +45,7 @@ class TicketsService:
         REGISTRY,
         PROJECTIONS,
         migrations=Path(__file__).parent / "migrations",
-        forgetting=Forgetting(lambda store: privacy.handlers_for(store.cipher)),
+        forgetting=Forgetting(lambda store, settings: privacy.handlers_for(store.cipher)),
     )
     accounts = TimedRpcProxy("accounts")
     tracing = Tracing()

@@ -20,6 +20,7 @@ from kernel.config import (
     SERVICE_SECRETS,
     ConfigurationError,
     Settings,
+    declared,
 )
 from kernel.signing import signer_from_config
 from services.platform import GATEWAY, SERVICES
@@ -31,9 +32,13 @@ OPS_PORT = 9100
 PROCESSES = {**SERVICES, "gateway": GATEWAY}
 # Every container of Ledgerdesk: the processes, and the prepare job.
 ALL = [*PROCESSES, "prepare"]
-# Every container takes these from ledgerdesk-secrets: they hold the broker's and the database's
-# passwords.
-CONNECTIONS = {"LEDGERDESK_DATABASE_URL", "LEDGERDESK_AMQP_URI"}
+# Every container takes these from ledgerdesk-secrets: the URLs that hold the broker's and the
+# database's passwords (declared as credentials in kernel/config.py).
+CONNECTIONS = {
+    variable.variable
+    for _, variable in declared()
+    if variable.credential and not variable.tests_only
+}
 # Production values: long, random-looking, none a development value.
 REAL = {
     "LEDGERDESK_MASTER_KEY": "k2026a:" + base64.b64encode(bytes(range(32))).decode(),
@@ -179,6 +184,18 @@ def process_environment(process: str, **overrides: str) -> dict[str, str]:
     own = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
     given = {name: secret[key] for name, key in secret_keys(container).items()}
     return {**config, **own, **given, **overrides}
+
+
+def test_the_secret_holds_exactly_the_declared_secrets_and_connection_urls() -> None:
+    """secret.yaml's keys are what kernel/config.py declares secret, and the URLs with passwords
+    the cluster's processes read; the ConfigMap holds none of them."""
+    secrets = {variable.variable for _, variable in declared() if variable.secret}
+    assert secrets == {f"LEDGERDESK_{name}" for name in SECRET_FIELDS}
+    assert set(find("Secret", "ledgerdesk-secrets")["stringData"]) == secrets | CONNECTIONS
+    config = find("ConfigMap", "ledgerdesk-config")["data"]
+    assert not set(config) & (secrets | CONNECTIONS)
+    variables = {variable.variable for _, variable in declared()}
+    assert {name for name in config if name.startswith("LEDGERDESK_")} <= variables
 
 
 @pytest.mark.parametrize("process", sorted(ALL))

@@ -29,7 +29,8 @@ from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
 from kernel.testing import wait_until, world_env
 from kernel.uow import EventSourcedStore
-from services.billing import catalogue, handlers
+from services.billing import handlers
+from services.billing.catalogue import Catalogue
 from services.billing.domain import next_month
 from services.billing.events import REGISTRY
 from services.billing.projections import PROJECTIONS
@@ -100,7 +101,10 @@ def invoice_runner(stack: Stack) -> Iterator[Callable[[], int]]:
     def run() -> int:
         with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}) as cluster:
             return handlers.run_invoices(
-                store.unit_of_work, cluster.accounts.billing_contact, a_month_ahead()
+                store.unit_of_work,
+                Catalogue.of(settings),
+                cluster.accounts.billing_contact,
+                a_month_ahead(),
             )
 
     yield run
@@ -405,7 +409,7 @@ def test_invoices_list_get_pay_and_isolation(stack, invoice_run):
         done = cluster.billing.erase_subject(agent["id"])
     assert held == {
         "status": "retained",
-        "basis": catalogue.LEGAL_BASIS.format(years=catalogue.LEGAL_HOLD_YEARS),
+        "basis": Catalogue.of(stack.settings).legal_basis,
         "until": invoice["hold_until"],
     }
     assert done["status"] == "done"

@@ -210,6 +210,7 @@ def test_an_admin_on_invoices_is_retained_by_billing_and_erased_elsewhere(stack)
     from kernel.db import Database
     from kernel.uow import EventSourcedStore
     from services.billing import handlers as billing
+    from services.billing.catalogue import Catalogue
     from services.billing.events import REGISTRY
     from services.billing.projections import PROJECTIONS
 
@@ -228,7 +229,12 @@ def test_an_admin_on_invoices_is_retained_by_billing_and_erased_elsewhere(stack)
             day=1, hour=2
         )
         assert (
-            billing.run_invoices(store.unit_of_work, rpc.accounts.billing_contact, first_of_next)
+            billing.run_invoices(
+                store.unit_of_work,
+                Catalogue.of(settings),
+                rpc.accounts.billing_contact,
+                first_of_next,
+            )
             >= 1
         )
 

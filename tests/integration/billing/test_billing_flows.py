@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 
 import services.billing
+from kernel.config import Settings
 from kernel.crypto import FieldCipher, Keystore
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
 from kernel.nameko_adapters import prepare_databases
 from kernel.uow import EventSourcedStore
-from services.billing import catalogue, handlers, privacy
+from services.billing import handlers, privacy
+from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
@@ -59,6 +61,7 @@ class Tenant:
 class Billing:
     store: EventSourcedStore
     processor: SandboxProcessor
+    catalogue: Catalogue
     contacts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def feed(self, type_: str, payload: dict[str, Any], at: dt.datetime, version: int = 1) -> None:
@@ -125,7 +128,7 @@ class Billing:
 
     def run(self, now: dt.datetime, contact=None) -> int:
         return handlers.run_invoices(
-            self.store.unit_of_work, contact or self.contacts.__getitem__, now
+            self.store.unit_of_work, self.catalogue, contact or self.contacts.__getitem__, now
         )
 
     def invoices(self, tenant: Tenant) -> list[dict[str, Any]]:
@@ -136,6 +139,11 @@ class Billing:
     def call(self, handler, *args: Any) -> Any:
         with self.store.unit_of_work() as uow:
             return handler(uow, *args)
+
+    def priced(self, handler, *args: Any) -> Any:
+        """``call`` for a handler that takes the catalogue after the unit of work."""
+        with self.store.unit_of_work() as uow:
+            return handler(uow, self.catalogue, *args)
 
     def pay(self, tenant: Tenant, invoice_id: str, processor=None) -> dict[str, Any]:
         with self.store.unit_of_work(tenant.admin_id) as uow:
@@ -174,7 +182,11 @@ def billing(world) -> Billing:
         FieldCipher(keystore),
         PROJECTIONS,
     )
-    return Billing(store, SandboxProcessor(Database(world.database_dsn("billing"), maxconn=5)))
+    return Billing(
+        store,
+        SandboxProcessor(Database(world.database_dsn("billing"), maxconn=5)),
+        Catalogue.of(world),
+    )
 
 
 # --- the subscription ---------------------------------------------------------------------------
@@ -182,7 +194,7 @@ def billing(world) -> Billing:
 
 def test_accounts_events_open_an_account_on_the_default_plan_and_count_seats(billing):
     tenant = billing.open_tenant("Seat Counters Ltd", "in", seats=3)
-    subscription = billing.call(handlers.subscription, tenant.id)
+    subscription = billing.priced(handlers.subscription, tenant.id)
     assert subscription == {
         "plan": "standard",
         "price_per_agent": 1500,
@@ -193,7 +205,7 @@ def test_accounts_events_open_an_account_on_the_default_plan_and_count_seats(bil
         "billed_until": "2025-03-01",
     }
     billing.deactivate(tenant, tenant.agent_ids[0], OPENED + dt.timedelta(days=1))
-    assert billing.call(handlers.subscription, tenant.id)["seats"] == 2
+    assert billing.priced(handlers.subscription, tenant.id)["seats"] == 2
 
     # A redelivered tenant_created opens nothing twice.
     billing.feed(
@@ -212,7 +224,7 @@ def test_accounts_events_open_an_account_on_the_default_plan_and_count_seats(bil
         (1,)
     ]
     with pytest.raises(NotFound):
-        billing.call(handlers.subscription, str(uuid.uuid4()))
+        billing.priced(handlers.subscription, str(uuid.uuid4()))
 
 
 def test_a_plan_change_prices_the_next_invoice_and_an_unknown_plan_is_refused(billing):
@@ -220,11 +232,11 @@ def test_a_plan_change_prices_the_next_invoice_and_an_unknown_plan_is_refused(bi
     assert billing.run(APRIL_RUN) == 1
 
     with pytest.raises(ValidationFailed) as refused:
-        billing.call(handlers.change_plan, tenant.id, {"plan": "platinum"})
+        billing.priced(handlers.change_plan, tenant.id, {"plan": "platinum"})
     assert "plan" in refused.value.errors
-    assert billing.call(handlers.subscription, tenant.id)["plan"] == "standard"
+    assert billing.priced(handlers.subscription, tenant.id)["plan"] == "standard"
 
-    changed = billing.call(handlers.change_plan, tenant.id, {"plan": "team"})
+    changed = billing.priced(handlers.change_plan, tenant.id, {"plan": "team"})
     assert changed["plan"] == "team" and changed["price_per_agent"] == 2900
     # April: a third agent joined; the month is billed at the new plan's price.
     billing.add_agent(tenant, dt.datetime(2025, 4, 15, tzinfo=UTC))
@@ -267,7 +279,7 @@ def test_a_months_invoice_is_seats_times_price_plus_the_regions_tax(
     billing, region, plan, seats, subtotal, tax_rate, tax, total
 ):
     tenant = billing.open_tenant(f"Region {region} Ltd", region, seats=seats)
-    billing.call(handlers.change_plan, tenant.id, {"plan": plan})
+    billing.priced(handlers.change_plan, tenant.id, {"plan": plan})
     # Not yet due: March has not ended.
     assert billing.run(dt.datetime(2025, 3, 31, 23, 59, tzinfo=UTC)) == 0
     assert billing.run(APRIL_RUN) == 1
@@ -285,7 +297,7 @@ def test_a_months_invoice_is_seats_times_price_plus_the_regions_tax(
         total,
     )
     assert invoice["status"] == "issued"
-    assert billing.call(handlers.subscription, tenant.id)["billed_until"] == "2025-04-01"
+    assert billing.priced(handlers.subscription, tenant.id)["billed_until"] == "2025-04-01"
 
 
 PLANS_WITH_ODD_PRICES = [
@@ -298,6 +310,11 @@ PLANS_WITH_ODD_PRICES = [
 ]
 
 
+def plans_from_the_environment(plans: list[dict[str, Any]]) -> Catalogue:
+    """The catalogue of a process started with ``LEDGERDESK_BILLING_PLANS`` set to ``plans``."""
+    return Catalogue.of(Settings.from_env({"LEDGERDESK_BILLING_PLANS": json.dumps(plans)}))
+
+
 @pytest.mark.parametrize(
     "region, plan, tax",
     [
@@ -308,10 +325,10 @@ PLANS_WITH_ODD_PRICES = [
         ("uk", "odd-1501", 300),  # 300.2
     ],
 )
-def test_tax_is_rounded_half_up_to_minor_units(billing, monkeypatch, region, plan, tax):
-    monkeypatch.setenv("LEDGERDESK_BILLING_PLANS", json.dumps(PLANS_WITH_ODD_PRICES))
+def test_tax_is_rounded_half_up_to_minor_units(billing, region, plan, tax):
+    billing.catalogue = plans_from_the_environment(PLANS_WITH_ODD_PRICES)
     tenant = billing.open_tenant(f"Rounding {plan} Ltd", region)
-    billing.call(handlers.change_plan, tenant.id, {"plan": plan})
+    billing.priced(handlers.change_plan, tenant.id, {"plan": plan})
     assert billing.run(APRIL_RUN) == 1
     [invoice] = billing.invoices(tenant)
     price = int(plan.split("-")[1])
@@ -588,21 +605,18 @@ def test_a_retried_charge_with_the_same_key_charges_once(billing, invoiced):
     assert len(billing.charges()) == 1
 
 
-def test_an_invoice_is_charged_in_its_own_currency_after_a_plan_change(billing, monkeypatch):
-    monkeypatch.setenv(
-        "LEDGERDESK_BILLING_PLANS",
-        json.dumps(
-            [
-                {"name": "standard", "price_per_agent": 1500, "currency": "GBP"},
-                {"name": "global", "price_per_agent": 1900, "currency": "USD"},
-            ]
-        ),
+def test_an_invoice_is_charged_in_its_own_currency_after_a_plan_change(billing):
+    billing.catalogue = plans_from_the_environment(
+        [
+            {"name": "standard", "price_per_agent": 1500, "currency": "GBP"},
+            {"name": "global", "price_per_agent": 1900, "currency": "USD"},
+        ]
     )
     tenant = billing.open_tenant("Currency Ltd", "uk")
     assert billing.run(APRIL_RUN) == 1
     [invoice] = billing.invoices(tenant)
     assert (invoice["currency"], invoice["total"]) == ("GBP", 1800)
-    billing.call(handlers.change_plan, tenant.id, {"plan": "global"})
+    billing.priced(handlers.change_plan, tenant.id, {"plan": "global"})
     billing.add_card(tenant, "tok_sandbox_visa")
     billing.pay(tenant, invoice["id"])
     [(_, amount, currency, _, _)] = billing.charges()
@@ -618,10 +632,10 @@ def test_erasing_a_billed_agent_is_retained_until_the_hold_ends_and_the_rest_is_
     assert billing.run(APRIL_RUN) == 1
     assert billing.run(MAY_RUN) == 1  # the later invoice's hold ends later
 
-    answer = billing.call(privacy.erase_subject, tenant.admin_id)
+    answer = billing.priced(privacy.erase_subject, tenant.admin_id)
     assert answer == {
         "status": "retained",
-        "basis": catalogue.LEGAL_BASIS.format(years=10),
+        "basis": billing.catalogue.legal_basis,
         "until": "2035-05-03",
     }
     assert "10 years" in answer["basis"]
@@ -635,16 +649,16 @@ def test_erasing_a_billed_agent_is_retained_until_the_hold_ends_and_the_rest_is_
     assert [i["billing_contact"]["id"] for i in billing.invoices(tenant)] == [tenant.admin_id] * 2
 
     # Asking again answers the same; the restriction is not duplicated.
-    assert billing.call(privacy.erase_subject, tenant.admin_id) == answer
+    assert billing.priced(privacy.erase_subject, tenant.admin_id) == answer
     assert billing.rows("SELECT count(*) FROM restrictions") == [(1,)]
 
     # An agent never named on an invoice: done, and the seat row is erased.
     assert billing.rows("SELECT 1 FROM billing_agents WHERE agent_id = %s", never_billed) == [(1,)]
-    done = billing.call(privacy.erase_subject, never_billed)
+    done = billing.priced(privacy.erase_subject, never_billed)
     assert done["status"] == "done"
     assert billing.rows("SELECT 1 FROM billing_agents WHERE agent_id = %s", never_billed) == []
     assert not billing.call(privacy.is_restricted, never_billed)
-    assert billing.call(privacy.erase_subject, str(uuid.uuid4()))["status"] == "done"
+    assert billing.priced(privacy.erase_subject, str(uuid.uuid4()))["status"] == "done"
     assert billing.rows("SELECT count(*) FROM restrictions") == [(1,)]
 
 
@@ -667,7 +681,7 @@ def test_replaying_the_store_rebuilds_identical_read_models(billing):
     first = billing.open_tenant("Replay One Ltd", "uk", seats=2)
     second = billing.open_tenant("Replay Two Ltd", "in")
     billing.call(handlers.set_address, first.id, {"address": ADDRESS})
-    billing.call(handlers.change_plan, second.id, {"plan": "enterprise"})
+    billing.priced(handlers.change_plan, second.id, {"plan": "enterprise"})
     billing.add_card(first, "tok_sandbox_declined")
     billing.add_card(second, "tok_sandbox_mastercard")
     assert billing.run(MAY_RUN) == 4

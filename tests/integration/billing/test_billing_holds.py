@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel.config import Settings
 from kernel.crypto import is_erased
 from kernel.db import Database
 from kernel.envelope import new_envelope
@@ -15,6 +16,7 @@ from kernel.errors import Conflict
 from kernel.nameko_adapters import open_store
 from kernel.uow import EventSourcedStore
 from services.billing import handlers, privacy
+from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
@@ -66,14 +68,19 @@ def test_destruction_keeps_held_invoices_restricted_and_their_end_erases_them(wo
         "company": "Acme",
     }
     issued = handlers.run_invoices(
-        store.unit_of_work, lambda t: contact, dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+        store.unit_of_work,
+        Catalogue.of(world),
+        lambda t: contact,
+        dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
     )
     assert issued == 2  # September and October
     with store.unit_of_work() as uow:
         method = handlers.add_payment_method(
             uow, SandboxProcessor(store.db), tenant, {"processor_token": "tok_sandbox_visa"}
         )
-        answer = privacy.destroy_tenant(uow, store.cipher.keystore, tenant, str(uuid.uuid4()))
+        answer = privacy.destroy_tenant(
+            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
+        )
     assert answer["status"] == "retained" and answer["until"] == "2036-11-02"
     assert "tax and accounting law" in answer["basis"]
     with store.db.transaction() as cur:
@@ -121,7 +128,9 @@ def test_destroying_a_tenant_without_invoices_is_done(world):
             ),
         )
     with store.unit_of_work() as uow:
-        answer = privacy.destroy_tenant(uow, store.cipher.keystore, tenant, str(uuid.uuid4()))
+        answer = privacy.destroy_tenant(
+            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
+        )
     assert answer["status"] == "done"
 
 
@@ -172,7 +181,10 @@ def open_account(
         "company": company,
     }
     issued = handlers.run_invoices(
-        store.unit_of_work, lambda t: contact, dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+        store.unit_of_work,
+        Catalogue.of(Settings()),  # the default plans, rates and hold
+        lambda t: contact,
+        dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
     )
     assert issued == 2
     return tenant, contact
@@ -231,7 +243,9 @@ def test_a_destroyed_tenant_leaves_only_its_held_invoices_and_a_rebuild_keeps_it
         {**ADDRESS, "line1": "1 Wren Row"},
     )
     with store.unit_of_work("billing") as uow:
-        answer = privacy.destroy_tenant(uow, store.cipher.keystore, tenant, str(uuid.uuid4()))
+        answer = privacy.destroy_tenant(
+            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
+        )
     assert answer["status"] == "retained" and answer["until"] == "2036-11-02"
 
     def left() -> dict[str, str]:
@@ -265,7 +279,10 @@ def test_a_destroyed_tenant_leaves_only_its_held_invoices_and_a_rebuild_keeps_it
     # Nothing more is billed, and nothing can be added.
     contacts = {tenant: contact, other: other_contact}
     run = handlers.run_invoices(
-        store.unit_of_work, contacts.__getitem__, dt.datetime(2027, 3, 2, tzinfo=dt.UTC)
+        store.unit_of_work,
+        Catalogue.of(world),
+        contacts.__getitem__,
+        dt.datetime(2027, 3, 2, tzinfo=dt.UTC),
     )
     assert run == 4  # the other tenant's November to February; none for the destroyed one
     with pytest.raises(Conflict), store.unit_of_work() as uow:
@@ -298,7 +315,9 @@ def test_a_destruction_applied_again_records_one_destruction(world):
     tenant, _ = open_account(store, COMPANY, dt.datetime(2026, 9, 10, tzinfo=dt.UTC))
     for _ in range(2):
         with store.unit_of_work("billing") as uow:
-            privacy.destroy_tenant(uow, store.cipher.keystore, tenant, str(uuid.uuid4()))
+            privacy.destroy_tenant(
+                uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
+            )
     with store.db.transaction() as cur:
         cur.execute("SELECT count(*) FROM events WHERE type = 'tenant_destroyed'")
         assert cur.fetchone()[0] == 1

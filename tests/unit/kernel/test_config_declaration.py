@@ -1,0 +1,123 @@
+"""Each setting is declared once (kernel.config.Settings' field metadata); reading it from the
+environment, writing it back, and the test kit's ``world_env`` are derived from that."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from kernel.config import (
+    ALL_SECRETS,
+    SECRET_FIELDS,
+    SERVICE_SECRETS,
+    Plan,
+    Settings,
+    declared,
+)
+from kernel.signed_note import PublicKey
+from kernel.testing import world_env
+
+# A value other than the default for every setting, each one a parser could get wrong: floats
+# that are not whole, several master keys in order, a key list with an end, plans and rates.
+EVERYTHING_CHANGED = Settings(
+    environment="test",
+    amqp_uri="amqp://u:p@rabbit-1:5672/v;amqp://u:p@rabbit-2:5672/v",
+    rabbit_management_url="http://u:p@rabbit-1:15672",
+    database_url="postgresql://u:p@db:5433/postgres?sslmode=require",
+    database_prefix="ld_round_trip",
+    master_keys={"new": bytes(range(100, 132)), "old": bytes(range(32))},
+    api_key_secret="Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
+    operator_token="uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
+    gateway_host="0.0.0.0",
+    gateway_port=8123,
+    gateway_processes=3,
+    rpc_timeout=2.5,
+    delivery_limit=4,
+    dead_letter_ttl_hours=0.25,
+    dead_letter_max_messages=7,
+    max_workers=6,
+    regions=("uk", "us"),
+    policy_version="2027-03",
+    traces_exporter="console",
+    relay_batch_size=50,
+    key_cache_seconds=0.001,
+    grace_days=0.00002,
+    audit_signing_key=base64.b64encode(bytes(range(1, 33))).decode(),
+    audit_log_origin="audit.example.test/ledger",
+    audit_public_keys=(
+        PublicKey(bytes(range(32)), valid_until=dt.datetime(2027, 1, 1, tzinfo=dt.UTC)),
+        PublicKey(bytes(range(32, 64)), valid_from=dt.datetime(2027, 1, 1, tzinfo=dt.UTC)),
+    ),
+    checkpoint_seconds=1.5,
+    schedule_seconds=0.2,
+    privacy_deadline_days=0.001,
+    privacy_retry_seconds=0.5,
+    day_seconds=2,
+    rate_limit=1 / 3,
+    rate_burst=7,
+    trusted_proxies=("10.0.0.0/8", "2001:db8::/32"),
+    client_rate_limit=1e6,
+    client_rate_burst=1_000_000,
+    auth_failure_rate_limit=0.05,
+    auth_failure_burst=2,
+    signup_rate_limit=1 / 7,
+    signup_burst=1,
+    unauthenticated_log_limit=5,
+    unauthenticated_log_seconds=0.5,
+    ops_host="127.0.0.1",
+    ops_port=0,
+    heartbeat=4,
+    log_format="text",
+    billing_plans=(Plan("solo", 999, "USD"), Plan("odd-1250", 1250, "GBP")),
+    tax_rates={"uk": Decimal("0.175"), "us": Decimal("0")},
+    legal_hold_years=7,
+)
+
+
+def test_every_declared_setting_differs_from_its_default_here():
+    """Else the round trip below would not prove that setting is written and read back."""
+    default = Settings()
+    same = [
+        f.name
+        for f, _ in declared()
+        if getattr(default, f.name) == getattr(EVERYTHING_CHANGED, f.name)
+    ]
+    assert same == []
+
+
+def test_settings_read_back_from_their_environment_are_the_same():
+    assert Settings.from_env(EVERYTHING_CHANGED.to_env()) == EVERYTHING_CHANGED
+    assert Settings.from_env(Settings().to_env()) == Settings()
+
+
+def test_world_env_carries_every_setting_of_the_world():
+    assert Settings.from_env(world_env(EVERYTHING_CHANGED)) == EVERYTHING_CHANGED
+    # The reliability tests' short RPC timeout reached the tests' own settings but not the
+    # processes they spawned: world_env left it out.
+    assert world_env(Settings(rpc_timeout=3.0))["LEDGERDESK_RPC_TIMEOUT"] == "3.0"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICE_SECRETS))
+def test_a_process_gets_back_its_settings_with_only_its_own_secrets(service: str):
+    production = dataclasses.replace(
+        EVERYTHING_CHANGED, environment="production", day_seconds=86400
+    )
+    own = Settings.from_env(production.to_env(), service=service)
+    env = own.to_env()
+
+    assert {n for n in SECRET_FIELDS if f"LEDGERDESK_{n}" in env} == SERVICE_SECRETS[service]
+    assert Settings.from_env(env, service=service) == own
+
+
+def test_the_environment_has_one_variable_per_setting_and_every_secret_is_declared():
+    names = [variable.variable for _, variable in declared()]
+    assert len(names) == len(set(names))
+    assert all(name.startswith("LEDGERDESK_") for name in names)
+    assert set(Settings().to_env()) == set(names)
+    assert frozenset(SECRET_FIELDS) == ALL_SECRETS
+    for secrets in SERVICE_SECRETS.values():
+        assert secrets <= ALL_SECRETS
