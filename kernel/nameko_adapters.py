@@ -65,7 +65,9 @@ from kernel import db as kdb
 from kernel import deadletters, migrate, observability, queue_replacement, topology
 from kernel import forgetting as forgetting_log
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, KeyShredded, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded
 from kernel.envelope import Envelope, EventRegistry, MalformedEnvelope, MalformedPayload
 from kernel.errors import Conflict, DomainError, ServiceUnavailable
 from kernel.eventstore import ConcurrencyError

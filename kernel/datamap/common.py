@@ -22,7 +22,7 @@ from kernel.datamap.model import (
 )
 
 _RELAY = "kernel.relay:OutboxRelay.publish_pending"
-_KEYSTORE = "kernel.crypto"
+_KEYSTORE = "kernel.crypto.keystore"
 
 SHREDDED_WITH_SUBJECT = End(When.ERASURE, "the subject's key is shredded", _KEYSTORE)
 SHREDDED_WITH_TENANT = End(When.DESTRUCTION, "the tenant's key is shredded", _KEYSTORE)

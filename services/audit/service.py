@@ -12,7 +12,7 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
-from kernel.crypto import FieldCipher
+from kernel.crypto.fields import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
 from kernel.forgetting import Forgetting

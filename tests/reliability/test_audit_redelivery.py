@@ -16,7 +16,8 @@ import pytest
 
 from kernel import topology
 from kernel.aggregate import RecordedEvent
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.nameko_adapters import prepare_databases
 from kernel.relay import OutboxRelay

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import services.billing
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed

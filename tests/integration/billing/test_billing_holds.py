@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.crypto import is_erased
+from kernel.crypto.fields import is_erased
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict

@@ -18,7 +18,7 @@ from gateway.idempotency import (
 from kernel import db as kdb
 from kernel import migrate
 from kernel.config import Settings
-from kernel.crypto import Keystore
+from kernel.crypto.keystore import Keystore
 from kernel.errors import Conflict, ValidationFailed
 from kernel.nameko_adapters import prepare_databases
 

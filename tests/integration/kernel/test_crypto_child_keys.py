@@ -10,14 +10,9 @@ import uuid
 import psycopg2
 import pytest
 
-from kernel.crypto import (
-    FieldCipher,
-    KeyShredded,
-    Keystore,
-    TamperedCiphertext,
-    WrongTenant,
-    is_erased,
-)
+from kernel.crypto.fields import FieldCipher, is_erased
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded, TamperedCiphertext, WrongTenant
 from kernel.db import Database, ensure_database
 from kernel.migrate import KEYSTORE, migrate
 from kernel.testing import wait_until

@@ -9,15 +9,9 @@ import uuid
 
 import pytest
 
-from kernel.crypto import (
-    FieldCipher,
-    KeyShredded,
-    Keystore,
-    MasterKeyMissing,
-    TamperedCiphertext,
-    is_encrypted,
-    is_erased,
-)
+from kernel.crypto.fields import FieldCipher, is_encrypted, is_erased
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded, MasterKeyMissing, TamperedCiphertext
 from kernel.db import Database, drop_database, dsn_for, ensure_database
 from kernel.migrate import KEYSTORE, migrate
 

@@ -1,167 +1,43 @@
-"""Crypto-shredding: personal fields are encrypted under a per-subject key that can be destroyed.
+"""``Keystore``: tenant and subject keys in the keystore database, with a short in-process cache.
 
-Three levels of keys, each AES-256-GCM with a random 12-byte nonce prepended to the ciphertext:
-
-* master keys (from configuration, never stored) wrap one key per tenant;
-* the tenant key wraps one key per subject (a person whose data the events hold);
-* the subject key encrypts chosen top-level fields of event payloads.
-
-A subject key may instead be a child of another subject of the same tenant (a ticket of its
-requester): it is then wrapped under the parent's subject key, not the tenant key. Children nest
-one level only; a parent is always a top-level subject.
-
-Erasing a subject destroys its wrapped key; erasing a parent thereby makes all its children
-unreadable at once, without touching them; erasing a tenant destroys the tenant key, which makes
-every subject key under it unreadable at once. Events are never rewritten: after erasure their
-encrypted fields decrypt to ``ERASED``, so replays and projection rebuilds keep working.
-
-Only top-level payload fields are encrypted and decrypted. The associated data binds the
-top-level field name, so an encrypted value nested inside a dict or list is not supported: it is
-neither produced by ``encrypt_fields`` nor opened by ``decrypt_fields``.
-
-A top-level dict with a ``$enc`` key is taken for an encrypted value, so commands must not let
-callers put such a dict into a payload: a malformed one makes ``decrypt_fields`` raise.
-
-Nothing here logs key material or plaintext; log lines carry ids only.
+The keystore is a database of its own, apart from the events, so a data backup holds no usable
+key (``kernel.crypto`` says how the levels of keys nest).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
-import orjson
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kernel.crypto.primitives import (
+    KEY_BYTES,
+    CryptoError,
+    KeyShredded,
+    MasterKeyMissing,
+    TamperedCiphertext,
+    UUIDLike,
+    WrongTenant,
+    child_key_aad,
+    subject_key_aad,
+    tenant_key_aad,
+    unwrap_key,
+    wrap_key,
+)
+from kernel.crypto.primitives import as_uuid as _uuid
 from kernel.db import Database
 
 log = logging.getLogger(__name__)
 
-KEY_BYTES = 32
-NONCE_BYTES = 12
-_TAG_BYTES = 16
-# Versioned prefixes keep the associated data of the four uses of AES-GCM apart.
-_AAD_TENANT = "ledgerdesk/v1/tenant-key/{tenant}"
-_AAD_SUBJECT = "ledgerdesk/v1/subject-key/{tenant}/{subject}"
-_AAD_CHILD = "ledgerdesk/v1/child-key/{tenant}/{parent}/{subject}"
-_AAD_FIELD = "ledgerdesk/v1/field/{tenant}/{subject}/{field}"
-_ENC_VERSION = 1
-_ENC_KEYS = frozenset({"$enc", "tenant", "subject", "ct"})
 # Above this many cached keys, expired entries are dropped (and, failing that, all of them).
 _CACHE_LIMIT = 100_000
-
-UUIDLike = UUID | str
-
-
-class Erased(str):
-    """The value of a field whose key was destroyed; JSON-dumps as the string ``"[erased]"``."""
-
-    __slots__ = ()
-
-    def __new__(cls) -> Erased:
-        return super().__new__(cls, "[erased]")
-
-    def __repr__(self) -> str:
-        return "ERASED"
-
-    def __reduce__(self) -> tuple[type[Erased], tuple[()]]:
-        return (Erased, ())
-
-
-ERASED = Erased()
-
-
-def is_erased(value: Any) -> bool:
-    """True only for the erased marker, not for a string that happens to read ``[erased]``."""
-    return isinstance(value, Erased)
-
-
-class CryptoError(Exception):
-    """Base class of the errors raised here."""
-
-
-class KeyShredded(CryptoError):
-    """The subject or its tenant was erased: nothing may be encrypted for it any more."""
-
-
-class TamperedCiphertext(CryptoError):
-    """A ciphertext or wrapped key failed authentication, or an encrypted value is malformed.
-
-    This is never raised for an erased key (that reads as ``ERASED``); it means the data was
-    altered, moved to another field, subject or tenant, or a configured key is wrong.
-    """
-
-
-class MasterKeyMissing(CryptoError):
-    """A tenant key is wrapped under a master key id that is not configured."""
-
-
-class WrongTenant(CryptoError, ValueError):
-    """A subject's key was asked for under a tenant the subject does not belong to."""
-
-
-def wrap_key(kek: bytes, key: bytes, aad: bytes) -> bytes:
-    """Encrypt ``key`` under the key-encryption key ``kek``; returns nonce || ciphertext."""
-    return seal(kek, key, aad)
-
-
-def unwrap_key(kek: bytes, blob: bytes, aad: bytes) -> bytes:
-    """Open a ``wrap_key`` blob; raises ``TamperedCiphertext`` if it fails authentication."""
-    key = open_sealed(kek, blob, aad)
-    if len(key) != KEY_BYTES:
-        raise TamperedCiphertext("a wrapped key does not hold a 256-bit key")
-    return key
-
-
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a fresh random nonce, returned in front of the ciphertext."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
-def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    """Reverse ``seal``; raises ``TamperedCiphertext`` on any authentication failure."""
-    blob = bytes(blob)
-    if len(blob) < NONCE_BYTES + _TAG_BYTES:
-        raise TamperedCiphertext("ciphertext is too short to be genuine")
-    try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
-    except InvalidTag:
-        raise TamperedCiphertext(
-            "ciphertext failed authentication: it was altered or moved, or the key is wrong"
-        ) from None
-
-
-def tenant_key_aad(tenant_id: UUID) -> bytes:
-    return _AAD_TENANT.format(tenant=tenant_id).encode()
-
-
-def subject_key_aad(tenant_id: UUID, subject_id: UUID) -> bytes:
-    return _AAD_SUBJECT.format(tenant=tenant_id, subject=subject_id).encode()
-
-
-def child_key_aad(tenant_id: UUID, parent_id: UUID, subject_id: UUID) -> bytes:
-    return _AAD_CHILD.format(tenant=tenant_id, parent=parent_id, subject=subject_id).encode()
-
-
-def field_aad(tenant_id: UUID, subject_id: UUID, field: str) -> bytes:
-    # Tenant and subject have a fixed textual form, so a field name holding "/" stays unambiguous.
-    return _AAD_FIELD.format(tenant=tenant_id, subject=subject_id, field=field).encode()
-
-
-def _uuid(value: UUIDLike) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -683,145 +559,3 @@ class Keystore:
                 break
         log.info("re-wrapped %d tenant keys under master key %r", rotated, self._current_kid)
         return rotated
-
-
-# How a ciphertext read model keeps an encrypted field in a text column: its JSON, compact,
-# keys sorted. A read model writes its rows as one JSON document (``stored_json``) and passes
-# each encrypted field as it is (``stored_field``): PostgreSQL's ``json_populate_recordset``
-# puts a nested object's text, verbatim, into a text column, so every field is encoded once,
-# inside the document. Encoding each field on its own first was a third of a rebuild's work,
-# and json's encoder most of the rest: orjson writes the same bytes (an encrypted field is
-# ASCII) in a tenth of the time.
-def stored_json(document: Any) -> str:
-    """``document`` as JSON text, its encrypted fields in their stored form."""
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def stored_field(value: Any) -> dict:
-    """An encrypted field for a ciphertext read model's row (see ``stored_json``)."""
-    if not is_encrypted(value):
-        raise ValueError("only an encrypted value is kept in a ciphertext read model")
-    return value
-
-
-def is_encrypted(value: Any) -> bool:
-    """True for a value produced by ``FieldCipher.encrypt_fields`` (a dict holding ``$enc``)."""
-    return isinstance(value, dict) and "$enc" in value
-
-
-def _parse_encrypted(value: dict) -> tuple[UUID, UUID, bytes]:
-    if set(value) != _ENC_KEYS or value["$enc"] != _ENC_VERSION:
-        raise TamperedCiphertext("malformed encrypted value")
-    try:
-        tenant, subject = UUID(value["tenant"]), UUID(value["subject"])
-        blob = base64.b64decode(value["ct"], validate=True)
-    except (TypeError, ValueError, AttributeError, binascii.Error):
-        raise TamperedCiphertext("malformed encrypted value") from None
-    return tenant, subject, blob
-
-
-class FieldCipher:
-    """Encrypts chosen top-level payload fields under a subject key, and reads them back."""
-
-    def __init__(self, keystore: Keystore) -> None:
-        self._keystore = keystore
-
-    @property
-    def keystore(self) -> Keystore:
-        """The keystore, for privacy commands that shred a subject or a tenant."""
-        return self._keystore
-
-    def encrypt_fields(
-        self,
-        payload: dict,
-        fields: Iterable[str],
-        tenant_id: UUIDLike,
-        subject_id: UUIDLike,
-        parent_id: UUIDLike | None = None,
-    ) -> dict:
-        """A copy of ``payload`` with each named field that is present and not None encrypted.
-
-        With ``parent_id`` the subject's key is a child of that subject's key (see
-        ``Keystore.subject_key``), so erasing the parent erases these fields too. The encrypted
-        value is the same either way: reading it needs no parent.
-
-        Raises ``KeyShredded`` if the subject, its parent or its tenant was erased.
-        """
-        tenant, subject = _uuid(tenant_id), _uuid(subject_id)
-        names = [f for f in dict.fromkeys(fields) if payload.get(f) is not None]
-        result = dict(payload)
-        if not names:
-            return result
-        for name in names:
-            if is_encrypted(payload[name]) or is_erased(payload[name]):
-                raise ValueError(f"field {name!r} is already encrypted or erased")
-        key = self._keystore.subject_key(tenant, subject, create=True, parent_id=parent_id)
-        if key is None:  # create=True raises instead; kept for keystores that return None
-            raise KeyShredded(f"subject {subject} of tenant {tenant} was erased")
-        for name in names:
-            plaintext = json.dumps(payload[name], ensure_ascii=False, separators=(",", ":"))
-            blob = seal(key, plaintext.encode(), field_aad(tenant, subject, name))
-            result[name] = {
-                "$enc": _ENC_VERSION,
-                "tenant": str(tenant),
-                "subject": str(subject),
-                "ct": base64.b64encode(blob).decode("ascii"),
-            }
-        return result
-
-    def decrypt_fields(self, payload: dict, tenant_id: UUIDLike | None = None) -> dict:
-        """A copy of ``payload`` with every top-level encrypted value opened, or ``ERASED``.
-
-        An erased key never raises. ``TamperedCiphertext`` means an altered or moved value;
-        given ``tenant_id`` (the event's tenant), values claiming another tenant count as such.
-        """
-        expected = None if tenant_id is None else _uuid(tenant_id)
-        keys: dict[UUID, bytes | None] = {}
-        result = dict(payload)
-        for name, value in payload.items():
-            if not is_encrypted(value):
-                continue
-            tenant, subject, blob = _parse_encrypted(value)
-            if expected is not None and tenant != expected:
-                raise TamperedCiphertext(f"field {name!r} holds a value of another tenant")
-            if subject not in keys:
-                try:
-                    keys[subject] = self._keystore.subject_key(tenant, subject, create=False)
-                except WrongTenant:
-                    raise TamperedCiphertext(
-                        f"field {name!r} claims tenant {tenant}, which subject {subject} is not of"
-                    ) from None
-                if keys[subject] is None:
-                    log.debug("subject %s has no key: reading its fields as erased", subject)
-            key = keys[subject]
-            if key is None:
-                result[name] = ERASED
-                continue
-            plaintext = open_sealed(key, blob, field_aad(tenant, subject, name))
-            result[name] = json.loads(plaintext)
-        return result
-
-    def open_stored(self, tenant_id: UUIDLike, columns: Mapping[str, str | None]) -> dict[str, Any]:
-        """Personal fields a ciphertext read model keeps (``stored_json`` of an event's field,
-        under that field's name), opened, or ``ERASED`` once their key is gone."""
-        return self.decrypt_fields(_stored_payload(columns), tenant_id=tenant_id)
-
-    def open_stored_rows(
-        self, tenant_id: UUIDLike, rows: Sequence[Mapping[str, str | None]]
-    ) -> list[dict[str, Any]]:
-        """``open_stored`` for each of ``rows``, the keys of all of them loaded at once."""
-        payloads = [_stored_payload(columns) for columns in rows]
-        self._keystore.preload(s for payload in payloads for s in self.subjects_in(payload))
-        return [self.decrypt_fields(payload, tenant_id=tenant_id) for payload in payloads]
-
-    @staticmethod
-    def subjects_in(payload: dict) -> set[UUID]:
-        """The subjects whose encrypted fields sit at the top level of ``payload``."""
-        return {_parse_encrypted(v)[1] for v in payload.values() if is_encrypted(v)}
-
-
-def _stored_payload(columns: Mapping[str, str | None]) -> dict[str, Any]:
-    return {
-        name: json.loads(text) if text is not None and text.startswith("{") else text
-        for name, text in columns.items()
-    }
