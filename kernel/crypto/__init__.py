@@ -21,8 +21,10 @@ One module per job, each imported from where it is (this package re-exports noth
 
 - ``kernel.crypto.primitives``: sealing and key wrapping, the associated data of each use, and
   the errors;
-- ``kernel.crypto.keystore``: ``Keystore``, the tenant and subject keys in their own database,
-  with a short in-process cache; shredding and master-key rotation;
+- ``kernel.crypto.keystore``: ``Keystore``, the tenant and subject keys in their own database;
+  shredding and master-key rotation;
+- ``kernel.crypto.keycache``: the keystore's short in-process cache of subject keys, timed by a
+  clock a test can move;
 - ``kernel.crypto.fields``: ``FieldCipher``, which encrypts chosen payload fields under a
   subject's key and reads them back (``ERASED`` once it is gone), and the stored form of an
   encrypted field in a read model.

@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kernel.crypto.keycache import Entry, KeyCache
 from kernel.crypto.primitives import (
     KEY_BYTES,
     CryptoError,
@@ -35,19 +34,6 @@ from kernel.crypto.primitives import as_uuid as _uuid
 from kernel.db import Database
 
 log = logging.getLogger(__name__)
-
-# Above this many cached keys, expired entries are dropped (and, failing that, all of them).
-_CACHE_LIMIT = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    tenant_id: UUID
-    key: bytes | None  # None: the subject, its parent or its tenant was erased: permanent
-    expires: float
-    # Kept so that shredding a parent can drop its children's entries from this process's cache.
-    parent_id: UUID | None = None
-
 
 # A subject's key with what opens it: its parent's wrapped key (for a child) and its tenant's.
 _SELECT_SUBJECTS = """SELECT s.subject_id, s.tenant_id, s.wrapped_key, s.parent_id, p.wrapped_key,
@@ -69,8 +55,13 @@ class Keystore:
     """
 
     def __init__(
-        self, db: Database, master_keys: Mapping[str, bytes], cache_seconds: float = 30.0
+        self,
+        db: Database,
+        master_keys: Mapping[str, bytes],
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` times the cache (seconds, monotonic): tests hand one they move."""
         if not master_keys:
             raise ValueError("at least one master key is required")
         for kid, key in master_keys.items():
@@ -79,56 +70,11 @@ class Keystore:
         self._db = db
         self._master_keys = dict(master_keys)
         self._current_kid = next(iter(self._master_keys))
-        self._cache_seconds = max(0.0, float(cache_seconds))
-        self._cache: dict[UUID, _Entry] = {}
-        self._lock = threading.Lock()
-        # Bumped by every shred in this process: a key loaded before a shred committed is not
-        # cached after it, so this process forgets an erased key at once even mid-load.
-        self._shreds = 0
+        self._cache = KeyCache(cache_seconds, clock)
 
     @property
     def current_master_key_id(self) -> str:
         return self._current_kid
-
-    # -- the cache -------------------------------------------------------------------------
-
-    def _cached(self, subject_id: UUID) -> _Entry | None:
-        with self._lock:
-            entry = self._cache.get(subject_id)
-            if entry is not None and entry.expires <= time.monotonic():
-                del self._cache[subject_id]
-                return None
-            return entry
-
-    def _remember(self, subject_id: UUID, entry: _Entry, shreds_seen: int) -> None:
-        if self._cache_seconds <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if self._shreds != shreds_seen:
-                return  # a shred ran while this entry was loaded: it may be stale
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache = {s: e for s, e in self._cache.items() if e.expires > now}
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-            self._cache[subject_id] = _Entry(
-                entry.tenant_id, entry.key, now + self._cache_seconds, entry.parent_id
-            )
-
-    def _forget_subjects(self, subject_ids: set[UUID]) -> None:
-        """Drop the subjects' entries and those of their children."""
-        with self._lock:
-            self._shreds += 1
-            for subject_id in [
-                s for s, e in self._cache.items() if s in subject_ids or e.parent_id in subject_ids
-            ]:
-                del self._cache[subject_id]
-
-    def _forget_tenant(self, tenant_id: UUID) -> None:
-        with self._lock:
-            self._shreds += 1
-            for subject_id in [s for s, e in self._cache.items() if e.tenant_id == tenant_id]:
-                del self._cache[subject_id]
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -157,14 +103,13 @@ class Keystore:
         parent = None if parent_id is None else _uuid(parent_id)
         if parent == subject:
             raise ValueError(f"subject {subject} cannot be its own parent")
-        entry = self._cached(subject)
+        entry = self._cache.get(subject)
         if entry is None:
-            with self._lock:
-                shreds_seen = self._shreds
+            shreds_seen = self._cache.shreds_seen()
             entry = self._load(tenant, subject, create, parent)
             if entry is None:
                 return None
-            self._remember(subject, entry, shreds_seen)
+            self._cache.put(subject, entry, shreds_seen)
         if entry.tenant_id != tenant:
             raise WrongTenant(f"subject {subject} does not belong to tenant {tenant}")
         if entry.key is None:
@@ -179,11 +124,9 @@ class Keystore:
             )
         return entry.key
 
-    def _load(
-        self, tenant: UUID, subject: UUID, create: bool, parent: UUID | None
-    ) -> _Entry | None:
+    def _load(self, tenant: UUID, subject: UUID, create: bool, parent: UUID | None) -> Entry | None:
         if create and parent is not None:
-            if self._cache_seconds > 0 and self._cached(parent) is None:
+            if self._cache.enabled and self._cache.get(parent) is None:
                 # Loaded (created top-level if need be) and cached for the next children: a
                 # requester's tickets come in runs. A parent that cannot be used is left to the
                 # full path below, which refuses the child with the right error.
@@ -198,17 +141,17 @@ class Keystore:
                 if not create:
                     state = self._select_tenant(cur, tenant)
                     if state is not None and state[1] is None:
-                        return _Entry(tenant, None, 0.0)  # no subject of it can ever get a key
+                        return Entry(tenant, None, 0.0)  # no subject of it can ever get a key
                     return None
                 row = self._create_subject(cur, tenant, subject, parent)
         return self._entry_of(subject, row)
 
-    def _entry_of(self, subject: UUID, row: tuple) -> _Entry:
+    def _entry_of(self, subject: UUID, row: tuple) -> Entry:
         """The cache entry of a subject's row as ``_select_subject`` reads it."""
         owner, wrapped_subject, owner_parent, wrapped_parent, kid, wrapped_tenant = row
         erased = wrapped_subject is None or wrapped_tenant is None
         if erased or (owner_parent is not None and wrapped_parent is None):
-            return _Entry(owner, None, 0.0, owner_parent)
+            return Entry(owner, None, 0.0, owner_parent)
         tenant_key = self._unwrap_tenant_key(owner, kid, wrapped_tenant)
         if owner_parent is None:
             key = unwrap_key(tenant_key, wrapped_subject, subject_key_aad(owner, subject))
@@ -219,9 +162,9 @@ class Keystore:
             key = unwrap_key(
                 parent_key, wrapped_subject, child_key_aad(owner, owner_parent, subject)
             )
-        return _Entry(owner, key, 0.0, owner_parent)
+        return Entry(owner, key, 0.0, owner_parent)
 
-    def _create_child(self, tenant: UUID, subject: UUID, parent: UUID) -> _Entry | None:
+    def _create_child(self, tenant: UUID, subject: UUID, parent: UUID) -> Entry | None:
         """A new child key in one statement when the parent's key is in this process's cache;
         None when that is not so, or the child exists, or the parent or tenant was erased or
         does not fit (the full path then decides what it is and says why).
@@ -233,7 +176,7 @@ class Keystore:
         the full path does, so a shred committed elsewhere is seen here, and one that comes
         later waits for this child and then makes it unreadable with its parent.
         """
-        parent_entry = self._cached(parent)
+        parent_entry = self._cache.get(parent)
         if (
             parent_entry is None
             or parent_entry.key is None
@@ -273,19 +216,18 @@ class Keystore:
         if not inserted:
             return None
         log.debug("created subject key for %s in tenant %s", subject, tenant)
-        return _Entry(tenant, key, 0.0, parent)
+        return Entry(tenant, key, 0.0, parent)
 
     def preload(self, subject_ids: Iterable[UUIDLike]) -> None:
         """Load the keys of the subjects this process has not cached, in one round trip, so
         opening a page of rows (each under its own key) costs one query, not one per row.
         Subjects without a key are left to ``subject_key``; nothing is created."""
-        if self._cache_seconds <= 0:
+        if not self._cache.enabled:
             return
-        missing = {s for s in map(_uuid, subject_ids) if self._cached(s) is None}
+        missing = {s for s in map(_uuid, subject_ids) if self._cache.get(s) is None}
         if not missing:
             return
-        with self._lock:
-            shreds_seen = self._shreds
+        shreds_seen = self._cache.shreds_seen()
         with self._db.transaction() as cur:
             cur.execute(
                 _SELECT_SUBJECTS + " WHERE s.subject_id = ANY(%s::uuid[])",
@@ -293,7 +235,7 @@ class Keystore:
             )
             rows = cur.fetchall()
         for subject, *row in rows:
-            self._remember(subject, self._entry_of(subject, tuple(row)), shreds_seen)
+            self._cache.put(subject, self._entry_of(subject, tuple(row)), shreds_seen)
 
     @staticmethod
     def _select_subject(cur, subject: UUID) -> tuple | None:
@@ -438,7 +380,7 @@ class Keystore:
                 (subject,),
             )
             destroyed = cur.fetchone() is not None
-        self._forget_subjects({subject})
+        self._cache.forget_subjects({subject})
         if destroyed:
             log.info("shredded subject key of %s", subject)
         return destroyed
@@ -487,7 +429,7 @@ class Keystore:
             # its tombstone a no-op; this statement's fresh snapshot sees it and destroys it.
             cur.execute(destroy, (subjects, tenant))
             count += cur.rowcount
-        self._forget_subjects(set(subjects))
+        self._cache.forget_subjects(set(subjects))
         log.info("shredded %d subject keys of tenant %s", count, tenant)
         return count
 
@@ -510,7 +452,7 @@ class Keystore:
                 (tenant,),
             )
             count = cur.rowcount
-        self._forget_tenant(tenant)
+        self._cache.forget_tenant(tenant)
         log.info("shredded tenant key of %s and %d subject keys", tenant, count)
         return count
 
