@@ -26,8 +26,15 @@ import requests
 from kernel.cards import contains_card_number
 from kernel.config import Settings
 from kernel.db import drop_database
+from kernel.nameko_adapters import patches
 
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run services in-process (``container_factory``) and start them as processes
+    (``kernel.runner``): both run on nameko as the kernel mends it."""
+    patches.install()
 
 
 @dataclass(frozen=True)

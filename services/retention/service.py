@@ -17,14 +17,11 @@ from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ServiceUnavailable
 from kernel.forgetting import Forgetting, LogEntry
-from kernel.nameko_adapters import (
-    EventStoreDependency,
-    TimedRpcProxy,
-    consume_events,
-    rpc,
-    settings_of,
-    store_of,
-)
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.proxy import TimedRpcProxy
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config

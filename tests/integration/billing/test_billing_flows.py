@@ -21,7 +21,7 @@ from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.uow import EventSourcedStore
 from services.billing import catalogue, handlers, privacy
 from services.billing.events import REGISTRY

@@ -12,7 +12,7 @@ from kernel.crypto.fields import is_erased
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.billing import handlers, privacy
 from services.billing.events import REGISTRY

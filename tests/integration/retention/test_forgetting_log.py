@@ -13,7 +13,7 @@ import pytest
 
 from kernel import forgetting as kernel_forgetting
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from services.retention import requests, schedules
 from services.retention.forgetting import forgetting_log
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
 from kernel.signing import Signer, signer_from_config
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.retention import requests, schedules, sealed
 

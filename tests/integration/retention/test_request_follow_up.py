@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
 from kernel.signing import signer_from_config
+from kernel.stores import open_store
 from services.retention import requests
 
 SERVICES = ("accounts", "audit", "billing", "tickets")
