@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from kernel.config import Settings
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.tickets import handlers
 from services.tickets.domain import Ticket

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.harness import Context, Row, percentile
 from kernel.envelope import Envelope, new_envelope
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from services.audit import chain, merkle
 from services.audit.ledger import Ledger, open_ledger
 

@@ -30,7 +30,7 @@ from bench.history import new_requester, tickets_store, write_history
 from kernel import eventstore
 from kernel.config import Settings
 from kernel.db import ensure_database
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.testing import make_world
 from services.audit.ledger import open_ledger
 from services.tickets import handlers

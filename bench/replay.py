@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.harness import Context, Row
 from bench.history import new_requester, tickets_store, write_history
 from kernel import eventstore
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from services.audit.ledger import Ledger, open_ledger
 
 AUDIT_MIGRATIONS = Path(__file__).resolve().parent.parent / "services/audit/migrations"

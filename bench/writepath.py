@@ -30,7 +30,7 @@ import pika
 import psycopg2
 
 from bench.harness import Context, Row, percentile
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.testing import wait_until
 
 TICKET = {"subject": "order 1234 has not arrived", "body": "where is it?", "priority": "normal"}

@@ -24,7 +24,8 @@ from gateway import accesslog
 from gateway.clientaddr import ENVIRON_KEY, TrustedProxies, client_address, limit_key
 from gateway.ratelimit import RateLimited, RateLimiter
 from kernel import outbox
-from kernel.nameko_adapters import settings_of, store_of
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.store import store_of
 from kernel.observability import ACCESSES_SUMMARIZED, FAILED_AUTHENTICATIONS, RATE_LIMITED
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from kernel.cards import contains_card_number
 from kernel.commands import load_command
 from kernel.errors import DomainError, ValidationFailed
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import store_of
+from kernel.nameko_adapters.store import store_of
 from kernel.tracing import TraceHandle, valid_traceparent
 from kernel.uow import EventSourcedStore
 

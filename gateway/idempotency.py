@@ -29,7 +29,8 @@ from typing import Any
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extras import Json
 
-from kernel.crypto import KeyShredded, Keystore, open_sealed, seal
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded, open_sealed, seal
 from kernel.db import Database
 from kernel.errors import Conflict, ValidationFailed
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway import idempotency
-from kernel.crypto import Keystore
+from kernel.crypto.keystore import Keystore
 from kernel.uow import EventSourcedStore, UnitOfWork
 
 CATEGORIES = ("api_responses",)

@@ -52,12 +52,10 @@ from kernel.errors import (
     ValidationFailed,
 )
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import (
-    EventStoreDependency,
-    TimedRpcProxy,
-    consume_events,
-    settings_of,
-)
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.proxy import TimedRpcProxy
+from kernel.nameko_adapters.store import EventStoreDependency
 from kernel.signed_note import PublicKey, current_key, short_key_id, verifier_key
 from kernel.signing import published_keys
 from kernel.tracing import Tracing

@@ -172,7 +172,7 @@ class OpsServer(SharedExtension):
     """The process's ops HTTP server (one per container), in an eventlet green thread."""
 
     def setup(self) -> None:
-        from kernel.nameko_adapters import settings_of
+        from kernel.nameko_adapters.common import settings_of
 
         settings = settings_of(self.container)
         self.service_name: str = self.container.service_name

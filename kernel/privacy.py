@@ -154,7 +154,7 @@ class Announcement(DependencyProvider):
         self.commands = commands
 
     def start(self) -> None:
-        from kernel.nameko_adapters import store_of
+        from kernel.nameko_adapters.store import store_of
 
         store = store_of(self.container)
         service = self.container.service_name

@@ -8,8 +8,8 @@ time replaces a queue (``replacing``).
 
 A dead-letter queue declared without its limits (or with others) is replaced by
 ``declare_dead_letter_queue``, which ``kernel.topology.declare`` and
-``kernel.nameko_adapters.declare_rpc_queues`` call; the latter also turns the classic RPC queues
-of an older release into quorum queues through ``hold`` and ``release_held``.
+``kernel.nameko_adapters.rpc_queues.declare_rpc_queues`` call; the latter also turns the classic
+RPC queues of an older release into quorum queues through ``hold`` and ``release_held``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ eventlet must patch the standard library before anything else is imported, psyco
 taking work, in-flight workers finish (a message is acknowledged only after its handler's
 transaction committed), then the relay and the ops server stop and connections close.
 
+The process first installs the kernel's patches of nameko and kombu
+(``kernel.nameko_adapters.patches``): importing a service applies none.
+
 Logs are JSON lines (``LEDGERDESK_LOG_FORMAT=text`` for the old format); every process serves
 its ops endpoints (``kernel.observability``).
 """
@@ -34,6 +37,7 @@ from opentelemetry import trace  # noqa: E402
 from kernel import forgetting  # noqa: E402
 from kernel.config import ConfigurationError, Settings  # noqa: E402
 from kernel.db import DatabaseUnavailable  # noqa: E402
+from kernel.nameko_adapters import patches  # noqa: E402
 from kernel.observability import Operations  # noqa: E402
 from kernel.tracing import setup_tracing  # noqa: E402
 
@@ -170,6 +174,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m kernel.runner module.path:ServiceClass", file=sys.stderr)
         return 2
+    # Before any service is loaded: what the kernel mends in nameko and kombu (heartbeats on
+    # publisher connections, a clean stop while connecting) holds for the whole process.
+    patches.install()
     try:
         service_cls = with_operations(load(argv[0]))
         name = getattr(service_cls, "name")  # noqa: B009

@@ -25,8 +25,15 @@ import requests
 from kernel.cards import contains_card_number
 from kernel.config import Settings
 from kernel.db import drop_database
+from kernel.nameko_adapters import patches
 
 T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests run services in-process (``container_factory``) and start them as processes
+    (``kernel.runner``): both run on nameko as the kernel mends it."""
+    patches.install()
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,20 @@ def wait_until(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: last {last!r}")
+
+
+class ManualClock:
+    """A monotonic clock the test moves (``advance``), for what takes a ``clock`` (the
+    keystore's cache): a test passes a time limit without sleeping through it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def queue_depth(infrastructure: Infrastructure, settings: Settings, queue: str) -> int:

@@ -25,7 +25,7 @@ from kernel.projections import Projection, rebuild
 from kernel.topology import EVENTS_EXCHANGE
 
 if TYPE_CHECKING:
-    from kernel.crypto import FieldCipher
+    from kernel.crypto.fields import FieldCipher
 
 
 class EventSourcedStore:

@@ -25,7 +25,8 @@ from nameko.rpc import RPC_QUEUE_TEMPLATE
 from kernel import deadletters, topology
 from kernel.config import ConfigurationError, Settings
 from kernel.db import DatabaseUnavailable, connect
-from kernel.nameko_adapters import declare_rpc_queues, prepare_databases
+from kernel.nameko_adapters.rpc_queues import declare_rpc_queues
+from kernel.stores import prepare_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 

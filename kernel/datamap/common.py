@@ -22,7 +22,7 @@ from kernel.datamap.model import (
 )
 
 _RELAY = "kernel.relay:OutboxRelay.publish_pending"
-_KEYSTORE = "kernel.crypto"
+_KEYSTORE = "kernel.crypto.keystore"
 
 SHREDDED_WITH_SUBJECT = End(When.ERASURE, "the subject's key is shredded", _KEYSTORE)
 SHREDDED_WITH_TENANT = End(When.DESTRUCTION, "the tenant's key is shredded", _KEYSTORE)
@@ -205,7 +205,7 @@ def subscription_queues(subscriptions: Iterable[Any]) -> tuple[Queue, ...]:
     """Each consumer queue (``kernel.topology.Subscription``) and its dead-letter queue: what
     they hold is the published events they are bound to, which carry ids and states, and an
     access event's IP address and user agent where they are bound to access events."""
-    from kernel.nameko_adapters import topic_matches
+    from kernel.nameko_adapters.events import topic_matches
 
     queues: list[Queue] = []
     for subscription in subscriptions:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernel.crypto import ERASED, FieldCipher, KeyShredded
+from kernel.crypto.fields import ERASED, FieldCipher
+from kernel.crypto.primitives import KeyShredded
 from kernel.uow import UnitOfWork
 from services.accounts import handlers
 from services.accounts.domain import Agent, Contact, Tenant

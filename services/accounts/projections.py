@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psycopg2
 
-from kernel.crypto import ERASED
+from kernel.crypto.fields import ERASED
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 

@@ -17,7 +17,10 @@ from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of, store_of
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.accounts import commands, handlers, privacy

@@ -25,7 +25,9 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kernel.crypto import FieldCipher, KeyShredded, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded
 from kernel.db import Database
 from kernel.envelope import Envelope
 

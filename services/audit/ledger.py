@@ -19,7 +19,8 @@ from typing import Any
 import psycopg2.extras
 
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import NotFound, RetryLater

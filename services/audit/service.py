@@ -12,12 +12,15 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
-from kernel.crypto import FieldCipher
+from kernel.crypto.fields import FieldCipher
 from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
 from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import EventStoreDependency, consume_events, rpc, settings_of, store_of
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.privacy import Handler
 from kernel.signing import check_signing_key, published_keys, signer_from_config

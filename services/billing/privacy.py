@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from kernel.crypto import Keystore
+from kernel.crypto.keystore import Keystore
 from kernel.uow import UnitOfWork
 from services.billing import handlers
 from services.billing.catalogue import Catalogue

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto import is_erased
+from kernel.crypto.fields import is_erased
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 

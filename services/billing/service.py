@@ -15,13 +15,11 @@ from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import (
-    EventStoreDependency,
-    TimedRpcProxy,
-    consume_events,
-    rpc,
-    settings_of,
-)
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.proxy import TimedRpcProxy
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.billing import commands, handlers, privacy

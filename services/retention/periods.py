@@ -3,7 +3,7 @@
 Shortening a period purges data on a schedule: a closed ticket's words, or the access log's
 addresses, go sooner, which is an erasure in effect. So while a tenant's approval policy names
 erasure, a shortened period is a change that waits for another admin, decided by the rules a
-request's decision follows (``requests.check_four_eyes``); lengthening a period applies at
+request's decision follows (``approvals.check_four_eyes``); lengthening a period applies at
 once. Every period that applies is an entry in the ledger (``retention_period_changed``).
 """
 
@@ -18,12 +18,12 @@ from kernel.envelope import Envelope
 from kernel.errors import Conflict, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
-from services.retention.requests import (
-    _decision_event,
-    _lock_policy,
-    _message,
+from services.retention.approvals import (
     approval_policy,
     check_four_eyes,
+    decision_event,
+    lock_policy,
+    retention_message,
 )
 from services.retention.schedules import CATEGORIES, policies
 
@@ -40,7 +40,7 @@ def change_period(
     tenant_id = actor["tenant_id"]
     # The same turn as approval policy changes: a period shortened alone must not slip in
     # while erasure's approval is being required.
-    _lock_policy(uow, tenant_id)
+    lock_policy(uow, tenant_id)
     before = _period(uow, tenant_id, category)
     current = before["days"]
     _supersede(uow, tenant_id, category)
@@ -66,7 +66,7 @@ def change_period(
         ),
     )
     uow.publish(
-        _message(
+        retention_message(
             uow,
             "retention_period_change_filed",
             _stream(tenant_id),
@@ -98,7 +98,7 @@ def decide_change(
     if decision not in ("approved", "denied"):
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_change(uow, tenant_id, change_id)
-    _lock_policy(uow, tenant_id)
+    lock_policy(uow, tenant_id)
     uow.cur.execute(
         "SELECT status, filed_by, filed_key_issuer, created_at, category, days"
         " FROM retention_period_changes WHERE id = %s FOR UPDATE",
@@ -115,7 +115,7 @@ def decide_change(
         (decision, decider["agent_id"], now, sealed_reason, change_id),
     )
     uow.publish(
-        _decision_event(
+        decision_event(
             uow,
             f"retention_period_change_{decision}",
             _stream(tenant_id),
@@ -217,7 +217,7 @@ def _changed(
     days: int,
     change_id: str | None,
 ) -> Envelope:
-    return _message(
+    return retention_message(
         uow,
         "retention_period_changed",
         _stream(tenant_id),

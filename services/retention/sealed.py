@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kernel.crypto import FieldCipher, KeyShredded, stored_json
+from kernel.crypto.fields import FieldCipher, stored_json
+from kernel.crypto.primitives import KeyShredded
 from kernel.uow import UnitOfWork
 
 log = logging.getLogger(__name__)

@@ -17,20 +17,26 @@ from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ServiceUnavailable
 from kernel.forgetting import Forgetting, LogEntry
-from kernel.nameko_adapters import (
-    EventStoreDependency,
-    TimedRpcProxy,
-    consume_events,
-    rpc,
-    settings_of,
-    store_of,
-)
+from kernel.nameko_adapters.common import settings_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.proxy import TimedRpcProxy
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
 from kernel.uow import EventSourcedStore
-from services.retention import forgetting, periods, requests, schedules, sealed
+from services.retention import (
+    approvals,
+    forgetting,
+    periods,
+    receipts,
+    registry,
+    requests,
+    schedules,
+    sealed,
+)
 from services.retention.commands import (
     DecideRequestV1,
     FilePrivacyRequestV1,
@@ -166,7 +172,7 @@ class RetentionService:
     @rpc
     def approval_policy(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return requests.approval_policy(uow, tenant_id)
+            return approvals.approval_policy(uow, tenant_id)
 
     @rpc
     def change_approval_policy(
@@ -177,7 +183,7 @@ class RetentionService:
         which applied every change at once, fails rather than being answered in a new shape."""
         command = load_command(SetApprovalPolicyV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            result, applied = requests.change_approval_policy(
+            result, applied = approvals.change_approval_policy(
                 uow, actor, command["requires_approval"], self.clock()
             )
         return {"applied": applied, "result": result}
@@ -185,14 +191,14 @@ class RetentionService:
     @rpc
     def get_policy_change(self, tenant_id: str, change_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return requests.get_policy_change(uow, tenant_id, change_id)
+            return approvals.get_policy_change(uow, tenant_id, change_id)
 
     @rpc
     def list_policy_changes(
         self, tenant_id: str, status: str | None, limit: int, after: list | None
     ) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return requests.list_policy_changes(uow, tenant_id, status, limit, after)
+            return approvals.list_policy_changes(uow, tenant_id, status, limit, after)
 
     @rpc
     def decide_policy_change(
@@ -200,7 +206,7 @@ class RetentionService:
     ) -> dict[str, Any]:
         command = load_command(DecideRequestV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return requests.decide_policy_change(
+            return approvals.decide_policy_change(
                 uow, actor["tenant_id"], change_id, actor, decision, command["reason"], self.clock()
             )
 
@@ -238,7 +244,7 @@ class RetentionService:
     @rpc
     def get_receipt(self, tenant_id: str, request_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return requests.get_receipt(uow, tenant_id, request_id)
+            return receipts.get_receipt(uow, tenant_id, request_id)
 
     @rpc
     def policies(self, tenant_id: str) -> dict[str, Any]:
@@ -296,19 +302,19 @@ class RetentionService:
     @rpc
     def registered_services(self) -> list[dict[str, Any]]:
         with self.store.unit_of_work() as uow:
-            return requests.registered_services(uow)
+            return registry.registered_services(uow)
 
     @consume_events(REGISTRY)
     def service_announced(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("retention.registry", event.event_id):
-                requests.register_service(uow, event)
+                registry.register_service(uow, event)
 
     @consume_events(ANSWERS)
     def privacy_answered(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:
             if uow.first_delivery("retention.answers", event.event_id):
-                requests.record_answer(uow, event, self.signer, self.clock(), self.timing)
+                receipts.record_answer(uow, event, self.signer, self.clock(), self.timing)
 
     @consume_events(TENANTS)
     def tenant_clock(self, event: Envelope) -> None:

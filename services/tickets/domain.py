@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.aggregate import Aggregate
-from kernel.crypto import is_erased
+from kernel.crypto.fields import is_erased
 from kernel.errors import Conflict
 
 TRANSITIONS: dict[str, frozenset[str]] = {

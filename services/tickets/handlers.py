@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.cards import redact_card_numbers
-from kernel.crypto import ERASED, KeyShredded, is_erased
+from kernel.crypto.fields import ERASED, is_erased
+from kernel.crypto.primitives import KeyShredded
 from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id

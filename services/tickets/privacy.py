@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from kernel.aggregate import RecordedEvent
-from kernel.crypto import FieldCipher
+from kernel.crypto.fields import FieldCipher
 from kernel.uow import UnitOfWork
 from services.tickets.handlers import shown_tags
 

@@ -1,6 +1,6 @@
 """Tickets' read models: tickets and their messages, with their words (subject, body, tags,
-messages) kept encrypted as the events hold them (``kernel.crypto.stored_json``): readers open
-them with the ticket's key, so an erasure is a key shred and never a scrub of these tables."""
+messages) kept encrypted as the events hold them (``kernel.crypto.fields.stored_json``): readers
+open them with the ticket's key, so an erasure is a key shred and never a scrub of these tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto import is_encrypted, stored_field, stored_json
+from kernel.crypto.fields import is_encrypted, stored_field, stored_json
 from kernel.envelope import Envelope
 from kernel.projections import Projection
 

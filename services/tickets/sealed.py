@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from kernel.crypto import KeyShredded
+from kernel.crypto.primitives import KeyShredded
 from kernel.uow import UnitOfWork
 from services.tickets import handlers
 

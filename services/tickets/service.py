@@ -14,13 +14,10 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
-from kernel.nameko_adapters import (
-    EventStoreDependency,
-    TimedRpcProxy,
-    consume_events,
-    rpc,
-    store_of,
-)
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.proxy import TimedRpcProxy
+from kernel.nameko_adapters.rpc import rpc
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.tickets import commands, handlers, privacy, sealed

@@ -14,7 +14,8 @@ import pytest
 
 from kernel import migrate
 from kernel.config import Settings
-from kernel.crypto import Keystore, MasterKeyMissing
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import MasterKeyMissing
 from kernel.db import Database, ensure_database
 from kernel.testing import world_env
 

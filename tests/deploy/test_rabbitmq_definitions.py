@@ -1,7 +1,7 @@
 """deploy/rabbitmq/definitions.json is the topology the code declares: the expectations come
 from services.platform.subscriptions(), kernel.topology and the RPC queues of
-kernel.nameko_adapters, so the file cannot drift from them, and a real broker confirms that
-declaring the code's topology over the file changes nothing."""
+kernel.nameko_adapters.rpc_queues, so the file cannot drift from them, and a real broker confirms
+that declaring the code's topology over the file changes nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from amqp.exceptions import PreconditionFailed
 
 from kernel import topology
 from kernel.config import Settings
-from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
+from kernel.nameko_adapters.rpc_queues import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
 from kernel.testing import Infrastructure, make_world
 from services.platform import RPC_SERVERS, subscriptions
 

@@ -25,7 +25,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from psycopg2 import sql
 
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.testing import wait_until, world_env
 from kernel.uow import EventSourcedStore

@@ -206,7 +206,8 @@ def test_an_admin_on_invoices_is_retained_by_billing_and_erased_elsewhere(stack)
     # An invoice naming the first admin: the billing run, as its timer would call it.
     import datetime as dt
 
-    from kernel.crypto import FieldCipher, Keystore
+    from kernel.crypto.fields import FieldCipher
+    from kernel.crypto.keystore import Keystore
     from kernel.db import Database
     from kernel.uow import EventSourcedStore
     from services.billing import handlers as billing

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from kernel.config import Settings
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.testing import wait_until, world_env
 from services.accounts.events import REGISTRY as ACCOUNTS_EVENTS
 from services.accounts.projections import PROJECTIONS as ACCOUNTS_PROJECTIONS

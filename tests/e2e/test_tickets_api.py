@@ -19,7 +19,7 @@ import pytest
 from kombu import Connection, Queue, binding
 
 from kernel import topology
-from kernel.crypto import Keystore
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.testing import wait_until
 from tests.e2e.conftest import Stack, running_stack

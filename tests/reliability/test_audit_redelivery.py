@@ -16,11 +16,12 @@ import pytest
 
 from kernel import topology
 from kernel.aggregate import RecordedEvent
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
-from kernel.nameko_adapters import prepare_databases
 from kernel.relay import OutboxRelay
 from kernel.signing import signer_from_config
+from kernel.stores import prepare_databases
 from kernel.testing import queue_depth, wait_until, world_env
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, SUBSCRIPTIONS

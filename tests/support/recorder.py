@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 from kernel.envelope import Envelope, EventRegistry
-from kernel.nameko_adapters import EventStoreDependency, consume_events
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.store import EventStoreDependency
 from kernel.topology import Subscription
 from kernel.tracing import Tracing
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from marshmallow import Schema, fields
 
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.envelope import EventRegistry, EventType
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.uow import EventSourcedStore
 
 SOURCE = "testsrc"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import services.accounts
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.accounts import handlers
 from services.accounts.events import REGISTRY

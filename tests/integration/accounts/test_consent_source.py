@@ -9,7 +9,7 @@ import json
 import uuid
 from typing import Any
 
-from kernel.crypto import is_encrypted
+from kernel.crypto.fields import is_encrypted
 from kernel.uow import EventSourcedStore
 from services.accounts import handlers, privacy
 from services.accounts.projections import PROJECTIONS

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from kernel.commands import load_command
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from services.accounts import handlers, privacy
 from services.accounts.commands import CreateContactV1, SetConsentV1, SignUpV1
 from services.accounts.events import REGISTRY

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.accesslog import access_event
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import NotFound, RetryLater
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.testing import world_env
 from services.audit import access_keys, chain, cli
 from services.audit.ledger import Ledger, open_ledger

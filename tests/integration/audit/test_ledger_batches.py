@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from kernel.groupcommit import GroupCommit
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from services.audit.ledger import Ledger, open_ledger
 from tests.integration.audit.test_ledger import (
     BASE,

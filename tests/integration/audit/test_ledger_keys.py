@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from kernel.nameko_adapters import prepare_databases
 from kernel.signed_note import EPOCH, PublicKey, open_checkpoint
 from kernel.signing import Signer, checkpoint_message
+from kernel.stores import prepare_databases
 from kernel.testing import world_env
 from services import platform
 from services.audit import cli, offline_verify

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kernel.errors import RetryLater
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from services.audit import chain
 from services.audit.ledger import Ledger, open_ledger
 from services.audit.service import privacy_handlers

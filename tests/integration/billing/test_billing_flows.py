@@ -17,11 +17,12 @@ import pytest
 
 import services.billing
 from kernel.config import Settings
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.uow import EventSourcedStore
 from services.billing import handlers, privacy
 from services.billing.catalogue import Catalogue

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from kernel.config import Settings
-from kernel.crypto import is_erased
+from kernel.crypto.fields import is_erased
 from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.billing import handlers, privacy
 from services.billing.catalogue import Catalogue

@@ -18,9 +18,9 @@ from gateway.idempotency import (
 from kernel import db as kdb
 from kernel import migrate
 from kernel.config import Settings
-from kernel.crypto import Keystore
+from kernel.crypto.keystore import Keystore
 from kernel.errors import Conflict, ValidationFailed
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 
 # The tests run monkey-patched; real OS threads make the racing transactions truly concurrent.
 real_threading = patcher.original("threading")

@@ -18,9 +18,9 @@ from kernel import db as kdb
 from kernel import migrate
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
-from kernel.crypto import TamperedCiphertext
+from kernel.crypto.primitives import TamperedCiphertext
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 
 HEADERS = {"Content-Type": "application/json"}

@@ -4,22 +4,16 @@ import base64
 import json
 import os
 import threading
-import time
 import uuid
 
 import pytest
 
-from kernel.crypto import (
-    FieldCipher,
-    KeyShredded,
-    Keystore,
-    MasterKeyMissing,
-    TamperedCiphertext,
-    is_encrypted,
-    is_erased,
-)
+from kernel.crypto.fields import FieldCipher, is_encrypted, is_erased
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded, MasterKeyMissing, TamperedCiphertext
 from kernel.db import Database, drop_database, dsn_for, ensure_database
 from kernel.migrate import KEYSTORE, migrate
+from kernel.testing import ManualClock
 
 SERVER_DSN = os.environ.get(
     "LEDGERDESK_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -84,13 +78,14 @@ def test_shredding_a_subject_erases_only_that_subject(keys_db, keystore):
     sealed_ann = sealed_for(cipher, tenant, ann, 1)
     sealed_bob = sealed_for(cipher, tenant, bob, 2)
     # Another process that has Ann's key cached, with a tiny TTL.
-    elsewhere = Keystore(keys_db, {"k1": K1}, cache_seconds=0.05)
+    clock = ManualClock()
+    elsewhere = Keystore(keys_db, {"k1": K1}, cache_seconds=0.05, clock=clock)
     assert FieldCipher(elsewhere).decrypt_fields(sealed_ann) == person(1)
 
     assert keystore.shred_subject(ann) is True
     assert keystore.shred_subject(ann) is False  # idempotent
 
-    time.sleep(0.1)  # past the other cache's TTL
+    clock.advance(0.1)  # past the other cache's TTL
     fresh = Keystore(keys_db, {"k1": K1}, cache_seconds=0)
     for ks in (keystore, elsewhere, fresh):
         opened = FieldCipher(ks).decrypt_fields(sealed_ann, tenant_id=tenant)

@@ -16,7 +16,7 @@ import pytest
 from kombu import Connection, Queue
 
 from kernel import deadletters, queue_replacement, topology
-from kernel.nameko_adapters import declare_rpc_queues, rpc_dead_letter_queue
+from kernel.nameko_adapters.rpc_queues import declare_rpc_queues, rpc_dead_letter_queue
 from kernel.testing import Infrastructure, make_world, wait_until
 from services import platform
 from services.audit.subscriptions import LEDGER

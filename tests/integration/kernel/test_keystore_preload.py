@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from kernel.crypto import FieldCipher, Keystore, WrongTenant, is_erased, stored_json
+from kernel.crypto.fields import FieldCipher, is_erased, stored_json
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import WrongTenant
 from kernel.db import Database, ensure_database
 from kernel.migrate import KEYSTORE, migrate
 

@@ -9,7 +9,7 @@ import pytest
 
 from kernel import eventstore
 from kernel.aggregate import RecordedEvent
-from kernel.crypto import is_erased
+from kernel.crypto.fields import is_erased
 from kernel.envelope import Envelope
 from kernel.migrate import MigrationError, discover, migrate
 from kernel.projections import Projection

@@ -12,8 +12,9 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from nameko.amqp.publish import Publisher
 
-from kernel import nameko_adapters
-from kernel.nameko_adapters import RpcQueueInUse, declare_rpc_queues, rpc_queue
+from kernel.config import Settings
+from kernel.nameko_adapters import patches, rpc_queues
+from kernel.nameko_adapters.rpc_queues import RpcQueueInUse, declare_rpc_queues, rpc_queue
 from kernel.testing import Infrastructure, wait_until
 
 
@@ -77,7 +78,7 @@ def test_a_classic_rpc_queue_becomes_quorum_with_its_requests(infrastructure, wo
         assert message.properties["reply_to"] == f"reply-{n}"
         assert message.properties["correlation_id"] == f"call-{n}"
         assert message.headers["nameko.call_id_stack"] == [f"gateway.{n}"]
-        assert nameko_adapters._ROUTING_KEY_HEADER not in message.headers
+        assert rpc_queues.ROUTING_KEY_HEADER not in message.headers
         assert json.loads(message.body) == {"args": [n], "kwargs": {}}
 
     # Once migrated, preparing again changes nothing.
@@ -88,7 +89,7 @@ def test_requests_left_in_the_holding_queue_reach_the_quorum_queue(infrastructur
     """A migration interrupted after the classic queue went: the next run finishes it."""
     classic_rpc_queue_with_requests(world.amqp_uri, "things", 3)
     with Connection(world.amqp_uri) as conn:
-        nameko_adapters._replace_classic_queue(conn, rpc_queue("things"))
+        rpc_queues._replace_classic_queue(conn, rpc_queue("things"))
     assert "rpc-things" not in queue_names(infrastructure, world.database_prefix)
 
     declare_rpc_queues(world.amqp_uri, ["things"])
@@ -117,7 +118,7 @@ def publisher_connections(infrastructure: Infrastructure, vhost: str) -> dict[st
 
 
 def test_an_idle_publisher_connection_keeps_beating_and_publishes_after(infrastructure, world):
-    nameko_adapters.use_publisher_heartbeat(1)
+    patches.use_publisher_heartbeat(1)
     try:
         queue = Queue("beats", durable=True)
         with Connection(world.amqp_uri) as conn:
@@ -126,7 +127,7 @@ def test_an_idle_publisher_connection_keeps_beating_and_publishes_after(infrastr
         publisher.publish({"n": 1}, routing_key="beats")
 
         def listed() -> dict[str, int]:
-            nameko_adapters.beat_idle_publishers()  # a 1 s heartbeat: silent, it would be closed
+            patches.beat_idle_publishers()  # a 1 s heartbeat: silent, it would be closed
             return publisher_connections(infrastructure, world.database_prefix)
 
         opened = wait_until(
@@ -141,10 +142,10 @@ def test_an_idle_publisher_connection_keeps_beating_and_publishes_after(infrastr
         # broker keeps the connection, and the next publish goes out on it.
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
-            nameko_adapters.beat_idle_publishers()
+            patches.beat_idle_publishers()
             time.sleep(0.25)
         publisher.publish({"n": 2}, routing_key="beats")
         assert publisher_connections(infrastructure, world.database_prefix) == opened
         assert message_count(world.amqp_uri, "beats") == 2
     finally:
-        nameko_adapters.use_publisher_heartbeat(nameko_adapters.Settings.heartbeat)
+        patches.use_publisher_heartbeat(Settings.heartbeat)

@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kernel import deadletters, topology
 from kernel.aggregate import RecordedEvent
 from kernel.envelope import Envelope, EventRegistry
-from kernel.nameko_adapters import EventStoreDependency, consume_events, store_of
+from kernel.nameko_adapters.events import consume_events
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import Operations
 from kernel.relay import OutboxRelay
 from kernel.testing import queue_depth, wait_until, world_env

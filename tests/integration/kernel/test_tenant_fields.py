@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from kernel.aggregate import RecordedEvent
-from kernel.crypto import KeyShredded, is_erased
+from kernel.crypto.fields import is_erased
+from kernel.crypto.primitives import KeyShredded
 from tests.support.source import source_store
 
 

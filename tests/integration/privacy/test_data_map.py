@@ -19,8 +19,8 @@ from kernel import datamap, migrate
 from kernel.config import Settings
 from kernel.datamap import End, Held, ServiceMap, Table, When
 from kernel.envelope import EventRegistry, EventType
-from kernel.nameko_adapters import prepare_databases
 from kernel.runner import JsonLines
+from kernel.stores import prepare_databases
 from kernel.testing import Infrastructure
 from services import datamap as platform_map
 from services import platform

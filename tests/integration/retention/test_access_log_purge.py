@@ -15,8 +15,8 @@ import pytest
 from gateway.accesslog import access_event
 from kernel import privacy as protocol
 from kernel.envelope import Envelope, EventRegistry
-from kernel.nameko_adapters import open_store
 from kernel.signing import signer_from_config
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.audit.ledger import Ledger
 from services.audit.service import privacy_handlers

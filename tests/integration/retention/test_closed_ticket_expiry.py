@@ -14,7 +14,7 @@ import pytest
 
 from kernel import privacy as protocol
 from kernel.envelope import Envelope, EventRegistry
-from kernel.nameko_adapters import open_store
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.retention import schedules
 from services.tickets import privacy

@@ -13,8 +13,8 @@ import pytest
 
 from kernel import forgetting as kernel_forgetting
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
-from services.retention import requests, schedules
+from kernel.stores import open_store
+from services.retention import approvals, requests, schedules
 from services.retention.forgetting import forgetting_log
 
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -85,7 +85,7 @@ def test_the_log_holds_every_kind_of_forgetting_in_the_order_it_went_out(retenti
     file(retention, tenant, "access", objecting, T0 + 5 * minute)  # not forgetting
     # Requests that never went out: one awaiting approval, one denied.
     with retention.unit_of_work("admin") as uow:
-        requests.set_approval_policy(uow, tenant, ["erasure"])
+        approvals.set_approval_policy(uow, tenant, ["erasure"])
     file(retention, tenant, "erasure", waiting, T0 + 6 * minute)
     no = file(retention, tenant, "erasure", denied, T0 + 7 * minute)
     with retention.unit_of_work("other-admin") as uow:

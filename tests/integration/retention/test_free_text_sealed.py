@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
 from kernel.signing import Signer, signer_from_config
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
-from services.retention import requests, schedules, sealed
+from services.retention import approvals, receipts, requests, schedules, sealed
 
 SERVICES = ("accounts", "audit", "billing", "tickets")
 T0 = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -41,7 +41,7 @@ def retention(world) -> EventSourcedStore:
 def file_and_approve(store: EventSourcedStore, tenant: str) -> dict[str, Any]:
     filer, approver = str(uuid.uuid4()), str(uuid.uuid4())
     with store.unit_of_work(filer) as uow:
-        requests.set_approval_policy(uow, tenant, ["erasure"])
+        approvals.set_approval_policy(uow, tenant, ["erasure"])
         filed, _ = requests.file_request(
             uow,
             lambda tenant_id, subject_id: {"kind": "contact"},
@@ -121,7 +121,7 @@ def destroy(store: EventSourcedStore, tenant: str, signer: Signer) -> str:
             },
         )
         with store.unit_of_work() as uow:
-            requests.record_answer(uow, answered, signer, T0 + dt.timedelta(minutes=1), TIMING)
+            receipts.record_answer(uow, answered, signer, T0 + dt.timedelta(minutes=1), TIMING)
     return request_id
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kernel.envelope import EventRegistry, new_envelope
-from kernel.nameko_adapters import open_store
 from kernel.signing import signer_from_config
-from services.retention import requests
+from kernel.stores import open_store
+from services.retention import receipts, requests
 
 SERVICES = ("accounts", "audit", "billing", "tickets")
 RETENTION_MIGRATIONS = Path("services/retention/migrations")
@@ -83,7 +83,7 @@ def answer(store, filed, service, status, now):
         },
     )
     with store.unit_of_work() as uow:
-        requests.record_answer(uow, event, store.signer, now, TIMING)
+        receipts.record_answer(uow, event, store.signer, now, TIMING)
 
 
 def read(store, filed):

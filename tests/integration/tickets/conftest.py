@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kernel.crypto import FieldCipher, Keystore
+from kernel.crypto.fields import FieldCipher
+from kernel.crypto.keystore import Keystore
 from kernel.db import Database
-from kernel.nameko_adapters import prepare_databases
+from kernel.stores import prepare_databases
 from kernel.uow import EventSourcedStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 
 from kernel import eventstore
-from kernel.crypto import is_encrypted
+from kernel.crypto.fields import is_encrypted
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
 from kernel.uow import EventSourcedStore

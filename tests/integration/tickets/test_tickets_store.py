@@ -17,7 +17,7 @@ import pytest
 
 from kernel import eventstore
 from kernel.commands import load_command
-from kernel.crypto import is_encrypted, is_erased
+from kernel.crypto.fields import is_encrypted, is_erased
 from kernel.errors import Conflict, NotFound, ValidationFailed
 from kernel.uow import EventSourcedStore
 from services.tickets import commands, handlers

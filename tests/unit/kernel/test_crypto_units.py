@@ -8,18 +8,9 @@ import uuid
 
 import pytest
 
-from kernel.crypto import (
-    ERASED,
-    Erased,
-    FieldCipher,
-    KeyShredded,
-    Keystore,
-    TamperedCiphertext,
-    is_encrypted,
-    is_erased,
-    unwrap_key,
-    wrap_key,
-)
+from kernel.crypto.fields import ERASED, Erased, FieldCipher, is_encrypted, is_erased
+from kernel.crypto.keystore import Keystore
+from kernel.crypto.primitives import KeyShredded, TamperedCiphertext, unwrap_key, wrap_key
 
 KEK = bytes(range(32))
 KEY = bytes(range(32, 64))
@@ -88,7 +79,7 @@ def test_unwrap_detects_tampering(tamper):
 
 
 def test_unwrap_refuses_a_blob_that_is_not_a_key():
-    from kernel.crypto import seal
+    from kernel.crypto.primitives import seal
 
     with pytest.raises(TamperedCiphertext):
         unwrap_key(KEK, seal(KEK, b"short", b"aad"), b"aad")
@@ -166,7 +157,7 @@ def test_ciphertext_is_base64_of_nonce_and_ciphertext():
 
 
 def test_the_four_kinds_of_associated_data_never_coincide():
-    from kernel.crypto import child_key_aad, field_aad, subject_key_aad, tenant_key_aad
+    from kernel.crypto.primitives import child_key_aad, field_aad, subject_key_aad, tenant_key_aad
 
     tenant, parent, subject = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     child = child_key_aad(tenant, parent, subject)
@@ -188,7 +179,7 @@ def test_a_subject_cannot_be_its_own_parent():
 def test_the_stored_form_of_an_encrypted_field_is_compact_json_with_sorted_keys():
     import json as _json
 
-    from kernel.crypto import stored_field, stored_json
+    from kernel.crypto.fields import stored_field, stored_json
 
     field = {"tenant": str(uuid.uuid4()), "ct": "q+/=", "subject": str(uuid.uuid4()), "$enc": 1}
     row = {"body": stored_field(field), "name": "Zoë"}

@@ -7,7 +7,8 @@ import json
 
 import amqp
 
-from kernel import deadletters, nameko_adapters, topology
+from kernel import deadletters, topology
+from kernel.nameko_adapters import rpc_queues
 
 LIMITS = topology.DeadLetterLimits(ttl_ms=60_000, max_messages=10)
 
@@ -26,14 +27,14 @@ def test_a_request_set_aside_keeps_why_what_and_ids_but_no_body_or_other_header(
             "x-first-death-reason": "rejected",
             "x-first-death-queue": "rpc-accounts",
             deadletters.DELIVERIES_HEADER: 2,
-            nameko_adapters._ROUTING_KEY_HEADER: "accounts.authenticate",
+            rpc_queues.ROUTING_KEY_HEADER: "accounts.authenticate",
             "nameko.traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
             "nameko.call_id_stack": ["gateway.api.1"],
             "nameko.authorization": "Bearer ldk_secret",
         },
     )
 
-    copy = nameko_adapters._emptied(old)
+    copy = rpc_queues._emptied(old)
 
     assert copy.body == b""
     assert "ldk_secret" not in repr(copy.properties)
@@ -41,7 +42,7 @@ def test_a_request_set_aside_keeps_why_what_and_ids_but_no_body_or_other_header(
         "x-first-death-reason": "rejected",
         "x-first-death-queue": "rpc-accounts",
         deadletters.DELIVERIES_HEADER: 2,
-        nameko_adapters._ROUTING_KEY_HEADER: "accounts.authenticate",
+        rpc_queues.ROUTING_KEY_HEADER: "accounts.authenticate",
         "nameko.traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
         deadletters.BODY_BYTES_HEADER: len(body),
         deadletters.CONTENT_TYPE_HEADER: "application/json",
@@ -57,7 +58,7 @@ def test_a_request_set_aside_keeps_why_what_and_ids_but_no_body_or_other_header(
         "timestamp": 1_700_000_000,
     }
     # Emptied twice, it says the same: the size is the original request's.
-    assert nameko_adapters._emptied(copy).properties == copy.properties
+    assert rpc_queues._emptied(copy).properties == copy.properties
 
 
 def test_the_life_left_counts_from_the_latest_death_or_the_timestamp() -> None:

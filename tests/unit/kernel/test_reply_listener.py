@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from kernel.nameko_adapters import _TransientReplyListener
+from kernel.nameko_adapters.proxy import _TransientReplyListener
 
 
 class BrokerGone:

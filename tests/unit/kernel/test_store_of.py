@@ -5,7 +5,7 @@ from nameko.containers import ServiceContainer
 from nameko.extensions import DependencyProvider
 
 from kernel.envelope import EventRegistry
-from kernel.nameko_adapters import EventStoreDependency, store_of
+from kernel.nameko_adapters.store import EventStoreDependency, store_of
 
 
 class Other(DependencyProvider):

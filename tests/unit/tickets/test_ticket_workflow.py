@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from kernel.crypto import ERASED
+from kernel.crypto.fields import ERASED
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
 from services.tickets import commands

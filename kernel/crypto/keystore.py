@@ -1,177 +1,39 @@
-"""Crypto-shredding: personal fields are encrypted under a per-subject key that can be destroyed.
+"""``Keystore``: tenant and subject keys in the keystore database, with a short in-process cache.
 
-Three levels of keys, each AES-256-GCM with a random 12-byte nonce prepended to the ciphertext:
-
-* master keys (from configuration, never stored) wrap one key per tenant;
-* the tenant key wraps one key per subject (a person whose data the events hold);
-* the subject key encrypts chosen top-level fields of event payloads.
-
-A subject key may instead be a child of another subject of the same tenant (a ticket of its
-requester): it is then wrapped under the parent's subject key, not the tenant key. Children nest
-one level only; a parent is always a top-level subject.
-
-Erasing a subject destroys its wrapped key; erasing a parent thereby makes all its children
-unreadable at once, without touching them; erasing a tenant destroys the tenant key, which makes
-every subject key under it unreadable at once. Events are never rewritten: after erasure their
-encrypted fields decrypt to ``ERASED``, so replays and projection rebuilds keep working.
-
-Only top-level payload fields are encrypted and decrypted. The associated data binds the
-top-level field name, so an encrypted value nested inside a dict or list is not supported: it is
-neither produced by ``encrypt_fields`` nor opened by ``decrypt_fields``.
-
-A top-level dict with a ``$enc`` key is taken for an encrypted value, so commands must not let
-callers put such a dict into a payload: a malformed one makes ``decrypt_fields`` raise.
-
-Nothing here logs key material or plaintext; log lines carry ids only.
+The keystore is a database of its own, apart from the events, so a data backup holds no usable
+key (``kernel.crypto`` says how the levels of keys nest).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 from uuid import UUID
 
-import orjson
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from kernel.crypto.keycache import Entry, KeyCache
+from kernel.crypto.primitives import (
+    KEY_BYTES,
+    CryptoError,
+    KeyShredded,
+    MasterKeyMissing,
+    TamperedCiphertext,
+    UUIDLike,
+    WrongTenant,
+    child_key_aad,
+    subject_key_aad,
+    tenant_key_aad,
+    unwrap_key,
+    wrap_key,
+)
+from kernel.crypto.primitives import as_uuid as _uuid
 from kernel.db import Database
 
 log = logging.getLogger(__name__)
-
-KEY_BYTES = 32
-NONCE_BYTES = 12
-_TAG_BYTES = 16
-# Versioned prefixes keep the associated data of the four uses of AES-GCM apart.
-_AAD_TENANT = "ledgerdesk/v1/tenant-key/{tenant}"
-_AAD_SUBJECT = "ledgerdesk/v1/subject-key/{tenant}/{subject}"
-_AAD_CHILD = "ledgerdesk/v1/child-key/{tenant}/{parent}/{subject}"
-_AAD_FIELD = "ledgerdesk/v1/field/{tenant}/{subject}/{field}"
-_ENC_VERSION = 1
-_ENC_KEYS = frozenset({"$enc", "tenant", "subject", "ct"})
-# Above this many cached keys, expired entries are dropped (and, failing that, all of them).
-_CACHE_LIMIT = 100_000
-
-UUIDLike = UUID | str
-
-
-class Erased(str):
-    """The value of a field whose key was destroyed; JSON-dumps as the string ``"[erased]"``."""
-
-    __slots__ = ()
-
-    def __new__(cls) -> Erased:
-        return super().__new__(cls, "[erased]")
-
-    def __repr__(self) -> str:
-        return "ERASED"
-
-    def __reduce__(self) -> tuple[type[Erased], tuple[()]]:
-        return (Erased, ())
-
-
-ERASED = Erased()
-
-
-def is_erased(value: Any) -> bool:
-    """True only for the erased marker, not for a string that happens to read ``[erased]``."""
-    return isinstance(value, Erased)
-
-
-class CryptoError(Exception):
-    """Base class of the errors raised here."""
-
-
-class KeyShredded(CryptoError):
-    """The subject or its tenant was erased: nothing may be encrypted for it any more."""
-
-
-class TamperedCiphertext(CryptoError):
-    """A ciphertext or wrapped key failed authentication, or an encrypted value is malformed.
-
-    This is never raised for an erased key (that reads as ``ERASED``); it means the data was
-    altered, moved to another field, subject or tenant, or a configured key is wrong.
-    """
-
-
-class MasterKeyMissing(CryptoError):
-    """A tenant key is wrapped under a master key id that is not configured."""
-
-
-class WrongTenant(CryptoError, ValueError):
-    """A subject's key was asked for under a tenant the subject does not belong to."""
-
-
-def wrap_key(kek: bytes, key: bytes, aad: bytes) -> bytes:
-    """Encrypt ``key`` under the key-encryption key ``kek``; returns nonce || ciphertext."""
-    return seal(kek, key, aad)
-
-
-def unwrap_key(kek: bytes, blob: bytes, aad: bytes) -> bytes:
-    """Open a ``wrap_key`` blob; raises ``TamperedCiphertext`` if it fails authentication."""
-    key = open_sealed(kek, blob, aad)
-    if len(key) != KEY_BYTES:
-        raise TamperedCiphertext("a wrapped key does not hold a 256-bit key")
-    return key
-
-
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM with a fresh random nonce, returned in front of the ciphertext."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
-
-
-def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    """Reverse ``seal``; raises ``TamperedCiphertext`` on any authentication failure."""
-    blob = bytes(blob)
-    if len(blob) < NONCE_BYTES + _TAG_BYTES:
-        raise TamperedCiphertext("ciphertext is too short to be genuine")
-    try:
-        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
-    except InvalidTag:
-        raise TamperedCiphertext(
-            "ciphertext failed authentication: it was altered or moved, or the key is wrong"
-        ) from None
-
-
-def tenant_key_aad(tenant_id: UUID) -> bytes:
-    return _AAD_TENANT.format(tenant=tenant_id).encode()
-
-
-def subject_key_aad(tenant_id: UUID, subject_id: UUID) -> bytes:
-    return _AAD_SUBJECT.format(tenant=tenant_id, subject=subject_id).encode()
-
-
-def child_key_aad(tenant_id: UUID, parent_id: UUID, subject_id: UUID) -> bytes:
-    return _AAD_CHILD.format(tenant=tenant_id, parent=parent_id, subject=subject_id).encode()
-
-
-def field_aad(tenant_id: UUID, subject_id: UUID, field: str) -> bytes:
-    # Tenant and subject have a fixed textual form, so a field name holding "/" stays unambiguous.
-    return _AAD_FIELD.format(tenant=tenant_id, subject=subject_id, field=field).encode()
-
-
-def _uuid(value: UUIDLike) -> UUID:
-    return value if isinstance(value, UUID) else UUID(str(value))
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    tenant_id: UUID
-    key: bytes | None  # None: the subject, its parent or its tenant was erased: permanent
-    expires: float
-    # Kept so that shredding a parent can drop its children's entries from this process's cache.
-    parent_id: UUID | None = None
-
 
 # A subject's key with what opens it: its parent's wrapped key (for a child) and its tenant's.
 _SELECT_SUBJECTS = """SELECT s.subject_id, s.tenant_id, s.wrapped_key, s.parent_id, p.wrapped_key,
@@ -193,8 +55,13 @@ class Keystore:
     """
 
     def __init__(
-        self, db: Database, master_keys: Mapping[str, bytes], cache_seconds: float = 30.0
+        self,
+        db: Database,
+        master_keys: Mapping[str, bytes],
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` times the cache (seconds, monotonic): tests hand one they move."""
         if not master_keys:
             raise ValueError("at least one master key is required")
         for kid, key in master_keys.items():
@@ -203,56 +70,11 @@ class Keystore:
         self._db = db
         self._master_keys = dict(master_keys)
         self._current_kid = next(iter(self._master_keys))
-        self._cache_seconds = max(0.0, float(cache_seconds))
-        self._cache: dict[UUID, _Entry] = {}
-        self._lock = threading.Lock()
-        # Bumped by every shred in this process: a key loaded before a shred committed is not
-        # cached after it, so this process forgets an erased key at once even mid-load.
-        self._shreds = 0
+        self._cache = KeyCache(cache_seconds, clock)
 
     @property
     def current_master_key_id(self) -> str:
         return self._current_kid
-
-    # -- the cache -------------------------------------------------------------------------
-
-    def _cached(self, subject_id: UUID) -> _Entry | None:
-        with self._lock:
-            entry = self._cache.get(subject_id)
-            if entry is not None and entry.expires <= time.monotonic():
-                del self._cache[subject_id]
-                return None
-            return entry
-
-    def _remember(self, subject_id: UUID, entry: _Entry, shreds_seen: int) -> None:
-        if self._cache_seconds <= 0:
-            return
-        now = time.monotonic()
-        with self._lock:
-            if self._shreds != shreds_seen:
-                return  # a shred ran while this entry was loaded: it may be stale
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache = {s: e for s, e in self._cache.items() if e.expires > now}
-                if len(self._cache) >= _CACHE_LIMIT:
-                    self._cache.clear()
-            self._cache[subject_id] = _Entry(
-                entry.tenant_id, entry.key, now + self._cache_seconds, entry.parent_id
-            )
-
-    def _forget_subjects(self, subject_ids: set[UUID]) -> None:
-        """Drop the subjects' entries and those of their children."""
-        with self._lock:
-            self._shreds += 1
-            for subject_id in [
-                s for s, e in self._cache.items() if s in subject_ids or e.parent_id in subject_ids
-            ]:
-                del self._cache[subject_id]
-
-    def _forget_tenant(self, tenant_id: UUID) -> None:
-        with self._lock:
-            self._shreds += 1
-            for subject_id in [s for s, e in self._cache.items() if e.tenant_id == tenant_id]:
-                del self._cache[subject_id]
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -281,14 +103,13 @@ class Keystore:
         parent = None if parent_id is None else _uuid(parent_id)
         if parent == subject:
             raise ValueError(f"subject {subject} cannot be its own parent")
-        entry = self._cached(subject)
+        entry = self._cache.get(subject)
         if entry is None:
-            with self._lock:
-                shreds_seen = self._shreds
+            shreds_seen = self._cache.shreds_seen()
             entry = self._load(tenant, subject, create, parent)
             if entry is None:
                 return None
-            self._remember(subject, entry, shreds_seen)
+            self._cache.put(subject, entry, shreds_seen)
         if entry.tenant_id != tenant:
             raise WrongTenant(f"subject {subject} does not belong to tenant {tenant}")
         if entry.key is None:
@@ -303,11 +124,9 @@ class Keystore:
             )
         return entry.key
 
-    def _load(
-        self, tenant: UUID, subject: UUID, create: bool, parent: UUID | None
-    ) -> _Entry | None:
+    def _load(self, tenant: UUID, subject: UUID, create: bool, parent: UUID | None) -> Entry | None:
         if create and parent is not None:
-            if self._cache_seconds > 0 and self._cached(parent) is None:
+            if self._cache.enabled and self._cache.get(parent) is None:
                 # Loaded (created top-level if need be) and cached for the next children: a
                 # requester's tickets come in runs. A parent that cannot be used is left to the
                 # full path below, which refuses the child with the right error.
@@ -322,17 +141,17 @@ class Keystore:
                 if not create:
                     state = self._select_tenant(cur, tenant)
                     if state is not None and state[1] is None:
-                        return _Entry(tenant, None, 0.0)  # no subject of it can ever get a key
+                        return Entry(tenant, None, 0.0)  # no subject of it can ever get a key
                     return None
                 row = self._create_subject(cur, tenant, subject, parent)
         return self._entry_of(subject, row)
 
-    def _entry_of(self, subject: UUID, row: tuple) -> _Entry:
+    def _entry_of(self, subject: UUID, row: tuple) -> Entry:
         """The cache entry of a subject's row as ``_select_subject`` reads it."""
         owner, wrapped_subject, owner_parent, wrapped_parent, kid, wrapped_tenant = row
         erased = wrapped_subject is None or wrapped_tenant is None
         if erased or (owner_parent is not None and wrapped_parent is None):
-            return _Entry(owner, None, 0.0, owner_parent)
+            return Entry(owner, None, 0.0, owner_parent)
         tenant_key = self._unwrap_tenant_key(owner, kid, wrapped_tenant)
         if owner_parent is None:
             key = unwrap_key(tenant_key, wrapped_subject, subject_key_aad(owner, subject))
@@ -343,9 +162,9 @@ class Keystore:
             key = unwrap_key(
                 parent_key, wrapped_subject, child_key_aad(owner, owner_parent, subject)
             )
-        return _Entry(owner, key, 0.0, owner_parent)
+        return Entry(owner, key, 0.0, owner_parent)
 
-    def _create_child(self, tenant: UUID, subject: UUID, parent: UUID) -> _Entry | None:
+    def _create_child(self, tenant: UUID, subject: UUID, parent: UUID) -> Entry | None:
         """A new child key in one statement when the parent's key is in this process's cache;
         None when that is not so, or the child exists, or the parent or tenant was erased or
         does not fit (the full path then decides what it is and says why).
@@ -357,7 +176,7 @@ class Keystore:
         the full path does, so a shred committed elsewhere is seen here, and one that comes
         later waits for this child and then makes it unreadable with its parent.
         """
-        parent_entry = self._cached(parent)
+        parent_entry = self._cache.get(parent)
         if (
             parent_entry is None
             or parent_entry.key is None
@@ -397,19 +216,18 @@ class Keystore:
         if not inserted:
             return None
         log.debug("created subject key for %s in tenant %s", subject, tenant)
-        return _Entry(tenant, key, 0.0, parent)
+        return Entry(tenant, key, 0.0, parent)
 
     def preload(self, subject_ids: Iterable[UUIDLike]) -> None:
         """Load the keys of the subjects this process has not cached, in one round trip, so
         opening a page of rows (each under its own key) costs one query, not one per row.
         Subjects without a key are left to ``subject_key``; nothing is created."""
-        if self._cache_seconds <= 0:
+        if not self._cache.enabled:
             return
-        missing = {s for s in map(_uuid, subject_ids) if self._cached(s) is None}
+        missing = {s for s in map(_uuid, subject_ids) if self._cache.get(s) is None}
         if not missing:
             return
-        with self._lock:
-            shreds_seen = self._shreds
+        shreds_seen = self._cache.shreds_seen()
         with self._db.transaction() as cur:
             cur.execute(
                 _SELECT_SUBJECTS + " WHERE s.subject_id = ANY(%s::uuid[])",
@@ -417,7 +235,7 @@ class Keystore:
             )
             rows = cur.fetchall()
         for subject, *row in rows:
-            self._remember(subject, self._entry_of(subject, tuple(row)), shreds_seen)
+            self._cache.put(subject, self._entry_of(subject, tuple(row)), shreds_seen)
 
     @staticmethod
     def _select_subject(cur, subject: UUID) -> tuple | None:
@@ -562,7 +380,7 @@ class Keystore:
                 (subject,),
             )
             destroyed = cur.fetchone() is not None
-        self._forget_subjects({subject})
+        self._cache.forget_subjects({subject})
         if destroyed:
             log.info("shredded subject key of %s", subject)
         return destroyed
@@ -611,7 +429,7 @@ class Keystore:
             # its tombstone a no-op; this statement's fresh snapshot sees it and destroys it.
             cur.execute(destroy, (subjects, tenant))
             count += cur.rowcount
-        self._forget_subjects(set(subjects))
+        self._cache.forget_subjects(set(subjects))
         log.info("shredded %d subject keys of tenant %s", count, tenant)
         return count
 
@@ -634,7 +452,7 @@ class Keystore:
                 (tenant,),
             )
             count = cur.rowcount
-        self._forget_tenant(tenant)
+        self._cache.forget_tenant(tenant)
         log.info("shredded tenant key of %s and %d subject keys", tenant, count)
         return count
 
@@ -683,145 +501,3 @@ class Keystore:
                 break
         log.info("re-wrapped %d tenant keys under master key %r", rotated, self._current_kid)
         return rotated
-
-
-# How a ciphertext read model keeps an encrypted field in a text column: its JSON, compact,
-# keys sorted. A read model writes its rows as one JSON document (``stored_json``) and passes
-# each encrypted field as it is (``stored_field``): PostgreSQL's ``json_populate_recordset``
-# puts a nested object's text, verbatim, into a text column, so every field is encoded once,
-# inside the document. Encoding each field on its own first was a third of a rebuild's work,
-# and json's encoder most of the rest: orjson writes the same bytes (an encrypted field is
-# ASCII) in a tenth of the time.
-def stored_json(document: Any) -> str:
-    """``document`` as JSON text, its encrypted fields in their stored form."""
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def stored_field(value: Any) -> dict:
-    """An encrypted field for a ciphertext read model's row (see ``stored_json``)."""
-    if not is_encrypted(value):
-        raise ValueError("only an encrypted value is kept in a ciphertext read model")
-    return value
-
-
-def is_encrypted(value: Any) -> bool:
-    """True for a value produced by ``FieldCipher.encrypt_fields`` (a dict holding ``$enc``)."""
-    return isinstance(value, dict) and "$enc" in value
-
-
-def _parse_encrypted(value: dict) -> tuple[UUID, UUID, bytes]:
-    if set(value) != _ENC_KEYS or value["$enc"] != _ENC_VERSION:
-        raise TamperedCiphertext("malformed encrypted value")
-    try:
-        tenant, subject = UUID(value["tenant"]), UUID(value["subject"])
-        blob = base64.b64decode(value["ct"], validate=True)
-    except (TypeError, ValueError, AttributeError, binascii.Error):
-        raise TamperedCiphertext("malformed encrypted value") from None
-    return tenant, subject, blob
-
-
-class FieldCipher:
-    """Encrypts chosen top-level payload fields under a subject key, and reads them back."""
-
-    def __init__(self, keystore: Keystore) -> None:
-        self._keystore = keystore
-
-    @property
-    def keystore(self) -> Keystore:
-        """The keystore, for privacy commands that shred a subject or a tenant."""
-        return self._keystore
-
-    def encrypt_fields(
-        self,
-        payload: dict,
-        fields: Iterable[str],
-        tenant_id: UUIDLike,
-        subject_id: UUIDLike,
-        parent_id: UUIDLike | None = None,
-    ) -> dict:
-        """A copy of ``payload`` with each named field that is present and not None encrypted.
-
-        With ``parent_id`` the subject's key is a child of that subject's key (see
-        ``Keystore.subject_key``), so erasing the parent erases these fields too. The encrypted
-        value is the same either way: reading it needs no parent.
-
-        Raises ``KeyShredded`` if the subject, its parent or its tenant was erased.
-        """
-        tenant, subject = _uuid(tenant_id), _uuid(subject_id)
-        names = [f for f in dict.fromkeys(fields) if payload.get(f) is not None]
-        result = dict(payload)
-        if not names:
-            return result
-        for name in names:
-            if is_encrypted(payload[name]) or is_erased(payload[name]):
-                raise ValueError(f"field {name!r} is already encrypted or erased")
-        key = self._keystore.subject_key(tenant, subject, create=True, parent_id=parent_id)
-        if key is None:  # create=True raises instead; kept for keystores that return None
-            raise KeyShredded(f"subject {subject} of tenant {tenant} was erased")
-        for name in names:
-            plaintext = json.dumps(payload[name], ensure_ascii=False, separators=(",", ":"))
-            blob = seal(key, plaintext.encode(), field_aad(tenant, subject, name))
-            result[name] = {
-                "$enc": _ENC_VERSION,
-                "tenant": str(tenant),
-                "subject": str(subject),
-                "ct": base64.b64encode(blob).decode("ascii"),
-            }
-        return result
-
-    def decrypt_fields(self, payload: dict, tenant_id: UUIDLike | None = None) -> dict:
-        """A copy of ``payload`` with every top-level encrypted value opened, or ``ERASED``.
-
-        An erased key never raises. ``TamperedCiphertext`` means an altered or moved value;
-        given ``tenant_id`` (the event's tenant), values claiming another tenant count as such.
-        """
-        expected = None if tenant_id is None else _uuid(tenant_id)
-        keys: dict[UUID, bytes | None] = {}
-        result = dict(payload)
-        for name, value in payload.items():
-            if not is_encrypted(value):
-                continue
-            tenant, subject, blob = _parse_encrypted(value)
-            if expected is not None and tenant != expected:
-                raise TamperedCiphertext(f"field {name!r} holds a value of another tenant")
-            if subject not in keys:
-                try:
-                    keys[subject] = self._keystore.subject_key(tenant, subject, create=False)
-                except WrongTenant:
-                    raise TamperedCiphertext(
-                        f"field {name!r} claims tenant {tenant}, which subject {subject} is not of"
-                    ) from None
-                if keys[subject] is None:
-                    log.debug("subject %s has no key: reading its fields as erased", subject)
-            key = keys[subject]
-            if key is None:
-                result[name] = ERASED
-                continue
-            plaintext = open_sealed(key, blob, field_aad(tenant, subject, name))
-            result[name] = json.loads(plaintext)
-        return result
-
-    def open_stored(self, tenant_id: UUIDLike, columns: Mapping[str, str | None]) -> dict[str, Any]:
-        """Personal fields a ciphertext read model keeps (``stored_json`` of an event's field,
-        under that field's name), opened, or ``ERASED`` once their key is gone."""
-        return self.decrypt_fields(_stored_payload(columns), tenant_id=tenant_id)
-
-    def open_stored_rows(
-        self, tenant_id: UUIDLike, rows: Sequence[Mapping[str, str | None]]
-    ) -> list[dict[str, Any]]:
-        """``open_stored`` for each of ``rows``, the keys of all of them loaded at once."""
-        payloads = [_stored_payload(columns) for columns in rows]
-        self._keystore.preload(s for payload in payloads for s in self.subjects_in(payload))
-        return [self.decrypt_fields(payload, tenant_id=tenant_id) for payload in payloads]
-
-    @staticmethod
-    def subjects_in(payload: dict) -> set[UUID]:
-        """The subjects whose encrypted fields sit at the top level of ``payload``."""
-        return {_parse_encrypted(v)[1] for v in payload.values() if is_encrypted(v)}
-
-
-def _stored_payload(columns: Mapping[str, str | None]) -> dict[str, Any]:
-    return {
-        name: json.loads(text) if text is not None and text.startswith("{") else text
-        for name, text in columns.items()
-    }

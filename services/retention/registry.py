@@ -1,0 +1,32 @@
+"""The services retention knows: each announces itself and the categories of personal data it
+holds, and a request filed is sent to, and waits for, every service announced by then."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kernel.envelope import Envelope
+from kernel.uow import UnitOfWork
+
+
+def register_service(uow: UnitOfWork, event: Envelope) -> None:
+    p = event.payload
+    uow.cur.execute(
+        "INSERT INTO services (name, categories, commands, protocol_version, announced_at)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET"
+        " categories = EXCLUDED.categories, commands = EXCLUDED.commands,"
+        " protocol_version = EXCLUDED.protocol_version, announced_at = EXCLUDED.announced_at",
+        (
+            p["service"],
+            json.dumps(p["categories"]),
+            json.dumps(p["commands"]),
+            p["protocol_version"],
+            event.occurred_at,
+        ),
+    )
+
+
+def registered_services(uow: UnitOfWork) -> list[dict[str, Any]]:
+    uow.cur.execute("SELECT name, categories, commands FROM services ORDER BY name")
+    return [{"name": n, "categories": c, "commands": m} for n, c, m in uow.cur.fetchall()]
