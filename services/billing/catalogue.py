@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from kernel.config import Plan, Settings
+from kernel.config import Settings
+from kernel.config_values import Plan
 
 __all__ = ["DEFAULT_PLAN", "LEGAL_BASIS", "Catalogue", "Plan"]
 

@@ -14,10 +14,10 @@ from kernel.config import (
     ALL_SECRETS,
     SECRET_FIELDS,
     SERVICE_SECRETS,
-    Plan,
     Settings,
     declared,
 )
+from kernel.config_values import Plan
 from kernel.signed_note import PublicKey
 from kernel.testing import world_env
 

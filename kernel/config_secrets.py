@@ -1,0 +1,108 @@
+"""The checks a production deployment's secrets pass at start: set, not a development value in
+any spelling, long and varied enough to be random. Messages name settings, never values."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import TYPE_CHECKING
+
+from kernel.config_values import ConfigurationError
+
+if TYPE_CHECKING:
+    from kernel.config import Settings
+
+# A bearer token or HMAC key typed by people: 32 characters of base64 are 192 bits, out of reach
+# of guessing online (the operator token opens every tenant's audit log) or offline (the API-key
+# secret keys the stored hashes of API keys).
+MIN_SECRET_CHARS = 32
+# Fewer distinct characters (or bytes) than these is a repeated pattern, not a random value:
+# random base64 or hex of the minimum length has so few about once in a million draws or less.
+_MIN_DISTINCT_CHARS = 8
+_MIN_DISTINCT_KEY_BYTES = 16
+_SEED_BYTES = 32
+
+
+def looks_like_dev(value: str) -> bool:
+    """Whether a secret is marked development in any spelling (case, ``-``, ``_``, spaces)."""
+    return "devinsecure" in re.sub(r"[^a-z0-9]", "", value.lower())
+
+
+def seed_bytes(value: str) -> bytes:
+    """The audit signing seed as the signer reads it: base64 of exactly 32 bytes, nothing around
+    it. The message never repeats the value."""
+    try:
+        seed = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            "LEDGERDESK_AUDIT_SIGNING_KEY must be base64 (of a 32-byte Ed25519 seed)"
+        ) from None
+    if len(seed) != _SEED_BYTES:
+        raise ConfigurationError(
+            f"LEDGERDESK_AUDIT_SIGNING_KEY must be base64 of {_SEED_BYTES} bytes,"
+            f" not {len(seed)} bytes"
+        )
+    return seed
+
+
+def check_production_secrets(settings: Settings) -> None:
+    """Every secret this process holds is set, not a development value in any spelling, and
+    long and varied enough to be random. Messages name settings, never values."""
+    held = settings.held_secrets
+    try:
+        seed = seed_bytes(settings.audit_signing_key) if settings.audit_signing_key else b""
+    except ConfigurationError:
+        seed = b""  # refused below, after the development values
+    development = {
+        "MASTER_KEY": any(
+            looks_like_dev(kid) or looks_like_dev(key.decode("latin-1"))
+            for kid, key in settings.master_keys.items()
+        ),
+        "API_KEY_SECRET": looks_like_dev(settings.api_key_secret),
+        "OPERATOR_TOKEN": looks_like_dev(settings.operator_token),
+        # Compared as bytes: every base64 spelling of the development seed is refused.
+        "AUDIT_SIGNING_KEY": looks_like_dev(settings.audit_signing_key)
+        or looks_like_dev(seed.decode("latin-1")),
+    }
+    insecure = [name for name, dev in development.items() if name in held and dev]
+    if insecure:
+        raise ConfigurationError(
+            "production refuses development secrets: set "
+            + ", ".join(f"LEDGERDESK_{n}" for n in insecure)
+        )
+    for name, value in (
+        ("OPERATOR_TOKEN", settings.operator_token),
+        ("API_KEY_SECRET", settings.api_key_secret),
+    ):
+        if name not in held:
+            continue
+        if len(value) < MIN_SECRET_CHARS:
+            raise ConfigurationError(
+                f"production needs LEDGERDESK_{name} of at least {MIN_SECRET_CHARS}"
+                " characters: a shorter one can be guessed (e.g. head -c 32 /dev/urandom"
+                " | base64)"
+            )
+        if len(set(value)) < _MIN_DISTINCT_CHARS:
+            raise ConfigurationError(
+                f"production refuses LEDGERDESK_{name}: it repeats a few characters,"
+                " it is not random"
+            )
+    if "MASTER_KEY" in held:
+        if not settings.master_keys:
+            raise ConfigurationError("production needs LEDGERDESK_MASTER_KEY")
+        for kid, key in settings.master_keys.items():
+            if len(set(key)) < _MIN_DISTINCT_KEY_BYTES:
+                raise ConfigurationError(
+                    f"production refuses LEDGERDESK_MASTER_KEY {kid!r}: its bytes repeat,"
+                    " it is not random"
+                )
+    if "AUDIT_SIGNING_KEY" in held:
+        if not settings.audit_signing_key:
+            raise ConfigurationError("production needs LEDGERDESK_AUDIT_SIGNING_KEY")
+        seed = seed_bytes(settings.audit_signing_key)
+        if len(set(seed)) < _MIN_DISTINCT_KEY_BYTES:
+            raise ConfigurationError(
+                "production refuses LEDGERDESK_AUDIT_SIGNING_KEY: its bytes repeat,"
+                " it is not random"
+            )
