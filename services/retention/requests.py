@@ -18,7 +18,8 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
-from services.retention.approvals import approval_policy, check_four_eyes, decision_event
+from services.retention.approvals import approval_policy
+from services.retention.four_eyes import check_four_eyes, decision_event
 
 COMMAND_FOR = {
     "erasure": "erase_subject",

@@ -10,7 +10,7 @@ import pytest
 
 from kernel.errors import Conflict, Forbidden
 from services.accounts.events import API_KEY_ISSUED
-from services.retention.approvals import check_four_eyes
+from services.retention.four_eyes import check_four_eyes
 
 FILED_AT = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 FILER, MINTER, OTHER = (str(uuid.uuid4()) for _ in range(3))
