@@ -116,7 +116,7 @@ def sign_checkpoint_covering(stack: Stack, key: str, seq: int) -> int:
     return checkpoint["tree_size"]
 
 
-def sign_up(stack: Stack, who: str) -> str:
+def signed_up_key(stack: Stack, who: str) -> str:
     admin = {"name": who, "email": f"{who.lower()}-{os.urandom(4).hex()}@example.com"}
     return stack.sign_up(company=f"{who} Ltd", admin=admin)["api_key"]
 
@@ -144,7 +144,7 @@ def bare_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def exported(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    admin = sign_up(stack, "Auditee")
+    admin = signed_up_key(stack, "Auditee")
     sizes: list[int] = []
     for name in ("Ada", "Grace"):
         add_contact(stack, admin, name)
@@ -198,7 +198,7 @@ def verify(export: Path, keys: Path | str, *options: str) -> tuple[int, dict[str
 
 
 def test_the_gateway_publishes_the_configured_keys_and_origin_keeping_the_old_fields(stack):
-    admin = sign_up(stack, "Keyholder")
+    admin = signed_up_key(stack, "Keyholder")
     response = stack.call("GET", "/v1/audit/public-key", admin)
     assert response.status_code == 200, response.text
     body = response.json()
