@@ -5,7 +5,6 @@ their exports): over real HTTP, against the whole platform running as processes.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.openapi import ENDPOINTS, Endpoint
-from kernel.testing import wait_until
-from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     assert_problem,
     create_agent,
@@ -314,25 +312,3 @@ def test_reactivation_makes_the_keys_work_again(stack):
     assert stack.call("GET", "/v1/agents", key=tenant.admin_key).status_code == 200
     create_agent(stack, tenant.admin_key)
     create_contact(stack, tenant.keys["agent"])
-
-
-# --- (d) after the grace ----------------------------------------------------------------------
-
-
-def test_reactivation_after_the_grace_period_is_refused(infrastructure):
-    # 0.00002 days is about 1.7 s.
-    with running_stack(infrastructure, LEDGERDESK_GRACE_DAYS="0.00002") as tiny:
-        key = tiny.sign_up()["api_key"]
-        cancelled = tiny.call("DELETE", "/v1/tenant", key=key)
-        assert cancelled.status_code == 202, cancelled.text
-        destroy_after = dt.datetime.fromisoformat(cancelled.json()["destroy_after"])
-        assert destroy_after - dt.datetime.now(dt.UTC) < dt.timedelta(seconds=5)
-
-        wait_until(
-            lambda: dt.datetime.now(dt.UTC) > destroy_after + dt.timedelta(milliseconds=200),
-            timeout=10,
-            what="the end of the grace period",
-        )
-        assert_problem(tiny.call("POST", "/v1/tenant/reactivate", key=key), 409)
-        still = tiny.call("GET", "/v1/tenant", key=key)
-        assert still.status_code == 200 and still.json()["status"] == "cancelled"
