@@ -16,14 +16,7 @@ from kernel.errors import Conflict
 from kernel.testing import wait_until
 from services.accounts.service import AccountsService
 from services.retention.service import RetentionService
-
-SIGNUP = {
-    "company": "Acme Support Ltd",
-    "region": "uk",
-    "admin": {"name": "Ada Lovelace", "email": "ada@example.com"},
-    "age_confirmed": True,
-    "accept_policy_version": "2026-01",
-}
+from tests.e2e.conftest import SIGNUP
 
 
 def test_reactivation_after_the_grace_period_is_refused(world, container_factory):
