@@ -8,62 +8,28 @@ new ones, so every signup accepts whatever version is current at the time.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import threading
 import uuid
 from typing import Any
 
-import psycopg2
 import pytest
 
 from tests.e2e.conftest import SIGNUP, Stack
+from tests.e2e.helpers import (
+    assert_problem,
+    create_agent,
+    create_contact,
+    current_version,
+    post_contact,
+    rows,
+    sign_up,
+    unique,
+)
 
 MIB = 1 << 20
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def current_version(stack: Stack) -> str:
-    response = stack.call("GET", "/v1/policies/current")
-    assert response.status_code == 200, response.text
-    return response.json()["version"]
-
-
-def sign_up(stack: Stack, **changes: Any) -> dict[str, Any]:
-    """A new tenant that accepts the policy version current now."""
-    return stack.sign_up(**{"accept_policy_version": current_version(stack), **changes})
-
-
-def assert_problem(response, status: int) -> dict[str, Any]:
-    """The answer is ``status`` as problem+json with the four RFC 9457 members."""
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail"} <= set(body), body
-    assert body["status"] == status
-    assert isinstance(body["type"], str) and body["type"]
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
-
-
-def create_agent(stack: Stack, admin_key: str, role: str = "agent", **changes: Any) -> dict:
-    body = {"name": unique("Agent"), "email": f"{unique('agent')}@example.com", "role": role}
-    response = stack.call("POST", "/v1/agents", key=admin_key, json={**body, **changes})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def create_contact(stack: Stack, key: str, **changes: Any):
-    body = {"name": unique("Contact"), "email": f"{unique('contact')}@example.com"}
-    response = stack.call("POST", "/v1/contacts", key=key, json={**body, **changes})
-    assert response.status_code == 201, response.text
-    return response
 
 
 def all_pages(stack: Stack, key: str, path: str, limit: int) -> list[list[dict[str, Any]]]:
@@ -301,9 +267,9 @@ def test_create_get_and_list_contacts(stack):
     assert got.status_code == 200 and got.json() == contact
     assert got.headers["ETag"] == '"1"'
 
-    without_phone = create_contact(stack, key).json()
+    without_phone = create_contact(stack, key)
     assert without_phone["phone"] is None
-    third = create_contact(stack, key).json()
+    third = create_contact(stack, key)
 
     pages = all_pages(stack, key, "/v1/contacts", limit=2)
     assert [len(page) for page in pages] == [2, 1]
@@ -314,7 +280,7 @@ def test_create_get_and_list_contacts(stack):
 
 def test_patch_a_contact_with_if_match(stack):
     key = sign_up(stack)["api_key"]
-    created = create_contact(stack, key, phone="+1 555 0100")
+    created = post_contact(stack, key, phone="+1 555 0100")
     contact, etag = created.json(), created.headers["ETag"]
 
     patched = stack.call(
@@ -351,7 +317,7 @@ def test_patch_a_contact_with_if_match(stack):
 @pytest.mark.parametrize("round_", range(3))
 def test_two_concurrent_patches_with_one_if_match_one_wins(stack, round_):
     key = sign_up(stack)["api_key"]
-    created = create_contact(stack, key)
+    created = post_contact(stack, key)
     contact_id, etag = created.json()["id"], created.headers["ETag"]
 
     start = threading.Barrier(2)
@@ -387,7 +353,7 @@ def test_two_concurrent_patches_with_one_if_match_one_wins(stack, round_):
 
 def test_consent_keeps_its_whole_history_in_order(stack):
     key = sign_up(stack)["api_key"]
-    contact = create_contact(stack, key).json()
+    contact = create_contact(stack, key)
     version = current_version(stack)
 
     empty = stack.call("GET", f"/v1/contacts/{contact['id']}/consent", key=key)
@@ -545,13 +511,7 @@ def test_agents_who_have_not_accepted_the_new_version_are_pending_until_they_do(
 
 
 def tenants_named(stack: Stack, company: str) -> int:
-    conn = psycopg2.connect(stack.settings.database_dsn("accounts"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM tenants WHERE company = %s", (company,))
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    return rows(stack, "accounts", "SELECT count(*) FROM tenants WHERE company = %s", company)[0][0]
 
 
 def test_a_repeated_signup_with_its_idempotency_key_replays_without_the_key(stack):
@@ -850,7 +810,7 @@ ERROR_CASES: list[dict[str, Any]] = [
 def test_errors_are_problems(stack, case):
     signed = sign_up(stack)
     key = signed["api_key"]
-    contact_id = create_contact(stack, key).json()["id"]
+    contact_id = create_contact(stack, key)["id"]
     path = case["path"].format(random=_random(), admin=signed["agent"]["id"], contact=contact_id)
     kwargs = dict(case.get("kwargs", {}))
     response = stack.call(

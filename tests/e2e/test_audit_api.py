@@ -15,12 +15,10 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import secrets
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import psycopg2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -30,6 +28,7 @@ from kernel.config import Settings
 from kernel.testing import Infrastructure, client_traceparent, wait_until
 from services import platform
 from tests.e2e.conftest import SIGNUP, Stack, running_stack
+from tests.e2e.helpers import recorded_trace_ids, rows, unique
 
 EVENTS_EXCHANGE = "ledgerdesk.events"
 CHECKPOINT = 15
@@ -189,10 +188,6 @@ def is_uuid(text: str) -> bool:
     return True
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
 class Tap:
     """A queue bound to every event before the first service starts: the ids of everything the
     world published, gathered as they are read (a message read is gone from the queue)."""
@@ -304,25 +299,6 @@ def scene(stack: Stack) -> Scene:
 # --- reading the ledger -------------------------------------------------------------------------
 
 
-def ledger_rows(stack: Stack, query: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(stack.settings.database_dsn("audit"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def recorded_trace_ids(stack: Stack) -> collections.Counter:
-    rows = ledger_rows(
-        stack,
-        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' FROM ledger"
-        " WHERE type = 'access_logged'",
-    )
-    return collections.Counter(row[0] for row in rows)
-
-
 def settle(stack: Stack, client: Traced) -> None:
     """Wait until every request sent so far has its access entry in the ledger."""
     expected = {s.trace_id for s in client.sent}
@@ -335,7 +311,7 @@ def settle(stack: Stack, client: Traced) -> None:
 
 
 def content_of(stack: Stack, seq: int) -> bytes:
-    return bytes(ledger_rows(stack, "SELECT content FROM ledger WHERE seq = %s", (seq,))[0][0])
+    return bytes(rows(stack, "audit", "SELECT content FROM ledger WHERE seq = %s", seq)[0][0])
 
 
 def pages(
@@ -539,8 +515,8 @@ def test_the_operator_sees_the_whole_verification(scene):
         None,
     )
     assert result["head"]["seq"] == result["entries"] >= result["verified_size"] > 0
-    [(head_hash,)] = ledger_rows(
-        scene.client.stack, "SELECT hash FROM ledger WHERE seq = %s", (result["head"]["seq"],)
+    [(head_hash,)] = rows(
+        scene.client.stack, "audit", "SELECT hash FROM ledger WHERE seq = %s", result["head"]["seq"]
     )
     assert result["head"]["hash"] == bytes(head_hash).hex()
 
@@ -710,7 +686,7 @@ def test_every_published_event_of_every_service_is_in_the_ledger_exactly_once(sc
     published_ids = published.ids()
 
     def in_ledger() -> list[uuid.UUID]:
-        return [uuid.UUID(str(r[0])) for r in ledger_rows(stack, "SELECT event_id FROM ledger")]
+        return [uuid.UUID(str(r[0])) for r in rows(stack, "audit", "SELECT event_id FROM ledger")]
 
     wait_until(
         lambda: published_ids <= set(in_ledger()),
@@ -722,9 +698,10 @@ def test_every_published_event_of_every_service_is_in_the_ledger_exactly_once(sc
     assert len(recorded) == len(set(recorded))
     # Nothing in the ledger that no service published (read again: requests go on meanwhile).
     assert set(recorded) <= published.ids()
-    [(low, high, count)] = ledger_rows(stack, "SELECT min(seq), max(seq), count(*) FROM ledger")
+    [(low, high, count)] = rows(stack, "audit", "SELECT min(seq), max(seq), count(*) FROM ledger")
     assert (low, high) == (1, count)
     sources = {
-        json.loads(bytes(r[0]))["source"] for r in ledger_rows(stack, "SELECT content FROM ledger")
+        json.loads(bytes(r[0]))["source"]
+        for r in rows(stack, "audit", "SELECT content FROM ledger")
     }
     assert {"accounts", "tickets", "billing", "gateway"} <= sources <= set(PUBLISHERS)

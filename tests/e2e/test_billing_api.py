@@ -10,7 +10,6 @@ a clock a month ahead, asking accounts for the billing contact over RPC, as the 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
 import secrets
@@ -19,34 +18,32 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
-from psycopg2 import sql
 
-from kernel.config import Settings
-from kernel.crypto.fields import FieldCipher
-from kernel.crypto.keystore import Keystore
-from kernel.db import Database
-from kernel.testing import wait_until, world_env
-from kernel.uow import EventSourcedStore
-from services.billing import handlers
+from kernel.testing import wait_until
 from services.billing.catalogue import Catalogue
 from services.billing.domain import next_month
-from services.billing.events import REGISTRY
-from services.billing.projections import PROJECTIONS
-from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.test_rate_limit_and_privacy import logged_line, output_to, traced
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import (
+    ADDRESS,
+    a_month_ahead,
+    assert_problem,
+    audit_holds,
+    create_agent,
+    fresh_card,
+    invoice_runner,
+    logged_line,
+    rows,
+    sign_up,
+    stack_logging_to,
+    stored_text,
+    traced,
+    unique,
+)
 
 # The card numbers the refusal test sends, as sent (with and without separators).
 CARDS = ("4111111111111111", "5555 5555 5555 4444", "3782-822463-10005")
-ADDRESS = {
-    "line1": "9 Ledger Row",
-    "line2": "Floor 2",
-    "city": "Singapore",
-    "postcode": "049315",
-    "country": "SG",
-}
 BILLING_ENDPOINTS = (
     ("GET", "/v1/billing/plans", None),
     ("GET", "/v1/billing/subscription", None),
@@ -67,9 +64,7 @@ BILLING_ENDPOINTS = (
 def logged_stack(infrastructure, tmp_path_factory) -> Iterator[tuple[Stack, Path]]:
     """This module's stack; every process writes its log output to one file."""
     log = tmp_path_factory.mktemp("billing-logs") / "services.log"
-    with contextlib.ExitStack() as exits:
-        with output_to(log):
-            running = exits.enter_context(running_stack(infrastructure))
+    with stack_logging_to(infrastructure, log) as running:
         yield running, log
 
 
@@ -84,64 +79,14 @@ def invoice_run(stack) -> Iterator[Callable[[], int]]:
         yield run
 
 
-@contextlib.contextmanager
-def invoice_runner(stack: Stack) -> Iterator[Callable[[], int]]:
-    """Issue every invoice due a month from now, as billing's hourly timer would then."""
-    # The settings the service processes were started with (their master keys above all).
-    settings = Settings.from_env(world_env(stack.settings))
-    keys_db = Database(settings.database_dsn("billing", "keys"), maxconn=5)
-    db = Database(settings.database_dsn("billing"), maxconn=5)
-    store = EventSourcedStore(
-        "billing",
-        db,
-        REGISTRY,
-        FieldCipher(Keystore(keys_db, settings.master_keys, cache_seconds=0.001)),
-        PROJECTIONS,
-    )
-
-    def run() -> int:
-        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}) as cluster:
-            return handlers.run_invoices(
-                store.unit_of_work,
-                Catalogue.of(settings),
-                cluster.accounts.billing_contact,
-                a_month_ahead(),
-            )
-
-    yield run
-    db.close()
-    keys_db.close()
-
-
-def a_month_ahead() -> dt.datetime:
-    """02:00 UTC on the first day of next month: this month's invoices are then due."""
-    first = next_month(dt.datetime.now(dt.UTC).date())
-    return dt.datetime(first.year, first.month, first.day, 2, tzinfo=dt.UTC)
-
-
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def assert_problem(response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status
-    return body
 
 
 def billed_tenant(stack: Stack, region: str = "uk") -> dict[str, Any]:
     """A new tenant whose billing account billing has opened (it learns of it by event)."""
-    version = stack.call("GET", "/v1/policies/current").json()["version"]
     tag = secrets.token_hex(4)
     admin = {"name": f"Bill Payer {tag}", "email": f"payer.{tag}@billing.example"}
-    signed = stack.sign_up(
-        company=f"Billed {tag} Ltd", region=region, admin=admin, accept_policy_version=version
-    )
+    signed = sign_up(stack, company=f"Billed {tag} Ltd", region=region, admin=admin)
     key = signed["api_key"]
     wait_until(
         lambda: stack.call("GET", "/v1/billing/subscription", key=key).status_code == 200,
@@ -156,17 +101,6 @@ def billed_tenant(stack: Stack, region: str = "uk") -> dict[str, Any]:
         "admin_id": signed["agent"]["id"],
         "admin": admin,
     }
-
-
-def create_agent(stack: Stack, admin_key: str, role: str) -> dict[str, Any]:
-    response = stack.call(
-        "POST",
-        "/v1/agents",
-        key=admin_key,
-        json={"name": unique("Agent"), "email": f"{unique('agent')}@example.com", "role": role},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def subscription(stack: Stack, key: str) -> dict[str, Any]:
@@ -190,17 +124,11 @@ def add_card(stack: Stack, key: str, token: str) -> dict[str, Any]:
 
 
 def sandbox_charges(stack: Stack, invoice_id: str) -> list[tuple[str, str]]:
-    conn = psycopg2.connect(stack.settings.database_dsn("billing"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT idempotency_key, status FROM sandbox_charges"
-                " WHERE idempotency_key LIKE %s ORDER BY idempotency_key",
-                (f"invoice-{invoice_id}-%",),
-            )
-            return cur.fetchall()
-    finally:
-        conn.close()
+    query = (
+        "SELECT idempotency_key, status FROM sandbox_charges"
+        " WHERE idempotency_key LIKE %s ORDER BY idempotency_key"
+    )
+    return rows(stack, "billing", query, f"invoice-{invoice_id}-%")
 
 
 # --- plans, subscription, address, payment methods -------------------------------------------
@@ -438,62 +366,11 @@ def digits_of(card: str) -> str:
     return re.sub(r"\D", "", card)
 
 
-def fresh_card() -> str:
-    """A valid card number (Luhn) that no other request ever sent, so a trace of it is a leak."""
-    body = "4" + "".join(str(secrets.randbelow(10)) for _ in range(14))
-    total = 0
-    for index, char in enumerate(reversed(body)):  # the check digit will sit to the right
-        value = int(char) * (2 if index % 2 == 0 else 1)
-        total += value - 9 if value > 9 else value
-    return body + str((10 - total % 10) % 10)
-
-
-def stored_text(dsn: str) -> dict[str, str]:
-    """Every column of every table in a database, as text (bytea decoded), by table.column."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = 'public' ORDER BY table_name, column_name"
-            )
-            found = {}
-            for table, column, data_type in cur.fetchall():
-                value = sql.Identifier(column)
-                text = (
-                    sql.SQL("encode({}, 'escape')").format(value)
-                    if data_type == "bytea"
-                    else sql.SQL("{}::text").format(value)
-                )
-                cur.execute(
-                    sql.SQL("SELECT coalesce(string_agg({}, ' '), '') FROM {}").format(
-                        text, sql.Identifier(table)
-                    )
-                )
-                found[f"{table}.{column}"] = cur.fetchone()[0]
-            return found
-    finally:
-        conn.close()
-
-
 def traces(text: str, cards: tuple[str, ...]) -> list[str]:
     """The cards ``text`` holds, written with or without separators (spaces, dashes, or those
     of a query string)."""
     flat = re.sub(r"\s|-|\+|%20|%2[dD]", "", text)
     return [card for card in cards if digits_of(card) in flat]
-
-
-def audit_holds(stack: Stack, text: str) -> bool:
-    conn = psycopg2.connect(stack.settings.database_dsn("audit"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM ledger WHERE strpos(encode(content, 'escape'), %s) > 0",
-                (text,),
-            )
-            return cur.fetchone()[0] > 0
-    finally:
-        conn.close()
 
 
 def leaks(stack: Stack, log: Path, key: str, cards: tuple[str, ...]) -> list[str]:

@@ -20,11 +20,19 @@ from kernel.commands import CARD_NUMBER_REFUSED
 from kernel.testing import wait_until
 from services import platform
 from tests.e2e.conftest import Stack
-from tests.e2e.test_accounts_api import assert_problem, sign_up, unique
-from tests.e2e.test_billing_api import audit_holds, fresh_card, stored_text
-from tests.e2e.test_privacy_approvals import require_approval, second_admin
-from tests.e2e.test_privacy_requests import file, make_contact
-from tests.e2e.test_rate_limit_and_privacy import traced
+from tests.e2e.helpers import (
+    assert_problem,
+    audit_holds,
+    file,
+    fresh_card,
+    make_contact,
+    require_approval,
+    second_admin,
+    sign_up,
+    stored_text,
+    traced,
+    unique,
+)
 
 ARABIC_INDIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")

@@ -15,10 +15,16 @@ from typing import Any
 from gateway.bodies import BODY_BYTES, MAX_JSON_DEPTH
 from kernel.testing import client_traceparent, wait_until
 from tests.e2e.conftest import Stack
-from tests.e2e.test_accounts_api import assert_problem, sign_up, unique
-from tests.e2e.test_audit_api import recorded_trace_ids
-from tests.e2e.test_billing_api import ADDRESS, audit_holds, fresh_card
-from tests.e2e.test_rate_limit_and_privacy import traced
+from tests.e2e.helpers import (
+    ADDRESS,
+    assert_problem,
+    audit_holds,
+    fresh_card,
+    recorded_trace_ids,
+    sign_up,
+    traced,
+    unique,
+)
 from tests.support import sweep
 
 JSON = {"Content-Type": "application/json"}

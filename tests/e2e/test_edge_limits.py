@@ -17,15 +17,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
 
 from kernel.config import Settings
 from kernel.testing import Infrastructure, wait_until
 from tests.e2e.conftest import SIGNUP, Stack, running_stack
-from tests.e2e.test_privacy_sweep import SourceAddress
-from tests.e2e.test_rate_limit_and_privacy import AccessLog, Tap, assert_problem, tap, unique
+from tests.e2e.helpers import AccessLog, SourceAddress, Tap, assert_problem, rows, tap, unique
 
 CLIENT_BURST = 20
 FAILURE_BURST = 5
@@ -295,19 +293,17 @@ def test_a_flood_of_unauthenticated_requests_adds_a_bounded_number_of_ledger_ent
     summary_ids = [s["event_id"] for s in summaries]
 
     def ledger() -> int | None:
-        conn = psycopg2.connect(edge.settings.database_dsn("audit"))
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT count(*) FILTER (WHERE event_id = ANY(%s::uuid[])),"
-                    " count(*) FILTER (WHERE tenant_id IS NULL AND type = 'access_logged'"
-                    "   AND at >= to_timestamp(%s) AND at < to_timestamp(%s))"
-                    " FROM ledger",
-                    (summary_ids, first, last),
-                )
-                recorded, accesses = cur.fetchone()
-        finally:
-            conn.close()
+        [(recorded, accesses)] = rows(
+            edge,
+            "audit",
+            "SELECT count(*) FILTER (WHERE event_id = ANY(%s::uuid[])),"
+            " count(*) FILTER (WHERE tenant_id IS NULL AND type = 'access_logged'"
+            "   AND at >= to_timestamp(%s) AND at < to_timestamp(%s))"
+            " FROM ledger",
+            summary_ids,
+            first,
+            last,
+        )
         return accesses + recorded if recorded == len(summary_ids) else None
 
     gained = wait_until(ledger, what="the summaries in the ledger")

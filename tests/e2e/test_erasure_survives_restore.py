@@ -22,6 +22,7 @@ from psycopg2.extensions import parse_dsn
 from kernel.db import drop_database, ensure_database
 from kernel.testing import Infrastructure, wait_until
 from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.helpers import rows
 
 LONG = 30_000  # days (of 2 s): nothing of the tenant goes by its period meanwhile
 
@@ -151,16 +152,6 @@ def restore(stack: Stack, service: str, dumps: dict[str, Any]) -> None:
         drop_database(settings.database_url, name)
         ensure_database(settings.database_url, name)
         pg("pg_restore", settings.database_dsn(service, purpose), "-d", name, str(file))
-
-
-def rows(stack: Stack, service: str, query: str, *params: Any, purpose: str = "") -> list:
-    conn = psycopg2.connect(stack.settings.database_dsn(service, purpose))
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def set_period(stack: Stack, key: str, category: str, days: int) -> None:

@@ -8,7 +8,7 @@ import uuid
 import psycopg2
 
 from kernel.testing import wait_until
-from tests.e2e.test_privacy_requests import admin, file, make_contact
+from tests.e2e.helpers import admin, file, make_contact
 
 
 def new_admin(stack, key) -> dict:

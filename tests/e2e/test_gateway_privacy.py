@@ -4,26 +4,11 @@ showed, and a cancelled tenant's way to take its data out during the grace."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
-import psycopg2
-
-from kernel.testing import client_traceparent, wait_until
+from kernel.testing import wait_until
 from tests.e2e.conftest import Stack
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def make_contact(stack: Stack, key: str, name: str, **headers: str) -> dict[str, Any]:
-    email = f"{name.lower().replace(' ', '.')}.{secrets.token_hex(3)}@example.com"
-    response = stack.call(
-        "POST", "/v1/contacts", key=key, json={"name": name, "email": email}, headers=headers
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+from tests.e2e.helpers import completed, file, make_contact, rows, traced, unique
 
 
 def make_ticket(stack: Stack, key: str, requester: str, words: str, **headers: str) -> dict:
@@ -38,47 +23,12 @@ def make_ticket(stack: Stack, key: str, requester: str, words: str, **headers: s
     return response.json()
 
 
-def file(stack: Stack, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = stack.call("POST", "/v1/privacy/requests", key=key, json=body)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
-
-
-def completed(stack: Stack, key: str, request_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        body = stack.call("GET", f"/v1/privacy/requests/{request_id}", key=key).json()
-        return body if body["status"] != "pending" else None
-
-    return wait_until(done, timeout=60, what=f"request {request_id} to complete")
-
-
-def rows(stack: Stack, service: str, query: str, *params: Any, purpose: str = "") -> list:
-    conn = psycopg2.connect(stack.settings.database_dsn(service, purpose))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 def idempotency_table(stack: Stack) -> str:
     """The gateway's stored responses as a dump shows them: every column, bytes decoded."""
     return "\n".join(
         " ".join(bytes(v).decode("latin-1") if isinstance(v, memoryview) else str(v) for v in row)
         for row in rows(stack, "gateway", "SELECT * FROM idempotency_keys")
     )
-
-
-def traced(stack: Stack, method: str, path: str, key: str, **kwargs: Any) -> tuple[Any, str]:
-    """The response, and the trace id its access entry carries."""
-    trace_id, traceparent = client_traceparent()
-    headers = {
-        **kwargs.pop("headers", {}),
-        "traceparent": traceparent,
-    }
-    response = stack.call(method, path, key=key, headers=headers, **kwargs)
-    return response, trace_id
 
 
 def recorded(stack: Stack, trace_ids: set[str]) -> bool:
@@ -300,12 +250,13 @@ def test_stored_responses_hold_no_plaintext_and_go_with_the_erasure_of_whom_they
         assert canary not in dumped
     # A message names its ticket's requester, so the requester's erasure reaches it too.
     assert reply.json()["requester_id"] == zed["id"]
-    # The owner's retry still gets the first answer; another tenant's same key is its own.
+    # The owner's retry (the same body) still gets the first answer; another tenant's same key
+    # is its own.
     replay = stack.call(
         "POST",
         "/v1/contacts",
         key=key,
-        json={"name": name, "email": zed["email"]},
+        json={"name": name, "email": zed["email"], "phone": zed["phone"]},
         headers={"Idempotency-Key": contact_key},
     )
     assert replay.headers.get("Idempotent-Replayed") == "true" and replay.json() == zed
@@ -314,7 +265,7 @@ def test_stored_responses_hold_no_plaintext_and_go_with_the_erasure_of_whom_they
         "POST",
         "/v1/contacts",
         key=stranger,
-        json={"name": name, "email": zed["email"]},
+        json={"name": name, "email": zed["email"], "phone": zed["phone"]},
         headers={"Idempotency-Key": contact_key},
     )
     assert theirs.status_code == 201 and "Idempotent-Replayed" not in theirs.headers

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import uuid
 
-import psycopg2
-
 from kernel.testing import wait_until
-from tests.e2e.test_privacy_requests import admin, completed, file, make_contact
-
-
-def second_admin(stack, key):
-    response = stack.call(
-        "POST",
-        "/v1/agents",
-        key=key,
-        json={
-            "name": "Second Admin",
-            "email": f"second.{uuid.uuid4().hex[:6]}@example.com",
-            "role": "admin",
-        },
-    )
-    assert response.status_code == 201, response.text
-    return stack.claim_key(response.json()["api_key"])
-
-
-def require_approval(stack, key, types):
-    response = stack.call(
-        "PUT", "/v1/privacy/approval-policy", key=key, json={"requires_approval": types}
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.e2e.helpers import (
+    admin,
+    completed,
+    file,
+    make_contact,
+    require_approval,
+    rows,
+    second_admin,
+)
 
 
 def ledger_types(stack, key):
@@ -122,9 +105,8 @@ def test_a_denied_request_sends_nothing_and_keeps_its_reason(stack):
     assert body["approval"]["reason"] == "the requester could not prove who they are"
     assert body["services"] == {}
     # No command went out: tickets never recorded a restriction for this contact.
-    with psycopg2.connect(stack.settings.database_dsn("tickets")) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM restrictions WHERE subject_id = %s", (contact["id"],))
-        assert cur.fetchone()[0] == 0
+    query = "SELECT count(*) FROM restrictions WHERE subject_id = %s"
+    assert rows(stack, "tickets", query, contact["id"]) == [(0,)]
 
     # The ledger has the decision and who made it, never the reason's text.
     def denial_recorded():

@@ -14,44 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernel.testing import wait_until
 from services import platform
-
-
-def admin(stack):
-    created = stack.sign_up()
-    return created["api_key"], created
-
-
-def make_contact(stack, key, name):
-    email = f"{name.lower().replace(' ', '.')}.{uuid.uuid4().hex[:6]}@example.com"
-    phone = f"+44 20 {uuid.uuid4().int % 10**4:04d} {uuid.uuid4().int % 10**4:04d}"
-    response = stack.call(
-        "POST",
-        "/v1/contacts",
-        key=key,
-        json={"name": name, "email": email, "phone": phone},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def file(stack, key, body):
-    response = stack.call("POST", "/v1/privacy/requests", key=key, json=body)
-    assert response.status_code in (200, 202), response.text
-    return response.json()
-
-
-def completed(stack, key, request_id, timeout=60):
-    last: dict = {}
-
-    def done():
-        body = stack.call("GET", f"/v1/privacy/requests/{request_id}", key=key).json()
-        last.update(body)
-        return body if body["status"] != "pending" else None
-
-    try:
-        return wait_until(done, timeout=timeout, what=f"request {request_id} to complete")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; the request as last read: {last}") from None
+from tests.e2e.helpers import admin, completed, create_agent, file, issue_invoices, make_contact
 
 
 def dump_all(stack) -> str:
@@ -189,55 +152,15 @@ def test_the_receipt_verifies_with_the_audit_key_and_cites_ledger_entries(stack)
 
 def test_an_admin_on_invoices_is_retained_by_billing_and_erased_elsewhere(stack):
     """billing's answer is the one reported exception when invoices name the subject."""
-    from nameko.standalone.rpc import ClusterRpcProxy
-
     key, created = admin(stack)
     admin_id = created["agent"]["id"]
-    other_admin = stack.call(
-        "POST",
-        "/v1/agents",
-        key=key,
-        json={"name": "Second Admin", "email": "second@example.com", "role": "admin"},
-    ).json()
+    other_admin = create_agent(stack, key, "admin", name="Second Admin")
     wait_until(
         lambda: stack.call("GET", "/v1/billing/subscription", key=key).status_code == 200,
         what="the billing account",
     )
     # An invoice naming the first admin: the billing run, as its timer would call it.
-    import datetime as dt
-
-    from kernel.crypto.fields import FieldCipher
-    from kernel.crypto.keystore import Keystore
-    from kernel.db import Database
-    from kernel.uow import EventSourcedStore
-    from services.billing import handlers as billing
-    from services.billing.catalogue import Catalogue
-    from services.billing.events import REGISTRY
-    from services.billing.projections import PROJECTIONS
-
-    settings = stack.settings
-    store = EventSourcedStore(
-        "billing",
-        Database(settings.database_dsn("billing")),
-        REGISTRY,
-        FieldCipher(
-            Keystore(Database(settings.database_dsn("billing", "keys")), settings.master_keys)
-        ),
-        PROJECTIONS,
-    )
-    with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=10) as rpc:
-        first_of_next = (dt.datetime.now(dt.UTC).replace(day=28) + dt.timedelta(days=5)).replace(
-            day=1, hour=2
-        )
-        assert (
-            billing.run_invoices(
-                store.unit_of_work,
-                Catalogue.of(settings),
-                rpc.accounts.billing_contact,
-                first_of_next,
-            )
-            >= 1
-        )
+    assert issue_invoices(stack) >= 1
 
     second_key = other_admin["api_key"]
     filed = file(stack, second_key, {"type": "erasure", "subject": {"agent_id": admin_id}})

@@ -22,13 +22,19 @@ import psycopg2
 import pytest
 import requests
 from kombu import Connection, Exchange, Producer, Queue
-from requests.adapters import HTTPAdapter
 
 from kernel import datamap
 from kernel.testing import Infrastructure, wait_until
-from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.test_billing_api import invoice_runner
-from tests.e2e.test_rate_limit_and_privacy import output_to
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import (
+    SourceAddress,
+    completed,
+    fresh_card,
+    issue_invoices,
+    ok,
+    rows,
+    stack_logging_to,
+)
 from tests.support import sweep
 
 TAG = secrets.token_hex(4)
@@ -37,17 +43,7 @@ CANARY_IP = "127." + ".".join(str(secrets.randbelow(200) + 20) for _ in range(3)
 CANARY_AGENT = f"SweepBrowser/{TAG}"
 
 
-def luhn_card() -> str:
-    """A Luhn-valid 16-digit number found nowhere else."""
-    digits = [4] + [secrets.randbelow(10) for _ in range(14)]
-    total = 0
-    for index, digit in enumerate(reversed(digits)):
-        value = digit * 2 if index % 2 == 0 else digit
-        total += value - 9 if value > 9 else value
-    return "".join(map(str, digits)) + str((10 - total % 10) % 10)
-
-
-CARD = luhn_card()
+CARD = fresh_card()
 SPACED_CARD = " ".join(CARD[i : i + 4] for i in range(0, 16, 4))
 
 
@@ -61,18 +57,6 @@ PHONES = {who: f"+44 7700 9{secrets.randbelow(100_000):05d}" for who in ("Doomed
 def phone(who: str) -> str:
     """A phone number found nowhere else (a phone field takes only digits and punctuation)."""
     return PHONES[who]
-
-
-class SourceAddress(HTTPAdapter):
-    """Connections from a chosen loopback address, so the gateway sees that client IP."""
-
-    def __init__(self, address: str):
-        self.address = address
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self.address, 0)
-        super().init_poolmanager(*args, **kwargs)
 
 
 def canary_client(stack: Stack) -> Any:
@@ -92,34 +76,16 @@ def canary_client(stack: Stack) -> Any:
 @pytest.fixture(scope="module")
 def swept(infrastructure: Infrastructure, tmp_path_factory) -> Iterator[tuple[Stack, Path]]:
     log = tmp_path_factory.mktemp("sweep-logs") / "services.log"
-    with contextlib.ExitStack() as exits:
-        with output_to(log):
-            stack = exits.enter_context(
-                running_stack(
-                    infrastructure,
-                    LEDGERDESK_GRACE_DAYS="0.0001",
-                    LEDGERDESK_SCHEDULE_SECONDS="1",
-                    LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
-                    LEDGERDESK_DAY_SECONDS="2",
-                    LEDGERDESK_TRACES="console",
-                )
-            )
+    with stack_logging_to(
+        infrastructure,
+        log,
+        LEDGERDESK_GRACE_DAYS="0.0001",
+        LEDGERDESK_SCHEDULE_SECONDS="1",
+        LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
+        LEDGERDESK_DAY_SECONDS="2",
+        LEDGERDESK_TRACES="console",
+    ) as stack:
         yield stack, log
-
-
-def ok(response: requests.Response, status: int = 200) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    return response.json() if response.content else {}
-
-
-def completed(stack: Stack, key: str, request_id: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        body = ok(stack.call("GET", f"/v1/privacy/requests/{request_id}", key=key))
-        return body if body["status"] in ("completed", "failed") else None
-
-    body = wait_until(done, timeout=60, what=f"request {request_id} to complete")
-    assert body["status"] == "completed", body
-    return body
 
 
 def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
@@ -220,12 +186,6 @@ def refuse_the_card_everywhere(stack: Stack, key: str, contact_id: str) -> None:
     assert idempotent.status_code == 422
     # A user agent is free text too: kept in the access log, the card cut to its last four.
     stack.call("GET", "/v1/tenant", key=key, headers={"User-Agent": f"agent {SPACED_CARD}"})
-
-
-def issue_invoices(stack: Stack) -> int:
-    """Billing's monthly run, as its timer would do it next month (see test_billing_api)."""
-    with invoice_runner(stack) as run:
-        return run()
 
 
 def spans(text: str) -> list[dict[str, Any]]:
@@ -355,7 +315,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             json={"reason": canary("Reason")},
         )
     )
-    completed(stack, key_b, filed["id"])
+    assert completed(stack, key_b, filed["id"])["status"] == "completed"
 
     # A's grace runs out: destroyed everywhere, the held invoices aside.
     assert stack.call("DELETE", "/v1/tenant", key=key_a).status_code == 202
@@ -436,21 +396,17 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
 
 
 def _destruction(stack: Stack, tenant_id: str) -> dict[str, Any] | None:
-    conn = psycopg2.connect(stack.settings.database_dsn("retention"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT r.status, s.service, s.status FROM requests r"
-                " JOIN request_services s ON s.request_id = r.id"
-                " WHERE r.tenant_id = %s AND r.type = 'destruction'",
-                (tenant_id,),
-            )
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    if not rows or rows[0][0] != "completed":
+    found = rows(
+        stack,
+        "retention",
+        "SELECT r.status, s.service, s.status FROM requests r"
+        " JOIN request_services s ON s.request_id = r.id"
+        " WHERE r.tenant_id = %s AND r.type = 'destruction'",
+        tenant_id,
+    )
+    if not found or found[0][0] != "completed":
         return None
-    return {"status": rows[0][0], "services": {service: status for _, service, status in rows}}
+    return {"status": found[0][0], "services": {service: status for _, service, status in found}}
 
 
 def test_the_sweep_finds_a_copy_planted_in_each_kind_of_store(swept, infrastructure, tmp_path):

@@ -6,53 +6,32 @@ whole platform running as processes.
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
-import os
 import secrets
-import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
-import psycopg2
 import pytest
-import requests
-from kombu import Connection, Queue, binding
 
-from kernel import topology
 from kernel.testing import client_traceparent, wait_until
 from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.helpers import (
+    Tap,
+    access_log,
+    assert_problem,
+    logged_line,
+    rows,
+    sign_up,
+    stack_logging_to,
+    tap,
+    traced,
+    unique,
+)
 
 PERSONAL_EVENTS = {"agent_created", "contact_created", "contact_rectified"}
-T = TypeVar("T", bound="Tap")
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def current_version(stack: Stack) -> str:
-    response = stack.call("GET", "/v1/policies/current")
-    assert response.status_code == 200, response.text
-    return response.json()["version"]
-
-
-def sign_up(stack: Stack, **changes: Any) -> dict[str, Any]:
-    return stack.sign_up(**{"accept_policy_version": current_version(stack), **changes})
-
-
-def assert_problem(response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail"} <= set(body), body
-    assert body["status"] == status
-    return body
 
 
 def person() -> dict[str, str]:
@@ -63,10 +42,6 @@ def person() -> dict[str, str]:
         "email": f"zq.{tag}@privacy.example",
         "phone": f"+44 20 7946 {secrets.randbelow(10_000):04d}",
     }
-
-
-def traceparent() -> tuple[str, str]:
-    return client_traceparent()
 
 
 # --- (a) rate limits --------------------------------------------------------------------------
@@ -143,21 +118,17 @@ def test_the_event_store_holds_names_emails_and_phones_only_as_ciphertext(stack)
             what="the tenant's published events up to the rectification",
         )
 
-    conn = psycopg2.connect(stack.settings.database_dsn("accounts"))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT type, payload, payload::text FROM events WHERE tenant_id = %s"
-                " ORDER BY position",
-                (tenant_id,),
-            )
-            rows = cur.fetchall()
-            cur.execute("SELECT coalesce(string_agg(e::text, ' '), '') FROM events e")
-            whole_store = cur.fetchone()[0]
-    finally:
-        conn.close()
+    events = rows(
+        stack,
+        "accounts",
+        "SELECT type, payload, payload::text FROM events WHERE tenant_id = %s ORDER BY position",
+        tenant_id,
+    )
+    [(whole_store,)] = rows(
+        stack, "accounts", "SELECT coalesce(string_agg(e::text, ' '), '') FROM events e"
+    )
 
-    personal = [(t, p, text) for t, p, text in rows if t in PERSONAL_EVENTS]
+    personal = [(t, p, text) for t, p, text in events if t in PERSONAL_EVENTS]
     assert sorted(t for t, _, _ in personal) == [
         "agent_created",
         "agent_created",
@@ -182,82 +153,9 @@ def test_the_event_store_holds_names_emails_and_phones_only_as_ciphertext(stack)
 # --- (c) the access log -----------------------------------------------------------------------
 
 
-class Tap:
-    """Published events from a queue bound before the requests that emit them: what left a
-    service, as its consumers get it (the outbox deletes what it published)."""
-
-    def __init__(self, simple: Any):
-        self._simple = simple
-        self.events: list[tuple[str, dict[str, Any]]] = []  # (raw body, envelope)
-
-    def _drain(self) -> None:
-        with contextlib.suppress(self._simple.Empty):
-            while True:
-                message = self._simple.get(timeout=0.2)
-                message.ack()
-                self.events.append((message.body, json.loads(message.body)))
-
-    def until(self, arrived: Callable[[list[dict[str, Any]]], bool], what: str) -> str:
-        """Every body so far, once ``arrived`` holds for the envelopes."""
-
-        def drained() -> bool:
-            self._drain()
-            return arrived([e for _, e in self.events])
-
-        wait_until(drained, timeout=30, what=what)
-        return " ".join(body for body, _ in self.events)
-
-
-class AccessLog(Tap):
-    """Access-log events."""
-
-    def collect(self, user_agents: set[str], timeout: float = 30) -> dict[str, dict[str, Any]]:
-        """The events of the requests made with these user agents, once all have come."""
-
-        def arrived() -> bool:
-            self._drain()
-            return user_agents <= {e["payload"]["user_agent"] for _, e in self.events}
-
-        wait_until(arrived, timeout=timeout, what=f"access-log events of {sorted(user_agents)}")
-        return {
-            e["payload"]["user_agent"]: e
-            for _, e in self.events
-            if e["payload"]["user_agent"] in user_agents
-        }
-
-
-@contextlib.contextmanager
-def tap(stack: Stack, routing_key: str, kind: type[T]) -> Iterator[T]:
-    queue = Queue(
-        unique("e2e.tap"),
-        bindings=[binding(topology.events_exchange, routing_key=routing_key)],
-        durable=False,
-        auto_delete=False,
-    )
-    with Connection(stack.settings.amqp_uri) as conn:
-        bound = queue(conn.channel())
-        bound.declare()
-        simple = conn.SimpleQueue(queue)
-        try:
-            yield kind(simple)
-        finally:
-            simple.close()
-            bound.delete()
-
-
-def access_log(stack: Stack) -> contextlib.AbstractContextManager[AccessLog]:
-    return tap(stack, "gateway.access_logged", AccessLog)
-
-
 def in_outbox(stack: Stack, service: str, texts: Iterable[str]) -> list[str]:
     """Which of ``texts`` a row of the service's outbox holds."""
-    conn = psycopg2.connect(stack.settings.database_dsn(service))
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT body FROM outbox")
-            bodies = [row[0] for row in cur.fetchall()]
-    finally:
-        conn.close()
+    bodies = [row[0] for row in rows(stack, service, "SELECT body FROM outbox")]
     return [text for text in texts if any(text in body for body in bodies)]
 
 
@@ -285,7 +183,7 @@ def test_every_request_emits_an_access_log_event(stack):
             "missing": (f"/v1/contacts/{absent_id}", key, 404),
         }
         for name, (path, used_key, status) in requests_made.items():
-            trace_id, header = traceparent()
+            trace_id, header = client_traceparent()
             traces[name] = trace_id
             response = stack.call(
                 "GET",
@@ -367,49 +265,12 @@ def test_requests_that_match_no_route_emit_an_access_log_event_too(stack):
 # --- (d) the services' logs -------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """Point this process's stdout and stderr at ``path`` for a while, so that the processes
-    started meanwhile write there for good (they inherit the descriptors)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    try:
-        with open(path, "ab") as sink:
-            for fd in saved:
-                os.dup2(sink.fileno(), fd)
-        yield
-    finally:
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
 @pytest.fixture(scope="module")
 def logged(infrastructure, tmp_path_factory) -> Iterator[tuple[Stack, Path]]:
     """A stack of its own whose processes all write their logs to one file."""
     log = tmp_path_factory.mktemp("service-logs") / "services.log"
-    with contextlib.ExitStack() as exits:
-        with output_to(log):
-            running = exits.enter_context(running_stack(infrastructure))
+    with stack_logging_to(infrastructure, log) as running:
         yield running, log
-
-
-def traced(stack: Stack, method: str, path: str, **kwargs) -> tuple[requests.Response, str]:
-    """A request with a trace id of its own: the gateway's request log line names it."""
-    trace_id, header = client_traceparent()
-    headers = {**kwargs.pop("headers", {}), "traceparent": header}
-    return stack.call(method, path, headers=headers, **kwargs), trace_id
-
-
-def logged_line(log: Path, text: str) -> str:
-    """The log once ``text`` is in it: the request line is written after the answer."""
-
-    def content_with_text() -> str:
-        content = log.read_text(errors="replace")
-        return content if text in content else ""
-
-    return wait_until(content_with_text, timeout=10, what=f"{text!r} in the services' log")
 
 
 def test_the_services_logs_hold_no_personal_data_or_secrets(logged):

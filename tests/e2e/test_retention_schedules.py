@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import urllib.parse
 
-import psycopg2
 import pytest
 
 from kernel.config import Settings
@@ -20,7 +19,7 @@ from services.billing.projections import PROJECTIONS as BILLING_PROJECTIONS
 from services.tickets.events import REGISTRY as TICKETS_EVENTS
 from services.tickets.projections import PROJECTIONS as TICKETS_PROJECTIONS
 from tests.e2e.conftest import running_stack
-from tests.e2e.test_billing_api import invoice_runner, stored_text
+from tests.e2e.helpers import issue_invoices, rows, stored_text
 
 GRACE_SECONDS = 8.64  # LEDGERDESK_GRACE_DAYS=0.0001
 
@@ -34,16 +33,6 @@ def quick(infrastructure):
         LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
     ) as stack:
         yield stack
-
-
-def rows(stack, service: str, query: str, *params, purpose: str = ""):
-    conn = psycopg2.connect(stack.settings.database_dsn(service, purpose))
-    try:
-        with conn.cursor() as cur:
-            cur.execute(query, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def test_a_cancelled_tenant_is_destroyed_when_its_grace_runs_out(quick):
@@ -219,12 +208,6 @@ def holding(stack, canary: str) -> set[str]:
         if canary in text
         for place in [f"{service}: {column}"]
     }
-
-
-def issue_invoices(stack) -> int:
-    """Billing's hourly invoice run, a month ahead, against the stack's billing database."""
-    with invoice_runner(stack) as run:
-        return run()
 
 
 def rebuild_everything(stack) -> None:

@@ -5,8 +5,6 @@ their exports): over real HTTP, against the whole platform running as processes.
 
 from __future__ import annotations
 
-import datetime as dt
-import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +12,16 @@ from typing import Any
 import pytest
 
 from gateway.openapi import ENDPOINTS, Endpoint
-from kernel.testing import wait_until
-from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import (
+    assert_problem,
+    create_agent,
+    create_contact,
+    current_version,
+    issue_key,
+    sign_up,
+    unique,
+)
 
 ROLES = ("admin", "agent", "auditor")
 BEARER = tuple(e for e in ENDPOINTS if e.auth == "bearer")
@@ -42,57 +48,6 @@ TENANT_WIDE = {
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def current_version(stack: Stack) -> str:
-    response = stack.call("GET", "/v1/policies/current")
-    assert response.status_code == 200, response.text
-    return response.json()["version"]
-
-
-def sign_up(stack: Stack, **changes: Any) -> dict[str, Any]:
-    return stack.sign_up(**{"accept_policy_version": current_version(stack), **changes})
-
-
-def assert_problem(response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail"} <= set(body), body
-    assert body["status"] == status
-    return body
-
-
-def create_agent(stack: Stack, admin_key: str, role: str = "agent") -> dict[str, Any]:
-    response = stack.call(
-        "POST",
-        "/v1/agents",
-        key=admin_key,
-        json={"name": unique("Agent"), "email": f"{unique('a')}@example.com", "role": role},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def issue_key(stack: Stack, admin_key: str, agent_id: str) -> dict[str, Any]:
-    response = stack.call("POST", f"/v1/agents/{agent_id}/api-keys", key=admin_key)
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def create_contact(stack: Stack, key: str) -> dict[str, Any]:
-    response = stack.call(
-        "POST",
-        "/v1/contacts",
-        key=key,
-        json={"name": unique("Contact"), "email": f"{unique('c')}@example.com"},
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def endpoint_id(endpoint: Endpoint) -> str:
@@ -357,25 +312,3 @@ def test_reactivation_makes_the_keys_work_again(stack):
     assert stack.call("GET", "/v1/agents", key=tenant.admin_key).status_code == 200
     create_agent(stack, tenant.admin_key)
     create_contact(stack, tenant.keys["agent"])
-
-
-# --- (d) after the grace ----------------------------------------------------------------------
-
-
-def test_reactivation_after_the_grace_period_is_refused(infrastructure):
-    # 0.00002 days is about 1.7 s.
-    with running_stack(infrastructure, LEDGERDESK_GRACE_DAYS="0.00002") as tiny:
-        key = tiny.sign_up()["api_key"]
-        cancelled = tiny.call("DELETE", "/v1/tenant", key=key)
-        assert cancelled.status_code == 202, cancelled.text
-        destroy_after = dt.datetime.fromisoformat(cancelled.json()["destroy_after"])
-        assert destroy_after - dt.datetime.now(dt.UTC) < dt.timedelta(seconds=5)
-
-        wait_until(
-            lambda: dt.datetime.now(dt.UTC) > destroy_after + dt.timedelta(milliseconds=200),
-            timeout=10,
-            what="the end of the grace period",
-        )
-        assert_problem(tiny.call("POST", "/v1/tenant/reactivate", key=key), 409)
-        still = tiny.call("GET", "/v1/tenant", key=key)
-        assert still.status_code == 200 and still.json()["status"] == "cancelled"

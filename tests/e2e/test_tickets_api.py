@@ -23,6 +23,14 @@ from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 from kernel.testing import wait_until
 from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.helpers import (
+    assert_problem,
+    create_agent,
+    create_contact,
+    rows,
+    sign_up,
+    unique,
+)
 
 VISA, MASTERCARD, AMEX = "4111111111111111", "5555555555554444", "378282246310005"
 TICKET_FIELDS = {
@@ -44,33 +52,14 @@ MESSAGE_FIELDS = {"id", "author_id", "author_kind", "body", "internal", "created
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
-
-
 def tenant(stack: Stack) -> dict[str, str]:
     """A new tenant: its admin's key and id, accepting whatever policy version is current."""
-    version = stack.call("GET", "/v1/policies/current").json()["version"]
-    created = stack.sign_up(accept_policy_version=version)
+    created = sign_up(stack)
     return {
         "key": created["api_key"],
         "tenant_id": created["tenant"]["id"],
         "admin_id": created["agent"]["id"],
     }
-
-
-def contact(stack: Stack, key: str) -> str:
-    body = {"name": unique("Contact"), "email": f"{unique('contact')}@example.com"}
-    response = stack.call("POST", "/v1/contacts", key=key, json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def agent(stack: Stack, key: str, role: str = "agent") -> dict[str, Any]:
-    body = {"name": unique("Agent"), "email": f"{unique('agent')}@example.com", "role": role}
-    response = stack.call("POST", "/v1/agents", key=key, json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def open_ticket(stack: Stack, key: str, requester: str, **changes: Any) -> dict[str, Any]:
@@ -117,14 +106,6 @@ def listing(stack: Stack, key: str, **params: Any) -> list[str]:
         if page["next_cursor"] is None:
             return ids
         query["cursor"] = page["next_cursor"]
-
-
-def assert_problem(response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    body = response.json()
-    assert {"type", "title", "status", "detail"} <= set(body) and body["status"] == status
-    return body
 
 
 def text_columns(cur) -> list[tuple[str, str]]:
@@ -206,7 +187,7 @@ class Observer:
 
 def test_create_a_ticket_for_a_contact_made_a_moment_ago_and_read_it(stack):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
     ticket = open_ticket(
         stack,
         me["key"],
@@ -247,7 +228,7 @@ def test_create_a_ticket_for_a_contact_made_a_moment_ago_and_read_it(stack):
 )
 def test_a_malformed_ticket_is_refused(stack, body, field):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
     body = {k: (requester if v == "{contact}" else v) for k, v in body.items()}
     refused = stack.call("POST", "/v1/tickets", key=me["key"], json=body)
     assert field in assert_problem(refused, 422)["errors"]
@@ -256,8 +237,8 @@ def test_a_malformed_ticket_is_refused(stack, body, field):
 
 def test_list_filters_by_status_assignee_and_requester_and_pages_by_cursor(stack):
     me = tenant(stack)
-    alice, bob = contact(stack, me["key"]), contact(stack, me["key"])
-    helper = agent(stack, me["key"])["id"]
+    alice, bob = create_contact(stack, me["key"])["id"], create_contact(stack, me["key"])["id"]
+    helper = create_agent(stack, me["key"])["id"]
     made = [open_ticket(stack, me["key"], r) for r in (alice, bob, alice, bob, alice)]
     ids = [t["id"] for t in made]
     for ticket in (made[1], made[3]):
@@ -295,7 +276,7 @@ def test_list_filters_by_status_assignee_and_requester_and_pages_by_cursor(stack
 
 def test_a_repeated_creation_with_its_idempotency_key_makes_one_ticket(stack):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
     body = {"subject": "Once", "body": "only once", "requester_id": requester}
     headers = {"Idempotency-Key": unique("ticket")}
     first = stack.call("POST", "/v1/tickets", key=me["key"], json=body, headers=headers)
@@ -322,7 +303,11 @@ def test_a_repeated_creation_with_its_idempotency_key_makes_one_ticket(stack):
 
 def test_a_replayed_ticket_creation_carries_its_etag(stack):
     me = tenant(stack)
-    body = {"subject": "Once", "body": "only once", "requester_id": contact(stack, me["key"])}
+    body = {
+        "subject": "Once",
+        "body": "only once",
+        "requester_id": create_contact(stack, me["key"])["id"],
+    }
     headers = {"Idempotency-Key": unique("ticket")}
     first = stack.call("POST", "/v1/tickets", key=me["key"], json=body, headers=headers)
     replay = stack.call("POST", "/v1/tickets", key=me["key"], json=body, headers=headers)
@@ -335,7 +320,7 @@ def test_a_replayed_ticket_creation_carries_its_etag(stack):
 
 def test_the_status_workflow_with_etags(stack):
     me = tenant(stack)
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]))
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
     tid, etag = ticket["id"], '"1"'
 
     for illegal in ("pending", "solved", "closed"):
@@ -376,8 +361,8 @@ def test_the_status_workflow_with_etags(stack):
 
 def test_priority_tags_and_assignment_change_with_if_match(stack):
     me = tenant(stack)
-    helper = agent(stack, me["key"])["id"]
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]), tags=["a"])
+    helper = create_agent(stack, me["key"])["id"]
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"], tags=["a"])
     answer = patch(
         stack,
         me["key"],
@@ -405,7 +390,7 @@ def test_priority_tags_and_assignment_change_with_if_match(stack):
 @pytest.mark.parametrize("round_", range(3))
 def test_two_concurrent_patches_on_one_version_one_wins_nothing_lost(stack, round_):
     me = tenant(stack)
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]))
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
     changes = {"status": {"status": "open"}, "priority": {"priority": "urgent"}}
     start = threading.Barrier(2)
     answers: dict[str, Any] = {}
@@ -447,8 +432,8 @@ def test_two_concurrent_patches_on_one_version_one_wins_nothing_lost(stack, roun
 
 def test_public_internal_and_requester_messages(stack):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
-    colleague = agent(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
+    colleague = create_agent(stack, me["key"])
     ticket = open_ticket(stack, me["key"], requester)
     other = open_ticket(stack, me["key"], requester)
 
@@ -501,7 +486,7 @@ def test_public_internal_and_requester_messages(stack):
 
 def test_concurrent_messages_are_each_stored_or_refused_never_lost(stack):
     me = tenant(stack)
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]))
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
     writers = 5
     start = threading.Barrier(writers)
     answers: dict[int, Any] = {}
@@ -531,8 +516,8 @@ def test_concurrent_messages_are_each_stored_or_refused_never_lost(stack):
 
 def test_requesters_and_assignees_from_elsewhere_are_refused(stack):
     me, them = tenant(stack), tenant(stack)
-    mine, theirs = contact(stack, me["key"]), contact(stack, them["key"])
-    their_agent = agent(stack, them["key"])["id"]
+    mine, theirs = create_contact(stack, me["key"])["id"], create_contact(stack, them["key"])["id"]
+    their_agent = create_agent(stack, them["key"])["id"]
 
     for requester in (theirs, me["admin_id"], str(uuid.uuid4())):
         refused = stack.call(
@@ -553,8 +538,8 @@ def test_requesters_and_assignees_from_elsewhere_are_refused(stack):
 
 def test_a_deactivated_agent_cannot_be_assigned(stack):
     me = tenant(stack)
-    leaver = agent(stack, me["key"])["id"]
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]))
+    leaver = create_agent(stack, me["key"])["id"]
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
     # Assignable while active.
     assert patch(stack, me["key"], ticket["id"], '"1"', assignee_id=leaver).status_code == 200
     assert patch(stack, me["key"], ticket["id"], '"2"', assignee_id=None).status_code == 200
@@ -564,14 +549,8 @@ def test_a_deactivated_agent_cannot_be_assigned(stack):
 
     # Tickets hears of it from accounts' agent_deactivated event.
     def heard() -> bool:
-        conn = psycopg2.connect(stack.settings.database_dsn("tickets"))
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute("SELECT active FROM directory WHERE subject_id = %s", (leaver,))
-                row = cur.fetchone()
-        finally:
-            conn.close()
-        return row is not None and row[0] is False
+        found = rows(stack, "tickets", "SELECT active FROM directory WHERE subject_id = %s", leaver)
+        return found == [(False,)]
 
     wait_until(heard, what="tickets learning of the deactivation")
     refused = patch(stack, me["key"], ticket["id"], '"3"', assignee_id=leaver)
@@ -581,7 +560,7 @@ def test_a_deactivated_agent_cannot_be_assigned(stack):
 
 def test_an_erased_requester_gets_a_client_error_not_a_server_error(stack):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
     ticket = open_ticket(stack, me["key"], requester)
     # What an erasure does to tickets: the requester's key is destroyed in its keystore.
     keys = Database(stack.settings.database_dsn("tickets", "keys"))
@@ -612,10 +591,10 @@ def test_an_erased_requester_gets_a_client_error_not_a_server_error(stack):
 
 def test_another_tenants_ticket_answers_exactly_like_a_missing_one(stack):
     me, them = tenant(stack), tenant(stack)
-    mine = contact(stack, me["key"])
+    mine = create_contact(stack, me["key"])["id"]
     ticket = open_ticket(stack, me["key"], mine)
     assert post_message(stack, me["key"], ticket["id"], "hello").status_code == 201
-    their_ticket = open_ticket(stack, them["key"], contact(stack, them["key"]))
+    their_ticket = open_ticket(stack, them["key"], create_contact(stack, them["key"])["id"])
     before = get(stack, me["key"], ticket["id"]).json()
 
     attempts: list[tuple[str, str, dict[str, Any]]] = [
@@ -654,8 +633,8 @@ def test_another_tenants_ticket_answers_exactly_like_a_missing_one(stack):
 
 def test_the_auditor_role_may_not_touch_tickets(stack):
     me = tenant(stack)
-    auditor = agent(stack, me["key"], role="auditor")["api_key"]
-    ticket = open_ticket(stack, me["key"], contact(stack, me["key"]))
+    auditor = create_agent(stack, me["key"], role="auditor")["api_key"]
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
     requests_ = [
         (
             "POST",
@@ -693,8 +672,8 @@ def test_published_ticket_events_and_views_carry_ids_only(stack):
     observer = Observer(stack, [f"tickets.{kind}" for kind in kinds])
     try:
         me = tenant(stack)
-        requester = contact(stack, me["key"])
-        helper = agent(stack, me["key"])
+        requester = create_contact(stack, me["key"])["id"]
+        helper = create_agent(stack, me["key"])
         words = [
             unique("Secret subject"),
             unique("Secret body"),
@@ -789,7 +768,7 @@ def test_card_numbers_are_cut_to_the_last_four_and_found_nowhere(infrastructure,
         observer = Observer(own, ["#"])
         try:
             me = tenant(own)
-            requester = contact(own, me["key"])
+            requester = create_contact(own, me["key"])["id"]
             created = own.call(
                 "POST",
                 "/v1/tickets",
@@ -879,7 +858,7 @@ def test_card_numbers_are_cut_to_the_last_four_and_found_nowhere(infrastructure,
 
 def test_a_card_number_in_a_tag_is_refused_or_never_stored(stack):
     me = tenant(stack)
-    requester = contact(stack, me["key"])
+    requester = create_contact(stack, me["key"])["id"]
     ticket = open_ticket(stack, me["key"], requester)
     created = stack.call(
         "POST",
