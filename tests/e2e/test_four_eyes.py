@@ -8,23 +8,12 @@ import uuid
 import psycopg2
 
 from kernel.testing import wait_until
-from tests.e2e.helpers import admin, file, make_contact
+from tests.e2e.helpers import admin, create_agent, file, issue_key, make_contact
 
 
 def new_admin(stack, key) -> dict:
     """An admin created now with ``key``: its id and the key it is created with."""
-    response = stack.call(
-        "POST",
-        "/v1/agents",
-        key=key,
-        json={
-            "name": "Another Admin",
-            "email": f"admin.{uuid.uuid4().hex[:8]}@example.com",
-            "role": "admin",
-        },
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+    return create_agent(stack, key, "admin")
 
 
 def colleague(stack, key) -> dict:
@@ -32,12 +21,6 @@ def colleague(stack, key) -> dict:
     would on receiving the one she was created with."""
     created = new_admin(stack, key)
     return {**created, "api_key": stack.claim_key(created["api_key"])}
-
-
-def mint(stack, key, agent_id) -> dict:
-    response = stack.call("POST", f"/v1/agents/{agent_id}/api-keys", key=key)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def policy(stack, key, types):
@@ -119,12 +102,12 @@ def test_a_key_an_admin_minted_for_another_cannot_decide_her_requests(stack):
     cy = colleague(stack, key)
     assert policy(stack, key, ["erasure"]).status_code == 200
     # Ada mints a key for Bea (who was an admin before the filing) and approves as her.
-    for_bea = mint(stack, key, bea["id"])
+    for_bea = issue_key(stack, key, bea["id"])
     filed = erasure_waiting(stack, key)
     refused(decide(stack, for_bea["api_key"], filed["id"]), 403, "issued by the admin who filed")
     refused(decide(stack, for_bea["api_key"], filed["id"], "deny"), 403, "issued by")
     # Nor through a key minted with that key: it answers to Ada too.
-    laundered = mint(stack, for_bea["api_key"], bea["id"])
+    laundered = issue_key(stack, for_bea["api_key"], bea["id"])
     refused(decide(stack, laundered["api_key"], filed["id"]), 403, "issued by")
     # Nor the other way round: Ada files as Bea, with the key she minted, and approves herself.
     contact = make_contact(stack, key, "Fen Filed")
@@ -136,8 +119,8 @@ def test_a_key_an_admin_minted_for_another_cannot_decide_her_requests(stack):
 
     # A key Bea mints for herself with a key of her own is hers; one Cy mints for Bea answers
     # to Cy: it may decide Ada's requests, not Cy's (and only those filed after it was minted).
-    own = mint(stack, bea["api_key"], bea["id"])
-    by_cy = mint(stack, cy["api_key"], bea["id"])
+    own = issue_key(stack, bea["api_key"], bea["id"])
+    by_cy = issue_key(stack, cy["api_key"], bea["id"])
     refused(decide(stack, by_cy["api_key"], filed["id"]), 403, "issued after")
     contact = make_contact(stack, key, "Gil Filed")
     cys = file(stack, cy["api_key"], {"type": "erasure", "subject": {"contact_id": contact["id"]}})
@@ -210,7 +193,7 @@ def test_the_key_an_admin_was_created_with_answers_to_her_creator_until_she_clai
 
     # Had Ada claimed with her copy first, Bea's own key ends: she finds herself locked out,
     # and the claim is in the ledger under her id. A second claim ends the first.
-    stolen = stack.claim_key(mint(stack, key, bea["id"])["api_key"])
+    stolen = stack.claim_key(issue_key(stack, key, bea["id"])["api_key"])
     assert stack.call("GET", "/v1/me", key=own["api_key"]).status_code == 401
     assert stack.call("POST", "/v1/me/api-keys", key=own["api_key"]).status_code == 401
     assert stack.call("GET", "/v1/me", key=stolen).json()["key_is_own"] is True
@@ -245,7 +228,9 @@ def test_lifting_or_narrowing_the_policy_waits_for_another_admin(stack):
     # Not by the filer, not with a key she minted, not by an admin she made after filing.
     refused(decide_change(stack, key, change["id"]), 409, "filed")
     refused(
-        decide_change(stack, mint(stack, key, bea["id"])["api_key"], change["id"]), 403, "issued"
+        decide_change(stack, issue_key(stack, key, bea["id"])["api_key"], change["id"]),
+        403,
+        "issued",
     )
     refused(decide_change(stack, new_admin(stack, key)["api_key"], change["id"]), 403, "issued")
     refused(decide_change(stack, colleague(stack, key)["api_key"], change["id"]), 403, "already")
@@ -339,7 +324,9 @@ def test_shortening_a_retention_period_while_erasure_needs_approval_waits_for_an
     # she made after filing.
     refused(decide_period(stack, key, change["id"]), 409, "filed")
     refused(
-        decide_period(stack, mint(stack, key, bea["id"])["api_key"], change["id"]), 403, "issued"
+        decide_period(stack, issue_key(stack, key, bea["id"])["api_key"], change["id"]),
+        403,
+        "issued",
     )
     refused(decide_period(stack, new_admin(stack, key)["api_key"], change["id"]), 403, "issued")
     refused(decide_period(stack, colleague(stack, key)["api_key"], change["id"]), 403, "already")
