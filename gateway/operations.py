@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 from gateway import problems, schemas
 from gateway import subscriptions as gateway_subscriptions
 from gateway.http import api, json_response, read_json
+from gateway.route import TEXT
 from kernel import deadletters
 from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
@@ -65,12 +66,25 @@ class OperationsRoutes:
     def _operator(self, request: Request) -> None:  # the gateway's own, operator token
         raise NotImplementedError
 
-    @api("GET", "/metrics")
+    @api(
+        "GET",
+        "/metrics",
+        operator=True,
+        summary="Prometheus metrics of this process (the operator token; the ops port needs none)",
+        response={"type": "string"},
+        media_type="text/plain",
+    )
     def metrics(self, request: Request) -> Response:
         self._operator(request)
         return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)
 
-    @api("GET", "/v1/operator/health")
+    @api(
+        "GET",
+        "/v1/operator/health",
+        operator=True,
+        summary="Every service's readiness and outbox lag, and the broker (operator)",
+        response="OperatorHealthOut",
+    )
     def operator_health(self, request: Request) -> Response:
         self._operator(request)
         # In parallel: a service that is down costs one RPC timeout, not one each.
@@ -101,7 +115,17 @@ class OperationsRoutes:
             "reachable": True,
         }
 
-    @api("GET", "/v1/operator/dead-letters")
+    @api(
+        "GET",
+        "/v1/operator/dead-letters",
+        operator=True,
+        summary=(
+            "Dead letters of every consumer queue, or of ?queue= (ids and reasons only; operator)"
+        ),
+        response="DeadLetterListOut",
+        errors=(404, 422),
+        filters={"queue": TEXT},
+    )
     def dead_letters(self, request: Request) -> Response:
         self._operator(request)
         queue = request.args.get("queue") or None
@@ -117,7 +141,15 @@ class OperationsRoutes:
             raise ServiceUnavailable("the broker is not reachable") from None
         return json_response(200, {"items": items})
 
-    @api("POST", "/v1/operator/dead-letters/<string:queue>/replay")
+    @api(
+        "POST",
+        "/v1/operator/dead-letters/<string:queue>/replay",
+        operator=True,
+        summary="Move dead letters (all, or those in ids) back into their queue (operator)",
+        response="ReplayedOut",
+        body="ReplayDeadLettersV1",
+        errors=(400, 404, 413, 422),
+    )
     def replay_dead_letters(self, request: Request, queue: str) -> Response:
         self._operator(request)
         name = _platform_queue(queue)

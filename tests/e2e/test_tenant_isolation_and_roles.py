@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from gateway.openapi import ENDPOINTS, Endpoint
+from gateway.route import Route
+from gateway.service import ROUTES
 from kernel.testing import wait_until
 from tests.e2e.conftest import Stack, running_stack
 
 ROLES = ("admin", "agent", "auditor")
-BEARER = tuple(e for e in ENDPOINTS if e.auth == "bearer")
+BEARER = tuple(e for e in ROUTES if e.auth == "bearer")
 # What a cancelled tenant's keys may still do.
 WHILE_CANCELLED = {("get", "/v1/tenant"), ("post", "/v1/tenant/reactivate")}
 # Taking its data out during the grace: these answer as for an active tenant, here to a request
@@ -95,7 +96,7 @@ def create_contact(stack: Stack, key: str) -> dict[str, Any]:
     return response.json()
 
 
-def endpoint_id(endpoint: Endpoint) -> str:
+def endpoint_id(endpoint: Route) -> str:
     return f"{endpoint.method.upper()} {endpoint.path}"
 
 
@@ -123,7 +124,7 @@ def new_tenant(stack: Stack) -> Tenant:
     return Tenant(signed["tenant"]["id"], keys, ids, contact["id"])
 
 
-def request_for(stack: Stack, endpoint: Endpoint, tenant: Tenant) -> tuple[str, dict, bool]:
+def request_for(stack: Stack, endpoint: Route, tenant: Tenant) -> tuple[str, dict, bool]:
     """A well-formed request for ``endpoint`` on ``tenant``'s own resources.
 
     Returns the path, the request's keyword arguments and whether the recipe is complete (an
