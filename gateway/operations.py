@@ -22,6 +22,7 @@ from gateway import problems, schemas
 from gateway import subscriptions as gateway_subscriptions
 from gateway.http import api, json_response, read_json
 from gateway.route import TEXT
+from gateway.routes.base import Routes
 from kernel import deadletters
 from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
@@ -57,14 +58,10 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
-class OperationsRoutes:
+class OperationsRoutes(Routes):
     """The gateway's operations endpoints; ``ops`` also serves them on the ops port."""
 
     ops = Operations(status_of=status_of)
-    config: Any
-
-    def _operator(self, request: Request) -> None:  # the gateway's own, operator token
-        raise NotImplementedError
 
     @api(
         "GET",
