@@ -41,6 +41,7 @@ from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.store import EventStoreDependency
+from kernel.platform import SERVICES
 from kernel.signed_note import PublicKey
 from kernel.signing import published_keys
 from kernel.tracing import Tracing
@@ -102,11 +103,7 @@ class GatewayService(
         forgetting=Forgetting(lambda store, settings: privacy.erasure_handlers(store)),
     )
     announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
-    accounts = TimedRpcProxy("accounts")
-    tickets = TimedRpcProxy("tickets")
-    billing = TimedRpcProxy("billing")
-    audit = TimedRpcProxy("audit")
-    retention = TimedRpcProxy("retention")
+    # And an RPC proxy per service of the platform, named as the service (below the class).
     limits = Limits()
     audit_keys = AuditKeys()
     idempotency = Idempotency()
@@ -146,7 +143,7 @@ class GatewayService(
     )
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        for name in ("accounts", "tickets", "billing", "audit", "retention"):
+        for name in SERVICES:
             try:
                 checks[name] = getattr(self, name).health()["database"]
             except (DomainError, ServiceUnavailable):
@@ -164,6 +161,9 @@ class GatewayService(
         except Exception:  # any failure to connect means "not ready", whatever its type
             return False
 
+
+for _service in SERVICES:
+    setattr(GatewayService, _service, TimedRpcProxy(_service))
 
 ROUTES: tuple[Route, ...] = tuple(routes_of(GatewayService))
 OPENAPI = build_spec(ROUTES)
