@@ -15,7 +15,12 @@ from services.retention.commands import (
 )
 from services.retention.subscriptions import SUBSCRIPTIONS
 
+# What becomes of a change that waits for a second admin (a shortened period, a lifted or
+# narrowed approval policy): the API's filter and answers name the same.
+CHANGE_STATUSES = ("awaiting_approval", "approved", "denied", "superseded")
+
 __all__ = [
+    "CHANGE_STATUSES",
     "SUBSCRIPTIONS",
     "DecideRequestV1",
     "FilePrivacyRequestV1",

@@ -27,8 +27,6 @@ from services.retention.approvals import (
 )
 from services.retention.schedules import CATEGORIES, policies
 
-CHANGE_STATUSES = ("awaiting_approval", "approved", "denied", "superseded")
-
 
 def change_period(
     uow: UnitOfWork, actor: dict[str, Any], category: str, days: int, now: dt.datetime
