@@ -23,9 +23,9 @@ from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from gateway.idempotency import PLATFORM, fingerprint
 from gateway.pagination import encode_cursor, page_params
 from gateway.route import route_of
-from gateway.schemas import POLICY_CHANGE_STATUSES
 from kernel.cards import contains_card_number
 from kernel.errors import Conflict, DomainError, Forbidden, Unauthorized, ValidationFailed
+from services.retention.contracts import CHANGE_STATUSES
 
 # Responses that carry a secret are stored for replay without it: a key is shown once.
 SECRET_FIELDS = ("api_key",)
@@ -46,7 +46,8 @@ def operator_token_matches(presented: str, expected: str) -> bool:
 
 class Routes:
     """What every route's method may use. The attributes are ``GatewayService``'s
-    dependencies: an RPC proxy per service of the platform, and its own."""
+    dependencies, named here for the type checker: an RPC proxy per service of the platform
+    (created from ``kernel.platform.SERVICES``), and its own."""
 
     name: str
     accounts: Any
@@ -173,8 +174,8 @@ class Routes:
 def change_status(request: Request) -> str | None:
     """The ``status`` filter of a list of changes that wait or waited for approval."""
     status = request.args.get("status") or None
-    if status is not None and status not in POLICY_CHANGE_STATUSES:
-        raise ValidationFailed({"status": [f"one of {', '.join(POLICY_CHANGE_STATUSES)}"]})
+    if status is not None and status not in CHANGE_STATUSES:
+        raise ValidationFailed({"status": [f"one of {', '.join(CHANGE_STATUSES)}"]})
     return status
 
 

@@ -10,9 +10,8 @@ from gateway import privacy, schemas
 from gateway.http import RESOURCES, api, json_response, read_json
 from gateway.route import ADMIN, AUDIT, one_of
 from gateway.routes.base import Routes, cancelled, change_status
-from gateway.schemas import POLICY_CHANGE_STATUSES as CHANGE_STATUSES
-from gateway.schemas import PRIVACY_STATUSES
 from kernel.errors import Forbidden, ValidationFailed
+from services.retention.contracts import CHANGE_STATUSES
 
 
 class PrivacyRoutes(Routes):
@@ -54,7 +53,7 @@ class PrivacyRoutes(Routes):
         response="PrivacyRequestListOut",
         errors=(422,),
         listed=True,
-        filters={"status": one_of(PRIVACY_STATUSES)},
+        filters={"status": one_of(schemas.PRIVACY_STATUSES)},
     )
     def list_privacy_requests(self, request: Request) -> Response:
         caller = self._caller(request)

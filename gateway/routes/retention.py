@@ -10,7 +10,7 @@ from gateway import schemas
 from gateway.http import RESOURCES, api, json_response, read_json
 from gateway.route import ADMIN, one_of
 from gateway.routes.base import Routes, change_status
-from gateway.schemas import POLICY_CHANGE_STATUSES as CHANGE_STATUSES
+from services.retention.contracts import CHANGE_STATUSES
 
 
 class RetentionRoutes(Routes):
