@@ -20,6 +20,7 @@ from services.accounts.contracts import (
 from services.billing.contracts import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
 from services.retention.contracts import (
     CHANGE_STATUSES,
+    DECISIONS,
     DecideRequestV1,
     FilePrivacyRequestV1,
     SetApprovalPolicyV1,
@@ -417,7 +418,7 @@ PRIVACY_STATUSES = ["awaiting_approval", "pending", "completed", "failed", "deni
 
 
 class ApprovalOut(Schema):
-    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decision = fields.String(required=True, metadata={"enum": list(DECISIONS)})
     decided_by = fields.UUID(required=True)
     decided_at = fields.DateTime(required=True)
     reason = fields.String(required=True)
@@ -452,7 +453,7 @@ POLICY_CHANGE_STATUSES = list(CHANGE_STATUSES)
 
 
 class PolicyChangeApprovalOut(Schema):
-    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decision = fields.String(required=True, metadata={"enum": list(DECISIONS)})
     decided_by = fields.UUID(required=True)
     decided_at = fields.DateTime(required=True)
     reason = fields.String(required=True)

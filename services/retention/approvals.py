@@ -13,7 +13,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, Forbidden, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
-from services.retention.events import MESSAGES
+from services.retention.events import DECISIONS, MESSAGES
 
 
 def check_four_eyes(
@@ -191,7 +191,7 @@ def decide_policy_change(
     """Approve (the policy becomes the change's) or deny a waiting change, by the rules a
     request's decision follows (``check_four_eyes``). A change still waiting was filed against
     the policy as it is: any change applied since, or filed since, superseded it."""
-    if decision not in ("approved", "denied"):
+    if decision not in DECISIONS:
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_policy_change(uow, tenant_id, change_id)
     lock_policy(uow, tenant_id)

@@ -13,6 +13,7 @@ from services.retention.commands import (
     SetApprovalPolicyV1,
     SetPolicyV1,
 )
+from services.retention.events import DECISIONS
 from services.retention.subscriptions import SUBSCRIPTIONS
 
 # What becomes of a change that waits for a second admin (a shortened period, a lifted or
@@ -21,6 +22,7 @@ CHANGE_STATUSES = ("awaiting_approval", "approved", "denied", "superseded")
 
 __all__ = [
     "CHANGE_STATUSES",
+    "DECISIONS",
     "SUBSCRIPTIONS",
     "DecideRequestV1",
     "FilePrivacyRequestV1",

@@ -25,6 +25,7 @@ from services.retention.approvals import (
     lock_policy,
     retention_message,
 )
+from services.retention.events import DECISIONS
 from services.retention.schedules import CATEGORIES, policies
 
 
@@ -93,7 +94,7 @@ def decide_change(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """Approve (the period becomes the change's) or deny a waiting change."""
-    if decision not in ("approved", "denied"):
+    if decision not in DECISIONS:
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_change(uow, tenant_id, change_id)
     lock_policy(uow, tenant_id)

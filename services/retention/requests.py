@@ -19,6 +19,7 @@ from kernel.errors import Conflict, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
 from services.retention.approvals import approval_policy, check_four_eyes, decision_event
+from services.retention.events import DECISIONS
 
 COMMAND_FOR = {
     "erasure": "erase_subject",
@@ -161,7 +162,7 @@ def decide(
     """Approve (the request is sent) or deny (it ends, with the reason kept) a request that
     waits for approval. Four eyes (``check_four_eyes``): not the filer, not through a key the
     filer issued, and an admin since before it was filed."""
-    if decision not in ("approved", "denied"):
+    if decision not in DECISIONS:
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_request(uow, tenant_id, request_id)
     uow.cur.execute(
