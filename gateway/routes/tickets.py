@@ -8,7 +8,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway import schemas
 from gateway.http import MAX_BODY_BYTES, RESOURCES, api, json_response, read_json
-from gateway.route import STAFF, UUID, one_of
+from gateway.route import STAFF, UUID, one_of, route_of
 from gateway.routes.base import Routes, etag, if_match
 from kernel.errors import ValidationFailed
 from services.tickets.contracts import STATUSES as TICKET_STATUSES
@@ -113,18 +113,20 @@ class TicketRoutes(Routes):
 
 
 def _ticket_filters(request: Request) -> dict[str, str]:
-    filters = {
-        k: request.args[k] for k in ("status", "assignee_id", "requester_id") if request.args.get(k)
-    }
+    """The filters given, of those the route declares (``filters``), each checked against its
+    declared schema: one of its values, or a UUID."""
+    declared = route_of(request).filters
+    filters = {name: request.args[name] for name in declared if request.args.get(name)}
     errors: dict[str, list[str]] = {}
-    if filters.get("status") not in (None, *TICKET_STATUSES):
-        errors["status"] = [f"must be one of: {', '.join(TICKET_STATUSES)}"]
-    for key in ("assignee_id", "requester_id"):
-        if key in filters:
+    for name, value in filters.items():
+        schema = declared[name]
+        if "enum" in schema and value not in schema["enum"]:
+            errors[name] = [f"must be one of: {', '.join(schema['enum'])}"]
+        elif schema.get("format") == "uuid":
             try:
-                uuid.UUID(filters[key])
+                uuid.UUID(value)
             except ValueError:
-                errors[key] = ["not a valid UUID"]
+                errors[name] = ["not a valid UUID"]
     if errors:
         raise ValidationFailed(errors)
     return filters

@@ -14,7 +14,7 @@ from werkzeug.wrappers import Request
 from gateway.http import IDENTITY, ApiHandler
 from gateway.route import ADMIN, ROUTE, Route
 from gateway.service import OPENAPI, ROUTES, GatewayService
-from kernel.errors import Forbidden
+from kernel.errors import Forbidden, ValidationFailed
 from services.accounts.contracts import ROLES
 
 
@@ -117,3 +117,21 @@ def test_a_route_that_declares_a_caller_must_have_checked_one_to_answer():
     request.environ[IDENTITY] = {"agent_id": "a"}
     assert handler._caller_checked(request)
     assert ApiHandler("GET", "/v1/public")._caller_checked(_request(Route("get", "/v1/public")))
+
+
+def test_the_ticket_list_checks_the_filters_its_route_declares():
+    from gateway.routes.tickets import _ticket_filters
+
+    (route,) = (r for r in ROUTES if (r.method, r.path) == ("get", "/v1/tickets"))
+    query = "status=later&assignee_id=nope&requester_id=&other=x"
+    request = Request(EnvironBuilder(query_string=query).get_environ())
+    request.environ[ROUTE] = route
+    with pytest.raises(ValidationFailed) as refused:
+        _ticket_filters(request)
+    assert refused.value.errors == {
+        "status": ["must be one of: new, open, pending, solved, closed"],
+        "assignee_id": ["not a valid UUID"],
+    }
+    request = Request(EnvironBuilder(query_string="status=open&other=x").get_environ())
+    request.environ[ROUTE] = route
+    assert _ticket_filters(request) == {"status": "open"}
