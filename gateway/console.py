@@ -51,13 +51,13 @@ def _read(name: str) -> bytes:
 class ConsoleRoutes:
     """Mixed into the gateway service: the console's page and its assets."""
 
-    @api("GET", "/console")
+    @api("GET", "/console", documented=False)
     def console_page(self, request: Request) -> Response:
         return Response(
             _read("index.html"), headers=HEADERS, content_type="text/html; charset=utf-8"
         )
 
-    @api("GET", "/console/<string:asset>")
+    @api("GET", "/console/<string:asset>", documented=False)
     def console_asset(self, request: Request, asset: str) -> Response:
         content_type = ASSETS.get(asset)
         if content_type is None:

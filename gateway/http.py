@@ -32,6 +32,7 @@ from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES
 from gateway.edge import Edge
 from gateway.idempotency import IdempotencyStore
 from gateway.ratelimit import RateLimited
+from gateway.route import ROUTE, Route
 from kernel import outbox
 from kernel.cards import contains_card_number
 from kernel.commands import load_command
@@ -136,10 +137,19 @@ class ApiHandler(HttpRequestHandler):
     server = ApiServer()
     gateway_store = GatewayStore()
 
-    def __init__(self, method: str, url: str, max_body_bytes: int = BODY_BYTES, **kwargs: Any):
-        kwargs.setdefault("expected_exceptions", DomainError)
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        max_body_bytes: int = BODY_BYTES,
+        expected_exceptions: Any = DomainError,
+        **declared: Any,
+    ):
+        # Everything else the route says of itself (gateway.route.Route): its roles, what it
+        # takes and answers. The caller checks and the OpenAPI document read it from here.
+        self.route = Route(method.lower(), url, **declared)
         self.max_body_bytes = max_body_bytes
-        super().__init__(method, url, **kwargs)
+        super().__init__(method, url, expected_exceptions=expected_exceptions)
 
     def handle_request(self, request: Request) -> Response:
         # nameko's own version, but the worker starts a trace of its own (its context data
@@ -151,6 +161,7 @@ class ApiHandler(HttpRequestHandler):
             limit_body(request, self.max_body_bytes)
             context_data: dict[str, str] = {}
             request.environ[CLIENT_TRACE] = client_trace(request)
+            request.environ[ROUTE] = self.route
             if _holds_nul([dict(request.args), getattr(request, "path_values", None) or {}]):
                 # PostgreSQL refuses NUL in text: a query or path holding one is the client's
                 # mistake, not a server error.
@@ -166,11 +177,18 @@ class ApiHandler(HttpRequestHandler):
                 handle_result=partial(self._handle_result, event, worker_data),
             )
             response = self.response_from_result(event.wait())
+            if response.status_code < 400 and not self._caller_checked(request):
+                raise Unchecked(f"{self.route.method} {self.route.rule} answered unchecked")
         except Exception as exc:
             response = self.response_from_exception(exc)
         answer_trace(response, worker_data)
         self.record_access(request, response, worker_data, self.url)
         return response
+
+    def _caller_checked(self, request: Request) -> bool:
+        """Whether a route that declares who may call it found out who did: a route cannot
+        declare roles (or the operator token) and answer without checking them."""
+        return self.route.auth is None or IDENTITY in request.environ
 
     def stop(self) -> None:
         # While the database is still there: what this interval counted is not lost.
@@ -227,6 +245,10 @@ class ApiHandler(HttpRequestHandler):
 
 
 api = ApiHandler.decorator
+
+
+class Unchecked(Exception):
+    """A bug: a route answered without checking the caller its declaration names (a 500)."""
 
 
 def refused_at_the_edge(server: ApiServer, url_map: Any, request: Request) -> Response | None:

@@ -12,6 +12,8 @@ queue they came from, and only into a queue of the platform.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any
 
 import eventlet
@@ -21,25 +23,18 @@ from werkzeug.wrappers import Request, Response
 from gateway import problems, schemas
 from gateway import subscriptions as gateway_subscriptions
 from gateway.http import api, json_response, read_json
+from gateway.route import TEXT
+from gateway.routes.base import Routes
 from kernel import deadletters
 from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
 from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
-from services.accounts import contracts as accounts_contracts
-from services.audit import contracts as audit_contracts
-from services.billing import contracts as billing_contracts
-from services.retention import contracts as retention_contracts
-from services.tickets import contracts as tickets_contracts
+from kernel.platform import SERVICES
 
-# Each service by the contracts module it shows the gateway, in the order of the platform's list
-# (services.platform, which the gateway does not import: a test keeps the two in step).
-CONTRACTS = {
-    "accounts": accounts_contracts,
-    "tickets": tickets_contracts,
-    "billing": billing_contracts,
-    "audit": audit_contracts,
-    "retention": retention_contracts,
+# Each service of the platform's list by the contracts module it shows the gateway (the only
+# module of a service the gateway may import: import-linter, pyproject.toml).
+CONTRACTS: dict[str, ModuleType] = {
+    name: importlib.import_module(f"services.{name}.contracts") for name in SERVICES
 }
-SERVICES = tuple(CONTRACTS)
 # The queues whose dead letters operators list: every consumer queue, then every RPC queue.
 DEAD_LETTER_QUEUES: tuple[str, ...] = (
     *(s.queue for c in CONTRACTS.values() for s in c.SUBSCRIPTIONS),
@@ -56,21 +51,30 @@ def status_of(exc: BaseException) -> int:
     return 500
 
 
-class OperationsRoutes:
+class OperationsRoutes(Routes):
     """The gateway's operations endpoints; ``ops`` also serves them on the ops port."""
 
     ops = Operations(status_of=status_of)
-    config: Any
 
-    def _operator(self, request: Request) -> None:  # the gateway's own, operator token
-        raise NotImplementedError
-
-    @api("GET", "/metrics")
+    @api(
+        "GET",
+        "/metrics",
+        operator=True,
+        summary="Prometheus metrics of this process (the operator token; the ops port needs none)",
+        response={"type": "string"},
+        media_type="text/plain",
+    )
     def metrics(self, request: Request) -> Response:
         self._operator(request)
         return Response(render_metrics(), content_type=METRICS_CONTENT_TYPE)
 
-    @api("GET", "/v1/operator/health")
+    @api(
+        "GET",
+        "/v1/operator/health",
+        operator=True,
+        summary="Every service's readiness and outbox lag, and the broker (operator)",
+        response="OperatorHealthOut",
+    )
     def operator_health(self, request: Request) -> Response:
         self._operator(request)
         # In parallel: a service that is down costs one RPC timeout, not one each.
@@ -101,7 +105,17 @@ class OperationsRoutes:
             "reachable": True,
         }
 
-    @api("GET", "/v1/operator/dead-letters")
+    @api(
+        "GET",
+        "/v1/operator/dead-letters",
+        operator=True,
+        summary=(
+            "Dead letters of every consumer queue, or of ?queue= (ids and reasons only; operator)"
+        ),
+        response="DeadLetterListOut",
+        errors=(404, 422),
+        filters={"queue": TEXT},
+    )
     def dead_letters(self, request: Request) -> Response:
         self._operator(request)
         queue = request.args.get("queue") or None
@@ -117,7 +131,15 @@ class OperationsRoutes:
             raise ServiceUnavailable("the broker is not reachable") from None
         return json_response(200, {"items": items})
 
-    @api("POST", "/v1/operator/dead-letters/<string:queue>/replay")
+    @api(
+        "POST",
+        "/v1/operator/dead-letters/<string:queue>/replay",
+        operator=True,
+        summary="Move dead letters (all, or those in ids) back into their queue (operator)",
+        response="ReplayedOut",
+        body="ReplayDeadLettersV1",
+        errors=(400, 404, 413, 422),
+    )
     def replay_dead_letters(self, request: Request, queue: str) -> Response:
         self._operator(request)
         name = _platform_queue(queue)

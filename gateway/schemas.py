@@ -8,6 +8,7 @@ service); responses are declared here and published in the OpenAPI document.
 from marshmallow import Schema, fields
 
 from services.accounts.contracts import (
+    ROLES,
     AcceptPolicyV1,
     CreateAgentV1,
     CreateContactV1,
@@ -18,12 +19,20 @@ from services.accounts.contracts import (
 )
 from services.billing.contracts import AddPaymentMethodV1, ChangePlanV1, SetBillingAddressV1
 from services.retention.contracts import (
+    CHANGE_STATUSES,
+    DECISIONS,
     DecideRequestV1,
     FilePrivacyRequestV1,
     SetApprovalPolicyV1,
     SetPolicyV1,
 )
-from services.tickets.contracts import AddMessageV1, CreateTicketV1, UpdateTicketV1
+from services.tickets.contracts import (
+    PRIORITIES,
+    STATUSES,
+    AddMessageV1,
+    CreateTicketV1,
+    UpdateTicketV1,
+)
 
 __all__ = [
     "DecideRequestV1",
@@ -60,7 +69,7 @@ class AgentOut(Schema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
     email = fields.String(required=True)
-    role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     active = fields.Boolean(required=True)
 
 
@@ -157,10 +166,8 @@ class TicketOut(Schema):
     id = fields.UUID(required=True)
     subject = fields.String(required=True)
     body = fields.String(required=True)
-    status = fields.String(
-        required=True, metadata={"enum": ["new", "open", "pending", "solved", "closed"]}
-    )
-    priority = fields.String(required=True, metadata={"enum": ["low", "normal", "high", "urgent"]})
+    status = fields.String(required=True, metadata={"enum": list(STATUSES)})
+    priority = fields.String(required=True, metadata={"enum": list(PRIORITIES)})
     requester_id = fields.UUID(required=True)
     assignee_id = fields.UUID(required=True, allow_none=True)
     tags = fields.List(fields.String(), required=True)
@@ -411,7 +418,7 @@ PRIVACY_STATUSES = ["awaiting_approval", "pending", "completed", "failed", "deni
 
 
 class ApprovalOut(Schema):
-    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decision = fields.String(required=True, metadata={"enum": list(DECISIONS)})
     decided_by = fields.UUID(required=True)
     decided_at = fields.DateTime(required=True)
     reason = fields.String(required=True)
@@ -442,11 +449,11 @@ class ApprovalPolicyOut(Schema):
     source = fields.String(required=True, metadata={"enum": ["default", "tenant"]})
 
 
-POLICY_CHANGE_STATUSES = ["awaiting_approval", "approved", "denied", "superseded"]
+POLICY_CHANGE_STATUSES = list(CHANGE_STATUSES)
 
 
 class PolicyChangeApprovalOut(Schema):
-    decision = fields.String(required=True, metadata={"enum": ["approved", "denied"]})
+    decision = fields.String(required=True, metadata={"enum": list(DECISIONS)})
     decided_by = fields.UUID(required=True)
     decided_at = fields.DateTime(required=True)
     reason = fields.String(required=True)
@@ -563,7 +570,7 @@ class Problem(Schema):
 class MeOut(Schema):
     agent_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
-    role = fields.String(required=True, metadata={"enum": ["admin", "agent", "auditor"]})
+    role = fields.String(required=True, metadata={"enum": list(ROLES)})
     key_id = fields.UUID(required=True)
     key_is_own = fields.Boolean(
         required=True,

@@ -1,14 +1,14 @@
 """The gateway: the one HTTP entry. Authenticates, scopes to the key's tenant, enforces roles,
 validates, limits and calls the services; one method per endpoint, each a few lines.
+
+The routes live by resource in ``gateway.routes``, each declaring itself on its ``@api``
+decorator; this class combines them with the dependencies they use, answers the privacy
+protocol for the responses the gateway stores, and serves its own health and the OpenAPI
+document, which is built from its routes (``ROUTES``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import hmac
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from kombu import Connection
@@ -17,70 +17,34 @@ from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
-from gateway import privacy, problems, schemas
+from gateway import privacy
 from gateway.console import ConsoleRoutes
 from gateway.edge import Edge, GatewayLimits
-from gateway.http import (
-    IDENTITY,
-    MAX_BODY_BYTES,
-    RESOURCES,
-    GatewayStore,
-    api,
-    continue_client_trace,
-    json_response,
-    read_json,
-    refuse_card_numbers,
-    touched_ids,
-)
-from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
-from gateway.idempotency import MIGRATIONS, PLATFORM, IdempotencyStore, fingerprint
+from gateway.http import GatewayStore, api, json_response
+from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
-from gateway.pagination import encode_cursor, page_params
 from gateway.ratelimit import RateLimiter
+from gateway.route import Route, routes_of
+from gateway.routes.accounts import AccountRoutes
+from gateway.routes.audit import AuditRoutes
+from gateway.routes.billing import BillingRoutes
+from gateway.routes.privacy import PrivacyRoutes
+from gateway.routes.retention import RetentionRoutes
+from gateway.routes.tickets import TicketRoutes
 from gateway.subscriptions import PRIVACY
 from kernel import privacy as privacy_protocol
-from kernel.cards import contains_card_number
 from kernel.envelope import Envelope, EventRegistry
-from kernel.errors import (
-    Conflict,
-    DomainError,
-    Forbidden,
-    NotFound,
-    ServiceUnavailable,
-    Unauthorized,
-    ValidationFailed,
-)
+from kernel.errors import DomainError, ServiceUnavailable
 from kernel.forgetting import Forgetting
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.store import EventStoreDependency
-from kernel.signed_note import PublicKey, current_key, short_key_id, verifier_key
+from kernel.platform import SERVICES
+from kernel.signed_note import PublicKey
 from kernel.signing import published_keys
 from kernel.tracing import Tracing
-
-_OPENAPI = build_spec()
-
-ADMIN = ("admin",)
-STAFF = ("admin", "agent")
-ANYONE = ("admin", "agent", "auditor")
-AUDIT = ("admin", "auditor")
-# Responses that carry a secret are stored for replay without it: a key is shown once.
-SECRET_FIELDS = ("api_key",)
-
-
-def operator_token_matches(presented: str, expected: str) -> bool:
-    """Whether a presented operator token is the configured one, in constant time.
-
-    An empty token never matches, on either side: a process configured without an operator
-    token (or with an empty one) has no operator, rather than one any bare ``Bearer`` opens.
-    Digests are compared, so the time taken says nothing about the token's length either.
-    """
-    same = hmac.compare_digest(
-        hashlib.sha256(presented.encode()).digest(), hashlib.sha256(expected.encode()).digest()
-    )
-    return same and bool(presented) and bool(expected)
 
 
 class Limits(DependencyProvider):
@@ -117,7 +81,18 @@ class Idempotency(DependencyProvider):
         return self.gateway_store.idempotency()
 
 
-class GatewayService(ConsoleRoutes, OperationsRoutes):
+class GatewayService(
+    AccountRoutes,
+    TicketRoutes,
+    BillingRoutes,
+    AuditRoutes,
+    PrivacyRoutes,
+    RetentionRoutes,
+    ConsoleRoutes,
+    OperationsRoutes,
+):
+    """The routes of every resource (``gateway.routes``), and the dependencies they share."""
+
     name = "gateway"
 
     # The gateway's own database: idempotency records and the access-log outbox; no events of
@@ -128,681 +103,12 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         forgetting=Forgetting(lambda store, settings: privacy.erasure_handlers(store)),
     )
     announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
-    accounts = TimedRpcProxy("accounts")
-    tickets = TimedRpcProxy("tickets")
-    billing = TimedRpcProxy("billing")
-    audit = TimedRpcProxy("audit")
-    retention = TimedRpcProxy("retention")
+    # And an RPC proxy per service of the platform, named as the service (below the class).
     limits = Limits()
     audit_keys = AuditKeys()
     idempotency = Idempotency()
     tracing = Tracing()
     config = Config()
-
-    # --- the pieces every endpoint uses -------------------------------------------------------
-
-    def _caller(
-        self, request: Request, roles: tuple[str, ...], while_cancelled: bool = False
-    ) -> dict[str, Any]:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("a bearer API key is required")
-        # An address whose keys were refused too often is refused before its key costs a call.
-        self.limits.before_authentication(request)
-        try:
-            identity = self.accounts.authenticate(key.strip())
-        except Unauthorized:
-            self.limits.authentication_failed(request, "api_key")
-            raise
-        request.environ[IDENTITY] = identity
-        continue_client_trace(self.tracing, request)
-        self.limits.check(identity["key_id"])
-        if identity["role"] not in roles:
-            raise Forbidden(f"the {identity['role']} role may not do this")
-        if identity["tenant_status"] != "active" and not while_cancelled:
-            raise Forbidden(
-                "the tenant is cancelled: only reactivation and data export (access requests"
-                " and their exports) are possible"
-            )
-        return identity
-
-    def _operator(self, request: Request) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        expected = self.config["LEDGERDESK"].operator_token
-        presented = scheme.lower() == "bearer" and bool(token.strip())
-        if presented:
-            self.limits.before_authentication(request)
-        if not presented or not operator_token_matches(token.strip(), expected):
-            if presented:
-                self.limits.authentication_failed(request, "operator_token")
-            raise Unauthorized("the operator token is required")
-        request.environ[IDENTITY] = {"actor": "operator"}
-        continue_client_trace(self.tracing, request)
-        self.limits.check("operator")
-
-    def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):
-        """The same Idempotency-Key with the same request gives the first response again."""
-        key = request.headers.get(IDEMPOTENCY_KEY)
-        if key is None:
-            return produce()
-        if contains_card_number(key):
-            raise ValidationFailed({IDEMPOTENCY_KEY: ["must not hold a card number"]})
-        print_ = fingerprint(request.method, request.path, request.get_data())
-        stored = self.idempotency.begin(scope, key, print_)
-        if stored is not None:
-            headers = {**stored.headers, "Idempotent-Replayed": "true"}
-            return Response(stored.body, status=stored.status, headers=headers)
-        try:
-            response = produce()
-        except DomainError as exc:
-            response = problems.from_exception(exc)
-        except BaseException:
-            self.idempotency.abandon(scope, key)
-            raise
-        if response.status_code >= 500 or response.status_code in (409, 429):
-            self.idempotency.abandon(scope, key)  # transient: a retry must run again
-        else:
-            # Sealed under the key of the tenant it belongs to (for a sign-up, the tenant it
-            # created), naming everyone in it so that their erasure deletes it.
-            owner = (request.environ.get(IDENTITY) or {}).get("tenant_id") or PLATFORM
-            self.idempotency.complete(
-                scope,
-                key,
-                response.status_code,
-                {
-                    name: value
-                    for name, value in response.headers.items()
-                    if name in ("Content-Type", "ETag", "Location")
-                },
-                _without_secrets(response.get_data()),
-                owner,
-                touched_ids(request, response),
-            )
-        return response
-
-    @staticmethod
-    def _page(request: Request) -> tuple[int, list | None]:
-        """``limit`` and the keyset position ``[created_at, id]`` a cursor carries."""
-        limit, cursor = page_params(request.args)
-        if not cursor:
-            return limit, None
-        created_at, _, row_id = str(cursor.get("after", "")).partition("|")
-        moment = _utc(created_at)
-        try:
-            row = uuid.UUID(row_id)
-        except ValueError:
-            moment = None
-        if moment is None:
-            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
-        # Re-rendered, not passed on: Python reads forms PostgreSQL would refuse.
-        return limit, [moment.isoformat(), str(row)]
-
-    @staticmethod
-    def _listing(result: dict[str, Any]) -> Response:
-        after = result.get("next")
-        cursor = encode_cursor({"after": "|".join(after)}) if after else None
-        return json_response(200, {"items": result["items"], "next_cursor": cursor})
-
-    # --- tenants ------------------------------------------------------------------------------
-
-    @api("POST", "/v1/signup")
-    def sign_up(self, request: Request) -> Response:
-        # Per client address, before the body is read: a sign-up creates a tenant and its keys.
-        self.limits.sign_up(request)
-        command = read_json(request, schemas.SignUpV1())
-
-        def produce() -> Response:
-            created = self.accounts.sign_up(command)
-            request.environ[IDENTITY] = {
-                "tenant_id": created["tenant"]["id"],
-                "agent_id": created["agent"]["id"],
-            }
-            request.environ[RESOURCES] = [created["tenant"]["id"], created["agent"]["id"]]
-            return json_response(201, created)
-
-        return self._idempotent(request, "signup", produce)
-
-    @api("GET", "/v1/me")
-    def me(self, request: Request) -> Response:
-        """Who the key belongs to, so a client (the console) can offer what the role may do."""
-        caller = self._caller(request, ANYONE)
-        return json_response(
-            200,
-            {
-                **{k: caller[k] for k in ("agent_id", "tenant_id", "role", "key_id")},
-                "key_is_own": caller.get("key_issuer_id") == caller["agent_id"],
-            },
-        )
-
-    @api("POST", "/v1/me/api-keys")
-    def claim_api_key(self, request: Request) -> Response:
-        """A key of the caller's own in place of all they hold. Not replayable by an
-        Idempotency-Key: the calling key ends with the call, so a retry cannot authenticate."""
-        caller = self._caller(request, ANYONE)
-        claimed = self.accounts.claim_api_key(caller)
-        request.environ[RESOURCES] = [caller["agent_id"]]
-        return json_response(201, claimed)
-
-    @api("GET", "/v1/tenant")
-    def get_tenant(self, request: Request) -> Response:
-        caller = self._caller(request, ANYONE, while_cancelled=True)
-        return json_response(200, self.accounts.get_tenant(caller["tenant_id"]))
-
-    @api("DELETE", "/v1/tenant")
-    def cancel_tenant(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(202, self.accounts.cancel_tenant(caller))
-
-    @api("POST", "/v1/tenant/reactivate")
-    def reactivate_tenant(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        return self._idempotent(
-            request,
-            caller["tenant_id"],
-            lambda: json_response(200, self.accounts.reactivate_tenant(caller)),
-        )
-
-    # --- agents and keys ----------------------------------------------------------------------
-
-    @api("POST", "/v1/agents")
-    def create_agent(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        command = read_json(request, schemas.CreateAgentV1())
-
-        def produce() -> Response:
-            agent = self.accounts.create_agent(caller, command)
-            request.environ[RESOURCES] = [agent["id"]]
-            return json_response(201, agent)
-
-        return self._idempotent(request, caller["tenant_id"], produce)
-
-    @api("GET", "/v1/agents")
-    def list_agents(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        limit, after = self._page(request)
-        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after))
-
-    @api("GET", "/v1/agents/<string:agent_id>")
-    def get_agent(self, request: Request, agent_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.accounts.get_agent(caller["tenant_id"], agent_id))
-
-    @api("DELETE", "/v1/agents/<string:agent_id>")
-    def deactivate_agent(self, request: Request, agent_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        if agent_id == caller["agent_id"]:
-            raise Conflict("an admin cannot deactivate their own account")
-        return json_response(200, self.accounts.deactivate_agent(caller, agent_id))
-
-    @api("POST", "/v1/agents/<string:agent_id>/api-keys")
-    def issue_api_key(self, request: Request, agent_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        return self._idempotent(
-            request,
-            caller["tenant_id"],
-            lambda: json_response(201, self.accounts.issue_api_key(caller, agent_id)),
-        )
-
-    @api("DELETE", "/v1/agents/<string:agent_id>/api-keys/<string:key_id>")
-    def revoke_api_key(self, request: Request, agent_id: str, key_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        self.accounts.revoke_api_key(caller, agent_id, key_id)
-        return Response(status=204)
-
-    # --- contacts and consent -----------------------------------------------------------------
-
-    @api("POST", "/v1/contacts")
-    def create_contact(self, request: Request) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.CreateContactV1())
-
-        def produce() -> Response:
-            contact = self.accounts.create_contact(caller, command)
-            request.environ[RESOURCES] = [contact["id"]]
-            return json_response(201, contact, {"ETag": _etag(contact["version"])})
-
-        return self._idempotent(request, caller["tenant_id"], produce)
-
-    @api("GET", "/v1/contacts")
-    def list_contacts(self, request: Request) -> Response:
-        caller = self._caller(request, STAFF)
-        limit, after = self._page(request)
-        return self._listing(self.accounts.list_contacts(caller["tenant_id"], limit, after))
-
-    @api("GET", "/v1/contacts/<string:contact_id>")
-    def get_contact(self, request: Request, contact_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        contact = self.accounts.get_contact(caller["tenant_id"], contact_id)
-        return json_response(200, contact, {"ETag": _etag(contact["version"])})
-
-    @api("PATCH", "/v1/contacts/<string:contact_id>")
-    def rectify_contact(self, request: Request, contact_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.RectifyContactV1())
-        version = _if_match(request)
-        contact = self.accounts.rectify_contact(caller, contact_id, version, command)
-        return json_response(200, contact, {"ETag": _etag(contact["version"])})
-
-    @api("PUT", "/v1/contacts/<string:contact_id>/consent")
-    def set_consent(self, request: Request, contact_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.SetConsentV1())
-        return json_response(200, self.accounts.set_consent(caller, contact_id, command))
-
-    @api("GET", "/v1/contacts/<string:contact_id>/consent")
-    def get_consent(self, request: Request, contact_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        return json_response(200, self.accounts.get_consent(caller["tenant_id"], contact_id))
-
-    # --- tickets ------------------------------------------------------------------------------
-
-    @api("POST", "/v1/tickets", max_body_bytes=MAX_BODY_BYTES)
-    def create_ticket(self, request: Request) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.CreateTicketV1())
-
-        def produce() -> Response:
-            ticket = self.tickets.create_ticket(caller, command)
-            request.environ[RESOURCES] = [ticket["id"], ticket["requester_id"]]
-            return json_response(201, ticket, {"ETag": _etag(ticket["version"])})
-
-        return self._idempotent(request, caller["tenant_id"], produce)
-
-    @api("GET", "/v1/tickets")
-    def list_tickets(self, request: Request) -> Response:
-        caller = self._caller(request, STAFF)
-        limit, after = self._page(request)
-        filters = _ticket_filters(request)
-        return self._listing(self.tickets.list_tickets(caller["tenant_id"], filters, limit, after))
-
-    @api("GET", "/v1/tickets/<string:ticket_id>")
-    def get_ticket(self, request: Request, ticket_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        ticket = self.tickets.get_ticket(caller, ticket_id)
-        request.environ[RESOURCES] = [ticket["requester_id"]]
-        return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
-
-    @api("PATCH", "/v1/tickets/<string:ticket_id>")
-    def update_ticket(self, request: Request, ticket_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.UpdateTicketV1())
-        version = _if_match(request)
-        ticket = self.tickets.update_ticket(caller, ticket_id, version, command)
-        return json_response(200, ticket, {"ETag": _etag(ticket["version"])})
-
-    @api("POST", "/v1/tickets/<string:ticket_id>/messages", max_body_bytes=MAX_BODY_BYTES)
-    def add_message(self, request: Request, ticket_id: str) -> Response:
-        caller = self._caller(request, STAFF)
-        command = read_json(request, schemas.AddMessageV1())
-        return self._idempotent(
-            request,
-            caller["tenant_id"],
-            lambda: json_response(201, self.tickets.add_message(caller, ticket_id, command)),
-        )
-
-    # --- billing: every request is refused if it holds anything like a card number ----------
-
-    def _billing_caller(self, request: Request) -> dict[str, Any]:
-        refuse_card_numbers(request)
-        return self._caller(request, ADMIN)
-
-    @api("GET", "/v1/billing/plans")
-    def list_plans(self, request: Request) -> Response:
-        self._billing_caller(request)
-        return json_response(200, self.billing.list_plans())
-
-    @api("GET", "/v1/billing/subscription")
-    def get_subscription(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        return json_response(200, self.billing.get_subscription(caller["tenant_id"]))
-
-    @api("PUT", "/v1/billing/subscription")
-    def change_plan(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        command = read_json(request, schemas.ChangePlanV1(), refuse_cards=True)
-        return json_response(200, self.billing.change_plan(caller, command))
-
-    @api("PUT", "/v1/billing/address")
-    def set_billing_address(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        command = read_json(request, schemas.SetBillingAddressV1(), refuse_cards=True)
-        return json_response(200, self.billing.set_address(caller, command))
-
-    @api("POST", "/v1/billing/payment-methods")
-    def add_payment_method(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        command = read_json(request, schemas.AddPaymentMethodV1(), refuse_cards=True)
-
-        def produce() -> Response:
-            method = self.billing.add_payment_method(caller, command)
-            request.environ[RESOURCES] = [method["id"]]
-            return json_response(201, method)
-
-        return self._idempotent(request, caller["tenant_id"], produce)
-
-    @api("GET", "/v1/billing/payment-methods")
-    def list_payment_methods(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        return json_response(200, self.billing.list_payment_methods(caller["tenant_id"]))
-
-    @api("GET", "/v1/billing/invoices")
-    def list_invoices(self, request: Request) -> Response:
-        caller = self._billing_caller(request)
-        limit, after = self._page(request)
-        return self._listing(self.billing.list_invoices(caller["tenant_id"], limit, after))
-
-    @api("GET", "/v1/billing/invoices/<string:invoice_id>")
-    def get_invoice(self, request: Request, invoice_id: str) -> Response:
-        caller = self._billing_caller(request)
-        return json_response(200, self.billing.get_invoice(caller["tenant_id"], invoice_id))
-
-    @api("POST", "/v1/billing/invoices/<string:invoice_id>/pay")
-    def pay_invoice(self, request: Request, invoice_id: str) -> Response:
-        caller = self._billing_caller(request)
-        return self._idempotent(
-            request,
-            caller["tenant_id"],
-            lambda: json_response(200, self.billing.pay_invoice(caller, invoice_id)),
-        )
-
-    # --- audit --------------------------------------------------------------------------------
-
-    def _ledger_filters(self, request: Request) -> tuple[dict[str, Any], int, int]:
-        limit, cursor = page_params(request.args)
-        after = str((cursor or {}).get("after", "0"))
-        if not after.isdigit():
-            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
-        filters: dict[str, Any] = {}
-        errors: dict[str, list[str]] = {}
-        for name in ("from", "to"):
-            if request.args.get(name):
-                moment = _utc(request.args[name])
-                if moment is None:
-                    errors[name] = ["an RFC 3339 time with its offset"]
-                else:
-                    filters[name] = moment.isoformat()
-        if request.args.get("type"):
-            filters["types"] = request.args["type"].split(",")
-        if request.args.get("subject_id"):
-            try:
-                filters["subject_id"] = str(uuid.UUID(request.args["subject_id"]))
-            except ValueError:
-                errors["subject_id"] = ["not a valid UUID"]
-        if errors:
-            raise ValidationFailed(errors)
-        return filters, limit, int(after)
-
-    def _ledger_page(self, tenant_id: str | None, request: Request, **extra: Any) -> Response:
-        filters, limit, after = self._ledger_filters(request)
-        result = self.audit.list_entries(tenant_id, {**filters, **extra}, limit, after)
-        cursor = encode_cursor({"after": str(result["next"])}) if result["next"] else None
-        return json_response(200, {"items": result["items"], "next_cursor": cursor})
-
-    @api("GET", "/v1/audit/entries")
-    def audit_entries(self, request: Request) -> Response:
-        caller = self._caller(request, AUDIT)
-        return self._ledger_page(caller["tenant_id"], request)
-
-    @api("GET", "/v1/audit/subjects/<string:subject_id>/entries")
-    def audit_subject(self, request: Request, subject_id: str) -> Response:
-        """Who touched this person's data, and when: every entry that names them."""
-        caller = self._caller(request, AUDIT)
-        try:
-            subject = str(uuid.UUID(subject_id))
-        except ValueError:
-            raise NotFound("no such subject") from None
-        return self._ledger_page(caller["tenant_id"], request, subject_id=subject)
-
-    @api("GET", "/v1/audit/verify")
-    def audit_verify(self, request: Request) -> Response:
-        """A tenant's own entries and the platform job's verdict; never platform figures."""
-        caller = self._caller(request, AUDIT)
-        return json_response(200, self.audit.tenant_verify(caller["tenant_id"]))
-
-    @api("GET", "/v1/audit/entries/<string:seq>/proof")
-    def audit_proof(self, request: Request, seq: str) -> Response:
-        caller = self._caller(request, AUDIT)
-        if not seq.isdigit() or not 0 < int(seq) < 2**63:
-            raise NotFound("no such entry")
-        return json_response(200, self.audit.proof(caller["tenant_id"], int(seq)))
-
-    @api("GET", "/v1/audit/public-key")
-    def audit_public_key(self, request: Request) -> Response:
-        """The keys receipts and checkpoints must be signed with, to check them against (the key
-        a receipt carries proves only that someone signed it), each with its validity period,
-        and the ledger's origin. The top-level key is the one signing now, as before lists."""
-        self._caller(request, AUDIT)
-        origin, keys = self.audit_keys
-        current = current_key(keys, dt.datetime.now(dt.UTC))
-        return json_response(
-            200,
-            {
-                "algorithm": "Ed25519",
-                "key_id": short_key_id(current.public_key),
-                "public_key": current.public_key_b64,
-                "origin": origin,
-                "verifier_key": verifier_key(origin, current.public_key),
-                "keys": [
-                    {
-                        **key.as_json(),
-                        "key_id": short_key_id(key.public_key),
-                        "verifier_key": verifier_key(origin, key.public_key),
-                    }
-                    for key in keys
-                ],
-            },
-        )
-
-    @api("GET", "/v1/operator/audit/entries")
-    def operator_audit_entries(self, request: Request) -> Response:
-        self._operator(request)
-        return self._ledger_page(None, request)
-
-    @api("GET", "/v1/operator/audit/verify")
-    def operator_audit_verify(self, request: Request) -> Response:
-        self._operator(request)
-        return json_response(200, self.audit.verify())
-
-    # --- privacy requests ---------------------------------------------------------------------
-
-    @api("POST", "/v1/privacy/requests")
-    def file_privacy_request(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        command = read_json(request, schemas.FilePrivacyRequestV1())
-        if _cancelled(caller) and command["type"] != "access":
-            raise Forbidden(
-                "the tenant is cancelled: only access requests (a data export) can be filed"
-                " until it is reactivated"
-            )
-        filed = self.retention.file_request(caller, command)
-        created = filed.pop("created")
-        request.environ[RESOURCES] = [filed["id"], *filed["subject"].values()]
-        return json_response(202 if created else 200, filed)
-
-    @api("GET", "/v1/privacy/requests")
-    def list_privacy_requests(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        limit, after = self._page(request)
-        status = request.args.get("status") or None
-        if status is not None and status not in schemas.PRIVACY_STATUSES:
-            raise ValidationFailed({"status": [f"one of {', '.join(schemas.PRIVACY_STATUSES)}"]})
-        return self._listing(
-            self.retention.list_requests(caller["tenant_id"], status, limit, after)
-        )
-
-    @api("POST", "/v1/privacy/requests/<string:request_id>/approve")
-    def approve_privacy_request(self, request: Request, request_id: str) -> Response:
-        return self._decide(request, request_id, "approved")
-
-    @api("POST", "/v1/privacy/requests/<string:request_id>/deny")
-    def deny_privacy_request(self, request: Request, request_id: str) -> Response:
-        return self._decide(request, request_id, "denied")
-
-    def _decide(self, request: Request, request_id: str, decision: str) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        command = read_json(request, schemas.DecideRequestV1())
-        # An access request a cancelled tenant's policy holds for approval must be decidable,
-        # or its export could never be had during the grace.
-        if _cancelled(caller):
-            held = self.retention.get_request(caller["tenant_id"], request_id)
-            if held["type"] != "access":
-                raise Forbidden(
-                    "the tenant is cancelled: only access requests can be decided until it is"
-                    " reactivated"
-                )
-        decided = self.retention.decide_request(caller, request_id, decision, command)
-        request.environ[RESOURCES] = [decided["id"], *decided["subject"].values()]
-        return json_response(200, decided)
-
-    @api("GET", "/v1/privacy/approval-policy")
-    def approval_policy(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.retention.approval_policy(caller["tenant_id"]))
-
-    @api("PUT", "/v1/privacy/approval-policy")
-    def set_approval_policy(self, request: Request) -> Response:
-        """200 with the policy when it applies at once (widening it); 202 with the change when
-        it lifts or narrows a policy that requires approval: another admin decides that."""
-        caller = self._caller(request, ADMIN)
-        command = read_json(request, schemas.SetApprovalPolicyV1())
-        changed = self.retention.change_approval_policy(caller, command)
-        if not changed["applied"]:
-            request.environ[RESOURCES] = [changed["result"]["id"]]
-        return json_response(200 if changed["applied"] else 202, changed["result"])
-
-    @api("GET", "/v1/privacy/approval-policy/changes")
-    def list_policy_changes(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        limit, after = self._page(request)
-        status = self._change_status(request)
-        return self._listing(
-            self.retention.list_policy_changes(caller["tenant_id"], status, limit, after)
-        )
-
-    @staticmethod
-    def _change_status(request: Request) -> str | None:
-        status = request.args.get("status") or None
-        if status is not None and status not in schemas.POLICY_CHANGE_STATUSES:
-            raise ValidationFailed(
-                {"status": [f"one of {', '.join(schemas.POLICY_CHANGE_STATUSES)}"]}
-            )
-        return status
-
-    @api("GET", "/v1/privacy/approval-policy/changes/<string:change_id>")
-    def get_policy_change(self, request: Request, change_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.retention.get_policy_change(caller["tenant_id"], change_id))
-
-    @api("POST", "/v1/privacy/approval-policy/changes/<string:change_id>/approve")
-    def approve_policy_change(self, request: Request, change_id: str) -> Response:
-        return self._decide_change(request, change_id, "approved")
-
-    @api("POST", "/v1/privacy/approval-policy/changes/<string:change_id>/deny")
-    def deny_policy_change(self, request: Request, change_id: str) -> Response:
-        return self._decide_change(request, change_id, "denied")
-
-    def _decide_change(self, request: Request, change_id: str, decision: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        command = read_json(request, schemas.DecideRequestV1())
-        decided = self.retention.decide_policy_change(caller, change_id, decision, command)
-        request.environ[RESOURCES] = [decided["id"]]
-        return json_response(200, decided)
-
-    @api("GET", "/v1/privacy/requests/<string:request_id>")
-    def get_privacy_request(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        return json_response(200, self.retention.get_request(caller["tenant_id"], request_id))
-
-    @api("GET", "/v1/privacy/requests/<string:request_id>/export")
-    def get_privacy_export(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, ADMIN, while_cancelled=True)
-        document = self.retention.export(caller["tenant_id"], request_id, [self.name])
-        if self.name in document["services"]:  # the gateway's own part, from its own store
-            with self.store.unit_of_work() as uow:
-                document["services"][self.name] = privacy.export(
-                    uow, caller["tenant_id"], document["subject_id"], self.idempotency.ttl
-                )
-        return json_response(200, document)
-
-    @api("GET", "/v1/privacy/requests/<string:request_id>/receipt")
-    def get_privacy_receipt(self, request: Request, request_id: str) -> Response:
-        caller = self._caller(request, AUDIT)
-        return json_response(200, self.retention.get_receipt(caller["tenant_id"], request_id))
-
-    @api("GET", "/v1/retention/policies")
-    def retention_policies(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.retention.policies(caller["tenant_id"]))
-
-    @api("PUT", "/v1/retention/policies/<string:category>")
-    def set_retention_policy(self, request: Request, category: str) -> Response:
-        """200 with the period when it applies at once; 202 with the change when it shortens a
-        period while erasure needs approval: another admin decides that."""
-        caller = self._caller(request, ADMIN)
-        command = read_json(request, schemas.SetPolicyV1())
-        changed = self.retention.change_retention_period(caller, category, command)
-        if not changed["applied"]:
-            request.environ[RESOURCES] = [changed["result"]["id"]]
-        return json_response(200 if changed["applied"] else 202, changed["result"])
-
-    @api("GET", "/v1/retention/period-changes")
-    def list_period_changes(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        limit, after = self._page(request)
-        status = self._change_status(request)
-        return self._listing(
-            self.retention.list_period_changes(caller["tenant_id"], status, limit, after)
-        )
-
-    @api("GET", "/v1/retention/period-changes/<string:change_id>")
-    def get_period_change(self, request: Request, change_id: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.retention.get_period_change(caller["tenant_id"], change_id))
-
-    @api("POST", "/v1/retention/period-changes/<string:change_id>/approve")
-    def approve_period_change(self, request: Request, change_id: str) -> Response:
-        return self._decide_period_change(request, change_id, "approved")
-
-    @api("POST", "/v1/retention/period-changes/<string:change_id>/deny")
-    def deny_period_change(self, request: Request, change_id: str) -> Response:
-        return self._decide_period_change(request, change_id, "denied")
-
-    def _decide_period_change(self, request: Request, change_id: str, decision: str) -> Response:
-        caller = self._caller(request, ADMIN)
-        command = read_json(request, schemas.DecideRequestV1())
-        decided = self.retention.decide_period_change(caller, change_id, decision, command)
-        request.environ[RESOURCES] = [decided["id"]]
-        return json_response(200, decided)
-
-    @api("GET", "/v1/operator/privacy/services")
-    def privacy_services(self, request: Request) -> Response:
-        self._operator(request)
-        return json_response(200, {"items": self.retention.registered_services()})
-
-    # --- policies -----------------------------------------------------------------------------
-
-    @api("GET", "/v1/policies/current")
-    def current_policy(self, request: Request) -> Response:
-        return json_response(200, self.accounts.current_policy())
-
-    @api("POST", "/v1/operator/policies")
-    def publish_policy(self, request: Request) -> Response:
-        self._operator(request)
-        command = read_json(request, schemas.PublishPolicyV1())
-        return self._idempotent(
-            request, "operator", lambda: json_response(201, self.accounts.publish_policy(command))
-        )
-
-    @api("GET", "/v1/policies/pending-acceptance")
-    def pending_acceptance(self, request: Request) -> Response:
-        caller = self._caller(request, ADMIN)
-        return json_response(200, self.accounts.pending_acceptance(caller["tenant_id"]))
-
-    @api("POST", "/v1/policies/accept")
-    def accept_policy(self, request: Request) -> Response:
-        caller = self._caller(request, ANYONE)
-        command = read_json(request, schemas.AcceptPolicyV1())
-        return json_response(200, self.accounts.accept_policy(caller, command))
 
     # --- the privacy protocol: the gateway keeps stored responses -----------------------------
 
@@ -820,18 +126,24 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
         """Stored responses hold personal data: they go when their replay window closes."""
         self.idempotency.purge_expired()
 
-    @api("GET", "/v1/openapi.json")
+    @api("GET", "/v1/openapi.json", summary="This document", response={"type": "object"})
     def openapi(self, request: Request) -> Response:
-        return json_response(200, _OPENAPI)
+        return json_response(200, OPENAPI)
 
-    @api("GET", "/healthz")
+    @api("GET", "/healthz", summary="The process is up", response="StatusOut")
     def healthz(self, request: Request) -> Response:
         return json_response(200, {"status": "ok"})
 
-    @api("GET", "/readyz")
+    @api(
+        "GET",
+        "/readyz",
+        summary="The broker and the services' databases are reachable",
+        response="StatusOut",
+        errors=(503,),
+    )
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {"broker": self._broker_reachable()}
-        for name in ("accounts", "tickets", "billing", "audit", "retention"):
+        for name in SERVICES:
             try:
                 checks[name] = getattr(self, name).health()["database"]
             except (DomainError, ServiceUnavailable):
@@ -850,62 +162,8 @@ class GatewayService(ConsoleRoutes, OperationsRoutes):
             return False
 
 
-def _cancelled(caller: dict[str, Any]) -> bool:
-    return caller["tenant_status"] != "active"
+for _service in SERVICES:
+    setattr(GatewayService, _service, TimedRpcProxy(_service))
 
-
-def _utc(value: str) -> dt.datetime | None:
-    """An aware time in UTC, or None: Python reads offsets and years PostgreSQL refuses, so
-    what is passed on is always re-rendered, never the client's text."""
-    try:
-        moment = dt.datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            return None
-        return moment.astimezone(dt.UTC)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _ticket_filters(request: Request) -> dict[str, str]:
-    filters = {
-        k: request.args[k] for k in ("status", "assignee_id", "requester_id") if request.args.get(k)
-    }
-    errors: dict[str, list[str]] = {}
-    if filters.get("status") not in (None, "new", "open", "pending", "solved", "closed"):
-        errors["status"] = ["must be one of: new, open, pending, solved, closed"]
-    for key in ("assignee_id", "requester_id"):
-        if key in filters:
-            try:
-                uuid.UUID(filters[key])
-            except ValueError:
-                errors[key] = ["not a valid UUID"]
-    if errors:
-        raise ValidationFailed(errors)
-    return filters
-
-
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _if_match(request: Request) -> int:
-    raw = request.headers.get("If-Match")
-    if raw is None:
-        raise problems.PreconditionRequired("send If-Match with the ETag you last read")
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise Conflict("If-Match does not name a version of this resource")
-    return int(value)
-
-
-def _without_secrets(body: bytes) -> bytes:
-    import json
-
-    try:
-        data = json.loads(body or b"null")
-    except ValueError:
-        return body
-    if isinstance(data, dict) and any(field in data for field in SECRET_FIELDS):
-        data = {k: (None if k in SECRET_FIELDS else v) for k, v in data.items()}
-        return json.dumps(data).encode()
-    return body
+ROUTES: tuple[Route, ...] = tuple(routes_of(GatewayService))
+OPENAPI = build_spec(ROUTES)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nameko.rpc import RPC_QUEUE_TEMPLATE
 
-from kernel import deadletters, topology
+from kernel import deadletters, platform, topology
 from kernel.config import ConfigurationError, Settings
 from kernel.db import DatabaseUnavailable, connect
 from kernel.nameko_adapters.rpc_queues import declare_rpc_queues
@@ -30,13 +30,10 @@ from kernel.stores import prepare_databases
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# name -> the nameko service class; every service owns its databases and migrations folder.
+# name -> the nameko service class (``services.<name>.service:<Name>Service``), for each
+# service of the platform's list; every service owns its databases and migrations folder.
 SERVICES: dict[str, str] = {
-    "accounts": "services.accounts.service:AccountsService",
-    "tickets": "services.tickets.service:TicketsService",
-    "billing": "services.billing.service:BillingService",
-    "audit": "services.audit.service:AuditService",
-    "retention": "services.retention.service:RetentionService",
+    name: f"services.{name}.service:{name.capitalize()}Service" for name in platform.SERVICES
 }
 GATEWAY = "gateway.service:GatewayService"
 # Whoever serves RPC: the services. (The gateway adds its own part to a data-subject export

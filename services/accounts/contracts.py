@@ -3,8 +3,9 @@ the gateway and other services import (``make lint`` holds them to it; pyproject
 ``[tool.importlinter]``).
 
 The command schemas are the HTTP API's requests as well (the gateway validates with them, then
-accounts again); the subscriptions are the queues it consumes, which the gateway's dead-letter
-endpoints are limited to. Everything else in the package is accounts' own.
+accounts again), and an agent's roles are the API's too; the subscriptions are the queues it
+consumes, which the gateway's dead-letter endpoints are limited to. Everything else in the
+package is accounts' own.
 """
 
 from services.accounts.commands import (
@@ -16,9 +17,11 @@ from services.accounts.commands import (
     SetConsentV1,
     SignUpV1,
 )
+from services.accounts.events import ROLES
 from services.accounts.subscriptions import SUBSCRIPTIONS
 
 __all__ = [
+    "ROLES",
     "SUBSCRIPTIONS",
     "AcceptPolicyV1",
     "CreateAgentV1",

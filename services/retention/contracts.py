@@ -13,9 +13,16 @@ from services.retention.commands import (
     SetApprovalPolicyV1,
     SetPolicyV1,
 )
+from services.retention.events import DECISIONS
 from services.retention.subscriptions import SUBSCRIPTIONS
 
+# What becomes of a change that waits for a second admin (a shortened period, a lifted or
+# narrowed approval policy): the API's filter and answers name the same.
+CHANGE_STATUSES = ("awaiting_approval", "approved", "denied", "superseded")
+
 __all__ = [
+    "CHANGE_STATUSES",
+    "DECISIONS",
     "SUBSCRIPTIONS",
     "DecideRequestV1",
     "FilePrivacyRequestV1",

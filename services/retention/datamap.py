@@ -1,7 +1,7 @@
 """What retention keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
 
 from kernel.datamap import End, Held, ServiceMap, Table, When, operational, personal, pseudonym
-from services.retention.events import MESSAGES
+from services.retention.events import DECISIONS, MESSAGES
 
 _SEALED = "services.retention.sealed"
 KEPT = End(When.KEPT, "the record of what was done, by ids: evidence the promise was kept")
@@ -232,14 +232,14 @@ DATA_MAP = ServiceMap(
                 "decision": operational("decision"),
                 "reason_sealed": _REASON_SEALED,
             }
-            for decision in ("approved", "denied")
+            for decision in DECISIONS
         },
         **{
             f"approval_policy_change_{decision}": {
                 "decision": operational("decision"),
                 "reason_sealed": _REASON_SEALED,
             }
-            for decision in ("approved", "denied")
+            for decision in DECISIONS
         },
         "approval_policy_change_filed": {
             "requires_approval": operational("requires_approval", "request types"),
@@ -253,7 +253,7 @@ DATA_MAP = ServiceMap(
                 "decision": operational("decision"),
                 "reason_sealed": _REASON_SEALED,
             }
-            for decision in ("approved", "denied")
+            for decision in DECISIONS
         },
         "retention_period_change_filed": {
             "category": operational("category", "a data category's name"),

@@ -16,7 +16,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, Forbidden, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
-from services.retention.events import MESSAGES
+from services.retention.events import DECISIONS, MESSAGES
 
 
 def check_four_eyes(
@@ -201,7 +201,7 @@ def decide_change(
 ) -> dict[str, Any]:
     """Approve or deny a waiting change by ``check_four_eyes``; returns its ``columns``' values
     for the caller to apply when approved. The reason is kept sealed under the tenant's key."""
-    if decision not in ("approved", "denied"):
+    if decision not in DECISIONS:
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_change(uow, kind, tenant_id, change_id)
     lock_changes(uow, tenant_id)

@@ -19,6 +19,7 @@ from kernel.errors import Conflict, NotFound, require_id
 from kernel.uow import UnitOfWork
 from services.retention import sealed
 from services.retention.approvals import approval_policy
+from services.retention.events import DECISIONS
 from services.retention.four_eyes import check_four_eyes, decision_event
 
 COMMAND_FOR = {
@@ -162,7 +163,7 @@ def decide(
     """Approve (the request is sent) or deny (it ends, with the reason kept) a request that
     waits for approval. Four eyes (``check_four_eyes``): not the filer, not through a key the
     filer issued, and an admin since before it was filed."""
-    if decision not in ("approved", "denied"):
+    if decision not in DECISIONS:
         raise ValueError(f"a decision is 'approved' or 'denied', not {decision!r}")
     get_request(uow, tenant_id, request_id)
     uow.cur.execute(

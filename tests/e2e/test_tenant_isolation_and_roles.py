@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.openapi import ENDPOINTS, Endpoint
+from gateway.route import Route
+from gateway.service import ROUTES
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     assert_problem,
@@ -24,7 +25,7 @@ from tests.e2e.helpers import (
 )
 
 ROLES = ("admin", "agent", "auditor")
-BEARER = tuple(e for e in ENDPOINTS if e.auth == "bearer")
+BEARER = tuple(e for e in ROUTES if e.auth == "bearer")
 # What a cancelled tenant's keys may still do.
 WHILE_CANCELLED = {("get", "/v1/tenant"), ("post", "/v1/tenant/reactivate")}
 # Taking its data out during the grace: these answer as for an active tenant, here to a request
@@ -50,7 +51,7 @@ TENANT_WIDE = {
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def endpoint_id(endpoint: Endpoint) -> str:
+def endpoint_id(endpoint: Route) -> str:
     return f"{endpoint.method.upper()} {endpoint.path}"
 
 
@@ -78,7 +79,7 @@ def new_tenant(stack: Stack) -> Tenant:
     return Tenant(signed["tenant"]["id"], keys, ids, contact["id"])
 
 
-def request_for(stack: Stack, endpoint: Endpoint, tenant: Tenant) -> tuple[str, dict, bool]:
+def request_for(stack: Stack, endpoint: Route, tenant: Tenant) -> tuple[str, dict, bool]:
     """A well-formed request for ``endpoint`` on ``tenant``'s own resources.
 
     Returns the path, the request's keyword arguments and whether the recipe is complete (an

@@ -92,8 +92,9 @@ def test_a_forbidden_import_breaks_its_contract(tmp_path, module, source, contra
 
 
 def test_the_gateway_lists_the_platforms_queues():
-    """The gateway knows the services by their contracts modules, the platform by name: the two
-    lists are the same, in the same order (the order dead letters are listed in)."""
+    """The gateway knows the services by their contracts modules, the platform by their service
+    classes, both from the one list of names (kernel.platform): the same services, in the same
+    order (the order dead letters are listed in)."""
     assert operations.SERVICES == tuple(platform.SERVICES)
     assert list(operations.DEAD_LETTER_QUEUES) == platform.dead_letter_queues()
 

@@ -11,7 +11,8 @@ from nameko.testing.services import worker_factory
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from gateway.service import GatewayService
+from gateway.route import ROUTE
+from gateway.service import ROUTES, GatewayService
 from kernel.config import DEV_AUDIT_SIGNING_KEY, Settings
 from kernel.signed_note import parse_verifier_key
 from kernel.signing import published_keys, signer_from_config
@@ -28,8 +29,12 @@ AUDITOR = {
 
 
 def get(path: str, key: str) -> Request:
+    """The request as the gateway's handler passes it on: with the route it matched, whose
+    declaration says who may call it."""
     headers = {"Authorization": f"Bearer {key}"}
-    return Request(EnvironBuilder(method="GET", path=path, headers=headers).get_environ())
+    request = Request(EnvironBuilder(method="GET", path=path, headers=headers).get_environ())
+    request.environ[ROUTE] = next(r for r in ROUTES if r.method == "get" and r.path == path)
+    return request
 
 
 def test_the_gateway_publishes_the_configured_keys_and_origin_keeping_the_old_fields():

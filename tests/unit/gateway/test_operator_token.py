@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.service import operator_token_matches
+from gateway.routes.base import operator_token_matches
 
 TOKEN = "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS"
 

@@ -1,0 +1,137 @@
+"""Each route declares itself once: the caller checks and the OpenAPI document read the
+declaration, and nameko serves exactly the routes the document is built from."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from nameko.containers import ServiceContainer
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from gateway.http import IDENTITY, ApiHandler
+from gateway.route import ADMIN, ROUTE, Route
+from gateway.service import OPENAPI, ROUTES, GatewayService
+from kernel.errors import Forbidden, ValidationFailed
+from services.accounts.contracts import ROLES
+
+
+def test_the_routes_walked_are_the_entrypoints_nameko_serves():
+    container = ServiceContainer(GatewayService, config={"AMQP_URI": "memory://"})
+    served = {
+        (entrypoint.method.lower(), entrypoint.url)
+        for entrypoint in container.entrypoints
+        if isinstance(entrypoint, ApiHandler)
+    }
+    assert served == {(route.method, route.rule) for route in ROUTES}
+
+
+def test_the_document_has_one_operation_per_documented_route_and_no_other():
+    operations = {
+        (method, path) for path, methods in OPENAPI["paths"].items() for method in methods
+    }
+    assert operations == {(r.method, r.path) for r in ROUTES if r.documented}
+    # Only the console's browser pages are left out.
+    assert {r.rule for r in ROUTES if not r.documented} == {"/console", "/console/<string:asset>"}
+
+
+def test_every_route_with_roles_names_roles_that_exist():
+    for route in ROUTES:
+        assert set(route.roles) <= set(ROLES), route.rule
+    assert {r.auth for r in ROUTES} == {"bearer", "operator", None}
+
+
+def test_the_path_and_its_parameters_come_from_the_rule():
+    route = Route("delete", "/v1/agents/<string:agent_id>/api-keys/<string:key_id>")
+    assert route.path == "/v1/agents/{agent_id}/api-keys/{key_id}"
+    assert route.path_params == ("agent_id", "key_id")
+    with pytest.raises(ValueError, match="no path parameter"):
+        Route("get", "/v1/x/<string:a>", path_schemas={"b": {"type": "integer"}})
+    with pytest.raises(ValueError, match="not both"):
+        Route("get", "/v1/x", roles=ADMIN, operator=True)
+
+
+# --- the caller check takes the declared roles ------------------------------------------------
+
+
+class _Limits:
+    def before_authentication(self, request: Request) -> None:
+        pass
+
+    def check(self, key_id: str) -> None:
+        pass
+
+
+def _gateway(role: str, tenant_status: str = "active") -> Any:
+    identity = {
+        "key_id": "k",
+        "agent_id": "a",
+        "tenant_id": "t",
+        "role": role,
+        "tenant_status": tenant_status,
+    }
+    gateway = GatewayService()
+    gateway.accounts = SimpleNamespace(authenticate=lambda key: identity)
+    gateway.limits = _Limits()
+    gateway.tracing = SimpleNamespace(continue_trace=lambda carrier: None)
+    return gateway
+
+
+def _request(route: Route) -> Request:
+    request = Request(EnvironBuilder(headers={"Authorization": "Bearer some-key"}).get_environ())
+    request.environ[ROUTE] = route
+    return request
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_caller_check_enforces_the_roles_the_route_declares(role):
+    route = Route("get", "/v1/x", roles=("admin", "auditor"))
+    request = _request(route)
+    if role in route.roles:
+        assert _gateway(role)._caller(request)["role"] == role
+    else:
+        with pytest.raises(Forbidden, match="role may not"):
+            _gateway(role)._caller(request)
+
+
+def test_a_cancelled_tenant_passes_only_where_the_route_declares_it():
+    with pytest.raises(Forbidden, match="cancelled"):
+        _gateway("admin", "cancelled")._caller(_request(Route("get", "/v1/x", roles=ADMIN)))
+    declared = Route("get", "/v1/x", roles=ADMIN, while_cancelled=True)
+    assert _gateway("admin", "cancelled")._caller(_request(declared))["role"] == "admin"
+
+
+def test_a_route_cannot_check_a_caller_it_does_not_declare():
+    with pytest.raises(TypeError, match="declares no roles"):
+        _gateway("admin")._caller(_request(Route("get", "/v1/x")))
+    with pytest.raises(TypeError, match="operator token"):
+        _gateway("admin")._operator(_request(Route("get", "/v1/x", roles=ADMIN)))
+
+
+def test_a_route_that_declares_a_caller_must_have_checked_one_to_answer():
+    handler = ApiHandler("GET", "/v1/x", roles=ADMIN)
+    request = _request(handler.route)
+    assert not handler._caller_checked(request)
+    request.environ[IDENTITY] = {"agent_id": "a"}
+    assert handler._caller_checked(request)
+    assert ApiHandler("GET", "/v1/public")._caller_checked(_request(Route("get", "/v1/public")))
+
+
+def test_the_ticket_list_checks_the_filters_its_route_declares():
+    from gateway.routes.tickets import _ticket_filters
+
+    (route,) = (r for r in ROUTES if (r.method, r.path) == ("get", "/v1/tickets"))
+    query = "status=later&assignee_id=nope&requester_id=&other=x"
+    request = Request(EnvironBuilder(query_string=query).get_environ())
+    request.environ[ROUTE] = route
+    with pytest.raises(ValidationFailed) as refused:
+        _ticket_filters(request)
+    assert refused.value.errors == {
+        "status": ["must be one of: new, open, pending, solved, closed"],
+        "assignee_id": ["not a valid UUID"],
+    }
+    request = Request(EnvironBuilder(query_string="status=open&other=x").get_environ())
+    request.environ[ROUTE] = route
+    assert _ticket_filters(request) == {"status": "open"}
