@@ -27,6 +27,7 @@ import importlib  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -76,6 +77,21 @@ class ExceptionTypesOnly(logging.Filter):
         return True
 
 
+class CredentialsRedacted(logging.Filter):
+    """A URL's password never reaches a line. nameko masks the broker URL it reports when a
+    connection fails, but only the first of a failover list (``amqp://…;amqp://…``): the others
+    would go out with their passwords."""
+
+    _CREDENTIALS = re.compile(r"(?P<user>[a-z][a-z0-9+.-]*://[^:/@\s;]*):[^@\s;/]*@", re.I)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._CREDENTIALS.sub(r"\g<user>:********@", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
 class JsonLines(logging.Formatter):
     """One JSON object per line, for log collectors: time, level, service, logger, message, and
     the current span's trace and span ids. Messages are the kernel's own (ids, types, counts),
@@ -114,6 +130,7 @@ def configure_logging(service: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     handler.addFilter(ExceptionTypesOnly())
+    handler.addFilter(CredentialsRedacted())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

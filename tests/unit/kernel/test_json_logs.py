@@ -9,7 +9,7 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from kernel.runner import ExceptionTypesOnly, JsonLines, configure_logging
+from kernel.runner import CredentialsRedacted, ExceptionTypesOnly, JsonLines, configure_logging
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def captured():
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonLines("tickets"))
     handler.addFilter(ExceptionTypesOnly())
+    handler.addFilter(CredentialsRedacted())
     logger = logging.getLogger("ledgerdesk.test.jsonlogs")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -70,3 +71,18 @@ def test_text_format_stays_for_humans():
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_no_password_of_any_url_in_a_failover_list_reaches_the_line(captured):
+    logger, stream = captured
+    secret = "".join(("s3cr", "et-pw"))  # not in the source the frames quote
+    uris = ";".join(f"amqp://ledger:{secret}@rabbit-{n}:5672/ledgerdesk" for n in range(3))
+    # As nameko reports a failed connection: it masks the first URL only.
+    logger.warning("Error connecting to broker at %s (%s).", uris, "timed out")
+    logger.info("postgresql://ledger:%s@db/ledgerdesk_accounts is ready", secret)
+    logger.info("a plain line with an address: ada@example.com:5672 stays")
+    failover, dsn, plain = lines(stream)
+    assert secret not in stream.getvalue()
+    assert failover["message"].count("amqp://ledger:********@rabbit-") == 3
+    assert dsn["message"] == "postgresql://ledger:********@db/ledgerdesk_accounts is ready"
+    assert plain["message"] == "a plain line with an address: ada@example.com:5672 stays"
