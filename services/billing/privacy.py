@@ -14,7 +14,6 @@ from typing import Any
 
 from kernel.crypto.keystore import Keystore
 from kernel.uow import UnitOfWork
-from services.billing import handlers
 from services.billing.catalogue import Catalogue
 from services.billing.domain import BillingAccount
 
@@ -60,7 +59,7 @@ def destroy_tenant(
     if events:
         account = BillingAccount.from_history(tenant_id, events)
         if account.destroy(request_id):
-            handlers.save(uow, account)
+            uow.save(account, account.tenant_id, account.region)
     uow.cur.execute("DELETE FROM billing_agents WHERE tenant_id = %s", (tenant_id,))
     uow.cur.execute("SELECT max(hold_until) FROM invoices WHERE tenant_id = %s", (tenant_id,))
     hold_until: dt.date | None = uow.cur.fetchone()[0]
