@@ -15,6 +15,7 @@ from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
+from kernel.nameko_adapters.clock import Clock
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
@@ -44,13 +45,6 @@ def expire_holds(store: Any) -> None:
     """Erase what legal holds no longer cover, as of today."""
     with store.unit_of_work("retention") as uow:
         privacy.expire_holds(uow, store.cipher.keystore, dt.datetime.now(dt.UTC).date())
-
-
-class Clock(DependencyProvider):
-    """The time, as a dependency: the invoice run asks it rather than the system directly."""
-
-    def get_dependency(self, worker_ctx: Any):
-        return lambda: dt.datetime.now(dt.UTC)
 
 
 class Prices(DependencyProvider):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ServiceUnavailable
 from kernel.forgetting import Forgetting, LogEntry
+from kernel.nameko_adapters.clock import Clock
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
@@ -57,11 +57,6 @@ def privacy_handlers() -> dict[str, Handler]:
 def own_forgetting_log(store: EventSourcedStore) -> list[LogEntry]:
     with store.db.transaction() as cur:
         return forgetting.forgetting_log(cur)
-
-
-class Clock(DependencyProvider):
-    def get_dependency(self, worker_ctx: Any):
-        return lambda: dt.datetime.now(dt.UTC)
 
 
 class ReceiptSigner(DependencyProvider):
