@@ -1,4 +1,9 @@
-"""The retention service: data-subject requests fanned out to every announced service."""
+"""The retention service: data-subject requests fanned out to every announced service.
+
+Unlike the other services it has no ``privacy.py``: it sends the privacy commands and tracks
+the answers rather than answering them (``privacy_handlers`` is empty, and says why), and what
+it keeps of a destroyed tenant is sealed under the tenant's key (``sealed``).
+"""
 
 from __future__ import annotations
 
