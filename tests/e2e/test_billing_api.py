@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer, Queue, binding
 
-from kernel.envelope import new_envelope
 from kernel.testing import client_traceparent, wait_until
 from kernel.topology import events_exchange
 from services.billing.catalogue import Catalogue
@@ -44,6 +43,7 @@ from tests.e2e.helpers import (
     traced,
     unique,
 )
+from tests.support.privacy import privacy_command
 
 # The card numbers the refusal test sends, as sent (with and without separators).
 CARDS = ("4111111111111111", "5555 5555 5555 4444", "3782-822463-10005")
@@ -140,29 +140,16 @@ def privacy_answer(
     """Billing's answer to a privacy command, both as retention and billing meet them: the
     command published on the events exchange (every service's privacy queue gets it; naming
     billing, the others leave it), the answer read off the exchange as retention reads it."""
-    request_id = str(uuid.uuid4())
     _, traceparent = client_traceparent()
-    event = new_envelope(
-        type="privacy_command",
-        schema_version=3,
-        source="retention",
-        stream_id=f"privacy-{request_id}",
-        stream_version=1,
-        tenant_id=uuid.UUID(tenant_id),
-        actor_id="retention",
-        payload={
-            "request_id": request_id,
-            "command": command,
-            "tenant_id": tenant_id,
-            "subject_id": subject_id,
-            "subject_kind": None if subject_id is None else "agent",
-            "category": None,
-            "before": None,
-            "services": ["billing"],
-            "cutoffs": None,
-        },
+    event = privacy_command(
+        command,
+        tenant_id,
+        subject_id,
+        subject_kind="agent",
+        services=["billing"],
         trace={"traceparent": traceparent},
     )
+    request_id = event.payload["request_id"]
     answers = Queue(
         unique("e2e.billing.answers"),
         bindings=[binding(events_exchange, "billing.privacy_answered")],

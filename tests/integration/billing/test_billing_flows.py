@@ -30,6 +30,7 @@ from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
+from tests.support.privacy import privacy_command
 
 MIGRATIONS = Path(services.billing.__file__).parent / "migrations"
 UTC = dt.UTC
@@ -150,23 +151,8 @@ class Billing:
     def command(self, command: str, tenant: Tenant, subject_id: str | None) -> dict[str, Any]:
         """A privacy command delivered to billing as its privacy queue delivers it; the answer
         it publishes (``privacy_answered``, for retention and the ledger)."""
-        request_id = str(uuid.uuid4())
-        event = new_envelope(
-            type="privacy_command",
-            schema_version=1,
-            source="retention",
-            stream_id=f"privacy-{request_id}",
-            stream_version=1,
-            tenant_id=uuid.UUID(tenant.id),
-            actor_id="retention",
-            payload={
-                "request_id": request_id,
-                "command": command,
-                "tenant_id": tenant.id,
-                "subject_id": subject_id,
-                "subject_kind": "agent" if subject_id else None,
-            },
-        )
+        event = privacy_command(command, tenant.id, subject_id, subject_kind="agent")
+        request_id = event.payload["request_id"]
         handlers_ = privacy.handlers_for(self.store.cipher, self.catalogue)
         with self.store.unit_of_work("billing") as uow:
             privacy_protocol.handle_command(uow, "billing", event, handlers_)
