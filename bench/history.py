@@ -13,7 +13,6 @@ from pathlib import Path
 from kernel.config import Settings
 from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
-from services.tickets import handlers
 from services.tickets.domain import Ticket
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
@@ -53,7 +52,7 @@ def write_history(
                 redactions=0,
             )
         with store.unit_of_work(requester) as uow:
-            written += len(handlers.save(uow, ticket))
+            written += len(uow.save(ticket, ticket.tenant_id))
 
 
 def new_requester(store: EventSourcedStore, tenant: str) -> str:

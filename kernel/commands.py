@@ -1,12 +1,13 @@
-"""Loading commands: one way for every service, and the gateway, to turn a request into a
-validated command, and the one place a card number in a command is refused."""
+"""Commands: the one base every service's command schemas extend, one way for every service,
+and the gateway, to turn a request into a validated command, and the one place a card number in
+a command is refused."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import RAISE, Schema, ValidationError, fields
 
 from kernel.cards import contains_card_number
 from kernel.errors import ValidationFailed
@@ -17,6 +18,14 @@ from kernel.errors import ValidationFailed
 _MARK = "x-card-numbers"
 CARD_NUMBERS_REDACTED = {_MARK: "redacted"}
 CARD_NUMBER_REFUSED = "looks like a card number: card numbers are never stored"
+
+
+class Command(Schema):
+    """A command's schema: a field it does not know refuses the command rather than being
+    dropped, so a misspelt field is an error the caller sees, not a change that never happens."""
+
+    class Meta:
+        unknown = RAISE
 
 
 class StrictBoolean(fields.Boolean):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg2
 
 from kernel import eventstore, inbox, outbox
-from kernel.aggregate import RecordedEvent
+from kernel.aggregate import Aggregate, RecordedEvent
 from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry, EventType, new_envelope
 from kernel.projections import Projection, rebuild
@@ -154,6 +154,32 @@ class UnitOfWork:
                 )
         self._appends.append((stream_id, expected_version, stored))
         return plain
+
+    def save(
+        self,
+        aggregate: Aggregate,
+        tenant_id: str | uuid.UUID | None,
+        region: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Envelope]:
+        """Append what ``aggregate`` recorded since it was loaded (stored at commit, as
+        ``append``) and move it to its new version, so it can record and be saved again.
+
+        ``region`` is the tenant's hosting region, kept in each event's metadata with
+        ``metadata``. Returns the envelopes as handlers see them.
+        """
+        if region:
+            metadata = {**(metadata or {}), "region": region}
+        stored = self.append(
+            aggregate.stream_id,
+            aggregate.version,
+            aggregate.pending,
+            tenant_id=uuid.UUID(str(tenant_id)) if tenant_id else None,
+            metadata=metadata,
+        )
+        aggregate.version += len(aggregate.pending)
+        aggregate.pending.clear()
+        return stored
 
     def _encrypted(
         self, event_type: EventType, envelope: Envelope, tenant_id: uuid.UUID | None

@@ -10,5 +10,6 @@ One module per job, each imported from where it is (this package re-exports noth
 - ``proxy``: ``TimedRpcProxy``, RPC calls with a timeout;
 - ``rpc``: ``rpc``, the entrypoint on a quorum queue that sets aside what it cannot serve;
 - ``rpc_queues``: RPC queue administration on the broker (declare, migrate, dead letters);
+- ``clock``: ``Clock``, the time as a dependency;
 - ``common``: what they share (``settings_of``, the errors that mean "not now").
 """

@@ -1,16 +1,11 @@
 """Accounts' commands, validated before any handler runs. Unknown fields are refused."""
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from kernel.commands import StrictBoolean
+from kernel.commands import Command, StrictBoolean
 from services.accounts.events import ROLES
 
 PHONE = validate.Regexp(r"^\+?[0-9][0-9 ().-]{3,31}$", error="not a phone number")
-
-
-class Command(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class SignUpAdmin(Command):

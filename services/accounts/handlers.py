@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.db import keyset_page
-from kernel.envelope import Envelope, new_envelope
+from kernel.envelope import new_envelope
 from kernel.errors import Conflict, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
@@ -23,27 +23,12 @@ from services.accounts.domain import Agent, Contact, Policies, Tenant
 A = TypeVar("A", bound=Aggregate)
 
 
-# --- loading and saving aggregates ------------------------------------------------------------
+# --- loading aggregates (the unit of work saves them) ----------------------------------------
 
 
 def load(uow: UnitOfWork, cls: type[A], aggregate_id: str) -> A | None:
     events = uow.load(cls.stream_id_for(aggregate_id))
     return cls.from_history(aggregate_id, events) if events else None
-
-
-def save(
-    uow: UnitOfWork, aggregate: Aggregate, tenant_id: str | None, region: str | None
-) -> list[Envelope]:
-    stored = uow.append(
-        aggregate.stream_id,
-        aggregate.version,
-        aggregate.pending,
-        tenant_id=uuid.UUID(tenant_id) if tenant_id else None,
-        metadata={"region": region} if region else None,
-    )
-    aggregate.version += len(aggregate.pending)
-    aggregate.pending.clear()
-    return stored
 
 
 def _tenant_region(uow: UnitOfWork, tenant_id: str) -> str:
@@ -70,7 +55,7 @@ def ensure_first_policy(uow: UnitOfWork, settings: Settings) -> None:
     policies = load(uow, Policies, "platform") or Policies(id="platform")
     if policies.current is None:
         policies.publish(settings.policy_version)
-        save(uow, policies, None, None)
+        uow.save(policies, None, None)
 
 
 def current_policy(uow: UnitOfWork) -> dict[str, str]:
@@ -84,7 +69,7 @@ def current_policy(uow: UnitOfWork) -> dict[str, str]:
 def publish_policy(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, str]:
     policies = load(uow, Policies, "platform") or Policies(id="platform")
     policies.publish(command["version"])
-    [published] = save(uow, policies, None, None)
+    [published] = uow.save(policies, None, None)
     return {"version": command["version"], "published_at": published.occurred_at.isoformat()}
 
 
@@ -94,7 +79,7 @@ def accept_policy(uow: UnitOfWork, identity: dict[str, str], command: dict[str, 
         raise Conflict(f"only the current policy version ({current}) can be accepted")
     agent = _scoped(uow, Agent, identity["tenant_id"], identity["agent_id"])
     if agent.accept_policy(command["version"]):
-        save(uow, agent, identity["tenant_id"], _tenant_region(uow, identity["tenant_id"]))
+        uow.save(agent, identity["tenant_id"], _tenant_region(uow, identity["tenant_id"]))
     return {"version": command["version"], "agent_id": agent.id, "accepted": True}
 
 
@@ -135,8 +120,8 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
     api_key = _issue_key(admin, settings, admin.id)
     admin.accept_policy(command["accept_policy_version"])
     uow.actor_id = admin.id
-    save(uow, tenant, tenant.id, tenant.region)
-    save(uow, admin, tenant.id, tenant.region)
+    uow.save(tenant, tenant.id, tenant.region)
+    uow.save(admin, tenant.id, tenant.region)
     return {"tenant": tenant_view(tenant), "agent": agent_view(admin), "api_key": api_key}
 
 
@@ -165,7 +150,7 @@ def cancel_tenant(uow: UnitOfWork, tenant_id: str, settings: Settings) -> dict[s
     if tenant is None:
         raise NotFound("no such tenant")
     tenant.cancel(_now(), dt.timedelta(days=settings.grace_days))
-    save(uow, tenant, tenant.id, tenant.region)
+    uow.save(tenant, tenant.id, tenant.region)
     return tenant_view(tenant)
 
 
@@ -174,7 +159,7 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
     if tenant is None:
         raise NotFound("no such tenant")
     tenant.reactivate(_now())
-    save(uow, tenant, tenant.id, tenant.region)
+    uow.save(tenant, tenant.id, tenant.region)
     return tenant_view(tenant)
 
 
@@ -230,7 +215,7 @@ def create_agent(
         email=command["email"],
     )
     api_key = _issue_key(agent, settings, issuer_id)
-    save(uow, agent, tenant_id, region)
+    uow.save(agent, tenant_id, region)
     return {**agent_view(agent), "api_key": api_key}
 
 
@@ -255,7 +240,7 @@ def list_agents(uow: UnitOfWork, tenant_id: str, limit: int, after: list | None)
 def deactivate_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
     agent = _scoped(uow, Agent, tenant_id, agent_id)
     agent.deactivate()
-    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+    uow.save(agent, tenant_id, _tenant_region(uow, tenant_id))
     return agent_view(agent)
 
 
@@ -269,7 +254,7 @@ def issue_api_key(
     agent = _scoped(uow, Agent, actor["tenant_id"], agent_id)
     api_key = _issue_key(agent, settings, issuer_id)
     key_id = agent.key_ids[-1]
-    save(uow, agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
+    uow.save(agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
     return {"id": key_id, "agent_id": agent.id, "api_key": api_key}
 
 
@@ -278,7 +263,7 @@ def revoke_api_key(uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str) 
     if key_id not in agent.key_ids:
         raise NotFound("no such key")
     agent.revoke_api_key(key_id)
-    save(uow, agent, tenant_id, _tenant_region(uow, tenant_id))
+    uow.save(agent, tenant_id, _tenant_region(uow, tenant_id))
 
 
 def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) -> dict[str, Any]:
@@ -291,7 +276,7 @@ def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) ->
     api_key = _issue_key(agent, settings, agent.id)
     for key_id in ended:
         agent.revoke_api_key(key_id)
-    save(uow, agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
+    uow.save(agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
     return {
         "id": agent.key_ids[-1],
         "agent_id": agent.id,
@@ -400,7 +385,7 @@ def create_contact(uow: UnitOfWork, tenant_id: str, command: dict[str, Any]) -> 
         email=command["email"],
         phone=command.get("phone"),
     )
-    save(uow, contact, tenant_id, region)
+    uow.save(contact, tenant_id, region)
     return contact_view(contact, marketing=False)
 
 
@@ -433,7 +418,7 @@ def rectify_subject(
     """A rectification request's correction: applied to the latest version, whatever it is."""
     contact = _scoped(uow, Contact, tenant_id, contact_id)
     contact.rectify(changes)
-    save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+    uow.save(contact, tenant_id, _tenant_region(uow, tenant_id))
     return contact_view(contact, marketing=_marketing(uow, contact.id))
 
 
@@ -449,7 +434,7 @@ def rectify_contact(
         raise Conflict(f"the contact is at version {contact.version}, not {expected_version}")
     contact.rectify(changes)
     try:
-        save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+        uow.save(contact, tenant_id, _tenant_region(uow, tenant_id))
     except ConcurrencyError:
         raise Conflict("the contact changed meanwhile; reload and retry") from None
     return contact_view(contact, marketing=_marketing(uow, contact.id))
@@ -466,7 +451,7 @@ def set_consent(
     contact.record_consent(
         marketing=command["marketing"], source=command["source"], policy_version=policy_version
     )
-    [recorded] = save(uow, contact, tenant_id, _tenant_region(uow, tenant_id))
+    [recorded] = uow.save(contact, tenant_id, _tenant_region(uow, tenant_id))
     return {
         "contact_id": contact.id,
         "marketing": command["marketing"],

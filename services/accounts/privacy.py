@@ -24,7 +24,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         agent = handlers.load(uow, Agent, subject)
         if agent is not None and agent.tenant_id == tenant and agent.active:
             agent.deactivate()
-            handlers.save(uow, agent, tenant, handlers._tenant_region(uow, tenant))
+            uow.save(agent, tenant, handlers._tenant_region(uow, tenant))
         shredded = cipher.keystore.shred_subject(subject, tenant)
         uow.cur.execute(
             "UPDATE contacts SET name = %s, email = %s, phone = NULL WHERE id = %s"
@@ -80,7 +80,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             policy_version=handlers.current_policy(uow)["version"],
         )
         try:
-            handlers.save(uow, contact, tenant, handlers._tenant_region(uow, tenant))
+            uow.save(contact, tenant, handlers._tenant_region(uow, tenant))
         except KeyShredded:
             # A consent's source is under the contact's key, which their erasure destroyed:
             # nothing can be recorded of them, and nothing of them is left to market to.
@@ -98,7 +98,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Recorded before the key goes, in this unit of work: the read models change with the
         # event (projections apply it), and a replay ends in the same place.
         if tenant is not None and tenant.destroy(str(command["request_id"])):
-            handlers.save(uow, tenant, tenant.id, tenant.region)
+            uow.save(tenant, tenant.id, tenant.region)
         subjects = cipher.keystore.shred_tenant(tenant_id)
         # Not a read model (kept from retention's commands): nothing left to restrict.
         uow.cur.execute("DELETE FROM restrictions WHERE tenant_id = %s", (tenant_id,))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,6 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
-from kernel.crypto.fields import FieldCipher
-from kernel.db import Database
 from kernel.envelope import Envelope, EventRegistry
 from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
@@ -22,10 +19,9 @@ from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
-from kernel.privacy import Handler
 from kernel.signing import check_signing_key, published_keys, signer_from_config
 from kernel.tracing import Tracing
-from services.audit import access_keys, tenant_view
+from services.audit import privacy
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, PRIVACY
 
@@ -81,7 +77,7 @@ class AuditService:
     store = EventStoreDependency(
         EventRegistry(),
         migrations=Path(__file__).parent / "migrations",
-        forgetting=Forgetting(lambda store, settings: privacy_handlers(store.db, store.cipher)),
+        forgetting=Forgetting(lambda store, settings: privacy.handlers_for(store.db, store.cipher)),
     )
     announcement = privacy_protocol.Announcement(("access_log",))
     ledger = LedgerDependency()
@@ -139,74 +135,16 @@ class AuditService:
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
             privacy_protocol.handle_command(
-                uow, self.name, event, privacy_handlers(self.store.db, self.store.cipher)
+                uow, self.name, event, privacy.handlers_for(self.store.db, self.store.cipher)
             )
 
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
-        """Who read this person's data, when, and what: the staff reads the ledger records."""
-        reads = []
-        for entry in self.ledger.iter_entries(
-            tenant_id, subject_id=subject_id, types=["access_logged", "ticket_viewed"]
-        ):
-            if entry["actor_id"] == subject_id:
-                continue  # their own requests are not staff reads
-            payload = entry["payload"]
-            reads.append(
-                {
-                    "who": entry["actor_id"],
-                    "when": entry["at"],
-                    "what": payload.get("route") or f"ticket {payload.get('ticket_id')}",
-                    "resources": payload.get("resource_ids") or [payload.get("ticket_id")],
-                }
-            )
-        return {"staff_reads": reads}
+        return privacy.export(self.ledger, tenant_id, subject_id)
 
     @rpc
     def health(self) -> dict[str, Any]:
         return service_health(self.store.db)
-
-
-def privacy_handlers(db: Database, cipher: FieldCipher | None) -> dict[str, Handler]:
-    """Audit's answers: the ledger holds ids, but for the access log's IPs and user agents,
-    which go with their tenant's day keys, past a period or with the tenant (and with the
-    tenant, its verification progress)."""
-    assert cipher is not None, "privacy handlers need the service's keystore"
-    keystore = cipher.keystore
-
-    def erase_subject(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "status": "done",
-            "detail": "the ledger holds identifiers only; access-log IPs and user agents go "
-            "with their tenant's day keys",
-        }
-
-    def destroy_tenant(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
-        destroyed = access_keys.destroy_tenant(db, keystore, command["tenant_id"])
-        tenant_view.forget(db, command["tenant_id"])
-        return {
-            "status": "done",
-            "detail": f"the tenant's access-log keys destroyed ({destroyed}), its verification"
-            " progress deleted",
-        }
-
-    def purge_category(uow: Any, command: dict[str, Any]) -> dict[str, Any]:
-        if command.get("category") != "access_log" or not command.get("before"):
-            return {"status": "done", "detail": "audit holds nothing of that category"}
-        cutoffs = {
-            uuid.UUID(str(tenant)): dt.datetime.fromisoformat(before)
-            for tenant, before in (command.get("cutoffs") or {}).items()
-        }
-        destroyed = access_keys.purge(
-            db, keystore, dt.datetime.fromisoformat(command["before"]), cutoffs
-        )
-        return {"status": "done", "detail": f"{destroyed} days of access-log fields erased"}
-
-    return {
-        "erase_subject": erase_subject,
-        "destroy_tenant": destroy_tenant,
-        "purge_category": purge_category,
-    }
 
 
 def _moment(value: str | None) -> dt.datetime | None:

@@ -2,12 +2,9 @@
 that holds one anywhere (its query included), and billing loads commands as every service does
 (``kernel.commands.load_command``), which refuses one in any field before a schema runs."""
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import fields, validate
 
-
-class Command(Schema):
-    class Meta:
-        unknown = RAISE
+from kernel.commands import Command
 
 
 class ChangePlanV1(Command):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -29,19 +28,6 @@ def load_account(uow: UnitOfWork, tenant_id: str) -> BillingAccount:
     return BillingAccount.from_history(tenant_id, events)
 
 
-def save(uow: UnitOfWork, account: BillingAccount) -> list[Envelope]:
-    stored = uow.append(
-        account.stream_id,
-        account.version,
-        account.pending,
-        tenant_id=uuid.UUID(account.tenant_id),
-        metadata={"region": account.region},
-    )
-    account.version += len(account.pending)
-    account.pending.clear()
-    return stored
-
-
 # --- from accounts' events --------------------------------------------------------------------
 
 
@@ -56,7 +42,7 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
             region=p["region"],
             opened_at=event.occurred_at,
         )
-        save(uow, account)
+        uow.save(account, account.tenant_id, account.region)
     elif event.type in ("agent_created", "agent_deactivated"):
         uow.cur.execute(
             "INSERT INTO billing_agents (agent_id, tenant_id, active, version)"
@@ -100,14 +86,14 @@ def change_plan(
 ) -> dict[str, Any]:
     account = load_account(uow, tenant_id)
     account.change_plan(command["plan"], catalogue.plans)
-    save(uow, account)
+    uow.save(account, account.tenant_id, account.region)
     return subscription(uow, catalogue, tenant_id)
 
 
 def set_address(uow: UnitOfWork, tenant_id: str, command: dict[str, Any]) -> dict[str, Any]:
     account = load_account(uow, tenant_id)
     account.set_address(command["address"])
-    save(uow, account)
+    uow.save(account, account.tenant_id, account.region)
     return {"address": command["address"]}
 
 
@@ -125,7 +111,7 @@ def add_payment_method(
     method_id = account.add_payment_method(
         command["processor_token"], card.brand, card.last4, card.exp_month, card.exp_year
     )
-    save(uow, account)
+    uow.save(account, account.tenant_id, account.region)
     return {
         "id": method_id,
         "brand": card.brand,
@@ -167,7 +153,7 @@ def pay_invoice(
     except ProcessorError:
         raise ServiceUnavailable("the payment processor failed; retry the payment") from None
     account.record_charge(invoice_id, method_id, outcome.status, outcome.reference)
-    save(uow, account)
+    uow.save(account, account.tenant_id, account.region)
     return get_invoice(uow, tenant_id, invoice_id) | {"charge": outcome.status}
 
 
@@ -218,7 +204,7 @@ def _invoice_tenant(
                 hold_years=catalogue.legal_hold_years,
                 issued_on=now.date(),
             )
-            save(uow, account)
+            uow.save(account, account.tenant_id, account.region)
             issued += 1
 
 

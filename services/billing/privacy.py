@@ -12,22 +12,62 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from kernel.crypto.fields import FieldCipher
 from kernel.crypto.keystore import Keystore
+from kernel.privacy import Handler
 from kernel.uow import UnitOfWork
-from services.billing import handlers
 from services.billing.catalogue import Catalogue
 from services.billing.domain import BillingAccount
 
 
-def erase_subject(uow: UnitOfWork, catalogue: Catalogue, subject_id: str) -> dict[str, Any]:
-    uow.cur.execute(
-        "SELECT max(hold_until) FROM invoices WHERE billing_contact_id = %s", (subject_id,)
-    )
-    hold_until: dt.date | None = uow.cur.fetchone()[0]
-    # Not held: the seat record is the only other trace of an agent here.
-    uow.cur.execute("DELETE FROM billing_agents WHERE agent_id = %s", (subject_id,))
-    if hold_until is None:
-        return {"status": "done", "detail": "nothing of this subject is held by billing"}
+def handlers_for(cipher: FieldCipher | None, catalogue: Catalogue) -> dict[str, Handler]:
+    """Billing's answers; ``catalogue`` names the legal hold (its basis and length)."""
+    assert cipher is not None, "privacy handlers need the service's keystore"
+    keystore = cipher.keystore
+
+    def erase_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        subject_id = str(command["subject_id"])
+        uow.cur.execute(
+            "SELECT max(hold_until) FROM invoices WHERE billing_contact_id = %s", (subject_id,)
+        )
+        hold_until: dt.date | None = uow.cur.fetchone()[0]
+        # Not held: the seat record is the only other trace of an agent here.
+        uow.cur.execute("DELETE FROM billing_agents WHERE agent_id = %s", (subject_id,))
+        if hold_until is None:
+            return {"status": "done", "detail": "nothing of this subject is held by billing"}
+        return _held(uow, catalogue, subject_id, hold_until)
+
+    def destroy_tenant(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
+        """Everything of a destroyed tenant goes, but for the invoices the law holds: those
+        stay, restricted, until their hold ends (then ``expire_holds`` erases them).
+
+        The destruction is an event on the account's stream (the read models apply it, so a
+        rebuild ends here too). The tenant's own key goes now (the account's address, its
+        processor tokens); the tenant key itself, which also wraps the held invoices' keys,
+        goes with the last hold, or now when nothing is held."""
+        tenant_id = str(command["tenant_id"])
+        events = uow.load(BillingAccount.stream_id_for(tenant_id))
+        if events:
+            account = BillingAccount.from_history(tenant_id, events)
+            if account.destroy(str(command["request_id"])):
+                uow.save(account, account.tenant_id, account.region)
+        uow.cur.execute("DELETE FROM billing_agents WHERE tenant_id = %s", (tenant_id,))
+        uow.cur.execute("SELECT max(hold_until) FROM invoices WHERE tenant_id = %s", (tenant_id,))
+        hold_until: dt.date | None = uow.cur.fetchone()[0]
+        if hold_until is None:
+            keystore.shred_tenant(tenant_id)
+            return {"status": "done", "detail": "no invoices to hold; the tenant's keys shredded"}
+        keystore.shred_subject(tenant_id, tenant_id)
+        return _held(uow, catalogue, tenant_id, hold_until)
+
+    return {"erase_subject": erase_subject, "destroy_tenant": destroy_tenant}
+
+
+def _held(
+    uow: UnitOfWork, catalogue: Catalogue, subject_id: str, hold_until: dt.date
+) -> dict[str, Any]:
+    """Restrict what the legal hold keeps of a subject (a person, or a destroyed tenant) until
+    the hold ends, and answer ``retained`` with its basis."""
     basis = catalogue.legal_basis
     uow.cur.execute(
         "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
@@ -40,41 +80,6 @@ def erase_subject(uow: UnitOfWork, catalogue: Catalogue, subject_id: str) -> dic
 def is_restricted(uow: UnitOfWork, subject_id: str) -> bool:
     uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
     return uow.cur.fetchone() is not None
-
-
-def destroy_tenant(
-    uow: UnitOfWork,
-    catalogue: Catalogue,
-    keystore: Keystore,
-    tenant_id: str,
-    request_id: str | None,
-) -> dict[str, Any]:
-    """Everything of a destroyed tenant goes, but for the invoices the law holds: those stay,
-    restricted, until their hold ends (then ``expire_holds`` erases them).
-
-    The destruction is an event on the account's stream (the read models apply it, so a rebuild
-    ends here too). The tenant's own key goes now (the account's address, its processor
-    tokens); the tenant key itself, which also wraps the held invoices' keys, goes with the
-    last hold, or now when nothing is held."""
-    events = uow.load(BillingAccount.stream_id_for(tenant_id))
-    if events:
-        account = BillingAccount.from_history(tenant_id, events)
-        if account.destroy(request_id):
-            handlers.save(uow, account)
-    uow.cur.execute("DELETE FROM billing_agents WHERE tenant_id = %s", (tenant_id,))
-    uow.cur.execute("SELECT max(hold_until) FROM invoices WHERE tenant_id = %s", (tenant_id,))
-    hold_until: dt.date | None = uow.cur.fetchone()[0]
-    if hold_until is None:
-        keystore.shred_tenant(tenant_id)
-        return {"status": "done", "detail": "no invoices to hold; the tenant's keys shredded"}
-    keystore.shred_subject(tenant_id, tenant_id)
-    basis = catalogue.legal_basis
-    uow.cur.execute(
-        "INSERT INTO restrictions (subject_id, basis, until) VALUES (%s, %s, %s)"
-        " ON CONFLICT (subject_id) DO UPDATE SET basis = EXCLUDED.basis, until = EXCLUDED.until",
-        (tenant_id, basis, hold_until),
-    )
-    return {"status": "retained", "basis": basis, "until": hold_until.isoformat()}
 
 
 def expire_holds(uow: UnitOfWork, keystore: Keystore, today: dt.date) -> int:

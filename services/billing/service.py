@@ -15,6 +15,7 @@ from kernel.commands import load_command
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
+from kernel.nameko_adapters.clock import Clock
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
@@ -30,27 +31,10 @@ from services.billing.projections import PROJECTIONS
 from services.billing.subscriptions import ACCOUNTS, PRIVACY
 
 
-def billing_privacy(store: Any, catalogue: Catalogue) -> dict[str, Any]:
-    """``store``: the service's store (or a worker's view of it), for its keystore."""
-    return {
-        "erase_subject": lambda uow, c: privacy.erase_subject(uow, catalogue, str(c["subject_id"])),
-        "destroy_tenant": lambda uow, c: privacy.destroy_tenant(
-            uow, catalogue, store.cipher.keystore, str(c["tenant_id"]), str(c["request_id"])
-        ),
-    }
-
-
 def expire_holds(store: Any) -> None:
     """Erase what legal holds no longer cover, as of today."""
     with store.unit_of_work("retention") as uow:
         privacy.expire_holds(uow, store.cipher.keystore, dt.datetime.now(dt.UTC).date())
-
-
-class Clock(DependencyProvider):
-    """The time, as a dependency: the invoice run asks it rather than the system directly."""
-
-    def get_dependency(self, worker_ctx: Any):
-        return lambda: dt.datetime.now(dt.UTC)
 
 
 class Prices(DependencyProvider):
@@ -83,7 +67,7 @@ class BillingService:
         migrations=Path(__file__).parent / "migrations",
         # Holds that ended while the service was away (or since the backup) are expired too.
         forgetting=Forgetting(
-            lambda store, settings: billing_privacy(store, Catalogue.of(settings)),
+            lambda store, settings: privacy.handlers_for(store.cipher, Catalogue.of(settings)),
             own=expire_holds,
         ),
     )
@@ -148,17 +132,6 @@ class BillingService:
             self.store.unit_of_work, self.catalogue, self.accounts.billing_contact, self.clock()
         )
 
-    @rpc
-    def erase_subject(self, subject_id: str) -> dict[str, Any]:
-        with self.store.unit_of_work("retention") as uow:
-            return privacy.erase_subject(uow, self.catalogue, subject_id)
-
-    @rpc
-    def destroy_tenant(self, tenant_id: str) -> dict[str, Any]:
-        keystore = self.store.cipher.keystore
-        with self.store.unit_of_work("retention") as uow:
-            return privacy.destroy_tenant(uow, self.catalogue, keystore, tenant_id, None)
-
     @timer(interval=86400)
     def expire_legal_holds(self) -> None:
         """When a hold ends, what it kept is erased (the retention schedule for billing)."""
@@ -176,7 +149,7 @@ class BillingService:
     def privacy_command(self, event: Envelope) -> None:
         with self.store.unit_of_work(self.name) as uow:
             privacy_protocol.handle_command(
-                uow, self.name, event, billing_privacy(self.store, self.catalogue)
+                uow, self.name, event, privacy.handlers_for(self.store.cipher, self.catalogue)
             )
 
     @rpc

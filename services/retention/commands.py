@@ -1,14 +1,8 @@
 """Retention's commands: data-subject requests as an admin files them."""
 
-from marshmallow import (
-    RAISE,
-    Schema,
-    ValidationError,
-    fields,
-    validate,
-    validates_schema,
-)
+from marshmallow import ValidationError, fields, validate, validates_schema
 
+from kernel.commands import Command
 from services.accounts.contracts import RectifyContactV1
 
 REQUEST_TYPES = (
@@ -19,11 +13,6 @@ REQUEST_TYPES = (
     "objection",
     "lift_restriction",
 )
-
-
-class Command(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class SubjectV1(Command):

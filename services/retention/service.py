@@ -1,8 +1,12 @@
-"""The retention service: data-subject requests fanned out to every announced service."""
+"""The retention service: data-subject requests fanned out to every announced service.
+
+Unlike the other services it has no ``privacy.py``: it sends the privacy commands and tracks
+the answers rather than answering them (``privacy_handlers`` is empty, and says why), and what
+it keeps of a destroyed tenant is sealed under the tenant's key (``sealed``).
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import ServiceUnavailable
 from kernel.forgetting import Forgetting, LogEntry
+from kernel.nameko_adapters.clock import Clock
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
@@ -57,11 +62,6 @@ def privacy_handlers() -> dict[str, Handler]:
 def own_forgetting_log(store: EventSourcedStore) -> list[LogEntry]:
     with store.db.transaction() as cur:
         return forgetting.forgetting_log(cur)
-
-
-class Clock(DependencyProvider):
-    def get_dependency(self, worker_ctx: Any):
-        return lambda: dt.datetime.now(dt.UTC)
 
 
 class ReceiptSigner(DependencyProvider):

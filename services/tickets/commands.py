@@ -1,17 +1,12 @@
 """Tickets' commands, validated before any handler runs. Unknown fields are refused."""
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from kernel.commands import CARD_NUMBERS_REDACTED, StrictBoolean
+from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean
 from services.tickets.events import PRIORITIES
 
 # A tag is a label: like every other field, a card number in it refuses the command.
 TAG = fields.String(validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\s,]+$")])
-
-
-class Command(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class CreateTicketV1(Command):

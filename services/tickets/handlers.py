@@ -33,19 +33,6 @@ def load_ticket(uow: UnitOfWork, tenant_id: str, ticket_id: str) -> Ticket:
     return ticket
 
 
-def save(uow: UnitOfWork, ticket: Ticket, metadata: dict[str, Any] | None = None) -> list:
-    stored = uow.append(
-        ticket.stream_id,
-        ticket.version,
-        ticket.pending,
-        tenant_id=uuid.UUID(ticket.tenant_id),
-        metadata=metadata,
-    )
-    ticket.version += len(ticket.pending)
-    ticket.pending.clear()
-    return stored
-
-
 def member(
     uow: UnitOfWork,
     lookup: SubjectLookup,
@@ -97,7 +84,11 @@ def create_ticket(
         redactions=cut_subject + cut_body,
     )
     redactions = cut_subject + cut_body
-    [created] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+    [created] = uow.save(
+        ticket,
+        ticket.tenant_id,
+        metadata={"card_numbers_redacted": redactions} if redactions else None,
+    )
     return view_from_event(created, ticket)
 
 
@@ -141,7 +132,7 @@ def update_ticket(
     if "status" in changes:
         ticket.move_to(changes["status"])
     try:
-        save(uow, ticket)
+        uow.save(ticket, ticket.tenant_id)
     except KeyShredded:
         # Only tags are written under the ticket's key here, and it went with its requester.
         raise Conflict("the requester of this ticket was erased; its tags cannot change") from None
@@ -167,7 +158,11 @@ def add_message(
         redactions=redactions,
     )
     try:
-        [added] = save(uow, ticket, {"card_numbers_redacted": redactions} if redactions else None)
+        [added] = uow.save(
+            ticket,
+            ticket.tenant_id,
+            metadata={"card_numbers_redacted": redactions} if redactions else None,
+        )
     except KeyShredded:
         # The ticket's key went with its requester's erasure: nothing new is written under it.
         raise Conflict(

@@ -62,7 +62,7 @@ def seal_batch(
         ticket = handlers.load_ticket(uow, tenant_id, ticket_id)
         ticket.seal_tags()
         try:
-            handlers.save(uow, ticket)
+            uow.save(ticket, ticket.tenant_id)
         except KeyShredded:
             continue  # erased since the look above
         sealed += 1

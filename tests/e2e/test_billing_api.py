@@ -11,6 +11,7 @@ a clock a month ahead, asking accounts for the billing contact over RPC, as the 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import secrets
 import uuid
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nameko.standalone.rpc import ClusterRpcProxy
+from kombu import Connection, Producer, Queue, binding
 
-from kernel.testing import wait_until
+from kernel.testing import client_traceparent, wait_until
+from kernel.topology import events_exchange
 from services.billing.catalogue import Catalogue
 from services.billing.domain import next_month
 from tests.e2e.conftest import Stack
@@ -41,6 +43,7 @@ from tests.e2e.helpers import (
     traced,
     unique,
 )
+from tests.support.privacy import privacy_command
 
 # The card numbers the refusal test sends, as sent (with and without separators).
 CARDS = ("4111111111111111", "5555 5555 5555 4444", "3782-822463-10005")
@@ -129,6 +132,54 @@ def sandbox_charges(stack: Stack, invoice_id: str) -> list[tuple[str, str]]:
         " WHERE idempotency_key LIKE %s ORDER BY idempotency_key"
     )
     return rows(stack, "billing", query, f"invoice-{invoice_id}-%")
+
+
+def privacy_answer(
+    stack: Stack, command: str, tenant_id: str, subject_id: str | None
+) -> dict[str, Any]:
+    """Billing's answer to a privacy command, both as retention and billing meet them: the
+    command published on the events exchange (every service's privacy queue gets it; naming
+    billing, the others leave it), the answer read off the exchange as retention reads it."""
+    _, traceparent = client_traceparent()
+    event = privacy_command(
+        command,
+        tenant_id,
+        subject_id,
+        subject_kind="agent",
+        services=["billing"],
+        trace={"traceparent": traceparent},
+    )
+    request_id = event.payload["request_id"]
+    answers = Queue(
+        unique("e2e.billing.answers"),
+        bindings=[binding(events_exchange, "billing.privacy_answered")],
+        exclusive=True,
+    )
+    found: list[dict[str, Any]] = []
+    with Connection(stack.settings.amqp_uri, connect_timeout=5) as conn:
+        channel = conn.channel()
+        answers(channel).declare()  # bound before the command goes: no answer is missed
+        Producer(channel, exchange=events_exchange).publish(
+            json.dumps(event.to_dict()),
+            routing_key=event.routing_key,
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            message_id=str(event.event_id),
+            headers={f"nameko.{k}": v for k, v in event.trace.items()},
+        )
+
+        def answered() -> bool:
+            while (message := channel.basic_get(answers.name, no_ack=True)) is not None:
+                payload = json.loads(message.body)["payload"]
+                if payload["request_id"] == request_id:
+                    found.append(payload)
+            return bool(found)
+
+        wait_until(answered, timeout=30, interval=0.2, what=f"billing's answer to {command}")
+    [answer] = found
+    assert (answer["command"], answer["service"]) == (command, "billing")
+    return answer
 
 
 # --- plans, subscription, address, payment methods -------------------------------------------
@@ -333,10 +384,9 @@ def test_invoices_list_get_pay_and_isolation(stack, invoice_run):
     ]
 
     # Erasure: the billing contact is held by the invoice; an agent never billed is not.
-    with ClusterRpcProxy({"AMQP_URI": stack.settings.amqp_uri}) as cluster:
-        held = cluster.billing.erase_subject(tenant["admin_id"])
-        done = cluster.billing.erase_subject(agent["id"])
-    assert held == {
+    held = privacy_answer(stack, "erase_subject", tenant["tenant_id"], tenant["admin_id"])
+    done = privacy_answer(stack, "erase_subject", tenant["tenant_id"], agent["id"])
+    assert {k: held[k] for k in ("status", "basis", "until")} == {
         "status": "retained",
         "basis": Catalogue.of(stack.settings).legal_basis,
         "until": invoice["hold_until"],

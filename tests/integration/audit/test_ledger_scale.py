@@ -17,8 +17,8 @@ import pytest
 from kernel.errors import RetryLater
 from kernel.stores import prepare_databases
 from services.audit import chain
+from services.audit import privacy as audit_privacy
 from services.audit.ledger import Ledger, open_ledger
-from services.audit.service import privacy_handlers
 from tests.integration.audit.test_ledger import (
     MIGRATIONS,
     check_proof,
@@ -385,7 +385,7 @@ def test_a_destroyed_tenants_verification_progress_goes_with_it(ledger):
     for tenant in (gone, kept):
         ledger.tenant_report(str(tenant))
 
-    handlers = privacy_handlers(ledger.db, ledger.cipher)
+    handlers = audit_privacy.handlers_for(ledger.db, ledger.cipher)
     answer = handlers["destroy_tenant"](None, {"tenant_id": str(gone)})
     assert answer["status"] == "done"
     with ledger.db.transaction() as cur:

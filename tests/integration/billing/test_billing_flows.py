@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import services.billing
+from kernel import privacy as privacy_protocol
 from kernel.config import Settings
 from kernel.crypto.fields import FieldCipher
 from kernel.crypto.keystore import Keystore
@@ -29,6 +30,7 @@ from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
 from services.billing.projections import PROJECTIONS
+from tests.support.privacy import privacy_command
 
 MIGRATIONS = Path(services.billing.__file__).parent / "migrations"
 UTC = dt.UTC
@@ -145,6 +147,21 @@ class Billing:
         """``call`` for a handler that takes the catalogue after the unit of work."""
         with self.store.unit_of_work() as uow:
             return handler(uow, self.catalogue, *args)
+
+    def command(self, command: str, tenant: Tenant, subject_id: str | None) -> dict[str, Any]:
+        """A privacy command delivered to billing as its privacy queue delivers it; the answer
+        it publishes (``privacy_answered``, for retention and the ledger)."""
+        event = privacy_command(command, tenant.id, subject_id, subject_kind="agent")
+        request_id = event.payload["request_id"]
+        handlers_ = privacy.handlers_for(self.store.cipher, self.catalogue)
+        with self.store.unit_of_work("billing") as uow:
+            privacy_protocol.handle_command(uow, "billing", event, handlers_)
+        [(body,)] = self.rows(
+            "SELECT body FROM outbox WHERE routing_key = 'billing.privacy_answered'"
+            " AND body::jsonb -> 'payload' ->> 'request_id' = %s",
+            request_id,
+        )
+        return json.loads(body)["payload"]
 
     def pay(self, tenant: Tenant, invoice_id: str, processor=None) -> dict[str, Any]:
         with self.store.unit_of_work(tenant.admin_id) as uow:
@@ -633,7 +650,12 @@ def test_erasing_a_billed_agent_is_retained_until_the_hold_ends_and_the_rest_is_
     assert billing.run(APRIL_RUN) == 1
     assert billing.run(MAY_RUN) == 1  # the later invoice's hold ends later
 
-    answer = billing.priced(privacy.erase_subject, tenant.admin_id)
+    def erase(subject_id: str) -> dict[str, Any]:
+        answer = billing.command("erase_subject", tenant, subject_id)
+        assert (answer["command"], answer["service"]) == ("erase_subject", "billing")
+        return {k: answer[k] for k in ("status", "basis", "until")}
+
+    answer = erase(tenant.admin_id)
     assert answer == {
         "status": "retained",
         "basis": billing.catalogue.legal_basis,
@@ -650,16 +672,16 @@ def test_erasing_a_billed_agent_is_retained_until_the_hold_ends_and_the_rest_is_
     assert [i["billing_contact"]["id"] for i in billing.invoices(tenant)] == [tenant.admin_id] * 2
 
     # Asking again answers the same; the restriction is not duplicated.
-    assert billing.priced(privacy.erase_subject, tenant.admin_id) == answer
+    assert erase(tenant.admin_id) == answer
     assert billing.rows("SELECT count(*) FROM restrictions") == [(1,)]
 
     # An agent never named on an invoice: done, and the seat row is erased.
     assert billing.rows("SELECT 1 FROM billing_agents WHERE agent_id = %s", never_billed) == [(1,)]
-    done = billing.priced(privacy.erase_subject, never_billed)
+    done = erase(never_billed)
     assert done["status"] == "done"
     assert billing.rows("SELECT 1 FROM billing_agents WHERE agent_id = %s", never_billed) == []
     assert not billing.call(privacy.is_restricted, never_billed)
-    assert billing.priced(privacy.erase_subject, str(uuid.uuid4()))["status"] == "done"
+    assert erase(str(uuid.uuid4()))["status"] == "done"
     assert billing.rows("SELECT count(*) FROM restrictions") == [(1,)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from kernel.db import Database
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict
 from kernel.stores import open_store
-from kernel.uow import EventSourcedStore
+from kernel.uow import EventSourcedStore, UnitOfWork
 from services.billing import handlers, privacy
 from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
@@ -24,6 +25,14 @@ from services.billing.projections import PROJECTIONS
 
 def billing_store(world) -> EventSourcedStore:
     return open_store(world, "billing", REGISTRY, PROJECTIONS, Path("services/billing/migrations"))
+
+
+def destroy(
+    world: Settings, store: EventSourcedStore, uow: UnitOfWork, tenant: str
+) -> dict[str, Any]:
+    """Billing's answer to a tenant's destruction, as its privacy queue runs the command."""
+    destroy_tenant = privacy.handlers_for(store.cipher, Catalogue.of(world))["destroy_tenant"]
+    return destroy_tenant(uow, {"request_id": str(uuid.uuid4()), "tenant_id": tenant})
 
 
 def accounts_event(type_: str, tenant: str, occurred_at: dt.datetime, **payload):
@@ -78,9 +87,7 @@ def test_destruction_keeps_held_invoices_restricted_and_their_end_erases_them(wo
         method = handlers.add_payment_method(
             uow, SandboxProcessor(store.db), tenant, {"processor_token": "tok_sandbox_visa"}
         )
-        answer = privacy.destroy_tenant(
-            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
-        )
+        answer = destroy(world, store, uow, tenant)
     assert answer["status"] == "retained" and answer["until"] == "2036-11-02"
     assert "tax and accounting law" in answer["basis"]
     with store.db.transaction() as cur:
@@ -128,9 +135,7 @@ def test_destroying_a_tenant_without_invoices_is_done(world):
             ),
         )
     with store.unit_of_work() as uow:
-        answer = privacy.destroy_tenant(
-            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
-        )
+        answer = destroy(world, store, uow, tenant)
     assert answer["status"] == "done"
 
 
@@ -243,9 +248,7 @@ def test_a_destroyed_tenant_leaves_only_its_held_invoices_and_a_rebuild_keeps_it
         {**ADDRESS, "line1": "1 Wren Row"},
     )
     with store.unit_of_work("billing") as uow:
-        answer = privacy.destroy_tenant(
-            uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
-        )
+        answer = destroy(world, store, uow, tenant)
     assert answer["status"] == "retained" and answer["until"] == "2036-11-02"
 
     def left() -> dict[str, str]:
@@ -315,9 +318,7 @@ def test_a_destruction_applied_again_records_one_destruction(world):
     tenant, _ = open_account(store, COMPANY, dt.datetime(2026, 9, 10, tzinfo=dt.UTC))
     for _ in range(2):
         with store.unit_of_work("billing") as uow:
-            privacy.destroy_tenant(
-                uow, Catalogue.of(world), store.cipher.keystore, tenant, str(uuid.uuid4())
-            )
+            destroy(world, store, uow, tenant)
     with store.db.transaction() as cur:
         cur.execute("SELECT count(*) FROM events WHERE type = 'tenant_destroyed'")
         assert cur.fetchone()[0] == 1

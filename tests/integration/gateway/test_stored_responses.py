@@ -19,9 +19,10 @@ from kernel import migrate
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
 from kernel.crypto.primitives import TamperedCiphertext
-from kernel.envelope import EventRegistry, new_envelope
+from kernel.envelope import EventRegistry
 from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
+from tests.support.privacy import privacy_command
 
 HEADERS = {"Content-Type": "application/json"}
 NAME, EMAIL, WORDS = "Carol Canary-Quixote", "carol.canary@example.com", "my canary password"
@@ -92,25 +93,6 @@ def keys(database: kdb.Database) -> set[str]:
         return {row[0] for row in cur.fetchall()}
 
 
-def command(name: str, tenant: str, subject: str | None = None) -> Any:
-    return new_envelope(
-        type="privacy_command",
-        schema_version=1,
-        source="retention",
-        stream_id="privacy-x",
-        stream_version=1,
-        tenant_id=uuid.UUID(tenant),
-        actor_id="admin",
-        payload={
-            "request_id": str(uuid.uuid4()),
-            "command": name,
-            "tenant_id": tenant,
-            "subject_id": subject,
-            "subject_kind": None if subject is None else "contact",
-        },
-    )
-
-
 def run(store: EventSourcedStore, event: Any) -> dict[str, Any]:
     """The command as the gateway's consumer runs it; returns the answer it publishes."""
     assert store.cipher is not None
@@ -159,7 +141,7 @@ def test_erasure_deletes_the_responses_naming_the_subject_and_only_theirs(replay
     keep(replays, tenant, "k-ticket", answer(ticket, requester_id=carol), tenant, [ticket, carol])
     keep(replays, tenant, "k-dave", answer(dave), tenant, [dave])
 
-    answered = run(gateway_store, command("erase_subject", tenant, carol))
+    answered = run(gateway_store, privacy_command("erase_subject", tenant, carol))
 
     assert answered["service"] == "gateway" and answered["status"] == "done"
     assert answered["detail"] == "2 stored API responses naming them deleted"
@@ -172,7 +154,7 @@ def test_a_tenant_cannot_erase_what_another_tenant_stored(replays, gateway_store
     # The other tenant's answer names the same id (say, typed into one of its resources).
     keep(replays, theirs, "k-theirs", answer(carol), theirs, [carol])
 
-    run(gateway_store, command("erase_subject", ours, carol))
+    run(gateway_store, privacy_command("erase_subject", ours, carol))
 
     assert keys(gateway_store.db) == {"k-theirs"}
 
@@ -187,7 +169,7 @@ def test_destruction_shreds_the_tenant_key_and_deletes_its_responses_and_its_sig
     assert gateway_store.cipher is not None
     keystore = gateway_store.cipher.keystore
 
-    answered = run(gateway_store, command("destroy_tenant", tenant))
+    answered = run(gateway_store, privacy_command("destroy_tenant", tenant))
 
     assert answered["status"] == "done"
     assert keys(gateway_store.db) == {"k-other"}
@@ -282,9 +264,9 @@ def test_rows_of_the_previous_release_replay_and_erasure_and_destruction_reach_t
     try:
         assert replays.begin(tenant, "k-old", fp) == StoredResponse(201, {}, answer(carol))
 
-        run(store, command("erase_subject", tenant, carol))
+        run(store, privacy_command("erase_subject", tenant, carol))
         assert keys(store.db) == {"k-old-other", "k-old-signup"}
-        run(store, command("destroy_tenant", new_tenant))
+        run(store, privacy_command("destroy_tenant", new_tenant))
         assert keys(store.db) == {"k-old-other"}
     finally:
         store.db.close()

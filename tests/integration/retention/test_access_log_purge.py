@@ -18,8 +18,8 @@ from kernel.envelope import Envelope, EventRegistry
 from kernel.signing import signer_from_config
 from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
+from services.audit import privacy as audit_privacy
 from services.audit.ledger import Ledger
-from services.audit.service import privacy_handlers
 from services.retention import schedules
 
 DAY = 86400
@@ -97,7 +97,10 @@ class Schedule:
             self.sent.append(command)
             with self.audit.unit_of_work("audit") as uow:
                 protocol.handle_command(
-                    uow, "audit", command, privacy_handlers(self.audit.db, self.audit.cipher)
+                    uow,
+                    "audit",
+                    command,
+                    audit_privacy.handlers_for(self.audit.db, self.audit.cipher),
                 )
         return sent
 
