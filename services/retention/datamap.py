@@ -1,6 +1,16 @@
 """What retention keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
 
-from kernel.datamap import End, Held, ServiceMap, Table, When, operational, personal, pseudonym
+from kernel.datamap import (
+    Column,
+    End,
+    Held,
+    ServiceMap,
+    Table,
+    When,
+    operational,
+    personal,
+    pseudonym,
+)
 from services.retention.events import DECISIONS, MESSAGES
 
 _SEALED = "services.retention.sealed"
@@ -12,6 +22,37 @@ _REASON_SEALED = personal(
     note="the deciding admin's reason (free text) as retention keeps it, so the ledger's copy"
     " is unreadable once the tenant's key is shredded",
 )
+
+
+def _change_table(name: str, holds: str, *own: Column) -> Table:
+    """A kind of change that waits for a second admin (``services.retention.four_eyes``): what
+    it changes, then who filed and decided it, when, and why (sealed)."""
+    return Table(
+        name,
+        holds,
+        (
+            pseudonym("id"),
+            pseudonym("tenant_id"),
+            *own,
+            pseudonym("filed_by"),
+            pseudonym(
+                "filed_key_issuer",
+                "whom the filer's key answered to, for four eyes (from accounts, by id)",
+            ),
+            operational("status"),
+            operational("created_at"),
+            pseudonym("decided_by"),
+            operational("decided_at"),
+            personal(
+                "decision_reason_sealed",
+                Held.TENANT_KEY,
+                End(When.DESTRUCTION, "the tenant's key is shredded", f"{_SEALED}:destroy_tenant"),
+                note="the approving or denying admin's reason (free text)",
+            ),
+        ),
+        ends=(KEPT,),
+    )
+
 
 DATA_MAP = ServiceMap(
     service="retention",
@@ -150,68 +191,20 @@ DATA_MAP = ServiceMap(
             (pseudonym("tenant_id"), operational("types")),
             ends=(KEPT,),
         ),
-        Table(
+        _change_table(
             "approval_policy_changes",
             "changes that lift or narrow an approval policy, waiting for or decided by another"
             " admin",
-            (
-                pseudonym("id"),
-                pseudonym("tenant_id"),
-                operational("types", "the policy once approved"),
-                operational("based_on", "the policy it was filed against"),
-                pseudonym("filed_by"),
-                pseudonym(
-                    "filed_key_issuer",
-                    "whom the filer's key answered to, for four eyes (from accounts, by id)",
-                ),
-                operational("status"),
-                operational("created_at"),
-                pseudonym("decided_by"),
-                operational("decided_at"),
-                personal(
-                    "decision_reason_sealed",
-                    Held.TENANT_KEY,
-                    End(
-                        When.DESTRUCTION,
-                        "the tenant's key is shredded",
-                        f"{_SEALED}:destroy_tenant",
-                    ),
-                    note="the approving or denying admin's reason (free text)",
-                ),
-            ),
-            ends=(KEPT,),
+            operational("types", "the policy once approved"),
+            operational("based_on", "the policy it was filed against"),
         ),
-        Table(
+        _change_table(
             "retention_period_changes",
             "shortened retention periods waiting for or decided by another admin, while the"
             " tenant's approval policy names erasure",
-            (
-                pseudonym("id"),
-                pseudonym("tenant_id"),
-                operational("category"),
-                operational("days", "the period once approved"),
-                operational("based_on_days", "the period it was filed against"),
-                pseudonym("filed_by"),
-                pseudonym(
-                    "filed_key_issuer",
-                    "whom the filer's key answered to, for four eyes (from accounts, by id)",
-                ),
-                operational("status"),
-                operational("created_at"),
-                pseudonym("decided_by"),
-                operational("decided_at"),
-                personal(
-                    "decision_reason_sealed",
-                    Held.TENANT_KEY,
-                    End(
-                        When.DESTRUCTION,
-                        "the tenant's key is shredded",
-                        f"{_SEALED}:destroy_tenant",
-                    ),
-                    note="the approving or denying admin's reason (free text)",
-                ),
-            ),
-            ends=(KEPT,),
+            operational("category"),
+            operational("days", "the period once approved"),
+            operational("based_on_days", "the period it was filed against"),
         ),
         Table(
             "closed_tickets",
