@@ -82,10 +82,14 @@ class CredentialsRedacted(logging.Filter):
     connection fails, but only the first of a failover list (``amqp://…;amqp://…``): the others
     would go out with their passwords."""
 
-    _CREDENTIALS = re.compile(r"(?P<user>[a-z][a-z0-9+.-]*://[^:/@\s;]*):[^@\s;/]*@", re.I)
+    # Up to the last "@" of the URL: a password may hold an unencoded "@" that clients accept.
+    _CREDENTIALS = re.compile(r"(?P<user>[a-z][a-z0-9+.-]*://[^:/@\s;]*):[^\s;]*@", re.I)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed call is logging's to report, not ours
+            return True
         redacted = self._CREDENTIALS.sub(r"\g<user>:********@", message)
         if redacted != message:
             record.msg, record.args = redacted, ()

@@ -125,7 +125,8 @@ class AccountRoutes(Routes):
         "POST",
         "/v1/agents",
         roles=ADMIN,
-        summary="Create an agent and its first API key",
+        summary="Create an agent and its first API key, which answers to you; only with a key"
+        " of your own (403 with a key another admin made: claim one first)",
         status=201,
         response="AgentCreatedOut",
         body="CreateAgentV1",
@@ -187,7 +188,8 @@ class AccountRoutes(Routes):
         "POST",
         "/v1/agents/<string:agent_id>/api-keys",
         roles=ADMIN,
-        summary="Issue another API key for an agent",
+        summary="Issue another API key for an agent, which answers to you; only with a key of"
+        " your own (403 with a key another admin made: claim one first)",
         status=201,
         response="ApiKeyOut",
         errors=(404, 409, 422),

@@ -14,7 +14,7 @@ from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.db import keyset_page
 from kernel.envelope import new_envelope
-from kernel.errors import Conflict, NotFound, Unauthorized, require_id
+from kernel.errors import Conflict, Forbidden, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
 from services.accounts import apikeys
@@ -176,15 +176,32 @@ def _issue_key(agent: Agent, settings: Settings, issuer_id: str) -> str:
 
 def key_issuer(uow: UnitOfWork, key_id: str, agent_id: str) -> str:
     """Whom a key answers to for four eyes: the person, besides its agent, who may hold it (its
-    agent when no one else does, or for keys issued before the issuer was recorded)."""
+    agent when no one else does, or for keys issued before the issuer was recorded). A revoked
+    key answers to no one: a request it authenticated just before it ended acts no further."""
     uow.cur.execute(
-        "SELECT coalesce(issuer_id, agent_id) FROM api_keys WHERE key_id = %s AND agent_id = %s",
+        "SELECT coalesce(issuer_id, agent_id) FROM api_keys"
+        " WHERE key_id = %s AND agent_id = %s AND revoked_at IS NULL",
         (key_id, agent_id),
     )
     row = uow.cur.fetchone()
     if row is None:
         raise Unauthorized("invalid credentials")
     return str(row[0])
+
+
+def own_key(uow: UnitOfWork, actor: dict[str, str]) -> str:
+    """The caller's id, when the calling key answers to the caller alone; refused otherwise.
+
+    A key that creates an agent or mints a key is seen by two people when another admin made
+    it: its agent, who uses it, and whoever made it and may keep a copy. The new key would
+    answer to both, which one issuer cannot say, so such a key makes none: its agent claims a
+    key of her own first (``claim_api_key``)."""
+    if key_issuer(uow, actor["key_id"], actor["agent_id"]) != actor["agent_id"]:
+        raise Forbidden(
+            "this key was made by another admin: claim a key of your own"
+            " (POST /v1/me/api-keys) before creating agents or minting keys"
+        )
+    return actor["agent_id"]
 
 
 def agent_view(agent: Agent) -> dict[str, Any]:
@@ -201,12 +218,12 @@ def create_agent(
     uow: UnitOfWork, actor: dict[str, str], command: dict[str, Any], settings: Settings
 ) -> dict[str, Any]:
     """A new agent and the key it starts with. The creating admin sees that key, so it answers
-    to whom the creating key answers to, like any key one admin mints for another: until the
-    new agent claims a key of their own (``claim_api_key``), nothing they do counts as a second
-    pair of eyes on their creator's requests."""
+    to her, like any key one admin mints for another: until the new agent claims a key of
+    their own (``claim_api_key``), nothing they do counts as a second pair of eyes on their
+    creator's requests."""
     tenant_id = actor["tenant_id"]
     region = _tenant_region(uow, tenant_id)
-    issuer_id = key_issuer(uow, actor["key_id"], actor["agent_id"])
+    issuer_id = own_key(uow, actor)
     agent = Agent.create(
         agent_id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -247,10 +264,9 @@ def deactivate_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str
 def issue_api_key(
     uow: UnitOfWork, actor: dict[str, str], agent_id: str, settings: Settings
 ) -> dict[str, Any]:
-    """A new key for an agent. Whoever holds the key that minted it may hold this one too, so
-    it answers to the person the minting key answers to: an admin minting a key for another
-    admin cannot approve her own requests with it, nor with any key minted with that one."""
-    issuer_id = key_issuer(uow, actor["key_id"], actor["agent_id"])
+    """A new key for an agent. The admin who mints it sees it, so it answers to her: she cannot
+    approve her own requests with it. Only a key of her own mints (``own_key``)."""
+    issuer_id = own_key(uow, actor)
     agent = _scoped(uow, Agent, actor["tenant_id"], agent_id)
     api_key = _issue_key(agent, settings, issuer_id)
     key_id = agent.key_ids[-1]
@@ -272,6 +288,9 @@ def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) ->
     stops working. Whoever holds a copy of a key can claim with it too, but then the agent's own
     keys stop working, which they notice, and the ledger shows the claim."""
     agent = _scoped(uow, Agent, actor["tenant_id"], actor["agent_id"])
+    if actor["key_id"] not in agent.key_ids:
+        # Ended since the gateway authenticated it (a claim that came first, a revocation).
+        raise Unauthorized("invalid credentials")
     ended = list(agent.key_ids)
     api_key = _issue_key(agent, settings, agent.id)
     for key_id in ended:

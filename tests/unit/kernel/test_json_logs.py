@@ -81,8 +81,10 @@ def test_no_password_of_any_url_in_a_failover_list_reaches_the_line(captured):
     logger.warning("Error connecting to broker at %s (%s).", uris, "timed out")
     logger.info("postgresql://ledger:%s@db/ledgerdesk_accounts is ready", secret)
     logger.info("a plain line with an address: ada@example.com:5672 stays")
-    failover, dsn, plain = lines(stream)
+    logger.warning("amqp://ledger:p@%s@rabbit-0:5672/ledgerdesk is down", secret)
+    failover, dsn, plain, at_sign = lines(stream)
     assert secret not in stream.getvalue()
     assert failover["message"].count("amqp://ledger:********@rabbit-") == 3
     assert dsn["message"] == "postgresql://ledger:********@db/ledgerdesk_accounts is ready"
     assert plain["message"] == "a plain line with an address: ada@example.com:5672 stays"
+    assert at_sign["message"] == "amqp://ledger:********@rabbit-0:5672/ledgerdesk is down"
