@@ -41,7 +41,13 @@ def cluster_stack(nodes: list[RabbitNode], database_url: str) -> Iterator[Stack]
     """A whole platform whose every process knows all three nodes, the first one first."""
     port = free_port()
     own = nodes[0].infrastructure(database_url)
-    with make_world(own, LEDGERDESK_GATEWAY_PORT=str(port), **FAST) as world:
+    # An RPC in flight when its node stops waits out the timeout: at FAST's 3 s, clients and
+    # relays retrying through a failover give up and retry so often that, on two cores, the
+    # stack sometimes made no progress within the test's patience. This test is about moving
+    # to the survivors, so it keeps the 10 s default it always ran with (before settings were
+    # passed whole to spawned stacks, FAST's timeout never reached them).
+    overrides = {**FAST, "LEDGERDESK_RPC_TIMEOUT": "10"}
+    with make_world(own, LEDGERDESK_GATEWAY_PORT=str(port), **overrides) as world:
         vhost = world.database_prefix
         settings = world.with_overrides(
             amqp_uri=";".join(f"{node.amqp_base}/{vhost}" for node in nodes)
