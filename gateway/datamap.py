@@ -10,6 +10,7 @@ from kernel.datamap import (
     operational,
     personal,
     pseudonym,
+    secret,
 )
 
 _IDEMPOTENCY = "gateway.idempotency"
@@ -22,11 +23,24 @@ EXPIRED = End(
 ERASED = End(When.ERASURE, "rows naming the subject are deleted", f"{_IDEMPOTENCY}:forget_subject")
 DESTROYED = End(When.DESTRUCTION, "the tenant's rows are deleted", f"{_IDEMPOTENCY}:forget_tenant")
 
+_CREDENTIALS = "gateway.credentials"
+CREDENTIALS_ERASED = End(
+    When.ERASURE,
+    "an erased agent authenticates no more; their keys' rows are deleted",
+    f"{_CREDENTIALS}:forget_agent",
+)
+CREDENTIALS_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's agents and keys are deleted",
+    f"{_CREDENTIALS}:forget_tenant",
+)
+
 DATA_MAP = ServiceMap(
     service="gateway",
     summary="the HTTP entry: remembered responses for Idempotency-Key retries, sealed under"
-    " the tenant's key, and the outbox of access-log events; it answers privacy commands"
-    " (erasure and destruction reach the remembered responses)",
+    " the tenant's key; the credentials it authenticates with, projected from accounts (ids,"
+    " states, keyed hashes); and the outbox of access-log events; it answers privacy commands"
+    " (erasure and destruction reach the remembered responses and the credentials)",
     tables=(
         Table(
             "idempotency_keys",
@@ -72,6 +86,68 @@ DATA_MAP = ServiceMap(
                 ),
             ),
             ends=(EXPIRED, ERASED, DESTROYED),
+        ),
+        Table(
+            "credential_keys",
+            "each API key the gateway authenticates: its keyed hash and whom it answers to,"
+            " projected from accounts (gateway.credentials)",
+            (
+                pseudonym("key_id"),
+                secret(
+                    "key_hash",
+                    Held.KEYED_HASH,
+                    CREDENTIALS_ERASED,
+                    CREDENTIALS_DESTROYED,
+                    note="HMAC-SHA-256 under the platform's API key secret; set to NULL when"
+                    " the key is revoked or its agent deactivated",
+                ),
+                pseudonym("agent_id"),
+                pseudonym("issuer_id", "whom the key answers to for four eyes"),
+                operational("issued_at"),
+                operational("active"),
+            ),
+            ends=(CREDENTIALS_ERASED, CREDENTIALS_DESTROYED),
+        ),
+        Table(
+            "credential_agents",
+            "each agent a key may belong to: tenant, role, whether active, since when an admin",
+            (
+                pseudonym("agent_id"),
+                pseudonym("tenant_id"),
+                operational("role"),
+                operational("active"),
+                operational("admin_since"),
+            ),
+            ends=(
+                CREDENTIALS_DESTROYED,
+                End(
+                    When.KEPT,
+                    "an erased agent's row stays, ids only and inactive, so that no later"
+                    " news revives it",
+                ),
+            ),
+        ),
+        Table(
+            "credential_tenants",
+            "each tenant's status and the version of its stream it was read at",
+            (pseudonym("tenant_id"), operational("status"), operational("version")),
+            ends=(
+                End(
+                    When.KEPT,
+                    "ids and status only; a destroyed tenant's row stays as its tombstone",
+                    f"{_CREDENTIALS}:forget_tenant",
+                ),
+            ),
+        ),
+        Table(
+            "credential_projection",
+            "whether the credentials are built: stale, rebuilding or ready",
+            (
+                operational("one"),
+                operational("status"),
+                operational("changed_at"),
+                operational("reconciled_at"),
+            ),
         ),
     ),
     messages=(REGISTRY,),

@@ -1,9 +1,12 @@
 """The gateway's answers to privacy commands. What it keeps of anyone is its idempotency records:
 each stored response sealed under its tenant's key in the gateway's keystore, naming the ids
 it concerns, for a day. Erasing a subject deletes the records naming them; destroying a tenant
-shreds its key, then deletes its records. Nothing in the gateway is derived from events, so no
-rebuild can bring a record back; a restored database gets both again from retention's erasure
-log of forgetting before it serves (``kernel.forgetting``).
+shreds its key, then deletes its records. It also keeps the credentials it authenticates with
+(``gateway.credentials``): ids, states and keyed hashes of keys, no names; an erased agent
+authenticates no more and their keys' rows go, a destroyed tenant's agents and keys go. A
+rebuild of the credentials reads accounts, which has applied the same erasures, and a restored
+database gets them again from retention's erasure log of forgetting before it serves
+(``kernel.forgetting``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from gateway import idempotency
+from gateway import credentials, idempotency
 from kernel.crypto.keystore import Keystore
 from kernel.uow import EventSourcedStore, UnitOfWork
 
@@ -21,18 +24,24 @@ CATEGORIES = ("api_responses",)
 
 def handlers_for(keystore: Keystore) -> dict[str, Any]:
     def erase_subject(uow: UnitOfWork, command: Mapping[str, Any]) -> dict[str, Any]:
-        deleted = idempotency.forget_subject(uow.cur, command["tenant_id"], command["subject_id"])
-        return {"status": "done", "detail": f"{deleted} stored API responses naming them deleted"}
+        tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
+        deleted = idempotency.forget_subject(uow.cur, tenant, subject)
+        keys = credentials.forget_agent(uow.cur, tenant, subject)
+        detail = f"{deleted} stored API responses naming them deleted"
+        if keys:
+            detail += f"; {keys} of their API keys deleted from the credentials"
+        return {"status": "done", "detail": detail}
 
     def destroy_tenant(uow: UnitOfWork, command: Mapping[str, Any]) -> dict[str, Any]:
         tenant = str(command["tenant_id"])
         # The key first: from here on nothing of the tenant is readable, even from a backup.
         keystore.shred_tenant(tenant)
         deleted = idempotency.forget_tenant(uow.cur, tenant)
-        return {
-            "status": "done",
-            "detail": f"tenant key shredded; {deleted} stored API responses deleted",
-        }
+        keys = credentials.forget_tenant(uow.cur, tenant)
+        detail = f"tenant key shredded; {deleted} stored API responses deleted"
+        if keys:
+            detail += f"; {keys} API keys deleted from the credentials"
+        return {"status": "done", "detail": detail}
 
     return {"erase_subject": erase_subject, "destroy_tenant": destroy_tenant}
 

@@ -9,6 +9,7 @@ document, which is built from its routes (``ROUTES``).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kombu import Connection
@@ -17,7 +18,7 @@ from nameko.extensions import DependencyProvider
 from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
-from gateway import privacy
+from gateway import credentials, privacy
 from gateway.console import ConsoleRoutes
 from gateway.edge import Edge, GatewayLimits
 from gateway.http import GatewayStore, api, json_response
@@ -32,7 +33,7 @@ from gateway.routes.billing import BillingRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.tickets import TicketRoutes
-from gateway.subscriptions import PRIVACY
+from gateway.subscriptions import CREDENTIALS, PRIVACY
 from kernel import privacy as privacy_protocol
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import DomainError, ServiceUnavailable
@@ -45,6 +46,8 @@ from kernel.platform import SERVICES
 from kernel.signed_note import PublicKey
 from kernel.signing import published_keys
 from kernel.tracing import Tracing
+
+log = logging.getLogger(__name__)
 
 
 class Limits(DependencyProvider):
@@ -74,6 +77,58 @@ class AuditKeys(DependencyProvider):
         return self.keys
 
 
+class Credentials(DependencyProvider):
+    """The credentials projection (``gateway.credentials``) over the gateway's database, and
+    this process's view of whether accounts' news of credentials is being read."""
+
+    gateway_store = GatewayStore()
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.freshness = credentials.Freshness(settings.credentials_lag_seconds, self.queue_counts)
+        self._secret = settings.api_key_secret
+        self._projection: credentials.CredentialProjection | None = None
+        self._broker: Connection | None = None
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.release()
+            self._broker = None
+
+    def get_dependency(self, worker_ctx: Any) -> credentials.CredentialProjection:
+        if self._projection is None:
+            self._projection = credentials.CredentialProjection(
+                self.gateway_store.store().db, self._secret, self.freshness
+            )
+        return self._projection
+
+    def readiness_checks(self) -> dict[str, bool]:
+        """What this process's ``/readyz`` adds: whether it can check keys now."""
+        if self._projection is None:
+            try:
+                self.get_dependency(None)
+            except RuntimeError:  # the store is not set up yet
+                return {"credentials": False}
+        assert self._projection is not None
+        return {"credentials": self._projection.trusted()}
+
+    def queue_counts(self) -> tuple[int, int]:
+        """Messages waiting in the credentials queue and its consumers (a passive declare, on
+        a connection kept for it and opened again after a failure)."""
+        try:
+            if self._broker is None:
+                self._broker = Connection(self.container.config["AMQP_URI"], connect_timeout=2)
+            _, waiting, consumers = self._broker.default_channel.queue_declare(
+                CREDENTIALS.queue, passive=True
+            )
+        except BaseException:
+            if self._broker is not None:
+                self._broker.release()
+                self._broker = None
+            raise
+        return waiting, consumers
+
+
 class Idempotency(DependencyProvider):
     gateway_store = GatewayStore()
 
@@ -100,11 +155,15 @@ class GatewayService(
     store = EventStoreDependency(
         EventRegistry(),
         migrations=MIGRATIONS,
-        forgetting=Forgetting(lambda store, settings: privacy.erasure_handlers(store)),
+        forgetting=Forgetting(
+            lambda store, settings: privacy.erasure_handlers(store),
+            own=credentials.bring_in_line_at_start,
+        ),
     )
     announcement = privacy_protocol.Announcement(privacy.CATEGORIES)
     # And an RPC proxy per service of the platform, named as the service (below the class).
     limits = Limits()
+    credentials = Credentials()
     audit_keys = AuditKeys()
     idempotency = Idempotency()
     tracing = Tracing()
@@ -118,6 +177,31 @@ class GatewayService(
             privacy_protocol.handle_command(
                 uow, self.name, event, privacy.handlers_for(self.store.cipher.keystore)
             )
+
+    # --- the credentials projection ------------------------------------------------------------
+
+    @consume_events(CREDENTIALS)
+    def learn_credentials(self, event: Envelope) -> None:
+        """Accounts' news of keys, agents and tenants made elsewhere than through this API (or
+        by a route whose process died before it applied them): merged, so order and
+        repetition change nothing."""
+        self.credentials.change(credentials.apply_event, event, self.accounts.credential)
+
+    @timer(interval=1)
+    def keep_credentials(self) -> None:
+        """Whether accounts' news is being read; a rebuild when one is asked for; and a
+        reconciliation with accounts every hour (and once before this process served)."""
+        self.credentials.freshness.check()
+        try:
+            self.credentials.rebuild_if_needed(self.accounts.credentials_page)
+            self.credentials.reconcile_if_due(
+                self.accounts.credentials_page,
+                self.accounts.credential,
+                credentials.RECONCILE_EVERY,
+            )
+        except ServiceUnavailable as exc:
+            # Tried again at the next tick; meanwhile keys are refused if it matters.
+            log.warning("credentials not brought in line with accounts: %s", exc)
 
     # --- operations ---------------------------------------------------------------------------
 
@@ -137,12 +221,18 @@ class GatewayService(
     @api(
         "GET",
         "/readyz",
-        summary="The broker and the services' databases are reachable",
+        summary="The broker and the services' databases are reachable, and the credentials"
+        " projection is built and in step",
         response="StatusOut",
         errors=(503,),
     )
     def readyz(self, request: Request) -> Response:
-        checks: dict[str, Any] = {"broker": self._broker_reachable()}
+        checks: dict[str, Any] = {
+            "broker": self._broker_reachable(),
+            # Keys are refused (503) until the projection is built and accounts' news of
+            # credentials is being read: not ready to serve either.
+            "credentials": self.credentials.trusted(),
+        }
         for name in SERVICES:
             try:
                 checks[name] = getattr(self, name).health()["database"]

@@ -1,8 +1,21 @@
-"""The gateway's consumer queue: the privacy commands, for its stored responses."""
+"""The gateway's consumer queues: the privacy commands, for its stored responses and its
+credentials; accounts' news of credentials (``gateway.credentials``)."""
 
 from kernel import privacy
 from kernel.topology import Subscription
 
 PRIVACY = privacy.subscription("gateway")
 
-SUBSCRIPTIONS: list[Subscription] = [PRIVACY]
+# Published copies carry ids and states only: a key's hash is fetched from accounts.
+CREDENTIALS = Subscription(
+    "gateway.credentials",
+    (
+        "accounts.api_key_issued",
+        "accounts.api_key_revoked",
+        "accounts.agent_deactivated",
+        "accounts.tenant_cancelled",
+        "accounts.tenant_reactivated",
+    ),
+)
+
+SUBSCRIPTIONS: list[Subscription] = [PRIVACY, CREDENTIALS]

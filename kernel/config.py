@@ -51,7 +51,8 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # Erasure receipts are signed with the audit key, as the ledger's checkpoints are.
     "retention": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
     # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
-    "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN"}),
+    # The API key secret: the gateway hashes a presented key to find it in its credentials.
+    "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN", "API_KEY_SECRET"}),
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
     "prepare": frozenset(),
@@ -355,6 +356,16 @@ class Settings:
         name="UNAUTHENTICATED_LOG_SECONDS",
         parse=values.number(float),
         doc="that interval (aligned on the epoch)",
+    )
+    # The gateway authenticates from its projection of accounts' credentials: when accounts'
+    # news of them waits unread this long (or no gateway consumes it), it refuses (503) rather
+    # than accept a key that may have been revoked meanwhile.
+    credentials_lag_seconds: float = setting(
+        5.0,
+        name="CREDENTIALS_LAG_SECONDS",
+        parse=values.number(float),
+        doc="seconds accounts' credential events may wait unread before the gateway refuses"
+        " every key (503)",
     )
     # Every process serves /healthz, /readyz and /metrics here; 0 picks a free port.
     ops_host: str = setting("0.0.0.0", name="OPS_HOST", doc="each process's ops endpoints' address")

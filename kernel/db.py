@@ -153,6 +153,19 @@ class Database:
                     conn.rollback()
                 raise
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor whose every statement is its own transaction: for a read of one statement,
+        which would otherwise pay a round trip for BEGIN and another for COMMIT."""
+        with self.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False
+
     def ping(self) -> bool:
         try:
             with self.transaction() as cur:

@@ -67,9 +67,21 @@ RATE_LIMITED = Counter(
 )
 FAILED_AUTHENTICATIONS = Counter(
     "ledgerdesk_failed_authentications_total",
-    "Requests whose credential was refused (an API key accounts does not know, a wrong "
+    "Requests whose credential was refused (an API key the gateway does not know, a wrong "
     "operator token), by credential; a request without one is not counted",
     ["credential"],
+)
+CREDENTIAL_CHECKS = Counter(
+    "ledgerdesk_credential_checks_total",
+    "API keys the gateway looked up in its credentials projection, by outcome: accepted, "
+    "refused (unknown, revoked or inactive), unavailable (the projection not built or behind: "
+    "a 503)",
+    ["outcome"],
+)
+CREDENTIALS_BEHIND = Counter(
+    "ledgerdesk_credentials_behind_total",
+    "Checks of accounts' credential events (each gateway process, every second) that found "
+    "them not being read in time: no consumer, messages waiting too long, or no answer",
 )
 ACCESSES_SUMMARIZED = Counter(
     "ledgerdesk_access_log_summarized_total",

@@ -180,18 +180,28 @@ def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 20.0
 
 
 def wait_until_ready(url: str, processes: dict[str, subprocess.Popen], timeout: float) -> bool:
+    """The gateway's ``/readyz`` at ``url`` and every process's own (its ops port): the
+    gateway's answers from one of the processes sharing its port, and each of them must be
+    able to serve (a gateway process checks keys only once its credentials are in step)."""
     deadline = time.monotonic() + timeout
+    ports = [getattr(p, "ops_port", 0) for p in processes.values()]
+    pending = [url, *(f"http://127.0.0.1:{port}" for port in ports if port)]
     while time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes.values()):
             return False
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:
-            pass
+        pending = [at for at in pending if not _ready(at)]
+        if not pending:
+            return True
         time.sleep(0.3)
     return False
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def run(settings: Settings) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from werkzeug.wrappers import Request, Response
 
-from gateway import schemas
+from gateway import credentials, schemas
 from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json
 from gateway.route import ADMIN, ANYONE, STAFF
 from gateway.routes.base import Routes, etag, if_match
@@ -14,7 +14,21 @@ from kernel.errors import Conflict
 
 
 class AccountRoutes(Routes):
-    """Mixed into the gateway service: what accounts answers."""
+    """Mixed into the gateway service: what accounts answers.
+
+    A route that issues or ends a credential applies the change to the gateway's credentials
+    (``gateway.credentials``) before it answers: from then on no gateway process accepts a key
+    it ended, and a key it issued works at once."""
+
+    def _tenant_changed(self, tenant: dict) -> dict:
+        state = tenant.pop("credential")
+        self.credentials.change(
+            credentials.tenant_state,
+            state["tenant_id"],
+            state["tenant_status"],
+            state["tenant_version"],
+        )
+        return tenant
 
     @api(
         "POST",
@@ -33,6 +47,7 @@ class AccountRoutes(Routes):
 
         def produce() -> Response:
             created = self.accounts.sign_up(command)
+            self.credentials.change(credentials.learn, created.pop("credential"))
             request.environ[IDENTITY] = {
                 "tenant_id": created["tenant"]["id"],
                 "agent_id": created["agent"]["id"],
@@ -75,6 +90,9 @@ class AccountRoutes(Routes):
         Idempotency-Key: the calling key ends with the call, so a retry cannot authenticate."""
         caller = self._caller(request)
         claimed = self.accounts.claim_api_key(caller)
+        self.credentials.change(
+            _claimed, caller, claimed["revoked_key_ids"], claimed.pop("credential")
+        )
         request.environ[RESOURCES] = [caller["agent_id"]]
         return json_response(201, claimed)
 
@@ -101,7 +119,7 @@ class AccountRoutes(Routes):
     )
     def cancel_tenant(self, request: Request) -> Response:
         caller = self._caller(request)
-        return json_response(202, self.accounts.cancel_tenant(caller))
+        return json_response(202, self._tenant_changed(self.accounts.cancel_tenant(caller)))
 
     @api(
         "POST",
@@ -118,7 +136,9 @@ class AccountRoutes(Routes):
         return self._idempotent(
             request,
             caller["tenant_id"],
-            lambda: json_response(200, self.accounts.reactivate_tenant(caller)),
+            lambda: json_response(
+                200, self._tenant_changed(self.accounts.reactivate_tenant(caller))
+            ),
         )
 
     @api(
@@ -139,6 +159,7 @@ class AccountRoutes(Routes):
 
         def produce() -> Response:
             agent = self.accounts.create_agent(caller, command)
+            self.credentials.change(credentials.learn, agent.pop("credential"))
             request.environ[RESOURCES] = [agent["id"]]
             return json_response(201, agent)
 
@@ -182,7 +203,10 @@ class AccountRoutes(Routes):
         caller = self._caller(request)
         if agent_id == caller["agent_id"]:
             raise Conflict("an admin cannot deactivate their own account")
-        return json_response(200, self.accounts.deactivate_agent(caller, agent_id))
+        agent = self.accounts.deactivate_agent(caller, agent_id)
+        # In force for every gateway process before the answer says so.
+        self.credentials.change(credentials.deactivate_agent, caller["tenant_id"], agent_id)
+        return json_response(200, agent)
 
     @api(
         "POST",
@@ -197,11 +221,13 @@ class AccountRoutes(Routes):
     )
     def issue_api_key(self, request: Request, agent_id: str) -> Response:
         caller = self._caller(request)
-        return self._idempotent(
-            request,
-            caller["tenant_id"],
-            lambda: json_response(201, self.accounts.issue_api_key(caller, agent_id)),
-        )
+
+        def produce() -> Response:
+            issued = self.accounts.issue_api_key(caller, agent_id)
+            self.credentials.change(credentials.learn, issued.pop("credential"))
+            return json_response(201, issued)
+
+        return self._idempotent(request, caller["tenant_id"], produce)
 
     @api(
         "DELETE",
@@ -214,6 +240,8 @@ class AccountRoutes(Routes):
     def revoke_api_key(self, request: Request, agent_id: str, key_id: str) -> Response:
         caller = self._caller(request)
         self.accounts.revoke_api_key(caller, agent_id, key_id)
+        # In force for every gateway process before the answer says so.
+        self.credentials.change(credentials.revoke_key, caller["tenant_id"], agent_id, key_id)
         return Response(status=204)
 
     @api(
@@ -364,3 +392,10 @@ class AccountRoutes(Routes):
         caller = self._caller(request)
         command = read_json(request, schemas.AcceptPolicyV1())
         return json_response(200, self.accounts.accept_policy(caller, command))
+
+
+def _claimed(cur: credentials.Cursor, caller: dict, ended: list[str], credential: dict) -> None:
+    """A claim: every key the caller held ends, and the new one works, in one transaction."""
+    for key_id in ended:
+        credentials.revoke_key(cur, caller["tenant_id"], caller["agent_id"], key_id)
+    credentials.learn(cur, credential)

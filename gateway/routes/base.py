@@ -56,6 +56,7 @@ class Routes:
     audit: Any
     retention: Any
     limits: Any
+    credentials: Any
     idempotency: Any
     tracing: Any
     config: Any
@@ -71,10 +72,10 @@ class Routes:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("a bearer API key is required")
-        # An address whose keys were refused too often is refused before its key costs a call.
+        # An address whose keys were refused too often is refused before its key costs a read.
         self.limits.before_authentication(request)
         try:
-            identity = self.accounts.authenticate(key.strip())
+            identity = self.credentials.authenticate(key.strip())
         except Unauthorized:
             self.limits.authentication_failed(request, "api_key")
             raise

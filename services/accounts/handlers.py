@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
+from kernel.crypto import apikeys
 from kernel.db import keyset_page
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, Forbidden, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
-from services.accounts import apikeys
 from services.accounts.domain import Agent, Contact, Policies, Tenant
 
 A = TypeVar("A", bound=Aggregate)
@@ -122,7 +122,12 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
     uow.actor_id = admin.id
     uow.save(tenant, tenant.id, tenant.region)
     uow.save(admin, tenant.id, tenant.region)
-    return {"tenant": tenant_view(tenant), "agent": agent_view(admin), "api_key": api_key}
+    return {
+        "tenant": tenant_view(tenant),
+        "agent": agent_view(admin),
+        "api_key": api_key,
+        "credential": credential(uow, admin.key_ids[-1]),
+    }
 
 
 def tenant_view(tenant: Tenant) -> dict[str, Any]:
@@ -151,7 +156,7 @@ def cancel_tenant(uow: UnitOfWork, tenant_id: str, settings: Settings) -> dict[s
         raise NotFound("no such tenant")
     tenant.cancel(_now(), dt.timedelta(days=settings.grace_days))
     uow.save(tenant, tenant.id, tenant.region)
-    return tenant_view(tenant)
+    return {**tenant_view(tenant), "credential": tenant_credential(uow, tenant.id)}
 
 
 def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
@@ -160,7 +165,7 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
         raise NotFound("no such tenant")
     tenant.reactivate(_now())
     uow.save(tenant, tenant.id, tenant.region)
-    return tenant_view(tenant)
+    return {**tenant_view(tenant), "credential": tenant_credential(uow, tenant.id)}
 
 
 # --- agents and keys --------------------------------------------------------------------------
@@ -233,7 +238,11 @@ def create_agent(
     )
     api_key = _issue_key(agent, settings, issuer_id)
     uow.save(agent, tenant_id, region)
-    return {**agent_view(agent), "api_key": api_key}
+    return {
+        **agent_view(agent),
+        "api_key": api_key,
+        "credential": credential(uow, agent.key_ids[-1]),
+    }
 
 
 def get_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
@@ -271,7 +280,12 @@ def issue_api_key(
     api_key = _issue_key(agent, settings, issuer_id)
     key_id = agent.key_ids[-1]
     uow.save(agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
-    return {"id": key_id, "agent_id": agent.id, "api_key": api_key}
+    return {
+        "id": key_id,
+        "agent_id": agent.id,
+        "api_key": api_key,
+        "credential": credential(uow, key_id),
+    }
 
 
 def revoke_api_key(uow: UnitOfWork, tenant_id: str, agent_id: str, key_id: str) -> None:
@@ -301,39 +315,74 @@ def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) ->
         "agent_id": agent.id,
         "api_key": api_key,
         "revoked_key_ids": ended,
+        "credential": credential(uow, agent.key_ids[-1]),
     }
 
 
-def authenticate(uow: UnitOfWork, settings: Settings, api_key: str) -> dict[str, Any]:
-    """The agent and tenant a key belongs to; one error for unknown, revoked or inactive. With
-    ids and times for four eyes: whom the key answers to (``key_issuer_id``), when it was
-    issued (``key_issued_at``) and since when the agent has been an admin (``admin_since``;
-    None for other roles)."""
-    if not api_key.startswith(apikeys.PREFIX) or len(api_key) > 200:
-        raise Unauthorized("invalid credentials")
-    key_hash = apikeys.keyed_hash(settings.api_key_secret, api_key)
-    uow.cur.execute(
-        "SELECT k.key_hash, k.key_id, a.id, a.tenant_id, a.role, t.status,"
-        " coalesce(k.issuer_id, k.agent_id), a.created_at, k.issued_at FROM api_keys k"
-        " JOIN agents a ON a.id = k.agent_id JOIN tenants t ON t.id = a.tenant_id"
-        " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND a.active",
-        (key_hash,),
-    )
-    row = uow.cur.fetchone()
-    if row is None or not apikeys.matches(settings.api_key_secret, api_key, row[0]):
-        raise Unauthorized("invalid credentials")
+# What the gateway authenticates with, from its own projection (``gateway.credentials``): a
+# key's keyed hash and whom it answers to, its agent's role and state, its tenant's status and
+# that status's version (the tenant stream's), so that updates arriving out of order keep the
+# newest. The key itself is never stored anywhere.
+_CREDENTIAL = (
+    "SELECT k.key_hash, k.key_id, k.agent_id, a.tenant_id, a.role, a.active, a.created_at,"
+    " k.revoked_at IS NULL, coalesce(k.issuer_id, k.agent_id), k.issued_at, t.status, t.version"
+    " FROM api_keys k JOIN agents a ON a.id = k.agent_id JOIN tenants t ON t.id = a.tenant_id"
+)
+
+
+def _credential(row: tuple) -> dict[str, Any]:
+    (key_hash, key_id, agent_id, tenant_id, role, agent_active, created_at, key_active) = row[:8]
+    issuer_id, issued_at, tenant_status, tenant_version = row[8:]
     return {
-        "key_id": str(row[1]),
-        "agent_id": str(row[2]),
-        "tenant_id": str(row[3]),
-        "role": row[4],
-        "tenant_status": row[5],
-        "key_issuer_id": str(row[6]),
-        "key_issued_at": row[8].isoformat(),
+        "key_hash": key_hash,
+        "key_id": str(key_id),
+        "key_active": key_active,
+        "key_issuer_id": str(issuer_id),
+        "key_issued_at": issued_at.isoformat(),
+        "agent_id": str(agent_id),
+        "agent_active": agent_active,
+        "role": role,
         # An agent's role is set when it is created (no route changes it): a promotion would
         # have to record when it happened, and this would read that.
-        "admin_since": row[7].isoformat() if row[4] == "admin" else None,
+        "admin_since": created_at.isoformat() if role == "admin" else None,
+        "tenant_id": str(tenant_id),
+        "tenant_status": tenant_status,
+        "tenant_version": tenant_version,
     }
+
+
+def credential(uow: UnitOfWork, key_id: str) -> dict[str, Any] | None:
+    """One key's credential as it stands (revoked ones too, which the gateway records as
+    such); None for a key accounts has never issued."""
+    require_id(key_id, "key")
+    uow.cur.execute(_CREDENTIAL + " WHERE k.key_id = %s", (key_id,))  # noqa: S608
+    row = uow.cur.fetchone()
+    return None if row is None else _credential(row)
+
+
+def credentials_page(uow: UnitOfWork, after: str | None, limit: int) -> dict[str, Any]:
+    """The keys that authenticate someone, in key id order from ``after``: the gateway's rebuild
+    of its projection. ``next`` is the key id to continue from, None at the end."""
+    if after is not None:
+        require_id(after, "key")
+    limit = max(1, min(int(limit), 1000))
+    uow.cur.execute(
+        _CREDENTIAL  # noqa: S608
+        + " WHERE k.revoked_at IS NULL AND a.active AND t.status <> 'destroyed'"
+        " AND (%s::uuid IS NULL OR k.key_id > %s::uuid) ORDER BY k.key_id LIMIT %s",
+        (after, after, limit),
+    )
+    items = [_credential(row) for row in uow.cur.fetchall()]
+    return {"items": items, "next": items[-1]["key_id"] if len(items) == limit else None}
+
+
+def tenant_credential(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
+    """A tenant's status and its version, for the gateway's projection."""
+    uow.cur.execute("SELECT status, version FROM tenants WHERE id = %s", (tenant_id,))
+    row = uow.cur.fetchone()
+    if row is None:
+        raise NotFound("no such tenant")
+    return {"tenant_id": tenant_id, "tenant_status": row[0], "tenant_version": row[1]}
 
 
 def describe_subject(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:

@@ -84,10 +84,19 @@ class AccountsService:
 
     # --- agents and keys ----------------------------------------------------------------------
 
+    # The gateway authenticates from its own projection of these (``gateway.credentials``):
+    # one key as it stands, for a key issued elsewhere than through the API, and every key
+    # that authenticates someone, page by page, for a rebuild.
+
     @rpc
-    def authenticate(self, api_key: str) -> dict[str, Any]:
+    def credential(self, key_id: str) -> dict[str, Any] | None:
         with self.store.unit_of_work() as uow:
-            return handlers.authenticate(uow, self.settings, api_key)
+            return handlers.credential(uow, key_id)
+
+    @rpc
+    def credentials_page(self, after: str | None, limit: int) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.credentials_page(uow, after, limit)
 
     @rpc
     def create_agent(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:

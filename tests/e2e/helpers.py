@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +23,14 @@ import requests
 from kombu import Connection, Queue, binding
 from nameko.standalone.rpc import ClusterRpcProxy
 from psycopg2 import sql
+from psycopg2.extensions import parse_dsn
 from requests.adapters import HTTPAdapter
 
 from kernel import topology
 from kernel.config import Settings
 from kernel.crypto.fields import FieldCipher
 from kernel.crypto.keystore import Keystore
-from kernel.db import Database
+from kernel.db import Database, drop_database, ensure_database
 from kernel.testing import Infrastructure, client_traceparent, wait_until, world_env
 from kernel.uow import EventSourcedStore
 from services.billing import handlers as billing
@@ -410,3 +412,49 @@ def issue_invoices(stack: Stack) -> int:
     """Billing's invoice run once, a month ahead, against the stack's billing database."""
     with invoice_runner(stack) as run:
         return run()
+
+
+# --- backups, as an operator takes and restores them ------------------------------------------
+
+
+def pg(tool: str, dsn: str, *args: str) -> subprocess.CompletedProcess:
+    params = parse_dsn(dsn)
+    return subprocess.run(
+        [
+            tool,
+            "-h",
+            params["host"],
+            "-p",
+            str(params.get("port", 5432)),
+            "-U",
+            params["user"],
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def dump(stack: Stack, tmp_path, service: str) -> dict[str, Any]:
+    """Backups of a service's data and keystore databases, as an operator's would be."""
+    dumps = {}
+    for purpose in ("", "keys"):
+        dumps[purpose] = tmp_path / f"{service}{purpose or '_data'}.dump"
+        pg(
+            "pg_dump",
+            stack.settings.database_dsn(service, purpose),
+            "-Fc",
+            "-f",
+            str(dumps[purpose]),
+            stack.settings.database_name(service, purpose),
+        )
+    return dumps
+
+
+def restore(stack: Stack, service: str, dumps: dict[str, Any]) -> None:
+    settings = stack.settings
+    for purpose, file in dumps.items():
+        name = settings.database_name(service, purpose)
+        drop_database(settings.database_url, name)
+        ensure_database(settings.database_url, name)
+        pg("pg_restore", settings.database_dsn(service, purpose), "-d", name, str(file))

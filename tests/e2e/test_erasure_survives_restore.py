@@ -8,7 +8,6 @@ Days are 2 s long here (``LEDGERDESK_DAY_SECONDS``), so retention periods run ou
 
 from __future__ import annotations
 
-import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -17,12 +16,11 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
-from psycopg2.extensions import parse_dsn
 
 from kernel.db import drop_database, ensure_database
 from kernel.testing import Infrastructure, wait_until
 from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.helpers import rows
+from tests.e2e.helpers import dump, pg, restore, rows
 
 LONG = 30_000  # days (of 2 s): nothing of the tenant goes by its period meanwhile
 
@@ -33,24 +31,6 @@ def stack(infrastructure: Infrastructure) -> Iterator[Stack]:
         infrastructure, LEDGERDESK_DAY_SECONDS="2", LEDGERDESK_SCHEDULE_SECONDS="1"
     ) as running:
         yield running
-
-
-def pg(tool: str, dsn: str, *args: str) -> subprocess.CompletedProcess:
-    params = parse_dsn(dsn)
-    return subprocess.run(
-        [
-            tool,
-            "-h",
-            params["host"],
-            "-p",
-            str(params.get("port", 5432)),
-            "-U",
-            params["user"],
-            *args,
-        ],
-        check=True,
-        capture_output=True,
-    )
 
 
 def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tmp_path):
@@ -88,11 +68,11 @@ def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tm
     assert stack.call("GET", f"/v1/contacts/{lee['id']}", key=key).json()["name"] == "[erased]"
 
     stack.stop("accounts")
-    for purpose, dump in dumps.items():
+    for purpose, backup in dumps.items():
         name = settings.database_name("accounts", purpose)
         drop_database(settings.database_url, name)
         ensure_database(settings.database_url, name)
-        pg("pg_restore", settings.database_dsn("accounts", purpose), "-d", name, str(dump))
+        pg("pg_restore", settings.database_dsn("accounts", purpose), "-d", name, str(backup))
     conn = psycopg2.connect(settings.database_dsn("accounts"))
     with conn, conn.cursor() as cur:
         cur.execute("SELECT name FROM contacts WHERE id = %s", (lee["id"],))
@@ -127,31 +107,6 @@ def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tm
         )
         assert cur.fetchone() == (True,)  # the key that came back with the dump is gone again
     keys.close()
-
-
-def dump(stack: Stack, tmp_path, service: str) -> dict[str, Any]:
-    """Backups of a service's data and keystore databases, as an operator's would be."""
-    dumps = {}
-    for purpose in ("", "keys"):
-        dumps[purpose] = tmp_path / f"{service}{purpose or '_data'}.dump"
-        pg(
-            "pg_dump",
-            stack.settings.database_dsn(service, purpose),
-            "-Fc",
-            "-f",
-            str(dumps[purpose]),
-            stack.settings.database_name(service, purpose),
-        )
-    return dumps
-
-
-def restore(stack: Stack, service: str, dumps: dict[str, Any]) -> None:
-    settings = stack.settings
-    for purpose, file in dumps.items():
-        name = settings.database_name(service, purpose)
-        drop_database(settings.database_url, name)
-        ensure_database(settings.database_url, name)
-        pg("pg_restore", settings.database_dsn(service, purpose), "-d", name, str(file))
 
 
 def set_period(stack: Stack, key: str, category: str, days: int) -> None:

@@ -75,6 +75,7 @@ def test_the_api_front_answers_with_problems_and_its_spec(stack):
     ready = stack.call("GET", "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {
         "broker": True,
+        "credentials": True,
         "accounts": True,
         "tickets": True,
         "billing": True,

@@ -44,7 +44,7 @@ def test_reactivation_after_the_grace_period_is_refused(world, container_factory
     with entrypoint_hook(accounts, "reactivate_tenant") as reactivate_tenant:
         with pytest.raises(Conflict):
             reactivate_tenant(actor)
-    with entrypoint_hook(accounts, "authenticate") as authenticate:
-        assert authenticate(created["api_key"])["tenant_status"] == "cancelled"
+    with entrypoint_hook(accounts, "credential") as credential:
+        assert credential(created["credential"]["key_id"])["tenant_status"] == "cancelled"
     with entrypoint_hook(accounts, "get_tenant") as get_tenant:
         assert get_tenant(actor["tenant_id"])["status"] == "cancelled"

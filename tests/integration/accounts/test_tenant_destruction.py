@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from kernel.errors import Unauthorized
 from kernel.uow import EventSourcedStore
 from services.accounts import handlers, privacy
 from services.accounts.projections import PROJECTIONS
@@ -34,7 +33,11 @@ def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, 
     with store.unit_of_work() as uow:
         agent = handlers.create_agent(
             uow,
-            handlers.authenticate(uow, settings, signed["api_key"]),
+            {
+                "tenant_id": tenant_id,
+                "agent_id": signed["agent"]["id"],
+                "key_id": signed["credential"]["key_id"],
+            },
             {"name": "Second Agent", "email": "agent@canary.example", "role": "agent"},
             settings,
         )
@@ -44,7 +47,8 @@ def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, 
         handlers.set_consent(
             uow, tenant_id, contact["id"], {"marketing": True, "source": "web form"}
         )
-    return {"tenant_id": tenant_id, "keys": [signed["api_key"], agent["api_key"]]}
+    keys = [signed["credential"]["key_id"], agent["credential"]["key_id"]]
+    return {"tenant_id": tenant_id, "keys": keys}
 
 
 def destroy(store: EventSourcedStore, tenant_id: str) -> dict[str, Any]:
@@ -54,13 +58,16 @@ def destroy(store: EventSourcedStore, tenant_id: str) -> dict[str, Any]:
         return destroy_tenant(uow, command)
 
 
-def authenticates(store: EventSourcedStore, settings: Any, api_key: str) -> bool:
-    try:
-        with store.unit_of_work() as uow:
-            handlers.authenticate(uow, settings, api_key)
-    except Unauthorized:
-        return False
-    return True
+def authenticates(store: EventSourcedStore, settings: Any, key_id: str) -> bool:
+    """Whether the key's credential, as the gateway's projection learns it, lets it in."""
+    with store.unit_of_work() as uow:
+        credential = handlers.credential(uow, key_id)
+    return (
+        credential is not None
+        and credential["key_active"]
+        and credential["agent_active"]
+        and credential["tenant_status"] != "destroyed"
+    )
 
 
 def everything(store: EventSourcedStore) -> str:

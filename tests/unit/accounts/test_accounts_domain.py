@@ -13,9 +13,9 @@ import pytest
 from marshmallow import ValidationError
 
 from kernel.aggregate import Aggregate, RecordedEvent
+from kernel.crypto import apikeys
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, ValidationFailed
-from services.accounts import apikeys
 from services.accounts.commands import SignUpV1
 from services.accounts.domain import DEFAULT_PLAN, Agent, Tenant
 from services.accounts.events import REGISTRY

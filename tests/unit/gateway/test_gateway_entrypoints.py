@@ -48,12 +48,12 @@ def test_the_gateway_publishes_the_configured_keys_and_origin_keeping_the_old_fi
     gateway = worker_factory(
         GatewayService, audit_keys=(settings.audit_origin, published_keys(settings))
     )
-    gateway.accounts.authenticate.return_value = AUDITOR
+    gateway.credentials.authenticate.return_value = AUDITOR
 
     response = gateway.audit_public_key(get("/v1/audit/public-key", "ldk_auditors-key"))
 
     assert response.status_code == 200
-    gateway.accounts.authenticate.assert_called_once_with("ldk_auditors-key")
+    gateway.credentials.authenticate.assert_called_once_with("ldk_auditors-key")
     body = json.loads(response.get_data())
     signer = signer_from_config(settings.audit_signing_key)
     # The old fields: the key signing now, as clients before key lists read it.

@@ -73,7 +73,7 @@ def _gateway(role: str, tenant_status: str = "active") -> Any:
         "tenant_status": tenant_status,
     }
     gateway = GatewayService()
-    gateway.accounts = SimpleNamespace(authenticate=lambda key: identity)
+    gateway.credentials = SimpleNamespace(authenticate=lambda key: identity)
     gateway.limits = _Limits()
     gateway.tracing = SimpleNamespace(continue_trace=lambda carrier: None)
     return gateway

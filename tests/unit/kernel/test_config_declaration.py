@@ -68,6 +68,7 @@ EVERYTHING_CHANGED = Settings(
     signup_burst=1,
     unauthenticated_log_limit=5,
     unauthenticated_log_seconds=0.5,
+    credentials_lag_seconds=7.5,
     ops_host="127.0.0.1",
     ops_port=0,
     heartbeat=4,

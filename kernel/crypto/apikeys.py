@@ -1,7 +1,8 @@
 """API keys: ≥128 bits of entropy, shown once, stored as a keyed hash, compared in constant time.
 
 HMAC-SHA-256 rather than a slow password hash: the keys are random, not guessable passwords,
-and a slow hash would cost ~100 ms on every request.
+and a slow hash would cost ~100 ms on every request. In the kernel because two services
+compute it: accounts when it issues a key, the gateway when a request presents one.
 """
 
 from __future__ import annotations

@@ -1,0 +1,518 @@
+"""The gateway's credentials: what authentication needs, projected from accounts into the
+gateway's own database, so a request is authenticated by one indexed read instead of an RPC.
+
+Where the rows come from:
+
+- **the API's own changes**, applied by the route that made them before it answers: a key
+  issued (sign-up, a new agent, a minted or claimed key: accounts answers with the key's
+  credential), a key revoked, an agent deactivated, a tenant cancelled or reactivated. Every
+  gateway process reads the same tables, so once the route answers no process accepts what it
+  ended (``CredentialProjection``);
+- **accounts' events** (``CREDENTIALS``): the same changes made elsewhere, or by a route whose
+  process died before it applied them. Published events carry ids and states, never a key's
+  hash, so a key heard of only by its event is fetched from accounts (``accounts.credential``);
+- **the privacy commands** the gateway answers (``gateway.privacy``): an erased agent's keys and
+  a destroyed tenant's agents and keys are deleted with the command;
+- **a rebuild** from accounts' current state, page by page (``accounts.credentials_page``), when
+  the projection is new or an operator asks for one (``python -m gateway.credentials rebuild``).
+
+Every write is a merge that only ever takes authority away (a key or an agent once inactive
+stays so) or, for a tenant's status, keeps the newest version of the tenant's stream, so these
+sources may arrive in any order and leave the same rows (``gateway/migrations/0003``).
+
+Refusing rather than guessing: a gateway process serves only once it has reconciled the rows
+with accounts after starting (``bring_in_line``, in its store's start-up forgetting): a
+database restored from a backup holds keys revoked since, and this ends them. While the
+projection is not built, or while accounts' events wait unread (``Freshness``: no gateway
+consumes them, or some have waited longer than ``LEDGERDESK_CREDENTIALS_LAG_SECONDS``), every
+key is refused with a 503. No process keeps a
+credential in memory: a revocation is in force as soon as its row is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import eventlet
+from nameko.standalone.rpc import ClusterRpcProxy
+from psycopg2.extensions import cursor as Cursor
+
+from kernel.config import Settings
+from kernel.crypto import apikeys
+from kernel.db import Database
+from kernel.envelope import Envelope
+from kernel.errors import ServiceUnavailable, Unauthorized
+from kernel.forgetting import start_abandoned
+from kernel.observability import CREDENTIAL_CHECKS, CREDENTIALS_BEHIND
+from kernel.uow import EventSourcedStore
+
+log = logging.getLogger(__name__)
+
+
+# The version a destroyed tenant's row takes: no later status can replace it.
+_DESTROYED_VERSION = 2**62
+REBUILD_PAGE = 500
+# A reconciliation after each gateway process starts, then this often.
+RECONCILE_EVERY = dt.timedelta(hours=1)
+# Session advisory lock: one gateway process rebuilds at a time, and one that died mid-rebuild
+# releases it with its connection, so another takes over.
+_REBUILD_LOCK = 0x6C6467726372  # "ldgrcr"
+
+_AUTHENTICATE = (
+    "SELECT p.status, c.* FROM credential_projection p LEFT JOIN LATERAL ("
+    " SELECT k.key_id, k.agent_id, a.tenant_id, a.role, t.status, k.issuer_id, k.issued_at,"
+    "  a.admin_since"
+    " FROM credential_keys k JOIN credential_agents a ON a.agent_id = k.agent_id"
+    " JOIN credential_tenants t ON t.tenant_id = a.tenant_id"
+    " WHERE k.key_hash = %s AND k.active AND a.active AND t.status <> 'destroyed') c ON true"
+)
+
+
+class Freshness:
+    """Whether this process may trust the projection: accounts' credential events are being
+    read (some gateway consumes them, none has waited past the limit). Checked by the
+    gateway's timer from the queue's counts; only ever makes authentication stricter."""
+
+    def __init__(
+        self,
+        lag_limit: float,
+        queue_counts: Callable[[], tuple[int, int]],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.lag_limit = lag_limit
+        self._queue_counts = queue_counts
+        self._clock = clock
+        self._checked_at: float | None = None
+        self._waiting_since: float | None = None
+        self._consumers = 0
+
+    def check(self) -> None:
+        """Observe the queue; a failure leaves the last observation to age, which ends in
+        refusing."""
+        try:
+            waiting, consumers = self._queue_counts()
+        except Exception as exc:  # any failure to observe: the same outcome, refusing later
+            log.warning("credentials queue not observed: %s", type(exc).__name__)
+            return
+        self.observed(waiting, consumers)
+        if self.behind() is not None:
+            CREDENTIALS_BEHIND.inc()
+
+    def observed(self, waiting: int, consumers: int) -> None:
+        now = self._clock()
+        self._checked_at = now
+        self._consumers = consumers
+        if waiting == 0:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now
+
+    def behind(self) -> str | None:
+        """Why the projection may be behind, or None when it is not. Before the timer's first
+        check (a process just started), it checks at once rather than refuse."""
+        if self._checked_at is None:
+            self.check()
+        now = self._clock()
+        if self._checked_at is None or now - self._checked_at > self.lag_limit:
+            return "accounts' credential events could not be checked"
+        if self._consumers == 0:
+            return "no gateway reads accounts' credential events"
+        if self._waiting_since is not None and now - self._waiting_since > self.lag_limit:
+            return "accounts' credential events wait unread"
+        return None
+
+
+# --- merges: each only ever takes authority away, or keeps a tenant's newest status -----------
+
+
+def learn(cur: Cursor, credential: Mapping[str, Any]) -> None:
+    """A key as accounts reported it (an issuance answered, a fetched event, a rebuild page)."""
+    tenant_state(
+        cur, credential["tenant_id"], credential["tenant_status"], credential["tenant_version"]
+    )
+    if _tenant_destroyed(cur, credential["tenant_id"]):
+        return
+    cur.execute(
+        "INSERT INTO credential_agents (agent_id, tenant_id, role, active, admin_since)"
+        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (agent_id) DO UPDATE SET"
+        " role = coalesce(credential_agents.role, EXCLUDED.role),"
+        " admin_since = coalesce(credential_agents.admin_since, EXCLUDED.admin_since),"
+        " active = credential_agents.active AND EXCLUDED.active",
+        (
+            credential["agent_id"],
+            credential["tenant_id"],
+            credential["role"],
+            credential["agent_active"],
+            credential["admin_since"],
+        ),
+    )
+    active = bool(credential["key_active"] and credential["agent_active"])
+    cur.execute(
+        "INSERT INTO credential_keys (key_id, key_hash, agent_id, issuer_id, issued_at, active)"
+        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET"
+        " key_hash = CASE WHEN credential_keys.active AND EXCLUDED.active"
+        "  THEN coalesce(credential_keys.key_hash, EXCLUDED.key_hash) END,"
+        " issuer_id = coalesce(credential_keys.issuer_id, EXCLUDED.issuer_id),"
+        " issued_at = coalesce(credential_keys.issued_at, EXCLUDED.issued_at),"
+        " active = credential_keys.active AND EXCLUDED.active",
+        (
+            credential["key_id"],
+            credential["key_hash"] if active else None,
+            credential["agent_id"],
+            credential["key_issuer_id"],
+            credential["key_issued_at"],
+            active,
+        ),
+    )
+
+
+def tenant_state(cur: Cursor, tenant_id: str, status: str, version: int) -> None:
+    cur.execute(
+        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES (%s, %s, %s)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
+        " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
+        (tenant_id, status, version),
+    )
+
+
+def revoke_key(cur: Cursor, tenant_id: str, agent_id: str, key_id: str) -> None:
+    if _tenant_destroyed(cur, tenant_id):
+        return
+    cur.execute(
+        "INSERT INTO credential_keys (key_id, agent_id, active) VALUES (%s, %s, false)"
+        " ON CONFLICT (key_id) DO UPDATE SET active = false, key_hash = NULL",
+        (key_id, agent_id),
+    )
+
+
+def deactivate_agent(cur: Cursor, tenant_id: str, agent_id: str) -> None:
+    """The agent authenticates no more, and its keys' hashes go (accounts revokes them too)."""
+    if _tenant_destroyed(cur, tenant_id):
+        return
+    cur.execute(
+        "INSERT INTO credential_agents (agent_id, tenant_id, active) VALUES (%s, %s, false)"
+        " ON CONFLICT (agent_id) DO UPDATE SET active = false",
+        (agent_id, tenant_id),
+    )
+    cur.execute(
+        "UPDATE credential_keys SET active = false, key_hash = NULL WHERE agent_id = %s",
+        (agent_id,),
+    )
+
+
+def forget_agent(cur: Cursor, tenant_id: str, subject_id: str) -> int:
+    """An erasure: if the subject is an agent of the tenant, it authenticates no more and its
+    keys' rows go (the agent's row stays, ids only, so that no later news revives it)."""
+    cur.execute(
+        "UPDATE credential_agents SET active = false, role = NULL, admin_since = NULL"
+        " WHERE agent_id = %s AND tenant_id = %s",
+        (subject_id, tenant_id),
+    )
+    if cur.rowcount == 0:
+        return 0
+    cur.execute("DELETE FROM credential_keys WHERE agent_id = %s", (subject_id,))
+    return cur.rowcount
+
+
+def forget_tenant(cur: Cursor, tenant_id: str) -> int:
+    """A destruction: the tenant's agents and keys go; its row stays as 'destroyed', ids only,
+    so that no later news (or a rebuild's page read before) brings a key of it back."""
+    cur.execute(
+        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES (%s, 'destroyed', %s)"
+        " ON CONFLICT (tenant_id) DO UPDATE SET status = 'destroyed', version = EXCLUDED.version",
+        (tenant_id, _DESTROYED_VERSION),
+    )
+    cur.execute(
+        "DELETE FROM credential_keys WHERE agent_id IN"
+        " (SELECT agent_id FROM credential_agents WHERE tenant_id = %s)",
+        (tenant_id,),
+    )
+    keys = cur.rowcount
+    cur.execute("DELETE FROM credential_agents WHERE tenant_id = %s", (tenant_id,))
+    return keys
+
+
+def _tenant_destroyed(cur: Cursor, tenant_id: str) -> bool:
+    cur.execute(
+        "SELECT 1 FROM credential_tenants WHERE tenant_id = %s AND status = 'destroyed'",
+        (tenant_id,),
+    )
+    return cur.fetchone() is not None
+
+
+def apply_event(
+    cur: Cursor, event: Envelope, fetch: Callable[[str], Mapping[str, Any] | None]
+) -> None:
+    """One of accounts' events (``CREDENTIALS``). ``fetch`` asks accounts for a key's
+    credential, which its published event does not carry."""
+    p = event.payload
+    tenant_id = str(event.tenant_id)
+    if event.type == "api_key_issued":
+        cur.execute("SELECT 1 FROM credential_keys WHERE key_id = %s", (p["key_id"],))
+        if cur.fetchone() is None:
+            credential = fetch(str(p["key_id"]))
+            if credential is not None:
+                learn(cur, credential)
+    elif event.type == "api_key_revoked":
+        revoke_key(cur, tenant_id, str(p["agent_id"]), str(p["key_id"]))
+    elif event.type == "agent_deactivated":
+        deactivate_agent(cur, str(p["tenant_id"]), str(p["agent_id"]))
+    elif event.type == "tenant_cancelled":
+        tenant_state(cur, str(p["tenant_id"]), "cancelled", event.stream_version)
+    elif event.type == "tenant_reactivated":
+        tenant_state(cur, str(p["tenant_id"]), "active", event.stream_version)
+
+
+# --- reading, and the projection's own state ---------------------------------------------------
+
+
+class CredentialProjection:
+    """The projection over the gateway's database, as a request and the gateway's timer use it."""
+
+    def __init__(self, db: Database, api_key_secret: str, freshness: Freshness | None = None):
+        self.db = db
+        self._secret = api_key_secret
+        self.freshness = freshness
+
+    def authenticate(self, api_key: str) -> dict[str, Any]:
+        """The identity a key stands for; ``Unauthorized`` for an unknown, revoked or inactive
+        one (one error for all), ``ServiceUnavailable`` while the projection cannot be trusted."""
+        if not api_key.startswith(apikeys.PREFIX) or len(api_key) > 200:
+            raise Unauthorized("invalid credentials")
+        behind = self.freshness.behind() if self.freshness is not None else None
+        if behind is not None:
+            CREDENTIAL_CHECKS.labels("unavailable").inc()
+            raise ServiceUnavailable(f"credentials cannot be checked now: {behind}")
+        with self.db.read() as cur:
+            cur.execute(_AUTHENTICATE, (apikeys.keyed_hash(self._secret, api_key),))
+            row = cur.fetchone()
+        if row is None or row[0] != "ready":
+            CREDENTIAL_CHECKS.labels("unavailable").inc()
+            raise ServiceUnavailable("credentials cannot be checked now: the projection is rebuilt")
+        _, key_id, agent_id, tenant_id, role, tenant_status, issuer_id, issued_at = row[:8]
+        if key_id is None:
+            CREDENTIAL_CHECKS.labels("refused").inc()
+            raise Unauthorized("invalid credentials")
+        CREDENTIAL_CHECKS.labels("accepted").inc()
+        admin_since = row[8]
+        return {
+            "key_id": str(key_id),
+            "agent_id": str(agent_id),
+            "tenant_id": str(tenant_id),
+            "role": role,
+            "tenant_status": tenant_status,
+            "key_issuer_id": str(issuer_id or agent_id),
+            "key_issued_at": issued_at.isoformat() if issued_at else None,
+            "admin_since": admin_since.isoformat() if admin_since else None,
+        }
+
+    def trusted(self) -> bool:
+        """Whether keys can be checked now: built, and accounts' news of them being read."""
+        try:
+            status = self.status()
+        except Exception:  # the database unreachable: not trusted, whatever the error
+            return False
+        return status == "ready" and (self.freshness is None or self.freshness.behind() is None)
+
+    def change(self, write: Callable[..., Any], *args: Any) -> None:
+        """One of the merges above, in a transaction of its own: committed before the route
+        that made the change answers."""
+        with self.db.transaction() as cur:
+            write(cur, *args)
+
+    def status(self) -> str:
+        with self.db.read() as cur:
+            cur.execute("SELECT status FROM credential_projection")
+            row = cur.fetchone()
+        return row[0] if row else "stale"
+
+    def request_rebuild(self) -> None:
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE credential_projection SET status = 'stale', changed_at = now()")
+
+    def rebuild_if_needed(self, page: Callable[[str | None, int], Mapping[str, Any]]) -> int | None:
+        """Rebuild when the projection is stale, or was left half-rebuilt by a process that
+        died; None when it was not needed or another process holds the rebuild."""
+        if self.status() == "ready":
+            return None
+        with self._rebuild_lock() as held:
+            if not held or self.status() == "ready":
+                return None
+            return self._rebuild(page)
+
+    def bring_in_line(
+        self,
+        page: Callable[[str | None, int], Mapping[str, Any]],
+        fetch: Callable[[str], Mapping[str, Any] | None],
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> tuple[int, int]:
+        """As a gateway process starts, before it serves: built (or waiting for the process
+        that builds it), then reconciled with accounts. Its database may have been restored
+        from a backup that still holds keys revoked since; this ends them."""
+        while self.rebuild_if_needed(page) is None and self.status() != "ready":
+            if stopping():
+                raise RuntimeError("stopped while the credentials were rebuilt elsewhere")
+            eventlet.sleep(0.5)
+        return self._reconcile(page, fetch)
+
+    def reconcile_if_due(
+        self,
+        page: Callable[[str | None, int], Mapping[str, Any]],
+        fetch: Callable[[str], Mapping[str, Any] | None],
+        every: dt.timedelta,
+    ) -> tuple[int, int] | None:
+        """Reconcile when the last reconciliation (any process's) is older than ``every``: news
+        that never arrived (an event dead-lettered) is caught up with."""
+        with self.db.read() as cur:
+            cur.execute("SELECT reconciled_at, status FROM credential_projection")
+            reconciled_at, status = cur.fetchone()
+        if status != "ready" or (
+            reconciled_at is not None and dt.datetime.now(dt.UTC) - reconciled_at < every
+        ):
+            return None
+        return self._reconcile(page, fetch)
+
+    def _reconcile(
+        self,
+        page: Callable[[str | None, int], Mapping[str, Any]],
+        fetch: Callable[[str], Mapping[str, Any] | None],
+    ) -> tuple[int, int]:
+        """Bring the rows in line with accounts without refusing meanwhile: every key accounts
+        lists as authenticating someone is merged in, and every key the rows accept that the
+        page covering it does not list is asked about one by one (the API may have issued it
+        after the page was read) and ended unless accounts still says it authenticates."""
+        began = dt.datetime.now(dt.UTC)
+        learned = ended = 0
+        after: str | None = None
+        while True:
+            result = page(after, REBUILD_PAGE)
+            items = list(result["items"])
+            upto = result["next"]  # the page covers key ids in (after, upto]; to the end if None
+            with self.db.transaction() as cur:
+                for credential in items:
+                    learn(cur, credential)
+                cur.execute(
+                    "SELECT key_id FROM credential_keys WHERE active"
+                    " AND (%s::uuid IS NULL OR key_id > %s::uuid)"
+                    " AND (%s::uuid IS NULL OR key_id <= %s::uuid)"
+                    " AND NOT key_id = ANY(%s::uuid[])",
+                    (after, after, upto, upto, [c["key_id"] for c in items]),
+                )
+                unlisted = [str(row[0]) for row in cur.fetchall()]
+            for key_id in unlisted:
+                current = fetch(key_id)
+                with self.db.transaction() as cur:
+                    if current is not None:
+                        learn(cur, current)
+                    cur.execute(
+                        "UPDATE credential_keys SET active = false, key_hash = NULL"
+                        " WHERE key_id = %s AND %s",
+                        (key_id, current is None),
+                    )
+                    cur.execute(
+                        "SELECT 1 FROM credential_keys k JOIN credential_agents a USING (agent_id)"
+                        " WHERE k.key_id = %s AND k.active AND a.active",
+                        (key_id,),
+                    )
+                    ended += cur.fetchone() is None
+            learned += len(items)
+            if upto is None:
+                break
+            after = upto
+        with self.db.transaction() as cur:
+            cur.execute("UPDATE credential_projection SET reconciled_at = %s", (began,))
+        if ended:
+            log.warning(
+                "credentials reconciled with accounts: %d keys no longer valid were ended"
+                " (a restored database, or news that never arrived)",
+                ended,
+            )
+        return learned, ended
+
+    @contextlib.contextmanager
+    def _rebuild_lock(self) -> Iterator[bool]:
+        """The session advisory lock one process rebuilds or reconciles under: a process that
+        dies releases it with its connection."""
+        with self.db.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (_REBUILD_LOCK,))
+                    held = bool(cur.fetchone()[0])
+                    try:
+                        yield held
+                    finally:
+                        if held:
+                            cur.execute("SELECT pg_advisory_unlock(%s)", (_REBUILD_LOCK,))
+            finally:
+                conn.autocommit = False
+
+    def _rebuild(self, page: Callable[[str | None, int], Mapping[str, Any]]) -> int:
+        began, began_at = time.monotonic(), dt.datetime.now(dt.UTC)
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE credential_projection SET status = 'rebuilding', changed_at = now()"
+            )
+            # Destroyed tenants' rows stay: a page read before a destruction must not bring
+            # their keys back.
+            cur.execute("TRUNCATE credential_keys, credential_agents")
+            cur.execute("DELETE FROM credential_tenants WHERE status <> 'destroyed'")
+        count, after = 0, None
+        while True:
+            result = page(after, REBUILD_PAGE)
+            with self.db.transaction() as cur:
+                for credential in result["items"]:
+                    learn(cur, credential)
+            count += len(result["items"])
+            after = result["next"]
+            if after is None:
+                break
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE credential_projection SET status = 'ready', changed_at = now(),"
+                " reconciled_at = %s",
+                (began_at,),
+            )
+        log.info(
+            "credentials rebuilt from accounts: %d keys in %.1fs", count, time.monotonic() - began
+        )
+        return count
+
+
+def bring_in_line_at_start(store: EventSourcedStore) -> None:
+    """The gateway's own step of its start-up forgetting (``kernel.forgetting``), before it
+    serves: ``bring_in_line`` with accounts over a standalone RPC proxy (the service's own
+    are not started yet). Tried again with the rest of the step until accounts answers."""
+    settings = Settings.from_env(service="gateway")
+    with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
+        projection = CredentialProjection(store.db, settings.api_key_secret)
+        learned, ended = projection.bring_in_line(
+            rpc.accounts.credentials_page, rpc.accounts.credential, start_abandoned
+        )
+    log.info("credentials reconciled with accounts: %d keys listed, %d ended", learned, ended)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gateway.credentials rebuild``: every gateway refuses keys (503) until one of
+    them has rebuilt the projection from accounts (within seconds: their timer does it)."""
+    parser = argparse.ArgumentParser(prog="python -m gateway.credentials", description=main.__doc__)
+    parser.add_argument("command", choices=("rebuild",))
+    parser.parse_args(argv)
+    settings = Settings.from_env(service="gateway")
+    db = Database(settings.database_dsn("gateway"), maxconn=1)
+    try:
+        CredentialProjection(db, settings.api_key_secret).request_rebuild()
+    finally:
+        db.close()
+    print("rebuild requested: gateways refuse keys until it is done")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The gateway's credentials projection against real PostgreSQL: a key authenticates only while
+the key, its agent and its tenant allow it; news arriving in any order leaves the same rows; a
+rebuild refuses every key until it is done and cannot bring an ended key back; erasure and
+destruction leave no hash; and a projection whose news waits unread refuses (503)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway import credentials
+from gateway.idempotency import MIGRATIONS
+from kernel import db as kdb
+from kernel.config import Settings
+from kernel.crypto import apikeys
+from kernel.envelope import new_envelope
+from kernel.errors import ServiceUnavailable, Unauthorized
+from kernel.stores import prepare_databases
+from kernel.testing import ManualClock
+
+SECRET = "test-api-key-secret"
+
+
+@pytest.fixture
+def projection(world: Settings) -> Iterator[credentials.CredentialProjection]:
+    prepare_databases(world, "gateway", MIGRATIONS)
+    database = kdb.Database(world.database_dsn("gateway"))
+    built = credentials.CredentialProjection(database, SECRET)
+    built.rebuild_if_needed(lambda after, limit: {"items": [], "next": None})
+    yield built
+    database.close()
+
+
+def issued(
+    tenant_id: str | None = None, role: str = "admin", tenant_version: int = 1, **changes: Any
+) -> tuple[str, dict[str, Any]]:
+    """A new key and the credential accounts answers with when it issues it."""
+    api_key = apikeys.generate()
+    agent_id = str(uuid.uuid4())
+    now = dt.datetime.now(dt.UTC).isoformat()
+    credential = {
+        "key_hash": apikeys.keyed_hash(SECRET, api_key),
+        "key_id": str(uuid.uuid4()),
+        "key_active": True,
+        "key_issuer_id": agent_id,
+        "key_issued_at": now,
+        "agent_id": agent_id,
+        "agent_active": True,
+        "role": role,
+        "admin_since": now if role == "admin" else None,
+        "tenant_id": tenant_id or str(uuid.uuid4()),
+        "tenant_status": "active",
+        "tenant_version": tenant_version,
+        **changes,
+    }
+    return api_key, credential
+
+
+def event(type_: str, tenant_id: str, version: int = 1, **payload: Any):
+    return new_envelope(
+        type=type_,
+        schema_version=1,
+        source="accounts",
+        stream_id=f"tenant-{tenant_id}",
+        stream_version=version,
+        tenant_id=uuid.UUID(tenant_id),
+        actor_id=None,
+        payload={"tenant_id": tenant_id, **payload},
+    )
+
+
+def accepts(projection: credentials.CredentialProjection, api_key: str) -> bool:
+    try:
+        projection.authenticate(api_key)
+    except Unauthorized:
+        return False
+    return True
+
+
+def no_fetch(key_id: str) -> None:
+    raise AssertionError(f"accounts asked for a key it should not need: {key_id}")
+
+
+def test_a_key_answers_with_who_it_is_while_key_agent_and_tenant_allow_it(projection):
+    api_key, credential = issued()
+    projection.change(credentials.learn, credential)
+    identity = projection.authenticate(api_key)
+    assert identity == {
+        "key_id": credential["key_id"],
+        "agent_id": credential["agent_id"],
+        "tenant_id": credential["tenant_id"],
+        "role": "admin",
+        "tenant_status": "active",
+        "key_issuer_id": credential["agent_id"],
+        "key_issued_at": dt.datetime.fromisoformat(credential["key_issued_at"]).isoformat(),
+        "admin_since": dt.datetime.fromisoformat(credential["admin_since"]).isoformat(),
+    }
+    assert not accepts(projection, api_key + "x")
+    assert not accepts(projection, "not-a-key")
+
+    projection.change(credentials.tenant_state, credential["tenant_id"], "cancelled", 2)
+    assert projection.authenticate(api_key)["tenant_status"] == "cancelled"
+    ids = (credential["tenant_id"], credential["agent_id"], credential["key_id"])
+    projection.change(credentials.revoke_key, *ids)
+    assert not accepts(projection, api_key)
+
+
+def test_news_in_any_order_leaves_an_ended_key_ended_and_a_tenant_at_its_newest_status(
+    projection,
+):
+    # The revocation's event overtakes the issuance: the key never authenticates.
+    api_key, credential = issued()
+    tenant, agent, key = credential["tenant_id"], credential["agent_id"], credential["key_id"]
+    projection.change(
+        credentials.apply_event,
+        event("api_key_revoked", tenant, agent_id=agent, key_id=key),
+        no_fetch,
+    )
+    projection.change(credentials.learn, credential)
+    assert not accepts(projection, api_key)
+
+    # An agent deactivated before its key was heard of: the key is refused too.
+    api_key, credential = issued()
+    projection.change(
+        credentials.apply_event,
+        event("agent_deactivated", credential["tenant_id"], agent_id=credential["agent_id"]),
+        no_fetch,
+    )
+    projection.change(credentials.learn, credential)
+    assert not accepts(projection, api_key)
+
+    # Reactivated (version 3) before the cancellation (version 2) arrives: active it stays.
+    api_key, credential = issued()
+    tenant = credential["tenant_id"]
+    projection.change(credentials.learn, credential)
+    projection.change(credentials.apply_event, event("tenant_reactivated", tenant, 3), no_fetch)
+    projection.change(credentials.apply_event, event("tenant_cancelled", tenant, 2), no_fetch)
+    assert projection.authenticate(api_key)["tenant_status"] == "active"
+    # And a page read before both (version 1) changes nothing either.
+    projection.change(credentials.learn, credential)
+    assert projection.authenticate(api_key)["tenant_status"] == "active"
+
+    # No hash is kept for a key that ended.
+    with projection.db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM credential_keys WHERE NOT active AND key_hash > ''")
+        assert cur.fetchone()[0] == 0
+
+
+def test_a_key_heard_of_only_by_its_event_is_fetched_once_from_accounts(projection):
+    api_key, credential = issued()
+    asked: list[str] = []
+
+    def fetch(key_id: str) -> dict[str, Any]:
+        asked.append(key_id)
+        return credential
+
+    issued_event = event(
+        "api_key_issued",
+        credential["tenant_id"],
+        agent_id=credential["agent_id"],
+        key_id=credential["key_id"],
+        issuer_id=credential["agent_id"],
+    )
+    projection.change(credentials.apply_event, issued_event, fetch)
+    assert accepts(projection, api_key)
+    projection.change(credentials.apply_event, issued_event, fetch)
+    assert asked == [credential["key_id"]]
+
+
+def test_erasure_and_destruction_leave_no_hash_and_no_later_news_revives_them(projection):
+    erased_key, erased = issued()
+    kept_key, kept = issued(tenant_id=erased["tenant_id"])
+    for credential in (erased, kept):
+        projection.change(credentials.learn, credential)
+    projection.change(credentials.forget_agent, erased["tenant_id"], erased["agent_id"])
+    assert not accepts(projection, erased_key)
+    assert accepts(projection, kept_key)
+    projection.change(credentials.learn, erased)  # a page read before the erasure
+    assert not accepts(projection, erased_key)
+
+    projection.change(credentials.forget_tenant, kept["tenant_id"])
+    assert not accepts(projection, kept_key)
+    projection.change(credentials.learn, kept)
+    projection.change(
+        credentials.apply_event, event("tenant_reactivated", kept["tenant_id"], 9), no_fetch
+    )
+    assert not accepts(projection, kept_key)
+    with projection.db.transaction() as cur:
+        cur.execute(
+            "SELECT count(*) FROM credential_keys WHERE key_hash IN (%s, %s)",
+            (erased["key_hash"], kept["key_hash"]),
+        )
+        assert cur.fetchone()[0] == 0
+        cur.execute(
+            "SELECT count(*) FROM credential_agents WHERE tenant_id = %s", (kept["tenant_id"],)
+        )
+        assert cur.fetchone()[0] == 0
+
+
+def test_a_rebuild_refuses_every_key_until_done_and_keeps_what_ended_meanwhile(projection):
+    before_key, before = issued()
+    projection.change(credentials.learn, before)
+    assert accepts(projection, before_key)
+    revoked_key, revoked = issued()
+    pages = [[revoked], [before]]
+    seen: list[Any] = []
+
+    def page(after: str | None, limit: int) -> dict[str, Any]:
+        # While the rebuild runs: every key is refused with a 503, never accepted stale.
+        with pytest.raises(ServiceUnavailable):
+            projection.authenticate(before_key)
+        if not seen:
+            # The revocation's event lands between the page's read and its write.
+            projection.change(
+                credentials.revoke_key,
+                revoked["tenant_id"],
+                revoked["agent_id"],
+                revoked["key_id"],
+            )
+        items = pages[len(seen)]
+        seen.append(after)
+        return {"items": items, "next": items[-1]["key_id"] if len(seen) < len(pages) else None}
+
+    projection.request_rebuild()
+    with pytest.raises(ServiceUnavailable):
+        projection.authenticate(before_key)
+    assert projection.rebuild_if_needed(page) == 2
+    assert seen == [None, revoked["key_id"]]
+    assert accepts(projection, before_key)
+    assert not accepts(projection, revoked_key)
+    assert projection.rebuild_if_needed(page) is None  # ready: nothing to do
+
+
+def test_news_that_waits_unread_or_a_queue_nobody_reads_refuses_every_key(projection):
+    api_key, credential = issued()
+    projection.change(credentials.learn, credential)
+    clock = ManualClock()
+    counts = {"waiting": 0, "consumers": 1}
+    freshness = credentials.Freshness(
+        5.0, lambda: (counts["waiting"], counts["consumers"]), clock=clock
+    )
+    watched = credentials.CredentialProjection(projection.db, SECRET, freshness)
+    counts["consumers"] = 0
+    with pytest.raises(ServiceUnavailable, match="no gateway reads"):
+        watched.authenticate(api_key)  # never observed before: observed at once
+    counts["consumers"] = 1
+    freshness.check()
+    assert accepts(watched, api_key)
+
+    counts["waiting"] = 3
+    freshness.check()
+    clock.advance(4)
+    freshness.check()
+    assert accepts(watched, api_key)  # waiting, but not yet for long
+    clock.advance(2)
+    freshness.check()
+    with pytest.raises(ServiceUnavailable, match="wait unread"):
+        watched.authenticate(api_key)
+    assert not watched.trusted()
+    counts["waiting"] = 0
+    freshness.check()
+    assert accepts(watched, api_key)
+
+    counts["consumers"] = 0
+    freshness.check()
+    with pytest.raises(ServiceUnavailable, match="no gateway reads"):
+        watched.authenticate(api_key)
+    counts["consumers"] = 1
+    freshness.check()
+
+    def unreachable() -> tuple[int, int]:
+        raise ConnectionError("broker gone")
+
+    freshness._queue_counts = unreachable
+    clock.advance(4)
+    freshness.check()
+    assert accepts(watched, api_key)  # the last observation is still young
+    clock.advance(2)
+    freshness.check()
+    with pytest.raises(ServiceUnavailable, match="could not be checked"):
+        watched.authenticate(api_key)
+
+
+def test_a_reconciliation_ends_what_accounts_no_longer_lists_and_refuses_nothing_meanwhile(
+    projection,
+):
+    listed_key, listed = issued()
+    stale_key, stale = issued()  # revoked in accounts since: a restored database still has it
+    late_key, late = issued()  # issued after its page was read: accounts says it authenticates
+    unknown_key, unknown = issued()  # accounts never issued it
+    new_key, new = issued()  # accounts has it, the rows do not (issued after a backup)
+    for credential in (listed, stale, late, unknown):
+        projection.change(credentials.learn, credential)
+    answers = {
+        stale["key_id"]: {**stale, "key_active": False},
+        late["key_id"]: late,
+        unknown["key_id"]: None,
+    }
+    asked: list[str] = []
+
+    def fetch(key_id: str) -> dict[str, Any] | None:
+        asked.append(key_id)
+        return answers[key_id]
+
+    restarted = credentials.CredentialProjection(projection.db, SECRET)
+
+    def page(after: str | None, limit: int) -> dict[str, Any]:
+        assert accepts(projection, listed_key)  # other processes refuse nothing meanwhile
+        return {"items": [listed, new], "next": None}
+
+    assert restarted.bring_in_line(page, fetch) == (2, 2)
+    assert sorted(asked) == sorted(answers)
+    assert accepts(restarted, listed_key)
+    assert accepts(restarted, late_key)
+    assert accepts(restarted, new_key)
+    assert not accepts(restarted, stale_key)
+    assert not accepts(restarted, unknown_key)
+    # Done: the hourly one waits until its interval has passed.
+    assert restarted.reconcile_if_due(page, fetch, credentials.RECONCILE_EVERY) is None
+    assert restarted.reconcile_if_due(page, fetch, dt.timedelta(0)) == (2, 0)
