@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
+    .venv/bin/python -m bench --only single,mix,revocation   # the request path's other rows
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
 them). Each section runs in worlds of its own (databases, vhost) that are dropped at the end;
@@ -24,18 +25,42 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cards, erasure_stack, eventstore, ledger, replay, report, scaleout, writepath
+from bench import (
+    cards,
+    erasure_stack,
+    eventstore,
+    ledger,
+    replay,
+    report,
+    requestpath,
+    scaleout,
+    writepath,
+)
 from bench.harness import Context, Row, cores, infrastructure_from_env
 from kernel.testing import Infrastructure
 
-SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout", "cards", "ledger")
+SECTIONS = (
+    "write",
+    "cost",
+    "single",
+    "mix",
+    "revocation",
+    "eventstore",
+    "fanout",
+    "erasure",
+    "replay",
+    "scaleout",
+    "cards",
+    "ledger",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]]:
-    # write and fanout are measured in one load run, so they share a runner.
+    # write, fanout and cost are measured in one load run, so they share a runner.
     return [
-        ({"write", "fanout"}, writepath.run),
+        ({"write", "fanout", "cost"}, writepath.run),
+        ({"single", "mix", "revocation"}, requestpath.run),
         ({"eventstore"}, eventstore.run),
         ({"erasure"}, erasure_stack.run),
         ({"replay"}, replay.run),

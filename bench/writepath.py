@@ -12,6 +12,9 @@ insert, read-model insert, outbox insert) and one pika publish waiting for its c
 Fan-out: the ledger stamps ``recorded_at`` when it records an entry, and the entry keeps the
 event's ``occurred_at``, so append-to-ledger latency is read from the ledger after the run:
 no probe adds load while it is measured.
+
+Cost (section "cost"): around the full-load run, what each ticket costs every process in CPU,
+the broker in messages and the databases in transactions (bench/cost.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
+import os
 import threading
 import time
 import uuid
@@ -29,10 +33,12 @@ from urllib.parse import urlsplit
 import pika
 import psycopg2
 
-from bench.harness import Context, Row, percentile
+from bench import cost
+from bench.harness import Context, Row, cores, percentile
 from kernel.stores import prepare_databases
 from kernel.testing import wait_until
 
+IDLE_SECONDS = 5.0  # the idle stack's counters, to judge what the settling time adds
 TICKET = {"subject": "order 1234 has not arrived", "body": "where is it?", "priority": "normal"}
 
 
@@ -211,10 +217,8 @@ def _raw_floor(ctx: Context, seconds: float) -> float:
 # --- fan-out ------------------------------------------------------------------------------------
 
 
-def _fanout(ctx: Context, tenant_id: str, since: dt.datetime) -> list[float]:
-    """Seconds from each ticket's append (since ``since``) to its ledger entry, once every
-    ticket the tenant has is recorded."""
-    expected = _ticket_count(ctx, tenant_id)
+def _recorded(ctx: Context, tenant_id: str, expected: int) -> None:
+    """Wait until audit's ledger holds ``expected`` of the tenant's tickets."""
     conn = psycopg2.connect(ctx.stack().settings.database_dsn("audit"))
     conn.autocommit = True
     try:
@@ -227,7 +231,19 @@ def _fanout(ctx: Context, tenant_id: str, since: dt.datetime) -> list[float]:
                 )
                 return cur.fetchone()[0] >= expected
 
-            wait_until(recorded, timeout=300, interval=0.5, what="audit to record every ticket")
+            wait_until(recorded, timeout=300, interval=0.05, what="audit to record every ticket")
+    finally:
+        conn.close()
+
+
+def _fanout(ctx: Context, tenant_id: str, since: dt.datetime) -> list[float]:
+    """Seconds from each ticket's append (since ``since``) to its ledger entry, once every
+    ticket the tenant has is recorded."""
+    _recorded(ctx, tenant_id, _ticket_count(ctx, tenant_id))
+    conn = psycopg2.connect(ctx.stack().settings.database_dsn("audit"))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
             cur.execute(
                 "SELECT extract(epoch FROM recorded_at - at) FROM ledger"
                 " WHERE type = 'ticket_created' AND tenant_id = %s AND at >= %s",
@@ -246,14 +262,48 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
     rows: list[Row] = []
     size = f"{clients} clients, {seconds:.0f} s"
 
-    floor = _raw_floor(ctx, seconds=min(seconds, 10.0))
     full_tenant, key, contact = _tenant(ctx)
     half_tenant, half_key, half_contact = _tenant(ctx)
     # A short warm-up: connections, worker pools and caches are not what is measured.
     _load(stack.url, key, contact, clients, 1.0, None)
+    warmed = time.perf_counter()
+    # The floor runs in a world of its own, so it is also the stack's quiet time before the
+    # cost counters are read (bench/cost.py: they lag by up to SETTLE seconds).
+    floor = _raw_floor(ctx, seconds=min(seconds, 10.0))
+    meter = cost.CostMeter(stack, ctx.infrastructure) if "cost" in sections else None
+    cost_rows: list[Row] = []
+    if meter is not None:
+        known = _ticket_count(ctx, full_tenant)
+        _recorded(ctx, full_tenant, known)
+        # (a second more for audit, which records the warm-up's last tickets after it ends)
+        time.sleep(max(0.0, cost.SETTLE + 1.0 - (time.perf_counter() - warmed)))
+        counted_from = meter.counters()
+        cpu_from = meter.cpu()
     measured_from = dt.datetime.now(dt.UTC)
     latencies, errors, elapsed = _load(stack.url, key, contact, clients, seconds, None)
     throughput = len(latencies) / elapsed
+    if meter is not None:
+        # Until audit has recorded the last ticket: the work a ticket causes is all counted.
+        made = _ticket_count(ctx, full_tenant)
+        _recorded(ctx, full_tenant, made)
+        cpu_to = meter.cpu()
+        time.sleep(cost.SETTLE)
+        counted_to = meter.counters()
+        idle = None
+        if not ctx.quick:  # (a quick run spares the time)
+            time.sleep(IDLE_SECONDS)
+            idle = (counted_to, meter.counters())
+        tickets = made - known
+        busy = os.getloadavg()[0]
+        cost_rows += cost.cpu_rows(
+            cpu_from,
+            cpu_to,
+            tickets,
+            f"audit caught up {cpu_to.at - cpu_from.at - elapsed:.1f} s after the load;"
+            f" load average {busy:.1f} on {cores()} cores (PostgreSQL's and RabbitMQ's"
+            " whole-server rows include anything else this machine ran)",
+        )
+        cost_rows += cost.counter_rows(counted_from, counted_to, tickets, idle)
     half = throughput / 2
     paced_from = dt.datetime.now(dt.UTC)
     paced, paced_errors, _ = _load(stack.url, half_key, half_contact, clients, paced_seconds, half)
@@ -293,7 +343,7 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 Row("fanout", f"append to ledger p50 {label}", percentile(values, 50) * 1000, "ms"),
                 Row("fanout", f"append to ledger p99 {label}", percentile(values, 99) * 1000, "ms"),
             ]
-    return rows
+    return rows + cost_rows
 
 
 def _ticket_count(ctx: Context, tenant_id: str) -> int:
