@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
+    .venv/bin/python -m bench --only rpc              # RPC round trips (only when named)
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
 them). Each section runs in worlds of its own (databases, vhost) that are dropped at the end;
@@ -24,11 +25,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import cards, erasure_stack, eventstore, ledger, replay, report, scaleout, writepath
+from bench import (
+    cards,
+    erasure_stack,
+    eventstore,
+    ledger,
+    replay,
+    report,
+    rpc,
+    scaleout,
+    writepath,
+)
 from bench.harness import Context, Row, cores, infrastructure_from_env
 from kernel.testing import Infrastructure
 
 SECTIONS = ("write", "eventstore", "fanout", "erasure", "replay", "scaleout", "cards", "ledger")
+# Run only when named in --only: not part of ``make bench``'s table.
+OPTIONAL = ("rpc",)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -42,6 +55,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"scaleout"}, scaleout.run),
         ({"cards"}, cards.run),
         ({"ledger"}, ledger.run),
+        ({"rpc"}, rpc.run),
     ]
 
 
@@ -82,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - set(SECTIONS)
+    unknown = chosen - set(SECTIONS) - set(OPTIONAL)
     if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {SECTIONS})")
+        known = SECTIONS + OPTIONAL
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {known})")
 
     record, rows = run(chosen, args.quick, args.out)
     print(report.table(rows))
