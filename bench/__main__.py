@@ -6,6 +6,7 @@
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
     .venv/bin/python -m bench --only single,mix,revocation   # the request path's other rows
+    .venv/bin/python -m bench --only rpc              # RPC round trips (only when named)
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
 them). Each section runs in worlds of its own (databases, vhost) that are dropped at the end;
@@ -33,6 +34,7 @@ from bench import (
     replay,
     report,
     requestpath,
+    rpc,
     scaleout,
     writepath,
 )
@@ -53,6 +55,8 @@ SECTIONS = (
     "cards",
     "ledger",
 )
+# Run only when named in --only: not part of ``make bench``'s table.
+OPTIONAL = ("rpc",)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -67,6 +71,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"scaleout"}, scaleout.run),
         ({"cards"}, cards.run),
         ({"ledger"}, ledger.run),
+        ({"rpc"}, rpc.run),
     ]
 
 
@@ -107,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     args = parser.parse_args(argv)
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = chosen - set(SECTIONS)
+    unknown = chosen - set(SECTIONS) - set(OPTIONAL)
     if unknown:
-        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {SECTIONS})")
+        known = SECTIONS + OPTIONAL
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))} (known: {known})")
 
     record, rows = run(chosen, args.quick, args.out)
     print(report.table(rows))

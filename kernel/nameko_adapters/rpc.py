@@ -1,10 +1,11 @@
 """``rpc``: nameko's ``@rpc`` on a quorum queue (``kernel.nameko_adapters.rpc_queues``).
 
-Reply queues are transient (``kernel.nameko_adapters.proxy``), so a surviving node lets a caller
-declare its own again. A request that cannot be served (undecodable, no reply address, not a
-request, an unknown method, or delivered ``LEDGERDESK_DELIVERY_LIMIT`` times already) is set aside
-in ``rpc-<service>.dead`` without its body (what it was, why, and ids only) and counted, and the
-service keeps serving."""
+Replies go where the request asks: by direct reply-to straight to the caller's channel (the
+kernel's ``TimedRpcProxy``), or to a caller's reply queue, transient so that a surviving node
+lets a caller declare its own again (``kernel.nameko_adapters.proxy``). A request that cannot
+be served (undecodable, no reply address, not a request, an unknown method, or delivered
+``LEDGERDESK_DELIVERY_LIMIT`` times already) is set aside in ``rpc-<service>.dead`` without its
+body (what it was, why, and ids only) and counted, and the service keeps serving."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from kernel.nameko_adapters.common import (
     settings_of,
 )
 from kernel.nameko_adapters.patches import PublisherHeartbeats
+from kernel.nameko_adapters.proxy import DIRECT_REPLY_TO
 from kernel.nameko_adapters.rpc_queues import (
     NO_BODY,
     ROUTING_KEY_HEADER,
@@ -64,6 +66,17 @@ class _UnconfirmedReplyPublisher(nameko.amqp.publish.Publisher):
 
 class _Responder(Responder):
     publisher_cls = _UnconfirmedReplyPublisher
+
+
+def _reply_exchange(message: Any, config: dict[str, Any]) -> Any:
+    """Where a reply goes: a caller on direct reply-to (``kernel.nameko_adapters.proxy``) is
+    reached through the default exchange, the only one the broker routes those names from; a
+    caller with a reply queue (nameko's own proxies, and ours before direct reply-to, during a
+    rolling deploy) through the RPC exchange its queue is bound to."""
+    reply_to = message.properties.get("reply_to")
+    if isinstance(reply_to, str) and reply_to.startswith(DIRECT_REPLY_TO):
+        return ""
+    return get_rpc_exchange(config)
 
 
 # The broker's reply code for a mandatory message no queue took.
@@ -204,7 +217,7 @@ class _QuorumRpcConsumer(RpcConsumer):
         config = self.container.config
         responder = _Responder(
             config[AMQP_URI_CONFIG_KEY],
-            get_rpc_exchange(config),
+            _reply_exchange(message, config),
             config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER),
             message,
             ssl=config.get(AMQP_SSL_CONFIG_KEY),
