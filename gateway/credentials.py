@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import eventlet
+import eventlet.semaphore
 from nameko.standalone.rpc import ClusterRpcProxy
 from psycopg2.extensions import cursor as Cursor
 
@@ -58,8 +59,12 @@ log = logging.getLogger(__name__)
 # The version a destroyed tenant's row takes: no later status can replace it.
 _DESTROYED_VERSION = 2**62
 REBUILD_PAGE = 500
-# A reconciliation after each gateway process starts, then this often.
+# What a refused client hears; why is in the log and /readyz, not told to anyone who asks.
+UNAVAILABLE = "credentials cannot be checked now: try again shortly"
+# A reconciliation before each gateway process serves, then this often (by one of them), or
+# this soon while the credentials queue has dead letters.
 RECONCILE_EVERY = dt.timedelta(hours=1)
+RECONCILE_WITH_DEAD_LETTERS = dt.timedelta(minutes=1)
 # Session advisory lock: one gateway process rebuilds at a time, and one that died mid-rebuild
 # releases it with its connection, so another takes over.
 _REBUILD_LOCK = 0x6C6467726372  # "ldgrcr"
@@ -82,32 +87,44 @@ class Freshness:
     def __init__(
         self,
         lag_limit: float,
-        queue_counts: Callable[[], tuple[int, int]],
+        queue_counts: Callable[[], tuple[int, int, int]],
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.lag_limit = lag_limit
+        # Checked every second: a limit below two would refuse between two checks.
+        self.lag_limit = max(lag_limit, 2.0)
         self._queue_counts = queue_counts
         self._clock = clock
         self._checked_at: float | None = None
         self._waiting_since: float | None = None
         self._consumers = 0
+        # Messages set aside in the queue's dead-letter queue: news that will not be applied
+        # (a revocation among them, perhaps), so a reconciliation is wanted soon.
+        self.dead_letters = 0
+        self._lock = eventlet.semaphore.Semaphore()
+        self._last_reason: str | None = None
 
     def check(self) -> None:
         """Observe the queue; a failure leaves the last observation to age, which ends in
-        refusing."""
-        try:
-            waiting, consumers = self._queue_counts()
-        except Exception as exc:  # any failure to observe: the same outcome, refusing later
-            log.warning("credentials queue not observed: %s", type(exc).__name__)
-            return
-        self.observed(waiting, consumers)
-        if self.behind() is not None:
+        refusing. One check at a time: they share one broker connection."""
+        with self._lock:
+            try:
+                waiting, consumers, dead = self._queue_counts()
+            except Exception as exc:  # any failure to observe: the same outcome, refusing later
+                log.warning("credentials queue not observed: %s", type(exc).__name__)
+            else:
+                self.observed(waiting, consumers, dead)
+        reason = self.behind()
+        if reason is not None:
             CREDENTIALS_BEHIND.inc()
+        if reason != self._last_reason:
+            log.warning("credentials %s", f"cannot be trusted: {reason}" if reason else "in step")
+            self._last_reason = reason
 
-    def observed(self, waiting: int, consumers: int) -> None:
+    def observed(self, waiting: int, consumers: int, dead: int = 0) -> None:
         now = self._clock()
         self._checked_at = now
         self._consumers = consumers
+        self.dead_letters = dead
         if waiting == 0:
             self._waiting_since = None
         elif self._waiting_since is None:
@@ -118,6 +135,8 @@ class Freshness:
         check (a process just started), it checks at once rather than refuse."""
         if self._checked_at is None:
             self.check()
+            if self._checked_at is None:
+                return "accounts' credential events could not be checked"
         now = self._clock()
         if self._checked_at is None or now - self._checked_at > self.lag_limit:
             return "accounts' credential events could not be checked"
@@ -188,6 +207,18 @@ def revoke_key(cur: Cursor, tenant_id: str, agent_id: str, key_id: str) -> None:
         "INSERT INTO credential_keys (key_id, agent_id, active) VALUES (%s, %s, false)"
         " ON CONFLICT (key_id) DO UPDATE SET active = false, key_hash = NULL",
         (key_id, agent_id),
+    )
+
+
+def revoke_key_if_theirs(cur: Cursor, tenant_id: str, agent_id: str, key_id: str) -> None:
+    """Accounts says the key is not one of the agent's active keys (revoked already, perhaps
+    by a request whose projection write failed): end it here too, if the rows show it as the
+    agent's in this tenant. Only ever takes access away, and only within the caller's tenant."""
+    cur.execute(
+        "UPDATE credential_keys SET active = false, key_hash = NULL"
+        " WHERE key_id = %s AND agent_id = %s AND agent_id IN"
+        " (SELECT agent_id FROM credential_agents WHERE agent_id = %s AND tenant_id = %s)",
+        (key_id, agent_id, agent_id, tenant_id),
     )
 
 
@@ -288,13 +319,13 @@ class CredentialProjection:
         behind = self.freshness.behind() if self.freshness is not None else None
         if behind is not None:
             CREDENTIAL_CHECKS.labels("unavailable").inc()
-            raise ServiceUnavailable(f"credentials cannot be checked now: {behind}")
+            raise ServiceUnavailable(UNAVAILABLE)
         with self.db.read() as cur:
             cur.execute(_AUTHENTICATE, (apikeys.keyed_hash(self._secret, api_key),))
             row = cur.fetchone()
         if row is None or row[0] != "ready":
             CREDENTIAL_CHECKS.labels("unavailable").inc()
-            raise ServiceUnavailable("credentials cannot be checked now: the projection is rebuilt")
+            raise ServiceUnavailable(UNAVAILABLE)
         _, key_id, agent_id, tenant_id, role, tenant_status, issuer_id, issued_at = row[:8]
         if key_id is None:
             CREDENTIAL_CHECKS.labels("refused").inc()
@@ -376,7 +407,11 @@ class CredentialProjection:
             reconciled_at is not None and dt.datetime.now(dt.UTC) - reconciled_at < every
         ):
             return None
-        return self._reconcile(page, fetch)
+        # One process at a time: the others find it done when the lock is theirs.
+        with self._rebuild_lock() as held:
+            if not held:
+                return None
+            return self._reconcile(page, fetch)
 
     def _reconcile(
         self,

@@ -112,21 +112,22 @@ class Credentials(DependencyProvider):
         assert self._projection is not None
         return {"credentials": self._projection.trusted()}
 
-    def queue_counts(self) -> tuple[int, int]:
-        """Messages waiting in the credentials queue and its consumers (a passive declare, on
-        a connection kept for it and opened again after a failure)."""
+    def queue_counts(self) -> tuple[int, int, int]:
+        """Messages waiting in the credentials queue, its consumers, and the messages in its
+        dead-letter queue (passive declares, on a connection kept for them and opened again
+        after a failure)."""
         try:
             if self._broker is None:
                 self._broker = Connection(self.container.config["AMQP_URI"], connect_timeout=2)
-            _, waiting, consumers = self._broker.default_channel.queue_declare(
-                CREDENTIALS.queue, passive=True
-            )
+            channel = self._broker.default_channel
+            _, waiting, consumers = channel.queue_declare(CREDENTIALS.queue, passive=True)
+            _, dead, _ = channel.queue_declare(CREDENTIALS.dead_letter_queue, passive=True)
         except BaseException:
             if self._broker is not None:
                 self._broker.release()
                 self._broker = None
             raise
-        return waiting, consumers
+        return waiting, consumers, dead
 
 
 class Idempotency(DependencyProvider):
@@ -188,16 +189,24 @@ class GatewayService(
         self.credentials.change(credentials.apply_event, event, self.accounts.credential)
 
     @timer(interval=1)
-    def keep_credentials(self) -> None:
-        """Whether accounts' news is being read; a rebuild when one is asked for; and a
-        reconciliation with accounts every hour (and once before this process served)."""
+    def watch_credentials(self) -> None:
+        """Whether accounts' news of credentials is being read: a timer of its own, so that
+        a long rebuild or reconciliation never leaves the observation to age."""
         self.credentials.freshness.check()
+
+    @timer(interval=5)
+    def keep_credentials(self) -> None:
+        """A rebuild when one is asked for, and a reconciliation with accounts every hour (every
+        minute while the credentials queue has dead letters), by one process at a time."""
+        every = (
+            credentials.RECONCILE_WITH_DEAD_LETTERS
+            if self.credentials.freshness.dead_letters
+            else credentials.RECONCILE_EVERY
+        )
         try:
             self.credentials.rebuild_if_needed(self.accounts.credentials_page)
             self.credentials.reconcile_if_due(
-                self.accounts.credentials_page,
-                self.accounts.credential,
-                credentials.RECONCILE_EVERY,
+                self.accounts.credentials_page, self.accounts.credential, every
             )
         except ServiceUnavailable as exc:
             # Tried again at the next tick; meanwhile keys are refused if it matters.

@@ -40,9 +40,9 @@ CREATE INDEX credential_keys_agent ON credential_keys (agent_id);
 -- 'ready' refuses every key (503).
 --
 -- ``reconciled_at``: when the rows were last brought in line with accounts (a rebuild, or a
--- reconciliation, which refuses nothing meanwhile). A gateway process accepts keys only once it
--- is later than the process's start: a database restored from a backup holds keys revoked
--- since, and the reconciliation after the restart ends them.
+-- reconciliation, which refuses nothing meanwhile): every gateway process reconciles before it
+-- serves (a database restored from a backup holds keys revoked since), and one of them every
+-- hour after the last.
 CREATE TABLE credential_projection (
     one           boolean PRIMARY KEY DEFAULT true CHECK (one),
     status        text NOT NULL CHECK (status IN ('stale', 'rebuilding', 'ready')),

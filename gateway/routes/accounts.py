@@ -10,7 +10,7 @@ from gateway import credentials, schemas
 from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json
 from gateway.route import ADMIN, ANYONE, STAFF
 from gateway.routes.base import Routes, etag, if_match
-from kernel.errors import Conflict
+from kernel.errors import Conflict, NotFound
 
 
 class AccountRoutes(Routes):
@@ -203,7 +203,13 @@ class AccountRoutes(Routes):
         caller = self._caller(request)
         if agent_id == caller["agent_id"]:
             raise Conflict("an admin cannot deactivate their own account")
-        agent = self.accounts.deactivate_agent(caller, agent_id)
+        try:
+            agent = self.accounts.deactivate_agent(caller, agent_id)
+        except Conflict:
+            # Already inactive in accounts (a first request whose write here failed, say):
+            # inactive here too, then the same answer.
+            self.credentials.change(credentials.deactivate_agent, caller["tenant_id"], agent_id)
+            raise
         # In force for every gateway process before the answer says so.
         self.credentials.change(credentials.deactivate_agent, caller["tenant_id"], agent_id)
         return json_response(200, agent)
@@ -239,7 +245,15 @@ class AccountRoutes(Routes):
     )
     def revoke_api_key(self, request: Request, agent_id: str, key_id: str) -> Response:
         caller = self._caller(request)
-        self.accounts.revoke_api_key(caller, agent_id, key_id)
+        try:
+            self.accounts.revoke_api_key(caller, agent_id, key_id)
+        except NotFound:
+            # Not one of the agent's active keys in accounts (revoked by a first request whose
+            # write here failed, say): ended here too if it is the agent's in this tenant.
+            self.credentials.change(
+                credentials.revoke_key_if_theirs, caller["tenant_id"], agent_id, key_id
+            )
+            raise
         # In force for every gateway process before the answer says so.
         self.credentials.change(credentials.revoke_key, caller["tenant_id"], agent_id, key_id)
         return Response(status=204)

@@ -170,7 +170,8 @@ SERVICE_QUEUES: tuple[Queue, ...] = (
     ),
     Queue(
         "rpc.reply-*",
-        "RPC answers on their way back to a caller: what the caller asked for",
+        "RPC answers on their way back to a caller: what the caller asked for (accounts'"
+        " credentials for the gateway carry API keys' keyed hashes, never the keys)",
         Category.PERSONAL,
         Held.PLAINTEXT,
         (End(When.CONSUMED, "consumed by the caller; the queue ends with its connection"),),

@@ -334,7 +334,8 @@ def _credential(row: tuple) -> dict[str, Any]:
     (key_hash, key_id, agent_id, tenant_id, role, agent_active, created_at, key_active) = row[:8]
     issuer_id, issued_at, tenant_status, tenant_version = row[8:]
     return {
-        "key_hash": key_hash,
+        # An ended key's hash goes to no one: nothing needs it.
+        "key_hash": key_hash if key_active and agent_active else None,
         "key_id": str(key_id),
         "key_active": key_active,
         "key_issuer_id": str(issuer_id),

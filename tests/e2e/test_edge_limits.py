@@ -199,7 +199,7 @@ def test_each_client_address_has_a_bucket_checked_before_anything_else(edge):
     assert metric(gateway_metrics, "ledgerdesk_rate_limited_total", limit="client") >= 1
 
 
-def test_refused_credentials_from_an_address_stop_costing_a_call_to_accounts(edge):
+def test_refused_credentials_from_an_address_stop_costing_a_lookup(edge):
     key = sign_up(edge)["api_key"]
     guesser, neighbour = _fresh(), _fresh()
     for _ in range(FAILURE_BURST):
