@@ -194,7 +194,12 @@ class _DirectReplies(SharedExtension):
             delivery_mode=2,
         )
         waiting = eventlet.event.Event()
-        with self._lock:
+        began = time.monotonic()
+        # The timeout bounds the whole call: waiting for the lock behind another caller's
+        # connection attempt included, so a broker out of reach is a prompt 503.
+        if not self._lock.acquire(timeout=timeout):
+            raise ServiceUnavailable("the message broker is unreachable")
+        try:
             try:
                 channel = self._connect()
                 self._waiting[correlation_id] = waiting
@@ -213,11 +218,13 @@ class _DirectReplies(SharedExtension):
                 failed = True
             else:
                 failed = False
+        finally:
+            self._lock.release()
         if failed:
             self._fail(lost, "the message broker is unreachable")
             raise ServiceUnavailable("the message broker is unreachable")
         try:
-            with eventlet.Timeout(timeout, False):
+            with eventlet.Timeout(max(0.0, timeout - (time.monotonic() - began)), False):
                 reply = waiting.wait()
                 error = reply.get("error")
                 if error:

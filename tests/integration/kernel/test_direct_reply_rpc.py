@@ -63,7 +63,8 @@ class Caller:
 
 @pytest.fixture
 def config(world):
-    config = world.with_overrides(rpc_timeout=5.0).nameko_config()
+    # Long enough that a call in flight outlives closing its connection under load.
+    config = world.with_overrides(rpc_timeout=20.0).nameko_config()
     config["max_workers"] = 60
     return config
 
@@ -177,7 +178,7 @@ def test_a_lost_connection_fails_its_calls_in_flight_and_the_next_call_reconnect
 ):
     (replies,) = (e for e in caller.extensions if isinstance(e, _DirectReplies))
     assert _worker_call(caller, "call", "echo", "before") == "before"
-    in_flight = eventlet.spawn(_worker_call, caller, "call", "slowly", 3)
+    in_flight = eventlet.spawn(_worker_call, caller, "call", "slowly", 15)
     wait_until(lambda: replies._waiting, timeout=10, what="the call in flight")
     _close_connection_of(replies, infrastructure, world.database_prefix)
     # Its reply had nowhere to go: the caller hears so rather than waiting out the timeout.
