@@ -520,11 +520,10 @@ class CredentialProjection:
         return count
 
 
-def bring_in_line_at_start(store: EventSourcedStore) -> None:
+def bring_in_line_at_start(store: EventSourcedStore, settings: Settings) -> None:
     """The gateway's own step of its start-up forgetting (``kernel.forgetting``), before it
     serves: ``bring_in_line`` with accounts over a standalone RPC proxy (the service's own
     are not started yet). Tried again with the rest of the step until accounts answers."""
-    settings = Settings.from_env(service="gateway")
     with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
         projection = CredentialProjection(store.db, settings.api_key_secret)
         learned, ended = projection.bring_in_line(

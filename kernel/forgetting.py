@@ -49,8 +49,9 @@ class Forgetting:
     handlers: Callable[[EventSourcedStore, Settings], Mapping[str, Handler]]
     # Where the log comes from: retention, by RPC, unless given (retention reads its own).
     log: Callable[[EventSourcedStore], list[LogEntry]] | None = None
-    # Forgetting on the service's own clock, done after the log (billing: ended legal holds).
-    own: Callable[[EventSourcedStore], None] | None = None
+    # Forgetting on the service's own clock, done after the log (billing: ended legal holds;
+    # the gateway: keys revoked since a restored backup), given the store and the settings.
+    own: Callable[[EventSourcedStore, Settings], None] | None = None
 
 
 class StartAbandoned(greenlet.GreenletExit):

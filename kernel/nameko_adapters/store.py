@@ -122,7 +122,7 @@ class EventStoreDependency(DependencyProvider):
             store.source,
             read_log,
             apply,
-            own=None if own is None else lambda: own(store),
+            own=None if own is None else lambda: own(store, settings),
             stopping=lambda: self._stopping,
         )
         self._forgotten = True

@@ -12,6 +12,7 @@ from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
+from kernel.config import Settings
 from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
@@ -31,7 +32,7 @@ from services.billing.projections import PROJECTIONS
 from services.billing.subscriptions import ACCOUNTS, PRIVACY
 
 
-def expire_holds(store: Any) -> None:
+def expire_holds(store: Any, settings: Settings) -> None:
     """Erase what legal holds no longer cover, as of today."""
     with store.unit_of_work("retention") as uow:
         privacy.expire_holds(uow, store.cipher.keystore, dt.datetime.now(dt.UTC).date())
