@@ -36,13 +36,14 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import eventlet
 import eventlet.semaphore
 from nameko.standalone.rpc import ClusterRpcProxy
 from psycopg2.extensions import cursor as Cursor
+from psycopg2.extras import execute_values
 
 from kernel.config import Settings
 from kernel.crypto import apikeys
@@ -151,43 +152,84 @@ class Freshness:
 
 
 def learn(cur: Cursor, credential: Mapping[str, Any]) -> None:
-    """A key as accounts reported it (an issuance answered, a fetched event, a rebuild page)."""
-    tenant_state(
-        cur, credential["tenant_id"], credential["tenant_status"], credential["tenant_version"]
-    )
-    if _tenant_destroyed(cur, credential["tenant_id"]):
+    """A key as accounts reported it (an issuance answered, a fetched event)."""
+    learn_many(cur, [credential])
+
+
+def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
+    """Keys as accounts reported them (a rebuild's or a reconciliation's page): three
+    statements whatever their number. Nothing of a destroyed tenant is taken."""
+    if not credentials:
         return
-    cur.execute(
+    tenants: dict[str, tuple] = {}
+    agents: dict[str, tuple] = {}
+    keys: list[tuple] = []
+    for c in credentials:
+        tenant = tenants.get(c["tenant_id"])
+        if tenant is None or c["tenant_version"] > tenant[2]:
+            tenants[c["tenant_id"]] = (c["tenant_id"], c["tenant_status"], c["tenant_version"])
+        agent = agents.get(c["agent_id"])
+        agent_active = bool(c["agent_active"]) and (agent is None or agent[3])
+        agents[c["agent_id"]] = (
+            c["agent_id"],
+            c["tenant_id"],
+            c["role"],
+            agent_active,
+            c["admin_since"],
+        )
+        active = bool(c["key_active"] and c["agent_active"])
+        keys.append(
+            (
+                c["key_id"],
+                c["key_hash"] if active else None,
+                c["agent_id"],
+                c["key_issuer_id"],
+                c["key_issued_at"],
+                active,
+                c["tenant_id"],
+            )
+        )
+    execute_values(
+        cur,
+        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES %s"
+        " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
+        " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
+        list(tenants.values()),
+        template="(%s::uuid, %s, %s)",
+        page_size=len(tenants),
+    )
+    execute_values(
+        cur,
         "INSERT INTO credential_agents (agent_id, tenant_id, role, active, admin_since)"
-        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (agent_id) DO UPDATE SET"
+        " SELECT v.agent_id, v.tenant_id, v.role, v.active, v.admin_since"
+        " FROM (VALUES %s) AS v (agent_id, tenant_id, role, active, admin_since)"
+        " WHERE NOT EXISTS (SELECT 1 FROM credential_tenants t"
+        "  WHERE t.tenant_id = v.tenant_id AND t.status = 'destroyed')"
+        " ON CONFLICT (agent_id) DO UPDATE SET"
         " role = coalesce(credential_agents.role, EXCLUDED.role),"
         " admin_since = coalesce(credential_agents.admin_since, EXCLUDED.admin_since),"
         " active = credential_agents.active AND EXCLUDED.active",
-        (
-            credential["agent_id"],
-            credential["tenant_id"],
-            credential["role"],
-            credential["agent_active"],
-            credential["admin_since"],
-        ),
+        list(agents.values()),
+        template="(%s::uuid, %s::uuid, %s, %s::boolean, %s::timestamptz)",
+        page_size=len(agents),
     )
-    active = bool(credential["key_active"] and credential["agent_active"])
-    cur.execute(
+    execute_values(
+        cur,
         "INSERT INTO credential_keys (key_id, key_hash, agent_id, issuer_id, issued_at, active)"
-        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET"
+        " SELECT v.key_id, v.key_hash, v.agent_id, v.issuer_id, v.issued_at, v.active"
+        " FROM (VALUES %s) AS v (key_id, key_hash, agent_id, issuer_id, issued_at, active,"
+        "  tenant_id)"
+        " WHERE NOT EXISTS (SELECT 1 FROM credential_tenants t"
+        "  WHERE t.tenant_id = v.tenant_id AND t.status = 'destroyed')"
+        " ON CONFLICT (key_id) DO UPDATE SET"
         " key_hash = CASE WHEN credential_keys.active AND EXCLUDED.active"
         "  THEN coalesce(credential_keys.key_hash, EXCLUDED.key_hash) END,"
         " issuer_id = coalesce(credential_keys.issuer_id, EXCLUDED.issuer_id),"
         " issued_at = coalesce(credential_keys.issued_at, EXCLUDED.issued_at),"
         " active = credential_keys.active AND EXCLUDED.active",
-        (
-            credential["key_id"],
-            credential["key_hash"] if active else None,
-            credential["agent_id"],
-            credential["key_issuer_id"],
-            credential["key_issued_at"],
-            active,
-        ),
+        keys,
+        template="(%s::uuid, %s, %s::uuid, %s::uuid, %s::timestamptz, %s::boolean, %s::uuid)",
+        page_size=len(keys),
     )
 
 
@@ -430,8 +472,7 @@ class CredentialProjection:
             items = list(result["items"])
             upto = result["next"]  # the page covers key ids in (after, upto]; to the end if None
             with self.db.transaction() as cur:
-                for credential in items:
-                    learn(cur, credential)
+                learn_many(cur, items)
                 cur.execute(
                     "SELECT key_id FROM credential_keys WHERE active"
                     " AND (%s::uuid IS NULL OR key_id > %s::uuid)"
@@ -502,8 +543,7 @@ class CredentialProjection:
         while True:
             result = page(after, REBUILD_PAGE)
             with self.db.transaction() as cur:
-                for credential in result["items"]:
-                    learn(cur, credential)
+                learn_many(cur, result["items"])
             count += len(result["items"])
             after = result["next"]
             if after is None:

@@ -353,3 +353,22 @@ def test_a_key_accounts_no_longer_holds_is_ended_only_within_the_callers_tenant(
     assert accepts(projection, api_key)  # another tenant's caller changes nothing
     projection.change(credentials.revoke_key_if_theirs, credential["tenant_id"], *ids)
     assert not accepts(projection, api_key)
+
+
+def test_a_page_of_many_keys_of_one_agent_merges_as_one_at_a_time_would(projection):
+    first_key, first = issued(tenant_version=2)
+    same_agent = {k: first[k] for k in ("agent_id", "tenant_id", "role", "admin_since")}
+    others = [issued(**same_agent, tenant_version=v) for v in (1, 3)]
+    gone_key, gone = issued()
+    projection.change(credentials.forget_tenant, gone["tenant_id"])
+    projection.change(
+        credentials.learn_many, [first, *(c for _, c in others), {**gone, "tenant_version": 99}]
+    )
+    for key in (first_key, *(k for k, _ in others)):
+        assert projection.authenticate(key)["agent_id"] == first["agent_id"]
+    assert not accepts(projection, gone_key)  # nothing of a destroyed tenant is taken
+    with projection.db.transaction() as cur:
+        cur.execute(
+            "SELECT version FROM credential_tenants WHERE tenant_id = %s", (first["tenant_id"],)
+        )
+        assert cur.fetchone() == (3,)  # the newest of the page
