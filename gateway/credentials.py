@@ -36,6 +36,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -256,6 +257,10 @@ def revoke_key_if_theirs(cur: Cursor, tenant_id: str, agent_id: str, key_id: str
     """Accounts says the key is not one of the agent's active keys (revoked already, perhaps
     by a request whose projection write failed): end it here too, if the rows show it as the
     agent's in this tenant. Only ever takes access away, and only within the caller's tenant."""
+    try:
+        uuid.UUID(agent_id), uuid.UUID(key_id)
+    except ValueError:
+        return  # not ids at all: nothing here could be theirs
     cur.execute(
         "UPDATE credential_keys SET active = false, key_hash = NULL"
         " WHERE key_id = %s AND agent_id = %s AND agent_id IN"

@@ -351,6 +351,8 @@ def test_a_key_accounts_no_longer_holds_is_ended_only_within_the_callers_tenant(
     ids = (credential["agent_id"], credential["key_id"])
     projection.change(credentials.revoke_key_if_theirs, str(uuid.uuid4()), *ids)
     assert accepts(projection, api_key)  # another tenant's caller changes nothing
+    projection.change(credentials.revoke_key_if_theirs, credential["tenant_id"], ids[0], "nope")
+    assert accepts(projection, api_key)  # a path that names no key changes nothing
     projection.change(credentials.revoke_key_if_theirs, credential["tenant_id"], *ids)
     assert not accepts(projection, api_key)
 
