@@ -52,6 +52,7 @@ from kernel.db import Database
 from kernel.envelope import Envelope
 from kernel.errors import ServiceUnavailable, Unauthorized
 from kernel.forgetting import start_abandoned
+from kernel.nameko_adapters.common import DATABASE_UNAVAILABLE
 from kernel.observability import CREDENTIAL_CHECKS, CREDENTIALS_BEHIND
 from kernel.uow import EventSourcedStore
 
@@ -367,9 +368,13 @@ class CredentialProjection:
         if behind is not None:
             CREDENTIAL_CHECKS.labels("unavailable").inc()
             raise ServiceUnavailable(UNAVAILABLE)
-        with self.db.read() as cur:
-            cur.execute(_AUTHENTICATE, (apikeys.keyed_hash(self._secret, api_key),))
-            row = cur.fetchone()
+        try:
+            with self.db.read() as cur:
+                cur.execute(_AUTHENTICATE, (apikeys.keyed_hash(self._secret, api_key),))
+                row = cur.fetchone()
+        except DATABASE_UNAVAILABLE:
+            CREDENTIAL_CHECKS.labels("unavailable").inc()
+            raise ServiceUnavailable(UNAVAILABLE) from None
         if row is None or row[0] != "ready":
             CREDENTIAL_CHECKS.labels("unavailable").inc()
             raise ServiceUnavailable(UNAVAILABLE)
@@ -401,8 +406,13 @@ class CredentialProjection:
     def change(self, write: Callable[..., Any], *args: Any) -> None:
         """One of the merges above, in a transaction of its own: committed before the route
         that made the change answers."""
-        with self.db.transaction() as cur:
-            write(cur, *args)
+        try:
+            with self.db.transaction() as cur:
+                write(cur, *args)
+        except DATABASE_UNAVAILABLE:
+            # The client retries; a revocation's retry is applied here even though accounts
+            # has it already (the routes' 404 and 409 paths).
+            raise ServiceUnavailable("the gateway's database is unavailable") from None
 
     def status(self) -> str:
         with self.db.read() as cur:

@@ -9,6 +9,7 @@ document, which is built from its routes (``ROUTES``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -87,6 +88,7 @@ class Credentials(DependencyProvider):
         settings = settings_of(self.container)
         self.freshness = credentials.Freshness(settings.credentials_lag_seconds, self.queue_counts)
         self._secret = settings.api_key_secret
+        self._heartbeat = settings.heartbeat
         self._projection: credentials.CredentialProjection | None = None
         self._broker: Connection | None = None
 
@@ -118,16 +120,34 @@ class Credentials(DependencyProvider):
         after a failure)."""
         try:
             if self._broker is None:
-                self._broker = Connection(self.container.config["AMQP_URI"], connect_timeout=2)
+                self._broker = Connection(
+                    self.container.config["AMQP_URI"], connect_timeout=2, heartbeat=self._heartbeat
+                )
+            # Checked every second: heartbeats go out as the broker expects.
+            self._broker.heartbeat_check()
             channel = self._broker.default_channel
             _, waiting, consumers = channel.queue_declare(CREDENTIALS.queue, passive=True)
-            _, dead, _ = channel.queue_declare(CREDENTIALS.dead_letter_queue, passive=True)
         except BaseException:
             if self._broker is not None:
                 self._broker.release()
                 self._broker = None
             raise
-        return waiting, consumers, dead
+        return waiting, consumers, self._dead_letters()
+
+    def _dead_letters(self) -> int:
+        """Messages in the credentials queue's dead-letter queue, 0 when it cannot be seen: a
+        classic queue, it is out of reach while its node is down (NOT_FOUND closes the
+        channel, so it has one of its own), and freshness must not hang on it."""
+        assert self._broker is not None
+        channel = self._broker.channel()
+        try:
+            _, dead, _ = channel.queue_declare(CREDENTIALS.dead_letter_queue, passive=True)
+            return dead
+        except Exception:  # out of reach: no dead letters known
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
 
 
 class Idempotency(DependencyProvider):

@@ -106,14 +106,14 @@ def test_an_empty_operator_token_opens_no_operator_route(
     with make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(port)) as settings:
         platform.prepare(settings)
         env = {**world_env(settings), "LEDGERDESK_OPERATOR_TOKEN": ""}
-        # Retention answers the route, and the gateway reads its log of forgetting at start.
+        # Retention answers the route, and the gateway reads its log of forgetting at start;
+        # accounts, whose credentials the gateway reconciles with before it serves.
+        only = ("retention", "accounts", "gateway-1")
         started.update(
-            platform.start_processes(
-                env, gateway_processes=1, only=("retention", "gateway-1"), log_dir=tmp_path
-            )
+            platform.start_processes(env, gateway_processes=1, only=only, log_dir=tmp_path)
         )
         url = f"http://127.0.0.1:{port}"
-        # Its ops port: the API's /readyz waits for every service, and only two run here.
+        # Its ops port: the API's /readyz waits for every service, and only three run here.
         ops = f"http://127.0.0.1:{started['gateway-1'].ops_port}"
         wait_until(lambda: ready(ops), timeout=120, interval=0.5, what="the gateway ready")
 
