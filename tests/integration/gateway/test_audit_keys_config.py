@@ -20,9 +20,10 @@ def test_a_production_gateway_without_the_key_list_refuses_to_start(world, tmp_p
         LEDGERDESK_AUDIT_SIGNING_KEY=base64.b64encode(bytes(range(1, 33))).decode(),
     )
     platform.prepare(world)
-    # The gateway reads retention's log of forgetting before it starts: retention runs too.
+    # The gateway reads retention's log of forgetting and reconciles its credentials with
+    # accounts before it starts: both run too.
     processes = platform.start_processes(
-        env, gateway_processes=1, only=("retention", "gateway-1"), log_dir=tmp_path
+        env, gateway_processes=1, only=("retention", "accounts", "gateway-1"), log_dir=tmp_path
     )
     try:
         code = processes["gateway-1"].wait(timeout=120)
