@@ -116,7 +116,7 @@ class Freshness:
                 log.warning("credentials queue not observed: %s", type(exc).__name__)
             else:
                 self.observed(waiting, consumers, dead)
-        reason = self.behind()
+        reason = self._reason()
         if reason is not None:
             CREDENTIALS_BEHIND.inc()
         if reason != self._last_reason:
@@ -138,8 +138,9 @@ class Freshness:
         check (a process just started), it checks at once rather than refuse."""
         if self._checked_at is None:
             self.check()
-            if self._checked_at is None:
-                return "accounts' credential events could not be checked"
+        return self._reason()
+
+    def _reason(self) -> str | None:
         now = self._clock()
         if self._checked_at is None or now - self._checked_at > self.lag_limit:
             return "accounts' credential events could not be checked"

@@ -250,6 +250,19 @@ def test_a_rebuild_refuses_every_key_until_done_and_keeps_what_ended_meanwhile(p
     assert projection.rebuild_if_needed(page) is None  # ready: nothing to do
 
 
+def test_a_broker_out_of_reach_from_the_start_refuses_every_key(projection):
+    api_key, credential = issued()
+    projection.change(credentials.learn, credential)
+
+    def unreachable() -> tuple[int, int, int]:
+        raise ConnectionError("no broker yet")
+
+    freshness = credentials.Freshness(5.0, unreachable, clock=ManualClock())
+    watched = credentials.CredentialProjection(projection.db, SECRET, freshness)
+    assert refused(watched, freshness, api_key, "could not be checked")
+    assert not watched.trusted()
+
+
 def test_news_that_waits_unread_or_a_queue_nobody_reads_refuses_every_key(projection):
     api_key, credential = issued()
     projection.change(credentials.learn, credential)
