@@ -1,13 +1,15 @@
 """Sections 1 and 3: the write path through the gateway, its raw floor, and fan-out to audit.
 
 Ours: N concurrent HTTP clients create tickets through the gateway. Each request authenticates
-by RPC, creates the ticket by RPC (event append, projection and outbox in one transaction), the
-relay publishes it with confirms, and audit records it in the ledger; the gateway writes an
-access-log event for the ledger too.
+from the gateway's credentials projection, creates the ticket by RPC (event append, projection
+and outbox in one transaction), the relay publishes it with confirms, and audit records it in
+the ledger; the gateway writes an access-log event for the ledger too.
 
 The raw floor: one process doing, per request, what the platform's own work comes down to,
 with nothing in between: the same transaction in psycopg2 (events lock, version check, event
-insert, read-model insert, outbox insert) and one pika publish waiting for its confirm.
+insert, read-model insert, outbox insert) and one pika publish waiting for its confirm. Beside
+it the batching-relay floor: the same transaction from four threads and one relay publishing
+the outbox in batches, one wait for a batch's confirms (the platform's own design, nothing else).
 
 Fan-out: the ledger stamps ``recorded_at`` when it records an entry, and the entry keeps the
 event's ``occurred_at``, so append-to-ledger latency is read from the ledger after the run:
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import amqp
+import kombu
 import pika
 import psycopg2
 
@@ -38,6 +42,9 @@ from bench.harness import Context, Row, cores, percentile
 from kernel.stores import prepare_databases
 from kernel.testing import wait_until
 
+# Issue 19's targets: a third of the one-process raw floor through the whole platform (the floor
+# does one transaction and one publish; a ticket crosses four processes and two databases).
+FLOOR_RATIO_TARGET = 0.33
 IDLE_SECONDS = 5.0  # the idle stack's counters, to judge what the settling time adds
 TICKET = {"subject": "order 1234 has not arrived", "body": "where is it?", "priority": "normal"}
 
@@ -154,16 +161,60 @@ def _load(
 # --- the raw floor ------------------------------------------------------------------------------
 
 
+def _floor_world(ctx: Context, name: str) -> tuple[Any, str]:
+    settings = ctx.world()
+    prepare_databases(settings, name, Path("services/tickets/migrations"))
+    return settings, settings.database_dsn(name)
+
+
+def _floor_transaction(conn: Any, tenant: str, requester: str, exchange: str) -> str:
+    """The platform's own work for one ticket, in one transaction: events lock, version check,
+    event, read-model row, outbox row. Returns the message body."""
+    ticket, event_id = str(uuid.uuid4()), str(uuid.uuid4())
+    stream = f"Ticket-{ticket}"
+    payload = {**TICKET, "ticket_id": ticket, "tenant_id": tenant, "tags": []}
+    body = json.dumps({"event_id": event_id, "type": "ticket_created", "payload": payload})
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        cur.execute(
+            "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
+            (stream,),
+        )
+        cur.fetchone()
+        cur.execute(
+            "INSERT INTO events (event_id, type, schema_version, source, stream_id,"
+            " stream_version, tenant_id, occurred_at, actor_id, payload)"
+            " VALUES (%s, 'ticket_created', 1, 'tickets', %s, 1, %s, now(), %s, %s)",
+            (event_id, stream, tenant, requester, json.dumps(payload)),
+        )
+        cur.execute(
+            "INSERT INTO tickets (id, tenant_id, requester_id, subject, body, status,"
+            " priority, version, created_at, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s, 'new', 'normal', 1, now(), now())",
+            (ticket, tenant, requester, TICKET["subject"], TICKET["body"]),
+        )
+        cur.execute(
+            "INSERT INTO outbox (event_id, stream_id, exchange, routing_key, body)"
+            " VALUES (%s, %s, %s, 'tickets.ticket_created', %s)",
+            (event_id, stream, exchange, body),
+        )
+    conn.commit()
+    return body
+
+
+def _declare_floor_queue(channel: Any, name: str) -> None:
+    channel.exchange_declare(name, "topic", durable=True)
+    channel.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(name, name, "#")
+
+
 def _raw_floor(ctx: Context, seconds: float) -> float:
     """Requests per second of one process doing the same transaction and one confirmed publish."""
-    settings = ctx.world()
-    prepare_databases(settings, "floor", Path("services/tickets/migrations"))
-    conn = psycopg2.connect(settings.database_dsn("floor"))
+    settings, dsn = _floor_world(ctx, "floor")
+    conn = psycopg2.connect(dsn)
     broker = pika.BlockingConnection(pika.URLParameters(settings.amqp_uri))
     channel = broker.channel()
-    channel.exchange_declare("bench.floor", "topic", durable=True)
-    channel.queue_declare("bench.floor", durable=True, arguments={"x-queue-type": "quorum"})
-    channel.queue_bind("bench.floor", "bench.floor", "#")
+    _declare_floor_queue(channel, "bench.floor")
     channel.confirm_delivery()
     tenant, requester = str(uuid.uuid4()), str(uuid.uuid4())
     done = 0
@@ -171,35 +222,7 @@ def _raw_floor(ctx: Context, seconds: float) -> float:
     began = time.perf_counter()
     try:
         while time.perf_counter() < until:
-            ticket, event_id = str(uuid.uuid4()), str(uuid.uuid4())
-            stream = f"Ticket-{ticket}"
-            payload = {**TICKET, "ticket_id": ticket, "tenant_id": tenant, "tags": []}
-            body = json.dumps({"event_id": event_id, "type": "ticket_created", "payload": payload})
-            with conn.cursor() as cur:
-                cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-                cur.execute(
-                    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",
-                    (stream,),
-                )
-                cur.fetchone()
-                cur.execute(
-                    "INSERT INTO events (event_id, type, schema_version, source, stream_id,"
-                    " stream_version, tenant_id, occurred_at, actor_id, payload)"
-                    " VALUES (%s, 'ticket_created', 1, 'tickets', %s, 1, %s, now(), %s, %s)",
-                    (event_id, stream, tenant, requester, json.dumps(payload)),
-                )
-                cur.execute(
-                    "INSERT INTO tickets (id, tenant_id, requester_id, subject, body, status,"
-                    " priority, version, created_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, 'new', 'normal', 1, now(), now())",
-                    (ticket, tenant, requester, TICKET["subject"], TICKET["body"]),
-                )
-                cur.execute(
-                    "INSERT INTO outbox (event_id, stream_id, exchange, routing_key, body)"
-                    " VALUES (%s, %s, 'bench.floor', 'tickets.ticket_created', %s)",
-                    (event_id, stream, body),
-                )
-            conn.commit()
+            body = _floor_transaction(conn, tenant, requester, "bench.floor")
             channel.basic_publish(
                 "bench.floor",
                 "tickets.ticket_created",
@@ -212,6 +235,87 @@ def _raw_floor(ctx: Context, seconds: float) -> float:
         broker.close()
         conn.close()
     return done / (time.perf_counter() - began)
+
+
+RELAY_FLOOR_WRITERS = 4
+RELAY_FLOOR_BATCH = 500
+
+
+def _relay_floor(ctx: Context, seconds: float) -> tuple[float, int]:
+    """Tickets per second through the same transaction from ``RELAY_FLOOR_WRITERS`` threads, and
+    one relay thread that reads the outbox in batches, publishes a batch, waits for all its
+    confirms at once and deletes its rows: the platform's design with nothing else in the way.
+    Counted are rows confirmed and deleted in the window; also returned, the rows still waiting
+    in the outbox at its end (many: the relay bounds it; few: the writers do)."""
+    settings, dsn = _floor_world(ctx, "relayfloor")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        conn = psycopg2.connect(dsn)
+        tenant, requester = str(uuid.uuid4()), str(uuid.uuid4())
+        try:
+            while not stop.is_set():
+                _floor_transaction(conn, tenant, requester, "bench.relayfloor")
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            failures.append(exc)
+        finally:
+            conn.close()
+
+    conn = psycopg2.connect(dsn)
+    broker = pika.BlockingConnection(pika.URLParameters(settings.amqp_uri))
+    channel = broker.channel()
+    _declare_floor_queue(channel, "bench.relayfloor")
+    broker.close()
+    # py-amqp, as the platform's relay: pika's blocking channel waits for each confirm.
+    link = kombu.Connection(settings.amqp_uri, connect_timeout=5)
+    link.connect()
+    publisher: amqp.Connection = link.connection
+    confirm = publisher.channel()
+    confirm.confirm_select()
+    acked = [0]
+    confirm.events["basic_ack"].add(lambda tag, multiple: acked.__setitem__(0, tag))
+    writers = [threading.Thread(target=write, daemon=True) for _ in range(RELAY_FLOOR_WRITERS)]
+    published = relayed = 0
+    began = time.perf_counter()
+    for writer in writers:
+        writer.start()
+    try:
+        while time.perf_counter() - began < seconds:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT id, routing_key, body FROM outbox ORDER BY id LIMIT %s",
+                    (RELAY_FLOOR_BATCH,),
+                )
+                batch = cur.fetchall()
+            conn.commit()
+            if not batch:
+                time.sleep(0.001)
+                continue
+            for _id, routing_key, body in batch:
+                message = amqp.Message(body, content_type="application/json", delivery_mode=2)
+                confirm.basic_publish(message, "bench.relayfloor", routing_key, mandatory=True)
+            published += len(batch)
+            while acked[0] < published:
+                publisher.drain_events(timeout=30)
+            with conn.cursor() as cur:
+                cur.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([b[0] for b in batch],))
+            conn.commit()
+            relayed += len(batch)
+        elapsed = time.perf_counter() - began
+        stop.set()
+        for writer in writers:
+            writer.join()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM outbox")
+            (waiting,) = cur.fetchone()
+    finally:
+        stop.set()
+        link.release()
+        conn.close()
+    if failures:
+        raise failures[0]
+    return relayed / elapsed, waiting
 
 
 # --- fan-out ------------------------------------------------------------------------------------
@@ -270,6 +374,7 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
     # The floor runs in a world of its own, so it is also the stack's quiet time before the
     # cost counters are read (bench/cost.py: they lag by up to SETTLE seconds).
     floor = _raw_floor(ctx, seconds=min(seconds, 10.0))
+    relay_floor, relay_waiting = _relay_floor(ctx, seconds=min(seconds, 10.0))
     meter = cost.CostMeter(stack, ctx.infrastructure) if "cost" in sections else None
     cost_rows: list[Row] = []
     if meter is not None:
@@ -317,9 +422,19 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 "req/s",
                 floor,
                 "raw floor: psycopg2 tx + confirmed pika publish, 1 process",
-                "ratio >= 0.5",
-                throughput / floor >= 0.5,
+                f"ratio >= {FLOOR_RATIO_TARGET}",
+                throughput / floor >= FLOOR_RATIO_TARGET,
                 f"{size}; {len(errors)} errors",
+            ),
+            Row(
+                "write",
+                "throughput (tickets/s) against the batching-relay floor",
+                throughput,
+                "req/s",
+                relay_floor,
+                f"batching-relay floor: {RELAY_FLOOR_WRITERS} writers + one relay,"
+                " confirms waited once a batch",
+                note=f"the same run; {relay_waiting} rows left unpublished at the floor's end",
             ),
             Row("write", "p50 latency at max", percentile(latencies, 50) * 1000, "ms", note=size),
             Row("write", "p95 latency at max", percentile(latencies, 95) * 1000, "ms", note=size),
@@ -329,8 +444,8 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 f"p99 latency at half max ({half:.0f}/s)",
                 percentile(paced, 99) * 1000,
                 "ms",
-                target="< 100 ms",
-                met=percentile(paced, 99) < 0.1,
+                target="< 50 ms",
+                met=percentile(paced, 99) < 0.05,
                 note=f"open loop, {paced_seconds:.0f} s; p50 {percentile(paced, 50) * 1000:.1f}"
                 f" ms; {len(paced_errors)} errors",
             ),
@@ -339,9 +454,17 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
         full = _fanout(ctx, full_tenant, measured_from)
         at_half = _fanout(ctx, half_tenant, paced_from)
         for label, values in (("at max load", full), ("at half load", at_half)):
+            p99 = percentile(values, 99)
             rows += [
                 Row("fanout", f"append to ledger p50 {label}", percentile(values, 50) * 1000, "ms"),
-                Row("fanout", f"append to ledger p99 {label}", percentile(values, 99) * 1000, "ms"),
+                Row(
+                    "fanout",
+                    f"append to ledger p99 {label}",
+                    p99 * 1000,
+                    "ms",
+                    target="< 100 ms" if label == "at max load" else "",
+                    met=p99 < 0.1 if label == "at max load" else None,
+                ),
             ]
     return rows + cost_rows
 
