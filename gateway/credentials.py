@@ -164,7 +164,7 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
     statements whatever their number. Nothing of a destroyed tenant is taken."""
     if not credentials:
         return
-    tenants: dict[str, tuple] = {}
+    tenants: dict[str, tuple[str, str, int]] = {}
     agents: dict[str, tuple] = {}
     keys: list[tuple] = []
     for c in credentials:
@@ -192,15 +192,7 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
                 c["tenant_id"],
             )
         )
-    execute_values(
-        cur,
-        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES %s"
-        " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
-        " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
-        list(tenants.values()),
-        template="(%s::uuid, %s, %s)",
-        page_size=len(tenants),
-    )
+    _merge_tenants(cur, list(tenants.values()))
     execute_values(
         cur,
         "INSERT INTO credential_agents (agent_id, tenant_id, role, active, admin_since)"
@@ -236,13 +228,22 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
     )
 
 
-def tenant_state(cur: Cursor, tenant_id: str, status: str, version: int) -> None:
-    cur.execute(
-        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES (%s, %s, %s)"
+def _merge_tenants(cur: Cursor, tenants: Sequence[tuple[str, str, int]]) -> None:
+    """Each tenant's status as of its stream version: a newer version wins, so an older one
+    arriving late changes nothing."""
+    execute_values(
+        cur,
+        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES %s"
         " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
         " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
-        (tenant_id, status, version),
+        tenants,
+        template="(%s::uuid, %s, %s)",
+        page_size=len(tenants),
     )
+
+
+def tenant_state(cur: Cursor, tenant_id: str, status: str, version: int) -> None:
+    _merge_tenants(cur, [(tenant_id, status, version)])
 
 
 def revoke_key(cur: Cursor, tenant_id: str, agent_id: str, key_id: str) -> None:
