@@ -409,12 +409,19 @@ class CredentialProjection:
         """One of the merges above, in a transaction of its own: committed before the route
         that made the change answers."""
         try:
-            with self.db.transaction() as cur:
-                write(cur, *args)
+            self.apply_news(write, *args)
         except DATABASE_UNAVAILABLE:
             # The client retries; a revocation's retry is applied here even though accounts
             # has it already (the routes' 404 and 409 paths).
             raise ServiceUnavailable("the gateway's database is unavailable") from None
+
+    def apply_news(self, write: Callable[..., Any], *args: Any) -> None:
+        """``change`` for a consumer of accounts' news: the database's own error gets out, so
+        the kernel's consumer retries the message in-process through a restart; any other
+        error would return it to the queue, where a few quick deliveries dead-letter it (a
+        revocation then waits for a reconciliation while its key is accepted)."""
+        with self.db.transaction() as cur:
+            write(cur, *args)
 
     def status(self) -> str:
         with self.db.read() as cur:

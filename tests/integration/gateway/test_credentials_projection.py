@@ -10,15 +10,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg2
 import pytest
+from nameko.testing.services import worker_factory
 
 from gateway import credentials
 from gateway.idempotency import MIGRATIONS
+from gateway.service import GatewayService
 from kernel import db as kdb
 from kernel.config import Settings
 from kernel.crypto import apikeys
 from kernel.envelope import new_envelope
 from kernel.errors import ServiceUnavailable, Unauthorized
+from kernel.nameko_adapters.common import DATABASE_UNAVAILABLE
 from kernel.stores import prepare_databases
 from kernel.testing import ManualClock
 
@@ -387,3 +391,35 @@ def test_a_page_of_many_keys_of_one_agent_merges_as_one_at_a_time_would(projecti
             "SELECT version FROM credential_tenants WHERE tenant_id = %s", (first["tenant_id"],)
         )
         assert cur.fetchone() == (3,)  # the newest of the page
+
+
+def test_news_met_by_a_database_restart_is_retried_in_process_not_dead_lettered(projection):
+    """The kernel's consumer retries a handler that met the database away in-process
+    (``DATABASE_UNAVAILABLE``); anything else goes back to the queue, and after
+    ``LEDGERDESK_DELIVERY_LIMIT`` quick deliveries to the dead-letter queue, where a revocation
+    waits for the next reconciliation while its key is accepted. So a revocation's event met by
+    a restart of the gateway's database must fail as the database's error, then apply."""
+    api_key, credential = issued()
+    projection.change(credentials.learn, credential)
+    gateway = worker_factory(GatewayService, credentials=projection)
+    revoked = event(
+        "api_key_revoked",
+        credential["tenant_id"],
+        agent_id=credential["agent_id"],
+        key_id=credential["key_id"],
+    )
+    # A restart of PostgreSQL: every session the pool keeps is ended.
+    with projection.db.read() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (pid,) = cur.fetchone()
+    other = psycopg2.connect(projection.db.dsn)
+    try:
+        with other, other.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        other.close()
+    with pytest.raises(Exception) as failure:
+        gateway.learn_credentials(revoked)
+    assert isinstance(failure.value, DATABASE_UNAVAILABLE), repr(failure.value)
+    gateway.learn_credentials(revoked)  # the in-process retry
+    assert not accepts(projection, api_key)
