@@ -4,6 +4,8 @@ contacts and their consent, and the policy versions agents accept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from werkzeug.wrappers import Request, Response
 
 from gateway import credentials, schemas
@@ -29,6 +31,23 @@ class AccountRoutes(Routes):
             state["tenant_version"],
         )
         return tenant
+
+    def _tenant_changing(self, caller: dict, change: Callable[[dict], dict]) -> dict:
+        """The tenant as ``change`` left it, its new state in force here before the answer.
+        A 409 (cancelled already, say, by a first request whose write here failed) brings the
+        tenant's state as accounts has it here too, then the same answer."""
+        try:
+            return self._tenant_changed(change(caller))
+        except Conflict:
+            credential = self.accounts.credential(caller["key_id"])
+            if credential is not None:
+                self.credentials.change(
+                    credentials.tenant_state,
+                    credential["tenant_id"],
+                    credential["tenant_status"],
+                    credential["tenant_version"],
+                )
+            raise
 
     @api(
         "POST",
@@ -119,7 +138,7 @@ class AccountRoutes(Routes):
     )
     def cancel_tenant(self, request: Request) -> Response:
         caller = self._caller(request)
-        return json_response(202, self._tenant_changed(self.accounts.cancel_tenant(caller)))
+        return json_response(202, self._tenant_changing(caller, self.accounts.cancel_tenant))
 
     @api(
         "POST",
@@ -137,7 +156,7 @@ class AccountRoutes(Routes):
             request,
             caller["tenant_id"],
             lambda: json_response(
-                200, self._tenant_changed(self.accounts.reactivate_tenant(caller))
+                200, self._tenant_changing(caller, self.accounts.reactivate_tenant)
             ),
         )
 
