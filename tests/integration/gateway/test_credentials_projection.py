@@ -220,6 +220,59 @@ def test_erasure_and_destruction_leave_no_hash_and_no_later_news_revives_them(pr
         assert cur.fetchone()[0] == 0
 
 
+def agent_row(projection: credentials.CredentialProjection, agent_id: str) -> tuple | None:
+    with projection.db.transaction() as cur:
+        cur.execute(
+            "SELECT active, role, admin_since FROM credential_agents WHERE agent_id = %s",
+            (agent_id,),
+        )
+        return cur.fetchone()
+
+
+def key_rows(projection: credentials.CredentialProjection, agent_id: str) -> int:
+    with projection.db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM credential_keys WHERE agent_id = %s", (agent_id,))
+        return cur.fetchone()[0]
+
+
+def test_an_agent_erased_before_their_news_or_during_a_rebuild_stays_erased(projection):
+    # Erased before any news of them: the key fetched afterwards (accounts answering from
+    # before its own erasure) authenticates no one and leaves no row.
+    early_key, early = issued()
+    projection.change(credentials.forget_agent, early["tenant_id"], early["agent_id"], "agent")
+    projection.change(credentials.learn, early)
+    assert not accepts(projection, early_key)
+    assert agent_row(projection, early["agent_id"]) == (False, None, None)
+    assert key_rows(projection, early["agent_id"]) == 0
+
+    # Erased while a rebuild reads pages from before the erasure.
+    erased_key, erased = issued()
+    projection.change(credentials.learn, erased)
+    assert accepts(projection, erased_key)
+
+    def page(after: str | None, limit: int) -> dict[str, Any]:
+        projection.change(
+            credentials.forget_agent, erased["tenant_id"], erased["agent_id"], "agent"
+        )
+        return {"items": [erased], "next": None}
+
+    projection.request_rebuild()
+    assert projection.rebuild_if_needed(page) == 1
+    assert not accepts(projection, erased_key)
+    assert agent_row(projection, erased["agent_id"]) == (False, None, None)
+    assert key_rows(projection, erased["agent_id"]) == 0
+
+    # A subject that is not an agent (a contact) leaves no row behind.
+    contact = str(uuid.uuid4())
+    projection.change(credentials.forget_agent, erased["tenant_id"], contact, "contact")
+    assert agent_row(projection, contact) is None
+    # Nor does an agent of another tenant's id change anything of theirs.
+    other_key, other = issued()
+    projection.change(credentials.learn, other)
+    projection.change(credentials.forget_agent, erased["tenant_id"], other["agent_id"], "agent")
+    assert accepts(projection, other_key)
+
+
 def test_a_rebuild_refuses_every_key_until_done_and_keeps_what_ended_meanwhile(projection):
     before_key, before = issued()
     projection.change(credentials.learn, before)
