@@ -52,6 +52,12 @@ class RetryLater(Conflict):
 
 
 @deserialize_to_instance
+class Gone(DomainError):
+    """It existed and is deleted for good (an export past its expiry, say): not a 404, so a
+    client knows not to look for it again."""
+
+
+@deserialize_to_instance
 class Forbidden(DomainError):
     pass
 
