@@ -31,6 +31,7 @@ from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
+from gateway.routes.exports import ExportRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.tickets import TicketRoutes
@@ -164,6 +165,7 @@ class GatewayService(
     AuditRoutes,
     PrivacyRoutes,
     RetentionRoutes,
+    ExportRoutes,
     ConsoleRoutes,
     OperationsRoutes,
 ):
