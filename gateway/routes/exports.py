@@ -43,6 +43,7 @@ class ExportRoutes(Routes):
         ),
         status=202,
         response="TenantExportOut",
+        errors=(422,),  # an Idempotency-Key that cannot be one
         also=((200, "TenantExportOut", "the export already under way"),),
         idempotent=True,
     )
