@@ -26,9 +26,11 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             agent.deactivate()
             uow.save(agent, tenant, handlers._tenant_region(uow, tenant))
         shredded = cipher.keystore.shred_subject(subject, tenant)
+        # A change like any other for a client keeping a copy in step (``updated_since``): it
+        # sees the contact again, erased, and drops what it held of them.
         uow.cur.execute(
-            "UPDATE contacts SET name = %s, email = %s, phone = NULL WHERE id = %s"
-            " AND tenant_id = %s",
+            "UPDATE contacts SET name = %s, email = %s, phone = NULL, updated_at = now()"
+            " WHERE id = %s AND tenant_id = %s",
             (ERASED, ERASED, subject, tenant),
         )
         # How they consented is their free text too (the record that they did stays).

@@ -29,6 +29,12 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
             (_FINAL, subject),
         )
+        # Their tickets now read as erased: a change for a client keeping a copy in step
+        # (``updated_since``), which sees them again and drops their words.
+        uow.cur.execute(
+            "UPDATE tickets SET updated_at = now() WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
         # The digests of their tickets' tags are under the tenant's key, which stays: deleted,
         # so no tag finds their tickets again (a rebuild reads those tags as erased).
         uow.cur.execute(
@@ -47,7 +53,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             return {"status": "done", "detail": "tickets holds nothing of this category"}
         tenant = str(command["tenant_id"])
         uow.cur.execute(
-            "UPDATE tickets SET erased_at = now() WHERE tenant_id = %s AND status = 'closed'"
+            "UPDATE tickets SET erased_at = now(), updated_at = now()"
+            " WHERE tenant_id = %s AND status = 'closed'"
             " AND closed_at < %s AND erased_at IS NULL RETURNING id",
             (tenant, command["before"]),
         )

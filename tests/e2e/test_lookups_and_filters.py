@@ -252,8 +252,26 @@ def test_an_erased_contact_is_found_no_more_and_leaves_no_index_row(logged):
     tag_digests = "SELECT count(*) FROM ticket_tag_digests WHERE ticket_id = %s"
     assert rows(stack, "tickets", tag_digests, hers["id"]) == [(1,)]
 
+    # A client in step up to now: the erasure is a change it will see.
+    def newest(path: str) -> str:
+        return max(i["updated_at"] for i in ok(stack.call("GET", path, key=key))["items"])
+
+    contacts_since = newest("/v1/contacts?limit=200")
+    tickets_since = newest("/v1/tickets?limit=200")
+
     filed = file(stack, key, {"type": "erasure", "subject": {"contact_id": dora["id"]}})
     assert completed(stack, key, filed["id"])["status"] == "completed"
+    changed = ok(
+        stack.call(
+            "GET",
+            f"/v1/contacts?{query(updated_since=contacts_since, limit='200')}",
+            key=key,
+        )
+    )["items"]
+    assert [(c["id"], c["name"]) for c in changed if c["id"] == dora["id"]] == [
+        (dora["id"], "[erased]")
+    ]
+    assert hers["id"] in found(stack, key, "/v1/tickets", updated_since=tickets_since)
 
     assert found(stack, key, "/v1/contacts", email=email) == []
     assert found(stack, key, "/v1/contacts", phone="+15550199") == []
