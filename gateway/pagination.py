@@ -18,6 +18,7 @@ from typing import Any
 from gateway import bodies
 from kernel.errors import ValidationFailed
 
+PAGING = ("limit", "cursor")  # the query parameters of every list; the rest are its filters
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 # Far beyond any real position; bounds the work a hostile cursor can cause before it is refused.
@@ -40,6 +41,13 @@ def page_params(args: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
     cursor = args.get("cursor")
     # An empty cursor is what a client sends when it builds the URL from no cursor at all.
     return limit, decode_cursor(cursor) if cursor else None
+
+
+def order_of(query: Mapping[str, str]) -> str:
+    """The order a list is paged in: as its items were created, or, given ``updated_since``, as
+    they changed (a client that keeps a copy in step goes on from its last cursor, and an item
+    changed meanwhile comes again, later). A cursor names its order (``Routes._page``)."""
+    return "updated_at" if query.get("updated_since") else "created_at"
 
 
 def encode_cursor(position: Mapping[str, Any]) -> str:

@@ -43,7 +43,8 @@ class EventSourcedStore:
         self.db = db
         self.registry = registry
         self.cipher = cipher
-        self.projections = list(projections)
+        # Each as this store applies it: one that needs the store's keys gets its own copy.
+        self.projections = [projection.bound(cipher) for projection in projections]
 
     def unit_of_work(
         self, actor_id: str | None = None, trace: dict[str, str] | None = None
@@ -68,10 +69,14 @@ class EventSourcedStore:
                 return projection
         raise KeyError(f"{self.source} has no projection {name!r}")
 
-    def rebuild(self, name: str, progress: bool | None = None) -> int:
+    def rebuild(
+        self, name: str, progress: bool | None = None, only_if_new: bool = False
+    ) -> int | None:
+        """Replay the store into the read model ``name`` (``kernel.projections.rebuild``);
+        ``only_if_new``: only if this database never built it."""
         projection = self.projection(name)
         prepare = self.upcast if projection.ciphertext else self.prepare
-        return rebuild(self.db, projection, prepare, progress=progress)
+        return rebuild(self.db, projection, prepare, progress=progress, only_if_new=only_if_new)
 
 
 class UnitOfWork:

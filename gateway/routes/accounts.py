@@ -9,7 +9,8 @@ from collections.abc import Callable
 from werkzeug.wrappers import Request, Response
 
 from gateway import credentials, schemas
-from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json
+from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json, read_query
+from gateway.pagination import order_of
 from gateway.route import ADMIN, ANYONE, STAFF
 from gateway.routes.base import Routes, etag, if_match
 from kernel.errors import Conflict, NotFound
@@ -188,15 +189,17 @@ class AccountRoutes(Routes):
         "GET",
         "/v1/agents",
         roles=ADMIN,
-        summary="List the tenant's agents",
+        summary="List the tenant's agents, or find one by e-mail address",
         response="AgentListOut",
         errors=(422,),
         listed=True,
+        query="FindAgentsV1",
     )
     def list_agents(self, request: Request) -> Response:
         caller = self._caller(request)
+        query = read_query(request, schemas.FindAgentsV1())
         limit, after = self._page(request)
-        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after))
+        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after, query))
 
     @api(
         "GET",
@@ -304,15 +307,20 @@ class AccountRoutes(Routes):
         "GET",
         "/v1/contacts",
         roles=STAFF,
-        summary="List the tenant's contacts",
+        summary="List the tenant's contacts, or find them by e-mail address, phone number or"
+        " name prefix; updated_since pages in the order they changed",
         response="ContactListOut",
         errors=(422,),
         listed=True,
+        query="FindContactsV1",
     )
     def list_contacts(self, request: Request) -> Response:
         caller = self._caller(request)
-        limit, after = self._page(request)
-        return self._listing(self.accounts.list_contacts(caller["tenant_id"], limit, after))
+        query = read_query(request, schemas.FindContactsV1())
+        order = order_of(query)
+        limit, after = self._page(request, order)
+        page = self.accounts.list_contacts(caller["tenant_id"], limit, after, query)
+        return self._listing(page, order)
 
     @api(
         "GET",

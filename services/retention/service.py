@@ -8,6 +8,7 @@ it keeps of a destroyed tenant is sealed under the tenant's key (``sealed``).
 from __future__ import annotations
 
 import base64
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, store_of
-from kernel.observability import service_health
+from kernel.observability import StateSample, service_health
 from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
@@ -37,6 +38,7 @@ from services.retention import (
     approvals,
     export_job,
     forgetting,
+    gauges,
     periods,
     receipts,
     registry,
@@ -89,6 +91,17 @@ class RequestTiming(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> requests.Timing:
         return self.timing
+
+
+class RequestGauges(DependencyProvider):
+    """Data-subject requests by type, state and age, and those past their due date, read from
+    retention's database when the process's metrics are scraped (``services.retention.gauges``)."""
+
+    state_gauges = gauges.GAUGES
+
+    def read_state_gauges(self) -> list[StateSample]:
+        with store_of(self.container).db.transaction() as cur:
+            return gauges.read(cur, dt.datetime.now(dt.UTC))
 
 
 class SealedFreeText(DependencyProvider):
@@ -150,6 +163,7 @@ class RetentionService:
     signer = ReceiptSigner()
     clock = Clock()
     timing = RequestTiming()
+    request_gauges = RequestGauges()
     tracing = Tracing()
     config = Config()
 

@@ -97,6 +97,42 @@ DATA_MAP = ServiceMap(
             ends=(DESTROYED,),
         ),
         Table(
+            "ticket_tag_digests",
+            "the blind index of tags (services.tickets.lookups): a keyed hash of each tag of a"
+            " ticket, never the tag",
+            (
+                pseudonym("ticket_id"),
+                pseudonym("tenant_id"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    End(
+                        When.ERASURE,
+                        "the rows of the requester's tickets are deleted",
+                        f"{_PRIVACY}:erase_subject",
+                    ),
+                    End(
+                        When.PERIOD,
+                        "closed_tickets: the purged tickets' rows are deleted",
+                        f"{_PRIVACY}:purge_category",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's rows are deleted; the key is shredded with the tenant's",
+                        "services.tickets.projections:TagIndexProjection.apply",
+                    ),
+                    End(
+                        When.REPLACED,
+                        "a change of tags replaces the ticket's rows",
+                        "services.tickets.projections:TagIndexProjection.apply",
+                    ),
+                    note="HMAC-SHA-256 of the caseless tag under a key derived from the tenant's"
+                    " (kernel.crypto.blind_index): it confirms a guessed tag only to whoever holds"
+                    " that key, and no one once the tenant is destroyed",
+                ),
+            ),
+        ),
+        Table(
             "directory",
             "who exists (agents, contacts), learned from accounts' events: ids and states",
             (

@@ -1,8 +1,9 @@
 """Tickets' answers to privacy commands. A ticket's words (subject, body, tags, messages) are
 under its own key, a child of its requester's: erasing the requester is one shred (their tickets
 and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
-ticket past its period loses its own key. Messages an agent wrote before tickets had their own
-keys are under the agent's key."""
+ticket past its period loses its own key. The digests of a ticket's tags (the blind index,
+``services.tickets.lookups``) are under the tenant's key, so they are deleted with it. Messages
+an agent wrote before tickets had their own keys are under the agent's key."""
 
 from __future__ import annotations
 
@@ -28,10 +29,23 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
             (_FINAL, subject),
         )
+        # Their tickets now read as erased: a change for a client keeping a copy in step
+        # (``updated_since``), which sees them again and drops their words.
+        uow.cur.execute(
+            "UPDATE tickets SET updated_at = now() WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
+        # The digests of their tickets' tags are under the tenant's key, which stays: deleted,
+        # so no tag finds their tickets again (a rebuild reads those tags as erased).
+        uow.cur.execute(
+            "DELETE FROM ticket_tag_digests d USING tickets t"
+            " WHERE d.ticket_id = t.id AND t.requester_id = %s AND t.tenant_id = %s",
+            (subject, tenant),
+        )
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
-            " they requested and their words there read as erased",
+            " they requested and their words there read as erased, their tags' digests deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -39,11 +53,13 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             return {"status": "done", "detail": "tickets holds nothing of this category"}
         tenant = str(command["tenant_id"])
         uow.cur.execute(
-            "UPDATE tickets SET erased_at = now() WHERE tenant_id = %s AND status = 'closed'"
+            "UPDATE tickets SET erased_at = now(), updated_at = now()"
+            " WHERE tenant_id = %s AND status = 'closed'"
             " AND closed_at < %s AND erased_at IS NULL RETURNING id",
             (tenant, command["before"]),
         )
         ids = [str(row[0]) for row in uow.cur.fetchall()]
+        uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -76,8 +92,10 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
                 tenant_id=uuid.UUID(tenant),
             )
         subjects = cipher.keystore.shred_tenant(tenant)
-        # Learned from accounts' events and commands, not from this store: deleted here.
-        for table in ("directory", "restrictions"):
+        # Learned from accounts' events and commands, not from this store: deleted here. The
+        # tag digests went with the event (the projection); a tenant tickets never recorded
+        # leaves none either, and their key went with the tenant's.
+        for table in ("directory", "restrictions", "ticket_tag_digests"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 

@@ -17,7 +17,7 @@ from kernel.forgetting import Forgetting
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
-from kernel.nameko_adapters.store import EventStoreDependency, store_of
+from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.tickets import commands, handlers, privacy, sealed, tenant_export
@@ -48,6 +48,8 @@ class TicketsService:
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     sealed_tags = SealedTags()
+    # The blind index of tags came with migration 0005: filled once from the events.
+    new_read_models = NewReadModels("ticket_tags")
     config = Config()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -66,8 +68,9 @@ class TicketsService:
 
     @rpc
     def list_tickets(
-        self, tenant_id: str, filters: dict[str, str], limit: int, after: list | None
+        self, tenant_id: str, query: dict[str, str], limit: int, after: list | None
     ) -> dict[str, Any]:
+        filters = load_command(commands.FindTicketsV1, query)
         with self.store.unit_of_work() as uow:
             return handlers.list_tickets(uow, tenant_id, filters, limit, after)
 
