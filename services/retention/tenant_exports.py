@@ -47,7 +47,9 @@ def stream_of(export_id: Any) -> str:
     return f"tenant-export-{export_id}"
 
 
-def start(uow: UnitOfWork, tenant_id: str, agent_id: str, now: dt.datetime):
+def start(
+    uow: UnitOfWork, tenant_id: str, agent_id: str, now: dt.datetime
+) -> tuple[dict[str, Any], bool]:
     """Ask for the tenant's export: a new one (created), or the one already under way (one at
     a time per tenant). Returns (export, created)."""
     export_id = str(uuid.uuid4())
