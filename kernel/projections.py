@@ -6,7 +6,7 @@ import contextlib
 import gc
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import eventlet.patcher
 import psycopg2
@@ -16,6 +16,9 @@ from tqdm import tqdm
 from kernel import eventstore
 from kernel.db import Database
 from kernel.envelope import Envelope
+
+if TYPE_CHECKING:
+    from kernel.crypto.fields import FieldCipher
 
 # Real threads even where eventlet patched ``threading``: a green one would not run until the
 # replaying thread waited for it.
@@ -48,6 +51,13 @@ class Projection:
 
     def handles(self, event: Envelope) -> bool:
         return event.type in self.event_types
+
+    def bound(self, cipher: FieldCipher | None) -> Projection:
+        """This projection as a store with ``cipher`` applies it (``EventSourcedStore``). Most
+        need nothing of the store and are shared as they are; one that writes keyed hashes
+        (a search index) returns a copy of itself holding ``cipher``, so two stores in one
+        process never share keys."""
+        return self
 
     def apply_batch(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
         """Replay's way in: ``events`` in store order, each one the projection handles.

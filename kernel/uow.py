@@ -43,7 +43,8 @@ class EventSourcedStore:
         self.db = db
         self.registry = registry
         self.cipher = cipher
-        self.projections = list(projections)
+        # Each as this store applies it: one that needs the store's keys gets its own copy.
+        self.projections = [projection.bound(cipher) for projection in projections]
 
     def unit_of_work(
         self, actor_id: str | None = None, trace: dict[str, str] | None = None
