@@ -8,7 +8,12 @@ queues it consumes, which the gateway's dead-letter endpoints are limited to. Ev
 the package is tickets' own.
 """
 
-from services.tickets.commands import AddMessageV1, CreateTicketV1, UpdateTicketV1
+from services.tickets.commands import (
+    AddMessageV1,
+    CreateTicketV1,
+    SearchTicketsV1,
+    UpdateTicketV1,
+)
 from services.tickets.events import PRIORITIES, STATUSES
 from services.tickets.subscriptions import SUBSCRIPTIONS
 
@@ -18,5 +23,6 @@ __all__ = [
     "SUBSCRIPTIONS",
     "AddMessageV1",
     "CreateTicketV1",
+    "SearchTicketsV1",
     "UpdateTicketV1",
 ]

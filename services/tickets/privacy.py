@@ -2,7 +2,8 @@
 under its own key, a child of its requester's: erasing the requester is one shred (their tickets
 and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
 ticket past its period loses its own key. Messages an agent wrote before tickets had their own
-keys are under the agent's key."""
+keys are under the agent's key. The search index (``search_index``) holds keyed hashes of their
+words under the tenant's key, which stays: its rows are deleted with the ticket's words."""
 
 from __future__ import annotations
 
@@ -28,10 +29,22 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
             (_FINAL, subject),
         )
+        # The search index of the tickets they requested, and of messages under their own key
+        # (written before tickets had keys): a rebuild reads those words as erased.
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
+        indexed = uow.cur.rowcount
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE author_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        indexed += uow.cur.rowcount
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
-            " they requested and their words there read as erased",
+            f" they requested and their words there read as erased; {indexed} search index"
+            " rows deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +57,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             (tenant, command["before"]),
         )
         ids = [str(row[0]) for row in uow.cur.fetchall()]
+        # Their search index rows go with their words (a rebuild reads those as erased).
+        uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -76,6 +91,9 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
                 tenant_id=uuid.UUID(tenant),
             )
         subjects = cipher.keystore.shred_tenant(tenant)
+        # The search index went with the event (its projection) and its key with the tenant's;
+        # deleted here as well, so that this handler leaves no row of the tenant on its own.
+        uow.cur.execute("DELETE FROM search_terms WHERE tenant_id = %s", (tenant,))
         # Learned from accounts' events and commands, not from this store: deleted here.
         for table in ("directory", "restrictions"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608

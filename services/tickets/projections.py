@@ -1,6 +1,8 @@
 """Tickets' read models: tickets and their messages, with their words (subject, body, tags,
 messages) kept encrypted as the events hold them (``kernel.crypto.fields.stored_json``): readers
-open them with the ticket's key, so an erasure is a key shred and never a scrub of these tables."""
+open them with the ticket's key, so an erasure is a key shred and never a scrub of these tables.
+Beside them, the search index (``search_index.SearchIndexProjection``): keyed hashes of their
+words, which the privacy handlers delete with the ticket."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import psycopg2
 from kernel.crypto.fields import is_encrypted, stored_field, stored_json
 from kernel.envelope import Envelope
 from kernel.projections import Projection
+from services.tickets.search_index import SearchIndexProjection
 
 # Rows go to the server as one JSON document per statement: it is written far faster
 # than psycopg2 adapts parameters one by one, and ``json_populate_recordset`` types every field
@@ -39,6 +42,8 @@ def _changes(event: Envelope, at: str) -> dict[str, Any]:
         changes = {"priority": p["priority"]}
     elif event.type == "ticket_tags_changed":
         changes = {"tags_sealed": _sealed_tags(p["tags"])}
+    elif event.type == "ticket_subject_changed":
+        changes = {"subject": stored_field(p["subject"])}
     elif event.type == "ticket_closed":
         # The status already moved; the clock of its retention starts.
         changes = {"closed_at": at}
@@ -124,6 +129,7 @@ class TicketsProjection(Projection):
             "ticket_assigned",
             "ticket_priority_changed",
             "ticket_tags_changed",
+            "ticket_subject_changed",
             "message_added",
             "tenant_destroyed",
         }
@@ -187,4 +193,4 @@ class TicketsProjection(Projection):
             _update(cur, rows)
 
 
-PROJECTIONS = (TicketsProjection(),)
+PROJECTIONS = (TicketsProjection(), SearchIndexProjection())

@@ -20,7 +20,7 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers, privacy, sealed
+from services.tickets import commands, handlers, privacy, sealed, search, search_index
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
@@ -33,6 +33,14 @@ class SealedTags(DependencyProvider):
     def start(self) -> None:
         store = store_of(self.container)
         sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
+
+
+class SearchIndexFill(DependencyProvider):
+    """On start: the search index built by replay if this database never built it (it came
+    with migration 0005, and a migration cannot hash: the keys live in the keystore)."""
+
+    def start(self) -> None:
+        search_index.build_if_new(store_of(self.container))
 
 
 class TicketsService:
@@ -48,6 +56,7 @@ class TicketsService:
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     sealed_tags = SealedTags()
+    search_index_fill = SearchIndexFill()
     config = Config()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -70,6 +79,14 @@ class TicketsService:
     ) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return handlers.list_tickets(uow, tenant_id, filters, limit, after)
+
+    @rpc
+    def search_tickets(
+        self, actor: dict[str, str], query: dict[str, str], limit: int, after: list | None
+    ) -> dict[str, Any]:
+        loaded = load_command(commands.SearchTicketsV1, query)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return search.search_tickets(uow, actor, loaded, limit, after)
 
     @rpc
     def update_ticket(
