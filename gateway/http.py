@@ -31,6 +31,7 @@ from gateway import accesslog, bodies, problems
 from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES
 from gateway.edge import Edge
 from gateway.idempotency import IdempotencyStore
+from gateway.pagination import PAGING
 from gateway.ratelimit import RateLimited
 from gateway.route import ROUTE, Route
 from kernel import outbox
@@ -381,6 +382,25 @@ def read_json(request: Request, schema: Schema, refuse_cards: bool = False) -> d
     if not isinstance(data, dict):
         raise ValidationFailed({"_schema": ["the body must be a JSON object"]})
     return load_command(schema, data)
+
+
+def read_query(request: Request, schema: Schema) -> dict[str, str]:
+    """The query's filters (every parameter but ``limit`` and ``cursor``), checked with the
+    service's own query schema (the route's ``query``) as a body is with its command's schema:
+    422 naming each parameter that is unknown (a misspelt filter would otherwise list
+    everything, unfiltered), given twice, invalid or holding a card number. Returned as given:
+    the service loads them again with the same schema.
+
+    The values may be personal data (an e-mail address looked up): they go to the service and
+    nowhere else, since no log line, span or access record of the gateway holds a query.
+    """
+    args = request.args
+    given = {name: value for name, value in args.items() if name not in PAGING}
+    repeated = {name: ["give it once"] for name in given if len(args.getlist(name)) > 1}
+    if repeated:
+        raise ValidationFailed(repeated)
+    load_command(schema, given)
+    return given
 
 
 def _holds_nul(value: Any) -> bool:

@@ -95,6 +95,10 @@ def _operation(route: Route) -> dict[str, Any]:
                 "description": "the next_cursor of the previous page",
             },
         ]
+    if route.query:
+        # One parameter per field of the schema the route loads its query with (apispec's
+        # marshmallow plugin expands it): the document and the validation are one declaration.
+        parameters.append({"in": "query", "schema": getattr(schemas, route.query)})
     for name, schema in route.filters.items():
         parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if route.if_match:

@@ -18,6 +18,7 @@ from typing import Any
 from gateway import bodies
 from kernel.errors import ValidationFailed
 
+PAGING = ("limit", "cursor")  # the query parameters of every list; the rest are its filters
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 # Far beyond any real position; bounds the work a hostile cursor can cause before it is refused.

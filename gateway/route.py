@@ -51,9 +51,11 @@ class Route:
     of ``gateway.schemas`` by name, or an inline JSON schema with ``media_type``), ``body``,
     the problems it may answer besides those every request may (``errors``), other successful
     answers (``also``: status, schema, description), the query parameters (``listed`` for
-    ``limit`` and ``cursor``, ``filters`` by name), path parameters whose schema is not a
-    string (``path_schemas``; the parameters themselves come from the rule), and the headers
-    it reads or writes (``if_match``, ``idempotent``, ``etag``, ``retry_after``).
+    ``limit`` and ``cursor``; ``query``, a schema of ``gateway.schemas`` by name that the route
+    loads them with, ``gateway.http.read_query``, or ``filters`` by name), path parameters
+    whose schema is not a string (``path_schemas``; the parameters themselves come from the
+    rule), and the headers it reads or writes (``if_match``, ``idempotent``, ``etag``,
+    ``retry_after``).
     ``documented=False`` keeps a route out of the document (the console's pages).
     """
 
@@ -70,6 +72,7 @@ class Route:
     errors: tuple[int, ...] = ()
     also: tuple[tuple[int, str, str], ...] = ()
     listed: bool = False
+    query: str | None = None
     filters: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     path_schemas: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     if_match: bool = False
@@ -81,6 +84,8 @@ class Route:
     def __post_init__(self) -> None:
         if self.roles and self.operator:
             raise ValueError(f"{self.rule}: roles or the operator token, not both")
+        if self.query and self.filters:
+            raise ValueError(f"{self.rule}: a query schema or filters, not both")
         unknown = set(self.path_schemas) - set(self.path_params)
         if unknown:
             raise ValueError(f"{self.rule}: no path parameter {', '.join(sorted(unknown))}")

@@ -31,6 +31,7 @@ from services.tickets.contracts import (
     STATUSES,
     AddMessageV1,
     CreateTicketV1,
+    SearchTicketsV1,
     UpdateTicketV1,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "SetBillingAddressV1",
     "AddMessageV1",
     "CreateTicketV1",
+    "SearchTicketsV1",
     "UpdateTicketV1",
     "AgentCreatedOut",
     "AcceptPolicyV1",
@@ -199,6 +201,28 @@ class TicketDetailOut(TicketOut):
 class TicketListOut(Schema):
     items = fields.List(fields.Nested(TicketOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
+
+
+class SearchHitOut(TicketOut):
+    matched_terms = fields.Integer(
+        required=True,
+        metadata={"description": "how many of the query's words the ticket matches", "minimum": 1},
+    )
+
+
+class SearchResultsOut(Schema):
+    """Tickets that match more of the query's words first, then the newest."""
+
+    items = fields.List(fields.Nested(SearchHitOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+    terms_left_out = fields.Integer(
+        required=True,
+        metadata={
+            "description": "words of the query too common to rank by (found in more rows of"
+            " the index than one search examines), left out of this search",
+            "minimum": 0,
+        },
+    )
 
 
 class PlanOut(Schema):
