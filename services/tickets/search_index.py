@@ -24,6 +24,7 @@ are its most frequent words), never what the term is.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import hmac
 import logging
@@ -32,10 +33,12 @@ from typing import Any
 
 import psycopg2
 
+from kernel.config import Settings
 from kernel.crypto.blind import BlindIndex
 from kernel.crypto.fields import FieldCipher, is_erased
 from kernel.envelope import Envelope
 from kernel.projections import Projection
+from kernel.stores import open_store
 from kernel.uow import EventSourcedStore
 from services.tickets.terms import index_terms
 
@@ -178,3 +181,30 @@ def build_if_new(store: EventSourcedStore) -> int | None:
                     cur.execute("SELECT pg_advisory_unlock(%s)", (_FILL_LOCK,))
         finally:
             conn.autocommit = False
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    """``python -m services.tickets.search_index rebuild``: the search index emptied and built
+    again from tickets' events, in one transaction (searches wait for it, writes of tickets
+    too). For tickets a replica of the previous release wrote during a rolling upgrade, which
+    it did not index."""
+    from services.tickets.events import REGISTRY
+    from services.tickets.projections import PROJECTIONS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m services.tickets.search_index", description=main.__doc__
+    )
+    parser.add_argument("command", choices=("rebuild",))
+    parser.parse_args(argv)
+    settings = settings or Settings.from_env(service="tickets")
+    store = open_store(settings, "tickets", REGISTRY, PROJECTIONS, maxconn=2, prepare=False)
+    try:
+        applied = store.rebuild(NAME)
+    finally:
+        store.db.close()  # the keystore's connections end with the process
+    print(f"search index rebuilt from {applied} events")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

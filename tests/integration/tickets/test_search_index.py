@@ -246,6 +246,16 @@ def test_the_index_is_built_on_first_start_only(store):
     assert found(store, made["tenant"], "later")
 
 
+def test_the_rebuild_command_builds_the_index_again_from_the_events(store, world, capsys):
+    busy_world(store)
+    live = index_rows(store)
+    with store.db.transaction() as cur:
+        cur.execute("TRUNCATE search_terms")
+    assert search_index.main(["rebuild"], settings=world) == 0
+    assert index_rows(store) == live
+    assert "search index rebuilt from" in capsys.readouterr().out
+
+
 # --- what ends it -----------------------------------------------------------------------------
 
 
