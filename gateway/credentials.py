@@ -164,7 +164,7 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
     statements whatever their number. Nothing of a destroyed tenant is taken."""
     if not credentials:
         return
-    tenants: dict[str, tuple] = {}
+    tenants: dict[str, tuple[str, str, int]] = {}
     agents: dict[str, tuple] = {}
     keys: list[tuple] = []
     for c in credentials:
@@ -192,15 +192,7 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
                 c["tenant_id"],
             )
         )
-    execute_values(
-        cur,
-        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES %s"
-        " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
-        " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
-        list(tenants.values()),
-        template="(%s::uuid, %s, %s)",
-        page_size=len(tenants),
-    )
+    _merge_tenants(cur, list(tenants.values()))
     execute_values(
         cur,
         "INSERT INTO credential_agents (agent_id, tenant_id, role, active, admin_since)"
@@ -209,8 +201,12 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
         " WHERE NOT EXISTS (SELECT 1 FROM credential_tenants t"
         "  WHERE t.tenant_id = v.tenant_id AND t.status = 'destroyed')"
         " ON CONFLICT (agent_id) DO UPDATE SET"
-        " role = coalesce(credential_agents.role, EXCLUDED.role),"
-        " admin_since = coalesce(credential_agents.admin_since, EXCLUDED.admin_since),"
+        # An inactive row keeps what it has: an erased agent's stays ids only.
+        " role = CASE WHEN credential_agents.active"
+        "  THEN coalesce(credential_agents.role, EXCLUDED.role) ELSE credential_agents.role END,"
+        " admin_since = CASE WHEN credential_agents.active"
+        "  THEN coalesce(credential_agents.admin_since, EXCLUDED.admin_since)"
+        "  ELSE credential_agents.admin_since END,"
         " active = credential_agents.active AND EXCLUDED.active",
         list(agents.values()),
         template="(%s::uuid, %s::uuid, %s, %s::boolean, %s::timestamptz)",
@@ -224,6 +220,9 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
         "  tenant_id)"
         " WHERE NOT EXISTS (SELECT 1 FROM credential_tenants t"
         "  WHERE t.tenant_id = v.tenant_id AND t.status = 'destroyed')"
+        # An inactive agent's keys authenticate no one; an erased agent's must not come back.
+        " AND NOT EXISTS (SELECT 1 FROM credential_agents a"
+        "  WHERE a.agent_id = v.agent_id AND NOT a.active)"
         " ON CONFLICT (key_id) DO UPDATE SET"
         " key_hash = CASE WHEN credential_keys.active AND EXCLUDED.active"
         "  THEN coalesce(credential_keys.key_hash, EXCLUDED.key_hash) END,"
@@ -236,13 +235,22 @@ def learn_many(cur: Cursor, credentials: Sequence[Mapping[str, Any]]) -> None:
     )
 
 
-def tenant_state(cur: Cursor, tenant_id: str, status: str, version: int) -> None:
-    cur.execute(
-        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES (%s, %s, %s)"
+def _merge_tenants(cur: Cursor, tenants: Sequence[tuple[str, str, int]]) -> None:
+    """Each tenant's status as of its stream version: a newer version wins, so an older one
+    arriving late changes nothing."""
+    execute_values(
+        cur,
+        "INSERT INTO credential_tenants (tenant_id, status, version) VALUES %s"
         " ON CONFLICT (tenant_id) DO UPDATE SET status = EXCLUDED.status,"
         " version = EXCLUDED.version WHERE credential_tenants.version < EXCLUDED.version",
-        (tenant_id, status, version),
+        tenants,
+        template="(%s::uuid, %s, %s)",
+        page_size=len(tenants),
     )
+
+
+def tenant_state(cur: Cursor, tenant_id: str, status: str, version: int) -> None:
+    _merge_tenants(cur, [(tenant_id, status, version)])
 
 
 def revoke_key(cur: Cursor, tenant_id: str, agent_id: str, key_id: str) -> None:
@@ -286,9 +294,17 @@ def deactivate_agent(cur: Cursor, tenant_id: str, agent_id: str) -> None:
     )
 
 
-def forget_agent(cur: Cursor, tenant_id: str, subject_id: str) -> int:
+def forget_agent(cur: Cursor, tenant_id: str, subject_id: str, kind: str | None = None) -> int:
     """An erasure: if the subject is an agent of the tenant, it authenticates no more and its
-    keys' rows go (the agent's row stays, ids only, so that no later news revives it)."""
+    keys' rows go. The agent's row stays, ids only, so that no later news revives it; an agent
+    erased before any news of them arrived (or while a rebuild reads pages from before the
+    erasure) gets that row now, when the command says the subject is an agent."""
+    if kind == "agent" and not _tenant_destroyed(cur, tenant_id):
+        cur.execute(
+            "INSERT INTO credential_agents (agent_id, tenant_id, active) VALUES (%s, %s, false)"
+            " ON CONFLICT (agent_id) DO NOTHING",
+            (subject_id, tenant_id),
+        )
     cur.execute(
         "UPDATE credential_agents SET active = false, role = NULL, admin_since = NULL"
         " WHERE agent_id = %s AND tenant_id = %s",
@@ -408,12 +424,19 @@ class CredentialProjection:
         """One of the merges above, in a transaction of its own: committed before the route
         that made the change answers."""
         try:
-            with self.db.transaction() as cur:
-                write(cur, *args)
+            self.apply_news(write, *args)
         except DATABASE_UNAVAILABLE:
             # The client retries; a revocation's retry is applied here even though accounts
             # has it already (the routes' 404 and 409 paths).
             raise ServiceUnavailable("the gateway's database is unavailable") from None
+
+    def apply_news(self, write: Callable[..., Any], *args: Any) -> None:
+        """``change`` for a consumer of accounts' news: the database's own error gets out, so
+        the kernel's consumer retries the message in-process through a restart; any other
+        error would return it to the queue, where a few quick deliveries dead-letter it (a
+        revocation then waits for a reconciliation while its key is accepted)."""
+        with self.db.transaction() as cur:
+            write(cur, *args)
 
     def status(self) -> str:
         with self.db.read() as cur:
@@ -551,9 +574,10 @@ class CredentialProjection:
             cur.execute(
                 "UPDATE credential_projection SET status = 'rebuilding', changed_at = now()"
             )
-            # Destroyed tenants' rows stay: a page read before a destruction must not bring
-            # their keys back.
-            cur.execute("TRUNCATE credential_keys, credential_agents")
+            # Destroyed tenants' rows and inactive agents' stay: a page read before a
+            # destruction, a deactivation or an erasure must not bring their keys back.
+            cur.execute("TRUNCATE credential_keys")
+            cur.execute("DELETE FROM credential_agents WHERE active")
             cur.execute("DELETE FROM credential_tenants WHERE status <> 'destroyed'")
         count, after = 0, None
         while True:

@@ -43,6 +43,13 @@ def page_params(args: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
     return limit, decode_cursor(cursor) if cursor else None
 
 
+def order_of(query: Mapping[str, str]) -> str:
+    """The order a list is paged in: as its items were created, or, given ``updated_since``, as
+    they changed (a client that keeps a copy in step goes on from its last cursor, and an item
+    changed meanwhile comes again, later). A cursor names its order (``Routes._page``)."""
+    return "updated_at" if query.get("updated_since") else "created_at"
+
+
 def encode_cursor(position: Mapping[str, Any]) -> str:
     """The cursor for ``position``; only what :func:`decode_cursor` would accept is encodable."""
     if not _valid_position(position):

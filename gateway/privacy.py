@@ -26,7 +26,7 @@ def handlers_for(keystore: Keystore) -> dict[str, Any]:
     def erase_subject(uow: UnitOfWork, command: Mapping[str, Any]) -> dict[str, Any]:
         tenant, subject = str(command["tenant_id"]), str(command["subject_id"])
         deleted = idempotency.forget_subject(uow.cur, tenant, subject)
-        keys = credentials.forget_agent(uow.cur, tenant, subject)
+        keys = credentials.forget_agent(uow.cur, tenant, subject, command.get("subject_kind"))
         detail = f"{deleted} stored API responses naming them deleted"
         if keys:
             detail += f"; {keys} of their API keys deleted from the credentials"

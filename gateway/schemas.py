@@ -12,6 +12,8 @@ from services.accounts.contracts import (
     AcceptPolicyV1,
     CreateAgentV1,
     CreateContactV1,
+    FindAgentsV1,
+    FindContactsV1,
     PublishPolicyV1,
     RectifyContactV1,
     SetConsentV1,
@@ -31,6 +33,7 @@ from services.tickets.contracts import (
     STATUSES,
     AddMessageV1,
     CreateTicketV1,
+    FindTicketsV1,
     SearchTicketsV1,
     UpdateTicketV1,
 )
@@ -45,12 +48,15 @@ __all__ = [
     "SetBillingAddressV1",
     "AddMessageV1",
     "CreateTicketV1",
+    "FindTicketsV1",
     "SearchTicketsV1",
     "UpdateTicketV1",
     "AgentCreatedOut",
     "AcceptPolicyV1",
     "CreateAgentV1",
     "CreateContactV1",
+    "FindAgentsV1",
+    "FindContactsV1",
     "PublishPolicyV1",
     "RectifyContactV1",
     "SetConsentV1",
@@ -159,8 +165,14 @@ class AgentListOut(Schema):
     next_cursor = fields.String(required=True, allow_none=True)
 
 
+class ContactListedOut(ContactOut):
+    updated_at = fields.DateTime(
+        required=True, metadata={"description": "its last change: what updated_since compares"}
+    )
+
+
 class ContactListOut(Schema):
-    items = fields.List(fields.Nested(ContactOut), required=True)
+    items = fields.List(fields.Nested(ContactListedOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 

@@ -208,7 +208,7 @@ class GatewayService(
         """Accounts' news of keys, agents and tenants made elsewhere than through this API (or
         by a route whose process died before it applied them): merged, so order and
         repetition change nothing."""
-        self.credentials.change(credentials.apply_event, event, self.accounts.credential)
+        self.credentials.apply_news(credentials.apply_event, event, self.accounts.credential)
 
     @timer(interval=1)
     def watch_credentials(self) -> None:

@@ -4,6 +4,7 @@ a command is refused."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,19 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An RFC 3339 time with its offset, loaded as UTC. Python reads offsets and years that
+    PostgreSQL (or UTC itself) cannot hold (``0001-01-01T00:00:00+14:00``): such a time is
+    invalid here, never a server error later."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> dt.datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(dt.UTC)
+        except OverflowError:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 def load_command(schema: Schema | type[Schema], data: Any) -> dict[str, Any]:

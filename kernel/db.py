@@ -178,6 +178,10 @@ class Database:
         self._pool.closeall()
 
 
+# The orders a list may be paged in: by creation, or by last change (for a client that syncs).
+KEYSET_ORDERS = ("created_at", "updated_at")
+
+
 def keyset_page(
     cur: psycopg2.extensions.cursor,
     query: str,
@@ -185,16 +189,22 @@ def keyset_page(
     limit: int,
     after: list | None,
     position: Callable[[tuple], list[str]],
+    order: str = "created_at",
 ) -> tuple[list[tuple], list[str] | None]:
     """One page of ``query`` (a SELECT with a WHERE clause over a table with ``created_at`` and
     ``id``) in (created_at, id) order, after the position ``after``: stable under inserts and
     free of OFFSET scans. Returns the rows and the next page's position (from ``position`` of
-    the last row), or None on the last page."""
+    the last row), or None on the last page.
+
+    ``order="updated_at"`` pages by (updated_at, id) instead (the table has that column too): a
+    row changed while a client pages moves behind its cursor, so it comes again, never missed."""
+    if order not in KEYSET_ORDERS:
+        raise ValueError(f"a page is in one of {KEYSET_ORDERS}, not {order!r}")
     params = list(params)
     if after:
-        query += " AND (created_at, id) > (%s::timestamptz, %s::uuid)"
+        query += f" AND ({order}, id) > (%s::timestamptz, %s::uuid)"
         params.extend(after)
-    query += " ORDER BY created_at, id LIMIT %s"
+    query += f" ORDER BY {order}, id LIMIT %s"
     params.append(limit + 1)
     cur.execute(query, params)
     rows = cur.fetchall()

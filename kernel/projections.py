@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from kernel.db import Database
 from kernel.envelope import Envelope
 
 if TYPE_CHECKING:
+    from kernel.crypto.blind_index import BlindIndex
     from kernel.crypto.fields import FieldCipher
 
 # Real threads even where eventlet patched ``threading``: a green one would not run until the
@@ -54,9 +56,7 @@ class Projection:
 
     def bound(self, cipher: FieldCipher | None) -> Projection:
         """This projection as a store with ``cipher`` applies it (``EventSourcedStore``). Most
-        need nothing of the store and are shared as they are; one that writes keyed hashes
-        (a search index) returns a copy of itself holding ``cipher``, so two stores in one
-        process never share keys."""
+        need nothing of the store and are shared as they are; see ``KeyedProjection``."""
         return self
 
     def apply_batch(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
@@ -68,6 +68,34 @@ class Projection:
         """
         for event in events:
             self.apply(cur, event)
+
+
+class KeyedProjection(Projection):
+    """A read model that needs the store's keys to write: a blind index (keyed hashes under
+    the tenant's key, ``kernel.crypto.blind_index``), or one that opens encrypted fields to
+    derive what it keeps. Each store applies its own copy, holding that store's cipher
+    (``bound``), so two stores in one process never share keys."""
+
+    cipher: FieldCipher | None = None
+
+    def bound(self, cipher: FieldCipher | None) -> Projection:
+        if cipher is None:
+            raise ValueError(f"the {self.name} read model needs the store's keystore")
+        mine = copy.copy(self)
+        mine.cipher = cipher
+        return mine
+
+    @property
+    def blind_index(self) -> BlindIndex:
+        from kernel.crypto.blind_index import BlindIndex
+
+        return BlindIndex(self.keyed_cipher.keystore)
+
+    @property
+    def keyed_cipher(self) -> FieldCipher:
+        if self.cipher is None:
+            raise RuntimeError(f"the {self.name} read model is applied by a store (``bound``)")
+        return self.cipher
 
 
 class _InThread:
@@ -185,17 +213,32 @@ def rebuild(
     prepare: Callable[[Envelope], Envelope],
     progress: bool | None = None,
     batch_size: int = 2000,
-) -> int:
+    only_if_new: bool = False,
+) -> int | None:
     """Empty the projection and replay every event into it, in one transaction.
 
     ``prepare`` decrypts and upcasts each stored event (erased fields read as erased, so replay
     goes on past shredded subjects). TRUNCATE's lock makes readers wait for the commit, so
     none sees a half-built read model.
     Returns the number of events applied.
+
+    ``only_if_new``: only if this database never built it (no ``projection_state`` row), for a
+    read model a migration added to a store that already has events; None if it had been. The
+    tables are locked before the look, so of processes starting at once one builds it and the
+    others, once it has, find it built.
     """
     show = sys.stderr.isatty() if progress is None else progress
     applied = 0
     with _cycle_collection_paused(), db.transaction() as cur:
+        if only_if_new:
+            cur.execute(
+                sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                    sql.SQL(", ").join(map(sql.Identifier, projection.tables))
+                )
+            )
+            cur.execute("SELECT 1 FROM projection_state WHERE name = %s", (projection.name,))
+            if cur.fetchone() is not None:
+                return None
         projection.reset(cur)
         total = eventstore.head_position(cur)
         bar = tqdm(total=total, desc=f"rebuild {projection.name}", unit="ev", disable=not show)

@@ -69,10 +69,14 @@ class EventSourcedStore:
                 return projection
         raise KeyError(f"{self.source} has no projection {name!r}")
 
-    def rebuild(self, name: str, progress: bool | None = None) -> int:
+    def rebuild(
+        self, name: str, progress: bool | None = None, only_if_new: bool = False
+    ) -> int | None:
+        """Replay the store into the read model ``name`` (``kernel.projections.rebuild``);
+        ``only_if_new``: only if this database never built it."""
         projection = self.projection(name)
         prepare = self.upcast if projection.ciphertext else self.prepare
-        return rebuild(self.db, projection, prepare, progress=progress)
+        return rebuild(self.db, projection, prepare, progress=progress, only_if_new=only_if_new)
 
 
 class UnitOfWork:

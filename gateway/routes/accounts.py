@@ -4,10 +4,13 @@ contacts and their consent, and the policy versions agents accept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from werkzeug.wrappers import Request, Response
 
 from gateway import credentials, schemas
-from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json
+from gateway.http import IDENTITY, RESOURCES, api, json_response, read_json, read_query
+from gateway.pagination import order_of
 from gateway.route import ADMIN, ANYONE, STAFF
 from gateway.routes.base import Routes, etag, if_match
 from kernel.errors import Conflict, NotFound
@@ -29,6 +32,23 @@ class AccountRoutes(Routes):
             state["tenant_version"],
         )
         return tenant
+
+    def _tenant_changing(self, caller: dict, change: Callable[[dict], dict]) -> dict:
+        """The tenant as ``change`` left it, its new state in force here before the answer.
+        A 409 (cancelled already, say, by a first request whose write here failed) brings the
+        tenant's state as accounts has it here too, then the same answer."""
+        try:
+            return self._tenant_changed(change(caller))
+        except Conflict:
+            credential = self.accounts.credential(caller["key_id"])
+            if credential is not None:
+                self.credentials.change(
+                    credentials.tenant_state,
+                    credential["tenant_id"],
+                    credential["tenant_status"],
+                    credential["tenant_version"],
+                )
+            raise
 
     @api(
         "POST",
@@ -119,7 +139,7 @@ class AccountRoutes(Routes):
     )
     def cancel_tenant(self, request: Request) -> Response:
         caller = self._caller(request)
-        return json_response(202, self._tenant_changed(self.accounts.cancel_tenant(caller)))
+        return json_response(202, self._tenant_changing(caller, self.accounts.cancel_tenant))
 
     @api(
         "POST",
@@ -137,7 +157,7 @@ class AccountRoutes(Routes):
             request,
             caller["tenant_id"],
             lambda: json_response(
-                200, self._tenant_changed(self.accounts.reactivate_tenant(caller))
+                200, self._tenant_changing(caller, self.accounts.reactivate_tenant)
             ),
         )
 
@@ -169,15 +189,17 @@ class AccountRoutes(Routes):
         "GET",
         "/v1/agents",
         roles=ADMIN,
-        summary="List the tenant's agents",
+        summary="List the tenant's agents, or find one by e-mail address",
         response="AgentListOut",
         errors=(422,),
         listed=True,
+        query="FindAgentsV1",
     )
     def list_agents(self, request: Request) -> Response:
         caller = self._caller(request)
+        query = read_query(request, schemas.FindAgentsV1())
         limit, after = self._page(request)
-        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after))
+        return self._listing(self.accounts.list_agents(caller["tenant_id"], limit, after, query))
 
     @api(
         "GET",
@@ -285,15 +307,20 @@ class AccountRoutes(Routes):
         "GET",
         "/v1/contacts",
         roles=STAFF,
-        summary="List the tenant's contacts",
+        summary="List the tenant's contacts, or find them by e-mail address, phone number or"
+        " name prefix; updated_since pages in the order they changed",
         response="ContactListOut",
         errors=(422,),
         listed=True,
+        query="FindContactsV1",
     )
     def list_contacts(self, request: Request) -> Response:
         caller = self._caller(request)
-        limit, after = self._page(request)
-        return self._listing(self.accounts.list_contacts(caller["tenant_id"], limit, after))
+        query = read_query(request, schemas.FindContactsV1())
+        order = order_of(query)
+        limit, after = self._page(request, order)
+        page = self.accounts.list_contacts(caller["tenant_id"], limit, after, query)
+        return self._listing(page, order)
 
     @api(
         "GET",

@@ -149,11 +149,26 @@ class Routes:
         return response
 
     @staticmethod
-    def _page(request: Request) -> tuple[int, list | None]:
-        """``limit`` and the keyset position ``[created_at, id]`` a cursor carries."""
+    def _page(request: Request, order: str = "created_at") -> tuple[int, list | None]:
+        """``limit`` and the keyset position ``[created_at, id]`` a cursor carries (or, for a
+        list in the order its items changed, ``order="updated_at"``, ``[updated_at, id]``).
+
+        A cursor is a position in an order, not a promise about filters: with other filters
+        than the page it came from, it gives the items those filters find after that
+        position. Only a cursor of the other order is refused: its position means nothing
+        in this one."""
         limit, cursor = page_params(request.args)
         if not cursor:
             return limit, None
+        if cursor.get("order", "created_at") != order:
+            raise ValidationFailed(
+                {
+                    "cursor": [
+                        "a cursor of this list in another order (updated_since pages as items"
+                        " changed, the list without it as they were created): start without one"
+                    ]
+                }
+            )
         created_at, _, row_id = str(cursor.get("after", "")).partition("|")
         moment = utc(created_at)
         try:
@@ -166,9 +181,12 @@ class Routes:
         return limit, [moment.isoformat(), str(row)]
 
     @staticmethod
-    def _listing(result: dict[str, Any]) -> Response:
+    def _listing(result: dict[str, Any], order: str = "created_at") -> Response:
         after = result.get("next")
-        cursor = encode_cursor({"after": "|".join(after)}) if after else None
+        position = {"after": "|".join(after)} if after else None
+        if position is not None and order != "created_at":
+            position["order"] = order  # cursors of the creation order name none, as always
+        cursor = encode_cursor(position) if position else None
         return json_response(200, {"items": result["items"], "next_cursor": cursor})
 
 

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 from werkzeug.wrappers import Request, Response
 
 from gateway import schemas
-from gateway.http import MAX_BODY_BYTES, RESOURCES, api, json_response, read_json
-from gateway.route import STAFF, UUID, one_of, route_of
+from gateway.http import MAX_BODY_BYTES, RESOURCES, api, json_response, read_json, read_query
+from gateway.pagination import order_of
+from gateway.route import STAFF
 from gateway.routes.base import Routes, etag, if_match
-from kernel.errors import ValidationFailed
-from services.tickets.contracts import STATUSES as TICKET_STATUSES
 
 
 class TicketRoutes(Routes):
@@ -45,17 +42,20 @@ class TicketRoutes(Routes):
         "GET",
         "/v1/tickets",
         roles=STAFF,
-        summary="List tickets; filter by status, assignee, requester",
+        summary="List tickets; filter by status, priority, tag, assignee, requester, when created"
+        " or last changed; updated_since pages in the order they changed",
         response="TicketListOut",
         errors=(422,),
         listed=True,
-        filters={"status": one_of(TICKET_STATUSES), "assignee_id": UUID, "requester_id": UUID},
+        query="FindTicketsV1",
     )
     def list_tickets(self, request: Request) -> Response:
         caller = self._caller(request)
-        limit, after = self._page(request)
-        filters = _ticket_filters(request)
-        return self._listing(self.tickets.list_tickets(caller["tenant_id"], filters, limit, after))
+        query = read_query(request, schemas.FindTicketsV1())
+        order = order_of(query)
+        limit, after = self._page(request, order)
+        page = self.tickets.list_tickets(caller["tenant_id"], query, limit, after)
+        return self._listing(page, order)
 
     @api(
         "GET",
@@ -110,23 +110,3 @@ class TicketRoutes(Routes):
             caller["tenant_id"],
             lambda: json_response(201, self.tickets.add_message(caller, ticket_id, command)),
         )
-
-
-def _ticket_filters(request: Request) -> dict[str, str]:
-    """The filters given, of those the route declares (``filters``), each checked against its
-    declared schema: one of its values, or a UUID."""
-    declared = route_of(request).filters
-    filters = {name: request.args[name] for name in declared if request.args.get(name)}
-    errors: dict[str, list[str]] = {}
-    for name, value in filters.items():
-        schema = declared[name]
-        if "enum" in schema and value not in schema["enum"]:
-            errors[name] = [f"must be one of: {', '.join(schema['enum'])}"]
-        elif schema.get("format") == "uuid":
-            try:
-                uuid.UUID(value)
-            except ValueError:
-                errors[name] = ["not a valid UUID"]
-    if errors:
-        raise ValidationFailed(errors)
-    return filters

@@ -28,6 +28,6 @@ One module per job, each imported from where it is (this package re-exports noth
 - ``kernel.crypto.fields``: ``FieldCipher``, which encrypts chosen payload fields under a
   subject's key and reads them back (``ERASED`` once it is gone), and the stored form of an
   encrypted field in a read model;
-- ``kernel.crypto.blind``: ``BlindIndex``, keyed hashes of normalised values under a key
-  derived from the tenant's, to find a value (a word of a ticket) without storing it.
+- ``kernel.crypto.blind_index``: ``BlindIndex``, keyed hashes of normalised values under a key
+  derived from the tenant's, for exact lookups without a plaintext copy.
 """

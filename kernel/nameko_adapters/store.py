@@ -157,6 +157,21 @@ class EventStoreDependency(DependencyProvider):
         return WorkerStore(self.store, worker_ctx)
 
 
+class NewReadModels(DependencyProvider):
+    """On start: each named read model built by replay if the service's database never built
+    it (``EventSourcedStore.rebuild(only_if_new=True)``): a read model a migration added cannot
+    be filled by SQL when it needs the keystore (a blind index), so the first process of the
+    release to start fills it, and every process after finds it built."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    def start(self) -> None:
+        store = store_of(self.container)
+        for name in self.names:
+            store.rebuild(name, progress=False, only_if_new=True)
+
+
 def store_of(container: Any) -> EventSourcedStore:
     """The store a service's ``EventStoreDependency`` opened, for its other extensions.
 

@@ -1,8 +1,8 @@
 """Accounts' commands, validated before any handler runs. Unknown fields are refused."""
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
-from kernel.commands import Command, StrictBoolean
+from kernel.commands import Command, StrictBoolean, UtcDateTime
 from services.accounts.events import ROLES
 
 PHONE = validate.Regexp(r"^\+?[0-9][0-9 ().-]{3,31}$", error="not a phone number")
@@ -72,3 +72,60 @@ class PublishPolicyV1(Command):
         required=True,
         validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[A-Za-z0-9._-]+$")],
     )
+
+
+# --- queries: what a list may be narrowed to (the query string of ``GET`` on a list) ---------
+#
+# An empty value is refused, not taken for no filter: ``?email=`` that listed everyone would be
+# the bulk read a lookup is there to avoid. The values are personal data: the gateway passes
+# them to accounts, and nothing logs, traces or stores them (a lookup keeps only their keyed
+# hash, and only in the index it searches).
+
+_EMAIL_LOOKUP = fields.Email(
+    validate=validate.Length(max=320),
+    metadata={
+        "description": "exactly this e-mail address, whatever its case and surrounding spaces"
+        " (found through a keyed hash, never stored)"
+    },
+)
+
+
+class _Lookup(Command):
+    @pre_load
+    def trimmed(self, data, **kwargs):
+        """A value copied with spaces around it is the same value."""
+        if isinstance(data, dict):
+            return {
+                k: v.strip() if isinstance(v, str) and k in ("email", "phone") else v
+                for k, v in data.items()
+            }
+        return data
+
+
+class FindContactsV1(_Lookup):
+    """``GET /v1/contacts``: a lookup by e-mail or phone, a name prefix, changes since a moment."""
+
+    email = _EMAIL_LOOKUP
+    phone = fields.String(
+        validate=PHONE,
+        metadata={
+            "description": "exactly this phone number, compared as its digits after a leading +"
+            " (found through a keyed hash, never stored)"
+        },
+    )
+    name_prefix = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "names that start with this, whatever their case"},
+    )
+    updated_since = UtcDateTime(
+        metadata={
+            "description": "contacts created or changed at or after this time, in the order they"
+            " changed (for a client that keeps a copy in step)"
+        }
+    )
+
+
+class FindAgentsV1(_Lookup):
+    """``GET /v1/agents``: a lookup by e-mail."""
+
+    email = _EMAIL_LOOKUP

@@ -148,6 +148,35 @@ DATA_MAP = ServiceMap(
             ),
         ),
         Table(
+            "lookup_digests",
+            "the blind index of people (services.accounts.lookups): per person and kind"
+            " (contact_email, contact_phone, agent_email), a keyed hash of the normalised value,"
+            " never the value",
+            (
+                pseudonym("subject_id"),
+                operational("kind"),
+                pseudonym("tenant_id"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    End(When.ERASURE, "the person's rows are deleted", f"{_PRIVACY}:erase_subject"),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's rows are deleted; the key is shredded with the tenant's",
+                        f"{_PROJECTIONS}:LookupsProjection.apply",
+                    ),
+                    End(
+                        When.REPLACED,
+                        "a rectification replaces it; no phone, no row",
+                        f"{_PROJECTIONS}:LookupsProjection._index",
+                    ),
+                    note="HMAC-SHA-256 under a key derived from the tenant's"
+                    " (kernel.crypto.blind_index): it confirms a guessed value only to whoever"
+                    " holds that key, and no one once the tenant is destroyed",
+                ),
+            ),
+        ),
+        Table(
             "restrictions",
             "subjects whose data is kept but not used",
             (

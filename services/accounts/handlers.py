@@ -10,6 +10,8 @@ import datetime as dt
 import uuid
 from typing import Any, TypeVar
 
+import psycopg2
+
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.crypto import apikeys
@@ -18,6 +20,7 @@ from kernel.envelope import new_envelope
 from kernel.errors import Conflict, Forbidden, NotFound, Unauthorized, require_id
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
+from services.accounts import lookups
 from services.accounts.domain import Agent, Contact, Policies, Tenant
 
 A = TypeVar("A", bound=Aggregate)
@@ -249,13 +252,24 @@ def get_agent(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
     return agent_view(_scoped(uow, Agent, tenant_id, agent_id))
 
 
-def list_agents(uow: UnitOfWork, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
-    rows, next_after = _page(
-        uow,
-        "SELECT id, name, email, role, active, created_at FROM agents WHERE tenant_id = %s",
-        tenant_id,
-        limit,
-        after,
+def list_agents(
+    uow: UnitOfWork,
+    tenant_id: str,
+    limit: int,
+    after: list | None,
+    filters: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A page of the tenant's agents; ``filters`` (``FindAgentsV1``, loaded): ``email``."""
+    query = "SELECT id, name, email, role, active, created_at FROM agents WHERE tenant_id = %s"
+    params: list[Any] = [tenant_id]
+    if filters and "email" in filters:
+        digest = lookups.lookup_digest(uow, tenant_id, lookups.AGENT_EMAIL, filters["email"])
+        if digest is None:
+            return {"items": [], "next": None}
+        query += lookups.MATCHING
+        params += [tenant_id, lookups.AGENT_EMAIL, psycopg2.Binary(digest)]
+    rows, next_after = keyset_page(
+        uow.cur, query, params, limit, after, lambda row: [row[-1].isoformat(), str(row[0])]
     )
     items = [
         {"id": str(i), "name": n, "email": e, "role": r, "active": a} for i, n, e, r, a, _ in rows
@@ -464,21 +478,66 @@ def get_contact(uow: UnitOfWork, tenant_id: str, contact_id: str) -> dict[str, A
 
 
 def list_contacts(
-    uow: UnitOfWork, tenant_id: str, limit: int, after: list | None
+    uow: UnitOfWork,
+    tenant_id: str,
+    limit: int,
+    after: list | None,
+    filters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    rows, next_after = _page(
-        uow,
-        "SELECT id, name, email, phone, marketing, version, created_at FROM contacts"
-        " WHERE tenant_id = %s",
-        tenant_id,
+    """A page of the tenant's contacts, narrowed by ``filters`` (``FindContactsV1``, loaded):
+    ``email`` and ``phone`` through the blind index (``lookups``), ``name_prefix`` on the read
+    model's names, ``updated_since`` in the order they changed (``after`` is then a position
+    in that order)."""
+    filters = filters or {}
+    query = (
+        "SELECT id, name, email, phone, marketing, version, created_at, updated_at FROM contacts"
+        " WHERE tenant_id = %s"
+    )
+    params: list[Any] = [tenant_id]
+    for kind, field in ((lookups.CONTACT_EMAIL, "email"), (lookups.CONTACT_PHONE, "phone")):
+        if field in filters:
+            digest = lookups.lookup_digest(uow, tenant_id, kind, filters[field])
+            if digest is None:
+                return {"items": [], "next": None}
+            query += lookups.MATCHING
+            params += [tenant_id, kind, psycopg2.Binary(digest)]
+    if "name_prefix" in filters:
+        # The prefix is matched as text: its % and _ are not wildcards (nothing scans for them).
+        query += " AND lower(name) LIKE lower(%s) ESCAPE '\\'"
+        params.append(_escaped(filters["name_prefix"]) + "%")
+    order = "created_at"
+    if "updated_since" in filters:
+        query += " AND updated_at >= %s"
+        params.append(filters["updated_since"])
+        order = "updated_at"
+    at = 6 if order == "created_at" else 7
+    rows, next_after = keyset_page(
+        uow.cur,
+        query,
+        params,
         limit,
         after,
+        lambda row: [row[at].isoformat(), str(row[0])],
+        order=order,
     )
     items = [
-        {"id": str(i), "name": n, "email": e, "phone": p, "marketing": m, "version": v}
-        for i, n, e, p, m, v, _ in rows
+        {
+            "id": str(i),
+            "name": n,
+            "email": e,
+            "phone": p,
+            "marketing": m,
+            "version": v,
+            "updated_at": u.isoformat(),
+        }
+        for i, n, e, p, m, v, _, u in rows
     ]
     return {"items": items, "next": next_after}
+
+
+def _escaped(text: str) -> str:
+    """``text`` for a LIKE pattern, its wildcards and the escape itself taken literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def rectify_subject(

@@ -1,8 +1,8 @@
 """Accounts' answers to privacy commands.
 
 Erasure shreds the subject's key (every event about them reads as erased, backups too) and
-scrubs the read models (a contact's name, e-mail, phone, and how they consented); an erased
-agent is also deactivated, so their keys stop at once.
+scrubs the read models (a contact's name, e-mail, phone, and how they consented) and deletes
+their lookup digests; an erased agent is also deactivated, so their keys stop at once.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             agent.deactivate()
             uow.save(agent, tenant, handlers._tenant_region(uow, tenant))
         shredded = cipher.keystore.shred_subject(subject, tenant)
+        # A change like any other for a client keeping a copy in step (``updated_since``): it
+        # sees the contact again, erased, and drops what it held of them.
         uow.cur.execute(
-            "UPDATE contacts SET name = %s, email = %s, phone = NULL WHERE id = %s"
-            " AND tenant_id = %s",
+            "UPDATE contacts SET name = %s, email = %s, phone = NULL, updated_at = now()"
+            " WHERE id = %s AND tenant_id = %s",
             (ERASED, ERASED, subject, tenant),
         )
         # How they consented is their free text too (the record that they did stays).
@@ -40,10 +42,16 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE agents SET name = %s, email = %s WHERE id = %s AND tenant_id = %s",
             (ERASED, ERASED, subject, tenant),
         )
+        # Their digests are under the tenant's key, which stays: deleted, so no lookup of their
+        # e-mail or phone finds them again (and a rebuild reads their values as erased).
+        uow.cur.execute(
+            "DELETE FROM lookup_digests WHERE subject_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
         return {
             "status": "done",
             "detail": ("subject key shredded; " if shredded else "no key held; ")
-            + "read models scrubbed",
+            + "read models scrubbed, lookup digests deleted",
         }
 
     def restrict_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +110,9 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         subjects = cipher.keystore.shred_tenant(tenant_id)
         # Not a read model (kept from retention's commands): nothing left to restrict.
         uow.cur.execute("DELETE FROM restrictions WHERE tenant_id = %s", (tenant_id,))
+        # The lookups read model deleted them with the event; a tenant accounts never recorded
+        # (so no event) leaves none either. Unreadable anyway: their key went with the tenant's.
+        uow.cur.execute("DELETE FROM lookup_digests WHERE tenant_id = %s", (tenant_id,))
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {

@@ -2,16 +2,19 @@
 
 Each applies ``tenant_destroyed`` to what it keeps of the tenant, so a replay ends where the
 destruction left it: the company erased, agents inactive with their keys revoked, contacts,
-consents and policy acceptances gone.
+consents, policy acceptances and lookup digests gone.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg2
 
-from kernel.crypto.fields import ERASED
+from kernel.crypto.fields import ERASED, is_erased
 from kernel.envelope import Envelope
-from kernel.projections import Projection
+from kernel.projections import KeyedProjection, Projection
+from services.accounts.lookups import AGENT_EMAIL, CONTACT_EMAIL, CONTACT_PHONE, NORMALISE
 
 
 class TenantsProjection(Projection):
@@ -201,9 +204,58 @@ class PoliciesProjection(Projection):
             cur.execute("DELETE FROM policy_acceptances WHERE tenant_id = %s", (p["tenant_id"],))
 
 
+class LookupsProjection(KeyedProjection):
+    """The blind index of people (``services.accounts.lookups``): per person and kind, the keyed
+    hash of their normalised e-mail address or phone number under the tenant's key. A
+    rectification replaces the digest; a value that reads as erased (a replay after an erasure,
+    or after the tenant's key went) is never indexed."""
+
+    name = "lookups"
+    tables = ("lookup_digests",)
+    event_types = frozenset(
+        {"agent_created", "contact_created", "contact_rectified", "tenant_destroyed"}
+    )
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        p = event.payload
+        if event.type == "tenant_destroyed":
+            cur.execute("DELETE FROM lookup_digests WHERE tenant_id = %s", (p["tenant_id"],))
+        elif event.type == "agent_created":
+            self._index(cur, p["tenant_id"], p["agent_id"], AGENT_EMAIL, p["email"])
+        else:  # a contact created, or rectified (only the fields that changed are present)
+            for kind, field in ((CONTACT_EMAIL, "email"), (CONTACT_PHONE, "phone")):
+                if field in p:
+                    self._index(cur, p["tenant_id"], p["contact_id"], kind, p[field])
+
+    def _index(
+        self,
+        cur: psycopg2.extensions.cursor,
+        tenant_id: str,
+        subject_id: str,
+        kind: str,
+        value: Any,
+    ) -> None:
+        digest = None
+        if value is not None and not is_erased(value):
+            digest = self.blind_index.digest(tenant_id, kind, NORMALISE[kind](str(value)))
+        if digest is None:  # no value, an erased one, or the tenant's key is gone
+            cur.execute(
+                "DELETE FROM lookup_digests WHERE subject_id = %s AND kind = %s",
+                (subject_id, kind),
+            )
+            return
+        cur.execute(
+            "INSERT INTO lookup_digests (subject_id, kind, tenant_id, digest)"
+            " VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (subject_id, kind) DO UPDATE SET digest = EXCLUDED.digest",
+            (subject_id, kind, tenant_id, psycopg2.Binary(digest)),
+        )
+
+
 PROJECTIONS = (
     TenantsProjection(),
     AgentsProjection(),
     ContactsProjection(),
     PoliciesProjection(),
+    LookupsProjection(),
 )

@@ -20,7 +20,7 @@ from kernel.forgetting import Forgetting
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
-from kernel.nameko_adapters.store import EventStoreDependency, store_of
+from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.accounts import commands, handlers, privacy
@@ -51,6 +51,8 @@ class AccountsService:
         forgetting=Forgetting(lambda store, settings: privacy.handlers_for(store.cipher)),
     )
     first_policy = FirstPolicy()
+    # The blind index of people came with migration 0005: filled once from the events.
+    new_read_models = NewReadModels("lookups")
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))
     tracing = Tracing()
     config = Config()
@@ -110,9 +112,12 @@ class AccountsService:
             return handlers.get_agent(uow, tenant_id, agent_id)
 
     @rpc
-    def list_agents(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+    def list_agents(
+        self, tenant_id: str, limit: int, after: list | None, query: dict | None = None
+    ) -> dict[str, Any]:
+        filters = load_command(commands.FindAgentsV1, query or {})
         with self.store.unit_of_work() as uow:
-            return handlers.list_agents(uow, tenant_id, limit, after)
+            return handlers.list_agents(uow, tenant_id, limit, after, filters)
 
     @rpc
     def deactivate_agent(self, actor: dict[str, str], agent_id: str) -> dict[str, Any]:
@@ -158,9 +163,12 @@ class AccountsService:
             return handlers.get_contact(uow, tenant_id, contact_id)
 
     @rpc
-    def list_contacts(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+    def list_contacts(
+        self, tenant_id: str, limit: int, after: list | None, query: dict | None = None
+    ) -> dict[str, Any]:
+        filters = load_command(commands.FindContactsV1, query or {})
         with self.store.unit_of_work() as uow:
-            return handlers.list_contacts(uow, tenant_id, limit, after)
+            return handlers.list_contacts(uow, tenant_id, limit, after, filters)
 
     @rpc
     def rectify_contact(

@@ -1,13 +1,14 @@
 """Tickets' commands, validated before any handler runs. Unknown fields are refused."""
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
-from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean
+from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean, UtcDateTime
 from services.tickets import terms
 from services.tickets.events import PRIORITIES, STATUSES
 
 # A tag is a label: like every other field, a card number in it refuses the command.
-TAG = fields.String(validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[^\s,]+$")])
+_TAG_RULES = [validate.Length(min=1, max=50), validate.Regexp(r"^[^\s,]+$")]
+TAG = fields.String(validate=_TAG_RULES)
 
 
 class CreateTicketV1(Command):
@@ -60,6 +61,55 @@ class AddMessageV1(Command):
     def notes_are_staff_only(self, data, **kwargs):
         if data.get("internal") and data.get("on_behalf_of_requester"):
             raise ValidationError("a requester's message cannot be an internal note", "internal")
+
+
+def _moment(description: str) -> UtcDateTime:
+    return UtcDateTime(metadata={"description": description + " (RFC 3339, with its offset)"})
+
+
+class FindTicketsV1(Command):
+    """``GET /v1/tickets``: what the list may be narrowed to, all given at once applying.
+
+    Time ranges are half-open: ``*_after`` is at or after, ``*_before`` strictly before, so
+    consecutive ranges neither overlap nor leave a gap. ``updated_since`` also pages the list
+    in the order tickets changed, so a client that keeps a copy in step goes on from its last
+    cursor (a ticket changed meanwhile comes again, later), where the other filters page in the
+    order tickets were created. An empty value is no filter, as it always was here: clients
+    build the URL from empty form fields.
+    """
+
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    priority = fields.String(validate=validate.OneOf(PRIORITIES))
+    assignee_id = fields.UUID()
+    requester_id = fields.UUID()
+    tag = fields.String(
+        validate=_TAG_RULES,
+        metadata={
+            "description": "tickets with this tag, whatever its case (found through a keyed"
+            " hash: tags are stored encrypted)"
+        },
+    )
+    created_after = _moment("created at or after this time")
+    created_before = _moment("created before this time")
+    updated_after = _moment("last changed at or after this time")
+    updated_before = _moment("last changed before this time")
+    updated_since = _moment(
+        "changed at or after this time, paged in the order they changed, for a client that"
+        " keeps a copy in step"
+    )
+
+    @pre_load
+    def empty_is_absent(self, data, **kwargs):
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != ""}
+        return data
+
+    @validates_schema
+    def ranges_are_not_empty(self, data, **kwargs):
+        for column in ("created", "updated"):
+            start, end = f"{column}_after", f"{column}_before"
+            if start in data and end in data and data[end] <= data[start]:
+                raise ValidationError(f"must be later than {start}", end)
 
 
 def _searchable(query: str) -> None:

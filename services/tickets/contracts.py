@@ -3,7 +3,8 @@ the gateway and other services import (``make lint`` holds them to it; pyproject
 ``[tool.importlinter]``).
 
 The command schemas are the HTTP API's requests as well (the gateway validates with them, then
-tickets again), and its statuses and priorities are the API's too; the subscriptions are the
+tickets again; ``FindTicketsV1`` says what the list may be narrowed to, ``SearchTicketsV1`` what
+a search takes), and its statuses and priorities are the API's too; the subscriptions are the
 queues it consumes, which the gateway's dead-letter endpoints are limited to. Everything else in
 the package is tickets' own.
 """
@@ -11,6 +12,7 @@ the package is tickets' own.
 from services.tickets.commands import (
     AddMessageV1,
     CreateTicketV1,
+    FindTicketsV1,
     SearchTicketsV1,
     UpdateTicketV1,
 )
@@ -23,6 +25,7 @@ __all__ = [
     "SUBSCRIPTIONS",
     "AddMessageV1",
     "CreateTicketV1",
+    "FindTicketsV1",
     "SearchTicketsV1",
     "UpdateTicketV1",
 ]

@@ -101,6 +101,42 @@ DATA_MAP = ServiceMap(
             ends=(DESTROYED,),
         ),
         Table(
+            "ticket_tag_digests",
+            "the blind index of tags (services.tickets.lookups): a keyed hash of each tag of a"
+            " ticket, never the tag",
+            (
+                pseudonym("ticket_id"),
+                pseudonym("tenant_id"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    End(
+                        When.ERASURE,
+                        "the rows of the requester's tickets are deleted",
+                        f"{_PRIVACY}:erase_subject",
+                    ),
+                    End(
+                        When.PERIOD,
+                        "closed_tickets: the purged tickets' rows are deleted",
+                        f"{_PRIVACY}:purge_category",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's rows are deleted; the key is shredded with the tenant's",
+                        "services.tickets.projections:TagIndexProjection.apply",
+                    ),
+                    End(
+                        When.REPLACED,
+                        "a change of tags replaces the ticket's rows",
+                        "services.tickets.projections:TagIndexProjection.apply",
+                    ),
+                    note="HMAC-SHA-256 of the caseless tag under a key derived from the tenant's"
+                    " (kernel.crypto.blind_index): it confirms a guessed tag only to whoever holds"
+                    " that key, and no one once the tenant is destroyed",
+                ),
+            ),
+        ),
+        Table(
             "search_terms",
             "the search index (services.tickets.search_index): per part of a ticket (subject,"
             " body, each message), a keyed hash of each word's first 3 to 16 letters, never a"
@@ -144,7 +180,7 @@ DATA_MAP = ServiceMap(
                         f"{_SEARCH}:SearchIndexProjection._apply",
                     ),
                     note="HMAC-SHA-256, cut to 16 bytes, under a key derived from the tenant's"
-                    " (kernel.crypto.blind): it confirms a guessed word only to whoever holds"
+                    " (kernel.crypto.blind_index): it confirms a guessed word only to whoever holds"
                     " that key, and to no one once the tenant is destroyed; which tickets share a"
                     " word shows",
                 ),

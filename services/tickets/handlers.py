@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg2
+
 from kernel.cards import redact_card_numbers
 from kernel.crypto.fields import ERASED, is_erased
 from kernel.crypto.primitives import KeyShredded
@@ -18,6 +20,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
 from services.tickets.domain import Ticket
+from services.tickets.lookups import tag_digest
 
 # (tenant_id, subject_id) -> {"kind": "agent"|"contact", "active": bool}, or NotFound: asks
 # accounts when tickets has not yet heard of a subject (its events may still be on their way).
@@ -245,21 +248,56 @@ def get_ticket(
     return ticket
 
 
+# The time filters of the list (``FindTicketsV1``): a column, and how it compares. Ranges are
+# half-open, at or after to strictly before; ``updated_since`` is at or after (and pages in
+# the order tickets changed).
+_MOMENTS = (
+    ("created_after", "created_at >= %s"),
+    ("created_before", "created_at < %s"),
+    ("updated_after", "updated_at >= %s"),
+    ("updated_before", "updated_at < %s"),
+    ("updated_since", "updated_at >= %s"),
+)
+
+
 def list_tickets(
     uow: UnitOfWork,
     tenant_id: str,
-    filters: dict[str, str],
+    filters: dict[str, Any],
     limit: int,
     after: list | None,
 ) -> dict[str, Any]:
+    """A page of the tenant's tickets narrowed by ``filters`` (``FindTicketsV1``, loaded), all
+    applying at once: in the order they were created, or with ``updated_since`` in the order
+    they changed (``after`` is then a position in that order)."""
     query = f"SELECT {_TICKET_COLUMNS} FROM tickets WHERE tenant_id = %s"
     params: list[Any] = [tenant_id]
-    for column in ("status", "assignee_id", "requester_id"):
+    for column in ("status", "priority", "assignee_id", "requester_id"):
         if filters.get(column):
             query += f" AND {column} = %s"
-            params.append(filters[column])
+            params.append(str(filters[column]))
+    for name, condition in _MOMENTS:
+        if name in filters:
+            query += f" AND {condition}"
+            params.append(filters[name])
+    if "tag" in filters:
+        digest = tag_digest(uow, tenant_id, filters["tag"])
+        if digest is None:
+            return {"items": [], "next": None}
+        query += (
+            " AND id IN (SELECT ticket_id FROM ticket_tag_digests"
+            " WHERE tenant_id = %s AND digest = %s)"
+        )
+        params += [tenant_id, psycopg2.Binary(digest)]
+    order, at = ("updated_at", 9) if "updated_since" in filters else ("created_at", 8)
     rows, next_after = keyset_page(
-        uow.cur, query, params, limit, after, lambda row: [row[8].isoformat(), str(row[0])]
+        uow.cur,
+        query,
+        params,
+        limit,
+        after,
+        lambda row: [row[at].isoformat(), str(row[0])],
+        order=order,
     )
     # One keystore round trip for the page: each ticket's words are under a key of its own.
     words = uow.cipher.open_stored_rows(tenant_id, [_stored_words(r) for r in rows])

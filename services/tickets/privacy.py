@@ -1,9 +1,10 @@
 """Tickets' answers to privacy commands. A ticket's words (subject, body, tags, messages) are
 under its own key, a child of its requester's: erasing the requester is one shred (their tickets
 and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
-ticket past its period loses its own key. Messages an agent wrote before tickets had their own
-keys are under the agent's key. The search index (``search_index``) holds keyed hashes of their
-words under the tenant's key, which stays: its rows are deleted with the ticket's words."""
+ticket past its period loses its own key. The digests of a ticket's tags (the blind index,
+``services.tickets.lookups``) and of its words (the search index, ``search_index``) are under
+the tenant's key, which stays: they are deleted with the ticket's words. Messages an agent wrote
+before tickets had their own keys are under the agent's key."""
 
 from __future__ import annotations
 
@@ -29,8 +30,21 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "UPDATE directory SET active = false, version = %s WHERE subject_id = %s",
             (_FINAL, subject),
         )
-        # The search index of the tickets they requested, and of messages under their own key
-        # (written before tickets had keys): a rebuild reads those words as erased.
+        # Their tickets now read as erased: a change for a client keeping a copy in step
+        # (``updated_since``), which sees them again and drops their words.
+        uow.cur.execute(
+            "UPDATE tickets SET updated_at = now() WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
+        # The digests of their tickets' tags are under the tenant's key, which stays: deleted,
+        # so no tag finds their tickets again (a rebuild reads those tags as erased).
+        uow.cur.execute(
+            "DELETE FROM ticket_tag_digests d USING tickets t"
+            " WHERE d.ticket_id = t.id AND t.requester_id = %s AND t.tenant_id = %s",
+            (subject, tenant),
+        )
+        # So are the search index's of the tickets they requested, and of messages under their
+        # own key (written before tickets had keys): a rebuild reads those words as erased.
         uow.cur.execute(
             "DELETE FROM search_terms WHERE requester_id = %s AND tenant_id = %s",
             (subject, tenant),
@@ -43,8 +57,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
-            f" they requested and their words there read as erased; {indexed} search index"
-            " rows deleted",
+            " they requested and their words there read as erased, their tags' digests deleted;"
+            f" {indexed} search index rows deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -52,12 +66,14 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             return {"status": "done", "detail": "tickets holds nothing of this category"}
         tenant = str(command["tenant_id"])
         uow.cur.execute(
-            "UPDATE tickets SET erased_at = now() WHERE tenant_id = %s AND status = 'closed'"
+            "UPDATE tickets SET erased_at = now(), updated_at = now()"
+            " WHERE tenant_id = %s AND status = 'closed'"
             " AND closed_at < %s AND erased_at IS NULL RETURNING id",
             (tenant, command["before"]),
         )
         ids = [str(row[0]) for row in uow.cur.fetchall()]
-        # Their search index rows go with their words (a rebuild reads those as erased).
+        # Their tags' and words' digests go with their words (a rebuild reads those as erased).
+        uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
@@ -91,11 +107,10 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
                 tenant_id=uuid.UUID(tenant),
             )
         subjects = cipher.keystore.shred_tenant(tenant)
-        # The search index went with the event (its projection) and its key with the tenant's;
-        # deleted here as well, so that this handler leaves no row of the tenant on its own.
-        uow.cur.execute("DELETE FROM search_terms WHERE tenant_id = %s", (tenant,))
-        # Learned from accounts' events and commands, not from this store: deleted here.
-        for table in ("directory", "restrictions"):
+        # Learned from accounts' events and commands, not from this store: deleted here. The
+        # tag digests and the search index went with the event (the projections); a tenant
+        # tickets never recorded leaves none either, and their key went with the tenant's.
+        for table in ("directory", "restrictions", "ticket_tag_digests", "search_terms"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 

@@ -1,8 +1,9 @@
 """Tickets' read models: tickets and their messages, with their words (subject, body, tags,
 messages) kept encrypted as the events hold them (``kernel.crypto.fields.stored_json``): readers
 open them with the ticket's key, so an erasure is a key shred and never a scrub of these tables.
-Beside them, the search index (``search_index.SearchIndexProjection``): keyed hashes of their
-words, which the privacy handlers delete with the ticket."""
+Beside them, the blind index of tags (``TagIndexProjection``) and the search index
+(``search_index.SearchIndexProjection``), keyed hashes which their privacy handlers delete with
+the ticket."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto.fields import is_encrypted, stored_field, stored_json
+from kernel.crypto.fields import is_encrypted, is_erased, stored_field, stored_json
 from kernel.envelope import Envelope
-from kernel.projections import Projection
+from kernel.projections import KeyedProjection, Projection
+from services.tickets.lookups import TICKET_TAG, normalise_tag
 from services.tickets.search_index import SearchIndexProjection
 
 # Rows go to the server as one JSON document per statement: it is written far faster
@@ -193,4 +195,52 @@ class TicketsProjection(Projection):
             _update(cur, rows)
 
 
-PROJECTIONS = (TicketsProjection(), SearchIndexProjection())
+class TagIndexProjection(KeyedProjection):
+    """The blind index of tags (``services.tickets.lookups``): per ticket, a keyed hash of each
+    of its tags under the tenant's key. It opens a ticket's tags with the ticket's key to hash
+    them, so what reads as erased (the requester erased, the ticket purged) is never indexed,
+    by a replay either; tags an older release wrote in plaintext are not indexed until the
+    service records them again under the ticket's key (``services.tickets.sealed``)."""
+
+    name = "ticket_tags"
+    ciphertext = True
+    tables = ("ticket_tag_digests",)
+    event_types = frozenset({"ticket_created", "ticket_tags_changed", "tenant_destroyed"})
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        p = event.payload
+        if event.type == "tenant_destroyed":
+            cur.execute("DELETE FROM ticket_tag_digests WHERE tenant_id = %s", (p["tenant_id"],))
+            return
+        if event.type == "ticket_tags_changed":
+            cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = %s", (p["ticket_id"],))
+        digests = self._digests(p)
+        if digests:
+            cur.execute(
+                "INSERT INTO ticket_tag_digests (ticket_id, tenant_id, digest)"
+                " SELECT %s, %s, unnest(%s::bytea[]) ON CONFLICT DO NOTHING",
+                (p["ticket_id"], p["tenant_id"], [psycopg2.Binary(d) for d in digests]),
+            )
+
+    def apply_batch(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
+        """``apply`` for each, the tickets' keys loaded in one round trip first."""
+        self.keyed_cipher.keystore.preload(
+            e.payload["ticket_id"]
+            for e in events
+            if e.type != "tenant_destroyed" and is_encrypted(e.payload["tags"])
+        )
+        for event in events:
+            self.apply(cur, event)
+
+    def _digests(self, payload: dict[str, Any]) -> list[bytes]:
+        tags = payload["tags"]
+        if not is_encrypted(tags):
+            return []  # plaintext from an older release: indexed once sealed
+        opened = self.keyed_cipher.decrypt_fields({"tags": tags}, payload["tenant_id"])["tags"]
+        if is_erased(opened) or not opened:
+            return []
+        values = sorted({normalise_tag(tag) for tag in opened})
+        return self.blind_index.digests(payload["tenant_id"], TICKET_TAG, values) or []
+
+
+PROJECTIONS = (TicketsProjection(), TagIndexProjection(), SearchIndexProjection())

@@ -19,11 +19,11 @@ from typing import Any
 
 import psycopg2
 
-from kernel.crypto.blind import BlindIndex
+from kernel.crypto.blind_index import BlindIndex
 from kernel.errors import ValidationFailed
 from kernel.uow import UnitOfWork
 from services.tickets.handlers import _TICKET_COLUMNS, _stored_words, _ticket_row
-from services.tickets.search_index import KIND, digest
+from services.tickets.search_index import digests
 from services.tickets.terms import query_terms
 
 # Who reads internal notes: staff, as ``handlers.get_ticket`` shows them every message. The
@@ -69,11 +69,10 @@ def search_tickets(
     Returns ``items`` (tickets as the list shows them, with ``matched_terms``), ``next`` (the
     position of the last, or None on the last page) and ``terms_left_out``."""
     tenant = actor["tenant_id"]
-    key = BlindIndex(uow.cipher.keystore).key(tenant, KIND, create=False)
-    if key is None:
+    wanted = digests(BlindIndex(uow.cipher.keystore), tenant, query_terms(query["q"]), create=False)
+    if wanted is None:
         # No key: the tenant never wrote a ticket, or was destroyed. Nothing is indexed.
         return {"items": [], "next": None, "terms_left_out": 0}
-    wanted = [digest(key, term) for term in query_terms(query["q"])]
     visible = "" if actor.get("role") in NOTE_READERS else _PUBLIC_ONLY
     params: dict[str, Any] = {
         "tenant": tenant,

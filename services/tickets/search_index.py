@@ -4,8 +4,9 @@ Ticket text is encrypted at rest under each ticket's key, so an index of its wor
 would be the copy that erasure misses. ``search_terms`` holds instead, for each part of a ticket
 (its subject, its body, each message), a keyed hash of each term of it (``terms.index_terms``:
 every word cut to its prefixes of 3 to 16 letters) under the tenant's search key
-(``kernel.crypto.blind``: derived from the tenant's own key in tickets' keystore). A search hashes
-its words the same way (``services.tickets.search``). What ends a row:
+(``kernel.crypto.blind_index``, kind ``ticket_word``: derived from the tenant's own key in
+tickets' keystore). A search hashes its words the same way (``services.tickets.search``). What
+ends a row:
 
 - the requester's erasure deletes the rows of their tickets (``privacy.erase_subject``), and a
   writer's erasure the rows of the few messages under their own key (written before tickets had
@@ -17,32 +18,28 @@ its words the same way (``services.tickets.search``). What ends a row:
 - a new subject replaces the subject's rows.
 
 A projection like the others: written in the transaction of the event it comes from, rebuilt by
-replay (``EventSourcedStore.rebuild("tickets_search")``), where what was erased reads as erased
-and is never hashed. The rows say which tickets share a term (a tenant's most frequent digests
-are its most frequent words), never what the term is.
+replay (``EventSourcedStore.rebuild("tickets_search")``, or this module's command), where what
+was erased reads as erased and is never hashed; a database that never built it is built when
+the service first starts (``NewReadModels``). The rows say which tickets share a term (a
+tenant's most frequent digests are its most frequent words), never what the term is.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import hmac
-import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg2
 
 from kernel.config import Settings
-from kernel.crypto.blind import BlindIndex
-from kernel.crypto.fields import FieldCipher, is_erased
+from kernel.crypto.blind_index import BlindIndex
+from kernel.crypto.fields import is_erased
+from kernel.crypto.primitives import UUIDLike
 from kernel.envelope import Envelope
-from kernel.projections import Projection
+from kernel.projections import KeyedProjection
 from kernel.stores import open_store
-from kernel.uow import EventSourcedStore
 from services.tickets.terms import index_terms
-
-log = logging.getLogger(__name__)
 
 NAME = "tickets_search"
 # The kind of value in the tenant's blind index (its own key, apart from any other kind's).
@@ -51,21 +48,23 @@ KIND = "ticket_word"
 # billion of them) costs a result too many, nothing more, and the index is half the size.
 DIGEST_BYTES = 16
 
-# One advisory lock for the first fill: of replicas starting together, one builds the index.
-_FILL_LOCK = 0x5EA2C4
+
+def digests(
+    index: BlindIndex, tenant_id: UUIDLike, terms: Iterable[str], create: bool = True
+) -> list[bytes] | None:
+    """The digests of ``terms`` in the tenant's search index, in order; None when the tenant
+    has no key (destroyed, or with ``create=False`` none made yet): nothing can match then."""
+    found = index.digests(tenant_id, KIND, terms, create)
+    return None if found is None else [d[:DIGEST_BYTES] for d in found]
 
 
-def digest(key: bytes, term: str) -> bytes:
-    """A term's digest under the tenant's search key (``BlindIndex.key(tenant, KIND)``)."""
-    return hmac.digest(key, term.encode(), "sha256")[:DIGEST_BYTES]
-
-
-def digests(key: bytes, text: Any) -> bytes:
+def _text_digests(index: BlindIndex, tenant_id: str, text: Any) -> bytes | None:
     """The digests of the terms of ``text``, end to end (one parameter for the statement);
-    nothing for what is not text (erased, or still encrypted)."""
+    None once the tenant's key is gone, nothing for what is not text (erased)."""
     if not isinstance(text, str) or is_erased(text):
         return b""
-    return b"".join(digest(key, term) for term in index_terms(text))
+    found = digests(index, tenant_id, index_terms(text))
+    return None if found is None else b"".join(found)
 
 
 # Rows of one part of a ticket: the digests come as one bytea, cut into rows by the server.
@@ -85,53 +84,36 @@ SELECT %(ticket)s, %(tenant)s, ticket.requester_id, %(author)s, %(part)s, %(mess
 """
 
 
-class SearchIndexProjection(Projection):
+class SearchIndexProjection(KeyedProjection):
     """``search_terms`` from tickets' events. It takes them in plaintext (not ``ciphertext``)
-    to hash their words, and keeps no word; each store applies a copy holding its keystore
-    (``bound``)."""
+    to hash their words, and keeps no word; each store applies a copy holding its keys
+    (``KeyedProjection.bound``)."""
 
     name = NAME
     tables = ("search_terms",)
     event_types = frozenset(
         {"ticket_created", "ticket_subject_changed", "message_added", "tenant_destroyed"}
     )
-    _index: BlindIndex | None = None
-
-    def bound(self, cipher: FieldCipher | None) -> Projection:
-        if cipher is None:
-            raise ValueError("the search index needs the store's keystore")
-        mine = copy.copy(self)
-        mine._index = BlindIndex(cipher.keystore)
-        return mine
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
-        self._apply(cur, event, {})
+        self._apply(cur, event, self.blind_index)
 
     def apply_batch(self, cur: psycopg2.extensions.cursor, events: Sequence[Envelope]) -> None:
-        """``apply`` for each, each tenant's key derived once for the batch."""
-        keys: dict[str, bytes | None] = {}
+        index = self.blind_index
         for event in events:
-            self._apply(cur, event, keys)
+            self._apply(cur, event, index)
 
-    def _apply(
-        self, cur: psycopg2.extensions.cursor, event: Envelope, keys: dict[str, bytes | None]
-    ) -> None:
+    def _apply(self, cur: psycopg2.extensions.cursor, event: Envelope, index: BlindIndex) -> None:
         p = event.payload
         tenant = str(p["tenant_id"])
         if event.type == "tenant_destroyed":
             cur.execute("DELETE FROM search_terms WHERE tenant_id = %s", (tenant,))
-            keys[tenant] = None
             return
-        if tenant not in keys:
-            keys[tenant] = self._key(tenant)
-        key = keys[tenant]
         if event.type == "ticket_subject_changed":
             cur.execute(
                 "DELETE FROM search_terms WHERE ticket_id = %s AND part = 'subject'",
                 (p["ticket_id"],),
             )
-        if key is None:
-            return  # the tenant was destroyed: nothing of it is indexed
         row = {
             "ticket": p["ticket_id"],
             "tenant": tenant,
@@ -152,35 +134,11 @@ class SearchIndexProjection(Projection):
         else:
             parts = [("subject", p["subject"])]
         for part, text in parts:
-            blob = digests(key, text)
+            blob = _text_digests(index, tenant, text)
+            if blob is None:
+                return  # the tenant was destroyed: nothing of it is indexed
             if blob:
                 cur.execute(_INSERT, {**row, "part": part, "digests": psycopg2.Binary(blob)})
-
-    def _key(self, tenant: str) -> bytes | None:
-        assert self._index is not None, "applied by a store (bound)"
-        return self._index.key(tenant, KIND, create=True)
-
-
-def build_if_new(store: EventSourcedStore) -> int | None:
-    """Fill the index by replay if this database never built it (a deployment that had tickets
-    before the index came); None if it had been. One process at a time, under an advisory lock,
-    so of replicas starting together one builds it and the others find it built."""
-    with store.db.connection() as conn:
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_lock(%s)", (_FILL_LOCK,))
-                try:
-                    cur.execute("SELECT 1 FROM projection_state WHERE name = %s", (NAME,))
-                    if cur.fetchone() is not None:
-                        return None
-                    applied = store.rebuild(NAME, progress=False)
-                    log.info("search index built from %d events", applied)
-                    return applied
-                finally:
-                    cur.execute("SELECT pg_advisory_unlock(%s)", (_FILL_LOCK,))
-        finally:
-            conn.autocommit = False
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:

@@ -141,6 +141,30 @@ def test_a_change_made_elsewhere_takes_effect_when_its_event_arrives(two):
         )
 
 
+def test_a_tenant_change_retried_after_its_first_write_here_failed_is_in_force_on_the_409(two):
+    """A cancellation whose answer was lost (accounts committed it, the gateway's write failed):
+    the client retries, accounts says 409, and the gateway takes accounts' state before it
+    answers, so the tenant the client was told is cancelled is served as cancelled."""
+    stack, second = two
+    other = second.url
+    admin_key = sign_up(stack)["api_key"]
+    me = ok(stack.call("GET", "/v1/me", key=admin_key))
+    actor = {k: me[k] for k in ("tenant_id", "agent_id", "key_id")}
+    with events_kept_from_the_gateways(stack):
+        # The first request's accounts half, without its write here.
+        with ClusterRpcProxy({"AMQP_URI": stack.settings.amqp_uri}) as cluster:
+            cluster.accounts.cancel_tenant(actor)
+        assert via(other, "GET", "/v1/tickets", admin_key).status_code == 200  # not yet known
+        assert_problem(stack.call("DELETE", "/v1/tenant", key=admin_key), 409)
+        assert_problem(via(other, "GET", "/v1/tickets", admin_key), 403)
+
+        with ClusterRpcProxy({"AMQP_URI": stack.settings.amqp_uri}) as cluster:
+            cluster.accounts.reactivate_tenant(actor)
+        assert_problem(via(other, "GET", "/v1/tickets", admin_key), 403)  # not yet known
+        assert_problem(stack.call("POST", "/v1/tenant/reactivate", key=admin_key), 409)
+        assert via(other, "GET", "/v1/tickets", admin_key).status_code == 200
+
+
 def test_a_rebuilding_projection_refuses_every_key_until_it_is_done(two):
     stack, second = two
     other = second.url

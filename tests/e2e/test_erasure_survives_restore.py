@@ -17,10 +17,9 @@ import psycopg2
 import pytest
 import requests
 
-from kernel.db import drop_database, ensure_database
 from kernel.testing import Infrastructure, wait_until
 from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.helpers import dump, pg, restore, rows
+from tests.e2e.helpers import dump, restore, rows
 
 LONG = 30_000  # days (of 2 s): nothing of the tenant goes by its period meanwhile
 
@@ -40,17 +39,7 @@ def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tm
         "POST", "/v1/contacts", key=key, json={"name": "Lee Restored", "email": email}
     ).json()
     settings = stack.settings
-    dumps = {}
-    for purpose in ("", "keys"):  # the data and, worse still, the keys: both from before
-        dumps[purpose] = tmp_path / f"accounts{purpose or '_data'}.dump"
-        pg(
-            "pg_dump",
-            settings.database_dsn("accounts", purpose),
-            "-Fc",
-            "-f",
-            str(dumps[purpose]),
-            settings.database_name("accounts", purpose),
-        )
+    dumps = dump(stack, tmp_path, "accounts")  # the data and, worse still, the keys
 
     filed = stack.call(
         "POST",
@@ -68,11 +57,7 @@ def test_a_restored_database_reads_erased_again_after_the_restore_step(stack, tm
     assert stack.call("GET", f"/v1/contacts/{lee['id']}", key=key).json()["name"] == "[erased]"
 
     stack.stop("accounts")
-    for purpose, backup in dumps.items():
-        name = settings.database_name("accounts", purpose)
-        drop_database(settings.database_url, name)
-        ensure_database(settings.database_url, name)
-        pg("pg_restore", settings.database_dsn("accounts", purpose), "-d", name, str(backup))
+    restore(stack, "accounts", dumps)
     conn = psycopg2.connect(settings.database_dsn("accounts"))
     with conn, conn.cursor() as cur:
         cur.execute("SELECT name FROM contacts WHERE id = %s", (lee["id"],))

@@ -4,44 +4,34 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import uuid
 
-import psycopg2
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernel.testing import wait_until
 from services import platform
-from tests.e2e.helpers import admin, completed, create_agent, file, issue_invoices, make_contact
+from tests.e2e.helpers import (
+    admin,
+    completed,
+    create_agent,
+    file,
+    issue_invoices,
+    make_contact,
+    pg,
+)
 
 
 def dump_all(stack) -> str:
     """Every service database's data, as text, the way a backup would hold it."""
     settings = stack.settings
-    out = []
-    for name in [*platform.SERVICES, "gateway"]:
-        params = psycopg2.extensions.parse_dsn(settings.database_dsn(name))
-        out.append(
-            subprocess.run(
-                [
-                    "pg_dump",
-                    "-h",
-                    params["host"],
-                    "-p",
-                    str(params.get("port", 5432)),
-                    "-U",
-                    params["user"],
-                    "--data-only",
-                    params["dbname"],
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        )
-    return "\n".join(out)
+    return "\n".join(
+        pg(
+            "pg_dump", settings.database_dsn(name), "--data-only", settings.database_name(name)
+        ).stdout.decode()
+        for name in [*platform.SERVICES, "gateway"]
+    )
 
 
 def test_erasing_a_contact_reaches_every_service_and_leaves_no_plaintext(stack):

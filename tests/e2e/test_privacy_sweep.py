@@ -24,7 +24,7 @@ import requests
 from kombu import Connection, Exchange, Producer, Queue
 
 from kernel import datamap
-from kernel.crypto.blind import BlindIndex
+from kernel.crypto.blind_index import BlindIndex
 from kernel.testing import Infrastructure, wait_until
 from services.tickets import search_index
 from services.tickets.terms import query_terms
@@ -169,10 +169,10 @@ INDEXED = ("Subject", "Body", "Message")
 def index_holds(stack: Stack, blind: BlindIndex, tenant: str, who: str) -> int | None:
     """How many of ``who``'s indexed words the search index holds as digests under the tenant's
     key; None if no such digest can be computed any more (the tenant's key is gone)."""
-    key = blind.key(tenant, search_index.KIND, create=False)
-    if key is None:
+    terms = [query_terms(canary(f"{who}{kind}"))[0] for kind in INDEXED]
+    digests = search_index.digests(blind, tenant, terms, create=False)
+    if digests is None:
         return None
-    digests = [search_index.digest(key, query_terms(canary(f"{who}{kind}"))[0]) for kind in INDEXED]
     found = rows(
         stack,
         "tickets",

@@ -261,9 +261,9 @@ def test_a_destroyed_tenants_index_rows_are_gone_and_its_key_with_them(stack):
     assert found(stack, key, doomed_word)
     assert index_rows(stack, "tenant_id", tenant) > 0
     with tickets_blind_index(stack) as blind:
-        before = blind.key(tenant, search_index.KIND, create=False)
+        before = search_index.digests(blind, tenant, [doomed_word], create=False)
         assert before is not None
-        digest = search_index.digest(before, doomed_word)
+        digest = before[0]
         held = rows(stack, "tickets", "SELECT count(*) FROM search_terms WHERE digest = %s", digest)
         assert held[0][0] == 1  # its subject; a positive control for the digest computed here
 
@@ -284,7 +284,7 @@ def test_a_destroyed_tenants_index_rows_are_gone_and_its_key_with_them(stack):
             what="the tenant's destruction in tickets",
         )
         # No row of it is left, and no digest of it can be computed again, by anyone.
-        assert blind.key(tenant, search_index.KIND, create=False) is None
-        assert blind.key(tenant, search_index.KIND, create=True) is None
+        assert search_index.digests(blind, tenant, [doomed_word], create=False) is None
+        assert search_index.digests(blind, tenant, [doomed_word], create=True) is None
         left = rows(stack, "tickets", "SELECT count(*) FROM search_terms WHERE digest = %s", digest)
         assert left[0][0] == 0

@@ -10,15 +10,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg2
 import pytest
+from nameko.testing.services import worker_factory
 
 from gateway import credentials
 from gateway.idempotency import MIGRATIONS
+from gateway.service import GatewayService
 from kernel import db as kdb
 from kernel.config import Settings
 from kernel.crypto import apikeys
 from kernel.envelope import new_envelope
 from kernel.errors import ServiceUnavailable, Unauthorized
+from kernel.nameko_adapters.common import DATABASE_UNAVAILABLE
 from kernel.stores import prepare_databases
 from kernel.testing import ManualClock
 
@@ -216,6 +220,59 @@ def test_erasure_and_destruction_leave_no_hash_and_no_later_news_revives_them(pr
         assert cur.fetchone()[0] == 0
 
 
+def agent_row(projection: credentials.CredentialProjection, agent_id: str) -> tuple | None:
+    with projection.db.transaction() as cur:
+        cur.execute(
+            "SELECT active, role, admin_since FROM credential_agents WHERE agent_id = %s",
+            (agent_id,),
+        )
+        return cur.fetchone()
+
+
+def key_rows(projection: credentials.CredentialProjection, agent_id: str) -> int:
+    with projection.db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM credential_keys WHERE agent_id = %s", (agent_id,))
+        return cur.fetchone()[0]
+
+
+def test_an_agent_erased_before_their_news_or_during_a_rebuild_stays_erased(projection):
+    # Erased before any news of them: the key fetched afterwards (accounts answering from
+    # before its own erasure) authenticates no one and leaves no row.
+    early_key, early = issued()
+    projection.change(credentials.forget_agent, early["tenant_id"], early["agent_id"], "agent")
+    projection.change(credentials.learn, early)
+    assert not accepts(projection, early_key)
+    assert agent_row(projection, early["agent_id"]) == (False, None, None)
+    assert key_rows(projection, early["agent_id"]) == 0
+
+    # Erased while a rebuild reads pages from before the erasure.
+    erased_key, erased = issued()
+    projection.change(credentials.learn, erased)
+    assert accepts(projection, erased_key)
+
+    def page(after: str | None, limit: int) -> dict[str, Any]:
+        projection.change(
+            credentials.forget_agent, erased["tenant_id"], erased["agent_id"], "agent"
+        )
+        return {"items": [erased], "next": None}
+
+    projection.request_rebuild()
+    assert projection.rebuild_if_needed(page) == 1
+    assert not accepts(projection, erased_key)
+    assert agent_row(projection, erased["agent_id"]) == (False, None, None)
+    assert key_rows(projection, erased["agent_id"]) == 0
+
+    # A subject that is not an agent (a contact) leaves no row behind.
+    contact = str(uuid.uuid4())
+    projection.change(credentials.forget_agent, erased["tenant_id"], contact, "contact")
+    assert agent_row(projection, contact) is None
+    # Nor does an agent of another tenant's id change anything of theirs.
+    other_key, other = issued()
+    projection.change(credentials.learn, other)
+    projection.change(credentials.forget_agent, erased["tenant_id"], other["agent_id"], "agent")
+    assert accepts(projection, other_key)
+
+
 def test_a_rebuild_refuses_every_key_until_done_and_keeps_what_ended_meanwhile(projection):
     before_key, before = issued()
     projection.change(credentials.learn, before)
@@ -387,3 +444,35 @@ def test_a_page_of_many_keys_of_one_agent_merges_as_one_at_a_time_would(projecti
             "SELECT version FROM credential_tenants WHERE tenant_id = %s", (first["tenant_id"],)
         )
         assert cur.fetchone() == (3,)  # the newest of the page
+
+
+def test_news_met_by_a_database_restart_is_retried_in_process_not_dead_lettered(projection):
+    """The kernel's consumer retries a handler that met the database away in-process
+    (``DATABASE_UNAVAILABLE``); anything else goes back to the queue, and after
+    ``LEDGERDESK_DELIVERY_LIMIT`` quick deliveries to the dead-letter queue, where a revocation
+    waits for the next reconciliation while its key is accepted. So a revocation's event met by
+    a restart of the gateway's database must fail as the database's error, then apply."""
+    api_key, credential = issued()
+    projection.change(credentials.learn, credential)
+    gateway = worker_factory(GatewayService, credentials=projection)
+    revoked = event(
+        "api_key_revoked",
+        credential["tenant_id"],
+        agent_id=credential["agent_id"],
+        key_id=credential["key_id"],
+    )
+    # A restart of PostgreSQL: every session the pool keeps is ended.
+    with projection.db.read() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (pid,) = cur.fetchone()
+    other = psycopg2.connect(projection.db.dsn)
+    try:
+        with other, other.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    finally:
+        other.close()
+    with pytest.raises(Exception) as failure:
+        gateway.learn_credentials(revoked)
+    assert isinstance(failure.value, DATABASE_UNAVAILABLE), repr(failure.value)
+    gateway.learn_credentials(revoked)  # the in-process retry
+    assert not accepts(projection, api_key)

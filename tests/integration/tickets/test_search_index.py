@@ -13,7 +13,7 @@ import pytest
 
 from kernel import eventstore
 from kernel.commands import load_command
-from kernel.crypto.blind import BlindIndex
+from kernel.crypto.blind_index import BlindIndex
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, ValidationFailed
 from kernel.projections import rebuild
@@ -179,22 +179,25 @@ def test_the_index_holds_keyed_hashes_of_the_tenants_key_and_no_word(store):
     rows = index_rows(store)
     assert rows and all(len(row[-1]) == search_index.DIGEST_BYTES for row in rows)
     held = {row[-1] for row in rows}
-    key = BlindIndex(store.cipher.keystore).key(tenant, search_index.KIND, create=False)
-    other_key = BlindIndex(store.cipher.keystore).key(other, search_index.KIND, create=False)
-    assert key is not None and other_key is not None and key != other_key
+    blind = BlindIndex(store.cipher.keystore)
+
+    def hashed(tenant_id: str, *terms: str) -> list[bytes]:
+        found = search_index.digests(blind, tenant_id, terms, create=False)
+        assert found is not None
+        return found
+
     # "password" (in the tenant's first ticket) is there as its keyed hash, not as itself, nor
     # as an unkeyed hash, nor under the other tenant's key.
-    assert search_index.digest(key, "password") in held
-    assert search_index.digest(other_key, "password") not in held
+    assert hashed(tenant, "password")[0] in held
+    assert hashed(other, "password")[0] not in held
+    assert hashed(tenant, "password") != hashed(other, "password")
     assert hashlib.sha256(b"password").digest()[:16] not in held
     dump = b"".join(row[-1] for row in rows)
     assert b"password" not in dump and b"alice" not in dump.lower()
     # Every part of the tenant's tickets is there; every term of its words, once per part.
     first = made["tickets"][0]["id"]
     subject_terms = {row[-1] for row in rows if str(row[0]) == first and row[4] == "subject"}
-    assert subject_terms == {
-        search_index.digest(key, t) for t in index_terms("Alice cannot log in")
-    }
+    assert subject_terms == set(hashed(tenant, *index_terms("Alice cannot log in")))
     internal = {(str(row[5]), row[6]) for row in rows if str(row[0]) == first and row[5]}
     assert sorted(flag for _, flag in internal) == [False, False, True]
 
@@ -238,11 +241,12 @@ def test_the_index_is_built_on_first_start_only(store):
         "SELECT count(*) FROM events WHERE type = ANY(%s)",
         (sorted(store.projection(search_index.NAME).event_types),),
     )
-    assert search_index.build_if_new(store) == handled > 0
+    # As the service does on start (``NewReadModels``).
+    assert store.rebuild(search_index.NAME, progress=False, only_if_new=True) == handled > 0
     assert index_rows(store) == live
     # Built: a later start leaves it be.
     create(store, made["tenant"], made["agent"], made["alice"], subject="Later")
-    assert search_index.build_if_new(store) is None
+    assert store.rebuild(search_index.NAME, progress=False, only_if_new=True) is None
     assert found(store, made["tenant"], "later")
 
 
@@ -348,14 +352,14 @@ def test_destroying_a_tenant_deletes_its_rows_and_leaves_no_key_to_hash_with(sto
     made = busy_world(store)
     tenant, other = made["tenant"], made["other_tenant"]
     blind = BlindIndex(store.cipher.keystore)
-    key = blind.key(tenant, search_index.KIND, create=False)
-    assert key is not None and rows_of(store, "tenant_id", tenant) > 0
+    assert search_index.digests(blind, tenant, ["alice"], create=False)
+    assert rows_of(store, "tenant_id", tenant) > 0
     destroy = privacy.handlers_for(store.cipher)["destroy_tenant"]
     with store.unit_of_work("tickets") as uow:
         destroy(uow, {"tenant_id": tenant, "request_id": str(uuid.uuid4())})
     assert rows_of(store, "tenant_id", tenant) == 0
-    assert blind.key(tenant, search_index.KIND, create=False) is None
-    assert blind.key(tenant, search_index.KIND, create=True) is None  # none made anew
+    assert search_index.digests(blind, tenant, ["alice"], create=False) is None
+    assert search_index.digests(blind, tenant, ["alice"], create=True) is None  # none made anew
     assert found(store, tenant, "alice") == []
     assert found(store, other, "carol") == [made["tickets"][3]["id"]]
     store.rebuild(search_index.NAME, progress=False)

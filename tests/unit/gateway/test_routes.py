@@ -11,7 +11,8 @@ from nameko.containers import ServiceContainer
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from gateway.http import IDENTITY, ApiHandler
+from gateway import schemas
+from gateway.http import IDENTITY, ApiHandler, read_query
 from gateway.route import ADMIN, ROUTE, Route
 from gateway.service import OPENAPI, ROUTES, GatewayService
 from kernel.errors import Forbidden, ValidationFailed
@@ -119,19 +120,62 @@ def test_a_route_that_declares_a_caller_must_have_checked_one_to_answer():
     assert ApiHandler("GET", "/v1/public")._caller_checked(_request(Route("get", "/v1/public")))
 
 
-def test_the_ticket_list_checks_the_filters_its_route_declares():
-    from gateway.routes.tickets import _ticket_filters
-
-    (route,) = (r for r in ROUTES if (r.method, r.path) == ("get", "/v1/tickets"))
-    query = "status=later&assignee_id=nope&requester_id=&other=x"
+def _query(route: Route, query: str) -> Request:
     request = Request(EnvironBuilder(query_string=query).get_environ())
     request.environ[ROUTE] = route
+    return request
+
+
+def test_the_ticket_list_checks_its_query_with_the_schema_its_route_declares():
+    (route,) = (r for r in ROUTES if (r.method, r.path) == ("get", "/v1/tickets"))
+    assert route.query == "FindTicketsV1"
+    schema = getattr(schemas, route.query)()
+    request = _query(route, "status=later&assignee_id=nope&requester_id=&other=x&limit=5")
     with pytest.raises(ValidationFailed) as refused:
-        _ticket_filters(request)
+        read_query(request, schema)
     assert refused.value.errors == {
-        "status": ["must be one of: new, open, pending, solved, closed"],
-        "assignee_id": ["not a valid UUID"],
+        "status": ["Must be one of: new, open, pending, solved, closed."],
+        "assignee_id": ["Not a valid UUID."],
+        # A misspelt filter is an error, not a list of everything.
+        "other": ["Unknown field."],
     }
-    request = Request(EnvironBuilder(query_string="status=open&other=x").get_environ())
-    request.environ[ROUTE] = route
-    assert _ticket_filters(request) == {"status": "open"}
+    # An empty filter is no filter, as it always was here; limit and cursor are the page's.
+    request = _query(route, "status=open&requester_id=&tag=VIP&limit=5&cursor=")
+    assert read_query(request, schema) == {"status": "open", "requester_id": "", "tag": "VIP"}
+    with pytest.raises(ValidationFailed) as refused:
+        read_query(_query(route, "tag=a&tag=b"), schema)
+    assert refused.value.errors == {"tag": ["give it once"]}
+    moments = "created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00%2B01:00"
+    with pytest.raises(ValidationFailed) as refused:
+        read_query(_query(route, moments), schema)
+    assert refused.value.errors == {"created_before": ["must be later than created_after"]}
+    with pytest.raises(ValidationFailed) as refused:
+        read_query(_query(route, "updated_since=0001-01-01T00:00:00%2B14:00"), schema)
+    assert refused.value.errors == {"updated_since": ["Not a valid datetime."]}
+
+
+def test_a_lookup_of_nothing_is_refused_not_a_list_of_everyone():
+    (route,) = (r for r in ROUTES if (r.method, r.path) == ("get", "/v1/contacts"))
+    schema = getattr(schemas, route.query)()
+    with pytest.raises(ValidationFailed) as refused:
+        read_query(_query(route, "email=&phone=&name_prefix="), schema)
+    assert set(refused.value.errors) == {"email", "phone", "name_prefix"}
+    too_long = "a" * 320 + "@example.com"
+    with pytest.raises(ValidationFailed) as refused:
+        read_query(_query(route, f"email={too_long}&phone=call-me"), schema)
+    assert set(refused.value.errors) == {"email", "phone"}
+    query = "email=%20Ada@Example.COM%20&phone=%2B44%2020%207946%200958"
+    assert read_query(_query(route, query), schema) == {
+        "email": " Ada@Example.COM ",
+        "phone": "+44 20 7946 0958",
+    }
+
+
+def test_the_document_lists_the_query_the_route_loads():
+    for route in ROUTES:
+        if not route.query:
+            continue
+        declared = getattr(schemas, route.query)().fields
+        operation = OPENAPI["paths"][route.path][route.method]
+        listed = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+        assert listed == set(declared) | ({"limit", "cursor"} if route.listed else set())
