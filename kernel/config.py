@@ -86,6 +86,8 @@ class Variable:
 
 
 PREFIX = "LEDGERDESK_"
+# LEDGERDESK_LOG_LEVEL's values, least severe first (logging's levels, in lower case).
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
 
 def setting(
@@ -388,6 +390,15 @@ class Settings:
         parse=values.lowered,
         doc="`json` (one object per line) or `text`",
     )
+    # The least severe line a process writes. Libraries stay at info even at debug: their debug
+    # lines (broker frames, HTTP requests) are not reviewed for what they may quote.
+    log_level: str = setting(
+        "info",
+        name="LOG_LEVEL",
+        parse=values.lowered,
+        doc="`debug`, `info`, `warning` or `error`: the least severe line a process writes;"
+        " `debug` is Ledgerdesk's own modules only, libraries stay at `info`",
+    )
     billing_plans: tuple[values.Plan, ...] = setting(
         values.DEFAULT_PLANS,
         name="BILLING_PLANS",
@@ -479,6 +490,8 @@ class Settings:
             raise ConfigurationError("LEDGERDESK_GATEWAY_PORT must be a TCP port (1-65535)")
         if self.log_format not in ("json", "text"):
             raise ConfigurationError("LEDGERDESK_LOG_FORMAT must be json or text")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigurationError("LEDGERDESK_LOG_LEVEL must be one of " + ", ".join(LOG_LEVELS))
         # Below 4 s the broker drops consumers: kombu's loop beats only when its 1 s wait ends.
         if not 4 <= self.heartbeat <= 600:
             raise ConfigurationError("LEDGERDESK_HEARTBEAT must be 4-600 seconds")

@@ -10,8 +10,16 @@ Each process serves, on its ops port (``LEDGERDESK_OPS_PORT``; 0 picks a free on
 A service gets all of it from one dependency, ``Operations`` (``kernel.runner`` adds it to any
 service class that does not declare one). Counters are incremented in one place each: the
 durable consumer counts messages and redeliveries, ``Operations`` times every worker. Gauges
-that describe state (outbox lag, dead letters) are read when scraped, so they are never stale.
-Metrics carry service, queue, entrypoint and route-template labels: never ids or payloads.
+that describe state (outbox lag, dead letters, and what a service's extensions add: audit's
+checkpoint age, retention's privacy requests) are read when scraped, so they are never stale.
+Metrics carry service, queue, entrypoint, route-template and other bounded labels: never ids
+or payloads.
+
+How they add up across replicas: a counter or histogram counts what its own process did, so
+the platform's figure is their sum (``sum(rate(...))``). A state gauge (``StateGauge``) reads
+state every replica of a service shares (its database, a queue): each replica reports the same
+value, so a sum would count it once per replica. Aggregate those with ``max``, as
+deploy/grafana/ledgerdesk.json and deploy/prometheus/alerts.yml do; their help text says so.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import eventlet
@@ -95,6 +104,60 @@ HTTP_SECONDS = Histogram(
 )
 
 
+# ---------------------------------------------------------------------- state gauges
+
+
+@dataclass(frozen=True)
+class StateGauge:
+    """A gauge read when scraped from state every replica of a service shares (its database, a
+    queue's depth): each replica reports the same value, so it is aggregated with ``max``, and a
+    sum across replicas would be wrong. Declared once (``state_gauge``), like a ``Counter``."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+    def family(self) -> GaugeMetricFamily:
+        """An empty family of this gauge, for a scrape to fill."""
+        return GaugeMetricFamily(
+            self.name, self.documentation + SAME_IN_EVERY_REPLICA, labels=list(self.labels)
+        )
+
+
+SAME_IN_EVERY_REPLICA = " (every replica reads the same value: aggregate with max, never sum)"
+# Every state gauge of the platform by name: the kernel's below, and those services declare.
+STATE_GAUGES: dict[str, StateGauge] = {}
+
+
+def state_gauge(name: str, documentation: str, labels: Sequence[str] = ()) -> StateGauge:
+    """Declare a state gauge; a name is declared once in the process."""
+    if name in STATE_GAUGES:
+        raise ValueError(f"the state gauge {name} is declared twice")
+    gauge = StateGauge(name, documentation, tuple(labels))
+    STATE_GAUGES[name] = gauge
+    return gauge
+
+
+# (gauge, label values, value): one sample, as an extension's ``read_state_gauges`` yields it.
+StateSample = tuple[StateGauge, Sequence[str], float]
+
+OUTBOX_LAG = state_gauge(
+    "ledgerdesk_outbox_lag_events",
+    "Outbox rows committed but not yet confirmed by the broker",
+    ["service"],
+)
+OUTBOX_OLDEST = state_gauge(
+    "ledgerdesk_outbox_oldest_seconds",
+    "Age of the oldest unpublished outbox row (0 when none)",
+    ["service"],
+)
+DEAD_LETTERS = state_gauge(
+    "ledgerdesk_dead_letters",
+    "Messages in a consumer or RPC queue's dead-letter queue (<queue>.dead)",
+    ["queue"],
+)
+
+
 # ---------------------------------------------------------------------------- state
 
 
@@ -136,23 +199,18 @@ def render_metrics(*registries: CollectorRegistry) -> bytes:
 
 
 class _ScrapeTimeGauges(Collector):
-    """Gauges read when scraped: a failing read leaves the gauge out rather than lie."""
+    """Gauges read when scraped: a failing read leaves the gauge out rather than lie.
+
+    The kernel's own (outbox, dead letters), then those of any extension of the service that
+    declares ``state_gauges`` (a tuple of ``StateGauge``) and ``read_state_gauges()`` (their
+    samples): audit's ledger, retention's privacy requests."""
 
     def __init__(self, server: OpsServer) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
         service = self._server.service_name
-        lag = GaugeMetricFamily(
-            "ledgerdesk_outbox_lag_events",
-            "Outbox rows committed but not yet confirmed by the broker",
-            labels=["service"],
-        )
-        oldest = GaugeMetricFamily(
-            "ledgerdesk_outbox_oldest_seconds",
-            "Age of the oldest unpublished outbox row (0 when none)",
-            labels=["service"],
-        )
+        lag, oldest = OUTBOX_LAG.family(), OUTBOX_OLDEST.family()
         database = self._server.database()
         if database is not None:
             try:
@@ -163,11 +221,7 @@ class _ScrapeTimeGauges(Collector):
                 log.warning("outbox gauges not read: %s", type(exc).__name__)
         yield lag
         yield oldest
-        dead = GaugeMetricFamily(
-            "ledgerdesk_dead_letters",
-            "Messages in a consumer or RPC queue's dead-letter queue (<queue>.dead)",
-            labels=["queue"],
-        )
+        dead = DEAD_LETTERS.family()
         queues = self._server.consumer_queues()
         if queues:
             from kernel.deadletters import dead_letter_depths
@@ -178,6 +232,24 @@ class _ScrapeTimeGauges(Collector):
             except Exception as exc:  # broker away: the gauge is absent, readyz says why
                 log.warning("dead-letter gauges not read: %s", type(exc).__name__)
         yield dead
+        for extension in self._server.container.extensions:
+            read = getattr(extension, "read_state_gauges", None)
+            if callable(read):
+                yield from state_families(extension.state_gauges, read)
+
+
+def state_families(
+    gauges: Sequence[StateGauge], read: Callable[[], Iterable[StateSample]]
+) -> Iterator[Metric]:
+    """The families of ``gauges`` filled by ``read``; all of them empty if the read fails."""
+    families = {gauge.name: gauge.family() for gauge in gauges}
+    try:
+        for gauge, labels, value in read():
+            families[gauge.name].add_metric(list(labels), value)
+    except Exception as exc:  # the scrape goes on without the gauges, rather than half of them
+        log.warning("%s gauges not read: %s", ", ".join(families) or "state", type(exc).__name__)
+        families = {gauge.name: gauge.family() for gauge in gauges}
+    yield from families.values()
 
 
 class OpsServer(SharedExtension):

@@ -325,9 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Publish a service's outbox to RabbitMQ.")
     parser.add_argument("service", help="the service whose outbox to relay, e.g. accounts")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
     # A database and the broker only, as the prepare job: no secret.
     settings = Settings.from_env(service="prepare")
+    # As every process (kernel.runner): below info, the kernel's own lines only.
+    level = logging.getLevelNamesMapping()[settings.log_level.upper()]
+    logging.basicConfig(
+        level=max(level, logging.INFO), format="%(asctime)s relay %(levelname)s %(message)s"
+    )
+    logging.getLogger("kernel").setLevel(level)
     relay = OutboxRelay(
         settings.database_dsn(args.service), settings.amqp_uri, settings.relay_batch_size
     )

@@ -8,8 +8,8 @@ transaction committed), then the relay and the ops server stop and connections c
 The process first installs the kernel's patches of nameko and kombu
 (``kernel.nameko_adapters.patches``): importing a service applies none.
 
-Logs are JSON lines (``LEDGERDESK_LOG_FORMAT=text`` for the old format); every process serves
-its ops endpoints (``kernel.observability``).
+Logs are JSON lines (``LEDGERDESK_LOG_FORMAT=text`` for the old format), at or above
+``LEDGERDESK_LOG_LEVEL``; every process serves its ops endpoints (``kernel.observability``).
 """
 
 import warnings
@@ -127,7 +127,16 @@ class JsonLines(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(service: str, log_format: str) -> None:
+# Ledgerdesk's own packages: what LEDGERDESK_LOG_LEVEL=debug opens, and nothing else.
+OWN_PACKAGES = ("kernel", "services", "gateway")
+
+
+def configure_logging(service: str, log_format: str, log_level: str = "info") -> None:
+    """Every line to standard error through one handler (JSON lines or text), at or above
+    ``log_level`` (LEDGERDESK_LOG_LEVEL). Below info, only Ledgerdesk's own modules write
+    more: a library's debug lines (AMQP frames, HTTP requests) are not reviewed for what they
+    may quote, so the root, and every library under it, stays at info."""
+    level = logging.getLevelNamesMapping()[log_level.upper()]
     handler = logging.StreamHandler()
     if log_format == "json":
         handler.setFormatter(JsonLines(service))
@@ -137,7 +146,9 @@ def configure_logging(service: str, log_format: str) -> None:
     handler.addFilter(CredentialsRedacted())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(max(level, logging.INFO))
+    for package in OWN_PACKAGES:
+        logging.getLogger(package).setLevel(level)
     logging.getLogger("nameko.containers").addFilter(ExpectedErrorsInOneLine())
 
 
@@ -203,7 +214,7 @@ def main(argv: list[str]) -> int:
         name = getattr(service_cls, "name")  # noqa: B009
         # Only the secrets this service uses are read (kernel.config.SERVICE_SECRETS).
         settings = Settings.from_env(service=name)
-        configure_logging(name, settings.log_format)
+        configure_logging(name, settings.log_format, settings.log_level)
         setup_tracing(name, settings.traces_exporter)
         run(service_cls, settings.nameko_config())
     except (ConfigurationError, DatabaseUnavailable) as exc:

@@ -38,6 +38,22 @@ class LedgerReads:
 
     # --- reading ------------------------------------------------------------------------------
 
+    def checkpoint_status(self, now: dt.datetime) -> tuple[float, int]:
+        """Seconds since the newest checkpoint was signed (before the first, since the first
+        entry was recorded; 0 for an empty ledger), and the entries no checkpoint covers yet.
+        One statement, so both come from one snapshot; each part is one index read."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT (SELECT signed_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1),"
+                " (SELECT coalesce(max(tree_size), 0) FROM checkpoints),"
+                " (SELECT coalesce(max(seq), 0) FROM ledger),"
+                " (SELECT recorded_at FROM ledger WHERE seq = 1)"
+            )
+            signed_at, covered, head, first = cur.fetchone()
+        since = dt.datetime.fromisoformat(signed_at) if signed_at is not None else first
+        age = 0.0 if since is None else max((now - since).total_seconds(), 0.0)
+        return age, head - covered
+
     def view(self, row: tuple) -> dict[str, Any]:
         seq, event_id, type_, service, tenant_id, actor_id, subjects, at, content, prev, hash_ = row
         envelope = json.loads(bytes(content))

@@ -18,16 +18,19 @@ from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, store_of
-from kernel.observability import service_health
+from kernel.observability import StateSample, service_health
 from kernel.signing import check_signing_key, published_keys, signer_from_config
 from kernel.tracing import Tracing
-from services.audit import privacy
+from services.audit import gauges, privacy
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, PRIVACY
 
 
 class LedgerDependency(DependencyProvider):
-    """The ledger over audit's own database and keystore (for the access log's day keys)."""
+    """The ledger over audit's own database and keystore (for the access log's day keys), and
+    its checkpoint age and unsigned entries when the process's metrics are scraped."""
+
+    state_gauges = gauges.GAUGES
 
     def setup(self) -> None:
         # Refused before anything starts (audit waits for retention's log of forgetting at
@@ -58,6 +61,10 @@ class LedgerDependency(DependencyProvider):
 
     def get_dependency(self, worker_ctx: Any) -> Ledger:
         return self.ledger
+
+    def read_state_gauges(self) -> list[StateSample]:
+        ledger: Ledger | None = getattr(self, "ledger", None)  # there from start on
+        return [] if ledger is None else gauges.read(ledger, dt.datetime.now(dt.UTC))
 
 
 class RecorderDependency(DependencyProvider):

@@ -7,6 +7,7 @@ it keeps of a destroyed tenant is sealed under the tenant's key (``sealed``).
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, store_of
-from kernel.observability import service_health
+from kernel.observability import StateSample, service_health
 from kernel.privacy import Handler
 from kernel.signing import Signer, signer_from_config
 from kernel.tracing import Tracing
@@ -35,6 +36,7 @@ from kernel.uow import EventSourcedStore
 from services.retention import (
     approvals,
     forgetting,
+    gauges,
     periods,
     receipts,
     registry,
@@ -88,6 +90,17 @@ class RequestTiming(DependencyProvider):
         return self.timing
 
 
+class RequestGauges(DependencyProvider):
+    """Data-subject requests by type, state and age, and those past their due date, read from
+    retention's database when the process's metrics are scraped (``services.retention.gauges``)."""
+
+    state_gauges = gauges.GAUGES
+
+    def read_state_gauges(self) -> list[StateSample]:
+        with store_of(self.container).db.transaction() as cur:
+            return gauges.read(cur, dt.datetime.now(dt.UTC))
+
+
 class SealedFreeText(DependencyProvider):
     """On start: the keys of destroyed tenants shredded again in retention's keystore, then
     any free text still in plaintext sealed under its tenant's key (see ``sealed``)."""
@@ -116,6 +129,7 @@ class RetentionService:
     signer = ReceiptSigner()
     clock = Clock()
     timing = RequestTiming()
+    request_gauges = RequestGauges()
     tracing = Tracing()
     config = Config()
 

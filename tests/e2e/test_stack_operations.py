@@ -68,6 +68,13 @@ def test_every_process_serves_health_readiness_and_metrics(ops_stack):
     # Gauges read at scrape time, per consumer queue; counters per handled message.
     audit = ops(stack, "audit", "/metrics").text
     assert 'ledgerdesk_dead_letters{queue="audit.ledger"} 0.0' in audit
+    # And what the services' own extensions read: the ledger's checkpoint age, the privacy
+    # requests by type and state and those past their due date.
+    assert "ledgerdesk_audit_checkpoint_age_seconds " in audit
+    assert "ledgerdesk_audit_unsigned_entries " in audit
+    retention = ops(stack, "retention", "/metrics").text
+    assert 'ledgerdesk_privacy_requests_overdue{type="erasure"} 0.0' in retention
+    assert 'ledgerdesk_privacy_requests_open{state="pending",type="erasure"} 0.0' in retention
     wait_until(
         lambda: (
             'ledgerdesk_messages_handled_total{outcome="handled",queue="audit.ledger"'

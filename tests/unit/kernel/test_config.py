@@ -385,6 +385,15 @@ def test_ops_port_may_be_zero_for_any_and_log_format_is_json_or_text():
             Settings.from_env({f"LEDGERDESK_{name}": value})
 
 
+def test_log_level_is_one_of_loggings_levels_in_any_case_and_info_by_default():
+    assert Settings.from_env({}).log_level == "info"
+    assert Settings.from_env({"LEDGERDESK_LOG_LEVEL": " Warning "}).log_level == "warning"
+    assert Settings.from_env({"LEDGERDESK_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+    for value in ("verbose", "critical", "10", ""):
+        with pytest.raises(ConfigurationError, match="LEDGERDESK_LOG_LEVEL must be one of"):
+            Settings.from_env({"LEDGERDESK_LOG_LEVEL": value})
+
+
 def test_with_overrides_returns_a_changed_copy():
     settings = Settings()
 

@@ -73,6 +73,7 @@ EVERYTHING_CHANGED = Settings(
     ops_port=0,
     heartbeat=4,
     log_format="text",
+    log_level="warning",
     billing_plans=(Plan("solo", 999, "USD"), Plan("odd-1250", 1250, "GBP")),
     tax_rates={"uk": Decimal("0.175"), "us": Decimal("0")},
     legal_hold_years=7,

@@ -9,7 +9,13 @@ import logging
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from kernel.runner import CredentialsRedacted, ExceptionTypesOnly, JsonLines, configure_logging
+from kernel.runner import (
+    OWN_PACKAGES,
+    CredentialsRedacted,
+    ExceptionTypesOnly,
+    JsonLines,
+    configure_logging,
+)
 
 
 @pytest.fixture
@@ -88,3 +94,44 @@ def test_no_password_of_any_url_in_a_failover_list_reaches_the_line(captured):
     assert dsn["message"] == "postgresql://ledger:********@db/ledgerdesk_accounts is ready"
     assert plain["message"] == "a plain line with an address: ada@example.com:5672 stays"
     assert at_sign["message"] == "amqp://ledger:********@rabbit-0:5672/ledgerdesk is down"
+
+
+@pytest.fixture
+def logging_restored():
+    """configure_logging changes the root logger and the own packages' levels: put them back."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {p: logging.getLogger(p).level for p in OWN_PACKAGES}
+    yield
+    root.handlers[:], level, packages = saved
+    root.setLevel(level)
+    for package, package_level in packages.items():
+        logging.getLogger(package).setLevel(package_level)
+
+
+def written(log_level: str) -> list[tuple[str, str]]:
+    """(logger, level) of each line written under ``log_level``, from own modules and libraries."""
+    configure_logging("tickets", "json", log_level)
+    stream = io.StringIO()
+    [handler] = logging.getLogger().handlers
+    handler.setStream(stream)
+    for name in ("kernel.relay", "services.tickets.service", "gateway.http", "amqp", "nameko"):
+        logger = logging.getLogger(name)
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+            logger.log(level, "a line")
+    return [(line["logger"], line["level"]) for line in lines(stream)]
+
+
+def test_the_log_level_drops_every_less_severe_line(logging_restored):
+    assert written("warning") == [
+        (name, level)
+        for name in ("kernel.relay", "services.tickets.service", "gateway.http", "amqp", "nameko")
+        for level in ("WARNING", "ERROR")
+    ]
+    assert {level for _, level in written("error")} == {"ERROR"}
+    assert {level for _, level in written("info")} == {"INFO", "WARNING", "ERROR"}
+
+
+def test_debug_opens_ledgerdesks_own_modules_and_never_a_librarys(logging_restored):
+    debug = [name for name, level in written("debug") if level == "DEBUG"]
+    # A library's debug lines (AMQP frames, HTTP requests) may quote what they carry.
+    assert debug == ["kernel.relay", "services.tickets.service", "gateway.http"]
