@@ -34,6 +34,7 @@ from services.tickets.contracts import (
     AddMessageV1,
     CreateTicketV1,
     FindTicketsV1,
+    SearchTicketsV1,
     UpdateTicketV1,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "AddMessageV1",
     "CreateTicketV1",
     "FindTicketsV1",
+    "SearchTicketsV1",
     "UpdateTicketV1",
     "AgentCreatedOut",
     "AcceptPolicyV1",
@@ -211,6 +213,28 @@ class TicketDetailOut(TicketOut):
 class TicketListOut(Schema):
     items = fields.List(fields.Nested(TicketOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
+
+
+class SearchHitOut(TicketOut):
+    matched_terms = fields.Integer(
+        required=True,
+        metadata={"description": "how many of the query's words the ticket matches", "minimum": 1},
+    )
+
+
+class SearchResultsOut(Schema):
+    """Tickets that match more of the query's words first, then the newest."""
+
+    items = fields.List(fields.Nested(SearchHitOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+    terms_left_out = fields.Integer(
+        required=True,
+        metadata={
+            "description": "words of the query too common to rank by (found in more rows of"
+            " the index than one search examines), left out of this search",
+            "minimum": 0,
+        },
+    )
 
 
 class PlanOut(Schema):

@@ -33,6 +33,7 @@ from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
+from gateway.routes.search import SearchRoutes
 from gateway.routes.tickets import TicketRoutes
 from gateway.subscriptions import CREDENTIALS, PRIVACY
 from kernel import privacy as privacy_protocol
@@ -160,6 +161,7 @@ class Idempotency(DependencyProvider):
 class GatewayService(
     AccountRoutes,
     TicketRoutes,
+    SearchRoutes,
     BillingRoutes,
     AuditRoutes,
     PrivacyRoutes,

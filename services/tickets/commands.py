@@ -3,6 +3,7 @@
 from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
 from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean, UtcDateTime
+from services.tickets import terms
 from services.tickets.events import PRIORITIES, STATUSES
 
 # A tag is a label: like every other field, a card number in it refuses the command.
@@ -26,17 +27,24 @@ class CreateTicketV1(Command):
 
 
 class UpdateTicketV1(Command):
-    """``PATCH /v1/tickets/{id}``: any of status, priority, assignee (null unassigns), tags."""
+    """``PATCH /v1/tickets/{id}``: any of status, priority, assignee (null unassigns), tags,
+    subject."""
 
     status = fields.String(validate=validate.OneOf(("open", "pending", "solved", "closed")))
     priority = fields.String(validate=validate.OneOf(PRIORITIES))
     assignee_id = fields.UUID(allow_none=True)
     tags = fields.List(TAG, validate=validate.Length(max=20))
+    # As at creation: a card number pasted here is cut to its last four digits.
+    subject = fields.String(
+        validate=validate.Length(min=1, max=500), metadata=CARD_NUMBERS_REDACTED
+    )
 
     @validates_schema
     def not_empty(self, data, **kwargs):
         if not data:
-            raise ValidationError("status, priority, assignee_id or tags must be given", "_schema")
+            raise ValidationError(
+                "status, priority, assignee_id, tags or subject must be given", "_schema"
+            )
 
 
 class AddMessageV1(Command):
@@ -102,3 +110,33 @@ class FindTicketsV1(Command):
             start, end = f"{column}_after", f"{column}_before"
             if start in data and end in data and data[end] <= data[start]:
                 raise ValidationError(f"must be later than {start}", end)
+
+
+def _searchable(query: str) -> None:
+    refusal = terms.query_refusal(query)
+    if refusal is not None:
+        raise ValidationError(refusal)
+
+
+class SearchTicketsV1(Command):
+    """``GET /v1/search``: the words to find, and what the results may be narrowed to.
+
+    A query is never kept: it is hashed under the tenant's key to look the index up, and goes
+    into no event, log line, span or access record (``services.tickets.search``).
+    """
+
+    q = fields.String(
+        required=True,
+        validate=_searchable,
+        metadata={
+            "description": f"words to find in subjects, bodies and messages (internal notes for"
+            f" staff), each by its first letters ({terms.MIN_LETTERS} or more); at most"
+            f" {terms.MAX_QUERY_WORDS} words, {terms.MAX_QUERY_CHARS} characters. Tickets that"
+            " match more of the words come first, then the newest",
+            "minLength": 1,
+            "maxLength": terms.MAX_QUERY_CHARS,
+        },
+    )
+    status = fields.String(
+        validate=validate.OneOf(STATUSES), metadata={"description": "only tickets in this status"}
+    )

@@ -23,6 +23,10 @@ DESTROYED = End(
 LEARNED_DESTROYED = End(
     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
 )
+_SEARCH = "services.tickets.search_index"
+SEARCH_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_SEARCH}:SearchIndexProjection._apply"
+)
 PURGED = End(
     When.PERIOD, "closed_tickets: the ticket's key is shredded", f"{_PRIVACY}:purge_category"
 )
@@ -131,6 +135,57 @@ DATA_MAP = ServiceMap(
                     " that key, and no one once the tenant is destroyed",
                 ),
             ),
+        ),
+        Table(
+            "search_terms",
+            "the search index (services.tickets.search_index): per part of a ticket (subject,"
+            " body, each message), a keyed hash of each word's first 3 to 16 letters, never a"
+            " word",
+            (
+                pseudonym("ticket_id"),
+                pseudonym("tenant_id"),
+                pseudonym("requester_id", note="whose erasure deletes the row"),
+                pseudonym(
+                    "author_id",
+                    note="a message's writer, for a message written before tickets had keys of"
+                    " their own (under the writer's key), whose erasure deletes it too; null"
+                    " otherwise",
+                ),
+                operational("part"),
+                pseudonym("message_id"),
+                operational("internal"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    End(
+                        When.ERASURE,
+                        "the rows of the requester's tickets (and of messages under the"
+                        " writer's key) are deleted",
+                        f"{_PRIVACY}:erase_subject",
+                    ),
+                    End(
+                        When.PERIOD,
+                        "closed_tickets: the purged tickets' rows are deleted",
+                        f"{_PRIVACY}:purge_category",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's rows are deleted and its key is shredded with the"
+                        " tenant's, so no digest can be computed again",
+                        f"{_SEARCH}:SearchIndexProjection._apply",
+                    ),
+                    End(
+                        When.REPLACED,
+                        "a new subject replaces the subject's rows",
+                        f"{_SEARCH}:SearchIndexProjection._apply",
+                    ),
+                    note="HMAC-SHA-256, cut to 16 bytes, under a key derived from the tenant's"
+                    " (kernel.crypto.blind_index): it confirms a guessed word only to whoever holds"
+                    " that key, and to no one once the tenant is destroyed; which tickets share a"
+                    " word shows",
+                ),
+            ),
+            ends=(SEARCH_DESTROYED,),
         ),
         Table(
             "directory",

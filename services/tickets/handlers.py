@@ -132,13 +132,24 @@ def update_ticket(
         ticket.prioritise(changes["priority"])
     if "tags" in changes:
         ticket.tag(changes["tags"])
+    redactions = 0
+    if "subject" in changes:
+        subject, redactions = redact_card_numbers(changes["subject"])
+        ticket.retitle(subject, redactions)
     if "status" in changes:
         ticket.move_to(changes["status"])
     try:
-        uow.save(ticket, ticket.tenant_id)
+        uow.save(
+            ticket,
+            ticket.tenant_id,
+            metadata={"card_numbers_redacted": redactions} if redactions else None,
+        )
     except KeyShredded:
-        # Only tags are written under the ticket's key here, and it went with its requester.
-        raise Conflict("the requester of this ticket was erased; its tags cannot change") from None
+        # Tags and the subject are written under the ticket's key here, and it went with its
+        # requester (or the ticket was purged).
+        raise Conflict(
+            "the requester of this ticket was erased; its tags and subject cannot change"
+        ) from None
     return get_ticket(uow, tenant_id, ticket_id, viewer=None)
 
 

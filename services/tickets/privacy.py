@@ -2,8 +2,9 @@
 under its own key, a child of its requester's: erasing the requester is one shred (their tickets
 and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
 ticket past its period loses its own key. The digests of a ticket's tags (the blind index,
-``services.tickets.lookups``) are under the tenant's key, so they are deleted with it. Messages
-an agent wrote before tickets had their own keys are under the agent's key."""
+``services.tickets.lookups``) and of its words (the search index, ``search_index``) are under
+the tenant's key, which stays: they are deleted with the ticket's words. Messages an agent wrote
+before tickets had their own keys are under the agent's key."""
 
 from __future__ import annotations
 
@@ -42,10 +43,22 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             " WHERE d.ticket_id = t.id AND t.requester_id = %s AND t.tenant_id = %s",
             (subject, tenant),
         )
+        # So are the search index's of the tickets they requested, and of messages under their
+        # own key (written before tickets had keys): a rebuild reads those words as erased.
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
+        indexed = uow.cur.rowcount
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE author_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        indexed += uow.cur.rowcount
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
-            " they requested and their words there read as erased, their tags' digests deleted",
+            " they requested and their words there read as erased, their tags' digests deleted;"
+            f" {indexed} search index rows deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +72,9 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             (tenant, command["before"]),
         )
         ids = [str(row[0]) for row in uow.cur.fetchall()]
+        # Their tags' and words' digests go with their words (a rebuild reads those as erased).
         uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
+        uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -93,9 +108,9 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             )
         subjects = cipher.keystore.shred_tenant(tenant)
         # Learned from accounts' events and commands, not from this store: deleted here. The
-        # tag digests went with the event (the projection); a tenant tickets never recorded
-        # leaves none either, and their key went with the tenant's.
-        for table in ("directory", "restrictions", "ticket_tag_digests"):
+        # tag digests and the search index went with the event (the projections); a tenant
+        # tickets never recorded leaves none either, and their key went with the tenant's.
+        for table in ("directory", "restrictions", "ticket_tag_digests", "search_terms"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 

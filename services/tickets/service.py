@@ -20,7 +20,7 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers, privacy, sealed
+from services.tickets import commands, handlers, privacy, sealed, search
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
@@ -48,8 +48,9 @@ class TicketsService:
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     sealed_tags = SealedTags()
-    # The blind index of tags came with migration 0005: filled once from the events.
-    new_read_models = NewReadModels("ticket_tags")
+    # The blind index of tags came with migration 0005, the search index with 0006: each
+    # filled once from the events.
+    new_read_models = NewReadModels("ticket_tags", "tickets_search")
     config = Config()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
@@ -73,6 +74,14 @@ class TicketsService:
         filters = load_command(commands.FindTicketsV1, query)
         with self.store.unit_of_work() as uow:
             return handlers.list_tickets(uow, tenant_id, filters, limit, after)
+
+    @rpc
+    def search_tickets(
+        self, actor: dict[str, str], query: dict[str, str], limit: int, after: list | None
+    ) -> dict[str, Any]:
+        loaded = load_command(commands.SearchTicketsV1, query)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return search.search_tickets(uow, actor, loaded, limit, after)
 
     @rpc
     def update_ticket(
