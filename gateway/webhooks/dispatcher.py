@@ -31,6 +31,7 @@ from typing import Any
 
 import eventlet
 from eventlet.greenpool import GreenPool
+from prometheus_client import Counter
 
 from gateway.webhooks import addresses, catalogue, sender, signing
 from gateway.webhooks.store import Sealed
@@ -39,6 +40,15 @@ from kernel.crypto.keystore import Keystore
 from kernel.db import Database
 
 log = logging.getLogger(__name__)
+
+# Attempts by outcome, and deliveries given up on: no tenant, endpoint or URL in a label.
+ATTEMPTS = Counter(
+    "ledgerdesk_webhook_attempts", "Webhook delivery attempts, by outcome", ["outcome"]
+)
+FAILED = Counter(
+    "ledgerdesk_webhook_deliveries_failed",
+    "Webhook deliveries marked failed: the retry window closed, or the secret is gone",
+)
 
 USER_AGENT = "Ledgerdesk-Webhooks/1"
 # Deliveries sent at once per gateway process, and how often it looks for due ones.
@@ -186,6 +196,9 @@ class Dispatcher:
         started = dt.datetime.now(dt.UTC)
         result, final, refusal = self._attempt(claimed)
         state = self.record(claimed, result, started, dt.datetime.now(dt.UTC), final)
+        ATTEMPTS.labels(outcome=result.outcome).inc()
+        if state == "failed":
+            FAILED.inc()
         log.info(
             "webhook delivery %s (event %s, %s) to endpoint %s, attempt %s: %s%s%s -> %s",
             claimed.delivery_id,

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client import REGISTRY
 
 from gateway.idempotency import MIGRATIONS
 from gateway.webhooks import addresses, sender, signing
@@ -202,9 +203,14 @@ def test_an_event_is_delivered_signed_once_per_endpoint_and_only_to_its_tenant(
     assert log_of(webhooks, tenant, unsubscribed) == []
 
 
+def attempts_counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("ledgerdesk_webhook_attempts_total", {"outcome": outcome}) or 0
+
+
 def test_a_failed_attempt_is_retried_with_a_new_signature_until_it_succeeds(
     webhooks, database, keystore
 ):
+    errors_before, delivered_before = attempts_counted("http_error"), attempts_counted("delivered")
     with receiving(Script(statuses=[500, 503])) as receiver:
         tenant, endpoint = register(webhooks, receiver)
         webhooks.fan_out(ticket_created(tenant))
@@ -233,6 +239,8 @@ def test_a_failed_attempt_is_retried_with_a_new_signature_until_it_succeeds(
         (2, 503),
         (3, 200),
     ]
+    assert attempts_counted("http_error") - errors_before == 2
+    assert attempts_counted("delivered") - delivered_before == 1
 
 
 def test_when_the_retry_window_closes_the_delivery_is_failed_and_stays_in_the_log(
