@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel.envelope import Envelope
+from kernel.envelope import Envelope, MalformedPayload
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,22 @@ class WebhookEvent:
     name: str  # what a tenant subscribes to and a receiver sees as ``type``
     routing_key: str  # the integration event it is built from (``<source>.<type>``)
     description: str
-    fields: tuple[str, ...]  # copied from the event's payload, when present
+    fields: tuple[str, ...]  # copied from the event's payload, every one required
     constants: Mapping[str, Any] = field(default_factory=dict)  # said by the event's type
+    # The versions of the integration event read here: a version not listed is refused
+    # (dead-lettered, to be replayed once the catalogue knows it), never guessed at.
+    versions: tuple[int, ...] = (1,)
 
-    def data(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """The webhook's ``data``: the named fields of the event's payload, and the constants."""
-        return {
-            **{name: _plain(payload[name]) for name in self.fields if name in payload},
-            **self.constants,
-        }
+    def data(self, payload: Mapping[str, Any], version: int = 1) -> dict[str, Any]:
+        """The webhook's ``data``: the named fields of the event's payload, and the constants.
+        ``MalformedPayload`` for a version not read here, or a named field missing."""
+        event_type = self.routing_key.partition(".")[2]
+        if version not in self.versions:
+            raise MalformedPayload(event_type, version, {"schema_version": ["not read here"]})
+        missing = {name: ["missing"] for name in self.fields if name not in payload}
+        if missing:
+            raise MalformedPayload(event_type, version, missing)
+        return {**{name: _plain(payload[name]) for name in self.fields}, **self.constants}
 
 
 EVENTS: tuple[WebhookEvent, ...] = (
@@ -67,6 +74,7 @@ EVENTS: tuple[WebhookEvent, ...] = (
         "tickets.message_added",
         "a reply or an internal note was added: ids and whether it is internal, never its text",
         ("ticket_id", "message_id", "author_id", "author_kind", "internal"),
+        versions=(1, 2),
     ),
     WebhookEvent(
         "privacy_request.completed",

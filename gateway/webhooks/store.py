@@ -224,6 +224,8 @@ class Sealed:
 
 
 def fan_out(cur: Cursor, envelope: Envelope) -> int:
+    """``MalformedPayload`` (the message is dead-lettered) for a version or a payload the
+    catalogue does not read."""
     event = catalogue.of(envelope)
     if event is None or envelope.tenant_id is None:
         return 0
@@ -237,7 +239,7 @@ def fan_out(cur: Cursor, envelope: Envelope) -> int:
             envelope.event_id,
             event.name,
             envelope.occurred_at,
-            Json(event.data(envelope.payload)),
+            Json(event.data(envelope.payload, envelope.schema_version)),
             envelope.tenant_id,
             event.name,
         ),
