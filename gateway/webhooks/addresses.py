@@ -34,6 +34,8 @@ Resolver = Callable[[str, int], Sequence[str]]
 MAX_URL_CHARS = 2048
 # The most a name's resolution may take at registration (a delivery's is within its timeout).
 RESOLVE_SECONDS = 5.0
+# What a path or query keeps as it is (RFC 3986's reserved and unreserved characters, and %).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 # RFC 6052's well-known NAT64 prefix: its last 32 bits are an IPv4 address.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -92,9 +94,10 @@ def parse_url(url: str, policy: Policy) -> Target:
     if not parts.hostname:
         raise Refused("the URL has no host")
     host = _host(parts.hostname)
-    path = parts.path or "/"
+    # The request line is ASCII: anything else is percent-encoded, what is encoded stays so.
+    path = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
-        path += "?" + parts.query
+        path += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE)
     return Target(scheme, host, port or (443 if scheme == "https" else 80), path)
 
 

@@ -177,6 +177,20 @@ class Dispatcher:
         if limit <= 0:
             return []
         with self.db.transaction() as cur:
+            # A delivery whose attempts were never recorded (its sender died each time) is
+            # not retried past its window either: a lease after it, the last attempt (due on
+            # the window's end) has had its chance.
+            cur.execute(
+                "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL,"
+                " finished_at = now() WHERE status = 'pending' AND next_attempt_at <= now()"
+                " AND created_at < now() - %s",
+                (self.schedule.window + self.lease,),
+            )
+            if cur.rowcount:
+                FAILED.inc(cur.rowcount)
+                log.warning(
+                    "%s webhook deliveries failed unrecorded past their window", cur.rowcount
+                )
             cur.execute(
                 "UPDATE webhook_deliveries d SET attempts = d.attempts + 1,"
                 " next_attempt_at = now() + %s"

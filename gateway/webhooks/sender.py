@@ -104,7 +104,7 @@ def post(
                     return Result(TIMEOUT)
                 except ssl.SSLError:
                     return Result(TLS_FAILED)
-                except (OSError, http.client.HTTPException):
+                except (OSError, http.client.HTTPException, ValueError):
                     last = Result(CONNECTION_FAILED)  # the next address, if any
             return last
     except eventlet.Timeout:

@@ -351,6 +351,32 @@ def test_a_claim_whose_sender_died_is_due_again_after_its_lease(webhooks, databa
     assert logged["status"] == "delivered" and [a["attempt"] for a in logged["history"]] == [2]
 
 
+def test_a_delivery_never_recorded_is_not_claimed_past_its_window(webhooks, database, keystore):
+    with receiving() as receiver:
+        tenant, endpoint = register(webhooks, receiver)
+        webhooks.fan_out(ticket_created(tenant))
+        short = Schedule(dt.timedelta(seconds=0.05), dt.timedelta(seconds=0.2))
+        dying = dispatcher(database, keystore, schedule=short)
+        dying.lease = dt.timedelta(seconds=0.1)
+        assert len(dying.claim(10)) == 1  # and the sender dies, again and again
+        time.sleep(0.2)
+        assert len(dying.claim(10)) == 1  # within the window and a lease: tried again
+        time.sleep(0.4)
+        assert dying.claim(10) == []
+        assert receiver.received == []
+    (failed,) = log_of(webhooks, tenant, endpoint)
+    assert failed["status"] == "failed" and failed["attempts"] == 2 and failed["history"] == []
+
+
+def test_a_url_with_non_ascii_characters_is_sent_percent_encoded(webhooks, database, keystore):
+    with receiving() as receiver:
+        tenant, _ = register(webhooks, receiver, url=receiver.url("/hooks/café?q=ü&x=%41"))
+        webhooks.fan_out(ticket_created(tenant))
+        dispatcher(database, keystore).run_once()
+        (got,) = receiver.received
+    assert got.path == "/hooks/caf%C3%A9?q=%C3%BC&x=%41"
+
+
 def test_concurrent_dispatchers_never_claim_the_same_delivery(webhooks, database, keystore):
     with receiving() as receiver:
         tenant, _ = register(webhooks, receiver)

@@ -31,6 +31,10 @@ def test_an_https_url_is_taken_apart():
     assert parse_url("https://example.com:8443/x", STRICT).port == 8443
     assert parse_url("https://[2606:2800::1]/x", STRICT).host == "2606:2800::1"
     assert parse_url("https://bücher.example/", STRICT).host == "xn--bcher-kva.example"
+    # The request line is ASCII: the rest is percent-encoded, what was encoded stays so.
+    assert parse_url("https://example.com/café?q=ü&r=%41", STRICT).path == (
+        "/caf%C3%A9?q=%C3%BC&r=%41"
+    )
 
 
 @pytest.mark.parametrize(
