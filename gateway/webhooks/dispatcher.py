@@ -182,8 +182,9 @@ class Dispatcher:
             # the window's end) has had its chance.
             cur.execute(
                 "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL,"
-                " finished_at = now() WHERE status = 'pending' AND next_attempt_at <= now()"
-                " AND created_at < now() - %s",
+                " finished_at = now() WHERE id IN (SELECT id FROM webhook_deliveries"
+                "  WHERE status = 'pending' AND next_attempt_at <= now()"
+                "  AND created_at < now() - %s FOR UPDATE SKIP LOCKED)",
                 (self.schedule.window + self.lease,),
             )
             if cur.rowcount:
