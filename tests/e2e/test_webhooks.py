@@ -300,6 +300,18 @@ def test_registration_refuses_bad_urls_and_events(stack: Stack):
     assert ok(stack.call("GET", "/v1/webhooks", key=key))["items"] == []
 
 
+def test_a_retried_registration_is_the_same_endpoint_and_shows_no_secret_again(stack: Stack):
+    key = stack.sign_up()["api_key"]
+    body = {"url": "http://127.0.0.1:9/hook", "events": ["ticket.created"]}
+    headers = {"Idempotency-Key": unique("register")}
+    first = ok(stack.call("POST", "/v1/webhooks", key=key, json=body, headers=headers), 201)
+    again = stack.call("POST", "/v1/webhooks", key=key, json=body, headers=headers)
+    replayed = ok(again, 201)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert replayed["id"] == first["id"] and first["secret"] and replayed["secret"] is None
+    assert len(ok(stack.call("GET", "/v1/webhooks", key=key))["items"]) == 1
+
+
 def test_destruction_deletes_the_tenants_webhook_rows(stack: Stack):
     signed_up = stack.sign_up()
     key, tenant = signed_up["api_key"], signed_up["tenant"]["id"]
