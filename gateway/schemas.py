@@ -7,6 +7,15 @@ service); responses are declared here and published in the OpenAPI document.
 
 from marshmallow import Schema, fields
 
+from gateway.webhooks.schemas import (
+    RegisterWebhookV1,
+    WebhookAttemptOut,
+    WebhookCreatedOut,
+    WebhookDeliveryListOut,
+    WebhookDeliveryOut,
+    WebhookListOut,
+    WebhookOut,
+)
 from services.accounts.contracts import (
     ROLES,
     AcceptPolicyV1,
@@ -61,6 +70,13 @@ __all__ = [
     "RectifyContactV1",
     "SetConsentV1",
     "SignUpV1",
+    "RegisterWebhookV1",
+    "WebhookAttemptOut",
+    "WebhookCreatedOut",
+    "WebhookDeliveryListOut",
+    "WebhookDeliveryOut",
+    "WebhookListOut",
+    "WebhookOut",
 ]
 
 

@@ -422,6 +422,49 @@ class Settings:
         parse=values.number(int),
         doc="how long billing holds invoices and payment records (tax and accounting law)",
     )
+    # Webhooks (gateway.webhooks): where a tenant's endpoints may be, how long a delivery is
+    # retried, how long its log is kept.
+    webhook_allow_http: bool = setting(
+        False,
+        name="WEBHOOK_ALLOW_HTTP",
+        parse=values.flag,
+        render=values.render_flag,
+        doc="webhook URLs may be plain `http://` (development and tests; production refuses"
+        " it); off: `https://` only",
+    )
+    webhook_allow_private: bool = setting(
+        False,
+        name="WEBHOOK_ALLOW_PRIVATE",
+        parse=values.flag,
+        render=values.render_flag,
+        doc="webhook URLs may reach loopback, private, link-local, multicast and reserved"
+        " addresses; off: refused at registration and at every delivery (DNS rebinding)",
+    )
+    webhook_retry_seconds: float = setting(
+        30.0,
+        name="WEBHOOK_RETRY_SECONDS",
+        parse=values.number(float),
+        doc="the wait before a failed webhook delivery's first retry; it doubles, up to an hour",
+    )
+    webhook_retry_hours: float = setting(
+        24.0,
+        name="WEBHOOK_RETRY_HOURS",
+        parse=values.number(float),
+        doc="how long a webhook delivery is retried before it is marked `failed` (dead-lettered)",
+    )
+    webhook_timeout_seconds: float = setting(
+        10.0,
+        name="WEBHOOK_TIMEOUT_SECONDS",
+        parse=values.number(float),
+        doc="a webhook delivery's whole exchange (resolve, connect, send, answer)",
+    )
+    webhook_log_days: float = setting(
+        30.0,
+        name="WEBHOOK_LOG_DAYS",
+        parse=values.number(float),
+        doc="days (of `LEDGERDESK_DAY_SECONDS`) a finished webhook delivery stays in its"
+        " endpoint's log",
+    )
     # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS. Not a
     # variable: ``from_env`` gives it from the service it reads for.
     held_secrets: frozenset[str] = field(default_factory=lambda: ALL_SECRETS)
@@ -513,6 +556,9 @@ class Settings:
         if self.environment == "production" and self.day_seconds != Settings.day_seconds:
             # A shorter day would shorten every retention period by the same factor.
             raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
+        if self.environment == "production" and self.webhook_allow_http:
+            # A webhook's body and signature would cross the network in clear.
+            raise ConfigurationError("production refuses LEDGERDESK_WEBHOOK_ALLOW_HTTP")
         if self.environment == "production":
             check_production_secrets(self)
         if self.audit_signing_key:

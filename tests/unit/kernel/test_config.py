@@ -285,6 +285,23 @@ def test_a_day_is_a_day_unless_a_test_shortens_it_and_production_refuses_that():
         Settings.from_env({"LEDGERDESK_DAY_SECONDS": "0"})
 
 
+def test_webhook_guards_are_on_unless_switched_off_and_production_keeps_https():
+    defaults = Settings.from_env({})
+    assert (defaults.webhook_allow_http, defaults.webhook_allow_private) == (False, False)
+    switched = Settings.from_env(
+        {"LEDGERDESK_WEBHOOK_ALLOW_HTTP": "true", "LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "On"}
+    )
+    assert (switched.webhook_allow_http, switched.webhook_allow_private) == (True, True)
+    off = Settings.from_env({"LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "0"})
+    assert off.webhook_allow_private is False
+    # A misspelling is refused, not read as either value.
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_WEBHOOK_ALLOW_PRIVATE must be true"):
+        Settings.from_env({"LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "ture"})
+    assert Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "true"})
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_WEBHOOK_ALLOW_HTTP"):
+        Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_WEBHOOK_ALLOW_HTTP": "true"})
+
+
 def test_development_accepts_development_secrets():
     assert Settings.from_env({"LEDGERDESK_ENV": "development"}).api_key_secret == (
         DEV_API_KEY_SECRET

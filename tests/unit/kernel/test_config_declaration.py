@@ -77,6 +77,12 @@ EVERYTHING_CHANGED = Settings(
     billing_plans=(Plan("solo", 999, "USD"), Plan("odd-1250", 1250, "GBP")),
     tax_rates={"uk": Decimal("0.175"), "us": Decimal("0")},
     legal_hold_years=7,
+    webhook_allow_http=True,
+    webhook_allow_private=True,
+    webhook_retry_seconds=0.25,
+    webhook_retry_hours=0.01,
+    webhook_timeout_seconds=2.5,
+    webhook_log_days=0.5,
 )
 
 
@@ -105,8 +111,9 @@ def test_world_env_carries_every_setting_of_the_world():
 
 @pytest.mark.parametrize("service", sorted(SERVICE_SECRETS))
 def test_a_process_gets_back_its_settings_with_only_its_own_secrets(service: str):
+    # Production refuses a day of another length and plain-HTTP webhooks.
     production = dataclasses.replace(
-        EVERYTHING_CHANGED, environment="production", day_seconds=86400
+        EVERYTHING_CHANGED, environment="production", day_seconds=86400, webhook_allow_http=False
     )
     own = Settings.from_env(production.to_env(), service=service)
     env = own.to_env()
