@@ -121,7 +121,9 @@ class AttachmentStore:
         if size + len(data) > max_bytes:
             raise TooLarge(f"a file may be at most {max_bytes} bytes")
         # Concurrent uploads to one ticket take turns here, so the ticket's total holds.
-        self._cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (ticket_id,))
+        self._cur.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 0))", (str(ticket_id),)
+        )
         if self.ticket_bytes(tenant_id, str(ticket_id)) + len(data) > ticket_max:
             raise TooLarge(f"a ticket's attachments may be at most {ticket_max} bytes together")
         sealed = self._blobs.seal_chunk(
