@@ -45,9 +45,12 @@ from services.tickets.contracts import (
     FindTicketsV1,
     SearchTicketsV1,
     UpdateTicketV1,
+    UploadAttachmentV1,
 )
 
 __all__ = [
+    "UploadAttachmentV1",
+    "AttachmentOut",
     "DecideRequestV1",
     "SetApprovalPolicyV1",
     "SetPolicyV1",
@@ -206,6 +209,27 @@ class TicketOut(Schema):
     version = fields.Integer(required=True, metadata={"description": "the ETag's value"})
 
 
+class AttachmentOut(Schema):
+    """A file on a ticket's message (or uploaded, to be put on one): metadata only."""
+
+    id = fields.UUID(required=True)
+    filename = fields.String(
+        required=True, metadata={"description": "as uploaded, card numbers cut to the last four"}
+    )
+    size = fields.Integer(required=True, metadata={"description": "bytes", "minimum": 1})
+    content_type = fields.String(
+        required=True,
+        metadata={
+            "description": "what the file's first bytes show it is (png, jpeg, gif, webp, pdf,"
+            " zip, plain text), else application/octet-stream; never the client's claim"
+        },
+    )
+    sha256 = fields.String(
+        required=True,
+        metadata={"description": "hex SHA-256 of the bytes", "pattern": "^[0-9a-f]{64}$"},
+    )
+
+
 class MessageOut(Schema):
     id = fields.UUID(required=True)
     author_id = fields.UUID(required=True)
@@ -213,6 +237,7 @@ class MessageOut(Schema):
     body = fields.String(required=True)
     internal = fields.Boolean(required=True)
     created_at = fields.DateTime(required=True)
+    attachments = fields.List(fields.Nested(AttachmentOut), required=True)
 
 
 class MessageAddedOut(MessageOut):

@@ -29,6 +29,7 @@ from gateway.operations import OperationsRoutes
 from gateway.ratelimit import RateLimiter
 from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
+from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.privacy import PrivacyRoutes
@@ -163,6 +164,7 @@ class Idempotency(DependencyProvider):
 class GatewayService(
     AccountRoutes,
     TicketRoutes,
+    AttachmentRoutes,
     SearchRoutes,
     BillingRoutes,
     AuditRoutes,

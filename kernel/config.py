@@ -465,6 +465,25 @@ class Settings:
         doc="days (of `LEDGERDESK_DAY_SECONDS`) a finished webhook delivery stays in its"
         " endpoint's log",
     )
+    attachment_max_bytes: int = setting(
+        10 << 20,
+        name="ATTACHMENT_MAX_BYTES",
+        parse=values.number(int),
+        doc="the largest file one attachment may be, in bytes (413 past it)",
+    )
+    attachments_per_message: int = setting(
+        10,
+        name="ATTACHMENTS_PER_MESSAGE",
+        parse=values.number(int),
+        doc="how many attachments one message may carry (422 past it)",
+    )
+    attachment_ticket_bytes: int = setting(
+        50 << 20,
+        name="ATTACHMENT_TICKET_BYTES",
+        parse=values.number(int),
+        doc="the bytes of all of one ticket's attachments together, uploads not yet on a"
+        " message included (413 past it)",
+    )
     # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS. Not a
     # variable: ``from_env`` gives it from the service it reads for.
     held_secrets: frozenset[str] = field(default_factory=lambda: ALL_SECRETS)

@@ -47,6 +47,37 @@ class UpdateTicketV1(Command):
             )
 
 
+# An upload goes to tickets in chunks of at most this many bytes, each its own RPC (a message
+# on the broker), each sealed and stored as one row; a download comes back the same way.
+CHUNK_BYTES = 256 << 10
+# What a message's list of attachments may hold at most, whatever the setting says.
+MAX_ATTACHMENT_IDS = 100
+MAX_FILENAME_CHARS = 255
+
+
+def _filename(value: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValidationError("may not hold control characters")
+    if "/" in value or "\\" in value:
+        raise ValidationError("a name, not a path: no / or \\")
+    if value.strip() in ("", ".", ".."):
+        raise ValidationError("must name a file")
+
+
+class UploadAttachmentV1(Command):
+    """``POST /v1/tickets/{id}/attachments``: the query; the body is the file's bytes."""
+
+    # What customers name their files: a card number in it is cut to its last four digits.
+    filename = fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=MAX_FILENAME_CHARS), _filename],
+        metadata={
+            **CARD_NUMBERS_REDACTED,
+            "description": "the file's name, as it is to be offered for download",
+        },
+    )
+
+
 class AddMessageV1(Command):
     """``POST /v1/tickets/{id}/messages``."""
 
@@ -56,6 +87,14 @@ class AddMessageV1(Command):
     internal = StrictBoolean(load_default=False)
     # A public reply written by staff for the requester (e.g. from an e-mail they sent).
     on_behalf_of_requester = StrictBoolean(load_default=False)
+    # Files uploaded to the ticket first (``POST /v1/tickets/{id}/attachments``), not yet on a
+    # message; how many one message may carry is a setting (LEDGERDESK_ATTACHMENTS_PER_MESSAGE).
+    attachment_ids = fields.List(
+        fields.UUID(),
+        load_default=list,
+        validate=validate.Length(max=MAX_ATTACHMENT_IDS),
+        metadata={"description": "attachments uploaded to this ticket, to put on the message"},
+    )
 
     @validates_schema
     def notes_are_staff_only(self, data, **kwargs):

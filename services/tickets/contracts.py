@@ -10,16 +10,19 @@ the package is tickets' own.
 """
 
 from services.tickets.commands import (
+    CHUNK_BYTES,
     AddMessageV1,
     CreateTicketV1,
     FindTicketsV1,
     SearchTicketsV1,
     UpdateTicketV1,
+    UploadAttachmentV1,
 )
 from services.tickets.events import PRIORITIES, STATUSES
 from services.tickets.subscriptions import SUBSCRIPTIONS
 
 __all__ = [
+    "CHUNK_BYTES",
     "PRIORITIES",
     "STATUSES",
     "SUBSCRIPTIONS",
@@ -28,4 +31,5 @@ __all__ = [
     "FindTicketsV1",
     "SearchTicketsV1",
     "UpdateTicketV1",
+    "UploadAttachmentV1",
 ]

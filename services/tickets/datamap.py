@@ -31,6 +31,33 @@ PURGED = End(
     When.PERIOD, "closed_tickets: the ticket's key is shredded", f"{_PRIVACY}:purge_category"
 )
 
+_FILES = "services.tickets.attachment_store:AttachmentStore"
+_FILES_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's attachments are deleted, chunks first; the key is shredded with the tenant's",
+    f"{_FILES}.forget_tenant",
+)
+_UNATTACHED = End(
+    When.PERIOD,
+    "an upload no message names is deleted a day (LEDGERDESK_DAY_SECONDS) after it began",
+    f"{_FILES}.purge_unattached",
+)
+_FILE_ENDS = (
+    SHREDDED_WITH_SUBJECT,
+    End(
+        When.ERASURE,
+        "the requester's tickets' attachments are deleted, chunks first",
+        f"{_FILES}.forget_requester",
+    ),
+    End(
+        When.PERIOD,
+        "closed_tickets: the purged tickets' attachments are deleted",
+        f"{_FILES}.forget_tickets",
+    ),
+    _FILES_DESTROYED,
+    _UNATTACHED,
+)
+
 # Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
 _TAGS = personal(
     "tags",
@@ -186,6 +213,54 @@ DATA_MAP = ServiceMap(
                 ),
             ),
             ends=(SEARCH_DESTROYED,),
+        ),
+        Table(
+            "attachments",
+            "files on messages (services.tickets.attachment_store): their name and digest as"
+            " stored ciphertext under the ticket's key, their size and sniffed type; the bytes"
+            " are in attachment_chunks",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("ticket_id"),
+                pseudonym("requester_id", note="whose erasure deletes the row"),
+                pseudonym("uploaded_by"),
+                pseudonym("message_id", note="null until a message names it"),
+                personal(
+                    "filename",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="as the client named the file, card numbers cut to the last four",
+                ),
+                personal(
+                    "sha256",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="a digest of the bytes would confirm a guessed file: sealed with the name",
+                ),
+                operational("content_type", note="sniffed from the first bytes"),
+                operational("size"),
+                operational("chunks"),
+                operational("state"),
+                operational("created_at"),
+            ),
+            ends=(_FILES_DESTROYED, _UNATTACHED),
+        ),
+        Table(
+            "attachment_chunks",
+            "the bytes of files, in chunks of at most 256 KiB, each sealed under the ticket's"
+            " key and bound to its file and place (kernel.crypto.blobs)",
+            (
+                pseudonym("attachment_id"),
+                operational("seq"),
+                personal(
+                    "ciphertext",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="whatever the file holds: not scanned for card numbers (binary)",
+                ),
+            ),
+            ends=(_FILES_DESTROYED, _UNATTACHED),
         ),
         Table(
             "directory",

@@ -14,6 +14,8 @@ from typing import Any
 from kernel.aggregate import RecordedEvent
 from kernel.crypto.fields import FieldCipher
 from kernel.uow import UnitOfWork
+from services.tickets import attachments
+from services.tickets.attachment_store import AttachmentStore
 from services.tickets.handlers import shown_tags
 
 # An erased subject's directory row is pinned here: no later event about them revives it.
@@ -54,11 +56,14 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "DELETE FROM search_terms WHERE author_id = %s AND tenant_id = %s", (subject, tenant)
         )
         indexed += uow.cur.rowcount
+        # Their tickets' files are under the shredded key: their chunks are deleted too, so no
+        # ciphertext is left for a key a keystore backup might still hold.
+        files = AttachmentStore(uow.cur, cipher).forget_requester(tenant, subject)
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
             " they requested and their words there read as erased, their tags' digests deleted;"
-            f" {indexed} search index rows deleted",
+            f" {indexed} search index rows deleted; {files} attachments deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +80,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Their tags' and words' digests go with their words (a rebuild reads those as erased).
         uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
+        AttachmentStore(uow.cur, cipher).forget_tickets(tenant, ids)
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -112,6 +118,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # tickets never recorded leaves none either, and their key went with the tenant's.
         for table in ("directory", "restrictions", "ticket_tag_digests", "search_terms"):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
+        # Attachments are in no event: deleted here, chunks and all.
+        AttachmentStore(uow.cur, cipher).forget_tenant(tenant)
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {
@@ -136,10 +144,13 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
     for ticket_id, subject, body, tags, status, created in uow.cur.fetchall():
         words = opened(tenant_id, {"subject": subject, "body": body, "tags": tags})
         uow.cur.execute(
-            "SELECT author_kind, body, created_at FROM ticket_messages"
+            "SELECT id, author_kind, body, created_at FROM ticket_messages"
             " WHERE ticket_id = %s AND NOT internal ORDER BY seq",
             (ticket_id,),
         )
+        messages = uow.cur.fetchall()
+        # The files on the replies they could see, their content included (base64).
+        files = attachments.exported(uow, tenant_id, [str(m[0]) for m in messages])
         tickets.append(
             {
                 "id": str(ticket_id),
@@ -154,8 +165,9 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
                         "from": kind,
                         "body": opened(tenant_id, {"body": text})["body"],
                         "at": at.isoformat(),
+                        "attachments": files.get(str(message_id), []),
                     }
-                    for kind, text, at in uow.cur.fetchall()
+                    for message_id, kind, text, at in messages
                 ],
             }
         )

@@ -20,7 +20,8 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers, privacy, sealed, search
+from services.tickets import attachments, commands, handlers, privacy, sealed, search
+from services.tickets.attachment_store import AttachmentStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
@@ -100,7 +101,66 @@ class TicketsService:
         command = load_command(commands.AddMessageV1, request)
         with self.store.unit_of_work(actor["agent_id"]) as uow:
             return handlers.add_message(
-                uow, actor["tenant_id"], ticket_id, actor["agent_id"], command
+                uow,
+                actor["tenant_id"],
+                ticket_id,
+                actor["agent_id"],
+                command,
+                self._limits().per_message,
+            )
+
+    # --- attachments: uploaded and downloaded a chunk per call (services.tickets.attachments)
+
+    def _limits(self) -> attachments.Limits:
+        return attachments.Limits.of(self.config["LEDGERDESK"])
+
+    @rpc
+    def begin_attachment(self, actor: dict[str, str], ticket_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.begin_upload(
+                uow, actor["tenant_id"], ticket_id, actor["agent_id"], self._limits()
+            )
+
+    @rpc
+    def put_attachment_chunk(
+        self, actor: dict[str, str], attachment_id: str, seq: int, data: str
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.put_chunk(
+                uow, actor["tenant_id"], attachment_id, seq, data, self._limits()
+            )
+
+    @rpc
+    def finish_attachment(
+        self, actor: dict[str, str], attachment_id: str, query: dict[str, Any]
+    ) -> dict[str, Any]:
+        loaded = load_command(commands.UploadAttachmentV1, query)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.finish_upload(uow, actor["tenant_id"], attachment_id, loaded)
+
+    @rpc
+    def discard_attachment(self, actor: dict[str, str], attachment_id: str) -> None:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            attachments.discard_upload(uow, actor["tenant_id"], attachment_id)
+
+    @rpc
+    def attachment_for_download(
+        self, actor: dict[str, str], ticket_id: str, attachment_id: str
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.for_download(uow, actor["tenant_id"], ticket_id, attachment_id)
+
+    @rpc
+    def attachment_chunk(self, actor: dict[str, str], attachment_id: str, seq: int) -> str:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.chunk(uow, actor["tenant_id"], attachment_id, seq)
+
+    @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
+    def purge_unattached_attachments(self) -> None:
+        """Uploads no message named within a day (of LEDGERDESK_DAY_SECONDS)."""
+        with self.store.unit_of_work(self.name) as uow:
+            AttachmentStore(uow.cur, uow.cipher).purge_unattached(
+                self.config["LEDGERDESK"].day_seconds
             )
 
     @consume_events(ACCOUNTS)

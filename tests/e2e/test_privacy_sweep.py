@@ -132,15 +132,33 @@ def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
         ),
         201,
     )
+    # A file on the message: its name and its bytes are canaries (the bytes sealed in chunks).
+    attachment = ok(
+        call(
+            "POST",
+            f"/v1/tickets/{ticket['id']}/attachments",
+            key=key,
+            params={"filename": f"{canary(f'{who}FileName')}.txt"},
+            data=f"{canary(f'{who}FileBytes')}\n".encode() * 20_000,  # two chunks and more
+        ),
+        201,
+    )
     ok(
         call(
             "POST",
             f"/v1/tickets/{ticket['id']}/messages",
             key=key,
-            json={"body": canary(f"{who}Message"), "internal": True},
+            json={
+                "body": canary(f"{who}Message"),
+                "internal": True,
+                "attachment_ids": [attachment["id"]],
+            },
         ),
         201,
     )
+    # Its download is the file's bytes, as a positive control of what the sweep looks for.
+    got = call("GET", f"/v1/tickets/{ticket['id']}/attachments/{attachment['id']}", key=key)
+    assert got.status_code == 200 and canary(f"{who}FileBytes").encode() in got.content
     current = call("GET", f"/v1/tickets/{ticket['id']}", key=key)
     ok(
         call(
@@ -158,7 +176,7 @@ def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
     query = f"{canary(f'{who}Subject')} {canary(f'{who}Query')}"
     found = ok(call("GET", "/v1/search", key=key, params={"q": query}))
     assert [item["id"] for item in found["items"]] == [ticket["id"]]
-    return {"contact": contact, "ticket": ticket}
+    return {"contact": contact, "ticket": ticket, "attachment": attachment}
 
 
 # The words of each tenant's ticket as the search index keeps them (hashed under the tenant's
@@ -369,6 +387,8 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             "ErasedSubject",
             "ErasedBody",
             "ErasedMessage",
+            "ErasedFileName",
+            "ErasedFileBytes",
             "ErasedQuery",
             "ErasedIdem",
             "ErasedTicketIdem",
@@ -377,6 +397,8 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             "DoomedSubject",
             "DoomedBody",
             "DoomedMessage",
+            "DoomedFileName",
+            "DoomedFileBytes",
             "DoomedQuery",
             "DoomedIdem",
             "DoomedTicketIdem",
@@ -427,6 +449,15 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         assert index_holds(stack, blind, tenant_b, "Erased") == 0
         assert index_holds(stack, blind, tenant_a, "Doomed") is None
     assert rows(stack, "tickets", requested_by, contact_id)[0][0] == 0
+    # No attachment of the erased requester or the destroyed tenant, nor a chunk of one; the
+    # erased requester's file is not found (its rows and key are gone).
+    assert rows(stack, "tickets", "SELECT count(*) FROM attachments")[0][0] == 0
+    assert rows(stack, "tickets", "SELECT count(*) FROM attachment_chunks")[0][0] == 0
+    erased_file = planted["attachment"]["id"]
+    gone_file = call(
+        "GET", f"/v1/tickets/{planted['ticket']['id']}/attachments/{erased_file}", key=key_b
+    )
+    assert gone_file.status_code == 404
     of_tenant = "SELECT count(*) FROM search_terms WHERE tenant_id = %s"
     assert rows(stack, "tickets", of_tenant, tenant_a)[0][0] == 0
     assert rows(stack, "tickets", of_tenant, tenant_b)[0][0] == 0  # B had the one ticket

@@ -83,6 +83,9 @@ EVERYTHING_CHANGED = Settings(
     webhook_retry_hours=0.01,
     webhook_timeout_seconds=2.5,
     webhook_log_days=0.5,
+    attachment_max_bytes=1234567,
+    attachments_per_message=3,
+    attachment_ticket_bytes=7654321,
 )
 
 
