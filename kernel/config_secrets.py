@@ -61,6 +61,9 @@ def check_production_secrets(settings: Settings) -> None:
         ),
         "API_KEY_SECRET": looks_like_dev(settings.api_key_secret),
         "OPERATOR_TOKEN": looks_like_dev(settings.operator_token),
+        # The relay's password is the relay's to choose (it may be empty: a relay that trusts
+        # the network), but never a development value.
+        "SMTP_PASSWORD": looks_like_dev(settings.smtp_password),
         # Compared as bytes: every base64 spelling of the development seed is refused.
         "AUDIT_SIGNING_KEY": looks_like_dev(settings.audit_signing_key)
         or looks_like_dev(seed.decode("latin-1")),

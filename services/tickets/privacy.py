@@ -54,11 +54,17 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "DELETE FROM search_terms WHERE author_id = %s AND tenant_id = %s", (subject, tenant)
         )
         indexed += uow.cur.rowcount
+        # Mail to them, queued or settled: unreadable already (sealed under their tickets'
+        # keys), deleted so not even the ids of what they were sent stay.
+        uow.cur.execute(
+            "DELETE FROM mail_outbox WHERE recipient_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        mails = uow.cur.rowcount
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
             " they requested and their words there read as erased, their tags' digests deleted;"
-            f" {indexed} search index rows deleted",
+            f" {indexed} search index rows deleted, {mails} mails deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +81,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Their tags' and words' digests go with their words (a rebuild reads those as erased).
         uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
+        # Mail still owed about them is sealed under their keys: deleted with them.
+        uow.cur.execute("DELETE FROM mail_outbox WHERE key_subject_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -110,7 +118,14 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Learned from accounts' events and commands, not from this store: deleted here. The
         # tag digests and the search index went with the event (the projections); a tenant
         # tickets never recorded leaves none either, and their key went with the tenant's.
-        for table in ("directory", "restrictions", "ticket_tag_digests", "search_terms"):
+        # Mail to the tenant's people too: sealed under keys gone with the tenant's.
+        for table in (
+            "directory",
+            "restrictions",
+            "ticket_tag_digests",
+            "search_terms",
+            "mail_outbox",
+        ):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
