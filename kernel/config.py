@@ -35,6 +35,7 @@ DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-ma
 _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
 DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
+DEV_SMTP_PASSWORD = "dev-insecure-smtp-password"
 # An Ed25519 seed (32 bytes, base64) for the audit ledger's checkpoint signatures.
 DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
@@ -483,18 +484,20 @@ class Settings:
         name="SMTP_SECURITY",
         parse=values.lowered,
         doc="`starttls` (upgrade a plain connection, refused if the relay cannot), `tls`"
-        " (implicit TLS from the first byte) or `none` (development; production refuses it);"
+        " (implicit TLS from the first byte) or `none` (development, or a relay on the same"
+        " machine; production refuses it for any other);"
         " the relay's certificate is verified against the system's authorities",
     )
     smtp_username: str = setting(
         "", name="SMTP_USERNAME", doc="the relay's user name; empty: no authentication"
     )
     smtp_password: str = setting(
-        "",
+        DEV_SMTP_PASSWORD,
         name="SMTP_PASSWORD",
         secret=True,
-        shown="empty",
-        doc="the relay's password (with `LEDGERDESK_SMTP_USERNAME`)",
+        shown="dev-insecure",
+        doc="the relay's password, used with `LEDGERDESK_SMTP_USERNAME` (production needs it"
+        " set like every secret, even for a relay without authentication, which never sees it)",
     )
     smtp_timeout_seconds: float = setting(
         30.0,
@@ -626,10 +629,16 @@ class Settings:
             raise ConfigurationError(
                 "LEDGERDESK_SMTP_SECURITY must be one of " + ", ".join(SMTP_SECURITY)
             )
-        if self.environment == "production" and self.smtp_security == "none":
-            # Mail carries replies and addresses: never across the network in clear.
+        if (
+            self.environment == "production"
+            and self.smtp_security == "none"
+            and self.smtp_host not in ("127.0.0.1", "::1", "localhost")
+        ):
+            # Mail carries replies and addresses: never across the network in clear (a relay
+            # on the same machine, a local MTA, may be spoken to in plain).
             raise ConfigurationError(
-                "production refuses LEDGERDESK_SMTP_SECURITY=none: use starttls or tls"
+                "production refuses LEDGERDESK_SMTP_SECURITY=none to a relay on another"
+                " machine: use starttls or tls"
             )
         if self.environment == "production":
             check_production_secrets(self)
