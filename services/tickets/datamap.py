@@ -57,6 +57,26 @@ _FILE_ENDS = (
     _FILES_DESTROYED,
     _UNATTACHED,
 )
+_MAIL = "kernel.mail.sender"
+MAIL_ERASED = End(When.ERASURE, "the requester's rows are deleted", f"{_PRIVACY}:erase_subject")
+MAIL_PURGED = End(
+    When.PERIOD,
+    "closed_tickets: the purged tickets' rows are deleted",
+    f"{_PRIVACY}:purge_category",
+)
+MAIL_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+)
+MAIL_SENT = End(
+    When.PERIOD,
+    "dropped when the mail is sent or fails for good",
+    f"{_MAIL}:MailSender.record",
+)
+MAIL_KEPT = End(
+    When.PERIOD,
+    "LEDGERDESK_MAIL_KEEP_DAYS (7) after the mail was sent or failed",
+    "kernel.mail.outbox:purge_finished",
+)
 
 # Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
 _TAGS = personal(
@@ -263,6 +283,43 @@ DATA_MAP = ServiceMap(
             ends=(_FILES_DESTROYED, _UNATTACHED),
         ),
         Table(
+            "mail_outbox",
+            "public replies owed to or sent to requesters by mail (kernel.mail): ids, states,"
+            " reply codes and times; the message itself sealed",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("recipient_id", "the requester, by id"),
+                pseudonym("key_subject_id", "the ticket whose key seals the message"),
+                operational("kind"),
+                pseudonym("reference_id", "the ticket message the mail carries"),
+                pseudonym(
+                    "message_id",
+                    "the Message-ID header, built from the message's id and the sender's"
+                    " domain only",
+                ),
+                personal(
+                    "sealed",
+                    Held.SUBJECT_KEY,
+                    SHREDDED_WITH_SUBJECT,
+                    MAIL_ERASED,
+                    MAIL_PURGED,
+                    MAIL_SENT,
+                    note="the rendered message (recipient's name and address, the ticket's"
+                    " subject, the reply) and its envelope, AES-GCM under the ticket's key (a"
+                    " child of the requester's)",
+                ),
+                operational("status"),
+                operational("attempts"),
+                operational("next_attempt_at"),
+                operational("last_code", "the relay's reply code, never its text"),
+                operational("last_outcome"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(MAIL_ERASED, MAIL_PURGED, MAIL_DESTROYED, MAIL_KEPT),
+        ),
+        Table(
             "directory",
             "who exists (agents, contacts), learned from accounts' events: ids and states",
             (
@@ -285,5 +342,10 @@ DATA_MAP = ServiceMap(
     event_fields={
         "ticket_created": {"tags": _TAGS},
         "ticket_tags_changed": {"tags": _TAGS},
+        "mail_sent": {"kind": operational("kind", "the kind of mail (`ticket_reply`)")},
+        "mail_failed": {
+            "kind": operational("kind", "the kind of mail (`ticket_reply`)"),
+            "outcome": operational("outcome", "`permanent`, `temporary` or `unrecorded`"),
+        },
     },
 )

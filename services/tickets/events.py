@@ -15,6 +15,7 @@ Published copies leave without those fields: other services learn ids, never wor
 from marshmallow import Schema, fields, validate
 
 from kernel.envelope import EventRegistry, EventType
+from kernel.mail.events import event_types as mail_event_types
 
 STATUSES = ("new", "open", "pending", "solved", "closed")
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -174,3 +175,6 @@ class TicketViewedV1(Schema):
 
 
 TICKET_VIEWED = REGISTRY.register(EventType("ticket_viewed", {1: TicketViewedV1}))
+
+# What the audit ledger learns of each mail the sender settles (kernel.mail): ids only.
+MAIL_SENT, MAIL_FAILED = (REGISTRY.register(t) for t in mail_event_types())

@@ -59,11 +59,18 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Their tickets' files are under the shredded key: their chunks are deleted too, so no
         # ciphertext is left for a key a keystore backup might still hold.
         files = AttachmentStore(uow.cur, cipher).forget_requester(tenant, subject)
+        # Mail to them, queued or settled: unreadable already (sealed under their tickets'
+        # keys), deleted so not even the ids of what they were sent stay.
+        uow.cur.execute(
+            "DELETE FROM mail_outbox WHERE recipient_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        mails = uow.cur.rowcount
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
             " they requested and their words there read as erased, their tags' digests deleted;"
-            f" {indexed} search index rows deleted; {files} attachments deleted",
+            f" {indexed} search index rows deleted; {files} attachments deleted;"
+            f" {mails} mails deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +88,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         AttachmentStore(uow.cur, cipher).forget_tickets(tenant, ids)
+        # Mail still owed about them is sealed under their keys: deleted with them.
+        uow.cur.execute("DELETE FROM mail_outbox WHERE key_subject_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -116,7 +125,14 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # Learned from accounts' events and commands, not from this store: deleted here. The
         # tag digests and the search index went with the event (the projections); a tenant
         # tickets never recorded leaves none either, and their key went with the tenant's.
-        for table in ("directory", "restrictions", "ticket_tag_digests", "search_terms"):
+        # Mail to the tenant's people too: sealed under keys gone with the tenant's.
+        for table in (
+            "directory",
+            "restrictions",
+            "ticket_tag_digests",
+            "search_terms",
+            "mail_outbox",
+        ):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         # Attachments are in no event: deleted here, chunks and all.
         AttachmentStore(uow.cur, cipher).forget_tenant(tenant)

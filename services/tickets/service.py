@@ -14,13 +14,15 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
+from kernel.mail.dependency import MailDependency
+from kernel.mail.outbox import listing as mail_listing
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import attachments, commands, handlers, privacy, sealed, search
+from services.tickets import attachments, commands, handlers, mail, privacy, sealed, search
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
@@ -53,6 +55,8 @@ class TicketsService:
     # filled once from the events.
     new_read_models = NewReadModels("ticket_tags", "tickets_search")
     config = Config()
+    # Public replies mailed to requesters, sent by a thread of each process (kernel.mail).
+    mailer = MailDependency()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         return self.accounts.describe_subject(tenant_id, subject_id)
@@ -99,15 +103,25 @@ class TicketsService:
         self, actor: dict[str, str], ticket_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
         command = load_command(commands.AddMessageV1, request)
+        tenant_id = actor["tenant_id"]
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return handlers.add_message(
-                uow,
-                actor["tenant_id"],
-                ticket_id,
-                actor["agent_id"],
-                command,
-                self._limits().per_message,
+            added = handlers.add_message(
+                uow, tenant_id, ticket_id, actor["agent_id"], command, self._limits().per_message
             )
+            # In the reply's own transaction: mailed if and only if it is recorded.
+            mail.mail_reply(uow, self.mailer, self._recipient, tenant_id, added)
+            return added
+
+    def _recipient(self, tenant_id: str, subject_id: str, reference_id: str) -> dict[str, str]:
+        return self.accounts.mail_recipient(
+            tenant_id, subject_id, self.name, mail.KIND, reference_id
+        )
+
+    @rpc
+    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The mails queued, sent or failed (ids, states, codes): the operators' view."""
+        with self.store.db.read() as cur:
+            return mail_listing(cur, status, limit)
 
     # --- attachments: uploaded and downloaded a chunk per call (services.tickets.attachments)
 

@@ -27,6 +27,7 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
     "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
     "LEDGERDESK_AUDIT_SIGNING_KEY": B64_B,
+    "LEDGERDESK_SMTP_PASSWORD": "Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
 }
 
 
@@ -243,7 +244,8 @@ def test_production_refuses_all_development_secrets_and_names_them():
 
     assert str(info.value) == (
         "production refuses development secrets: set LEDGERDESK_MASTER_KEY, "
-        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY"
+        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY, "
+        "LEDGERDESK_SMTP_PASSWORD"
     )
 
 

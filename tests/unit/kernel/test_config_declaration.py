@@ -86,6 +86,16 @@ EVERYTHING_CHANGED = Settings(
     attachment_max_bytes=1234567,
     attachments_per_message=3,
     attachment_ticket_bytes=7654321,
+    smtp_host="relay.example.test",
+    smtp_port=587,
+    smtp_security="starttls",
+    smtp_username="desk",
+    smtp_password="Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
+    smtp_timeout_seconds=5.0,
+    mail_from="Desk <help@desk.example.test>",
+    mail_retry_seconds=2.0,
+    mail_retry_hours=1.0,
+    mail_keep_days=1.0,
 )
 
 
