@@ -442,6 +442,7 @@ def test_message_command_defaults_to_a_public_agent_message():
         "body": "hello",
         "internal": False,
         "on_behalf_of_requester": False,
+        "attachment_ids": [],
     }
     note = commands.AddMessageV1().load({"body": "note", "internal": True})
     assert note["internal"] is True and note["on_behalf_of_requester"] is False
