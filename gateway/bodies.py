@@ -22,6 +22,10 @@ from typing import Any
 # 100,000 characters of text, and have the most.
 MAX_BODY_BYTES = 1 << 20
 BODY_BYTES = 64 << 10
+# An upload is never parsed nor held: it is streamed to tickets a chunk at a time, and its own
+# limit is a setting (LEDGERDESK_ATTACHMENT_MAX_BYTES), checked by the route and by tickets.
+# This only keeps werkzeug from cutting it short.
+UPLOAD_BODY_BYTES = 1 << 40
 
 # The API's commands nest three levels at most (a body, an object in it, a list in that). 32 is
 # far above any schema it may grow, and far below the interpreter's recursion limit (1000), so

@@ -35,12 +35,32 @@ CREDENTIALS_DESTROYED = End(
     f"{_CREDENTIALS}:forget_tenant",
 )
 
+_WEBHOOKS = "gateway.webhooks.store"
+WEBHOOKS_DELETED = End(
+    When.DELETED,
+    "an admin deletes the endpoint: its row goes, and its deliveries and their attempts with it",
+    f"{_WEBHOOKS}:Webhooks.delete",
+)
+WEBHOOKS_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's key is shredded, then its endpoints and deliveries are deleted",
+    f"{_WEBHOOKS}:forget_tenant",
+)
+WEBHOOK_LOG_EXPIRED = End(
+    When.TTL,
+    "a delivered or failed delivery is deleted, with its attempts, once LEDGERDESK_WEBHOOK_LOG_DAYS"
+    " (30 days) have passed since it finished, by a purge every minute",
+    f"{_WEBHOOKS}:purge_finished",
+)
+
 DATA_MAP = ServiceMap(
     service="gateway",
     summary="the HTTP entry: remembered responses for Idempotency-Key retries, sealed under"
     " the tenant's key; the credentials it authenticates with, projected from accounts (ids,"
-    " states, keyed hashes); and the outbox of access-log events; it answers privacy commands"
-    " (erasure and destruction reach the remembered responses and the credentials)",
+    " states, keyed hashes); its tenants' webhook endpoints (URL and signing secret under the"
+    " tenant's key) and the deliveries owed to them (ids and states); and the outbox of"
+    " access-log events; it answers privacy commands (erasure and destruction reach the"
+    " remembered responses and the credentials, destruction the webhooks)",
     tables=(
         Table(
             "idempotency_keys",
@@ -148,6 +168,72 @@ DATA_MAP = ServiceMap(
                 operational("changed_at"),
                 operational("reconciled_at"),
             ),
+        ),
+        Table(
+            "webhook_endpoints",
+            "a tenant's webhook endpoints: where its events are posted, which ones, and the"
+            " secret that signs them",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                personal(
+                    "url_sealed",
+                    Held.TENANT_KEY,
+                    WEBHOOKS_DELETED,
+                    WEBHOOKS_DESTROYED,
+                    note="the tenant's configuration: its host or query can name someone or"
+                    " carry a receiver's token; never logged",
+                ),
+                secret(
+                    "secret_sealed",
+                    Held.TENANT_KEY,
+                    WEBHOOKS_DELETED,
+                    WEBHOOKS_DESTROYED,
+                    note="the HMAC-SHA256 signing secret, encrypted (signing needs it), shown"
+                    " once when registered",
+                ),
+                operational("events", "webhook event types"),
+                pseudonym("created_by", "the admin who registered it"),
+                operational("created_at"),
+            ),
+            ends=(WEBHOOKS_DELETED, WEBHOOKS_DESTROYED),
+        ),
+        Table(
+            "webhook_deliveries",
+            "the outbox of webhooks: each event owed to an endpoint, its state and next"
+            " attempt; the endpoint's delivery log",
+            (
+                pseudonym("id"),
+                pseudonym("endpoint_id"),
+                pseudonym("tenant_id"),
+                pseudonym("event_id", "the integration event's id, sent as Ledgerdesk-Event-Id"),
+                operational("event_type"),
+                operational("occurred_at"),
+                pseudonym(
+                    "data",
+                    "the webhook's payload: ids (ticket, requester, assignee, author, message,"
+                    " request, subject) and states (status, priority, type); never text",
+                ),
+                operational("status"),
+                operational("attempts"),
+                operational("next_attempt_at"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(WEBHOOK_LOG_EXPIRED, WEBHOOKS_DELETED, WEBHOOKS_DESTROYED),
+        ),
+        Table(
+            "webhook_attempts",
+            "each attempt of a delivery: when, the answer's status code, the outcome; no body",
+            (
+                pseudonym("delivery_id"),
+                operational("attempt"),
+                operational("started_at"),
+                operational("ended_at"),
+                operational("status_code"),
+                operational("outcome"),
+            ),
+            ends=(WEBHOOK_LOG_EXPIRED, WEBHOOKS_DELETED, WEBHOOKS_DESTROYED),
         ),
     ),
     messages=(REGISTRY,),

@@ -134,6 +134,12 @@ def _operation(route: Route) -> dict[str, Any]:
             "required": True,
             "content": {"application/json": {"schema": route.body}},
         }
+    if route.raw_body:
+        operation["requestBody"] = {
+            "required": True,
+            "description": route.raw_body,
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+        }
     if route.auth == "bearer":
         operation["security"] = [{"apiKey": []}]
         operation["description"] = "Roles: " + ", ".join(route.roles) + "."

@@ -3,10 +3,12 @@ each stored response sealed under its tenant's key in the gateway's keystore, na
 it concerns, for a day. Erasing a subject deletes the records naming them; destroying a tenant
 shreds its key, then deletes its records. It also keeps the credentials it authenticates with
 (``gateway.credentials``): ids, states and keyed hashes of keys, no names; an erased agent
-authenticates no more and their keys' rows go, a destroyed tenant's agents and keys go. A
-rebuild of the credentials reads accounts, which has applied the same erasures, and a restored
-database gets them again from retention's erasure log of forgetting before it serves
-(``kernel.forgetting``).
+authenticates no more and their keys' rows go, a destroyed tenant's agents and keys go. And
+its tenants' webhook endpoints (``gateway.webhooks``: URL and secret under the tenant's key)
+with their deliveries (ids and states only, so an erasure has nothing to do there): a
+destruction deletes them once the key is shredded. A rebuild of the credentials reads
+accounts, which has applied the same erasures, and a restored database gets them again from
+retention's erasure log of forgetting before it serves (``kernel.forgetting``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from gateway import credentials, idempotency
+from gateway.webhooks import store as webhooks
 from kernel.crypto.keystore import Keystore
 from kernel.uow import EventSourcedStore, UnitOfWork
 
@@ -38,9 +41,12 @@ def handlers_for(keystore: Keystore) -> dict[str, Any]:
         keystore.shred_tenant(tenant)
         deleted = idempotency.forget_tenant(uow.cur, tenant)
         keys = credentials.forget_tenant(uow.cur, tenant)
+        endpoints = webhooks.forget_tenant(uow.cur, tenant)
         detail = f"tenant key shredded; {deleted} stored API responses deleted"
         if keys:
             detail += f"; {keys} API keys deleted from the credentials"
+        if endpoints:
+            detail += f"; {endpoints} webhook endpoints and their deliveries deleted"
         return {"status": "done", "detail": detail}
 
     return {"erase_subject": erase_subject, "destroy_tenant": destroy_tenant}

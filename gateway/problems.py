@@ -37,6 +37,7 @@ PROBLEMS: list[tuple[type[BaseException], int, str]] = [
     (errors.Conflict, 409, "Conflict"),
     (errors.Gone, 410, "Gone"),
     (PayloadTooLarge, 413, "Payload too large"),
+    (errors.TooLarge, 413, "Payload too large"),
     # Werkzeug's, when a handler reads a body past the route's limit (``http.limit_body``).
     (RequestEntityTooLarge, 413, "Payload too large"),
     (PreconditionRequired, 428, "Precondition required"),

@@ -56,6 +56,7 @@ class Route:
     whose schema is not a string (``path_schemas``; the parameters themselves come from the
     rule), and the headers it reads or writes (``if_match``, ``idempotent``, ``etag``,
     ``retry_after``).
+    ``raw_body`` describes a body of bytes of any type instead of ``body``'s JSON.
     ``documented=False`` keeps a route out of the document (the console's pages).
     """
 
@@ -69,6 +70,8 @@ class Route:
     operator: bool = False
     while_cancelled: bool = False
     body: str | None = None
+    # A body that is not JSON but bytes of any type (an upload), read as a stream.
+    raw_body: str | None = None
     errors: tuple[int, ...] = ()
     also: tuple[tuple[int, str, str], ...] = ()
     listed: bool = False

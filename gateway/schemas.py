@@ -7,6 +7,15 @@ service); responses are declared here and published in the OpenAPI document.
 
 from marshmallow import Schema, fields
 
+from gateway.webhooks.schemas import (
+    RegisterWebhookV1,
+    WebhookAttemptOut,
+    WebhookCreatedOut,
+    WebhookDeliveryListOut,
+    WebhookDeliveryOut,
+    WebhookListOut,
+    WebhookOut,
+)
 from services.accounts.contracts import (
     ROLES,
     AcceptPolicyV1,
@@ -34,10 +43,14 @@ from services.tickets.contracts import (
     AddMessageV1,
     CreateTicketV1,
     FindTicketsV1,
+    SearchTicketsV1,
     UpdateTicketV1,
+    UploadAttachmentV1,
 )
 
 __all__ = [
+    "UploadAttachmentV1",
+    "AttachmentOut",
     "DecideRequestV1",
     "SetApprovalPolicyV1",
     "SetPolicyV1",
@@ -48,6 +61,7 @@ __all__ = [
     "AddMessageV1",
     "CreateTicketV1",
     "FindTicketsV1",
+    "SearchTicketsV1",
     "UpdateTicketV1",
     "AgentCreatedOut",
     "AcceptPolicyV1",
@@ -59,6 +73,13 @@ __all__ = [
     "RectifyContactV1",
     "SetConsentV1",
     "SignUpV1",
+    "RegisterWebhookV1",
+    "WebhookAttemptOut",
+    "WebhookCreatedOut",
+    "WebhookDeliveryListOut",
+    "WebhookDeliveryOut",
+    "WebhookListOut",
+    "WebhookOut",
 ]
 
 
@@ -188,6 +209,27 @@ class TicketOut(Schema):
     version = fields.Integer(required=True, metadata={"description": "the ETag's value"})
 
 
+class AttachmentOut(Schema):
+    """A file on a ticket's message (or uploaded, to be put on one): metadata only."""
+
+    id = fields.UUID(required=True)
+    filename = fields.String(
+        required=True, metadata={"description": "as uploaded, card numbers cut to the last four"}
+    )
+    size = fields.Integer(required=True, metadata={"description": "bytes", "minimum": 1})
+    content_type = fields.String(
+        required=True,
+        metadata={
+            "description": "what the file's first bytes show it is (png, jpeg, gif, webp, pdf,"
+            " zip, plain text), else application/octet-stream; never the client's claim"
+        },
+    )
+    sha256 = fields.String(
+        required=True,
+        metadata={"description": "hex SHA-256 of the bytes", "pattern": "^[0-9a-f]{64}$"},
+    )
+
+
 class MessageOut(Schema):
     id = fields.UUID(required=True)
     author_id = fields.UUID(required=True)
@@ -195,6 +237,7 @@ class MessageOut(Schema):
     body = fields.String(required=True)
     internal = fields.Boolean(required=True)
     created_at = fields.DateTime(required=True)
+    attachments = fields.List(fields.Nested(AttachmentOut), required=True)
 
 
 class MessageAddedOut(MessageOut):
@@ -211,6 +254,28 @@ class TicketDetailOut(TicketOut):
 class TicketListOut(Schema):
     items = fields.List(fields.Nested(TicketOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
+
+
+class SearchHitOut(TicketOut):
+    matched_terms = fields.Integer(
+        required=True,
+        metadata={"description": "how many of the query's words the ticket matches", "minimum": 1},
+    )
+
+
+class SearchResultsOut(Schema):
+    """Tickets that match more of the query's words first, then the newest."""
+
+    items = fields.List(fields.Nested(SearchHitOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+    terms_left_out = fields.Integer(
+        required=True,
+        metadata={
+            "description": "words of the query too common to rank by (found in more rows of"
+            " the index than one search examines), left out of this search",
+            "minimum": 0,
+        },
+    )
 
 
 class PlanOut(Schema):

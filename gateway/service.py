@@ -29,13 +29,17 @@ from gateway.operations import OperationsRoutes
 from gateway.ratelimit import RateLimiter
 from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
+from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
+from gateway.routes.search import SearchRoutes
 from gateway.routes.tickets import TicketRoutes
-from gateway.subscriptions import CREDENTIALS, PRIVACY
+from gateway.routes.webhooks import WebhookRoutes
+from gateway.subscriptions import CREDENTIALS, PRIVACY, WEBHOOKS
+from gateway.webhooks.dependency import WebhookDependency
 from kernel import privacy as privacy_protocol
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import DomainError, ServiceUnavailable
@@ -161,11 +165,14 @@ class Idempotency(DependencyProvider):
 class GatewayService(
     AccountRoutes,
     TicketRoutes,
+    AttachmentRoutes,
+    SearchRoutes,
     BillingRoutes,
     AuditRoutes,
     PrivacyRoutes,
     RetentionRoutes,
     ExportRoutes,
+    WebhookRoutes,
     ConsoleRoutes,
     OperationsRoutes,
 ):
@@ -189,6 +196,7 @@ class GatewayService(
     credentials = Credentials()
     audit_keys = AuditKeys()
     idempotency = Idempotency()
+    webhooks = WebhookDependency()
     tracing = Tracing()
     config = Config()
 
@@ -233,6 +241,19 @@ class GatewayService(
         except ServiceUnavailable as exc:
             # Tried again at the next tick; meanwhile keys are refused if it matters.
             log.warning("credentials not brought in line with accounts: %s", exc)
+
+    # --- webhooks -----------------------------------------------------------------------------
+
+    @consume_events(WEBHOOKS)
+    def owe_webhooks(self, event: Envelope) -> None:
+        """A delivery for each of the tenant's endpoints subscribed to what the event becomes,
+        written before the message is acknowledged; the dispatcher sends them."""
+        self.webhooks.fan_out(event)
+
+    @timer(interval=60)
+    def purge_webhook_log(self) -> None:
+        """Finished deliveries leave the log once older than its period."""
+        self.webhooks.purge_expired()
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The gateway's consumer queues: the privacy commands, for its stored responses and its
-credentials; accounts' news of credentials (``gateway.credentials``)."""
+credentials; accounts' news of credentials (``gateway.credentials``); the events its tenants'
+webhooks are told of (``gateway.webhooks``)."""
 
+from gateway.webhooks.catalogue import EVENTS
 from kernel import privacy
 from kernel.topology import Subscription
 
@@ -18,4 +20,7 @@ CREDENTIALS = Subscription(
     ),
 )
 
-SUBSCRIPTIONS: list[Subscription] = [PRIVACY, CREDENTIALS]
+# Tickets' and retention's published events that a webhook event is built from (ids and states).
+WEBHOOKS = Subscription("gateway.webhooks", tuple(event.routing_key for event in EVENTS))
+
+SUBSCRIPTIONS: list[Subscription] = [PRIVACY, CREDENTIALS, WEBHOOKS]

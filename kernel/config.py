@@ -35,6 +35,7 @@ DEV_MASTER_KEY = "dev-insecure:" + base64.b64encode(b"ledgerdesk-dev-insecure-ma
 _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
 DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
+DEV_SMTP_PASSWORD = "dev-insecure-smtp-password"
 # An Ed25519 seed (32 bytes, base64) for the audit ledger's checkpoint signatures.
 DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
@@ -45,7 +46,8 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 # docker-compose.yml and deploy/kubernetes give each process exactly these.
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
     "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET"}),
-    "tickets": frozenset({"MASTER_KEY"}),
+    # The SMTP password: tickets mails public replies (kernel.mail).
+    "tickets": frozenset({"MASTER_KEY", "SMTP_PASSWORD"}),
     "billing": frozenset({"MASTER_KEY"}),
     "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
     # Erasure receipts are signed with the audit key, as the ledger's checkpoints are.
@@ -88,6 +90,8 @@ class Variable:
 PREFIX = "LEDGERDESK_"
 # LEDGERDESK_LOG_LEVEL's values, least severe first (logging's levels, in lower case).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+# LEDGERDESK_SMTP_SECURITY's values (kernel.mail.smtp).
+SMTP_SECURITY: tuple[str, ...] = ("starttls", "tls", "none")
 
 
 def setting(
@@ -438,6 +442,130 @@ class Settings:
         parse=values.number(int),
         doc="how long billing holds invoices and payment records (tax and accounting law)",
     )
+    # Webhooks (gateway.webhooks): where a tenant's endpoints may be, how long a delivery is
+    # retried, how long its log is kept.
+    webhook_allow_http: bool = setting(
+        False,
+        name="WEBHOOK_ALLOW_HTTP",
+        parse=values.flag,
+        render=values.render_flag,
+        doc="webhook URLs may be plain `http://` (development and tests; production refuses"
+        " it); off: `https://` only",
+    )
+    webhook_allow_private: bool = setting(
+        False,
+        name="WEBHOOK_ALLOW_PRIVATE",
+        parse=values.flag,
+        render=values.render_flag,
+        doc="webhook URLs may reach loopback, private, link-local, multicast and reserved"
+        " addresses; off: refused at registration and at every delivery (DNS rebinding)",
+    )
+    webhook_retry_seconds: float = setting(
+        30.0,
+        name="WEBHOOK_RETRY_SECONDS",
+        parse=values.number(float),
+        doc="the wait before a failed webhook delivery's first retry; it doubles, up to an hour",
+    )
+    webhook_retry_hours: float = setting(
+        24.0,
+        name="WEBHOOK_RETRY_HOURS",
+        parse=values.number(float),
+        doc="how long a webhook delivery is retried before it is marked `failed` (dead-lettered)",
+    )
+    webhook_timeout_seconds: float = setting(
+        10.0,
+        name="WEBHOOK_TIMEOUT_SECONDS",
+        parse=values.number(float),
+        doc="a webhook delivery's whole exchange (resolve, connect, send, answer)",
+    )
+    webhook_log_days: float = setting(
+        30.0,
+        name="WEBHOOK_LOG_DAYS",
+        parse=values.number(float),
+        doc="days (of `LEDGERDESK_DAY_SECONDS`) a finished webhook delivery stays in its"
+        " endpoint's log",
+    )
+    attachment_max_bytes: int = setting(
+        10 << 20,
+        name="ATTACHMENT_MAX_BYTES",
+        parse=values.number(int),
+        doc="the largest file one attachment may be, in bytes (413 past it)",
+    )
+    attachments_per_message: int = setting(
+        10,
+        name="ATTACHMENTS_PER_MESSAGE",
+        parse=values.number(int),
+        doc="how many attachments one message may carry (422 past it)",
+    )
+    attachment_ticket_bytes: int = setting(
+        50 << 20,
+        name="ATTACHMENT_TICKET_BYTES",
+        parse=values.number(int),
+        doc="the bytes of all of one ticket's attachments together, uploads not yet on a"
+        " message included (413 past it)",
+    )
+    # Mail out (kernel.mail): the relay every mail goes through, who it is from, how long a
+    # mail is retried and how long its row is kept after it went.
+    smtp_host: str = setting(
+        "127.0.0.1",
+        name="SMTP_HOST",
+        doc="the SMTP relay outbound mail goes through (`make run` starts a local sink)",
+    )
+    smtp_port: int = setting(
+        8025, name="SMTP_PORT", parse=values.port, doc="its port (587 STARTTLS, 465 TLS, 25)"
+    )
+    smtp_security: str = setting(
+        "none",
+        name="SMTP_SECURITY",
+        parse=values.lowered,
+        doc="`starttls` (upgrade a plain connection, refused if the relay cannot), `tls`"
+        " (implicit TLS from the first byte) or `none` (development, or a relay on the same"
+        " machine; production refuses it for any other);"
+        " the relay's certificate is verified against the system's authorities",
+    )
+    smtp_username: str = setting(
+        "", name="SMTP_USERNAME", doc="the relay's user name; empty: no authentication"
+    )
+    smtp_password: str = setting(
+        DEV_SMTP_PASSWORD,
+        name="SMTP_PASSWORD",
+        secret=True,
+        shown="dev-insecure",
+        doc="the relay's password, used with `LEDGERDESK_SMTP_USERNAME` (production needs it"
+        " set like every secret, even for a relay without authentication, which never sees it)",
+    )
+    smtp_timeout_seconds: float = setting(
+        30.0,
+        name="SMTP_TIMEOUT_SECONDS",
+        parse=values.number(float),
+        doc="each step of an SMTP exchange; a claimed mail is due again three of these after"
+        " its claim if its sender never recorded it",
+    )
+    mail_from: str = setting(
+        "Ledgerdesk <support@ledgerdesk.localhost>",
+        name="MAIL_FROM",
+        doc="the `From` of every mail, and the envelope sender; its domain names Message-IDs",
+    )
+    mail_retry_seconds: float = setting(
+        60.0,
+        name="MAIL_RETRY_SECONDS",
+        parse=values.number(float),
+        doc="the wait before a temporarily refused mail (4xx, no connection) is tried again;"
+        " it doubles, up to an hour",
+    )
+    mail_retry_hours: float = setting(
+        48.0,
+        name="MAIL_RETRY_HOURS",
+        parse=values.number(float),
+        doc="how long a temporarily refused mail is retried before it is marked `failed`",
+    )
+    mail_keep_days: float = setting(
+        7.0,
+        name="MAIL_KEEP_DAYS",
+        parse=values.number(float),
+        doc="days (of `LEDGERDESK_DAY_SECONDS`) a sent or failed mail's row (ids and states;"
+        " its sealed text is dropped when it finishes) is kept, then deleted",
+    )
     # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS. Not a
     # variable: ``from_env`` gives it from the service it reads for.
     held_secrets: frozenset[str] = field(default_factory=lambda: ALL_SECRETS)
@@ -529,6 +657,24 @@ class Settings:
         if self.environment == "production" and self.day_seconds != Settings.day_seconds:
             # A shorter day would shorten every retention period by the same factor.
             raise ConfigurationError("production refuses LEDGERDESK_DAY_SECONDS other than 86400")
+        if self.environment == "production" and self.webhook_allow_http:
+            # A webhook's body and signature would cross the network in clear.
+            raise ConfigurationError("production refuses LEDGERDESK_WEBHOOK_ALLOW_HTTP")
+        if self.smtp_security not in SMTP_SECURITY:
+            raise ConfigurationError(
+                "LEDGERDESK_SMTP_SECURITY must be one of " + ", ".join(SMTP_SECURITY)
+            )
+        if (
+            self.environment == "production"
+            and self.smtp_security == "none"
+            and self.smtp_host not in ("127.0.0.1", "::1", "localhost")
+        ):
+            # Mail carries replies and addresses: never across the network in clear (a relay
+            # on the same machine, a local MTA, may be spoken to in plain).
+            raise ConfigurationError(
+                "production refuses LEDGERDESK_SMTP_SECURITY=none to a relay on another"
+                " machine: use starttls or tls"
+            )
         if self.environment == "production":
             check_production_secrets(self)
         if self.audit_signing_key:

@@ -64,6 +64,8 @@ def check_production_secrets(settings: Settings) -> None:
         # Compared as bytes: every base64 spelling of the development seed is refused.
         "AUDIT_SIGNING_KEY": looks_like_dev(settings.audit_signing_key)
         or looks_like_dev(seed.decode("latin-1")),
+        # The relay's password is the relay's to choose, but never a development value.
+        "SMTP_PASSWORD": looks_like_dev(settings.smtp_password),
     }
     insecure = [name for name, dev in development.items() if name in held and dev]
     if insecure:
@@ -88,6 +90,8 @@ def check_production_secrets(settings: Settings) -> None:
                 f"production refuses LEDGERDESK_{name}: it repeats a few characters,"
                 " it is not random"
             )
+    if "SMTP_PASSWORD" in held and not settings.smtp_password:
+        raise ConfigurationError("production needs LEDGERDESK_SMTP_PASSWORD")
     if "MASTER_KEY" in held:
         if not settings.master_keys:
             raise ConfigurationError("production needs LEDGERDESK_MASTER_KEY")

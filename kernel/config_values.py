@@ -84,6 +84,25 @@ def number(kind: type[int] | type[float]) -> Parser:
     return parse
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off", ""})
+
+
+def flag(variable: str, raw: str, read: Mapping[str, Any]) -> bool:
+    """A switch: ``true``/``false`` (also 1/0, yes/no, on/off); anything else is refused rather
+    than read as off (a misspelt "ture" must not quietly leave a guard in place or lift it)."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(f"{variable} must be true or false, not {raw!r}")
+
+
+def render_flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
 def port(variable: str, raw: str, read: Mapping[str, Any]) -> int:
     raw = raw.strip() or "0"
     if not raw.isdigit() or int(raw) > 65535:

@@ -58,6 +58,11 @@ class Gone(DomainError):
 
 
 @deserialize_to_instance
+class TooLarge(DomainError):
+    """More than a limit allows: a file, or all of a ticket's files together (413)."""
+
+
+@deserialize_to_instance
 class Forbidden(DomainError):
     pass
 

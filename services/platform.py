@@ -10,6 +10,7 @@ over the platform's queues.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -210,6 +211,8 @@ def run(settings: Settings) -> int:
         print("Ledgerdesk cannot start:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
         return 1
     prepare(settings)
+    exits = contextlib.ExitStack()
+    mail_note = _development_sink(settings, exits)
     processes = start_processes(ops_port=settings.ops_port)
     url = f"http://{settings.gateway_host}:{settings.gateway_port}"
 
@@ -232,7 +235,8 @@ def run(settings: Settings) -> int:
         print(
             f"Services: {', '.join(SERVICES)}; gateway processes: "
             f"{sum(n.startswith('gateway') for n in processes)}.\n"
-            f"Ops ports (/healthz /readyz /metrics): {ports}. Press Ctrl-C to stop.\n",
+            f"Ops ports (/healthz /readyz /metrics): {ports}.\n{mail_note}"
+            "Press Ctrl-C to stop.\n",
             flush=True,
         )
         while all(p.poll() is None for p in processes.values()):
@@ -245,6 +249,23 @@ def run(settings: Settings) -> int:
         return 0
     finally:
         stop_processes(processes)
+        exits.close()
+
+
+def _development_sink(settings: Settings, exits: contextlib.ExitStack) -> str:
+    """Outside production, with the relay on this machine: a development SMTP sink there
+    (``kernel.mail.sink``) writing every mail to ``var/mail/``; what to print about mail."""
+    where = f"{settings.smtp_host}:{settings.smtp_port}"
+    if settings.environment == "production" or settings.smtp_host not in ("127.0.0.1", "localhost"):
+        return f"Mail goes through the SMTP relay at {where}.\n"
+    from kernel.mail import sink
+
+    folder = ROOT / "var" / "mail"
+    try:
+        exits.enter_context(sink.running(settings.smtp_host, settings.smtp_port, folder))
+    except OSError as exc:  # the port is taken: someone else's sink or relay is there
+        return f"Mail goes to {where} (no development sink started: {type(exc).__name__}).\n"
+    return f"Mail sent by the platform: {folder}/*.eml (a development SMTP sink on {where}).\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ const POLL_MS = 1500;
 
 const VIEWS = {
   privacy: { title: "Privacy requests", roles: ["admin"], show: showPrivacy },
+  search: { title: "Search", roles: ["admin", "agent"], show: showSearch },
   ledger: { title: "Ledger", roles: ["admin", "auditor"], show: showLedger },
   tenant: { title: "Tenant", roles: ["admin", "agent", "auditor"], show: showTenant },
   retention: { title: "Retention", roles: ["admin"], show: showRetention },
@@ -232,6 +233,7 @@ function signOut() {
   $("who").textContent = "";
   $("sign-in").hidden = false;
   $("secret").value = "";
+  forgetSearch();
   say("notice", "Signed out.");
   $("secret").focus();
 }
@@ -536,6 +538,61 @@ async function verifyShownReceipt() {
   const result = await verifyReceipt(shownReceipt);
   say("receipt-result", result.text, result.ok ? "ok" : "bad");
 }
+
+// --- search ----------------------------------------------------------------------------------
+
+// The words searched for live in the form only: never in the page's address, the session or
+// a log; the cursor of the next page carries no word either.
+let searchCursor = null;
+let searchedFor = "";
+
+function resultRow(ticket) {
+  return el("tr", { "data-ticket": ticket.id },
+    el("td", {}, ticket.subject),
+    el("td", {}, ticket.status),
+    el("td", {}, ticket.priority),
+    el("td", {}, String(ticket.matched_terms)),
+    el("td", {}, when(ticket.updated_at)),
+    el("td", { class: "id" }, ticket.id));
+}
+
+async function runSearch(more) {
+  const q = more ? searchedFor : $("search-q").value.trim();
+  if (!more && q.length < 3) {
+    say("search-status", "Type at least three letters.", "bad");
+    return;
+  }
+  const params = new URLSearchParams({ q, limit: "20" });
+  if (more && searchCursor) params.set("cursor", searchCursor);
+  try {
+    const page = await call("GET", `/v1/search?${params}`);
+    const body = $("search-results").tBodies[0];
+    const rows = page.items.map(resultRow);
+    if (more) body.append(...rows);
+    else body.replaceChildren(...rows);
+    searchedFor = q;
+    searchCursor = page.next_cursor;
+    $("more-results").hidden = !searchCursor;
+    const left = page.terms_left_out
+      ? ` ${page.terms_left_out} word(s) too common to rank by were left out.` : "";
+    say("search-status", `${body.rows.length} ticket${body.rows.length === 1 ? "" : "s"} found${searchCursor ? "; more are available" : ""}.${left}`);
+  } catch (error) {
+    say("search-status", `Could not search: ${error.message}`, "bad");
+  }
+}
+
+function forgetSearch() {
+  searchedFor = "";
+  searchCursor = null;
+  $("search-q").value = "";
+  $("search-results").tBodies[0].replaceChildren();
+  $("more-results").hidden = true;
+  say("search-status", "");
+}
+
+// Nothing to load: the form waits for words. The focus stays where the view was opened from
+// (the tab list's arrow keys move between views without leaving it).
+async function showSearch() {}
 
 // --- ledger ----------------------------------------------------------------------------------
 
@@ -852,6 +909,11 @@ function start() {
   });
   $("who-accessed").addEventListener("click", whoAccessed);
   $("more-entries").addEventListener("click", () => loadEntries(true));
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    runSearch(false);
+  });
+  $("more-results").addEventListener("click", () => runSearch(true));
   $("check-receipt").addEventListener("submit", checkPastedReceipt);
   $("reactivate").addEventListener("click", reactivate);
   $("claim-key").addEventListener("click", claimKey);

@@ -27,8 +27,9 @@ from kernel.cards import contains_card_number
 from kernel.errors import Conflict, DomainError, Forbidden, Unauthorized, ValidationFailed
 from services.retention.contracts import CHANGE_STATUSES
 
-# Responses that carry a secret are stored for replay without it: a key is shown once.
-SECRET_FIELDS = ("api_key",)
+# Responses that carry a secret are stored for replay without it: a key, or a webhook's
+# signing secret, is shown once.
+SECRET_FIELDS = ("api_key", "secret")
 
 
 def operator_token_matches(presented: str, expected: str) -> bool:

@@ -76,7 +76,7 @@ class TicketRoutes(Routes):
         "PATCH",
         "/v1/tickets/<string:ticket_id>",
         roles=STAFF,
-        summary="Change status, priority, assignee or tags",
+        summary="Change status, priority, assignee, tags or subject",
         response="TicketDetailOut",
         body="UpdateTicketV1",
         errors=(400, 404, 409, 413, 422, 428),

@@ -29,5 +29,7 @@ One module per job, each imported from where it is (this package re-exports noth
   subject's key and reads them back (``ERASED`` once it is gone), and the stored form of an
   encrypted field in a read model;
 - ``kernel.crypto.blind_index``: ``BlindIndex``, keyed hashes of normalised values under a key
-  derived from the tenant's, for exact lookups without a plaintext copy.
+  derived from the tenant's, for exact lookups without a plaintext copy;
+- ``kernel.crypto.blobs``: ``BlobCipher``, the chunks of a file (an attachment) sealed under a
+  subject's key, each bound to its file and place.
 """

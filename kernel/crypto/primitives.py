@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _TAG_BYTES = 16
-# Versioned prefixes keep the associated data of the four uses of AES-GCM apart.
+# Versioned prefixes keep the associated data of the five uses of AES-GCM apart.
 _AAD_TENANT = "ledgerdesk/v1/tenant-key/{tenant}"
 _AAD_SUBJECT = "ledgerdesk/v1/subject-key/{tenant}/{subject}"
 _AAD_CHILD = "ledgerdesk/v1/child-key/{tenant}/{parent}/{subject}"
 _AAD_FIELD = "ledgerdesk/v1/field/{tenant}/{subject}/{field}"
+_AAD_CHUNK = "ledgerdesk/v1/chunk/{tenant}/{subject}/{blob}/{seq}"
 
 UUIDLike = UUID | str
 
@@ -93,6 +94,11 @@ def child_key_aad(tenant_id: UUID, parent_id: UUID, subject_id: UUID) -> bytes:
 def field_aad(tenant_id: UUID, subject_id: UUID, field: str) -> bytes:
     # Tenant and subject have a fixed textual form, so a field name holding "/" stays unambiguous.
     return _AAD_FIELD.format(tenant=tenant_id, subject=subject_id, field=field).encode()
+
+
+def chunk_aad(tenant_id: UUID, subject_id: UUID, blob_id: UUID, seq: int) -> bytes:
+    # A chunk is bound to its file and its place in it: moved, swapped or reordered, it fails.
+    return _AAD_CHUNK.format(tenant=tenant_id, subject=subject_id, blob=blob_id, seq=seq).encode()
 
 
 def as_uuid(value: UUIDLike) -> UUID:

@@ -35,6 +35,7 @@ class When(enum.StrEnum):
     CONSUMED = "its consumption"
     TTL = "a time to live"
     REPLACED = "a newer value"
+    DELETED = "its deletion by the tenant"
     RETIRED = "retired: no longer written"
     KEPT = "kept"
 
@@ -47,6 +48,7 @@ FORGETTING = (
     When.LEGAL_HOLD,
     When.TTL,
     When.RETIRED,
+    When.DELETED,
 )
 
 

@@ -225,5 +225,9 @@ DATA_MAP = ServiceMap(
         "billing_contact_disclosed": {
             "disclosed_to": operational("disclosed_to", "the service that asked")
         },
+        "mail_address_disclosed": {
+            "disclosed_to": operational("disclosed_to", "the service that asked"),
+            "purpose": operational("purpose", "the kind of mail (`ticket_reply`)"),
+        },
     },
 )

@@ -47,6 +47,18 @@ class BillingContactDisclosedV1(Schema):
     disclosed_to = fields.String(required=True)
 
 
+class MailAddressDisclosedV1(Schema):
+    """Accounts told a service where to mail someone (tickets, a reply to its requester): an
+    access record for the audit ledger, ids only, not stored here."""
+
+    tenant_id = fields.UUID(required=True)
+    subject_id = fields.UUID(required=True)
+    disclosed_to = fields.String(required=True)
+    # Why: the kind of mail (``ticket_reply``) and what it is about (the ticket message).
+    purpose = fields.String(required=True)
+    reference_id = fields.UUID(required=True, allow_none=True)
+
+
 class AgentCreatedV1(Schema):
     agent_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
@@ -192,4 +204,8 @@ REGISTRY = EventRegistry(
 
 BILLING_CONTACT_DISCLOSED = REGISTRY.register(
     EventType("billing_contact_disclosed", {1: BillingContactDisclosedV1})
+)
+
+MAIL_ADDRESS_DISCLOSED = REGISTRY.register(
+    EventType("mail_address_disclosed", {1: MailAddressDisclosedV1})
 )

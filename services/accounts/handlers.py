@@ -15,6 +15,7 @@ import psycopg2
 from kernel.aggregate import Aggregate
 from kernel.config import Settings
 from kernel.crypto import apikeys
+from kernel.crypto.fields import is_erased
 from kernel.db import keyset_page
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, Forbidden, NotFound, Unauthorized, require_id
@@ -442,6 +443,50 @@ def billing_contact(uow: UnitOfWork, tenant_id: str) -> dict[str, str]:
         )
     )
     return {"agent_id": agent_id, "name": row[1], "email": row[2], "company": row[3]}
+
+
+def mail_recipient(
+    uow: UnitOfWork,
+    tenant_id: str,
+    subject_id: str,
+    asked_by: str,
+    purpose: str,
+    reference_id: str | None,
+) -> dict[str, str]:
+    """Where to mail an agent or contact of this tenant, for a service about to queue a mail
+    (tickets' replies): the owner answers rather than every sender keep a copy, and the
+    disclosure is recorded for the audit ledger (ids only). ``NotFound`` for no such person,
+    an erased or deactivated one, or one whose data is restricted (no new processing)."""
+    require_id(subject_id, "subject")
+    uow.cur.execute(
+        "SELECT name, email FROM contacts WHERE id = %s AND tenant_id = %s"
+        " UNION ALL SELECT name, email FROM agents WHERE id = %s AND tenant_id = %s AND active",
+        (subject_id, tenant_id, subject_id, tenant_id),
+    )
+    row = uow.cur.fetchone()
+    uow.cur.execute("SELECT 1 FROM restrictions WHERE subject_id = %s", (subject_id,))
+    if row is None or is_erased(row[1]) or uow.cur.fetchone() is not None:
+        raise NotFound("no address to mail")
+    uow.publish(
+        new_envelope(
+            type="mail_address_disclosed",
+            schema_version=1,
+            source="accounts",
+            stream_id=f"subject-{subject_id}",
+            stream_version=1,
+            tenant_id=uuid.UUID(tenant_id),
+            actor_id=asked_by,
+            payload={
+                "tenant_id": tenant_id,
+                "subject_id": subject_id,
+                "disclosed_to": asked_by,
+                "purpose": purpose,
+                "reference_id": reference_id,
+            },
+            trace=uow.trace,
+        )
+    )
+    return {"name": "" if is_erased(row[0]) else row[0], "email": row[1]}
 
 
 # --- contacts and consent ---------------------------------------------------------------------

@@ -149,6 +149,20 @@ class AccountsService:
         with self.store.unit_of_work() as uow:
             return handlers.billing_contact(uow, tenant_id)
 
+    @rpc
+    def mail_recipient(
+        self,
+        tenant_id: str,
+        subject_id: str,
+        asked_by: str,
+        purpose: str,
+        reference_id: str | None = None,
+    ) -> dict[str, str]:
+        with self.store.unit_of_work() as uow:
+            return handlers.mail_recipient(
+                uow, tenant_id, subject_id, asked_by, purpose, reference_id
+            )
+
     # --- contacts and consent -----------------------------------------------------------------
 
     @rpc

@@ -12,6 +12,18 @@ from kernel.envelope import EventRegistry, EventType
 from services.retention.commands import APPROVABLE_TYPES
 
 DECISIONS = ("approved", "denied")
+# Every kind of request retention tracks: those filed through the API, a lifted restriction,
+# and a tenant's destruction after its grace.
+REQUEST_TYPES = (
+    "access",
+    "erasure",
+    "rectification",
+    "restriction",
+    "objection",
+    "lift_restriction",
+    "destruction",
+)
+SUBJECT_KINDS = ("contact", "agent", "tenant")
 
 
 class PrivacyRequestDecidedV1(Schema):
@@ -30,6 +42,17 @@ class PrivacyRequestDecidedV2(PrivacyRequestDecidedV1):
     key_id = fields.UUID(required=True, allow_none=True)
     key_issuer_id = fields.UUID(required=True, allow_none=True)
     reason_sealed = fields.String(required=True, allow_none=True)
+
+
+class PrivacyRequestCompletedV1(Schema):
+    """Every service that had to answer a request has answered (an access request: at once, its
+    export is gathered when read). Ids and states only: whom it concerned by id, never how."""
+
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    subject_kind = fields.String(required=True, validate=validate.OneOf(SUBJECT_KINDS))
+    subject_id = fields.UUID(required=True)
 
 
 class ApprovalPolicyChangeFiledV1(Schema):
@@ -141,6 +164,7 @@ MESSAGES = EventRegistry(
         )
         for decision in DECISIONS
     ),
+    EventType("privacy_request_completed", {1: PrivacyRequestCompletedV1}, published=True),
     EventType("approval_policy_change_filed", {1: ApprovalPolicyChangeFiledV1}, published=True),
     *(
         EventType(

@@ -14,7 +14,7 @@ from kernel.errors import NotFound
 from kernel.signing import Signer
 from kernel.uow import UnitOfWork
 from services.retention import sealed, tenant_exports
-from services.retention.requests import Timing, get_request
+from services.retention.requests import Timing, completion_event, get_request
 from services.retention.schedules import destruction_report
 
 
@@ -75,6 +75,8 @@ def record_answer(
         (now, p["request_id"]),
     )
     row = uow.cur.fetchone()
+    if row is not None:
+        uow.publish(completion_event(uow, p["request_id"]))
     if row is not None and row[1] == "destruction":
         destruction_report(uow, p["request_id"])
         # Every other service has done its part: retention's is its free text about the tenant,

@@ -20,7 +20,7 @@ from kernel.uow import UnitOfWork
 from services.retention import sealed
 from services.retention.approvals import approval_policy
 from services.retention.events import DECISIONS
-from services.retention.four_eyes import check_four_eyes, decision_event
+from services.retention.four_eyes import check_four_eyes, decision_event, retention_message
 
 COMMAND_FOR = {
     "erasure": "erase_subject",
@@ -114,6 +114,7 @@ def _dispatch(uow: UnitOfWork, request_id: str, now: dt.datetime, timing: Timing
             "UPDATE requests SET status = 'completed', completed_at = %s WHERE id = %s",
             (now, request_id),
         )
+        uow.publish(completion_event(uow, request_id))
         return
     uow.cur.execute(
         "INSERT INTO request_services (request_id, service, status, attempts, last_sent_at,"
@@ -121,6 +122,30 @@ def _dispatch(uow: UnitOfWork, request_id: str, now: dt.datetime, timing: Timing
         (request_id, now, now + timing.backoff(1)),
     )
     uow.publish(_command(uow, request_id))
+
+
+def completion_event(uow: UnitOfWork, request_id: str) -> Envelope:
+    """``privacy_request_completed``: the request, its type and whom it concerned, by id (a
+    tenant's webhooks tell its integrations, which may hold copies to erase too)."""
+    uow.cur.execute(
+        "SELECT tenant_id, type, subject_kind, subject_id FROM requests WHERE id = %s",
+        (request_id,),
+    )
+    tenant_id, type_, kind, subject_id = uow.cur.fetchone()
+    return retention_message(
+        uow,
+        "privacy_request_completed",
+        f"privacy-{request_id}",
+        str(tenant_id),
+        "retention",
+        {
+            "request_id": str(request_id),
+            "tenant_id": str(tenant_id),
+            "type": type_,
+            "subject_kind": kind,
+            "subject_id": str(subject_id),
+        },
+    )
 
 
 def _command(uow: UnitOfWork, request_id: str, services: list[str] | None = None) -> Envelope:

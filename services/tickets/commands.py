@@ -3,6 +3,7 @@
 from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
 from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean, UtcDateTime
+from services.tickets import terms
 from services.tickets.events import PRIORITIES, STATUSES
 
 # A tag is a label: like every other field, a card number in it refuses the command.
@@ -26,17 +27,55 @@ class CreateTicketV1(Command):
 
 
 class UpdateTicketV1(Command):
-    """``PATCH /v1/tickets/{id}``: any of status, priority, assignee (null unassigns), tags."""
+    """``PATCH /v1/tickets/{id}``: any of status, priority, assignee (null unassigns), tags,
+    subject."""
 
     status = fields.String(validate=validate.OneOf(("open", "pending", "solved", "closed")))
     priority = fields.String(validate=validate.OneOf(PRIORITIES))
     assignee_id = fields.UUID(allow_none=True)
     tags = fields.List(TAG, validate=validate.Length(max=20))
+    # As at creation: a card number pasted here is cut to its last four digits.
+    subject = fields.String(
+        validate=validate.Length(min=1, max=500), metadata=CARD_NUMBERS_REDACTED
+    )
 
     @validates_schema
     def not_empty(self, data, **kwargs):
         if not data:
-            raise ValidationError("status, priority, assignee_id or tags must be given", "_schema")
+            raise ValidationError(
+                "status, priority, assignee_id, tags or subject must be given", "_schema"
+            )
+
+
+# An upload goes to tickets in chunks of at most this many bytes, each its own RPC (a message
+# on the broker), each sealed and stored as one row; a download comes back the same way.
+CHUNK_BYTES = 256 << 10
+# What a message's list of attachments may hold at most, whatever the setting says.
+MAX_ATTACHMENT_IDS = 100
+MAX_FILENAME_CHARS = 255
+
+
+def _filename(value: str) -> None:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValidationError("may not hold control characters")
+    if "/" in value or "\\" in value:
+        raise ValidationError("a name, not a path: no / or \\")
+    if value.strip() in ("", ".", ".."):
+        raise ValidationError("must name a file")
+
+
+class UploadAttachmentV1(Command):
+    """``POST /v1/tickets/{id}/attachments``: the query; the body is the file's bytes."""
+
+    # What customers name their files: a card number in it is cut to its last four digits.
+    filename = fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=MAX_FILENAME_CHARS), _filename],
+        metadata={
+            **CARD_NUMBERS_REDACTED,
+            "description": "the file's name, as it is to be offered for download",
+        },
+    )
 
 
 class AddMessageV1(Command):
@@ -48,6 +87,14 @@ class AddMessageV1(Command):
     internal = StrictBoolean(load_default=False)
     # A public reply written by staff for the requester (e.g. from an e-mail they sent).
     on_behalf_of_requester = StrictBoolean(load_default=False)
+    # Files uploaded to the ticket first (``POST /v1/tickets/{id}/attachments``), not yet on a
+    # message; how many one message may carry is a setting (LEDGERDESK_ATTACHMENTS_PER_MESSAGE).
+    attachment_ids = fields.List(
+        fields.UUID(),
+        load_default=list,
+        validate=validate.Length(max=MAX_ATTACHMENT_IDS),
+        metadata={"description": "attachments uploaded to this ticket, to put on the message"},
+    )
 
     @validates_schema
     def notes_are_staff_only(self, data, **kwargs):
@@ -102,3 +149,33 @@ class FindTicketsV1(Command):
             start, end = f"{column}_after", f"{column}_before"
             if start in data and end in data and data[end] <= data[start]:
                 raise ValidationError(f"must be later than {start}", end)
+
+
+def _searchable(query: str) -> None:
+    refusal = terms.query_refusal(query)
+    if refusal is not None:
+        raise ValidationError(refusal)
+
+
+class SearchTicketsV1(Command):
+    """``GET /v1/search``: the words to find, and what the results may be narrowed to.
+
+    A query is never kept: it is hashed under the tenant's key to look the index up, and goes
+    into no event, log line, span or access record (``services.tickets.search``).
+    """
+
+    q = fields.String(
+        required=True,
+        validate=_searchable,
+        metadata={
+            "description": f"words to find in subjects, bodies and messages (internal notes for"
+            f" staff), each by its first letters ({terms.MIN_LETTERS} or more); at most"
+            f" {terms.MAX_QUERY_WORDS} words, {terms.MAX_QUERY_CHARS} characters. Tickets that"
+            " match more of the words come first, then the newest",
+            "minLength": 1,
+            "maxLength": terms.MAX_QUERY_CHARS,
+        },
+    )
+    status = fields.String(
+        validate=validate.OneOf(STATUSES), metadata={"description": "only tickets in this status"}
+    )

@@ -23,8 +23,59 @@ DESTROYED = End(
 LEARNED_DESTROYED = End(
     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
 )
+_SEARCH = "services.tickets.search_index"
+SEARCH_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_SEARCH}:SearchIndexProjection._apply"
+)
 PURGED = End(
     When.PERIOD, "closed_tickets: the ticket's key is shredded", f"{_PRIVACY}:purge_category"
+)
+
+_FILES = "services.tickets.attachment_store:AttachmentStore"
+_FILES_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's attachments are deleted, chunks first; the key is shredded with the tenant's",
+    f"{_FILES}.forget_tenant",
+)
+_UNATTACHED = End(
+    When.PERIOD,
+    "an upload no message names is deleted a day (LEDGERDESK_DAY_SECONDS) after it began",
+    f"{_FILES}.purge_unattached",
+)
+_FILE_ENDS = (
+    SHREDDED_WITH_SUBJECT,
+    End(
+        When.ERASURE,
+        "the requester's tickets' attachments are deleted, chunks first",
+        f"{_FILES}.forget_requester",
+    ),
+    End(
+        When.PERIOD,
+        "closed_tickets: the purged tickets' attachments are deleted",
+        f"{_FILES}.forget_tickets",
+    ),
+    _FILES_DESTROYED,
+    _UNATTACHED,
+)
+_MAIL = "kernel.mail.sender"
+MAIL_ERASED = End(When.ERASURE, "the requester's rows are deleted", f"{_PRIVACY}:erase_subject")
+MAIL_PURGED = End(
+    When.PERIOD,
+    "closed_tickets: the purged tickets' rows are deleted",
+    f"{_PRIVACY}:purge_category",
+)
+MAIL_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+)
+MAIL_SENT = End(
+    When.PERIOD,
+    "dropped when the mail is sent or fails for good",
+    f"{_MAIL}:MailSender.record",
+)
+MAIL_KEPT = End(
+    When.PERIOD,
+    "LEDGERDESK_MAIL_KEEP_DAYS (7) after the mail was sent or failed",
+    "kernel.mail.outbox:purge_finished",
 )
 
 # Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
@@ -133,6 +184,142 @@ DATA_MAP = ServiceMap(
             ),
         ),
         Table(
+            "search_terms",
+            "the search index (services.tickets.search_index): per part of a ticket (subject,"
+            " body, each message), a keyed hash of each word's first 3 to 16 letters, never a"
+            " word",
+            (
+                pseudonym("ticket_id"),
+                pseudonym("tenant_id"),
+                pseudonym("requester_id", note="whose erasure deletes the row"),
+                pseudonym(
+                    "author_id",
+                    note="a message's writer, for a message written before tickets had keys of"
+                    " their own (under the writer's key), whose erasure deletes it too; null"
+                    " otherwise",
+                ),
+                operational("part"),
+                pseudonym("message_id"),
+                operational("internal"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    End(
+                        When.ERASURE,
+                        "the rows of the requester's tickets (and of messages under the"
+                        " writer's key) are deleted",
+                        f"{_PRIVACY}:erase_subject",
+                    ),
+                    End(
+                        When.PERIOD,
+                        "closed_tickets: the purged tickets' rows are deleted",
+                        f"{_PRIVACY}:purge_category",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's rows are deleted and its key is shredded with the"
+                        " tenant's, so no digest can be computed again",
+                        f"{_SEARCH}:SearchIndexProjection._apply",
+                    ),
+                    End(
+                        When.REPLACED,
+                        "a new subject replaces the subject's rows",
+                        f"{_SEARCH}:SearchIndexProjection._apply",
+                    ),
+                    note="HMAC-SHA-256, cut to 16 bytes, under a key derived from the tenant's"
+                    " (kernel.crypto.blind_index): it confirms a guessed word only to whoever holds"
+                    " that key, and to no one once the tenant is destroyed; which tickets share a"
+                    " word shows",
+                ),
+            ),
+            ends=(SEARCH_DESTROYED,),
+        ),
+        Table(
+            "attachments",
+            "files on messages (services.tickets.attachment_store): their name and digest as"
+            " stored ciphertext under the ticket's key, their size and sniffed type; the bytes"
+            " are in attachment_chunks",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("ticket_id"),
+                pseudonym("requester_id", note="whose erasure deletes the row"),
+                pseudonym("uploaded_by"),
+                pseudonym("message_id", note="null until a message names it"),
+                personal(
+                    "filename",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="as the client named the file, card numbers cut to the last four",
+                ),
+                personal(
+                    "sha256",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="a digest of the bytes would confirm a guessed file: sealed with the name",
+                ),
+                operational("content_type", note="sniffed from the first bytes"),
+                operational("size"),
+                operational("chunks"),
+                operational("state"),
+                operational("created_at"),
+            ),
+            ends=(_FILES_DESTROYED, _UNATTACHED),
+        ),
+        Table(
+            "attachment_chunks",
+            "the bytes of files, in chunks of at most 256 KiB, each sealed under the ticket's"
+            " key and bound to its file and place (kernel.crypto.blobs)",
+            (
+                pseudonym("attachment_id"),
+                operational("seq"),
+                personal(
+                    "ciphertext",
+                    Held.SUBJECT_KEY,
+                    *_FILE_ENDS,
+                    note="whatever the file holds: not scanned for card numbers (binary)",
+                ),
+            ),
+            ends=(_FILES_DESTROYED, _UNATTACHED),
+        ),
+        Table(
+            "mail_outbox",
+            "public replies owed to or sent to requesters by mail (kernel.mail): ids, states,"
+            " reply codes and times; the message itself sealed",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("recipient_id", "the requester, by id"),
+                pseudonym("key_subject_id", "the ticket whose key seals the message"),
+                operational("kind"),
+                pseudonym("reference_id", "the ticket message the mail carries"),
+                pseudonym(
+                    "message_id",
+                    "the Message-ID header, built from the message's id and the sender's"
+                    " domain only",
+                ),
+                personal(
+                    "sealed",
+                    Held.SUBJECT_KEY,
+                    SHREDDED_WITH_SUBJECT,
+                    MAIL_ERASED,
+                    MAIL_PURGED,
+                    MAIL_SENT,
+                    note="the rendered message (recipient's name and address, the ticket's"
+                    " subject, the reply) and its envelope, AES-GCM under the ticket's key (a"
+                    " child of the requester's)",
+                ),
+                operational("status"),
+                operational("attempts"),
+                operational("next_attempt_at"),
+                operational("last_code", "the relay's reply code, never its text"),
+                operational("last_outcome"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(MAIL_ERASED, MAIL_PURGED, MAIL_DESTROYED, MAIL_KEPT),
+        ),
+        Table(
             "directory",
             "who exists (agents, contacts), learned from accounts' events: ids and states",
             (
@@ -155,5 +342,10 @@ DATA_MAP = ServiceMap(
     event_fields={
         "ticket_created": {"tags": _TAGS},
         "ticket_tags_changed": {"tags": _TAGS},
+        "mail_sent": {"kind": operational("kind", "the kind of mail (`ticket_reply`)")},
+        "mail_failed": {
+            "kind": operational("kind", "the kind of mail (`ticket_reply`)"),
+            "outcome": operational("outcome", "`permanent`, `temporary` or `unrecorded`"),
+        },
     },
 )

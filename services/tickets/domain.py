@@ -36,6 +36,8 @@ class Ticket(Aggregate):
     assignee_id: str | None = None
     # None once the ticket's key is gone: its tags read as erased, and none can be written.
     tags: tuple[str, ...] | None = ()
+    # As its events read: ERASED once the ticket's key is gone.
+    subject: str = ""
 
     @classmethod
     def create(
@@ -121,6 +123,19 @@ class Ticket(Aggregate):
             requester_id=self.requester_id,
         )
 
+    def retitle(self, subject: str, redactions: int) -> None:
+        """A new subject (its card numbers already cut); the same one again records nothing."""
+        self._writable()
+        if subject != self.subject:
+            self.record(
+                "ticket_subject_changed",
+                ticket_id=self.id,
+                tenant_id=self.tenant_id,
+                requester_id=self.requester_id,
+                subject=subject,
+                redactions=redactions,
+            )
+
     def add_message(
         self, *, author_id: str, author_kind: str, body: str, internal: bool, redactions: int
     ) -> str:
@@ -152,6 +167,7 @@ class Ticket(Aggregate):
         self.status = "new"
         self.priority = event["priority"]
         self.tags = _held(event["tags"])
+        self.subject = event["subject"]
 
     def when_ticket_status_changed(self, event: dict[str, Any]) -> None:
         self.status = event["status"]
@@ -167,6 +183,9 @@ class Ticket(Aggregate):
 
     def when_ticket_tags_changed(self, event: dict[str, Any]) -> None:
         self.tags = _held(event["tags"])
+
+    def when_ticket_subject_changed(self, event: dict[str, Any]) -> None:
+        self.subject = event["subject"]
 
     def when_message_added(self, event: dict[str, Any]) -> None:
         pass

@@ -15,6 +15,7 @@ Published copies leave without those fields: other services learn ids, never wor
 from marshmallow import Schema, fields, validate
 
 from kernel.envelope import EventRegistry, EventType
+from kernel.mail.events import event_types as mail_event_types
 
 STATUSES = ("new", "open", "pending", "solved", "closed")
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -78,6 +79,18 @@ class TicketTagsChangedV2(TicketTagsChangedV1):
     requester_id = fields.UUID(required=True, allow_none=True)
 
 
+class TicketSubjectChangedV1(Schema):
+    """A ticket's subject changed: under the ticket's key, as at creation (its requester is
+    the parent of that key)."""
+
+    ticket_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    requester_id = fields.UUID(required=True)
+    subject = fields.String(required=True)
+    # How many card numbers were cut down to their last four digits before storing.
+    redactions = fields.Integer(required=True)
+
+
 class MessageAddedV1(Schema):
     ticket_id = fields.UUID(required=True)
     tenant_id = fields.UUID(required=True)
@@ -119,6 +132,13 @@ TICKET_TAGS_CHANGED = EventType(
     subject_field="ticket_id",
     parent_field="requester_id",
 )
+TICKET_SUBJECT_CHANGED = EventType(
+    "ticket_subject_changed",
+    {1: TicketSubjectChangedV1},
+    personal_fields=("subject",),
+    subject_field="ticket_id",
+    parent_field="requester_id",
+)
 MESSAGE_ADDED = EventType(
     "message_added",
     {1: MessageAddedV1, 2: MessageAddedV2},
@@ -139,6 +159,7 @@ REGISTRY = EventRegistry(
     TICKET_ASSIGNED,
     TICKET_PRIORITY_CHANGED,
     TICKET_TAGS_CHANGED,
+    TICKET_SUBJECT_CHANGED,
     MESSAGE_ADDED,
 )
 
@@ -154,3 +175,6 @@ class TicketViewedV1(Schema):
 
 
 TICKET_VIEWED = REGISTRY.register(EventType("ticket_viewed", {1: TicketViewedV1}))
+
+# What the audit ledger learns of each mail the sender settles (kernel.mail): ids only.
+MAIL_SENT, MAIL_FAILED = (REGISTRY.register(t) for t in mail_event_types())

@@ -19,6 +19,7 @@ from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 from kernel.uow import UnitOfWork
+from services.tickets.attachment_store import AttachmentStore
 from services.tickets.domain import Ticket
 from services.tickets.lookups import tag_digest
 
@@ -132,13 +133,24 @@ def update_ticket(
         ticket.prioritise(changes["priority"])
     if "tags" in changes:
         ticket.tag(changes["tags"])
+    redactions = 0
+    if "subject" in changes:
+        subject, redactions = redact_card_numbers(changes["subject"])
+        ticket.retitle(subject, redactions)
     if "status" in changes:
         ticket.move_to(changes["status"])
     try:
-        uow.save(ticket, ticket.tenant_id)
+        uow.save(
+            ticket,
+            ticket.tenant_id,
+            metadata={"card_numbers_redacted": redactions} if redactions else None,
+        )
     except KeyShredded:
-        # Only tags are written under the ticket's key here, and it went with its requester.
-        raise Conflict("the requester of this ticket was erased; its tags cannot change") from None
+        # Tags and the subject are written under the ticket's key here, and it went with its
+        # requester (or the ticket was purged).
+        raise Conflict(
+            "the requester of this ticket was erased; its tags and subject cannot change"
+        ) from None
     return get_ticket(uow, tenant_id, ticket_id, viewer=None)
 
 
@@ -148,8 +160,14 @@ def add_message(
     ticket_id: str,
     agent_id: str,
     command: dict[str, Any],
+    attachments_per_message: int = 0,
 ) -> dict[str, Any]:
     ticket = load_ticket(uow, tenant_id, ticket_id)
+    attachment_ids = [str(i) for i in command.get("attachment_ids") or ()]
+    if len(attachment_ids) > attachments_per_message:
+        raise ValidationFailed(
+            {"attachment_ids": [f"a message may carry at most {attachments_per_message} files"]}
+        )
     body, redactions = redact_card_numbers(command["body"])
     by_requester = command["on_behalf_of_requester"]
     author_id = ticket.requester_id if by_requester else agent_id
@@ -171,6 +189,9 @@ def add_message(
         raise Conflict(
             "the requester of this ticket was erased; it takes no new messages"
         ) from None
+    store = AttachmentStore(uow.cur, uow.cipher)
+    store.attach(tenant_id, ticket.id, message_id, attachment_ids)
+    attached = store.of_messages(tenant_id, [message_id]).get(message_id, [])
     return {
         "id": message_id,
         # Whom the message concerns: the gateway's records of this answer (its access log,
@@ -182,6 +203,7 @@ def add_message(
         "body": added.payload["body"],
         "internal": command["internal"],
         "created_at": added.occurred_at.isoformat(),
+        "attachments": [a.shown() for a in attached],
     }
 
 
@@ -214,6 +236,12 @@ def get_ticket(
         }
         for i, a, k, b, n, c in uow.cur.fetchall()
     ]
+    # Each message's files, their metadata only (the bytes are a download of their own).
+    files = AttachmentStore(uow.cur, uow.cipher).of_messages(
+        tenant_id, [m["id"] for m in ticket["messages"]]
+    )
+    for message in ticket["messages"]:
+        message["attachments"] = [a.shown() for a in files.get(message["id"], [])]
     if viewer is not None:
         subjects = sorted({ticket["requester_id"], *(m["author_id"] for m in ticket["messages"])})
         uow.publish(

@@ -2,8 +2,9 @@
 under its own key, a child of its requester's: erasing the requester is one shred (their tickets
 and messages go with it, with no scrub, since the read models hold ciphertext only); a closed
 ticket past its period loses its own key. The digests of a ticket's tags (the blind index,
-``services.tickets.lookups``) are under the tenant's key, so they are deleted with it. Messages
-an agent wrote before tickets had their own keys are under the agent's key."""
+``services.tickets.lookups``) and of its words (the search index, ``search_index``) are under
+the tenant's key, which stays: they are deleted with the ticket's words. Messages an agent wrote
+before tickets had their own keys are under the agent's key."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 from kernel.aggregate import RecordedEvent
 from kernel.crypto.fields import FieldCipher
 from kernel.uow import UnitOfWork
+from services.tickets import attachments
+from services.tickets.attachment_store import AttachmentStore
 from services.tickets.handlers import shown_tags
 
 # An erased subject's directory row is pinned here: no later event about them revives it.
@@ -42,10 +45,32 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             " WHERE d.ticket_id = t.id AND t.requester_id = %s AND t.tenant_id = %s",
             (subject, tenant),
         )
+        # So are the search index's of the tickets they requested, and of messages under their
+        # own key (written before tickets had keys): a rebuild reads those words as erased.
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
+        indexed = uow.cur.rowcount
+        uow.cur.execute(
+            "DELETE FROM search_terms WHERE author_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        indexed += uow.cur.rowcount
+        # Their tickets' files are under the shredded key: their chunks are deleted too, so no
+        # ciphertext is left for a key a keystore backup might still hold.
+        files = AttachmentStore(uow.cur, cipher).forget_requester(tenant, subject)
+        # Mail to them, queued or settled: unreadable already (sealed under their tickets'
+        # keys), deleted so not even the ids of what they were sent stay.
+        uow.cur.execute(
+            "DELETE FROM mail_outbox WHERE recipient_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        mails = uow.cur.rowcount
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
-            " they requested and their words there read as erased, their tags' digests deleted",
+            " they requested and their words there read as erased, their tags' digests deleted;"
+            f" {indexed} search index rows deleted; {files} attachments deleted;"
+            f" {mails} mails deleted",
         }
 
     def purge_category(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +84,12 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             (tenant, command["before"]),
         )
         ids = [str(row[0]) for row in uow.cur.fetchall()]
+        # Their tags' and words' digests go with their words (a rebuild reads those as erased).
         uow.cur.execute("DELETE FROM ticket_tag_digests WHERE ticket_id = ANY(%s::uuid[])", (ids,))
+        uow.cur.execute("DELETE FROM search_terms WHERE ticket_id = ANY(%s::uuid[])", (ids,))
+        AttachmentStore(uow.cur, cipher).forget_tickets(tenant, ids)
+        # Mail still owed about them is sealed under their keys: deleted with them.
+        uow.cur.execute("DELETE FROM mail_outbox WHERE key_subject_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -93,10 +123,19 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             )
         subjects = cipher.keystore.shred_tenant(tenant)
         # Learned from accounts' events and commands, not from this store: deleted here. The
-        # tag digests went with the event (the projection); a tenant tickets never recorded
-        # leaves none either, and their key went with the tenant's.
-        for table in ("directory", "restrictions", "ticket_tag_digests"):
+        # tag digests and the search index went with the event (the projections); a tenant
+        # tickets never recorded leaves none either, and their key went with the tenant's.
+        # Mail to the tenant's people too: sealed under keys gone with the tenant's.
+        for table in (
+            "directory",
+            "restrictions",
+            "ticket_tag_digests",
+            "search_terms",
+            "mail_outbox",
+        ):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
+        # Attachments are in no event: deleted here, chunks and all.
+        AttachmentStore(uow.cur, cipher).forget_tenant(tenant)
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {
@@ -121,10 +160,13 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
     for ticket_id, subject, body, tags, status, created in uow.cur.fetchall():
         words = opened(tenant_id, {"subject": subject, "body": body, "tags": tags})
         uow.cur.execute(
-            "SELECT author_kind, body, created_at FROM ticket_messages"
+            "SELECT id, author_kind, body, created_at FROM ticket_messages"
             " WHERE ticket_id = %s AND NOT internal ORDER BY seq",
             (ticket_id,),
         )
+        messages = uow.cur.fetchall()
+        # The files on the replies they could see, their content included (base64).
+        files = attachments.exported(uow, tenant_id, [str(m[0]) for m in messages])
         tickets.append(
             {
                 "id": str(ticket_id),
@@ -139,8 +181,9 @@ def export(uow: UnitOfWork, tenant_id: str, subject_id: str) -> dict[str, Any]:
                         "from": kind,
                         "body": opened(tenant_id, {"body": text})["body"],
                         "at": at.isoformat(),
+                        "attachments": files.get(str(message_id), []),
                     }
-                    for kind, text, at in uow.cur.fetchall()
+                    for message_id, kind, text, at in messages
                 ],
             }
         )

@@ -1,8 +1,9 @@
 """Tickets' read models: tickets and their messages, with their words (subject, body, tags,
 messages) kept encrypted as the events hold them (``kernel.crypto.fields.stored_json``): readers
 open them with the ticket's key, so an erasure is a key shred and never a scrub of these tables.
-Beside them, the blind index of tags (``TagIndexProjection``), which their privacy handlers
-delete with the ticket."""
+Beside them, the blind index of tags (``TagIndexProjection``) and the search index
+(``search_index.SearchIndexProjection``), keyed hashes which their privacy handlers delete with
+the ticket."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from kernel.crypto.fields import is_encrypted, is_erased, stored_field, stored_j
 from kernel.envelope import Envelope
 from kernel.projections import KeyedProjection, Projection
 from services.tickets.lookups import TICKET_TAG, normalise_tag
+from services.tickets.search_index import SearchIndexProjection
 
 # Rows go to the server as one JSON document per statement: it is written far faster
 # than psycopg2 adapts parameters one by one, and ``json_populate_recordset`` types every field
@@ -42,6 +44,8 @@ def _changes(event: Envelope, at: str) -> dict[str, Any]:
         changes = {"priority": p["priority"]}
     elif event.type == "ticket_tags_changed":
         changes = {"tags_sealed": _sealed_tags(p["tags"])}
+    elif event.type == "ticket_subject_changed":
+        changes = {"subject": stored_field(p["subject"])}
     elif event.type == "ticket_closed":
         # The status already moved; the clock of its retention starts.
         changes = {"closed_at": at}
@@ -127,6 +131,7 @@ class TicketsProjection(Projection):
             "ticket_assigned",
             "ticket_priority_changed",
             "ticket_tags_changed",
+            "ticket_subject_changed",
             "message_added",
             "tenant_destroyed",
         }
@@ -238,4 +243,4 @@ class TagIndexProjection(KeyedProjection):
         return self.blind_index.digests(payload["tenant_id"], TICKET_TAG, values) or []
 
 
-PROJECTIONS = (TicketsProjection(), TagIndexProjection())
+PROJECTIONS = (TicketsProjection(), TagIndexProjection(), SearchIndexProjection())

@@ -14,13 +14,25 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
+from kernel.mail.dependency import MailDependency
+from kernel.mail.outbox import listing as mail_listing
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import commands, handlers, privacy, sealed, tenant_export
+from services.tickets import (
+    attachments,
+    commands,
+    handlers,
+    mail,
+    privacy,
+    sealed,
+    search,
+    tenant_export,
+)
+from services.tickets.attachment_store import AttachmentStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
 from services.tickets.subscriptions import ACCOUNTS, PRIVACY
@@ -48,9 +60,12 @@ class TicketsService:
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     sealed_tags = SealedTags()
-    # The blind index of tags came with migration 0005: filled once from the events.
-    new_read_models = NewReadModels("ticket_tags")
+    # The blind index of tags came with migration 0005, the search index with 0006: each
+    # filled once from the events.
+    new_read_models = NewReadModels("ticket_tags", "tickets_search")
     config = Config()
+    # Public replies mailed to requesters, sent by a thread of each process (kernel.mail).
+    mailer = MailDependency()
 
     def _lookup(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         return self.accounts.describe_subject(tenant_id, subject_id)
@@ -75,6 +90,14 @@ class TicketsService:
             return handlers.list_tickets(uow, tenant_id, filters, limit, after)
 
     @rpc
+    def search_tickets(
+        self, actor: dict[str, str], query: dict[str, str], limit: int, after: list | None
+    ) -> dict[str, Any]:
+        loaded = load_command(commands.SearchTicketsV1, query)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return search.search_tickets(uow, actor, loaded, limit, after)
+
+    @rpc
     def update_ticket(
         self, actor: dict[str, str], ticket_id: str, expected_version: int, request: dict
     ) -> dict[str, Any]:
@@ -89,9 +112,78 @@ class TicketsService:
         self, actor: dict[str, str], ticket_id: str, request: dict[str, Any]
     ) -> dict[str, Any]:
         command = load_command(commands.AddMessageV1, request)
+        tenant_id = actor["tenant_id"]
         with self.store.unit_of_work(actor["agent_id"]) as uow:
-            return handlers.add_message(
-                uow, actor["tenant_id"], ticket_id, actor["agent_id"], command
+            added = handlers.add_message(
+                uow, tenant_id, ticket_id, actor["agent_id"], command, self._limits().per_message
+            )
+            # In the reply's own transaction: mailed if and only if it is recorded.
+            mail.mail_reply(uow, self.mailer, self._recipient, tenant_id, added)
+            return added
+
+    def _recipient(self, tenant_id: str, subject_id: str, reference_id: str) -> dict[str, str]:
+        return self.accounts.mail_recipient(
+            tenant_id, subject_id, self.name, mail.KIND, reference_id
+        )
+
+    @rpc
+    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The mails queued, sent or failed (ids, states, codes): the operators' view."""
+        with self.store.db.read() as cur:
+            return mail_listing(cur, status, limit)
+
+    # --- attachments: uploaded and downloaded a chunk per call (services.tickets.attachments)
+
+    def _limits(self) -> attachments.Limits:
+        return attachments.Limits.of(self.config["LEDGERDESK"])
+
+    @rpc
+    def begin_attachment(self, actor: dict[str, str], ticket_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.begin_upload(
+                uow, actor["tenant_id"], ticket_id, actor["agent_id"], self._limits()
+            )
+
+    @rpc
+    def put_attachment_chunk(
+        self, actor: dict[str, str], attachment_id: str, seq: int, data: str
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.put_chunk(
+                uow, actor["tenant_id"], attachment_id, seq, data, self._limits()
+            )
+
+    @rpc
+    def finish_attachment(
+        self, actor: dict[str, str], attachment_id: str, query: dict[str, Any]
+    ) -> dict[str, Any]:
+        loaded = load_command(commands.UploadAttachmentV1, query)
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.finish_upload(uow, actor["tenant_id"], attachment_id, loaded)
+
+    @rpc
+    def discard_attachment(self, actor: dict[str, str], attachment_id: str) -> None:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            attachments.discard_upload(uow, actor["tenant_id"], attachment_id)
+
+    @rpc
+    def attachment_for_download(
+        self, actor: dict[str, str], ticket_id: str, attachment_id: str
+    ) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.for_download(uow, actor["tenant_id"], ticket_id, attachment_id)
+
+    @rpc
+    def attachment_chunk(self, actor: dict[str, str], attachment_id: str, seq: int) -> str:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            return attachments.chunk(uow, actor["tenant_id"], attachment_id, seq)
+
+    @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
+    def purge_unattached_attachments(self) -> None:
+        """Uploads no message named within a day (of LEDGERDESK_DAY_SECONDS)."""
+        with self.store.unit_of_work(self.name) as uow:
+            AttachmentStore(uow.cur, uow.cipher).purge_unattached(
+                self.config["LEDGERDESK"].day_seconds
             )
 
     @consume_events(ACCOUNTS)

@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 
 from kernel import topology
 from kernel.config import Settings
+from kernel.crypto.blind_index import BlindIndex
 from kernel.crypto.fields import FieldCipher
 from kernel.crypto.keystore import Keystore
 from kernel.db import Database, drop_database, ensure_database
@@ -236,6 +237,19 @@ def stored_text(dsn: str) -> dict[str, str]:
             return found
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def tickets_blind_index(stack: Stack) -> Iterator[BlindIndex]:
+    """Keyed hashes as tickets computes them for its search index (``kernel.crypto.blind_index``),
+    on its keystore with the keys the stack's processes use: to tell whether a digest of a word
+    is in the index, and whether anyone could still compute one."""
+    settings = Settings.from_env(world_env(stack.settings))
+    keys = Database(settings.database_dsn("tickets", "keys"), maxconn=2)
+    try:
+        yield BlindIndex(Keystore(keys, settings.master_keys, cache_seconds=0.001))
+    finally:
+        keys.close()
 
 
 def audit_holds(stack: Stack, text: str) -> bool:

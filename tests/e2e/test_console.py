@@ -43,7 +43,7 @@ SHOTS = Path(
     os.environ.get("LEDGERDESK_SCREENSHOT_DIR")
     or Path(tempfile.gettempdir()) / "ledgerdesk-console-screenshots"
 )
-ADMIN_VIEWS = ["Privacy requests", "Ledger", "Tenant", "Retention"]
+ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention"]
 
 # Made-up people: the values that must never appear in a URL, a log line or the console.
 TENANT = {
@@ -499,11 +499,11 @@ def test_an_auditor_filters_the_ledger_sees_who_accessed_a_subject_and_checks_a_
 
 def test_an_agent_key_cannot_open_the_operator_view_and_the_operator_token_can(console):
     console.sign_in(console.agent_key)
-    assert console.tabs() == ["Tenant"]
+    assert console.tabs() == ["Search", "Tenant"]
     console.driver.get(f"{console.stack.url}/console#operations")
     wait_until(lambda: "needs the operator token" in console.text("#notice"), what="a refusal")
     assert not console.find("#panel-operations").is_displayed()
-    assert console.find("#panel-tenant").is_displayed()
+    assert console.find("#panel-search").is_displayed()
     console.shot("agent-refused-operations")
 
     # Nor does an agent key pass for the operator token.
@@ -547,6 +547,37 @@ def test_an_agent_key_cannot_open_the_operator_view_and_the_operator_token_can(c
     console.find("#sign-out").click()
     wait_until(lambda: console.find("#sign-in").is_displayed(), what="the sign-in form")
     assert console.driver.execute_script("return sessionStorage.length") == 0
+    console.assert_nothing_leaked()
+
+
+def test_an_agent_finds_tickets_by_a_word_and_the_word_goes_nowhere(console):
+    # A word of this test's own, so only its tickets match; kept out of URLs, logs and the
+    # browser's console like any personal value.
+    word = "zephyrine" + "".join(chr(ord("a") + int(c)) for c in str(id(console))[-4:])
+    console.secrets.append(word)
+    carol = console.contact()
+    made = [
+        console.api(
+            "POST",
+            "/v1/tickets",
+            console.admin_key,
+            json={"subject": f"{word} order", "body": body, "requester_id": carol},
+        )["id"]
+        for body in (f"the {word} parcel", "nothing to see")
+    ]
+    console.sign_in(console.agent_key)
+    console.open("search")
+    # Prefixes find the words: the ticket with both words first, then the one with one.
+    console.find("#search-q").send_keys(f"{word[:4]} parc" + Keys.ENTER)
+    wait_until(lambda: "found" in console.text("#search-status"), what="the results")
+    rows = console.driver.find_elements(By.CSS_SELECTOR, "#search-results tbody tr")
+    assert [row.get_attribute("data-ticket") for row in rows] == made
+    assert [row.find_elements(By.TAG_NAME, "td")[3].text for row in rows] == ["2", "1"]
+    console.shot("search")
+    console.find("#sign-out").click()
+    wait_until(lambda: console.find("#sign-in").is_displayed(), what="the sign-in form")
+    assert console.find("#search-q").get_attribute("value") == ""
+    assert console.driver.find_elements(By.CSS_SELECTOR, "#search-results tbody tr") == []
     console.assert_nothing_leaked()
 
 
@@ -647,7 +678,7 @@ return [...document.querySelectorAll("input, select, textarea")]
 
 def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     console.sign_in(console.admin_key)
-    for view in ("privacy", "ledger", "tenant", "retention"):
+    for view in ("privacy", "search", "ledger", "tenant", "retention"):
         console.open(view)
         assert console.driver.execute_script(UNLABELLED) == [], view
         assert console.driver.execute_script(CONTRAST) == [], view
@@ -655,7 +686,7 @@ def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     # The tab list: arrow keys, Home and End move between views, and the focus goes along.
     console.find("#tab-retention").send_keys(Keys.HOME)
     for key, view in (
-        (Keys.ARROW_RIGHT, "ledger"),
+        (Keys.ARROW_RIGHT, "search"),
         (Keys.END, "retention"),
         (Keys.ARROW_RIGHT, "privacy"),
     ):

@@ -24,7 +24,10 @@ import requests
 from kombu import Connection, Exchange, Producer, Queue
 
 from kernel import datamap
+from kernel.crypto.blind_index import BlindIndex
 from kernel.testing import Infrastructure, wait_until
+from services.tickets import search_index
+from services.tickets.terms import query_terms
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     SourceAddress,
@@ -34,6 +37,7 @@ from tests.e2e.helpers import (
     ok,
     rows,
     stack_logging_to,
+    tickets_blind_index,
 )
 from tests.support import sweep
 
@@ -128,15 +132,33 @@ def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
         ),
         201,
     )
+    # A file on the message: its name and its bytes are canaries (the bytes sealed in chunks).
+    attachment = ok(
+        call(
+            "POST",
+            f"/v1/tickets/{ticket['id']}/attachments",
+            key=key,
+            params={"filename": f"{canary(f'{who}FileName')}.txt"},
+            data=f"{canary(f'{who}FileBytes')}\n".encode() * 20_000,  # two chunks and more
+        ),
+        201,
+    )
     ok(
         call(
             "POST",
             f"/v1/tickets/{ticket['id']}/messages",
             key=key,
-            json={"body": canary(f"{who}Message"), "internal": True},
+            json={
+                "body": canary(f"{who}Message"),
+                "internal": True,
+                "attachment_ids": [attachment["id"]],
+            },
         ),
         201,
     )
+    # Its download is the file's bytes, as a positive control of what the sweep looks for.
+    got = call("GET", f"/v1/tickets/{ticket['id']}/attachments/{attachment['id']}", key=key)
+    assert got.status_code == 200 and canary(f"{who}FileBytes").encode() in got.content
     current = call("GET", f"/v1/tickets/{ticket['id']}", key=key)
     ok(
         call(
@@ -149,7 +171,33 @@ def plant_people(call: Any, key: str, who: str) -> dict[str, Any]:
     )
     for method, path in (("GET", "/v1/contacts"), ("GET", "/v1/tickets")):
         ok(call(method, path, key=key))
-    return {"contact": contact, "ticket": ticket}
+    # A search: its query (a word of the ticket and one of its own) is kept nowhere, and the
+    # ticket's words are in the index only as keyed hashes (``index_holds``).
+    query = f"{canary(f'{who}Subject')} {canary(f'{who}Query')}"
+    found = ok(call("GET", "/v1/search", key=key, params={"q": query}))
+    assert [item["id"] for item in found["items"]] == [ticket["id"]]
+    return {"contact": contact, "ticket": ticket, "attachment": attachment}
+
+
+# The words of each tenant's ticket as the search index keeps them (hashed under the tenant's
+# key): the subject, the body and the internal note, each by its first 16 letters.
+INDEXED = ("Subject", "Body", "Message")
+
+
+def index_holds(stack: Stack, blind: BlindIndex, tenant: str, who: str) -> int | None:
+    """How many of ``who``'s indexed words the search index holds as digests under the tenant's
+    key; None if no such digest can be computed any more (the tenant's key is gone)."""
+    terms = [query_terms(canary(f"{who}{kind}"))[0] for kind in INDEXED]
+    digests = search_index.digests(blind, tenant, terms, create=False)
+    if digests is None:
+        return None
+    found = rows(
+        stack,
+        "tickets",
+        "SELECT count(DISTINCT digest) FROM search_terms WHERE digest = ANY(%s)",
+        digests,
+    )
+    return found[0][0]
 
 
 def refuse_the_card_everywhere(stack: Stack, key: str, contact_id: str) -> None:
@@ -253,7 +301,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
 
     # Tenant B lives on; its contact C is erased, its access log lasts one (two-second) day.
     living = stack.sign_up()
-    key_b = living["api_key"]
+    key_b, tenant_b = living["api_key"], living["tenant"]["id"]
     second = ok(
         stack.call(
             "POST",
@@ -280,6 +328,12 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         stored(stack, log),
     )
     assert len(before) == 5, before
+    # ...and the search index holds both tenants' words, as keyed hashes.
+    with tickets_blind_index(stack) as blind:
+        assert index_holds(stack, blind, tenant_a, "Doomed") == len(INDEXED)
+        assert index_holds(stack, blind, tenant_b, "Erased") == len(INDEXED)
+    requested_by = "SELECT count(*) FROM search_terms WHERE requester_id = %s"
+    assert rows(stack, "tickets", requested_by, contact_id)[0][0] > 0
     accesses = ok(stack.call("GET", "/v1/audit/entries?type=access_logged&limit=200", key=key_b))
     seen = {(e["payload"]["ip"], e["payload"]["user_agent"]) for e in accesses["items"]}
     assert (CANARY_IP, CANARY_AGENT) in seen, seen
@@ -333,6 +387,9 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             "ErasedSubject",
             "ErasedBody",
             "ErasedMessage",
+            "ErasedFileName",
+            "ErasedFileBytes",
+            "ErasedQuery",
             "ErasedIdem",
             "ErasedTicketIdem",
             "DoomedName",
@@ -340,6 +397,9 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             "DoomedSubject",
             "DoomedBody",
             "DoomedMessage",
+            "DoomedFileName",
+            "DoomedFileBytes",
+            "DoomedQuery",
             "DoomedIdem",
             "DoomedTicketIdem",
         )
@@ -348,6 +408,12 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         f"{canary('Doomed').lower()}@mail.example",
         canary("ErasedTag").lower(),
         canary("DoomedTag").lower(),
+        # What the tokeniser would make of the words of the tickets and the queries.
+        *(
+            canary(f"{who}{kind}").lower()
+            for who in ("Erased", "Doomed")
+            for kind in ("Query", *INDEXED)
+        ),
         canary("IdentityCheck"),
         canary("Reason"),
         *PHONES.values(),
@@ -377,6 +443,24 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         lambda: not leaks(stored(stack, log)), timeout=60, what="no canary but under the hold"
     )
     assert leaks(everything(stack, infrastructure, log)) == {}
+    # The search index: nothing of the erased requester, nothing of the destroyed tenant, and
+    # no key left that could hash a word of it again.
+    with tickets_blind_index(stack) as blind:
+        assert index_holds(stack, blind, tenant_b, "Erased") == 0
+        assert index_holds(stack, blind, tenant_a, "Doomed") is None
+    assert rows(stack, "tickets", requested_by, contact_id)[0][0] == 0
+    # No attachment of the erased requester or the destroyed tenant, nor a chunk of one; the
+    # erased requester's file is not found (its rows and key are gone).
+    assert rows(stack, "tickets", "SELECT count(*) FROM attachments")[0][0] == 0
+    assert rows(stack, "tickets", "SELECT count(*) FROM attachment_chunks")[0][0] == 0
+    erased_file = planted["attachment"]["id"]
+    gone_file = call(
+        "GET", f"/v1/tickets/{planted['ticket']['id']}/attachments/{erased_file}", key=key_b
+    )
+    assert gone_file.status_code == 404
+    of_tenant = "SELECT count(*) FROM search_terms WHERE tenant_id = %s"
+    assert rows(stack, "tickets", of_tenant, tenant_a)[0][0] == 0
+    assert rows(stack, "tickets", of_tenant, tenant_b)[0][0] == 0  # B had the one ticket
 
     # The sweep saw the stores it claims to: the held invoice is found where the law keeps it.
     assert sweep.find([canary("Company")], sweep.database_texts(stack.settings)) == {

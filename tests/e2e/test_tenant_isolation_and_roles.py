@@ -130,6 +130,10 @@ def request_for(stack: Stack, endpoint: Route, tenant: Tenant) -> tuple[str, dic
     if endpoint.if_match:
         current = stack.call("GET", path, key=tenant.admin_key)
         kwargs["headers"] = {"If-Match": current.headers.get("ETag", '"1"')}
+    # A query an endpoint requires.
+    queries = {"/v1/search": {"q": "role matrix"}}
+    if endpoint.path in queries:
+        kwargs["params"] = queries[endpoint.path]
     return path, kwargs, known
 
 

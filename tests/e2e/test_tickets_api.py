@@ -46,7 +46,15 @@ TICKET_FIELDS = {
     "updated_at",
     "version",
 }
-MESSAGE_FIELDS = {"id", "author_id", "author_kind", "body", "internal", "created_at"}
+MESSAGE_FIELDS = {
+    "id",
+    "author_id",
+    "author_kind",
+    "body",
+    "internal",
+    "created_at",
+    "attachments",
+}
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -159,3 +159,47 @@ def test_past_the_deadline_a_request_fails_with_an_alert(retention):
     # A failed request is asked no more.
     with retention.unit_of_work() as uow:
         assert requests.resend_due(uow, T0 + dt.timedelta(days=31), TIMING) == 0
+
+
+def published(store, request_id, type_):
+    with store.db.transaction() as cur:
+        cur.execute("SELECT body FROM outbox WHERE stream_id = %s", (f"privacy-{request_id}",))
+        bodies = [json.loads(b) for (b,) in cur.fetchall()]
+    return [b for b in bodies if b["type"] == type_]
+
+
+def test_a_request_completed_by_its_last_answer_is_published_once_by_ids(retention):
+    """What webhooks tell a tenant's integrations: the request, its type, whom it concerned."""
+    tenant = str(uuid.uuid4())
+    filed = {**file_erasure(retention, tenant), "tenant": tenant}
+    for service in SERVICES[:-1]:
+        answer(retention, filed, service, "done", T0)
+    assert published(retention, filed["id"], "privacy_request_completed") == []
+    answer(retention, filed, SERVICES[-1], "done", T0)
+    answer(retention, filed, SERVICES[-1], "done", T0)  # a redelivered last answer
+    (completed,) = published(retention, filed["id"], "privacy_request_completed")
+    assert completed["source"] == "retention" and completed["tenant_id"] == tenant
+    assert completed["payload"] == {
+        "request_id": filed["id"],
+        "tenant_id": tenant,
+        "type": "erasure",
+        "subject_kind": "contact",
+        "subject_id": filed["subject"]["contact_id"],
+    }
+
+
+def test_an_access_request_is_published_as_completed_when_filed(retention):
+    tenant = str(uuid.uuid4())
+    with retention.unit_of_work("admin") as uow:
+        filed, _ = requests.file_request(
+            uow,
+            lambda tenant_id, subject_id: {"kind": "agent"},
+            tenant,
+            str(uuid.uuid4()),
+            {"type": "access", "subject": {"agent_id": str(uuid.uuid4())}, "identity_check": "x"},
+            T0,
+            TIMING,
+        )
+    (completed,) = published(retention, filed["id"], "privacy_request_completed")
+    assert completed["payload"]["type"] == "access"
+    assert completed["payload"]["subject_kind"] == "agent"

@@ -27,6 +27,7 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_API_KEY_SECRET": "Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
     "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
     "LEDGERDESK_AUDIT_SIGNING_KEY": B64_B,
+    "LEDGERDESK_SMTP_PASSWORD": "Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
 }
 
 
@@ -243,7 +244,8 @@ def test_production_refuses_all_development_secrets_and_names_them():
 
     assert str(info.value) == (
         "production refuses development secrets: set LEDGERDESK_MASTER_KEY, "
-        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY"
+        "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY, "
+        "LEDGERDESK_SMTP_PASSWORD"
     )
 
 
@@ -283,6 +285,23 @@ def test_a_day_is_a_day_unless_a_test_shortens_it_and_production_refuses_that():
         Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_DAY_SECONDS": "2"})
     with pytest.raises(ConfigurationError, match="LEDGERDESK_DAY_SECONDS must be"):
         Settings.from_env({"LEDGERDESK_DAY_SECONDS": "0"})
+
+
+def test_webhook_guards_are_on_unless_switched_off_and_production_keeps_https():
+    defaults = Settings.from_env({})
+    assert (defaults.webhook_allow_http, defaults.webhook_allow_private) == (False, False)
+    switched = Settings.from_env(
+        {"LEDGERDESK_WEBHOOK_ALLOW_HTTP": "true", "LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "On"}
+    )
+    assert (switched.webhook_allow_http, switched.webhook_allow_private) == (True, True)
+    off = Settings.from_env({"LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "0"})
+    assert off.webhook_allow_private is False
+    # A misspelling is refused, not read as either value.
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_WEBHOOK_ALLOW_PRIVATE must be true"):
+        Settings.from_env({"LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "ture"})
+    assert Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_WEBHOOK_ALLOW_PRIVATE": "true"})
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_WEBHOOK_ALLOW_HTTP"):
+        Settings.from_env({**PRODUCTION_SECRETS, "LEDGERDESK_WEBHOOK_ALLOW_HTTP": "true"})
 
 
 def test_development_accepts_development_secrets():

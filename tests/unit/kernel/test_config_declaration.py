@@ -79,6 +79,25 @@ EVERYTHING_CHANGED = Settings(
     billing_plans=(Plan("solo", 999, "USD"), Plan("odd-1250", 1250, "GBP")),
     tax_rates={"uk": Decimal("0.175"), "us": Decimal("0")},
     legal_hold_years=7,
+    webhook_allow_http=True,
+    webhook_allow_private=True,
+    webhook_retry_seconds=0.25,
+    webhook_retry_hours=0.01,
+    webhook_timeout_seconds=2.5,
+    webhook_log_days=0.5,
+    attachment_max_bytes=1234567,
+    attachments_per_message=3,
+    attachment_ticket_bytes=7654321,
+    smtp_host="relay.example.test",
+    smtp_port=587,
+    smtp_security="starttls",
+    smtp_username="desk",
+    smtp_password="Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
+    smtp_timeout_seconds=5.0,
+    mail_from="Desk <help@desk.example.test>",
+    mail_retry_seconds=2.0,
+    mail_retry_hours=1.0,
+    mail_keep_days=1.0,
 )
 
 
@@ -107,8 +126,9 @@ def test_world_env_carries_every_setting_of_the_world():
 
 @pytest.mark.parametrize("service", sorted(SERVICE_SECRETS))
 def test_a_process_gets_back_its_settings_with_only_its_own_secrets(service: str):
+    # Production refuses a day of another length and plain-HTTP webhooks.
     production = dataclasses.replace(
-        EVERYTHING_CHANGED, environment="production", day_seconds=86400
+        EVERYTHING_CHANGED, environment="production", day_seconds=86400, webhook_allow_http=False
     )
     own = Settings.from_env(production.to_env(), service=service)
     env = own.to_env()

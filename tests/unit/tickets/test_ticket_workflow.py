@@ -178,6 +178,7 @@ def test_state_rebuilt_from_history_matches_the_live_ticket():
         lambda t: t.assign(None),
         lambda t: t.prioritise("urgent"),
         lambda t: t.tag(["new-tag"]),
+        lambda t: t.retitle("Printer fixed", 0),
         lambda t: t.add_message(
             author_id=AGENT, author_kind="agent", body="hello", internal=False, redactions=0
         ),
@@ -186,7 +187,16 @@ def test_state_rebuilt_from_history_matches_the_live_ticket():
         ),
         lambda t: t.move_to("open"),
     ],
-    ids=["assign", "unassign", "prioritise", "tag", "agent-message", "requester-message", "reopen"],
+    ids=[
+        "assign",
+        "unassign",
+        "prioritise",
+        "tag",
+        "retitle",
+        "agent-message",
+        "requester-message",
+        "reopen",
+    ],
 )
 def test_a_closed_ticket_refuses_every_change(change):
     ticket = ticket_at("closed")
@@ -318,6 +328,26 @@ def test_sealing_records_the_tags_again_even_on_a_closed_ticket():
     assert ticket.tags == ("a", "b") and ticket.status == "closed"
 
 
+def test_a_new_subject_is_recorded_under_the_requesters_ticket_key_and_the_same_is_not():
+    ticket = ticket_at("open")
+    ticket.retitle("Printer on fire", 0)  # the subject it has
+    assert ticket.pending == []
+    ticket.retitle("Printer on fire again", 1)
+    [changed] = ticket.pending
+    assert changed.type == "ticket_subject_changed"
+    assert REGISTRY["ticket_subject_changed"].validate(changed.payload) == {
+        "ticket_id": uuid.UUID(ticket.id),
+        "tenant_id": uuid.UUID(TENANT),
+        "requester_id": uuid.UUID(REQUESTER),
+        "subject": "Printer on fire again",
+        "redactions": 1,
+    }
+    subject_changed = REGISTRY["ticket_subject_changed"]
+    assert subject_changed.personal_fields == ("subject",)
+    assert subject_changed.parent_field == "requester_id" and not subject_changed.published
+    assert ticket.subject == "Printer on fire again"
+
+
 # --- commands -----------------------------------------------------------------------------------
 
 
@@ -378,6 +408,7 @@ def test_create_command_requires(missing):
         {"assignee_id": AGENT},
         {"tags": []},
         {"status": "closed", "priority": "low", "tags": ["a"], "assignee_id": AGENT},
+        {"subject": "A better subject"},
     ],
 )
 def test_update_command_accepts(request_):
@@ -393,7 +424,8 @@ def test_update_command_accepts(request_):
         ({"status": "reopened"}, "status"),
         ({"priority": "meh"}, "priority"),
         ({"assignee_id": "nobody"}, "assignee_id"),
-        ({"subject": "edited"}, "subject"),
+        ({"subject": ""}, "subject"),
+        ({"subject": "x" * 501}, "subject"),
         ({"requester_id": REQUESTER}, "requester_id"),
         ({"version": 3}, "version"),
         ({"tags": ["bad tag"]}, "tags"),
@@ -410,6 +442,7 @@ def test_message_command_defaults_to_a_public_agent_message():
         "body": "hello",
         "internal": False,
         "on_behalf_of_requester": False,
+        "attachment_ids": [],
     }
     note = commands.AddMessageV1().load({"body": "note", "internal": True})
     assert note["internal"] is True and note["on_behalf_of_requester"] is False

@@ -1,0 +1,12 @@
+"""Outbound mail: composed by the service that holds what a mail says, queued in that service's
+database sealed under the recipient subject's key (``outbox``), and sent through the
+configured SMTP relay (``smtp``) by a loop every process of the service runs (``sender``).
+
+- ``message``: the RFC 5322 message and its headers, with a Message-ID stable per mail.
+- ``outbox``: the ``mail_outbox`` table (each sending service's own migration creates it).
+- ``smtp``: one SMTP exchange and what its answer means (sent, try again, refused for good).
+- ``sender``: claims due rows, sends, records; ``python -m kernel.mail.sender SERVICE`` runs it
+  alone (the reliability tests kill it mid-batch).
+- ``dependency``: the same loop in a thread of a nameko service.
+- ``sink``: the development SMTP sink ``make run`` starts.
+"""

@@ -1,0 +1,104 @@
+"""Public replies mailed to the ticket's requester (``kernel.mail``).
+
+A public reply written by staff is queued in the transaction that records it: the message is
+rendered there (the ticket's subject and the reply's text, opened in memory) and sealed under
+the ticket's key, a child of the requester's, so the requester's erasure, or the ticket's purge,
+makes it unreadable wherever it waits. The address is asked of accounts, which owns it, when the
+reply is written (``mail_recipient``, recorded there for the audit ledger): the sealed copy is
+what the sender needs, so sending never depends on accounts being up, and a retry sends the
+same bytes. Internal notes and what a requester wrote (an agent typing it in on their behalf)
+are never mailed.
+
+Threading (RFC 5322, 3.6.4): every mail of a ticket refers to the ticket's own root Message-ID
+(``<ticket.<id>@domain>``, never sent itself, as a thread's anchor); a reply's In-Reply-To is
+the ticket's previous public reply (or the root), its References the root and the replies
+before it, so mail clients thread the whole conversation. Message-IDs are built from ids only.
+Transactional mail only: no marketing, so no consent check and no List-Unsubscribe; a reply is
+written by a person, so it is not ``Auto-Submitted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kernel.crypto.fields import is_erased
+from kernel.crypto.primitives import KeyShredded
+from kernel.errors import NotFound
+from kernel.mail.message import Mail, message_id
+from kernel.mail.outbox import Mailer, Owed
+from kernel.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+KIND = "ticket_reply"
+
+# (tenant_id, subject_id, reference_id) -> {"name", "email"}, or NotFound: accounts' answer.
+RecipientLookup = Callable[[str, str, str], dict[str, str]]
+
+
+def thread_root(ticket_id: str, domain: str) -> str:
+    return message_id("ticket", ticket_id, domain)
+
+
+def reply_id(message: str, domain: str) -> str:
+    return message_id("reply", message, domain)
+
+
+def mail_reply(
+    uow: UnitOfWork,
+    mailer: Mailer,
+    recipient: RecipientLookup,
+    tenant_id: str,
+    added: dict[str, Any],
+) -> uuid.UUID | None:
+    """Queue the mail of a message just added (``handlers.add_message``'s answer) if it is a
+    public reply by staff; the mail's id, or None when nothing is owed or no one can get it."""
+    if added["internal"] or added["author_kind"] != "agent":
+        return None
+    ticket_id = str(added["ticket_id"])
+    requester_id, message = str(added["requester_id"]), str(added["id"])
+    try:
+        to = recipient(tenant_id, requester_id, message)
+    except NotFound:
+        # Erased, restricted, or no longer a contact: the reply stands, no mail goes.
+        log.info("reply %s of ticket %s not mailed: no address to mail", message, ticket_id)
+        return None
+    uow.cur.execute(
+        "SELECT subject FROM tickets WHERE id = %s AND tenant_id = %s", (ticket_id, tenant_id)
+    )
+    [stored_subject] = uow.cur.fetchone()
+    subject = uow.cipher.open_stored(tenant_id, {"subject": stored_subject})["subject"]
+    # The public replies before this one, oldest first: the thread this mail continues.
+    uow.cur.execute(
+        "SELECT id FROM ticket_messages WHERE ticket_id = %s AND id <> %s AND NOT internal"
+        " AND author_kind = 'agent' ORDER BY seq",
+        (ticket_id, message),
+    )
+    earlier = [reply_id(str(row[0]), mailer.domain) for row in uow.cur.fetchall()]
+    root = thread_root(ticket_id, mailer.domain)
+    mail = Mail(
+        sender=mailer.sender,
+        to_name=to.get("name") or "",
+        to_address=to["email"],
+        subject=f"Re: {'your request' if is_erased(subject) else subject}",
+        body=added["body"],
+        message_id=reply_id(message, mailer.domain),
+        in_reply_to=earlier[-1] if earlier else root,
+        references=[root, *earlier],
+    )
+    owed = Owed(
+        tenant_id=uuid.UUID(tenant_id),
+        recipient_id=uuid.UUID(requester_id),
+        key_subject_id=uuid.UUID(ticket_id),
+        key_parent_id=uuid.UUID(requester_id),
+        kind=KIND,
+        reference_id=uuid.UUID(message),
+        mail=mail,
+    )
+    try:
+        return mailer.enqueue(uow.cur, owed)
+    except KeyShredded:  # erased between the reply and now: nothing is sealed for no one
+        return None
