@@ -315,13 +315,14 @@ def test_an_export_holds_every_row_of_the_tenant_signed_and_nothing_of_another(s
 
 
 def test_an_archive_of_several_chunks_streams_whole(stack):
-    """Ticket text that does not compress (random, 900 KB a ticket) makes an archive of several
-    1 MiB chunks, each asked of retention while the gateway streams the answer."""
+    """Ticket text that does not compress (random, near the 100,000 characters a body may
+    have) makes an archive of several 1 MiB chunks, each asked of retention while the gateway
+    streams the answer."""
     key, _ = admin(stack)
     requester = make_contact(stack, key, "Lou Large")
     bodies = []
-    for n in range(2):
-        text = base64.b64encode(os.urandom(675_000)).decode()
+    for n in range(18):
+        text = base64.b64encode(os.urandom(74_000)).decode()
         created = ok(
             stack.call(
                 "POST",
