@@ -3,7 +3,8 @@ for its rows in keyset pages (``kernel.tenant_export``), write them into the arc
 come (``archive``), seal its chunks into retention's database, then sign the manifest and mark
 it ready, in one transaction with its message for the ledger.
 
-Memory stays flat in the tenant's size: a page of rows and a chunk of archive at a time.
+Memory stays flat in the tenant's size: two pages of rows (the one written, the next one
+asked for) and a chunk of archive at a time.
 
 Crash safety is a lease. A builder claims an export (``claim``) for
 ``LEDGERDESK_EXPORT_LEASE_SECONDS`` and renews the claim with every page and chunk, each
@@ -20,13 +21,16 @@ that did not finish, the export fails (its message says so) rather than loop.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import eventlet
 
 from kernel import faults
 from kernel.crypto.primitives import KeyShredded
@@ -172,21 +176,17 @@ def build(job: Job, claim: Claim) -> None:
     for part in PARTS:
         source = job.services[part.service]
         began, rows_before = time.monotonic(), done
-        with archive.jsonl(part.name, part.service, part.kind) as write:
-            after = None
-            while True:
+        with (
+            archive.jsonl(part.name, part.service, part.kind) as write,
+            contextlib.closing(_pages(source, claim, part, as_of, job.page_rows)) as pages,
+        ):
+            for page in pages:
                 if job.stopping():
                     _let_go(job, claim)
                     raise Abandoned(claim.export_id)
-                page = source.export_page(claim.tenant_id, part.kind, as_of, after, job.page_rows)
                 write(page["items"])
                 done += len(page["items"])
                 _report(job, claim, done)
-                after = page["next"]
-                if after is None:
-                    break
-                # The process's other green threads (RPC replies, heartbeats) between pages.
-                time.sleep(0)
         # Ids, counts and times only: where a build spends its time, per kind.
         log.info(
             "export %s: %s, %d rows in %.1f s",
@@ -199,6 +199,30 @@ def build(job: Job, claim: Claim) -> None:
     archive.add("manifest.json", manifest(job, claim, files))
     archive.close()
     _finish(job, claim, files, sink)
+
+
+def _pages(
+    source: Any, claim: Claim, part: Part, as_of: str, rows: int
+) -> Generator[dict[str, Any], None, None]:
+    """The part's pages in order, the next one asked for before this one is given out: the
+    owner reads and renders it while the builder writes this one (two processes at work, not
+    one after the other). A page asked for and not taken (a stop, an error) is dropped."""
+
+    def ask(after: list | None) -> Any:
+        return eventlet.spawn(source.export_page, claim.tenant_id, part.kind, as_of, after, rows)
+
+    pending = ask(None)
+    try:
+        while pending is not None:
+            page = pending.wait()
+            pending = None if page["next"] is None else ask(page["next"])
+            # The request goes out now, before the page is written (and between pages the
+            # process's other green threads get their turn).
+            eventlet.sleep(0)
+            yield page
+    finally:
+        if pending is not None:
+            pending.kill()
 
 
 def manifest(job: Job, claim: Claim, files: list[dict[str, Any]]) -> bytes:
