@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
+    .venv/bin/python -m bench --only export           # a tenant's whole export at 100,000 tickets
     .venv/bin/python -m bench --only single,mix,revocation   # the request path's other rows
     .venv/bin/python -m bench --only rpc              # RPC round trips (only when named)
 
@@ -30,6 +31,7 @@ from bench import (
     cards,
     erasure_stack,
     eventstore,
+    export,
     ledger,
     replay,
     report,
@@ -54,6 +56,7 @@ SECTIONS = (
     "scaleout",
     "cards",
     "ledger",
+    "export",
 )
 # Run only when named in --only: not part of ``make bench``'s table.
 OPTIONAL = ("rpc",)
@@ -71,6 +74,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"scaleout"}, scaleout.run),
         ({"cards"}, cards.run),
         ({"ledger"}, ledger.run),
+        ({"export"}, export.run),
         ({"rpc"}, rpc.run),
     ]
 

@@ -25,6 +25,7 @@ ERRORS = {
     "404": "not found (also: another tenant's)",
     "405": "method not allowed",
     "409": "version or state conflict",
+    "410": "gone: deleted for good (an export past its expiry, or ended by an erasure)",
     "413": (
         f"body too large ({BODY_BYTES >> 10} KiB; {MAX_BODY_BYTES >> 20} MiB for a ticket's or a"
         " message's text)"

@@ -35,6 +35,7 @@ PROBLEMS: list[tuple[type[BaseException], int, str]] = [
     (errors.Forbidden, 403, "Forbidden"),
     (errors.NotFound, 404, "Not found"),
     (errors.Conflict, 409, "Conflict"),
+    (errors.Gone, 410, "Gone"),
     (PayloadTooLarge, 413, "Payload too large"),
     (errors.TooLarge, 413, "Payload too large"),
     # Werkzeug's, when a handler reads a body past the route's limit (``http.limit_body``).

@@ -598,6 +598,58 @@ class ExportOut(Schema):
     )
 
 
+EXPORT_STATUSES = ["queued", "building", "ready", "failed", "expired", "deleted"]
+
+
+class TenantExportOut(Schema):
+    id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    requested_by = fields.UUID(required=True)
+    status = fields.String(
+        required=True,
+        metadata={
+            "enum": EXPORT_STATUSES,
+            "description": "queued, building, then ready (downloadable until expires_at);"
+            " expired, or deleted (an erasure in the tenant completed after it was made), once"
+            " its archive is gone; failed if it could not be built",
+        },
+    )
+    percent = fields.Integer(required=True, metadata={"description": "done, 0 to 100"})
+    rows_expected = fields.Integer(required=True, allow_none=True)
+    rows_done = fields.Integer(required=True)
+    created_at = fields.DateTime(
+        required=True, metadata={"description": "also the moment the export is as of"}
+    )
+    started_at = fields.DateTime(required=True, allow_none=True)
+    ready_at = fields.DateTime(required=True, allow_none=True)
+    expires_at = fields.DateTime(required=True, allow_none=True)
+    counts = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        allow_none=True,
+        metadata={"description": "rows per kind, once ready (as the signed manifest says)"},
+    )
+    chunks = fields.Integer(required=True, allow_none=True)
+    bytes = fields.Integer(required=True, allow_none=True, metadata={"description": "archive"})
+    sha256 = fields.String(
+        required=True, allow_none=True, metadata={"description": "of the whole archive"}
+    )
+    ended_at = fields.DateTime(required=True, allow_none=True)
+    end_reason = fields.String(
+        required=True, allow_none=True, metadata={"enum": ["expired", "erasure", "failed", None]}
+    )
+    ended_by_request = fields.UUID(
+        required=True, allow_none=True, metadata={"description": "the erasure that ended it"}
+    )
+    attempts = fields.Integer(required=True)
+
+
+class TenantExportListOut(Schema):
+    items = fields.List(fields.Nested(TenantExportOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
 class RetentionPolicyOut(Schema):
     category = fields.String(required=True)
     days = fields.Integer(required=True)

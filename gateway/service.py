@@ -32,6 +32,7 @@ from gateway.routes.accounts import AccountRoutes
 from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
+from gateway.routes.exports import ExportRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.search import SearchRoutes
@@ -170,6 +171,7 @@ class GatewayService(
     AuditRoutes,
     PrivacyRoutes,
     RetentionRoutes,
+    ExportRoutes,
     WebhookRoutes,
     ConsoleRoutes,
     OperationsRoutes,

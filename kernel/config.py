@@ -274,6 +274,22 @@ class Settings:
         parse=values.number(float),
         doc="how often retention runs its schedules and follow-ups",
     )
+    # A tenant's whole export (services.retention.tenant_exports) can be downloaded this long
+    # after it is ready; then its bytes are deleted and its key shredded.
+    export_ttl_seconds: float = setting(
+        86400.0,
+        name="EXPORT_TTL_SECONDS",
+        parse=values.number(float),
+        doc="how long a tenant's export stays downloadable once ready (then deleted)",
+    )
+    # The builder of an export renews its claim after every page; a builder that died (a
+    # killed process) is known by a claim not renewed for this long, and another starts over.
+    export_lease_seconds: float = setting(
+        60.0,
+        name="EXPORT_LEASE_SECONDS",
+        parse=values.number(float),
+        doc="an export whose builder has not reported for this long is started over",
+    )
     # A data-subject request not answered by every service within this turns failed (alert).
     privacy_deadline_days: float = setting(
         30.0,

@@ -52,6 +52,12 @@ class RetryLater(Conflict):
 
 
 @deserialize_to_instance
+class Gone(DomainError):
+    """It existed and is deleted for good (an export past its expiry, say): not a 404, so a
+    client knows not to look for it again."""
+
+
+@deserialize_to_instance
 class TooLarge(DomainError):
     """More than a limit allows: a file, or all of a ticket's files together (413)."""
 

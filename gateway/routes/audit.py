@@ -124,9 +124,11 @@ class AuditRoutes(Routes):
         "GET",
         "/v1/audit/public-key",
         roles=AUDIT,
+        # A cancelled tenant checks the manifest of the export it takes out during its grace.
+        while_cancelled=True,
         summary=(
             "The platform's audit public keys (with validity periods and the ledger's origin),"
-            " which sign receipts and checkpoints"
+            " which sign receipts, checkpoints and export manifests (also while cancelled)"
         ),
         response="PublicKeyOut",
     )

@@ -23,7 +23,7 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers, privacy
+from services.accounts import commands, handlers, privacy, tenant_export
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 from services.accounts.subscriptions import PRIVACY
@@ -252,6 +252,20 @@ class AccountsService:
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return privacy.export(uow, tenant_id, subject_id)
+
+    @rpc
+    def export_count(self, tenant_id: str, kind: str, as_of: str) -> int:
+        """How many rows of ``kind`` a tenant's whole export takes from here."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.count(uow, tenant_id, kind, as_of)
+
+    @rpc
+    def export_page(
+        self, tenant_id: str, kind: str, as_of: str, after: list | None, limit: int
+    ) -> dict[str, Any]:
+        """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from kernel.nameko_adapters.store import EventStoreDependency, store_of
 from kernel.observability import StateSample, service_health
 from kernel.signing import check_signing_key, published_keys, signer_from_config
 from kernel.tracing import Tracing
-from services.audit import gauges, privacy
+from services.audit import gauges, privacy, tenant_export
 from services.audit.ledger import Ledger
 from services.audit.subscriptions import LEDGER, PRIVACY
 
@@ -148,6 +148,18 @@ class AuditService:
     @rpc
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         return privacy.export(self.ledger, tenant_id, subject_id)
+
+    @rpc
+    def export_count(self, tenant_id: str, kind: str, as_of: str) -> int:
+        """How many of the tenant's entries its whole export takes."""
+        return tenant_export.count(self.ledger, tenant_id, kind, as_of)
+
+    @rpc
+    def export_page(
+        self, tenant_id: str, kind: str, as_of: str, after: list | None, limit: int
+    ) -> dict[str, Any]:
+        """A keyset page of the tenant's entries for its whole export (``kernel.tenant_export``)."""
+        return tenant_export.page(self.ledger, tenant_id, kind, as_of, after, limit)
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.billing import commands, handlers, privacy
+from services.billing import commands, handlers, privacy, tenant_export
 from services.billing.catalogue import Catalogue
 from services.billing.events import REGISTRY
 from services.billing.processor import SandboxProcessor
@@ -157,6 +157,20 @@ class BillingService:
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return privacy.export(uow, tenant_id, subject_id)
+
+    @rpc
+    def export_count(self, tenant_id: str, kind: str, as_of: str) -> int:
+        """How many rows of ``kind`` a tenant's whole export takes from here."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.count(uow, tenant_id, kind, as_of)
+
+    @rpc
+    def export_page(
+        self, tenant_id: str, kind: str, as_of: str, after: list | None, limit: int
+    ) -> dict[str, Any]:
+        """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -14,6 +14,12 @@ from kernel.datamap import (
 from services.retention.events import DECISIONS, MESSAGES
 
 _SEALED = "services.retention.sealed"
+_EXPORTS = "services.retention.tenant_exports"
+_EXPORT_GONE = End(
+    When.DESTRUCTION,
+    "rows deleted when the tenant's destruction completes (its keys shredded with it)",
+    f"{_EXPORTS}:forget_tenant",
+)
 KEPT = End(When.KEPT, "the record of what was done, by ids: evidence the promise was kept")
 
 _REASON_SEALED = personal(
@@ -207,6 +213,69 @@ DATA_MAP = ServiceMap(
             operational("based_on_days", "the period it was filed against"),
         ),
         Table(
+            "tenant_exports",
+            "each tenant's whole exports: who asked, status, progress, counts, the archive's"
+            " size and SHA-256, how it ended (ids, states, counts and times)",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("requested_by"),
+                operational("status"),
+                operational("created_at", "also the moment the export is as of"),
+                operational("attempts"),
+                operational("lease_until", "its builder's claim"),
+                operational("started_at"),
+                operational("rows_expected"),
+                operational("rows_done"),
+                operational("ready_at"),
+                operational("expires_at"),
+                operational("counts", "rows per kind"),
+                operational("chunks"),
+                operational("archive_bytes"),
+                operational("archive_sha256"),
+                operational("ended_at"),
+                operational("end_reason"),
+                pseudonym("ended_by", "the erasure request that ended it"),
+            ),
+            ends=(_EXPORT_GONE,),
+        ),
+        Table(
+            "tenant_export_chunks",
+            "a tenant's whole export: the archive's bytes (every contact, agent, ticket,"
+            " message, consent record, invoice and ledger entry of the tenant) in sealed chunks",
+            (
+                pseudonym("export_id"),
+                operational("seq"),
+                personal(
+                    "sealed",
+                    Held.SUBJECT_KEY,
+                    End(
+                        When.TTL,
+                        "LEDGERDESK_EXPORT_TTL_SECONDS after it is ready: chunks deleted, the"
+                        " export's key shredded",
+                        f"{_EXPORTS}:expire_due",
+                    ),
+                    End(
+                        When.ERASURE,
+                        "of anyone in the tenant: every export made before the erasure"
+                        " completed is deleted and its key shredded, in the completion's"
+                        " transaction",
+                        f"{_EXPORTS}:end_for_erasure",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's key is shredded (the export's key is under it) and the"
+                        " rows deleted",
+                        f"{_EXPORTS}:forget_tenant",
+                    ),
+                    note="AES-256-GCM under the export's own key (subject = the export's id,"
+                    " under the tenant's key in retention's keystore), each chunk bound to its"
+                    " export and place",
+                ),
+            ),
+            ends=(_EXPORT_GONE,),
+        ),
+        Table(
             "closed_tickets",
             "when each closed ticket closed, so its words are purged on time: ids and times",
             (
@@ -256,6 +325,10 @@ DATA_MAP = ServiceMap(
         "retention_period_changed": {
             "category": operational("category", "a data category's name"),
             "days": operational("days"),
+        },
+        "tenant_export_ready": {
+            "counts": operational("counts", "rows per kind of the archive"),
+            "archive_sha256": operational("archive_sha256", "the archive's hash"),
         },
     },
 )

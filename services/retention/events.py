@@ -111,6 +111,36 @@ class RetentionPeriodChangedV1(Schema):
     change_id = fields.UUID(required=True, allow_none=True)
 
 
+EXPORT_END_REASONS = ("expired", "erasure", "failed")
+
+
+class TenantExportRequestedV1(Schema):
+    """An admin asked for the tenant's whole export (``services.retention.tenant_exports``)."""
+
+    export_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    requested_by = fields.UUID(required=True)
+
+
+class TenantExportReadyV1(TenantExportRequestedV1):
+    """The archive is complete and signed: how many rows of each kind it holds, its size and
+    SHA-256. Counts and ids, never a row."""
+
+    counts = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    archive_bytes = fields.Integer(required=True)
+    archive_sha256 = fields.String(required=True, validate=validate.Regexp(r"^[0-9a-f]{64}$"))
+
+
+class TenantExportEndedV1(Schema):
+    """The archive's bytes are gone and its key shredded: it expired, an erasure in the tenant
+    (``request_id``) completed after it was made, or it could not be built."""
+
+    export_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(EXPORT_END_REASONS))
+    request_id = fields.UUID(required=True, allow_none=True)
+
+
 def _decided(decision: str):
     def upcast(payload: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -156,4 +186,7 @@ MESSAGES = EventRegistry(
         for decision in DECISIONS
     ),
     EventType("retention_period_changed", {1: RetentionPeriodChangedV1}, published=True),
+    EventType("tenant_export_requested", {1: TenantExportRequestedV1}, published=True),
+    EventType("tenant_export_ready", {1: TenantExportReadyV1}, published=True),
+    EventType("tenant_export_ended", {1: TenantExportEndedV1}, published=True),
 )

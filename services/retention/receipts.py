@@ -13,7 +13,7 @@ from kernel.envelope import Envelope
 from kernel.errors import NotFound
 from kernel.signing import Signer
 from kernel.uow import UnitOfWork
-from services.retention import sealed
+from services.retention import sealed, tenant_exports
 from services.retention.requests import Timing, completion_event, get_request
 from services.retention.schedules import destruction_report
 
@@ -79,9 +79,13 @@ def record_answer(
         uow.publish(completion_event(uow, p["request_id"]))
     if row is not None and row[1] == "destruction":
         destruction_report(uow, p["request_id"])
-        # Every other service has done its part: retention's is its free text about the tenant.
+        # Every other service has done its part: retention's is its free text about the tenant,
+        # and its exports (their keys are the tenant's too).
         sealed.destroy_tenant(uow, row[0])
+        tenant_exports.forget_tenant(uow, row[0])
     if row is not None and row[1] == "erasure":
+        # An export made before now may hold the subject: it ends with the erasure, at once.
+        tenant_exports.end_for_erasure(uow, row[0], p["request_id"], now)
         receipt = make_receipt(uow, str(row[0]), p["request_id"], signer)
         uow.cur.execute(
             "UPDATE requests SET receipt = %s WHERE id = %s",

@@ -7,6 +7,7 @@ it keeps of a destroyed tenant is sealed under the tenant's key (``sealed``).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from nameko.dependency_providers import Config
 from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
 from nameko.standalone.rpc import ClusterRpcProxy, RpcTimeout
-from nameko.timer import timer
+from nameko.timer import Timer, timer
 
 from kernel.commands import load_command
 from kernel.config import Settings
@@ -35,6 +36,7 @@ from kernel.tracing import Tracing
 from kernel.uow import EventSourcedStore
 from services.retention import (
     approvals,
+    export_job,
     forgetting,
     gauges,
     periods,
@@ -43,6 +45,7 @@ from services.retention import (
     requests,
     schedules,
     sealed,
+    tenant_exports,
 )
 from services.retention.commands import (
     DecideRequestV1,
@@ -115,6 +118,32 @@ class SealedFreeText(DependencyProvider):
                     break
 
 
+class Exports(DependencyProvider):
+    """How long a builder's claim on a tenant's export lasts and a ready archive is kept
+    (configuration), and whether this process is stopping (its builder then lets go)."""
+
+    def setup(self) -> None:
+        settings = settings_of(self.container)
+        self.lease_seconds = settings.export_lease_seconds
+        self.ttl_seconds = settings.export_ttl_seconds
+        self.stopping = False
+
+    def get_dependency(self, worker_ctx: Any) -> Exports:
+        return self
+
+
+class BuilderTimer(Timer):
+    """nameko's timer, but stopping it first tells a running export builder to let go of its
+    claim between two pages: nameko waits for the worker before it stops anything else, and
+    an export of a large tenant takes minutes (``export_job``)."""
+
+    def stop(self) -> None:
+        for dependency in self.container.dependencies:
+            if isinstance(dependency, Exports):
+                dependency.stopping = True
+        super().stop()
+
+
 class RetentionService:
     name = "retention"
 
@@ -126,6 +155,11 @@ class RetentionService:
     )
     sealed_free_text = SealedFreeText()
     accounts = TimedRpcProxy("accounts")
+    # The owners of a tenant's whole export's rows, besides accounts.
+    tickets = TimedRpcProxy("tickets")
+    billing = TimedRpcProxy("billing")
+    audit = TimedRpcProxy("audit")
+    exports = Exports()
     signer = ReceiptSigner()
     clock = Clock()
     timing = RequestTiming()
@@ -364,6 +398,67 @@ class RetentionService:
         with self.store.unit_of_work("retention") as uow:
             # What an older replica wrote in plaintext during a rolling upgrade.
             sealed.seal_legacy(uow)
+
+    # --- a tenant's whole export (tenant_exports, export_job) ------------------------------------
+
+    @rpc
+    def start_tenant_export(self, actor: dict[str, str]) -> dict[str, Any]:
+        """A new export of the caller's tenant, or the one already under way (``created``)."""
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            export, created = tenant_exports.start(
+                uow, actor["tenant_id"], actor["agent_id"], self.clock()
+            )
+        return {**export, "created": created}
+
+    @rpc
+    def get_tenant_export(self, tenant_id: str, export_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return tenant_exports.get(uow, tenant_id, export_id)
+
+    @rpc
+    def list_tenant_exports(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return tenant_exports.list_exports(uow, tenant_id, limit, after)
+
+    @rpc
+    def tenant_export_chunk(self, tenant_id: str, export_id: str, seq: int) -> str:
+        """One chunk of a ready archive, opened, as base64 (the gateway streams them)."""
+        with self.store.unit_of_work() as uow:
+            data = tenant_exports.chunk(uow, tenant_id, export_id, seq)
+        return base64.b64encode(data).decode("ascii")
+
+    @BuilderTimer.decorator(interval=1)
+    def build_tenant_exports(self) -> None:
+        """Build the oldest export waiting for a builder, if any (one at a time per process)."""
+        export_job.run_next(
+            export_job.Job(
+                store=self.store,
+                services={
+                    "accounts": self.accounts,
+                    "tickets": self.tickets,
+                    "billing": self.billing,
+                    "audit": self.audit,
+                },
+                signer=self.signer,
+                clock=self.clock,
+                lease_seconds=self.exports.lease_seconds,
+                ttl_seconds=self.exports.ttl_seconds,
+                stopping=lambda: self.exports.stopping,
+            )
+        )
+
+    @timer(interval=1)
+    def end_tenant_exports(self) -> None:
+        """Exports past their expiry, made before a completed erasure, or of a destroyed
+        tenant: their bytes deleted and keys shredded (a timer of its own, so that a long
+        build never holds an expiry back)."""
+        now = self.clock()
+        with self.store.unit_of_work("retention") as uow:
+            tenant_exports.expire_due(uow, now)
+        with self.store.unit_of_work("retention") as uow:
+            tenant_exports.end_erased(uow, now)
+        with self.store.unit_of_work("retention") as uow:
+            tenant_exports.forget_destroyed(uow)
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -22,7 +22,16 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.tickets import attachments, commands, handlers, mail, privacy, sealed, search
+from services.tickets import (
+    attachments,
+    commands,
+    handlers,
+    mail,
+    privacy,
+    sealed,
+    search,
+    tenant_export,
+)
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
@@ -194,6 +203,20 @@ class TicketsService:
     def privacy_export(self, tenant_id: str, subject_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return privacy.export(uow, tenant_id, subject_id)
+
+    @rpc
+    def export_count(self, tenant_id: str, kind: str, as_of: str) -> int:
+        """How many rows of ``kind`` a tenant's whole export takes from here."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.count(uow, tenant_id, kind, as_of)
+
+    @rpc
+    def export_page(
+        self, tenant_id: str, kind: str, as_of: str, after: list | None, limit: int
+    ) -> dict[str, Any]:
+        """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
 
     @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
     def seal_plaintext_tags(self) -> None:

@@ -1,6 +1,7 @@
 """Tenants cannot see each other, roles limit what a key may do, and a cancelled tenant's keys
 can do nothing but look at the tenant, reactivate it and take its data out (access requests and
-their exports): over real HTTP, against the whole platform running as processes.
+their exports, the whole tenant's export): over real HTTP, against the whole platform running as
+processes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ EXPORT_WHILE_CANCELLED = {
     ("post", "/v1/privacy/requests/{request_id}/deny"): 422,
     ("get", "/v1/privacy/requests/{request_id}"): 404,
     ("get", "/v1/privacy/requests/{request_id}/export"): 404,
+    # The tenant's whole export (tests/e2e/test_tenant_export.py downloads one while
+    # cancelled), and the key its manifest is checked with.
+    ("post", "/v1/tenant/exports"): 202,
+    ("get", "/v1/tenant/exports"): 200,
+    ("get", "/v1/tenant/exports/{export_id}"): 404,
+    ("get", "/v1/tenant/exports/{export_id}/archive"): 404,
+    ("get", "/v1/audit/public-key"): 200,
 }
 # Endpoints that change the whole tenant: the role matrix gives each case a tenant of its own.
 # Endpoints that change the tenant or end the calling key run on a tenant of their own.

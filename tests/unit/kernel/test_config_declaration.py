@@ -54,6 +54,8 @@ EVERYTHING_CHANGED = Settings(
     ),
     checkpoint_seconds=1.5,
     schedule_seconds=0.2,
+    export_ttl_seconds=7.5,
+    export_lease_seconds=4.5,
     privacy_deadline_days=0.001,
     privacy_retry_seconds=0.5,
     day_seconds=2,
