@@ -30,6 +30,15 @@ def domain_of(sender: str) -> str:
     return domain.lower()
 
 
+def one_line(text: str) -> str:
+    """A header's words on one line: any run of whitespace, line breaks and Unicode line
+    separators included, becomes one space. A subject or a name a client typed with a line
+    break in it would otherwise make the header unrenderable (the email package refuses it,
+    which is what keeps headers from being injected), and with it the reply that owes the
+    mail."""
+    return " ".join(text.split())
+
+
 def message_id(kind: str, ident: str, domain: str) -> str:
     """``<kind.ident@domain>`` from ids only; the same arguments give the same id."""
     return f"<{kind}.{ident}@{domain}>"
@@ -60,8 +69,8 @@ class Mail:
         msg["Date"] = email.utils.formatdate(when, localtime=False)
         msg["Message-ID"] = self.message_id
         msg["From"] = self.sender
-        msg["To"] = Address(display_name=self.to_name, addr_spec=self.to_address)
-        msg["Subject"] = self.subject
+        msg["To"] = Address(display_name=one_line(self.to_name), addr_spec=self.to_address)
+        msg["Subject"] = one_line(self.subject)
         if self.in_reply_to:
             msg["In-Reply-To"] = self.in_reply_to
         references = list(self.references)
