@@ -130,19 +130,45 @@ def _readable(uow: UnitOfWork, tenant_id: str, attachment_id: str) -> Attachment
     return attachment
 
 
+# What one subject's export carries of their files' bytes: the export is one JSON document
+# in one RPC reply (and the broker's messages have a size limit), so past this the files are
+# listed, not carried, and the admin answering the request downloads them by their ids.
+EXPORT_INLINE_BYTES = 8 << 20
+
+
 def exported(uow: UnitOfWork, tenant_id: str, message_ids: list[str]) -> dict[str, list[dict]]:
-    """Each message's attachments for a subject's export: metadata and content (base64), as
-    the export is one JSON document."""
+    """Each message's attachments for a subject's export: metadata, and the content (base64)
+    while the export's budget (``EXPORT_INLINE_BYTES``) lasts; a file past it is named with
+    ``content_base64`` null and ``content_omitted`` saying why."""
     store = store_of(uow)
     found: dict[str, list[dict]] = {}
+    budget = EXPORT_INLINE_BYTES
     for message_id, attachments in store.of_messages(tenant_id, message_ids).items():
         for attachment in attachments:
             if attachment.erased:
                 continue
-            content = b"".join(
-                store.chunk(attachment, seq) or b"" for seq in range(attachment.chunks)
-            )
-            found.setdefault(message_id, []).append(
-                {**attachment.shown(), "content_base64": base64.b64encode(content).decode("ascii")}
-            )
+            shown: dict[str, Any] = attachment.shown()
+            if attachment.size > budget:
+                shown["content_base64"] = None
+                shown["content_omitted"] = (
+                    "larger than what one export carries: download it by its id"
+                )
+            else:
+                budget -= attachment.size
+                shown["content_base64"] = base64.b64encode(_content(store, attachment)).decode(
+                    "ascii"
+                )
+            found.setdefault(message_id, []).append(shown)
     return found
+
+
+def _content(store: AttachmentStore, attachment: Attachment) -> bytes:
+    """A file's bytes, whole: a chunk that will not open fails the export rather than carry a
+    file whose size and digest no longer match it."""
+    parts = []
+    for seq in range(attachment.chunks):
+        data = store.chunk(attachment, seq)
+        if data is None:
+            raise RuntimeError(f"attachment {attachment.id} chunk {seq} could not be read")
+        parts.append(data)
+    return b"".join(parts)

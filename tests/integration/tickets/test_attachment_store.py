@@ -226,3 +226,26 @@ def test_the_store_refuses_what_the_schema_would(store):
             " message_id) VALUES (%s, %s, %s, %s, %s, %s)",
             (str(uuid.uuid4()), t["tenant"], t["id"], t["requester"], t["agent"], t["id"]),
         )
+
+
+def test_a_subject_export_carries_files_while_its_budget_lasts_and_lists_the_rest(
+    store, monkeypatch
+):
+    t = a_ticket(store)
+    small, large = b"%PDF-" + secrets.token_bytes(100), secrets.token_bytes(CHUNK_BYTES + 5)
+    files = [uploaded(store, t, small), uploaded(store, t, large)]
+    command = {
+        "body": "see attached",
+        "internal": False,
+        "on_behalf_of_requester": False,
+        "attachment_ids": [f["id"] for f in files],
+    }
+    with store.unit_of_work(t["agent"]) as uow:
+        added = handlers.add_message(uow, t["tenant"], t["id"], t["agent"], command, 2)
+    # One RPC reply carries the export: only so much of the files' bytes fits in it.
+    monkeypatch.setattr(attachments, "EXPORT_INLINE_BYTES", len(small) + 10)
+    with store.unit_of_work() as uow:
+        [carried, listed] = attachments.exported(uow, t["tenant"], [added["id"]])[added["id"]]
+    assert base64.b64decode(carried["content_base64"]) == small
+    assert listed["id"] == files[1]["id"] and listed["size"] == len(large)
+    assert listed["content_base64"] is None and "download it" in listed["content_omitted"]
