@@ -15,7 +15,9 @@ ends a row:
 - a tenant's destruction deletes the tenant's rows (the ``tenant_destroyed`` event, here, so a
   rebuild ends the same way) and shreds the key: a copy of the rows in a backup matches nothing
   that can ever be hashed again;
-- a new subject replaces the subject's rows.
+- a new subject replaces the subject's rows;
+- rows a write committed after its requester's erasure (it read the key before the shred) are
+  swept by a timer (``privacy.sweep_erased_leftovers``).
 
 A projection like the others: written in the transaction of the event it comes from, rebuilt by
 replay (``EventSourcedStore.rebuild("tickets_search")``, or this module's command), where what

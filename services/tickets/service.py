@@ -186,6 +186,12 @@ class TicketsService:
                 self.config["LEDGERDESK"].day_seconds
             )
 
+    @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
+    def sweep_erased_leftovers(self) -> None:
+        """Index rows a write committed after its subject's erasure (privacy.sweep_...)."""
+        with self.store.unit_of_work(self.name) as uow:
+            privacy.sweep_erased_leftovers(uow.cur)
+
     @consume_events(ACCOUNTS)
     def learn_from_accounts(self, event: Envelope) -> None:
         with self.store.unit_of_work() as uow:

@@ -287,6 +287,29 @@ def test_erasing_a_requester_deletes_their_tickets_rows_and_a_rebuild_brings_non
     assert rows_of(store, "requester_id", alice) == 0
 
 
+def test_rows_a_write_committed_after_its_requesters_erasure_are_swept(store):
+    made = busy_world(store)
+    tenant, alice, bob = made["tenant"], made["alice"], made["bob"]
+    with store.db.transaction() as cur:
+        cur.execute("SELECT * FROM search_terms WHERE requester_id = %s", (alice,))
+        columns = [c.name for c in cur.description]
+        written = cur.fetchall()
+    erase(store, tenant, alice)
+    # A write that read the ticket's key before the shred commits its rows after the deletes.
+    with store.db.transaction() as cur:
+        cur.execute(
+            f"INSERT INTO search_terms ({', '.join(columns)}) VALUES %s"  # noqa: S608
+            % ", ".join(["%s"] * len(written)),
+            written,
+        )
+    assert rows_of(store, "requester_id", alice) == len(written) > 0
+    bobs = rows_of(store, "requester_id", bob)
+    with store.unit_of_work("tickets") as uow:
+        assert privacy.sweep_erased_leftovers(uow.cur) == len(written)
+    assert rows_of(store, "requester_id", alice) == 0
+    assert rows_of(store, "requester_id", bob) == bobs
+
+
 def test_a_message_under_its_writers_key_goes_with_its_writer_too(store):
     """Messages an older release wrote (``message_added`` v1) are under their writer's key."""
     made = busy_world(store)
