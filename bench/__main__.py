@@ -6,6 +6,7 @@
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
     .venv/bin/python -m bench --only single,mix,revocation   # the request path's other rows
+    .venv/bin/python -m bench --only search           # search against plain full text
     .venv/bin/python -m bench --only rpc              # RPC round trips (only when named)
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
@@ -36,6 +37,7 @@ from bench import (
     requestpath,
     rpc,
     scaleout,
+    search,
     writepath,
 )
 from bench.harness import Context, Row, cores, infrastructure_from_env
@@ -54,6 +56,7 @@ SECTIONS = (
     "scaleout",
     "cards",
     "ledger",
+    "search",
 )
 # Run only when named in --only: not part of ``make bench``'s table.
 OPTIONAL = ("rpc",)
@@ -71,6 +74,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"scaleout"}, scaleout.run),
         ({"cards"}, cards.run),
         ({"ledger"}, ledger.run),
+        ({"search"}, search.run),
         ({"rpc"}, rpc.run),
     ]
 
