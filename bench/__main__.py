@@ -132,15 +132,17 @@ def run(
     quick: bool,
     out: Path = RESULTS,
     infrastructure: Infrastructure | None = None,
+    runners: list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]] | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
-    """Run the chosen sections; write the record and return it (with where it went)."""
+    """Run the chosen sections; write the record and return it (with where it went).
+    ``runners`` stand in for the usual ones (``python -m bench.search`` at another size)."""
     rows: list[Row] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
     started = time.perf_counter()
     ctx = Context(quick=quick, infrastructure=infrastructure or infrastructure_from_env())
     try:
-        for names, runner in _runners():
+        for names, runner in runners or _runners():
             wanted = names & chosen
             if not wanted:
                 continue
