@@ -1,6 +1,6 @@
 """``make bench``: every section, one table, a JSON record and a chart.
 
-    .venv/bin/python -m bench                      # everything (about 10 minutes on 2 cores)
+    .venv/bin/python -m bench                      # everything (~10 minutes on 2 cores, +4 search)
     .venv/bin/python -m bench --quick              # smaller sizes, a smoke run
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
