@@ -1,12 +1,13 @@
 """``make bench``: every section, one table, a JSON record and a chart.
 
-    .venv/bin/python -m bench                      # everything (about 10 minutes on 2 cores)
+    .venv/bin/python -m bench                      # everything (~10 minutes on 2 cores, +4 search)
     .venv/bin/python -m bench --quick              # smaller sizes, a smoke run
     .venv/bin/python -m bench --only eventstore,replay
     .venv/bin/python -m bench --only cards            # the card-number check, in process
     .venv/bin/python -m bench --only ledger           # verification and proofs at scale
     .venv/bin/python -m bench --only export           # a tenant's whole export at 100,000 tickets
     .venv/bin/python -m bench --only single,mix,revocation   # the request path's other rows
+    .venv/bin/python -m bench --only search           # search against plain full text
     .venv/bin/python -m bench --only rpc              # RPC round trips (only when named)
 
 Results go to ``bench/results/<date>.json`` and ``bench/results/<date>.png`` (``--out`` moves
@@ -38,6 +39,7 @@ from bench import (
     requestpath,
     rpc,
     scaleout,
+    search,
     writepath,
 )
 from bench.harness import Context, Row, cores, infrastructure_from_env
@@ -57,6 +59,7 @@ SECTIONS = (
     "cards",
     "ledger",
     "export",
+    "search",
 )
 # Run only when named in --only: not part of ``make bench``'s table.
 OPTIONAL = ("rpc",)
@@ -75,6 +78,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"cards"}, cards.run),
         ({"ledger"}, ledger.run),
         ({"export"}, export.run),
+        ({"search"}, search.run),
         ({"rpc"}, rpc.run),
     ]
 
@@ -132,15 +136,17 @@ def run(
     quick: bool,
     out: Path = RESULTS,
     infrastructure: Infrastructure | None = None,
+    runners: list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]] | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
-    """Run the chosen sections; write the record and return it (with where it went)."""
+    """Run the chosen sections; write the record and return it (with where it went).
+    ``runners`` stand in for the usual ones (``python -m bench.search`` at another size)."""
     rows: list[Row] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
     started = time.perf_counter()
     ctx = Context(quick=quick, infrastructure=infrastructure or infrastructure_from_env())
     try:
-        for names, runner in _runners():
+        for names, runner in runners or _runners():
             wanted = names & chosen
             if not wanted:
                 continue

@@ -1,13 +1,15 @@
 """Where the time goes: pyinstrument over the in-process parts of the measured paths.
 
-    .venv/bin/python -m bench.profile ticket|append|read|rebuild|ledger [--size N]
+    .venv/bin/python -m bench.profile ticket|append|read|rebuild|ledger|search [--size N]
 
 - ``ticket``: tickets' unit of work for one created ticket (the service's share of the write
   path: directory check, validation, projection, encryption, append, outbox, commit);
 - ``append`` and ``read``: the event store's appends (1-10 events each) and catch-up read;
 - ``rebuild``: the tickets projection replayed from its store;
 - ``ledger``: audit's ``Ledger.record`` one entry at a time, ``Ledger.record_many`` ten at a
-  time, then ``Ledger.verify``.
+  time, then ``Ledger.verify``;
+- ``search``: tickets' ``search_tickets`` as the RPC runs it, over the search section's 300
+  queries, in its world with N tickets in the tenant and 10 N in the database.
 
 Each builds a throwaway world (its own databases) and prints pyinstrument's call tree, the
 findings behind docs/performance.md.
@@ -25,6 +27,7 @@ from pathlib import Path
 from pyinstrument import Profiler
 
 from bench import eventstore as es
+from bench import search as bench_search
 from bench.harness import infrastructure_from_env
 from bench.history import new_requester, tickets_store, write_history
 from kernel import eventstore
@@ -115,7 +118,29 @@ def ledger(settings: Settings, size: int) -> None:
     _profiled("entries verified", len(sample), book.verify)
 
 
-TARGETS = {"ticket": ticket, "append": append, "read": read, "rebuild": rebuild, "ledger": ledger}
+def search(settings: Settings, size: int) -> None:
+    plan = bench_search.Size(size, 10 * size, 300)
+    texts, queries = plan.texts_and_queries()
+    built = bench_search.build(settings, texts, plan.database)
+    actor = {"tenant_id": built.tenant, "agent_id": str(uuid.uuid4()), "role": "agent"}
+    for _, q in queries[: bench_search.WARM_UP]:
+        bench_search.our_search(built.store, actor, q)
+    timed = [q for _, q in queries[bench_search.WARM_UP :]]
+    _profiled(
+        "searches",
+        len(timed),
+        lambda: [bench_search.our_search(built.store, actor, q) for q in timed],
+    )
+
+
+TARGETS = {
+    "ticket": ticket,
+    "append": append,
+    "read": read,
+    "rebuild": rebuild,
+    "ledger": ledger,
+    "search": search,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

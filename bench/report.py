@@ -66,8 +66,13 @@ def chart(rows: list[Row], path: Path, record: dict[str, Any]) -> None:
     ]
     ax.barh(labels, ratios, color=colours)
     ax.axvline(1.0, color="black", linewidth=0.8)
+    # One ratio in the hundreds (search's index size) would flatten every other bar to nothing.
+    if ratios and min(ratios) > 0 and max(ratios) / min(ratios) > 100:
+        ax.set_xscale("log")
     ax.invert_yaxis()
-    ax.set_xlabel("ours / baseline (same run)")
+    ax.set_xlabel(
+        "ours / baseline (same run)" + (", log scale" if ax.get_xscale() == "log" else "")
+    )
     ax.set_title(
         f"Ledgerdesk bench {record['date']}{' (quick)' if record['quick'] else ''}, "
         f"{record['machine']['cores']} cores; green: target met, red: not met"
