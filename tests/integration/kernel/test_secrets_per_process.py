@@ -24,6 +24,7 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_API_KEY_SECRET": base64.b64encode(os.urandom(32)).decode(),
     "LEDGERDESK_OPERATOR_TOKEN": base64.b64encode(os.urandom(32)).decode(),
     "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
+    "LEDGERDESK_SMTP_PASSWORD": base64.b64encode(os.urandom(32)).decode(),
 }
 # Public, not a secret: what the gateway publishes and the audit service must sign under.
 AUDIT_PUBLIC_KEYS = json.dumps(
