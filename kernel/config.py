@@ -547,6 +547,12 @@ class Settings:
         name="MAIL_FROM",
         doc="the `From` of every mail, and the envelope sender; its domain names Message-IDs",
     )
+    console_url: str = setting(
+        "http://127.0.0.1:8000/console",
+        name="CONSOLE_URL",
+        doc="the console's address as agents and admins reach it: the link in the notices"
+        " mailed to them",
+    )
     mail_retry_seconds: float = setting(
         60.0,
         name="MAIL_RETRY_SECONDS",

@@ -251,6 +251,32 @@ DATA_MAP = ServiceMap(
             ),
             ends=(MAIL_ERASED, MAIL_DESTROYED, MAIL_KEPT),
         ),
+        Table(
+            "policy_notice_jobs",
+            "the mailing of each published policy version to the agents who have not accepted it"
+            " (services.accounts.notices): where it stands",
+            (
+                operational("version"),
+                operational("reference_id", "the policy_published event's id"),
+                operational("published_at"),
+                pseudonym(
+                    "after_agent",
+                    "the last agent of the last page mailed (a position, across tenants);"
+                    " cleared when the mailing ends",
+                ),
+                operational("mailed"),
+                operational("status"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(
+                End(
+                    When.KEPT,
+                    "platform-wide, no one's data: the agent id goes when the mailing ends",
+                    "services.accounts.notices:work_policy_notices",
+                ),
+            ),
+        ),
     ),
     registries=(REGISTRY,),
     event_fields={

@@ -24,10 +24,12 @@ is asked and there is no List-Unsubscribe; written by the platform, not a person
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from kernel.crypto.fields import is_erased
 from kernel.crypto.primitives import KeyShredded
@@ -157,3 +159,150 @@ def mail_agent(
     if not found:
         return None
     return queue(uow, mailer, tenant_id, found[0], kind, subject, body, reference_id)
+
+
+# --- a new policy version, to every agent who has not accepted it ---------------------------
+
+POLICY_KIND = "policy_version"
+# Agents mailed per transaction: a publication reaches every tenant's agents, and no
+# transaction holds more than a page of them (nor a page's sealing) at once.
+POLICY_PAGE = 200
+# How often a process looks for a mailing under way (one indexed query when there is none).
+POLICY_POLL_SECONDS = 2.0
+
+
+def start_policy_notices(
+    uow: UnitOfWork, version: str, reference_id: uuid.UUID, published_at: str
+) -> None:
+    """Record, in the publication's transaction, that the agents are owed a mail of this
+    version; an earlier version's mailing still under way stops (agents are asked to accept
+    the current version only)."""
+    uow.cur.execute(
+        "UPDATE policy_notice_jobs SET status = 'superseded', after_agent = NULL,"
+        " finished_at = now() WHERE status = 'running'"
+    )
+    uow.cur.execute(
+        "INSERT INTO policy_notice_jobs (version, reference_id, published_at)"
+        " VALUES (%s, %s, %s) ON CONFLICT (version) DO NOTHING",
+        (version, reference_id, published_at),
+    )
+
+
+def policy_mail(version: str, published_at: dt.datetime, console_url: str) -> tuple[str, str]:
+    """The subject and text of a policy version's notice: the same for every agent."""
+    subject = f"Ledgerdesk policy version {version}: please review and accept it"
+    body = (
+        f"A new version of the Ledgerdesk policies, {version}, was published on"
+        f" {published_at.date().isoformat()}, and you have not accepted it yet.\n\n"
+        f"Please read it and accept it: POST /v1/policies/accept with"
+        f' {{"version": "{version}"}}, with your own API key. Until you do,'
+        " GET /v1/me answers policy_acceptance_pending: true.\n\n"
+        f"The console: {console_url}\n\n"
+        "This is an automatic notice about your account, sent once for each policy version.\n"
+    )
+    return subject, body
+
+
+def work_policy_notices(
+    uow: UnitOfWork, mailer: Mailer, console_url: str, page: int = POLICY_PAGE
+) -> int | None:
+    """One page of the oldest policy mailing under way, in the caller's transaction: the mails
+    of the next ``page`` agents (by id, across tenants) and the position after them commit
+    together, so a crash repeats or loses no page. Returns the agents looked at (0: the mailing
+    is done), or None when no mailing is under way (or another process holds it)."""
+    uow.cur.execute(
+        "SELECT version, reference_id, published_at, after_agent FROM policy_notice_jobs"
+        " WHERE status = 'running' ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+    job = uow.cur.fetchone()
+    if job is None:
+        return None
+    version, reference_id, published_at, after = job
+    # Agents who existed when it was published: one created later is asked at creation (and
+    # GET /v1/me says so), not by this mail.
+    uow.cur.execute(
+        "SELECT a.id, a.tenant_id, a.name, a.email, a.active AND t.status <> 'destroyed'"
+        " AND NOT EXISTS (SELECT 1 FROM policy_acceptances p"
+        "   WHERE p.agent_id = a.id AND p.version = %s)"
+        " AND NOT EXISTS (SELECT 1 FROM restrictions r WHERE r.subject_id = a.id)"
+        " FROM agents a JOIN tenants t ON t.id = a.tenant_id"
+        " WHERE (%s::uuid IS NULL OR a.id > %s::uuid) AND a.created_at <= %s"
+        " ORDER BY a.id LIMIT %s",
+        (version, after, after, published_at, page),
+    )
+    rows = uow.cur.fetchall()
+    if not rows:
+        uow.cur.execute(
+            "UPDATE policy_notice_jobs SET status = 'done', after_agent = NULL,"
+            " finished_at = now() WHERE version = %s",
+            (version,),
+        )
+        log.info("policy version %s: every agent who owed an acceptance was mailed", version)
+        return 0
+    subject, body = policy_mail(version, published_at, console_url)
+    mailed = 0
+    for agent_id, tenant_id, name, address, owed in rows:
+        if not owed or is_erased(address):
+            continue
+        to = Recipient(str(agent_id), "" if is_erased(name) else name, address)
+        if queue(uow, mailer, str(tenant_id), to, POLICY_KIND, subject, body, reference_id):
+            mailed += 1
+    uow.cur.execute(
+        "UPDATE policy_notice_jobs SET after_agent = %s, mailed = mailed + %s WHERE version = %s",
+        (rows[-1][0], mailed, version),
+    )
+    return len(rows)
+
+
+# --- privacy requests' updates, to the tenant's admins ----------------------------------------
+
+# Retention's event for each state a tenant's admins are told of, and how the mail says it.
+PRIVACY_STATES = {
+    "privacy_request_awaiting_approval": (
+        "awaiting_approval",
+        "is awaiting approval: another admin must approve or deny it before anything is done",
+    ),
+    "privacy_request_completed": (
+        "completed",
+        "is completed: every service has answered it",
+    ),
+    "privacy_request_overdue": (
+        "failed",
+        "failed: it passed its due date (overdue) before it was completed; file it again",
+    ),
+}
+PRIVACY_KINDS = tuple(f"privacy_request_{state}" for state, _ in PRIVACY_STATES.values())
+
+
+def privacy_request_update(
+    uow: UnitOfWork,
+    mailer: Mailer,
+    console_url: str,
+    event_type: str,
+    payload: dict[str, Any],
+) -> list[uuid.UUID]:
+    """Mail the tenant's admins that a privacy request changed state (retention's event, read
+    and upcast by the caller): by its id, type and state, with a link to the console, never
+    whom it concerns. Once per request and state (the Message-ID), however often the event
+    comes."""
+    state, words = PRIVACY_STATES[event_type]
+    request_id = uuid.UUID(str(payload["request_id"]))
+    kind_of_request = payload.get("type") or "privacy"
+    subject = f"Privacy request {request_id} ({kind_of_request}): {state.replace('_', ' ')}"
+    due = payload.get("due_at")
+    body = (
+        f"The {kind_of_request} request {request_id} {words}.\n\n"
+        f"Request: {request_id}\nType: {kind_of_request}\nState: {state}\n"
+        + (f"Due: {due}\n" if due else "")
+        + f"\nSee it in the console, Privacy requests: {console_url}#privacy\n\n"
+        "This is an automatic notice to the tenant's admins.\n"
+    )
+    return mail_admins(
+        uow,
+        mailer,
+        str(payload["tenant_id"]),
+        f"privacy_request_{state}",
+        subject,
+        body,
+        reference_id=request_id,
+    )

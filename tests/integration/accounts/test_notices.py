@@ -6,6 +6,7 @@ erasure and with the tenant's destruction."""
 from __future__ import annotations
 
 import dataclasses
+import email.policy
 import email.utils
 import uuid
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ def smtp() -> Iterator[Any]:
         yield controller
 
 
-def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, Any]:
+def sign_up(
+    store: EventSourcedStore, settings: Any, company: str, version: str | None = None
+) -> dict[str, Any]:
     """A tenant with two admins, an agent, and a deactivated admin; their ids by role."""
     with store.unit_of_work() as uow:
         signed = handlers.sign_up(
@@ -45,7 +48,7 @@ def sign_up(store: EventSourcedStore, settings: Any, company: str) -> dict[str, 
                 "region": "uk",
                 "admin": {"name": f"{company} Admin", "email": f"first@{company}.example"},
                 "age_confirmed": True,
-                "accept_policy_version": settings.policy_version,
+                "accept_policy_version": version or settings.policy_version,
             },
             uow,
             settings,
@@ -230,3 +233,195 @@ def test_the_tenants_destruction_deletes_its_notices(
         destroy(uow, {"tenant_id": doomed["tenant_id"], "request_id": str(uuid.uuid4())})
     assert outbox_rows(accounts, doomed["tenant_id"]) == []
     assert len(outbox_rows(accounts, kept["tenant_id"])) == 2
+
+
+# --- a new policy version -----------------------------------------------------------------
+
+
+def publish(store: EventSourcedStore, version: str) -> None:
+    with store.unit_of_work("operator") as uow:
+        handlers.publish_policy(uow, {"version": version})
+
+
+def accept(store: EventSourcedStore, tenant_id: str, agent_id: str, version: str) -> None:
+    with store.unit_of_work(agent_id) as uow:
+        handlers.accept_policy(
+            uow, {"tenant_id": tenant_id, "agent_id": agent_id}, {"version": version}
+        )
+
+
+def work_page(store: EventSourcedStore, mailer: Mailer, page: int) -> int | None:
+    with store.unit_of_work("accounts") as uow:
+        return notices.work_policy_notices(uow, mailer, "https://desk.example.test/console", page)
+
+
+def work_all(store: EventSourcedStore, mailer: Mailer, page: int = 2) -> int:
+    pages = 0
+    while work_page(store, mailer, page):
+        pages += 1
+    return pages
+
+
+def policy_mails(store: EventSourcedStore) -> list[tuple[str, str]]:
+    with store.db.transaction() as cur:
+        cur.execute(
+            "SELECT recipient_id::text, message_id FROM mail_outbox WHERE kind = 'policy_version'"
+            " ORDER BY recipient_id"
+        )
+        return cur.fetchall()
+
+
+def job(store: EventSourcedStore, version: str) -> tuple:
+    with store.db.transaction() as cur:
+        cur.execute(
+            "SELECT status, mailed, after_agent FROM policy_notice_jobs WHERE version = %s",
+            (version,),
+        )
+        return cur.fetchone()
+
+
+def test_a_new_policy_version_mails_each_agent_who_has_not_accepted_it_once(
+    accounts: EventSourcedStore, world, mailer: Mailer
+):
+    tenants = [sign_up(accounts, world, name) for name in ("alder", "birch", "cedar")]
+    assert work_page(accounts, mailer, 2) is None  # the first version mails no one
+    publish(accounts, "2027-01")
+    first = tenants[0]
+    accept(accounts, first["tenant_id"], first["second"], "2027-01")
+    later = sign_up(accounts, world, "dogwood", "2027-01")  # signed up after: not this mailing's
+
+    # Pages of 2 over 9 owed agents and 3 passed over (accepted, deactivated): many pages.
+    assert work_all(accounts, mailer) >= 5
+    owed = sorted(
+        t[role]
+        for t in tenants
+        for role in ("first", "second", "agent")
+        if t[role] != first["second"]
+    )
+    mails = policy_mails(accounts)
+    assert [recipient for recipient, _ in mails] == owed
+    assert all(m.startswith("<policy_version.") for _, m in mails)
+    assert not any(later[role] == r for r, _ in mails for role in ("first", "second", "agent"))
+    assert job(accounts, "2027-01") == ("done", 8, None)
+    # Done: nothing more to work, and a mailing started again queues nothing twice.
+    assert work_page(accounts, mailer, 2) is None
+    with accounts.db.transaction() as cur:
+        cur.execute(
+            "UPDATE policy_notice_jobs SET status = 'running', finished_at = NULL"
+            " WHERE version = '2027-01'"
+        )
+    work_all(accounts, mailer)
+    assert policy_mails(accounts) == mails
+
+
+def test_a_mailing_cut_short_by_a_crash_resumes_and_neither_loses_nor_repeats_a_mail(
+    accounts: EventSourcedStore, world, mailer: Mailer
+):
+    tenants = [sign_up(accounts, world, name) for name in ("elm", "fir")]
+    publish(accounts, "2027-02")
+    assert work_page(accounts, mailer, 2) == 2
+    mailed_before = policy_mails(accounts)
+    # A page whose transaction never commits (the process died in it): nothing of it stays.
+    with pytest.raises(RuntimeError), accounts.unit_of_work("accounts") as uow:
+        assert notices.work_policy_notices(uow, mailer, "https://c.example.test", 2) == 2
+        raise RuntimeError("killed mid-page")
+    assert policy_mails(accounts) == mailed_before
+    work_all(accounts, mailer)
+    owed = sorted(t[role] for t in tenants for role in ("first", "second", "agent"))
+    assert [recipient for recipient, _ in policy_mails(accounts)] == owed
+
+
+def test_a_newer_version_supersedes_a_mailing_under_way(
+    accounts: EventSourcedStore, world, mailer: Mailer
+):
+    sign_up(accounts, world, "gum")
+    publish(accounts, "2027-03")
+    assert work_page(accounts, mailer, 2) == 2  # two of the four agents, by id
+    [status, mailed, after] = job(accounts, "2027-03")
+    assert status == "running" and after is not None and mailed in (1, 2)
+    publish(accounts, "2027-04")
+    assert job(accounts, "2027-03") == ("superseded", mailed, None)
+    work_all(accounts, mailer)
+    assert job(accounts, "2027-04") == ("done", 3, None)  # the three active agents
+    assert len(policy_mails(accounts)) == mailed + 3  # no more of 2027-03
+
+
+def test_the_policy_status_says_pending_until_the_agent_accepts(accounts: EventSourcedStore, world):
+    tenant = sign_up(accounts, world, "hazel")
+    with accounts.unit_of_work() as uow:
+        admin = handlers.policy_status(uow, tenant["tenant_id"], tenant["first"])
+        agent = handlers.policy_status(uow, tenant["tenant_id"], tenant["agent"])
+    assert admin == {"policy_version": world.policy_version, "policy_acceptance_pending": False}
+    assert agent["policy_acceptance_pending"] is True
+    publish(accounts, "2027-05")
+    with accounts.unit_of_work() as uow:
+        assert handlers.policy_status(uow, tenant["tenant_id"], tenant["first"]) == {
+            "policy_version": "2027-05",
+            "policy_acceptance_pending": True,
+        }
+    accept(accounts, tenant["tenant_id"], tenant["first"], "2027-05")
+    with accounts.unit_of_work() as uow:
+        status = handlers.policy_status(uow, tenant["tenant_id"], tenant["first"])
+    assert status["policy_acceptance_pending"] is False
+
+
+# --- privacy requests' updates ------------------------------------------------------------
+
+
+def opened_mails(store: EventSourcedStore, tenant_id: str) -> list[bytes]:
+    assert store.cipher is not None
+    with store.db.transaction() as cur:
+        cur.execute(
+            "SELECT id, key_subject_id, sealed FROM mail_outbox WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+        found = cur.fetchall()
+    texts = []
+    for mail_id, key_subject, blob in found:
+        opened = open_mail(store.cipher.keystore, uuid.UUID(tenant_id), key_subject, mail_id, blob)
+        assert opened is not None
+        texts.append(opened[2])
+    return texts
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "state"),
+    [
+        (
+            "privacy_request_awaiting_approval",
+            {"type": "erasure", "due_at": "2027-01-31T12:00:00+00:00"},
+            "awaiting_approval",
+        ),
+        ("privacy_request_completed", {"type": "erasure", "subject_kind": "contact"}, "completed"),
+        ("privacy_request_overdue", {"type": "erasure"}, "failed"),
+    ],
+)
+def test_a_privacy_request_update_mails_the_tenants_admins_once_by_id_type_and_state(
+    accounts: EventSourcedStore, world, mailer: Mailer, event_type: str, payload: dict, state: str
+):
+    tenant = sign_up(accounts, world, "ivy")
+    other = sign_up(accounts, world, "juniper")
+    request, subject = uuid.uuid4(), uuid.uuid4()
+    full = {
+        **payload,
+        "request_id": str(request),
+        "tenant_id": tenant["tenant_id"],
+        **({"subject_id": str(subject)} if "subject_kind" in payload else {}),
+    }
+    for _ in range(2):  # the same state told twice (a second event, a replay)
+        with accounts.unit_of_work("accounts") as uow:
+            notices.privacy_request_update(
+                uow, mailer, "https://desk.example.test/console", event_type, full
+            )
+    rows = outbox_rows(accounts, tenant["tenant_id"])
+    assert [row[1] for row in rows] == sorted([tenant["first"], tenant["second"]])
+    assert {row[3] for row in rows} == {f"privacy_request_{state}"}
+    assert outbox_rows(accounts, other["tenant_id"]) == []
+    for data in opened_mails(accounts, tenant["tenant_id"]):
+        mail = email.message_from_bytes(data, policy=email.policy.default)
+        text = mail.get_content().replace("\r\n", "\n")
+        assert str(request) in str(mail["Subject"]) and "erasure" in str(mail["Subject"])
+        assert f"Type: erasure\nState: {state}\n" in text
+        assert "https://desk.example.test/console#privacy" in text
+        assert str(subject) not in data.decode()  # whom it concerns is never said
+        assert str(mail["Auto-Submitted"]) == "auto-generated"

@@ -95,6 +95,7 @@ EVERYTHING_CHANGED = Settings(
     smtp_password="Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
     smtp_timeout_seconds=5.0,
     mail_from="Desk <help@desk.example.test>",
+    console_url="https://desk.example.test/console",
     mail_retry_seconds=2.0,
     mail_retry_hours=1.0,
     mail_keep_days=1.0,
