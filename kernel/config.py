@@ -300,6 +300,13 @@ class Settings:
     )
     # The first re-send of a command a service has not (or not successfully) answered; each
     # further one waits twice as long, up to a day.
+    privacy_due_soon_days: float = setting(
+        7.0,
+        name="PRIVACY_DUE_SOON_DAYS",
+        parse=values.number(float),
+        doc="an open data-subject request this close to its deadline is announced once"
+        " (`privacy_request_due_soon`: the tenant's admins are mailed); 0: never",
+    )
     privacy_retry_seconds: float = setting(
         300.0,
         name="PRIVACY_RETRY_SECONDS",

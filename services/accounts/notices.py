@@ -266,6 +266,11 @@ PRIVACY_STATES = {
         "completed",
         "is completed: every service has answered it",
     ),
+    "privacy_request_due_soon": (
+        "due_soon",
+        "nears its due date and is not completed yet: approve or deny it if it awaits approval,"
+        " or see which service still owes an answer",
+    ),
     "privacy_request_overdue": (
         "failed",
         "failed: it passed its due date (overdue) before it was completed; file it again",
@@ -281,10 +286,10 @@ def privacy_request_update(
     event_type: str,
     payload: dict[str, Any],
 ) -> list[uuid.UUID]:
-    """Mail the tenant's admins that a privacy request changed state (retention's event, read
-    and upcast by the caller): by its id, type and state, with a link to the console, never
-    whom it concerns. Once per request and state (the Message-ID), however often the event
-    comes."""
+    """Mail the tenant's admins that a privacy request changed state or nears its deadline
+    (retention's event, read and upcast by the caller): by its id, type and state, with a link
+    to the console, never whom it concerns. Once per request and state (the Message-ID),
+    however often the event comes."""
     state, words = PRIVACY_STATES[event_type]
     request_id = uuid.UUID(str(payload["request_id"]))
     kind_of_request = payload.get("type") or "privacy"
@@ -293,6 +298,7 @@ def privacy_request_update(
     body = (
         f"The {kind_of_request} request {request_id} {words}.\n\n"
         f"Request: {request_id}\nType: {kind_of_request}\nState: {state}\n"
+        + (f"Now: {payload['status']}\n" if payload.get("status") else "")
         + (f"Due: {due}\n" if due else "")
         + f"\nSee it in the console, Privacy requests: {console_url}#privacy\n\n"
         "This is an automatic notice to the tenant's admins.\n"

@@ -11,6 +11,7 @@ RETENTION = Subscription(
     (
         "retention.privacy_request_awaiting_approval",
         "retention.privacy_request_completed",
+        "retention.privacy_request_due_soon",
         "retention.privacy_request_overdue",
     ),
 )

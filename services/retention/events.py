@@ -67,6 +67,20 @@ class PrivacyRequestAwaitingApprovalV1(Schema):
     due_at = fields.AwareDateTime(required=True)
 
 
+OPEN_STATUSES = ("awaiting_approval", "pending")
+
+
+class PrivacyRequestDueSoonV1(Schema):
+    """An open request is within ``LEDGERDESK_PRIVACY_DUE_SOON_DAYS`` of its deadline: still
+    awaiting approval, or still owed an answer. Announced once per request."""
+
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(OPEN_STATUSES))
+    due_at = fields.AwareDateTime(required=True)
+
+
 class PrivacyRequestOverdueV1(Schema):
     """A request passed its due date before every service answered (or before a second admin
     decided it) and failed: an alert, and the end of the request."""
@@ -201,6 +215,7 @@ MESSAGES = EventRegistry(
         {1: PrivacyRequestAwaitingApprovalV1},
         published=True,
     ),
+    EventType("privacy_request_due_soon", {1: PrivacyRequestDueSoonV1}, published=True),
     EventType(
         "privacy_request_overdue",
         {1: PrivacyRequestOverdueV1, 2: PrivacyRequestOverdueV2},

@@ -37,6 +37,8 @@ class Timing:
     """How long a request may take, and how soon an unanswered part is asked again."""
 
     deadline_days: float = 30.0
+    # An open request this close to its deadline is announced once (0: never).
+    due_soon_days: float = 7.0
     retry_seconds: float = 300.0
     max_retry_seconds: float = 86400.0
 
@@ -386,6 +388,40 @@ def resend_due(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> int:
             )
         uow.publish(_command(uow, request_id, [service for service, _ in parts]))
     return len(due)
+
+
+def announce_due_soon(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> list[str]:
+    """Open requests within ``due_soon_days`` of their deadline, each announced once
+    (``privacy_request_due_soon``, ids and states: the tenant's admins are mailed while it can
+    still be approved, or a service's answer seen to)."""
+    if timing.due_soon_days <= 0:
+        return []
+    uow.cur.execute(
+        "UPDATE requests SET due_soon_at = %s"
+        " WHERE status IN ('pending', 'awaiting_approval') AND due_soon_at IS NULL"
+        " AND due_at <= %s AND due_at >= %s"
+        " RETURNING id, tenant_id, type, status, due_at",
+        (now, now + dt.timedelta(days=timing.due_soon_days), now),
+    )
+    due_soon = uow.cur.fetchall()
+    for request_id, tenant_id, type_, status, due_at in due_soon:
+        uow.publish(
+            retention_message(
+                uow,
+                "privacy_request_due_soon",
+                f"privacy-{request_id}",
+                str(tenant_id),
+                "retention",
+                {
+                    "request_id": str(request_id),
+                    "tenant_id": str(tenant_id),
+                    "type": type_,
+                    "status": status,
+                    "due_at": due_at.isoformat(),
+                },
+            )
+        )
+    return [str(row[0]) for row in due_soon]
 
 
 def mark_overdue(uow: UnitOfWork, now: dt.datetime) -> list[str]:

@@ -393,6 +393,11 @@ def opened_mails(store: EventSourcedStore, tenant_id: str) -> list[bytes]:
             "awaiting_approval",
         ),
         ("privacy_request_completed", {"type": "erasure", "subject_kind": "contact"}, "completed"),
+        (
+            "privacy_request_due_soon",
+            {"type": "erasure", "status": "pending", "due_at": "2027-01-31T12:00:00+00:00"},
+            "due_soon",
+        ),
         ("privacy_request_overdue", {"type": "erasure"}, "failed"),
     ],
 )

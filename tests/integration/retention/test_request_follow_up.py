@@ -227,3 +227,35 @@ def test_a_request_that_waits_for_approval_is_published_as_awaiting_it_by_ids(re
     # A request that needs no approval is not announced as waiting.
     other = file_erasure(retention, str(uuid.uuid4()))
     assert published(retention, other["id"], "privacy_request_awaiting_approval") == []
+
+
+def test_an_open_request_nearing_its_deadline_is_announced_once_by_ids(retention):
+    """What the tenant's admins are mailed while the request can still be seen to."""
+    timing = requests.Timing(deadline_days=30, due_soon_days=7, retry_seconds=60)
+    tenant = str(uuid.uuid4())
+    filed = {**file_erasure(retention, tenant), "tenant": tenant}
+    done = {**file_erasure(retention, tenant), "tenant": tenant}
+    for service in SERVICES:
+        answer(retention, done, service, "done", T0)  # completed: nothing to announce
+    with retention.unit_of_work() as uow:
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=22, hours=23), timing) == []
+    with retention.unit_of_work() as uow:
+        soon = requests.announce_due_soon(uow, T0 + dt.timedelta(days=23, hours=1), timing)
+    assert soon == [filed["id"]]
+    with retention.unit_of_work() as uow:  # the next follow-up: announced already
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=25), timing) == []
+    (announced,) = published(retention, filed["id"], "privacy_request_due_soon")
+    assert announced["payload"] == {
+        "request_id": filed["id"],
+        "tenant_id": tenant,
+        "type": "erasure",
+        "status": "pending",
+        "due_at": (T0 + dt.timedelta(days=30)).isoformat(),
+    }
+    assert published(retention, done["id"], "privacy_request_due_soon") == []
+    # Never, when the setting says so.
+    never = requests.Timing(deadline_days=30, due_soon_days=0)
+    late = file_erasure(retention, str(uuid.uuid4()))
+    with retention.unit_of_work() as uow:
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=29), never) == []
+    assert published(retention, late["id"], "privacy_request_due_soon") == []

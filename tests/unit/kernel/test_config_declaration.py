@@ -57,6 +57,7 @@ EVERYTHING_CHANGED = Settings(
     export_ttl_seconds=7.5,
     export_lease_seconds=4.5,
     privacy_deadline_days=0.001,
+    privacy_due_soon_days=2.5,
     privacy_retry_seconds=0.5,
     day_seconds=2,
     rate_limit=1 / 3,
