@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from kernel import faults
 from kernel.crypto.fields import is_erased
 from kernel.crypto.primitives import KeyShredded
 from kernel.mail.message import Mail, message_id
@@ -247,6 +248,9 @@ def work_policy_notices(
         to = Recipient(str(agent_id), "" if is_erased(name) else name, address)
         if queue(uow, mailer, str(tenant_id), to, POLICY_KIND, subject, body, reference_id):
             mailed += 1
+    # The page's mails are queued and its position not yet recorded: a crash here commits
+    # neither (tests/reliability kill the process at this point).
+    faults.point("policy_notices.page_queued")
     uow.cur.execute(
         "UPDATE policy_notice_jobs SET after_agent = %s, mailed = mailed + %s WHERE version = %s",
         (rows[-1][0], mailed, version),
