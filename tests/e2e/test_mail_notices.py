@@ -86,12 +86,15 @@ def me(stack: Stack, key: str) -> dict[str, Any]:
     return ok(stack.call("GET", "/v1/me", key=key))
 
 
-def outbox(stack: Stack, kind: str) -> list[tuple]:
+def outbox(stack: Stack, kind: str, tenants: list[str]) -> list[tuple]:
+    """The mails of ``kind`` to these tenants' people (other tests' tenants share the stack)."""
     return rows(
         stack,
         "accounts",
-        "SELECT recipient_id::text, status FROM mail_outbox WHERE kind = %s",
+        "SELECT recipient_id::text, status FROM mail_outbox WHERE kind = %s"
+        " AND tenant_id = ANY(%s::uuid[])",
         kind,
+        tenants,
     )
 
 
@@ -148,12 +151,13 @@ def test_a_policy_change_mails_the_agents(stack: Stack, smtp: sink.Sink):
         timeout=30,
         what="the mailing to end",
     )
+    tenants = [owner["tenant"]["id"], other["tenant"]["id"]]
     wait_until(
-        lambda: all(status == "sent" for _, status in outbox(stack, "policy_version")),
+        lambda: all(status == "sent" for _, status in outbox(stack, "policy_version", tenants)),
         timeout=30,
         what="every policy notice sent",
     )
-    assert sorted(r for r, _ in outbox(stack, "policy_version")) == sorted(owed.values())
+    assert sorted(r for r, _ in outbox(stack, "policy_version", tenants)) == sorted(owed.values())
     for to in owed:
         assert len(mails_to(smtp, to, "policy_version.")) == 1
     assert mails_to(smtp, gone_address) == [] and mails_to(smtp, late_address) == []
@@ -165,7 +169,9 @@ def test_a_policy_change_mails_the_agents(stack: Stack, smtp: sink.Sink):
                     stack,
                     "audit",
                     "SELECT 1 FROM ledger WHERE type = 'mail_sent' AND service = 'accounts'"
+                    " AND tenant_id = ANY(%s::uuid[])"
                     " AND strpos(encode(content, 'escape'), 'policy_version') > 0",
+                    tenants,
                 )
             )
             == len(owed)
