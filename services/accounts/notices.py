@@ -219,8 +219,8 @@ def work_policy_notices(
     if job is None:
         return None
     version, reference_id, published_at, after = job
-    # Agents who existed when it was published: one created later is asked at creation (and
-    # GET /v1/me says so), not by this mail.
+    # Agents who existed when it was published: the mail announces a change to them. One
+    # created later learns it from GET /v1/me (policy_acceptance_pending), not by mail.
     uow.cur.execute(
         "SELECT a.id, a.tenant_id, a.name, a.email, a.active AND t.status <> 'destroyed'"
         " AND NOT EXISTS (SELECT 1 FROM policy_acceptances p"
