@@ -689,11 +689,34 @@ class StatusOut(Schema):
 
 
 class Problem(Schema):
-    type = fields.String(required=True)
+    type = fields.String(
+        required=True,
+        metadata={
+            "format": "uri-reference",
+            "description": "the kind of problem, one of those /docs/problems lists",
+            "example": "/docs/problems#version-conflict",
+        },
+    )
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.Raw())
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        metadata={"description": "for validation-failed: each field and what is wrong with it"},
+    )
+    request_id = fields.UUID(
+        required=True,
+        metadata={"description": "the X-Request-Id of the answer: quote it to the operator"},
+    )
+    trace_id = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "the trace the request was recorded under (null when none was)",
+        },
+    )
 
 
 class MeOut(Schema):

@@ -27,6 +27,7 @@ from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
 from gateway.ratelimit import RateLimiter
+from gateway.reference import ReferenceRoutes
 from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
 from gateway.routes.attachments import AttachmentRoutes
@@ -174,6 +175,7 @@ class GatewayService(
     ExportRoutes,
     WebhookRoutes,
     ConsoleRoutes,
+    ReferenceRoutes,
     OperationsRoutes,
 ):
     """The routes of every resource (``gateway.routes``), and the dependencies they share."""
