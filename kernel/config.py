@@ -199,8 +199,8 @@ class Settings:
         10_000,
         name="DEAD_LETTER_MAX_MESSAGES",
         parse=values.number(int),
-        doc="per dead-letter queue (`x-max-length`, `x-overflow: drop-head`): past it the"
-        " oldest goes",
+        doc="per dead-letter queue (`x-max-length`, `x-overflow: reject-publish`): past it more"
+        " is refused and waits in its consumer queue (an RPC request is dropped)",
     )
     max_workers: int = setting(
         10, name="MAX_WORKERS", parse=values.number(int), doc="nameko workers (DB pool = this + 5)"
