@@ -33,6 +33,7 @@ from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.mail import MailRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.search import SearchRoutes
@@ -173,6 +174,7 @@ class GatewayService(
     RetentionRoutes,
     ExportRoutes,
     WebhookRoutes,
+    MailRoutes,
     ConsoleRoutes,
     OperationsRoutes,
 ):
