@@ -218,6 +218,12 @@ class TicketsService(MailOutboxEntrypoints):
         with self.store.unit_of_work() as uow:
             return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
 
+    @rpc
+    def export_file_chunk(self, tenant_id: str, kind: str, file_id: str, seq: int) -> str:
+        """A chunk of a file named by a page of a whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.file_chunk(uow, tenant_id, kind, file_id, seq)
+
     @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
     def seal_plaintext_tags(self) -> None:
         """What an older replica writes in plaintext during a rolling upgrade."""
