@@ -15,6 +15,7 @@ from gateway.webhooks.schemas import (
     WebhookDeliveryOut,
     WebhookListOut,
     WebhookOut,
+    WebhookSecretOut,
 )
 from kernel.mail.outbox import OUTCOMES as MAIL_OUTCOMES
 from kernel.mail.outbox import STATUSES as MAIL_STATUSES
@@ -83,6 +84,7 @@ __all__ = [
     "WebhookDeliveryOut",
     "WebhookListOut",
     "WebhookOut",
+    "WebhookSecretOut",
 ]
 
 

@@ -254,8 +254,10 @@ class GatewayService(
 
     @timer(interval=60)
     def purge_webhook_log(self) -> None:
-        """Finished deliveries leave the log once older than its period."""
+        """Finished deliveries leave the log once older than its period, and rotated-out
+        secrets go once their grace is over."""
         self.webhooks.purge_expired()
+        self.webhooks.expire_previous_secrets()
 
     # --- operations ---------------------------------------------------------------------------
 
