@@ -303,6 +303,16 @@ def test_a_stopping_process_lets_go_at_once_without_counting_an_attempt(retentio
     assert claim is not None and claim.export_id == export["id"]  # no wait for a lapse
 
 
+def test_a_file_whose_bytes_are_not_those_uploaded_makes_no_ready_archive(retention, world):
+    tenant, other, clock = str(uuid.uuid4()), str(uuid.uuid4()), Clock()
+    services = holdings(tenant, other)
+    services["tickets"].rows[tenant, "attachments"][2]["sha256"] = "0" * 64
+    export = start(retention, tenant, clock)
+    export_job.run_next(job(retention, world, services, clock))  # the mismatch: logged
+    attempted = get(retention, tenant, export["id"])
+    assert (attempted["status"], attempted["attempts"]) == ("building", 1)
+
+
 def test_an_export_that_never_finishes_fails_after_its_attempts(retention, world):
     tenant, other, clock = str(uuid.uuid4()), str(uuid.uuid4()), Clock()
     services = holdings(tenant, other)
