@@ -34,6 +34,7 @@ from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.mail import MailRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.search import SearchRoutes
@@ -174,6 +175,7 @@ class GatewayService(
     RetentionRoutes,
     ExportRoutes,
     WebhookRoutes,
+    MailRoutes,
     ConsoleRoutes,
     ReferenceRoutes,
     OperationsRoutes,
@@ -254,8 +256,10 @@ class GatewayService(
 
     @timer(interval=60)
     def purge_webhook_log(self) -> None:
-        """Finished deliveries leave the log once older than its period."""
+        """Finished deliveries leave the log once older than its period, and rotated-out
+        secrets go once their grace is over."""
         self.webhooks.purge_expired()
+        self.webhooks.expire_previous_secrets()
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -478,6 +478,13 @@ class Settings:
         parse=values.number(float),
         doc="a webhook delivery's whole exchange (resolve, connect, send, answer)",
     )
+    webhook_secret_grace_hours: float = setting(
+        24.0,
+        name="WEBHOOK_SECRET_GRACE_HOURS",
+        parse=values.number(float),
+        doc="after a webhook secret is rotated, how long the one it replaced still signs"
+        " deliveries beside it (a second `v1=`); then it is cleared",
+    )
     webhook_log_days: float = setting(
         30.0,
         name="WEBHOOK_LOG_DAYS",

@@ -8,5 +8,7 @@ configured SMTP relay (``smtp``) by a loop every process of the service runs (``
 - ``sender``: claims due rows, sends, records; ``python -m kernel.mail.sender SERVICE`` runs it
   alone (the reliability tests kill it mid-batch).
 - ``dependency``: the same loop in a thread of a nameko service.
+- ``entrypoints``: the RPCs a sending service answers over its outbox (the tenant's mail for
+  ``GET /v1/mail``, the operators' view); ``kernel.platform.SENDS_MAIL`` lists those services.
 - ``sink``: the development SMTP sink ``make run`` starts.
 """

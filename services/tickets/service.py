@@ -15,7 +15,7 @@ from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
 from kernel.mail.dependency import MailDependency
-from kernel.mail.outbox import listing as mail_listing
+from kernel.mail.entrypoints import MailOutboxEntrypoints
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
@@ -47,7 +47,7 @@ class SealedTags(DependencyProvider):
         sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
 
 
-class TicketsService:
+class TicketsService(MailOutboxEntrypoints):
     name = "tickets"
 
     store = EventStoreDependency(
@@ -125,12 +125,6 @@ class TicketsService:
         return self.accounts.mail_recipient(
             tenant_id, subject_id, self.name, mail.KIND, reference_id
         )
-
-    @rpc
-    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The mails queued, sent or failed (ids, states, codes): the operators' view."""
-        with self.store.db.read() as cur:
-            return mail_listing(cur, status, limit)
 
     # --- attachments: uploaded and downloaded a chunk per call (services.tickets.attachments)
 
@@ -223,6 +217,12 @@ class TicketsService:
         """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
         with self.store.unit_of_work() as uow:
             return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
+
+    @rpc
+    def export_file_chunk(self, tenant_id: str, kind: str, file_id: str, seq: int) -> str:
+        """A chunk of a file named by a page of a whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.file_chunk(uow, tenant_id, kind, file_id, seq)
 
     @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
     def seal_plaintext_tags(self) -> None:

@@ -84,6 +84,7 @@ EVERYTHING_CHANGED = Settings(
     webhook_retry_seconds=0.25,
     webhook_retry_hours=0.01,
     webhook_timeout_seconds=2.5,
+    webhook_secret_grace_hours=0.5,
     webhook_log_days=0.5,
     attachment_max_bytes=1234567,
     attachments_per_message=3,
