@@ -20,7 +20,7 @@ import pytest
 from kernel.mail import sink
 from kernel.testing import free_port, wait_until
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import fresh_card, ok, rows, stack_logging_to, unique
+from tests.e2e.helpers import completed, file, fresh_card, ok, rows, stack_logging_to, unique
 
 DOMAIN = "help.example.test"
 OUT_DOMAIN = "desk.example.test"
@@ -59,6 +59,9 @@ def stack(infrastructure, smtp: sink.Sink, services_log: Path) -> Iterator[Stack
         LEDGERDESK_MAIL_IN_MAX_HEADER_BYTES="16384",
         LEDGERDESK_MAIL_IN_MAX_RECIPIENTS="2",
         LEDGERDESK_ATTACHMENT_MAX_BYTES=str(FILE_LIMIT),
+        # An accounts outage is noticed (and answered 451) within this.
+        LEDGERDESK_RPC_TIMEOUT="3",
+        LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
     ) as running:
         running.mail_port = port  # type: ignore[attr-defined]
         yield running
@@ -347,3 +350,43 @@ def test_bad_mail_is_refused_with_a_clear_reply_and_nothing_stored(stack: Stack)
         assert f"{code} {text}".startswith(expected), (name, code, text)
     assert stored(stack) == before
     assert tickets(stack, key) == []
+
+
+def test_a_restricted_sender_is_refused_and_an_erased_one_is_a_new_contact(stack: Stack):
+    key, support = tenant(stack)
+    address, sender = customer()
+    assert send(stack, mail(sender, support, "one", "first"), [support], address)[0] == 250
+    [first] = tickets(stack, key)
+    requester = first["requester_id"]
+
+    restriction = file(stack, key, {"type": "restriction", "subject": {"contact_id": requester}})
+    assert completed(stack, key, restriction["id"])["status"] == "completed"
+    before = stored(stack)
+    code, text = send(stack, mail(sender, support, "two", "again"), [support], address)
+    assert (code, text[:5]) == (550, "5.7.1") and "restricted" in text
+    assert stored(stack) == before
+
+    erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": requester}})
+    assert completed(stack, key, erasure["id"])["status"] == "completed"
+    assert send(stack, mail(sender, support, "three", "new me"), [support], address)[0] == 250
+    newest = [t for t in tickets(stack, key) if t["id"] != first["id"]]
+    assert [t["subject"] for t in newest] == ["three"]
+    assert newest[0]["requester_id"] != requester
+
+
+def test_an_accounts_outage_is_answered_451_and_the_retry_stores_once(stack: Stack):
+    key, support = tenant(stack)
+    address, sender = customer()
+    msg = mail(sender, support, unique("During the outage"), "hello?")
+    before = stored(stack)
+    stack.stop("accounts")
+    try:
+        code, text = send(stack, msg, [support], address)
+        assert (code, text[:5]) == (451, "4.3.0")
+        assert stored(stack) == before
+    finally:
+        stack.start("accounts")
+    # The relay tries again until it is answered 250, then again (its 250 lost): one ticket.
+    wait_until(lambda: send(stack, msg, [support], address)[0] == 250, timeout=60, what="250")
+    assert send(stack, msg, [support], address)[0] == 250
+    assert [t["subject"] for t in tickets(stack, key)] == [str(msg["Subject"])]
