@@ -30,7 +30,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from nameko.extensions import Entrypoint, SharedExtension
 from prometheus_client import Counter
 
-from kernel.errors import Conflict, Gone, NotFound
+from kernel.errors import Conflict, Gone, NotFound, ValidationFailed
 from kernel.mail import inbound
 from kernel.nameko_adapters.common import settings_of
 
@@ -128,10 +128,18 @@ class MailInEntrypoint(Entrypoint):
     def __init__(self, kind: str, **kwargs: Any):
         self.kind = kind
         # A refusal is an answer, not a fault: logged in one line (kernel.runner).
-        super().__init__(expected_exceptions=(NotFound, Gone, Conflict, inbound.Refused))
+        super().__init__(
+            expected_exceptions=(NotFound, Gone, Conflict, ValidationFailed, inbound.Refused)
+        )
 
     def setup(self) -> None:
         self.server.register(self)
+
+    def stop(self) -> None:
+        # Entrypoints stop first, before in-flight workers are waited for: no new mail is
+        # taken. A session cut mid-DATA gets no reply, so its relay tries again (and a mail
+        # whose worker still commits is recognised then by its idempotency record).
+        self.server.stop()
 
     def run(self, *args: Any) -> Any:
         done: eventlet.event.Event = eventlet.event.Event()
@@ -162,6 +170,8 @@ def reply_for(exc: BaseException) -> str:
         return "550 5.2.1 This helpdesk no longer accepts mail: its account is cancelled"
     if isinstance(exc, Conflict):
         return f"550 5.7.1 {exc}"
+    if isinstance(exc, ValidationFailed):  # the mail's content, which a retry cannot change
+        return "554 5.6.0 The mail could not be stored as a ticket"
     return "451 4.3.0 Temporary failure, please try again later"
 
 

@@ -170,7 +170,12 @@ def receive(
             "ticket_id": str(row[0]),
             "message_id": None if row[1] is None else str(row[1]),
         }
-    contact_id = str(sender_lookup(tenant_id, mail["sender"], mail["sender_name"])["contact_id"])
+    try:
+        contact = sender_lookup(tenant_id, mail["sender"], mail["sender_name"])
+    except ValidationFailed:
+        # Parsed as an address, yet not one a contact may have: permanent, not a retry.
+        raise inbound.Refused(550, "5.1.7", "the sender's address is not one we accept") from None
+    contact_id = str(contact["contact_id"])
     thread = choose_thread(
         _candidates(uow, referenced(mail["references"], domain)), tenant_id, contact_id
     )

@@ -366,8 +366,14 @@ def test_a_restricted_sender_is_refused_and_an_erased_one_is_a_new_contact(stack
     assert (code, text[:5]) == (550, "5.7.1") and "restricted" in text
     assert stored(stack) == before
 
+    def records() -> list:
+        query = "SELECT ticket_id FROM mail_in_received WHERE requester_id = %s"
+        return rows(stack, "tickets", query, requester)
+
+    assert [str(r[0]) for r in records()] == [first["id"]]
     erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": requester}})
     assert completed(stack, key, erasure["id"])["status"] == "completed"
+    assert records() == []  # what recognised their mail went with them
     assert send(stack, mail(sender, support, "three", "new me"), [support], address)[0] == 250
     newest = [t for t in tickets(stack, key) if t["id"] != first["id"]]
     assert [t["subject"] for t in newest] == ["three"]
