@@ -13,9 +13,10 @@ a new contact (the erasure ended what was; a new mail is new data they chose to 
 Threading: outbound replies carry ``Reply-To:`` the support address and Message-IDs built from
 ids (``services.tickets.mail``); a reply's In-Reply-To and References name them. A referenced
 ticket is continued only if it is this tenant's, its requester is the sender, and it is not
-closed (``choose_thread``); anything else, a forged References naming another tenant's or
-another requester's ticket included, opens a new ticket. Ticket ids are random and known only
-to the tenant's staff and the ticket's requester (the ids in the mails sent to them).
+closed (``choose_thread``); a pending or solved one is open again. Anything else, a forged
+References naming another tenant's or another requester's ticket included, opens a new ticket.
+Ticket ids are random and known only to the tenant's staff and the ticket's requester (the ids
+in the mails sent to them).
 
 Exactly once: the mail's idempotency record (``mail_in_received``) is keyed by a keyed hash of
 the sender and the Message-ID under the tenant's blind-index key, written in the transaction
@@ -190,6 +191,7 @@ def receive(
             message_id = _add_reply(
                 uow, tenant_id, ticket_id, contact_id, mail["text"], files, limits
             )
+            _reopen(uow, tenant_id, ticket_id)
     except TooLarge as exc:
         raise inbound.too_big(str(exc)) from None
     except ValidationFailed as exc:
@@ -245,6 +247,15 @@ def _add_reply(
     )
     added = handlers.add_message(uow, tenant_id, ticket_id, contact_id, command, limits.per_message)
     return str(added["id"])
+
+
+def _reopen(uow: UnitOfWork, tenant_id: str, ticket_id: str) -> None:
+    """The requester answered: a ticket waiting on them (pending) or solved is open again, so
+    it is back in the agents' queue."""
+    ticket = handlers.load_ticket(uow, tenant_id, ticket_id)
+    if ticket.status in ("pending", "solved"):
+        ticket.move_to("open")
+        uow.save(ticket, ticket.tenant_id)
 
 
 def _store_file(

@@ -187,6 +187,18 @@ def test_a_mail_opens_a_ticket_and_the_answer_to_our_reply_threads(
     )
     assert str(out["Reply-To"]) == support
     assert str(out["Message-ID"]) == f"<reply.{posted['id']}@{OUT_DOMAIN}>"
+    # Waiting on the requester: their answer puts it back in the agents' queue.
+    for status in ("open", "pending"):
+        version = ticket(stack, key, opened["id"])["version"]
+        ok(
+            stack.call(
+                "PATCH",
+                f"/v1/tickets/{opened['id']}",
+                key=key,
+                json={"status": status},
+                headers={"If-Match": f'"{version}"'},
+            )
+        )
     follow_up = unique("Thanks, any news?")
     back = mail(
         sender,
@@ -201,6 +213,7 @@ def test_a_mail_opens_a_ticket_and_the_answer_to_our_reply_threads(
     messages = ticket(stack, key, opened["id"])["messages"]
     assert [m["body"].split("\n")[0] for m in messages] == [answer, follow_up]
     assert messages[1]["author_id"] == contact["id"]
+    assert ticket(stack, key, opened["id"])["status"] == "open"
 
     text = services_log.read_text(errors="replace")
     assert "mail in" in text or "receive_mail" in text
