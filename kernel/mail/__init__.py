@@ -1,4 +1,4 @@
-"""Outbound mail: composed by the service that holds what a mail says, queued in that service's
+"""Mail, out and in. Outbound mail: composed by the service that holds what a mail says, queued in that service's
 database sealed under the recipient subject's key (``outbox``), and sent through the
 configured SMTP relay (``smtp``) by a loop every process of the service runs (``sender``).
 
@@ -9,4 +9,8 @@ configured SMTP relay (``smtp``) by a loop every process of the service runs (``
   alone (the reliability tests kill it mid-batch).
 - ``dependency``: the same loop in a thread of a nameko service.
 - ``sink``: the development SMTP sink ``make run`` starts.
+
+Inbound mail: an SMTP/LMTP listener in the service that stores it, its steps run as the
+service's workers (``listener``), and the parsing, limits and detections in plain Python
+(``inbound``).
 """
