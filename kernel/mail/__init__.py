@@ -1,6 +1,7 @@
-"""Mail, out and in. Outbound mail: composed by the service that holds what a mail says, queued in that service's
-database sealed under the recipient subject's key (``outbox``), and sent through the
-configured SMTP relay (``smtp``) by a loop every process of the service runs (``sender``).
+"""Mail, out and in. Outbound mail: composed by the service that holds what a mail says,
+queued in that service's database sealed under the recipient subject's key (``outbox``), and
+sent through the configured SMTP relay (``smtp``) by a loop every process of the service runs
+(``sender``).
 
 - ``message``: the RFC 5322 message and its headers, with a Message-ID stable per mail.
 - ``outbox``: the ``mail_outbox`` table (each sending service's own migration creates it).
