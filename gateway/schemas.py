@@ -95,6 +95,13 @@ class TenantOut(Schema):
     status = fields.String(required=True, metadata={"enum": ["active", "cancelled"]})
     plan = fields.String(required=True)
     destroy_after = fields.DateTime(metadata={"description": "only while cancelled"})
+    support_address = fields.Email(
+        metadata={
+            "description": "where the tenant's customers' mail opens tickets (`GET /v1/tenant`"
+            " only): the tenant id at the platform's inbound mail domain; forward the public"
+            " support address to it"
+        }
+    )
 
 
 class AgentOut(Schema):

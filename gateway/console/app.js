@@ -737,6 +737,8 @@ async function showTenant() {
   facts($("tenant-facts"), [
     ["Company", tenant.company], ["Status", tenant.status], ["Region", tenant.region],
     ["Plan", tenant.plan], ["Tenant id", tenant.id],
+    // Where customers' mail opens tickets: forward the public support address here.
+    ["Support address (mail in)", tenant.support_address || "—"],
   ]);
   const cancelled = tenant.status === "cancelled";
   const grace = $("grace");

@@ -23,7 +23,7 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers, privacy, tenant_export
+from services.accounts import commands, handlers, inbound, privacy, tenant_export
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 from services.accounts.subscriptions import PRIVACY
@@ -72,7 +72,10 @@ class AccountsService:
     @rpc
     def get_tenant(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return handlers.get_tenant(uow, tenant_id)
+            tenant = handlers.get_tenant(uow, tenant_id)
+        # Where its customers' mail opens tickets (services.tickets.mail_in): an id at the
+        # inbound domain, naming no one.
+        return {**tenant, "support_address": f"{tenant_id}@{self.settings.mail_in_domain}"}
 
     @rpc
     def cancel_tenant(self, actor: dict[str, str]) -> dict[str, Any]:
@@ -164,6 +167,12 @@ class AccountsService:
             )
 
     # --- contacts and consent -----------------------------------------------------------------
+
+    @rpc
+    def inbound_contact(self, tenant_id: str, address: str, name: str) -> dict[str, Any]:
+        """Who sent tickets an inbound mail: a contact found by address, or made for it."""
+        with self.store.unit_of_work("mail-in") as uow:
+            return inbound.inbound_contact(uow, tenant_id, address, name)
 
     @rpc
     def create_contact(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:

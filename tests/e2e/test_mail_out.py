@@ -121,6 +121,9 @@ def test_a_public_reply_is_mailed_and_the_next_one_threads(stack: Stack, smtp: s
     # Written by a person, and transactional: no Auto-Submitted, no List-Unsubscribe.
     assert mail["Auto-Submitted"] is None and mail["List-Unsubscribe"] is None
     assert first_text in mail.get_content()
+    # Answers come back to the tenant's support address, an id at the inbound domain.
+    tenant_id = ok(stack.call("GET", "/v1/tenant", key=key))["id"]
+    assert str(mail["Reply-To"]) == f"{tenant_id}@{stack.settings.mail_in_domain}"
 
     second = reply(stack, key, ticket, unique("Anything else?"))
     mails = arrived(smtp, contact["email"], 2)
