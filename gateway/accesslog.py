@@ -129,6 +129,7 @@ _SUMMARY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "
 
 def access_event(
     *,
+    event_id: UUID | None = None,
     tenant_id: UUID | None,
     actor_id: str | None,
     method: str,
@@ -142,7 +143,8 @@ def access_event(
     at: datetime,
     trace: dict[str, str],
 ) -> Envelope:
-    """The event for one request, its payload validated (``MalformedPayload`` if not).
+    """The event for one request, its payload validated (``MalformedPayload`` if not); its id
+    is the request's (``event_id``, the ``X-Request-Id`` its answer carried) where given.
 
     ``resource_ids`` are what the request named (its path, say): whatever a client typed may
     hold a card number, so they pass the redactor. ``answer_ids`` are the ids of the platform's
@@ -164,6 +166,7 @@ def access_event(
     # ``ip`` as an address object).
     ACCESS_LOGGED.validate(payload)
     envelope = new_envelope(
+        event_id=event_id,
         type=ACCESS_LOGGED.name,
         schema_version=ACCESS_LOGGED.latest,
         source=SOURCE,

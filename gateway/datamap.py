@@ -46,6 +46,18 @@ WEBHOOKS_DESTROYED = End(
     "the tenant's key is shredded, then its endpoints and deliveries are deleted",
     f"{_WEBHOOKS}:forget_tenant",
 )
+WEBHOOK_SECRET_REPLACED = End(
+    When.REPLACED,
+    "a rotation (POST /v1/webhooks/{id}/secret) replaces it: the old value moves, sealed again,"
+    " to previous_secret_sealed",
+    f"{_WEBHOOKS}:Webhooks.rotate_secret",
+)
+WEBHOOK_PREVIOUS_SECRET_EXPIRED = End(
+    When.TTL,
+    "LEDGERDESK_WEBHOOK_SECRET_GRACE_HOURS (24 h) after the rotation it signs no more, and a"
+    " purge every minute clears it (a newer rotation drops it at once)",
+    f"{_WEBHOOKS}:expire_previous_secrets",
+)
 WEBHOOK_LOG_EXPIRED = End(
     When.TTL,
     "a delivered or failed delivery is deleted, with its attempts, once LEDGERDESK_WEBHOOK_LOG_DAYS"
@@ -187,11 +199,25 @@ DATA_MAP = ServiceMap(
                 secret(
                     "secret_sealed",
                     Held.TENANT_KEY,
+                    WEBHOOK_SECRET_REPLACED,
                     WEBHOOKS_DELETED,
                     WEBHOOKS_DESTROYED,
                     note="the HMAC-SHA256 signing secret, encrypted (signing needs it), shown"
-                    " once when registered",
+                    " once when registered or rotated",
                 ),
+                secret(
+                    "previous_secret_sealed",
+                    Held.TENANT_KEY,
+                    WEBHOOK_PREVIOUS_SECRET_EXPIRED,
+                    WEBHOOK_SECRET_REPLACED,
+                    WEBHOOKS_DELETED,
+                    WEBHOOKS_DESTROYED,
+                    note="the secret a rotation replaced, sealed again bound to this column: it"
+                    " signs beside the new one for the grace, so receivers switch without a"
+                    " lost delivery",
+                ),
+                operational("previous_secret_until", "when the previous secret's grace ends"),
+                operational("secret_rotated_at"),
                 operational("events", "webhook event types"),
                 pseudonym("created_by", "the admin who registered it"),
                 operational("created_at"),
@@ -207,12 +233,13 @@ DATA_MAP = ServiceMap(
                 pseudonym("endpoint_id"),
                 pseudonym("tenant_id"),
                 pseudonym("event_id", "the integration event's id, sent as Ledgerdesk-Event-Id"),
-                operational("event_type"),
+                operational("event_type", "a catalogue event's name, or webhook.ping"),
                 operational("occurred_at"),
                 pseudonym(
                     "data",
                     "the webhook's payload: ids (ticket, requester, assignee, author, message,"
-                    " request, subject) and states (status, priority, type); never text",
+                    " request, subject; a ping's endpoint) and states (status, priority, type);"
+                    " never text",
                 ),
                 operational("status"),
                 operational("attempts"),

@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request
 
 from gateway import accesslog
 from gateway.clientaddr import ENVIRON_KEY, TrustedProxies, client_address, limit_key
-from gateway.ratelimit import RateLimited, RateLimiter
+from gateway.ratelimit import Quota, RateLimited, RateLimiter
 from kernel import outbox
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.store import store_of
@@ -31,6 +31,10 @@ from kernel.observability import ACCESSES_SUMMARIZED, FAILED_AUTHENTICATIONS, RA
 log = logging.getLogger(__name__)
 
 MAX_ADDRESSES = 100_000
+
+# request.environ keys: what is left of the client address's bucket, and of the API key's.
+ADDRESS_QUOTA = "ledgerdesk.address_quota"
+KEY_QUOTA = "ledgerdesk.key_quota"
 
 
 class Edge(SharedExtension):
@@ -77,8 +81,9 @@ class Edge(SharedExtension):
     # --- limits -------------------------------------------------------------------------------
 
     def admit(self, request: Request) -> None:
-        """A token of the client address's bucket, or ``RateLimited``: every request."""
-        _counted(self.clients.check, self._key(request), "client")
+        """A token of the client address's bucket, or ``RateLimited``: every request. What is
+        left is told to the client (``QUOTA``) unless a key's bucket is told instead."""
+        request.environ[ADDRESS_QUOTA] = _counted(self.clients.check, self._key(request), "client")
 
     def before_authentication(self, request: Request) -> None:
         """``RateLimited`` once the address's credentials were refused too often: checked
@@ -133,12 +138,18 @@ class Edge(SharedExtension):
                 log.exception("access summaries not written")
 
 
-def _counted(check: Any, key: str, limit: str) -> None:
+def _counted(check: Any, key: str, limit: str) -> Any:
     try:
-        check(key)
+        return check(key)
     except RateLimited:
         RATE_LIMITED.labels(limit).inc()
         raise
+
+
+def quota_of(request: Request) -> Quota | None:
+    """The quota a request's answer tells (``RateLimit-*``): its API key's (or the operator
+    token's) once the key was admitted, else its client address's."""
+    return request.environ.get(KEY_QUOTA) or request.environ.get(ADDRESS_QUOTA)
 
 
 class GatewayLimits:
@@ -149,8 +160,8 @@ class GatewayLimits:
         self.keys = keys
         self.edge = edge
 
-    def check(self, key: str) -> None:
-        _counted(self.keys.check, key, "key")
+    def check(self, key: str, request: Request) -> None:
+        request.environ[KEY_QUOTA] = _counted(self.keys.check, key, "key")
 
     def before_authentication(self, request: Request) -> None:
         self.edge.before_authentication(request)

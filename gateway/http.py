@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import secrets
+import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway import accesslog, bodies, problems
 from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES
-from gateway.edge import Edge
+from gateway.edge import Edge, quota_of
 from gateway.idempotency import IdempotencyStore
 from gateway.pagination import PAGING
 from gateway.ratelimit import RateLimited
@@ -49,6 +50,7 @@ IDENTITY = "ledgerdesk.identity"  # request.environ key: who the handler found t
 RESOURCES = "ledgerdesk.resources"  # request.environ key: ids the request touched
 BODY_LIMIT = "ledgerdesk.body_limit"  # request.environ key: the route's limit (``limit_body``)
 CLIENT_TRACE = "ledgerdesk.client_trace"  # request.environ key: ``client_trace`` of the request
+REQUEST_ID = "ledgerdesk.request_id"  # request.environ key: the request's id (``identify``)
 
 
 class _ProblemWsgiApp(WsgiApp):
@@ -63,7 +65,8 @@ class _ProblemWsgiApp(WsgiApp):
         try:
             provider, values = adapter.match()
         except HTTPException as exc:
-            response = problems.problem(exc.code or 404, exc.name, exc.description or exc.name)
+            kind = problems.METHOD_NOT_ALLOWED if exc.code == 405 else problems.NO_ROUTE
+            response = problems.problem(kind, exc.description or kind.title)
             if exc.code == 405:
                 response.headers["Allow"] = ", ".join(exc.valid_methods or ())
             recorder = next(iter(self.server._providers), None)
@@ -73,6 +76,8 @@ class _ProblemWsgiApp(WsgiApp):
                 context = {"traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"}
                 answer_trace(response, context)
                 recorder.record_access(request, response, context, accesslog.UNMATCHED_ROUTE)
+            else:
+                identify(request, response, {})
             return response(environ, start_response)
         request.path_values = values
         return provider.handle_request(request)(environ, start_response)
@@ -209,15 +214,16 @@ class ApiHandler(HttpRequestHandler):
     def record_access(
         self, request: Request, response: Response, worker_data: dict, route: str
     ) -> None:
+        request_id, trace_id = identify(request, response, worker_data)
         identity = request.environ.get(IDENTITY) or {}
         if not identity and not self.server.edge.written_one_by_one(
             request.method, route, response.status_code
         ):
             return  # counted into this interval's access summary (gateway.accesslog)
         traceparent = worker_data.get("traceparent") or ""
-        trace_id = traceparent.split("-")[1] if valid_traceparent(traceparent) else None
         try:
             envelope = accesslog.access_event(
+                event_id=request_id,
                 tenant_id=identity.get("tenant_id"),
                 actor_id=identity.get("agent_id") or identity.get("actor"),
                 method=request.method,
@@ -269,6 +275,8 @@ def refused_at_the_edge(server: ApiServer, url_map: Any, request: Request) -> Re
             route = accesslog.UNMATCHED_ROUTE
         # A refused request continues no one's trace.
         recorder.record_access(request, response, {}, route)
+    else:
+        identify(request, response, {})
     return response
 
 
@@ -315,6 +323,22 @@ def client_trace(request: Request) -> dict[str, str]:
     if len(values) == 1 and valid_traceparent(values[0]) and not contains_card_number(values[0]):
         return {"traceparent": values[0]}
     return {}
+
+
+def identify(
+    request: Request, response: Response, worker_data: dict[str, Any]
+) -> tuple[uuid.UUID, str | None]:
+    """The request's id and trace id, named in its answer (``problems.identify``): the id is
+    the one its access record gets, so the operator finds the request in the ledger by it."""
+    request_id = request.environ.setdefault(REQUEST_ID, uuid.uuid4())
+    traceparent = worker_data.get("traceparent") or ""
+    trace_id = traceparent.split("-")[1] if valid_traceparent(traceparent) else None
+    problems.identify(response, str(request_id), trace_id)
+    quota = quota_of(request)
+    if quota is not None and "RateLimit-Limit" not in response.headers:
+        # A 429 already told the bucket that refused; anything else, what is left.
+        response.headers.update(quota.headers())
+    return request_id, trace_id
 
 
 def answer_trace(response: Response, worker_data: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from gateway import schemas
+from gateway import problems, schemas
 from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
 from gateway.route import Route
 
@@ -39,25 +39,72 @@ ERRORS = {
 AUTH_ERRORS = ("401", "403", "429", "503")
 
 
+# Every answer, a problem or not, names its request (``problems.identify``) and, once a bucket
+# admitted it, what is left of the rate limit (``gateway.ratelimit.Quota``): the API key's, or
+# before a key was admitted the client address's. Declared once, referred to everywhere.
+HEADERS: dict[str, dict[str, Any]] = {
+    problems.REQUEST_ID: {
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+        "description": "the request's id: the event_id of its access record in the audit ledger",
+    },
+    "RateLimit-Limit": {
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "requests the bucket holds when full",
+    },
+    "RateLimit-Remaining": {
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "requests left in the bucket now",
+    },
+    "RateLimit-Reset": {
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "seconds until the bucket is full again",
+    },
+}
+IDENTIFIED = {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS}
+
+TAGS = {
+    "agents": "Staff of a tenant and their API keys",
+    "audit": "The tenant's view of the audit ledger, with proofs",
+    "billing": "Plans, subscription, invoices and payment methods (processor tokens only)",
+    "contacts": "The tenant's customers, their consent",
+    "mail": "The tenant's mail, sent, pending and failed, by ids",
+    "me": "The caller's own identity and keys",
+    "operator": "The platform operator's endpoints (the operator token)",
+    "platform": "Health and this document",
+    "policies": "Policy versions and their acceptance",
+    "privacy": "Data subject requests and their approval policy",
+    "retention": "How long each category of data is kept",
+    "search": "Full-text search over the tenant's tickets",
+    "signup": "Creating a tenant",
+    "tenant": "The tenant itself, its cancellation and its exports",
+    "tickets": "Tickets, their messages and attachments",
+    "webhooks": "Signed notifications to the tenant's endpoints",
+}
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
+        "headers": dict(IDENTIFIED),
         "content": {"application/problem+json": {"schema": "Problem"}},
     }
 
 
 def _operation(route: Route) -> dict[str, Any]:
-    success: dict[str, Any] = {"description": route.summary}
+    success: dict[str, Any] = {"description": route.summary, "headers": dict(IDENTIFIED)}
     if route.response is not None:
         success["content"] = {route.media_type: {"schema": route.response}}
     if route.etag:
-        success["headers"] = {
-            "ETag": {"schema": {"type": "string"}, "description": "the version, for If-Match"}
+        success["headers"]["ETag"] = {
+            "schema": {"type": "string"},
+            "description": "the version, for If-Match",
         }
     responses: dict[str, Any] = {str(route.status): success}
     for status, response, description in route.also:
         responses[str(status)] = {
             "description": description,
+            "headers": dict(IDENTIFIED),
             "content": {"application/json": {"schema": response}},
         }
     # Every request, public ones included, passes its client address's bucket first.
@@ -69,7 +116,10 @@ def _operation(route: Route) -> dict[str, Any]:
     for code in sorted(errors):
         responses[code] = _problem(ERRORS[code])
     for code in ("429", *map(str, route.retry_after)):
-        responses[code]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        responses[code]["headers"] = {
+            **IDENTIFIED,
+            "Retry-After": {"schema": {"type": "integer"}},
+        }
 
     parameters: list[dict[str, Any]] = [
         {
@@ -124,7 +174,8 @@ def _operation(route: Route) -> dict[str, Any]:
         )
     operation: dict[str, Any] = {
         "summary": route.summary,
-        "operationId": f"{route.method}_{route.path.strip('/').replace('/', '_')}",
+        "operationId": route.name,
+        "tags": [route.tag],
         "responses": responses,
     }
     if parameters:
@@ -155,11 +206,19 @@ def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
     for route in documented:
         if not route.summary:
             raise ValueError(f"{route.method} {route.rule}: a documented route needs a summary")
+        if not route.name.isidentifier():
+            raise ValueError(f"{route.method} {route.rule}: no operationId (see routes_of)")
     spec = APISpec(
         title="Ledgerdesk API",
         version="1",
         openapi_version="3.1.0",
         plugins=[MarshmallowPlugin()],
+        # Relative: the document is served by the gateway it describes, at whatever address.
+        servers=[{"url": "/", "description": "the gateway that serves this document"}],
+        tags=[
+            {"name": tag, **({"description": TAGS[tag]} if tag in TAGS else {})}
+            for tag in sorted({route.tag for route in documented})
+        ],
         info={
             "description": (
                 "A multi-tenant helpdesk whose privacy promises are kept by code. A W3C"
@@ -169,6 +228,8 @@ def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
             )
         },
     )
+    for name, header in HEADERS.items():
+        spec.components.header(name, header)
     spec.components.security_scheme("apiKey", {"type": "http", "scheme": "bearer"})
     spec.components.security_scheme("operatorToken", {"type": "http", "scheme": "bearer"})
     names = {"Problem", *(r.body for r in documented)}

@@ -45,9 +45,9 @@ DEAD_LETTER_QUEUES: tuple[str, ...] = (
 
 def status_of(exc: BaseException) -> int:
     """The status an exception answers with: the gateway's one problem table."""
-    for exc_type, status, _title in problems.PROBLEMS:
+    for exc_type, kind in problems.PROBLEMS:
         if isinstance(exc, exc_type):
-            return status
+            return kind.status
     return 500
 
 

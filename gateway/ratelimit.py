@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from nameko.exceptions import deserialize_to_instance
 
@@ -20,15 +21,39 @@ from kernel.errors import DomainError
 
 @deserialize_to_instance
 class RateLimited(DomainError):
-    """Too many requests for one key; ``retry_after`` is whole seconds, at least 1."""
+    """Too many requests for one key; ``retry_after`` is whole seconds, at least 1, and
+    ``limit`` the size of the bucket that refused (0: not known)."""
 
-    def __init__(self, retry_after: float | str, detail: str = ""):
+    def __init__(self, retry_after: float | str, detail: str = "", limit: int | str = 0):
         # A str is how nameko hands the number back from a remote service. Retry-After takes
         # whole seconds, and rounding down could send a client back too early.
         self.retry_after: int = max(1, math.ceil(float(retry_after)))
+        self.limit = int(limit)
         super().__init__(detail or f"too many requests; retry in {self.retry_after} s")
-        # nameko rebuilds a remote error from ``args``; both fields must survive the trip.
-        self.args = (self.retry_after, self.detail)
+        # nameko rebuilds a remote error from ``args``; every field must survive the trip.
+        self.args = (self.retry_after, self.detail, self.limit)
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(self.limit, 0, self.retry_after)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A bucket's state as a client is told it (the ``RateLimit-*`` headers): ``limit``
+    requests at once, ``remaining`` of them now, and ``reset`` whole seconds until the bucket
+    is full again."""
+
+    limit: int
+    remaining: int
+    reset: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+        }
 
 
 class _Bucket:
@@ -72,15 +97,16 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def check(self, key: str) -> None:
-        """Take a token for ``key`` or raise :class:`RateLimited`; a refusal takes nothing."""
+    def check(self, key: str) -> Quota:
+        """Take a token for ``key`` and say what is left, or raise :class:`RateLimited`; a
+        refusal takes nothing."""
         with self._lock:
             bucket = self._refilled(key)
             if bucket.tokens >= 1.0:
                 bucket.tokens -= 1.0
-                return
+                return self._quota(bucket)
             wait = self._wait(bucket)
-        raise RateLimited(wait)
+        raise RateLimited(wait, limit=self.burst)
 
     def ensure(self, key: str) -> None:
         """Raise :class:`RateLimited` if ``key`` has no token left, taking none: for a bucket
@@ -90,7 +116,7 @@ class RateLimiter:
             if bucket.tokens >= 1.0:
                 return
             wait = self._wait(bucket)
-        raise RateLimited(wait)
+        raise RateLimited(wait, limit=self.burst)
 
     def spend(self, key: str) -> None:
         """Take a token for ``key`` if one is left (a failure that already happened)."""
@@ -113,6 +139,12 @@ class RateLimiter:
             bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
             bucket.updated = now
         return bucket
+
+    def _quota(self, bucket: _Bucket) -> Quota:
+        # Rounded up: a client told "full in 0 s" while a fraction is missing would come back
+        # early; the same allowance as ``_wait`` for float noise.
+        full_in = max(0, math.ceil((self.burst - bucket.tokens) / self.rate - 1e-9))
+        return Quota(self.burst, math.floor(bucket.tokens + 1e-9), full_in)
 
     def _wait(self, bucket: _Bucket) -> int:
         # The small allowance keeps float noise (a wait of 2.0000000001) from adding a second.

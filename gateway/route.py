@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nameko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
@@ -83,6 +83,9 @@ class Route:
     etag: bool = False
     retry_after: tuple[int, ...] = ()
     documented: bool = True
+    # The handler's method name (``routes_of`` sets it): the OpenAPI operationId, which a
+    # generated client turns into a function name.
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.roles and self.operator:
@@ -103,6 +106,16 @@ class Route:
         return tuple(_PARAMETER.findall(self.rule))
 
     @property
+    def tag(self) -> str:
+        """The resource the route is about, which groups it in the document: the first segment
+        after ``/v1`` (``tickets`` for ``/v1/tickets/{id}/messages``), ``operator`` for the
+        operator's routes, and ``platform`` for the gateway's own (health, the document)."""
+        segments = [s for s in self.path.split("/") if s]
+        if len(segments) < 2 or segments[0] != "v1" or segments[1] == "openapi.json":
+            return "platform"
+        return segments[1]
+
+    @property
     def auth(self) -> str | None:
         """``bearer`` (an API key), ``operator`` (the operator token) or None (anyone)."""
         if self.roles:
@@ -120,8 +133,8 @@ def routes_of(service_cls: type) -> Iterator[Route]:
     from gateway.http import ApiHandler  # the handler imports this module
 
     found = [
-        entrypoint.route
-        for _, method in inspect.getmembers(service_cls, inspect.isfunction)
+        replace(entrypoint.route, name=name)
+        for name, method in inspect.getmembers(service_cls, inspect.isfunction)
         for entrypoint in getattr(method, ENTRYPOINT_EXTENSIONS_ATTR, ())
         if isinstance(entrypoint, ApiHandler)
     ]

@@ -15,7 +15,11 @@ from gateway.webhooks.schemas import (
     WebhookDeliveryOut,
     WebhookListOut,
     WebhookOut,
+    WebhookSecretOut,
 )
+from kernel.mail.outbox import OUTCOMES as MAIL_OUTCOMES
+from kernel.mail.outbox import STATUSES as MAIL_STATUSES
+from kernel.platform import SENDS_MAIL
 from services.accounts.contracts import (
     ROLES,
     AcceptPolicyV1,
@@ -80,6 +84,7 @@ __all__ = [
     "WebhookDeliveryOut",
     "WebhookListOut",
     "WebhookOut",
+    "WebhookSecretOut",
 ]
 
 
@@ -90,6 +95,13 @@ class TenantOut(Schema):
     status = fields.String(required=True, metadata={"enum": ["active", "cancelled"]})
     plan = fields.String(required=True)
     destroy_after = fields.DateTime(metadata={"description": "only while cancelled"})
+    support_address = fields.Email(
+        metadata={
+            "description": "where the tenant's customers' mail opens tickets (`GET /v1/tenant`"
+            " only): the tenant id at the platform's inbound mail domain; forward the public"
+            " support address to it"
+        }
+    )
 
 
 class AgentOut(Schema):
@@ -689,11 +701,34 @@ class StatusOut(Schema):
 
 
 class Problem(Schema):
-    type = fields.String(required=True)
+    type = fields.String(
+        required=True,
+        metadata={
+            "format": "uri-reference",
+            "description": "the kind of problem, one of those /docs/problems lists",
+            "example": "/docs/problems#version-conflict",
+        },
+    )
     title = fields.String(required=True)
     status = fields.Integer(required=True)
     detail = fields.String(required=True)
-    errors = fields.Dict(keys=fields.String(), values=fields.Raw())
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        metadata={"description": "for validation-failed: each field and what is wrong with it"},
+    )
+    request_id = fields.UUID(
+        required=True,
+        metadata={"description": "the X-Request-Id of the answer: quote it to the operator"},
+    )
+    trace_id = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "pattern": "^[0-9a-f]{32}$",
+            "description": "the trace the request was recorded under (null when none was)",
+        },
+    )
 
 
 class MeOut(Schema):
@@ -793,3 +828,47 @@ class ReplayDeadLettersV1(Schema):
 
 class ReplayedOut(Schema):
     replayed = fields.Integer(required=True)
+
+
+class MailOut(Schema):
+    id = fields.UUID(required=True)
+    service = fields.String(
+        required=True,
+        metadata={"enum": list(SENDS_MAIL), "description": "the service that sends it"},
+    )
+    kind = fields.String(required=True, metadata={"description": "`ticket_reply`: a public reply"})
+    recipient_id = fields.UUID(
+        required=True, metadata={"description": "whom, by id (a ticket's requester)"}
+    )
+    reference_id = fields.UUID(
+        required=True, allow_none=True, metadata={"description": "what it carries (the message)"}
+    )
+    status = fields.String(
+        required=True,
+        metadata={
+            "enum": list(MAIL_STATUSES),
+            "description": "failed: refused for good (a 5xx), or still refused when the retry"
+            " window closed",
+        },
+    )
+    attempts = fields.Integer(required=True)
+    last_code = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "the relay's last reply code"}
+    )
+    last_outcome = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "enum": list(MAIL_OUTCOMES),
+            "description": "of the last attempt: temporary (a 4xx, no connection), permanent (a"
+            " 5xx), unrecorded (its attempts never got recorded before its window closed)",
+        },
+    )
+    created_at = fields.DateTime(required=True)
+    next_attempt_at = fields.DateTime(required=True, allow_none=True)
+    finished_at = fields.DateTime(required=True, allow_none=True)
+
+
+class MailListOut(Schema):
+    items = fields.List(fields.Nested(MailOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)

@@ -27,12 +27,14 @@ from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
 from gateway.ratelimit import RateLimiter
+from gateway.reference import ReferenceRoutes
 from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
 from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.mail import MailRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.search import SearchRoutes
@@ -173,7 +175,9 @@ class GatewayService(
     RetentionRoutes,
     ExportRoutes,
     WebhookRoutes,
+    MailRoutes,
     ConsoleRoutes,
+    ReferenceRoutes,
     OperationsRoutes,
 ):
     """The routes of every resource (``gateway.routes``), and the dependencies they share."""
@@ -252,8 +256,10 @@ class GatewayService(
 
     @timer(interval=60)
     def purge_webhook_log(self) -> None:
-        """Finished deliveries leave the log once older than its period."""
+        """Finished deliveries leave the log once older than its period, and rotated-out
+        secrets go once their grace is over."""
         self.webhooks.purge_expired()
+        self.webhooks.expire_previous_secrets()
 
     # --- operations ---------------------------------------------------------------------------
 

@@ -200,8 +200,8 @@ class Settings:
         10_000,
         name="DEAD_LETTER_MAX_MESSAGES",
         parse=values.number(int),
-        doc="per dead-letter queue (`x-max-length`, `x-overflow: drop-head`): past it the"
-        " oldest goes",
+        doc="per dead-letter queue (`x-max-length`, `x-overflow: reject-publish`): past it more"
+        " is refused and waits in its consumer queue (an RPC request is dropped)",
     )
     max_workers: int = setting(
         10, name="MAX_WORKERS", parse=values.number(int), doc="nameko workers (DB pool = this + 5)"
@@ -486,6 +486,13 @@ class Settings:
         parse=values.number(float),
         doc="a webhook delivery's whole exchange (resolve, connect, send, answer)",
     )
+    webhook_secret_grace_hours: float = setting(
+        24.0,
+        name="WEBHOOK_SECRET_GRACE_HOURS",
+        parse=values.number(float),
+        doc="after a webhook secret is rotated, how long the one it replaced still signs"
+        " deliveries beside it (a second `v1=`); then it is cleared",
+    )
     webhook_log_days: float = setting(
         30.0,
         name="WEBHOOK_LOG_DAYS",
@@ -579,6 +586,70 @@ class Settings:
         parse=values.number(float),
         doc="days (of `LEDGERDESK_DAY_SECONDS`) a sent or failed mail's row (ids and states;"
         " its sealed text is dropped when it finishes) is kept, then deleted",
+    )
+    # Mail in (kernel.mail.listener, in the tickets service): where the relay or the MX hands
+    # mail over, the domain of the support addresses, and what a mail may be.
+    mail_in_host: str = setting(
+        "127.0.0.1",
+        name="MAIL_IN_HOST",
+        doc="the inbound mail listener's address (`0.0.0.0` in a container)",
+    )
+    mail_in_port: int = setting(
+        2525,
+        name="MAIL_IN_PORT",
+        parse=values.port,
+        doc="its port, shared by every tickets replica on a host (0: no listener)",
+    )
+    mail_in_protocol: str = setting(
+        "smtp",
+        name="MAIL_IN_PROTOCOL",
+        parse=values.lowered,
+        doc="`smtp` (pointed at by an MX or a relay's transport) or `lmtp` (a relay's local"
+        " delivery, one reply per recipient)",
+    )
+    mail_in_domain: str = setting(
+        "inbound.ledgerdesk.localhost",
+        name="MAIL_IN_DOMAIN",
+        parse=values.lowered,
+        doc="the domain of every tenant's support address, `<tenant id>@` this; mail to any"
+        " other domain is refused",
+    )
+    mail_in_max_bytes: int = setting(
+        25 << 20,
+        name="MAIL_IN_MAX_BYTES",
+        parse=values.number(int),
+        doc="the largest mail accepted, advertised as SIZE (552 past it)",
+    )
+    mail_in_max_recipients: int = setting(
+        5,
+        name="MAIL_IN_MAX_RECIPIENTS",
+        parse=values.number(int),
+        doc="recipients one mail may have here (452 past it)",
+    )
+    mail_in_max_parts: int = setting(
+        100,
+        name="MAIL_IN_MAX_PARTS",
+        parse=values.number(int),
+        doc="MIME parts one mail may have (554 5.6.0 past it)",
+    )
+    mail_in_max_depth: int = setting(
+        8,
+        name="MAIL_IN_MAX_DEPTH",
+        parse=values.number(int),
+        doc="how deep its MIME parts may nest (554 5.6.0 past it)",
+    )
+    mail_in_max_header_bytes: int = setting(
+        64 << 10,
+        name="MAIL_IN_MAX_HEADER_BYTES",
+        parse=values.number(int),
+        doc="the bytes of its header block (552 5.3.4 past it)",
+    )
+    mail_in_dedup_days: float = setting(
+        30.0,
+        name="MAIL_IN_DEDUP_DAYS",
+        parse=values.number(float),
+        doc="days (of `LEDGERDESK_DAY_SECONDS`) a stored mail's idempotency record is kept: a"
+        " relay re-sending it within them makes no second ticket",
     )
     # The secrets this process holds (names after LEDGERDESK_): see SERVICE_SECRETS. Not a
     # variable: ``from_env`` gives it from the service it reads for.
@@ -689,6 +760,8 @@ class Settings:
                 "production refuses LEDGERDESK_SMTP_SECURITY=none to a relay on another"
                 " machine: use starttls or tls"
             )
+        if self.mail_in_protocol not in ("smtp", "lmtp"):
+            raise ConfigurationError("LEDGERDESK_MAIL_IN_PROTOCOL must be smtp or lmtp")
         if self.environment == "production":
             check_production_secrets(self)
         if self.audit_signing_key:

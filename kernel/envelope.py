@@ -257,6 +257,7 @@ def _replace(envelope: Envelope, **changes: Any) -> Envelope:
 
 def new_envelope(
     *,
+    event_id: uuid.UUID | None = None,
     type: str,
     schema_version: int,
     source: str,
@@ -272,7 +273,7 @@ def new_envelope(
     if occurred_at is not None and occurred_at.utcoffset() is None:
         raise ValueError("occurred_at must carry a time zone")
     return Envelope(
-        event_id=uuid.uuid4(),
+        event_id=event_id or uuid.uuid4(),
         type=type,
         schema_version=schema_version,
         source=source,

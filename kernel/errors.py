@@ -40,6 +40,12 @@ class Conflict(DomainError):
 
 
 @deserialize_to_instance
+class VersionConflict(Conflict):
+    """The version a write was based on (its If-Match) is not the current one: read again.
+    Its own kind, so a client tells it from a state that does not allow the change."""
+
+
+@deserialize_to_instance
 class RetryLater(Conflict):
     """Not yet: the state the request needs comes about by itself; ``retry_after`` is whole
     seconds (at least 1) a client should wait before asking again (the Retry-After header)."""

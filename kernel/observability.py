@@ -49,7 +49,8 @@ METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MESSAGES_HANDLED = Counter(
     "ledgerdesk_messages_handled_total",
     "Messages taken from a consumer queue, by outcome: handled (acknowledged), failed "
-    "(returned to the queue), rejected (malformed, dead-lettered at once)",
+    "(returned to the queue), rejected (malformed, dead-lettered at once), dropped (an RPC "
+    "request its full dead-letter queue refused)",
     ["service", "queue", "outcome"],
 )
 REDELIVERIES = Counter(

@@ -9,3 +9,8 @@ The gateway is not in the list: it serves no RPC and is started apart (``service
 from __future__ import annotations
 
 SERVICES: tuple[str, ...] = ("accounts", "tickets", "billing", "audit", "retention")
+
+# The services that send mail (``kernel.mail``): each keeps a ``mail_outbox`` and serves its
+# RPCs (``kernel.mail.entrypoints``); the gateway's ``GET /v1/mail`` asks each in turn. A
+# service that starts sending mail is one more name here.
+SENDS_MAIL: tuple[str, ...] = ("tickets", "accounts")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import amqp
@@ -120,19 +120,19 @@ def release_held(
     exchange: str,
     routing_key: Callable[[amqp.Message], str],
     copy: Callable[[amqp.Message], amqp.Message | None] | None = None,
-    unbind: tuple[str, str] | None = None,
+    unbind: Sequence[tuple[str, str]] = (),
 ) -> int:
     """Move what waits in ``queue``'s holding queue on (through ``exchange``), then delete the
-    holding queue if it is empty; first unbound from ``unbind`` (exchange, routing key), which
-    the queue itself is bound to again. Returns how many were taken."""
+    holding queue if it is empty; first unbound from ``unbind`` (exchange, routing key pairs),
+    which the queue itself is bound to again. Returns how many were taken."""
     holding = holding_queue(queue)
     channel = conn.channel()
     try:
         channel.queue_declare(holding, passive=True)
     except amqp.exceptions.NotFound:
         return 0
-    if unbind is not None:
-        channel.queue_unbind(holding, *unbind)
+    for source, key in unbind:
+        channel.queue_unbind(holding, source, key)
     moved = move_messages(channel, holding, exchange, routing_key, False, copy)
     with contextlib.suppress(amqp.exceptions.PreconditionFailed, amqp.exceptions.NotFound):
         channel.queue_delete(holding, if_empty=True)
@@ -174,7 +174,6 @@ def declare_dead_letter_queue(
     there is no queue. Each goes back with what is left of its life (one past it is dropped:
     that is what the limit is for), made by ``copy`` first when given. With ``resume``, messages
     a replacement cut short left waiting go back too. Returns whether it was replaced."""
-    quorum = (getattr(queue, "queue_arguments", None) or {}).get("x-queue-type") == "quorum"
     try:
         queue(conn.channel()).declare()
         if not resume:
@@ -201,7 +200,9 @@ def declare_dead_letter_queue(
             channel.queue_declare(holding_queue(queue.name), durable=True, auto_delete=False)
             if exchange:
                 channel.queue_bind(holding_queue(queue.name), exchange, queue.routing_key)
-            hold(conn, queue.name, quorum, keep_routing_key=False)
+            # Deleted whatever reaches it after the move, which works for a classic queue (older
+            # releases') and a quorum one alike: the holding queue, bound like it, got a copy.
+            hold(conn, queue.name, quorum=True, keep_routing_key=False)
             queue(conn.channel()).declare()
             replaced = True
         # Unbound before the move: from now on the broker's dead letters reach the queue only.
@@ -211,8 +212,41 @@ def declare_dead_letter_queue(
             "",
             lambda message: queue.name,
             still_alive,
-            (exchange, queue.routing_key) if exchange else None,
+            [(exchange, queue.routing_key)] if exchange else [],
         )
     if taken:
         log.info("%d dead letter(s) moved back into %s, with their limits", taken, queue.name)
+    return replaced
+
+
+def declare_consumer_queue(conn: Connection, queue: Queue, resume: bool = False) -> bool:
+    """Declare an event consumer queue with its bindings. One declared with other arguments (an
+    older release's, before at-least-once dead-lettering) is replaced, losing nothing: a holding
+    queue bound like it takes what is published meanwhile, its messages wait there while it is
+    deleted and declared again, then go back (an event published meanwhile may arrive twice;
+    consumers drop what their inbox has seen). Refuses (``QueueInUse``) while processes consume
+    the old queue, whose arguments theirs would no longer match. With ``resume``, messages a
+    replacement cut short left waiting go back too. Returns whether it was replaced."""
+    try:
+        queue(conn.channel()).declare()
+        if not resume:
+            return False
+    except amqp.exceptions.PreconditionFailed:
+        pass
+    bound = [(b.exchange.name, b.routing_key) for b in queue.bindings]
+    replaced = False
+    with replacing(conn, queue.name):
+        try:
+            queue(conn.channel()).declare()  # another process may have replaced it meanwhile
+        except amqp.exceptions.PreconditionFailed:
+            channel = conn.channel()
+            channel.queue_declare(holding_queue(queue.name), durable=True, auto_delete=False)
+            for source, key in bound:
+                channel.queue_bind(holding_queue(queue.name), source, key)
+            hold(conn, queue.name, quorum=True, keep_routing_key=False)
+            queue(conn.channel()).declare()
+            replaced = True
+        taken = release_held(conn, queue.name, "", lambda message: queue.name, unbind=bound)
+    if replaced:
+        log.info("%s replaced with its current arguments; %d message(s) kept", queue.name, taken)
     return replaced

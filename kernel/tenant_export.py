@@ -11,10 +11,17 @@ out, so the counts stay those of one moment and an export of a busy tenant ends.
 
 A row is what the API shows of it (the same rendering), opened where it is stored encrypted;
 what an erasure or a purge made unreadable reads as ``[erased]``.
+
+A kind may be of files (a ticket's attachments): each of its rows names a file by ``id``, with
+its ``path`` in the archive (``file_path``), its ``size``, ``chunks`` and ``sha256``, and the
+builder asks ``export_file_chunk(tenant_id, kind, id, seq)`` for its bytes a chunk at a time
+(base64, as RPC answers are JSON), so neither side holds a whole file. A file erased or purged
+is in no page: its row goes with its key.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,3 +56,8 @@ def page_of(
 
 def unknown(service: str, kind: str) -> NotFound:
     return NotFound(f"{service} exports no {kind!r}")
+
+
+def file_path(kind: str, file_id: str) -> str:
+    """Where a file's bytes are in the archive: by kind and id (never a name a person gave)."""
+    return f"{kind}/{uuid.UUID(str(file_id))}"

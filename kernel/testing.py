@@ -189,6 +189,8 @@ def _new_world(infrastructure: Infrastructure, name: str, overrides: dict[str, s
             "LEDGERDESK_DELIVERY_LIMIT": "4",
             # Many worlds run at once: each process's ops endpoints take a free port.
             "LEDGERDESK_OPS_PORT": "0",
+            # No inbound mail listener unless a test asks for one (on a free port).
+            "LEDGERDESK_MAIL_IN_PORT": "0",
             # Every test client is 127.0.0.1: the per-address limits, and the budget of
             # unauthenticated requests the access log writes one by one, are relaxed here and
             # tested by the tests that set them.

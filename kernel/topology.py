@@ -6,12 +6,20 @@ requeued by the consumer until the broker dead-letters it to ``<queue>.dead``. Q
 declared before anything is published (``declare``), because RabbitMQ confirms and then drops a
 message that no queue is bound to.
 
+Dead-lettering is at least once: the consumer queue keeps a message until the dead-letter queue
+(a quorum queue too, replicated like it) has confirmed its copy, so neither a node lost in
+between nor a full dead-letter queue drops it (RabbitMQ's ``at-least-once`` dead-letter
+strategy, which needs ``reject-publish`` overflow on the consumer queue; RabbitMQ 3.10+).
+
 A dead letter has a bounded life (``DeadLetterLimits``): the broker drops it after
-``LEDGERDESK_DEAD_LETTER_TTL_HOURS``, and the oldest once a queue holds
-``LEDGERDESK_DEAD_LETTER_MAX_MESSAGES``. RabbitMQ refuses to redeclare a queue with other
-arguments, so a dead-letter queue declared without these limits (or with others) is replaced:
-its messages wait in ``<queue>.migrating`` while it is deleted and declared again, then go back
-with what is left of their life (``kernel.queue_replacement.declare_dead_letter_queue``).
+``LEDGERDESK_DEAD_LETTER_TTL_HOURS``; a queue holding ``LEDGERDESK_DEAD_LETTER_MAX_MESSAGES``
+refuses more (``reject-publish``): what it refuses waits in its consumer queue, counted as
+awaiting dead-lettering, until the operator has made room, so the oldest failures are never
+pushed out unseen. RabbitMQ refuses to redeclare a queue with other arguments, so a queue
+declared with older ones (or other limits) is replaced: its messages wait in
+``<queue>.migrating`` while it is deleted and declared again, then go back (a dead letter with
+what is left of its life: ``kernel.queue_replacement.declare_dead_letter_queue``; a consumer
+queue, ``declare_consumer_queue``, only while no process consumes it).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import amqp
 from kombu import Connection, Exchange, Queue, binding
 
 from kernel.config import Settings
-from kernel.queue_replacement import declare_dead_letter_queue
+from kernel.queue_replacement import declare_consumer_queue, declare_dead_letter_queue
 
 EVENTS_EXCHANGE = "ledgerdesk.events"
 DEAD_LETTER_EXCHANGE = "ledgerdesk.dead-letter"
@@ -48,12 +56,13 @@ class DeadLetterLimits:
         )
 
     def queue_arguments(self) -> dict[str, Any]:
-        # drop-head: past the limit the oldest goes, so the newest failures stay to be seen.
-        # Classic and quorum queues (RabbitMQ 3.10+) both take these three.
+        # reject-publish: past the limit a dead letter is refused, and with at-least-once
+        # dead-lettering it waits in its consumer queue rather than pushing out an older one.
         return {
+            "x-queue-type": "quorum",
             "x-message-ttl": self.ttl_ms,
             "x-max-length": self.max_messages,
-            "x-overflow": "drop-head",
+            "x-overflow": "reject-publish",
         }
 
     def remaining(self, message: amqp.Message) -> int | None:
@@ -103,13 +112,16 @@ class Subscription:
                 "x-delivery-limit": delivery_limit,
                 "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
                 "x-dead-letter-routing-key": self.queue,
+                # Kept until the dead-letter queue confirmed its copy (the module's docstring).
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
             },
         )
 
     def kombu_dead_letter_queue(
         self, limits: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS
     ) -> Queue:
-        """A classic queue: the broker dead-letters into it, at most once."""
+        """A quorum queue the broker dead-letters into, at least once."""
         return Queue(
             self.dead_letter_queue,
             exchange=dead_letter_exchange,
@@ -138,5 +150,5 @@ def declare(
             declare_dead_letter_queue(
                 conn, subscription.kombu_dead_letter_queue(dead_letters), dead_letters, resume
             )
-            subscription.kombu_queue(delivery_limit)(channel).declare()
+            declare_consumer_queue(conn, subscription.kombu_queue(delivery_limit), resume)
         channel.close()

@@ -36,6 +36,10 @@ LIMITS = (
     " letter) passes it.",
     "An identity check or approval reason about an erased person stays, under the tenant's key,"
     " until the tenant is destroyed: it is the evidence the request was handled.",
+    "Inbound mail before it is stored: the relay that hands it over keeps its own queue (and"
+    " its bounces) by its own policy, and a tickets process holds a mail in memory while it is"
+    " parsed and stored. A mail refused or dropped (a bounce, an auto-reply) is kept nowhere"
+    " here; the contents of files from mail are stored as sent, not scanned for card numbers.",
 )
 
 

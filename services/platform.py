@@ -235,7 +235,7 @@ def run(settings: Settings) -> int:
         print(
             f"Services: {', '.join(SERVICES)}; gateway processes: "
             f"{sum(n.startswith('gateway') for n in processes)}.\n"
-            f"Ops ports (/healthz /readyz /metrics): {ports}.\n{mail_note}"
+            f"Ops ports (/healthz /readyz /metrics): {ports}.\n{mail_note}{_mail_in_note(settings)}"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
@@ -266,6 +266,17 @@ def _development_sink(settings: Settings, exits: contextlib.ExitStack) -> str:
     except OSError as exc:  # the port is taken: someone else's sink or relay is there
         return f"Mail goes to {where} (no development sink started: {type(exc).__name__}).\n"
     return f"Mail sent by the platform: {folder}/*.eml (a development SMTP sink on {where}).\n"
+
+
+def _mail_in_note(settings: Settings) -> str:
+    """Where inbound mail is taken (the tickets service's listener, ``kernel.mail.listener``)."""
+    if not settings.mail_in_port:
+        return "Mail in: no listener (LEDGERDESK_MAIL_IN_PORT=0).\n"
+    return (
+        f"Mail in: {settings.mail_in_protocol.upper()} on"
+        f" {settings.mail_in_host}:{settings.mail_in_port}; a tenant's support address is"
+        f" <tenant id>@{settings.mail_in_domain} (GET /v1/tenant shows it).\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ const VIEWS = {
   ledger: { title: "Ledger", roles: ["admin", "auditor"], show: showLedger },
   tenant: { title: "Tenant", roles: ["admin", "agent", "auditor"], show: showTenant },
   retention: { title: "Retention", roles: ["admin"], show: showRetention },
+  mail: { title: "Mail", roles: ["admin"], show: showMail },
   operations: { title: "Operations", roles: ["operator"], show: showOperations },
 };
 
@@ -736,6 +737,8 @@ async function showTenant() {
   facts($("tenant-facts"), [
     ["Company", tenant.company], ["Status", tenant.status], ["Region", tenant.region],
     ["Plan", tenant.plan], ["Tenant id", tenant.id],
+    // Where customers' mail opens tickets: forward the public support address here.
+    ["Support address (mail in)", tenant.support_address || "—"],
   ]);
   const cancelled = tenant.status === "cancelled";
   const grace = $("grace");
@@ -798,6 +801,41 @@ async function savePolicy(category, input) {
   } catch (error) {
     say("retention-status", `Not saved: ${error.message}`, "bad");
   }
+}
+
+// --- mail ----------------------------------------------------------------------------------
+
+let mailCursor = null;
+
+function mailRow(mail) {
+  const reply = [mail.last_code, mail.last_outcome].filter((v) => v !== null).join(" ");
+  return el("tr", { "data-mail": mail.id, "data-reference": mail.reference_id || "" },
+    el("td", {}, when(mail.created_at)),
+    el("td", {}, mail.kind),
+    el("td", { class: "id" }, mail.recipient_id),
+    el("td", { class: "id" }, mail.reference_id || "—"),
+    el("td", {}, mail.attempts),
+    el("td", {}, reply || "—"),
+    el("td", {}, when(mail.finished_at)));
+}
+
+async function loadMail(more) {
+  const params = new URLSearchParams({ status: "failed", limit: "50" });
+  if (more && mailCursor) params.set("cursor", mailCursor);
+  const page = await call("GET", `/v1/mail?${params}`);
+  const body = $("failed-mail").tBodies[0];
+  const rows = page.items.map(mailRow);
+  if (more) body.append(...rows);
+  else body.replaceChildren(...rows);
+  mailCursor = page.next_cursor;
+  $("more-mail").hidden = !mailCursor;
+  say("mail-status", body.rows.length
+    ? `${body.rows.length} failed mail(s) shown${mailCursor ? "; more are available" : ""}.`
+    : "No failed mail.");
+}
+
+async function showMail() {
+  await loadMail(false);
 }
 
 // --- operations ------------------------------------------------------------------------------
@@ -909,6 +947,8 @@ function start() {
   });
   $("who-accessed").addEventListener("click", whoAccessed);
   $("more-entries").addEventListener("click", () => loadEntries(true));
+  $("more-mail").addEventListener("click", () => loadMail(true).catch((error) =>
+    say("mail-status", `Could not read the mail: ${error.message}`, "bad")));
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     runSearch(false);

@@ -24,7 +24,13 @@ from gateway.idempotency import PLATFORM, fingerprint
 from gateway.pagination import encode_cursor, page_params
 from gateway.route import route_of
 from kernel.cards import contains_card_number
-from kernel.errors import Conflict, DomainError, Forbidden, Unauthorized, ValidationFailed
+from kernel.errors import (
+    DomainError,
+    Forbidden,
+    Unauthorized,
+    ValidationFailed,
+    VersionConflict,
+)
 from services.retention.contracts import CHANGE_STATUSES
 
 # Responses that carry a secret are stored for replay without it: a key, or a webhook's
@@ -82,7 +88,7 @@ class Routes:
             raise
         request.environ[IDENTITY] = identity
         continue_client_trace(self.tracing, request)
-        self.limits.check(identity["key_id"])
+        self.limits.check(identity["key_id"], request)
         if identity["role"] not in route.roles:
             raise Forbidden(f"the {identity['role']} role may not do this")
         if identity["tenant_status"] != "active" and not route.while_cancelled:
@@ -107,7 +113,7 @@ class Routes:
             raise Unauthorized("the operator token is required")
         request.environ[IDENTITY] = {"actor": "operator"}
         continue_client_trace(self.tracing, request)
-        self.limits.check("operator")
+        self.limits.check("operator", request)
 
     def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):
         """The same Idempotency-Key with the same request gives the first response again."""
@@ -225,7 +231,7 @@ def if_match(request: Request) -> int:
         raise problems.PreconditionRequired("send If-Match with the ETag you last read")
     value = raw.strip().removeprefix("W/").strip('"')
     if not value.isdigit():
-        raise Conflict("If-Match does not name a version of this resource")
+        raise VersionConflict("If-Match does not name a version of this resource")
     return int(value)
 
 

@@ -35,9 +35,10 @@ class ExportRoutes(Routes):
         roles=ADMIN,
         while_cancelled=True,
         summary=(
-            "Export the whole tenant: every contact, agent, ticket, message, consent record,"
-            " invoice and the tenant's ledger entries, as a ZIP of JSON Lines files with a"
-            " manifest signed by the audit key; built in the background (follow it with GET)."
+            "Export the whole tenant: every contact, agent, ticket, message, attached file,"
+            " consent record, invoice and the tenant's ledger entries, as a ZIP of JSON Lines"
+            " files and the files' bytes (`attachments/<id>`) with a manifest signed by the"
+            " audit key; built in the background (follow it with GET)."
             " One at a time: while one is under way, that one is answered (200). Also while"
             " cancelled"
         ),

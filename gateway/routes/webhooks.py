@@ -107,3 +107,52 @@ class WebhookRoutes(Routes):
         return self._listing(
             self.webhooks.deliveries(caller["tenant_id"], webhook_id, limit, after)
         )
+
+    @api(
+        "POST",
+        "/v1/webhooks/<string:webhook_id>/secret",
+        roles=ADMIN,
+        summary=(
+            "Rotate the endpoint's signing secret: the answer shows the new one, once. Until"
+            " `previous_secret_valid_until` (LEDGERDESK_WEBHOOK_SECRET_GRACE_HOURS, 24 h by"
+            " default) every delivery's Ledgerdesk-Signature carries two `v1=`, under the new"
+            " secret and the one it replaced; then only the new one. 409 if another rotation"
+            " came in between"
+        ),
+        response="WebhookSecretOut",
+        errors=(404, 409, 422),
+        idempotent=True,
+    )
+    def rotate_webhook_secret(self, request: Request, webhook_id: str) -> Response:
+        caller = self._caller(request)
+
+        def produce() -> Response:
+            rotated = self.webhooks.rotate_secret(caller["tenant_id"], webhook_id)
+            request.environ[RESOURCES] = [webhook_id]
+            return json_response(200, rotated)
+
+        return self._idempotent(request, caller["tenant_id"], produce)
+
+    @api(
+        "POST",
+        "/v1/webhooks/<string:webhook_id>/pings",
+        roles=ADMIN,
+        summary=(
+            "Send the endpoint a `webhook.ping` (data: the endpoint's id), signed, retried and"
+            " logged like any delivery, whatever events it takes: the answer is the delivery"
+            " as its log shows it, pending"
+        ),
+        status=202,
+        response="WebhookDeliveryOut",
+        errors=(404, 422),
+        idempotent=True,
+    )
+    def ping_webhook(self, request: Request, webhook_id: str) -> Response:
+        caller = self._caller(request)
+
+        def produce() -> Response:
+            delivery = self.webhooks.ping(caller["tenant_id"], webhook_id)
+            request.environ[RESOURCES] = [webhook_id, delivery["id"]]
+            return json_response(202, delivery)
+
+        return self._idempotent(request, caller["tenant_id"], produce)

@@ -93,6 +93,10 @@ EVENTS: tuple[WebhookEvent, ...] = (
     ),
 )
 NAMES: tuple[str, ...] = tuple(event.name for event in EVENTS)
+# What ``POST /v1/webhooks/{id}/pings`` sends: to that endpoint only, whatever its events; its
+# ``data`` is ``{"webhook_id": ...}``. Not subscribed to, so not among ``NAMES``.
+PING = "webhook.ping"
+DELIVERED: tuple[str, ...] = (*NAMES, PING)
 BY_ROUTING_KEY: dict[str, WebhookEvent] = {event.routing_key: event for event in EVENTS}
 BY_NAME: dict[str, WebhookEvent] = {event.name: event for event in EVENTS}
 

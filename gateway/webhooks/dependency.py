@@ -58,7 +58,11 @@ class WebhookDependency(DependencyProvider):
                 seconds=self.settings.webhook_log_days * self.settings.day_seconds
             )
             self._webhooks = Webhooks(
-                store.db, store.cipher.keystore, self.policy, log_period=period
+                store.db,
+                store.cipher.keystore,
+                self.policy,
+                log_period=period,
+                secret_grace=dt.timedelta(hours=self.settings.webhook_secret_grace_hours),
             )
         return self._webhooks
 

@@ -7,7 +7,8 @@
   lease ends. Delivery is at least once: a receiver dedups on ``Ledgerdesk-Event-Id``.
 - **Checked** again before each attempt: the URL's form and every address of its host
   (``addresses``), then sent to one of those very addresses (``sender``), signed
-  (``signing``) with a fresh timestamp.
+  (``signing``) with a fresh timestamp, under the endpoint's secret and, for the grace after a
+  rotation, the one it replaced too.
 - **Recorded** in one transaction, only while the claim is still this attempt's (the endpoint
   may have been deleted meanwhile, or the lease run out): the attempt's row (times, status
   code, outcome) and the delivery's next state. A failure is due again after a wait that
@@ -101,6 +102,8 @@ class Claimed:
     attempt: int
     url_sealed: bytes
     secret_sealed: bytes
+    # The secret a rotation replaced, while its grace lasts (then None).
+    previous_secret_sealed: bytes | None = None
 
 
 class Dispatcher:
@@ -201,7 +204,8 @@ class Dispatcher:
                 "  ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 " AND e.id = d.endpoint_id"
                 " RETURNING d.id, d.endpoint_id, d.tenant_id, d.event_id, d.event_type,"
-                " d.occurred_at, d.data, d.attempts, e.url_sealed, e.secret_sealed",
+                " d.occurred_at, d.data, d.attempts, e.url_sealed, e.secret_sealed,"
+                " CASE WHEN e.previous_secret_until > now() THEN e.previous_secret_sealed END",
                 (self.lease, limit),
             )
             return [Claimed(*row) for row in cur.fetchall()]
@@ -246,6 +250,13 @@ class Dispatcher:
         secret = self.sealed.open(tenant, endpoint, "secret", claimed.secret_sealed)
         if url is None or secret is None:
             return sender.Result(sender.SECRET_GONE), True, None
+        previous = (
+            None
+            if claimed.previous_secret_sealed is None
+            else self.sealed.open(
+                tenant, endpoint, "previous_secret", claimed.previous_secret_sealed
+            )
+        )
         deadline = time.monotonic() + self.timeout
         try:
             # Again at every attempt, and the connection goes to an address checked here.
@@ -267,7 +278,9 @@ class Dispatcher:
             signing.EVENT_ID_HEADER: str(claimed.event_id),
             signing.EVENT_TYPE_HEADER: claimed.event_type,
             signing.ATTEMPT_HEADER: str(claimed.attempt),
-            signing.SIGNATURE_HEADER: signing.signature_header(secret, int(time.time()), body),
+            signing.SIGNATURE_HEADER: signing.signature_header(
+                secret, int(time.time()), body, *([previous] if previous else [])
+            ),
         }
         remaining = max(deadline - time.monotonic(), 0.1)
         return sender.post(destination, headers, body, remaining, self.tls), False, None

@@ -4,7 +4,7 @@ where the OpenAPI document finds every schema by name)."""
 from marshmallow import Schema, fields, validate
 
 from gateway.webhooks.addresses import MAX_URL_CHARS
-from gateway.webhooks.catalogue import EVENTS, NAMES
+from gateway.webhooks.catalogue import DELIVERED, EVENTS, NAMES, PING
 from gateway.webhooks.sender import OUTCOMES
 from kernel.commands import Command
 
@@ -37,6 +37,17 @@ class WebhookOut(Schema):
     events = fields.List(fields.String(validate=validate.OneOf(NAMES)), required=True)
     created_by = fields.UUID(required=True, metadata={"description": "the admin who registered it"})
     created_at = fields.DateTime(required=True)
+    secret_rotated_at = fields.DateTime(
+        required=True, allow_none=True, metadata={"description": "when its secret was last rotated"}
+    )
+    previous_secret_valid_until = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "while a rotated-out secret still signs beside the current one: until"
+            " when (null otherwise)"
+        },
+    )
 
 
 class WebhookCreatedOut(WebhookOut):
@@ -47,6 +58,27 @@ class WebhookCreatedOut(WebhookOut):
             "description": "the signing secret, shown once, never again (null in a replay of"
             " the answer to the same Idempotency-Key): Ledgerdesk-Signature is"
             ' `t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body under it>`'
+        },
+    )
+
+
+class WebhookSecretOut(Schema):
+    id = fields.UUID(required=True)
+    secret = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "the new signing secret, shown once (null in a replay of the answer"
+            " to the same Idempotency-Key)"
+        },
+    )
+    rotated_at = fields.DateTime(required=True)
+    previous_secret_valid_until = fields.DateTime(
+        required=True,
+        metadata={
+            "description": "until then every delivery carries two `v1=` signatures, under the"
+            " new secret and the one it replaced (LEDGERDESK_WEBHOOK_SECRET_GRACE_HOURS); then"
+            " the old one is gone"
         },
     )
 
@@ -69,7 +101,11 @@ class WebhookDeliveryOut(Schema):
     event_id = fields.UUID(
         required=True, metadata={"description": "the Ledgerdesk-Event-Id header: dedup on it"}
     )
-    event_type = fields.String(required=True, validate=validate.OneOf(NAMES))
+    event_type = fields.String(
+        required=True,
+        validate=validate.OneOf(DELIVERED),
+        metadata={"description": f"an event subscribed to, or `{PING}` (a ping asked for)"},
+    )
     occurred_at = fields.DateTime(required=True)
     status = fields.String(
         required=True,

@@ -9,8 +9,10 @@ Every delivery carries::
 ``f"{t}.".encode() + body`` under the endpoint's secret (its UTF-8 bytes, ``whsec_`` prefix
 included), as the widely used webhook schemes do. A receiver recomputes it over the raw body,
 compares in constant time, and refuses a ``t`` too far from its clock (a replayed request).
-Several ``v1`` entries may come (a future rotation signs with both secrets): any one matching
-is enough. ``verify`` is that check.
+Several ``v1`` entries may come: for a while after a rotation (``POST
+/v1/webhooks/{id}/secret``) a delivery is signed under the new secret and the one it replaced,
+``t=...,v1=<new>,v1=<previous>``, so a receiver still checking with the old secret keeps
+accepting until it switches; any one matching is enough. ``verify`` is that check.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
-def signature_header(secret: str, timestamp: int, body: bytes) -> str:
-    return f"t={int(timestamp)},v1={signature(secret, timestamp, body)}"
+def signature_header(secret: str, timestamp: int, body: bytes, *previous: str) -> str:
+    """The header's value: one ``v1`` under ``secret``, then one under each ``previous``."""
+    signed = ",".join(f"v1={signature(s, timestamp, body)}" for s in (secret, *previous))
+    return f"t={int(timestamp)},{signed}"
 
 
 def verify(

@@ -10,6 +10,12 @@
   one per subscribed endpoint of the event's tenant, unique per endpoint and event (a
   redelivered event owes nothing twice). It holds the webhook's ``data``, ids and states only.
 - Its attempts are its log (``deliveries``): when, which status code, which outcome.
+- A secret rotated (``rotate_secret``): the new one is shown once; the one it replaced is kept,
+  sealed in its own column, and signs beside it until ``LEDGERDESK_WEBHOOK_SECRET_GRACE_HOURS``
+  have passed (``previous_secret_until``), then is used no more and cleared
+  (``expire_previous_secrets``).
+- A ping (``ping``): a delivery of ``webhook.ping`` owed to one endpoint, whatever its events,
+  sent and logged like any other (ids only).
 - What ends the rows: deleting the endpoint (its deliveries and attempts cascade), the
   tenant's destruction, and for a finished delivery ``purge_finished`` once it is older than
   ``LEDGERDESK_WEBHOOK_LOG_DAYS``.
@@ -36,7 +42,10 @@ from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
 # Enough for an integration per system a tenant runs; each endpoint multiplies every event.
 MAX_ENDPOINTS = 20
 _AAD = "ledgerdesk/v1/webhook-endpoint"
-_ENDPOINT = "id, url_sealed, events, created_by, created_at"
+_ENDPOINT = (
+    "id, url_sealed, events, created_by, created_at, secret_rotated_at,"
+    " CASE WHEN previous_secret_until > now() THEN previous_secret_until END"
+)
 _DELIVERY = (
     "id, event_id, event_type, occurred_at, status, attempts, next_attempt_at, created_at,"
     " finished_at"
@@ -54,12 +63,14 @@ class Webhooks:
         policy: addresses.Policy,
         resolver: addresses.Resolver = addresses.system_resolver,
         log_period: dt.timedelta = dt.timedelta(days=30),
+        secret_grace: dt.timedelta = dt.timedelta(hours=24),
     ):
         self.db = db
         self.sealed = Sealed(keystore)
         self.policy = policy
         self.resolver = resolver
         self.log_period = log_period
+        self.secret_grace = secret_grace
 
     # --- endpoints ----------------------------------------------------------------------------
 
@@ -137,6 +148,74 @@ class Webhooks:
             if cur.rowcount == 0:
                 raise NotFound("no such webhook endpoint")
 
+    def rotate_secret(self, tenant_id: str, endpoint_id: str) -> dict[str, Any]:
+        """A new signing secret for the endpoint, shown this once; the one it replaces signs
+        beside it for ``secret_grace`` (a previous one still in its grace is dropped: two
+        secrets at most)."""
+        tenant = uuid.UUID(str(tenant_id))
+        with self.db.read() as cur:
+            _find(cur, tenant, endpoint_id)
+            cur.execute(
+                "SELECT secret_sealed FROM webhook_endpoints WHERE tenant_id = %s AND id = %s",
+                (tenant, endpoint_id),
+            )
+            current_sealed = bytes(cur.fetchone()[0])
+        endpoint = uuid.UUID(endpoint_id)
+        # Opened and sealed before the transaction (the keystore is a database of its own).
+        current = self.sealed.open(tenant, endpoint, "secret", current_sealed)
+        if current is None:
+            raise NotFound("no such webhook endpoint")  # destroyed meanwhile
+        secret = signing.new_secret()
+        secret_sealed = self.sealed.seal(tenant, endpoint, "secret", secret)
+        previous_sealed = self.sealed.seal(tenant, endpoint, "previous_secret", current)
+        with self.db.transaction() as cur:
+            # Only over the secret read above: a rotation that came in between wins, and this
+            # one is refused rather than keep a secret no one was shown.
+            cur.execute(
+                "UPDATE webhook_endpoints SET secret_sealed = %s, previous_secret_sealed = %s,"
+                " previous_secret_until = now() + %s, secret_rotated_at = now()"
+                " WHERE tenant_id = %s AND id = %s AND secret_sealed = %s"
+                " RETURNING secret_rotated_at, previous_secret_until",
+                (
+                    secret_sealed,
+                    previous_sealed,
+                    self.secret_grace,
+                    tenant,
+                    endpoint,
+                    current_sealed,
+                ),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise Conflict("the secret was rotated meanwhile: rotate again if need be")
+        rotated_at, until = row
+        return {
+            "id": str(endpoint),
+            "secret": secret,
+            "rotated_at": rotated_at.isoformat(),
+            "previous_secret_valid_until": until.isoformat(),
+        }
+
+    def expire_previous_secrets(self) -> int:
+        """Previous secrets whose grace is over are cleared (never used after it anyway)."""
+        with self.db.transaction() as cur:
+            return expire_previous_secrets(cur)
+
+    def ping(self, tenant_id: str, endpoint_id: str) -> dict[str, Any]:
+        """A ``webhook.ping`` owed to the endpoint, due now; the delivery as its log shows it."""
+        tenant = uuid.UUID(str(tenant_id))
+        with self.db.transaction() as cur:
+            _find(cur, tenant, endpoint_id)
+            cur.execute(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, tenant_id, event_id,"
+                " event_type, occurred_at, data, next_attempt_at)"
+                " VALUES (gen_random_uuid(), %s, %s, gen_random_uuid(), %s, now(), %s, now())"
+                f" RETURNING {_DELIVERY}",
+                (endpoint_id, tenant, catalogue.PING, Json({"webhook_id": endpoint_id})),
+            )
+            row = cur.fetchone()
+        return _delivery(row, [])
+
     def deliveries(
         self, tenant_id: str, endpoint_id: str, limit: int, after: list | None
     ) -> dict[str, Any]:
@@ -179,13 +258,15 @@ class Webhooks:
         return url
 
     def _endpoint(self, tenant: uuid.UUID, row: tuple) -> dict[str, Any]:
-        endpoint_id, url_sealed, events, created_by, created_at = row
+        endpoint_id, url_sealed, events, created_by, created_at, rotated_at, until = row
         return {
             "id": str(endpoint_id),
             "url": self._url(tenant, endpoint_id, url_sealed),
             "events": list(events),
             "created_by": str(created_by),
             "created_at": created_at.isoformat(),
+            "secret_rotated_at": rotated_at.isoformat() if rotated_at else None,
+            "previous_secret_valid_until": until.isoformat() if until else None,
         }
 
     # --- deliveries ---------------------------------------------------------------------------
@@ -253,6 +334,15 @@ def purge_finished(cur: Cursor, older_than: dt.timedelta) -> int:
     cur.execute(
         "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND finished_at < now() - %s",
         (older_than,),
+    )
+    return cur.rowcount
+
+
+def expire_previous_secrets(cur: Cursor) -> int:
+    """Clear the previous secrets whose grace is over; returns how many."""
+    cur.execute(
+        "UPDATE webhook_endpoints SET previous_secret_sealed = NULL, previous_secret_until = NULL"
+        " WHERE previous_secret_sealed IS NOT NULL AND previous_secret_until <= now()"
     )
     return cur.rowcount
 

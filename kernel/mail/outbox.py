@@ -28,9 +28,14 @@ from psycopg2.extensions import cursor as Cursor
 
 from kernel.crypto.keystore import Keystore
 from kernel.crypto.primitives import open_sealed, seal
+from kernel.db import keyset_page
 from kernel.mail.message import Mail
 
 _AAD = "ledgerdesk/v1/mail-outbox"
+# A mail's states, and what its last attempt came to (``kernel.mail.smtp``'s outcomes, and
+# ``unrecorded`` for a mail whose attempts never got recorded before its window closed).
+STATUSES = ("pending", "sent", "failed")
+OUTCOMES = ("sent", "temporary", "permanent", "unrecorded")
 
 
 def _aad(tenant: uuid.UUID, mail_id: uuid.UUID) -> bytes:
@@ -143,17 +148,54 @@ def listing(cur: Cursor, status: str | None = None, limit: int = 100) -> list[di
         "finished_at",
         "next_attempt_at",
     )
-    return [
-        {
-            name: value.isoformat()
-            if isinstance(value, dt.datetime)
-            else str(value)
-            if isinstance(value, uuid.UUID)
-            else value
-            for name, value in zip(names, row, strict=True)
-        }
-        for row in cur.fetchall()
-    ]
+    return [_rendered(names, row) for row in cur.fetchall()]
+
+
+# What a tenant's admin sees of a mail: ids, states, codes and times; never the Message-ID's
+# domain, the envelope or the text (the sealed column is never read here).
+_TENANT_COLUMNS = (
+    "id",
+    "kind",
+    "recipient_id",
+    "reference_id",
+    "status",
+    "attempts",
+    "last_code",
+    "last_outcome",
+    "created_at",
+    "next_attempt_at",
+    "finished_at",
+)
+
+
+def tenant_page(
+    cur: Cursor, tenant_id: str, status: str | None, limit: int, after: list | None
+) -> dict[str, Any]:
+    """One page of a tenant's mails, oldest first, optionally of one state:
+    ``{"items", "next"}`` as every keyset list (``kernel.db.keyset_page``)."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"a mail's status is one of {STATUSES}, not {status!r}")
+    rows, following = keyset_page(
+        cur,
+        f"SELECT {', '.join(_TENANT_COLUMNS)} FROM mail_outbox"
+        " WHERE tenant_id = %s AND (%s::text IS NULL OR status = %s)",
+        [uuid.UUID(str(tenant_id)), status, status],
+        limit,
+        after,
+        lambda row: [row[8].isoformat(), str(row[0])],
+    )
+    return {"items": [_rendered(_TENANT_COLUMNS, row) for row in rows], "next": following}
+
+
+def _rendered(names: tuple[str, ...], row: tuple) -> dict[str, Any]:
+    return {
+        name: value.isoformat()
+        if isinstance(value, dt.datetime)
+        else str(value)
+        if isinstance(value, uuid.UUID)
+        else value
+        for name, value in zip(names, row, strict=True)
+    }
 
 
 def _address(sender: str) -> str:

@@ -185,6 +185,20 @@ class _QuorumRpcConsumer(RpcConsumer):
             # Not acknowledged: the broker gives it back with the connection, to try again.
             log.warning("request not set aside: the broker is unreachable (%s)", type(exc).__name__)
             return
+        except amqp.exceptions.MessageNacked:
+            # The dead-letter queue is full and refuses more (reject-publish keeps the oldest to
+            # be seen). A request is never replayed (its body is not kept), so unlike an event
+            # it does not wait for room: it is dropped, counted and logged, never served.
+            self._count(observability.MESSAGES_HANDLED, outcome="dropped")
+            log.error(
+                "request %s on %s dropped: %s is full (%s)",
+                properties.get("correlation_id"),
+                self.queue.name,
+                queue,
+                why,
+            )
+            self.queue_consumer.ack_message(message)
+            return
         except amqp.exceptions.ChannelError as exc:
             if exc.reply_code != _NO_ROUTE:
                 raise

@@ -18,7 +18,14 @@ from kernel.crypto import apikeys
 from kernel.crypto.fields import is_erased
 from kernel.db import keyset_page
 from kernel.envelope import new_envelope
-from kernel.errors import Conflict, Forbidden, NotFound, Unauthorized, require_id
+from kernel.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    VersionConflict,
+    require_id,
+)
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
 from services.accounts import lookups, notices
@@ -618,12 +625,14 @@ def rectify_contact(
 ) -> dict[str, Any]:
     contact = _scoped(uow, Contact, tenant_id, contact_id)
     if contact.version != expected_version:
-        raise Conflict(f"the contact is at version {contact.version}, not {expected_version}")
+        raise VersionConflict(
+            f"the contact is at version {contact.version}, not {expected_version}"
+        )
     contact.rectify(changes)
     try:
         uow.save(contact, tenant_id, _tenant_region(uow, tenant_id))
     except ConcurrencyError:
-        raise Conflict("the contact changed meanwhile; reload and retry") from None
+        raise VersionConflict("the contact changed meanwhile; reload and retry") from None
     return contact_view(contact, marketing=_marketing(uow, contact.id))
 
 

@@ -19,14 +19,14 @@ from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.forgetting import Forgetting
 from kernel.mail.dependency import MailDependency
-from kernel.mail.outbox import listing as mail_listing
+from kernel.mail.entrypoints import MailOutboxEntrypoints
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers, notices, privacy, tenant_export
+from services.accounts import commands, handlers, inbound, notices, privacy, tenant_export
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 from services.accounts.subscriptions import PRIVACY, RETENTION
@@ -45,7 +45,7 @@ class FirstPolicy(DependencyProvider):
             pass  # another replica published it first
 
 
-class AccountsService:
+class AccountsService(MailOutboxEntrypoints):
     name = "accounts"
 
     store = EventStoreDependency(
@@ -79,7 +79,10 @@ class AccountsService:
     @rpc
     def get_tenant(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
-            return handlers.get_tenant(uow, tenant_id)
+            tenant = handlers.get_tenant(uow, tenant_id)
+        # Where its customers' mail opens tickets (services.tickets.mail_in): an id at the
+        # inbound domain, naming no one.
+        return {**tenant, "support_address": f"{tenant_id}@{self.settings.mail_in_domain}"}
 
     @rpc
     def cancel_tenant(self, actor: dict[str, str]) -> dict[str, Any]:
@@ -171,6 +174,12 @@ class AccountsService:
             )
 
     # --- contacts and consent -----------------------------------------------------------------
+
+    @rpc
+    def inbound_contact(self, tenant_id: str, address: str, name: str) -> dict[str, Any]:
+        """Who sent tickets an inbound mail: a contact found by address, or made for it."""
+        with self.store.unit_of_work("mail-in") as uow:
+            return inbound.inbound_contact(uow, tenant_id, address, name)
 
     @rpc
     def create_contact(self, actor: dict[str, str], request: dict[str, Any]) -> dict[str, Any]:
@@ -301,12 +310,6 @@ class AccountsService:
         """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
         with self.store.unit_of_work() as uow:
             return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
-
-    @rpc
-    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The notices queued, sent or failed (ids, states, codes): the operators' view."""
-        with self.store.db.read() as cur:
-            return mail_listing(cur, status, limit)
 
     @rpc
     def health(self) -> dict[str, Any]:

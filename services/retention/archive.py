@@ -4,7 +4,8 @@ they fill (``ChunkSink``), so memory stays flat however large the tenant.
 
 ZIP (deflate, ZIP64 entries, sizes in data descriptors because nothing is seeked back to) is
 read by every platform's own tools and by Python's ``zipfile``; each member's CRC-32 guards it
-on extraction, and the manifest gives each file's row count and SHA-256.
+on extraction, and the manifest gives each JSON Lines file's row count and SHA-256, and each
+attached file's size and SHA-256 (``file``: streamed in as its chunks come).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,17 @@ class ArchiveWriter:
 
             yield write
         self.files.append(entry)
+
+    def file(self, name: str, chunks: Iterable[bytes]) -> tuple[int, str]:
+        """A member of bytes written as its chunks come (a file's: one chunk held at a time);
+        its size and SHA-256."""
+        digest, size = hashlib.sha256(), 0
+        with self._zip.open(self._info(name), "w", force_zip64=True) as member:
+            for chunk in chunks:
+                member.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
 
     def add(self, name: str, data: bytes) -> None:
         """A small member written whole (the manifest)."""

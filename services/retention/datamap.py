@@ -243,7 +243,8 @@ DATA_MAP = ServiceMap(
         Table(
             "tenant_export_chunks",
             "a tenant's whole export: the archive's bytes (every contact, agent, ticket,"
-            " message, consent record, invoice and ledger entry of the tenant) in sealed chunks",
+            " message, attached file, consent record, invoice and ledger entry of the tenant)"
+            " in sealed chunks",
             (
                 pseudonym("export_id"),
                 operational("seq"),

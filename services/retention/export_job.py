@@ -4,7 +4,12 @@ come (``archive``), seal its chunks into retention's database, then sign the man
 it ready, in one transaction with its message for the ledger.
 
 Memory stays flat in the tenant's size: two pages of rows (the one written, the next one
-asked for) and a chunk of archive at a time.
+asked for) and a chunk of archive at a time. A part of files (attachments) is written twice
+over: its rows as JSON lines like any part, then, paging its rows again, each file's bytes
+under its path by id, two of its chunks held at a time (the one written, the next one asked
+for); the manifest lists each with its size and SHA-256, checked against the one its owner
+recorded when it was uploaded. A file erased between the two passes is in no second page; one
+erased while its bytes are read fails the attempt (the erasure ends the export anyway).
 
 Crash safety is a lease. A builder claims an export (``claim``) for
 ``LEDGERDESK_EXPORT_LEASE_SECONDS`` and renews the claim with every page and chunk, each
@@ -35,7 +40,7 @@ import eventlet
 from kernel import faults
 from kernel.crypto.primitives import KeyShredded
 from kernel.signing import Signer
-from kernel.tenant_export import MAX_ROWS
+from kernel.tenant_export import MAX_ROWS, file_path
 from kernel.uow import UnitOfWork
 from services.retention import tenant_exports
 from services.retention.archive import CHUNK_BYTES, FORMAT, ArchiveWriter, ChunkSink
@@ -49,11 +54,13 @@ MAX_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class Part:
-    """One file of the archive: which service holds its rows, and their kind there."""
+    """One file of the archive: which service holds its rows, and their kind there; ``files``
+    when each row names a file whose bytes go into the archive too (``kernel.tenant_export``)."""
 
     name: str
     service: str
     kind: str
+    files: bool = False
 
 
 PARTS = (
@@ -62,6 +69,7 @@ PARTS = (
     Part("consent.jsonl", "accounts", "consent"),
     Part("tickets.jsonl", "tickets", "tickets"),
     Part("messages.jsonl", "tickets", "messages"),
+    Part("attachments.jsonl", "tickets", "attachments", files=True),
     Part("invoices.jsonl", "billing", "invoices"),
     Part("ledger.jsonl", "audit", "ledger"),
 )
@@ -195,10 +203,67 @@ def build(job: Job, claim: Claim) -> None:
             done - rows_before,
             time.monotonic() - began,
         )
+    contents = [
+        entry
+        for part in PARTS
+        if part.files
+        for entry in _write_files(job, claim, archive, part, as_of, lambda: done)
+    ]
     files = [entry.manifest() for entry in archive.files]
-    archive.add("manifest.json", manifest(job, claim, files))
+    archive.add("manifest.json", manifest(job, claim, files, contents))
     archive.close()
     _finish(job, claim, files, sink)
+
+
+def _write_files(
+    job: Job, claim: Claim, archive: ArchiveWriter, part: Part, as_of: str, done: Callable
+) -> Generator[dict[str, Any], None, None]:
+    """Each file the part's rows name, its bytes streamed into the archive under its path;
+    what the manifest says of each."""
+    source = job.services[part.service]
+    with contextlib.closing(_pages(source, claim, part, as_of, job.page_rows)) as pages:
+        for page in pages:
+            for row in page["items"]:
+                if job.stopping():
+                    _let_go(job, claim)
+                    raise Abandoned(claim.export_id)
+                path = file_path(part.kind, row["id"])
+                chunks = _file_chunks(source, claim, part, row["id"], int(row["chunks"]))
+                with contextlib.closing(chunks):
+                    size, sha256 = archive.file(path, chunks)
+                if sha256 != row["sha256"] or size != row["size"]:
+                    # Not what was uploaded: no archive rather than a wrong one.
+                    raise RuntimeError(f"{part.kind} {row['id']} does not match its digest")
+                yield {
+                    "name": path,
+                    "service": part.service,
+                    "kind": part.kind,
+                    "id": row["id"],
+                    "bytes": size,
+                    "sha256": sha256,
+                }
+            _report(job, claim, done())
+
+
+def _file_chunks(
+    source: Any, claim: Claim, part: Part, file_id: str, count: int
+) -> Generator[bytes, None, None]:
+    """A file's chunks in order, the next one asked for while this one is written."""
+
+    def ask(seq: int) -> Any:
+        return eventlet.spawn(source.export_file_chunk, claim.tenant_id, part.kind, file_id, seq)
+
+    pending = ask(0) if count else None
+    try:
+        for seq in range(count):
+            assert pending is not None
+            data = pending.wait()
+            pending = ask(seq + 1) if seq + 1 < count else None
+            eventlet.sleep(0)
+            yield base64.b64decode(data)
+    finally:
+        if pending is not None:
+            pending.kill()
 
 
 def _pages(
@@ -225,19 +290,23 @@ def _pages(
             pending.kill()
 
 
-def manifest(job: Job, claim: Claim, files: list[dict[str, Any]]) -> bytes:
+def manifest(
+    job: Job, claim: Claim, files: list[dict[str, Any]], contents: list[dict[str, Any]]
+) -> bytes:
     """The archive's table of contents, signed with the audit key as erasure receipts are: the
     signature is over the canonical JSON (keys sorted, no spaces, UTF-8) of the manifest
-    without its ``signature``, checked with the key ``GET /v1/audit/public-key`` publishes."""
+    without its ``signature``, checked with the key ``GET /v1/audit/public-key`` publishes.
+    Version 2 added ``file_contents``: each attached file's path, id, size and SHA-256."""
     body = {
         "format": FORMAT,
-        "manifest_version": 1,
+        "manifest_version": 2,
         "export_id": claim.export_id,
         "tenant_id": claim.tenant_id,
         "requested_by": claim.requested_by,
         "as_of": claim.as_of.isoformat(),
         "signed_at": job.clock().isoformat(),
         "files": files,
+        "file_contents": contents,
     }
     signature = job.signer.sign(canonical(body))
     signed = {

@@ -73,6 +73,17 @@ _COLUMNS = (
 )
 
 
+# The same columns, of ``attachments a`` in a join.
+_JOINED = ", ".join(f"a.{name.strip()}" for name in _COLUMNS.split(","))
+# A tenant's attachments on messages written before a moment (its whole export's rows): the
+# message's time, not the upload's, decides, as it does for the messages listed beside them.
+_EXPORTED = (
+    " FROM attachments a JOIN ticket_messages m ON m.id = a.message_id"
+    " AND m.tenant_id = a.tenant_id WHERE a.tenant_id = %s AND a.state = 'stored'"
+    " AND m.created_at < %s"
+)
+
+
 class AttachmentStore:
     """Attachments and their chunks, on one cursor (a unit of work's): the caller commits."""
 
@@ -233,6 +244,26 @@ class AttachmentStore:
         for attachment in self._opened(tenant_id, self._cur.fetchall()):
             found.setdefault(str(attachment.message_id), []).append(attachment)
         return found
+
+    def count_exported(self, tenant_id: str, as_of: str) -> int:
+        self._cur.execute(f"SELECT count(*){_EXPORTED}", (tenant_id, as_of))  # noqa: S608
+        return int(self._cur.fetchone()[0])
+
+    def exported_page(
+        self, tenant_id: str, as_of: str, after: list, limit: int
+    ) -> list[tuple[Attachment, Any]]:
+        """Up to ``limit`` of the tenant's attachments in a whole export (on messages written
+        before ``as_of``), after the keyset position ``after`` (created_at, id), each with its
+        created_at; erased ones are left out."""
+        self._cur.execute(
+            f"SELECT {_JOINED}, a.created_at{_EXPORTED}"  # noqa: S608
+            " AND (a.created_at, a.id) > (%s::timestamptz, %s::uuid)"
+            " ORDER BY a.created_at, a.id LIMIT %s",
+            (tenant_id, as_of, *after, limit),
+        )
+        rows = self._cur.fetchall()
+        opened = self._opened(tenant_id, [row[:-1] for row in rows])
+        return [(a, row[-1]) for a, row in zip(opened, rows, strict=True)]
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -77,6 +77,22 @@ MAIL_KEPT = End(
     "LEDGERDESK_MAIL_KEEP_DAYS (7) after the mail was sent or failed",
     "kernel.mail.outbox:purge_finished",
 )
+MAIL_IN_ERASED = End(When.ERASURE, "the requester's rows are deleted", f"{_PRIVACY}:erase_subject")
+MAIL_IN_PURGED = End(
+    When.PERIOD,
+    "closed_tickets: the purged tickets' rows are deleted",
+    f"{_PRIVACY}:purge_category",
+)
+MAIL_IN_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's rows are deleted; its key is shredded, so no digest can be computed again",
+    f"{_PRIVACY}:destroy_tenant",
+)
+MAIL_IN_EXPIRED = End(
+    When.PERIOD,
+    "LEDGERDESK_MAIL_IN_DEDUP_DAYS (30) after the mail was received",
+    "services.tickets.mail_in:forget_expired",
+)
 
 # Under the ticket's key (personal_fields); the declaration adds what the type cannot say.
 _TAGS = personal(
@@ -318,6 +334,31 @@ DATA_MAP = ServiceMap(
                 operational("finished_at"),
             ),
             ends=(MAIL_ERASED, MAIL_PURGED, MAIL_DESTROYED, MAIL_KEPT),
+        ),
+        Table(
+            "mail_in_received",
+            "inbound mail stored (services.tickets.mail_in): what a re-sent mail is recognised"
+            " by, so a relay's retry makes no second ticket; ids and a keyed hash only",
+            (
+                pseudonym("tenant_id"),
+                personal(
+                    "digest",
+                    Held.KEYED_HASH,
+                    MAIL_IN_ERASED,
+                    MAIL_IN_PURGED,
+                    MAIL_IN_DESTROYED,
+                    MAIL_IN_EXPIRED,
+                    note="HMAC-SHA-256 of the sender's address and the mail's Message-ID under"
+                    " a key derived from the tenant's (kernel.crypto.blind_index, kind"
+                    " `mail_in`): it confirms a guessed pair only to whoever holds that key, and"
+                    " to no one once the tenant is destroyed",
+                ),
+                pseudonym("ticket_id", "the ticket the mail opened or continued"),
+                pseudonym("requester_id", "the sender, as the contact accounts matched"),
+                pseudonym("message_id", "the message it became (null: it opened the ticket)"),
+                operational("received_at"),
+            ),
+            ends=(MAIL_IN_ERASED, MAIL_IN_PURGED, MAIL_IN_DESTROYED, MAIL_IN_EXPIRED),
         ),
         Table(
             "directory",

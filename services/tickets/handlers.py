@@ -17,7 +17,7 @@ from kernel.crypto.fields import ERASED, is_erased
 from kernel.crypto.primitives import KeyShredded
 from kernel.db import keyset_page
 from kernel.envelope import Envelope, new_envelope
-from kernel.errors import Conflict, NotFound, ValidationFailed, require_id
+from kernel.errors import Conflict, NotFound, ValidationFailed, VersionConflict, require_id
 from kernel.uow import UnitOfWork
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.domain import Ticket
@@ -123,7 +123,7 @@ def update_ticket(
 ) -> dict[str, Any]:
     ticket = load_ticket(uow, tenant_id, ticket_id)
     if ticket.version != expected_version:
-        raise Conflict(f"the ticket is at version {ticket.version}, not {expected_version}")
+        raise VersionConflict(f"the ticket is at version {ticket.version}, not {expected_version}")
     if "assignee_id" in changes:
         assignee = changes["assignee_id"]
         if assignee is not None:

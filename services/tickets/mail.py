@@ -14,7 +14,9 @@ Threading (RFC 5322, 3.6.4): every mail of a ticket refers to the ticket's own r
 the ticket's previous public reply (or the root), its References the root and the replies
 before it, so mail clients thread the whole conversation. Message-IDs are built from ids only.
 Transactional mail only: no marketing, so no consent check and no List-Unsubscribe; a reply is
-written by a person, so it is not ``Auto-Submitted``.
+written by a person, so it is not ``Auto-Submitted``. Its ``Reply-To`` is the tenant's support
+address (an id at the inbound domain, no one's name), so the requester's answer comes back in
+and threads by these Message-IDs (``services.tickets.mail_in``).
 """
 
 from __future__ import annotations
@@ -53,9 +55,12 @@ def mail_reply(
     recipient: RecipientLookup,
     tenant_id: str,
     added: dict[str, Any],
+    reply_to: str | None = None,
 ) -> uuid.UUID | None:
     """Queue the mail of a message just added (``handlers.add_message``'s answer) if it is a
-    public reply by staff; the mail's id, or None when nothing is owed or no one can get it."""
+    public reply by staff; the mail's id, or None when nothing is owed or no one can get it.
+    ``reply_to``: the tenant's support address, where an answer comes back in
+    (``services.tickets.mail_in``)."""
     if added["internal"] or added["author_kind"] != "agent":
         return None
     ticket_id = str(added["ticket_id"])
@@ -88,6 +93,7 @@ def mail_reply(
         message_id=reply_id(message, mailer.domain),
         in_reply_to=earlier[-1] if earlier else root,
         references=[root, *earlier],
+        extra_headers={"Reply-To": reply_to} if reply_to else {},
     )
     owed = Owed(
         tenant_id=uuid.UUID(tenant_id),

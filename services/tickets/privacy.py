@@ -83,6 +83,11 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "DELETE FROM mail_outbox WHERE recipient_id = %s AND tenant_id = %s", (subject, tenant)
         )
         mails = uow.cur.rowcount
+        # What their mail in was recognised by (keyed hashes, ids): deleted with them.
+        uow.cur.execute(
+            "DELETE FROM mail_in_received WHERE requester_id = %s AND tenant_id = %s",
+            (subject, tenant),
+        )
         return {
             "status": "done",
             "detail": f"{'subject key shredded' if shredded else 'no key held'}; the tickets"
@@ -108,6 +113,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         AttachmentStore(uow.cur, cipher).forget_tickets(tenant, ids)
         # Mail still owed about them is sealed under their keys: deleted with them.
         uow.cur.execute("DELETE FROM mail_outbox WHERE key_subject_id = ANY(%s::uuid[])", (ids,))
+        uow.cur.execute("DELETE FROM mail_in_received WHERE ticket_id = ANY(%s::uuid[])", (ids,))
         # A rebuilt read model no longer marks tickets purged before (no event records a
         # purge), so the keys actually destroyed are counted, not the tickets selected.
         shredded = cipher.keystore.shred_subjects(ids, tenant) if ids else 0
@@ -150,6 +156,7 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "ticket_tag_digests",
             "search_terms",
             "mail_outbox",
+            "mail_in_received",
         ):
             uow.cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))  # noqa: S608
         # Attachments are in no event: deleted here, chunks and all.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ from kernel.commands import load_command
 from kernel.config import Settings
 from kernel.envelope import Envelope
 from kernel.forgetting import Forgetting
+from kernel.mail import listener
 from kernel.mail.dependency import MailDependency
-from kernel.mail.outbox import listing as mail_listing
+from kernel.mail.entrypoints import MailOutboxEntrypoints
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
@@ -27,6 +29,7 @@ from services.tickets import (
     commands,
     handlers,
     mail,
+    mail_in,
     privacy,
     sealed,
     search,
@@ -47,7 +50,7 @@ class SealedTags(DependencyProvider):
         sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
 
 
-class TicketsService:
+class TicketsService(MailOutboxEntrypoints):
     name = "tickets"
 
     store = EventStoreDependency(
@@ -118,19 +121,53 @@ class TicketsService:
                 uow, tenant_id, ticket_id, actor["agent_id"], command, self._limits().per_message
             )
             # In the reply's own transaction: mailed if and only if it is recorded.
-            mail.mail_reply(uow, self.mailer, self._recipient, tenant_id, added)
+            mail.mail_reply(
+                uow, self.mailer, self._recipient, tenant_id, added, self._support(tenant_id)
+            )
             return added
+
+    def _support(self, tenant_id: str) -> str:
+        return mail_in.support_address(tenant_id, self.config["LEDGERDESK"].mail_in_domain)
+
+    # --- mail in: the listener's workers (kernel.mail.listener, services.tickets.mail_in)
+
+    @listener.mail_in(listener.RECIPIENT)
+    def mail_recipient_tenant(self, local_part: str) -> str:
+        """The tenant a support address names, if it takes mail."""
+        tenant_id = mail_in.tenant_of(local_part)
+        mail_in.check_tenant(self.accounts.get_tenant(tenant_id))
+        return tenant_id
+
+    @listener.mail_in(listener.MESSAGE)
+    def receive_mail(self, tenant_id: str, received: dict[str, Any]) -> dict[str, Any]:
+        with self.store.unit_of_work("mail-in") as uow:
+            return mail_in.receive(
+                uow,
+                self._sender,
+                self._lookup,
+                tenant_id,
+                received,
+                self._limits(),
+                self.mailer.domain,
+            )
+
+    def _sender(self, tenant_id: str, address: str, name: str) -> dict[str, Any]:
+        return self.accounts.inbound_contact(tenant_id, address, name)
+
+    @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
+    def forget_received_mail(self) -> None:
+        """Idempotency records past LEDGERDESK_MAIL_IN_DEDUP_DAYS."""
+        settings = self.config["LEDGERDESK"]
+        with self.store.unit_of_work(self.name) as uow:
+            mail_in.forget_expired(
+                uow.cur,
+                dt.timedelta(seconds=settings.mail_in_dedup_days * settings.day_seconds),
+            )
 
     def _recipient(self, tenant_id: str, subject_id: str, reference_id: str) -> dict[str, str]:
         return self.accounts.mail_recipient(
             tenant_id, subject_id, self.name, mail.KIND, reference_id
         )
-
-    @rpc
-    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The mails queued, sent or failed (ids, states, codes): the operators' view."""
-        with self.store.db.read() as cur:
-            return mail_listing(cur, status, limit)
 
     # --- attachments: uploaded and downloaded a chunk per call (services.tickets.attachments)
 
@@ -223,6 +260,12 @@ class TicketsService:
         """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
         with self.store.unit_of_work() as uow:
             return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
+
+    @rpc
+    def export_file_chunk(self, tenant_id: str, kind: str, file_id: str, seq: int) -> str:
+        """A chunk of a file named by a page of a whole export (``kernel.tenant_export``)."""
+        with self.store.unit_of_work() as uow:
+            return tenant_export.file_chunk(uow, tenant_id, kind, file_id, seq)
 
     @timer(interval=Settings.from_env(service="tickets").schedule_seconds)
     def seal_plaintext_tags(self) -> None:

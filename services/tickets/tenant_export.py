@@ -1,6 +1,7 @@
 """Tickets' part of a tenant's whole export (``kernel.tenant_export``): its tickets as the API
-shows them (without their messages) and every message, internal notes included (the tenant's
-own), in keyset pages.
+shows them (without their messages), every message, internal notes included (the tenant's
+own), and the messages' attachments (a kind of files: each row names one, whose bytes are
+asked for a chunk at a time, ``file_chunk``), in keyset pages.
 
 Words are opened here, a page's keys loaded at once; a ticket whose key went (its requester's
 erasure, the closed-ticket period) reads as erased. Messages are paged in the order of their
@@ -13,9 +14,10 @@ from typing import Any
 
 from kernel import tenant_export
 from kernel.uow import UnitOfWork
+from services.tickets import attachments
 from services.tickets.handlers import _TICKET_COLUMNS, _stored_words, _ticket_row
 
-KINDS = ("tickets", "messages")
+KINDS = ("tickets", "messages", "attachments")
 
 _COUNTS = {
     "tickets": "SELECT count(*) FROM tickets WHERE tenant_id = %s AND created_at < %s",
@@ -24,6 +26,8 @@ _COUNTS = {
 
 
 def count(uow: UnitOfWork, tenant_id: str, kind: str, as_of: str) -> int:
+    if kind == "attachments":
+        return attachments.store_of(uow).count_exported(tenant_id, as_of)
     if kind not in _COUNTS:
         raise tenant_export.unknown("tickets", kind)
     uow.cur.execute(_COUNTS[kind], (tenant_id, as_of))
@@ -38,7 +42,35 @@ def page(
         return _tickets(uow, tenant_id, as_of, tenant_export.position(after), limit)
     if kind == "messages":
         return _messages(uow, tenant_id, as_of, tenant_export.position(after, 3), limit)
+    if kind == "attachments":
+        return _attachments(uow, tenant_id, as_of, tenant_export.position(after), limit)
     raise tenant_export.unknown("tickets", kind)
+
+
+def file_chunk(uow: UnitOfWork, tenant_id: str, kind: str, file_id: str, seq: int) -> str:
+    """Chunk ``seq`` of a file an export's page named, base64; not found once erased."""
+    if kind != "attachments":
+        raise tenant_export.unknown("tickets", kind)
+    return attachments.chunk(uow, tenant_id, file_id, seq)
+
+
+def _attachments(uow: UnitOfWork, tenant: str, as_of: str, at: list, limit: int) -> dict:
+    found = attachments.store_of(uow).exported_page(tenant, as_of, at, limit + 1)
+
+    def render(rows: list[tuple]) -> list[dict[str, Any]]:
+        return [
+            {
+                **attachment.shown(),
+                "ticket_id": attachment.ticket_id,
+                "message_id": attachment.message_id,
+                "chunks": attachment.chunks,
+                "path": tenant_export.file_path("attachments", attachment.id),
+            }
+            for attachment, _ in rows
+            if not attachment.erased
+        ]
+
+    return tenant_export.page_of(found, limit, render, lambda row: [row[1].isoformat(), row[0].id])
 
 
 def _tickets(uow: UnitOfWork, tenant: str, as_of: str, at: list, limit: int) -> dict[str, Any]:

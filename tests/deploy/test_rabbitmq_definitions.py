@@ -10,13 +10,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import pytest
-from amqp.exceptions import PreconditionFailed
-
 from kernel import topology
 from kernel.config import Settings
 from kernel.nameko_adapters.rpc_queues import declare_rpc_queues, rpc_dead_letter_queue, rpc_queue
 from kernel.testing import Infrastructure, make_world
+from services import broker_definitions
 from services.platform import RPC_SERVERS, subscriptions
 
 DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
@@ -40,17 +38,29 @@ def expected_queues(delivery_limit: int) -> dict[str, dict[str, Any]]:
     return queues
 
 
-def test_every_dead_letter_queue_has_a_bounded_life() -> None:
+def test_the_file_is_the_one_the_code_makes() -> None:
+    """``python -m services.broker_definitions --write`` after a change of the topology."""
+    assert DEFINITIONS.read_text() == broker_definitions.render()
+
+
+def test_every_dead_letter_queue_has_a_bounded_life_and_refuses_rather_than_drops() -> None:
     """A dead letter can hold what a service was sent (an access event's IP address, say): the
-    broker drops it after the TTL, and the oldest past the length limit."""
+    broker drops it after the TTL. Past the length limit a quorum dead-letter queue refuses
+    more, and the consumer queues dead-letter at least once, so what it refuses waits in them:
+    no failure is pushed out unseen, and none is lost with a node."""
     defaults = Settings()
-    dead = {q["name"]: q["arguments"] for q in definitions()["queues"]}
-    dead = {name: arguments for name, arguments in dead.items() if name.endswith(".dead")}
+    queues = {q["name"]: q["arguments"] for q in definitions()["queues"]}
+    dead = {name: arguments for name, arguments in queues.items() if name.endswith(".dead")}
     assert len(dead) == len(subscriptions()) + len(RPC_SERVERS)
     for name, arguments in dead.items():
+        assert arguments["x-queue-type"] == "quorum", name
         assert arguments["x-message-ttl"] == defaults.dead_letter_ttl_hours * 3_600_000, name
         assert arguments["x-max-length"] == defaults.dead_letter_max_messages, name
-        assert arguments["x-overflow"] == "drop-head", name
+        assert arguments["x-overflow"] == "reject-publish", name
+    for subscription in subscriptions():
+        arguments = queues[subscription.queue]
+        assert arguments["x-dead-letter-strategy"] == "at-least-once", subscription.queue
+        assert arguments["x-overflow"] == "reject-publish", subscription.queue
 
 
 def expected_bindings() -> set[tuple[str, str, str]]:
@@ -114,15 +124,17 @@ def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchang
             "quorum"
         }
 
-        # RabbitMQ refuses to redeclare a queue with other arguments, so this passing means
-        # the file and the code agree on every argument of every queue (an RPC queue of another
-        # type would be migrated, and named in the result).
+        # A queue declared with other arguments is replaced by the code's, so this passing
+        # means the file and the code agree on every argument of every queue (an RPC queue of
+        # another type would be migrated, and named in the result).
         topology.declare(world.amqp_uri, subscriptions(), world.delivery_limit)
         assert declare_rpc_queues(world.amqp_uri, RPC_SERVERS) == []
         assert queues_on(infrastructure, vhost) == loaded
 
-        # ... and a different delivery limit is refused, so the step above could fail.
-        with pytest.raises(PreconditionFailed):
-            topology.declare(world.amqp_uri, subscriptions(), limit + 1)
+        # ... and a different delivery limit does change them, so the step above could fail.
+        topology.declare(world.amqp_uri, subscriptions(), limit + 1)
+        changed = queues_on(infrastructure, vhost)
+        consumer = subscriptions()[0].queue
+        assert changed[consumer][1]["x-delivery-limit"] == limit + 1
         # A dead-letter queue with other limits is replaced rather than refused: the arguments
         # compared above are what hold those to the code.

@@ -26,6 +26,7 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 from requests.adapters import HTTPAdapter
 
+from gateway import problems
 from kernel import topology
 from kernel.config import Settings
 from kernel.crypto.blind_index import BlindIndex
@@ -76,17 +77,32 @@ def ok(response: requests.Response, status: int = 200) -> dict[str, Any]:
     return response.json() if response.content else {}
 
 
+PROBLEM_TYPES = {kind.type for kind in problems.KINDS}
+
+
+def trace_of(response: requests.Response) -> str | None:
+    """The trace id an answer names in its ``traceresponse`` header."""
+    traceresponse = response.headers.get("traceresponse")
+    return traceresponse.split("-")[1] if traceresponse else None
+
+
 def assert_problem(response: requests.Response, status: int) -> dict[str, Any]:
-    """The answer is ``status`` as problem+json with the four RFC 9457 members."""
+    """The answer is ``status`` as problem+json with the four RFC 9457 members, a type of
+    those ``/docs/problems`` lists, and the request's id (its ``X-Request-Id``) and trace id
+    (its ``traceresponse``'s); returned without the last two."""
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"] == "application/problem+json"
     body = response.json()
-    assert {"type", "title", "status", "detail"} <= set(body), body
+    assert {"type", "title", "status", "detail", "request_id", "trace_id"} <= set(body), body
     assert body["status"] == status
-    assert isinstance(body["type"], str) and body["type"]
+    assert body["type"] in PROBLEM_TYPES, body["type"]
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    assert body["trace_id"] == trace_of(response)
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
-    return body
+    # What the problem says, without which request it was: two answers compare equal when
+    # they tell a client the same thing.
+    return {k: v for k, v in body.items() if k not in ("request_id", "trace_id")}
 
 
 def traced(

@@ -102,6 +102,7 @@ class Sent:
     user_agent: str
     tenant_id: str | None
     actor_id: str | None
+    request_id: str = ""
     touches: tuple[str, ...] = ()
 
 
@@ -143,6 +144,7 @@ class Traced:
                 user_agent,
                 tenant_id,
                 actor_id,
+                response.headers["X-Request-Id"],
                 touches,
             )
         )
@@ -677,6 +679,8 @@ def test_every_request_made_is_in_the_ledger_exactly_once(scene):
         recorded = (payload["method"], payload["status"], entry["tenant_id"], entry["actor_id"])
         assert recorded == (s.method, s.status, s.tenant_id, s.actor_id), (s, entry)
         assert payload["user_agent"] == s.user_agent
+        # The id the answer named (X-Request-Id, and a problem's request_id) finds the request.
+        assert entry["event_id"] == s.request_id
     assert len(sent) > 10
 
 

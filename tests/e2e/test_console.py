@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
 
+from kernel.mail import sink
 from kernel.testing import Infrastructure, free_port, make_world, wait_until, world_env
 from services import platform
 from tests.e2e.conftest import Stack
@@ -43,7 +45,7 @@ SHOTS = Path(
     os.environ.get("LEDGERDESK_SCREENSHOT_DIR")
     or Path(tempfile.gettempdir()) / "ledgerdesk-console-screenshots"
 )
-ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention"]
+ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention", "Mail"]
 
 # Made-up people: the values that must never appear in a URL, a log line or the console.
 TENANT = {
@@ -91,6 +93,7 @@ class Console:
     admin: dict[str, Any]
     agent_key: str
     auditor_key: str
+    smtp: sink.Sink
     secrets: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
 
@@ -190,14 +193,21 @@ def console(infrastructure: Infrastructure, tmp_path_factory) -> Iterator[Consol
     downloads.mkdir()
     driver = _browser(downloads)
     port = free_port()
-    overrides = {
-        "LEDGERDESK_GATEWAY_PORT": str(port),
-        "LEDGERDESK_GATEWAY_PROCESSES": "1",
-        # A proof waits for a checkpoint that covers its entry (none is signed on demand).
-        "LEDGERDESK_CHECKPOINT_SECONDS": "5",
-    }
     try:
-        with make_world(infrastructure, **overrides) as settings, log.open("wb") as out:
+        with (
+            sink.running() as smtp,
+            make_world(
+                infrastructure,
+                LEDGERDESK_GATEWAY_PORT=str(port),
+                LEDGERDESK_GATEWAY_PROCESSES="1",
+                # A proof waits for a checkpoint that covers its entry (none is signed on demand).
+                LEDGERDESK_CHECKPOINT_SECONDS="5",
+                # Replies are mailed to a real SMTP server, which refuses what a test tells it to.
+                LEDGERDESK_SMTP_HOST="127.0.0.1",
+                LEDGERDESK_SMTP_PORT=str(smtp.port),
+            ) as settings,
+            log.open("wb") as out,
+        ):
             platform.prepare(settings)
             # As platform.start_processes, but with every process's output kept for the checks.
             processes = {
@@ -233,6 +243,7 @@ def console(infrastructure: Infrastructure, tmp_path_factory) -> Iterator[Consol
                     admin,
                     agents["agent"],
                     agents["auditor"],
+                    smtp.handler,
                     secrets=[
                         admin["api_key"],
                         agents["agent"],
@@ -639,6 +650,31 @@ def test_an_admin_edits_a_retention_policy(console):
     console.assert_nothing_leaked()
 
 
+def test_an_admin_sees_the_mail_that_failed_by_ids(console):
+    carol = console.contact()
+    ticket = console.api(
+        "POST",
+        "/v1/tickets",
+        console.admin_key,
+        json={"subject": "Parcel", "body": "where is it", "requester_id": carol},
+    )
+    console.smtp.refusals[CAROL["email"]] = deque(["550 5.1.1 no such mailbox"])
+    path = f"/v1/tickets/{ticket['id']}/messages"
+    bounced = console.api("POST", path, console.admin_key, json={"body": "On its way"})["id"]
+    wait_until(
+        lambda: console.api("GET", "/v1/mail?status=failed", console.admin_key)["items"],
+        timeout=30,
+        what="the refused reply recorded as failed",
+    )
+    console.sign_in(console.admin_key)
+    console.open("mail")
+    row = f'#failed-mail tr[data-reference="{bounced}"]'
+    wait_until(lambda: console.first(row), what="the failed mail in the view")
+    assert carol in console.text(row) and "550 permanent" in console.text(row)
+    console.shot("mail")
+    console.assert_nothing_leaked()
+
+
 # The contrast ratio of WCAG 2 for every element that shows text, against the first opaque
 # background behind it.
 CONTRAST = """
@@ -678,16 +714,16 @@ return [...document.querySelectorAll("input, select, textarea")]
 
 def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     console.sign_in(console.admin_key)
-    for view in ("privacy", "search", "ledger", "tenant", "retention"):
+    for view in ("privacy", "search", "ledger", "tenant", "retention", "mail"):
         console.open(view)
         assert console.driver.execute_script(UNLABELLED) == [], view
         assert console.driver.execute_script(CONTRAST) == [], view
 
     # The tab list: arrow keys, Home and End move between views, and the focus goes along.
-    console.find("#tab-retention").send_keys(Keys.HOME)
+    console.find("#tab-mail").send_keys(Keys.HOME)
     for key, view in (
         (Keys.ARROW_RIGHT, "search"),
-        (Keys.END, "retention"),
+        (Keys.END, "mail"),
         (Keys.ARROW_RIGHT, "privacy"),
     ):
         console.driver.switch_to.active_element.send_keys(key)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from typing import Any
 
+from gateway import problems
 from gateway.bodies import BODY_BYTES, MAX_JSON_DEPTH
 from kernel.testing import client_traceparent, wait_until
 from tests.e2e.conftest import Stack
@@ -198,3 +200,19 @@ def test_a_body_past_its_routes_limit_is_a_413_and_a_card_in_a_large_one_is_foun
     )
     assert ticket.status_code == 201, ticket.text
     assert ticket.json()["body"].endswith(f"my card is [card ending {card[-4:]}]")
+
+
+def test_every_answer_names_its_request_and_the_problem_types_page_lists_every_kind(stack):
+    ok = stack.call("GET", "/healthz")
+    unmatched = stack.call("GET", "/v1/no/such/thing")
+    wrong_method = stack.call("PUT", "/healthz")
+    ids = [r.headers["X-Request-Id"] for r in (ok, unmatched, wrong_method)]
+    assert len({str(uuid.UUID(i)) for i in ids}) == 3
+    assert assert_problem(unmatched, 404)["type"] == "/docs/problems#no-route"
+    assert assert_problem(wrong_method, 405)["type"] == "/docs/problems#method-not-allowed"
+
+    page = stack.call("GET", "/docs/problems")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    for kind in problems.KINDS:
+        assert f'id="{kind.slug}"' in page.text, kind.slug

@@ -18,7 +18,17 @@ import pytest
 from kernel.mail import sink
 from kernel.testing import wait_until
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import completed, file, make_contact, ok, rows, stack_logging_to, unique
+from tests.e2e.helpers import (
+    assert_problem,
+    completed,
+    create_agent,
+    file,
+    make_contact,
+    ok,
+    rows,
+    stack_logging_to,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +121,9 @@ def test_a_public_reply_is_mailed_and_the_next_one_threads(stack: Stack, smtp: s
     # Written by a person, and transactional: no Auto-Submitted, no List-Unsubscribe.
     assert mail["Auto-Submitted"] is None and mail["List-Unsubscribe"] is None
     assert first_text in mail.get_content()
+    # Answers come back to the tenant's support address, an id at the inbound domain.
+    tenant_id = ok(stack.call("GET", "/v1/tenant", key=key))["id"]
+    assert str(mail["Reply-To"]) == f"{tenant_id}@{stack.settings.mail_in_domain}"
 
     second = reply(stack, key, ticket, unique("Anything else?"))
     mails = arrived(smtp, contact["email"], 2)
@@ -149,6 +162,52 @@ def test_a_permanent_refusal_is_recorded_as_failed(stack: Stack, smtp: sink.Sink
     assert mails_to(smtp, contact["email"]) == []
     # Not retried: four refusals are still unused.
     assert len(smtp.refusals[contact["email"].lower()]) == 4
+
+
+def listed(stack: Stack, key: str, query: str = "") -> dict[str, Any]:
+    return ok(stack.call("GET", f"/v1/mail{query}", key=key))
+
+
+def test_a_failed_mail_is_shown_to_its_tenants_admins_by_ids(stack: Stack, smtp: sink.Sink):
+    key = stack.sign_up()["api_key"]
+    contact, ticket = open_ticket(stack, key)
+    smtp.refusals[contact["email"].lower()] = deque(["550 5.1.1 no such mailbox"])
+    bounced = reply(stack, key, ticket, unique("bounced reply"))
+    [failed] = wait_until(
+        lambda: listed(stack, key, "?status=failed")["items"] or None, timeout=30, what="failed"
+    )
+    delivered = reply(stack, key, ticket, unique("delivered reply"))
+    assert failed == {
+        "id": failed["id"],
+        "service": "tickets",
+        "kind": "ticket_reply",
+        "recipient_id": contact["id"],
+        "reference_id": bounced["id"],
+        "status": "failed",
+        "attempts": 1,
+        "last_code": 550,
+        "last_outcome": "permanent",
+        "created_at": failed["created_at"],
+        "next_attempt_at": None,
+        "finished_at": failed["finished_at"],
+    }
+    assert failed["finished_at"] is not None
+    wait_until(lambda: listed(stack, key, "?status=sent")["items"], timeout=30, what="sent")
+    # Both, a page each, oldest first; no address anywhere in the answers.
+    first = stack.call("GET", "/v1/mail?limit=1", key=key)
+    second = listed(stack, key, f"?limit=1&cursor={ok(first)['next_cursor']}")
+    assert [m["reference_id"] for m in ok(first)["items"] + second["items"]] == [
+        bounced["id"],
+        delivered["id"],
+    ]
+    assert second["next_cursor"] is None
+    assert contact["email"] not in first.text
+    # Another tenant sees none of it; an agent may not look.
+    other = stack.sign_up()["api_key"]
+    assert listed(stack, other) == {"items": [], "next_cursor": None}
+    agent = create_agent(stack, key)["api_key"]
+    assert_problem(stack.call("GET", "/v1/mail", key=agent), 403)
+    assert_problem(stack.call("GET", "/v1/mail?status=lost", key=key), 422)
 
 
 def test_an_erased_requesters_queued_mail_is_deleted(stack: Stack, smtp: sink.Sink):

@@ -68,10 +68,18 @@ def test_a_keys_fourth_quick_request_is_rate_limited_and_another_key_is_not(infr
 
         answers = [limited.call("GET", "/v1/tenant", key=busy_key) for _ in range(4)]
         assert [r.status_code for r in answers[:3]] == [200, 200, 200]
+        # Each answer tells the key's bucket: 3 at most, one fewer left each time (a refill of
+        # 1/s may give one back between two requests, never more than the burst).
+        told = [(r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"]) for r in answers]
+        assert [limit for limit, _ in told] == ["3"] * 4
+        remaining = [int(left) for _, left in told[:3]]
+        assert remaining[0] == 2 and remaining == sorted(remaining, reverse=True), told
         refused = answers[3]
         assert_problem(refused, 429)
         retry_after = refused.headers["Retry-After"]
         assert retry_after.isdigit() and int(retry_after) >= 1, retry_after
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert refused.headers["RateLimit-Reset"] == retry_after
 
         # Another key of the same tenant has its own bucket.
         assert limited.call("GET", "/v1/tenant", key=admin_key).status_code == 200

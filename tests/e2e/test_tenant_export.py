@@ -41,6 +41,7 @@ FILES = (
     "consent.jsonl",
     "tickets.jsonl",
     "messages.jsonl",
+    "attachments.jsonl",
     "invoices.jsonl",
     "ledger.jsonl",
 )
@@ -103,11 +104,14 @@ def download(stack: Stack, key: str, export: dict[str, Any]) -> bytes:
 
 
 def opened(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The manifest and every file of an archive, its CRCs checked."""
+    """The manifest and every file of an archive (attached files' bytes by their paths), its
+    CRCs checked."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert archive.testzip() is None
-        assert archive.namelist() == [*FILES, "manifest.json"]
-        files = {name: archive.read(name) for name in FILES}
+        names = archive.namelist()
+        attached = [name for name in names if name.startswith("attachments/")]
+        assert names == [*FILES, *attached, "manifest.json"]
+        files = {name: archive.read(name) for name in names if name != "manifest.json"}
         return json.loads(archive.read("manifest.json")), files
 
 
@@ -144,6 +148,12 @@ def check_manifest(stack: Stack, key: str, manifest: dict[str, Any], files: dict
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert len(data) == entry["bytes"]
         assert len(data.splitlines()) == entry["rows"]
+    # Every attached file in the archive is listed with its digest, and nothing else is.
+    assert {f["name"] for f in manifest["file_contents"]} == set(files) - set(FILES)
+    for entry in manifest["file_contents"]:
+        data = files[entry["name"]]
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert len(data) == entry["bytes"]
 
 
 def export_rows(stack: Stack, export_id: str) -> tuple[list, int]:
@@ -338,6 +348,58 @@ def test_an_archive_of_several_chunks_streams_whole(stack):
     manifest, files = opened(download(stack, key, export))
     check_manifest(stack, key, manifest, files)
     assert [t["body"] for t in lines(files["tickets.jsonl"])] == bodies
+
+
+def attach(stack: Stack, key: str, requester: dict[str, Any], data: bytes) -> dict[str, Any]:
+    """A ticket of ``requester``'s with a reply carrying ``data`` as a file; the file."""
+    ticket = ok(
+        stack.call(
+            "POST",
+            "/v1/tickets",
+            key=key,
+            json={"subject": "Receipt", "body": "see file", "requester_id": requester["id"]},
+        ),
+        201,
+    )
+    path = f"/v1/tickets/{ticket['id']}"
+    uploaded = ok(
+        stack.call(
+            "POST", f"{path}/attachments", key=key, params={"filename": "scan.bin"}, data=data
+        ),
+        201,
+    )
+    body = {"body": "attached", "attachment_ids": [uploaded["id"]]}
+    ok(stack.call("POST", f"{path}/messages", key=key, json=body), 201)
+    return {**uploaded, "ticket_id": ticket["id"]}
+
+
+def test_attached_files_are_in_the_archive_by_id_and_an_erased_ones_are_not(stack):
+    key, _ = admin(stack)
+    kept, erased = make_contact(stack, key, "Kit Kept"), make_contact(stack, key, "Ed Erased")
+    # Three chunks of the tickets service's and not one of the archive's: streamed through.
+    data = os.urandom(600_000)
+    mine = attach(stack, key, kept, data)
+    gone_data = os.urandom(1000)
+    gone = attach(stack, key, erased, gone_data)
+    erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": erased["id"]}})
+    assert completed(stack, key, erasure["id"])["status"] == "completed"
+
+    export, _ = ready(stack, key, start_export(stack, key)["id"])
+    manifest, files = opened(download(stack, key, export))
+    check_manifest(stack, key, manifest, files)
+    assert manifest["manifest_version"] == 2
+    path = f"attachments/{mine['id']}"
+    assert files[path] == data
+    [entry] = manifest["file_contents"]
+    assert entry["name"] == path and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    [listed] = lines(files["attachments.jsonl"])
+    assert listed["path"] == path and listed["ticket_id"] == mine["ticket_id"]
+    assert {k: listed[k] for k in ("id", "filename", "size", "sha256")} == {
+        k: mine[k] for k in ("id", "filename", "size", "sha256")
+    }
+    # The erased requester's file: neither listed nor carried (the ledger names it by id).
+    assert not any(gone["id"] in name for name in files)
+    assert gone_data not in b"".join(files.values())
 
 
 def test_only_the_tenants_admins_have_its_exports(stack):

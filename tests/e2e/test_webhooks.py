@@ -11,6 +11,7 @@ so that the receiver can be reached at all; the refusals are shown with the swit
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -204,6 +205,58 @@ def test_a_receiver_answering_500_gets_a_retry_that_succeeds(stack: Stack):
         (500, "http_error"),
         (200, "delivered"),
     ]
+
+
+def test_a_rotated_secret_shows_once_and_a_ping_is_signed_under_both(stack: Stack):
+    key = stack.sign_up()["api_key"]
+    with receiving() as receiver:
+        endpoint = register(stack, key, receiver, ["privacy_request.completed"])
+        path = f"/v1/webhooks/{endpoint['id']}"
+        retry = {"Idempotency-Key": unique("rotate")}
+        rotated = ok(stack.call("POST", f"{path}/secret", key=key, headers=retry))
+        replayed = ok(stack.call("POST", f"{path}/secret", key=key, headers=retry))
+        assert rotated["secret"] != endpoint["secret"] and replayed["secret"] is None
+        shown = ok(stack.call("GET", path, key=key))
+        assert shown["previous_secret_valid_until"] == rotated["previous_secret_valid_until"]
+        # The grace is a day, by default.
+        until = dt.datetime.fromisoformat(rotated["previous_secret_valid_until"])
+        assert until - dt.datetime.fromisoformat(rotated["rotated_at"]) == dt.timedelta(hours=24)
+        ping = ok(stack.call("POST", f"{path}/pings", key=key), 202)
+        (got,) = arrived(receiver, 1, "the ping")
+    assert got.headers[signing.EVENT_TYPE_HEADER] == "webhook.ping"
+    assert json.loads(got.body)["data"] == {"webhook_id": endpoint["id"]}
+    header = got.headers[signing.SIGNATURE_HEADER]
+    assert header.count("v1=") == 2
+    for secret in (rotated["secret"], endpoint["secret"]):
+        assert signing.verify(secret, header, got.body)
+    (delivered,) = log_once(stack, key, endpoint, all_delivered, "the ping in the log")
+    assert delivered["id"] == ping["id"] and delivered["event_type"] == "webhook.ping"
+    agent = create_agent(stack, key, "agent")["api_key"]
+    for action in ("secret", "pings"):
+        assert_problem(stack.call("POST", f"{path}/{action}", key=agent), 403)
+        other = stack.sign_up()["api_key"]
+        assert_problem(stack.call("POST", f"{path}/{action}", key=other), 404)
+
+
+def test_a_redirect_to_a_private_address_is_not_followed_and_logged_as_one(stack: Stack):
+    key = stack.sign_up()["api_key"]
+    with receiving() as private:
+        inside = Script(statuses=[302] * 50, location=private.url("/admin/internal"))
+        with receiving(inside) as redirecting:
+            endpoint = register(stack, key, redirecting, ["ticket.created"])
+            ok(stack.call("POST", f"/v1/webhooks/{endpoint['id']}/pings", key=key), 202)
+            (delivery,) = log_once(
+                stack,
+                key,
+                endpoint,
+                lambda items: items[0]["attempts"] >= 2 and len(items[0]["history"]) >= 2,
+                "two attempts answered with a redirect",
+            )
+            assert len(redirecting.received) >= 2
+        assert private.received == []
+    assert delivery["status"] == "pending"  # not delivered: retried, never followed
+    assert (delivery["status_code"], delivery["outcome"]) == (302, "redirect")
+    assert {(a["status_code"], a["outcome"]) for a in delivery["history"]} == {(302, "redirect")}
 
 
 def test_another_tenants_events_never_arrive(stack: Stack):

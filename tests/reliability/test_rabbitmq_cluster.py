@@ -12,8 +12,11 @@ import contextlib
 import urllib.parse
 from collections.abc import Iterator
 
+import amqp
 import pytest
+from kombu import Connection
 
+from kernel import topology
 from kernel.testing import Infrastructure, free_port, make_world, wait_until, world_env
 from services import platform
 from tests.e2e.conftest import Stack
@@ -26,6 +29,7 @@ from tests.reliability.load import (
     wait_for_progress,
 )
 from tests.reliability.nodes import RabbitNode, rabbit_cluster
+from tests.support.recorder import SUBSCRIPTION
 
 pytestmark = pytest.mark.reliability
 
@@ -130,3 +134,59 @@ def test_the_node_every_client_uses_stopped_under_load_they_move_to_the_others(
     is away), and each caller's reply queue is transient (it went with the node)."""
     with cluster_stack(cluster, infrastructure.database_url) as stack:
         stop_a_node_under_load(stack, cluster, cluster[0], infrastructure.database_url, 30)
+
+
+def _take_all(amqp_uri: str, queue: str) -> list[str]:
+    with Connection(amqp_uri, connect_timeout=5) as conn:
+        channel = conn.channel()
+        taken = []
+        while (message := channel.basic_get(queue, no_ack=True)) is not None:
+            taken.append(message.body.decode() if isinstance(message.body, bytes) else message.body)
+        channel.close()
+    return taken
+
+
+@pytest.mark.timeout(400)
+def test_dead_letters_outlive_their_leader_stopping_while_their_full_queue_refuses_them(
+    infrastructure, cluster
+):
+    """At-least-once dead-lettering on a cluster: what a full dead-letter queue refused waits in
+    its consumer queue, the node leading both queues stops, and once there is room every dead
+    letter arrives, none dropped, none twice (at-most-once would lose them on the way)."""
+    # The broker tries refused dead letters again after this long (three minutes by default).
+    for node in cluster:
+        for key in (
+            "dead_letter_worker_publisher_confirm_timeout",
+            "dead_letter_worker_publisher_confirm_timeout_ms",
+        ):
+            node.ctl("eval", f"application:set_env(rabbit, {key}, 2000).")
+    leader, survivor = cluster[0], cluster[1]
+    own = leader.infrastructure(infrastructure.database_url)
+    with make_world(own, LEDGERDESK_DEAD_LETTER_MAX_MESSAGES="3") as world:
+        vhost = world.database_prefix
+        on_leader, on_survivor = f"{leader.amqp_base}/{vhost}", f"{survivor.amqp_base}/{vhost}"
+        limits = topology.DeadLetterLimits.of(world)
+        # Declared through the first node, which leads both queues.
+        topology.declare(on_leader, [SUBSCRIPTION], world.delivery_limit, limits)
+        bodies = [f"failing {n}" for n in range(10)]
+        with Connection(on_leader, connect_timeout=5) as conn:
+            channel = conn.default_channel
+            channel.confirm_select()
+            for body in bodies:
+                channel.basic_publish_confirm(amqp.Message(body), "", SUBSCRIPTION.queue)
+            # A handler failing for good: rejected without requeue, so dead-lettered at once.
+            while (message := channel.basic_get(SUBSCRIPTION.queue, no_ack=False)) is not None:
+                channel.basic_reject(message.delivery_tag, requeue=False)
+        taken: list[str] = []
+        leader.stop_app()
+        try:
+
+            def all_arrived() -> bool:
+                taken.extend(_take_all(on_survivor, SUBSCRIPTION.dead_letter_queue))
+                return len(taken) >= len(bodies)
+
+            wait_until(all_arrived, timeout=120, interval=1, what="every dead letter")
+        finally:
+            leader.start_app()
+        assert sorted(taken) == sorted(bodies)
+        assert _take_all(on_survivor, SUBSCRIPTION.queue) == []

@@ -478,6 +478,63 @@ def test_finished_deliveries_leave_the_log_after_its_period(database, keystore):
         assert cur.fetchone()[0] == 1
 
 
+# --- a rotated secret, a ping -----------------------------------------------------------------
+
+
+def v1s(header: str) -> list[str]:
+    return [part[3:] for part in header.split(",") if part.startswith("v1=")]
+
+
+def test_a_rotated_out_secret_signs_beside_the_new_one_until_its_grace_ends(database, keystore):
+    rotating = Webhooks(database, keystore, LOOPBACK_ALLOWED, secret_grace=dt.timedelta(hours=1))
+    with receiving() as receiver:
+        # Subscribed to nothing the pings are: a ping goes whatever the events.
+        tenant, endpoint = register(rotating, receiver, events=["ticket.assigned"])
+        old = endpoint["secret"]
+        rotated = rotating.rotate_secret(tenant, endpoint["id"])
+        new = rotated["secret"]
+        assert new.startswith("whsec_") and new != old
+        shown = rotating.endpoint(tenant, endpoint["id"])
+        assert shown["previous_secret_valid_until"] == rotated["previous_secret_valid_until"]
+        assert shown["secret_rotated_at"] == rotated["rotated_at"] and "secret" not in shown
+        ping = rotating.ping(tenant, endpoint["id"])
+        assert ping["event_type"] == "webhook.ping" and ping["status"] == "pending"
+        assert dispatcher(database, keystore).run_once() == 1
+        # The grace over (as time passing would make it): the old secret signs no more, even
+        # before the purge clears it.
+        with database.transaction() as cur:
+            cur.execute("UPDATE webhook_endpoints SET previous_secret_until = now()")
+        assert rotating.endpoint(tenant, endpoint["id"])["previous_secret_valid_until"] is None
+        rotating.ping(tenant, endpoint["id"])
+        assert dispatcher(database, keystore).run_once() == 1
+        during, after = receiver.received
+
+    header = during.headers[signing.SIGNATURE_HEADER]
+    assert len(v1s(header)) == 2
+    assert signing.verify(new, header, during.body) and signing.verify(old, header, during.body)
+    assert json.loads(during.body)["data"] == {"webhook_id": endpoint["id"]}
+    assert during.headers[signing.EVENT_TYPE_HEADER] == "webhook.ping"
+    header = after.headers[signing.SIGNATURE_HEADER]
+    assert len(v1s(header)) == 1
+    assert signing.verify(new, header, after.body) and not signing.verify(old, header, after.body)
+    assert [d["status"] for d in log_of(rotating, tenant, endpoint)] == ["delivered"] * 2
+
+    with database.read() as cur:
+        cur.execute("SELECT secret_sealed, previous_secret_sealed FROM webhook_endpoints")
+        current, previous = cur.fetchone()
+    assert new.encode() not in bytes(current) and old.encode() not in bytes(previous)
+    assert rotating.expire_previous_secrets() == 1
+    with database.read() as cur:
+        cur.execute("SELECT previous_secret_sealed, previous_secret_until FROM webhook_endpoints")
+        assert cur.fetchone() == (None, None)
+    # Another tenant's endpoint is not found, for a rotation or a ping.
+    stranger = str(uuid.uuid4())
+    with pytest.raises(NotFound):
+        rotating.rotate_secret(stranger, endpoint["id"])
+    with pytest.raises(NotFound):
+        rotating.ping(stranger, endpoint["id"])
+
+
 # --- https: the checked address, the name's certificate ---------------------------------------
 
 

@@ -78,37 +78,57 @@ def test_dead_letter_queues_carry_a_ttl_and_a_length_limit(infrastructure) -> No
         topology.declare(world.amqp_uri, [SUBSCRIPTION], world.delivery_limit, limits)
         declare_rpc_queues(world.amqp_uri, ["things"], dead_letters=limits)
 
-        expected = {"x-message-ttl": 48 * 3_600_000, "x-max-length": 3, "x-overflow": "drop-head"}
-        for name, kind in (
-            (SUBSCRIPTION.dead_letter_queue, "classic"),
-            ("rpc-things.dead", "quorum"),
-        ):
+        expected = {
+            "x-message-ttl": 48 * 3_600_000,
+            "x-max-length": 3,
+            "x-overflow": "reject-publish",
+        }
+        for name in (SUBSCRIPTION.dead_letter_queue, "rpc-things.dead"):
             info = queue_info(infrastructure, world.database_prefix, name)
-            assert (info["type"], limits_of(info)) == (kind, expected), name
+            assert (info["type"], limits_of(info)) == ("quorum", expected), name
 
-        # Past the limit the oldest go, the newest stay.
-        publish(
-            world.amqp_uri,
-            topology.DEAD_LETTER_EXCHANGE,
-            SUBSCRIPTION.queue,
-            [amqp.Message(f"dead {n}") for n in range(5)],
-        )
-        publish(
-            world.amqp_uri,
-            "",
-            "rpc-things.dead",
-            [amqp.Message(f"set aside {n}") for n in range(5)],
-        )
-        assert [text(m.body) for m in peek(world.amqp_uri, SUBSCRIPTION.dead_letter_queue)] == [
-            "dead 2",
-            "dead 3",
-            "dead 4",
-        ]
-        assert [text(m.body) for m in peek(world.amqp_uri, "rpc-things.dead")] == [
-            "set aside 2",
-            "set aside 3",
-            "set aside 4",
-        ]
+        # Past the limit more is refused (the publisher's confirm is a nack): the oldest stay.
+        # A quorum queue checks its length before it takes a message, so it may hold one more.
+        for name in (SUBSCRIPTION.dead_letter_queue, "rpc-things.dead"):
+            accepted = 0
+            with pytest.raises(amqp.exceptions.MessageNacked):
+                for n in range(10):
+                    publish(world.amqp_uri, "", name, [amqp.Message(f"dead {n}")])
+                    accepted += 1
+            assert accepted in (3, 4), (name, accepted)
+            kept = [text(m.body) for m in peek(world.amqp_uri, name)]
+            assert kept == [f"dead {n}" for n in range(accepted)], name
+
+
+def test_a_dead_letter_its_full_queue_refuses_waits_in_the_consumer_queue(infrastructure) -> None:
+    """At-least-once dead-lettering: the consumer queue keeps a message its dead-letter queue
+    refused, counted as awaiting dead-lettering (the broker tries again every
+    ``dead_letter_worker_publisher_confirm_timeout``, three minutes by default: the cluster
+    test, tests/reliability/test_rabbitmq_cluster.py, sees them move once there is room)."""
+    with make_world(infrastructure, LEDGERDESK_DEAD_LETTER_MAX_MESSAGES="2") as world:
+        limits = topology.DeadLetterLimits.of(world)
+        topology.declare(world.amqp_uri, [SUBSCRIPTION], world.delivery_limit, limits)
+        info = queue_info(infrastructure, world.database_prefix, SUBSCRIPTION.queue)
+        assert info["arguments"]["x-dead-letter-strategy"] == "at-least-once"
+        publish(world.amqp_uri, "", SUBSCRIPTION.queue, [amqp.Message(f"m{n}") for n in range(5)])
+        with Connection(world.amqp_uri, connect_timeout=5) as conn:
+            channel = conn.channel()
+            # A handler failing for good: rejected without requeue, so dead-lettered at once.
+            while (message := channel.basic_get(SUBSCRIPTION.queue, no_ack=False)) is not None:
+                channel.basic_reject(message.delivery_tag, requeue=False)
+            channel.close()
+
+        dead = depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue)
+        assert dead in (2, 3)  # the limit, or one more (see the test above)
+
+        def awaiting() -> int:
+            # The management API's figures lag by seconds: asked until they add up.
+            found = queue_info(infrastructure, world.database_prefix, SUBSCRIPTION.queue)
+            return found.get("messages_dlx") or 0
+
+        wait_until(lambda: awaiting() == 5 - dead, timeout=30, interval=1, what="kept, not lost")
+        assert depth(world.amqp_uri, SUBSCRIPTION.queue) == 0  # none handed to a consumer again
+        assert depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue) == dead
 
 
 def test_a_dead_letter_older_than_the_ttl_is_gone(infrastructure) -> None:
@@ -147,7 +167,16 @@ def old_event_dead_letters(
             routing_key=subscription.queue,
             durable=True,
         )(channel).declare()
-        subscription.kombu_queue(delivery_limit)(channel).declare()
+        # The consumer queue as it was: dead-lettering at most once.
+        current = subscription.kombu_queue(delivery_limit)
+        older = {
+            k: v
+            for k, v in current.queue_arguments.items()
+            if k not in ("x-dead-letter-strategy", "x-overflow")
+        }
+        Queue(current.name, bindings=current.bindings, durable=True, queue_arguments=older)(
+            channel
+        ).declare()
     ids = [str(uuid.uuid4()) for _ in range(3)]
     publish(
         amqp_uri,
@@ -224,7 +253,10 @@ def test_prepare_gives_old_dead_letter_queues_their_limits_keeping_their_message
 
         expected = topology.DeadLetterLimits.of(world).queue_arguments()
         for name in (LEDGER.dead_letter_queue, "rpc-accounts.dead"):
-            assert limits_of(queue_info(infrastructure, vhost, name)) == expected, name
+            assert queue_info(infrastructure, vhost, name)["arguments"] == expected, name
+        # The consumer queue an older release declared dead-letters at least once now.
+        ledger = queue_info(infrastructure, vhost, LEDGER.queue)["arguments"]
+        assert ledger["x-dead-letter-strategy"] == "at-least-once"
         assert not {
             n
             for n in queue_names(infrastructure, vhost)

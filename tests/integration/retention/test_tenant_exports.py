@@ -67,6 +67,15 @@ class Owner:
             json.dumps({"items": items, "next": [start + limit - 1] if more else None})
         )
 
+    def export_file_chunk(self, tenant_id: str, kind: str, file_id: str, seq: int) -> str:
+        if not any(r["id"] == file_id for r in self.rows.get((tenant_id, kind), [])):
+            raise NotFound("no such file")
+        return base64.b64encode(FILES[file_id][seq]).decode()
+
+
+# A file's chunks by its id: the stand-in's attachments, a few small chunks each.
+FILES: dict[str, list[bytes]] = {}
+
 
 class Crash(BaseException):
     """Stands for a killed process: nothing of the builder's handles it."""
@@ -81,11 +90,18 @@ def retention(world) -> EventSourcedStore:
 
 def holdings(tenant: str, other: str) -> dict[str, Owner]:
     def rows(kind: str, n: int, who: str) -> list[dict[str, Any]]:
-        return [{"id": str(uuid.uuid4()), "kind": kind, "n": i, "who": who} for i in range(n)]
+        made = [{"id": str(uuid.uuid4()), "kind": kind, "n": i, "who": who} for i in range(n)]
+        if kind == "attachments":
+            for row in made:
+                chunks = [f"{who} {row['id']} {seq} ".encode() * 20 for seq in range(3)]
+                FILES[row["id"]] = chunks
+                data = b"".join(chunks)
+                row.update(chunks=3, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return made
 
     owners = {
         "accounts": {"contacts": 7, "agents": 2, "consent": 3},
-        "tickets": {"tickets": 12, "messages": 25},
+        "tickets": {"tickets": 12, "messages": 25, "attachments": 5},
         "billing": {"invoices": 1},
         "audit": {"ledger": 9},
     }
@@ -168,10 +184,11 @@ def test_an_export_holds_every_row_of_its_tenant_and_a_signed_manifest(retention
         "consent": 3,
         "tickets": 12,
         "messages": 25,
+        "attachments": 5,
         "invoices": 1,
         "ledger": 9,
     }
-    assert done["rows_done"] == done["rows_expected"] == 59
+    assert done["rows_done"] == done["rows_expected"] == 64
     assert done["chunks"] > 3  # chunks of 512 bytes: written as they filled
     assert done["expires_at"] == (clock() + dt.timedelta(hours=1)).isoformat()
     # Sealed: no row's text in the database.
@@ -184,7 +201,15 @@ def test_an_export_holds_every_row_of_its_tenant_and_a_signed_manifest(retention
         assert zipped.testzip() is None
         manifest = json.loads(zipped.read("manifest.json"))
         names = [p.name for p in export_job.PARTS]
-        assert zipped.namelist() == [*names, "manifest.json"]
+        files = [f"attachments/{r['id']}" for r in services["tickets"].rows[tenant, "attachments"]]
+        assert zipped.namelist() == [*names, *files, "manifest.json"]
+        # Each attached file's bytes, under its id, listed in the manifest with its digest.
+        assert [entry["name"] for entry in manifest["file_contents"]] == files
+        for entry in manifest["file_contents"]:
+            data = zipped.read(entry["name"])
+            assert data == b"".join(FILES[entry["id"]])
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+            assert len(data) == entry["bytes"] and entry["kind"] == "attachments"
         for entry, part in zip(manifest["files"], export_job.PARTS, strict=True):
             data = zipped.read(part.name)
             assert entry["name"] == part.name and entry["kind"] == part.kind
@@ -276,6 +301,16 @@ def test_a_stopping_process_lets_go_at_once_without_counting_an_attempt(retentio
     assert let_go["status"] == "building" and let_go["attempts"] == 0
     claim = export_job.claim_next(job(retention, world, holdings(tenant, other), clock))
     assert claim is not None and claim.export_id == export["id"]  # no wait for a lapse
+
+
+def test_a_file_whose_bytes_are_not_those_uploaded_makes_no_ready_archive(retention, world):
+    tenant, other, clock = str(uuid.uuid4()), str(uuid.uuid4()), Clock()
+    services = holdings(tenant, other)
+    services["tickets"].rows[tenant, "attachments"][2]["sha256"] = "0" * 64
+    export = start(retention, tenant, clock)
+    export_job.run_next(job(retention, world, services, clock))  # the mismatch: logged
+    attempted = get(retention, tenant, export["id"])
+    assert (attempted["status"], attempted["attempts"]) == ("building", 1)
 
 
 def test_an_export_that_never_finishes_fails_after_its_attempts(retention, world):

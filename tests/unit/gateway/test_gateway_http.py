@@ -37,23 +37,31 @@ def body(response: Response) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("exc", "status", "title"),
+    ("exc", "status", "title", "kind"),
     [
-        (problems.BadJson("the body is not valid JSON"), 400, "Malformed JSON"),
-        (errors.Forbidden("agents may not do that"), 403, "Forbidden"),
-        (errors.NotFound("no such ticket"), 404, "Not found"),
-        (errors.Conflict("stale version"), 409, "Conflict"),
-        (problems.PayloadTooLarge("too big"), 413, "Payload too large"),
-        (errors.ServiceUnavailable("accounts did not answer"), 503, "Service unavailable"),
+        (problems.BadJson("the body is not valid JSON"), 400, "Malformed JSON", "malformed-json"),
+        (errors.Forbidden("agents may not do that"), 403, "Forbidden", "forbidden"),
+        (errors.NotFound("no such ticket"), 404, "Not found", "not-found"),
+        (errors.Conflict("the ticket is closed"), 409, "Conflict", "state-conflict"),
+        (errors.VersionConflict("stale version"), 409, "Version conflict", "version-conflict"),
+        (problems.PayloadTooLarge("too big"), 413, "Payload too large", "payload-too-large"),
+        (
+            errors.ServiceUnavailable("accounts did not answer"),
+            503,
+            "Service unavailable",
+            "service-unavailable",
+        ),
     ],
 )
-def test_each_domain_error_maps_to_its_status(exc: errors.DomainError, status: int, title: str):
+def test_each_domain_error_maps_to_its_status_and_kind(
+    exc: errors.DomainError, status: int, title: str, kind: str
+):
     response = problems.from_exception(exc)
 
     assert response.status_code == status
     assert response.mimetype == "application/problem+json"
     assert body(response) == {
-        "type": "about:blank",
+        "type": f"/docs/problems#{kind}",
         "title": title,
         "status": status,
         "detail": exc.detail,
@@ -67,7 +75,7 @@ def test_unauthorized_is_401_with_a_bearer_challenge():
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
     assert body(response) == {
-        "type": "about:blank",
+        "type": "/docs/problems#unauthorized",
         "title": "Unauthorized",
         "status": 401,
         "detail": "a bearer API key is required",
@@ -81,7 +89,7 @@ def test_validation_failed_is_422_with_its_errors():
 
     assert response.status_code == 422
     assert body(response) == {
-        "type": "about:blank",
+        "type": "/docs/problems#validation-failed",
         "title": "Validation failed",
         "status": 422,
         "detail": "the request is not valid",
@@ -131,7 +139,7 @@ def test_anything_else_is_a_500_that_reveals_nothing(exc: BaseException, caplog)
 
     assert response.status_code == 500
     assert body(response) == {
-        "type": "about:blank",
+        "type": "/docs/problems#internal-error",
         "title": "Internal server error",
         "status": 500,
         "detail": "an unexpected error occurred",
@@ -152,24 +160,54 @@ def test_the_500_log_keeps_the_type_not_the_data(caplog):
 
 
 def test_the_problem_table_lists_subclasses_before_their_bases():
-    types = [exc_type for exc_type, _, _ in problems.PROBLEMS]
+    types = [exc_type for exc_type, _ in problems.PROBLEMS]
     for i, earlier in enumerate(types):
         for later in types[i + 1 :]:
             assert not issubclass(later, earlier), f"{later.__name__} is shadowed by {earlier}"
 
 
 def test_problem_helper_with_headers_and_errors():
-    response = problems.problem(429, "Too many", errors={"x": []}, headers={"Retry-After": "3"})
+    response = problems.problem(
+        problems.RATE_LIMITED, errors={"x": []}, headers={"Retry-After": "3"}
+    )
 
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "3"
     assert body(response) == {
-        "type": "about:blank",
-        "title": "Too many",
+        "type": "/docs/problems#rate-limited",
+        "title": "Too many requests",
         "status": 429,
-        "detail": "Too many",
+        "detail": "Too many requests",
         "errors": {"x": []},
     }
+
+
+def test_every_kind_has_its_own_type_and_every_mapped_kind_is_listed():
+    types = [kind.type for kind in problems.KINDS]
+    assert len(set(types)) == len(types)
+    assert {kind for _, kind in problems.PROBLEMS} <= set(problems.KINDS)
+
+
+def test_a_version_conflict_over_rpc_stays_a_version_conflict():
+    from nameko.exceptions import deserialize, serialize
+
+    sent = errors.VersionConflict("the ticket is at version 3, not 2")
+    received = deserialize(json.loads(json.dumps(serialize(sent))))
+
+    assert body(problems.from_exception(received))["type"] == "/docs/problems#version-conflict"
+
+
+def test_identify_names_the_request_in_the_header_and_in_a_problem_only():
+    failed = problems.from_exception(errors.NotFound("no such ticket"))
+    problems.identify(failed, "0b0e8f4e-5b8f-4f57-9d0e-1d2c3b4a5f60", "ab" * 16)
+    assert failed.headers["X-Request-Id"] == "0b0e8f4e-5b8f-4f57-9d0e-1d2c3b4a5f60"
+    assert body(failed)["request_id"] == "0b0e8f4e-5b8f-4f57-9d0e-1d2c3b4a5f60"
+    assert body(failed)["trace_id"] == "ab" * 16
+
+    ok = Response(json.dumps({"id": "x"}), content_type="application/json")
+    problems.identify(ok, "0b0e8f4e-5b8f-4f57-9d0e-1d2c3b4a5f60", None)
+    assert ok.headers["X-Request-Id"] == "0b0e8f4e-5b8f-4f57-9d0e-1d2c3b4a5f60"
+    assert json.loads(ok.get_data()) == {"id": "x"}
 
 
 def test_api_handler_answers_exceptions_with_problems():

@@ -9,7 +9,7 @@ import pytest
 from nameko.exceptions import deserialize, serialize
 
 from gateway import problems
-from gateway.ratelimit import RateLimited, RateLimiter
+from gateway.ratelimit import Quota, RateLimited, RateLimiter
 
 
 class FakeClock:
@@ -41,6 +41,23 @@ def test_a_burst_is_admitted_then_refused_with_the_seconds_until_a_token():
     assert refusal(limiter, "k").retry_after == 2  # 1.5 s left, rounded up
     clock.advance(1.0)
     assert refusal(limiter, "k").retry_after == 1  # 0.5 s left, never 0
+
+
+def test_each_admission_tells_what_is_left_and_when_the_bucket_is_full_again():
+    clock = FakeClock()
+    limiter = RateLimiter(rate=0.5, burst=3, clock=clock)
+
+    assert limiter.check("k") == Quota(limit=3, remaining=2, reset=2)
+    assert limiter.check("k") == Quota(limit=3, remaining=1, reset=4)
+    clock.advance(1.0)  # half a token back
+    assert limiter.check("k") == Quota(limit=3, remaining=0, reset=5)
+    refused = refusal(limiter, "k")
+    assert (refused.limit, refused.quota) == (3, Quota(limit=3, remaining=0, reset=1))
+    assert refused.quota.headers() == {
+        "RateLimit-Limit": "3",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": "1",
+    }
 
 
 def test_a_refusal_takes_no_token():
@@ -174,7 +191,7 @@ def test_rate_limited_is_429_with_retry_after():
     assert response.mimetype == "application/problem+json"
     assert response.headers["Retry-After"] == "12"
     assert json.loads(response.get_data()) == {
-        "type": "about:blank",
+        "type": "/docs/problems#rate-limited",
         "title": "Too many requests",
         "status": 429,
         "detail": "too many requests; retry in 12 s",

@@ -34,8 +34,35 @@ def test_the_document_has_one_operation_per_documented_route_and_no_other():
         (method, path) for path, methods in OPENAPI["paths"].items() for method in methods
     }
     assert operations == {(r.method, r.path) for r in ROUTES if r.documented}
-    # Only the console's browser pages are left out.
-    assert {r.rule for r in ROUTES if not r.documented} == {"/console", "/console/<string:asset>"}
+    # Only the browser pages (the console's, the problem types' page) are left out.
+    assert {r.rule for r in ROUTES if not r.documented} == {
+        "/console",
+        "/console/<string:asset>",
+        "/docs/problems",
+    }
+
+
+def test_operation_ids_are_the_handlers_names_and_every_operation_has_a_tag_listed():
+    operations = [op for methods in OPENAPI["paths"].values() for op in methods.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids)) == len(operations)
+    assert all(i.isidentifier() and i == i.lower() for i in ids), ids
+    listed = {tag["name"] for tag in OPENAPI["tags"]}
+    assert {tag for op in operations for tag in op["tags"]} == listed
+    assert next(
+        op for op in OPENAPI["paths"]["/v1/tickets/{ticket_id}"].values() if op["operationId"]
+    )["tags"] == ["tickets"]
+    assert OPENAPI["paths"]["/v1/operator/policies"]["post"]["tags"] == ["operator"]
+    assert OPENAPI["paths"]["/healthz"]["get"]["operationId"] == "healthz"
+
+
+def test_every_answer_declares_the_request_id_header_and_problems_their_members():
+    for path, methods in OPENAPI["paths"].items():
+        for method, op in methods.items():
+            for status, response in op["responses"].items():
+                assert "X-Request-Id" in response["headers"], (method, path, status)
+    problem = OPENAPI["components"]["schemas"]["Problem"]
+    assert {"request_id", "trace_id", "type"} <= set(problem["required"])
 
 
 def test_every_route_with_roles_names_roles_that_exist():
@@ -61,7 +88,7 @@ class _Limits:
     def before_authentication(self, request: Request) -> None:
         pass
 
-    def check(self, key_id: str) -> None:
+    def check(self, key_id: str, request: Request) -> None:
         pass
 
 

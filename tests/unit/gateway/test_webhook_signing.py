@@ -55,6 +55,16 @@ def test_any_of_several_v1_signatures_may_match():
     assert signing.verify(SECRET, header, BODY, now=NOW)
 
 
+def test_after_a_rotation_the_header_signs_under_the_new_secret_then_the_previous():
+    previous = "whsec_previous"
+    header = signing.signature_header(SECRET, NOW, BODY, previous)
+    new, old = (signing.signature(s, NOW, BODY) for s in (SECRET, previous))
+    assert header == f"t={NOW},v1={new},v1={old}"
+    assert signing.verify(SECRET, header, BODY, now=NOW)
+    assert signing.verify(previous, header, BODY, now=NOW)
+    assert not signing.verify("whsec_another", header, BODY, now=NOW)
+
+
 def test_secrets_are_random_and_recognisable():
     made = {signing.new_secret() for _ in range(50)}
     assert len(made) == 50

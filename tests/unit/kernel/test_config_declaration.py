@@ -85,6 +85,7 @@ EVERYTHING_CHANGED = Settings(
     webhook_retry_seconds=0.25,
     webhook_retry_hours=0.01,
     webhook_timeout_seconds=2.5,
+    webhook_secret_grace_hours=0.5,
     webhook_log_days=0.5,
     attachment_max_bytes=1234567,
     attachments_per_message=3,
@@ -100,6 +101,16 @@ EVERYTHING_CHANGED = Settings(
     mail_retry_seconds=2.0,
     mail_retry_hours=1.0,
     mail_keep_days=1.0,
+    mail_in_host="0.0.0.0",
+    mail_in_port=24,
+    mail_in_protocol="lmtp",
+    mail_in_domain="in.example.org",
+    mail_in_max_bytes=1 << 20,
+    mail_in_max_recipients=3,
+    mail_in_max_parts=40,
+    mail_in_max_depth=4,
+    mail_in_max_header_bytes=8192,
+    mail_in_dedup_days=7.0,
 )
 
 

@@ -82,8 +82,9 @@ def test_the_life_left_counts_from_the_latest_death_or_the_timestamp() -> None:
 
 def test_the_queue_arguments_are_the_settings() -> None:
     assert LIMITS.queue_arguments() == {
+        "x-queue-type": "quorum",
         "x-message-ttl": 60_000,
         "x-max-length": 10,
-        "x-overflow": "drop-head",
+        "x-overflow": "reject-publish",
     }
     assert topology.DEFAULT_DEAD_LETTER_LIMITS == topology.DeadLetterLimits(48 * 3_600_000, 10_000)

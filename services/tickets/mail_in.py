@@ -1,0 +1,298 @@
+"""Mail in: a mail to a tenant's support address opens a ticket, or threads onto one.
+
+The support address is ``<tenant id>@<LEDGERDESK_MAIL_IN_DOMAIN>``: an id, which says nothing
+of the tenant's company or people (a tenant forwards its own public address to it). The
+listener (``kernel.mail.listener``) hands over the local part (``recipient``) and then the
+parsed mail (``receive``), whose card numbers are cut already (``kernel.mail.inbound``).
+
+Who wrote it: the sender is matched to a contact of the tenant by address, or a new contact is
+made, by accounts, which owns contacts (``inbound_contact``); a restricted contact's mail is
+refused (550 5.7.1: no new processing of their data), and an erased contact who writes again is
+a new contact (the erasure ended what was; a new mail is new data they chose to send).
+
+Threading: outbound replies carry ``Reply-To:`` the support address and Message-IDs built from
+ids (``services.tickets.mail``); a reply's In-Reply-To and References name them. A referenced
+ticket is continued only if it is this tenant's, its requester is the sender, and it is not
+closed (``choose_thread``); a pending or solved one is open again. Anything else, a forged
+References naming another tenant's or another requester's ticket included, opens a new ticket.
+Ticket ids are random and known only to the tenant's staff and the ticket's requester (the ids
+in the mails sent to them).
+
+Exactly once: the mail's idempotency record (``mail_in_received``) is keyed by a keyed hash of
+the sender and the Message-ID under the tenant's blind-index key, written in the transaction
+that stores the ticket or message; a relay re-sending the mail finds it and is answered 250
+with nothing stored again. Concurrent deliveries of one mail take turns on an advisory lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+from kernel.commands import load_command
+from kernel.crypto.blind_index import BlindIndex
+from kernel.errors import Conflict, Gone, NotFound, TooLarge, ValidationFailed
+from kernel.mail import inbound
+from kernel.uow import UnitOfWork
+from services.tickets import commands, handlers
+from services.tickets.attachment_store import AttachmentStore
+from services.tickets.attachments import Limits
+from services.tickets.commands import CHUNK_BYTES
+
+# The blind index's kind for idempotency digests (a key of its own, joinable to no other).
+DIGEST_KIND = "mail_in"
+
+# (tenant_id, address, name) -> {"contact_id"}: accounts' answer, or NotFound (no tenant),
+# Gone (cancelled), Conflict (the contact's data is restricted).
+SenderLookup = Callable[[str, str, str], dict[str, Any]]
+
+
+def support_address(tenant_id: str, domain: str) -> str:
+    return f"{tenant_id}@{domain}"
+
+
+def tenant_of(local_part: str) -> str:
+    """The tenant a support address's local part names (``NotFound`` for anything else)."""
+    try:
+        tenant_id = str(uuid.UUID(local_part))
+    except ValueError:
+        raise NotFound("no such mailbox") from None
+    if tenant_id != local_part.lower():  # one spelling per tenant: no braces, no urn: prefix
+        raise NotFound("no such mailbox")
+    return tenant_id
+
+
+def check_tenant(tenant: dict[str, Any]) -> None:
+    """A tenant mail may open tickets in: active (a cancelled one is ``Gone``)."""
+    if tenant.get("status") == "cancelled":
+        raise Gone("the tenant's account is cancelled")
+    if tenant.get("status") != "active":
+        raise NotFound("no such mailbox")
+
+
+# --- threading -----------------------------------------------------------------------------
+
+
+def referenced(references: Sequence[str], domain: str) -> list[tuple[str, str]]:
+    """Our own Message-IDs among ``references`` (kept in order): ``("ticket", id)`` for a
+    thread's root, ``("reply", id)`` for a reply's. Any other id is someone else's."""
+    found: list[tuple[str, str]] = []
+    for ident in references:
+        left, _, right = ident.strip("<>").rpartition("@")
+        kind, _, value = left.partition(".")
+        if right.lower() != domain or kind not in ("ticket", "reply"):
+            continue
+        try:
+            found.append((kind, str(uuid.UUID(value))))
+        except ValueError:
+            continue
+    return found
+
+
+@dataclass(frozen=True)
+class Candidate:
+    ticket_id: str
+    tenant_id: str
+    requester_id: str
+    status: str
+
+
+def choose_thread(candidates: Sequence[Candidate], tenant_id: str, requester_id: str) -> str | None:
+    """The first referenced ticket this mail may continue: this tenant's, raised by this
+    sender, not closed (a closed ticket is final; the mail opens a new one). None: a new
+    ticket."""
+    for candidate in candidates:
+        if (
+            candidate.tenant_id == tenant_id
+            and candidate.requester_id == requester_id
+            and candidate.status != "closed"
+        ):
+            return candidate.ticket_id
+    return None
+
+
+def _candidates(uow: UnitOfWork, refs: list[tuple[str, str]]) -> list[Candidate]:
+    """The tickets ``refs`` name, in their order, whatever their tenant (``choose_thread``
+    decides)."""
+    replies = [value for kind, value in refs if kind == "reply"]
+    of_reply: dict[str, str] = {}
+    if replies:
+        uow.cur.execute(
+            "SELECT id, ticket_id FROM ticket_messages WHERE id = ANY(%s::uuid[])", (replies,)
+        )
+        of_reply = {str(m): str(t) for m, t in uow.cur.fetchall()}
+    ordered = [value if kind == "ticket" else of_reply.get(value, "") for kind, value in refs]
+    ordered = [t for t in dict.fromkeys(ordered) if t]
+    if not ordered:
+        return []
+    uow.cur.execute(
+        "SELECT id, tenant_id, requester_id, status FROM tickets"
+        " WHERE id = ANY(%s::uuid[]) AND erased_at IS NULL",
+        (ordered,),
+    )
+    found = {str(r[0]): Candidate(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in uow.cur}
+    return [found[t] for t in ordered if t in found]
+
+
+# --- storing -------------------------------------------------------------------------------
+
+
+def receive(
+    uow: UnitOfWork,
+    sender_lookup: SenderLookup,
+    subject_lookup: handlers.SubjectLookup,
+    tenant_id: str,
+    mail: dict[str, Any],
+    limits: Limits,
+    domain: str,
+) -> dict[str, Any]:
+    """Store a parsed mail (``inbound.Inbound.as_rpc``) for ``tenant_id``: a new ticket or a
+    message on the one it answers, its files on it. ``{"outcome": "stored"|"duplicate",
+    "ticket_id", "message_id"}``; a refusal raises ``inbound.Refused`` with nothing stored."""
+    digest = BlindIndex(uow.cipher.keystore).digest(
+        tenant_id, DIGEST_KIND, f"{mail['sender']}\n{mail['message_id']}"
+    )
+    if digest is None:  # the tenant's key is gone: destroyed
+        raise NotFound("no such mailbox")
+    uow.cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s::text, 0))", (digest.hex(),))
+    uow.cur.execute(
+        "SELECT ticket_id, message_id FROM mail_in_received WHERE tenant_id = %s AND digest = %s",
+        (tenant_id, psycopg2.Binary(digest)),
+    )
+    row = uow.cur.fetchone()
+    if row is not None:
+        return {
+            "outcome": "duplicate",
+            "ticket_id": str(row[0]),
+            "message_id": None if row[1] is None else str(row[1]),
+        }
+    try:
+        contact = sender_lookup(tenant_id, mail["sender"], mail["sender_name"])
+    except ValidationFailed:
+        # Parsed as an address, yet not one a contact may have: permanent, not a retry.
+        raise inbound.Refused(550, "5.1.7", "the sender's address is not one we accept") from None
+    contact_id = str(contact["contact_id"])
+    thread = choose_thread(
+        _candidates(uow, referenced(mail["references"], domain)), tenant_id, contact_id
+    )
+    files = [(str(name), bytes(content)) for name, content in mail["files"]]
+    try:
+        if thread is None:
+            ticket_id, message_id = _open_ticket(
+                uow, subject_lookup, tenant_id, contact_id, mail, files, limits
+            )
+        else:
+            ticket_id = thread
+            message_id = _add_reply(
+                uow, tenant_id, ticket_id, contact_id, mail["text"], files, limits
+            )
+            _reopen(uow, tenant_id, ticket_id)
+    except TooLarge as exc:
+        raise inbound.too_big(str(exc)) from None
+    except ValidationFailed as exc:
+        raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
+    except Conflict as exc:
+        raise inbound.Refused(550, "5.7.1", str(exc)) from None
+    uow.cur.execute(
+        "INSERT INTO mail_in_received (tenant_id, digest, ticket_id, requester_id, message_id)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (tenant_id, psycopg2.Binary(digest), ticket_id, contact_id, message_id),
+    )
+    return {"outcome": "stored", "ticket_id": ticket_id, "message_id": message_id}
+
+
+def _open_ticket(
+    uow: UnitOfWork,
+    subject_lookup: handlers.SubjectLookup,
+    tenant_id: str,
+    contact_id: str,
+    mail: dict[str, Any],
+    files: list[tuple[str, bytes]],
+    limits: Limits,
+) -> tuple[str, str | None]:
+    command = load_command(
+        commands.CreateTicketV1,
+        {"subject": mail["subject"], "body": mail["text"], "requester_id": contact_id},
+    )
+    created = handlers.create_ticket(uow, subject_lookup, tenant_id, command)
+    ticket_id = str(created["id"])
+    if not files:
+        return ticket_id, None
+    # A ticket's first words are no message: the mail's files go on one of their own, from
+    # the requester, in the same transaction.
+    count = len(files)
+    note = f"{count} file{'s' if count != 1 else ''} sent with the mail that opened this ticket"
+    return ticket_id, _add_reply(uow, tenant_id, ticket_id, contact_id, note, files, limits)
+
+
+def _add_reply(
+    uow: UnitOfWork,
+    tenant_id: str,
+    ticket_id: str,
+    contact_id: str,
+    text: str,
+    files: list[tuple[str, bytes]],
+    limits: Limits,
+) -> str:
+    store = AttachmentStore(uow.cur, uow.cipher)
+    ids = [_store_file(store, tenant_id, ticket_id, contact_id, f, limits) for f in files]
+    command = load_command(
+        commands.AddMessageV1,
+        {"body": text, "on_behalf_of_requester": True, "attachment_ids": ids},
+    )
+    added = handlers.add_message(uow, tenant_id, ticket_id, contact_id, command, limits.per_message)
+    return str(added["id"])
+
+
+def _reopen(uow: UnitOfWork, tenant_id: str, ticket_id: str) -> None:
+    """The requester answered: a ticket waiting on them (pending) or solved is open again, so
+    it is back in the agents' queue."""
+    ticket = handlers.load_ticket(uow, tenant_id, ticket_id)
+    if ticket.status in ("pending", "solved"):
+        ticket.move_to("open")
+        uow.save(ticket, ticket.tenant_id)
+
+
+def _store_file(
+    store: AttachmentStore,
+    tenant_id: str,
+    ticket_id: str,
+    contact_id: str,
+    file: tuple[str, bytes],
+    limits: Limits,
+) -> str:
+    """A mail's file through the uploads' own path: sealed chunks under the ticket's key, the
+    same limits, the type sniffed from its bytes, the name checked as an upload's is."""
+    filename, content = file
+    load_command(commands.UploadAttachmentV1, {"filename": filename})
+    attachment_id = store.begin(tenant_id, ticket_id, contact_id, contact_id)
+    for seq, start in enumerate(range(0, len(content), CHUNK_BYTES)):
+        store.append(
+            tenant_id,
+            attachment_id,
+            seq,
+            content[start : start + CHUNK_BYTES],
+            limits.file_bytes,
+            limits.ticket_bytes,
+        )
+    store.finish(tenant_id, attachment_id, filename)
+    return attachment_id
+
+
+def _first_error(exc: ValidationFailed) -> str:
+    errors = getattr(exc, "errors", None) or {}
+    for messages in errors.values():
+        if messages:
+            return str(messages[0] if isinstance(messages, list) else messages)
+    return "the mail could not be stored"
+
+
+def forget_expired(cur: Any, older_than: dt.timedelta) -> int:
+    """Idempotency records past the window a relay re-sends in."""
+    cur.execute("DELETE FROM mail_in_received WHERE received_at < now() - %s", (older_than,))
+    return int(cur.rowcount)
