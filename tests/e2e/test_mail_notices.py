@@ -230,6 +230,15 @@ def test_a_privacy_request_awaiting_approval_and_completed_mails_the_tenants_adm
             assert contact["id"] not in text
         assert len(mails_to(smtp, to, "privacy_request_")) == 2
     assert mails_to(smtp, stranger, "privacy_request_") == []
+    # The tenant's admins see them in their mail list, by ids, beside tickets' replies.
+    listing = stack.call("GET", "/v1/mail", key=key)
+    notices = [m for m in ok(listing)["items"] if m["service"] == "accounts"]
+    assert sorted((m["kind"], m["recipient_id"], m["reference_id"]) for m in notices) == sorted(
+        (f"privacy_request_{state}", admin_id, request_id)
+        for state in ("awaiting_approval", "completed")
+        for admin_id in admins.values()
+    )
+    assert first not in listing.text and second not in listing.text
 
 
 def test_an_erased_admins_queued_notice_is_deleted(stack: Stack, smtp: sink.Sink):
