@@ -33,6 +33,7 @@ from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.incidents import IncidentRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
 from gateway.routes.search import SearchRoutes
@@ -164,6 +165,7 @@ class Idempotency(DependencyProvider):
 
 class GatewayService(
     AccountRoutes,
+    IncidentRoutes,
     TicketRoutes,
     AttachmentRoutes,
     SearchRoutes,
