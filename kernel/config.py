@@ -45,8 +45,9 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 # public development value) and its development value otherwise. Production checks only these;
 # docker-compose.yml and deploy/kubernetes give each process exactly these.
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
-    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET"}),
-    # The SMTP password: tickets mails public replies (kernel.mail).
+    # The SMTP password: accounts mails notices to agents and admins, tickets public replies
+    # (kernel.mail).
+    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET", "SMTP_PASSWORD"}),
     "tickets": frozenset({"MASTER_KEY", "SMTP_PASSWORD"}),
     "billing": frozenset({"MASTER_KEY"}),
     "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),

@@ -17,6 +17,8 @@ from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.forgetting import Forgetting
+from kernel.mail.dependency import MailDependency
+from kernel.mail.outbox import listing as mail_listing
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
@@ -56,6 +58,9 @@ class AccountsService:
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))
     tracing = Tracing()
     config = Config()
+    # Notices to agents and admins (services.accounts.notices), sent by a thread of each
+    # process (kernel.mail).
+    mailer = MailDependency()
 
     @property
     def settings(self):
@@ -300,6 +305,12 @@ class AccountsService:
         """A keyset page of a tenant's whole export (``kernel.tenant_export``)."""
         with self.store.unit_of_work() as uow:
             return tenant_export.page(uow, tenant_id, kind, as_of, after, limit)
+
+    @rpc
+    def mail_outbox(self, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The notices queued, sent or failed (ids, states, codes): the operators' view."""
+        with self.store.db.read() as cur:
+            return mail_listing(cur, status, limit)
 
     @rpc
     def health(self) -> dict[str, Any]:
