@@ -15,16 +15,21 @@ from typing import Any
 
 from kernel.db import keyset_page
 from kernel.errors import NotFound, ValidationFailed, require_id
+from kernel.mail.outbox import Mailer
 from kernel.uow import UnitOfWork
+from services.accounts import notices
 from services.accounts.domain import NOTIFICATION_WINDOW, Incident, IncidentNotice
 from services.accounts.handlers import load
 
+# The mail's kind: with the incident and the admin, its Message-ID (once per admin).
+MAIL_KIND = "breach_notice"
+
 
 def declare(
-    uow: UnitOfWork, command: dict[str, Any], now: dt.datetime | None = None
+    uow: UnitOfWork, mailer: Mailer, command: dict[str, Any], now: dt.datetime | None = None
 ) -> dict[str, Any]:
-    """Declare an incident (``DeclareIncidentV1``, loaded) and notify the affected tenants.
-    Returns the operator's view of it and, per tenant, the admins notified (``notified``)."""
+    """Declare an incident (``DeclareIncidentV1``, loaded), record each affected tenant's
+    notice and queue one mail to each of its admins. Returns the operator's view of it."""
     now = now or _now()
     tenant_ids = [str(t) for t in command["tenant_ids"]]
     regions = _affected(uow, tenant_ids)
@@ -36,15 +41,48 @@ def declare(
     )
     uow.save(incident, None, None)
     for tenant_id in tenant_ids:
+        # Whom the mail goes to, read in this transaction as mail_admins reads it: the
+        # tenant's active admins whose data is neither erased nor restricted.
+        admins = [r.agent_id for r in notices.recipients(uow, tenant_id, role=notices.ADMIN)]
         notice = IncidentNotice.notify(
             incident=incident,
             tenant_id=tenant_id,
             categories=command["categories"],
             description=command["description"],
-            admin_ids=active_admins(uow, tenant_id),
+            admin_ids=admins,
         )
         uow.save(notice, tenant_id, regions[tenant_id])
+        subject, body = _mail(notice)
+        notices.mail_admins(
+            uow, mailer, tenant_id, MAIL_KIND, subject, body, uuid.UUID(incident.id)
+        )
     return operator_view(uow, incident.id, now)
+
+
+def _mail(notice: IncidentNotice) -> tuple[str, str]:
+    """The notice's mail: what the console shows, and where to acknowledge it."""
+    deadline = notice.deadline.strftime("%Y-%m-%d %H:%M UTC")
+    aware = notice.aware_at.strftime("%Y-%m-%d %H:%M UTC") if notice.aware_at else ""
+    subject = f"Personal data breach notice: 72 hours end {deadline}"
+    body = "\n".join(
+        [
+            "Ledgerdesk, your processor, has become aware of a personal data breach that"
+            " affects your account.",
+            "",
+            f"Incident: {notice.incident_id}",
+            f"Aware since: {aware}",
+            f"Categories of personal data concerned: {', '.join(notice.categories)}",
+            "",
+            "What happened:",
+            notice.description,
+            "",
+            "As controller, you have 72 hours from our awareness to notify your supervisory"
+            f" authority (GDPR Art. 33): until {deadline}.",
+            "Please acknowledge this notice in the console's Incidents view, or with"
+            f" POST /v1/incidents/{notice.incident_id}/acknowledgements.",
+        ]
+    )
+    return subject, body
 
 
 def _affected(uow: UnitOfWork, tenant_ids: list[str]) -> dict[str, str]:

@@ -250,7 +250,7 @@ class AccountsService:
     def declare_incident(self, request: dict[str, Any]) -> dict[str, Any]:
         command = load_command(commands.DeclareIncidentV1, request)
         with self.store.unit_of_work("operator") as uow:
-            return incidents.declare(uow, command)
+            return incidents.declare(uow, self.mailer, command)
 
     @rpc
     def operator_incident(self, incident_id: str) -> dict[str, Any]:

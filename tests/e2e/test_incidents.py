@@ -6,8 +6,10 @@ with nothing stored, and the operator's endpoints take no tenant key."""
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -96,7 +98,35 @@ def ledger(stack: Stack, key: str, types: str, count: int) -> list[dict[str, Any
     return wait_until(entries, timeout=30, what=f"{count} {types} entries in the ledger")
 
 
-def test_a_declared_breach_reaches_the_affected_tenants_admins_and_no_one_else(stack: Stack):
+def about(smtp: sink.Sink, incident_id: str) -> list[EmailMessage]:
+    """The mails the sink received about an incident (its id is in their Message-ID)."""
+    return [m for m in smtp.messages() if f".{incident_id}." in str(m["Message-ID"])]
+
+
+def mailed(smtp: sink.Sink, incident_id: str, count: int) -> dict[str, EmailMessage]:
+    """The mails about an incident by recipient address, once ``count`` have arrived."""
+    found = wait_until(
+        lambda: about(smtp, incident_id) if len(about(smtp, incident_id)) >= count else None,
+        timeout=30,
+        what=f"{count} mails about incident {incident_id}",
+    )
+    return {email.utils.parseaddr(str(m["To"]))[1]: m for m in found}
+
+
+def owed(stack: Stack, incident_id: str) -> list[tuple[str, str]]:
+    """The breach mails accounts queued for an incident: (recipient, status)."""
+    return rows(
+        stack,
+        "accounts",
+        "SELECT recipient_id::text, status FROM mail_outbox WHERE reference_id = %s"
+        " ORDER BY recipient_id",
+        incident_id,
+    )
+
+
+def test_a_declared_breach_reaches_the_affected_tenants_admins_and_no_one_else(
+    stack: Stack, smtp: sink.Sink
+):
     first, second, bystander = tenant(stack), tenant(stack), tenant(stack)
     colleague = create_agent(stack, first.admin_key, "admin")
     agent = create_agent(stack, first.admin_key, "agent")
@@ -106,6 +136,30 @@ def test_a_declared_breach_reaches_the_affected_tenants_admins_and_no_one_else(s
 
     notified = {t["tenant_id"]: t["notified_ids"] for t in incident["tenants"]}
     assert notified == {first.id: [first.admin_id, colleague["id"]], second.id: [second.admin_id]}
+
+    # One mail to each admin of the affected tenants, through a real SMTP exchange.
+    admins = {first.admin_email, colleague["email"], second.admin_email}
+    mails = mailed(smtp, incident["id"], 3)
+    assert set(mails) == admins
+    for address, mail in mails.items():
+        assert mail["Auto-Submitted"] == "auto-generated", address
+        assert mail["List-Unsubscribe"] is None
+        assert "72 hours" in str(mail["Subject"])
+        text = mail.get_content()
+        assert body["description"] in text and "contact_details, ticket_content" in text
+        assert f"/v1/incidents/{incident['id']}/acknowledgements" in text
+    # And no one else: every mail owed for it is one of those three, each sent; the agent who
+    # is not an admin and the other tenant's admin are owed nothing and received nothing.
+    recipients = sorted([first.admin_id, colleague["id"], second.admin_id])
+    wait_until(
+        lambda: all(status == "sent" for _, status in owed(stack, incident["id"])),
+        timeout=30,
+        what="every breach mail sent",
+    )
+    assert owed(stack, incident["id"]) == [(r, "sent") for r in recipients]
+    assert len(about(smtp, incident["id"])) == 3
+    received = {email.utils.parseaddr(str(m["To"]))[1] for m in smtp.messages()}
+    assert agent["email"] not in received and bystander.admin_email not in received
     assert incident["description"] == body["description"]
     aware = dt.datetime.fromisoformat(incident["aware_at"])
     assert dt.datetime.fromisoformat(incident["deadline"]) == aware + dt.timedelta(hours=72)
@@ -209,12 +263,14 @@ def test_each_admin_acknowledges_once_and_the_ledger_shows_every_step(stack: Sta
 def test_a_bad_declaration_is_refused_with_nothing_stored(stack: Stack, changes, field):
     affected = tenant(stack)
     before = stored_incidents(stack)
+    [(mails_before,)] = rows(stack, "accounts", "SELECT count(*) FROM mail_outbox")
     if changes.get("tenant_ids") == "unknown":
         # One real tenant and one that is not: all or nothing.
         changes = {"tenant_ids": [affected.id, "9b0c5d1e-2f3a-4b5c-8d6e-7f8091a2b3c4"]}
     refused = assert_problem(declare(stack, {**breach(affected), **changes}), 422)
     assert field in refused["errors"], refused
     assert stored_incidents(stack) == before
+    assert rows(stack, "accounts", "SELECT count(*) FROM mail_outbox") == [(mails_before,)]
     assert ok(stack.call("GET", "/v1/incidents", key=affected.admin_key))["items"] == []
 
 
