@@ -43,7 +43,7 @@ SHOTS = Path(
     os.environ.get("LEDGERDESK_SCREENSHOT_DIR")
     or Path(tempfile.gettempdir()) / "ledgerdesk-console-screenshots"
 )
-ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention"]
+ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention", "Incidents"]
 
 # Made-up people: the values that must never appear in a URL, a log line or the console.
 TENANT = {
@@ -639,6 +639,43 @@ def test_an_admin_edits_a_retention_policy(console):
     console.assert_nothing_leaked()
 
 
+def test_an_admin_sees_a_breach_notice_with_its_clock_and_acknowledges_it(console):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    notices = {}
+    for hours in (2, 80):  # one clock still running, one whose 72 hours have passed
+        description = f"Example breach notice, known for {hours} hours"
+        console.secrets.append(description)
+        body = {
+            "tenant_ids": [console.admin["tenant"]["id"]],
+            "categories": ["contact_details"],
+            "description": description,
+            "aware_at": (now - dt.timedelta(hours=hours)).isoformat(),
+        }
+        incident = console.api("POST", "/v1/operator/incidents", console.operator_token, json=body)
+        notices[hours] = incident["id"]
+
+    console.sign_in(console.admin_key)
+    console.open("incidents")
+    running, passed = (f'#incidents [data-incident="{notices[h]}"]' for h in (2, 80))
+    wait_until(lambda: console.first(running) and console.first(passed), what="both notices")
+    assert "left of the 72 hours" in console.text(f"{running} [role=timer]")
+    assert "known for 2 hours" in console.text(running)
+    assert console.text(f"{passed} [role=timer]").startswith("The 72 hours ended")
+    console.shot("incidents")
+
+    console.find(f"{running} button.acknowledge").click()
+    wait_until(lambda: console.text("#incidents-status").startswith("Acknowledged"), what="the ack")
+    wait_until(
+        lambda: console.find(running).get_attribute("data-acknowledged") == "true",
+        what="the notice marked acknowledged",
+    )
+    assert not console.find(f"{running} button.acknowledge").is_enabled()
+    seen = console.api("GET", f"/v1/incidents/{notices[2]}", console.admin_key)
+    assert [a["agent_id"] for a in seen["acknowledgements"]] == [console.admin["agent"]["id"]]
+    assert console.find(f"{passed} button.acknowledge").is_enabled()
+    console.assert_nothing_leaked()
+
+
 # The contrast ratio of WCAG 2 for every element that shows text, against the first opaque
 # background behind it.
 CONTRAST = """
@@ -678,7 +715,7 @@ return [...document.querySelectorAll("input, select, textarea")]
 
 def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     console.sign_in(console.admin_key)
-    for view in ("privacy", "search", "ledger", "tenant", "retention"):
+    for view in ("privacy", "search", "ledger", "tenant", "retention", "incidents"):
         console.open(view)
         assert console.driver.execute_script(UNLABELLED) == [], view
         assert console.driver.execute_script(CONTRAST) == [], view
@@ -687,7 +724,7 @@ def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     console.find("#tab-retention").send_keys(Keys.HOME)
     for key, view in (
         (Keys.ARROW_RIGHT, "search"),
-        (Keys.END, "retention"),
+        (Keys.END, "incidents"),
         (Keys.ARROW_RIGHT, "privacy"),
     ):
         console.driver.switch_to.active_element.send_keys(key)
