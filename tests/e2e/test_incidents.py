@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
+import os
+import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +23,8 @@ from kernel.mail import sink
 from kernel.testing import wait_until
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import assert_problem, create_agent, ok, rows, unique
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +317,33 @@ def test_the_operators_endpoints_take_no_tenant_key(stack: Stack):
 
 def declare_with(stack: Stack, key: str | None, body: dict[str, Any]):
     return stack.call("POST", "/v1/operator/incidents", key=key, json=body)
+
+
+def test_the_operations_guides_declaration_runs_as_written(stack: Stack, smtp: sink.Sink):
+    section = GUIDE.read_text().split("## Breach notification", 1)[1].split("\n## ", 1)[0]
+    (script,) = re.findall(r"```sh\n(.*?)```", section, re.S)
+    affected = tenant(stack)
+    env = {
+        "PATH": os.environ["PATH"],
+        "LEDGERDESK_URL": stack.url,
+        "LEDGERDESK_OPERATOR_TOKEN": stack.settings.operator_token,
+        "TENANT_ID": affected.id,
+    }
+    for _ in range(2):  # the Idempotency-Key: run again, it declares nothing more
+        run = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        shown = json.loads(run.stdout)
+        assert shown == {
+            "tenant_id": affected.id,
+            "notified_ids": [affected.admin_id],
+            "acknowledgements": [],
+        }
+    [incident] = ok(stack.call("GET", "/v1/incidents", key=affected.admin_key))["items"]
+    assert incident["categories"] == ["contact_details", "ticket_content"]
+    assert set(mailed(smtp, incident["id"], 1)) == {affected.admin_email}
