@@ -253,6 +253,16 @@ class IncidentTenantOut(Schema):
     acknowledgements = fields.List(fields.Nested(AcknowledgementOut), required=True)
 
 
+class DeclaredIncidentOut(_IncidentClock):
+    """A breach just declared: ids, times and whom each tenant's notice went to. Not its text
+    or categories (GET it for them): an answer the gateway keeps for an Idempotency-Key's
+    replay would otherwise hold them under no tenant's key, past the tenants' destruction."""
+
+    id = fields.UUID(required=True)
+    declared_at = fields.DateTime(required=True)
+    tenants = fields.List(fields.Nested(IncidentTenantOut), required=True)
+
+
 class OperatorIncidentOut(_IncidentClock):
     """A breach as the operator declared it, and where each affected tenant stands."""
 

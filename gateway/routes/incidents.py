@@ -29,10 +29,11 @@ class IncidentRoutes(Routes):
         summary=(
             "Declare a personal-data breach (operator): the affected tenants' active admins are"
             " notified by mail and in the console, and the ledger records the declaration, each"
-            " notice and whom it went to. An unknown or destroyed tenant refuses it all (422)"
+            " notice and whom it went to. An unknown or destroyed tenant refuses it all (422)."
+            " The answer is ids, times and states; GET the incident for its text"
         ),
         status=201,
-        response="OperatorIncidentOut",
+        response="DeclaredIncidentOut",
         body="DeclareIncidentV1",
         errors=(400, 413, 422),
         idempotent=True,
@@ -116,7 +117,7 @@ class IncidentRoutes(Routes):
         status=201,
         response="IncidentOut",
         also=((200, "IncidentOut", "acknowledged before by this admin: nothing new recorded"),),
-        errors=(404,),
+        errors=(404, 422),  # 422: an Idempotency-Key that cannot be one, or used for another
         idempotent=True,
     )
     def acknowledge_incident(self, request: Request, incident_id: str) -> Response:

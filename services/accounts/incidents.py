@@ -29,7 +29,9 @@ def declare(
     uow: UnitOfWork, mailer: Mailer, command: dict[str, Any], now: dt.datetime | None = None
 ) -> dict[str, Any]:
     """Declare an incident (``DeclareIncidentV1``, loaded), record each affected tenant's
-    notice and queue one mail to each of its admins. Returns the operator's view of it."""
+    notice and queue one mail to each of its admins. Returns the operator's view of it without
+    the text and categories: ids, times and states, which the gateway may keep for replaying
+    the answer (sealed under no tenant's key, it would outlive the tenants' destruction)."""
     now = now or _now()
     tenant_ids = [str(t) for t in command["tenant_ids"]]
     regions = _affected(uow, tenant_ids)
@@ -56,7 +58,8 @@ def declare(
         notices.mail_admins(
             uow, mailer, tenant_id, MAIL_KIND, subject, body, uuid.UUID(incident.id)
         )
-    return operator_view(uow, incident.id, now)
+    declared = operator_view(uow, incident.id, now)
+    return {k: v for k, v in declared.items() if k not in ("categories", "description")}
 
 
 def _mail(notice: IncidentNotice) -> tuple[str, str]:
@@ -176,7 +179,7 @@ def _notice(uow: UnitOfWork, tenant_id: str, row: tuple, now: dt.datetime) -> di
         **_clock(aware_at, now),
         "notified_at": notified_at.isoformat(),
         "notified_ids": [str(a) for a in notified_ids],
-        "acknowledgements": _acknowledgements(uow, str(incident_id), tenant_id),
+        "acknowledgements": _acknowledgements(uow, str(incident_id), tenant_id).get(tenant_id, []),
     }
 
 
@@ -217,6 +220,7 @@ def _incident(uow: UnitOfWork, row: tuple, now: dt.datetime) -> dict[str, Any]:
         (incident_id,),
     )
     notices = {tenant_id: rest for tenant_id, *rest in uow.cur.fetchall()}
+    acknowledged = _acknowledgements(uow, incident_id)
     tenants = []
     for tenant_id in (str(t) for t in tenant_ids):
         notice = notices.get(tenant_id)
@@ -226,7 +230,7 @@ def _incident(uow: UnitOfWork, row: tuple, now: dt.datetime) -> dict[str, Any]:
                 # None: the tenant was destroyed since, and its notice with it.
                 "notified_at": None if notice is None else notice[3].isoformat(),
                 "notified_ids": None if notice is None else [str(a) for a in notice[2]],
-                "acknowledgements": _acknowledgements(uow, incident_id, tenant_id),
+                "acknowledgements": acknowledged.get(tenant_id, []),
             }
         )
     first = next(iter(notices.values()), None)
@@ -240,13 +244,22 @@ def _incident(uow: UnitOfWork, row: tuple, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def _acknowledgements(uow: UnitOfWork, incident_id: str, tenant_id: str) -> list[dict[str, str]]:
+def _acknowledgements(
+    uow: UnitOfWork, incident_id: str, tenant_id: str | None = None
+) -> dict[str, list[dict[str, str]]]:
+    """An incident's acknowledgements by tenant (only ``tenant_id``'s, given one)."""
     uow.cur.execute(
-        "SELECT agent_id, acknowledged_at FROM incident_acknowledgements"
-        " WHERE incident_id = %s AND tenant_id = %s ORDER BY acknowledged_at, agent_id",
-        (incident_id, tenant_id),
+        "SELECT tenant_id::text, agent_id, acknowledged_at FROM incident_acknowledgements"
+        " WHERE incident_id = %s AND (%s::uuid IS NULL OR tenant_id = %s::uuid)"
+        " ORDER BY acknowledged_at, agent_id",
+        (incident_id, tenant_id, tenant_id),
     )
-    return [{"agent_id": str(a), "acknowledged_at": t.isoformat()} for a, t in uow.cur.fetchall()]
+    by_tenant: dict[str, list[dict[str, str]]] = {}
+    for tenant, agent_id, at in uow.cur.fetchall():
+        by_tenant.setdefault(tenant, []).append(
+            {"agent_id": str(agent_id), "acknowledged_at": at.isoformat()}
+        )
+    return by_tenant
 
 
 def _clock(aware_at: dt.datetime, now: dt.datetime) -> dict[str, Any]:
