@@ -117,7 +117,9 @@ class IncidentRoutes(Routes):
         status=201,
         response="IncidentOut",
         also=((200, "IncidentOut", "acknowledged before by this admin: nothing new recorded"),),
-        errors=(404, 422),  # 422: an Idempotency-Key that cannot be one, or used for another
+        # 409: another admin's acknowledgement landed at the same moment (retry); 422: an
+        # Idempotency-Key that cannot be one, or used for another request.
+        errors=(404, 409, 422),
         idempotent=True,
     )
     def acknowledge_incident(self, request: Request, incident_id: str) -> Response:

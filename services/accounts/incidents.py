@@ -133,7 +133,6 @@ def acknowledge(
         raise NotFound("no such incident")
     recorded = notice.acknowledge(agent_id)
     if recorded:
-        uow.actor_id = agent_id
         uow.cur.execute("SELECT region FROM tenants WHERE id = %s", (tenant_id,))
         (region,) = uow.cur.fetchone() or (None,)
         uow.save(notice, tenant_id, region)
