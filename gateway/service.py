@@ -34,6 +34,7 @@ from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.incidents import IncidentRoutes
 from gateway.routes.mail import MailRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
@@ -166,6 +167,7 @@ class Idempotency(DependencyProvider):
 
 class GatewayService(
     AccountRoutes,
+    IncidentRoutes,
     TicketRoutes,
     AttachmentRoutes,
     SearchRoutes,

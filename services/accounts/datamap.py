@@ -31,6 +31,13 @@ CONTACTS_DELETED = End(
     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PROJECTIONS}:ContactsProjection.apply"
 )
 
+NOTICES_DELETED = End(
+    When.DESTRUCTION,
+    "the tenant's notices and acknowledgements are deleted; the events' copy is under the"
+    " tenant's key, shredded with it",
+    f"{_PROJECTIONS}:IncidentsProjection.apply",
+)
+
 _MAIL = "kernel.mail.sender"
 MAIL_ERASED = End(When.ERASURE, "the agent's rows are deleted", f"{_PRIVACY}:erase_subject")
 MAIL_DESTROYED = End(
@@ -193,6 +200,56 @@ DATA_MAP = ServiceMap(
             ),
         ),
         Table(
+            "incidents",
+            "personal-data breaches as the operator declared them: which tenants, since when"
+            " known (ids and times only)",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_ids", "the affected tenants"),
+                operational("aware_at", "when the operator became aware: the 72 hours run"),
+                operational("created_at", "when it was declared"),
+            ),
+            ends=(
+                End(
+                    When.KEPT,
+                    "the platform's record of its breaches (Art. 33(5)); a destroyed tenant's"
+                    " notice goes, its id stays",
+                ),
+            ),
+        ),
+        Table(
+            "incident_notices",
+            "each affected tenant's notice of a breach: what happened and the categories of"
+            " data concerned, as the operator wrote them, and whom it was sent to",
+            (
+                pseudonym("id", "the incident"),
+                pseudonym("tenant_id"),
+                operational("categories", "a fixed vocabulary (BREACH_CATEGORIES)"),
+                personal(
+                    "description",
+                    Held.PLAINTEXT,
+                    NOTICES_DELETED,
+                    note="the operator's free text: it may describe people; under the tenant's"
+                    " key in the events",
+                ),
+                operational("aware_at"),
+                pseudonym("notified_ids", "the tenant's admins it was sent to"),
+                operational("created_at", "when it was sent"),
+            ),
+            ends=(NOTICES_DELETED,),
+        ),
+        Table(
+            "incident_acknowledgements",
+            "which admin acknowledged which breach notice, when",
+            (
+                pseudonym("incident_id"),
+                pseudonym("tenant_id"),
+                pseudonym("agent_id"),
+                operational("acknowledged_at"),
+            ),
+            ends=(NOTICES_DELETED,),
+        ),
+        Table(
             "restrictions",
             "subjects whose data is kept but not used",
             (
@@ -303,6 +360,17 @@ DATA_MAP = ServiceMap(
             "policy_version": operational("policy_version"),
         },
         "policy_published": {"version": operational("version")},
+        "incident_notified": {
+            "categories": operational(
+                "categories",
+                "a fixed vocabulary; under the tenant's key, left out of the published copy",
+            ),
+            "description": personal(
+                "description",
+                Held.TENANT_KEY,
+                note="the operator's free text; left out of the published copy",
+            ),
+        },
         "billing_contact_disclosed": {
             "disclosed_to": operational("disclosed_to", "the service that asked")
         },

@@ -26,7 +26,15 @@ from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers, inbound, notices, privacy, tenant_export
+from services.accounts import (
+    commands,
+    handlers,
+    inbound,
+    incidents,
+    notices,
+    privacy,
+    tenant_export,
+)
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
 from services.accounts.subscriptions import PRIVACY, RETENTION
@@ -282,6 +290,40 @@ class AccountsService(MailOutboxEntrypoints):
     def pending_acceptance(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return handlers.pending_acceptance(uow, tenant_id)
+
+    # --- personal-data breaches ---------------------------------------------------------------
+
+    @rpc
+    def declare_incident(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = load_command(commands.DeclareIncidentV1, request)
+        with self.store.unit_of_work("operator") as uow:
+            return incidents.declare(uow, self.mailer, command)
+
+    @rpc
+    def operator_incident(self, incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.operator_view(uow, incident_id)
+
+    @rpc
+    def operator_incidents(self, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.operator_list(uow, limit, after)
+
+    @rpc
+    def tenant_incident(self, tenant_id: str, incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.tenant_view(uow, tenant_id, incident_id)
+
+    @rpc
+    def tenant_incidents(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.tenant_list(uow, tenant_id, limit, after)
+
+    @rpc
+    def acknowledge_incident(self, actor: dict[str, str], incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            notice, recorded = incidents.acknowledge(uow, actor, incident_id)
+            return {**notice, "recorded": recorded}
 
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:
