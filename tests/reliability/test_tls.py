@@ -9,6 +9,7 @@ broker, and verify-full refuses a database server whose certificate names anothe
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from kernel import db
 from kernel.config import Settings
-from kernel.testing import Infrastructure, world_env
+from kernel.testing import Infrastructure, free_port, wait_until, world_env
 from tests.reliability.load import fast_stack, ticket_writer
 from tests.reliability.nodes import (
     PostgresServer,
@@ -140,6 +141,47 @@ def test_the_settings_verify_the_brokers_certificate(broker: RabbitNode, pki: Pk
         Connection(settings.amqp_uri, connect_timeout=10, ssl=settings.amqp_ssl()) as conn,
     ):
         conn.connect()
+
+
+def test_the_settings_refuse_a_broker_whose_certificate_names_another_host(pki: Pki) -> None:
+    # A TLS listener with a certificate of our authority for another name: the client must
+    # refuse it in the handshake, before a byte of AMQP (so no broker is needed behind it).
+    elsewhere = pki.ours.issue("elsewhere", dns=("broker.elsewhere.test",))
+    port = free_port()
+    # A process of its own: this one's sockets are eventlet's.
+    listener = subprocess.Popen(
+        ["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{port}"]
+        + ["-cert", str(elsewhere.cert), "-key", str(elsewhere.key)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _listening(port), timeout=30, what="the TLS listener")
+        settings = Settings.from_env(
+            {
+                "LEDGERDESK_AMQP_URI": f"amqps://guest:guest@127.0.0.1:{port}/",
+                "LEDGERDESK_AMQP_CA_FILE": str(pki.ours.cert),
+                "LEDGERDESK_AMQP_CERT_FILE": str(pki.client.cert),
+                "LEDGERDESK_AMQP_KEY_FILE": str(pki.client.key),
+            }
+        )
+        with (
+            pytest.raises(ssl.SSLCertVerificationError, match="mismatch"),
+            Connection(settings.amqp_uri, connect_timeout=10, ssl=settings.amqp_ssl()) as conn,
+        ):
+            conn.connect()
+    finally:
+        listener.kill()
+        listener.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 # --- PostgreSQL: verify-full ------------------------------------------------------------------
