@@ -129,7 +129,10 @@ class Credentials(DependencyProvider):
         try:
             if self._broker is None:
                 self._broker = Connection(
-                    self.container.config["AMQP_URI"], connect_timeout=2, heartbeat=self._heartbeat
+                    self.container.config["AMQP_URI"],
+                    connect_timeout=2,
+                    heartbeat=self._heartbeat,
+                    ssl=self.container.config.get("AMQP_SSL"),
                 )
             # Checked every second: heartbeats go out as the broker expects.
             self._broker.heartbeat_check()
@@ -305,7 +308,9 @@ class GatewayService(
 
     def _broker_reachable(self) -> bool:
         try:
-            with Connection(self.config["AMQP_URI"], connect_timeout=2) as conn:
+            with Connection(
+                self.config["AMQP_URI"], connect_timeout=2, ssl=self.config.get("AMQP_SSL")
+            ) as conn:
                 conn.ensure_connection(max_retries=1)
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type

@@ -182,9 +182,11 @@ def service_health(database: kdb.Database) -> dict[str, Any]:
     return {"database": True, "outbox_lag": lag, "outbox_oldest_seconds": oldest}
 
 
-def broker_reachable(amqp_uri: str, timeout: float = 2.0) -> bool:
+def broker_reachable(
+    amqp_uri: str, timeout: float = 2.0, ssl: dict[str, Any] | None = None
+) -> bool:
     try:
-        with Connection(amqp_uri, connect_timeout=timeout) as conn:
+        with Connection(amqp_uri, connect_timeout=timeout, ssl=ssl) as conn:
             conn.ensure_connection(max_retries=1)
         return True
     except Exception:  # any failure to connect means "not ready", whatever its type
@@ -228,7 +230,9 @@ class _ScrapeTimeGauges(Collector):
             from kernel.deadletters import dead_letter_depths
 
             try:
-                for queue, depth in dead_letter_depths(self._server.amqp_uri, queues).items():
+                for queue, depth in dead_letter_depths(
+                    self._server.amqp_uri, queues, self._server.amqp_ssl()
+                ).items():
                     dead.add_metric([queue], depth)
             except Exception as exc:  # broker away: the gauge is absent, readyz says why
                 log.warning("dead-letter gauges not read: %s", type(exc).__name__)
@@ -262,6 +266,8 @@ class OpsServer(SharedExtension):
         settings = settings_of(self.container)
         self.service_name: str = self.container.service_name
         self.amqp_uri: str = settings.amqp_uri
+        # A method: each connection gets TLS options of its own (Settings.amqp_ssl).
+        self.amqp_ssl: Callable[[], dict[str, Any] | None] = settings.amqp_ssl
         self.host: str = settings.ops_host
         self.requested_port: int = settings.ops_port
         self.port: int | None = None
@@ -321,7 +327,7 @@ class OpsServer(SharedExtension):
         return sorted(queues)
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
-        checks = {"broker": broker_reachable(self.amqp_uri)}
+        checks = {"broker": broker_reachable(self.amqp_uri, ssl=self.amqp_ssl())}
         database = self.database()
         if database is not None:
             checks["database"] = database.ping()

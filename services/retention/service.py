@@ -272,9 +272,7 @@ class RetentionService:
             subject_id, services = requests.export_subject(uow, tenant_id, request_id)
         settings = self.config["LEDGERDESK"]
         document: dict[str, Any] = {s: None for s in services if s in (caller_answers or ())}
-        with ClusterRpcProxy(
-            {"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout
-        ) as cluster:
+        with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as cluster:
             for service in (s for s in services if s not in document):
                 try:
                     document[service] = getattr(cluster, service).privacy_export(

@@ -21,13 +21,23 @@ from kernel.config_values import Plan
 from kernel.signed_note import PublicKey
 from kernel.testing import world_env
 
+# Any readable file stands for a certificate or key: the settings only check they can be read.
+READABLE = __file__
+
 # A value other than the default for every setting, each one a parser could get wrong: floats
 # that are not whole, several master keys in order, a key list with an end, plans and rates.
 EVERYTHING_CHANGED = Settings(
     environment="test",
-    amqp_uri="amqp://u:p@rabbit-1:5672/v;amqp://u:p@rabbit-2:5672/v",
+    amqp_uri="amqps://u:p@rabbit-1:5671/v;amqps://u:p@rabbit-2:5671/v",
+    amqp_ca_file=READABLE,
+    amqp_cert_file=READABLE,
+    amqp_key_file=READABLE,
     rabbit_management_url="http://u:p@rabbit-1:15672",
     database_url="postgresql://u:p@db:5433/postgres?sslmode=require",
+    database_sslmode="verify-full",
+    database_sslrootcert=READABLE,
+    database_sslcert=READABLE,
+    database_sslkey=READABLE,
     database_prefix="ld_round_trip",
     master_keys={"new": bytes(range(100, 132)), "old": bytes(range(32))},
     api_key_secret="Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
