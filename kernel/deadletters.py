@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEAD_SUFFIX = ".dead"
 # How often a request set aside from an RPC queue had been delivered: the quorum dead-letter
-# queue counts deliveries of its own in ``x-delivery-count``.
+# queue counts deliveries of its own (listings included) in ``x-delivery-count``.
 DELIVERIES_HEADER = "x-ledgerdesk-deliveries"
 # A request set aside from an RPC queue keeps no body: these say how long it was, and in what.
 BODY_BYTES_HEADER = "x-ledgerdesk-body-bytes"
@@ -151,7 +151,10 @@ def describe(queue: str, message: amqp.Message) -> dict[str, Any]:
         "message_id": _text(properties.get("message_id")),
         "event_type": event_type,
         "deaths": sum(int(d.get("count", 1)) for d in deaths),
-        "delivery_count": headers.get(DELIVERIES_HEADER, headers.get("x-delivery-count")),
+        # Counted where it died: an RPC consumer stamps it. A broker's dead letter has none: the
+        # quorum dead-letter queue's own x-delivery-count counts its readings (this listing's
+        # included), not the deliveries that failed; ``deaths`` and ``reason`` say those.
+        "delivery_count": headers.get(DELIVERIES_HEADER),
         "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
         # An RPC consumer stamps a request it sets aside; the broker's dead letters have x-death.
         "dead_since": _when(first.get("time") or properties.get("timestamp")),
