@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.platform import SERVICES
-from tests.deploy.manifests import OVERLAYS, of_kind, pod_labels, pod_spec, rendered, workloads
+from tests.deploy.manifests import OVERLAYS, of_kind, pod_labels, pod_spec, workloads
 
 NAMESPACE = "ledgerdesk"
 # Peers a packet may come from or go to: (namespace labels, pod labels, address).
@@ -159,4 +159,3 @@ def test_the_evaluation_tells_an_open_port_from_a_closed_one() -> None:
     assert not peer_matches(rule["from"][0], OUTSIDE)
     assert not peer_matches(rule["from"][0], OTHER_POD)
     assert port_matches(rule, 9100, "TCP") and not port_matches(rule, 9100, "UDP")
-    assert len(rendered("production")) > len(rendered("development"))
