@@ -744,6 +744,17 @@ class MeOut(Schema):
             " agent claims a key of their own (POST /v1/me/api-keys)"
         },
     )
+    policy_version = fields.String(
+        required=True, metadata={"description": "the current policy version"}
+    )
+    policy_acceptance_pending = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "true until the agent accepts the current policy version"
+            " (POST /v1/policies/accept); each agent who has not is mailed once when a new"
+            " version is published"
+        },
+    )
 
 
 class AuditKeyOut(Schema):

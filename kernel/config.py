@@ -45,8 +45,9 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 # public development value) and its development value otherwise. Production checks only these;
 # docker-compose.yml and deploy/kubernetes give each process exactly these.
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
-    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET"}),
-    # The SMTP password: tickets mails public replies (kernel.mail).
+    # The SMTP password: accounts mails notices to agents and admins, tickets public replies
+    # (kernel.mail).
+    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET", "SMTP_PASSWORD"}),
     "tickets": frozenset({"MASTER_KEY", "SMTP_PASSWORD"}),
     "billing": frozenset({"MASTER_KEY"}),
     "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
@@ -299,6 +300,13 @@ class Settings:
     )
     # The first re-send of a command a service has not (or not successfully) answered; each
     # further one waits twice as long, up to a day.
+    privacy_due_soon_days: float = setting(
+        7.0,
+        name="PRIVACY_DUE_SOON_DAYS",
+        parse=values.number(float),
+        doc="an open data-subject request this close to its deadline is announced once"
+        " (`privacy_request_due_soon`: the tenant's admins are mailed); 0: never",
+    )
     privacy_retry_seconds: float = setting(
         300.0,
         name="PRIVACY_RETRY_SECONDS",
@@ -552,6 +560,12 @@ class Settings:
         "Ledgerdesk <support@ledgerdesk.localhost>",
         name="MAIL_FROM",
         doc="the `From` of every mail, and the envelope sender; its domain names Message-IDs",
+    )
+    console_url: str = setting(
+        "http://127.0.0.1:8000/console",
+        name="CONSOLE_URL",
+        doc="the console's address as agents and admins reach it: the link in the notices"
+        " mailed to them",
     )
     mail_retry_seconds: float = setting(
         60.0,

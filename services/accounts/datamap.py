@@ -1,6 +1,7 @@
 """What accounts keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
 
 from kernel.datamap import (
+    SHREDDED_WITH_SUBJECT,
     End,
     Held,
     ServiceMap,
@@ -29,6 +30,21 @@ KEYS_REVOKED = End(
 CONTACTS_DELETED = End(
     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PROJECTIONS}:ContactsProjection.apply"
 )
+
+_MAIL = "kernel.mail.sender"
+MAIL_ERASED = End(When.ERASURE, "the agent's rows are deleted", f"{_PRIVACY}:erase_subject")
+MAIL_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+)
+MAIL_SENT = End(
+    When.PERIOD, "dropped when the mail is sent or fails for good", f"{_MAIL}:MailSender.record"
+)
+MAIL_KEPT = End(
+    When.PERIOD,
+    "LEDGERDESK_MAIL_KEEP_DAYS (7) after the mail was sent or failed",
+    "kernel.mail.outbox:purge_finished",
+)
+_MAIL_KINDS = "the kind of notice (`privacy_request_completed`, `policy_version`, ...)"
 
 DATA_MAP = ServiceMap(
     service="accounts",
@@ -196,6 +212,71 @@ DATA_MAP = ServiceMap(
                 ),
             ),
         ),
+        Table(
+            "mail_outbox",
+            "notices owed to or sent to a tenant's agents and admins by mail (kernel.mail,"
+            " services.accounts.notices): ids, states, reply codes and times; the message itself"
+            " sealed",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("recipient_id", "the agent, by id"),
+                pseudonym("key_subject_id", "the agent whose key seals the message (the same)"),
+                operational("kind", _MAIL_KINDS),
+                pseudonym(
+                    "reference_id",
+                    "what the notice is about: a privacy request, a policy version's publication",
+                ),
+                pseudonym(
+                    "message_id",
+                    "the Message-ID header, built from the kind, the reference's and the"
+                    " recipient's ids and the sender's domain only",
+                ),
+                personal(
+                    "sealed",
+                    Held.SUBJECT_KEY,
+                    SHREDDED_WITH_SUBJECT,
+                    MAIL_ERASED,
+                    MAIL_SENT,
+                    note="the rendered message (the agent's name and address, the notice's"
+                    " subject and text) and its envelope, AES-GCM under the agent's key",
+                ),
+                operational("status"),
+                operational("attempts"),
+                operational("next_attempt_at"),
+                operational("last_code", "the relay's reply code, never its text"),
+                operational("last_outcome"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(MAIL_ERASED, MAIL_DESTROYED, MAIL_KEPT),
+        ),
+        Table(
+            "policy_notice_jobs",
+            "the mailing of each published policy version to the agents who have not accepted it"
+            " (services.accounts.notices): where it stands",
+            (
+                operational("version"),
+                operational("reference_id", "the policy_published event's id"),
+                operational("published_at"),
+                pseudonym(
+                    "after_agent",
+                    "the last agent of the last page mailed (a position, across tenants);"
+                    " cleared when the mailing ends",
+                ),
+                operational("mailed"),
+                operational("status"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(
+                End(
+                    When.KEPT,
+                    "platform-wide, no one's data: the agent id goes when the mailing ends",
+                    "services.accounts.notices:work_policy_notices",
+                ),
+            ),
+        ),
     ),
     registries=(REGISTRY,),
     event_fields={
@@ -228,6 +309,11 @@ DATA_MAP = ServiceMap(
         "mail_address_disclosed": {
             "disclosed_to": operational("disclosed_to", "the service that asked"),
             "purpose": operational("purpose", "the kind of mail (`ticket_reply`)"),
+        },
+        "mail_sent": {"kind": operational("kind", _MAIL_KINDS)},
+        "mail_failed": {
+            "kind": operational("kind", _MAIL_KINDS),
+            "outcome": operational("outcome", "`permanent`, `temporary` or `unrecorded`"),
         },
     },
 )

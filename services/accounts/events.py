@@ -7,6 +7,7 @@ region can show that no event of another region's tenant is in its store.
 from marshmallow import Schema, fields, validate
 
 from kernel.envelope import EventRegistry, EventType
+from kernel.mail.events import event_types as mail_event_types
 
 ROLES = ("admin", "agent", "auditor")
 
@@ -209,3 +210,6 @@ BILLING_CONTACT_DISCLOSED = REGISTRY.register(
 MAIL_ADDRESS_DISCLOSED = REGISTRY.register(
     EventType("mail_address_disclosed", {1: MailAddressDisclosedV1})
 )
+
+# What the audit ledger learns of each notice the sender settles (kernel.mail, notices): ids only.
+MAIL_SENT, MAIL_FAILED = (REGISTRY.register(t) for t in mail_event_types())

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kernel.platform import SENDS_MAIL
 from services.platform import SERVICES
 from tests.deploy.manifests import OVERLAYS, of_kind, pod_labels, pod_spec, workloads
 
@@ -142,7 +143,7 @@ def test_each_workload_reaches_what_it_uses_and_nothing_else(overlay: str) -> No
         assert allowed(overlay, name, "egress", RABBITMQ, 5672) == (not is_backup), name
         assert allowed(overlay, name, "egress", COLLECTOR, 4318) == is_process, name
         # Webhook URLs may name any port of a public address, so the gateway reaches those too.
-        mailers = {"ledgerdesk-tickets", "ledgerdesk-gateway"}
+        mailers = {f"ledgerdesk-{name}" for name in SENDS_MAIL} | {"ledgerdesk-gateway"}
         assert allowed(overlay, name, "egress", SMTP_RELAY, 587) == (name in mailers), name
         assert allowed(overlay, name, "egress", WEBHOOK, 443) == (name == "ledgerdesk-gateway")
         # Nothing reaches a cloud's metadata endpoint or the collector's other ports.
