@@ -74,9 +74,9 @@ class Variable:
     parse: values.Parser = values.text
     render: Callable[[Any], str] = str
     # A key or token: a process reads it only if it uses it (SERVICE_SECRETS), a repr never
-    # shows it, and deploy/kubernetes/secret.yaml holds it.
+    # shows it, and the cluster's Secret holds it (deploy/kubernetes/secrets.example.env).
     secret: bool = False
-    # A URL that may carry a password: a repr masks it, and secret.yaml holds it too unless
+    # A URL that may carry a password: a repr masks it, and the Secret holds it too unless
     # only the test kit reads it.
     credential: bool = False
     # Read by the test kit and the benchmarks only, never by a process of the platform.
