@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services run test lint bench screenshots clean
+.PHONY: install services run test drill lint bench screenshots clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ run: install services
 
 test: install services lint
 	$(PY) -m pytest
+
+# The restore drill (docs/operations.md, "Back up and restore"): every database dumped by the
+# backup jobs' script, restored with pg_restore, and nothing erased back.
+drill: install services
+	$(PY) -m pytest tests/e2e/test_restore_drill.py
 
 # lint-imports keeps the layers: pyproject.toml, [tool.importlinter].
 lint: install

@@ -49,7 +49,8 @@ BACKUPS = (
     "| where | holds | key | ended by |",
     "| --- | --- | --- | --- |",
     "| volume `ledgerdesk-backups` (`<prefix>_<service>/<stamp>.dump`) | a daily `pg_dump` of"
-    " each data database `<prefix>_<service>`, the gateway's too: everything in the tables"
+    " each data database `<prefix>_<service>`, the gateway's too, and an hourly one of"
+    " retention's (the log of forgetting a restore re-applies): everything in the tables"
     " above, as stored | as in the database: sealed data under keys the dump does not hold |"
     " its CronJob deleting dumps older than 90 days; an erasure reaches it when the keystore"
     " dumps holding the key are gone |",

@@ -74,3 +74,23 @@ def test_the_guides_rotation_rewraps_tenant_keys_so_the_old_master_key_can_go(
             assert cur.fetchall() == [("k2026b", 1)]
     finally:
         database.close()
+
+
+def test_the_guides_restore_drill_command_runs_the_drill() -> None:
+    """The drill needs a whole platform and minutes, and `make test` runs its module already:
+    here the guide's one line is shown to run that module (make's dry run), not run twice."""
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    section = guide.split("**The restore drill**", 1)[1].split("\n## ", 1)[0]
+    (command,) = re.findall(r"```sh\n(.*?)\n```", section, re.S)
+    drill = ROOT / "tests" / "e2e" / "test_restore_drill.py"
+    assert drill.is_file()
+    planned = subprocess.run(
+        ["make", "--dry-run", *command.split()[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
+    assert command.split()[0] == "make"
+    assert planned[-1].endswith(f"-m pytest {drill.relative_to(ROOT)}"), planned
