@@ -19,7 +19,7 @@ import pytest
 from kernel.crypto.primitives import TamperedCiphertext
 from kernel.errors import Conflict, NotFound, TooLarge, ValidationFailed
 from kernel.uow import EventSourcedStore
-from services.tickets import attachments, chunk_store, handlers, privacy
+from services.tickets import attachments, chunk_store, handlers, privacy, tenant_export
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.chunk_store import ChunkRef, S3Chunks
 from services.tickets.commands import CHUNK_BYTES
@@ -216,6 +216,40 @@ def test_messages_carry_their_own_uploads_once(store):
         view = handlers.get_ticket(uow, t["tenant"], t["id"], viewer=None)
     [with_files] = [m for m in view["messages"] if m["attachments"]]
     assert with_files["id"] == added["id"] and len(with_files["attachments"]) == 2
+
+
+def test_both_exports_read_the_files_back_from_the_store(store, placed):
+    """The subject's export (content inline) and the tenant's (a chunk at a time by id) read
+    through the chunk store, whichever it is."""
+    t = a_ticket(store)
+    data = b"%PDF-1.4 " + secrets.token_bytes(CHUNK_BYTES + 300)
+    shown = uploaded(store, t, data, "statement.pdf")
+    command = {
+        "body": "your statement",
+        "internal": False,
+        "on_behalf_of_requester": False,
+        "attachment_ids": [shown["id"]],
+    }
+    with store.unit_of_work(t["agent"]) as uow:
+        handlers.add_message(uow, t["tenant"], t["id"], t["agent"], command, LIMITS.per_message)
+    with store.unit_of_work() as uow:
+        subject = privacy.export(uow, t["tenant"], t["requester"])
+    [ticket] = subject["tickets_requested"]
+    [file] = [a for m in ticket["messages"] for a in m["attachments"]]
+    assert base64.b64decode(file["content_base64"]) == data
+
+    as_of = "2999-01-01T00:00:00+00:00"
+    with store.unit_of_work() as uow:
+        page = tenant_export.page(uow, t["tenant"], "attachments", as_of, None, 10)
+    [listed] = page["items"]
+    assert listed["id"] == shown["id"] and listed["chunks"] == 2
+    parts = []
+    for seq in range(listed["chunks"]):
+        with store.unit_of_work() as uow:
+            chunk = tenant_export.file_chunk(uow, t["tenant"], "attachments", listed["id"], seq)
+        parts.append(base64.b64decode(chunk))
+    assert b"".join(parts) == data
+    assert placed.count(t["id"]) == 2
 
 
 def counts(placed: Placed, ticket_id: str) -> tuple[int, int]:
