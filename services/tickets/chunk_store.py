@@ -133,6 +133,14 @@ class S3Chunks:
     def bucket(self) -> str:
         return self._bucket
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def check(self) -> None:
+        """Raises unless the bucket exists and these credentials may reach it."""
+        self._client.head_bucket(Bucket=self._bucket)
+
     def put(self, ref: ChunkRef, sealed: bytes) -> None:
         self._client.put_object(
             Bucket=self._bucket,
@@ -160,13 +168,19 @@ class S3Chunks:
 
     def _delete_under(self, prefix: str) -> None:
         # Listed, then deleted, a page at a time: deleting while listing would move the pages.
+        deleted: set[tuple[str, str]] = set()
         while True:
-            batch = [
-                {"Key": key, "VersionId": version}
-                for key, version in _first(self._versions(prefix), _DELETE_BATCH)
-            ]
-            if not batch:
+            found = _first(self._versions(prefix), _DELETE_BATCH)
+            if not found:
                 return
+            if deleted.intersection(found):
+                # Acknowledged, yet still there (an object lock, a store that ignores versions):
+                # not erased, and said so rather than reported done or retried for ever.
+                raise ObjectStoreError(
+                    f"the object store kept objects under {prefix!r} it acknowledged deleting"
+                )
+            deleted.update(found)
+            batch = [{"Key": key, "VersionId": version} for key, version in found]
             answer = self._client.delete_objects(
                 Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True}
             )
@@ -239,7 +253,7 @@ def configure(settings: Settings) -> None:
     with _lock:
         if settings.attachment_store == "s3":
             objects = S3Chunks(s3_client(settings), settings.attachment_s3_bucket)
-            objects._client.head_bucket(Bucket=objects.bucket)
+            objects.check()
             _objects = objects
         else:
             _objects = None

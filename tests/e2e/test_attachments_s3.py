@@ -61,7 +61,7 @@ def test_files_live_in_the_bucket_sealed_and_the_erasure_deletes_the_ticket_pref
     assert keys == [f"{prefix}{uploaded['id']}/{seq}" for seq in range(3)]
     assert not any(marker.decode() in k or "medical" in k for k in bucket.keys())
     stored = b"".join(
-        bucket._client.get_object(Bucket=bucket.bucket, Key=k)["Body"].read() for k in keys
+        bucket.client.get_object(Bucket=bucket.bucket, Key=k)["Body"].read() for k in keys
     )
     assert marker not in stored and data[-64:] not in stored
     of_ticket = (
@@ -83,7 +83,7 @@ def test_files_live_in_the_bucket_sealed_and_the_erasure_deletes_the_ticket_pref
     erasure = file(stack, key, {"type": "erasure", "subject": {"contact_id": contact["id"]}})
     assert completed(stack, key, erasure["id"])["status"] == "completed"
     assert bucket.keys(prefix) == []
-    listed = bucket._client.list_object_versions(Bucket=bucket.bucket, Prefix=prefix)
+    listed = bucket.client.list_object_versions(Bucket=bucket.bucket, Prefix=prefix)
     assert not listed.get("Versions") and not listed.get("DeleteMarkers")
     assert (
         rows(

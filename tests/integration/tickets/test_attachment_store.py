@@ -53,7 +53,7 @@ class Placed:
     def ciphertext(self) -> bytes:
         """Every stored chunk's bytes, as the store holds them."""
         if self.objects is not None:
-            client = self.objects._client
+            client = self.objects.client
             return b"".join(
                 client.get_object(Bucket=self.objects.bucket, Key=key)["Body"].read()
                 for key in self.objects.keys()
@@ -351,13 +351,13 @@ def test_an_erasure_in_a_versioned_bucket_leaves_no_earlier_version(store, s3_se
         shown = uploaded(store, t, secrets.token_bytes(CHUNK_BYTES + 5))
         # A chunk written twice (a retried put) has two versions.
         objects.put(ChunkRef(t["tenant"], t["id"], shown["id"], 0), b"an older copy")
-        listed = objects._client.list_object_versions(Bucket=objects.bucket)
+        listed = objects.client.list_object_versions(Bucket=objects.bucket)
         assert len(listed["Versions"]) == 3
         with store.unit_of_work() as uow:
             privacy.handlers_for(store.cipher)["erase_subject"](
                 uow, command(t["tenant"], subject_id=t["requester"])
             )
-        listed = objects._client.list_object_versions(Bucket=objects.bucket)
+        listed = objects.client.list_object_versions(Bucket=objects.bucket)
         assert not listed.get("Versions") and not listed.get("DeleteMarkers")
     finally:
         chunk_store.use(None)
@@ -371,7 +371,7 @@ def test_an_erasure_the_store_cannot_confirm_is_not_done(store, s3_server):
     try:
         t = a_ticket(store)
         uploaded(store, t, b"kept until the store confirms")
-        client = objects._client
+        client = objects.client
         for key in objects.keys():
             client.delete_object(Bucket=objects.bucket, Key=key)
         client.delete_bucket(Bucket=objects.bucket)
@@ -403,5 +403,30 @@ def test_a_purged_upload_takes_objects_its_rows_never_counted(store, s3_server):
             uow.cur.execute("UPDATE attachments SET created_at = now() - interval '2 hours'")
             assert AttachmentStore(uow.cur, uow.cipher).purge_unattached(3600) == 1
         assert objects.keys() == []
+    finally:
+        chunk_store.use(None)
+
+
+def test_a_delete_the_store_refuses_fails_the_erasure(store, s3_server):
+    """An object under a legal hold cannot be deleted: the store says so in DeleteObjects'
+    answer, the handler raises instead of answering done, and the rows stay for the retry."""
+    objects = new_bucket(s3_server)
+    client = objects.client
+    locked = objects.bucket + "-locked"
+    client.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    chunk_store.use(S3Chunks(client, locked))
+    try:
+        t = a_ticket(store)
+        shown = uploaded(store, t, b"held by the bucket")
+        client.put_object_legal_hold(
+            Bucket=locked,
+            Key=f"{t['tenant']}/{t['id']}/{shown['id']}/0",
+            LegalHold={"Status": "ON"},
+        )
+        with pytest.raises(chunk_store.ObjectStoreError), store.unit_of_work() as uow:
+            privacy.handlers_for(store.cipher)["erase_subject"](
+                uow, command(t["tenant"], subject_id=t["requester"])
+            )
+        assert scalar(store, "SELECT count(*) FROM attachments WHERE ticket_id = %s", (t["id"],))
     finally:
         chunk_store.use(None)
