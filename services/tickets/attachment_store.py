@@ -12,9 +12,9 @@ day later if none does (``purge_unattached``).
 
 What ends the rows: the requester's erasure (``forget_requester``, as their key is shredded),
 a closed ticket's purge (``forget_tickets``) and the tenant's destruction (``forget_tenant``)
-delete the chunks (their tickets' or tenant's prefixes in the chunk store, acknowledged before
-anything else moves) and then the rows, so no ciphertext outlives its key. A data backup keeps
-them until it expires; without the keystore (shredded there) they open for no one.
+delete the rows and the chunks (their tickets' or tenant's prefixes in the chunk store,
+acknowledged before the unit of work commits), so no ciphertext outlives its key. A data
+backup keeps them until it expires; without the keystore (shredded there) they open for no one.
 
 Every query names the tenant: an id of another tenant is not found, as if it did not exist.
 """
@@ -333,38 +333,49 @@ class AttachmentStore:
         ]
 
     # --- what ends them -----------------------------------------------------------------------
-    # Each deletes the chunks first, by prefix (acknowledged by the store, or it raises and the
-    # unit of work rolls back), then the rows: the rows are the index a retry deletes from.
+    # Each deletes the rows, then the chunks by prefix, before the unit of work commits. Rows
+    # first: deleting a row waits for an upload holding its lock (``append`` locks the row
+    # before it puts a chunk), so a chunk put concurrently is in the store before the prefix is
+    # listed. A delete the store refuses raises, the unit of work rolls back and the rows, the
+    # index a retry deletes from, are back. In the database store the rows' foreign key takes
+    # their chunks with them, and the prefix delete finds what is left (nothing, normally).
 
     def forget_requester(self, tenant_id: str, requester_id: str) -> int:
-        """The requester's erasure: every attachment of their tickets (chunks under each
-        ticket's prefix, then attachments). The tickets table names them too, so an upload
+        """The requester's erasure: every attachment of their tickets (attachments, then the
+        chunks under each ticket's prefix). The tickets table names the tickets too, so a chunk
         whose row never committed leaves no object behind its requester either."""
         self._cur.execute(
             "SELECT ticket_id FROM attachments WHERE requester_id = %s AND tenant_id = %s"
             " UNION SELECT id FROM tickets WHERE requester_id = %s AND tenant_id = %s",
             (requester_id, tenant_id, requester_id, tenant_id),
         )
-        for (ticket_id,) in self._cur.fetchall():
-            self._store.delete_prefix(tenant_id, str(ticket_id))
-        return self._delete_rows("requester_id = %s AND tenant_id = %s", (requester_id, tenant_id))
+        tickets = [str(row[0]) for row in self._cur.fetchall()]
+        deleted = self._delete_rows(
+            "requester_id = %s AND tenant_id = %s", (requester_id, tenant_id)
+        )
+        for ticket_id in tickets:
+            self._store.delete_prefix(tenant_id, ticket_id)
+        return deleted
 
     def forget_tickets(self, tenant_id: str, ticket_ids: list[str]) -> int:
-        """Closed tickets purged: their attachments (each ticket's prefix, then attachments)."""
-        for ticket_id in ticket_ids:
-            self._store.delete_prefix(tenant_id, str(ticket_id))
-        return self._delete_rows(
+        """Closed tickets purged: their attachments (attachments, then each ticket's prefix)."""
+        deleted = self._delete_rows(
             "ticket_id = ANY(%s::uuid[]) AND tenant_id = %s", (list(ticket_ids), tenant_id)
         )
+        for ticket_id in ticket_ids:
+            self._store.delete_prefix(tenant_id, str(ticket_id))
+        return deleted
 
     def forget_tenant(self, tenant_id: str) -> int:
-        """The tenant's destruction: all its attachments (its prefix, then attachments)."""
+        """The tenant's destruction: all its attachments (attachments, then its prefix)."""
+        deleted = self._delete_rows("tenant_id = %s", (tenant_id,))
         self._store.delete_prefix(tenant_id)
-        return self._delete_rows("tenant_id = %s", (tenant_id,))
+        return deleted
 
     def purge_unattached(self, older_than_seconds: float, batch: int = 500) -> int:
         """Uploads no message named within their time (a day), or left half way (each one's
-        chunks, then its row), a batch at a time so a long backlog holds no lock for long."""
+        rows locked, its chunks deleted, then its row), a batch at a time so a long backlog
+        holds no lock for long."""
         self._cur.execute(
             "SELECT id, tenant_id, ticket_id FROM attachments WHERE message_id IS NULL"
             " AND created_at < now() - make_interval(secs => %s)"
@@ -379,7 +390,5 @@ class AttachmentStore:
         return self._delete_rows("id = ANY(%s::uuid[])", ([str(r[0]) for r in rows],))
 
     def _delete_rows(self, where: str, params: tuple) -> int:
-        # In the database store the chunks went by prefix already; the foreign key's cascade
-        # would take any left by a concurrent upload's commit, as the rows go.
         self._cur.execute(f"DELETE FROM attachments WHERE {where}", params)  # noqa: S608
         return int(self._cur.rowcount)

@@ -11,10 +11,10 @@ The ``attachments`` rows stay in PostgreSQL either way, as the index the privacy
 from. The object store is no part of the unit of work's transaction, so the order of moves keeps
 it safe: a chunk is put before its row counts it (a put whose transaction then fails leaves an
 object under the upload's prefix, overwritten by the retry or deleted with the upload's prefix
-when it is discarded or purged), and a prefix is deleted before its rows are (a delete that fails
-raises, the transaction rolls back, the privacy command is answered again later; one that
-succeeds before a failed commit is repeated, harmlessly, by the retry). A handler answers
-``done`` only after the store acknowledged every delete.
+when it is discarded or purged), and a prefix is deleted after its rows, before they commit (a
+delete that fails raises, the transaction rolls back with the rows back, the privacy command is
+answered again later; one that succeeds before a failed commit is repeated, harmlessly, by the
+retry). A handler answers ``done`` only after the store acknowledged every delete.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ from typing import Any
 import psycopg2
 import pytest
 
+from kernel.crypto.blobs import BlobCipher
 from kernel.crypto.primitives import TamperedCiphertext
 from kernel.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from kernel.testing import wait_until
 from kernel.uow import EventSourcedStore
 from services.tickets import attachments, chunk_store, handlers, privacy, tenant_export
 from services.tickets.attachment_store import AttachmentStore
@@ -428,5 +430,63 @@ def test_a_delete_the_store_refuses_fails_the_erasure(store, s3_server):
                 uow, command(t["tenant"], subject_id=t["requester"])
             )
         assert scalar(store, "SELECT count(*) FROM attachments WHERE ticket_id = %s", (t["id"],))
+    finally:
+        chunk_store.use(None)
+
+
+def test_a_chunk_put_while_the_erasure_runs_is_deleted_with_the_rest(store, s3_server):
+    """An upload holds its row's lock while it puts a chunk; the erasure deletes the rows
+    first, so it waits for that upload and lists the prefix only after the chunk is in it."""
+    import eventlet
+
+    objects = new_bucket(s3_server)
+    chunk_store.use(objects)
+    try:
+        t = a_ticket(store)
+        with store.unit_of_work(t["agent"]) as uow:
+            begun = attachments.begin_upload(uow, t["tenant"], t["id"], t["agent"], LIMITS)
+        erasing = None
+        with store.unit_of_work(t["agent"]) as uploading:
+            uploading.cur.execute("SELECT pg_backend_pid()")
+            (uploader,) = uploading.cur.fetchone()
+            # ``append``'s steps up to its put: the row locked, the chunk sealed (the ticket's
+            # key read before the erasure shreds it).
+            uploading.cur.execute(
+                "SELECT 1 FROM attachments WHERE id = %s FOR UPDATE", (begun["id"],)
+            )
+            ref = ChunkRef(t["tenant"], t["id"], begun["id"], 0)
+            sealed = BlobCipher(store.cipher.keystore).seal_chunk(
+                t["tenant"], t["id"], begun["id"], 0, b"a chunk in flight", t["requester"]
+            )
+
+            def erase() -> dict[str, Any]:
+                with store.unit_of_work() as uow:
+                    return privacy.handlers_for(store.cipher)["erase_subject"](
+                        uow, command(t["tenant"], subject_id=t["requester"])
+                    )
+
+            erasing = eventlet.spawn(erase)
+
+            def erasure_waits_for_the_upload() -> bool:
+                with store.db.transaction() as cur:
+                    cur.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE %s = ANY(pg_blocking_pids(pid))",
+                        (uploader,),
+                    )
+                    return cur.fetchone()[0] > 0
+
+            wait_until(erasure_waits_for_the_upload, what="the erasure to wait for the upload")
+            # Its put, and its row's count, while the erasure waits.
+            objects.put(ref, sealed)
+            uploading.cur.execute(
+                "UPDATE attachments SET size = 17, chunks = 1 WHERE id = %s", (begun["id"],)
+            )
+            assert objects.keys() == [f"{t['tenant']}/{t['id']}/{begun['id']}/0"]
+        assert erasing.wait()["status"] == "done"
+        assert objects.keys() == []
+        assert (
+            scalar(store, "SELECT count(*) FROM attachments WHERE ticket_id = %s", (t["id"],)) == 0
+        )
     finally:
         chunk_store.use(None)
