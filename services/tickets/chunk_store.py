@@ -210,12 +210,10 @@ def _first(items: Iterable[tuple[str, str]], count: int) -> list[tuple[str, str]
     return found
 
 
-STORES: tuple[str, ...] = ("database", "s3")
-
-
 def s3_client(settings: Settings) -> Any:
     """A client of the configured S3-compatible store. Empty credentials leave boto3 to find
     its own (an instance's or a pod's role), which a deployment on a cloud would rather use."""
+    # Imported once chosen: a process on the database store never loads the SDK.
     import boto3
     from botocore.config import Config
 
@@ -230,8 +228,9 @@ def s3_client(settings: Settings) -> Any:
         endpoint_url=settings.attachment_s3_endpoint or None,
         region_name=settings.attachment_s3_region,
         config=Config(
-            # Path-style addressing: most S3-compatible servers serve no per-bucket hostnames.
-            s3={"addressing_style": "path"},
+            # Path-style addressing for a store of one's own: most S3-compatible servers serve
+            # no per-bucket hostnames; AWS S3 (no endpoint) chooses its own.
+            s3={"addressing_style": "path" if settings.attachment_s3_endpoint else "auto"},
             retries={"max_attempts": 5, "mode": "standard"},
             connect_timeout=10,
             read_timeout=30,

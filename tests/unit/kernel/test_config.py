@@ -425,3 +425,43 @@ def test_with_overrides_returns_a_changed_copy():
     assert (settings.gateway_port, settings.regions) == (8000, ("uk", "in", "sg"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.gateway_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({"LEDGERDESK_ATTACHMENT_STORE": "disk"}, "must be database or s3"),
+        ({"LEDGERDESK_ATTACHMENT_STORE": "s3"}, "needs LEDGERDESK_ATTACHMENT_S3_BUCKET"),
+        (
+            {
+                "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "",
+                "LEDGERDESK_ATTACHMENT_STORE": "s3",
+                "LEDGERDESK_ATTACHMENT_S3_BUCKET": "files",
+            },
+            "go together",
+        ),
+    ],
+)
+def test_the_attachment_store_settings_are_checked(env, refusal):
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(env)
+    assert refusal in str(refused.value)
+
+
+def test_the_object_store_keys_may_be_empty_in_production_but_never_the_development_ones():
+    both_empty = {
+        **PRODUCTION_SECRETS,
+        "LEDGERDESK_ATTACHMENT_STORE": "s3",
+        "LEDGERDESK_ATTACHMENT_S3_BUCKET": "files",
+        "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "",
+        "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": "",
+    }
+    settings = Settings.from_env(both_empty, service="tickets")
+    assert settings.attachment_s3_access_key_id == "" and settings.attachment_store == "s3"
+    dev = {**PRODUCTION_SECRETS}
+    del dev["LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY"]
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(dev, service="tickets")
+    assert str(refused.value) == (
+        "production refuses development secrets: set LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY"
+    )
