@@ -604,7 +604,7 @@ def bring_in_line_at_start(store: EventSourcedStore, settings: Settings) -> None
     """The gateway's own step of its start-up forgetting (``kernel.forgetting``), before it
     serves: ``bring_in_line`` with accounts over a standalone RPC proxy (the service's own
     are not started yet). Tried again with the rest of the step until accounts answers."""
-    with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
+    with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as rpc:
         projection = CredentialProjection(store.db, settings.api_key_secret)
         learned, ended = projection.bring_in_line(
             rpc.accounts.credentials_page, rpc.accounts.credential, start_abandoned

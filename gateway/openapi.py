@@ -68,6 +68,7 @@ TAGS = {
     "audit": "The tenant's view of the audit ledger, with proofs",
     "billing": "Plans, subscription, invoices and payment methods (processor tokens only)",
     "contacts": "The tenant's customers, their consent",
+    "incidents": "Breaches the operator notified the tenant of, and their acknowledgement",
     "mail": "The tenant's mail, sent, pending and failed, by ids",
     "me": "The caller's own identity and keys",
     "operator": "The platform operator's endpoints (the operator token)",

@@ -82,7 +82,7 @@ class OperationsRoutes(Routes):
         for name in SERVICES:
             pile.spawn(self._service_health, name)
         services = dict(zip(SERVICES, pile, strict=True))
-        broker = broker_reachable(self.config["AMQP_URI"])
+        broker = broker_reachable(self.config["AMQP_URI"], ssl=self.config.get("AMQP_SSL"))
         return json_response(200, {"services": services, "broker": broker})
 
     def _service_health(self, name: str) -> dict[str, Any]:
@@ -123,7 +123,10 @@ class OperationsRoutes(Routes):
             queue = _platform_queue(queue)
         try:
             items = deadletters.list_dead_letters(
-                self.config["AMQP_URI"], queue, every=DEAD_LETTER_QUEUES
+                self.config["AMQP_URI"],
+                queue,
+                every=DEAD_LETTER_QUEUES,
+                ssl=self.config.get("AMQP_SSL"),
             )
         except deadletters.UnknownQueue:
             raise NotFound("no such queue") from None
@@ -146,7 +149,7 @@ class OperationsRoutes(Routes):
         command = read_json(request, schemas.ReplayDeadLettersV1()) if request.get_data() else {}
         try:
             moved = deadletters.replay_dead_letters(
-                self.config["AMQP_URI"], name, command.get("ids")
+                self.config["AMQP_URI"], name, command.get("ids"), ssl=self.config.get("AMQP_SSL")
             )
         except deadletters.UnknownQueue:
             raise NotFound("no such queue") from None

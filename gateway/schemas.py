@@ -21,10 +21,12 @@ from kernel.mail.outbox import OUTCOMES as MAIL_OUTCOMES
 from kernel.mail.outbox import STATUSES as MAIL_STATUSES
 from kernel.platform import SENDS_MAIL
 from services.accounts.contracts import (
+    BREACH_CATEGORIES,
     ROLES,
     AcceptPolicyV1,
     CreateAgentV1,
     CreateContactV1,
+    DeclareIncidentV1,
     FindAgentsV1,
     FindContactsV1,
     PublishPolicyV1,
@@ -71,6 +73,7 @@ __all__ = [
     "AcceptPolicyV1",
     "CreateAgentV1",
     "CreateContactV1",
+    "DeclareIncidentV1",
     "FindAgentsV1",
     "FindContactsV1",
     "PublishPolicyV1",
@@ -204,6 +207,95 @@ class ContactListedOut(ContactOut):
 
 class ContactListOut(Schema):
     items = fields.List(fields.Nested(ContactListedOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class AcknowledgementOut(Schema):
+    agent_id = fields.UUID(required=True, metadata={"description": "the admin who acknowledged"})
+    acknowledged_at = fields.DateTime(required=True)
+
+
+class _IncidentClock(Schema):
+    """The GDPR Art. 33 clock of the tenant as controller."""
+
+    aware_at = fields.DateTime(
+        required=True, metadata={"description": "when the operator became aware of the breach"}
+    )
+    deadline = fields.DateTime(
+        required=True,
+        metadata={
+            "description": "aware_at + 72 hours: by then the controller notifies its supervisory"
+            " authority (Art. 33(1)), or says why later"
+        },
+    )
+    deadline_passed = fields.Boolean(required=True)
+
+
+_CATEGORIES = fields.List(
+    fields.String(metadata={"enum": list(BREACH_CATEGORIES)}),
+    required=True,
+    metadata={"description": "the categories of personal data concerned"},
+)
+
+
+class IncidentOut(_IncidentClock):
+    """A breach as an affected tenant's admins see it."""
+
+    id = fields.UUID(required=True)
+    categories = _CATEGORIES
+    description = fields.String(required=True, metadata={"description": "what happened"})
+    notified_at = fields.DateTime(required=True)
+    notified_ids = fields.List(
+        fields.UUID(), required=True, metadata={"description": "the admins it was sent to"}
+    )
+    acknowledgements = fields.List(fields.Nested(AcknowledgementOut), required=True)
+
+
+class IncidentListOut(Schema):
+    items = fields.List(fields.Nested(IncidentOut), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+
+
+class IncidentTenantOut(Schema):
+    tenant_id = fields.UUID(required=True)
+    notified_at = fields.DateTime(
+        required=True, allow_none=True, metadata={"description": "null: the tenant was destroyed"}
+    )
+    notified_ids = fields.List(fields.UUID(), required=True, allow_none=True)
+    acknowledgements = fields.List(fields.Nested(AcknowledgementOut), required=True)
+
+
+class DeclaredIncidentOut(_IncidentClock):
+    """A breach just declared: ids, times and whom each tenant's notice went to. Not its text
+    or categories (GET it for them): an answer the gateway keeps for an Idempotency-Key's
+    replay would otherwise hold them under no tenant's key, past the tenants' destruction."""
+
+    id = fields.UUID(required=True)
+    declared_at = fields.DateTime(required=True)
+    tenants = fields.List(fields.Nested(IncidentTenantOut), required=True)
+
+
+class OperatorIncidentOut(_IncidentClock):
+    """A breach as the operator declared it, and where each affected tenant stands."""
+
+    id = fields.UUID(required=True)
+    categories = fields.List(
+        fields.String(metadata={"enum": list(BREACH_CATEGORIES)}),
+        required=True,
+        allow_none=True,
+        metadata={"description": "null once every affected tenant is destroyed"},
+    )
+    description = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "null once every affected tenant is destroyed"},
+    )
+    declared_at = fields.DateTime(required=True)
+    tenants = fields.List(fields.Nested(IncidentTenantOut), required=True)
+
+
+class OperatorIncidentListOut(Schema):
+    items = fields.List(fields.Nested(OperatorIncidentOut), required=True)
     next_cursor = fields.String(required=True, allow_none=True)
 
 
@@ -742,6 +834,17 @@ class MeOut(Schema):
             "description": "false for a key another admin minted or created the agent with:"
             " it does not count as a second pair of eyes on that admin's requests until the"
             " agent claims a key of their own (POST /v1/me/api-keys)"
+        },
+    )
+    policy_version = fields.String(
+        required=True, metadata={"description": "the current policy version"}
+    )
+    policy_acceptance_pending = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "true until the agent accepts the current policy version"
+            " (POST /v1/policies/accept); each agent who has not is mailed once when a new"
+            " version is published"
         },
     )
 

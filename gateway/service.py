@@ -34,6 +34,7 @@ from gateway.routes.attachments import AttachmentRoutes
 from gateway.routes.audit import AuditRoutes
 from gateway.routes.billing import BillingRoutes
 from gateway.routes.exports import ExportRoutes
+from gateway.routes.incidents import IncidentRoutes
 from gateway.routes.mail import MailRoutes
 from gateway.routes.privacy import PrivacyRoutes
 from gateway.routes.retention import RetentionRoutes
@@ -128,7 +129,10 @@ class Credentials(DependencyProvider):
         try:
             if self._broker is None:
                 self._broker = Connection(
-                    self.container.config["AMQP_URI"], connect_timeout=2, heartbeat=self._heartbeat
+                    self.container.config["AMQP_URI"],
+                    connect_timeout=2,
+                    heartbeat=self._heartbeat,
+                    ssl=self.container.config.get("AMQP_SSL"),
                 )
             # Checked every second: heartbeats go out as the broker expects.
             self._broker.heartbeat_check()
@@ -166,6 +170,7 @@ class Idempotency(DependencyProvider):
 
 class GatewayService(
     AccountRoutes,
+    IncidentRoutes,
     TicketRoutes,
     AttachmentRoutes,
     SearchRoutes,
@@ -303,7 +308,9 @@ class GatewayService(
 
     def _broker_reachable(self) -> bool:
         try:
-            with Connection(self.config["AMQP_URI"], connect_timeout=2) as conn:
+            with Connection(
+                self.config["AMQP_URI"], connect_timeout=2, ssl=self.config.get("AMQP_SSL")
+            ) as conn:
                 conn.ensure_connection(max_retries=1)
             return True
         except Exception:  # any failure to connect means "not ready", whatever its type

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from decimal import Decimal
@@ -47,9 +48,10 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 # public development value) and its development value otherwise. Production checks only these;
 # docker-compose.yml and deploy/kubernetes give each process exactly these.
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
-    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET"}),
-    # The SMTP password: tickets mails public replies (kernel.mail).
-    # The object store's keys: tickets keeps attachments' chunks there when so configured.
+    # The SMTP password: accounts mails notices to agents and admins, tickets public replies
+    # (kernel.mail). The object store's keys: tickets keeps attachments' chunks there when so
+    # configured.
+    "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET", "SMTP_PASSWORD"}),
     "tickets": frozenset(
         {
             "MASTER_KEY",
@@ -82,9 +84,9 @@ class Variable:
     parse: values.Parser = values.text
     render: Callable[[Any], str] = str
     # A key or token: a process reads it only if it uses it (SERVICE_SECRETS), a repr never
-    # shows it, and deploy/kubernetes/secret.yaml holds it.
+    # shows it, and the cluster's Secret holds it (deploy/kubernetes/secrets.example.env).
     secret: bool = False
-    # A URL that may carry a password: a repr masks it, and secret.yaml holds it too unless
+    # A URL that may carry a password: a repr masks it, and the Secret holds it too unless
     # only the test kit reads it.
     credential: bool = False
     # Read by the test kit and the benchmarks only, never by a process of the platform.
@@ -100,6 +102,8 @@ class Variable:
 PREFIX = "LEDGERDESK_"
 # LEDGERDESK_LOG_LEVEL's values, least severe first (logging's levels, in lower case).
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+# LEDGERDESK_DATABASE_SSLMODE's values (libpq's).
+SSLMODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 # LEDGERDESK_SMTP_SECURITY's values (kernel.mail.smtp).
 SMTP_SECURITY: tuple[str, ...] = ("starttls", "tls", "none")
 
@@ -133,6 +137,30 @@ class Settings:
         shown="local RabbitMQ, guest",
         doc="the broker; several URIs separated by `;` are tried in turn",
     )
+    # TLS to the broker: on for `amqps://` URIs, which then verify the broker's certificate
+    # (chain and name) and may present a client certificate. The files are paths, mounted
+    # from a Secret in Kubernetes; the key file is the secret, never this setting.
+    amqp_ca_file: str = setting(
+        "",
+        name="AMQP_CA_FILE",
+        parse=values.stripped,
+        shown="empty: the system's authorities",
+        doc="PEM of the authorities the broker's certificate must chain to (`amqps://` only)",
+    )
+    amqp_cert_file: str = setting(
+        "",
+        name="AMQP_CERT_FILE",
+        parse=values.stripped,
+        doc="PEM client certificate presented to the broker (`amqps://` only; with"
+        " `LEDGERDESK_AMQP_KEY_FILE`); empty: none",
+    )
+    amqp_key_file: str = setting(
+        "",
+        name="AMQP_KEY_FILE",
+        parse=values.stripped,
+        doc="PEM private key of that certificate (a file from a Secret, readable by the"
+        " process only)",
+    )
     rabbit_management_url: str = setting(
         "http://guest:guest@127.0.0.1:15672",
         name="RABBIT_MANAGEMENT_URL",
@@ -148,6 +176,33 @@ class Settings:
         credential=True,
         shown="local server, postgres",
         doc="the server-level DSN; databases are `<prefix>_<service>[_keys]`",
+    )
+    # libpq's TLS parameters, added to every connection made from LEDGERDESK_DATABASE_URL
+    # (the same names in the URL's query work too; these, when set, take precedence).
+    database_sslmode: str = setting(
+        "",
+        name="DATABASE_SSLMODE",
+        parse=values.lowered,
+        shown="empty: the URL's, else libpq's `prefer`",
+        doc="libpq `sslmode`: `verify-full` checks the server's certificate and its name",
+    )
+    database_sslrootcert: str = setting(
+        "",
+        name="DATABASE_SSLROOTCERT",
+        parse=values.stripped,
+        doc="libpq `sslrootcert`: PEM of the authorities the server's certificate must chain to",
+    )
+    database_sslcert: str = setting(
+        "",
+        name="DATABASE_SSLCERT",
+        parse=values.stripped,
+        doc="libpq `sslcert`: PEM client certificate (for `cert` authentication); empty: none",
+    )
+    database_sslkey: str = setting(
+        "",
+        name="DATABASE_SSLKEY",
+        parse=values.stripped,
+        doc="libpq `sslkey`: its private key (a file from a Secret, mode 0600)",
     )
     database_prefix: str = setting(
         "ledgerdesk", name="DATABASE_PREFIX", doc="the prefix of every database's name"
@@ -309,6 +364,13 @@ class Settings:
     )
     # The first re-send of a command a service has not (or not successfully) answered; each
     # further one waits twice as long, up to a day.
+    privacy_due_soon_days: float = setting(
+        7.0,
+        name="PRIVACY_DUE_SOON_DAYS",
+        parse=values.number(float),
+        doc="an open data-subject request this close to its deadline is announced once"
+        " (`privacy_request_due_soon`: the tenant's admins are mailed); 0: never",
+    )
     privacy_retry_seconds: float = setting(
         300.0,
         name="PRIVACY_RETRY_SECONDS",
@@ -601,6 +663,12 @@ class Settings:
         name="MAIL_FROM",
         doc="the `From` of every mail, and the envelope sender; its domain names Message-IDs",
     )
+    console_url: str = setting(
+        "http://127.0.0.1:8000/console",
+        name="CONSOLE_URL",
+        doc="the console's address as agents and admins reach it: the link in the notices"
+        " mailed to them",
+    )
     mail_retry_seconds: float = setting(
         60.0,
         name="MAIL_RETRY_SECONDS",
@@ -807,10 +875,52 @@ class Settings:
             )
         if self.mail_in_protocol not in ("smtp", "lmtp"):
             raise ConfigurationError("LEDGERDESK_MAIL_IN_PROTOCOL must be smtp or lmtp")
+        self._check_tls()
         if self.environment == "production":
             check_production_secrets(self)
         if self.audit_signing_key:
             seed_bytes(self.audit_signing_key)
+
+    def _check_tls(self) -> None:
+        uris = [uri.strip().lower() for uri in self.amqp_uri.split(";") if uri.strip()]
+        if self.amqp_tls and not all(uri.startswith("amqps://") for uri in uris):
+            # One connection's TLS options serve every URI it fails over to.
+            raise ConfigurationError("LEDGERDESK_AMQP_URI mixes amqps:// and amqp:// URIs")
+        tls_files = {
+            "LEDGERDESK_AMQP_CA_FILE": self.amqp_ca_file,
+            "LEDGERDESK_AMQP_CERT_FILE": self.amqp_cert_file,
+            "LEDGERDESK_AMQP_KEY_FILE": self.amqp_key_file,
+        }
+        named = [name for name, path in tls_files.items() if path]
+        if named and not self.amqp_tls:
+            # The files would be ignored and the connection made in clear: refuse instead.
+            raise ConfigurationError(
+                f"{', '.join(named)} set but LEDGERDESK_AMQP_URI is not amqps://"
+            )
+        if bool(self.amqp_cert_file) != bool(self.amqp_key_file):
+            raise ConfigurationError(
+                "LEDGERDESK_AMQP_CERT_FILE and LEDGERDESK_AMQP_KEY_FILE go together"
+            )
+        if self.database_sslmode and self.database_sslmode not in SSLMODES:
+            raise ConfigurationError(
+                "LEDGERDESK_DATABASE_SSLMODE must be one of " + ", ".join(SSLMODES)
+            )
+        if bool(self.database_sslcert) != bool(self.database_sslkey):
+            raise ConfigurationError(
+                "LEDGERDESK_DATABASE_SSLCERT and LEDGERDESK_DATABASE_SSLKEY go together"
+            )
+        tls_files.update(
+            {
+                "LEDGERDESK_DATABASE_SSLROOTCERT": self.database_sslrootcert,
+                "LEDGERDESK_DATABASE_SSLCERT": self.database_sslcert,
+                "LEDGERDESK_DATABASE_SSLKEY": self.database_sslkey,
+            }
+        )
+        for name, path in tls_files.items():
+            # Named here rather than as an SSL error at the first connection, deep in a
+            # library; the message names the setting and the path, never the file's content.
+            if path and not os.access(path, os.R_OK):
+                raise ConfigurationError(f"{name}: {path} is not a readable file")
 
     @property
     def audit_origin(self) -> str:
@@ -826,18 +936,62 @@ class Settings:
         """``<prefix>_<service>`` for its data, ``<prefix>_<service>_keys`` for its keys."""
         return "_".join(filter(None, (self.database_prefix, service, purpose)))
 
-    def database_dsn(self, service: str, purpose: str = "") -> str:
+    @property
+    def server_dsn(self) -> str:
+        """The server-level DSN with the TLS settings applied: what any connection to the
+        server (creating databases, readiness) is made with, never the bare URL."""
         params = parse_dsn(self.database_url)
+        params.update({key: value for key, value in self._database_tls().items() if value})
+        return make_dsn(**params)
+
+    def _database_tls(self) -> dict[str, str]:
+        return {
+            "sslmode": self.database_sslmode,
+            "sslrootcert": self.database_sslrootcert,
+            "sslcert": self.database_sslcert,
+            "sslkey": self.database_sslkey,
+        }
+
+    def database_dsn(self, service: str, purpose: str = "") -> str:
+        params = parse_dsn(self.server_dsn)
         params["dbname"] = self.database_name(service, purpose)
         return make_dsn(**params)
 
+    @property
+    def amqp_tls(self) -> bool:
+        return self.amqp_uri.strip().lower().startswith("amqps://")
+
+    def amqp_ssl(self) -> dict[str, Any] | None:
+        """The ``ssl`` argument of a kombu Connection (and nameko's ``AMQP_SSL``): None for
+        ``amqp://``; for ``amqps://`` the broker's certificate is verified, chain and name,
+        and the client certificate presented if configured.
+
+        A new dict per call: kombu writes the first broker's host name into the dict it is
+        given (``server_hostname: None`` means "the host connected to"), so a dict shared by
+        connections made from different URIs would check one broker's name on another."""
+        if not self.amqp_tls:
+            return None
+        options: dict[str, Any] = {"server_hostname": None, "cert_reqs": ssl.CERT_REQUIRED}
+        if self.amqp_ca_file:
+            options["ca_certs"] = self.amqp_ca_file
+        if self.amqp_cert_file:
+            options["certfile"] = self.amqp_cert_file
+            options["keyfile"] = self.amqp_key_file
+        return options
+
     def with_overrides(self, **changes) -> Settings:
         return replace(self, **changes)
+
+    def rpc_client_config(self) -> dict[str, Any]:
+        """The config of a standalone nameko RPC client (``ClusterRpcProxy``): the broker and
+        its TLS, as a service's own connections have them."""
+        return {"AMQP_URI": self.amqp_uri, "AMQP_SSL": self.amqp_ssl()}
 
     def nameko_config(self) -> dict:
         """The dict a nameko container is started with; dependencies read ``LEDGERDESK``."""
         return {
             "AMQP_URI": self.amqp_uri,
+            "AMQP_SSL": self.amqp_ssl(),
             "WEB_SERVER_ADDRESS": f"{self.gateway_host}:{self.gateway_port}",
             "max_workers": self.max_workers,
             "serializer": "json",

@@ -14,6 +14,8 @@ import psycopg2.pool
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
+from kernel.tracing import database_span
+
 log = logging.getLogger(__name__)
 
 psycopg2.extras.register_uuid()
@@ -81,6 +83,7 @@ class Database:
 
     def __init__(self, dsn: str, minconn: int = 1, maxconn: int = 20):
         self.dsn = dsn
+        self.namespace = str(parse_dsn(dsn).get("dbname") or "")
         try:
             self._pool = psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, dsn)
         except psycopg2.OperationalError as exc:
@@ -143,7 +146,7 @@ class Database:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg2.extensions.cursor]:
         """A cursor in one transaction: committed on success, rolled back on any exception."""
-        with self.connection() as conn:
+        with database_span("transaction", self.namespace), self.connection() as conn:
             try:
                 with conn.cursor() as cur:
                     yield cur
@@ -157,7 +160,7 @@ class Database:
     def read(self) -> Iterator[psycopg2.extensions.cursor]:
         """A cursor whose every statement is its own transaction: for a read of one statement,
         which would otherwise pay a round trip for BEGIN and another for COMMIT."""
-        with self.connection() as conn:
+        with database_span("read", self.namespace), self.connection() as conn:
             conn.autocommit = True
             try:
                 with conn.cursor() as cur:

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 DEAD_SUFFIX = ".dead"
 # How often a request set aside from an RPC queue had been delivered: the quorum dead-letter
-# queue counts deliveries of its own in ``x-delivery-count``.
+# queue counts deliveries of its own (listings included) in ``x-delivery-count``.
 DELIVERIES_HEADER = "x-ledgerdesk-deliveries"
 # A request set aside from an RPC queue keeps no body: these say how long it was, and in what.
 BODY_BYTES_HEADER = "x-ledgerdesk-body-bytes"
@@ -76,8 +76,10 @@ def is_rpc_queue(queue: str) -> bool:
 
 
 @contextmanager
-def _channel(amqp_uri: str) -> Iterator[tuple[amqp.Connection, amqp.Channel]]:
-    with Connection(amqp_uri, connect_timeout=5) as kombu_conn:
+def _channel(
+    amqp_uri: str, ssl: dict[str, Any] | None = None
+) -> Iterator[tuple[amqp.Connection, amqp.Channel]]:
+    with Connection(amqp_uri, connect_timeout=5, ssl=ssl) as kombu_conn:
         kombu_conn.connect()
         conn: amqp.Connection = kombu_conn.connection
         channel = conn.channel()
@@ -102,10 +104,12 @@ def _depth(conn: amqp.Connection, queue: str) -> int | None:
     return int(count)
 
 
-def dead_letter_depths(amqp_uri: str, queues: Iterable[str]) -> dict[str, int]:
+def dead_letter_depths(
+    amqp_uri: str, queues: Iterable[str], ssl: dict[str, Any] | None = None
+) -> dict[str, int]:
     """``{queue: messages in queue.dead}`` for the queues whose dead-letter queue exists."""
     depths: dict[str, int] = {}
-    with Connection(amqp_uri, connect_timeout=5) as kombu_conn:
+    with Connection(amqp_uri, connect_timeout=5, ssl=ssl) as kombu_conn:
         kombu_conn.connect()
         for queue in queues:
             depth = _depth(kombu_conn.connection, live_queue(queue) + DEAD_SUFFIX)
@@ -147,7 +151,10 @@ def describe(queue: str, message: amqp.Message) -> dict[str, Any]:
         "message_id": _text(properties.get("message_id")),
         "event_type": event_type,
         "deaths": sum(int(d.get("count", 1)) for d in deaths),
-        "delivery_count": headers.get(DELIVERIES_HEADER, headers.get("x-delivery-count")),
+        # Counted where it died: an RPC consumer stamps it. A broker's dead letter has none: the
+        # quorum dead-letter queue's own x-delivery-count counts its readings (this listing's
+        # included), not the deliveries that failed; ``deaths`` and ``reason`` say those.
+        "delivery_count": headers.get(DELIVERIES_HEADER),
         "reason": _text(headers.get("x-first-death-reason") or first.get("reason")),
         # An RPC consumer stamps a request it sets aside; the broker's dead letters have x-death.
         "dead_since": _when(first.get("time") or properties.get("timestamp")),
@@ -164,14 +171,18 @@ def _take(channel: amqp.Channel, queue: str, limit: int) -> Iterator[amqp.Messag
 
 
 def list_dead_letters(
-    amqp_uri: str, queue: str | None = None, limit: int = 1000, every: Sequence[str] = ()
+    amqp_uri: str,
+    queue: str | None = None,
+    limit: int = 1000,
+    every: Sequence[str] = (),
+    ssl: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The dead letters of ``queue`` (a consumer or RPC queue), or else of each of ``every``
     (the caller's list: the platform's queues, which the kernel does not know) that has a
     dead-letter queue."""
     queues = [live_queue(queue)] if queue else [live_queue(name) for name in every]
     items: list[dict[str, Any]] = []
-    with _channel(amqp_uri) as (conn, channel):
+    with _channel(amqp_uri, ssl) as (conn, channel):
         for name in queues:
             depth = _depth(conn, name + DEAD_SUFFIX)
             if depth is None:
@@ -185,7 +196,12 @@ def list_dead_letters(
     return items[:limit]
 
 
-def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None = None) -> int:
+def replay_dead_letters(
+    amqp_uri: str,
+    queue: str,
+    message_ids: list[str] | None = None,
+    ssl: dict[str, Any] | None = None,
+) -> int:
     """Move dead letters of ``queue`` back into it (all, or those with ``message_ids``).
 
     Each is published to the live queue with a publisher confirm, and only then acknowledged
@@ -197,7 +213,7 @@ def replay_dead_letters(amqp_uri: str, queue: str, message_ids: list[str] | None
         raise NotReplayable(f"{name} holds requests, which are never replayed")
     wanted = set(message_ids) if message_ids is not None else None
     moved = 0
-    with _channel(amqp_uri) as (conn, channel):
+    with _channel(amqp_uri, ssl) as (conn, channel):
         depth = _depth(conn, name + DEAD_SUFFIX)
         if depth is None:
             raise UnknownQueue(f"no dead-letter queue {name + DEAD_SUFFIX}")
@@ -258,10 +274,14 @@ def main(
     settings = Settings.from_env(service="prepare")
     try:
         if args.command == "list":
-            for item in list_dead_letters(settings.amqp_uri, args.queue, every=every):
+            for item in list_dead_letters(
+                settings.amqp_uri, args.queue, every=every, ssl=settings.amqp_ssl()
+            ):
                 print(json.dumps(item))
         else:
-            moved = replay_dead_letters(settings.amqp_uri, args.queue, args.ids)
+            moved = replay_dead_letters(
+                settings.amqp_uri, args.queue, args.ids, ssl=settings.amqp_ssl()
+            )
             print(json.dumps({"replayed": moved}))
     except (UnknownQueue, NotReplayable) as exc:
         print(str(exc), file=sys.stderr)

@@ -79,7 +79,7 @@ def from_retention(settings: Settings) -> Callable[[], list[LogEntry]]:
     from nameko.standalone.rpc import ClusterRpcProxy
 
     def read() -> list[LogEntry]:
-        with ClusterRpcProxy({"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout) as rpc:
+        with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as rpc:
             return list(rpc.retention.forgetting_log())
 
     return read

@@ -4,7 +4,8 @@ Each process serves, on its ops port (``LEDGERDESK_OPS_PORT``; 0 picks a free on
 
 - ``GET /healthz``: 200 ``{"status": "ok"}`` while the process runs;
 - ``GET /readyz``: 200 when its database and the broker answer (and its store has re-applied
-  retention's log of forgetting, ``kernel.forgetting``), else 503, with the checks;
+  retention's log of forgetting, ``kernel.forgetting``), else 503, with the checks; the broker
+  is asked on one connection kept for it (``BrokerCheck``), not a new one per probe;
 - ``GET /metrics``: Prometheus text.
 
 A service gets all of it from one dependency, ``Operations`` (``kernel.runner`` adds it to any
@@ -33,6 +34,7 @@ from typing import Any
 
 import eventlet
 from eventlet import wsgi
+from eventlet.semaphore import Semaphore
 from kombu import Connection
 from nameko.extensions import DependencyProvider, SharedExtension
 from nameko.rpc import RPC_QUEUE_TEMPLATE, Rpc
@@ -182,13 +184,85 @@ def service_health(database: kdb.Database) -> dict[str, Any]:
     return {"database": True, "outbox_lag": lag, "outbox_oldest_seconds": oldest}
 
 
-def broker_reachable(amqp_uri: str, timeout: float = 2.0) -> bool:
+def broker_reachable(
+    amqp_uri: str, timeout: float = 2.0, ssl: dict[str, Any] | None = None
+) -> bool:
     try:
-        with Connection(amqp_uri, connect_timeout=timeout) as conn:
+        with Connection(amqp_uri, connect_timeout=timeout, ssl=ssl) as conn:
             conn.ensure_connection(max_retries=1)
         return True
     except Exception:  # any failure to connect means "not ready", whatever its type
         return False
+
+
+class BrokerCheck:
+    """Whether the broker answers, on one connection kept for the checks: readiness is probed
+    every few seconds by the kubelet (and Prometheus scrapes the ops port), and a connection per
+    probe would be a connection opened, authenticated and closed at the broker each time (and
+    logged there). A check opens and closes a channel on the kept connection, a round trip the
+    broker must answer; if that fails, the connection is dropped and one new connection tried
+    before the answer is no."""
+
+    def __init__(
+        self,
+        amqp_uri: str,
+        name: str,
+        timeout: float = 2.0,
+        ssl: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self._uri = amqp_uri
+        # Called per connection: each gets TLS options of its own (Settings.amqp_ssl).
+        self._ssl = ssl
+        self._name = name
+        self._timeout = timeout
+        self._connection: Connection | None = None
+        # Probes may come at once (the kubelet and a scrape): one check on the connection at a time.
+        self._lock = Semaphore()
+        self.connections_opened = 0
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if self._connection is not None and self._round_trip(self._connection):
+                return True
+            self.close()
+            try:
+                connection = Connection(
+                    self._uri,
+                    connect_timeout=self._timeout,
+                    ssl=self._ssl() if self._ssl is not None else None,
+                    # Bounded reads and writes: a broker gone silent answers no, not never.
+                    transport_options={
+                        "read_timeout": self._timeout,
+                        "write_timeout": self._timeout,
+                        # So an operator tells it apart in the broker's list of connections.
+                        "client_properties": {"connection_name": self._name},
+                    },
+                )
+                connection.ensure_connection(max_retries=1)
+            except Exception:  # any failure to connect means "not ready", whatever its type
+                return False
+            self.connections_opened += 1
+            self._connection = connection
+            if self._round_trip(connection):
+                return True
+            self.close()
+            return False
+
+    @staticmethod
+    def _round_trip(connection: Connection) -> bool:
+        try:
+            connection.channel().close()
+            return True
+        except Exception:  # a closed or broken connection, whatever the error
+            return False
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception as exc:  # already broken: nothing left to release
+                log.debug("readiness connection not released cleanly: %s", type(exc).__name__)
 
 
 def render_metrics(*registries: CollectorRegistry) -> bytes:
@@ -228,7 +302,9 @@ class _ScrapeTimeGauges(Collector):
             from kernel.deadletters import dead_letter_depths
 
             try:
-                for queue, depth in dead_letter_depths(self._server.amqp_uri, queues).items():
+                for queue, depth in dead_letter_depths(
+                    self._server.amqp_uri, queues, self._server.amqp_ssl()
+                ).items():
                     dead.add_metric([queue], depth)
             except Exception as exc:  # broker away: the gauge is absent, readyz says why
                 log.warning("dead-letter gauges not read: %s", type(exc).__name__)
@@ -262,6 +338,8 @@ class OpsServer(SharedExtension):
         settings = settings_of(self.container)
         self.service_name: str = self.container.service_name
         self.amqp_uri: str = settings.amqp_uri
+        # A method: each connection gets TLS options of its own (Settings.amqp_ssl).
+        self.amqp_ssl: Callable[[], dict[str, Any] | None] = settings.amqp_ssl
         self.host: str = settings.ops_host
         self.requested_port: int = settings.ops_port
         self.port: int | None = None
@@ -269,6 +347,9 @@ class OpsServer(SharedExtension):
         self._thread: Any = None
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ScrapeTimeGauges(self))
+        self._broker = BrokerCheck(
+            self.amqp_uri, f"{self.service_name} readiness", ssl=self.amqp_ssl
+        )
         # Served from setup on: a service that waits there (to re-apply retention's log of
         # forgetting) is alive (/healthz) and says why it is not ready (/readyz), so an
         # orchestrator neither restarts it nor sends it traffic.
@@ -291,6 +372,9 @@ class OpsServer(SharedExtension):
         self.kill()
 
     def kill(self) -> None:
+        broker = getattr(self, "_broker", None)  # killed before its setup ran: nothing opened
+        if broker is not None:
+            broker.close()
         if self._thread is not None:
             self._thread.kill()
             self._thread = None
@@ -321,7 +405,7 @@ class OpsServer(SharedExtension):
         return sorted(queues)
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
-        checks = {"broker": broker_reachable(self.amqp_uri)}
+        checks = {"broker": self._broker()}
         database = self.database()
         if database is not None:
             checks["database"] = database.ping()

@@ -13,4 +13,4 @@ SERVICES: tuple[str, ...] = ("accounts", "tickets", "billing", "audit", "retenti
 # The services that send mail (``kernel.mail``): each keeps a ``mail_outbox`` and serves its
 # RPCs (``kernel.mail.entrypoints``); the gateway's ``GET /v1/mail`` asks each in turn. A
 # service that starts sending mail is one more name here.
-SENDS_MAIL: tuple[str, ...] = ("tickets",)
+SENDS_MAIL: tuple[str, ...] = ("tickets", "accounts")

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import amqp
 import psycopg2
@@ -58,7 +59,12 @@ class _ConfirmingPublisher:
     """
 
     def __init__(
-        self, amqp_uri: str, confirm_timeout: float, heartbeat: float = 10.0, name: str = "relay"
+        self,
+        amqp_uri: str,
+        confirm_timeout: float,
+        heartbeat: float = 10.0,
+        name: str = "relay",
+        ssl: dict[str, Any] | None = None,
     ):
         # Heartbeats on: a connection the broker (or the network) dropped is noticed in
         # seconds, not when the next publish hangs. Named, so operators find it in the broker.
@@ -67,6 +73,7 @@ class _ConfirmingPublisher:
             connect_timeout=5,
             heartbeat=heartbeat,
             transport_options={"client_properties": {"connection_name": name}},
+            ssl=ssl,
         )
         self._kombu.connect()
         self._conn: amqp.Connection = self._kombu.connection
@@ -156,8 +163,10 @@ class OutboxRelay:
         idle_wait: float = 1.0,
         max_backoff: float = 30.0,
         heartbeat: float = 10.0,
+        ssl: dict[str, Any] | None = None,
     ):
         self.dsn = dsn
+        self.ssl = ssl
         self.amqp_uri = amqp_uri
         self.batch_size = batch_size
         self.confirm_timeout = confirm_timeout
@@ -183,6 +192,7 @@ class OutboxRelay:
                 self.confirm_timeout,
                 self.heartbeat,
                 f"ledgerdesk relay {parse_dsn(self.dsn).get('dbname', '')}",
+                ssl=self.ssl,
             )
         now = time.monotonic()
         with conn.cursor() as cur:
@@ -334,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kernel").setLevel(level)
     relay = OutboxRelay(
-        settings.database_dsn(args.service), settings.amqp_uri, settings.relay_batch_size
+        settings.database_dsn(args.service),
+        settings.amqp_uri,
+        settings.relay_batch_size,
+        ssl=settings.amqp_ssl(),
     )
     try:
         relay.run()

@@ -24,7 +24,7 @@ def prepare_databases(settings: Settings, service: str, migrations: Path | None)
         ("", [migrate.STORE] + ([(service, migrations)] if migrations else [])),
         ("keys", [migrate.KEYSTORE]),
     ):
-        kdb.ensure_database(settings.database_url, settings.database_name(service, purpose))
+        kdb.ensure_database(settings.server_dsn, settings.database_name(service, purpose))
         migrate.migrate(settings.database_dsn(service, purpose), components)
 
 

@@ -138,11 +138,12 @@ def declare(
     delivery_limit: int,
     dead_letters: DeadLetterLimits = DEFAULT_DEAD_LETTER_LIMITS,
     resume: bool = False,
+    ssl: dict[str, Any] | None = None,
 ) -> None:
     """Declare exchanges, queues, bindings and dead-letter queues; safe to repeat. A dead-letter
     queue with other arguments is replaced, its messages kept (``declare_dead_letter_queue``);
     with ``resume``, messages a replacement cut short left waiting go back too."""
-    with Connection(amqp_uri, connect_timeout=5) as conn:
+    with Connection(amqp_uri, connect_timeout=5, ssl=ssl) as conn:
         channel = conn.channel()
         events_exchange(channel).declare()
         dead_letter_exchange(channel).declare()

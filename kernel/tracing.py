@@ -58,6 +58,7 @@ __all__ = [
     "extract_from_headers",
     "record_error",
     "scrub_attributes",
+    "database_span",
     "setup_tracing",
     "start_span",
 ]
@@ -195,7 +196,8 @@ _SECRET_RE = re.compile(
     r"|\bAIza[\w-]{20,}"
 )
 # What an identifier looks like: no whitespace, no '@', nothing that reads as prose.
-_IDENTIFIER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/#-]*")
+# Route templates (``/v1/tickets/{ticket_id}``) are identifiers too: never a path as sent.
+_IDENTIFIER_RE = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_.:/#{}-]*")
 _MAX_IDENTIFIER_LEN = 100
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
@@ -342,6 +344,54 @@ def start_span(
 # ------------------------------------------------------------------ nameko provider
 
 
+@contextmanager
+def database_span(operation: str, namespace: str) -> Iterator[None]:
+    """A CLIENT span around one use of a database (a transaction, or a read of one statement),
+    with the semantic conventions' ``db.*`` attributes: the system, the database's name and the
+    kind of use. Never a statement: its text is code, but its parameters are data, and the
+    span stays the same whatever the query. Only inside a trace: the loops that poll a database
+    outside any request (the relay, the mail sender) would otherwise start a trace per poll."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        yield
+        return
+    with start_span(
+        f"postgresql.{operation}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system": "postgresql",
+            "db.namespace": namespace,
+            "db.operation.name": operation,
+        },
+    ):
+        yield
+
+
+def _conventional(entrypoint: Any, service: str, method: str) -> dict[str, str]:
+    """OpenTelemetry's semantic-convention attributes of a worker's span: ``rpc.*`` for an RPC,
+    ``http.*`` for an HTTP request (its route template, never the path as sent), ``messaging.*``
+    for an event consumed from a queue; none for a timer."""
+    from nameko.rpc import Rpc
+    from nameko.web.handlers import HttpRequestHandler
+
+    if isinstance(entrypoint, Rpc):
+        return {"rpc.system": "nameko", "rpc.service": service, "rpc.method": method}
+    if isinstance(entrypoint, HttpRequestHandler):
+        route = getattr(entrypoint, "route", None)
+        template = getattr(route, "path", None) or _PATH_PARAMETER.sub(r"{\1}", entrypoint.url)
+        return {"http.request.method": entrypoint.method.upper(), "http.route": template}
+    queue = getattr(getattr(entrypoint, "queue", None), "name", None)
+    if isinstance(queue, str):
+        return {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+        }
+    return {}
+
+
+_PATH_PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
 def _entrypoint_kind(entrypoint: Any) -> SpanKind:
     """SERVER for request/response entrypoints (rpc, http), CONSUMER otherwise."""
     # Imported lazily: werkzeug and the rpc machinery are only needed inside services.
@@ -467,6 +517,7 @@ class Tracing(DependencyProvider):
             "nameko.service": service,
             "nameko.method": method,
             "nameko.entrypoint": type(entrypoint).__name__,
+            **_conventional(entrypoint, service, method),
         }
         call_id = getattr(worker_ctx, "call_id", None)
         if isinstance(call_id, str):

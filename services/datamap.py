@@ -43,6 +43,22 @@ LIMITS = (
 )
 
 
+# Where the backup jobs put copies of the databases above (deploy/kubernetes/base/backups.yaml;
+# tests/deploy/test_kubernetes_backups.py holds this against the CronJobs).
+BACKUPS = (
+    "| where | holds | key | ended by |",
+    "| --- | --- | --- | --- |",
+    "| volume `ledgerdesk-backups` (`<prefix>_<service>/<stamp>.dump`) | a daily `pg_dump` of"
+    " each data database `<prefix>_<service>`, the gateway's too: everything in the tables"
+    " above, as stored | as in the database: sealed data under keys the dump does not hold |"
+    " its CronJob deleting dumps older than 90 days; an erasure reaches it when the keystore"
+    " dumps holding the key are gone |",
+    "| volume `ledgerdesk-keystore-backups` (`<prefix>_<service>_keys/<stamp>.dump`) | a daily"
+    " `pg_dump` of each keystore `<prefix>_<service>_keys`: tenant and subject keys, wrapped |"
+    " the master key (never on a volume) | its CronJob deleting dumps older than 7 days |",
+)
+
+
 def service_maps() -> dict[str, ServiceMap]:
     """Each service's declaration, the gateway's last (it has databases of its own too)."""
     names = [*platform.SERVICES, GATEWAY]
@@ -126,6 +142,10 @@ def render() -> str:
         if service_map.queues:
             lines += datamap.render_queues(f"Queues of {name}", service_map.queues)
     lines += [
+        "## Backups",
+        "",
+        *BACKUPS,
+        "",
         "## What this map does not reach",
         "",
         *(f"- {limit}" for limit in LIMITS),

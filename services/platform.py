@@ -73,13 +73,13 @@ def migrations_of(name: str) -> Path | None:
 def check_dependencies(settings: Settings) -> list[str]:
     problems = []
     try:
-        connect(settings.database_url, connect_timeout=3).close()
+        connect(settings.server_dsn, connect_timeout=3).close()
     except DatabaseUnavailable as exc:
         problems.append(f"{exc}\n  start it, or point LEDGERDESK_DATABASE_URL at one")
     from kombu import Connection
 
     try:
-        with Connection(settings.amqp_uri, connect_timeout=3) as conn:
+        with Connection(settings.amqp_uri, connect_timeout=3, ssl=settings.amqp_ssl()) as conn:
             conn.ensure_connection(max_retries=1)
     except Exception as exc:  # any failure to connect is reported the same way
         host = settings.amqp_uri.rsplit("@", 1)[-1]
@@ -100,9 +100,16 @@ def prepare(settings: Settings) -> None:
         prepare_databases(settings, name, migrations_of(name))
     dead_letters = topology.DeadLetterLimits.of(settings)
     topology.declare(
-        settings.amqp_uri, subscriptions(), settings.delivery_limit, dead_letters, resume=True
+        settings.amqp_uri,
+        subscriptions(),
+        settings.delivery_limit,
+        dead_letters,
+        resume=True,
+        ssl=settings.amqp_ssl(),
     )
-    declare_rpc_queues(settings.amqp_uri, RPC_SERVERS, dead_letters=dead_letters)
+    declare_rpc_queues(
+        settings.amqp_uri, RPC_SERVERS, dead_letters=dead_letters, ssl=settings.amqp_ssl()
+    )
 
 
 class ServiceProcess(subprocess.Popen):

@@ -15,6 +15,7 @@ const VIEWS = {
   tenant: { title: "Tenant", roles: ["admin", "agent", "auditor"], show: showTenant },
   retention: { title: "Retention", roles: ["admin"], show: showRetention },
   mail: { title: "Mail", roles: ["admin"], show: showMail },
+  incidents: { title: "Incidents", roles: ["admin"], show: showIncidents },
   operations: { title: "Operations", roles: ["operator"], show: showOperations },
 };
 
@@ -836,6 +837,68 @@ async function loadMail(more) {
 
 async function showMail() {
   await loadMail(false);
+}
+
+// --- incidents -------------------------------------------------------------------------------
+
+// The GDPR Art. 33 clock: time left until the deadline the API gives, or that it has passed.
+export function clock(deadline, now = Date.now()) {
+  const left = Date.parse(deadline) - now;
+  if (left <= 0) return { passed: true, text: `The 72 hours ended ${when(deadline)} UTC.` };
+  const s = Math.floor(left / 1000);
+  const hms = [Math.floor(s / 3600), Math.floor((s % 3600) / 60), s % 60]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+  return { passed: false, text: `${hms} left of the 72 hours to notify your supervisory authority: until ${when(deadline)} UTC.` };
+}
+
+function incidentCard(incident) {
+  const timer = el("p", { class: "badge", role: "timer", "aria-live": "off" });
+  const tick = () => {
+    const { passed, text } = clock(incident.deadline);
+    timer.textContent = text;
+    timer.classList.toggle("bad", passed);
+    timer.classList.toggle("warn", !passed);
+    return passed;
+  };
+  if (!tick()) timers.push(setInterval(tick, 1000));
+  const mine = incident.acknowledgements.find((a) => a.agent_id === session.agent_id);
+  const dl = el("dl");
+  facts(dl, [
+    ["Categories of data", incident.categories.join(", ")],
+    ["Operator aware since (UTC)", when(incident.aware_at)],
+    ["Deadline (UTC)", when(incident.deadline)],
+    ["Notified admins", incident.notified_ids.length],
+    ["Acknowledged by", incident.acknowledgements.map((a) => a.agent_id).join(", ") || "no one yet"],
+  ]);
+  const acknowledge = el("button", {
+    type: "button", class: "acknowledge", disabled: Boolean(mine),
+    "aria-label": `Acknowledge incident ${incident.id}`,
+    onclick: () => acknowledgeIncident(incident.id),
+  }, mine ? "Acknowledged" : "Acknowledge");
+  return el("article", { class: "incident", "data-incident": incident.id,
+    "data-acknowledged": mine ? "true" : "false" },
+    el("h3", {}, `Incident ${incident.id}`), timer, dl,
+    el("h4", {}, "What happened"), el("p", { class: "description" }, incident.description),
+    acknowledge, mine ? el("span", { class: "help" }, ` by you, ${when(mine.acknowledged_at)} UTC`) : null);
+}
+
+async function showIncidents() {
+  const { items } = await call("GET", "/v1/incidents?limit=200");
+  // Newest first: the one whose clock runs now is the one to act on.
+  const cards = items.slice().reverse().map(incidentCard);
+  $("incidents").replaceChildren(...cards);
+  say("incidents-status", items.length ? "" : "No incident has been notified to this tenant.");
+}
+
+async function acknowledgeIncident(id) {
+  try {
+    await call("POST", `/v1/incidents/${encodeURIComponent(id)}/acknowledgements`);
+    stopTimers();
+    await showIncidents();
+    say("incidents-status", `Acknowledged incident ${id}: the ledger records it.`, "ok");
+  } catch (error) {
+    say("incidents-status", `Not acknowledged: ${error.message}`, "bad");
+  }
 }
 
 // --- operations ------------------------------------------------------------------------------

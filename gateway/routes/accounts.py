@@ -82,18 +82,22 @@ class AccountRoutes(Routes):
         "/v1/me",
         roles=ANYONE,
         summary=(
-            "Who the key belongs to: agent, tenant and role, and whether the key is the agent's own"
+            "Who the key belongs to: agent, tenant and role, whether the key is the agent's own,"
+            " and whether the agent's acceptance of the current policy version is pending"
         ),
         response="MeOut",
+        errors=(503,),
     )
     def me(self, request: Request) -> Response:
-        """Who the key belongs to, so a client (the console) can offer what the role may do."""
+        """Who the key belongs to, so a client (the console) can offer what the role may do,
+        and whether they still owe an acceptance of the current policy (accounts knows)."""
         caller = self._caller(request)
         return json_response(
             200,
             {
                 **{k: caller[k] for k in ("agent_id", "tenant_id", "role", "key_id")},
                 "key_is_own": caller.get("key_issuer_id") == caller["agent_id"],
+                **self.accounts.policy_status(caller["tenant_id"], caller["agent_id"]),
             },
         )
 

@@ -89,6 +89,7 @@ EVENTS: tuple[WebhookEvent, ...] = (
         "a data-subject request passed its deadline unanswered and failed",
         ("request_id",),
         {"status": "failed"},
+        versions=(1, 2),
     ),
 )
 NAMES: tuple[str, ...] = tuple(event.name for event in EVENTS)

@@ -260,6 +260,17 @@ SPAN_ATTRIBUTES: tuple[Field, ...] = (
     Field("nameko.method", "the entrypoint's method"),
     Field("nameko.entrypoint", "the entrypoint's kind"),
     Field("nameko.call_id", "nameko's id of the call"),
+    Field("rpc.system", "semantic conventions: `nameko` for an RPC's worker"),
+    Field("rpc.service", "semantic conventions: the service an RPC called"),
+    Field("rpc.method", "semantic conventions: the method an RPC called"),
+    Field("http.request.method", "semantic conventions: an HTTP request's method"),
+    Field("http.route", "semantic conventions: the route's template, never the path as sent"),
+    Field("messaging.system", "semantic conventions: `rabbitmq` for a consumed event"),
+    Field("messaging.operation.type", "semantic conventions: `process` for a consumed event"),
+    Field("messaging.destination.name", "semantic conventions: the queue it was consumed from"),
+    Field("db.system", "semantic conventions: `postgresql` on a database span"),
+    Field("db.namespace", "semantic conventions: the database's name (ids of the deployment)"),
+    Field("db.operation.name", "semantic conventions: `transaction` or `read`, never a query"),
     Field("exception.type", "an error's type"),
     Field(
         "exception.message", "an error's text, e-mail addresses, bearer keys and secrets redacted"

@@ -81,6 +81,7 @@ class DurableEventConsumer(Consumer):
             [self.subscription],
             settings.delivery_limit,
             topology.DeadLetterLimits.of(settings),
+            ssl=settings.amqp_ssl(),
         )
         self.queue: Queue = self.subscription.kombu_queue(settings.delivery_limit)
         super().setup()

@@ -253,6 +253,7 @@ class _QuorumRpcConsumer(RpcConsumer):
             [self.container.service_name],
             resume=False,
             dead_letters=topology.DeadLetterLimits.of(settings_of(self.container)),
+            ssl=self.container.config.get(AMQP_SSL_CONFIG_KEY),
         )
         self.queue = rpc_queue(self.container.service_name, get_rpc_exchange(self.container.config))
 

@@ -59,6 +59,7 @@ def declare_rpc_queues(
     services: Iterable[str],
     resume: bool = True,
     dead_letters: topology.DeadLetterLimits = topology.DEFAULT_DEAD_LETTER_LIMITS,
+    ssl: dict[str, Any] | None = None,
 ) -> list[str]:
     """Declare each service's RPC queue as a quorum queue, and its dead-letter queue
     (``rpc_dead_letter_queue``); safe to repeat, and run before any
@@ -73,7 +74,7 @@ def declare_rpc_queues(
     releases lose their bodies on the way. With ``resume``, requests a run cut short left in
     a holding queue go on too. Returns the RPC queues that were replaced."""
     replaced = []
-    with Connection(amqp_uri, connect_timeout=5) as conn:
+    with Connection(amqp_uri, connect_timeout=5, ssl=ssl) as conn:
         conn.ensure_connection(max_retries=3)
         for service in services:
             queue = rpc_queue(service)

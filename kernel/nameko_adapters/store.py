@@ -92,6 +92,7 @@ class EventStoreDependency(DependencyProvider):
                 settings.amqp_uri,
                 settings.relay_batch_size,
                 heartbeat=settings.heartbeat,
+                ssl=settings.amqp_ssl(),
             )
         if self.forgetting is not None:
             # In setup, so before any entrypoint takes work: a database restored from a backup

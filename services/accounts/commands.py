@@ -3,7 +3,7 @@
 from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
 from kernel.commands import Command, StrictBoolean, UtcDateTime
-from services.accounts.events import ROLES
+from services.accounts.events import BREACH_CATEGORIES, ROLES
 
 PHONE = validate.Regexp(r"^\+?[0-9][0-9 ().-]{3,31}$", error="not a phone number")
 
@@ -72,6 +72,44 @@ class PublishPolicyV1(Command):
         required=True,
         validate=[validate.Length(min=1, max=50), validate.Regexp(r"^[A-Za-z0-9._-]+$")],
     )
+
+
+class DeclareIncidentV1(Command):
+    """``POST /v1/operator/incidents``: a personal-data breach, as the operator declares it."""
+
+    tenant_ids = fields.List(
+        fields.UUID(),
+        required=True,
+        validate=validate.Length(min=1, max=1000),
+        metadata={"description": "the affected tenants, each once; an unknown one refuses all"},
+    )
+    categories = fields.List(
+        fields.String(validate=validate.OneOf(BREACH_CATEGORIES)),
+        required=True,
+        validate=validate.Length(min=1, max=len(BREACH_CATEGORIES)),
+        metadata={"description": "the categories of personal data concerned"},
+    )
+    description = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=5000),
+        metadata={
+            "description": "what happened, its likely consequences and the measures taken"
+            " (sent to the affected tenants' admins; under each tenant's key)"
+        },
+    )
+    aware_at = UtcDateTime(
+        metadata={
+            "description": "when the operator became aware of it (default: now); the 72 hours"
+            " run from here"
+        }
+    )
+
+    @validates_schema
+    def each_once(self, data, **kwargs):
+        for field in ("tenant_ids", "categories"):
+            values = data.get(field) or []
+            if len(set(values)) != len(values):
+                raise ValidationError("each once", field)
 
 
 # --- queries: what a list may be narrowed to (the query string of ``GET`` on a list) ---------

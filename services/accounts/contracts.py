@@ -12,6 +12,7 @@ from services.accounts.commands import (
     AcceptPolicyV1,
     CreateAgentV1,
     CreateContactV1,
+    DeclareIncidentV1,
     FindAgentsV1,
     FindContactsV1,
     PublishPolicyV1,
@@ -19,15 +20,17 @@ from services.accounts.commands import (
     SetConsentV1,
     SignUpV1,
 )
-from services.accounts.events import ROLES
+from services.accounts.events import BREACH_CATEGORIES, ROLES
 from services.accounts.subscriptions import SUBSCRIPTIONS
 
 __all__ = [
+    "BREACH_CATEGORIES",
     "ROLES",
     "SUBSCRIPTIONS",
     "AcceptPolicyV1",
     "CreateAgentV1",
     "CreateContactV1",
+    "DeclareIncidentV1",
     "FindAgentsV1",
     "FindContactsV1",
     "PublishPolicyV1",

@@ -1,6 +1,7 @@
 """What accounts keeps, beside its migrations: the data map's declaration (kernel.datamap)."""
 
 from kernel.datamap import (
+    SHREDDED_WITH_SUBJECT,
     End,
     Held,
     ServiceMap,
@@ -29,6 +30,28 @@ KEYS_REVOKED = End(
 CONTACTS_DELETED = End(
     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PROJECTIONS}:ContactsProjection.apply"
 )
+
+NOTICES_DELETED = End(
+    When.DESTRUCTION,
+    "the tenant's notices and acknowledgements are deleted; the events' copy is under the"
+    " tenant's key, shredded with it",
+    f"{_PROJECTIONS}:IncidentsProjection.apply",
+)
+
+_MAIL = "kernel.mail.sender"
+MAIL_ERASED = End(When.ERASURE, "the agent's rows are deleted", f"{_PRIVACY}:erase_subject")
+MAIL_DESTROYED = End(
+    When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+)
+MAIL_SENT = End(
+    When.PERIOD, "dropped when the mail is sent or fails for good", f"{_MAIL}:MailSender.record"
+)
+MAIL_KEPT = End(
+    When.PERIOD,
+    "LEDGERDESK_MAIL_KEEP_DAYS (7) after the mail was sent or failed",
+    "kernel.mail.outbox:purge_finished",
+)
+_MAIL_KINDS = "the kind of notice (`privacy_request_completed`, `policy_version`, ...)"
 
 DATA_MAP = ServiceMap(
     service="accounts",
@@ -177,6 +200,56 @@ DATA_MAP = ServiceMap(
             ),
         ),
         Table(
+            "incidents",
+            "personal-data breaches as the operator declared them: which tenants, since when"
+            " known (ids and times only)",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_ids", "the affected tenants"),
+                operational("aware_at", "when the operator became aware: the 72 hours run"),
+                operational("created_at", "when it was declared"),
+            ),
+            ends=(
+                End(
+                    When.KEPT,
+                    "the platform's record of its breaches (Art. 33(5)); a destroyed tenant's"
+                    " notice goes, its id stays",
+                ),
+            ),
+        ),
+        Table(
+            "incident_notices",
+            "each affected tenant's notice of a breach: what happened and the categories of"
+            " data concerned, as the operator wrote them, and whom it was sent to",
+            (
+                pseudonym("id", "the incident"),
+                pseudonym("tenant_id"),
+                operational("categories", "a fixed vocabulary (BREACH_CATEGORIES)"),
+                personal(
+                    "description",
+                    Held.PLAINTEXT,
+                    NOTICES_DELETED,
+                    note="the operator's free text: it may describe people; under the tenant's"
+                    " key in the events",
+                ),
+                operational("aware_at"),
+                pseudonym("notified_ids", "the tenant's admins it was sent to"),
+                operational("created_at", "when it was sent"),
+            ),
+            ends=(NOTICES_DELETED,),
+        ),
+        Table(
+            "incident_acknowledgements",
+            "which admin acknowledged which breach notice, when",
+            (
+                pseudonym("incident_id"),
+                pseudonym("tenant_id"),
+                pseudonym("agent_id"),
+                operational("acknowledged_at"),
+            ),
+            ends=(NOTICES_DELETED,),
+        ),
+        Table(
             "restrictions",
             "subjects whose data is kept but not used",
             (
@@ -193,6 +266,71 @@ DATA_MAP = ServiceMap(
                 ),
                 End(
                     When.DESTRUCTION, "the tenant's rows are deleted", f"{_PRIVACY}:destroy_tenant"
+                ),
+            ),
+        ),
+        Table(
+            "mail_outbox",
+            "notices owed to or sent to a tenant's agents and admins by mail (kernel.mail,"
+            " services.accounts.notices): ids, states, reply codes and times; the message itself"
+            " sealed",
+            (
+                pseudonym("id"),
+                pseudonym("tenant_id"),
+                pseudonym("recipient_id", "the agent, by id"),
+                pseudonym("key_subject_id", "the agent whose key seals the message (the same)"),
+                operational("kind", _MAIL_KINDS),
+                pseudonym(
+                    "reference_id",
+                    "what the notice is about: a privacy request, a policy version's publication",
+                ),
+                pseudonym(
+                    "message_id",
+                    "the Message-ID header, built from the kind, the reference's and the"
+                    " recipient's ids and the sender's domain only",
+                ),
+                personal(
+                    "sealed",
+                    Held.SUBJECT_KEY,
+                    SHREDDED_WITH_SUBJECT,
+                    MAIL_ERASED,
+                    MAIL_SENT,
+                    note="the rendered message (the agent's name and address, the notice's"
+                    " subject and text) and its envelope, AES-GCM under the agent's key",
+                ),
+                operational("status"),
+                operational("attempts"),
+                operational("next_attempt_at"),
+                operational("last_code", "the relay's reply code, never its text"),
+                operational("last_outcome"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(MAIL_ERASED, MAIL_DESTROYED, MAIL_KEPT),
+        ),
+        Table(
+            "policy_notice_jobs",
+            "the mailing of each published policy version to the agents who have not accepted it"
+            " (services.accounts.notices): where it stands",
+            (
+                operational("version"),
+                operational("reference_id", "the policy_published event's id"),
+                operational("published_at"),
+                pseudonym(
+                    "after_agent",
+                    "the last agent of the last page mailed (a position, across tenants);"
+                    " cleared when the mailing ends",
+                ),
+                operational("mailed"),
+                operational("status"),
+                operational("created_at"),
+                operational("finished_at"),
+            ),
+            ends=(
+                End(
+                    When.KEPT,
+                    "platform-wide, no one's data: the agent id goes when the mailing ends",
+                    "services.accounts.notices:work_policy_notices",
                 ),
             ),
         ),
@@ -222,12 +360,28 @@ DATA_MAP = ServiceMap(
             "policy_version": operational("policy_version"),
         },
         "policy_published": {"version": operational("version")},
+        "incident_notified": {
+            "categories": operational(
+                "categories",
+                "a fixed vocabulary; under the tenant's key, left out of the published copy",
+            ),
+            "description": personal(
+                "description",
+                Held.TENANT_KEY,
+                note="the operator's free text; left out of the published copy",
+            ),
+        },
         "billing_contact_disclosed": {
             "disclosed_to": operational("disclosed_to", "the service that asked")
         },
         "mail_address_disclosed": {
             "disclosed_to": operational("disclosed_to", "the service that asked"),
             "purpose": operational("purpose", "the kind of mail (`ticket_reply`)"),
+        },
+        "mail_sent": {"kind": operational("kind", _MAIL_KINDS)},
+        "mail_failed": {
+            "kind": operational("kind", _MAIL_KINDS),
+            "outcome": operational("outcome", "`permanent`, `temporary` or `unrecorded`"),
         },
     },
 )

@@ -12,6 +12,7 @@ from typing import Any
 
 from kernel.aggregate import Aggregate
 from kernel.errors import Conflict, ValidationFailed
+from services.accounts.events import BREACH_CATEGORIES
 
 DEFAULT_PLAN = "standard"
 
@@ -260,3 +261,149 @@ class Policies(Aggregate):
 
     def when_policy_published(self, event: dict[str, Any]) -> None:
         self.versions = (*self.versions, event["version"])
+
+
+# --- personal-data breaches -------------------------------------------------------------------
+
+# Art. 33(1): the controller (the tenant) notifies its supervisory authority within 72 hours of
+# becoming aware. The platform, their processor, tells them without undue delay (Art. 33(2)),
+# and starts their clock from when the operator became aware: the earliest the tenant could be.
+NOTIFICATION_WINDOW = dt.timedelta(hours=72)
+
+
+@dataclass
+class Incident(Aggregate):
+    """A personal-data breach as the operator declares it: which tenants it affects and when
+    the operator became aware of it. What happened and which categories it concerns are in
+    each affected tenant's own copy (``IncidentNotice``), under that tenant's key: the
+    operator's text may describe people, and a tenant's destruction must end it."""
+
+    tenant_ids: tuple[str, ...] = ()
+    aware_at: dt.datetime | None = None
+
+    @classmethod
+    def declare(
+        cls,
+        *,
+        incident_id: uuid.UUID,
+        tenant_ids: list[str],
+        aware_at: dt.datetime,
+        now: dt.datetime,
+    ) -> Incident:
+        errors: dict[str, list[str]] = {}
+        if not tenant_ids:
+            errors["tenant_ids"] = ["at least one affected tenant"]
+        elif len(set(tenant_ids)) != len(tenant_ids):
+            errors["tenant_ids"] = ["each tenant once"]
+        if aware_at > now:
+            errors["aware_at"] = ["cannot be in the future"]
+        if errors:
+            raise ValidationFailed(errors)
+        incident = cls(id=str(incident_id))
+        incident.record(
+            "incident_declared",
+            incident_id=incident.id,
+            tenant_ids=list(tenant_ids),
+            aware_at=aware_at,
+        )
+        return incident
+
+    def when_incident_declared(self, event: dict[str, Any]) -> None:
+        self.tenant_ids = tuple(str(t) for t in event["tenant_ids"])
+        self.aware_at = _moment(event["aware_at"])
+
+
+@dataclass
+class IncidentNotice(Aggregate):
+    """One affected tenant's notice of an incident: the categories, what happened, the clock,
+    whom it was sent to and which of the tenant's admins acknowledged it. Its id is
+    ``notice_id(incident, tenant)``: one stream per tenant, so the tenant's events stay the
+    tenant's, and its text and categories are under the tenant's key."""
+
+    incident_id: str = ""
+    tenant_id: str = ""
+    categories: tuple[str, ...] = ()
+    description: str = ""
+    aware_at: dt.datetime | None = None
+    notified_ids: tuple[str, ...] = ()
+    acknowledged_by: tuple[str, ...] = ()
+
+    @staticmethod
+    def notice_id(incident_id: str, tenant_id: str) -> str:
+        return f"{incident_id}.{tenant_id}"
+
+    @classmethod
+    def stream_id_for(cls, aggregate_id: str) -> str:
+        return f"incident_notice-{aggregate_id}"
+
+    @classmethod
+    def notify(
+        cls,
+        *,
+        incident: Incident,
+        tenant_id: str,
+        categories: list[str],
+        description: str,
+        admin_ids: list[str],
+    ) -> IncidentNotice:
+        """The notice as sent to ``admin_ids``, the tenant's active admins."""
+        if tenant_id not in incident.tenant_ids:
+            raise ValueError(f"incident {incident.id} does not affect tenant {tenant_id}")
+        errors: dict[str, list[str]] = {}
+        unknown = sorted(set(categories) - set(BREACH_CATEGORIES))
+        if not categories or unknown:
+            errors["categories"] = [f"one or more of: {', '.join(BREACH_CATEGORIES)}"]
+        if not description.strip():
+            errors["description"] = ["say what happened"]
+        if errors:
+            raise ValidationFailed(errors)
+        notice = cls(id=cls.notice_id(incident.id, tenant_id))
+        notice.record(
+            "incident_notified",
+            incident_id=incident.id,
+            tenant_id=tenant_id,
+            categories=list(categories),
+            description=description,
+            aware_at=incident.aware_at,
+            admin_ids=list(admin_ids),
+        )
+        return notice
+
+    @property
+    def deadline(self) -> dt.datetime:
+        """When the tenant's 72 hours to notify its supervisory authority end."""
+        assert self.aware_at is not None, "a notice is recorded with its aware_at"
+        return self.aware_at + NOTIFICATION_WINDOW
+
+    def deadline_passed(self, now: dt.datetime) -> bool:
+        return now >= self.deadline
+
+    def acknowledge(self, agent_id: str) -> bool:
+        """Record that an admin of the tenant has read the notice; False when they had
+        already (nothing recorded): an acknowledgement is once per admin."""
+        if agent_id in self.acknowledged_by:
+            return False
+        self.record(
+            "incident_acknowledged",
+            incident_id=self.incident_id,
+            tenant_id=self.tenant_id,
+            agent_id=agent_id,
+        )
+        return True
+
+    def when_incident_notified(self, event: dict[str, Any]) -> None:
+        self.incident_id = str(event["incident_id"])
+        self.tenant_id = str(event["tenant_id"])
+        # Read back after the tenant's key went, both read as erased (a str): nothing to show.
+        categories = event["categories"]
+        self.categories = tuple(categories) if isinstance(categories, list) else ()
+        self.description = str(event["description"])
+        self.aware_at = _moment(event["aware_at"])
+        self.notified_ids = tuple(str(a) for a in event["admin_ids"])
+
+    def when_incident_acknowledged(self, event: dict[str, Any]) -> None:
+        self.acknowledged_by = (*self.acknowledged_by, str(event["agent_id"]))
+
+
+def _moment(value: dt.datetime | str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value

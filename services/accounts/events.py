@@ -7,8 +7,24 @@ region can show that no event of another region's tenant is in its store.
 from marshmallow import Schema, fields, validate
 
 from kernel.envelope import EventRegistry, EventType
+from kernel.mail.events import event_types as mail_event_types
 
 ROLES = ("admin", "agent", "auditor")
+
+# The categories of personal data a breach concerns (GDPR Art. 33(3)(a)), as this platform
+# holds them: a fixed vocabulary, so the tenants' notices and their replies can be compared
+# and counted, and nothing free-form travels in the field.
+BREACH_CATEGORIES = (
+    "identity",  # names of agents and contacts, the company
+    "contact_details",  # e-mail addresses, phone numbers
+    "credentials",  # API keys (their keyed hashes), webhook secrets
+    "ticket_content",  # subjects, bodies, messages, tags
+    "attachments",
+    "billing",  # invoices, billing addresses, payment tokens
+    "consent",  # consent records and how they were given
+    "access_logs",  # client addresses, devices, pages
+    "special_category",  # Art. 9 data a ticket's free text may hold (health, beliefs, ...)
+)
 
 
 class TenantCreatedV1(Schema):
@@ -139,6 +155,40 @@ class PolicyPublishedV1(Schema):
     version = fields.String(required=True)
 
 
+class IncidentDeclaredV1(Schema):
+    """The operator declared a personal-data breach affecting these tenants, aware of it since
+    ``aware_at``. Ids and times only: what happened is in each tenant's notice."""
+
+    incident_id = fields.UUID(required=True)
+    tenant_ids = fields.List(fields.UUID(), required=True, validate=validate.Length(min=1))
+    aware_at = fields.AwareDateTime(required=True)
+
+
+class IncidentNotifiedV1(Schema):
+    """A tenant's copy of an incident, sent to its active admins (``admin_ids``, by mail and in
+    the console). The categories and the operator's text are under the tenant's key and left
+    out of the published copy: the ledger sees who was notified, not what was said."""
+
+    incident_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    categories = fields.List(
+        fields.String(validate=validate.OneOf(BREACH_CATEGORIES)),
+        required=True,
+        validate=validate.Length(min=1),
+    )
+    description = fields.String(required=True)
+    aware_at = fields.AwareDateTime(required=True)
+    admin_ids = fields.List(fields.UUID(), required=True)
+
+
+class IncidentAcknowledgedV1(Schema):
+    """An admin of the tenant acknowledged its notice of the incident."""
+
+    incident_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    agent_id = fields.UUID(required=True)
+
+
 def _personal(name, schema, subject_field, fields=("name", "email", "phone")):
     return EventType(
         name,
@@ -185,6 +235,16 @@ CONSENT_RECORDED = EventType(
     published=True,
 )
 POLICY_PUBLISHED = EventType("policy_published", {1: PolicyPublishedV1}, published=True)
+INCIDENT_DECLARED = EventType("incident_declared", {1: IncidentDeclaredV1}, published=True)
+INCIDENT_NOTIFIED = EventType(
+    "incident_notified",
+    {1: IncidentNotifiedV1},
+    tenant_fields=("categories", "description"),
+    published=True,
+)
+INCIDENT_ACKNOWLEDGED = EventType(
+    "incident_acknowledged", {1: IncidentAcknowledgedV1}, published=True
+)
 
 REGISTRY = EventRegistry(
     TENANT_CREATED,
@@ -200,6 +260,9 @@ REGISTRY = EventRegistry(
     CONTACT_RECTIFIED,
     CONSENT_RECORDED,
     POLICY_PUBLISHED,
+    INCIDENT_DECLARED,
+    INCIDENT_NOTIFIED,
+    INCIDENT_ACKNOWLEDGED,
 )
 
 BILLING_CONTACT_DISCLOSED = REGISTRY.register(
@@ -209,3 +272,6 @@ BILLING_CONTACT_DISCLOSED = REGISTRY.register(
 MAIL_ADDRESS_DISCLOSED = REGISTRY.register(
     EventType("mail_address_disclosed", {1: MailAddressDisclosedV1})
 )
+
+# What the audit ledger learns of each notice the sender settles (kernel.mail, notices): ids only.
+MAIL_SENT, MAIL_FAILED = (REGISTRY.register(t) for t in mail_event_types())

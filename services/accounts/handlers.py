@@ -28,7 +28,7 @@ from kernel.errors import (
 )
 from kernel.eventstore import ConcurrencyError
 from kernel.uow import UnitOfWork
-from services.accounts import lookups
+from services.accounts import lookups, notices
 from services.accounts.domain import Agent, Contact, Policies, Tenant
 
 A = TypeVar("A", bound=Aggregate)
@@ -81,6 +81,10 @@ def publish_policy(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, str]:
     policies = load(uow, Policies, "platform") or Policies(id="platform")
     policies.publish(command["version"])
     [published] = uow.save(policies, None, None)
+    # The agents who have not accepted it are mailed, a page at a time, after this commits.
+    notices.start_policy_notices(
+        uow, command["version"], published.event_id, published.occurred_at.isoformat()
+    )
     return {"version": command["version"], "published_at": published.occurred_at.isoformat()}
 
 
@@ -92,6 +96,16 @@ def accept_policy(uow: UnitOfWork, identity: dict[str, str], command: dict[str, 
     if agent.accept_policy(command["version"]):
         uow.save(agent, identity["tenant_id"], _tenant_region(uow, identity["tenant_id"]))
     return {"version": command["version"], "agent_id": agent.id, "accepted": True}
+
+
+def policy_status(uow: UnitOfWork, tenant_id: str, agent_id: str) -> dict[str, Any]:
+    """The current policy version and whether this agent's acceptance of it is pending."""
+    current = current_policy(uow)["version"]
+    uow.cur.execute(
+        "SELECT 1 FROM policy_acceptances WHERE agent_id = %s AND tenant_id = %s AND version = %s",
+        (agent_id, tenant_id, current),
+    )
+    return {"policy_version": current, "policy_acceptance_pending": uow.cur.fetchone() is None}
 
 
 def pending_acceptance(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:

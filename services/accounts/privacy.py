@@ -48,10 +48,16 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
             "DELETE FROM lookup_digests WHERE subject_id = %s AND tenant_id = %s",
             (subject, tenant),
         )
+        # Notices to them, queued or settled: unreadable already (sealed under their key),
+        # deleted so not even the ids of what they were sent stay.
+        uow.cur.execute(
+            "DELETE FROM mail_outbox WHERE recipient_id = %s AND tenant_id = %s", (subject, tenant)
+        )
+        mails = uow.cur.rowcount
         return {
             "status": "done",
             "detail": ("subject key shredded; " if shredded else "no key held; ")
-            + "read models scrubbed, lookup digests deleted",
+            + f"read models scrubbed, lookup digests deleted; {mails} mails deleted",
         }
 
     def restrict_subject(uow: UnitOfWork, command: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +119,8 @@ def handlers_for(cipher: FieldCipher | None) -> dict[str, Any]:
         # The lookups read model deleted them with the event; a tenant accounts never recorded
         # (so no event) leaves none either. Unreadable anyway: their key went with the tenant's.
         uow.cur.execute("DELETE FROM lookup_digests WHERE tenant_id = %s", (tenant_id,))
+        # Notices to the tenant's people: sealed under keys gone with the tenant's.
+        uow.cur.execute("DELETE FROM mail_outbox WHERE tenant_id = %s", (tenant_id,))
         return {"status": "done", "detail": f"tenant key shredded ({subjects} subject keys)"}
 
     return {

@@ -2,7 +2,7 @@
 
 Each applies ``tenant_destroyed`` to what it keeps of the tenant, so a replay ends where the
 destruction left it: the company erased, agents inactive with their keys revoked, contacts,
-consents, policy acceptances and lookup digests gone.
+consents, policy acceptances, lookup digests and its notices of incidents gone.
 """
 
 from __future__ import annotations
@@ -204,6 +204,59 @@ class PoliciesProjection(Projection):
             cur.execute("DELETE FROM policy_acceptances WHERE tenant_id = %s", (p["tenant_id"],))
 
 
+class IncidentsProjection(Projection):
+    """Breaches: the operator's declarations, each tenant's notice (its text and categories in
+    plaintext, as an agent's name is: deleted with the tenant) and acknowledgements."""
+
+    name = "incidents"
+    tables = ("incidents", "incident_notices", "incident_acknowledgements")
+    event_types = frozenset(
+        {"incident_declared", "incident_notified", "incident_acknowledged", "tenant_destroyed"}
+    )
+
+    def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
+        p = event.payload
+        if event.type == "incident_declared":
+            cur.execute(
+                "INSERT INTO incidents (id, tenant_ids, aware_at, created_at)"
+                " VALUES (%s, %s::uuid[], %s, %s)",
+                (
+                    p["incident_id"],
+                    [str(t) for t in p["tenant_ids"]],
+                    p["aware_at"],
+                    event.occurred_at,
+                ),
+            )
+        elif event.type == "incident_notified":
+            # Replayed after the tenant's key went, both read as erased; the tenant_destroyed
+            # that follows deletes the row.
+            categories = p["categories"]
+            cur.execute(
+                "INSERT INTO incident_notices (id, tenant_id, categories, description, aware_at,"
+                " notified_ids, created_at) VALUES (%s, %s, %s, %s, %s, %s::uuid[], %s)",
+                (
+                    p["incident_id"],
+                    p["tenant_id"],
+                    [str(c) for c in categories] if isinstance(categories, list) else [],
+                    str(p["description"]),
+                    p["aware_at"],
+                    [str(a) for a in p["admin_ids"]],
+                    event.occurred_at,
+                ),
+            )
+        elif event.type == "incident_acknowledged":
+            cur.execute(
+                "INSERT INTO incident_acknowledgements (incident_id, tenant_id, agent_id,"
+                " acknowledged_at) VALUES (%s, %s, %s, %s)",
+                (p["incident_id"], p["tenant_id"], p["agent_id"], event.occurred_at),
+            )
+        elif event.type == "tenant_destroyed":
+            cur.execute("DELETE FROM incident_notices WHERE tenant_id = %s", (p["tenant_id"],))
+            cur.execute(
+                "DELETE FROM incident_acknowledgements WHERE tenant_id = %s", (p["tenant_id"],)
+            )
+
+
 class LookupsProjection(KeyedProjection):
     """The blind index of people (``services.accounts.lookups``): per person and kind, the keyed
     hash of their normalised e-mail address or phone number under the tenant's key. A
@@ -258,4 +311,5 @@ PROJECTIONS = (
     ContactsProjection(),
     PoliciesProjection(),
     LookupsProjection(),
+    IncidentsProjection(),
 )

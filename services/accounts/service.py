@@ -11,22 +11,34 @@ from typing import Any
 
 from nameko.dependency_providers import Config
 from nameko.extensions import DependencyProvider
+from nameko.timer import timer
 
 from kernel import privacy as privacy_protocol
 from kernel.commands import load_command
 from kernel.envelope import Envelope
 from kernel.eventstore import ConcurrencyError
 from kernel.forgetting import Forgetting
+from kernel.mail.dependency import MailDependency
+from kernel.mail.entrypoints import MailOutboxEntrypoints
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.store import EventStoreDependency, NewReadModels, store_of
 from kernel.observability import service_health
 from kernel.tracing import Tracing
-from services.accounts import commands, handlers, inbound, privacy, tenant_export
+from services.accounts import (
+    commands,
+    handlers,
+    inbound,
+    incidents,
+    notices,
+    privacy,
+    tenant_export,
+)
 from services.accounts.events import REGISTRY
 from services.accounts.projections import PROJECTIONS
-from services.accounts.subscriptions import PRIVACY
+from services.accounts.subscriptions import PRIVACY, RETENTION
+from services.retention.contracts import MESSAGES as RETENTION_MESSAGES
 
 
 class FirstPolicy(DependencyProvider):
@@ -41,7 +53,7 @@ class FirstPolicy(DependencyProvider):
             pass  # another replica published it first
 
 
-class AccountsService:
+class AccountsService(MailOutboxEntrypoints):
     name = "accounts"
 
     store = EventStoreDependency(
@@ -56,6 +68,9 @@ class AccountsService:
     announcement = privacy_protocol.Announcement(("agent_identity", "contact_identity", "consent"))
     tracing = Tracing()
     config = Config()
+    # Notices to agents and admins (services.accounts.notices), sent by a thread of each
+    # process (kernel.mail).
+    mailer = MailDependency()
 
     @property
     def settings(self):
@@ -244,9 +259,71 @@ class AccountsService:
             return handlers.accept_policy(uow, actor, command)
 
     @rpc
+    def policy_status(self, tenant_id: str, agent_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return handlers.policy_status(uow, tenant_id, agent_id)
+
+    @timer(interval=notices.POLICY_POLL_SECONDS)
+    def mail_policy_notices(self) -> None:
+        """Work through a published version's mailing, a page per transaction, until done."""
+        while True:
+            with self.store.unit_of_work(self.name) as uow:
+                looked_at = notices.work_policy_notices(uow, self.mailer, self.settings.console_url)
+            if not looked_at:
+                return
+
+    @consume_events(RETENTION)
+    def privacy_request_notice(self, event: Envelope) -> None:
+        """A privacy request awaiting approval, completed or failed: the tenant's admins are
+        mailed, once per delivery (the inbox) and once per request and state (the mail)."""
+        event_type = RETENTION_MESSAGES[event.type]
+        # A version not declared, or a payload it does not read: dead-lettered, not guessed.
+        event_type.validate(event.payload, event.schema_version)
+        payload, _ = event_type.upcast(dict(event.payload), event.schema_version)
+        with self.store.unit_of_work(self.name) as uow:
+            if uow.first_delivery("accounts.privacy_request_notice", event.event_id):
+                notices.privacy_request_update(
+                    uow, self.mailer, self.settings.console_url, event.type, payload
+                )
+
+    @rpc
     def pending_acceptance(self, tenant_id: str) -> dict[str, Any]:
         with self.store.unit_of_work() as uow:
             return handlers.pending_acceptance(uow, tenant_id)
+
+    # --- personal-data breaches ---------------------------------------------------------------
+
+    @rpc
+    def declare_incident(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = load_command(commands.DeclareIncidentV1, request)
+        with self.store.unit_of_work("operator") as uow:
+            return incidents.declare(uow, self.mailer, command)
+
+    @rpc
+    def operator_incident(self, incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.operator_view(uow, incident_id)
+
+    @rpc
+    def operator_incidents(self, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.operator_list(uow, limit, after)
+
+    @rpc
+    def tenant_incident(self, tenant_id: str, incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.tenant_view(uow, tenant_id, incident_id)
+
+    @rpc
+    def tenant_incidents(self, tenant_id: str, limit: int, after: list | None) -> dict[str, Any]:
+        with self.store.unit_of_work() as uow:
+            return incidents.tenant_list(uow, tenant_id, limit, after)
+
+    @rpc
+    def acknowledge_incident(self, actor: dict[str, str], incident_id: str) -> dict[str, Any]:
+        with self.store.unit_of_work(actor["agent_id"]) as uow:
+            notice, recorded = incidents.acknowledge(uow, actor, incident_id)
+            return {**notice, "recorded": recorded}
 
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:

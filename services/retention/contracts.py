@@ -13,8 +13,11 @@ from services.retention.commands import (
     SetApprovalPolicyV1,
     SetPolicyV1,
 )
-from services.retention.events import DECISIONS
+from services.retention.events import DECISIONS, MESSAGES
 from services.retention.subscriptions import SUBSCRIPTIONS
+
+# MESSAGES: what retention publishes (ids and states), for a consumer (accounts' notices) to
+# read every version of it.
 
 # What becomes of a change that waits for a second admin (a shortened period, a lifted or
 # narrowed approval policy): the API's filter and answers name the same.
@@ -23,6 +26,7 @@ CHANGE_STATUSES = ("awaiting_approval", "approved", "denied", "superseded")
 __all__ = [
     "CHANGE_STATUSES",
     "DECISIONS",
+    "MESSAGES",
     "SUBSCRIPTIONS",
     "DecideRequestV1",
     "FilePrivacyRequestV1",

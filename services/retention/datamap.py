@@ -114,6 +114,7 @@ DATA_MAP = ServiceMap(
                 operational("status"),
                 operational("created_at"),
                 operational("due_at"),
+                operational("due_soon_at", "when its nearing deadline was announced"),
                 operational("completed_at"),
                 operational("receipt", "signed: ids, statuses and ledger references"),
                 pseudonym("decided_by"),

@@ -1,5 +1,6 @@
-"""What retention publishes about approvals, for the audit ledger: messages it does not store
-(its requests and policy changes are rows, not event streams). A version's meaning never
+"""What retention publishes about requests and approvals, for the audit ledger, the gateway's
+webhooks and accounts' notices to admins: messages it does not store (its requests and policy
+changes are rows, not event streams). A version's meaning never
 changes: a new meaning is a new version. Each payload is checked against its schema when sent."""
 
 from __future__ import annotations
@@ -53,6 +54,50 @@ class PrivacyRequestCompletedV1(Schema):
     type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
     subject_kind = fields.String(required=True, validate=validate.OneOf(SUBJECT_KINDS))
     subject_id = fields.UUID(required=True)
+
+
+class PrivacyRequestAwaitingApprovalV1(Schema):
+    """Filed, and waiting for a second admin to approve or deny it (the tenant's approval
+    policy): nothing is sent until then, and the legal clock runs from filing (``due_at``).
+    Ids and states only (the tenant's admins are told, by mail, to decide it)."""
+
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    due_at = fields.AwareDateTime(required=True)
+
+
+OPEN_STATUSES = ("awaiting_approval", "pending")
+
+
+class PrivacyRequestDueSoonV1(Schema):
+    """An open request is within ``LEDGERDESK_PRIVACY_DUE_SOON_DAYS`` of its deadline: still
+    awaiting approval, or still owed an answer. Announced once per request."""
+
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(REQUEST_TYPES))
+    status = fields.String(required=True, validate=validate.OneOf(OPEN_STATUSES))
+    due_at = fields.AwareDateTime(required=True)
+
+
+class PrivacyRequestOverdueV1(Schema):
+    """A request passed its due date before every service answered (or before a second admin
+    decided it) and failed: an alert, and the end of the request."""
+
+    request_id = fields.UUID(required=True)
+    tenant_id = fields.UUID(required=True)
+
+
+class PrivacyRequestOverdueV2(PrivacyRequestOverdueV1):
+    """V1 and the request's type, so a notice can name it without asking retention."""
+
+    # None in copies upcast from v1, which did not carry it.
+    type = fields.String(required=True, allow_none=True, validate=validate.OneOf(REQUEST_TYPES))
+
+
+def _type_unknown(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "type": None}
 
 
 class ApprovalPolicyChangeFiledV1(Schema):
@@ -165,6 +210,18 @@ MESSAGES = EventRegistry(
         for decision in DECISIONS
     ),
     EventType("privacy_request_completed", {1: PrivacyRequestCompletedV1}, published=True),
+    EventType(
+        "privacy_request_awaiting_approval",
+        {1: PrivacyRequestAwaitingApprovalV1},
+        published=True,
+    ),
+    EventType("privacy_request_due_soon", {1: PrivacyRequestDueSoonV1}, published=True),
+    EventType(
+        "privacy_request_overdue",
+        {1: PrivacyRequestOverdueV1, 2: PrivacyRequestOverdueV2},
+        upcasters={1: _type_unknown},
+        published=True,
+    ),
     EventType("approval_policy_change_filed", {1: ApprovalPolicyChangeFiledV1}, published=True),
     *(
         EventType(

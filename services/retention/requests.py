@@ -37,6 +37,8 @@ class Timing:
     """How long a request may take, and how soon an unanswered part is asked again."""
 
     deadline_days: float = 30.0
+    # An open request this close to its deadline is announced once (0: never).
+    due_soon_days: float = 7.0
     retry_seconds: float = 300.0
     max_retry_seconds: float = 86400.0
 
@@ -76,6 +78,8 @@ def file_request(
         return get_request(uow, tenant_id, str(existing[0])), False
     request_id = str(uuid.uuid4())
     waits = command["type"] in approval_policy(uow, tenant_id)["requires_approval"]
+    # The legal clock runs from receipt, approval or not.
+    due = now + dt.timedelta(days=timing.deadline_days)
     uow.cur.execute(
         "INSERT INTO requests (id, tenant_id, type, subject_kind, subject_id, filed_by,"
         " filed_key_issuer, identity_check_sealed, status, created_at, due_at)"
@@ -91,11 +95,27 @@ def file_request(
             sealed.seal(uow.cipher, tenant_id, "identity_check", command["identity_check"]),
             "awaiting_approval" if waits else "pending",
             now,
-            # The legal clock runs from receipt, approval or not.
-            now + dt.timedelta(days=timing.deadline_days),
+            due,
         ),
     )
-    if not waits:
+    if waits:
+        # The tenant's admins are told it waits for one of them (accounts mails them).
+        uow.publish(
+            retention_message(
+                uow,
+                "privacy_request_awaiting_approval",
+                f"privacy-{request_id}",
+                tenant_id,
+                filed_by,
+                {
+                    "request_id": request_id,
+                    "tenant_id": tenant_id,
+                    "type": command["type"],
+                    "due_at": due.isoformat(),
+                },
+            )
+        )
+    else:
         _dispatch(uow, request_id, now, timing)
     return get_request(uow, tenant_id, request_id), True
 
@@ -370,26 +390,58 @@ def resend_due(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> int:
     return len(due)
 
 
+def announce_due_soon(uow: UnitOfWork, now: dt.datetime, timing: Timing) -> list[str]:
+    """Open requests within ``due_soon_days`` of their deadline, each announced once
+    (``privacy_request_due_soon``, ids and states: the tenant's admins are mailed while it can
+    still be approved, or a service's answer seen to)."""
+    if timing.due_soon_days <= 0:
+        return []
+    uow.cur.execute(
+        "UPDATE requests SET due_soon_at = %s"
+        " WHERE status IN ('pending', 'awaiting_approval') AND due_soon_at IS NULL"
+        " AND due_at <= %s AND due_at >= %s"
+        " RETURNING id, tenant_id, type, status, due_at",
+        (now, now + dt.timedelta(days=timing.due_soon_days), now),
+    )
+    due_soon = uow.cur.fetchall()
+    for request_id, tenant_id, type_, status, due_at in due_soon:
+        uow.publish(
+            retention_message(
+                uow,
+                "privacy_request_due_soon",
+                f"privacy-{request_id}",
+                str(tenant_id),
+                "retention",
+                {
+                    "request_id": str(request_id),
+                    "tenant_id": str(tenant_id),
+                    "type": type_,
+                    "status": status,
+                    "due_at": due_at.isoformat(),
+                },
+            )
+        )
+    return [str(row[0]) for row in due_soon]
+
+
 def mark_overdue(uow: UnitOfWork, now: dt.datetime) -> list[str]:
     """Requests past their due date turn failed; each one raises an alert event."""
     uow.cur.execute(
         "UPDATE requests SET status = 'failed', completed_at = %s"
         " WHERE status IN ('pending', 'awaiting_approval') AND due_at < %s"
-        " RETURNING id, tenant_id",
+        " RETURNING id, tenant_id, type",
         (now, now),
     )
     overdue = uow.cur.fetchall()
-    for request_id, tenant_id in overdue:
+    for request_id, tenant_id, type_ in overdue:
         uow.publish(
-            new_envelope(
-                type="privacy_request_overdue",
-                schema_version=1,
-                source="retention",
-                stream_id=f"privacy-{request_id}",
-                stream_version=2,
-                tenant_id=tenant_id,
-                actor_id="retention",
-                payload={"request_id": str(request_id), "tenant_id": str(tenant_id)},
+            retention_message(
+                uow,
+                "privacy_request_overdue",
+                f"privacy-{request_id}",
+                str(tenant_id),
+                "retention",
+                {"request_id": str(request_id), "tenant_id": str(tenant_id), "type": type_},
             )
         )
     return [str(r[0]) for r in overdue]

@@ -86,6 +86,7 @@ class RequestTiming(DependencyProvider):
         settings = settings_of(self.container)
         self.timing = requests.Timing(
             deadline_days=settings.privacy_deadline_days,
+            due_soon_days=settings.privacy_due_soon_days,
             retry_seconds=settings.privacy_retry_seconds,
         )
 
@@ -271,9 +272,7 @@ class RetentionService:
             subject_id, services = requests.export_subject(uow, tenant_id, request_id)
         settings = self.config["LEDGERDESK"]
         document: dict[str, Any] = {s: None for s in services if s in (caller_answers or ())}
-        with ClusterRpcProxy(
-            {"AMQP_URI": settings.amqp_uri}, timeout=settings.rpc_timeout
-        ) as cluster:
+        with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as cluster:
             for service in (s for s in services if s not in document):
                 try:
                     document[service] = getattr(cluster, service).privacy_export(
@@ -390,9 +389,12 @@ class RetentionService:
 
     @timer(interval=Settings.from_env(service="retention").schedule_seconds)
     def follow_up_requests(self) -> None:
-        """Ask again whoever still owes an answer; fail what is past its deadline (alert)."""
+        """Ask again whoever still owes an answer; announce what nears its deadline; fail what
+        is past it (alert)."""
         with self.store.unit_of_work("retention") as uow:
             requests.resend_due(uow, self.clock(), self.timing)
+        with self.store.unit_of_work("retention") as uow:
+            requests.announce_due_soon(uow, self.clock(), self.timing)
         with self.store.unit_of_work("retention") as uow:
             requests.mark_overdue(uow, self.clock())
         with self.store.unit_of_work("retention") as uow:

@@ -208,3 +208,10 @@ def test_the_compose_delivery_limit_is_the_one_the_broker_definitions_hold() -> 
     definitions = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
     limits = {q["arguments"].get("x-delivery-limit") for q in definitions["queues"]} - {None}
     assert limits == {Settings.from_env(environment_of("tickets", {})).delivery_limit}
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_the_log_level_is_set_from_the_environment_compose_runs_in(name: str) -> None:
+    assert Settings.from_env(environment_of(name, {}), service=name).log_level == "info"
+    env = environment_of(name, {"LEDGERDESK_LOG_LEVEL": "debug"})
+    assert Settings.from_env(env, service=name).log_level == "debug"

@@ -1,13 +1,13 @@
-"""deploy/kubernetes: valid against the Kubernetes API schemas, one Deployment and autoscaler
-per process of the code, probes on the ops port, and secrets that production refuses."""
+"""deploy/kubernetes: a base and two overlays, each rendered valid against the Kubernetes API
+schemas, one Deployment per process of the code, probes on the ops port, secrets referenced and
+never applied, and the production overlay's autoscaling, budgets and spread."""
 
 from __future__ import annotations
 
 import base64
-import copy
-import functools
 import json
-from pathlib import Path
+import shutil
+import subprocess
 from typing import Any
 
 import kubernetes_validate
@@ -24,9 +24,20 @@ from kernel.config import (
 )
 from kernel.signing import signer_from_config
 from services.platform import GATEWAY, SERVICES
+from tests.deploy.kustomize import render
+from tests.deploy.manifests import (
+    KUBERNETES,
+    OVERLAYS,
+    ROOT,
+    SECRETS_EXAMPLE,
+    env_file,
+    find,
+    of_kind,
+    pod_spec,
+    rendered,
+    workloads,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 OPS_PORT = 9100
 PROCESSES = {**SERVICES, "gateway": GATEWAY}
@@ -49,113 +60,97 @@ REAL = {
     "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "AKIA7QX2M4PZ9LKV3TNB",
     "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": "v8Lq2Xz7Pm4Kt9Rw1Bn6Cy3Hd5Gf0Js2Ua8Ek4Oi",
 }
+# Kinds of custom resources (KEDA's): no schema package holds them, their fields are checked below.
+CUSTOM = {"ScaledObject", "TriggerAuthentication"}
 
 
-@functools.cache
-def _load(name: str) -> tuple[dict[str, Any], ...]:
-    # libyaml's loader when present: the pure-Python one is ten times slower here.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return tuple(d for d in yaml.load_all((MANIFESTS / name).read_text(), Loader=loader) if d)
+def kustomization(folder: str) -> dict[str, Any]:
+    return yaml.safe_load((KUBERNETES / folder / "kustomization.yaml").read_text())
 
 
-def load(name: str) -> list[dict[str, Any]]:
-    """A fresh copy, so a test that edits a document edits its own."""
-    return copy.deepcopy(list(_load(name)))
+# --------------------------------------------------------------------------- rendering
 
 
-def kustomization() -> dict[str, Any]:
-    return load("kustomization.yaml")[0]
+def test_the_base_lists_every_manifest_in_its_folder() -> None:
+    files = {p.name for p in (KUBERNETES / "base").glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization("base")["resources"]) == sorted(files)
 
 
-def documents() -> list[dict[str, Any]]:
-    return [d for name in kustomization()["resources"] for d in load(name)]
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_tests_render_each_overlay_as_kubectl_does(overlay: str) -> None:
+    printed = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    theirs = [d for d in yaml.safe_load_all(printed) if d]
+
+    def by_name(documents: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+
+    assert by_name(rendered(overlay)) == by_name(theirs)
 
 
-def find(kind: str, name: str) -> dict[str, Any]:
-    (document,) = [d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name]
-    return document
+def test_the_renderer_refuses_what_it_does_not_render(tmp_path: Any) -> None:
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: []\nsecretGenerator:\n  - name: s\n    literals: [a=b]\n"
+    )
+    with pytest.raises(ValueError, match="secretGenerator"):
+        render(tmp_path)
 
 
-def test_the_kustomization_lists_every_manifest_in_the_folder() -> None:
-    files = {p.name for p in MANIFESTS.glob("*.yaml")} - {"kustomization.yaml"}
-    assert sorted(kustomization()["resources"]) == sorted(files)
-
-
-# kustomization.yaml is read by kubectl -k, never sent to the API server.
-@pytest.mark.parametrize("name", sorted(kustomization()["resources"]))
-def test_every_manifest_is_valid_for_the_kubernetes_api(name: str) -> None:
-    for document in load(name):
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_rendered_manifest_is_valid_for_the_kubernetes_api(overlay: str) -> None:
+    documents = rendered(overlay)
+    assert {d["kind"] for d in documents} >= {"Deployment", "NetworkPolicy", "CronJob"}
+    for document in documents:
+        if document["kind"] in CUSTOM:
+            continue
         # strict: an unknown or misspelt field is an error, as kubectl --validate=strict says.
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
 def test_the_validation_refuses_a_misspelt_field() -> None:
-    deployment = find("Deployment", "ledgerdesk-tickets")
+    deployment = find("production", "Deployment", "ledgerdesk-tickets")
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("name", sorted(PROCESSES))
-def test_every_process_has_a_deployment_probes_resources_and_an_autoscaler(name: str) -> None:
-    deployment = find("Deployment", f"ledgerdesk-{name}")
-    pod = deployment["spec"]["template"]
-    selector = deployment["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= pod["metadata"]["labels"].items()
-    (container,) = pod["spec"]["containers"]
-    assert container["args"] == ["kernel.runner", PROCESSES[name]]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["ops"] == OPS_PORT
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
-    readiness = container["readinessProbe"]["httpGet"]
-    assert readiness["path"] == "/readyz" and readiness["port"] in ports
-    assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(OPS_PORT)
-    assert container["envFrom"] == [{"configMapRef": {"name": "ledgerdesk-config"}}]
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
-
-    autoscaler = find("HorizontalPodAutoscaler", f"ledgerdesk-{name}")
-    assert autoscaler["apiVersion"] == "autoscaling/v2"
-    assert autoscaler["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": f"ledgerdesk-{name}",
-    }
-    assert 1 <= autoscaler["spec"]["minReplicas"] <= autoscaler["spec"]["maxReplicas"]
+# --------------------------------------------------------------------------- secrets
 
 
-def test_the_gateway_service_reaches_the_api_port() -> None:
-    service = find("Service", "ledgerdesk-gateway")
-    (container,) = find("Deployment", "ledgerdesk-gateway")["spec"]["template"]["spec"][
-        "containers"
-    ]
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports["http"] == Settings().gateway_port
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    assert (
-        service["spec"]["selector"].items()
-        <= find("Deployment", "ledgerdesk-gateway")["spec"]["template"]["metadata"][
-            "labels"
-        ].items()
-    )
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_apply_cannot_overwrite_a_secret(overlay: str) -> None:
+    """`kubectl apply` writes only the objects it is given: no overlay renders a Secret (nor a
+    generator that would make one), so an apply never creates, changes or empties one; the pods
+    only reference Secrets created out of band."""
+    documents = rendered(overlay)
+    assert [d["metadata"]["name"] for d in documents if d["kind"] == "Secret"] == []
+    assert not [d for d in documents if "stringData" in d or d["kind"] == "List"]
+    text = json.dumps(documents)
+    assert "secretKeyRef" in text and "secretTargetRef" in json.dumps(rendered("production"))
 
 
-def test_the_prepare_job_runs_the_platform_preparation() -> None:
-    job = find("Job", "ledgerdesk-prepare")
-    (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["args"] == ["services.platform", "prepare"]
-    images = {
-        c["image"]
-        for d in documents()
-        if d["kind"] in ("Deployment", "Job")
-        for c in d["spec"]["template"]["spec"]["containers"]
-    }
-    assert images == {"ledgerdesk:0.1.0"}
-    assert [i["name"] for i in kustomization()["images"]] == ["ledgerdesk"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_secret_referenced_is_documented_for_its_out_of_band_creation(overlay: str) -> None:
+    example = env_file(SECRETS_EXAMPLE)
+    for workload in workloads(overlay):
+        for container in pod_spec(workload)["containers"]:
+            for name, key in secret_keys(container).items():
+                assert name == key and key in example, (workload["metadata"]["name"], key)
+    for authentication in of_kind(overlay, "TriggerAuthentication").values():
+        for ref in authentication["spec"]["secretTargetRef"]:
+            assert ref["name"] == "ledgerdesk-keda-rabbitmq"
+            documented = (KUBERNETES / "overlays" / overlay / "autoscaling.yaml").read_text()
+            assert f"create secret generic {ref['name']}" in documented
+            assert f"--from-literal={ref['key']}=" in documented
 
 
-def container_of(process: str) -> dict[str, Any]:
+def container_of(process: str, overlay: str = "production") -> dict[str, Any]:
     kind, name = (
         ("Job", "ledgerdesk-prepare")
         if process == "prepare"
@@ -164,7 +159,7 @@ def container_of(process: str) -> dict[str, Any]:
             f"ledgerdesk-{process}",
         )
     )
-    (container,) = find(kind, name)["spec"]["template"]["spec"]["containers"]
+    (container,) = find(overlay, kind, name)["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -179,26 +174,28 @@ def secret_keys(container: dict[str, Any]) -> dict[str, str]:
     return keys
 
 
-def process_environment(process: str, **overrides: str) -> dict[str, str]:
-    """What the process's container sees: the ConfigMap, its keys of the Secret, its own values."""
-    container = container_of(process)
-    config = find("ConfigMap", "ledgerdesk-config")["data"]
-    secret = find("Secret", "ledgerdesk-secrets")["stringData"]
+def process_environment(process: str, overlay: str = "production", **overrides: str) -> dict:
+    """What the process's container sees: the ConfigMap, its keys of the Secret (as created from
+    secrets.example.env), its own values."""
+    container = container_of(process, overlay)
+    config = find(overlay, "ConfigMap", "ledgerdesk-config")["data"]
+    secret = env_file(SECRETS_EXAMPLE)
     own = {v["name"]: v["value"] for v in container.get("env", []) if "value" in v}
     given = {name: secret[key] for name, key in secret_keys(container).items()}
     return {**config, **own, **given, **overrides}
 
 
 def test_the_secret_holds_exactly_the_declared_secrets_and_connection_urls() -> None:
-    """secret.yaml's keys are what kernel/config.py declares secret, and the URLs with passwords
-    the cluster's processes read; the ConfigMap holds none of them."""
+    """secrets.example.env's keys are what kernel/config.py declares secret, and the URLs with
+    passwords the cluster's processes read; the ConfigMap holds none of them."""
     secrets = {variable.variable for _, variable in declared() if variable.secret}
     assert secrets == {f"LEDGERDESK_{name}" for name in SECRET_FIELDS}
-    assert set(find("Secret", "ledgerdesk-secrets")["stringData"]) == secrets | CONNECTIONS
-    config = find("ConfigMap", "ledgerdesk-config")["data"]
-    assert not set(config) & (secrets | CONNECTIONS)
-    variables = {variable.variable for _, variable in declared()}
-    assert {name for name in config if name.startswith("LEDGERDESK_")} <= variables
+    assert set(env_file(SECRETS_EXAMPLE)) == secrets | CONNECTIONS
+    for overlay in OVERLAYS:
+        config = find(overlay, "ConfigMap", "ledgerdesk-config")["data"]
+        assert not set(config) & (secrets | CONNECTIONS)
+        variables = {variable.variable for _, variable in declared()}
+        assert {name for name in config if name.startswith("LEDGERDESK_")} <= variables
 
 
 @pytest.mark.parametrize("process", sorted(ALL))
@@ -209,8 +206,6 @@ def test_each_process_is_given_exactly_the_secrets_it_uses(process: str) -> None
     assert all(name == key for name, key in keys.items())
     expected = CONNECTIONS | {f"LEDGERDESK_{n}" for n in SERVICE_SECRETS[process]}
     assert set(keys) == expected
-    # Every key a container names is in the Secret: a pod would not start otherwise.
-    assert set(keys) <= set(find("Secret", "ledgerdesk-secrets")["stringData"])
 
 
 def test_the_gateway_has_the_audit_public_key_and_never_the_seed() -> None:
@@ -239,7 +234,14 @@ def test_the_placeholder_secrets_are_refused_by_the_production_config(process: s
     settings = Settings.from_env(process_environment(process, **real), service=process)
     assert settings.environment == "production"
     assert settings.gateway_host == "0.0.0.0"
+    assert settings.log_level == "info"
     assert settings.held_secrets == own
+
+
+@pytest.mark.parametrize("process", sorted(ALL))
+def test_the_development_overlay_runs_on_the_placeholders_with_debug_logs(process: str) -> None:
+    settings = Settings.from_env(process_environment(process, "development"), service=process)
+    assert (settings.environment, settings.log_level) == ("development", "debug")
 
 
 def test_the_delivery_limit_matches_the_broker_definitions() -> None:
@@ -264,3 +266,228 @@ def test_every_ledgerdesk_variable_of_the_cluster_is_one_the_code_reads(process:
     Settings.from_env(env, service=process)
     given = {name for name in env if name.startswith("LEDGERDESK_")}
     assert given <= asked, f"not read by Settings: {sorted(given - asked)}"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_every_process_has_a_deployment_with_probes_on_the_ops_port(
+    overlay: str, name: str
+) -> None:
+    deployment = find(overlay, "Deployment", f"ledgerdesk-{name}")
+    pod = deployment["spec"]["template"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert container["args"] == ["kernel.runner", PROCESSES[name]]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["ops"] == OPS_PORT
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    # The ops server's /readyz (kernel/observability.py) asks the broker on one kept connection;
+    # the gateway's API /readyz would open one per probe and ask every service over RPC.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(OPS_PORT)
+    assert container["envFrom"] == [{"configMapRef": {"name": "ledgerdesk-config"}}]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert "replicas" not in deployment["spec"], "an apply must not reset the replica count"
+
+
+def test_the_gateway_service_reaches_the_api_port() -> None:
+    service = find("production", "Service", "ledgerdesk-gateway")
+    deployment = find("production", "Deployment", "ledgerdesk-gateway")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == Settings().gateway_port
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert (
+        service["spec"]["selector"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_gateway_keeps_serving_until_it_has_left_the_endpoints(overlay: str) -> None:
+    """preStop sleeps longer than a readiness period (requests routed to the pod before it left
+    the Service's endpoints are served), and the grace period covers the sleep and then the
+    drain every other process gets."""
+    pod = find(overlay, "Deployment", "ledgerdesk-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    sleep = int(command[1])
+    readiness = container["readinessProbe"]
+    assert sleep > readiness["periodSeconds"] * readiness["failureThreshold"]
+    drains = {
+        pod_spec(find(overlay, "Deployment", f"ledgerdesk-{name}"))["terminationGracePeriodSeconds"]
+        for name in SERVICES
+    }
+    assert pod["terminationGracePeriodSeconds"] >= sleep + max(drains)
+
+
+def test_the_prepare_job_runs_the_platform_preparation() -> None:
+    (container,) = pod_spec(find("production", "Job", "ledgerdesk-prepare"))["containers"]
+    assert container["args"] == ["services.platform", "prepare"]
+    images = {
+        c["image"]
+        for d in workloads("production")
+        if d["kind"] in ("Deployment", "Job")
+        for c in pod_spec(d)["containers"]
+    }
+    assert images == {"registry.example.com/ledgerdesk:0.1.0"}
+    assert [i["name"] for i in kustomization("base")["images"]] == ["ledgerdesk"]
+
+
+# --------------------------------------------------------------------------- production
+
+
+def consumed_queues(service: str) -> set[str]:
+    """The queues a service consumes: its subscriptions, and its RPC queue."""
+    import importlib
+
+    from nameko.rpc import RPC_QUEUE_TEMPLATE
+
+    module = importlib.import_module(f"services.{service}.subscriptions")
+    return {s.queue for s in module.SUBSCRIPTIONS} | {RPC_QUEUE_TEMPLATE.format(service)}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_production_scales_each_service_on_its_queues_lengths(name: str) -> None:
+    scaled = of_kind("production", "ScaledObject")[f"ledgerdesk-{name}"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    # KEDA's ScaledObject fields (keda.sh/v1alpha1): a misspelt one would be ignored silently.
+    assert set(spec) <= {
+        "scaleTargetRef",
+        "pollingInterval",
+        "cooldownPeriod",
+        "initialCooldownPeriod",
+        "idleReplicaCount",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "fallback",
+        "advanced",
+        "triggers",
+    }
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": f"ledgerdesk-{name}",
+    }
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert "idleReplicaCount" not in spec, "never to zero"
+    # The HPA KEDA makes takes the behaviour as an autoscaling/v2 one: valid as that.
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert set(spec["advanced"]) <= {
+        "horizontalPodAutoscalerConfig",
+        "restoreToOriginalReplicaCount",
+    }
+    kubernetes_validate.validate(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "keda-hpa"},
+            "spec": {
+                "scaleTargetRef": spec["scaleTargetRef"],
+                "maxReplicas": spec["maxReplicaCount"],
+                "behavior": behavior,
+            },
+        },
+        KUBERNETES_VERSION,
+        strict=True,
+    )
+    authentications = of_kind("production", "TriggerAuthentication")
+    queues = set()
+    for trigger in spec["triggers"]:
+        assert set(trigger) == {"type", "metadata", "authenticationRef"}
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        assert set(metadata) <= {"protocol", "mode", "value", "activationValue", "queueName"}
+        assert metadata["mode"] == "QueueLength" and metadata["protocol"] in ("http", "amqp")
+        assert isinstance(metadata["value"], str) and int(metadata["value"]) > 0
+        assert trigger["authenticationRef"]["name"] in authentications
+        queues.add(metadata["queueName"])
+    assert queues == consumed_queues(name)
+    # KEDA owns the replicas: a CPU autoscaler on the same Deployment would fight it.
+    assert f"ledgerdesk-{name}" not in of_kind("production", "HorizontalPodAutoscaler")
+
+
+def test_the_trigger_authentication_takes_the_host_from_a_secret() -> None:
+    for authentication in of_kind("production", "TriggerAuthentication").values():
+        assert authentication["apiVersion"] == "keda.sh/v1alpha1"
+        assert set(authentication["spec"]) == {"secretTargetRef"}
+        for ref in authentication["spec"]["secretTargetRef"]:
+            assert set(ref) == {"parameter", "name", "key"} and ref["parameter"] == "host"
+
+
+def test_production_scales_the_gateway_on_cpu() -> None:
+    autoscaler = find("production", "HorizontalPodAutoscaler", "ledgerdesk-gateway")
+    assert autoscaler["spec"]["scaleTargetRef"]["name"] == "ledgerdesk-gateway"
+    assert [m["resource"]["name"] for m in autoscaler["spec"]["metrics"]] == ["cpu"]
+    assert "ledgerdesk-gateway" not in of_kind("production", "ScaledObject")
+    autoscaled = set(of_kind("production", "ScaledObject")) | set(
+        of_kind("production", "HorizontalPodAutoscaler")
+    )
+    assert autoscaled == set(of_kind("production", "Deployment"))
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_production_budgets_spreads_and_sizes_each_process(name: str) -> None:
+    deployment = find("production", "Deployment", f"ledgerdesk-{name}")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budget = find("production", "PodDisruptionBudget", f"ledgerdesk-{name}")
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    scaled = of_kind("production", "ScaledObject").get(f"ledgerdesk-{name}")
+    minimum = (
+        scaled["spec"]["minReplicaCount"]
+        if scaled
+        else find("production", "HorizontalPodAutoscaler", f"ledgerdesk-{name}")["spec"][
+            "minReplicas"
+        ]
+    )
+    assert budget["spec"]["minAvailable"] < minimum, "a drain can always evict one"
+
+    spread = {c["topologyKey"]: c for c in pod_spec(deployment)["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for constraint in spread.values():
+        assert constraint["labelSelector"]["matchLabels"] == {
+            k: v for k, v in labels.items() if k != "app.kubernetes.io/part-of"
+        }
+        assert constraint["maxSkew"] == 1
+    (container,) = pod_spec(deployment)["containers"]
+    base = render(KUBERNETES / "base")
+    (base_deployment,) = [
+        d
+        for d in base
+        if (d["kind"], d["metadata"]["name"]) == ("Deployment", f"ledgerdesk-{name}")
+    ]
+    (base_container,) = pod_spec(base_deployment)["containers"]
+    # The patch changed the resources and kept the rest of the container.
+    assert container["resources"] != base_container["resources"]
+    assert {k: v for k, v in container.items() if k != "resources"} == {
+        k: v for k, v in base_container.items() if k != "resources"
+    }
+
+
+def test_development_has_no_autoscalers_budgets_or_spread() -> None:
+    kinds = {d["kind"] for d in rendered("development")}
+    assert not kinds & {"HorizontalPodAutoscaler", "ScaledObject", "PodDisruptionBudget"}
+    for deployment in of_kind("development", "Deployment").values():
+        assert "topologySpreadConstraints" not in pod_spec(deployment)
+
+
+def test_the_commands_in_the_docs_apply_an_overlay_that_renders() -> None:
+    import re
+
+    text = (ROOT / "docs" / "operations.md").read_text() + (
+        ROOT / "deploy" / "README.md"
+    ).read_text()
+    targets = set(re.findall(r"kubectl apply -k ([^\s`]+)", text))
+    assert targets, "the guide applies the overlays"
+    for target in targets:
+        assert target.startswith("deploy/kubernetes/overlays/"), target
+        assert render(ROOT / target)
+    # A prune would delete what the manifests do not hold: the Secrets created out of band.
+    assert not re.findall(r"kubectl apply[^\n`]*--prune", text)

@@ -45,7 +45,15 @@ SHOTS = Path(
     os.environ.get("LEDGERDESK_SCREENSHOT_DIR")
     or Path(tempfile.gettempdir()) / "ledgerdesk-console-screenshots"
 )
-ADMIN_VIEWS = ["Privacy requests", "Search", "Ledger", "Tenant", "Retention", "Mail"]
+ADMIN_VIEWS = [
+    "Privacy requests",
+    "Search",
+    "Ledger",
+    "Tenant",
+    "Retention",
+    "Mail",
+    "Incidents",
+]
 
 # Made-up people: the values that must never appear in a URL, a log line or the console.
 TENANT = {
@@ -672,6 +680,42 @@ def test_an_admin_sees_the_mail_that_failed_by_ids(console):
     wait_until(lambda: console.first(row), what="the failed mail in the view")
     assert carol in console.text(row) and "550 permanent" in console.text(row)
     console.shot("mail")
+
+
+def test_an_admin_sees_a_breach_notice_with_its_clock_and_acknowledges_it(console):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    notices = {}
+    for hours in (2, 80):  # one clock still running, one whose 72 hours have passed
+        description = f"Example breach notice, known for {hours} hours"
+        console.secrets.append(description)
+        body = {
+            "tenant_ids": [console.admin["tenant"]["id"]],
+            "categories": ["contact_details"],
+            "description": description,
+            "aware_at": (now - dt.timedelta(hours=hours)).isoformat(),
+        }
+        incident = console.api("POST", "/v1/operator/incidents", console.operator_token, json=body)
+        notices[hours] = incident["id"]
+
+    console.sign_in(console.admin_key)
+    console.open("incidents")
+    running, passed = (f'#incidents [data-incident="{notices[h]}"]' for h in (2, 80))
+    wait_until(lambda: console.first(running) and console.first(passed), what="both notices")
+    assert "left of the 72 hours" in console.text(f"{running} [role=timer]")
+    assert "known for 2 hours" in console.text(running)
+    assert console.text(f"{passed} [role=timer]").startswith("The 72 hours ended")
+    console.shot("incidents")
+
+    console.find(f"{running} button.acknowledge").click()
+    wait_until(lambda: console.text("#incidents-status").startswith("Acknowledged"), what="the ack")
+    wait_until(
+        lambda: console.find(running).get_attribute("data-acknowledged") == "true",
+        what="the notice marked acknowledged",
+    )
+    assert not console.find(f"{running} button.acknowledge").is_enabled()
+    seen = console.api("GET", f"/v1/incidents/{notices[2]}", console.admin_key)
+    assert [a["agent_id"] for a in seen["acknowledgements"]] == [console.admin["agent"]["id"]]
+    assert console.find(f"{passed} button.acknowledge").is_enabled()
     console.assert_nothing_leaked()
 
 
@@ -714,16 +758,16 @@ return [...document.querySelectorAll("input, select, textarea")]
 
 def test_the_console_is_labelled_keyboard_operable_and_legible(console):
     console.sign_in(console.admin_key)
-    for view in ("privacy", "search", "ledger", "tenant", "retention", "mail"):
+    for view in ("privacy", "search", "ledger", "tenant", "retention", "mail", "incidents"):
         console.open(view)
         assert console.driver.execute_script(UNLABELLED) == [], view
         assert console.driver.execute_script(CONTRAST) == [], view
 
     # The tab list: arrow keys, Home and End move between views, and the focus goes along.
-    console.find("#tab-mail").send_keys(Keys.HOME)
+    console.find("#tab-incidents").send_keys(Keys.HOME)
     for key, view in (
         (Keys.ARROW_RIGHT, "search"),
-        (Keys.END, "mail"),
+        (Keys.END, "incidents"),
         (Keys.ARROW_RIGHT, "privacy"),
     ):
         console.driver.switch_to.active_element.send_keys(key)

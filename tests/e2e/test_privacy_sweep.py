@@ -297,6 +297,14 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
         201,
     )
     plant_people(call, key_a, "Doomed")
+    # A breach notice to A's admins: the operator's text is A's copy, ended by its destruction.
+    incident = {
+        "tenant_ids": [tenant_a],
+        "categories": ["identity"],
+        "description": canary("DoomedIncident"),
+    }
+    token = stack.settings.operator_token
+    ok(stack.call("POST", "/v1/operator/incidents", key=token, json=incident), 201)
     assert issue_invoices(stack) >= 1
 
     # Tenant B lives on; its contact C is erased, its access log lasts one (two-second) day.
@@ -323,11 +331,12 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             canary("ErasedSource"),
             canary("ErasedIdem"),
             canary("DoomedName"),
+            canary("DoomedIncident"),
             phone("Erased"),
         ],
         stored(stack, log),
     )
-    assert len(before) == 5, before
+    assert len(before) == 6, before
     # ...and the search index holds both tenants' words, as keyed hashes.
     with tickets_blind_index(stack) as blind:
         assert index_holds(stack, blind, tenant_a, "Doomed") == len(INDEXED)
@@ -402,6 +411,7 @@ def test_erasure_expiry_and_destruction_leave_no_canary_anywhere(swept, infrastr
             "DoomedQuery",
             "DoomedIdem",
             "DoomedTicketIdem",
+            "DoomedIncident",
         )
     ] + [
         f"{canary('Erased').lower()}@mail.example",

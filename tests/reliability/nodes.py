@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernel.testing import Infrastructure, free_port, wait_until
+from tests.support.certs import Issued
 
 
 def _rabbit_bin() -> Path:
@@ -53,15 +54,27 @@ def _kill_group(process: subprocess.Popen) -> None:
         process.wait(10)
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """What a TLS listener needs: its certificate and key, and the authority whose clients'
+    certificates it accepts."""
+
+    ca: Path
+    server: Issued
+
+
 @dataclass
 class RabbitNode:
-    """One RabbitMQ node with the management plugin, on ports of its own."""
+    """One RabbitMQ node with the management plugin, on ports of its own. With ``tls``, AMQP
+    is served over TLS only (no plain listener), to clients with a certificate of its
+    authority."""
 
     home: Path  # shared by a cluster's nodes: it holds the Erlang cookie
     name: str = field(default_factory=lambda: f"ldt-{secrets.token_hex(4)}@localhost")
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     management_port: int = field(default_factory=free_port)
+    tls: ServerTls | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -70,7 +83,8 @@ class RabbitNode:
 
     @property
     def amqp_base(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}"
+        scheme = "amqps" if self.tls is not None else "amqp"
+        return f"{scheme}://guest:guest@127.0.0.1:{self.port}"
 
     @property
     def management_url(self) -> str:
@@ -97,9 +111,21 @@ class RabbitNode:
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "rabbitmq-env.conf").write_text("")
         (self.base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        if self.tls is None:
+            listeners = f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        else:
+            # TLS only: a client that would speak plain AMQP finds no listener.
+            listeners = (
+                "listeners.tcp = none\n"
+                f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
+                f"ssl_options.cacertfile = {self.tls.ca}\n"
+                f"ssl_options.certfile = {self.tls.server.cert}\n"
+                f"ssl_options.keyfile = {self.tls.server.key}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n"
+            )
         (self.base / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            f"management.tcp.ip = 127.0.0.1\n"
+            listeners + "management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n"
             # A node of three with one stopped must keep serving: no pause on minority here.
             "cluster_partition_handling = ignore\n"
@@ -166,17 +192,17 @@ def _home(prefix: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def rabbit_node() -> Iterator[RabbitNode]:
+def rabbit_node(tls: ServerTls | None = None) -> Iterator[RabbitNode]:
     """A single RabbitMQ node of this test's own, shut down and deleted afterwards."""
-    with rabbit_cluster(1) as nodes:
+    with rabbit_cluster(1, tls) as nodes:
         yield nodes[0]
 
 
 @contextlib.contextmanager
-def rabbit_cluster(size: int = 3) -> Iterator[list[RabbitNode]]:
+def rabbit_cluster(size: int = 3, tls: ServerTls | None = None) -> Iterator[list[RabbitNode]]:
     """``size`` nodes on loopback, clustered (quorum queues replicate across all of them)."""
     with _home("ldt-rabbit-") as home:
-        nodes = [RabbitNode(home) for _ in range(size)]
+        nodes = [RabbitNode(home, tls=tls) for _ in range(size)]
         try:
             for node in nodes:  # all boot at once: booting is most of the wait
                 node.launch()
@@ -201,10 +227,13 @@ def rabbit_cluster(size: int = 3) -> Iterator[list[RabbitNode]]:
 
 @dataclass
 class PostgresServer:
-    """A PostgreSQL cluster of this test's own: trust authentication, loopback only."""
+    """A PostgreSQL cluster of this test's own: trust authentication, loopback only. With
+    ``tls``, over TLS with a client certificate of its authority only (``hostssl``,
+    ``clientcert=verify-ca``: a connection in clear, or without the certificate, is refused)."""
 
     folder: Path
     port: int = field(default_factory=free_port)
+    tls: ServerTls | None = None
 
     @property
     def data(self) -> Path:
@@ -237,6 +266,25 @@ class PostgresServer:
             "trust",
             "--no-sync",
         )
+        if self.tls is not None:
+            # The server reads its key as postgres, and refuses one others may read.
+            for name, source in (
+                ("ca.pem", self.tls.ca),
+                ("server.pem", self.tls.server.cert),
+                ("server.key", self.tls.server.key),
+            ):
+                target = self.folder / name
+                shutil.copyfile(source, target)
+                shutil.chown(target, "postgres", "postgres")
+                target.chmod(0o600)
+            hba = self.data / "pg_hba.conf"
+            # Over TLS with a client certificate of the authority only, as the broker asks.
+            hba.write_text(
+                "local all all trust\n"
+                "hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n"
+                "hostssl all all ::1/128 trust clientcert=verify-ca\n"
+            )
+            shutil.chown(hba, "postgres", "postgres")
 
     def _pg_ctl(self, *args: str) -> None:
         options = (
@@ -245,6 +293,12 @@ class PostgresServer:
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=300"
         )
+        if self.tls is not None:
+            options += (
+                f" -c ssl=on -c ssl_cert_file={self.folder / 'server.pem'}"
+                f" -c ssl_key_file={self.folder / 'server.key'}"
+                f" -c ssl_ca_file={self.folder / 'ca.pem'}"
+            )
         self._as_postgres(
             str(_postgres_bin() / "pg_ctl"),
             "-D",
@@ -270,10 +324,10 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(tls: ServerTls | None = None) -> Iterator[PostgresServer]:
     folder = Path(tempfile.mkdtemp(prefix="ldt-pg-"))
     shutil.chown(folder, "postgres", "postgres")
-    server = PostgresServer(folder)
+    server = PostgresServer(folder, tls=tls)
     try:
         server.init()
         server.start()

@@ -4,6 +4,7 @@ every contract, and a copy of it with one forbidden import breaks the contract m
 
 from __future__ import annotations
 
+import collections
 import shutil
 import subprocess
 import sys
@@ -106,3 +107,10 @@ def test_rpc_queues_are_known_by_their_name():
     for subscription in platform.subscriptions():
         assert not deadletters.is_rpc_queue(subscription.queue)
     assert not deadletters.is_rpc_queue("rpc-")
+
+
+def test_no_two_test_modules_share_a_basename():
+    """The test folders are not packages: two modules of one name stop pytest collecting both."""
+    root = Path(__file__).resolve().parents[1]
+    names = collections.Counter(path.name for path in root.rglob("test_*.py"))
+    assert [name for name, count in names.items() if count > 1] == []

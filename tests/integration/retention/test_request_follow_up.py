@@ -14,7 +14,7 @@ import pytest
 from kernel.envelope import EventRegistry, new_envelope
 from kernel.signing import signer_from_config
 from kernel.stores import open_store
-from services.retention import receipts, requests
+from services.retention import approvals, receipts, requests
 
 SERVICES = ("accounts", "audit", "billing", "tickets")
 RETENTION_MIGRATIONS = Path("services/retention/migrations")
@@ -154,8 +154,11 @@ def test_past_the_deadline_a_request_fails_with_an_alert(retention):
     assert state["services"]["tickets"]["status"] == "pending"
     with retention.db.transaction() as cur:
         cur.execute("SELECT body FROM outbox WHERE stream_id = %s", (f"privacy-{filed['id']}",))
-        types = [json.loads(b)["type"] for (b,) in cur.fetchall()]
-    assert "privacy_request_overdue" in types
+        bodies = [json.loads(b) for (b,) in cur.fetchall()]
+    [overdue] = [b for b in bodies if b["type"] == "privacy_request_overdue"]
+    # Version 2 names the request's type, ids and states only (accounts mails the admins).
+    assert overdue["schema_version"] == 2
+    assert overdue["payload"] == {"request_id": filed["id"], "tenant_id": tenant, "type": "erasure"}
     # A failed request is asked no more.
     with retention.unit_of_work() as uow:
         assert requests.resend_due(uow, T0 + dt.timedelta(days=31), TIMING) == 0
@@ -203,3 +206,56 @@ def test_an_access_request_is_published_as_completed_when_filed(retention):
     (completed,) = published(retention, filed["id"], "privacy_request_completed")
     assert completed["payload"]["type"] == "access"
     assert completed["payload"]["subject_kind"] == "agent"
+
+
+def test_a_request_that_waits_for_approval_is_published_as_awaiting_it_by_ids(retention):
+    """What the tenant's admins are mailed about: a request one of them must decide."""
+    tenant = str(uuid.uuid4())
+    with retention.unit_of_work("admin") as uow:
+        approvals.set_approval_policy(uow, tenant, ["erasure"])
+    filed = file_erasure(retention, tenant)
+    assert filed["status"] == "awaiting_approval"
+    assert commands_sent(retention, filed["id"]) == []
+    (waiting,) = published(retention, filed["id"], "privacy_request_awaiting_approval")
+    assert waiting["schema_version"] == 1
+    assert waiting["payload"] == {
+        "request_id": filed["id"],
+        "tenant_id": tenant,
+        "type": "erasure",
+        "due_at": (T0 + dt.timedelta(days=30)).isoformat(),
+    }
+    # A request that needs no approval is not announced as waiting.
+    other = file_erasure(retention, str(uuid.uuid4()))
+    assert published(retention, other["id"], "privacy_request_awaiting_approval") == []
+
+
+def test_an_open_request_nearing_its_deadline_is_announced_once_by_ids(retention):
+    """What the tenant's admins are mailed while the request can still be seen to."""
+    timing = requests.Timing(deadline_days=30, due_soon_days=7, retry_seconds=60)
+    tenant = str(uuid.uuid4())
+    filed = {**file_erasure(retention, tenant), "tenant": tenant}
+    done = {**file_erasure(retention, tenant), "tenant": tenant}
+    for service in SERVICES:
+        answer(retention, done, service, "done", T0)  # completed: nothing to announce
+    with retention.unit_of_work() as uow:
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=22, hours=23), timing) == []
+    with retention.unit_of_work() as uow:
+        soon = requests.announce_due_soon(uow, T0 + dt.timedelta(days=23, hours=1), timing)
+    assert soon == [filed["id"]]
+    with retention.unit_of_work() as uow:  # the next follow-up: announced already
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=25), timing) == []
+    (announced,) = published(retention, filed["id"], "privacy_request_due_soon")
+    assert announced["payload"] == {
+        "request_id": filed["id"],
+        "tenant_id": tenant,
+        "type": "erasure",
+        "status": "pending",
+        "due_at": (T0 + dt.timedelta(days=30)).isoformat(),
+    }
+    assert published(retention, done["id"], "privacy_request_due_soon") == []
+    # Never, when the setting says so.
+    never = requests.Timing(deadline_days=30, due_soon_days=0)
+    late = file_erasure(retention, str(uuid.uuid4()))
+    with retention.unit_of_work() as uow:
+        assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=29), never) == []
+    assert published(retention, late["id"], "privacy_request_due_soon") == []

@@ -389,6 +389,7 @@ def test_nameko_config():
 
     assert config == {
         "AMQP_URI": "amqp://u:p@rabbit:5672/vh",
+        "AMQP_SSL": None,
         "WEB_SERVER_ADDRESS": "0.0.0.0:8081",
         "max_workers": 3,
         "serializer": "json",

@@ -21,13 +21,23 @@ from kernel.config_values import Plan
 from kernel.signed_note import PublicKey
 from kernel.testing import world_env
 
+# Any readable file stands for a certificate or key: the settings only check they can be read.
+READABLE = __file__
+
 # A value other than the default for every setting, each one a parser could get wrong: floats
 # that are not whole, several master keys in order, a key list with an end, plans and rates.
 EVERYTHING_CHANGED = Settings(
     environment="test",
-    amqp_uri="amqp://u:p@rabbit-1:5672/v;amqp://u:p@rabbit-2:5672/v",
+    amqp_uri="amqps://u:p@rabbit-1:5671/v;amqps://u:p@rabbit-2:5671/v",
+    amqp_ca_file=READABLE,
+    amqp_cert_file=READABLE,
+    amqp_key_file=READABLE,
     rabbit_management_url="http://u:p@rabbit-1:15672",
     database_url="postgresql://u:p@db:5433/postgres?sslmode=require",
+    database_sslmode="verify-full",
+    database_sslrootcert=READABLE,
+    database_sslcert=READABLE,
+    database_sslkey=READABLE,
     database_prefix="ld_round_trip",
     master_keys={"new": bytes(range(100, 132)), "old": bytes(range(32))},
     api_key_secret="Jq8vX2mR7tLw0pZ4nC6yH1kB9sD3fG5a",
@@ -57,6 +67,7 @@ EVERYTHING_CHANGED = Settings(
     export_ttl_seconds=7.5,
     export_lease_seconds=4.5,
     privacy_deadline_days=0.001,
+    privacy_due_soon_days=2.5,
     privacy_retry_seconds=0.5,
     day_seconds=2,
     rate_limit=1 / 3,
@@ -96,6 +107,7 @@ EVERYTHING_CHANGED = Settings(
     smtp_password="Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
     smtp_timeout_seconds=5.0,
     mail_from="Desk <help@desk.example.test>",
+    console_url="https://desk.example.test/console",
     mail_retry_seconds=2.0,
     mail_retry_hours=1.0,
     mail_keep_days=1.0,

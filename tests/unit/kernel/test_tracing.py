@@ -304,6 +304,9 @@ def test_provider_parents_on_worker_ctx_data_and_rewrites_it(spans):
         "nameko.service": "tickets",
         "nameko.method": "assign",
         "nameko.entrypoint": "Rpc",
+        "rpc.system": "nameko",
+        "rpc.service": "tickets",
+        "rpc.method": "assign",
     }
     # Downstream RPC calls made by this worker carry the worker's own span.
     assert _traceparent_ids(outgoing["traceparent"]) == (TRACE_ID, span.context.span_id)
