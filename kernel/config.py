@@ -37,6 +37,8 @@ _DEV_KEY_BYTES = b"ledgerdesk-dev-insecure-master-k"
 DEV_API_KEY_SECRET = "dev-insecure-api-key-secret"
 DEV_OPERATOR_TOKEN = "dev-insecure-operator-token"
 DEV_SMTP_PASSWORD = "dev-insecure-smtp-password"
+DEV_S3_ACCESS_KEY_ID = "dev-insecure-s3-access-key-id"
+DEV_S3_SECRET_ACCESS_KEY = "dev-insecure-s3-secret-access-key"
 # An Ed25519 seed (32 bytes, base64) for the audit ledger's checkpoint signatures.
 DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").decode()
 
@@ -47,9 +49,17 @@ DEV_AUDIT_SIGNING_KEY = base64.b64encode(b"ledgerdesk-dev-insecure-audit-k!").de
 # docker-compose.yml and deploy/kubernetes give each process exactly these.
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # The SMTP password: accounts mails notices to agents and admins, tickets public replies
-    # (kernel.mail).
+    # (kernel.mail). The object store's keys: tickets keeps attachments' chunks there when so
+    # configured.
     "accounts": frozenset({"MASTER_KEY", "API_KEY_SECRET", "SMTP_PASSWORD"}),
-    "tickets": frozenset({"MASTER_KEY", "SMTP_PASSWORD"}),
+    "tickets": frozenset(
+        {
+            "MASTER_KEY",
+            "SMTP_PASSWORD",
+            "ATTACHMENT_S3_ACCESS_KEY_ID",
+            "ATTACHMENT_S3_SECRET_ACCESS_KEY",
+        }
+    ),
     "billing": frozenset({"MASTER_KEY"}),
     "audit": frozenset({"MASTER_KEY", "AUDIT_SIGNING_KEY"}),
     # Erasure receipts are signed with the audit key, as the ledger's checkpoints are.
@@ -573,6 +583,44 @@ class Settings:
         doc="the bytes of all of one ticket's attachments together, uploads not yet on a"
         " message included (413 past it)",
     )
+    # Where attachments' sealed chunks live (services.tickets.chunk_store).
+    attachment_store: str = setting(
+        "database",
+        name="ATTACHMENT_STORE",
+        parse=values.lowered,
+        doc="`database` (chunks as rows of tickets' own database) or `s3` (objects of an"
+        " S3-compatible bucket, sealed the same way before they leave; docs/operations.md)",
+    )
+    attachment_s3_endpoint: str = setting(
+        "",
+        name="ATTACHMENT_S3_ENDPOINT",
+        doc="the object store's URL (`https://...`); empty: AWS S3 of the region",
+    )
+    attachment_s3_bucket: str = setting(
+        "",
+        name="ATTACHMENT_S3_BUCKET",
+        doc="the bucket attachments' chunks go to (created beforehand, versioning off or"
+        " non-current versions expired by a lifecycle rule); needed with `s3`",
+    )
+    attachment_s3_region: str = setting(
+        "us-east-1", name="ATTACHMENT_S3_REGION", doc="the bucket's region (signing needs one)"
+    )
+    attachment_s3_access_key_id: str = setting(
+        DEV_S3_ACCESS_KEY_ID,
+        name="ATTACHMENT_S3_ACCESS_KEY_ID",
+        secret=True,
+        shown="dev-insecure",
+        doc="the object store's access key id; set empty (with the next), the SDK's own"
+        " credentials (an instance's or a pod's role); production refuses the development"
+        " value even with the `database` store, like every secret a process holds",
+    )
+    attachment_s3_secret_access_key: str = setting(
+        DEV_S3_SECRET_ACCESS_KEY,
+        name="ATTACHMENT_S3_SECRET_ACCESS_KEY",
+        secret=True,
+        shown="dev-insecure",
+        doc="its secret access key, with `LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID`",
+    )
     # Mail out (kernel.mail): the relay every mail goes through, who it is from, how long a
     # mail is retried and how long its row is kept after it went.
     smtp_host: str = setting(
@@ -813,6 +861,17 @@ class Settings:
             raise ConfigurationError(
                 "production refuses LEDGERDESK_SMTP_SECURITY=none to a relay on another"
                 " machine: use starttls or tls"
+            )
+        if self.attachment_store not in ("database", "s3"):
+            raise ConfigurationError("LEDGERDESK_ATTACHMENT_STORE must be database or s3")
+        if self.attachment_store == "s3" and not self.attachment_s3_bucket:
+            raise ConfigurationError(
+                "LEDGERDESK_ATTACHMENT_STORE=s3 needs LEDGERDESK_ATTACHMENT_S3_BUCKET"
+            )
+        if bool(self.attachment_s3_access_key_id) != bool(self.attachment_s3_secret_access_key):
+            raise ConfigurationError(
+                "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID and _SECRET_ACCESS_KEY go together:"
+                " set both, or neither (the SDK's own credentials)"
             )
         if self.mail_in_protocol not in ("smtp", "lmtp"):
             raise ConfigurationError("LEDGERDESK_MAIL_IN_PROTOCOL must be smtp or lmtp")

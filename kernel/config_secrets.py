@@ -64,6 +64,10 @@ def check_production_secrets(settings: Settings) -> None:
         # Compared as bytes: every base64 spelling of the development seed is refused.
         "AUDIT_SIGNING_KEY": looks_like_dev(settings.audit_signing_key)
         or looks_like_dev(seed.decode("latin-1")),
+        # The object store's keys may be empty (the SDK's own credentials), never a
+        # development value.
+        "ATTACHMENT_S3_ACCESS_KEY_ID": looks_like_dev(settings.attachment_s3_access_key_id),
+        "ATTACHMENT_S3_SECRET_ACCESS_KEY": looks_like_dev(settings.attachment_s3_secret_access_key),
         # The relay's password is the relay's to choose, but never a development value.
         "SMTP_PASSWORD": looks_like_dev(settings.smtp_password),
     }

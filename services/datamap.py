@@ -135,6 +135,10 @@ def render() -> str:
             lines += datamap.render_tables(
                 f"Tables of `<prefix>_{name}_keys`", service_map.key_tables
             )
+        if service_map.objects:
+            lines += datamap.render_tables(
+                f"Objects {name} keeps in an object store, when so configured", service_map.objects
+            )
         lines += datamap.render_events(service_map)
         if service_map.queues:
             lines += datamap.render_queues(f"Queues of {name}", service_map.queues)

@@ -123,6 +123,9 @@ class ServiceMap:
     # event type -> field (dotted for nested) -> what it is, for fields not classified by type.
     event_fields: Mapping[str, Mapping[str, Column]] = field(default_factory=dict)
     queues: tuple[Queue, ...] = ()
+    # What it keeps outside its databases (an object store's bucket, when a deployment chooses
+    # one), declared as tables: one row an object, its key's parts and its body the columns.
+    objects: tuple[Table, ...] = ()
 
     def database_tables(self, purpose: str = "") -> tuple[Table, ...]:
         """Every table of the service's data database (``""``) or keystore (``"keys"``): the

@@ -1,16 +1,19 @@
-"""The attachments' store: files in chunks, in tickets' own database, under the ticket's key.
+"""The attachments' store: files in chunks, under the ticket's key.
 
 A file is uploaded in chunks of at most ``CHUNK_BYTES`` (each an RPC of its own, so no broker
-message holds a whole file), each sealed as it arrives (``kernel.crypto.blobs``) and stored as a
-row of ``attachment_chunks``; no process ever holds more than one chunk of it. Its name and its
-SHA-256 are sealed under the same key as encrypted fields (``kernel.crypto.fields``), its size
-and the type its first bytes show (``services.tickets.sniff``) are plain. An upload is complete
-once it is named (``finish``); until a message names it (``attach``) it is the uploader's to put
-on one, and it is deleted a day later if none does (``purge_unattached``).
+message holds a whole file), each sealed as it arrives (``kernel.crypto.blobs``) and handed to
+the chunk store (``chunk_store``: rows of ``attachment_chunks`` by default, objects of an
+S3-compatible bucket as a deployment chooses); no process ever holds more than one chunk of
+it. Its name and its SHA-256 are sealed under the same key as encrypted fields
+(``kernel.crypto.fields``), its size and the type its first bytes show
+(``services.tickets.sniff``) are plain. An upload is complete once it is named (``finish``);
+until a message names it (``attach``) it is the uploader's to put on one, and it is deleted a
+day later if none does (``purge_unattached``).
 
 What ends the rows: the requester's erasure (``forget_requester``, as their key is shredded),
 a closed ticket's purge (``forget_tickets``) and the tenant's destruction (``forget_tenant``)
-delete the chunks and then the rows, so no ciphertext outlives its key in this database. A data
+delete the rows and the chunks (their tickets' or tenant's prefixes in the chunk store,
+acknowledged before the unit of work commits), so no ciphertext outlives its key. A data
 backup keeps them until it expires; without the keystore (shredded there) they open for no one.
 
 Every query names the tenant: an id of another tenant is not found, as if it did not exist.
@@ -24,11 +27,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg2
-
 from kernel.crypto.blobs import BlobCipher
 from kernel.crypto.fields import FieldCipher, is_erased, stored_json
 from kernel.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from services.tickets import chunk_store
+from services.tickets.chunk_store import ChunkRef, ChunkStore
 from services.tickets.commands import CHUNK_BYTES
 from services.tickets.sniff import SNIFF_BYTES, sniff
 
@@ -85,12 +88,14 @@ _EXPORTED = (
 
 
 class AttachmentStore:
-    """Attachments and their chunks, on one cursor (a unit of work's): the caller commits."""
+    """Attachments on one cursor (a unit of work's), their chunks in ``chunks`` (the store this
+    process's settings chose unless given): the caller commits."""
 
-    def __init__(self, cur: Any, cipher: FieldCipher) -> None:
+    def __init__(self, cur: Any, cipher: FieldCipher, chunks: ChunkStore | None = None) -> None:
         self._cur = cur
         self._fields = cipher
         self._blobs = BlobCipher(cipher.keystore)
+        self._store = chunk_store.for_cursor(cur) if chunks is None else chunks
 
     # --- uploading ----------------------------------------------------------------------------
 
@@ -140,10 +145,8 @@ class AttachmentStore:
         sealed = self._blobs.seal_chunk(
             tenant_id, ticket_id, attachment_id, seq, data, parent_id=requester_id
         )
-        self._cur.execute(
-            "INSERT INTO attachment_chunks (attachment_id, seq, ciphertext) VALUES (%s, %s, %s)",
-            (attachment_id, seq, psycopg2.Binary(sealed)),
-        )
+        # Put before the row counts it: a put whose transaction fails is replaced by the retry's.
+        self._store.put(ChunkRef(tenant_id, str(ticket_id), attachment_id, seq), sealed)
         # The type is what the first bytes say, found before anything else is stored.
         kind = sniff(data[:SNIFF_BYTES]) if seq == 0 else None
         self._cur.execute(
@@ -180,14 +183,15 @@ class AttachmentStore:
     def discard(self, tenant_id: str, attachment_id: str) -> None:
         """An upload given up (too large, the client gone): its chunks and row deleted."""
         self._cur.execute(
-            "DELETE FROM attachment_chunks c USING attachments a WHERE c.attachment_id = a.id"
-            " AND a.id = %s AND a.tenant_id = %s AND a.message_id IS NULL",
+            "SELECT ticket_id FROM attachments WHERE id = %s AND tenant_id = %s"
+            " AND message_id IS NULL FOR UPDATE",
             (attachment_id, tenant_id),
         )
-        self._cur.execute(
-            "DELETE FROM attachments WHERE id = %s AND tenant_id = %s AND message_id IS NULL",
-            (attachment_id, tenant_id),
-        )
+        row = self._cur.fetchone()
+        if row is None:
+            return
+        self._store.delete_file(tenant_id, str(row[0]), attachment_id)
+        self._cur.execute("DELETE FROM attachments WHERE id = %s", (attachment_id,))
 
     def _lock_upload(self, tenant_id: str, attachment_id: str) -> tuple:
         self._cur.execute(
@@ -283,30 +287,24 @@ class AttachmentStore:
         """Chunk ``seq`` of a complete attachment, opened; None once it or its key is gone."""
         if not 0 <= seq < attachment.chunks:
             return None
-        self._cur.execute(
-            "SELECT ciphertext FROM attachment_chunks WHERE attachment_id = %s AND seq = %s",
-            (attachment.id, seq),
+        sealed = self._store.get(
+            ChunkRef(attachment.tenant_id, attachment.ticket_id, attachment.id, seq)
         )
-        row = self._cur.fetchone()
-        if row is None:
+        if sealed is None:
             return None
         return self._blobs.open_chunk(
-            attachment.tenant_id, attachment.ticket_id, attachment.id, seq, bytes(row[0])
+            attachment.tenant_id, attachment.ticket_id, attachment.id, seq, sealed
         )
 
     def _chunks(
         self, tenant_id: str, ticket_id: str, attachment_id: str, count: int
     ) -> Iterator[bytes]:
         for seq in range(count):
-            self._cur.execute(
-                "SELECT ciphertext FROM attachment_chunks WHERE attachment_id = %s AND seq = %s",
-                (attachment_id, seq),
-            )
-            row = self._cur.fetchone()
+            sealed = self._store.get(ChunkRef(tenant_id, ticket_id, attachment_id, seq))
             data = (
                 None
-                if row is None
-                else self._blobs.open_chunk(tenant_id, ticket_id, attachment_id, seq, bytes(row[0]))
+                if sealed is None
+                else self._blobs.open_chunk(tenant_id, ticket_id, attachment_id, seq, sealed)
             )
             if data is None:
                 raise Conflict("the upload is incomplete or its ticket was erased")
@@ -335,35 +333,62 @@ class AttachmentStore:
         ]
 
     # --- what ends them -----------------------------------------------------------------------
+    # Each deletes the rows, then the chunks by prefix, before the unit of work commits. Rows
+    # first: deleting a row waits for an upload holding its lock (``append`` locks the row
+    # before it puts a chunk), so a chunk put concurrently is in the store before the prefix is
+    # listed. A delete the store refuses raises, the unit of work rolls back and the rows, the
+    # index a retry deletes from, are back. In the database store the rows' foreign key takes
+    # their chunks with them, and the prefix delete finds what is left (nothing, normally).
 
     def forget_requester(self, tenant_id: str, requester_id: str) -> int:
-        """The requester's erasure: every attachment of their tickets (attachment_chunks,
-        then attachments)."""
-        return self._delete("a.requester_id = %s AND a.tenant_id = %s", (requester_id, tenant_id))
+        """The requester's erasure: every attachment of their tickets (attachments, then the
+        chunks under each ticket's prefix). The tickets table names the tickets too, so a chunk
+        whose row never committed leaves no object behind its requester either."""
+        self._cur.execute(
+            "SELECT ticket_id FROM attachments WHERE requester_id = %s AND tenant_id = %s"
+            " UNION SELECT id FROM tickets WHERE requester_id = %s AND tenant_id = %s",
+            (requester_id, tenant_id, requester_id, tenant_id),
+        )
+        tickets = [str(row[0]) for row in self._cur.fetchall()]
+        deleted = self._delete_rows(
+            "requester_id = %s AND tenant_id = %s", (requester_id, tenant_id)
+        )
+        for ticket_id in tickets:
+            self._store.delete_prefix(tenant_id, ticket_id)
+        return deleted
 
     def forget_tickets(self, tenant_id: str, ticket_ids: list[str]) -> int:
-        """Closed tickets purged: their attachments (attachment_chunks, then attachments)."""
-        return self._delete(
-            "a.ticket_id = ANY(%s::uuid[]) AND a.tenant_id = %s", (ticket_ids, tenant_id)
+        """Closed tickets purged: their attachments (attachments, then each ticket's prefix)."""
+        deleted = self._delete_rows(
+            "ticket_id = ANY(%s::uuid[]) AND tenant_id = %s", (list(ticket_ids), tenant_id)
         )
+        for ticket_id in ticket_ids:
+            self._store.delete_prefix(tenant_id, str(ticket_id))
+        return deleted
 
     def forget_tenant(self, tenant_id: str) -> int:
-        """The tenant's destruction: all its attachments (attachment_chunks, then attachments)."""
-        return self._delete("a.tenant_id = %s", (tenant_id,))
+        """The tenant's destruction: all its attachments (attachments, then its prefix)."""
+        deleted = self._delete_rows("tenant_id = %s", (tenant_id,))
+        self._store.delete_prefix(tenant_id)
+        return deleted
 
-    def purge_unattached(self, older_than_seconds: float) -> int:
-        """Uploads no message named within their time (a day), or left half way
-        (attachment_chunks, then attachments)."""
-        return self._delete(
-            "a.message_id IS NULL AND a.created_at < now() - make_interval(secs => %s)",
-            (older_than_seconds,),
-        )
-
-    def _delete(self, where: str, params: tuple) -> int:
+    def purge_unattached(self, older_than_seconds: float, batch: int = 500) -> int:
+        """Uploads no message named within their time (a day), or left half way (each one's
+        rows locked, its chunks deleted, then its row), a batch at a time so a long backlog
+        holds no lock for long."""
         self._cur.execute(
-            "DELETE FROM attachment_chunks c USING attachments a"  # noqa: S608
-            f" WHERE c.attachment_id = a.id AND {where}",
-            params,
+            "SELECT id, tenant_id, ticket_id FROM attachments WHERE message_id IS NULL"
+            " AND created_at < now() - make_interval(secs => %s)"
+            " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (older_than_seconds, batch),
         )
-        self._cur.execute(f"DELETE FROM attachments a WHERE {where}", params)  # noqa: S608
+        rows = self._cur.fetchall()
+        for attachment_id, tenant_id, ticket_id in rows:
+            self._store.delete_file(str(tenant_id), str(ticket_id), str(attachment_id))
+        if not rows:
+            return 0
+        return self._delete_rows("id = ANY(%s::uuid[])", ([str(r[0]) for r in rows],))
+
+    def _delete_rows(self, where: str, params: tuple) -> int:
+        self._cur.execute(f"DELETE FROM attachments WHERE {where}", params)  # noqa: S608
         return int(self._cur.rowcount)

@@ -57,6 +57,36 @@ _FILE_ENDS = (
     _FILES_DESTROYED,
     _UNATTACHED,
 )
+# The same ends in an object store: each deletes the prefixes (every version) through
+# ``chunk_store.S3Chunks`` and is answered only once the store acknowledged the deletes.
+_CHUNKS = "services.tickets.chunk_store:S3Chunks"
+_OBJECTS_DESTROYED = End(
+    When.DESTRUCTION,
+    "the tenant's prefix is deleted (forget_tenant), every version; the key is shredded with"
+    " the tenant's",
+    f"{_CHUNKS}.delete_prefix",
+)
+_OBJECTS_UNATTACHED = End(
+    When.PERIOD,
+    "an upload no message names: its prefix is deleted a day (LEDGERDESK_DAY_SECONDS) after it"
+    " began (purge_unattached), and with it a chunk a failed transaction put",
+    f"{_CHUNKS}.delete_file",
+)
+_OBJECT_ENDS = (
+    SHREDDED_WITH_SUBJECT,
+    End(
+        When.ERASURE,
+        "each of the requester's tickets' prefixes is deleted (forget_requester), every version",
+        f"{_CHUNKS}.delete_prefix",
+    ),
+    End(
+        When.PERIOD,
+        "closed_tickets: each purged ticket's prefix is deleted (forget_tickets)",
+        f"{_CHUNKS}.delete_prefix",
+    ),
+    _OBJECTS_DESTROYED,
+    _OBJECTS_UNATTACHED,
+)
 _MAIL = "kernel.mail.sender"
 MAIL_ERASED = End(When.ERASURE, "the requester's rows are deleted", f"{_PRIVACY}:erase_subject")
 MAIL_PURGED = End(
@@ -254,7 +284,8 @@ DATA_MAP = ServiceMap(
             "attachments",
             "files on messages (services.tickets.attachment_store): their name and digest as"
             " stored ciphertext under the ticket's key, their size and sniffed type; the bytes"
-            " are in attachment_chunks",
+            " are in attachment_chunks, or in the object store's bucket (below) when so"
+            " configured: these rows are its index either way",
             (
                 pseudonym("id"),
                 pseudonym("tenant_id"),
@@ -285,7 +316,8 @@ DATA_MAP = ServiceMap(
         Table(
             "attachment_chunks",
             "the bytes of files, in chunks of at most 256 KiB, each sealed under the ticket's"
-            " key and bound to its file and place (kernel.crypto.blobs)",
+            " key and bound to its file and place (kernel.crypto.blobs), with the default"
+            " LEDGERDESK_ATTACHMENT_STORE=database (empty with s3)",
             (
                 pseudonym("attachment_id"),
                 operational("seq"),
@@ -377,6 +409,32 @@ DATA_MAP = ServiceMap(
             "requesters whose data is kept but not processed further",
             (pseudonym("subject_id"), pseudonym("tenant_id"), operational("restricted_at")),
             ends=(LEARNED_DESTROYED,),
+        ),
+    ),
+    objects=(
+        Table(
+            "attachment chunks (LEDGERDESK_ATTACHMENT_S3_BUCKET)",
+            "with LEDGERDESK_ATTACHMENT_STORE=s3, the bytes of files in place of"
+            " attachment_chunks: one object a chunk of at most 256 KiB, under the key"
+            " `<tenant_id>/<ticket_id>/<attachment_id>/<seq>` (ids only, never a file's name),"
+            " sealed in tickets under the ticket's key and bound to its file and place"
+            " (kernel.crypto.blobs) before it leaves; the attachments rows stay the index",
+            (
+                pseudonym("tenant_id", note="the key's first part"),
+                pseudonym("ticket_id", note="the key's second part"),
+                pseudonym("attachment_id", note="the key's third part"),
+                operational("seq", note="the key's last part"),
+                personal(
+                    "body",
+                    Held.SUBJECT_KEY,
+                    *_OBJECT_ENDS,
+                    note="whatever the file holds; the store never sees it in clear. A bucket"
+                    " with versioning on keeps a replaced or deleted version: the deletes"
+                    " remove every version, and a lifecycle rule expiring non-current versions"
+                    " covers what they could not reach (docs/operations.md)",
+                ),
+            ),
+            ends=(_OBJECTS_DESTROYED, _OBJECTS_UNATTACHED),
         ),
     ),
     registries=(REGISTRY,),

@@ -18,6 +18,7 @@ from kernel.forgetting import Forgetting
 from kernel.mail import listener
 from kernel.mail.dependency import MailDependency
 from kernel.mail.entrypoints import MailOutboxEntrypoints
+from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
 from kernel.nameko_adapters.rpc import rpc
@@ -26,6 +27,7 @@ from kernel.observability import service_health
 from kernel.tracing import Tracing
 from services.tickets import (
     attachments,
+    chunk_store,
     commands,
     handlers,
     mail,
@@ -50,6 +52,15 @@ class SealedTags(DependencyProvider):
         sealed.seal_all(lambda: store.unit_of_work(self.container.service_name))
 
 
+class ChunkStoreChoice(DependencyProvider):
+    """On setup: where attachments' chunks live (LEDGERDESK_ATTACHMENT_STORE), a configured
+    bucket checked to exist, so a wrong endpoint or bucket stops the start rather than the first
+    upload or erasure."""
+
+    def setup(self) -> None:
+        chunk_store.configure(settings_of(self.container))
+
+
 class TicketsService(MailOutboxEntrypoints):
     name = "tickets"
 
@@ -63,6 +74,7 @@ class TicketsService(MailOutboxEntrypoints):
     tracing = Tracing()
     announcement = privacy_protocol.Announcement(("ticket_text", "message_text"))
     sealed_tags = SealedTags()
+    chunks = ChunkStoreChoice()
     # The blind index of tags came with migration 0005, the search index with 0006: each
     # filled once from the events.
     new_read_models = NewReadModels("ticket_tags", "tickets_search")

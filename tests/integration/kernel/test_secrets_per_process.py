@@ -25,6 +25,8 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_OPERATOR_TOKEN": base64.b64encode(os.urandom(32)).decode(),
     "LEDGERDESK_AUDIT_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode(),
     "LEDGERDESK_SMTP_PASSWORD": base64.b64encode(os.urandom(32)).decode(),
+    "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": base64.b64encode(os.urandom(15)).decode(),
+    "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": base64.b64encode(os.urandom(30)).decode(),
 }
 # Public, not a secret: what the gateway publishes and the audit service must sign under.
 AUDIT_PUBLIC_KEYS = json.dumps(

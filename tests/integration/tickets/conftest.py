@@ -14,6 +14,7 @@ from kernel.stores import prepare_databases
 from kernel.uow import EventSourcedStore
 from services.tickets.events import REGISTRY
 from services.tickets.projections import PROJECTIONS
+from tests.support.object_store import s3_server  # noqa: F401 (a fixture)
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "services/tickets/migrations"
 

@@ -28,6 +28,8 @@ PRODUCTION_SECRETS = {
     "LEDGERDESK_OPERATOR_TOKEN": "uE3rT7yW1qZ9xC5vB2nM8kL4jH6gF0dS",
     "LEDGERDESK_AUDIT_SIGNING_KEY": B64_B,
     "LEDGERDESK_SMTP_PASSWORD": "Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
+    "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "AKIA7QX2M4PZ9LKV3TNB",
+    "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": "v8Lq2Xz7Pm4Kt9Rw1Bn6Cy3Hd5Gf0Js2Ua8Ek4Oi",
 }
 
 
@@ -245,6 +247,7 @@ def test_production_refuses_all_development_secrets_and_names_them():
     assert str(info.value) == (
         "production refuses development secrets: set LEDGERDESK_MASTER_KEY, "
         "LEDGERDESK_API_KEY_SECRET, LEDGERDESK_OPERATOR_TOKEN, LEDGERDESK_AUDIT_SIGNING_KEY, "
+        "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID, LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY, "
         "LEDGERDESK_SMTP_PASSWORD"
     )
 
@@ -423,3 +426,43 @@ def test_with_overrides_returns_a_changed_copy():
     assert (settings.gateway_port, settings.regions) == (8000, ("uk", "in", "sg"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.gateway_port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({"LEDGERDESK_ATTACHMENT_STORE": "disk"}, "must be database or s3"),
+        ({"LEDGERDESK_ATTACHMENT_STORE": "s3"}, "needs LEDGERDESK_ATTACHMENT_S3_BUCKET"),
+        (
+            {
+                "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "",
+                "LEDGERDESK_ATTACHMENT_STORE": "s3",
+                "LEDGERDESK_ATTACHMENT_S3_BUCKET": "files",
+            },
+            "go together",
+        ),
+    ],
+)
+def test_the_attachment_store_settings_are_checked(env, refusal):
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(env)
+    assert refusal in str(refused.value)
+
+
+def test_the_object_store_keys_may_be_empty_in_production_but_never_the_development_ones():
+    both_empty = {
+        **PRODUCTION_SECRETS,
+        "LEDGERDESK_ATTACHMENT_STORE": "s3",
+        "LEDGERDESK_ATTACHMENT_S3_BUCKET": "files",
+        "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "",
+        "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": "",
+    }
+    settings = Settings.from_env(both_empty, service="tickets")
+    assert settings.attachment_s3_access_key_id == "" and settings.attachment_store == "s3"
+    dev = {**PRODUCTION_SECRETS}
+    del dev["LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY"]
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(dev, service="tickets")
+    assert str(refused.value) == (
+        "production refuses development secrets: set LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY"
+    )
