@@ -1,7 +1,9 @@
 """The auditor's offline verifier: checks a ledger export with the published public keys alone.
 
-    python -m services.audit.offline_verify EXPORT --keys KEYS [--origin ORIGIN]
+    ledgerdesk-audit offline EXPORT --keys KEYS [--origin ORIGIN]
         [--allow-unsigned-tail] [--expect-size N [--expect-root HEX]]
+
+(``python -m services.audit.offline_verify`` is the same.)
 
 EXPORT is the file (or the folder holding ``audit-export.jsonl``) that
 ``python -m services.audit.cli export`` wrote. KEYS is a file, or the JSON itself: either the
@@ -404,11 +406,17 @@ def _refusal(
     return None
 
 
-def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    out: IO[str] | None = None,
+    prog: str = "python -m services.audit.offline_verify",
+) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(
-        prog="python -m services.audit.offline_verify",
+        prog=prog,
         description="Verify a ledger export with the audit public keys alone.",
+        epilog="exit status: 0 verified; 1 tampered or not covered; 2 could not run (usage,"
+        " a file missing or malformed)",
     )
     parser.add_argument("export", help="the export file, or the folder holding it")
     parser.add_argument("--keys", required=True, help="a keys file, or the JSON itself")

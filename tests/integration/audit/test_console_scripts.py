@@ -1,0 +1,199 @@
+"""The installed commands (pyproject's ``[project.scripts]``), run as processes the way an
+installer writes them, against a real PostgreSQL: ``--help`` answers, a clean ledger exits 0
+with JSON, a tampered one exits 1 naming the first bad entry, an unreachable database exits 3
+(not 1: nothing was decided), a usage error 2, and the progress bar, on a terminal only, counts
+to the number of entries the walk reads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import tomllib
+from pathlib import Path
+
+import pytest
+from pip._vendor.distlib.scripts import ScriptMaker
+
+from kernel.cli import Exit
+from kernel.stores import prepare_databases
+from kernel.testing import world_env
+from services.audit.ledger import open_ledger
+from tests.integration.audit.test_ledger import MIGRATIONS, record_all, set_row, tamper, things
+
+ROOT = Path(__file__).resolve().parents[3]
+UNREACHABLE_DATABASE = "postgresql://postgres@127.0.0.1:1/postgres"
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory) -> dict[str, Path]:
+    """Each console script of pyproject.toml, written by the code pip installs them with."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    bin_dir = tmp_path_factory.mktemp("bin")
+    maker = ScriptMaker(None, str(bin_dir))
+    maker.executable = sys.executable
+    maker.variants = {""}
+    for name, target in scripts.items():
+        maker.make(f"{name} = {target}")
+    return {name: bin_dir / name for name in scripts}
+
+
+def run(
+    command: Path, *args: str, env: dict[str, str] | None = None, stderr: int = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(command), *args],
+        cwd=ROOT,
+        env={**(env or os.environ), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def prepared(world):
+    prepare_databases(world, "audit", MIGRATIONS)
+    return world
+
+
+def test_the_commands_are_the_operators_and_the_auditors():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {
+        "ledgerdesk": "services.platform:main",
+        "ledgerdesk-audit": "services.audit.cli:main",
+    }
+
+
+@pytest.mark.parametrize(
+    "name, args, mentions",
+    [
+        ("ledgerdesk", [], ["prepare", "dead-letters", "send-mail", "3 unreachable"]),
+        ("ledgerdesk", ["dead-letters"], ["replay", "3 unreachable"]),
+        ("ledgerdesk", ["send-mail"], ["--until-empty"]),
+        ("ledgerdesk-audit", [], ["verify", "export", "offline", "1 failed (tampered"]),
+        ("ledgerdesk-audit", ["verify"], ["--resume"]),
+        ("ledgerdesk-audit", ["offline"], ["--keys", "1 tampered"]),
+    ],
+)
+def test_help_answers_and_exits_0(commands, name, args, mentions):
+    done = run(commands[name], *args, "--help")
+    assert done.returncode == 0, done.stderr
+    for word in mentions:
+        assert word in done.stdout
+
+
+def test_a_usage_error_exits_2(commands):
+    assert run(commands["ledgerdesk-audit"], "verfy").returncode == Exit.USAGE
+    assert run(commands["ledgerdesk"], "dead-letters", "replay").returncode == Exit.USAGE
+
+
+def test_a_clean_ledger_exits_0_with_json_and_a_tampered_one_exits_1(commands, prepared):
+    ledger = open_ledger(prepared)
+    # No checkpoint: one over the edit would narrow the verdict to the whole signed prefix.
+    record_all(ledger, things(8))
+    env = world_env(prepared)
+
+    clean = run(commands["ledgerdesk-audit"], "verify", env=env)
+    assert clean.returncode == Exit.OK, clean.stderr
+    report = json.loads(clean.stdout)
+    assert (report["ok"], report["entries"], report["checkpoints"]) == (True, 8, 0)
+
+    tamper(ledger, lambda cur: set_row(cur, 3, content=b'{"edited": true}'))
+    tampered = run(commands["ledgerdesk-audit"], "verify", env=env)
+    assert tampered.returncode == Exit.FAILED, tampered.stderr
+    report = json.loads(tampered.stdout)
+    assert (report["ok"], report["first_bad_seq"]) == (False, 3)
+    assert "TAMPERED: first bad seq 3" in tampered.stderr
+
+
+def test_an_unreachable_database_exits_3_not_1(commands, prepared):
+    env = {**world_env(prepared), "LEDGERDESK_DATABASE_URL": UNREACHABLE_DATABASE}
+    for command, args in [
+        (commands["ledgerdesk-audit"], ["verify"]),
+        (commands["ledgerdesk-audit"], ["replay"]),
+        (commands["ledgerdesk"], ["prepare"]),
+    ]:
+        done = run(command, *args, env=env)
+        assert done.returncode == Exit.UNREACHABLE, (args, done.stderr)
+        assert "unreachable: PostgreSQL is not reachable at 127.0.0.1:1" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stdout == ""
+
+
+def test_an_unreachable_broker_exits_3(commands, world):
+    env = {**world_env(world), "LEDGERDESK_AMQP_URI": "amqp://guest:guest@127.0.0.1:1/"}
+    done = run(commands["ledgerdesk"], "dead-letters", "list", env=env)
+    assert done.returncode == Exit.UNREACHABLE, done.stderr
+    assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_progress_bar_counts_to_the_entries_walked_on_a_terminal_only(commands, prepared):
+    ledger = open_ledger(prepared)
+    record_all(ledger, things(12))
+    env = world_env(prepared)
+
+    piped = run(commands["ledgerdesk-audit"], "verify", env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert "12/12" not in piped.stderr  # a pipe or a log file gets no bar
+
+    # stderr a terminal, stdout still a pipe: the bar on the one, the JSON clean on the other.
+    parent, child = pty.openpty()
+    # A terminal 100 columns wide: a new pty has none, and the bar would fit in nothing.
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        on_terminal = run(commands["ledgerdesk-audit"], "verify", env=env, stderr=child)
+    finally:
+        os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the terminal's other end is closed: all was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(parent)
+    assert on_terminal.returncode == 0
+    assert json.loads(on_terminal.stdout)["entries"] == 12
+    assert "12/12" in shown.decode(errors="replace")
+
+
+class Watched:
+    """What a verification run tells whoever watches it (the command line's bar)."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.marks: list[int] = []
+
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def reached(self, entries: int) -> None:
+        self.marks.append(entries)
+
+
+def test_the_progress_total_is_what_the_walk_reads_from_zero_or_resumed(prepared):
+    ledger = open_ledger(prepared)
+    record_all(ledger, things(7))
+    first = Watched()
+    assert ledger.verify(progress=first)["ok"] is True
+    assert (first.total, first.marks[-1]) == (7, 7)
+
+    record_all(ledger, things(5))
+    resumed = Watched()
+    assert ledger.verify(from_zero=False, progress=resumed)["ok"] is True
+    # Only what was appended since the last intact run is read, and counted.
+    assert (resumed.total, resumed.marks[-1]) == (5, 5)
+
+    again = Watched()
+    assert ledger.verify(progress=again)["ok"] is True
+    assert (again.total, again.marks[-1]) == (12, 12)
