@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from tqdm import tqdm
+
 from kernel.signed_note import (
     NoteError,
     PublicKey,
@@ -451,14 +453,27 @@ def main(
         except OSError as exc:
             raise CannotRun(f"cannot read the export {path}: {exc}") from exc
         with stream:
-            result = verify(
-                read_export(stream),
-                origin,
-                keys,
-                allow_unsigned_tail=args.allow_unsigned_tail,
-                expect_size=args.expect_size,
-                expect_root=args.expect_root,
+            export = read_export(stream)
+            # The bar's total is the header's count: what the export claims, shown, never
+            # trusted (the walk counts for itself).
+            claimed = export.header.get("entries")
+            bar = tqdm(
+                total=claimed if isinstance(claimed, int) else None,
+                unit="entry",
+                desc="verify",
+                disable=not sys.stderr.isatty(),
+                file=sys.stderr,
             )
+            export.entries = _counted(export.entries, bar)
+            with bar:
+                result = verify(
+                    export,
+                    origin,
+                    keys,
+                    allow_unsigned_tail=args.allow_unsigned_tail,
+                    expect_size=args.expect_size,
+                    expect_root=args.expect_root,
+                )
     except CannotRun as exc:
         print(f"could not verify: {exc}", file=sys.stderr)
         return COULD_NOT_RUN
@@ -487,6 +502,12 @@ def main(
         file=sys.stderr,
     )
     return VERIFIED
+
+
+def _counted(entries: Iterator[chain.StoredEntry], bar: tqdm) -> Iterator[chain.StoredEntry]:
+    for entry in entries:
+        yield entry
+        bar.update()
 
 
 def _positive(value: str) -> int:

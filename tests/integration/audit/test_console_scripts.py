@@ -22,6 +22,7 @@ import pytest
 from pip._vendor.distlib.scripts import ScriptMaker
 
 from kernel.cli import Exit
+from kernel.signed_note import EPOCH
 from kernel.stores import prepare_databases
 from kernel.testing import world_env
 from services.audit.ledger import open_ledger
@@ -135,21 +136,15 @@ def test_an_unreachable_broker_exits_3(commands, world):
     assert "unreachable" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_progress_bar_counts_to_the_entries_walked_on_a_terminal_only(commands, prepared):
-    ledger = open_ledger(prepared)
-    record_all(ledger, things(12))
-    env = world_env(prepared)
-
-    piped = run(commands["ledgerdesk-audit"], "verify", env=env)
-    assert piped.returncode == 0, piped.stderr
-    assert "12/12" not in piped.stderr  # a pipe or a log file gets no bar
-
-    # stderr a terminal, stdout still a pipe: the bar on the one, the JSON clean on the other.
+def on_a_terminal(
+    command: Path, *args: str, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The command run with stderr a terminal (stdout a pipe); what the terminal showed."""
     parent, child = pty.openpty()
     # A terminal 100 columns wide: a new pty has none, and the bar would fit in nothing.
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
-        on_terminal = run(commands["ledgerdesk-audit"], "verify", env=env, stderr=child)
+        done = run(command, *args, env=env, stderr=child)
     finally:
         os.close(child)
     shown = b""
@@ -162,9 +157,23 @@ def test_the_progress_bar_counts_to_the_entries_walked_on_a_terminal_only(comman
             break
         shown += chunk
     os.close(parent)
+    return done, shown.decode(errors="replace")
+
+
+def test_the_progress_bar_counts_to_the_entries_walked_on_a_terminal_only(commands, prepared):
+    ledger = open_ledger(prepared)
+    record_all(ledger, things(12))
+    env = world_env(prepared)
+
+    piped = run(commands["ledgerdesk-audit"], "verify", env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert "12/12" not in piped.stderr  # a pipe or a log file gets no bar
+
+    # stderr a terminal, stdout still a pipe: the bar on the one, the JSON clean on the other.
+    on_terminal, shown = on_a_terminal(commands["ledgerdesk-audit"], "verify", env=env)
     assert on_terminal.returncode == 0
     assert json.loads(on_terminal.stdout)["entries"] == 12
-    assert "12/12" in shown.decode(errors="replace")
+    assert "12/12" in shown
 
 
 class Watched:
@@ -197,3 +206,56 @@ def test_the_progress_total_is_what_the_walk_reads_from_zero_or_resumed(prepared
     again = Watched()
     assert ledger.verify(progress=again)["ok"] is True
     assert (again.total, again.marks[-1]) == (12, 12)
+
+
+def test_the_offline_verifier_counts_to_the_exports_entries_and_exits_1_when_tampered(
+    commands, prepared, tmp_path
+):
+    ledger = open_ledger(prepared)
+    record_all(ledger, things(9))
+    env = world_env(prepared)
+    exported = run(commands["ledgerdesk-audit"], "export", str(tmp_path), env=env)
+    assert exported.returncode == 0, exported.stderr
+    keys = tmp_path / "keys.json"
+    keys.write_text(
+        json.dumps(
+            {
+                "origin": prepared.audit_origin,
+                "keys": [
+                    {
+                        "public_key": ledger.signer.public_key_b64,
+                        "valid_from": EPOCH.isoformat(),
+                        "valid_until": None,
+                    }
+                ],
+            }
+        )
+    )
+    # No settings at all: the public keys alone.
+    bare = {"PATH": "/usr/bin:/bin"}
+    done, shown = on_a_terminal(
+        commands["ledgerdesk-audit"], "offline", str(tmp_path), "--keys", str(keys), env=bare
+    )
+    assert done.returncode == Exit.OK, shown
+    assert json.loads(done.stdout)["entries"] == 9
+    assert "9/9" in shown
+
+    export = tmp_path / "audit-export.jsonl"
+    lines = export.read_text().splitlines()
+    last = json.loads(lines[-1])
+    last["content"] = last["content"].replace("t8", "t0")
+    export.write_text("\n".join([*lines[:-1], json.dumps(last)]) + "\n")
+    tampered = run(
+        commands["ledgerdesk-audit"], "offline", str(tmp_path), "--keys", str(keys), env=bare
+    )
+    assert tampered.returncode == Exit.FAILED, tampered.stderr
+    assert json.loads(tampered.stdout)["ok"] is False
+    missing = run(
+        commands["ledgerdesk-audit"],
+        "offline",
+        str(tmp_path / "none"),
+        "--keys",
+        str(keys),
+        env=bare,
+    )
+    assert missing.returncode == Exit.USAGE
