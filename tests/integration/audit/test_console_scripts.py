@@ -121,6 +121,7 @@ def test_an_unreachable_database_exits_3_not_1(commands, prepared):
         (commands["ledgerdesk-audit"], ["verify"]),
         (commands["ledgerdesk-audit"], ["replay"]),
         (commands["ledgerdesk"], ["prepare"]),
+        (commands["ledgerdesk"], ["send-mail", "tickets", "--until-empty"]),
     ]:
         done = run(command, *args, env=env)
         assert done.returncode == Exit.UNREACHABLE, (args, done.stderr)
@@ -134,6 +135,10 @@ def test_an_unreachable_broker_exits_3(commands, world):
     done = run(commands["ledgerdesk"], "dead-letters", "list", env=env)
     assert done.returncode == Exit.UNREACHABLE, done.stderr
     assert "unreachable" in done.stderr and "Traceback" not in done.stderr
+    # run checks both before it starts anything, and says which it could not reach.
+    started = run(commands["ledgerdesk"], "run", env=env)
+    assert started.returncode == Exit.UNREACHABLE, started.stderr
+    assert "Ledgerdesk cannot start" in started.stderr and "RabbitMQ" in started.stderr
 
 
 def on_a_terminal(
