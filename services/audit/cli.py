@@ -150,7 +150,11 @@ def _run(args: argparse.Namespace, out) -> int:
             since=args.since,
             until=args.until,
         )
-        for entry in tqdm(entries, total=ledger.count(), unit="entry", disable=not show):
+        filtered = args.tenant or args.type or args.since or args.until
+        # A total only when it is the ledger's count: a filtered replay's is not known up front,
+        # and a bar that claimed one would stop short.
+        total = None if filtered or not show else ledger.count()
+        for entry in tqdm(entries, total=total, unit="entry", disable=not show):
             out.write(json.dumps(entry) + "\n")
         return 0
     entries = ledger.iter_entries(args.tenant, until=args.at)

@@ -180,6 +180,15 @@ def test_the_progress_bar_counts_to_the_entries_walked_on_a_terminal_only(comman
     assert json.loads(on_terminal.stdout)["entries"] == 12
     assert "12/12" in shown
 
+    # replay: the ledger's count when it streams them all; no total claimed when filtered.
+    replayed, shown = on_a_terminal(commands["ledgerdesk-audit"], "replay", env=env)
+    assert len(replayed.stdout.splitlines()) == 12 and "12/12" in shown
+    filtered, shown = on_a_terminal(
+        commands["ledgerdesk-audit"], "replay", "--type", "thing_happened", env=env
+    )
+    assert len(filtered.stdout.splitlines()) == 12
+    assert "12entry" in shown.replace(" ", "") and "/12" not in shown
+
 
 class Watched:
     """What a verification run tells whoever watches it (the command line's bar)."""
