@@ -2,6 +2,7 @@
 #   docker run IMAGE kernel.runner services.tickets.service:TicketsService
 #   docker run IMAGE kernel.runner gateway.service:GatewayService
 #   docker run IMAGE services.platform prepare        (create/migrate databases, declare queues)
+#   docker run --entrypoint ledgerdesk-audit IMAGE verify      (the installed commands)
 # The class of each service is in services/platform.py (SERVICES, GATEWAY).
 
 # Pinned to an exact patch release so a rebuild gets the interpreter the image was tested with;
@@ -14,16 +15,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Every dependency ships manylinux wheels, so the build needs no compiler.
 RUN python -m venv /opt/ledgerdesk
 WORKDIR /src
-# Dependencies first: this layer is reused while only the code changes.
+# Dependencies first: this layer is reused while only the code changes. Exactly the lock's
+# versions, each checked against its hashes (requirements.lock: pip-compile --generate-hashes
+# from pyproject.toml), so a rebuild installs the very files that were tested.
+COPY requirements.lock ./
+RUN /opt/ledgerdesk/bin/pip install --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml ./
-RUN mkdir kernel services gateway \
-    && /opt/ledgerdesk/bin/pip install . \
-    && /opt/ledgerdesk/bin/pip uninstall --yes ledgerdesk
 COPY kernel ./kernel
 COPY services ./services
 COPY gateway ./gateway
 # Not editable: the image holds an installed package (migrations included as package data),
-# not a source tree.
+# not a source tree. Its commands (ledgerdesk, ledgerdesk-audit) land on the PATH below.
 RUN /opt/ledgerdesk/bin/pip install --no-deps .
 
 FROM ${PYTHON_IMAGE}

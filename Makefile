@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install services run test drill lint bench screenshots clean
+.PHONY: install services run test drill lint bench screenshots clean lock
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ bench: install services
 # The console's screenshots in docs/console/ (the README shows them), from its browser tests.
 screenshots: install services
 	LEDGERDESK_SCREENSHOT_DIR=docs/console $(PY) -m pytest tests/e2e/test_console.py
+
+# The image's dependencies, every package pinned with its hashes (the Dockerfile installs them
+# with --require-hashes); run after changing pyproject.toml's dependencies.
+lock: install
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes \
+		--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

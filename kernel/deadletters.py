@@ -256,9 +256,13 @@ def main(
 ) -> int:
     """The command line; ``every`` is what ``list`` without ``--queue`` lists (the platform
     passes its queues: ``python -m services.platform dead-letters``)."""
-    from kernel.config import Settings
+    from kernel import cli
 
-    parser = argparse.ArgumentParser(prog=prog, description="List and replay dead letters.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="List and replay dead letters (JSON lines on stdout).",
+        epilog=cli.EXIT_CODES_HELP,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="list dead letters (ids, types, reasons; no bodies)")
     listing.add_argument("--queue", help="one consumer queue, e.g. tickets.accounts")
@@ -270,6 +274,13 @@ def main(
         parser.error(
             "name a queue (--queue); every platform queue: python -m services.platform dead-letters"
         )
+    return cli.guarded(lambda: _run(args, every))
+
+
+def _run(args: argparse.Namespace, every: Sequence[str]) -> int:
+    from kernel import cli
+    from kernel.config import Settings
+
     # The broker only, as the prepare job: no secret.
     settings = Settings.from_env(service="prepare")
     try:
@@ -285,8 +296,8 @@ def main(
             print(json.dumps({"replayed": moved}))
     except (UnknownQueue, NotReplayable) as exc:
         print(str(exc), file=sys.stderr)
-        return 1
-    return 0
+        return cli.Exit.FAILED
+    return cli.Exit.OK
 
 
 if __name__ == "__main__":

@@ -5,6 +5,11 @@ service's databases, declares the broker topology, starts every service and the 
 processes, prints where to reach the gateway, and stops them all on Ctrl-C or SIGTERM.
 ``python -m services.platform dead-letters list|replay`` is ``kernel.deadletters``' command line
 over the platform's queues.
+
+Installed, this is the ``ledgerdesk`` command (pyproject's ``[project.scripts]``): ``ledgerdesk
+run | prepare | dead-letters list|replay | send-mail SERVICE``. Exit status (``kernel.cli``): 0
+done; 1 failed (a process stopped, a dead letter not replayable); 2 usage or configuration; 3
+PostgreSQL or RabbitMQ unreachable.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from pathlib import Path
 
 from nameko.rpc import RPC_QUEUE_TEMPLATE
 
-from kernel import deadletters, platform, topology
-from kernel.config import ConfigurationError, Settings
+from kernel import cli, deadletters, platform, topology
+from kernel.config import Settings
 from kernel.db import DatabaseUnavailable, connect
 from kernel.nameko_adapters.rpc_queues import declare_rpc_queues
 from kernel.stores import prepare_databases
@@ -216,7 +221,7 @@ def run(settings: Settings) -> int:
     problems = check_dependencies(settings)
     if problems:
         print("Ledgerdesk cannot start:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
-        return 1
+        return cli.Exit.UNREACHABLE
     prepare(settings)
     exits = contextlib.ExitStack()
     mail_note = _development_sink(settings, exits)
@@ -288,27 +293,41 @@ def _mail_in_note(settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    prog = "ledgerdesk"
     if argv[:1] == ["dead-letters"]:
         # The kernel's command line, given the platform's queues (the kernel knows no services).
-        return deadletters.main(
-            argv[1:], every=dead_letter_queues(), prog="python -m services.platform dead-letters"
-        )
-    parser = argparse.ArgumentParser(prog="python -m services.platform")
+        return deadletters.main(argv[1:], every=dead_letter_queues(), prog=f"{prog} dead-letters")
+    if argv[:1] == ["send-mail"]:
+        from kernel.mail import sender
+
+        return cli.guarded(lambda: sender.main(argv[1:], prog=f"{prog} send-mail"))
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run and operate Ledgerdesk (the auditor's commands: ledgerdesk-audit).",
+        epilog=cli.EXIT_CODES_HELP,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run every service and the gateway")
     sub.add_parser("prepare", help="create and migrate databases, declare the broker topology")
-    sub.add_parser("dead-letters", help="list and replay dead letters (--help: how)")
+    sub.add_parser(
+        "dead-letters",
+        help="list and replay dead letters (dead-letters --help: how)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "send-mail", help="send a service's queued mail (send-mail --help: how)", add_help=False
+    )
     args = parser.parse_args(argv)
-    try:
-        # Preparing needs no secret (a prepare job is given none); running starts every
-        # process here, each reading its own secrets from the environment handed on.
-        settings = Settings.from_env(service="prepare" if args.command == "prepare" else None)
-    except ConfigurationError as exc:
-        print(f"configuration: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "prepare":
+    return cli.guarded(lambda: _run(args.command))
+
+
+def _run(command: str) -> int:
+    # Preparing needs no secret (a prepare job is given none); running starts every process
+    # here, each reading its own secrets from the environment handed on.
+    settings = Settings.from_env(service="prepare" if command == "prepare" else None)
+    if command == "prepare":
         prepare(settings)
-        return 0
+        return cli.Exit.OK
     return run(settings)
 
 

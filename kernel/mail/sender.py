@@ -325,11 +325,12 @@ class MailSender:
         events_outbox.add(cur, [envelope])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The sender of one service's database, alone (operators, and the reliability tests)."""
+def main(argv: list[str] | None = None, prog: str = "python -m kernel.mail.sender") -> int:
+    """The sender of one service's database, alone (operators, and the reliability tests);
+    ``ledgerdesk send-mail``."""
     from kernel.crypto.keystore import Keystore
 
-    parser = argparse.ArgumentParser(description="Send a service's queued mail.")
+    parser = argparse.ArgumentParser(prog=prog, description="Send a service's queued mail.")
     parser.add_argument("service", help="the service whose mail to send, e.g. tickets")
     parser.add_argument("--until-empty", action="store_true", help="stop once nothing is due")
     args = parser.parse_args(argv)

@@ -1,10 +1,14 @@
 """The auditor's command line: verify the ledger, stream it, rebuild a tenant as of a moment,
-export it for offline verification.
+export it for offline verification, and verify such an export offline.
 
-    python -m services.audit.cli verify [--resume]
-    python -m services.audit.cli replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
-    python -m services.audit.cli state --tenant ID [--at TIME]
-    python -m services.audit.cli export PATH
+    ledgerdesk-audit verify [--resume]
+    ledgerdesk-audit replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
+    ledgerdesk-audit state --tenant ID [--at TIME]
+    ledgerdesk-audit export PATH
+    ledgerdesk-audit offline EXPORT --keys KEYS [...]   (services.audit.offline_verify)
+
+``ledgerdesk-audit`` is the installed command (pyproject's ``[project.scripts]``);
+``python -m services.audit.cli`` is the same.
 
 ``export`` signs a checkpoint of the ledger as it stands (with the audit service's signing key,
 as its timer would), then writes JSON lines (a header, every signed checkpoint, the entries up to
@@ -16,7 +20,12 @@ wait for the next export.
 It reads the audit database named by the usual ``LEDGERDESK_*`` settings. ``verify`` runs the
 verification job (``services.audit.verification``) and stores its result, which the verify
 endpoints then report. Output is JSON on
-stdout; a progress bar goes to stderr when it is a terminal.
+stdout; a progress bar goes to stderr when it is a terminal, its total the number of entries
+the walk will read, counted in the walk's own snapshot.
+
+Exit status (``kernel.cli``): 0 verified or done; 1 tampered (``verify`` found a break, or
+``offline`` refused the export); 2 usage or configuration (``offline``: an input missing or
+malformed); 3 the audit database is unreachable.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from kernel import cli
 from kernel.config import Settings
+from services.audit import offline_verify
 from services.audit.ledger import open_ledger
 from services.audit.offline_verify import EXPORT_FILE
 from services.audit.state import tenant_state
@@ -45,7 +56,15 @@ def _moment(value: str) -> dt.datetime:
 
 def main(argv: list[str] | None = None, out=None) -> int:
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="python -m services.audit.cli")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["offline"]:
+        # Its own parser and exit codes (the same ones): it runs with no settings at all.
+        return offline_verify.main(argv[1:], out=out, prog="ledgerdesk-audit offline")
+    parser = argparse.ArgumentParser(
+        prog="ledgerdesk-audit",
+        description="Verify, replay and export the audit ledger (JSON on stdout).",
+        epilog=cli.EXIT_CODES_HELP,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser(
         "verify", help="recompute the hash chain and the signed checkpoints, from the first entry"
@@ -65,15 +84,31 @@ def main(argv: list[str] | None = None, out=None) -> int:
     state.add_argument("--at", type=_moment, help="default: now")
     export = commands.add_parser("export", help="write the ledger for the offline verifier")
     export.add_argument("path", help="a file, or a folder to write audit-export.jsonl in")
+    commands.add_parser(
+        "offline",
+        help="verify an export with the public keys alone, no database (offline --help: how)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
+    return cli.guarded(lambda: _run(args, out))
 
+
+def _run(args: argparse.Namespace, out) -> int:
     ledger = open_ledger(Settings.from_env(service="audit"))
     if args.command == "verify":
-        result = ledger.verify(from_zero=not args.resume)
+        with cli.bar("entry", "verify") as progress:
+            result = ledger.verify(from_zero=not args.resume, progress=progress)
         json.dump(result, out, indent=2)
         out.write("\n")
-        return 0 if result["ok"] else 1
-    show = sys.stderr.isatty()
+        if not result["ok"]:
+            print(
+                f"TAMPERED: first bad seq {result['first_bad_seq']}"
+                f" (first bad node seq {result['first_bad_node_seq']})",
+                file=sys.stderr,
+            )
+            return cli.Exit.FAILED
+        return cli.Exit.OK
+    show = cli.shown()
     if args.command == "export":
         target = Path(args.path)
         if target.is_dir():
@@ -115,7 +150,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
             since=args.since,
             until=args.until,
         )
-        for entry in tqdm(entries, total=ledger.count(), unit="entry", disable=not show):
+        filtered = args.tenant or args.type or args.since or args.until
+        # A total only when it is the ledger's count: a filtered replay's is not known up front,
+        # and a bar that claimed one would stop short.
+        total = None if filtered or not show else ledger.count()
+        for entry in tqdm(entries, total=total, unit="entry", disable=not show):
             out.write(json.dumps(entry) + "\n")
         return 0
     entries = ledger.iter_entries(args.tenant, until=args.at)

@@ -346,13 +346,19 @@ class Ledger(LedgerReads):
 
     # --- verification and proofs --------------------------------------------------------------
 
-    def verify(self, *, from_zero: bool = True, batch_size: int = 5000) -> dict[str, Any]:
+    def verify(
+        self,
+        *,
+        from_zero: bool = True,
+        batch_size: int = 5000,
+        progress: verification.Progress | None = None,
+    ) -> dict[str, Any]:
         """Run the verification job now and store its result
         (``services.audit.verification``): from the first entry unless ``from_zero`` is False,
         then from where the last intact run ended. Never on a request: the endpoints read the
-        stored result.
+        stored result. ``progress`` watches the walk (the command line's bar).
         """
-        return verification.run(self, from_zero=from_zero, batch_size=batch_size)
+        return verification.run(self, from_zero=from_zero, batch_size=batch_size, progress=progress)
 
     def scheduled_verification(self) -> dict[str, Any]:
         """The timer's run: from where the last intact run ended, and from the first entry

@@ -1,7 +1,9 @@
 """The auditor's offline verifier: checks a ledger export with the published public keys alone.
 
-    python -m services.audit.offline_verify EXPORT --keys KEYS [--origin ORIGIN]
+    ledgerdesk-audit offline EXPORT --keys KEYS [--origin ORIGIN]
         [--allow-unsigned-tail] [--expect-size N [--expect-root HEX]]
+
+(``python -m services.audit.offline_verify`` is the same.)
 
 EXPORT is the file (or the folder holding ``audit-export.jsonl``) that
 ``python -m services.audit.cli export`` wrote. KEYS is a file, or the JSON itself: either the
@@ -41,6 +43,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from tqdm import tqdm
 
 from kernel.signed_note import (
     NoteError,
@@ -404,11 +408,17 @@ def _refusal(
     return None
 
 
-def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    out: IO[str] | None = None,
+    prog: str = "python -m services.audit.offline_verify",
+) -> int:
     out = out or sys.stdout
     parser = argparse.ArgumentParser(
-        prog="python -m services.audit.offline_verify",
+        prog=prog,
         description="Verify a ledger export with the audit public keys alone.",
+        epilog="exit status: 0 verified; 1 tampered or not covered; 2 could not run (usage,"
+        " a file missing or malformed)",
     )
     parser.add_argument("export", help="the export file, or the folder holding it")
     parser.add_argument("--keys", required=True, help="a keys file, or the JSON itself")
@@ -443,14 +453,27 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         except OSError as exc:
             raise CannotRun(f"cannot read the export {path}: {exc}") from exc
         with stream:
-            result = verify(
-                read_export(stream),
-                origin,
-                keys,
-                allow_unsigned_tail=args.allow_unsigned_tail,
-                expect_size=args.expect_size,
-                expect_root=args.expect_root,
+            export = read_export(stream)
+            # The bar's total is the header's count: what the export claims, shown, never
+            # trusted (the walk counts for itself).
+            claimed = export.header.get("entries")
+            bar = tqdm(
+                total=claimed if isinstance(claimed, int) else None,
+                unit="entry",
+                desc="verify",
+                disable=not sys.stderr.isatty(),
+                file=sys.stderr,
             )
+            export.entries = _counted(export.entries, bar)
+            with bar:
+                result = verify(
+                    export,
+                    origin,
+                    keys,
+                    allow_unsigned_tail=args.allow_unsigned_tail,
+                    expect_size=args.expect_size,
+                    expect_root=args.expect_root,
+                )
     except CannotRun as exc:
         print(f"could not verify: {exc}", file=sys.stderr)
         return COULD_NOT_RUN
@@ -479,6 +502,12 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         file=sys.stderr,
     )
     return VERIFIED
+
+
+def _counted(entries: Iterator[chain.StoredEntry], bar: tqdm) -> Iterator[chain.StoredEntry]:
+    for entry in entries:
+        yield entry
+        bar.update()
 
 
 def _positive(value: str) -> int:

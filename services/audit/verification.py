@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kernel.db import Database
 from kernel.signed_note import NoteError, parse_time
@@ -32,6 +32,17 @@ from services.audit.offline_verify import out_of_order
 
 if TYPE_CHECKING:
     from services.audit.ledger import Ledger
+
+
+class Progress(Protocol):
+    """Who watches a run (the command line's bar): told how many entries the walk will read,
+    counted in the walk's own snapshot, then how many it has read so far, as it goes and once
+    more where it stopped (short of the total when it found a break)."""
+
+    def start(self, total: int) -> None: ...
+
+    def reached(self, entries: int) -> None: ...
+
 
 # One run at a time, whichever replica's timer (or the command line) starts it.
 _VERIFY_LOCK = 0x1ED6E5
@@ -45,9 +56,13 @@ _REPORT = (
 )
 
 
-def run(ledger: Ledger, *, from_zero: bool, batch_size: int = 5000) -> dict[str, Any]:
+def run(
+    ledger: Ledger, *, from_zero: bool, batch_size: int = 5000, progress: Progress | None = None
+) -> dict[str, Any]:
     """Verify the ledger and store the result; the result. When another run holds the job's
-    lock, nothing is done and the last stored result is returned."""
+    lock, nothing is done and the last stored result is returned. ``progress`` is told the
+    number of entries to walk (one count more, so only when someone watches) and the walk's
+    advance."""
     started_at = dt.datetime.now(dt.UTC)
     with ledger.db.connection() as conn:
         try:
@@ -66,7 +81,13 @@ def run(ledger: Ledger, *, from_zero: bool, batch_size: int = 5000) -> dict[str,
                 if walk is None:
                     walk = _Walk()
                     checkpoints = _checkpoints(cur, 0)
-            walk.run(ledger, conn, checkpoints, batch_size)
+                start = walk.tree.size
+                if progress is not None:
+                    cur.execute("SELECT count(*) FROM ledger WHERE seq > %s", (start,))
+                    progress.start(cur.fetchone()[0])
+            walk.run(ledger, conn, checkpoints, batch_size, progress)
+            if progress is not None:
+                progress.reached(walk.tree.size - start)
             with conn.cursor() as cur:
                 cur.execute(
                     "INSERT INTO ledger_verifications (started_at, from_zero, ok, entries,"
@@ -226,6 +247,7 @@ class _Walk:
         conn: Any,
         checkpoints: list[tuple[int, bytes, str, str, bytes, str | None]],
         batch_size: int,
+        progress: Progress | None = None,
     ) -> None:
         pending = list(reversed(checkpoints))  # the next one to reach is last
         start = self.tree.size
@@ -248,6 +270,8 @@ class _Walk:
             for walked, (seq, content, prev_hash, hash_, leaf_hash) in enumerate(rows, 1):
                 if walked % _YIELD_EVERY == 0:
                     time.sleep(0)
+                    if progress is not None:
+                        progress.reached(walked)
                 if seq != self.tree.size + 1:
                     self.first_bad = self.tree.size + 1  # a gap, or a row out of order
                     break

@@ -215,3 +215,34 @@ def test_the_log_level_is_set_from_the_environment_compose_runs_in(name: str) ->
     assert Settings.from_env(environment_of(name, {}), service=name).log_level == "info"
     env = environment_of(name, {"LEDGERDESK_LOG_LEVEL": "debug"})
     assert Settings.from_env(env, service=name).log_level == "debug"
+
+
+def test_the_infrastructure_images_are_supported_releases_pinned_to_a_patch() -> None:
+    services = compose()["services"]
+    name, _, tag = services["rabbitmq"]["image"].partition(":")
+    version = re.match(r"(\d+)\.(\d+)\.(\d+)-management$", tag)
+    assert name == "rabbitmq" and version, tag
+    # 3.13 is out of community support: a 4.x release.
+    assert int(version[1]) >= 4, tag
+    # Jaeger v1 (all-in-one) is no longer released; v2 is one image.
+    name, _, tag = services["jaeger"]["image"].partition(":")
+    assert name == "jaegertracing/jaeger" and re.fullmatch(r"2\.\d+\.\d+", tag), tag
+    assert services["jaeger"]["environment"]["JAEGER_LISTEN_HOST"] == "0.0.0.0"
+
+
+def test_the_broker_permits_the_transient_reply_queues_the_gateway_declares() -> None:
+    """RabbitMQ 4.3 refuses non-durable, non-exclusive queues unless permitted: the gateway's
+    RPC reply queue (kernel/nameko_adapters/proxy.py) is one, so the configuration the compose
+    file mounts must permit it."""
+    mounted = [
+        volume.split(":")[0]
+        for volume in compose()["services"]["rabbitmq"]["volumes"]
+        if volume.split(":")[1].startswith("/etc/rabbitmq/conf.d/")
+    ]
+    (conf,) = mounted
+    settings = dict(
+        (part.strip() for part in line.split("=", 1))
+        for line in (ROOT / conf).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert settings["deprecated_features.permit.transient_nonexcl_queues"] == "true"
