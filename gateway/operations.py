@@ -27,7 +27,7 @@ from gateway.route import TEXT
 from gateway.routes.base import Routes
 from kernel import deadletters
 from kernel.errors import Conflict, DomainError, NotFound, ServiceUnavailable
-from kernel.observability import METRICS_CONTENT_TYPE, Operations, broker_reachable, render_metrics
+from kernel.observability import METRICS_CONTENT_TYPE, Operations, render_metrics
 from kernel.platform import SERVICES
 
 # Each service of the platform's list by the contracts module it shows the gateway (the only
@@ -82,7 +82,7 @@ class OperationsRoutes(Routes):
         for name in SERVICES:
             pile.spawn(self._service_health, name)
         services = dict(zip(SERVICES, pile, strict=True))
-        broker = broker_reachable(self.config["AMQP_URI"], ssl=self.config.get("AMQP_SSL"))
+        broker = self.broker_probe()
         return json_response(200, {"services": services, "broker": broker})
 
     def _service_health(self, name: str) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from kernel import privacy as privacy_protocol
 from kernel.envelope import Envelope, EventRegistry
 from kernel.errors import DomainError, ServiceUnavailable
 from kernel.forgetting import Forgetting
+from kernel.nameko_adapters.broker_probe import BrokerProbe
 from kernel.nameko_adapters.common import settings_of
 from kernel.nameko_adapters.events import consume_events
 from kernel.nameko_adapters.proxy import TimedRpcProxy
@@ -189,6 +190,9 @@ class GatewayService(
 
     name = "gateway"
 
+    # Readiness and the operator's health view ask the broker on one kept connection.
+    broker_probe = BrokerProbe()
+
     # The gateway's own database: idempotency records and the access-log outbox; no events of
     # its own. Its keystore holds the tenant keys that seal stored responses.
     store = EventStoreDependency(
@@ -291,7 +295,7 @@ class GatewayService(
     )
     def readyz(self, request: Request) -> Response:
         checks: dict[str, Any] = {
-            "broker": self._broker_reachable(),
+            "broker": self.broker_probe(),
             # Keys are refused (503) until the projection is built and accounts' news of
             # credentials is being read: not ready to serve either.
             "credentials": self.credentials.trusted(),
@@ -305,16 +309,6 @@ class GatewayService(
         return json_response(
             200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks}
         )
-
-    def _broker_reachable(self) -> bool:
-        try:
-            with Connection(
-                self.config["AMQP_URI"], connect_timeout=2, ssl=self.config.get("AMQP_SSL")
-            ) as conn:
-                conn.ensure_connection(max_retries=1)
-            return True
-        except Exception:  # any failure to connect means "not ready", whatever its type
-            return False
 
 
 for _service in SERVICES:

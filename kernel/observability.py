@@ -184,17 +184,6 @@ def service_health(database: kdb.Database) -> dict[str, Any]:
     return {"database": True, "outbox_lag": lag, "outbox_oldest_seconds": oldest}
 
 
-def broker_reachable(
-    amqp_uri: str, timeout: float = 2.0, ssl: dict[str, Any] | None = None
-) -> bool:
-    try:
-        with Connection(amqp_uri, connect_timeout=timeout, ssl=ssl) as conn:
-            conn.ensure_connection(max_retries=1)
-        return True
-    except Exception:  # any failure to connect means "not ready", whatever its type
-        return False
-
-
 class BrokerCheck:
     """Whether the broker answers, on one connection kept for the checks: readiness is probed
     every few seconds by the kubelet (and Prometheus scrapes the ops port), and a connection per

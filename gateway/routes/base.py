@@ -69,6 +69,7 @@ class Routes:
     config: Any
     store: Any
     audit_keys: Any
+    broker_probe: Any
 
     def _caller(self, request: Request) -> dict[str, Any]:
         """Who calls, if the route's declaration (``gateway.route.Route``) lets them: its

@@ -96,7 +96,7 @@ def test_every_process_serves_health_readiness_and_metrics(ops_stack):
     )
 
 
-def test_operator_health_and_dead_letter_endpoints(ops_stack):
+def test_operator_health_and_dead_letter_endpoints(ops_stack, infrastructure):
     stack, _ = ops_stack
     token = stack.settings.operator_token
     assert stack.call("GET", "/v1/operator/health").status_code == 401
@@ -109,6 +109,23 @@ def test_operator_health_and_dead_letter_endpoints(ops_stack):
         assert service["ready"] and service["database"], name
         assert isinstance(service["outbox_lag"], int), name
         assert service["outbox_oldest_seconds"] is None or service["outbox_oldest_seconds"] >= 0
+
+    # The broker is asked on one kept connection per gateway process, however often.
+    for _ in range(6):
+        assert stack.call("GET", "/v1/operator/health", key=token).json()["broker"] is True
+        assert stack.call("GET", "/readyz").json()["checks"]["broker"] is True
+    vhost = stack.settings.database_prefix
+
+    def health_connections() -> int:
+        return sum(
+            1
+            for c in infrastructure.management("GET", "/api/connections").json()
+            if c.get("vhost") == vhost
+            and (c.get("client_properties") or {}).get("connection_name") == "gateway health"
+        )
+
+    wait_until(lambda: health_connections() >= 1, timeout=30, what="the kept connection listed")
+    assert health_connections() <= stack.settings.gateway_processes
 
     assert stack.call("GET", "/v1/operator/dead-letters").status_code == 401
     listed = stack.call("GET", "/v1/operator/dead-letters", key=token)
