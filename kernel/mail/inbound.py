@@ -1,7 +1,8 @@
 """An inbound mail, from its bytes to what a helpdesk keeps of it: plain Python, no I/O.
 
 ``parse`` refuses, before anything is stored, what is not a mail one can answer: malformed
-MIME (554 5.6.0), a mail bomb (more parts than ``Limits.parts``, nesting deeper than
+MIME (554 5.6.0), a mail bomb (more parts than ``Limits.parts``, counted first from the
+delimiter lines so a bomb is never parsed; nesting deeper than
 ``Limits.depth``, a header block past ``Limits.header_bytes``), a file past the attachment
 limit (552 5.3.4). It recognises what no one should get a ticket for (``automatic``): a bounce
 (a null reverse-path, a ``multipart/report`` delivery status) and an auto-reply (RFC 3834's
@@ -197,11 +198,21 @@ def _header_end(raw: bytes) -> int | None:
     return min(found) if found else None
 
 
+# A line that opens with "--": every MIME delimiter does (RFC 2046), whatever the spelling of
+# the boundary parameter that declared it (``boundary = "x"``, RFC 2231's ``boundary*=``).
+_DELIMITER = re.compile(rb"(?m)^--")
+
+
 def _check_boundaries(raw: bytes, parts: int) -> None:
-    """Before the parser sees it: a mail declaring more multiparts than parts may be is
-    refused without building a tree of them (each multipart declares a boundary)."""
-    if raw.lower().count(b"boundary=") > parts:
-        raise malformed(f"the message has more than {parts} MIME parts")
+    """Before the parser sees it: a mail with more delimiter lines than its parts could need
+    is refused without building a tree of them. Each part is opened by one delimiter and
+    each multipart closed by one, so a mail within the limit has at most twice as many (a
+    text's own lines opening with "--", a signature's, fit in the slack). Counting stops at
+    the first line past the limit: a bomb costs one scan of what it took to find it."""
+    limit = 2 * parts
+    for count, _ in enumerate(_DELIMITER.finditer(raw), start=1):
+        if count > limit:
+            raise malformed(f"the message has more than {parts} MIME parts")
 
 
 def _leaves(msg: Message, limits: Limits) -> list[Message]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import eventlet
+import eventlet.tpool
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -185,6 +186,15 @@ class _Handler:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.server.call, kind, *args)
 
+    async def _parse(self, raw: bytes, sender: str) -> inbound.Inbound:
+        """``inbound.parse`` off the loop, in an OS thread (eventlet's pool): a mail's parsing
+        is CPU work, which on the loop (or in a green thread) would hold every other session
+        and the process's workers until it ended."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, eventlet.tpool.execute, inbound.parse, raw, sender, self.server.limits
+        )
+
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
@@ -212,7 +222,7 @@ class _Handler:
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
         sender = envelope.mail_from or ""
         try:
-            mail = inbound.parse(raw, sender, self.server.limits)
+            mail = await self._parse(raw, sender)
         except inbound.Refused as refused:
             RECEIVED.labels("refused").inc()
             log.info("mail in refused: %s %s", refused.status, type(refused).__name__)

@@ -168,3 +168,42 @@ def test_a_mail_bomb_is_refused_before_it_is_kept():
 def test_long_text_is_cut_and_says_so():
     got = parse(raw(message("word " * 30_000)), "j@c.example", LIMITS)
     assert len(got.text) <= 100_000 and got.text.endswith("and was cut]")
+
+
+def _bomb(delimiters: int, spelling: bytes) -> bytes:
+    """One multipart, one boundary, and far more delimiter lines than parts may be."""
+    return (
+        b"From: j@c.example\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;"
+        + spelling
+        + b"\r\n\r\n"
+        + b"--zz\r\n\r\n" * delimiters
+        + b"--zz--\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "spelling", [b' boundary="zz"', b' boundary = "zz"', b" boundary*=us-ascii''zz"]
+)
+def test_a_bomb_of_delimiters_is_refused_before_the_parser_runs(monkeypatch, spelling):
+    import kernel.mail.inbound as inbound
+
+    calls = []
+    real = inbound.email.message_from_bytes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inbound.email, "message_from_bytes", counted)
+    assert (
+        refused(_bomb(5_000, spelling)).reply == "554 5.6.0 the message has more than 10 MIME parts"
+    )
+    assert calls == []
+    # Within the limit the same mail is parsed (the counter counts): the check is the limit's.
+    parse(_bomb(4, spelling), "j@c.example", LIMITS)
+    assert calls == [1]
+
+
+def test_a_text_with_dashed_lines_within_the_slack_is_not_a_bomb():
+    signed = message("Thanks\n-- \nJane\n--\nJane's phone\n")
+    assert parse(raw(signed), "j@c.example", LIMITS).text.startswith("Thanks")
