@@ -26,9 +26,10 @@ with nothing stored again. Concurrent deliveries of one mail take turns on an ad
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,11 @@ def receive(
             "ticket_id": str(row[0]),
             "message_id": None if row[1] is None else str(row[1]),
         }
+    files = [(str(name), bytes(content)) for name, content in mail["files"]]
+    # Everything that can refuse the mail is checked before accounts is asked: accounts makes
+    # a new sender's contact in a transaction of its own, which a refusal here would not undo.
+    with _as_refusal():
+        check(mail, files, limits)
     try:
         contact = sender_lookup(tenant_id, mail["sender"], mail["sender_name"])
     except ValidationFailed:
@@ -180,8 +186,9 @@ def receive(
     thread = choose_thread(
         _candidates(uow, referenced(mail["references"], domain)), tenant_id, contact_id
     )
-    files = [(str(name), bytes(content)) for name, content in mail["files"]]
-    try:
+    # What can still refuse it (a thread's attachments past their total, a ticket's requester
+    # restricted) concerns a ticket this contact raised: a contact accounts had already.
+    with _as_refusal():
         if thread is None:
             ticket_id, message_id = _open_ticket(
                 uow, subject_lookup, tenant_id, contact_id, mail, files, limits
@@ -192,18 +199,50 @@ def receive(
                 uow, tenant_id, ticket_id, contact_id, mail["text"], files, limits
             )
             _reopen(uow, tenant_id, ticket_id)
-    except TooLarge as exc:
-        raise inbound.too_big(str(exc)) from None
-    except ValidationFailed as exc:
-        raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
-    except Conflict as exc:
-        raise inbound.Refused(550, "5.7.1", str(exc)) from None
     uow.cur.execute(
         "INSERT INTO mail_in_received (tenant_id, digest, ticket_id, requester_id, message_id)"
         " VALUES (%s, %s, %s, %s, %s)",
         (tenant_id, psycopg2.Binary(digest), ticket_id, contact_id, message_id),
     )
     return {"outcome": "stored", "ticket_id": ticket_id, "message_id": message_id}
+
+
+def check(mail: dict[str, Any], files: list[tuple[str, bytes]], limits: Limits) -> None:
+    """What would refuse the mail as a new ticket, before anyone is asked who sent it: the
+    commands it becomes (as the handlers will validate them), the files' names, sizes, number
+    and total (a new ticket holds nothing yet). Raises what the handlers would."""
+    load_command(
+        commands.CreateTicketV1,
+        {"subject": mail["subject"], "body": mail["text"], "requester_id": str(uuid.uuid4())},
+    )
+    load_command(commands.AddMessageV1, {"body": mail["text"], "on_behalf_of_requester": True})
+    for filename, content in files:
+        load_command(commands.UploadAttachmentV1, {"filename": filename})
+        if not content:
+            raise ValidationFailed({"body": ["the file is empty"]})
+        if len(content) > limits.file_bytes:
+            raise TooLarge(f"a file may be at most {limits.file_bytes} bytes")
+    if len(files) > limits.per_message:
+        raise ValidationFailed(
+            {"attachment_ids": [f"a message may carry at most {limits.per_message} files"]}
+        )
+    if sum(len(content) for _, content in files) > limits.ticket_bytes:
+        raise TooLarge(
+            f"a ticket's attachments may be at most {limits.ticket_bytes} bytes together"
+        )
+
+
+@contextlib.contextmanager
+def _as_refusal() -> Iterator[None]:
+    """The handlers' refusals as the SMTP reply they earn."""
+    try:
+        yield
+    except TooLarge as exc:
+        raise inbound.too_big(str(exc)) from None
+    except ValidationFailed as exc:
+        raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
+    except Conflict as exc:
+        raise inbound.Refused(550, "5.7.1", str(exc)) from None
 
 
 def _open_ticket(

@@ -27,6 +27,9 @@ OUT_DOMAIN = "desk.example.test"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 FILE_LIMIT = 64 << 10
 MESSAGE_LIMIT = 512 << 10
+# Files past this on one ticket pass the parser (each file is within FILE_LIMIT) and are
+# refused by the tickets worker.
+TICKET_FILES_LIMIT = 3 * FILE_LIMIT
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,7 @@ def stack(infrastructure, smtp: sink.Sink, services_log: Path) -> Iterator[Stack
         LEDGERDESK_MAIL_IN_MAX_HEADER_BYTES="16384",
         LEDGERDESK_MAIL_IN_MAX_RECIPIENTS="2",
         LEDGERDESK_ATTACHMENT_MAX_BYTES=str(FILE_LIMIT),
+        LEDGERDESK_ATTACHMENT_TICKET_BYTES=str(TICKET_FILES_LIMIT),
         # An accounts outage is noticed (and answered 451) within this.
         LEDGERDESK_RPC_TIMEOUT="3",
         LEDGERDESK_PRIVACY_RETRY_SECONDS="1",
@@ -363,6 +367,30 @@ def test_bad_mail_is_refused_with_a_clear_reply_and_nothing_stored(stack: Stack)
         assert f"{code} {text}".startswith(expected), (name, code, text)
     assert stored(stack) == before
     assert tickets(stack, key) == []
+
+
+def contacts_of(stack: Stack, key: str, address: str) -> list[dict[str, Any]]:
+    return ok(stack.call("GET", "/v1/contacts", key=key, params={"email": address}))["items"]
+
+
+def test_a_refused_mail_from_a_new_address_leaves_no_contact(stack: Stack):
+    key, support = tenant(stack)
+    address, sender = customer()
+    # Each file within the per-file limit, together past the ticket's: the parser passes it,
+    # the tickets worker refuses it.
+    heavy = mail(sender, support, "four files", "attached")
+    for n in range(4):
+        heavy.add_attachment(
+            bytes([n]) * (FILE_LIMIT - 1024), maintype="application", subtype="zip"
+        )
+    before = stored(stack)
+    code, text = send(stack, heavy, [support], address)
+    assert (code, text[:5]) == (552, "5.3.4") and "together" in text
+    assert stored(stack) == before
+    assert contacts_of(stack, key, address) == []
+    # The same sender's next mail, one accepted, makes the contact: the lookup is by address.
+    assert send(stack, mail(sender, support, "one file less", "hi"), [support], address)[0] == 250
+    assert len(contacts_of(stack, key, address)) == 1
 
 
 def test_a_restricted_sender_is_refused_and_an_erased_one_is_a_new_contact(stack: Stack):
