@@ -31,7 +31,15 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from nameko.extensions import Entrypoint, SharedExtension
 from prometheus_client import Counter
 
-from kernel.errors import Conflict, Gone, NotFound, ValidationFailed
+from kernel.errors import (
+    ChangedMeanwhile,
+    Conflict,
+    Gone,
+    NotFound,
+    RetryLater,
+    SubjectErased,
+    ValidationFailed,
+)
 from kernel.mail import inbound
 from kernel.nameko_adapters.common import settings_of
 
@@ -161,19 +169,32 @@ def mail_in(kind: str) -> Callable:
     return MailInEntrypoint.decorator(kind)
 
 
+# Conflicts a retry may not meet (a lost race, a state that comes about by itself, a person
+# erased meanwhile, whose mail is then a new contact's): the relay keeps the mail and retries.
+_PASSING = (RetryLater, ChangedMeanwhile, SubjectErased)
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+# A policy refusal's text is fixed: its reason may be a person's (a restricted contact's data
+# takes no new processing, Art. 18), which the sender, whoever they are, is not told.
+POLICY_REFUSED = "550 5.7.1 Message refused"
+
+
 def reply_for(exc: BaseException) -> str:
-    """The SMTP reply a worker's failure earns: a refusal for good, or 451 to try later."""
+    """The SMTP reply a worker's failure earns: a refusal for good, or 451 to try later. The
+    texts are fixed per reply, never an exception's own: a refusal for a limit or a defect
+    names it (``inbound.Refused``), nothing else is repeated."""
     if isinstance(exc, inbound.Refused):
-        return exc.reply
+        return POLICY_REFUSED if exc.status == "5.7.1" else exc.reply
     if isinstance(exc, NotFound):
         return "550 5.1.1 No such mailbox here"
     if isinstance(exc, Gone):
         return "550 5.2.1 This helpdesk no longer accepts mail: its account is cancelled"
+    if isinstance(exc, _PASSING):
+        return TRY_LATER
     if isinstance(exc, Conflict):
-        return f"550 5.7.1 {exc}"
+        return POLICY_REFUSED
     if isinstance(exc, ValidationFailed):  # the mail's content, which a retry cannot change
         return "554 5.6.0 The mail could not be stored as a ticket"
-    return "451 4.3.0 Temporary failure, please try again later"
+    return TRY_LATER
 
 
 class _Handler:

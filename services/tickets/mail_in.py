@@ -37,7 +37,16 @@ import psycopg2
 
 from kernel.commands import load_command
 from kernel.crypto.blind_index import BlindIndex
-from kernel.errors import Conflict, Gone, NotFound, TooLarge, ValidationFailed
+from kernel.errors import (
+    ChangedMeanwhile,
+    Conflict,
+    Gone,
+    NotFound,
+    RetryLater,
+    SubjectErased,
+    TooLarge,
+    ValidationFailed,
+)
 from kernel.mail import inbound
 from kernel.uow import UnitOfWork
 from services.tickets import commands, handlers
@@ -241,6 +250,8 @@ def _as_refusal() -> Iterator[None]:
         raise inbound.too_big(str(exc)) from None
     except ValidationFailed as exc:
         raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
+    except (RetryLater, ChangedMeanwhile, SubjectErased):
+        raise  # may pass: the listener answers 451, and the relay tries again
     except Conflict as exc:
         raise inbound.Refused(550, "5.7.1", str(exc)) from None
 
