@@ -11,12 +11,13 @@ refused (550 5.7.1: no new processing of their data), and an erased contact who 
 a new contact (the erasure ended what was; a new mail is new data they chose to send).
 
 Threading: outbound replies carry ``Reply-To:`` the support address and Message-IDs built from
-ids (``services.tickets.mail``); a reply's In-Reply-To and References name them. A referenced
-ticket is continued only if it is this tenant's, its requester is the sender, and it is not
-closed (``choose_thread``); a pending or solved one is open again. Anything else, a forged
-References naming another tenant's or another requester's ticket included, opens a new ticket.
-Ticket ids are random and known only to the tenant's staff and the ticket's requester (the ids
-in the mails sent to them).
+ids and a thread token (``services.tickets.mail``: an HMAC of the ticket and its requester
+under the tenant's key); a reply's In-Reply-To and References name them. A referenced ticket is
+continued only if it is this tenant's, its requester is the sender, the reference carries the
+token of that ticket and requester, and it is not closed (``choose_thread``); a pending or
+solved one is open again. Anything else opens a new ticket: a forged References naming another
+tenant's or another requester's ticket, and a forged From with a bare or made-up reference,
+since only the mails sent to the requester carry the token.
 
 Exactly once: the mail's idempotency record (``mail_in_received``) is keyed by a keyed hash of
 the sender and the Message-ID under the tenant's blind-index key, written in the transaction
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hmac
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +52,7 @@ from kernel.errors import (
 from kernel.mail import inbound
 from kernel.uow import UnitOfWork
 from services.tickets import commands, handlers
+from services.tickets import mail as mail_out
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.attachments import Limits
 from services.tickets.commands import CHUNK_BYTES
@@ -88,17 +91,19 @@ def check_tenant(tenant: dict[str, Any]) -> None:
 # --- threading -----------------------------------------------------------------------------
 
 
-def referenced(references: Sequence[str], domain: str) -> list[tuple[str, str]]:
-    """Our own Message-IDs among ``references`` (kept in order): ``("ticket", id)`` for a
-    thread's root, ``("reply", id)`` for a reply's. Any other id is someone else's."""
-    found: list[tuple[str, str]] = []
+def referenced(references: Sequence[str], domain: str) -> list[tuple[str, str, str]]:
+    """Our own Message-IDs among ``references`` (kept in order): ``("ticket", id, token)`` for
+    a thread's root, ``("reply", id, token)`` for a reply's. Any other id is someone else's,
+    and one of ours without its token (a bare ``<ticket.<id>@domain>``) is no proof at all."""
+    found: list[tuple[str, str, str]] = []
     for ident in references:
         left, _, right = ident.strip("<>").rpartition("@")
         kind, _, value = left.partition(".")
-        if right.lower() != domain or kind not in ("ticket", "reply"):
+        ident_part, _, token = value.partition(".")
+        if right.lower() != domain or kind not in ("ticket", "reply") or not token:
             continue
         try:
-            found.append((kind, str(uuid.UUID(value))))
+            found.append((kind, str(uuid.UUID(ident_part)), token.lower()))
         except ValueError:
             continue
     return found
@@ -110,43 +115,56 @@ class Candidate:
     tenant_id: str
     requester_id: str
     status: str
+    # The thread token the mail's reference to this ticket carried.
+    token: str = ""
 
 
-def choose_thread(candidates: Sequence[Candidate], tenant_id: str, requester_id: str) -> str | None:
+# (ticket id, requester id) -> the thread token our mails for them carry (mail.thread_token).
+TokenOf = Callable[[str, str], str]
+
+
+def choose_thread(
+    candidates: Sequence[Candidate], tenant_id: str, requester_id: str, token_of: TokenOf
+) -> str | None:
     """The first referenced ticket this mail may continue: this tenant's, raised by this
-    sender, not closed (a closed ticket is final; the mail opens a new one). None: a new
-    ticket."""
+    sender, referred to with the token only mails to this requester about this ticket carry,
+    not closed (a closed ticket is final; the mail opens a new one). None: a new ticket."""
     for candidate in candidates:
         if (
             candidate.tenant_id == tenant_id
             and candidate.requester_id == requester_id
             and candidate.status != "closed"
+            and candidate.token
+            and hmac.compare_digest(candidate.token, token_of(candidate.ticket_id, requester_id))
         ):
             return candidate.ticket_id
     return None
 
 
-def _candidates(uow: UnitOfWork, refs: list[tuple[str, str]]) -> list[Candidate]:
-    """The tickets ``refs`` name, in their order, whatever their tenant (``choose_thread``
-    decides)."""
-    replies = [value for kind, value in refs if kind == "reply"]
+def _candidates(uow: UnitOfWork, refs: list[tuple[str, str, str]]) -> list[Candidate]:
+    """The tickets ``refs`` name, in their order, each with the token it came with, whatever
+    their tenant (``choose_thread`` decides)."""
+    replies = [value for kind, value, _ in refs if kind == "reply"]
     of_reply: dict[str, str] = {}
     if replies:
         uow.cur.execute(
             "SELECT id, ticket_id FROM ticket_messages WHERE id = ANY(%s::uuid[])", (replies,)
         )
         of_reply = {str(m): str(t) for m, t in uow.cur.fetchall()}
-    ordered = [value if kind == "ticket" else of_reply.get(value, "") for kind, value in refs]
-    ordered = [t for t in dict.fromkeys(ordered) if t]
+    pairs = [
+        (value if kind == "ticket" else of_reply.get(value, ""), token)
+        for kind, value, token in refs
+    ]
+    ordered = [pair for pair in dict.fromkeys(pairs) if pair[0]]
     if not ordered:
         return []
     uow.cur.execute(
         "SELECT id, tenant_id, requester_id, status FROM tickets"
         " WHERE id = ANY(%s::uuid[]) AND erased_at IS NULL",
-        (ordered,),
+        (list({t for t, _ in ordered}),),
     )
-    found = {str(r[0]): Candidate(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in uow.cur}
-    return [found[t] for t in ordered if t in found]
+    found = {str(r[0]): (str(r[1]), str(r[2]), r[3]) for r in uow.cur}
+    return [Candidate(t, *found[t], token=token) for t, token in ordered if t in found]
 
 
 # --- storing -------------------------------------------------------------------------------
@@ -192,8 +210,14 @@ def receive(
         # Parsed as an address, yet not one a contact may have: permanent, not a retry.
         raise inbound.Refused(550, "5.1.7", "the sender's address is not one we accept") from None
     contact_id = str(contact["contact_id"])
+    keystore = uow.cipher.keystore
     thread = choose_thread(
-        _candidates(uow, referenced(mail["references"], domain)), tenant_id, contact_id
+        _candidates(uow, referenced(mail["references"], domain)),
+        tenant_id,
+        contact_id,
+        lambda ticket_id, requester_id: mail_out.thread_token(
+            keystore, tenant_id, ticket_id, requester_id
+        ),
     )
     # What can still refuse it (a thread's attachments past their total, a ticket's requester
     # restricted) concerns a ticket this contact raised: a contact accounts had already.

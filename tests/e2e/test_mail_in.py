@@ -190,7 +190,7 @@ def test_a_mail_opens_a_ticket_and_the_answer_to_our_reply_threads(
         what="the reply mailed out",
     )
     assert str(out["Reply-To"]) == support
-    assert str(out["Message-ID"]) == f"<reply.{posted['id']}@{OUT_DOMAIN}>"
+    assert str(out["Message-ID"]).startswith(f"<reply.{posted['id']}.")
     # Waiting on the requester: their answer puts it back in the agents' queue.
     for status in ("open", "pending"):
         version = ticket(stack, key, opened["id"])["version"]
@@ -269,6 +269,41 @@ def test_a_forged_references_opens_a_new_ticket_never_appends(stack: Stack):
     found = tickets(stack, key_a)
     assert len(found) == 2
     assert ticket(stack, key_a, theirs["id"])["messages"] == []
+
+
+def test_a_forged_from_with_a_bare_reference_opens_a_new_ticket(stack: Stack, smtp: sink.Sink):
+    key, support = tenant(stack)
+    address, sender = customer()
+    assert send(stack, mail(sender, support, "mine", "first"), [support], address)[0] == 250
+    [theirs] = tickets(stack, key)
+    # Someone who knows the requester's address and the ticket's id (a bare root, as built from
+    # the id alone) forges both: the reference carries no token, so it threads onto nothing.
+    bare = f"<ticket.{theirs['id']}@{OUT_DOMAIN}>"
+    forged = mail(sender, support, "Re: mine", "forged", In_Reply_To=bare, References=bare)
+    assert send(stack, forged, [support], address)[0] == 250
+    # A made-up token is no better.
+    made_up = f"<ticket.{theirs['id']}.{'0' * 32}@{OUT_DOMAIN}>"
+    forged = mail(sender, support, "Re: mine", "forged again", References=made_up)
+    assert send(stack, forged, [support], address)[0] == 250
+    assert ticket(stack, key, theirs["id"])["messages"] == []
+    assert sorted(t["subject"] for t in tickets(stack, key)) == ["Re: mine", "Re: mine", "mine"]
+    # The token another ticket's mail carries names that ticket only: it does not open this.
+    posted = ok(
+        stack.call("POST", f"/v1/tickets/{theirs['id']}/messages", key=key, json={"body": "on it"}),
+        201,
+    )
+    [out] = wait_until(
+        lambda: [m for m in smtp.messages() if address in str(m["To"])] or None,
+        timeout=30,
+        what="the reply mailed out",
+    )
+    assert str(out["Message-ID"]).startswith(f"<reply.{posted['id']}.")
+    other = next(t for t in tickets(stack, key) if t["id"] != theirs["id"])
+    token = str(out["Message-ID"]).split(".")[2].split("@")[0]
+    moved = f"<ticket.{other['id']}.{token}@{OUT_DOMAIN}>"
+    forged = mail(sender, support, "Re: other", "moved token", References=moved)
+    assert send(stack, forged, [support], address)[0] == 250
+    assert ticket(stack, key, other["id"])["messages"] == []
 
 
 def test_unknown_and_cancelled_tenants_and_too_many_recipients_are_refused(stack: Stack):
