@@ -19,6 +19,7 @@ listener (the test worlds, which run many stacks on one machine, set it per test
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ from kernel.errors import (
 )
 from kernel.mail import inbound
 from kernel.nameko_adapters.common import settings_of
+from kernel.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ class MailInServer(SharedExtension):
         self.settings = settings_of(self.container)
         self.limits = inbound.Limits.of(self.settings)
         self.domain = self.settings.mail_in_domain.lower()
+        self.peers = TokenBuckets(self.settings.mail_in_peer_rate, self.settings.mail_in_peer_burst)
+        self.senders = TokenBuckets(
+            self.settings.mail_in_sender_rate, self.settings.mail_in_sender_burst
+        )
 
     def register(self, entrypoint: MailInEntrypoint) -> None:
         self.entrypoints[entrypoint.kind] = entrypoint
@@ -173,6 +179,7 @@ def mail_in(kind: str) -> Callable:
 # erased meanwhile, whose mail is then a new contact's): the relay keeps the mail and retries.
 _PASSING = (RetryLater, ChangedMeanwhile, SubjectErased)
 TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+THROTTLED = "451 4.7.1 Too many messages, please try again later"
 # A policy refusal's text is fixed: its reason may be a person's (a restricted contact's data
 # takes no new processing, Art. 18), which the sender, whoever they are, is not told.
 POLICY_REFUSED = "550 5.7.1 Message refused"
@@ -215,6 +222,23 @@ class _Handler:
         return await loop.run_in_executor(
             None, eventlet.tpool.execute, inbound.parse, raw, sender, self.server.limits
         )
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd's hook names)
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        """A mail's start takes a token from its peer's bucket and its sender's: past either,
+        451, so the relay keeps the mail and tries later (a bounce's null sender shares one)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else ""
+        # Addresses are kept in memory as digests only: a bucket's key names no one in a dump.
+        sender = hashlib.sha256(address.lower().encode()).hexdigest()
+        # The sender's first: one address's flood then spends none of the relay's budget.
+        if not self.server.senders.take(sender) or not self.server.peers.take(str(peer)):
+            RECEIVED.labels("deferred").inc()
+            log.info("mail in deferred: 4.7.1 rate limited")
+            return THROTTLED
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list

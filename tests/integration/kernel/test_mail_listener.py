@@ -169,3 +169,41 @@ def test_a_policy_refusal_says_no_reason_and_a_passing_conflict_is_retried(liste
         [(code, text)] = deliver(protocol, port, [f"{key}@{DOMAIN}"], mail())
         assert (code, text) == (451, b"4.3.0 Temporary failure, please try again later"), key
     assert Desk.stored == []
+
+
+@pytest.fixture
+def throttled(container_factory) -> int:
+    port = free_port()
+    settings = Settings().with_overrides(
+        mail_in_port=port,
+        mail_in_domain=DOMAIN,
+        # Two mails per sender, three per peer, and (for the test's length) no refill to speak of.
+        mail_in_sender_rate=0.001,
+        mail_in_sender_burst=2,
+        mail_in_peer_rate=0.001,
+        mail_in_peer_burst=3,
+    )
+    container_factory(Desk, settings.nameko_config()).start()
+    Desk.stored.clear()
+    return port
+
+
+def test_a_sender_and_a_peer_past_their_rate_are_asked_to_retry_later(throttled):
+    def start(sender: str) -> tuple[int, bytes]:
+        with client("smtp", throttled) as smtp:
+            smtp.ehlo()
+            return smtp.mail(sender)
+
+    assert start("flood@customer.example") == (250, b"OK")
+    assert start("Flood@Customer.Example") == (250, b"OK")  # one address, however spelt
+    throttled_reply = (451, b"4.7.1 Too many messages, please try again later")
+    assert start("flood@customer.example") == throttled_reply
+    # Another sender has a bucket of their own; the peer's (this test's address) now runs out.
+    assert start("other@customer.example") == (250, b"OK")
+    assert start("third@customer.example") == throttled_reply
+    # A refused MAIL leaves no envelope: the session's RCPT is out of sequence.
+    with client("smtp", throttled) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("fourth@customer.example")[0] == 451
+        assert smtp.rcpt(f"t-a@{DOMAIN}")[0] == 503
+    assert Desk.stored == []
