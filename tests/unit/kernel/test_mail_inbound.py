@@ -207,3 +207,30 @@ def test_a_bomb_of_delimiters_is_refused_before_the_parser_runs(monkeypatch, spe
 def test_a_text_with_dashed_lines_within_the_slack_is_not_a_bomb():
     signed = message("Thanks\n-- \nJane\n--\nJane's phone\n")
     assert parse(raw(signed), "j@c.example", LIMITS).text.startswith("Thanks")
+
+
+def test_a_card_number_across_a_limit_is_redacted_before_the_cut():
+    import re
+
+    from kernel.mail.inbound import (
+        _TRUNCATED,
+        MAX_FILENAME_CHARS,
+        MAX_SUBJECT_CHARS,
+        MAX_TEXT_CHARS,
+    )
+
+    # Each number starts just before its field's limit, so a cut made first would keep twelve
+    # or more of its digits, then no card number to find.
+    subject = "x" * (MAX_SUBJECT_CHARS - 15) + " " + CARD
+    room = MAX_TEXT_CHARS - len(_TRUNCATED)
+    text = "y" * (room - 15) + " " + CARD + " " + "z" * 200
+    long_name = "n" * (MAX_FILENAME_CHARS - 13) + CARD.replace(" ", "") + ".txt"
+    msg = message(text, Subject=subject, From=f"{'J' * 184} {CARD} <j@c.example>")
+    msg.add_attachment(b"data", maintype="application", subtype="zip", filename=long_name)
+    got = parse(raw(msg), "j@c.example", LIMITS)
+    for value in (got.subject, got.text, got.sender_name, got.files[0].filename):
+        assert re.search(r"\d[\d ]{10,}\d", value) is None, value[-40:]
+        assert re.search(r"(\d\D?){12,}", value) is None, value[-40:]
+    assert len(got.subject) <= MAX_SUBJECT_CHARS and len(got.text) <= MAX_TEXT_CHARS
+    assert len(got.files[0].filename) <= MAX_FILENAME_CHARS and len(got.sender_name) <= 200
+    assert got.text.endswith("and was cut]") and got.redactions == 4
