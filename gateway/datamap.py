@@ -78,7 +78,12 @@ DATA_MAP = ServiceMap(
             "idempotency_keys",
             "the first response to a POST with an Idempotency-Key, replayed to its retries",
             (
-                operational("scope", "the tenant id, or 'signup'"),
+                operational(
+                    "scope",
+                    "the tenant id; `<tenant id>:<agent id>` for a request whose effect is the"
+                    " caller's own (an acknowledgement, a message they write), deleted with the"
+                    " agent's erasure; or 'signup', 'operator'",
+                ),
                 personal(
                     "key",
                     Held.PLAINTEXT,

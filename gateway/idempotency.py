@@ -73,7 +73,8 @@ def check_key(key: str) -> None:
 
 
 class IdempotencyStore:
-    """Remembered responses, per scope (a tenant id, ``"signup"`` or ``"operator"``) and key.
+    """Remembered responses, per scope (a tenant id, a tenant and agent for a request whose
+    effect is the caller's (``actor_scope``), ``"signup"`` or ``"operator"``) and key.
 
     ``ttl`` is how long a response is replayed; after it the key is free again. ``lease`` is how
     long a request may stay in progress before its owner is presumed dead (a crash between
@@ -223,9 +224,10 @@ def forget_subject(cur: Cursor, tenant_id: uuid.UUID | str, subject_id: uuid.UUI
     tenant, subject = str(uuid.UUID(str(tenant_id))), str(uuid.UUID(str(subject_id)))
     cur.execute(
         "DELETE FROM idempotency_keys WHERE (tenant_id = %s AND subject_ids @> ARRAY[%s]::uuid[])"
+        " OR scope = %s"
         " OR (body IS NOT NULL AND scope IN (%s, 'signup')"
         " AND position(convert_to(%s, 'UTF8') IN body) > 0)",
-        (tenant, subject, tenant, subject),
+        (tenant, subject, actor_scope(tenant, subject), tenant, subject),
     )
     return cur.rowcount
 
@@ -264,6 +266,12 @@ def _uuid_or_none(value: object) -> uuid.UUID | None:
         return uuid.UUID(str(value))
     except ValueError:
         return None
+
+
+def actor_scope(tenant_id: str, agent_id: str) -> str:
+    """The scope of a request whose effect is its caller's own (an admin's acknowledgement, a
+    message its author writes): another caller's same key is another request."""
+    return f"{tenant_id}:{agent_id}"
 
 
 def _check_scope(scope: str) -> None:

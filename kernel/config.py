@@ -746,6 +746,28 @@ class Settings:
         parse=values.number(int),
         doc="the bytes of its header block (552 5.3.4 past it)",
     )
+    # Per tickets process: a relay hands over many senders' mail, so its peer limit is generous;
+    # one envelope sender's is what stops a flood of tickets from one address.
+    mail_in_peer_rate: float = setting(
+        20.0,
+        name="MAIL_IN_PEER_RATE",
+        parse=values.number(float),
+        doc="mails per second, sustained, one peer (the relay's address) may hand over to one"
+        " tickets process (451 4.7.1 past it)",
+    )
+    mail_in_peer_burst: int = setting(
+        200, name="MAIL_IN_PEER_BURST", parse=values.number(int), doc="and its burst"
+    )
+    mail_in_sender_rate: float = setting(
+        0.2,
+        name="MAIL_IN_SENDER_RATE",
+        parse=values.number(float),
+        doc="mails per second, sustained, from one envelope sender to one tickets process"
+        " (451 4.7.1 past it)",
+    )
+    mail_in_sender_burst: int = setting(
+        20, name="MAIL_IN_SENDER_BURST", parse=values.number(int), doc="and its burst"
+    )
     mail_in_dedup_days: float = setting(
         30.0,
         name="MAIL_IN_DEDUP_DAYS",

@@ -46,6 +46,18 @@ class VersionConflict(Conflict):
 
 
 @deserialize_to_instance
+class ChangedMeanwhile(Conflict):
+    """A write lost an optimistic-concurrency race (the RPC wrapper's ``ConcurrencyError``):
+    a 409 to an API client, and to a caller that cannot ask a person (a relay's mail) a
+    reason to try the same request again."""
+
+
+@deserialize_to_instance
+class SubjectErased(Conflict):
+    """The key of a person the write concerns was shredded meanwhile (``KeyShredded``)."""
+
+
+@deserialize_to_instance
 class RetryLater(Conflict):
     """Not yet: the state the request needs comes about by itself; ``retry_after`` is whole
     seconds (at least 1) a client should wait before asking again (the Retry-After header)."""

@@ -25,6 +25,7 @@ from gateway.pagination import encode_cursor, page_params
 from gateway.route import route_of
 from kernel.cards import contains_card_number
 from kernel.errors import (
+    Conflict,
     DomainError,
     Forbidden,
     Unauthorized,
@@ -116,8 +117,18 @@ class Routes:
         continue_client_trace(self.tracing, request)
         self.limits.check("operator", request)
 
-    def _idempotent(self, request: Request, scope: str, produce: Callable[[], Response]):
-        """The same Idempotency-Key with the same request gives the first response again."""
+    def _idempotent(
+        self,
+        request: Request,
+        scope: str,
+        produce: Callable[[], Response],
+        shown_once: str | None = None,
+    ):
+        """The same Idempotency-Key with the same request gives the first response again.
+
+        ``shown_once``: the first response (a success) held a secret, which is never stored, so
+        a replay could only answer it without; the replay is this 409 problem instead, saying
+        the change was made (a replayed failure is the failure again)."""
         key = request.headers.get(IDEMPOTENCY_KEY)
         if key is None:
             return produce()
@@ -126,6 +137,10 @@ class Routes:
         print_ = fingerprint(request.method, request.path, request.get_data())
         stored = self.idempotency.begin(scope, key, print_)
         if stored is not None:
+            if shown_once is not None and stored.status < 300:
+                refused = problems.from_exception(Conflict(shown_once))
+                refused.headers["Idempotent-Replayed"] = "true"
+                return refused
             headers = {**stored.headers, "Idempotent-Replayed": "true"}
             return Response(stored.body, status=stored.status, headers=headers)
         try:

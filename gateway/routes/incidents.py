@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway import schemas
 from gateway.http import RESOURCES, api, json_response, read_json
+from gateway.idempotency import actor_scope
 from gateway.route import ADMIN
 from gateway.routes.base import Routes
 
@@ -130,4 +131,7 @@ class IncidentRoutes(Routes):
             recorded = notice.pop("recorded")
             return json_response(201 if recorded else 200, notice)
 
-        return self._idempotent(request, caller["tenant_id"], produce)
+        # Each admin acknowledges for themself: another admin's same key is their own request.
+        return self._idempotent(
+            request, actor_scope(caller["tenant_id"], caller["agent_id"]), produce
+        )

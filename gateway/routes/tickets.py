@@ -6,6 +6,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway import schemas
 from gateway.http import MAX_BODY_BYTES, RESOURCES, api, json_response, read_json, read_query
+from gateway.idempotency import actor_scope
 from gateway.pagination import order_of
 from gateway.route import STAFF
 from gateway.routes.base import Routes, etag, if_match
@@ -105,8 +106,9 @@ class TicketRoutes(Routes):
     def add_message(self, request: Request, ticket_id: str) -> Response:
         caller = self._caller(request)
         command = read_json(request, schemas.AddMessageV1())
+        # The caller is the message's author: another agent's same key is another message.
         return self._idempotent(
             request,
-            caller["tenant_id"],
+            actor_scope(caller["tenant_id"], caller["agent_id"]),
             lambda: json_response(201, self.tickets.add_message(caller, ticket_id, command)),
         )

@@ -117,7 +117,8 @@ class WebhookRoutes(Routes):
             " `previous_secret_valid_until` (LEDGERDESK_WEBHOOK_SECRET_GRACE_HOURS, 24 h by"
             " default) every delivery's Ledgerdesk-Signature carries two `v1=`, under the new"
             " secret and the one it replaced; then only the new one. 409 if another rotation"
-            " came in between"
+            " came in between, or for a replay of one already made with the same"
+            " Idempotency-Key (its secret is never stored: rotate again)"
         ),
         response="WebhookSecretOut",
         errors=(404, 409, 422),
@@ -131,7 +132,15 @@ class WebhookRoutes(Routes):
             request.environ[RESOURCES] = [webhook_id]
             return json_response(200, rotated)
 
-        return self._idempotent(request, caller["tenant_id"], produce)
+        return self._idempotent(
+            request,
+            caller["tenant_id"],
+            produce,
+            shown_once=(
+                "this Idempotency-Key's rotation happened, and its new secret was shown once:"
+                " rotate again (with a new key) to have one to use"
+            ),
+        )
 
     @api(
         "POST",

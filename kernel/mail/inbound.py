@@ -1,7 +1,8 @@
 """An inbound mail, from its bytes to what a helpdesk keeps of it: plain Python, no I/O.
 
 ``parse`` refuses, before anything is stored, what is not a mail one can answer: malformed
-MIME (554 5.6.0), a mail bomb (more parts than ``Limits.parts``, nesting deeper than
+MIME (554 5.6.0), a mail bomb (more parts than ``Limits.parts``, counted first from the
+delimiter lines so a bomb is never parsed; nesting deeper than
 ``Limits.depth``, a header block past ``Limits.header_bytes``), a file past the attachment
 limit (552 5.3.4). It recognises what no one should get a ticket for (``automatic``): a bounce
 (a null reverse-path, a ``multipart/report`` delivery status) and an auto-reply (RFC 3834's
@@ -34,6 +35,7 @@ from kernel.mail.message import one_line
 MAX_SUBJECT_CHARS = 500
 MAX_TEXT_CHARS = 100_000
 MAX_FILENAME_CHARS = 255
+MAX_NAME_CHARS = 200
 # The references a threading decision looks at: a long thread's newest are enough.
 MAX_REFERENCES = 50
 _TRUNCATED = "\n\n[the rest of this mail was longer than a message may be, and was cut]"
@@ -161,15 +163,20 @@ def parse(raw: bytes, envelope_sender: str, limits: Limits) -> Inbound:
     if automatic:
         return Inbound(sender, "", "", "", message_id, references, automatic=automatic)
     text, files = _content(leaves, limits)
-    subject, cut_subject = redact_card_numbers(subject[:MAX_SUBJECT_CHARS])
+    # Redacted whole, then cut: a number cut at the limit first would be no card number to
+    # find, and its first digits would stay.
+    subject, cut_subject = redact_card_numbers(subject)
+    subject = subject[:MAX_SUBJECT_CHARS]
     text, cut_text = redact_card_numbers(text)
+    text = _cut(text)
     sender_name, cut_name = redact_card_numbers(sender_name)
+    sender_name = sender_name[:MAX_NAME_CHARS]
     redactions = cut_subject + cut_text + cut_name
     named = []
     for found in files:
         filename, cut = redact_card_numbers(found.filename)
         redactions += cut
-        named.append(File(filename, found.content))
+        named.append(File(filename[:MAX_FILENAME_CHARS], found.content))
     return Inbound(
         sender=sender,
         sender_name=sender_name,
@@ -197,11 +204,21 @@ def _header_end(raw: bytes) -> int | None:
     return min(found) if found else None
 
 
+# A line that opens with "--": every MIME delimiter does (RFC 2046), whatever the spelling of
+# the boundary parameter that declared it (``boundary = "x"``, RFC 2231's ``boundary*=``).
+_DELIMITER = re.compile(rb"(?m)^--")
+
+
 def _check_boundaries(raw: bytes, parts: int) -> None:
-    """Before the parser sees it: a mail declaring more multiparts than parts may be is
-    refused without building a tree of them (each multipart declares a boundary)."""
-    if raw.lower().count(b"boundary=") > parts:
-        raise malformed(f"the message has more than {parts} MIME parts")
+    """Before the parser sees it: a mail with more delimiter lines than its parts could need
+    is refused without building a tree of them. Each part is opened by one delimiter and
+    each multipart closed by one, so a mail within the limit has at most twice as many (a
+    text's own lines opening with "--", a signature's, fit in the slack). Counting stops at
+    the first line past the limit: a bomb costs one scan of what it took to find it."""
+    limit = 2 * parts
+    for count, _ in enumerate(_DELIMITER.finditer(raw), start=1):
+        if count > limit:
+            raise malformed(f"the message has more than {parts} MIME parts")
 
 
 def _leaves(msg: Message, limits: Limits) -> list[Message]:
@@ -242,7 +259,7 @@ def _sender(msg: Message) -> tuple[str, str]:
     local, _, domain = address.rpartition("@")
     if not local or not domain or any(c.isspace() for c in address) or len(address) > 320:
         raise malformed("the message's From is not one address")
-    return one_line(name)[:200], address.lower()
+    return one_line(name), address.lower()
 
 
 def _automatic(msg: Message, envelope_sender: str, sender: str) -> str | None:
@@ -313,10 +330,14 @@ def _content(leaves: list[Message], limits: Limits) -> tuple[str, list[File]]:
         if len(files) > limits.files:
             raise too_big(f"the message carries more than {limits.files} files")
     text = plain if plain is not None and plain.strip() else html_to_text(html or "")
-    text = text.strip()
+    return text.strip() or "(no text)", files
+
+
+def _cut(text: str) -> str:
+    """``text`` within what a message may be, saying so when it was cut (room left for that)."""
     if len(text) > MAX_TEXT_CHARS:
-        text = text[: MAX_TEXT_CHARS - len(_TRUNCATED)] + _TRUNCATED
-    return text or "(no text)", files
+        return text[: MAX_TEXT_CHARS - len(_TRUNCATED)] + _TRUNCATED
+    return text
 
 
 def _text_of(part: Message) -> str:
@@ -347,7 +368,7 @@ def _filename(filename: str | None, kind: str, index: int) -> str:
     name = "".join(c for c in name if ord(c) >= 0x20 and ord(c) != 0x7F).strip()
     if name in ("", ".", ".."):
         name = f"attachment-{index + 1}" + (".txt" if kind.startswith("text/") else "")
-    return name[:MAX_FILENAME_CHARS]
+    return name  # cut to MAX_FILENAME_CHARS once its card numbers are redacted
 
 
 # --- HTML to text ---------------------------------------------------------------------------

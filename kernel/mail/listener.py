@@ -19,20 +19,31 @@ listener (the test worlds, which run many stacks on one machine, set it per test
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import eventlet
+import eventlet.tpool
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from nameko.extensions import Entrypoint, SharedExtension
 from prometheus_client import Counter
 
-from kernel.errors import Conflict, Gone, NotFound, ValidationFailed
+from kernel.errors import (
+    ChangedMeanwhile,
+    Conflict,
+    Gone,
+    NotFound,
+    RetryLater,
+    SubjectErased,
+    ValidationFailed,
+)
 from kernel.mail import inbound
 from kernel.nameko_adapters.common import settings_of
+from kernel.ratelimit import TokenBuckets
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +92,10 @@ class MailInServer(SharedExtension):
         self.settings = settings_of(self.container)
         self.limits = inbound.Limits.of(self.settings)
         self.domain = self.settings.mail_in_domain.lower()
+        self.peers = TokenBuckets(self.settings.mail_in_peer_rate, self.settings.mail_in_peer_burst)
+        self.senders = TokenBuckets(
+            self.settings.mail_in_sender_rate, self.settings.mail_in_sender_burst
+        )
 
     def register(self, entrypoint: MailInEntrypoint) -> None:
         self.entrypoints[entrypoint.kind] = entrypoint
@@ -160,19 +175,33 @@ def mail_in(kind: str) -> Callable:
     return MailInEntrypoint.decorator(kind)
 
 
+# Conflicts a retry may not meet (a lost race, a state that comes about by itself, a person
+# erased meanwhile, whose mail is then a new contact's): the relay keeps the mail and retries.
+_PASSING = (RetryLater, ChangedMeanwhile, SubjectErased)
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+THROTTLED = "451 4.7.1 Too many messages, please try again later"
+# A policy refusal's text is fixed: its reason may be a person's (a restricted contact's data
+# takes no new processing, Art. 18), which the sender, whoever they are, is not told.
+POLICY_REFUSED = "550 5.7.1 Message refused"
+
+
 def reply_for(exc: BaseException) -> str:
-    """The SMTP reply a worker's failure earns: a refusal for good, or 451 to try later."""
+    """The SMTP reply a worker's failure earns: a refusal for good, or 451 to try later. The
+    texts are fixed per reply, never an exception's own: a refusal for a limit or a defect
+    names it (``inbound.Refused``), nothing else is repeated."""
     if isinstance(exc, inbound.Refused):
-        return exc.reply
+        return POLICY_REFUSED if exc.status == "5.7.1" else exc.reply
     if isinstance(exc, NotFound):
         return "550 5.1.1 No such mailbox here"
     if isinstance(exc, Gone):
         return "550 5.2.1 This helpdesk no longer accepts mail: its account is cancelled"
+    if isinstance(exc, _PASSING):
+        return TRY_LATER
     if isinstance(exc, Conflict):
-        return f"550 5.7.1 {exc}"
+        return POLICY_REFUSED
     if isinstance(exc, ValidationFailed):  # the mail's content, which a retry cannot change
         return "554 5.6.0 The mail could not be stored as a ticket"
-    return "451 4.3.0 Temporary failure, please try again later"
+    return TRY_LATER
 
 
 class _Handler:
@@ -184,6 +213,32 @@ class _Handler:
     async def _call(self, kind: str, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.server.call, kind, *args)
+
+    async def _parse(self, raw: bytes, sender: str) -> inbound.Inbound:
+        """``inbound.parse`` off the loop, in an OS thread (eventlet's pool): a mail's parsing
+        is CPU work, which on the loop (or in a green thread) would hold every other session
+        and the process's workers until it ended."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None, eventlet.tpool.execute, inbound.parse, raw, sender, self.server.limits
+        )
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd's hook names)
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        """A mail's start takes a token from its peer's bucket and its sender's: past either,
+        451, so the relay keeps the mail and tries later (a bounce's null sender shares one)."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else ""
+        # Addresses are kept in memory as digests only: a bucket's key names no one in a dump.
+        sender = hashlib.sha256(address.lower().encode()).hexdigest()
+        # The sender's first: one address's flood then spends none of the relay's budget.
+        if not self.server.senders.take(sender) or not self.server.peers.take(str(peer)):
+            RECEIVED.labels("deferred").inc()
+            log.info("mail in deferred: 4.7.1 rate limited")
+            return THROTTLED
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
@@ -212,7 +267,7 @@ class _Handler:
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
         sender = envelope.mail_from or ""
         try:
-            mail = inbound.parse(raw, sender, self.server.limits)
+            mail = await self._parse(raw, sender)
         except inbound.Refused as refused:
             RECEIVED.labels("refused").inc()
             log.info("mail in refused: %s %s", refused.status, type(refused).__name__)

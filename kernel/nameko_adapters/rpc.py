@@ -29,7 +29,7 @@ from nameko.rpc import Responder, Rpc, RpcConsumer, get_rpc_exchange
 
 from kernel import deadletters, observability, topology
 from kernel.crypto.primitives import KeyShredded
-from kernel.errors import Conflict, DomainError, ServiceUnavailable
+from kernel.errors import ChangedMeanwhile, DomainError, ServiceUnavailable, SubjectErased
 from kernel.eventstore import ConcurrencyError
 from kernel.nameko_adapters.common import (
     BROKER_UNREACHABLE,
@@ -289,8 +289,8 @@ def rpc(method: Any) -> Any:
         except DATABASE_UNAVAILABLE:
             raise ServiceUnavailable("the database is unavailable; retry shortly") from None
         except ConcurrencyError:
-            raise Conflict("the resource changed meanwhile; reload and retry") from None
+            raise ChangedMeanwhile("the resource changed meanwhile; reload and retry") from None
         except KeyShredded:
-            raise Conflict("a person this concerns has been erased") from None
+            raise SubjectErased("a person this concerns has been erased") from None
 
     return _Rpc.decorator(expected_exceptions=DomainError)(entrypoint)

@@ -10,9 +10,12 @@ same bytes. Internal notes and what a requester wrote (an agent typing it in on 
 are never mailed.
 
 Threading (RFC 5322, 3.6.4): every mail of a ticket refers to the ticket's own root Message-ID
-(``<ticket.<id>@domain>``, never sent itself, as a thread's anchor); a reply's In-Reply-To is
-the ticket's previous public reply (or the root), its References the root and the replies
-before it, so mail clients thread the whole conversation. Message-IDs are built from ids only.
+(``<ticket.<id>.<token>@domain>``, never sent itself, as a thread's anchor); a reply's
+In-Reply-To is the ticket's previous public reply (``<reply.<id>.<token>@domain>``) or the
+root, its References the root and the replies before it, so mail clients thread the whole
+conversation. Message-IDs are built from ids and the thread token only: an HMAC of the ticket
+and its requester under the tenant's key (``thread_token``), without which an answer threads
+onto nothing (``services.tickets.mail_in``).
 Transactional mail only: no marketing, so no consent check and no List-Unsubscribe; a reply is
 written by a person, so it is not ``Auto-Submitted``. Its ``Reply-To`` is the tenant's support
 address (an id at the inbound domain, no one's name), so the requester's answer comes back in
@@ -26,7 +29,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from kernel.crypto.blind_index import BlindIndex
 from kernel.crypto.fields import is_erased
+from kernel.crypto.keystore import Keystore
 from kernel.crypto.primitives import KeyShredded
 from kernel.errors import NotFound
 from kernel.mail.message import Mail, message_id
@@ -41,12 +46,26 @@ KIND = "ticket_reply"
 RecipientLookup = Callable[[str, str, str], dict[str, str]]
 
 
-def thread_root(ticket_id: str, domain: str) -> str:
-    return message_id("ticket", ticket_id, domain)
+# The blind index's kind for thread tokens: a key of its own, joinable to no other digest.
+TOKEN_KIND = "mail_thread"
+# 128 bits of the HMAC, in hex: unguessable, and short enough for a Message-ID.
+TOKEN_CHARS = 32
 
 
-def reply_id(message: str, domain: str) -> str:
-    return message_id("reply", message, domain)
+def thread_token(keystore: Keystore, tenant_id: str, ticket_id: str, requester_id: str) -> str:
+    """What proves a mail answers one of ours: an HMAC of the ticket and its requester under
+    the tenant's key (``TOKEN_KIND``), which only the mails sent to that requester carry. A
+    destroyed tenant has no key: its token is no one's ("")."""
+    digest = BlindIndex(keystore).digest(tenant_id, TOKEN_KIND, f"{ticket_id}\n{requester_id}")
+    return "" if digest is None else digest.hex()[:TOKEN_CHARS]
+
+
+def thread_root(ticket_id: str, token: str, domain: str) -> str:
+    return message_id("ticket", f"{ticket_id}.{token}", domain)
+
+
+def reply_id(message: str, token: str, domain: str) -> str:
+    return message_id("reply", f"{message}.{token}", domain)
 
 
 def mail_reply(
@@ -82,15 +101,16 @@ def mail_reply(
         " AND author_kind = 'agent' ORDER BY seq",
         (ticket_id, message),
     )
-    earlier = [reply_id(str(row[0]), mailer.domain) for row in uow.cur.fetchall()]
-    root = thread_root(ticket_id, mailer.domain)
+    token = thread_token(uow.cipher.keystore, tenant_id, ticket_id, requester_id)
+    earlier = [reply_id(str(row[0]), token, mailer.domain) for row in uow.cur.fetchall()]
+    root = thread_root(ticket_id, token, mailer.domain)
     mail = Mail(
         sender=mailer.sender,
         to_name=to.get("name") or "",
         to_address=to["email"],
         subject=f"Re: {'your request' if is_erased(subject) else subject}",
         body=added["body"],
-        message_id=reply_id(message, mailer.domain),
+        message_id=reply_id(message, token, mailer.domain),
         in_reply_to=earlier[-1] if earlier else root,
         references=[root, *earlier],
         extra_headers={"Reply-To": reply_to} if reply_to else {},

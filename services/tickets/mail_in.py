@@ -11,12 +11,13 @@ refused (550 5.7.1: no new processing of their data), and an erased contact who 
 a new contact (the erasure ended what was; a new mail is new data they chose to send).
 
 Threading: outbound replies carry ``Reply-To:`` the support address and Message-IDs built from
-ids (``services.tickets.mail``); a reply's In-Reply-To and References name them. A referenced
-ticket is continued only if it is this tenant's, its requester is the sender, and it is not
-closed (``choose_thread``); a pending or solved one is open again. Anything else, a forged
-References naming another tenant's or another requester's ticket included, opens a new ticket.
-Ticket ids are random and known only to the tenant's staff and the ticket's requester (the ids
-in the mails sent to them).
+ids and a thread token (``services.tickets.mail``: an HMAC of the ticket and its requester
+under the tenant's key); a reply's In-Reply-To and References name them. A referenced ticket is
+continued only if it is this tenant's, its requester is the sender, the reference carries the
+token of that ticket and requester, and it is not closed (``choose_thread``); a pending or
+solved one is open again. Anything else opens a new ticket: a forged References naming another
+tenant's or another requester's ticket, and a forged From with a bare or made-up reference,
+since only the mails sent to the requester carry the token.
 
 Exactly once: the mail's idempotency record (``mail_in_received``) is keyed by a keyed hash of
 the sender and the Message-ID under the tenant's blind-index key, written in the transaction
@@ -26,9 +27,11 @@ with nothing stored again. Concurrent deliveries of one mail take turns on an ad
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hmac
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +39,20 @@ import psycopg2
 
 from kernel.commands import load_command
 from kernel.crypto.blind_index import BlindIndex
-from kernel.errors import Conflict, Gone, NotFound, TooLarge, ValidationFailed
+from kernel.errors import (
+    ChangedMeanwhile,
+    Conflict,
+    Gone,
+    NotFound,
+    RetryLater,
+    SubjectErased,
+    TooLarge,
+    ValidationFailed,
+)
 from kernel.mail import inbound
 from kernel.uow import UnitOfWork
 from services.tickets import commands, handlers
+from services.tickets import mail as mail_out
 from services.tickets.attachment_store import AttachmentStore
 from services.tickets.attachments import Limits
 from services.tickets.commands import CHUNK_BYTES
@@ -78,17 +91,19 @@ def check_tenant(tenant: dict[str, Any]) -> None:
 # --- threading -----------------------------------------------------------------------------
 
 
-def referenced(references: Sequence[str], domain: str) -> list[tuple[str, str]]:
-    """Our own Message-IDs among ``references`` (kept in order): ``("ticket", id)`` for a
-    thread's root, ``("reply", id)`` for a reply's. Any other id is someone else's."""
-    found: list[tuple[str, str]] = []
+def referenced(references: Sequence[str], domain: str) -> list[tuple[str, str, str]]:
+    """Our own Message-IDs among ``references`` (kept in order): ``("ticket", id, token)`` for
+    a thread's root, ``("reply", id, token)`` for a reply's. Any other id is someone else's,
+    and one of ours without its token (a bare ``<ticket.<id>@domain>``) is no proof at all."""
+    found: list[tuple[str, str, str]] = []
     for ident in references:
         left, _, right = ident.strip("<>").rpartition("@")
         kind, _, value = left.partition(".")
-        if right.lower() != domain or kind not in ("ticket", "reply"):
+        ident_part, _, token = value.partition(".")
+        if right.lower() != domain or kind not in ("ticket", "reply") or not token:
             continue
         try:
-            found.append((kind, str(uuid.UUID(value))))
+            found.append((kind, str(uuid.UUID(ident_part)), token.lower()))
         except ValueError:
             continue
     return found
@@ -100,43 +115,56 @@ class Candidate:
     tenant_id: str
     requester_id: str
     status: str
+    # The thread token the mail's reference to this ticket carried.
+    token: str = ""
 
 
-def choose_thread(candidates: Sequence[Candidate], tenant_id: str, requester_id: str) -> str | None:
+# (ticket id, requester id) -> the thread token our mails for them carry (mail.thread_token).
+TokenOf = Callable[[str, str], str]
+
+
+def choose_thread(
+    candidates: Sequence[Candidate], tenant_id: str, requester_id: str, token_of: TokenOf
+) -> str | None:
     """The first referenced ticket this mail may continue: this tenant's, raised by this
-    sender, not closed (a closed ticket is final; the mail opens a new one). None: a new
-    ticket."""
+    sender, referred to with the token only mails to this requester about this ticket carry,
+    not closed (a closed ticket is final; the mail opens a new one). None: a new ticket."""
     for candidate in candidates:
         if (
             candidate.tenant_id == tenant_id
             and candidate.requester_id == requester_id
             and candidate.status != "closed"
+            and candidate.token
+            and hmac.compare_digest(candidate.token, token_of(candidate.ticket_id, requester_id))
         ):
             return candidate.ticket_id
     return None
 
 
-def _candidates(uow: UnitOfWork, refs: list[tuple[str, str]]) -> list[Candidate]:
-    """The tickets ``refs`` name, in their order, whatever their tenant (``choose_thread``
-    decides)."""
-    replies = [value for kind, value in refs if kind == "reply"]
+def _candidates(uow: UnitOfWork, refs: list[tuple[str, str, str]]) -> list[Candidate]:
+    """The tickets ``refs`` name, in their order, each with the token it came with, whatever
+    their tenant (``choose_thread`` decides)."""
+    replies = [value for kind, value, _ in refs if kind == "reply"]
     of_reply: dict[str, str] = {}
     if replies:
         uow.cur.execute(
             "SELECT id, ticket_id FROM ticket_messages WHERE id = ANY(%s::uuid[])", (replies,)
         )
         of_reply = {str(m): str(t) for m, t in uow.cur.fetchall()}
-    ordered = [value if kind == "ticket" else of_reply.get(value, "") for kind, value in refs]
-    ordered = [t for t in dict.fromkeys(ordered) if t]
+    pairs = [
+        (value if kind == "ticket" else of_reply.get(value, ""), token)
+        for kind, value, token in refs
+    ]
+    ordered = [pair for pair in dict.fromkeys(pairs) if pair[0]]
     if not ordered:
         return []
     uow.cur.execute(
         "SELECT id, tenant_id, requester_id, status FROM tickets"
         " WHERE id = ANY(%s::uuid[]) AND erased_at IS NULL",
-        (ordered,),
+        (list({t for t, _ in ordered}),),
     )
-    found = {str(r[0]): Candidate(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in uow.cur}
-    return [found[t] for t in ordered if t in found]
+    found = {str(r[0]): (str(r[1]), str(r[2]), r[3]) for r in uow.cur}
+    return [Candidate(t, *found[t], token=token) for t, token in ordered if t in found]
 
 
 # --- storing -------------------------------------------------------------------------------
@@ -171,17 +199,29 @@ def receive(
             "ticket_id": str(row[0]),
             "message_id": None if row[1] is None else str(row[1]),
         }
+    files = [(str(name), bytes(content)) for name, content in mail["files"]]
+    # Everything that can refuse the mail is checked before accounts is asked: accounts makes
+    # a new sender's contact in a transaction of its own, which a refusal here would not undo.
+    with _as_refusal():
+        check(mail, files, limits)
     try:
         contact = sender_lookup(tenant_id, mail["sender"], mail["sender_name"])
     except ValidationFailed:
         # Parsed as an address, yet not one a contact may have: permanent, not a retry.
         raise inbound.Refused(550, "5.1.7", "the sender's address is not one we accept") from None
     contact_id = str(contact["contact_id"])
+    keystore = uow.cipher.keystore
     thread = choose_thread(
-        _candidates(uow, referenced(mail["references"], domain)), tenant_id, contact_id
+        _candidates(uow, referenced(mail["references"], domain)),
+        tenant_id,
+        contact_id,
+        lambda ticket_id, requester_id: mail_out.thread_token(
+            keystore, tenant_id, ticket_id, requester_id
+        ),
     )
-    files = [(str(name), bytes(content)) for name, content in mail["files"]]
-    try:
+    # What can still refuse it (a thread's attachments past their total, a ticket's requester
+    # restricted) concerns a ticket this contact raised: a contact accounts had already.
+    with _as_refusal():
         if thread is None:
             ticket_id, message_id = _open_ticket(
                 uow, subject_lookup, tenant_id, contact_id, mail, files, limits
@@ -192,18 +232,52 @@ def receive(
                 uow, tenant_id, ticket_id, contact_id, mail["text"], files, limits
             )
             _reopen(uow, tenant_id, ticket_id)
-    except TooLarge as exc:
-        raise inbound.too_big(str(exc)) from None
-    except ValidationFailed as exc:
-        raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
-    except Conflict as exc:
-        raise inbound.Refused(550, "5.7.1", str(exc)) from None
     uow.cur.execute(
         "INSERT INTO mail_in_received (tenant_id, digest, ticket_id, requester_id, message_id)"
         " VALUES (%s, %s, %s, %s, %s)",
         (tenant_id, psycopg2.Binary(digest), ticket_id, contact_id, message_id),
     )
     return {"outcome": "stored", "ticket_id": ticket_id, "message_id": message_id}
+
+
+def check(mail: dict[str, Any], files: list[tuple[str, bytes]], limits: Limits) -> None:
+    """What would refuse the mail as a new ticket, before anyone is asked who sent it: the
+    commands it becomes (as the handlers will validate them), the files' names, sizes, number
+    and total (a new ticket holds nothing yet). Raises what the handlers would."""
+    load_command(
+        commands.CreateTicketV1,
+        {"subject": mail["subject"], "body": mail["text"], "requester_id": str(uuid.uuid4())},
+    )
+    load_command(commands.AddMessageV1, {"body": mail["text"], "on_behalf_of_requester": True})
+    for filename, content in files:
+        load_command(commands.UploadAttachmentV1, {"filename": filename})
+        if not content:
+            raise ValidationFailed({"body": ["the file is empty"]})
+        if len(content) > limits.file_bytes:
+            raise TooLarge(f"a file may be at most {limits.file_bytes} bytes")
+    if len(files) > limits.per_message:
+        raise ValidationFailed(
+            {"attachment_ids": [f"a message may carry at most {limits.per_message} files"]}
+        )
+    if sum(len(content) for _, content in files) > limits.ticket_bytes:
+        raise TooLarge(
+            f"a ticket's attachments may be at most {limits.ticket_bytes} bytes together"
+        )
+
+
+@contextlib.contextmanager
+def _as_refusal() -> Iterator[None]:
+    """The handlers' refusals as the SMTP reply they earn."""
+    try:
+        yield
+    except TooLarge as exc:
+        raise inbound.too_big(str(exc)) from None
+    except ValidationFailed as exc:
+        raise inbound.Refused(550, "5.7.1", _first_error(exc)) from None
+    except (RetryLater, ChangedMeanwhile, SubjectErased):
+        raise  # may pass: the listener answers 451, and the relay tries again
+    except Conflict as exc:
+        raise inbound.Refused(550, "5.7.1", str(exc)) from None
 
 
 def _open_ticket(

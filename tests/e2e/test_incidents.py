@@ -263,6 +263,25 @@ def test_each_admin_acknowledges_once_and_the_ledger_shows_every_step(stack: Sta
     assert body["description"] not in str(everything)
 
 
+def test_two_admins_with_one_idempotency_key_each_acknowledge(stack: Stack):
+    affected = tenant(stack)
+    colleague = create_agent(stack, affected.admin_key, "admin")
+    incident = ok(declare(stack, breach(affected)), 201)
+    path = f"/v1/incidents/{incident['id']}/acknowledgements"
+    # An acknowledgement is its caller's own: another admin's same key is their request.
+    headers = {"Idempotency-Key": unique("ack")}
+    first = stack.call("POST", path, key=affected.admin_key, headers=headers)
+    second = stack.call("POST", path, key=colleague["api_key"], headers=headers)
+    assert (first.status_code, second.status_code) == (201, 201), second.text
+    assert "Idempotent-Replayed" not in second.headers
+    ids = [a["agent_id"] for a in second.json()["acknowledgements"]]
+    assert ids == [affected.admin_id, colleague["id"]]
+    # The first admin's retry is theirs replayed.
+    replay = stack.call("POST", path, key=affected.admin_key, headers=headers)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+
+
 @pytest.mark.parametrize(
     ("changes", "field"),
     [

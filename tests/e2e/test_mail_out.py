@@ -7,6 +7,7 @@ services' log."""
 from __future__ import annotations
 
 import email.utils
+import re
 from collections import deque
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -115,9 +116,13 @@ def test_a_public_reply_is_mailed_and_the_next_one_threads(stack: Stack, smtp: s
     assert str(mail["From"]) == "Support Desk <support@desk.example.test>"
     assert str(mail["Subject"]) == f"Re: {ticket['subject']}"
     assert mail["Date"] is not None
-    root = f"<ticket.{ticket['id']}@desk.example.test>"
-    assert str(mail["Message-ID"]) == f"<reply.{first['id']}@desk.example.test>"
-    assert str(mail["In-Reply-To"]) == root and str(mail["References"]) == root
+    # Built from ids and the thread's token (the same on every mail of this ticket to them).
+    root = str(mail["In-Reply-To"])
+    found = re.fullmatch(rf"<ticket\.{ticket['id']}\.([0-9a-f]{{32}})@desk\.example\.test>", root)
+    assert found is not None
+    token = found.group(1)
+    assert str(mail["Message-ID"]) == f"<reply.{first['id']}.{token}@desk.example.test>"
+    assert str(mail["References"]) == root
     # Written by a person, and transactional: no Auto-Submitted, no List-Unsubscribe.
     assert mail["Auto-Submitted"] is None and mail["List-Unsubscribe"] is None
     assert first_text in mail.get_content()
@@ -128,7 +133,7 @@ def test_a_public_reply_is_mailed_and_the_next_one_threads(stack: Stack, smtp: s
     second = reply(stack, key, ticket, unique("Anything else?"))
     mails = arrived(smtp, contact["email"], 2)
     [threaded] = [m for m in mails if str(m["Message-ID"]) != str(mail["Message-ID"])]
-    assert str(threaded["Message-ID"]) == f"<reply.{second['id']}@desk.example.test>"
+    assert str(threaded["Message-ID"]) == f"<reply.{second['id']}.{token}@desk.example.test>"
     assert str(threaded["In-Reply-To"]) == str(mail["Message-ID"])
     assert str(threaded["References"]).split() == [root, str(mail["Message-ID"])]
 
@@ -145,7 +150,7 @@ def test_a_temporary_refusal_is_retried_until_delivered(stack: Stack, smtp: sink
     smtp.refusals[contact["email"].lower()] = deque(["451 4.3.0 try again later"] * 2)
     sent = reply(stack, key, ticket, unique("retried reply"))
     [mail] = arrived(smtp, contact["email"], 1)
-    assert str(mail["Message-ID"]).startswith(f"<reply.{sent['id']}@")
+    assert str(mail["Message-ID"]).startswith(f"<reply.{sent['id']}.")
     wait_until(lambda: (outbox(stack, sent["id"]) or ("",))[0] == "sent", timeout=10, what="sent")
     assert outbox(stack, sent["id"]) == ("sent", 3, 250, True)
 

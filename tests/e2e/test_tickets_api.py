@@ -309,6 +309,26 @@ def test_a_repeated_creation_with_its_idempotency_key_makes_one_ticket(stack):
     assert len(get(stack, me["key"], first.json()["id"]).json()["messages"]) == 1
 
 
+def test_two_agents_with_one_idempotency_key_write_two_messages(stack):
+    me = tenant(stack)
+    ticket = open_ticket(stack, me["key"], create_contact(stack, me["key"])["id"])
+    colleague = create_agent(stack, me["key"], "agent")
+    # A message's author is its caller: the same key and body from another agent is their own
+    # message, not a replay of the first.
+    headers = {"Idempotency-Key": unique("message")}
+    path = f"/v1/tickets/{ticket['id']}/messages"
+    answers = [
+        stack.call("POST", path, key=key, json={"body": "on it"}, headers=headers)
+        for key in (me["key"], colleague["api_key"], me["key"])
+    ]
+    assert [a.status_code for a in answers] == [201, 201, 201], answers[1].text
+    assert "Idempotent-Replayed" not in answers[1].headers
+    assert answers[2].headers["Idempotent-Replayed"] == "true"
+    assert answers[2].json() == answers[0].json()
+    messages = get(stack, me["key"], ticket["id"]).json()["messages"]
+    assert [m["author_id"] for m in messages] == [me["admin_id"], colleague["id"]]
+
+
 def test_a_replayed_ticket_creation_carries_its_etag(stack):
     me = tenant(stack)
     body = {

@@ -214,8 +214,14 @@ def test_a_rotated_secret_shows_once_and_a_ping_is_signed_under_both(stack: Stac
         path = f"/v1/webhooks/{endpoint['id']}"
         retry = {"Idempotency-Key": unique("rotate")}
         rotated = ok(stack.call("POST", f"{path}/secret", key=key, headers=retry))
-        replayed = ok(stack.call("POST", f"{path}/secret", key=key, headers=retry))
-        assert rotated["secret"] != endpoint["secret"] and replayed["secret"] is None
+        assert rotated["secret"] != endpoint["secret"]
+        # A replay cannot show the secret again (it is never stored) and must not look like a
+        # rotation without one: a 409 saying it happened, and nothing rotated again.
+        for _ in range(2):
+            replayed = stack.call("POST", f"{path}/secret", key=key, headers=retry)
+            problem = assert_problem(replayed, 409)
+            assert "shown once" in problem["detail"] and "rotate again" in problem["detail"]
+            assert replayed.headers["Idempotent-Replayed"] == "true"
         shown = ok(stack.call("GET", path, key=key))
         assert shown["previous_secret_valid_until"] == rotated["previous_secret_valid_until"]
         # The grace is a day, by default.

@@ -149,6 +149,21 @@ def test_erasure_deletes_the_responses_naming_the_subject_and_only_theirs(replay
     assert replay(replays, tenant, "k-carol") is None  # the key is free: a retry runs again
 
 
+def test_erasure_deletes_the_responses_in_the_subjects_own_scope(replays, gateway_store):
+    tenant, erin, frank, incident = ids(4)
+    # Her acknowledgement's answer names the incident, not her: her scope does.
+    mine = idempotency.actor_scope(tenant, erin)
+    keep(replays, mine, "k-ack", answer(incident), tenant, [incident])
+    keep(replays, idempotency.actor_scope(tenant, frank), "k-ack", answer(incident), tenant, [])
+
+    run(gateway_store, privacy_command("erase_subject", tenant, erin))
+
+    with gateway_store.db.transaction() as cur:
+        cur.execute("SELECT scope FROM idempotency_keys WHERE tenant_id = %s", (tenant,))
+        assert [row[0] for row in cur.fetchall()] == [idempotency.actor_scope(tenant, frank)]
+    assert replay(replays, mine, "k-ack") is None  # her key is free: a retry runs again
+
+
 def test_a_tenant_cannot_erase_what_another_tenant_stored(replays, gateway_store):
     ours, theirs, carol = ids(3)
     # The other tenant's answer names the same id (say, typed into one of its resources).

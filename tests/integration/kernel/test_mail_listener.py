@@ -12,12 +12,19 @@ from typing import Any, ClassVar
 import pytest
 
 from kernel.config import Settings
-from kernel.errors import Gone, NotFound
+from kernel.errors import ChangedMeanwhile, Conflict, Gone, NotFound, RetryLater, SubjectErased
 from kernel.mail.inbound import Refused
 from kernel.mail.listener import MESSAGE, RECIPIENT, mail_in
 from kernel.testing import free_port
 
 DOMAIN = "in.example.test"
+# Conflicts that may pass, as a worker meets them (the last two as the RPC wrapper turns a lost
+# race and a shredded key into them).
+PASSING: dict[str, Exception] = {
+    "t-later": RetryLater(5),
+    "t-raced": ChangedMeanwhile("the resource changed meanwhile; reload and retry"),
+    "t-erased": SubjectErased("a person this concerns has been erased"),
+}
 
 
 class Desk:
@@ -43,6 +50,12 @@ class Desk:
             raise RuntimeError("the database is unreachable")
         if key == "t-full":
             raise Refused(552, "5.3.4", "the ticket's files are full")
+        if key in PASSING:
+            raise PASSING[key]
+        if key == "t-restricted":
+            raise Conflict("the contact's data is restricted")
+        if key == "t-refused":
+            raise Refused(550, "5.7.1", "the requester of this ticket is restricted")
         Desk.stored.append((key, mail["subject"]))
         return {"outcome": "stored"}
 
@@ -143,4 +156,54 @@ def test_bounces_auto_replies_and_bad_mime_reach_no_worker(listener):
     bad = b"From: j@c.example\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\nx\r\n"
     [(code, text)] = deliver(protocol, port, to, bad)
     assert code == 554 and text.startswith(b"5.6.0 malformed MIME")
+    assert Desk.stored == []
+
+
+def test_a_policy_refusal_says_no_reason_and_a_passing_conflict_is_retried(listener):
+    protocol, port = listener
+    for key in ("t-restricted", "t-refused"):
+        [(code, text)] = deliver(protocol, port, [f"{key}@{DOMAIN}"], mail())
+        # Whoever sent it learns nothing of whose data is restricted (Art. 18).
+        assert (code, text) == (550, b"5.7.1 Message refused"), key
+    for key in PASSING:
+        [(code, text)] = deliver(protocol, port, [f"{key}@{DOMAIN}"], mail())
+        assert (code, text) == (451, b"4.3.0 Temporary failure, please try again later"), key
+    assert Desk.stored == []
+
+
+@pytest.fixture
+def throttled(container_factory) -> int:
+    port = free_port()
+    settings = Settings().with_overrides(
+        mail_in_port=port,
+        mail_in_domain=DOMAIN,
+        # Two mails per sender, three per peer, and (for the test's length) no refill to speak of.
+        mail_in_sender_rate=0.001,
+        mail_in_sender_burst=2,
+        mail_in_peer_rate=0.001,
+        mail_in_peer_burst=3,
+    )
+    container_factory(Desk, settings.nameko_config()).start()
+    Desk.stored.clear()
+    return port
+
+
+def test_a_sender_and_a_peer_past_their_rate_are_asked_to_retry_later(throttled):
+    def start(sender: str) -> tuple[int, bytes]:
+        with client("smtp", throttled) as smtp:
+            smtp.ehlo()
+            return smtp.mail(sender)
+
+    assert start("flood@customer.example") == (250, b"OK")
+    assert start("Flood@Customer.Example") == (250, b"OK")  # one address, however spelt
+    throttled_reply = (451, b"4.7.1 Too many messages, please try again later")
+    assert start("flood@customer.example") == throttled_reply
+    # Another sender has a bucket of their own; the peer's (this test's address) now runs out.
+    assert start("other@customer.example") == (250, b"OK")
+    assert start("third@customer.example") == throttled_reply
+    # A refused MAIL leaves no envelope: the session's RCPT is out of sequence.
+    with client("smtp", throttled) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("fourth@customer.example")[0] == 451
+        assert smtp.rcpt(f"t-a@{DOMAIN}")[0] == 503
     assert Desk.stored == []

@@ -127,6 +127,10 @@ EVERYTHING_CHANGED = Settings(
     mail_in_max_depth=4,
     mail_in_max_header_bytes=8192,
     mail_in_dedup_days=7.0,
+    mail_in_peer_rate=5.0,
+    mail_in_peer_burst=50,
+    mail_in_sender_rate=0.5,
+    mail_in_sender_burst=4,
 )
 
 

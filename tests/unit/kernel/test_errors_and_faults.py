@@ -23,6 +23,8 @@ def round_trip(exc: BaseException) -> BaseException:
     [
         errors.NotFound,
         errors.Conflict,
+        errors.ChangedMeanwhile,
+        errors.SubjectErased,
         errors.Forbidden,
         errors.Unauthorized,
         errors.ServiceUnavailable,

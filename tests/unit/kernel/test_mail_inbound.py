@@ -168,3 +168,69 @@ def test_a_mail_bomb_is_refused_before_it_is_kept():
 def test_long_text_is_cut_and_says_so():
     got = parse(raw(message("word " * 30_000)), "j@c.example", LIMITS)
     assert len(got.text) <= 100_000 and got.text.endswith("and was cut]")
+
+
+def _bomb(delimiters: int, spelling: bytes) -> bytes:
+    """One multipart, one boundary, and far more delimiter lines than parts may be."""
+    return (
+        b"From: j@c.example\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed;"
+        + spelling
+        + b"\r\n\r\n"
+        + b"--zz\r\n\r\n" * delimiters
+        + b"--zz--\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "spelling", [b' boundary="zz"', b' boundary = "zz"', b" boundary*=us-ascii''zz"]
+)
+def test_a_bomb_of_delimiters_is_refused_before_the_parser_runs(monkeypatch, spelling):
+    import kernel.mail.inbound as inbound
+
+    calls = []
+    real = inbound.email.message_from_bytes
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inbound.email, "message_from_bytes", counted)
+    assert (
+        refused(_bomb(5_000, spelling)).reply == "554 5.6.0 the message has more than 10 MIME parts"
+    )
+    assert calls == []
+    # Within the limit the same mail is parsed (the counter counts): the check is the limit's.
+    parse(_bomb(4, spelling), "j@c.example", LIMITS)
+    assert calls == [1]
+
+
+def test_a_text_with_dashed_lines_within_the_slack_is_not_a_bomb():
+    signed = message("Thanks\n-- \nJane\n--\nJane's phone\n")
+    assert parse(raw(signed), "j@c.example", LIMITS).text.startswith("Thanks")
+
+
+def test_a_card_number_across_a_limit_is_redacted_before_the_cut():
+    import re
+
+    from kernel.mail.inbound import (
+        _TRUNCATED,
+        MAX_FILENAME_CHARS,
+        MAX_SUBJECT_CHARS,
+        MAX_TEXT_CHARS,
+    )
+
+    # Each number starts just before its field's limit, so a cut made first would keep twelve
+    # or more of its digits, then no card number to find.
+    subject = "x" * (MAX_SUBJECT_CHARS - 15) + " " + CARD
+    room = MAX_TEXT_CHARS - len(_TRUNCATED)
+    text = "y" * (room - 15) + " " + CARD + " " + "z" * 200
+    long_name = "n" * (MAX_FILENAME_CHARS - 13) + CARD.replace(" ", "") + ".txt"
+    msg = message(text, Subject=subject, From=f"{'J' * 184} {CARD} <j@c.example>")
+    msg.add_attachment(b"data", maintype="application", subtype="zip", filename=long_name)
+    got = parse(raw(msg), "j@c.example", LIMITS)
+    for value in (got.subject, got.text, got.sender_name, got.files[0].filename):
+        assert re.search(r"\d[\d ]{10,}\d", value) is None, value[-40:]
+        assert re.search(r"(\d\D?){12,}", value) is None, value[-40:]
+    assert len(got.subject) <= MAX_SUBJECT_CHARS and len(got.text) <= MAX_TEXT_CHARS
+    assert len(got.files[0].filename) <= MAX_FILENAME_CHARS and len(got.sender_name) <= 200
+    assert got.text.endswith("and was cut]") and got.redactions == 4

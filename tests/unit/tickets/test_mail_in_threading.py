@@ -39,31 +39,53 @@ def test_only_an_active_tenant_takes_mail():
         check_tenant({"status": "destroyed"})
 
 
-def test_only_our_own_message_ids_are_references():
+def test_only_our_own_message_ids_with_a_token_are_references():
     ticket, reply = str(uuid.uuid4()), str(uuid.uuid4())
     refs = (
-        f"<reply.{reply}@{DOMAIN}>",
-        f"<ticket.{ticket}@DESK.example>",
-        f"<ticket.{ticket}@evil.example>",
-        f"<ticket.not-an-id@{DOMAIN}>",
-        f"<other.{ticket}@{DOMAIN}>",
+        f"<reply.{reply}.ab12@{DOMAIN}>",
+        f"<ticket.{ticket}.CD34@DESK.example>",
+        f"<ticket.{ticket}@{DOMAIN}>",  # bare: built from the id alone, proves nothing
+        f"<ticket.{ticket}.ab12@evil.example>",
+        f"<ticket.not-an-id.ab12@{DOMAIN}>",
+        f"<other.{ticket}.ab12@{DOMAIN}>",
         "<CAF=abc@mail.example>",
     )
-    assert referenced(refs, DOMAIN) == [("reply", reply), ("ticket", ticket)]
+    assert referenced(refs, DOMAIN) == [("reply", reply, "ab12"), ("ticket", ticket, "cd34")]
 
 
-def candidate(tenant: str = TENANT, requester: str = JANE, status: str = "open") -> Candidate:
-    return Candidate(str(uuid.uuid4()), tenant, requester, status)
+def token_of(ticket_id: str, requester_id: str) -> str:
+    """A stand-in for the keyed hash: what matters here is that it binds both ids."""
+    return f"{ticket_id}/{requester_id}"
+
+
+def candidate(
+    tenant: str = TENANT, requester: str = JANE, status: str = "open", token: str | None = None
+) -> Candidate:
+    ticket_id = str(uuid.uuid4())
+    return Candidate(
+        ticket_id, tenant, requester, status, token_of(ticket_id, JANE) if token is None else token
+    )
 
 
 def test_a_mail_continues_only_its_tenants_ticket_of_its_requester_not_closed():
     mine = candidate()
-    assert choose_thread([mine], TENANT, JANE) == mine.ticket_id
+    assert choose_thread([mine], TENANT, JANE, token_of) == mine.ticket_id
     # A forged reference: another tenant's ticket, another requester's, a closed one.
-    assert choose_thread([candidate(tenant=OTHER)], TENANT, JANE) is None
-    assert choose_thread([candidate(requester=MALLORY)], TENANT, JANE) is None
-    assert choose_thread([candidate(status="closed")], TENANT, JANE) is None
+    assert choose_thread([candidate(tenant=OTHER)], TENANT, JANE, token_of) is None
+    assert choose_thread([candidate(requester=MALLORY)], TENANT, JANE, token_of) is None
+    assert choose_thread([candidate(status="closed")], TENANT, JANE, token_of) is None
     # The first that qualifies, in the order the mail refers to them.
     newer, older = candidate(status="solved"), candidate()
-    assert choose_thread([candidate(tenant=OTHER), newer, older], TENANT, JANE) == newer.ticket_id
-    assert choose_thread([], TENANT, JANE) is None
+    chosen = choose_thread([candidate(tenant=OTHER), newer, older], TENANT, JANE, token_of)
+    assert chosen == newer.ticket_id
+    assert choose_thread([], TENANT, JANE, token_of) is None
+
+
+def test_a_reference_threads_only_with_the_token_of_its_ticket_and_requester():
+    # The sender's From matches the requester, but the reference's token does not.
+    assert choose_thread([candidate(token="")], TENANT, JANE, token_of) is None
+    assert choose_thread([candidate(token="0" * 32)], TENANT, JANE, token_of) is None
+    # Another ticket's token (the requester's own, from another thread) names that one only.
+    elsewhere = candidate()
+    moved = candidate(token=elsewhere.token)
+    assert choose_thread([moved], TENANT, JANE, token_of) is None
