@@ -10,6 +10,7 @@ document, which is built from its routes (``ROUTES``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -266,7 +267,10 @@ class GatewayService(
 
     @api("GET", "/v1/openapi.json", summary="This document", response={"type": "object"})
     def openapi(self, request: Request) -> Response:
-        return json_response(200, OPENAPI)
+        settings = self.config["LEDGERDESK"]
+        return json_response(
+            200, document(settings.regions, tuple(plan.name for plan in settings.billing_plans))
+        )
 
     @api("GET", "/healthz", summary="The process is up", response="StatusOut")
     def healthz(self, request: Request) -> Response:
@@ -310,4 +314,13 @@ for _service in SERVICES:
     setattr(GatewayService, _service, TimedRpcProxy(_service))
 
 ROUTES: tuple[Route, ...] = tuple(routes_of(GatewayService))
-OPENAPI = build_spec(ROUTES)
+
+
+@functools.cache
+def document(regions: tuple[str, ...] = (), plans: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The OpenAPI document of the gateway's routes, for a deployment of these regions and
+    plans."""
+    return build_spec(ROUTES, regions, plans)
+
+
+OPENAPI = document()  # as built, without a deployment's regions

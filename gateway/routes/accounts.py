@@ -312,6 +312,7 @@ class AccountRoutes(Routes):
         response="ContactListOut",
         errors=(422,),
         listed=True,
+        paging="changes",
         query="FindContactsV1",
     )
     def list_contacts(self, request: Request) -> Response:

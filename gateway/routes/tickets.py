@@ -47,6 +47,7 @@ class TicketRoutes(Routes):
         response="TicketListOut",
         errors=(422,),
         listed=True,
+        paging="changes",
         query="FindTicketsV1",
     )
     def list_tickets(self, request: Request) -> Response:

@@ -295,7 +295,7 @@ def test_a_repeated_creation_with_its_idempotency_key_makes_one_ticket(stack):
     changed = stack.call(
         "POST", "/v1/tickets", key=me["key"], json={**body, "body": "other"}, headers=headers
     )
-    assert "Idempotency-Key" in assert_problem(changed, 422)["errors"]
+    assert "Idempotency-Key" in assert_problem(changed, 409)["detail"]
     message_headers = {"Idempotency-Key": unique("message")}
     for _ in range(2):
         answer = stack.call(
