@@ -84,12 +84,18 @@ def example(schema: dict[str, Any], components: dict[str, Any], name: str = "") 
         properties = schema.get("properties", {})
         if not properties and isinstance(schema.get("additionalProperties"), dict):
             return {"example": example(schema["additionalProperties"], components, "example")}
-        return {key: example(value, components, key) for key, value in properties.items()}
+        shown = {key: example(value, components, key) for key, value in properties.items()}
+        if "maxProperties" in schema:  # exactly one of two, say: the first
+            shown = dict(list(shown.items())[: schema["maxProperties"]])
+        return shown
     if kind == "array":
         item = example(schema.get("items", {}), components, name.removesuffix("s"))
         return [item] * max(1, schema.get("minItems", 1))
     if kind == "boolean":
-        return True
+        # What a client leaves as it is, where a default says so: the usual case, and a
+        # flag that combines with another only one way (an internal note on a requester's
+        # behalf) is not set by chance.
+        return schema.get("default", True)
     if kind in ("integer", "number"):
         low = schema.get("minimum", 1)
         return max(low, min(schema.get("maximum", 1), 1)) if kind == "integer" else 0.2

@@ -243,11 +243,12 @@ def build_spec(
             raise ValueError(f"{route.method} {route.rule}: a documented route needs a summary")
         if not route.name.isidentifier():
             raise ValueError(f"{route.method} {route.rule}: no operationId (see routes_of)")
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Ledgerdesk API",
         version="1",
         openapi_version="3.1.0",
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
         # Relative: the document is served by the gateway it describes, at whatever address.
         servers=[{"url": "/", "description": "the gateway that serves this document"}],
         tags=[
@@ -279,6 +280,14 @@ def build_spec(
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
+    # A schema's rules across its fields (exactly one of two, this one only with that one),
+    # which the marshmallow plugin cannot see, stated by the schema class as JSON_SCHEMA.
+    converter = plugin.converter
+    assert converter is not None
+    for key, name in converter.refs.items():
+        extra = getattr(key[0], "JSON_SCHEMA", None)
+        if extra and name in document["components"]["schemas"]:
+            document["components"]["schemas"][name].update(extra)
     components = document["components"]["schemas"]
     regions, plans = list(regions), list(plans)
     if regions and "SignUpV1" in components:

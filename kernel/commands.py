@@ -38,6 +38,19 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class JsonInteger(fields.Integer):
+    """A JSON Schema integer: a JSON number with no fractional part, ``30`` or ``30.0`` alike
+    (the schema the document publishes says both are integers), never a string or a boolean."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class UtcDateTime(fields.AwareDateTime):
     """An RFC 3339 time with its offset, loaded as UTC. Python reads offsets and years that
     PostgreSQL (or UTC itself) cannot hold (``0001-01-01T00:00:00+14:00``): such a time is

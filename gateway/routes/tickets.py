@@ -23,7 +23,7 @@ class TicketRoutes(Routes):
         status=201,
         response="TicketOut",
         body="CreateTicketV1",
-        errors=(400, 413, 422),
+        errors=(400, 404, 409, 413, 422),
         idempotent=True,
         etag=True,
     )

@@ -1,5 +1,7 @@
 """Tickets' commands, validated before any handler runs. Unknown fields are refused."""
 
+from typing import Any, ClassVar
+
 from marshmallow import ValidationError, fields, pre_load, validate, validates_schema
 
 from kernel.commands import CARD_NUMBERS_REDACTED, Command, StrictBoolean, UtcDateTime
@@ -73,6 +75,9 @@ class UploadAttachmentV1(Command):
         validate=[validate.Length(min=1, max=MAX_FILENAME_CHARS), _filename],
         metadata={
             **CARD_NUMBERS_REDACTED,
+            # _filename's rules: no control character, no / or \, not blank, . or ..
+            "pattern": r"^(?!\s*\.{0,2}\s*$)[^\u0000-\u001f\u007f/\\]"
+            + f"{{1,{MAX_FILENAME_CHARS}}}$",
             "description": "the file's name, as it is to be offered for download",
         },
     )
@@ -95,6 +100,14 @@ class AddMessageV1(Command):
         validate=validate.Length(max=MAX_ATTACHMENT_IDS),
         metadata={"description": "attachments uploaded to this ticket, to put on the message"},
     )
+
+    # What ``notes_are_staff_only`` checks, as the OpenAPI document states it.
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        "not": {
+            "required": ["internal", "on_behalf_of_requester"],
+            "properties": {"internal": {"const": True}, "on_behalf_of_requester": {"const": True}},
+        }
+    }
 
     @validates_schema
     def notes_are_staff_only(self, data, **kwargs):

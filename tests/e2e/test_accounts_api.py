@@ -541,8 +541,8 @@ def test_a_repeated_signup_with_its_idempotency_key_replays_without_the_key(stac
     changed = stack.call(
         "POST", "/v1/signup", json={**body, "company": unique("Other Co")}, headers=headers
     )
-    problem = assert_problem(changed, 422)
-    assert "Idempotency-Key" in problem["errors"]
+    problem = assert_problem(changed, 409)
+    assert "Idempotency-Key" in problem["detail"]
     assert tenants_named(stack, company) == 1
 
 

@@ -34,10 +34,12 @@ def test_the_document_has_one_operation_per_documented_route_and_no_other():
         (method, path) for path, methods in OPENAPI["paths"].items() for method in methods
     }
     assert operations == {(r.method, r.path) for r in ROUTES if r.documented}
-    # Only the browser pages (the console's, the problem types' page) are left out.
+    # Only the browser pages (the console's, the reference and its problem types' page) are
+    # left out.
     assert {r.rule for r in ROUTES if not r.documented} == {
         "/console",
         "/console/<string:asset>",
+        "/docs",
         "/docs/problems",
     }
 
