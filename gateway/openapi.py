@@ -201,7 +201,11 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["requestBody"] = {
             "required": True,
             "description": route.raw_body,
-            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            # Bytes of any type; octet-stream named as well, which generators know how to send.
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("application/octet-stream", "*/*")
+            },
         }
     if route.auth == "bearer":
         operation["security"] = [{"apiKey": []}]

@@ -9,6 +9,7 @@ serves: a document a generator cannot turn into working code fails this test.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import subprocess
 import sys
@@ -109,6 +110,17 @@ def test_a_flow_through_the_generated_client(stack: Stack, client_package: Modul
     )
     assert ticket.tags == ["refund"] and ticket.status.value == "new"
     assert ticket.version == opened.version
+
+    # An upload: bytes, sent as the document's octet-stream.
+    upload_attachment = _load("api.tickets.upload_attachment")
+    types = _load("types")
+    uploaded = upload_attachment.sync(
+        str(opened.id),
+        client=admin,
+        body=types.File(payload=io.BytesIO(b"order 1042, damaged"), file_name="photo.txt"),
+        filename="photo.txt",
+    )
+    assert isinstance(uploaded, models.AttachmentOut) and uploaded.filename == "photo.txt"
 
     # A problem is parsed as the document's Problem: its kind, and the request it names.
     missing = get_ticket.sync_detailed(str(uuid.uuid4()), client=admin)
