@@ -17,7 +17,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from gateway import examples, problems, schemas
 from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
 from gateway.idempotency import MAX_KEY_CHARS
-from gateway.pagination import PATTERNS
+from gateway.pagination import PAGING, PATTERNS
 from gateway.route import Route
 
 ERRORS = {
@@ -215,6 +215,17 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
+def _empty_is_absent(operation: dict[str, Any]) -> None:
+    """A query whose schema takes an empty value for no filter (``EMPTY_IS_ABSENT``): each of
+    its filters is also the empty string."""
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "query" and parameter["name"] not in PAGING:
+            parameter["schema"] = {"anyOf": [parameter["schema"], {"type": "string", "const": ""}]}
+            parameter["description"] = (
+                parameter.get("description", "") + " (empty: no filter)"
+            ).lstrip()
+
+
 # The gateway refuses NUL in the URL and in a body's text (PostgreSQL text holds none): every
 # string the document describes says so, keeping its lengths in the same pattern.
 def _without_nul(node: Any) -> None:
@@ -301,6 +312,9 @@ def build_spec(
     for name in AT_LEAST_ONE_FIELD:
         if name in components:
             components[name]["minProperties"] = 1
+    for route in documented:
+        if route.query and getattr(getattr(schemas, route.query), "EMPTY_IS_ABSENT", False):
+            _empty_is_absent(document["paths"][route.path][route.method])
     _without_nul(document["paths"])
     _without_nul(document["components"]["schemas"])
     _add_examples(document)

@@ -159,6 +159,9 @@ class FindTicketsV1(Command):
         " keeps a copy in step"
     )
 
+    # The OpenAPI document says so of every filter (gateway.openapi): an empty value is none.
+    EMPTY_IS_ABSENT: ClassVar[bool] = True
+
     @pre_load
     def empty_is_absent(self, data, **kwargs):
         if isinstance(data, dict):
