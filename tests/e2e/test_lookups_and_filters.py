@@ -409,11 +409,6 @@ BAD = [
     ("/v1/tickets", {"created_after": "2026-13-01T00:00:00Z"}, "created_after"),
     ("/v1/tickets", {"created_before": "2026-01-01"}, "created_before"),
     ("/v1/tickets", {"updated_since": "0001-01-01T00:00:00+14:00"}, "updated_since"),
-    (
-        "/v1/tickets",
-        {"updated_after": "2026-02-01T00:00:00Z", "updated_before": "2026-01-01T00:00:00Z"},
-        "updated_before",
-    ),
     ("/v1/tickets", {"colour": "red"}, "colour"),
 ]
 
@@ -421,6 +416,17 @@ BAD = [
 @pytest.fixture(scope="module")
 def admin_key(logged) -> str:
     return admin(logged[0])[0]
+
+
+def test_a_range_that_holds_no_time_lists_nothing(logged, admin_key):
+    # Not a 422: a rule across two parameters no OpenAPI document can state.
+    stack = logged[0]
+    requester = contact(stack, admin_key, email=f"{secrets.token_hex(4)}@example.com")
+    made = ticket(stack, admin_key, requester["id"])
+    moment = made["updated_at"]
+    assert made["id"] in found(stack, admin_key, "/v1/tickets", updated_after=moment)
+    empty = found(stack, admin_key, "/v1/tickets", updated_after=moment, updated_before=moment)
+    assert empty == []
 
 
 @pytest.mark.parametrize("path, params, field", BAD, ids=[f"{p}-{f}" for p, _, f in BAD])
