@@ -101,8 +101,8 @@ class IdempotencyStore:
     def begin(self, scope: str, key: str, fingerprint: str) -> StoredResponse | None:
         """None when the caller now owns the key; the first response when there is one.
 
-        Raises ``ValidationFailed`` for a key used with another request, ``Conflict`` while the
-        first request with this key is still in progress. A response whose tenant key is gone
+        Raises ``Conflict`` for a key used with another request, and while the first request
+        with this key is still in progress. A response whose tenant key is gone
         (the tenant was destroyed) is no longer there: the key is free again.
         """
         _check_scope(scope)
@@ -144,7 +144,8 @@ class IdempotencyStore:
                     )
                     return None
                 if stored_fingerprint != fingerprint:
-                    raise ValidationFailed({HEADER: ["already used with a different request"]})
+                    # The key is taken: a conflict with what it names, not a malformed request.
+                    raise Conflict("this Idempotency-Key was already used with a different request")
                 if status is None:
                     raise Conflict("a request with this Idempotency-Key is in progress")
                 return StoredResponse(status, dict(headers), bytes(body))

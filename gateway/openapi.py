@@ -14,8 +14,10 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
-from gateway import problems, schemas
+from gateway import examples, problems, schemas
 from gateway.bodies import BODY_BYTES, MAX_BODY_BYTES, MAX_JSON_DEPTH
+from gateway.idempotency import MAX_KEY_CHARS
+from gateway.pagination import PAGING, PATTERNS
 from gateway.route import Route
 
 ERRORS = {
@@ -62,6 +64,9 @@ HEADERS: dict[str, dict[str, Any]] = {
     },
 }
 IDENTIFIED = {name: {"$ref": f"#/components/headers/{name}"} for name in HEADERS}
+
+# Bodies of a change that must change something: the services refuse an empty one.
+AT_LEAST_ONE_FIELD = ("RectifyContactV1", "UpdateTicketV1")
 
 TAGS = {
     "agents": "Staff of a tenant and their API keys",
@@ -110,6 +115,10 @@ def _operation(route: Route) -> dict[str, Any]:
         }
     # Every request, public ones included, passes its client address's bucket first.
     errors = {str(code) for code in route.errors} | {"429"}
+    if route.idempotent:
+        errors.add("409")  # the key used with another request, or that request still running
+    if route.listed and route.paging == "changes":
+        errors.add("409")  # a cursor of the list's other order (gateway.pagination)
     if route.auth:
         errors |= set(AUTH_ERRORS)
     if route.auth == "operator":
@@ -143,8 +152,8 @@ def _operation(route: Route) -> dict[str, Any]:
                 "name": "cursor",
                 "in": "query",
                 "required": False,
-                "schema": {"type": "string"},
-                "description": "the next_cursor of the previous page",
+                "schema": {"type": "string", "pattern": PATTERNS[route.paging]},
+                "description": "the next_cursor of the previous page (empty: the first page)",
             },
         ]
     if route.query:
@@ -169,7 +178,11 @@ def _operation(route: Route) -> dict[str, Any]:
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "schema": {
+                    "type": "string",
+                    # gateway.idempotency.check_key: no control characters
+                    "pattern": f"^[^\\u0000-\\u001f\\u007f]{{1,{MAX_KEY_CHARS}}}$",
+                },
                 "description": "the same key and body return the first response (secrets omitted)",
             }
         )
@@ -190,7 +203,11 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["requestBody"] = {
             "required": True,
             "description": route.raw_body,
-            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            # Bytes of any type; octet-stream named as well, which generators know how to send.
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in ("application/octet-stream", "*/*")
+            },
         }
     if route.auth == "bearer":
         operation["security"] = [{"apiKey": []}]
@@ -200,20 +217,55 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
-def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
+def _empty_is_absent(operation: dict[str, Any]) -> None:
+    """A query whose schema takes an empty value for no filter (``EMPTY_IS_ABSENT``): each of
+    its filters is also the empty string."""
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "query" and parameter["name"] not in PAGING:
+            parameter["schema"] = {"anyOf": [parameter["schema"], {"type": "string", "const": ""}]}
+            parameter["description"] = (
+                parameter.get("description", "") + " (empty: no filter)"
+            ).lstrip()
+
+
+# The gateway refuses NUL in the URL and in a body's text (PostgreSQL text holds none): every
+# string the document describes says so, keeping its lengths in the same pattern.
+def _without_nul(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _without_nul(item)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    if (kind == "string" or (isinstance(kind, list) and "string" in kind)) and not (
+        {"pattern", "enum", "format", "const"} & set(node)
+    ):
+        low, high = node.get("minLength", 0), node.get("maxLength", "")
+        node["pattern"] = f"^[^\\u0000]{{{low},{high}}}$"
+    for value in node.values():
+        _without_nul(value)
+
+
+def build_spec(
+    routes: Iterable[Route], regions: Iterable[str] = (), plans: Iterable[str] = ()
+) -> dict[str, Any]:
     """The document of ``routes`` (``gateway.route.routes_of`` the gateway's service class):
-    those declared ``documented``, with every schema they name."""
+    those declared ``documented``, with every schema they name. ``regions`` and ``plans``, the
+    deployment's (``Settings.regions``, ``Settings.billing_plans``), are the ones a sign-up and
+    a change of plan may name."""
     documented = [route for route in routes if route.documented]
     for route in documented:
         if not route.summary:
             raise ValueError(f"{route.method} {route.rule}: a documented route needs a summary")
         if not route.name.isidentifier():
             raise ValueError(f"{route.method} {route.rule}: no operationId (see routes_of)")
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="Ledgerdesk API",
         version="1",
         openapi_version="3.1.0",
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
         # Relative: the document is served by the gateway it describes, at whatever address.
         servers=[{"url": "/", "description": "the gateway that serves this document"}],
         tags=[
@@ -244,4 +296,56 @@ def build_spec(routes: Iterable[Route]) -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method] = _operation(route)
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    # A schema's rules across its fields (exactly one of two, this one only with that one),
+    # which the marshmallow plugin cannot see, stated by the schema class as JSON_SCHEMA.
+    converter = plugin.converter
+    assert converter is not None
+    for key, name in converter.refs.items():
+        extra = getattr(key[0], "JSON_SCHEMA", None)
+        if extra and name in document["components"]["schemas"]:
+            document["components"]["schemas"][name].update(extra)
+    components = document["components"]["schemas"]
+    regions, plans = list(regions), list(plans)
+    if regions and "SignUpV1" in components:
+        components["SignUpV1"]["properties"]["region"]["enum"] = regions
+    if plans and "ChangePlanV1" in components:
+        components["ChangePlanV1"]["properties"]["plan"]["enum"] = plans
+    for name in AT_LEAST_ONE_FIELD:
+        if name in components:
+            components[name]["minProperties"] = 1
+    for route in documented:
+        if route.query and getattr(getattr(schemas, route.query), "EMPTY_IS_ABSENT", False):
+            _empty_is_absent(document["paths"][route.path][route.method])
+    _without_nul(document["paths"])
+    _without_nul(document["components"]["schemas"])
+    _add_examples(document)
+    return document
+
+
+def _problem_example(status: int, components: dict[str, Any]) -> dict[str, Any]:
+    kind = next(k for k in problems.KINDS if k.status == status)
+    shown = examples.example(components["Problem"], components)
+    shown.update(type=kind.type, title=kind.title, status=status, detail=ERRORS[str(status)])
+    if status == 422:
+        shown["errors"] = {"email": ["Not a valid email address."]}
+    else:
+        shown.pop("errors", None)
+    return shown
+
+
+def _add_examples(document: dict[str, Any]) -> None:
+    """An example for every request body and answer (``gateway.examples``); bytes have none."""
+    components = document["components"]["schemas"]
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            answers = operation["responses"].items()
+            bodies = [(None, operation.get("requestBody", {}))] + list(answers)
+            for status, body in bodies:
+                for media_type, content in body.get("content", {}).items():
+                    if media_type == "application/problem+json" and status is not None:
+                        content["example"] = _problem_example(int(status), components)
+                    elif "schema" in content:
+                        shown = examples.example(content["schema"], components)
+                        if shown is not None:
+                            content["example"] = shown

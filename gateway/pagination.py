@@ -1,35 +1,48 @@
-"""List pagination: ``?limit=`` and an opaque ``?cursor=`` naming where the next page starts.
+"""List pagination: ``?limit=`` and a ``?cursor=`` naming where the next page starts.
 
-A cursor is URL-safe base64 (no padding) of compact JSON: a flat object of string or integer
-values. It is not signed, so a client can forge one; decoding therefore admits nothing but that
-shape, and services must treat the values as untrusted query parameters (bound, never spliced
-into SQL), exactly as they would a filter.
+A cursor is a position in a list's order, written so that the OpenAPI document can say exactly
+which strings are cursors (``PATTERNS``, one per kind of list) and every string of that form is
+one: a position the client made up is as good as one it was given, and pages from there. A
+cursor is not signed and names nothing secret; its values are parsed into integers, times and
+UUIDs, never passed on as text, so a forged one cannot reach SQL as anything but a bound value.
+
+- ``keyset``, the lists in the order their items were created:
+  ``c.<microseconds since 1970>.<the last item's id, 32 hex digits>``; ``changes``, the lists
+  that may also be paged in the order their items changed (``updated_since``), those and
+  ``u.<microseconds>.<id>``. A cursor of the other order than the request's is refused (409).
+- ``search``, a search's ranking: ``<terms matched>.<microseconds>.<id>``.
+- ``ledger``, the audit ledger's order: the last entry's sequence number.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import datetime as dt
 import re
+import uuid
 from collections.abc import Mapping
-from typing import Any
 
-from gateway import bodies
-from kernel.errors import ValidationFailed
+from kernel.errors import Conflict, ValidationFailed
 
 PAGING = ("limit", "cursor")  # the query parameters of every list; the rest are its filters
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-# Far beyond any real position; bounds the work a hostile cursor can cause before it is refused.
-MAX_CURSOR_CHARS = 2048
 _LIMIT = re.compile(r"[0-9]{1,4}")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
-_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
+# 16 digits of microseconds reach the year 2286; 9 of terms matched are more than a query holds.
+_MICROS, _ID = r"[0-9]{1,16}", r"[0-9a-f]{32}"
+PATTERNS = {
+    "keyset": rf"^(?:c\.{_MICROS}\.{_ID})?$",
+    "changes": rf"^(?:[cu]\.{_MICROS}\.{_ID})?$",
+    "search": rf"^(?:[1-9][0-9]{{0,8}}\.{_MICROS}\.{_ID})?$",
+    "ledger": r"^[0-9]{0,18}$",
+}
+ORDERS = {"created_at": "c", "updated_at": "u"}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_FORMATS = {kind: re.compile(pattern) for kind, pattern in PATTERNS.items()}
 
 
-def page_params(args: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
-    """``(limit, position)`` from the query; position is None for the first page."""
+def page_params(args: Mapping[str, str], kind: str = "keyset") -> tuple[int, str | None]:
+    """``(limit, cursor)`` from the query; the cursor is None for the first page, and otherwise
+    of the form ``PATTERNS[kind]`` (anything else is refused)."""
     raw_limit = args.get("limit")
     if raw_limit is None:
         limit = DEFAULT_LIMIT
@@ -40,60 +53,63 @@ def page_params(args: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
             raise ValidationFailed({"limit": [f"must be an integer from 1 to {MAX_LIMIT}"]})
     cursor = args.get("cursor")
     # An empty cursor is what a client sends when it builds the URL from no cursor at all.
-    return limit, decode_cursor(cursor) if cursor else None
+    if not cursor:
+        return limit, None
+    if not _FORMATS[kind].fullmatch(cursor):
+        raise _bad_cursor()
+    return limit, cursor
 
 
 def order_of(query: Mapping[str, str]) -> str:
     """The order a list is paged in: as its items were created, or, given ``updated_since``, as
     they changed (a client that keeps a copy in step goes on from its last cursor, and an item
-    changed meanwhile comes again, later). A cursor names its order (``Routes._page``)."""
+    changed meanwhile comes again, later). A cursor names its order."""
     return "updated_at" if query.get("updated_since") else "created_at"
 
 
-def encode_cursor(position: Mapping[str, Any]) -> str:
-    """The cursor for ``position``; only what :func:`decode_cursor` would accept is encodable."""
-    if not _valid_position(position):
-        raise ValueError("a cursor position is a flat mapping of str keys to str or int values")
-    text = json.dumps(dict(position), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    cursor = base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
-    if len(cursor) > MAX_CURSOR_CHARS:
-        raise ValueError("a cursor position this large would be refused when it came back")
-    return cursor
+def keyset_cursor(order: str, moment: str, row_id: str) -> str:
+    """The cursor after the item ``row_id`` at ``moment`` (ISO 8601) in ``order``."""
+    return f"{ORDERS[order]}.{_micros(moment)}.{uuid.UUID(row_id).hex}"
 
 
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    """The position a cursor names; anything not made by :func:`encode_cursor` is refused."""
-    if len(cursor) > MAX_CURSOR_CHARS or not _BASE64URL.fullmatch(cursor):
-        raise _bad_cursor()
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        # A position is flat: anything nested deeper is refused before it is parsed (a cursor
-        # of 1,500 "[" would otherwise exhaust the parser's recursion).
-        position = bodies.loads(raw.decode("utf-8"), max_depth=1)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise _bad_cursor() from None
-    if not _valid_position(position):
-        raise _bad_cursor()
-    return position
+def read_keyset(cursor: str, order: str) -> list[str]:
+    """The position ``[moment, id]`` of a keyset cursor (``page_params``'s), in ``order``."""
+    letter, micros, row_id = cursor.split(".")
+    if letter != ORDERS[order]:
+        # Well formed, but a position in the other order: it means nothing in this one.
+        raise Conflict(
+            "a cursor of this list in another order (updated_since pages as items changed, the"
+            " list without it as they were created): start without one"
+        )
+    return [_moment(micros), str(uuid.UUID(row_id))]
 
 
-def _valid_position(position: Any) -> bool:
-    return isinstance(position, Mapping) and all(
-        isinstance(key, str) and _valid_value(value) for key, value in position.items()
-    )
+def search_cursor(matched: int, moment: str, row_id: str) -> str:
+    return f"{int(matched)}.{_micros(moment)}.{uuid.UUID(row_id).hex}"
 
 
-def _valid_value(value: Any) -> bool:
-    # The values end up as query parameters: a NUL is refused by PostgreSQL and an integer
-    # beyond bigint overflows it, either of which would surface as a 500 instead of a 422.
-    if isinstance(value, str):
-        return "\x00" not in value
-    # bool is an int to Python, but not a value a position holds.
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and _BIGINT_MIN <= value <= _BIGINT_MAX
-    )
+def read_search(cursor: str) -> list[str]:
+    """The position ``[matched, moment, id]`` of a search's cursor (``page_params``'s)."""
+    matched, micros, row_id = cursor.split(".")
+    return [str(int(matched)), _moment(micros), str(uuid.UUID(row_id))]
+
+
+def ledger_cursor(seq: int) -> str:
+    return str(int(seq))
+
+
+def read_ledger(cursor: str | None) -> int:
+    return int(cursor) if cursor else 0
+
+
+def _micros(moment: str) -> int:
+    delta = dt.datetime.fromisoformat(moment).astimezone(dt.UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _moment(micros: str) -> str:
+    # Re-rendered, never the client's text: PostgreSQL reads this form and no other is sent.
+    return (_EPOCH + dt.timedelta(microseconds=int(micros))).isoformat()
 
 
 def _bad_cursor() -> ValidationFailed:

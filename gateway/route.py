@@ -51,11 +51,11 @@ class Route:
     of ``gateway.schemas`` by name, or an inline JSON schema with ``media_type``), ``body``,
     the problems it may answer besides those every request may (``errors``), other successful
     answers (``also``: status, schema, description), the query parameters (``listed`` for
-    ``limit`` and ``cursor``; ``query``, a schema of ``gateway.schemas`` by name that the route
-    loads them with, ``gateway.http.read_query``, or ``filters`` by name), path parameters
-    whose schema is not a string (``path_schemas``; the parameters themselves come from the
-    rule), and the headers it reads or writes (``if_match``, ``idempotent``, ``etag``,
-    ``retry_after``).
+    ``limit`` and ``cursor``, of the kind ``paging`` names; ``query``, a schema of
+    ``gateway.schemas`` by name that the route loads them with, ``gateway.http.read_query``,
+    or ``filters`` by name), path parameters whose schema is not a string (``path_schemas``;
+    the parameters themselves come from the rule), and the headers it reads or writes
+    (``if_match``, ``idempotent``, ``etag``, ``retry_after``).
     ``raw_body`` describes a body of bytes of any type instead of ``body``'s JSON.
     ``documented=False`` keeps a route out of the document (the console's pages).
     """
@@ -75,6 +75,8 @@ class Route:
     errors: tuple[int, ...] = ()
     also: tuple[tuple[int, str, str], ...] = ()
     listed: bool = False
+    # The kind of cursor the list pages with (``gateway.pagination.PATTERNS``).
+    paging: str = "keyset"
     query: str | None = None
     filters: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     path_schemas: Mapping[str, dict[str, Any]] = field(default_factory=dict)

@@ -10,6 +10,7 @@ document, which is built from its routes (``ROUTES``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -20,14 +21,14 @@ from nameko.timer import timer
 from werkzeug.wrappers import Request, Response
 
 from gateway import credentials, privacy
-from gateway.console import ConsoleRoutes
+from gateway.console import HEADERS, ConsoleRoutes
 from gateway.edge import Edge, GatewayLimits
 from gateway.http import GatewayStore, api, json_response
 from gateway.idempotency import MIGRATIONS, IdempotencyStore
 from gateway.openapi import build_spec
 from gateway.operations import OperationsRoutes
 from gateway.ratelimit import RateLimiter
-from gateway.reference import ReferenceRoutes
+from gateway.reference import ReferenceRoutes, render_reference
 from gateway.route import Route, routes_of
 from gateway.routes.accounts import AccountRoutes
 from gateway.routes.attachments import AttachmentRoutes
@@ -279,7 +280,21 @@ class GatewayService(
 
     @api("GET", "/v1/openapi.json", summary="This document", response={"type": "object"})
     def openapi(self, request: Request) -> Response:
-        return json_response(200, OPENAPI)
+        return json_response(200, document(*self._deployment()))
+
+    @api("GET", "/docs", documented=False)
+    def docs_page(self, request: Request) -> Response:
+        """The API reference, the document as a page (``gateway.reference``)."""
+        return Response(
+            reference(*self._deployment()),
+            headers=HEADERS,
+            content_type="text/html; charset=utf-8",
+        )
+
+    def _deployment(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What the document names of this deployment: its regions, its plans."""
+        settings = self.config["LEDGERDESK"]
+        return tuple(settings.regions), tuple(plan.name for plan in settings.billing_plans)
 
     @api("GET", "/healthz", summary="The process is up", response="StatusOut")
     def healthz(self, request: Request) -> Response:
@@ -315,4 +330,18 @@ for _service in SERVICES:
     setattr(GatewayService, _service, TimedRpcProxy(_service))
 
 ROUTES: tuple[Route, ...] = tuple(routes_of(GatewayService))
-OPENAPI = build_spec(ROUTES)
+
+
+@functools.cache
+def document(regions: tuple[str, ...] = (), plans: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The OpenAPI document of the gateway's routes, for a deployment of these regions and
+    plans."""
+    return build_spec(ROUTES, regions, plans)
+
+
+@functools.cache
+def reference(regions: tuple[str, ...] = (), plans: tuple[str, ...] = ()) -> str:
+    return render_reference(document(regions, plans))
+
+
+OPENAPI = document()  # as built, without a deployment's regions

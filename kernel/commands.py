@@ -29,6 +29,14 @@ class Command(Schema):
         unknown = RAISE
 
 
+# Python's whitespace (str.isspace), spelt out for patterns: \s means something else in the
+# ECMA-262 dialect of JSON Schema (no \x1c-\x1f nor \x85, but \ufeff), so a pattern the OpenAPI
+# document publishes and the validation runs reads the same only without it.
+SPACES = (
+    r"\t\n\u000b\f\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 class StrictBoolean(fields.Boolean):
     """Only a JSON boolean: "yes" or 1 is not an attestation or a consent."""
 
@@ -36,6 +44,19 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+class JsonInteger(fields.Integer):
+    """A JSON Schema integer: a JSON number with no fractional part, ``30`` or ``30.0`` alike
+    (the schema the document publishes says both are integers), never a string or a boolean."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class UtcDateTime(fields.AwareDateTime):

@@ -316,6 +316,7 @@ class AccountRoutes(Routes):
         response="ContactListOut",
         errors=(422,),
         listed=True,
+        paging="changes",
         query="FindContactsV1",
     )
     def list_contacts(self, request: Request) -> Response:

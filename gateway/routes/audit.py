@@ -11,7 +11,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from gateway.http import api, json_response
-from gateway.pagination import encode_cursor, page_params
+from gateway.pagination import ledger_cursor, page_params, read_ledger
 from gateway.route import AUDIT, POSITIVE, TEXT, TIME, UUID
 from gateway.routes.base import Routes, utc
 from kernel.errors import NotFound, ValidationFailed
@@ -22,14 +22,12 @@ class AuditRoutes(Routes):
     """Mixed into the gateway service: what audit answers."""
 
     def _ledger_filters(self, request: Request) -> tuple[dict[str, Any], int, int]:
-        limit, cursor = page_params(request.args)
-        after = str((cursor or {}).get("after", "0"))
-        if not after.isdigit():
-            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
+        limit, cursor = page_params(request.args, "ledger")
         filters: dict[str, Any] = {}
         errors: dict[str, list[str]] = {}
         for name in ("from", "to"):
-            if request.args.get(name):
+            # Present but empty is refused as the document's date-time would refuse it.
+            if name in request.args:
                 moment = utc(request.args[name])
                 if moment is None:
                     errors[name] = ["an RFC 3339 time with its offset"]
@@ -37,19 +35,19 @@ class AuditRoutes(Routes):
                     filters[name] = moment.isoformat()
         if request.args.get("type"):
             filters["types"] = request.args["type"].split(",")
-        if request.args.get("subject_id"):
+        if "subject_id" in request.args:
             try:
                 filters["subject_id"] = str(uuid.UUID(request.args["subject_id"]))
             except ValueError:
                 errors["subject_id"] = ["not a valid UUID"]
         if errors:
             raise ValidationFailed(errors)
-        return filters, limit, int(after)
+        return filters, limit, read_ledger(cursor)
 
     def _ledger_page(self, tenant_id: str | None, request: Request, **extra: Any) -> Response:
         filters, limit, after = self._ledger_filters(request)
         result = self.audit.list_entries(tenant_id, {**filters, **extra}, limit, after)
-        cursor = encode_cursor({"after": str(result["next"])}) if result["next"] else None
+        cursor = ledger_cursor(result["next"]) if result["next"] else None
         return json_response(200, {"items": result["items"], "next_cursor": cursor})
 
     @api(
@@ -60,6 +58,7 @@ class AuditRoutes(Routes):
         response="EntryListOut",
         errors=(422,),
         listed=True,
+        paging="ledger",
         filters={"from": TIME, "to": TIME, "type": TEXT, "subject_id": UUID},
     )
     def audit_entries(self, request: Request) -> Response:
@@ -74,6 +73,7 @@ class AuditRoutes(Routes):
         response="EntryListOut",
         errors=(404, 422),
         listed=True,
+        paging="ledger",
         filters={"from": TIME, "to": TIME, "type": TEXT},
     )
     def audit_subject(self, request: Request, subject_id: str) -> Response:
@@ -166,6 +166,7 @@ class AuditRoutes(Routes):
         response="EntryListOut",
         errors=(422,),
         listed=True,
+        paging="ledger",
         filters={"from": TIME, "to": TIME, "type": TEXT, "subject_id": UUID},
     )
     def operator_audit_entries(self, request: Request) -> Response:

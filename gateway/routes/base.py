@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import uuid
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +21,8 @@ from gateway import problems
 from gateway.http import IDENTITY, continue_client_trace, json_response, touched_ids
 from gateway.idempotency import HEADER as IDEMPOTENCY_KEY
 from gateway.idempotency import PLATFORM, fingerprint
-from gateway.pagination import encode_cursor, page_params
-from gateway.route import route_of
+from gateway.pagination import keyset_cursor, page_params, read_keyset
+from gateway.route import ROUTE, route_of
 from kernel.cards import contains_card_number
 from kernel.errors import (
     Conflict,
@@ -178,38 +178,17 @@ class Routes:
 
         A cursor is a position in an order, not a promise about filters: with other filters
         than the page it came from, it gives the items those filters find after that
-        position. Only a cursor of the other order is refused: its position means nothing
-        in this one."""
-        limit, cursor = page_params(request.args)
-        if not cursor:
-            return limit, None
-        if cursor.get("order", "created_at") != order:
-            raise ValidationFailed(
-                {
-                    "cursor": [
-                        "a cursor of this list in another order (updated_since pages as items"
-                        " changed, the list without it as they were created): start without one"
-                    ]
-                }
-            )
-        created_at, _, row_id = str(cursor.get("after", "")).partition("|")
-        moment = utc(created_at)
-        try:
-            row = uuid.UUID(row_id)
-        except ValueError:
-            moment = None
-        if moment is None:
-            raise ValidationFailed({"cursor": ["not a cursor this list gave out"]})
-        # Re-rendered, not passed on: Python reads forms PostgreSQL would refuse.
-        return limit, [moment.isoformat(), str(row)]
+        position. Only a cursor of the other order is refused (409): its position means
+        nothing in this one."""
+        route = request.environ.get(ROUTE)
+        kind = route.paging if route is not None else "changes"
+        limit, cursor = page_params(request.args, kind)
+        return limit, read_keyset(cursor, order) if cursor else None
 
     @staticmethod
     def _listing(result: dict[str, Any], order: str = "created_at") -> Response:
         after = result.get("next")
-        position = {"after": "|".join(after)} if after else None
-        if position is not None and order != "created_at":
-            position["order"] = order  # cursors of the creation order name none, as always
-        cursor = encode_cursor(position) if position else None
+        cursor = keyset_cursor(order, *after) if after else None
         return json_response(200, {"items": result["items"], "next_cursor": cursor})
 
 
@@ -225,9 +204,16 @@ def cancelled(caller: dict[str, Any]) -> bool:
     return caller["tenant_status"] != "active"
 
 
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def utc(value: str) -> dt.datetime | None:
     """An aware time in UTC, or None: Python reads offsets and years PostgreSQL refuses, so
     what is passed on is always re-rendered, never the client's text."""
+    if not _RFC3339.fullmatch(value):
+        return None  # fromisoformat also reads ISO 8601's other forms, which we do not document
     try:
         moment = dt.datetime.fromisoformat(value)
         if moment.tzinfo is None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
-
 from werkzeug.wrappers import Request, Response
 
 from gateway import schemas
 from gateway.http import api, json_response, read_query
-from gateway.pagination import encode_cursor, page_params
+from gateway.pagination import page_params, read_search, search_cursor
 from gateway.route import STAFF
-from gateway.routes.base import Routes, utc
-from kernel.errors import ValidationFailed
+from gateway.routes.base import Routes
 
 
 class SearchRoutes(Routes):
@@ -26,6 +23,7 @@ class SearchRoutes(Routes):
         response="SearchResultsOut",
         errors=(422,),
         listed=True,
+        paging="search",
         query="SearchTicketsV1",
     )
     def search_tickets(self, request: Request) -> Response:
@@ -36,11 +34,7 @@ class SearchRoutes(Routes):
         limit, after = _position(request)
         result = self.tickets.search_tickets(caller, query, limit, after)
         following = result["next"]
-        cursor = (
-            encode_cursor({"matched": int(following[0]), "after": f"{following[1]}|{following[2]}"})
-            if following
-            else None
-        )
+        cursor = search_cursor(*following) if following else None
         return json_response(
             200,
             {
@@ -54,17 +48,5 @@ class SearchRoutes(Routes):
 def _position(request: Request) -> tuple[int, list | None]:
     """``limit``, and the keyset position ``[matched, created_at, id]`` a search's cursor
     carries: the last ticket of the page before, in the search's order."""
-    limit, cursor = page_params(request.args)
-    if not cursor:
-        return limit, None
-    matched = cursor.get("matched")
-    created_at, _, row_id = str(cursor.get("after", "")).partition("|")
-    moment = utc(created_at)
-    try:
-        row = uuid.UUID(row_id)
-    except ValueError:
-        moment = None
-    if not isinstance(matched, int) or isinstance(matched, bool) or matched < 1 or moment is None:
-        raise ValidationFailed({"cursor": ["not a cursor this search gave out"]})
-    # Re-rendered, not passed on: Python reads forms PostgreSQL would refuse.
-    return limit, [str(matched), moment.isoformat(), str(row)]
+    limit, cursor = page_params(request.args, "search")
+    return limit, read_search(cursor) if cursor else None

@@ -24,7 +24,7 @@ class TicketRoutes(Routes):
         status=201,
         response="TicketOut",
         body="CreateTicketV1",
-        errors=(400, 413, 422),
+        errors=(400, 404, 409, 413, 422),
         idempotent=True,
         etag=True,
     )
@@ -48,6 +48,7 @@ class TicketRoutes(Routes):
         response="TicketListOut",
         errors=(422,),
         listed=True,
+        paging="changes",
         query="FindTicketsV1",
     )
     def list_tickets(self, request: Request) -> Response:

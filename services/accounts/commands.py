@@ -19,7 +19,8 @@ class SignUpV1(Command):
     company = fields.String(required=True, validate=validate.Length(min=1, max=200))
     region = fields.String(required=True, validate=validate.Length(min=1, max=20))
     admin = fields.Nested(SignUpAdmin, required=True)
-    age_confirmed = StrictBoolean(required=True)
+    # Only true signs a tenant up (the domain refuses anything else): the document says so.
+    age_confirmed = StrictBoolean(required=True, metadata={"enum": [True]})
     accept_policy_version = fields.String(required=True, validate=validate.Length(min=1, max=50))
 
 

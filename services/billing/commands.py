@@ -17,7 +17,8 @@ class AddPaymentMethodV1(Command):
     """``POST /v1/billing/payment-methods``: a processor's token, never card details."""
 
     processor_token = fields.String(
-        required=True, validate=[validate.Length(min=1, max=200), validate.Regexp(r"^tok_\w+$")]
+        required=True,
+        validate=[validate.Length(min=1, max=200), validate.Regexp(r"^tok_[A-Za-z0-9_]+$")],
     )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kernel.envelope import Envelope
-from kernel.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed, require_id
+from kernel.errors import Conflict, NotFound, ServiceUnavailable, require_id
 from kernel.uow import UnitOfWork
 from services.billing.catalogue import DEFAULT_PLAN, Catalogue
 from services.billing.domain import BillingAccount
@@ -107,7 +107,8 @@ def add_payment_method(
     try:
         card = processor.describe(command["processor_token"])
     except UnknownToken:
-        raise ValidationFailed({"processor_token": ["the processor does not know it"]}) from None
+        # A well-formed reference to nothing: as an id that names no record would be.
+        raise NotFound("the processor knows no such token") from None
     method_id = account.add_payment_method(
         command["processor_token"], card.brand, card.last4, card.exp_month, card.exp_year
     )

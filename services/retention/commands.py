@@ -1,8 +1,10 @@
 """Retention's commands: data-subject requests as an admin files them."""
 
+from typing import Any, ClassVar
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from kernel.commands import Command
+from kernel.commands import Command, JsonInteger
 from services.accounts.contracts import RectifyContactV1
 
 REQUEST_TYPES = (
@@ -18,6 +20,8 @@ REQUEST_TYPES = (
 class SubjectV1(Command):
     contact_id = fields.UUID()
     agent_id = fields.UUID()
+    # What ``exactly_one`` checks, as the OpenAPI document states it (gateway.openapi).
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {"minProperties": 1, "maxProperties": 1}
 
     @validates_schema
     def exactly_one(self, data, **kwargs):
@@ -35,6 +39,15 @@ class FilePrivacyRequestV1(Command):
     identity_check = fields.String(
         load_default="attested by the filing admin", validate=validate.Length(min=1, max=500)
     )
+    # What ``changes_for_rectification`` checks, as the OpenAPI document states it.
+    JSON_SCHEMA: ClassVar[dict[str, Any]] = {
+        "if": {"properties": {"type": {"const": "rectification"}}},
+        "then": {
+            "required": ["changes"],
+            "properties": {"changes": {"type": "object"}, "subject": {"required": ["contact_id"]}},
+        },
+        "else": {"properties": {"changes": {"type": "null"}}},
+    }
 
     @validates_schema
     def changes_for_rectification(self, data, **kwargs):
@@ -50,7 +63,7 @@ class FilePrivacyRequestV1(Command):
 class SetPolicyV1(Command):
     """``PUT /v1/retention/policies/{category}``: this tenant's period, in days."""
 
-    days = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=36500))
+    days = JsonInteger(required=True, validate=validate.Range(min=1, max=36500))
 
 
 class DecideRequestV1(Command):

@@ -45,7 +45,10 @@ def member(
     kind: str,
     field: str,
 ) -> None:
-    """Refuse (422) a requester or assignee who is not an active member of this tenant."""
+    """Refuse a requester or assignee who is not an active member of this tenant: one this
+    tenant does not have is not found (404, as an id in the path naming nothing would be; a
+    well-formed id is all the document can promise), a deactivated or restricted one a
+    conflict with their state (409)."""
     # The directory entry and the restriction in one round trip; a row even with no entry.
     uow.cur.execute(
         "SELECT d.tenant_id, d.kind, d.active,"
@@ -64,11 +67,11 @@ def member(
             known = None
     noun = "contact" if kind == "contact" else "agent"
     if known is None or known["tenant_id"] != tenant_id or known["kind"] != kind:
-        raise ValidationFailed({field: [f"no such {noun} in this tenant"]})
+        raise NotFound(f"{field}: no such {noun} in this tenant")
     if not known["active"]:
-        raise ValidationFailed({field: [f"the {noun} is deactivated"]})
+        raise Conflict(f"{field}: the {noun} is deactivated")
     if restricted:
-        raise ValidationFailed({field: [f"the {noun}'s data is restricted: no new processing"]})
+        raise Conflict(f"{field}: the {noun}'s data is restricted: no new processing")
 
 
 def create_ticket(

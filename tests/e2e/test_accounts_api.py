@@ -504,8 +504,9 @@ def test_agents_who_have_not_accepted_the_new_version_are_pending_until_they_do(
         "/v1/signup",
         json={**SIGNUP, "company": unique("Late Co"), "accept_policy_version": old_version},
     )
-    body = assert_problem(refused, 422)
-    assert set(body["errors"]) == {"accept_policy_version"}
+    # Well formed, but not the current one: a conflict with the platform's state.
+    body = assert_problem(refused, 409)
+    assert "current policy version" in body["detail"]
     assert sign_up(stack)["tenant"]["status"] == "active"
 
 
@@ -540,8 +541,8 @@ def test_a_repeated_signup_with_its_idempotency_key_replays_without_the_key(stac
     changed = stack.call(
         "POST", "/v1/signup", json={**body, "company": unique("Other Co")}, headers=headers
     )
-    problem = assert_problem(changed, 422)
-    assert "Idempotency-Key" in problem["errors"]
+    problem = assert_problem(changed, 409)
+    assert "Idempotency-Key" in problem["detail"]
     assert tenants_named(stack, company) == 1
 
 
@@ -570,7 +571,7 @@ def test_a_repeated_agent_creation_with_its_idempotency_key_creates_one_agent(st
         json={**body, "name": "Someone Else"},
         headers=headers,
     )
-    assert "Idempotency-Key" in assert_problem(other, 422)["errors"]
+    assert "Idempotency-Key" in assert_problem(other, 409)["detail"]
     listed = stack.call("GET", "/v1/agents", key=admin_key).json()["items"]
     assert len(listed) == 2  # the admin and the one agent
 

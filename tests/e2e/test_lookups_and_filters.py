@@ -359,7 +359,8 @@ def test_tickets_are_narrowed_by_every_filter_and_paged_with_them(logged):
         f"/v1/tickets?{query(updated_since=t1['created_at'], cursor=first['next_cursor'])}",
         key=key,
     )
-    assert set(assert_problem(other_order, 422)["errors"]) == {"cursor"}
+    # A well-formed position, in the other order: a conflict with the request's order.
+    assert "another order" in assert_problem(other_order, 409)["detail"]
 
 
 def test_a_client_in_step_sees_a_change_made_while_it_pages(logged):
@@ -384,7 +385,7 @@ def test_a_client_in_step_sees_a_change_made_while_it_pages(logged):
         (changed["id"], "urgent"),
     ]
     created_order = stack.call("GET", f"/v1/tickets?{query(cursor=page['next_cursor'])}", key=key)
-    assert set(assert_problem(created_order, 422)["errors"]) == {"cursor"}
+    assert "another order" in assert_problem(created_order, 409)["detail"]
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -408,11 +409,6 @@ BAD = [
     ("/v1/tickets", {"created_after": "2026-13-01T00:00:00Z"}, "created_after"),
     ("/v1/tickets", {"created_before": "2026-01-01"}, "created_before"),
     ("/v1/tickets", {"updated_since": "0001-01-01T00:00:00+14:00"}, "updated_since"),
-    (
-        "/v1/tickets",
-        {"updated_after": "2026-02-01T00:00:00Z", "updated_before": "2026-01-01T00:00:00Z"},
-        "updated_before",
-    ),
     ("/v1/tickets", {"colour": "red"}, "colour"),
 ]
 
@@ -420,6 +416,17 @@ BAD = [
 @pytest.fixture(scope="module")
 def admin_key(logged) -> str:
     return admin(logged[0])[0]
+
+
+def test_a_range_that_holds_no_time_lists_nothing(logged, admin_key):
+    # Not a 422: a rule across two parameters no OpenAPI document can state.
+    stack = logged[0]
+    requester = contact(stack, admin_key, email=f"{secrets.token_hex(4)}@example.com")
+    made = ticket(stack, admin_key, requester["id"])
+    moment = made["updated_at"]
+    assert made["id"] in found(stack, admin_key, "/v1/tickets", updated_after=moment)
+    empty = found(stack, admin_key, "/v1/tickets", updated_after=moment, updated_before=moment)
+    assert empty == []
 
 
 @pytest.mark.parametrize("path, params, field", BAD, ids=[f"{p}-{f}" for p, _, f in BAD])

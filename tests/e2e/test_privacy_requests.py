@@ -187,7 +187,8 @@ def test_restriction_objection_and_rectification(stack):
         key=key,
         json={"subject": "x", "body": "y", "requester_id": contact["id"]},
     )
-    assert no_ticket.status_code == 422
+    # Restricted: a conflict with the contact's state, not a malformed request.
+    assert no_ticket.status_code == 409
     assert stack.call("GET", f"/v1/contacts/{contact['id']}", key=key).status_code == 200
 
     objected = completed(

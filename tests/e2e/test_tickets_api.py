@@ -295,7 +295,7 @@ def test_a_repeated_creation_with_its_idempotency_key_makes_one_ticket(stack):
     changed = stack.call(
         "POST", "/v1/tickets", key=me["key"], json={**body, "body": "other"}, headers=headers
     )
-    assert "Idempotency-Key" in assert_problem(changed, 422)["errors"]
+    assert "Idempotency-Key" in assert_problem(changed, 409)["detail"]
     message_headers = {"Idempotency-Key": unique("message")}
     for _ in range(2):
         answer = stack.call(
@@ -554,12 +554,12 @@ def test_requesters_and_assignees_from_elsewhere_are_refused(stack):
             key=me["key"],
             json={"subject": "s", "body": "b", "requester_id": requester},
         )
-        assert set(assert_problem(refused, 422)["errors"]) == {"requester_id"}
+        assert assert_problem(refused, 404)["detail"].startswith("requester_id:")
 
     ticket = open_ticket(stack, me["key"], mine)
     for assignee in (their_agent, mine, theirs, str(uuid.uuid4())):
         refused = patch(stack, me["key"], ticket["id"], '"1"', assignee_id=assignee)
-        assert set(assert_problem(refused, 422)["errors"]) == {"assignee_id"}
+        assert assert_problem(refused, 404)["detail"].startswith("assignee_id:")
     assert listing(stack, me["key"]) == [ticket["id"]]
     assert get(stack, me["key"], ticket["id"]).json()["version"] == 1
 
@@ -582,7 +582,7 @@ def test_a_deactivated_agent_cannot_be_assigned(stack):
 
     wait_until(heard, what="tickets learning of the deactivation")
     refused = patch(stack, me["key"], ticket["id"], '"3"', assignee_id=leaver)
-    assert set(assert_problem(refused, 422)["errors"]) == {"assignee_id"}
+    assert assert_problem(refused, 409)["detail"] == "assignee_id: the agent is deactivated"
     assert get(stack, me["key"], ticket["id"]).json()["assignee_id"] is None
 
 

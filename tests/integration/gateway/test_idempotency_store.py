@@ -91,11 +91,11 @@ def test_the_same_key_with_a_different_request_is_refused(store):
     store.complete(TENANT, "k-2", 201, HEADERS, b"{}", TENANT)
     other = fingerprint("POST", "/v1/contacts", b'{"name": "Grace"}')
 
-    with pytest.raises(ValidationFailed) as caught:
+    with pytest.raises(Conflict) as caught:
         store.begin(TENANT, "k-2", other)
 
-    assert caught.value.errors == {"Idempotency-Key": ["already used with a different request"]}
-    with pytest.raises(ValidationFailed):  # whether or not the first has finished
+    assert caught.value.detail == "this Idempotency-Key was already used with a different request"
+    with pytest.raises(Conflict):  # whether or not the first has finished
         store.begin(TENANT, "k-3", FP) or store.begin(TENANT, "k-3", other)
 
 

@@ -34,10 +34,12 @@ def test_the_document_has_one_operation_per_documented_route_and_no_other():
         (method, path) for path, methods in OPENAPI["paths"].items() for method in methods
     }
     assert operations == {(r.method, r.path) for r in ROUTES if r.documented}
-    # Only the browser pages (the console's, the problem types' page) are left out.
+    # Only the browser pages (the console's, the reference and its problem types' page) are
+    # left out.
     assert {r.rule for r in ROUTES if not r.documented} == {
         "/console",
         "/console/<string:asset>",
+        "/docs",
         "/docs/problems",
     }
 
@@ -172,10 +174,9 @@ def test_the_ticket_list_checks_its_query_with_the_schema_its_route_declares():
     with pytest.raises(ValidationFailed) as refused:
         read_query(_query(route, "tag=a&tag=b"), schema)
     assert refused.value.errors == {"tag": ["give it once"]}
+    # A range that holds no time is taken (it lists nothing): the document cannot refuse it.
     moments = "created_after=2026-02-01T00:00:00Z&created_before=2026-01-01T00:00:00%2B01:00"
-    with pytest.raises(ValidationFailed) as refused:
-        read_query(_query(route, moments), schema)
-    assert refused.value.errors == {"created_before": ["must be later than created_after"]}
+    assert set(read_query(_query(route, moments), schema)) == {"created_after", "created_before"}
     with pytest.raises(ValidationFailed) as refused:
         read_query(_query(route, "updated_since=0001-01-01T00:00:00%2B14:00"), schema)
     assert refused.value.errors == {"updated_since": ["Not a valid datetime."]}
