@@ -42,12 +42,12 @@ class Tenant(Aggregate):
             errors["region"] = [f"must be one of: {', '.join(allowed_regions)}"]
         if age_confirmed is not True:
             errors["age_confirmed"] = ["the minimum age must be confirmed"]
+        if policy_version != current_policy_version:
+            errors["accept_policy_version"] = [
+                f"the current policy version is {current_policy_version}"
+            ]
         if errors:
             raise ValidationFailed(errors)
-        if policy_version != current_policy_version:
-            # A well-formed version that is not the current one: a conflict with the platform's
-            # state, as accepting it later is (the document's schema cannot know which it is).
-            raise Conflict(f"the current policy version is {current_policy_version}")
         tenant = cls(id=str(uuid.uuid4()))
         tenant.record(
             "tenant_created",

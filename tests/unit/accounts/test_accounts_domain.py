@@ -99,12 +99,10 @@ def test_age_must_be_confirmed_with_true_itself(value: Any):
 
 @pytest.mark.parametrize("accepted", ["2025-06", "", "2026-01 "])
 def test_only_the_current_policy_version_is_accepted(accepted: str):
-    # Well formed but not current: a conflict with the platform's state (409), as accepting it
-    # later is.
-    with pytest.raises(Conflict) as info:
+    with pytest.raises(ValidationFailed) as info:
         sign_up(policy_version=accepted)
 
-    assert info.value.detail == "the current policy version is 2026-01"
+    assert info.value.errors == {"accept_policy_version": ["the current policy version is 2026-01"]}
 
 
 def test_every_broken_rule_is_reported_together():
@@ -114,6 +112,7 @@ def test_every_broken_rule_is_reported_together():
     assert info.value.errors == {
         "region": ["must be one of: uk, in, sg"],
         "age_confirmed": ["the minimum age must be confirmed"],
+        "accept_policy_version": ["the current policy version is 2026-01"],
     }
 
 
