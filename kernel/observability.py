@@ -198,8 +198,12 @@ class BrokerCheck:
         name: str,
         timeout: float = 2.0,
         ssl: Callable[[], dict[str, Any] | None] | None = None,
+        heartbeat: int = 0,
     ) -> None:
         self._uri = amqp_uri
+        # Like every connection of the platform's, it beats (``run_beats``): the broker would
+        # close one silent for two heartbeats between probes, and no connection goes unwatched.
+        self.heartbeat = heartbeat
         # Called per connection: each gets TLS options of its own (Settings.amqp_ssl).
         self._ssl = ssl
         self._name = name
@@ -217,6 +221,7 @@ class BrokerCheck:
             try:
                 connection = Connection(
                     self._uri,
+                    heartbeat=self.heartbeat,
                     connect_timeout=self._timeout,
                     ssl=self._ssl() if self._ssl is not None else None,
                     # Bounded reads and writes: a broker gone silent answers no, not never.
@@ -236,6 +241,24 @@ class BrokerCheck:
                 return True
             self.close()
             return False
+
+    def beat(self) -> None:
+        """Send (and check) the kept connection's heartbeat; a broken one is dropped, and the
+        next check opens another."""
+        with self._lock:
+            if self._connection is None:
+                return
+            try:
+                self._connection.heartbeat_check()
+            except Exception:  # broken: dropped, the next probe connects again
+                self.close()
+
+    def run_beats(self) -> None:
+        """Beat four times a heartbeat, for good (a managed thread of the holder's)."""
+        interval = max(0.25, self.heartbeat / 4)
+        while True:
+            eventlet.sleep(interval)
+            self.beat()
 
     @staticmethod
     def _round_trip(connection: Connection) -> bool:
@@ -337,8 +360,12 @@ class OpsServer(SharedExtension):
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(_ScrapeTimeGauges(self))
         self._broker = BrokerCheck(
-            self.amqp_uri, f"{self.service_name} readiness", ssl=self.amqp_ssl
+            self.amqp_uri,
+            f"{self.service_name} readiness",
+            ssl=self.amqp_ssl,
+            heartbeat=settings.heartbeat,
         )
+        self._beats = self.container.spawn_managed_thread(self._broker.run_beats)
         # Served from setup on: a service that waits there (to re-apply retention's log of
         # forgetting) is alive (/healthz) and says why it is not ready (/readyz), so an
         # orchestrator neither restarts it nor sends it traffic.
@@ -361,6 +388,10 @@ class OpsServer(SharedExtension):
         self.kill()
 
     def kill(self) -> None:
+        beats = getattr(self, "_beats", None)
+        if beats is not None:
+            beats.kill()
+            self._beats = None
         broker = getattr(self, "_broker", None)  # killed before its setup ran: nothing opened
         if broker is not None:
             broker.close()

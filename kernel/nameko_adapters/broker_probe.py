@@ -17,13 +17,23 @@ class BrokerProbe(DependencyProvider):
     def setup(self) -> None:
         settings = settings_of(self.container)
         self.check = BrokerCheck(
-            settings.amqp_uri, f"{self.container.service_name} health", ssl=settings.amqp_ssl
+            settings.amqp_uri,
+            f"{self.container.service_name} health",
+            ssl=settings.amqp_ssl,
+            heartbeat=settings.heartbeat,
         )
+        self._beats: Any = None
+
+    def start(self) -> None:
+        self._beats = self.container.spawn_managed_thread(self.check.run_beats)
 
     def stop(self) -> None:
-        self.check.close()
+        self.kill()
 
     def kill(self) -> None:
+        if self._beats is not None:
+            self._beats.kill()
+            self._beats = None
         self.check.close()
 
     def get_dependency(self, worker_ctx: Any) -> BrokerCheck:

@@ -106,7 +106,12 @@ def test_signup_answers_with_the_tenant_its_admin_and_a_working_key(stack):
     assert isinstance(created["api_key"], str) and len(created["api_key"]) >= 40
 
     me = stack.call("GET", "/v1/tenant", key=created["api_key"])
-    assert me.status_code == 200 and me.json() == created["tenant"]
+    tenant_id = created["tenant"]["id"]
+    # Its support address names the tenant by id only (docs/architecture.md, "Mail in").
+    assert me.status_code == 200 and me.json() == {
+        **created["tenant"],
+        "support_address": f"{tenant_id}@{stack.settings.mail_in_domain}",
+    }
 
 
 def test_cancel_then_reactivate_the_tenant(stack):
@@ -128,13 +133,15 @@ def test_cancel_then_reactivate_the_tenant(stack):
     assert before + grace - dt.timedelta(seconds=5) <= destroy_after
     assert destroy_after <= after + grace + dt.timedelta(seconds=5)
 
+    # GET /v1/tenant also shows the tenant's support address (docs/architecture.md, "Mail in").
+    support = {"support_address": f"{tenant['tenant']['id']}@{stack.settings.mail_in_domain}"}
     seen = stack.call("GET", "/v1/tenant", key=key)
-    assert seen.status_code == 200 and seen.json() == body
+    assert seen.status_code == 200 and seen.json() == {**body, **support}
 
     reactivated = stack.call("POST", "/v1/tenant/reactivate", key=key)
     assert reactivated.status_code == 200, reactivated.text
     assert reactivated.json() == tenant["tenant"]  # active again, no destroy_after
-    assert stack.call("GET", "/v1/tenant", key=key).json() == tenant["tenant"]
+    assert stack.call("GET", "/v1/tenant", key=key).json() == {**tenant["tenant"], **support}
 
     # Reactivating an active tenant is a state conflict.
     assert_problem(stack.call("POST", "/v1/tenant/reactivate", key=key), 409)
@@ -504,9 +511,8 @@ def test_agents_who_have_not_accepted_the_new_version_are_pending_until_they_do(
         "/v1/signup",
         json={**SIGNUP, "company": unique("Late Co"), "accept_policy_version": old_version},
     )
-    # Well formed, but not the current one: a conflict with the platform's state.
-    body = assert_problem(refused, 409)
-    assert "current policy version" in body["detail"]
+    body = assert_problem(refused, 422)
+    assert set(body["errors"]) == {"accept_policy_version"}
     assert sign_up(stack)["tenant"]["status"] == "active"
 
 

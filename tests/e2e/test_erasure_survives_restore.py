@@ -234,7 +234,9 @@ def test_purges_restrictions_and_access_log_shreds_are_applied_again_after_a_res
         key=key,
         json={"subject": "again", "body": "hello", "requester_id": kim["id"]},
     )
-    assert refused.status_code == 422, refused.text
+    # A restricted requester is a conflict with their state (409): the restriction came back.
+    assert refused.status_code == 409, refused.text
+    assert "restricted" in refused.json()["detail"]
     assert early_erased()
     assert stack.call("GET", "/v1/audit/verify", key=key).json()["ok"] is True
 

@@ -51,7 +51,8 @@ def test_signup_then_tenant_then_tenant_created_on_the_broker(stack):
     assert len(created["api_key"]) >= 40
 
     me = stack.call("GET", "/v1/tenant", key=created["api_key"])
-    assert me.status_code == 200 and me.json() == tenant
+    support_address = f"{tenant['id']}@{stack.settings.mail_in_domain}"
+    assert me.status_code == 200 and me.json() == {**tenant, "support_address": support_address}
 
     with Connection(stack.settings.amqp_uri) as conn:
         queue = conn.SimpleQueue(observed)

@@ -481,9 +481,10 @@ def test_a_payment_method_keeps_only_brand_last4_and_expiry(billing):
     mastercard = billing.add_card(tenant, "tok_sandbox_mastercard")
     assert (mastercard["brand"], mastercard["last4"]) == ("mastercard", "4444")
     assert billing.call(handlers.list_payment_methods, tenant.id) == {"items": [visa, mastercard]}
-    with pytest.raises(ValidationFailed) as unknown:
+    # A well-formed token the processor does not know names nothing: 404.
+    with pytest.raises(NotFound) as unknown:
         billing.add_card(tenant, "tok_sandbox_nothing")
-    assert "processor_token" in unknown.value.errors
+    assert unknown.value.detail == "the processor knows no such token"
 
     # The read model's columns: nothing that could hold a card number besides the token.
     columns = billing.rows(
