@@ -82,11 +82,15 @@ def stop_a_node_under_load(
     for queue in queues:
         info = watch.management("GET", f"/api/queues/{quoted}/{queue}").json()
         assert sorted(info["members"]) == sorted(n.name for n in nodes), queue
-    # The first URL is everyone's first choice (the statistics lag a few seconds).
-    wait_until(
-        lambda: connected_nodes(watch, vhost) == {nodes[0].name},
+    # The first URL is everyone's first choice (the statistics lag a few seconds). On a loaded
+    # machine a connection whose first attempt timed out goes on to the next URL and stays
+    # there, so the first node need not hold every connection; whatever the victim holds must
+    # have left it once it stops.
+    first = nodes[0].name
+    before = wait_until(
+        lambda: (found := connected_nodes(watch, vhost)) and first in found and found,
         timeout=30,
-        what="every process connected to the first node",
+        what=f"connections on {first}",
     )
 
     tenant_id, key, contact_id = ticket_writer(stack)
@@ -112,7 +116,10 @@ def stop_a_node_under_load(
         wait_for_progress(load, 100, timeout=120, what="writes after it returned")
         wait_until(lambda: ready(stack), timeout=60, what="readiness")
     outcomes = load.outcomes
-    print(f"\n{victim.name} stopped; connections then on {sorted(moved)}: {outcomes.summary()}")
+    print(
+        f"\nconnections on {sorted(before)}; {victim.name} stopped; then on {sorted(moved)}: "
+        f"{outcomes.summary()}"
+    )
     assert outcomes.unexpected == {}, outcomes.summary()
     assert outcomes.hangs == 0 and outcomes.refused == 0, outcomes.summary()
     assert_accepted_writes_kept(stack.settings, tenant_id, outcomes.accepted)
@@ -136,10 +143,12 @@ def test_the_node_every_client_uses_stopped_under_load_they_move_to_the_others(
         stop_a_node_under_load(stack, cluster, cluster[0], infrastructure.database_url, 30)
 
 
-def _take_all(amqp_uri: str, queue: str) -> list[str]:
+def _take_all(amqp_uri: str, queue: str, taken: list[str] | None = None) -> list[str]:
+    """Every message in ``queue``, appended to ``taken`` as it comes (taken without an ack, a
+    message is the caller's even if a later get fails)."""
+    taken = [] if taken is None else taken
     with Connection(amqp_uri, connect_timeout=5) as conn:
         channel = conn.channel()
-        taken = []
         while (message := channel.basic_get(queue, no_ack=True)) is not None:
             taken.append(message.body.decode() if isinstance(message.body, bytes) else message.body)
         channel.close()
@@ -182,7 +191,12 @@ def test_dead_letters_outlive_their_leader_stopping_while_their_full_queue_refus
         try:
 
             def all_arrived() -> bool:
-                taken.extend(_take_all(on_survivor, SUBSCRIPTION.dead_letter_queue))
+                try:
+                    _take_all(on_survivor, SUBSCRIPTION.dead_letter_queue, taken)
+                except amqp.exceptions.InternalError:
+                    # "noproc": the survivors are still electing the queue's new leader, a
+                    # moment a client rides out by asking again.
+                    return False
                 return len(taken) >= len(bodies)
 
             wait_until(all_arrived, timeout=120, interval=1, what="every dead letter")
