@@ -1,18 +1,23 @@
 """``deploy/rabbitmq/definitions.json``, made from the code: the exchanges, queues (with every
 argument the code declares them with) and bindings of ``kernel.topology``, the services'
-subscriptions and their RPC queues, at the default settings.
+subscriptions and their RPC queues, at the default settings; and one broker user per process
+kind (``ledgerdesk-<service>``, ``ledgerdesk-gateway``) with only the permissions it needs
+(``permissions``).
 
-A broker that loads the file at boot has the platform's topology before any process starts, and
-the processes' own declarations find it unchanged (tests/deploy/test_rabbitmq_definitions.py).
-``python -m services.broker_definitions --write`` writes the file; without it, prints what
-would be written and exits 1 if the file differs.
+The users have no password in this file: a password here would be a secret in version control.
+The operator's own users file, imported after this one at every boot, gives each its password
+(as compose's development ``dev-users.json`` does; docs/operations.md, "One broker user per
+process"). Set passwords there rather than with ``rabbitmqctl change_password``: a boot that
+imports a changed definitions file again would blank a password set only by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,69 @@ from services.platform import RPC_SERVERS, subscriptions
 
 PATH = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
 VHOST = "/"
+# Every kind of process that connects to the broker: each service, and the gateway.
+PROCESSES: tuple[str, ...] = (*sorted(RPC_SERVERS), "gateway")
+# Where a reply to a direct reply-to request, and an operator's replayed dead letter, is
+# published: the default exchange, which RabbitMQ checks as this name.
+DEFAULT_EXCHANGE = "amq.default"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# The reply queues of nameko's standalone RPC client (``ClusterRpcProxy``: a process's start-up
+# reading of retention's log of forgetting, the gateway's credentials reconciliation,
+# retention's calls): ``rpc.reply-standalone_rpc_proxy-<uuid4>``, the same prefix in every
+# process. One user could use another's only by guessing its 122 random bits.
+STANDALONE_REPLY_QUEUES = r"rpc\.reply-standalone_rpc_proxy-.+"
+
+
+def user_of(process: str) -> str:
+    """The broker user a process of this kind connects as."""
+    return f"ledgerdesk-{process}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """RabbitMQ's three regular expressions over resource names, for one user in one vhost:
+    configure (declare, delete), write (publish to an exchange, bind a queue), read (consume,
+    get, purge a queue; bind from an exchange)."""
+
+    configure: str
+    write: str
+    read: str
+
+    def allows(self, operation: str, resource: str) -> bool:
+        return re.fullmatch(getattr(self, operation), resource) is not None
+
+
+def _any_of(names: list[str]) -> str:
+    return "^(" + "|".join(names) + ")$"
+
+
+def permissions(process: str) -> Permissions:
+    """What a process of this kind needs, and no more: its own queues (its consumer queues and
+    their dead-letter queues, named ``<process>.*``; a service's RPC queue and its dead letters),
+    the platform's exchanges, and the default exchange its RPC replies go through. Another
+    service's queue it can neither consume nor bind nor delete. The gateway also reads every
+    dead-letter queue: operators list and replay dead letters through it."""
+    if process not in PROCESSES:
+        raise ValueError(f"unknown process {process!r}: one of {', '.join(PROCESSES)}")
+    own = [rf"{re.escape(process)}\..+", STANDALONE_REPLY_QUEUES]
+    if process in RPC_SERVERS:
+        own.append(rf"{re.escape(rpc_queue(process).name)}(\..+)?")
+    exchanges = [
+        re.escape(name)
+        for name in (
+            topology.EVENTS_EXCHANGE,
+            topology.DEAD_LETTER_EXCHANGE,
+            rpc_queue("any").exchange.name,
+        )
+    ]
+    # Declaring an exchange that exists unchanged needs configure on it, as a process's start
+    # does; the exchanges are durable and defined at boot, so none is ever deleted in use.
+    configure = own + exchanges
+    write = own + exchanges + [re.escape(DEFAULT_EXCHANGE)]
+    read = own + exchanges + [re.escape(DIRECT_REPLY_TO)]
+    if process == "gateway":
+        read.append(r".+\.dead")
+    return Permissions(_any_of(configure), _any_of(write), _any_of(read))
 
 
 def _queue(queue: Queue) -> dict[str, Any]:
@@ -91,6 +159,26 @@ def definitions(settings: Settings | None = None) -> dict[str, Any]:
         "queues": queues,
         "bindings": bindings,
         "policies": [],
+        # No password (the module's docstring): the operator's users file gives it.
+        "users": [
+            {
+                "name": user_of(process),
+                "password_hash": "",
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": [],
+            }
+            for process in PROCESSES
+        ],
+        "permissions": [
+            {
+                "user": user_of(process),
+                "vhost": VHOST,
+                "configure": permissions(process).configure,
+                "write": permissions(process).write,
+                "read": permissions(process).read,
+            }
+            for process in PROCESSES
+        ],
     }
 
 

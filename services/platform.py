@@ -144,6 +144,7 @@ def start_processes(
     only: tuple[str, ...] | None = None,
     ops_port: int | None = None,
     log_dir: Path | None = None,
+    amqp_uris: dict[str, str] | None = None,
 ) -> dict[str, subprocess.Popen]:
     """Every service once, and the gateway in several processes sharing its port (SO_REUSEPORT:
     the kernel spreads connections), since one eventlet process is bound to one core.
@@ -168,7 +169,15 @@ def start_processes(
                 # Their own process group: Ctrl-C reaches the launcher only, which stops each
                 # service with SIGTERM (graceful) rather than all of them racing on SIGINT.
                 start_new_session=True,
-                env={**env, "LEDGERDESK_OPS_PORT": str(ports[name])},
+                env={
+                    **env,
+                    "LEDGERDESK_OPS_PORT": str(ports[name]),
+                    **(
+                        {"LEDGERDESK_AMQP_URI": amqp_uris[kind]}
+                        if amqp_uris is not None and (kind := name.split("-")[0]) in amqp_uris
+                        else {}
+                    ),
+                },
                 stderr=log,
             )
         finally:

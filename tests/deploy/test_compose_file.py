@@ -25,6 +25,7 @@ from kernel.config import (
     Settings,
 )
 from kernel.signing import signer_from_config
+from services import broker_definitions
 from services.platform import GATEWAY, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,19 +169,41 @@ def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses(nam
     assert settings.environment == "production" and settings.held_secrets == own
 
 
-def test_the_broker_credentials_in_compose_open_the_dev_user_of_the_definitions() -> None:
+def _opens(users: dict, url: urllib.parse.SplitResult) -> None:
+    """The URL's user is in dev-users.json, and its password is the one the hash was made of."""
+    assert url.hostname == "rabbitmq" and url.password and "dev-insecure" in url.password
+    (user,) = [u for u in users["users"] if u["name"] == url.username]
+    assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+    stored = base64.b64decode(user["password_hash"])
+    salt, digest = stored[:4], stored[4:]
+    assert hashlib.sha256(salt + url.password.encode()).digest() == digest
+
+
+def test_each_process_connects_as_its_own_least_privileged_broker_user() -> None:
+    """The prepare job declares the topology as the administrator; every other process has its
+    own user, whose development password dev-users.json sets and whose permissions are the
+    definitions' (services.broker_definitions.permissions). No process holds the management
+    API's administrator URL."""
     users = json.loads((ROOT / "deploy" / "rabbitmq" / "dev-users.json").read_text())
-    env = environment_of("tickets", {})
-    for variable in ("LEDGERDESK_AMQP_URI", "LEDGERDESK_RABBIT_MANAGEMENT_URL"):
-        url = urllib.parse.urlsplit(env[variable])
-        assert url.hostname == "rabbitmq" and url.password and "dev-insecure" in url.password
-        (user,) = [u for u in users["users"] if u["name"] == url.username]
-        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
-        stored = base64.b64decode(user["password_hash"])
-        salt, digest = stored[:4], stored[4:]
-        assert hashlib.sha256(salt + url.password.encode()).digest() == digest
-        (grant,) = [p for p in users["permissions"] if p["user"] == url.username]
+    topology = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
+    admin = urllib.parse.urlsplit(environment_of("prepare", {})["LEDGERDESK_AMQP_URI"])
+    _opens(users, admin)
+    (grant,) = [p for p in users["permissions"] if p["user"] == admin.username]
+    assert grant["configure"] == grant["write"] == grant["read"] == ".*"
+    for name in broker_definitions.PROCESSES:
+        env = environment_of(name, {})
+        assert "LEDGERDESK_RABBIT_MANAGEMENT_URL" not in env, name
+        url = urllib.parse.urlsplit(env["LEDGERDESK_AMQP_URI"])
+        assert url.username == broker_definitions.user_of(name), name
+        _opens(users, url)
+        (grant,) = [p for p in topology["permissions"] if p["user"] == url.username]
         assert grant["vhost"] == urllib.parse.unquote(url.path.lstrip("/") or "/")
+        expected = broker_definitions.permissions(name)
+        assert (grant["configure"], grant["write"], grant["read"]) == (
+            expected.configure,
+            expected.write,
+            expected.read,
+        )
 
 
 class _Recording(dict):

@@ -23,6 +23,7 @@ from kernel.config import (
     declared,
 )
 from kernel.signing import signer_from_config
+from services import broker_definitions
 from services.platform import GATEWAY, SERVICES
 from tests.deploy.kustomize import render
 from tests.deploy.manifests import (
@@ -140,8 +141,9 @@ def test_every_secret_referenced_is_documented_for_its_out_of_band_creation(over
     example = env_file(SECRETS_EXAMPLE)
     for workload in workloads(overlay):
         for container in pod_spec(workload)["containers"]:
+            workload_name = workload["metadata"]["name"]
             for name, key in secret_keys(container).items():
-                assert name == key and key in example, (workload["metadata"]["name"], key)
+                assert key == key_of(name, workload_name) and key in example, (workload_name, key)
     for authentication in of_kind(overlay, "TriggerAuthentication").values():
         for ref in authentication["spec"]["secretTargetRef"]:
             assert ref["name"] == "ledgerdesk-keda-rabbitmq"
@@ -161,6 +163,15 @@ def container_of(process: str, overlay: str = "production") -> dict[str, Any]:
     )
     (container,) = find(overlay, kind, name)["spec"]["template"]["spec"]["containers"]
     return container
+
+
+def key_of(variable: str, workload: str) -> str:
+    """The Secret's key a variable comes from: its own name, but a process's broker URI, which
+    comes from its process's own key (its own broker user, services.broker_definitions)."""
+    process = workload.removeprefix("ledgerdesk-")
+    if variable == "LEDGERDESK_AMQP_URI" and process in broker_definitions.PROCESSES:
+        return f"LEDGERDESK_AMQP_URI_{process.upper()}"
+    return variable
 
 
 def secret_keys(container: dict[str, Any]) -> dict[str, str]:
@@ -190,7 +201,10 @@ def test_the_secret_holds_exactly_the_declared_secrets_and_connection_urls() -> 
     passwords the cluster's processes read; the ConfigMap holds none of them."""
     secrets = {variable.variable for _, variable in declared() if variable.secret}
     assert secrets == {f"LEDGERDESK_{name}" for name in SECRET_FIELDS}
-    assert set(env_file(SECRETS_EXAMPLE)) == secrets | CONNECTIONS
+    broker_users = {
+        f"LEDGERDESK_AMQP_URI_{process.upper()}" for process in broker_definitions.PROCESSES
+    }
+    assert set(env_file(SECRETS_EXAMPLE)) == secrets | CONNECTIONS | broker_users
     for overlay in OVERLAYS:
         config = find(overlay, "ConfigMap", "ledgerdesk-config")["data"]
         assert not set(config) & (secrets | CONNECTIONS)
@@ -203,7 +217,7 @@ def test_each_process_is_given_exactly_the_secrets_it_uses(process: str) -> None
     container = container_of(process)
     assert "secretRef" not in str(container.get("envFrom")), "never the whole Secret"
     keys = secret_keys(container)
-    assert all(name == key for name, key in keys.items())
+    assert all(key == key_of(name, f"ledgerdesk-{process}") for name, key in keys.items())
     expected = CONNECTIONS | {f"LEDGERDESK_{n}" for n in SERVICE_SECRETS[process]}
     assert set(keys) == expected
 

@@ -138,3 +138,38 @@ def test_a_broker_that_loaded_the_definitions_accepts_the_codes_topology_unchang
         assert changed[consumer][1]["x-delivery-limit"] == limit + 1
         # A dead-letter queue with other limits is replaced rather than refused: the arguments
         # compared above are what hold those to the code.
+
+
+def _owner(queue: str) -> str:
+    """The process whose queue it is: ``<process>.*``, or ``rpc-<service>`` and its dead letters."""
+    return queue.removeprefix("rpc-").split(".")[0]
+
+
+def test_each_process_has_a_user_without_a_password_and_only_its_own_queues() -> None:
+    """One user per process; none may consume, bind to or delete another's queue, and only the
+    gateway (the operators' dead-letter routes) reads every dead-letter queue. No password is in
+    the file: the operator's own users file, imported after it, gives one."""
+    loaded = definitions()
+    users = {u["name"]: u for u in loaded["users"]}
+    assert set(users) == {broker_definitions.user_of(p) for p in broker_definitions.PROCESSES}
+    assert all(u["password_hash"] == "" and u["tags"] == [] for u in users.values())
+    grants = {p["user"]: p for p in loaded["permissions"]}
+    queues = [q["name"] for q in loaded["queues"]]
+    for process in broker_definitions.PROCESSES:
+        granted = broker_definitions.Permissions(
+            **{
+                k: grants[broker_definitions.user_of(process)][k]
+                for k in ("configure", "write", "read")
+            }
+        )
+        assert granted == broker_definitions.permissions(process)
+        for queue in queues:
+            own = _owner(queue) == process
+            assert granted.allows("configure", queue) == own, (process, queue)
+            assert granted.allows("write", queue) == own, (process, queue)
+            reads = own or (process == "gateway" and queue.endswith(".dead"))
+            assert granted.allows("read", queue) == reads, (process, queue)
+        for exchange in loaded["exchanges"]:
+            assert granted.allows("write", exchange["name"]), (process, exchange["name"])
+        # Not a queue of another process's by a longer name.
+        assert not granted.allows("read", f"x{process}.privacy")

@@ -64,16 +64,21 @@ class Stack:
 def running_stack(
     infrastructure: Infrastructure,
     before_start: Callable[[Settings], None] | None = None,
+    amqp_uris: Callable[[Settings], dict[str, str]] | None = None,
     **overrides: str,
 ) -> Iterator[Stack]:
     """A whole platform in a world of its own; ``before_start`` runs once the world is prepared
-    and before any process starts (to bind a queue that sees every message, say)."""
+    and before any process starts (to bind a queue that sees every message, say); ``amqp_uris``
+    then gives each kind of process its own broker URI (``platform.start_processes``)."""
     port = free_port()
     with make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(port), **overrides) as settings:
         platform.prepare(settings)
         if before_start is not None:
             before_start(settings)
-        processes = platform.start_processes(world_env(settings))
+        processes = platform.start_processes(
+            world_env(settings),
+            amqp_uris=amqp_uris(settings) if amqp_uris is not None else None,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             assert platform.wait_until_ready(url, processes, timeout=60), "no stack"

@@ -1,0 +1,155 @@
+"""One broker user per kind of process, with the permissions deploy/rabbitmq/definitions.json
+gives it (``services.broker_definitions.permissions``): the whole platform runs on them, a
+privacy request crossing every service completes, an operator lists dead letters, and a
+process's user is refused what belongs to another service."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import urllib.parse
+from collections.abc import Iterator
+
+import amqp
+import pytest
+from kombu import Connection
+
+from kernel.config import Settings
+from kernel.testing import Infrastructure, wait_until
+from services.broker_definitions import PROCESSES, permissions, user_of
+from tests.e2e.conftest import Stack, running_stack
+from tests.e2e.helpers import admin, completed, create_contact, file, ok
+
+
+class BrokerUsers:
+    """Users for one world's vhost, named after it (users are the broker's, not a vhost's, and
+    worlds run side by side), each with its process's permissions from the definitions."""
+
+    def __init__(self, infrastructure: Infrastructure):
+        self.infrastructure = infrastructure
+        self.passwords: dict[str, str] = {}
+        self.vhost = ""
+
+    def create(self, settings: Settings) -> dict[str, str]:
+        self.vhost = settings.database_prefix
+        vhost = urllib.parse.quote(self.vhost, safe="")
+        uris = {}
+        for process in PROCESSES:
+            name = self.name(process)
+            password = secrets.token_urlsafe(16)
+            self.passwords[name] = password
+            self.infrastructure.management(
+                "PUT", f"/api/users/{name}", json={"password": password, "tags": ""}
+            )
+            granted = permissions(process)
+            self.infrastructure.management(
+                "PUT",
+                f"/api/permissions/{vhost}/{name}",
+                json={"configure": granted.configure, "write": granted.write, "read": granted.read},
+            )
+            uris[process] = self.uri(process)
+        return uris
+
+    def name(self, process: str) -> str:
+        return f"{self.vhost}.{user_of(process)}"
+
+    def uri(self, process: str) -> str:
+        base = urllib.parse.urlsplit(self.infrastructure.amqp_base)
+        name = self.name(process)
+        return (
+            f"amqp://{urllib.parse.quote(name, safe='')}:{self.passwords[name]}"
+            f"@{base.hostname}:{base.port or 5672}/{self.vhost}"
+        )
+
+    def delete(self) -> None:
+        for name in self.passwords:
+            with contextlib.suppress(Exception):
+                self.infrastructure.management("DELETE", f"/api/users/{name}")
+
+
+@pytest.fixture(scope="module")
+def users(infrastructure: Infrastructure) -> Iterator[BrokerUsers]:
+    created = BrokerUsers(infrastructure)
+    try:
+        yield created
+    finally:
+        created.delete()
+
+
+@pytest.fixture(scope="module")
+def least_privilege_stack(infrastructure: Infrastructure, users: BrokerUsers) -> Iterator[Stack]:
+    # The world is prepared (databases, topology) with the administrator's URI, as the prepare
+    # job does; every process then connects as its own user.
+    with running_stack(infrastructure, amqp_uris=users.create) as running:
+        yield running
+
+
+def connected_users(infrastructure: Infrastructure, vhost: str) -> set[str]:
+    connections = infrastructure.management("GET", "/api/connections").json()
+    return {c["user"] for c in connections if c.get("vhost") == vhost}
+
+
+def test_the_platform_runs_with_one_least_privileged_user_per_process(
+    least_privilege_stack: Stack, users: BrokerUsers, infrastructure: Infrastructure
+) -> None:
+    stack = least_privilege_stack
+    key, _agent = admin(stack)
+    contact = create_contact(stack, key)
+    ok(
+        stack.call(
+            "POST",
+            "/v1/tickets",
+            key=key,
+            json={"subject": "Broker users", "body": "hello", "requester_id": contact["id"]},
+        ),
+        201,
+    )
+    # Retention asks every service by events and hears their answers: every consumer queue,
+    # the relays' publishing and the RPC between them, each under its own user.
+    filed = file(stack, key, {"type": "erasure", "subject": {"contact_id": contact["id"]}})
+    assert completed(stack, key, filed["id"], timeout=90)["status"] == "completed"
+    # The gateway lists every service's dead letters for the operator.
+    listed = stack.call("GET", "/v1/operator/dead-letters", key=stack.settings.operator_token)
+    assert listed.status_code == 200, listed.text
+    # Every process is connected, as its own user and no other (the statistics lag a little).
+    expected = {users.name(p) for p in PROCESSES}
+    found = wait_until(
+        lambda: (
+            connected_users(infrastructure, users.vhost) >= expected
+            and connected_users(infrastructure, users.vhost)
+        ),
+        timeout=30,
+        what="a connection of every process's user",
+    )
+    assert found == expected
+    assert all(process.poll() is None for process in stack.processes.values())
+
+
+@pytest.mark.parametrize(
+    ("process", "operation"),
+    [
+        ("tickets", "consume another service's queue"),
+        ("tickets", "delete another service's queue"),
+        ("billing", "read another service's dead letters"),
+        ("gateway", "delete a service's queue"),
+    ],
+)
+def test_a_process_user_is_refused_what_belongs_to_another(
+    least_privilege_stack: Stack, users: BrokerUsers, process: str, operation: str
+) -> None:
+    with Connection(users.uri(process), connect_timeout=5) as conn:
+        channel = conn.channel()
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            if operation == "consume another service's queue":
+                channel.basic_get("billing.privacy", no_ack=False)
+            elif operation == "delete another service's queue":
+                channel.queue_delete("audit.ledger")
+            elif operation == "read another service's dead letters":
+                channel.basic_get("tickets.privacy.dead", no_ack=False)
+            else:
+                channel.queue_delete("tickets.privacy")
+    # What the refused user owns, it may use.
+    own = "billing.privacy.dead" if process == "billing" else f"{process}.privacy"
+    with Connection(users.uri(process), connect_timeout=5) as conn:
+        channel = conn.channel()
+        _name, _count, _consumers = channel.queue_declare(own, passive=True)
