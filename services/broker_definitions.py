@@ -66,6 +66,13 @@ def _any_of(names: list[str]) -> str:
     return "^(" + "|".join(names) + ")$"
 
 
+def event_routing_keys(process: str) -> str:
+    """The routing keys a process may publish to the events exchange with (a topic permission):
+    its own events only, ``<process>.<type>``. Write on the exchange alone would let one service
+    publish another's events (a privacy command in retention's name, say)."""
+    return rf"^{re.escape(process)}\..+$"
+
+
 def permissions(process: str) -> Permissions:
     """What a process of this kind needs, and no more: its own queues (its consumer queues and
     their dead-letter queues, named ``<process>.*``; a service's RPC queue and its dead letters),
@@ -176,6 +183,16 @@ def definitions(settings: Settings | None = None) -> dict[str, Any]:
                 "configure": permissions(process).configure,
                 "write": permissions(process).write,
                 "read": permissions(process).read,
+            }
+            for process in PROCESSES
+        ],
+        "topic_permissions": [
+            {
+                "user": user_of(process),
+                "vhost": VHOST,
+                "exchange": topology.EVENTS_EXCHANGE,
+                "write": event_routing_keys(process),
+                "read": ".*",
             }
             for process in PROCESSES
         ],

@@ -6,6 +6,7 @@ that declaring the code's topology over the file changes nothing."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,11 @@ def test_each_process_has_a_user_without_a_password_and_only_its_own_queues() ->
             assert granted.allows("write", exchange["name"]), (process, exchange["name"])
         # Not a queue of another process's by a longer name.
         assert not granted.allows("read", f"x{process}.privacy")
+    # On the events exchange, each publishes its own events only.
+    topics = {t["user"]: t for t in loaded["topic_permissions"]}
+    for process in broker_definitions.PROCESSES:
+        topic = topics[broker_definitions.user_of(process)]
+        assert topic["exchange"] == topology.EVENTS_EXCHANGE
+        for other in broker_definitions.PROCESSES:
+            key = f"{other}.something_happened"
+            assert bool(re.search(topic["write"], key)) == (other == process), (process, key)

@@ -14,9 +14,10 @@ import amqp
 import pytest
 from kombu import Connection
 
+from kernel import topology
 from kernel.config import Settings
 from kernel.testing import Infrastructure, wait_until
-from services.broker_definitions import PROCESSES, permissions, user_of
+from services.broker_definitions import PROCESSES, event_routing_keys, permissions, user_of
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import admin, completed, create_contact, file, ok
 
@@ -46,6 +47,15 @@ class BrokerUsers:
                 "PUT",
                 f"/api/permissions/{vhost}/{name}",
                 json={"configure": granted.configure, "write": granted.write, "read": granted.read},
+            )
+            self.infrastructure.management(
+                "PUT",
+                f"/api/topic-permissions/{vhost}/{name}",
+                json={
+                    "exchange": topology.EVENTS_EXCHANGE,
+                    "write": event_routing_keys(process),
+                    "read": ".*",
+                },
             )
             uris[process] = self.uri(process)
         return uris
@@ -153,3 +163,20 @@ def test_a_process_user_is_refused_what_belongs_to_another(
     with Connection(users.uri(process), connect_timeout=5) as conn:
         channel = conn.channel()
         _name, _count, _consumers = channel.queue_declare(own, passive=True)
+
+
+def test_a_process_publishes_only_its_own_events(
+    least_privilege_stack: Stack, users: BrokerUsers
+) -> None:
+    """Write on the events exchange is limited by routing key: tickets may publish a
+    ``tickets.*`` event, never one in retention's name."""
+    with Connection(users.uri("tickets"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(
+            amqp.Message("{}"), topology.EVENTS_EXCHANGE, "tickets.nothing_listens"
+        )
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.basic_publish_confirm(
+                amqp.Message("{}"), topology.EVENTS_EXCHANGE, "retention.privacy_command"
+            )
