@@ -61,6 +61,11 @@ def guarded(main: Callable[[], int]) -> int:
     except ConfigurationError as exc:
         print(f"configuration: {exc}", file=sys.stderr)
         return Exit.USAGE
+    except amqp.exceptions.AccessRefused as exc:
+        # A broker user with a process's permissions (services/broker_definitions.py) asked
+        # for another's queue: say which, and that the operator's user is the one to use.
+        print(f"refused by the broker: {exc.reply_text or exc}", file=sys.stderr)
+        return Exit.FAILED
     except UNREACHABLE_ERRORS as exc:
         # psycopg2's own message names the host and port it tried, never the password.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -39,7 +39,7 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # The reply queues of nameko's standalone RPC client (``ClusterRpcProxy``: a process's start-up
 # reading of retention's log of forgetting, the gateway's credentials reconciliation,
 # retention's calls): ``rpc.reply-standalone_rpc_proxy-<uuid4>``, the same prefix in every
-# process. One user could use another's only by guessing its 122 random bits.
+# process. Topic permissions keep anyone from binding a queue that hears others' replies.
 STANDALONE_REPLY_QUEUES = r"rpc\.reply-standalone_rpc_proxy-.+"
 
 
@@ -66,11 +66,84 @@ def _any_of(names: list[str]) -> str:
     return "^(" + "|".join(names) + ")$"
 
 
+# The RPC methods each service calls on another (``<service>.<method>``, the routing key of a
+# request on nameko's RPC exchange): a topic permission lets it publish those requests and no
+# other, so a service cannot call, say, accounts' ``issue_api_key`` in an admin's name. Every
+# process reads retention's log of forgetting as it starts (kernel.forgetting); the gateway,
+# the API's front, calls every service. tests/deploy/test_rabbitmq_definitions.py checks the
+# calls the code makes are here.
+_EXPORTS = ("privacy_export", "export_count", "export_page", "export_file_chunk")
+RPC_CALLS: dict[str, tuple[str, ...]] = {
+    "accounts": (),
+    "audit": (),
+    "billing": ("accounts.billing_contact",),
+    "retention": (
+        "accounts.describe_subject",
+        "accounts.rectify_subject",
+        *(
+            f"{service}.{method}"
+            for service in ("accounts", "tickets", "billing", "audit")
+            for method in _EXPORTS
+        ),
+    ),
+    "tickets": (
+        "accounts.describe_subject",
+        "accounts.get_tenant",
+        "accounts.inbound_contact",
+        "accounts.mail_recipient",
+    ),
+}
+EVERY_PROCESS_CALLS = ("retention.forgetting_log",)
+# The routing key of a nameko standalone client's reply queue: a uuid4 (its reply queue is
+# bound with it, and the replies to it are published with it).
+_REPLY_KEY = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+@dataclass(frozen=True)
+class TopicPermission:
+    """Which routing keys a user may publish with (write) and bind its queues with (read) on a
+    topic exchange: RabbitMQ checks both, where the plain permissions see only the exchange's
+    name. Without it, write on the events exchange would let a service publish another's events,
+    and read would let it bind its own queue with ``#`` and hear every message."""
+
+    exchange: str
+    write: str
+    read: str
+
+
 def event_routing_keys(process: str) -> str:
-    """The routing keys a process may publish to the events exchange with (a topic permission):
-    its own events only, ``<process>.<type>``. Write on the exchange alone would let one service
-    publish another's events (a privacy command in retention's name, say)."""
+    """The routing keys a process may publish to the events exchange with: its own events only,
+    ``<process>.<type>``."""
     return rf"^{re.escape(process)}\..+$"
+
+
+def topic_permissions(process: str) -> list[TopicPermission]:
+    """A process's topic permissions on the events exchange and the RPC exchange."""
+    if process not in PROCESSES:
+        raise ValueError(f"unknown process {process!r}: one of {', '.join(PROCESSES)}")
+    binding_keys = sorted(
+        {key for s in subscriptions() if s.queue.startswith(f"{process}.") for key in s.bindings}
+    )
+    events = TopicPermission(
+        topology.EVENTS_EXCHANGE,
+        write=event_routing_keys(process),
+        # Only the bindings of its own subscriptions; "^$" (none) when it has none.
+        read=_any_of([re.escape(key) for key in binding_keys]) if binding_keys else "^$",
+    )
+    if process == "gateway":
+        calls = [rf"{re.escape(service)}\..+" for service in sorted(RPC_SERVERS)]
+    else:
+        calls = [re.escape(call) for call in (*RPC_CALLS[process], *EVERY_PROCESS_CALLS)]
+    # A service answers a standalone client's request on the RPC exchange, by its reply key.
+    replies = [_REPLY_KEY] if process in RPC_SERVERS else []
+    own_requests = [re.escape(f"{process}.*")] if process in RPC_SERVERS else []
+    rpc = TopicPermission(
+        rpc_queue("any").exchange.name,
+        write=_any_of(calls + replies),
+        # Its RPC queue's binding, and its standalone clients' reply queues'.
+        read=_any_of(own_requests + [_REPLY_KEY]),
+    )
+    return [events, rpc]
 
 
 def permissions(process: str) -> Permissions:
@@ -93,7 +166,7 @@ def permissions(process: str) -> Permissions:
         )
     ]
     # Declaring an exchange that exists unchanged needs configure on it, as a process's start
-    # does; the exchanges are durable and defined at boot, so none is ever deleted in use.
+    # does; configure also allows deleting it (docs/operations.md says what is not closed).
     configure = own + exchanges
     write = own + exchanges + [re.escape(DEFAULT_EXCHANGE)]
     read = own + exchanges + [re.escape(DIRECT_REPLY_TO)]
@@ -190,11 +263,12 @@ def definitions(settings: Settings | None = None) -> dict[str, Any]:
             {
                 "user": user_of(process),
                 "vhost": VHOST,
-                "exchange": topology.EVENTS_EXCHANGE,
-                "write": event_routing_keys(process),
-                "read": ".*",
+                "exchange": topic.exchange,
+                "write": topic.write,
+                "read": topic.read,
             }
             for process in PROCESSES
+            for topic in topic_permissions(process)
         ],
     }
 

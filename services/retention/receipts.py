@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from kernel.envelope import Envelope
@@ -16,6 +17,8 @@ from kernel.uow import UnitOfWork
 from services.retention import sealed, tenant_exports
 from services.retention.requests import Timing, completion_event, get_request
 from services.retention.schedules import destruction_report
+
+log = logging.getLogger(__name__)
 
 
 def canonical(document: dict[str, Any]) -> bytes:
@@ -27,6 +30,16 @@ def record_answer(
     uow: UnitOfWork, event: Envelope, signer: Signer, now: dt.datetime, timing: Timing
 ) -> None:
     p = event.payload
+    if p["service"] != event.source:
+        # Only a service answers for itself: its events carry its name as their source, which
+        # its broker user alone may publish under (services/broker_definitions.py).
+        log.error(
+            "answer %s names %s but came from %s: ignored",
+            event.event_id,
+            p["service"],
+            event.source,
+        )
+        return
     # Answers to one request take turns: two last answers recorded side by side would each see
     # the other still pending, and nobody would complete the request.
     uow.cur.execute("SELECT 1 FROM requests WHERE id = %s FOR UPDATE", (p["request_id"],))

@@ -175,10 +175,39 @@ def test_each_process_has_a_user_without_a_password_and_only_its_own_queues() ->
         # Not a queue of another process's by a longer name.
         assert not granted.allows("read", f"x{process}.privacy")
     # On the events exchange, each publishes its own events only.
-    topics = {t["user"]: t for t in loaded["topic_permissions"]}
+    topics = {(t["user"], t["exchange"]): t for t in loaded["topic_permissions"]}
     for process in broker_definitions.PROCESSES:
-        topic = topics[broker_definitions.user_of(process)]
-        assert topic["exchange"] == topology.EVENTS_EXCHANGE
+        topic = topics[(broker_definitions.user_of(process), topology.EVENTS_EXCHANGE)]
         for other in broker_definitions.PROCESSES:
             key = f"{other}.something_happened"
             assert bool(re.search(topic["write"], key)) == (other == process), (process, key)
+        # It binds with its subscriptions' keys, and never with "#" unless it is audit's.
+        own = [s for s in subscriptions() if s.queue.startswith(f"{process}.")]
+        for key in {k for s in own for k in s.bindings}:
+            assert re.search(topic["read"], key), (process, key)
+        hears_all = any("#" in s.bindings for s in own)
+        assert bool(re.search(topic["read"], "#")) == hears_all, process
+
+
+_CALL = re.compile(r"self\.(accounts|tickets|billing|audit|retention)\.([a-z_]+)")
+
+
+def test_every_rpc_call_a_service_makes_is_one_its_user_may_publish() -> None:
+    """The calls a service's code makes through its proxies (``self.<service>.<method>``) are in
+    ``RPC_CALLS``, so none is refused in a deployment with one user per process; and a service
+    may not call a method it does not use."""
+    root = DEFINITIONS.parents[2]
+    for process, calls in broker_definitions.RPC_CALLS.items():
+        made = {
+            f"{target}.{method}"
+            for path in (root / "services" / process).glob("*.py")
+            for target, method in _CALL.findall(path.read_text())
+        }
+        assert made <= set(calls), (process, made - set(calls))
+        (rpc,) = [
+            t for t in broker_definitions.topic_permissions(process) if t.exchange == "nameko-rpc"
+        ]
+        for call in calls:
+            assert re.search(rpc.write, call), (process, call)
+        assert not re.search(rpc.write, "accounts.issue_api_key"), process
+        assert re.search(rpc.write, "retention.forgetting_log"), process

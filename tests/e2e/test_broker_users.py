@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 
@@ -16,8 +18,8 @@ from kombu import Connection
 
 from kernel import topology
 from kernel.config import Settings
-from kernel.testing import Infrastructure, wait_until
-from services.broker_definitions import PROCESSES, event_routing_keys, permissions, user_of
+from kernel.testing import Infrastructure, wait_until, world_env
+from services.broker_definitions import PROCESSES, permissions, topic_permissions, user_of
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import admin, completed, create_contact, file, ok
 
@@ -48,15 +50,12 @@ class BrokerUsers:
                 f"/api/permissions/{vhost}/{name}",
                 json={"configure": granted.configure, "write": granted.write, "read": granted.read},
             )
-            self.infrastructure.management(
-                "PUT",
-                f"/api/topic-permissions/{vhost}/{name}",
-                json={
-                    "exchange": topology.EVENTS_EXCHANGE,
-                    "write": event_routing_keys(process),
-                    "read": ".*",
-                },
-            )
+            for topic in topic_permissions(process):
+                self.infrastructure.management(
+                    "PUT",
+                    f"/api/topic-permissions/{vhost}/{name}",
+                    json={"exchange": topic.exchange, "write": topic.write, "read": topic.read},
+                )
             uris[process] = self.uri(process)
         return uris
 
@@ -180,3 +179,68 @@ def test_a_process_publishes_only_its_own_events(
             channel.basic_publish_confirm(
                 amqp.Message("{}"), topology.EVENTS_EXCHANGE, "retention.privacy_command"
             )
+
+
+@pytest.mark.parametrize(
+    ("exchange", "key"),
+    [(topology.EVENTS_EXCHANGE, "#"), (topology.EVENTS_EXCHANGE, "billing.*"), ("nameko-rpc", "#")],
+)
+def test_a_process_cannot_bind_its_own_queue_to_hear_what_is_not_its(
+    least_privilege_stack: Stack, users: BrokerUsers, exchange: str, key: str
+) -> None:
+    """Binding keys are checked too: tickets may not hear every event, nor RPC traffic (every
+    data-subject export passes there)."""
+    with Connection(users.uri("tickets"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.queue_declare("tickets.eavesdropping", auto_delete=True)
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.queue_bind("tickets.eavesdropping", exchange, key)
+        conn.channel().queue_delete("tickets.eavesdropping")
+
+
+def test_a_service_calls_only_the_methods_it_uses(
+    least_privilege_stack: Stack, users: BrokerUsers
+) -> None:
+    """Tickets asks accounts to describe a subject; it may not ask accounts for an API key."""
+    with Connection(users.uri("tickets"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(amqp.Message("{}"), "nameko-rpc", "accounts.get_tenant")
+        with pytest.raises(amqp.exceptions.AccessRefused):
+            channel.basic_publish_confirm(
+                amqp.Message("{}"), "nameko-rpc", "accounts.issue_api_key"
+            )
+
+
+def test_the_dead_letter_command_under_a_service_user_says_it_was_refused(
+    least_privilege_stack: Stack, users: BrokerUsers
+) -> None:
+    """Listing every queue's dead letters is the gateway user's to do: another container's user
+    gets exit 1 and one line, not a traceback (kernel.cli)."""
+    # A dead letter to list (a queue without any is counted, not read).
+    with Connection(least_privilege_stack.settings.amqp_uri, connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(
+            amqp.Message("{}", message_id="dead-1"), "", "accounts.privacy.dead"
+        )
+    env = {**world_env(least_privilege_stack.settings), "LEDGERDESK_AMQP_URI": users.uri("tickets")}
+    refused = subprocess.run(
+        [sys.executable, "-m", "services.platform", "dead-letters", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("refused by the broker:")
+    assert "Traceback" not in refused.stderr
+    env["LEDGERDESK_AMQP_URI"] = users.uri("gateway")
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.platform", "dead-letters", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr

@@ -65,11 +65,11 @@ def commands_sent(store, request_id):
     return [b for b in bodies if b["type"] == "privacy_command"]
 
 
-def answer(store, filed, service, status, now):
+def answer(store, filed, service, status, now, source=None):
     event = new_envelope(
         type="privacy_answered",
         schema_version=1,
-        source=service,
+        source=source or service,
         stream_id=f"privacy-{filed['id']}",
         stream_version=1,
         tenant_id=uuid.UUID(str(filed["tenant"])),
@@ -259,3 +259,14 @@ def test_an_open_request_nearing_its_deadline_is_announced_once_by_ids(retention
     with retention.unit_of_work() as uow:
         assert requests.announce_due_soon(uow, T0 + dt.timedelta(days=29), never) == []
     assert published(retention, late["id"], "privacy_request_due_soon") == []
+
+
+def test_an_answer_in_another_services_name_is_ignored(retention):
+    """Tickets may publish ``tickets.privacy_answered``; saying in it that billing is done does
+    not answer for billing, whose part stays owed."""
+    tenant = str(uuid.uuid4())
+    filed = {**file_erasure(retention, tenant), "tenant": tenant}
+    answer(retention, filed, "billing", "done", T0, source="tickets")
+    assert read(retention, filed)["services"]["billing"]["status"] == "pending"
+    answer(retention, filed, "billing", "done", T0)
+    assert read(retention, filed)["services"]["billing"]["status"] == "done"
