@@ -153,3 +153,25 @@ def declare(
             )
             declare_consumer_queue(conn, subscription.kombu_queue(delivery_limit), resume)
         channel.close()
+
+
+class TopologyMissing(Exception):
+    """A queue a process needs is not on the broker, and its broker user may not declare it."""
+
+
+def require(amqp_uri: str, queues: Iterable[str], ssl: dict[str, Any] | None = None) -> None:
+    """Every one of ``queues`` exists (passive declares, which need no permission), or
+    ``TopologyMissing``: what a process checks instead of declaring when its broker user may
+    not declare exchanges or bind (one user per process, services/broker_definitions.py), the
+    prepare job having declared the topology."""
+    with Connection(amqp_uri, connect_timeout=5, ssl=ssl) as conn:
+        for name in queues:
+            channel = conn.channel()
+            try:
+                channel.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                raise TopologyMissing(
+                    f"queue {name} is not declared and this broker user may not declare it:"
+                    " run the prepare job (ledgerdesk prepare) first"
+                ) from None
+            channel.close()

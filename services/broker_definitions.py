@@ -157,19 +157,19 @@ def permissions(process: str) -> Permissions:
     own = [rf"{re.escape(process)}\..+", STANDALONE_REPLY_QUEUES]
     if process in RPC_SERVERS:
         own.append(rf"{re.escape(rpc_queue(process).name)}(\..+)?")
-    exchanges = [
-        re.escape(name)
-        for name in (
-            topology.EVENTS_EXCHANGE,
-            topology.DEAD_LETTER_EXCHANGE,
-            rpc_queue("any").exchange.name,
-        )
-    ]
-    # Declaring an exchange that exists unchanged needs configure on it, as a process's start
-    # does; configure also allows deleting it (docs/operations.md says what is not closed).
-    configure = own + exchanges
-    write = own + exchanges + [re.escape(DEFAULT_EXCHANGE)]
-    read = own + exchanges + [re.escape(DIRECT_REPLY_TO)]
+    events, rpc_exchange = (
+        re.escape(name) for name in (topology.EVENTS_EXCHANGE, rpc_queue("any").exchange.name)
+    )
+    # The events and dead-letter exchanges it may not configure (which would let it delete
+    # them) nor bind from: the prepare job declares the topology, and a process finding its
+    # queues there consumes them as they are (kernel.nameko_adapters.events). The dead-letter
+    # exchange, direct and so beyond topic permissions, it may not even publish to: no forged
+    # dead letter, and no exchange-to-exchange route around the RPC exchange's topic checks.
+    # nameko's RPC consumer and standalone client still declare the RPC exchange as they start,
+    # so configure on it stays (docs/operations.md, "One broker user per process").
+    configure = own + [rpc_exchange]
+    write = own + [events, rpc_exchange, re.escape(DEFAULT_EXCHANGE)]
+    read = own + [rpc_exchange, re.escape(DIRECT_REPLY_TO)]
     if process == "gateway":
         read.append(r".+\.dead")
     return Permissions(_any_of(configure), _any_of(write), _any_of(read))

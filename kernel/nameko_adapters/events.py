@@ -8,6 +8,7 @@ import contextlib
 import logging
 from typing import Any
 
+import amqp
 import eventlet
 from kombu import Queue
 from nameko.messaging import Consumer
@@ -76,14 +77,28 @@ class DurableEventConsumer(Consumer):
     def setup(self) -> None:
         settings = settings_of(self.container)
         # Declared here too, so a consumer started before the platform's declare still works.
-        topology.declare(
-            settings.amqp_uri,
-            [self.subscription],
-            settings.delivery_limit,
-            topology.DeadLetterLimits.of(settings),
-            ssl=settings.amqp_ssl(),
-        )
+        declared_here = True
+        try:
+            topology.declare(
+                settings.amqp_uri,
+                [self.subscription],
+                settings.delivery_limit,
+                topology.DeadLetterLimits.of(settings),
+                ssl=settings.amqp_ssl(),
+            )
+        except amqp.exceptions.AccessRefused:
+            # A broker user of this process's own may neither declare the exchanges nor bind
+            # (configure on an exchange would let it delete it): the prepare job declared them.
+            topology.require(
+                settings.amqp_uri,
+                [self.subscription.queue, self.subscription.dead_letter_queue],
+                ssl=settings.amqp_ssl(),
+            )
+            declared_here = False
         self.queue: Queue = self.subscription.kombu_queue(settings.delivery_limit)
+        # Consuming would declare the queue and its bindings again, which such a user may not.
+        # (kombu's attribute, set by its constructor and left out of its stubs.)
+        setattr(self.queue, "no_declare", not declared_here)  # noqa: B010
         super().setup()
 
     def _count(self, metric: Any, **labels: str) -> None:

@@ -170,8 +170,14 @@ def test_each_process_has_a_user_without_a_password_and_only_its_own_queues() ->
             assert granted.allows("write", queue) == own, (process, queue)
             reads = own or (process == "gateway" and queue.endswith(".dead"))
             assert granted.allows("read", queue) == reads, (process, queue)
-        for exchange in loaded["exchanges"]:
-            assert granted.allows("write", exchange["name"]), (process, exchange["name"])
+        # It publishes events and RPC requests; it may neither delete the events and
+        # dead-letter exchanges nor bind from them, nor forge a dead letter.
+        assert granted.allows("write", topology.EVENTS_EXCHANGE)
+        assert granted.allows("write", "nameko-rpc")
+        for exchange in (topology.EVENTS_EXCHANGE, topology.DEAD_LETTER_EXCHANGE):
+            assert not granted.allows("configure", exchange), (process, exchange)
+            assert not granted.allows("read", exchange), (process, exchange)
+        assert not granted.allows("write", topology.DEAD_LETTER_EXCHANGE)
         # Not a queue of another process's by a longer name.
         assert not granted.allows("read", f"x{process}.privacy")
     # On the events exchange, each publishes its own events only.

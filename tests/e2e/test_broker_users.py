@@ -141,6 +141,8 @@ def test_the_platform_runs_with_one_least_privileged_user_per_process(
         ("tickets", "delete another service's queue"),
         ("billing", "read another service's dead letters"),
         ("gateway", "delete a service's queue"),
+        ("tickets", "delete the events exchange"),
+        ("tickets", "forge a dead letter"),
     ],
 )
 def test_a_process_user_is_refused_what_belongs_to_another(
@@ -155,6 +157,13 @@ def test_a_process_user_is_refused_what_belongs_to_another(
                 channel.queue_delete("audit.ledger")
             elif operation == "read another service's dead letters":
                 channel.basic_get("tickets.privacy.dead", no_ack=False)
+            elif operation == "delete the events exchange":
+                channel.exchange_delete(topology.EVENTS_EXCHANGE)
+            elif operation == "forge a dead letter":
+                channel.confirm_select()
+                channel.basic_publish_confirm(
+                    amqp.Message("{}"), topology.DEAD_LETTER_EXCHANGE, "billing.privacy"
+                )
             else:
                 channel.queue_delete("tickets.privacy")
     # What the refused user owns, it may use.
