@@ -143,7 +143,7 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
                 "today's design: LOCK TABLE events IN EXCLUSIVE MODE before the insert",
                 "",
                 None,
-                f"{tenants} x {commands} commands of {EVENTS_PER_COMMAND} events, a connection"
+                f"{tenants} x {commands:,} commands of {EVENTS_PER_COMMAND} events, a connection"
                 f" each; {rounds} rounds in turn; {cores()} cores shared with the database",
             )
         )
