@@ -72,7 +72,8 @@ class CatchUp:
     def _run(self) -> None:
         try:
             while not self.stop.is_set():
-                self.read_once()
+                if not self.read_once():
+                    time.sleep(0.005)  # nothing new: leave the cores to the writers a moment
         except BaseException as exc:  # failed in the test's thread, by ``finish``
             self.failure = exc
 
