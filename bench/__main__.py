@@ -31,6 +31,7 @@ from typing import Any
 from bench import (
     cards,
     erasure_stack,
+    esappends,
     eventstore,
     export,
     ledger,
@@ -52,6 +53,7 @@ SECTIONS = (
     "mix",
     "revocation",
     "eventstore",
+    "esappends",
     "fanout",
     "erasure",
     "replay",
@@ -72,6 +74,7 @@ def _runners() -> list[tuple[set[str], Callable[[Context, set[str]], list[Row]]]
         ({"write", "fanout", "cost"}, writepath.run),
         ({"single", "mix", "revocation"}, requestpath.run),
         ({"eventstore"}, eventstore.run),
+        ({"esappends"}, esappends.run),
         ({"erasure"}, erasure_stack.run),
         ({"replay"}, replay.run),
         ({"scaleout"}, scaleout.run),

@@ -104,7 +104,7 @@ def ledger(settings: Settings, size: int) -> None:
     prepare_databases(settings, "audit", AUDIT_MIGRATIONS)
     book = open_ledger(settings)
     with store.db.transaction() as cur:
-        sample = [e for _, e in eventstore.read_all(cur, 0, size)]
+        sample = [e for _, e in eventstore.read_all(cur, limit=size, settled=False)]
     # Half one per transaction, half in batches of ten (what audit's consumer, which holds up
     # to ten unacknowledged messages, hands its group recorder when it is behind).
     single, grouped = sample[: len(sample) // 2], sample[len(sample) // 2 :]

@@ -63,8 +63,9 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
     def read_alone() -> int:
         read = 0
         with store.db.transaction() as cur:
-            position = 0
-            while batch := eventstore.read_all(cur, position, 2000):
+            # What a rebuild reads: its snapshot whole (nothing writes meanwhile).
+            position = eventstore.START
+            while batch := eventstore.read_all(cur, position, 2000, settled=False):
                 read += len(batch)
                 position = batch[-1][0]
         return read
@@ -86,7 +87,7 @@ def run(ctx: Context, sections: set[str]) -> list[Row]:
     prepare_databases(settings, "audit", AUDIT_MIGRATIONS)
     ledger = open_ledger(settings)
     with store.db.transaction() as cur:
-        sample = [e for _, e in eventstore.read_all(cur, 0, entries)]
+        sample = [e for _, e in eventstore.read_all(cur, limit=entries, settled=False)]
     began = time.perf_counter()
     for envelope in sample:
         ledger.record(envelope)

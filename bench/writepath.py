@@ -175,6 +175,8 @@ def _floor_transaction(conn: Any, tenant: str, requester: str, exchange: str) ->
     payload = {**TICKET, "ticket_id": ticket, "tenant_id": tenant, "tags": []}
     body = json.dumps({"event_id": event_id, "type": "ticket_created", "payload": payload})
     with conn.cursor() as cur:
+        # The design the platform was measured against, kept as the floor: appends take no
+        # table lock since store migration 0003 (bench/esappends.py compares the two).
         cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         cur.execute(
             "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = %s",

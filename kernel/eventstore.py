@@ -1,9 +1,19 @@
 """The event store on PostgreSQL: streams with optimistic concurrency and a global order.
 
 All functions take an open cursor: the caller's transaction (the unit of work) decides what
-commits together. ``append`` takes the table's EXCLUSIVE lock, so it belongs at the end of a
-transaction, just before the commit: positions then become visible in commit order, and a
-catch-up reader reading ``position > last_seen`` never skips an event that commits late.
+commits together. Appends take no table lock, so writers of different streams and tenants
+proceed together; two writers of one stream meet on the primary key (stream_id,
+stream_version), and the loser gets ``ConcurrencyError``.
+
+The global order is (``tx_order``, ``position``), a ``Cursor``. ``position`` is drawn at insert
+and commits out of order, so it cannot be a catch-up reader's mark on its own. ``tx_order`` is
+the appending transaction's id, raised to the highest ``tx_order`` already committed (an event
+sorts after everything its writer could have read, its own stream's earlier versions included).
+A catch-up read returns only events whose ``tx_order`` is below the oldest transaction still
+running in its snapshot (``pg_snapshot_xmin``): every transaction below has ended, and any event
+still to commit has a ``tx_order`` at least that high, so a reader that asks for what comes
+after its last cursor never skips an event that commits late, nor reads one twice. The price:
+a transaction left open anywhere on the server holds catch-up readers back until it ends.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg2
@@ -33,11 +43,25 @@ class ConcurrencyError(Exception):
 # value to a typecaster written in Python (uuid.UUID, json.loads), one call per value, which
 # was most of a catch-up read's time.
 _COLUMNS = (
-    "position, event_id::text, type, schema_version, source, stream_id, stream_version,"
+    "tx_order, position, event_id::text, type, schema_version, source, stream_id, stream_version,"
     " tenant_id::text, occurred_at, actor_id, trace::text, payload::text, metadata::text"
 )
 
 _json_decode = json.JSONDecoder().raw_decode
+
+
+class Cursor(NamedTuple):
+    """An event's place in the global order, and a catch-up reader's mark: read on after it."""
+
+    tx_order: int
+    position: int
+
+
+START = Cursor(0, 0)
+
+# The oldest transaction still running when the statement's snapshot was taken: every
+# transaction below it has ended, and none can start below it.
+_HORIZON = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 
 
 def _decode(text: str) -> Any:
@@ -54,6 +78,8 @@ _UUID = uuid.UUID
 _new = object.__new__
 _set = object.__setattr__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
+# A Cursor built without NamedTuple's generated __new__: half its cost, on every event read.
+_new_tuple = tuple.__new__
 
 
 def _uuid_from_column(text: str) -> uuid.UUID:
@@ -69,12 +95,13 @@ def _uuid_from_column(text: str) -> uuid.UUID:
     return value
 
 
-def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
-    """(position, envelope) of each row ``read_all_rows`` fetched."""
+def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[Cursor, Envelope]]:
+    """(cursor, envelope) of each row ``read_all_rows`` fetched."""
     # A batch holds few tenants: one UUID each, shared (a UUID is immutable).
     tenants: dict[str, uuid.UUID] = {}
     envelopes = []
     for (
+        tx_order,
         position,
         event_id,
         type_,
@@ -97,7 +124,7 @@ def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
             tenant = None
         envelopes.append(
             (
-                position,
+                _new_tuple(Cursor, (tx_order, position)),
                 stored_envelope(
                     _uuid_from_column(event_id),
                     type_,
@@ -121,10 +148,15 @@ def envelopes_of(rows: Sequence[Sequence[Any]]) -> list[tuple[int, Envelope]]:
 # The savepoint is left to end with the transaction: releasing it would cost a round trip,
 # and a savepoint's work commits with its transaction either way.
 _APPEND_HEAD = (
-    b"LOCK TABLE events IN EXCLUSIVE MODE; SAVEPOINT event_append;"
+    b"SAVEPOINT event_append;"
     b" INSERT INTO events (event_id, type, schema_version, source, stream_id, stream_version,"
-    b" tenant_id, occurred_at, actor_id, trace, payload, metadata)"
-    b" SELECT * FROM (VALUES "
+    b" tenant_id, occurred_at, actor_id, trace, payload, metadata, tx_order)"
+    # One value for the whole append (an InitPlan, run once): this transaction's id, raised to
+    # the highest committed (the top of events_order, one index page). Raised, because the id is
+    # drawn at the transaction's first write (a read model's row, an inbox row), perhaps long
+    # before: an event appended after reading another's must still sort after it.
+    b" SELECT *, (SELECT greatest(pg_current_xact_id()::text::bigint,"
+    b" (SELECT coalesce(max(tx_order), 0) FROM events))) FROM (VALUES "
 )
 # VALUES outside an INSERT's own list takes no types from the columns: the casts give them.
 _ROW = (
@@ -137,6 +169,10 @@ _VERSION_CHECK = (
     # Positions are drawn in this order, so they follow the stream's versions.
     " ORDER BY appended.column6"
 )
+# A concurrent append to the stream: the version it inserts was taken first (the primary key),
+# or, between two units of work each appending to two streams in opposite orders, each waits
+# on the other's version and the server ends one of them.
+_LOST_RACE = (psycopg2.errors.UniqueViolation, psycopg2.errors.DeadlockDetected)
 
 
 def stream_version(cur: psycopg2.extensions.cursor, stream_id: str) -> int:
@@ -180,12 +216,12 @@ def append(
     )
     check = cur.mogrify(_VERSION_CHECK, (stream_id, expected_version))
     try:
-        # One round trip: the lock, a savepoint, and an insert that writes nothing unless the
-        # stream is still at the expected version (checked under the lock, as before).
+        # One round trip: a savepoint, and an insert that writes nothing unless the stream is at
+        # the expected version as far as committed events tell.
         cur.execute(_APPEND_HEAD + rows + check)
-    except psycopg2.errors.UniqueViolation:
-        # The primary key (stream_id, stream_version) is the last guard, should the check above
-        # ever be bypassed (another writer not taking the lock, a manual insert).
+    except _LOST_RACE:
+        # A writer of the same stream not yet committed passes that check too: the primary key
+        # (stream_id, stream_version) makes this insert wait for it, and fail if it commits.
         cur.execute("ROLLBACK TO SAVEPOINT event_append")
         raise ConcurrencyError(stream_id, expected_version) from None
     if cur.rowcount != len(envelopes):
@@ -205,46 +241,75 @@ def read_stream(
 
 def read_all(
     cur: psycopg2.extensions.cursor,
-    after_position: int = 0,
+    after: Cursor = START,
     limit: int = 1000,
     tenant_id: uuid.UUID | None = None,
-) -> list[tuple[int, Envelope]]:
-    """Events in global order after ``after_position``: the basis of catch-up and replay."""
-    return envelopes_of(read_all_rows(cur, after_position, limit, tenant_id))
+    settled: bool = True,
+) -> list[tuple[Cursor, Envelope]]:
+    """Events in global order after ``after``: the basis of catch-up and replay.
+
+    ``settled``: only events no commit can still precede, so that reading on after the last
+    cursor returned never skips or repeats one (a catch-up reader). False: every event the
+    transaction's snapshot sees, for a reader that reads the whole store in one REPEATABLE READ
+    snapshot (a rebuild); read so across snapshots, it would skip the events that commit late.
+    """
+    return envelopes_of(read_all_rows(cur, after, limit, tenant_id, settled))
 
 
 def read_all_rows(
     cur: psycopg2.extensions.cursor,
-    after_position: int = 0,
+    after: Cursor = START,
     limit: int = 1000,
     tenant_id: uuid.UUID | None = None,
+    settled: bool = True,
 ) -> list[tuple[Any, ...]]:
-    """``read_all``'s rows as the server sends them, each beginning with its position: for a
-    reader that fetches the next batch while it decodes the last (``envelopes_of``)."""
+    """``read_all``'s rows as the server sends them, each beginning with its cursor's two
+    values: for a reader that fetches the next batch while it decodes the last
+    (``envelopes_of``)."""
     if tenant_id is None:
-        cur.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE position > %s ORDER BY position LIMIT %s",
-            (after_position, limit),
-        )
+        query = f"SELECT {_COLUMNS} FROM events WHERE (tx_order, position) > (%s, %s)"
+        params: tuple[Any, ...] = (after[0], after[1], limit)
     else:
-        cur.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE tenant_id = %s AND position > %s"
-            " ORDER BY position LIMIT %s",
-            (tenant_id, after_position, limit),
+        query = (
+            f"SELECT {_COLUMNS} FROM events WHERE tenant_id = %s"
+            " AND (tx_order, position) > (%s, %s)"
         )
+        params = (tenant_id, after[0], after[1], limit)
+    query += " ORDER BY tx_order, position LIMIT %s"
+    if settled:
+        # The next rows in order, then those of them below the horizon (computed once, an
+        # InitPlan): put in the scan's own condition, the horizon's unknown value made the
+        # planner expect few rows and sort a bitmap scan's instead of reading the index in order.
+        query = f"SELECT * FROM ({query}) AS next WHERE tx_order < (SELECT {_HORIZON})"
+    cur.execute(query, params)
     return cur.fetchall()
 
 
+def cursor_of(row: Sequence[Any]) -> Cursor:
+    """The cursor of a row ``read_all_rows`` fetched."""
+    return Cursor(row[0], row[1])
+
+
 def iter_all(
-    cur: psycopg2.extensions.cursor, after_position: int = 0, batch_size: int = 1000
-) -> Iterator[tuple[int, Envelope]]:
-    position = after_position
+    cur: psycopg2.extensions.cursor,
+    after: Cursor = START,
+    batch_size: int = 1000,
+    settled: bool = True,
+) -> Iterator[tuple[Cursor, Envelope]]:
+    """Every event after ``after`` in global order, a batch at a time (see ``read_all``)."""
     while True:
-        batch = read_all(cur, position, batch_size)
+        batch = read_all(cur, after, batch_size, settled=settled)
         if not batch:
             return
         yield from batch
-        position = batch[-1][0]
+        after = batch[-1][0]
+
+
+def all_settled(cur: psycopg2.extensions.cursor) -> bool:
+    """Whether a catch-up read now sees every committed event: no transaction older than one
+    that appended is still running (on the whole server, whatever it does)."""
+    cur.execute(f"SELECT NOT EXISTS (SELECT FROM events WHERE tx_order >= {_HORIZON})")
+    return cur.fetchone()[0]
 
 
 def head_position(cur: psycopg2.extensions.cursor) -> int:

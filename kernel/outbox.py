@@ -18,8 +18,10 @@ def add(
 ) -> None:
     """Queue envelopes for the relay, in the caller's transaction.
 
-    Called after the event append (which holds the events lock) so outbox ids follow commit
-    order, and the relay's ``ORDER BY id`` keeps each stream's order.
+    Called after the event append, so each stream's outbox ids follow its versions: a unit of
+    work appends version n+1 only once version n has committed (or in the same transaction), and
+    the relay's ``ORDER BY id`` keeps each stream's order. Ids of different streams commit out
+    of order, which is why the relay reads every unpublished row, never after a mark.
     """
     if not envelopes:
         return

@@ -240,20 +240,31 @@ def rebuild(
             if cur.fetchone() is not None:
                 return None
         projection.reset(cur)
+        # A bar's measure, not a count: positions are drawn from a sequence that skips some.
         total = eventstore.head_position(cur)
         bar = tqdm(total=total, desc=f"rebuild {projection.name}", unit="ev", disable=not show)
-        position = 0
+        position = eventstore.START
         batched = _BatchedWrites(cur)
         # A projection sees a cursor: the batching is replay's business, not the projection's.
         writes = cast(psycopg2.extensions.cursor, batched)
         try:
             with bar, _snapshot_reader(db, cur) as reader:
+                # The whole snapshot, not only its settled part: an event committed before the
+                # snapshot is in no read model once the TRUNCATE has run, and only replay can
+                # put it back. One snapshot throughout, so none commits behind the reader.
                 # The next batch is fetched while this one is decoded, folded and sent.
-                fetching = _InThread(eventstore.read_all_rows, reader, position, batch_size)
+                fetching = _InThread(
+                    eventstore.read_all_rows, reader, position, batch_size, None, False
+                )
                 try:
                     while rows := fetching.result():
                         fetching = _InThread(
-                            eventstore.read_all_rows, reader, rows[-1][0], batch_size
+                            eventstore.read_all_rows,
+                            reader,
+                            eventstore.cursor_of(rows[-1]),
+                            batch_size,
+                            None,
+                            False,
                         )
                         batch = eventstore.envelopes_of(rows)
                         events = [
@@ -263,15 +274,17 @@ def rebuild(
                         applied += len(events)
                         position = batch[-1][0]
                         batched.flush()
-                        bar.update(position - bar.n)
+                        bar.update(len(batch))
                 finally:
                     # No read left running on a connection that goes back to its pool.
                     fetching.join()
         finally:
             batched.wait()
         cur.execute(
-            "INSERT INTO projection_state (name, position, rebuilt_at) VALUES (%s, %s, now())"
-            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, rebuilt_at = now()",
-            (projection.name, position),
+            "INSERT INTO projection_state (name, position, tx_order, rebuilt_at)"
+            " VALUES (%s, %s, %s, now())"
+            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position,"
+            " tx_order = EXCLUDED.tx_order, rebuilt_at = now()",
+            (projection.name, position.position, position.tx_order),
         )
     return applied

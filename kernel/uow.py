@@ -232,7 +232,8 @@ class UnitOfWork:
     def commit(self) -> None:
         assert self._conn is not None
         try:
-            # The events lock is taken last so it is held only for the inserts and the commit.
+            # Last, so a version another writer of the stream took meanwhile is held (by the
+            # primary key, until this commits) for as short a time as possible.
             for stream_id, expected_version, envelopes in self._appends:
                 eventstore.append(self.cur, stream_id, expected_version, envelopes)
             by_exchange: dict[str, list[Envelope]] = {}

@@ -45,6 +45,7 @@ STORE_TABLES: tuple[Table, ...] = (
         " UPDATE, DELETE and TRUNCATE); payload fields per event type below",
         (
             operational("position"),
+            operational("tx_order", "the appending transaction's id, for the global order"),
             pseudonym("event_id"),
             pseudonym("stream_id", "aggregate kind and id"),
             operational("stream_version"),
@@ -106,7 +107,12 @@ STORE_TABLES: tuple[Table, ...] = (
     Table(
         "projection_state",
         "how far each read model was rebuilt",
-        (operational("name"), operational("position"), operational("rebuilt_at")),
+        (
+            operational("name"),
+            operational("position"),
+            operational("tx_order"),
+            operational("rebuilt_at"),
+        ),
         ends=(End(When.KEPT, "no data of anyone"),),
     ),
     MIGRATIONS_TABLE,

