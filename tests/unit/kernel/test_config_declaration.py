@@ -51,6 +51,7 @@ EVERYTHING_CHANGED = Settings(
     dead_letter_max_messages=7,
     max_workers=6,
     regions=("uk", "us"),
+    cells={"uk": "http://gateway-uk:8000", "us": "https://gateway-us:8443"},
     policy_version="2027-03",
     traces_exporter="console",
     relay_batch_size=50,
