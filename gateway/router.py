@@ -7,6 +7,8 @@ RabbitMQ vhost of its own. The router sends each request to one cell's gateway:
   that region's cell, without a lookup; a key naming a region that has no cell is refused;
 - a sign-up to the cell of the region in its body, recording tenant -> region in the directory
   (``gateway.directory``) from the cell's answer; a region without a cell is refused;
+- mail to a support address (``<tenant id>@<mail domain>``, on the mail in port) to the
+  listener of the tenant's cell, found in the directory (``gateway.mail_router``);
 - anything else (keys issued before regions were written into them, the operator's token, the
   OpenAPI document, ``/docs``, the console's files, ``/healthz``) to the region named by the
   ``X-Ledgerdesk-Region`` header, else to the default cell (the first of ``LEDGERDESK_CELLS``).
@@ -33,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from gateway import directory as directory_module
+from gateway import mail_router
 from gateway.problems import (
     NOT_FOUND,
     REQUEST_ID,
@@ -349,15 +352,20 @@ def make_handler(router: Router, timeout: float) -> type[BaseHTTPRequestHandler]
 class RouterServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    mail_front: Any = None
 
 
 def serve(settings: Settings, timeout: float = 120.0) -> RouterServer:
-    """The router's server on the gateway's host and port (not yet serving: ``serve_forever``)."""
+    """The router's server on the gateway's host and port (not yet serving: ``serve_forever``),
+    and its mail front where cells' mail listeners are configured (``gateway.mail_router``)."""
     directory_module.prepare(settings)
-    router = Router(settings.cells, directory_module.Directory(settings))
-    return RouterServer(
+    directory = directory_module.Directory(settings)
+    router = Router(settings.cells, directory)
+    server = RouterServer(
         (settings.gateway_host, settings.gateway_port), make_handler(router, timeout)
     )
+    server.mail_front = mail_router.start(settings, directory)
+    return server
 
 
 def main() -> int:
@@ -377,6 +385,8 @@ def main() -> int:
         ", ".join(settings.cells),
     )
     server.serve_forever(poll_interval=0.2)
+    if server.mail_front is not None:
+        server.mail_front.stop()
     server.server_close()
     return 0
 

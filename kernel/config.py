@@ -292,6 +292,15 @@ class Settings:
         doc="the router's cells, `region=http://gateway:port,...` (each cell's gateway; the"
         " first is where keys naming no region go)",
     )
+    cells_mail_in: dict[str, str] = setting(
+        factory=dict,
+        name="CELLS_MAIL_IN",
+        parse=values.mail_cells,
+        render=values.render_cells,
+        shown="empty: the router takes no mail",
+        doc="the router's cells' mail listeners, `region=smtp://tickets:port,...` (or"
+        " `lmtp://`): mail to a support address goes to its tenant's cell",
+    )
     policy_version: str = setting(
         "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"
     )

@@ -122,11 +122,20 @@ def joined(value: tuple[str, ...]) -> str:
 def cells(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, str]:
     """``region=http://host:port,...``: each region's cell (its gateway's URL), in order; the
     first is the default cell."""
+    return _cell_urls(variable, raw, ("http", "https"))
+
+
+def mail_cells(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, str]:
+    """``region=smtp://host:port,...`` (or ``lmtp://``): each region's inbound mail listener."""
+    return _cell_urls(variable, raw, ("smtp", "lmtp"))
+
+
+def _cell_urls(variable: str, raw: str, schemes: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         region, sep, url = (text.strip() for text in item.partition("="))
-        if not sep or not region or not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"{variable}: region=http://host:port,...")
+        if not sep or not region or not url.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ConfigurationError(f"{variable}: region={schemes[0]}://host:port,...")
         if region in found:
             raise ConfigurationError(f"{variable}: region {region} named twice")
         found[region] = url.rstrip("/")

@@ -245,7 +245,8 @@ def cell_settings(settings: Settings, region: str, index: int) -> Settings:
         regions=(region,),
         gateway_port=settings.gateway_port + 1 + index,
         ops_port=settings.ops_port + OPS_PORTS_PER_CELL * index if settings.ops_port else 0,
-        mail_in_port=settings.mail_in_port + index if settings.mail_in_port else 0,
+        # The router's mail front takes the platform's port; each cell listens after it.
+        mail_in_port=settings.mail_in_port + 1 + index if settings.mail_in_port else 0,
         trusted_proxies=trusted,
     )
 
@@ -273,14 +274,26 @@ def ensure_vhost(settings: Settings) -> None:
         requests.put(base + path, json=body, auth=auth, timeout=30).raise_for_status()
 
 
-def start_router(settings: Settings, cells: dict[str, str], env: dict[str, str] | None = None):
-    """The router (``gateway.router``) as a process, on ``settings``' gateway port, in front of
-    ``cells`` (region -> gateway URL); its directory is ``<prefix>_directory``."""
+def start_router(
+    settings: Settings,
+    cells: dict[str, Settings],
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """The router (``gateway.router``) as a process, on ``settings``' gateway port (and mail in
+    port, handing mail on to the cells' listeners), in front of ``cells`` (region -> the cell's
+    settings); its directory is ``<prefix>_directory``."""
     base = env if env is not None else os.environ.copy()
     router_env = {
         **base,
         **settings.to_env(),
-        "LEDGERDESK_CELLS": ",".join(f"{region}={url}" for region, url in cells.items()),
+        "LEDGERDESK_CELLS": ",".join(
+            f"{region}=http://127.0.0.1:{cell.gateway_port}" for region, cell in cells.items()
+        ),
+        "LEDGERDESK_CELLS_MAIL_IN": ",".join(
+            f"{region}={cell.mail_in_protocol}://127.0.0.1:{cell.mail_in_port}"
+            for region, cell in cells.items()
+            if cell.mail_in_port
+        ),
     }
     return subprocess.Popen(
         [sys.executable, "-m", ROUTER], cwd=ROOT, start_new_session=True, env=router_env
@@ -315,7 +328,7 @@ def run_cells(settings: Settings, regions: tuple[str, ...]) -> int:
         for region, cell in cells.items():
             started = start_processes({**os.environ, **cell.to_env()}, ops_port=cell.ops_port)
             processes.update({f"{region}/{name}": p for name, p in started.items()})
-        processes["router"] = start_router(settings, urls)
+        processes["router"] = start_router(settings, cells)
         url = f"http://{settings.gateway_host}:{settings.gateway_port}"
         ready = all(
             wait_until_ready(
@@ -339,16 +352,14 @@ def run_cells(settings: Settings, regions: tuple[str, ...]) -> int:
                 for name, p in processes.items()
                 if name.startswith(f"{region}/")
             )
-            mail_in = (
-                f"; mail in on {cell.mail_in_host}:{cell.mail_in_port}" if cell.mail_in_port else ""
-            )
+            mail_in = f"; mail in on {cell.mail_in_port}" if cell.mail_in_port else ""
             print(
                 f"Cell {region}: gateway {urls[region]}, databases {cell.database_prefix}_*,"
                 f" vhost {cell_vhost(cell)}{mail_in}; ops ports {ports}."
             )
         print(
             f"The router on {url} sends each request to its region's cell (docs/operations.md,"
-            f' "Region cells").\n{mail_note}Press Ctrl-C to stop.\n',
+            f' "Region cells").\n{mail_note}{_mail_in_note(settings)}Press Ctrl-C to stop.\n',
             flush=True,
         )
         while all(p.poll() is None for p in processes.values()):

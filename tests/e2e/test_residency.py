@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import smtplib
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -65,12 +66,19 @@ def running_cells(infrastructure: Infrastructure) -> Iterator[Cells]:
             port = free_port()
             cells[region] = stack.enter_context(
                 make_world(
-                    infrastructure, LEDGERDESK_GATEWAY_PORT=str(port), LEDGERDESK_REGIONS=region
+                    infrastructure,
+                    LEDGERDESK_GATEWAY_PORT=str(port),
+                    LEDGERDESK_REGIONS=region,
+                    LEDGERDESK_MAIL_IN_PORT=str(free_port()),
                 )
             )
         router_port = free_port()
         router = stack.enter_context(
-            make_world(infrastructure, LEDGERDESK_GATEWAY_PORT=str(router_port))
+            make_world(
+                infrastructure,
+                LEDGERDESK_GATEWAY_PORT=str(router_port),
+                LEDGERDESK_MAIL_IN_PORT=str(free_port()),
+            )
         )
         stack.callback(platform.stop_processes, processes)
         for region, settings in cells.items():
@@ -79,7 +87,7 @@ def running_cells(infrastructure: Infrastructure) -> Iterator[Cells]:
             started = platform.start_processes(world_env(settings), gateway_processes=1)
             processes.update({f"{region}/{name}": p for name, p in started.items()})
         urls = {region: f"http://127.0.0.1:{s.gateway_port}" for region, s in cells.items()}
-        processes["router"] = platform.start_router(router, urls, env=world_env(router))
+        processes["router"] = platform.start_router(router, cells, env=world_env(router))
         for region in REGIONS:
             own = {n: p for n, p in processes.items() if n.startswith(f"{region}/")}
             assert platform.wait_until_ready(urls[region], own, timeout=90), f"no {region} cell"
@@ -283,3 +291,30 @@ def test_requests_route_by_key_and_unknown_regions_are_refused(cells: Cells) -> 
     assert missing.headers["Content-Type"] == "application/problem+json"
     assert missing.json()["request_id"] == missing.headers["X-Request-Id"]
     assert json.loads(missing.content)["type"] == "/docs/problems#not-found"
+
+
+def test_mail_to_a_support_address_goes_to_its_tenants_cell(cells: Cells) -> None:
+    uk = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    india = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "in"}).json()
+    domain = cells.router.mail_in_domain
+    subject = f"Mail{secrets.token_hex(4)}"
+    mail = (
+        f"From: Dev <dev.{subject}@example.com>\r\nTo: support@{domain}\r\n"
+        f"Subject: {subject}\r\nMessage-ID: <{subject}@example.com>\r\n\r\nIt broke.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", cells.router.mail_in_port, timeout=30) as front:
+        front.ehlo()
+        assert front.mail(f"dev.{subject}@example.com")[0] == 250
+        assert front.rcpt(f"{india['tenant']['id']}@{domain}")[0] == 250
+        # One mail goes to one cell: a recipient of another region is deferred, to be sent
+        # again on its own.
+        assert front.rcpt(f"{uk['tenant']['id']}@{domain}")[0] == 452
+        assert front.rcpt(f"{uuid.uuid4()}@{domain}")[0] == 550
+        assert front.data(mail.encode())[0] == 250
+
+    def ticketed() -> list:
+        listed = ok(cells.call("GET", "/v1/tickets", key=india["api_key"]))["items"]
+        return [t for t in listed if t["subject"] == subject]
+
+    wait_until(ticketed, timeout=30, what="the mailed ticket in the in cell")
+    assert ok(cells.call("GET", "/v1/tickets", key=uk["api_key"]))["items"] == []

@@ -34,3 +34,12 @@ def test_cells_are_read_in_order_and_malformed_ones_refused() -> None:
     for raw in ("uk", "uk=ftp://a", "=http://a", "uk=http://a,uk=http://b"):
         with pytest.raises(ConfigurationError, match="LEDGERDESK_CELLS"):
             Settings.from_env({"LEDGERDESK_CELLS": raw})
+
+
+def test_the_cells_mail_listeners_are_smtp_or_lmtp_urls() -> None:
+    settings = Settings.from_env(
+        {"LEDGERDESK_CELLS_MAIL_IN": "uk=smtp://127.0.0.1:2526,in=lmtp://tickets-in:24"}
+    )
+    assert settings.cells_mail_in == {"uk": "smtp://127.0.0.1:2526", "in": "lmtp://tickets-in:24"}
+    with pytest.raises(ConfigurationError, match="LEDGERDESK_CELLS_MAIL_IN"):
+        Settings.from_env({"LEDGERDESK_CELLS_MAIL_IN": "uk=http://127.0.0.1:2526"})

@@ -52,6 +52,7 @@ EVERYTHING_CHANGED = Settings(
     max_workers=6,
     regions=("uk", "us"),
     cells={"uk": "http://gateway-uk:8000", "us": "https://gateway-us:8443"},
+    cells_mail_in={"uk": "smtp://tickets-uk:2525", "us": "lmtp://tickets-us:24"},
     policy_version="2027-03",
     traces_exporter="console",
     relay_batch_size=50,
