@@ -12,6 +12,7 @@ tenant's own cell must find them, or the sweep proves nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import secrets
 import smtplib
@@ -318,3 +319,31 @@ def test_mail_to_a_support_address_goes_to_its_tenants_cell(cells: Cells) -> Non
 
     wait_until(ticketed, timeout=30, what="the mailed ticket in the in cell")
     assert ok(cells.call("GET", "/v1/tickets", key=uk["api_key"]))["items"] == []
+
+
+def test_a_file_goes_up_and_comes_down_through_the_router_byte_for_byte(cells: Cells) -> None:
+    key = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "in"}).json()["api_key"]
+    contact = ok(
+        cells.call("POST", "/v1/contacts", key=key, json={"name": "C", "email": "c@example.com"}),
+        201,
+    )
+    body = {"subject": "Lamp", "body": "photo", "requester_id": contact["id"]}
+    ticket = ok(cells.call("POST", "/v1/tickets", key=key, json=body), 201)
+    data = secrets.token_bytes(2 * 256 * 1024 + 1234)
+    uploaded = ok(
+        cells.call(
+            "POST",
+            f"/v1/tickets/{ticket['id']}/attachments",
+            key=key,
+            params={"filename": "lamp.bin"},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        201,
+    )
+    assert uploaded["sha256"] == hashlib.sha256(data).hexdigest()
+    got = cells.call(
+        "GET", f"/v1/tickets/{ticket['id']}/attachments/{uploaded['id']}", key=key, stream=True
+    )
+    assert got.status_code == 200 and got.headers["X-Request-Id"]
+    assert b"".join(got.iter_content(64 * 1024)) == data
