@@ -278,10 +278,12 @@ def start_router(
     settings: Settings,
     cells: dict[str, Settings],
     env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
 ) -> subprocess.Popen:
     """The router (``gateway.router``) as a process, on ``settings``' gateway port (and mail in
     port, handing mail on to the cells' listeners), in front of ``cells`` (region -> the cell's
-    settings); its directory is ``<prefix>_directory``."""
+    settings); its directory is ``<prefix>_directory``. With ``log_dir``, its log goes to
+    ``<log_dir>/router.log``."""
     base = env if env is not None else os.environ.copy()
     router_env = {
         **base,
@@ -295,9 +297,18 @@ def start_router(
             if cell.mail_in_port
         ),
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", ROUTER], cwd=ROOT, start_new_session=True, env=router_env
-    )
+    log = open(log_dir / "router.log", "ab") if log_dir is not None else None  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", ROUTER],
+            cwd=ROOT,
+            start_new_session=True,
+            env=router_env,
+            stderr=log,
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child holds its own descriptor
 
 
 def run_cells(settings: Settings, regions: tuple[str, ...]) -> int:

@@ -19,6 +19,7 @@ import smtplib
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,10 +47,13 @@ def tap(settings: Settings) -> None:
 
 
 class Cells:
-    def __init__(self, router_url: str, cells: dict[str, Settings], router: Settings) -> None:
+    def __init__(
+        self, router_url: str, cells: dict[str, Settings], router: Settings, log: Path
+    ) -> None:
         self.url = router_url
         self.cells = cells
         self.router = router
+        self.log = log  # the router's
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs: Any):
         headers = dict(kwargs.pop("headers", {}))
@@ -59,7 +63,7 @@ class Cells:
 
 
 @contextlib.contextmanager
-def running_cells(infrastructure: Infrastructure) -> Iterator[Cells]:
+def running_cells(infrastructure: Infrastructure, log_dir: Path) -> Iterator[Cells]:
     with contextlib.ExitStack() as stack:
         cells: dict[str, Settings] = {}
         processes: dict[str, subprocess.Popen] = {}
@@ -88,7 +92,9 @@ def running_cells(infrastructure: Infrastructure) -> Iterator[Cells]:
             started = platform.start_processes(world_env(settings), gateway_processes=1)
             processes.update({f"{region}/{name}": p for name, p in started.items()})
         urls = {region: f"http://127.0.0.1:{s.gateway_port}" for region, s in cells.items()}
-        processes["router"] = platform.start_router(router, cells, env=world_env(router))
+        processes["router"] = platform.start_router(
+            router, cells, env=world_env(router), log_dir=log_dir
+        )
         for region in REGIONS:
             own = {n: p for n, p in processes.items() if n.startswith(f"{region}/")}
             assert platform.wait_until_ready(urls[region], own, timeout=90), f"no {region} cell"
@@ -96,12 +102,14 @@ def running_cells(infrastructure: Infrastructure) -> Iterator[Cells]:
         assert platform.wait_until_ready(router_url, {"router": processes["router"]}, timeout=30), (
             "no router"
         )
-        yield Cells(router_url, cells, router)
+        yield Cells(router_url, cells, router, log_dir / "router.log")
 
 
 @pytest.fixture(scope="module")
-def cells(infrastructure: Infrastructure) -> Iterator[Cells]:
-    with running_cells(infrastructure) as running:
+def cells(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cells]:
+    with running_cells(infrastructure, tmp_path_factory.mktemp("router")) as running:
         yield running
 
 
@@ -243,6 +251,10 @@ def test_each_tenant_is_in_its_own_cell_and_nowhere_in_the_other(
         assert tenant["tenant_id"] in sweep.find(
             [tenant["tenant_id"]], sweep.database_texts(cells.router)
         )
+        # The router's log: routing and ids, never a key, an e-mail or a name.
+        logged = sweep.find(tenant["canaries"][5:] + [tenant["key"]], sweep.file_texts([cells.log]))
+        assert logged == {}, logged
+    assert "routed method=POST region=in status=201" in cells.log.read_text()
 
 
 def test_requests_route_by_key_and_unknown_regions_are_refused(cells: Cells) -> None:
