@@ -58,6 +58,9 @@ CHUNK = 64 * 1024
 # Hop-by-hop headers (RFC 9110, 7.6.1) end at the router; the rest pass as they are.
 HOP_BY_HOP = frozenset(
     {
+        # Answered by the router itself (http.server sends the 100 Continue): the cell is sent
+        # the body without waiting.
+        "expect",
         "connection",
         "keep-alive",
         "proxy-authenticate",

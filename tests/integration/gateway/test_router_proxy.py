@@ -116,6 +116,7 @@ def test_statuses_end_to_end_headers_and_bodies_pass_as_they_are(
             "Idempotency-Key": "k1",
             "Connection": "keep-alive, X-Secret-Hop",
             "Keep-Alive": "timeout=5",
+            "Expect": "100-continue",
         },
         timeout=10,
     )
@@ -129,6 +130,7 @@ def test_statuses_end_to_end_headers_and_bodies_pass_as_they_are(
     assert seen["headers"]["idempotency-key"] == "k1"
     assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
     assert "keep-alive" not in seen["headers"], "hop-by-hop headers end at the router"
+    assert "expect" not in seen["headers"], "the router answered the 100 Continue itself"
 
 
 def test_a_chunked_upload_and_a_chunked_answer_are_streamed_through(
