@@ -38,6 +38,7 @@ from gateway import directory as directory_module
 from gateway import mail_router
 from gateway.problems import (
     NOT_FOUND,
+    PAYLOAD_TOO_LARGE,
     REQUEST_ID,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
@@ -55,6 +56,8 @@ SIGNUP = "/v1/signup"
 # is far below this.
 SIGNUP_MAX_BYTES = 64 * 1024
 CHUNK = 64 * 1024
+# A refused request's body is read and dropped up to this size before the problem is sent.
+DRAIN_BYTES = 1024 * 1024
 # Hop-by-hop headers (RFC 9110, 7.6.1) end at the router; the rest pass as they are.
 HOP_BY_HOP = frozenset(
     {
@@ -167,11 +170,13 @@ def make_handler(router: Router, timeout: float) -> type[BaseHTTPRequestHandler]
             # One request a connection: a body left unread (a refused or oversized one) can
             # never be taken for the next request.
             self.close_connection = True
+            self.body_taken = False
             started = time.monotonic()
             region, status = "-", 0
             try:
                 region, status = self._route()
             except Refused as refused:
+                self._drain()
                 status = self._problem(refused)
             except (ConnectionError, TimeoutError, OSError):
                 # The client went away, or the cell did mid-answer: nothing more can be sent.
@@ -203,11 +208,27 @@ def make_handler(router: Router, timeout: float) -> type[BaseHTTPRequestHandler]
                 return region, status
             return region, self._forward_streamed(region)
 
+        def _drain(self) -> None:
+            """Read what is left of a refused request's body (up to DRAIN_BYTES): a socket
+            closed on unread data is reset, and the reset can reach the client before the
+            problem it was sent."""
+            if self.body_taken:
+                return
+            self.body_taken = True
+            length = self._length()
+            if length is not None and length <= DRAIN_BYTES:
+                self.rfile.read(length)
+
         def _read_whole(self, limit: int) -> bytes:
             length = self._length()
             if length is None or length > limit:
-                # Chunked or too large: the cell refuses it as it would from anyone.
-                return b""
+                # Its region must be read before any cell is chosen: a body the router will not
+                # hold is refused here (the connection then closes on the rest of it).
+                raise Refused(
+                    PAYLOAD_TOO_LARGE,
+                    f"a sign-up is at most {limit} bytes, sent with its Content-Length",
+                )
+            self.body_taken = True
             return self.rfile.read(length)
 
         def _length(self) -> int | None:
@@ -247,6 +268,7 @@ def make_handler(router: Router, timeout: float) -> type[BaseHTTPRequestHandler]
                 if chunked and length is None:
                     upstream.putheader("Transfer-Encoding", "chunked")
                 upstream.endheaders()
+                self.body_taken = True
                 if isinstance(body, bytes):
                     upstream.send(body)
                 elif length:

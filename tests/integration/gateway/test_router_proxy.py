@@ -164,3 +164,11 @@ def test_a_cell_that_does_not_answer_is_a_503_problem() -> None:
         problem = answer.json()
         assert problem["type"] == "/docs/problems#service-unavailable"
         assert problem["request_id"] == answer.headers["X-Request-Id"]
+
+
+def test_a_sign_up_too_large_to_read_for_its_region_is_refused_by_the_router(router: str) -> None:
+    answer = requests.post(f"{router}/v1/signup", data=b"{" + b" " * 70_000 + b"}", timeout=10)
+    assert answer.status_code == 413
+    assert answer.json()["type"] == "/docs/problems#payload-too-large"
+    chunked = requests.post(f"{router}/v1/signup", data=iter([b"{}"]), timeout=10)
+    assert chunked.status_code == 413
