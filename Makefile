@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 services:
 	bash deploy/local/ensure-services.sh
 
+# A cell per region (its own databases and vhost) behind the router; CELLS= runs one platform.
+CELLS ?= uk,in
+
 run: install services
-	$(PY) -m services.platform run
+	$(PY) -m services.platform run --cells '$(CELLS)'
 
 test: install services lint
 	$(PY) -m pytest

@@ -22,7 +22,7 @@ NAMED: dict[str, Any] = {
     "policy_version": "2026-01",
     "version": "2026-01",
     "algorithm": "Ed25519",
-    "api_key": "ldk_3q2Jm0Zt8sKc1VYw7xN4bLhP9dRfA6eU5gTiO2yWkQs",
+    "api_key": "ldk_uk_3q2Jm0Zt8sKc1VYw7xN4bLhP9dRfA6eU5gTiO2yWkQs",
     "author_kind": "agent",
     "basis": "tax records: 6 years (HMRC)",
     "body": "My order 1042 arrived damaged; could I have a refund?",

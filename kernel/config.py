@@ -67,6 +67,8 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
     # The API key secret: the gateway hashes a presented key to find it in its credentials.
     "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN", "API_KEY_SECRET"}),
+    # The router in front of the region cells: it reads only its directory's ids.
+    "router": frozenset(),
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
     "prepare": frozenset(),
@@ -167,7 +169,8 @@ class Settings:
         credential=True,
         shown="local RabbitMQ, guest",
         tests_only=True,
-        doc="the broker's management API: the test kit's vhosts and the benchmarks only",
+        doc="the broker's management API: the test kit's vhosts, the benchmarks and `make run`'s"
+        " cells' vhosts only",
     )
     # The server-level DSN; each service's databases are derived from it by name.
     database_url: str = setting(
@@ -275,7 +278,28 @@ class Settings:
         name="REGIONS",
         parse=values.names,
         render=values.joined,
-        doc="tenant regions, comma-separated",
+        doc="tenant regions, comma-separated; a region cell's own (its sign-up takes no other)",
+    )
+    # A cell is a whole platform whose LEDGERDESK_REGIONS names its region (its sign-up takes no
+    # other), with databases and a vhost of its own; the router in front of the cells
+    # (gateway.router) reads this to find them.
+    cells: dict[str, str] = setting(
+        factory=dict,
+        name="CELLS",
+        parse=values.cells,
+        render=values.render_cells,
+        shown="empty: one platform, no router",
+        doc="the router's cells, `region=http://gateway:port,...` (each cell's gateway; the"
+        " first is where keys naming no region go)",
+    )
+    cells_mail_in: dict[str, str] = setting(
+        factory=dict,
+        name="CELLS_MAIL_IN",
+        parse=values.mail_cells,
+        render=values.render_cells,
+        shown="empty: the router takes no mail",
+        doc="the router's cells' mail listeners, `region=smtp://tickets:port,...` (or"
+        " `lmtp://`): mail to a support address goes to its tenant's cell",
     )
     policy_version: str = setting(
         "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"

@@ -119,6 +119,33 @@ def joined(value: tuple[str, ...]) -> str:
     return ",".join(value)
 
 
+def cells(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, str]:
+    """``region=http://host:port,...``: each region's cell (its gateway's URL), in order; the
+    first is the default cell."""
+    return _cell_urls(variable, raw, ("http", "https"))
+
+
+def mail_cells(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, str]:
+    """``region=smtp://host:port,...`` (or ``lmtp://``): each region's inbound mail listener."""
+    return _cell_urls(variable, raw, ("smtp", "lmtp"))
+
+
+def _cell_urls(variable: str, raw: str, schemes: tuple[str, ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        region, sep, url = (text.strip() for text in item.partition("="))
+        if not sep or not region or not url.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ConfigurationError(f"{variable}: region={schemes[0]}://host:port,...")
+        if region in found:
+            raise ConfigurationError(f"{variable}: region {region} named twice")
+        found[region] = url.rstrip("/")
+    return found
+
+
+def render_cells(value: Mapping[str, str]) -> str:
+    return ",".join(f"{region}={url}" for region, url in value.items())
+
+
 def parse_master_keys(raw: str) -> dict[str, bytes]:
     """``kid:base64[,kid:base64...]``: the first key wraps new keys, the others still unwrap."""
     keys: dict[str, bytes] = {}

@@ -20,6 +20,8 @@ from services import platform
 
 DOCUMENT = platform.ROOT / "docs" / "data-map.md"
 GATEWAY = "gateway"
+# The router's directory in front of the region cells: a database of its own, outside any cell.
+DIRECTORY = "gateway.directory"
 
 
 # Said here so the map never claims more than the code does.
@@ -142,6 +144,14 @@ def render() -> str:
         lines += datamap.render_events(service_map)
         if service_map.queues:
             lines += datamap.render_queues(f"Queues of {name}", service_map.queues)
+    directory = importlib.import_module(DIRECTORY).DATA_MAP
+    lines += [
+        "## The router's directory",
+        "",
+        directory.summary[0].upper() + directory.summary[1:] + ".",
+        "",
+        *datamap.render_tables("Tables of `<prefix>_directory`", directory.tables),
+    ]
     lines += [
         "## Backups",
         "",

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -42,6 +43,10 @@ SERVICES: dict[str, str] = {
     name: f"services.{name}.service:{name.capitalize()}Service" for name in platform.SERVICES
 }
 GATEWAY = "gateway.service:GatewayService"
+# The router in front of the region cells (``make run`` starts one cell per region behind it).
+ROUTER = "gateway.router"
+# A cell's ops ports follow the previous cell's: room for every service and many gateways.
+OPS_PORTS_PER_CELL = 20
 # Whoever serves RPC: the services. (The gateway adds its own part to a data-subject export
 # itself, rather than be asked back by RPC while it serves the download.)
 RPC_SERVERS: tuple[str, ...] = tuple(SERVICES)
@@ -226,6 +231,170 @@ def _ready(url: str) -> bool:
         return False
 
 
+# --- region cells ------------------------------------------------------------------------------
+
+
+def cell_settings(settings: Settings, region: str, index: int) -> Settings:
+    """The ``index``-th cell's settings, for ``region``: the platform's, with databases under
+    ``<prefix>_<region>`` and the RabbitMQ vhost of that name, its sign-up taking ``region``
+    only, and its gateway, ops and inbound mail ports after the router's and the previous
+    cell's (a free one for each where the platform's is 0)."""
+    prefix = f"{settings.database_prefix}_{region}"
+    vhost = urllib.parse.quote(prefix, safe="")
+    uris = ";".join(
+        urllib.parse.urlunsplit(urllib.parse.urlsplit(uri)._replace(path="/" + vhost))
+        for uri in settings.amqp_uri.split(";")
+    )
+    # The router is the cells' client: the address a cell's limits and access log take is the
+    # one it forwards (X-Forwarded-For), not the router's own.
+    trusted = tuple(dict.fromkeys((*settings.trusted_proxies, "127.0.0.1/32")))
+    return settings.with_overrides(
+        database_prefix=prefix,
+        amqp_uri=uris,
+        regions=(region,),
+        gateway_port=settings.gateway_port + 1 + index,
+        ops_port=settings.ops_port + OPS_PORTS_PER_CELL * index if settings.ops_port else 0,
+        # The router's mail front takes the platform's port; each cell listens after it.
+        mail_in_port=settings.mail_in_port + 1 + index if settings.mail_in_port else 0,
+        trusted_proxies=trusted,
+    )
+
+
+def cell_vhost(settings: Settings) -> str:
+    """The RabbitMQ vhost a (cell's) settings name: the path of its first broker URI."""
+    path = urllib.parse.urlsplit(settings.amqp_uri.split(";")[0]).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def ensure_vhost(settings: Settings) -> None:
+    """The cell's vhost, created through the broker's management API, with every permission for
+    the broker user of ``LEDGERDESK_AMQP_URI`` (creating an existing one changes nothing)."""
+    import requests
+
+    management = urllib.parse.urlsplit(settings.rabbit_management_url)
+    base = f"{management.scheme}://{management.hostname}:{management.port or 15672}"
+    auth = (management.username or "guest", management.password or "guest")
+    vhost = urllib.parse.quote(cell_vhost(settings), safe="")
+    user = urllib.parse.urlsplit(settings.amqp_uri.split(";")[0]).username or "guest"
+    for path, body in (
+        (f"/api/vhosts/{vhost}", None),
+        (f"/api/permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"}),
+    ):
+        requests.put(base + path, json=body, auth=auth, timeout=30).raise_for_status()
+
+
+def start_router(
+    settings: Settings,
+    cells: dict[str, Settings],
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> subprocess.Popen:
+    """The router (``gateway.router``) as a process, on ``settings``' gateway port (and mail in
+    port, handing mail on to the cells' listeners), in front of ``cells`` (region -> the cell's
+    settings); its directory is ``<prefix>_directory``. With ``log_dir``, its log goes to
+    ``<log_dir>/router.log``."""
+    base = env if env is not None else os.environ.copy()
+    router_env = {
+        **base,
+        **settings.to_env(),
+        "LEDGERDESK_CELLS": ",".join(
+            f"{region}=http://127.0.0.1:{cell.gateway_port}" for region, cell in cells.items()
+        ),
+        "LEDGERDESK_CELLS_MAIL_IN": ",".join(
+            f"{region}={cell.mail_in_protocol}://127.0.0.1:{cell.mail_in_port}"
+            for region, cell in cells.items()
+            if cell.mail_in_port
+        ),
+    }
+    log = open(log_dir / "router.log", "ab") if log_dir is not None else None  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", ROUTER],
+            cwd=ROOT,
+            start_new_session=True,
+            env=router_env,
+            stderr=log,
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child holds its own descriptor
+
+
+def run_cells(settings: Settings, regions: tuple[str, ...]) -> int:
+    """``make run`` with a cell per region on this machine (distinct databases and vhosts) and
+    the router in front of them on the gateway's port."""
+    problems = check_dependencies(settings)
+    unknown = [region for region in regions if region not in settings.regions]
+    if unknown:
+        problems.append(f"no such region: {', '.join(unknown)} (LEDGERDESK_REGIONS)")
+    if problems:
+        print("Ledgerdesk cannot start:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
+        return cli.Exit.UNREACHABLE
+    cells = {region: cell_settings(settings, region, n) for n, region in enumerate(regions)}
+    for cell in cells.values():
+        ensure_vhost(cell)
+        prepare(cell)
+    exits = contextlib.ExitStack()
+    mail_note = _development_sink(settings, exits)
+    processes: dict[str, subprocess.Popen] = {}
+    urls = {region: f"http://127.0.0.1:{cell.gateway_port}" for region, cell in cells.items()}
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for region, cell in cells.items():
+            started = start_processes({**os.environ, **cell.to_env()}, ops_port=cell.ops_port)
+            processes.update({f"{region}/{name}": p for name, p in started.items()})
+        processes["router"] = start_router(settings, cells)
+        url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+        ready = all(
+            wait_until_ready(
+                urls[region],
+                {n: p for n, p in processes.items() if n.startswith(f"{region}/")},
+                timeout=90,
+            )
+            for region in cells
+        ) and wait_until_ready(url, {"router": processes["router"]}, timeout=30)
+        if not ready:
+            failed = [n for n, p in processes.items() if p.poll() is not None]
+            print(
+                f"Ledgerdesk did not become ready (stopped: {', '.join(failed) or 'none'})",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"\nLedgerdesk is running: {url}  (API spec: {url}/v1/openapi.json)")
+        for region, cell in cells.items():
+            ports = " ".join(
+                f"{name.split('/')[1]}:{getattr(p, 'ops_port', '?')}"
+                for name, p in processes.items()
+                if name.startswith(f"{region}/")
+            )
+            mail_in = f"; mail in on {cell.mail_in_port}" if cell.mail_in_port else ""
+            print(
+                f"Cell {region}: gateway {urls[region]}, databases {cell.database_prefix}_*,"
+                f" vhost {cell_vhost(cell)}{mail_in}; ops ports {ports}."
+            )
+        print(
+            f"The router on {url} sends each request to its region's cell (docs/operations.md,"
+            f' "Region cells").\n{mail_note}{_mail_in_note(settings)}Press Ctrl-C to stop.\n',
+            flush=True,
+        )
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(0.5)
+        failed = [n for n, p in processes.items() if p.poll() is not None]
+        print(f"stopping: {', '.join(failed)} exited", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping Ledgerdesk ...", flush=True)
+        return 0
+    finally:
+        stop_processes(processes)
+        exits.close()
+
+
 def run(settings: Settings) -> int:
     problems = check_dependencies(settings)
     if problems:
@@ -316,7 +485,14 @@ def main(argv: list[str] | None = None) -> int:
         epilog=cli.EXIT_CODES_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run every service and the gateway")
+    run_parser = sub.add_parser("run", help="run every service and the gateway")
+    run_parser.add_argument(
+        "--cells",
+        default="",
+        metavar="REGION,...",
+        help="a cell per region (its own databases and vhost) behind the router; empty: one"
+        " platform for every region",
+    )
     sub.add_parser("prepare", help="create and migrate databases, declare the broker topology")
     sub.add_parser(
         "dead-letters",
@@ -327,17 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         "send-mail", help="send a service's queued mail (send-mail --help: how)", add_help=False
     )
     args = parser.parse_args(argv)
-    return cli.guarded(lambda: _run(args.command))
+    cells = tuple(r.strip() for r in getattr(args, "cells", "").split(",") if r.strip())
+    return cli.guarded(lambda: _run(args.command, cells))
 
 
-def _run(command: str) -> int:
+def _run(command: str, cells: tuple[str, ...] = ()) -> int:
     # Preparing needs no secret (a prepare job is given none); running starts every process
     # here, each reading its own secrets from the environment handed on.
     settings = Settings.from_env(service="prepare" if command == "prepare" else None)
     if command == "prepare":
         prepare(settings)
         return cli.Exit.OK
-    return run(settings)
+    return run_cells(settings, cells) if cells else run(settings)
 
 
 if __name__ == "__main__":

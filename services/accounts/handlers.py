@@ -142,7 +142,7 @@ def sign_up(command: dict[str, Any], uow: UnitOfWork, settings: Settings) -> dic
         name=command["admin"]["name"],
         email=command["admin"]["email"],
     )
-    api_key = _issue_key(admin, settings, admin.id)
+    api_key = _issue_key(admin, settings, admin.id, tenant.region)
     admin.accept_policy(command["accept_policy_version"])
     uow.actor_id = admin.id
     uow.save(tenant, tenant.id, tenant.region)
@@ -196,8 +196,9 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
 # --- agents and keys --------------------------------------------------------------------------
 
 
-def _issue_key(agent: Agent, settings: Settings, issuer_id: str) -> str:
-    api_key = apikeys.generate()
+def _issue_key(agent: Agent, settings: Settings, issuer_id: str, region: str) -> str:
+    # The tenant's region in the key: the router in front of the cells routes it unlooked-up.
+    api_key = apikeys.generate(region)
     agent.issue_api_key(
         uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key), issuer_id
     )
@@ -261,7 +262,7 @@ def create_agent(
         name=command["name"],
         email=command["email"],
     )
-    api_key = _issue_key(agent, settings, issuer_id)
+    api_key = _issue_key(agent, settings, issuer_id, region)
     uow.save(agent, tenant_id, region)
     return {
         **agent_view(agent),
@@ -313,9 +314,10 @@ def issue_api_key(
     approve her own requests with it. Only a key of her own mints (``own_key``)."""
     issuer_id = own_key(uow, actor)
     agent = _scoped(uow, Agent, actor["tenant_id"], agent_id)
-    api_key = _issue_key(agent, settings, issuer_id)
+    region = _tenant_region(uow, actor["tenant_id"])
+    api_key = _issue_key(agent, settings, issuer_id, region)
     key_id = agent.key_ids[-1]
-    uow.save(agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
+    uow.save(agent, actor["tenant_id"], region)
     return {
         "id": key_id,
         "agent_id": agent.id,
@@ -342,10 +344,11 @@ def claim_api_key(uow: UnitOfWork, actor: dict[str, str], settings: Settings) ->
         # Ended since the gateway authenticated it (a claim that came first, a revocation).
         raise Unauthorized("invalid credentials")
     ended = list(agent.key_ids)
-    api_key = _issue_key(agent, settings, agent.id)
+    region = _tenant_region(uow, actor["tenant_id"])
+    api_key = _issue_key(agent, settings, agent.id, region)
     for key_id in ended:
         agent.revoke_api_key(key_id)
-    uow.save(agent, actor["tenant_id"], _tenant_region(uow, actor["tenant_id"]))
+    uow.save(agent, actor["tenant_id"], region)
     return {
         "id": agent.key_ids[-1],
         "agent_id": agent.id,

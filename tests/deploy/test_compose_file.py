@@ -30,8 +30,19 @@ from services.platform import GATEWAY, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-# The compose services that run Ledgerdesk: every process, and the one-shot preparation.
-PROCESSES = [*SERVICES, "gateway", "prepare"]
+# The compose services that run Ledgerdesk: every process, and the one-shot preparation, of the
+# uk cell (named as the processes are) and of the in cell (their names ending -in), and the
+# router in front of them. ROLE: which process each one is (kernel.config.SERVICE_SECRETS).
+CELLS = {"uk": "", "in": "-in"}
+ROLE = {
+    **{
+        f"{name}{suffix}": name
+        for name in [*SERVICES, "gateway", "prepare"]
+        for suffix in CELLS.values()
+    },
+    "router": "router",
+}
+PROCESSES = list(ROLE)
 # Production values: long, random-looking, none a development value.
 REAL = {
     "LEDGERDESK_ENV": "production",
@@ -88,27 +99,57 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
 
 def test_every_process_of_the_platform_is_a_compose_service_running_its_class() -> None:
     services = compose()["services"]
-    for name, path in {**SERVICES, "gateway": GATEWAY}.items():
-        assert services[name]["command"] == ["kernel.runner", path], name
-        assert services[name]["build"] == "."
-        depends = services[name]["depends_on"]
-        assert depends["prepare"] == {"condition": "service_completed_successfully"}
-        assert depends["rabbitmq"] == {"condition": "service_healthy"}
-        assert depends["postgres"] == {"condition": "service_healthy"}
-    assert services["prepare"]["command"] == ["services.platform", "prepare"]
-    assert services["prepare"]["restart"] == "no"
-    images = {services[name]["image"] for name in [*SERVICES, "gateway", "prepare"]}
+    for suffix in CELLS.values():
+        for name, path in {**SERVICES, "gateway": GATEWAY}.items():
+            name += suffix
+            assert services[name]["command"] == ["kernel.runner", path], name
+            assert services[name]["build"] == "."
+            depends = services[name]["depends_on"]
+            assert depends[f"prepare{suffix}"] == {"condition": "service_completed_successfully"}
+            assert depends["rabbitmq"] == {"condition": "service_healthy"}
+            assert depends["postgres"] == {"condition": "service_healthy"}
+        assert services[f"prepare{suffix}"]["command"] == ["services.platform", "prepare"]
+        assert services[f"prepare{suffix}"]["restart"] == "no"
+    assert services["router"]["command"] == ["gateway.router"]
+    images = {services[name]["image"] for name in PROCESSES}
     assert len(images) == 1, "one image for every process"
 
 
-def test_services_can_be_scaled_and_only_the_gateway_publishes_a_port() -> None:
+def test_each_cell_has_its_region_databases_and_vhost_and_the_router_reaches_both() -> None:
+    seen = {}
+    for region, suffix in CELLS.items():
+        names = [f"{name}{suffix}" for name in [*SERVICES, "gateway", "prepare"]]
+        cell = [Settings.from_env(environment_of(name, {})) for name in names]
+        # Each process its own broker user, all of them in the cell's vhost.
+        ((regions, prefix, vhost),) = {
+            (s.regions, s.database_prefix, urllib.parse.urlsplit(s.amqp_uri).path) for s in cell
+        }
+        assert regions == (region,)
+        seen[region] = (prefix, vhost)
+    assert len(set(seen.values())) == len(CELLS), seen
+    assert len({prefix for prefix, _ in seen.values()}) == len(CELLS)
+    assert len({vhost for _, vhost in seen.values()}) == len(CELLS)
+    router = Settings.from_env(environment_of("router", {}), service="router")
     services = compose()["services"]
-    for name in SERVICES:
-        # A fixed host port or container name would make `--scale NAME=3` fail.
-        assert "ports" not in services[name], name
+    assert list(router.cells) == list(router.cells_mail_in) == list(CELLS)
+    for region, suffix in CELLS.items():
+        assert urllib.parse.urlsplit(router.cells[region]).hostname == f"gateway{suffix}"
+        assert urllib.parse.urlsplit(router.cells_mail_in[region]).hostname == f"tickets{suffix}"
+        assert services[f"tickets{suffix}"]["expose"] == ["2525"]
+    assert router.database_prefix not in {prefix for prefix, _ in seen.values()}
+
+
+def test_services_can_be_scaled_and_only_the_router_publishes_a_port() -> None:
+    services = compose()["services"]
+    for name in PROCESSES:
+        # A fixed host port or container name would make `--scale NAME=3` fail; the gateways
+        # are reached through the router.
+        if name != "router":
+            assert "ports" not in services[name], name
         assert "container_name" not in services[name], name
-    assert [p.rsplit(":", 1)[-1] for p in services["gateway"]["ports"]] == ["8000"]
-    assert environment_of("gateway", {})["LEDGERDESK_GATEWAY_HOST"] == "0.0.0.0"
+    assert [p.rsplit(":", 1)[-1] for p in services["router"]["ports"]] == ["8000"]
+    for name in ("gateway", "gateway-in", "router"):
+        assert environment_of(name, {})["LEDGERDESK_GATEWAY_HOST"] == "0.0.0.0"
 
 
 def test_infrastructure_is_healthy_before_services_start_and_traces_reach_jaeger() -> None:
@@ -136,7 +177,7 @@ def test_each_service_is_given_exactly_the_secrets_it_uses() -> None:
     for name in PROCESSES:
         env = environment_of(name, {})
         given = {v.removeprefix("LEDGERDESK_") for v in env} & set(SECRET_FIELDS)
-        assert given == SERVICE_SECRETS[name], name
+        assert given == SERVICE_SECRETS[ROLE[name]], name
     assert "LEDGERDESK_AUDIT_SIGNING_KEY" not in environment_of("gateway", {})
 
 
@@ -151,8 +192,9 @@ def test_the_gateway_is_given_the_audit_public_key_of_the_development_seed() -> 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses(name: str) -> None:
-    own = SERVICE_SECRETS[name]
-    defaults = Settings.from_env(environment_of(name, {}), service=name)
+    role = ROLE[name]
+    own = SERVICE_SECRETS[role]
+    defaults = Settings.from_env(environment_of(name, {}), service=role)
     dev = Settings()
     for secret in own:
         field = SECRET_FIELDS[secret]
@@ -160,12 +202,12 @@ def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses(nam
 
     if own:
         with pytest.raises(ConfigurationError) as refused:
-            Settings.from_env(environment_of(name, {"LEDGERDESK_ENV": "production"}), service=name)
+            Settings.from_env(environment_of(name, {"LEDGERDESK_ENV": "production"}), service=role)
         assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
             f"LEDGERDESK_{n}" for n in SECRET_FIELDS if n in own
         )
 
-    settings = Settings.from_env(environment_of(name, REAL), service=name)
+    settings = Settings.from_env(environment_of(name, REAL), service=role)
     assert settings.environment == "production" and settings.held_secrets == own
 
 
@@ -188,22 +230,35 @@ def test_each_process_connects_as_its_own_least_privileged_broker_user() -> None
     topology = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
     admin = urllib.parse.urlsplit(environment_of("prepare", {})["LEDGERDESK_AMQP_URI"])
     _opens(users, admin)
-    (grant,) = [p for p in users["permissions"] if p["user"] == admin.username]
-    assert grant["configure"] == grant["write"] == grant["read"] == ".*"
+    for grant in [p for p in users["permissions"] if p["user"] == admin.username]:
+        assert grant["configure"] == grant["write"] == grant["read"] == ".*"
+    # The uk cell's vhost is the definitions' ("/"); the in cell's grants are dev-users.json's.
+    grants = topology["permissions"] + users["permissions"]
+    topics = topology["topic_permissions"] + users["topic_permissions"]
     for name in broker_definitions.PROCESSES:
-        env = environment_of(name, {})
-        assert "LEDGERDESK_RABBIT_MANAGEMENT_URL" not in env, name
-        url = urllib.parse.urlsplit(env["LEDGERDESK_AMQP_URI"])
-        assert url.username == broker_definitions.user_of(name), name
-        _opens(users, url)
-        (grant,) = [p for p in topology["permissions"] if p["user"] == url.username]
-        assert grant["vhost"] == urllib.parse.unquote(url.path.lstrip("/") or "/")
-        expected = broker_definitions.permissions(name)
-        assert (grant["configure"], grant["write"], grant["read"]) == (
-            expected.configure,
-            expected.write,
-            expected.read,
-        )
+        for service in (name, f"{name}-in"):
+            env = environment_of(service, {})
+            assert "LEDGERDESK_RABBIT_MANAGEMENT_URL" not in env, service
+            url = urllib.parse.urlsplit(env["LEDGERDESK_AMQP_URI"])
+            assert url.username == broker_definitions.user_of(name), service
+            _opens(users, url)
+            vhost = urllib.parse.unquote(url.path.lstrip("/") or "/")
+            assert {"name": vhost} in users["vhosts"], service
+            (grant,) = [p for p in grants if (p["user"], p["vhost"]) == (url.username, vhost)]
+            expected = broker_definitions.permissions(name)
+            assert (grant["configure"], grant["write"], grant["read"]) == (
+                expected.configure,
+                expected.write,
+                expected.read,
+            ), service
+            given = sorted(
+                (t["exchange"], t["write"], t["read"])
+                for t in topics
+                if (t["user"], t["vhost"]) == (url.username, vhost)
+            )
+            assert given == sorted(
+                (t.exchange, t.write, t.read) for t in broker_definitions.topic_permissions(name)
+            ), service
 
 
 class _Recording(dict):
@@ -222,7 +277,7 @@ class _Recording(dict):
 def test_every_ledgerdesk_variable_in_compose_is_one_the_code_reads(name: str) -> None:
     # Read as the service reads it: a secret it was given but does not read is found too.
     env = _Recording(environment_of(name, {}))
-    Settings.from_env(env, service=name)
+    Settings.from_env(env, service=ROLE[name])
     given = {n for n in env if n.startswith("LEDGERDESK_")}
     assert given <= env.asked, f"not read by Settings: {sorted(given - env.asked)}"
 
@@ -235,9 +290,9 @@ def test_the_compose_delivery_limit_is_the_one_the_broker_definitions_hold() -> 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_the_log_level_is_set_from_the_environment_compose_runs_in(name: str) -> None:
-    assert Settings.from_env(environment_of(name, {}), service=name).log_level == "info"
+    assert Settings.from_env(environment_of(name, {}), service=ROLE[name]).log_level == "info"
     env = environment_of(name, {"LEDGERDESK_LOG_LEVEL": "debug"})
-    assert Settings.from_env(env, service=name).log_level == "debug"
+    assert Settings.from_env(env, service=ROLE[name]).log_level == "debug"
 
 
 def test_the_infrastructure_images_are_supported_releases_pinned_to_a_patch() -> None:

@@ -65,13 +65,17 @@ def database_texts(settings: Settings) -> Iterator[tuple[Place, str]]:
             conn.close()
 
 
-def queue_texts(infrastructure: Infrastructure, settings: Settings) -> Iterator[tuple[Place, str]]:
+def queue_texts(
+    infrastructure: Infrastructure, settings: Settings, every: int = 0
+) -> Iterator[tuple[Place, str]]:
     """Every message of every queue of the world's vhost, its body and headers; each message is
-    put back (the broker marks it redelivered, nothing more)."""
+    put back (the broker marks it redelivered, nothing more). The management API's counts are
+    samples, seconds old: with ``every``, each queue is asked for up to that many messages
+    whatever its count said."""
     vhost = urllib.parse.quote(settings.database_prefix, safe="")
     queues = infrastructure.management("GET", f"/api/queues/{vhost}").json()
     for queue in queues:
-        count = int(queue.get("messages", 0))
+        count = max(int(queue.get("messages", 0)), every)
         if not count:
             continue
         name = urllib.parse.quote(queue["name"], safe="")

@@ -1,0 +1,111 @@
+"""The router's inbound mail front: mail to ``<tenant id>@<mail domain>`` handed on to the
+listener of the cell holding that tenant, found in the directory (``gateway.directory``).
+
+It keeps nothing: a mail is held in memory while its cell takes it, and the cell's answer is
+the front's (a 451 from the cell stays a 451, so the relay retries). One mail goes to one cell:
+a recipient of another region than the first is answered 452, which tells the relay to send
+the mail again to that recipient alone. Logs carry reply codes, never an address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import smtplib
+import urllib.parse
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.directory import Directory
+from kernel.config import Settings
+
+log = logging.getLogger("gateway.mail_router")
+
+
+class _Front:
+    def __init__(self, directory: Directory, cells: dict[str, str], domain: str, timeout: float):
+        self.directory = directory
+        self.cells = cells
+        self.domain = domain
+        self.timeout = timeout
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        local, _, domain = address.rpartition("@")
+        if not local or domain.lower() != self.domain:
+            return "550 5.1.1 No such mailbox here"
+        loop = asyncio.get_running_loop()
+        try:
+            region = await loop.run_in_executor(None, self.directory.region_of, local)
+        except Exception:  # noqa: BLE001 - the directory unreachable: the relay tries again
+            log.warning("mail front: directory unavailable (451)")
+            return "451 4.3.0 Try again later"
+        if region is None or region not in self.cells:
+            return "550 5.1.1 No such mailbox here"
+        chosen = getattr(envelope, "ledgerdesk_region", None)
+        if chosen is not None and chosen != region:
+            return "452 4.5.3 One region per mail: send again for this recipient"
+        envelope.ledgerdesk_region = region  # type: ignore[attr-defined]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        region: str = envelope.ledgerdesk_region  # type: ignore[attr-defined]
+        content = envelope.original_content or envelope.content or b""
+        raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(
+            None, self._hand_on, region, envelope.mail_from or "", list(envelope.rcpt_tos), raw
+        )
+        log.info("mail front: region=%s reply=%s", region, reply[:3])
+        return reply
+
+    def _hand_on(self, region: str, sender: str, recipients: list[str], raw: bytes) -> str:
+        """The mail to its cell's listener; the cell's reply, or 451 if it cannot be reached."""
+        parts = urllib.parse.urlsplit(self.cells[region])
+        kind = smtplib.LMTP if parts.scheme == "lmtp" else smtplib.SMTP
+        try:
+            with kind(
+                parts.hostname or "127.0.0.1", parts.port or 25, timeout=self.timeout
+            ) as cell:
+                refused = cell.sendmail(sender, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, message = next(iter(exc.recipients.values()))
+            return f"{code} {_text(message)}"
+        except smtplib.SMTPResponseException as exc:
+            return f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        except (OSError, smtplib.SMTPException):
+            return "451 4.3.0 Try again later"
+        if refused:
+            # Some recipients refused after DATA (LMTP): the relay retries what a 4xx names.
+            code, message = next(iter(refused.values()))
+            return f"{code} {_text(message)}"
+        return "250 2.0.0 OK"
+
+
+def _text(message: bytes | str) -> str:
+    return message.decode(errors="replace") if isinstance(message, bytes) else message
+
+
+def start(settings: Settings, directory: Directory, timeout: float = 60.0) -> Controller | None:
+    """The front on the mail in host and port, when the router has cells' listeners to hand
+    mail on to (``LEDGERDESK_CELLS_MAIL_IN``); None otherwise."""
+    if not settings.cells_mail_in or not settings.mail_in_port:
+        return None
+    # aiosmtpd logs envelope addresses at info: silenced, as the cells' listeners do.
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+    domain = settings.mail_in_domain.lower()
+    controller = Controller(
+        _Front(directory, settings.cells_mail_in, domain, timeout),
+        hostname=settings.mail_in_host,
+        port=settings.mail_in_port,
+        data_size_limit=settings.mail_in_max_bytes,
+        server_hostname=domain,
+        ident="Ledgerdesk",
+    )
+    controller.start()
+    return controller

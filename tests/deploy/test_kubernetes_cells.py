@@ -1,0 +1,123 @@
+"""deploy/kubernetes/cells: a cell per region (the production overlay in a namespace of its own,
+taking its region only) and the router in front of them, wired to each other's Services."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+import kubernetes_validate
+
+from kernel.config import Settings
+from tests.deploy.kustomize import render
+from tests.deploy.manifests import KUBERNETES
+from tests.deploy.test_kubernetes_manifests import CUSTOM, KUBERNETES_VERSION
+
+CELLS = KUBERNETES / "cells"
+REGIONS = ("uk", "in")
+
+
+def documents() -> list[dict[str, Any]]:
+    return render(CELLS)
+
+
+def of(kind: str, name: str, namespace: str) -> dict[str, Any]:
+    (found,) = [
+        d
+        for d in documents()
+        if d["kind"] == kind
+        and d["metadata"]["name"] == name
+        and d["metadata"].get("namespace") == namespace
+    ]
+    return found
+
+
+def router_settings() -> Settings:
+    data = of("ConfigMap", "ledgerdesk-router-config", "ledgerdesk-router")["data"]
+    return Settings.from_env(
+        {**data, "LEDGERDESK_DATABASE_URL": "postgresql://db/postgres"}, "router"
+    )
+
+
+def test_each_cell_runs_the_whole_platform_in_its_own_namespace_for_its_region_only() -> None:
+    everything = documents()
+    for region in REGIONS:
+        namespace = f"ledgerdesk-{region}"
+        mine = [d for d in everything if d["metadata"].get("namespace") == namespace]
+        deployments = {d["metadata"]["name"] for d in mine if d["kind"] == "Deployment"}
+        assert deployments == {
+            f"ledgerdesk-{name}"
+            for name in ("accounts", "tickets", "billing", "audit", "retention", "gateway")
+        }
+        config = of("ConfigMap", "ledgerdesk-config", namespace)["data"]
+        assert config["LEDGERDESK_REGIONS"] == region
+        assert config["LEDGERDESK_DATABASE_PREFIX"] == f"ledgerdesk_{region}"
+        # Its connections and keys come from its own namespace's Secret, never another cell's.
+        for deployment in (d for d in mine if d["kind"] == "Deployment"):
+            for container in deployment["spec"]["template"]["spec"]["containers"]:
+                for variable in container.get("env", []):
+                    ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                    assert ref is None or ref["name"] == "ledgerdesk-secrets", variable
+
+
+def test_the_router_reaches_each_cells_gateway_and_mail_listener_by_its_service() -> None:
+    settings = router_settings()
+    assert list(settings.cells) == list(REGIONS) == list(settings.cells_mail_in)
+    for region in REGIONS:
+        namespace = f"ledgerdesk-{region}"
+        for url, service in (
+            (settings.cells[region], "ledgerdesk-gateway"),
+            (settings.cells_mail_in[region], "ledgerdesk-mail-in"),
+        ):
+            parts = urllib.parse.urlsplit(url)
+            assert parts.hostname == f"{service}.{namespace}.svc"
+            ports = [p["port"] for p in of("Service", service, namespace)["spec"]["ports"]]
+            assert parts.port in ports
+
+
+def test_mail_reaches_a_cell_only_through_the_router_and_the_router_reaches_only_cells() -> None:
+    for region in REGIONS:
+        policy = of("NetworkPolicy", "ledgerdesk-tickets", f"ledgerdesk-{region}")
+        mail = [
+            rule
+            for rule in policy["spec"]["ingress"]
+            if {"protocol": "TCP", "port": 2525} in rule["ports"]
+        ]
+        assert mail == [
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "ledgerdesk-router"}
+                        },
+                        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "router"}},
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": 2525}],
+            }
+        ]
+    router = of("NetworkPolicy", "ledgerdesk-router", "ledgerdesk-router")
+    (to_cells,) = [
+        rule
+        for rule in router["spec"]["egress"]
+        if {"protocol": "TCP", "port": 8000} in rule["ports"]
+    ]
+    (selector,) = to_cells["to"]
+    (expression,) = selector["namespaceSelector"]["matchExpressions"]
+    assert expression["values"] == [f"ledgerdesk-{region}" for region in REGIONS]
+
+
+def test_the_router_holds_no_key_of_any_cell() -> None:
+    deployment = of("Deployment", "ledgerdesk-router", "ledgerdesk-router")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["gateway.router"]
+    assert [v["name"] for v in container["env"]] == ["LEDGERDESK_DATABASE_URL"]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "ledgerdesk-router-secrets"
+
+
+def test_every_manifest_of_the_cells_is_valid_for_the_kubernetes_api_and_holds_no_secret() -> None:
+    everything = documents()
+    assert [d for d in everything if d["kind"] == "Secret"] == []
+    for document in everything:
+        if document["kind"] not in CUSTOM:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
