@@ -392,3 +392,30 @@ def test_a_reader_in_one_snapshot_reads_it_whole_either_way(world, settled):
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         read = list(eventstore.iter_all(cur, batch_size=3, settled=settled))
     assert [(c, e.event_id) for c, e in read] == stored_order(store)
+
+
+def test_a_writer_of_the_release_before_cannot_store_a_stream_out_of_turn(world):
+    """During a rolling upgrade, an old-release writer inserts without a tx_order (and takes the
+    table lock, as it always did). Its transaction's id drawn early, it appends version 2 after
+    a new writer committed version 1: the row still sorts after version 1, for good."""
+    store = source_store(world)
+    envelope = events("s", 1, 1, None)[0]
+    with store.db.connection() as old:
+        with old.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()")  # its id, drawn before the new writer's
+        with store.db.transaction() as cur:
+            eventstore.append(cur, "s", 0, events("s", 0, 1, None))
+        with old.cursor() as cur:
+            cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            cur.execute(
+                "INSERT INTO events (event_id, type, schema_version, source, stream_id,"
+                " stream_version, tenant_id, occurred_at, actor_id, trace, payload, metadata)"
+                " VALUES (%s, %s, 1, 'testsrc', 's', 2, NULL, now(), NULL, '{}', '{}', '{}')",
+                (envelope.event_id, envelope.type),
+            )
+        old.commit()
+    settle(store)
+    with store.db.transaction() as cur:
+        read = eventstore.read_all(cur)
+    assert [e.stream_version for _, e in read] == [1, 2]
+    assert [(c, e.event_id) for c, e in read] == stored_order(store)
