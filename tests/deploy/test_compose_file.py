@@ -324,3 +324,11 @@ def test_the_broker_permits_the_transient_reply_queues_the_gateway_declares() ->
         if line.strip() and not line.startswith("#")
     )
     assert settings["deprecated_features.permit.transient_nonexcl_queues"] == "true"
+
+
+def test_the_cells_gateways_trust_the_router_on_the_compose_network_only() -> None:
+    """Behind the router every request comes from it: the gateways trust its X-Forwarded-For,
+    and only on the compose network's own fixed range."""
+    (subnet,) = [c["subnet"] for c in compose()["networks"]["default"]["ipam"]["config"]]
+    for name in ("gateway", "gateway-in"):
+        assert environment_of(name, {})["LEDGERDESK_TRUSTED_PROXIES"] == subnet, name

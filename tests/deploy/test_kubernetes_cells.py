@@ -121,3 +121,35 @@ def test_every_manifest_of_the_cells_is_valid_for_the_kubernetes_api_and_holds_n
     for document in everything:
         if document["kind"] not in CUSTOM:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_cells_api_is_reached_through_the_router_only_and_trusts_its_forwarded_client() -> None:
+    """Every request reaches a cell from the router: unless the cell trusts the router's
+    X-Forwarded-For, every client shares one rate-limit bucket (one client's bad keys would
+    lock out every tenant) and the access log names the router. Trusted, the router must then be
+    the only one that can reach the gateway."""
+    router_only = {
+        "from": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "ledgerdesk-router"}
+                },
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "router"}},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8000}],
+    }
+    for region in REGIONS:
+        namespace = f"ledgerdesk-{region}"
+        config = of("ConfigMap", "ledgerdesk-config", namespace)["data"]
+        settings = Settings.from_env(
+            {**config, "LEDGERDESK_DATABASE_URL": "postgresql://db/postgres"}, "router"
+        )
+        assert settings.trusted_proxies, region
+        policy = of("NetworkPolicy", "ledgerdesk-gateway", namespace)
+        api = [
+            rule
+            for rule in policy["spec"]["ingress"]
+            if {"protocol": "TCP", "port": 8000} in rule["ports"]
+        ]
+        assert api == [router_only], region
