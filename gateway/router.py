@@ -92,7 +92,7 @@ MAX_TRAILERS = 64
 # A chunk may be at most this large (it is copied in CHUNK pieces whatever its size): the cap
 # keeps a size of a hundred hex digits from being taken at its word.
 MAX_CHUNK_SIZE = 1 << 30
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 DIGITS = re.compile(r"[0-9]{1,18}")
 # Headers a cell must see once: a second Content-Length or Host may be read by the cell other
 # than the router read it, and a second Authorization might be the one the cell checks while
@@ -407,10 +407,13 @@ def make_handler(
                     self._copy_chunked_request(upstream)
                 try:
                     response = upstream.getresponse()
-                except (OSError, http.client.HTTPException):
+                except OSError:
                     raise Refused(
                         SERVICE_UNAVAILABLE, f"the {region} cell did not answer"
                     ) from None
+                except http.client.HTTPException as exc:
+                    # It answered, but not in HTTP the router can read.
+                    raise CellFault("the cell's answer could not be read") from exc
                 self.blame = BAD_GATEWAY
                 return upstream, response
             except BaseException:

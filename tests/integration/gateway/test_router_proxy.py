@@ -41,6 +41,9 @@ class Cell(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if self.path == "/not-http":
+            self.wfile.write(b"SMTP 220 hello\r\n\r\n")
+            return
         if self.path == "/bad-length":
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n0123456789")
             return
@@ -270,6 +273,7 @@ def test_errors_are_answered_as_problems_and_logged_by_type_only(
     broken = requests.get(f"{router}/bad-length", timeout=10)
     assert broken.status_code == 502
     assert broken.json()["type"] == "/docs/problems#bad-gateway"
+    assert requests.get(f"{router}/not-http", timeout=10).status_code == 502
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err and "127.0.0.1" not in out + err
     assert "[[[" not in caplog.text and "ten" not in caplog.text

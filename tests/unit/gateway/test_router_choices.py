@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from gateway import problems
-from gateway.router import Refused, Router
+from gateway.router import SIGNUP, Refused, Router, normalised_path
 from kernel.config import ConfigurationError
 from kernel.crypto import apikeys
 
@@ -67,8 +67,6 @@ def test_a_tenant_the_directory_does_not_know_is_not_found(router: Router) -> No
 
 
 def test_the_sign_up_path_is_recognised_however_it_is_written() -> None:
-    from gateway.router import SIGNUP, normalised_path
-
     for target in (
         "/v1/signup",
         "/v1/signup/",
