@@ -2,9 +2,14 @@
 listener of the cell holding that tenant, found in the directory (``gateway.directory``).
 
 It keeps nothing: a mail is held in memory while its cell takes it, and the cell's answer is
-the front's (a 451 from the cell stays a 451, so the relay retries). One mail goes to one cell:
-a recipient of another region than the first is answered 452, which tells the relay to send
-the mail again to that recipient alone. Logs carry reply codes, never an address.
+the front's (a 451 from the cell stays a 451, so the relay retries). A transaction takes one
+recipient: every further RCPT is answered 452, which tells the relay to send the mail again to
+the rest. Answering by region (250 to a second recipient of the first one's region, 452 to
+another's) would tell anyone whether two tenants share a region.
+
+The cells' listeners see the router as their only peer, so the front limits mails per peer
+itself, with the listeners' limits (``LEDGERDESK_MAIL_IN_PEER_RATE`` and ``_BURST``, 451 past
+them). Logs carry reply codes, never an address.
 """
 
 from __future__ import annotations
@@ -19,20 +24,49 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.directory import Directory
 from kernel.config import Settings
+from kernel.mail.listener import THROTTLED
+from kernel.ratelimit import TokenBuckets
 
 log = logging.getLogger("gateway.mail_router")
 
 
+ONE_RECIPIENT = "452 4.5.3 One recipient per message: send the rest again"
+
+
 class _Front:
-    def __init__(self, directory: Directory, cells: dict[str, str], domain: str, timeout: float):
+    def __init__(
+        self,
+        directory: Directory,
+        cells: dict[str, str],
+        domain: str,
+        timeout: float,
+        peers: TokenBuckets,
+    ):
         self.directory = directory
         self.cells = cells
         self.domain = domain
         self.timeout = timeout
+        self.peers = peers
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd's hook names)
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        """A mail's start takes a token from its peer's bucket: past it, 451, so the relay
+        keeps the mail and tries later."""
+        peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else ""
+        if not self.peers.take(str(peer)):
+            log.info("mail front: 4.7.1 rate limited")
+            return THROTTLED
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook names)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
+        if envelope.rcpt_tos:
+            # Before any lookup: the answer is the same whoever the recipients are.
+            return ONE_RECIPIENT
         local, _, domain = address.rpartition("@")
         if not local or domain.lower() != self.domain:
             return "550 5.1.1 No such mailbox here"
@@ -44,9 +78,6 @@ class _Front:
             return "451 4.3.0 Try again later"
         if region is None or region not in self.cells:
             return "550 5.1.1 No such mailbox here"
-        chosen = getattr(envelope, "ledgerdesk_region", None)
-        if chosen is not None and chosen != region:
-            return "452 4.5.3 One region per mail: send again for this recipient"
         envelope.ledgerdesk_region = region  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -100,7 +131,13 @@ def start(settings: Settings, directory: Directory, timeout: float = 60.0) -> Co
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     domain = settings.mail_in_domain.lower()
     controller = Controller(
-        _Front(directory, settings.cells_mail_in, domain, timeout),
+        _Front(
+            directory,
+            settings.cells_mail_in,
+            domain,
+            timeout,
+            TokenBuckets(settings.mail_in_peer_rate, settings.mail_in_peer_burst),
+        ),
         hostname=settings.mail_in_host,
         port=settings.mail_in_port,
         data_size_limit=settings.mail_in_max_bytes,

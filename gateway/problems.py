@@ -171,6 +171,23 @@ SERVICE_UNAVAILABLE = Kind(
     "A dependency did not answer in time. Retry later, after Retry-After seconds where given.",
 )
 
+# The region router's own (gateway.router): a request no cell should be sent, and a cell's
+# answer the router could not read.
+BAD_REQUEST = Kind(
+    "bad-request",
+    400,
+    "Bad request",
+    "The request breaks HTTP (a malformed or repeated header, a malformed chunked body): the"
+    " router sent it to no region. Fix the request; retrying it as it is fails again.",
+)
+BAD_GATEWAY = Kind(
+    "bad-gateway",
+    502,
+    "Bad gateway",
+    "The region's cell answered something the router could not read. Retry later; report the"
+    " request_id if it persists.",
+)
+
 KINDS: tuple[Kind, ...] = (
     MALFORMED_JSON,
     UNAUTHORIZED,
@@ -188,6 +205,8 @@ KINDS: tuple[Kind, ...] = (
     RATE_LIMITED,
     INTERNAL_ERROR,
     SERVICE_UNAVAILABLE,
+    BAD_REQUEST,
+    BAD_GATEWAY,
 )
 
 # exception type -> kind; the first match wins, so subclasses come first.

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +18,7 @@ import requests
 
 from gateway.router import REGION_HEADER, Router, RouterServer, make_handler
 from kernel.crypto import apikeys
-from kernel.testing import free_port
+from kernel.testing import free_port, wait_until
 
 BIG = secrets.token_bytes(300_000)
 
@@ -30,6 +32,21 @@ class Cell(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/slow":
+            time.sleep(1.5)
+        if self.path == "/hop":
+            self.send_response(200)
+            self.send_header("Connection", "X-Cell-Hop")
+            self.send_header("X-Cell-Hop", "cell-secret")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if self.path == "/not-http":
+            self.wfile.write(b"SMTP 220 hello\r\n\r\n")
+            return
+        if self.path == "/bad-length":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n0123456789")
+            return
         if self.path == "/chunked":
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -59,6 +76,7 @@ class Cell(BaseHTTPRequestHandler):
             {
                 "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()},
+                "all_headers": [[k.lower(), v] for k, v in self.headers.items()],
                 "body": body.hex(),
                 "cell": self.server.server_address[1],
             }
@@ -90,9 +108,13 @@ def cells() -> Iterator[dict[str, int]]:
         server.server_close()
 
 
-def _router(cells: dict[str, str]) -> Iterator[str]:
+def _router(cells: dict[str, str], **limits: float) -> Iterator[str]:
+    """A router to ``cells``; ``client_timeout`` and ``max_connections`` when given."""
     port = free_port()
-    server = RouterServer(("127.0.0.1", port), make_handler(Router(cells, None), timeout=10))
+    handler_limits = {k: v for k, v in limits.items() if k == "client_timeout"}
+    server_limits = {k: int(v) for k, v in limits.items() if k == "max_connections"}
+    handler = make_handler(Router(cells, None), timeout=10, **handler_limits)
+    server = RouterServer(("127.0.0.1", port), handler, **server_limits)
     _serving(server)
     yield f"http://127.0.0.1:{port}"
     server.shutdown()
@@ -172,3 +194,161 @@ def test_a_sign_up_too_large_to_read_for_its_region_is_refused_by_the_router(rou
     assert answer.json()["type"] == "/docs/problems#payload-too-large"
     chunked = requests.post(f"{router}/v1/signup", data=iter([b"{}"]), timeout=10)
     assert chunked.status_code == 413
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """``request`` as it is, byte for byte; the answer read to the connection's close."""
+    with socket.create_connection(("127.0.0.1", _port(url)), timeout=10) as conn:
+        conn.sendall(request)
+        received = b""
+        while piece := conn.recv(65536):
+            received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def _post(path: str, *headers: str, body: bytes = b"") -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: router", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _bad_request(answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, body = answer
+    assert status == 400, body
+    assert headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["type"] == "/docs/problems#bad-request"
+
+
+def test_a_client_that_stalls_is_dropped_after_the_client_timeout(cells: dict[str, int]) -> None:
+    for url in _router({"uk": f"http://127.0.0.1:{cells['uk']}"}, client_timeout=0.5):
+        with socket.create_connection(("127.0.0.1", _port(url)), timeout=10) as conn:
+            conn.sendall(b"GET /v1/tenant HTTP/1.1\r\nHost: router\r\n")  # headers never end
+            assert conn.recv(1024) == b"", "the router closed the stalled connection"
+
+
+def test_connections_past_the_limit_are_answered_503(cells: dict[str, int]) -> None:
+    for url in _router({"uk": f"http://127.0.0.1:{cells['uk']}"}, max_connections=1):
+        holder = socket.create_connection(("127.0.0.1", _port(url)), timeout=10)
+        try:
+            holder.sendall(b"GET /v1/tenant HTTP/1.1\r\n")  # holds the only slot
+            time.sleep(0.2)
+            busy = requests.get(f"{url}/v1/tenant", timeout=10)
+            assert busy.status_code == 503
+            assert busy.headers["Content-Type"] == "application/problem+json"
+            assert busy.json()["request_id"] == busy.headers["X-Request-Id"]
+        finally:
+            holder.close()
+        wait_until(
+            lambda u=url: requests.get(f"{u}/v1/tenant", timeout=10).status_code == 207,
+            timeout=10,
+            what="the slot freed",
+        )
+
+
+def test_chunk_sizes_are_read_strictly(router: str, cells: dict[str, int]) -> None:
+    chunked = "Transfer-Encoding: chunked"
+    # An extension is ignored; the body reaches the cell whole.
+    status, _, body = _raw(router, _post("/up", chunked, body=b"3;name=x\r\nabc\r\n0\r\n\r\n"))
+    assert status == 207 and bytes.fromhex(json.loads(body)["body"]) == b"abc"
+    for size in (b"-3", b"0x3", b"+3", b"3 3", b"", b"1" + b"0" * 20, b"7fffffff"):
+        _bad_request(_raw(router, _post("/up", chunked, body=size + b"\r\nabc\r\n0\r\n\r\n")))
+    _bad_request(_raw(router, _post("/up", chunked, body=b"3" * 100_000 + b"\r\n")))
+    _bad_request(_raw(router, _post("/up", chunked, body=b"3\r\nabcXX\r\n0\r\n\r\n")))
+
+
+def test_errors_are_answered_as_problems_and_logged_by_type_only(
+    router: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    nested = b"[" * 60_000
+    _bad_request(_raw(router, _post("/v1/signup", f"Content-Length: {len(nested)}", body=nested)))
+    broken = requests.get(f"{router}/bad-length", timeout=10)
+    assert broken.status_code == 502
+    assert broken.json()["type"] == "/docs/problems#bad-gateway"
+    assert requests.get(f"{router}/not-http", timeout=10).status_code == 502
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "127.0.0.1" not in out + err
+    assert "[[[" not in caplog.text and "ten" not in caplog.text
+
+
+def test_a_post_to_the_sign_up_path_however_written_is_a_sign_up(
+    router: str, cells: dict[str, int]
+) -> None:
+    key = apikeys.generate("uk")
+    for path in ("/v1/signup", "/v1/%73ignup", "/v1//signup/", "/v1/x/../signup?a=1"):
+        answer = requests.post(
+            f"{router}{path}",
+            json={"region": "in"},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert answer.json()["cell"] == cells["in"], f"{path}: the body's region, not the key's"
+
+
+def test_headers_that_must_be_single_are_refused_repeated_and_others_pass_repeated(
+    router: str,
+) -> None:
+    key = apikeys.generate("in")
+    for repeated in (
+        (f"Authorization: Bearer {key}", "Authorization: Bearer other"),
+        ("Content-Length: 2", "Content-Length: 2"),
+        ("Host: other",),
+    ):
+        _bad_request(_raw(router, _post("/v1/contacts", *repeated, body=b"{}")))
+    status, _, body = _raw(
+        router, _post("/v1/contacts", "X-Tag: a", "X-Tag: b", "Content-Length: 2", body=b"{}")
+    )
+    assert status == 207
+    assert [v for k, v in json.loads(body)["all_headers"] if k == "x-tag"] == ["a", "b"]
+
+
+def test_headers_named_by_connection_end_at_the_router_both_ways(router: str) -> None:
+    sent = requests.get(
+        f"{router}/v1/tenant",
+        headers={"Connection": "close, X-Secret-Hop", "X-Secret-Hop": "client-secret"},
+        timeout=10,
+    )
+    assert "x-secret-hop" not in sent.json()["headers"]
+    answered = requests.get(f"{router}/hop", timeout=10)
+    assert answered.status_code == 200 and "X-Cell-Hop" not in answered.headers
+
+
+def test_content_length_with_transfer_encoding_is_refused(router: str) -> None:
+    smuggled = b"3\r\nabc\r\n0\r\n\r\n"
+    _bad_request(
+        _raw(
+            router,
+            _post("/up", "Content-Length: 3", "Transfer-Encoding: chunked", body=smuggled),
+        )
+    )
+    _bad_request(_raw(router, _post("/up", "Transfer-Encoding: gzip", body=b"abc")))
+    _bad_request(_raw(router, _post("/up", "Content-Length: -3", body=b"abc")))
+
+
+def test_a_stop_lets_requests_in_flight_finish_and_takes_no_more(cells: dict[str, int]) -> None:
+    port = free_port()
+    cells_urls = {"uk": f"http://127.0.0.1:{cells['uk']}"}
+    server = RouterServer(("127.0.0.1", port), make_handler(Router(cells_urls, None), timeout=10))
+    _serving(server)
+    answers: list[int] = []
+    slow = threading.Thread(
+        target=lambda: answers.append(
+            requests.get(f"http://127.0.0.1:{port}/slow", timeout=10).status_code
+        )
+    )
+    slow.start()
+    wait_until(lambda: server.active > 0, timeout=5, what="the slow request in flight")
+    assert server.stop(grace=10) is True
+    slow.join()
+    assert answers == [207], "the request in flight was answered"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/v1/tenant", timeout=2)
+    server.server_close()

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from gateway import problems
-from gateway.router import Refused, Router
+from gateway.router import SIGNUP, Refused, Router, normalised_path
 from kernel.config import ConfigurationError
 from kernel.crypto import apikeys
 
@@ -64,3 +64,17 @@ def test_a_tenant_the_directory_does_not_know_is_not_found(router: Router) -> No
     with pytest.raises(Refused) as refused:
         router.cell_of_tenant(secrets.token_hex(8))
     assert refused.value.kind is problems.NOT_FOUND
+
+
+def test_the_sign_up_path_is_recognised_however_it_is_written() -> None:
+    for target in (
+        "/v1/signup",
+        "/v1/signup/",
+        "/v1//signup",
+        "/v1/%73ignup?x=1",
+        "/v1/./x/../signup#f",
+        "http://router/v1/signup",
+    ):
+        assert normalised_path(target) == SIGNUP, target
+    assert normalised_path("/v1/signups") != SIGNUP
+    assert normalised_path("//v1/signup") == SIGNUP
