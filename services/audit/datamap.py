@@ -124,5 +124,95 @@ DATA_MAP = ServiceMap(
             ),
             ends=(APPEND_ONLY,),
         ),
+        Table(
+            "log_heads",
+            "each tenant log's head: the row its appends lock, and its tree's compact range (a"
+            " cache verification never trusts)",
+            (
+                pseudonym("tenant_id", "the log's tenant; the nil uuid for platform entries"),
+                operational("size"),
+                operational("head_hash"),
+                operational("compact_range", "Merkle nodes of the log's tree: no content"),
+            ),
+            ends=(End(When.KEPT, "ids, counts and hashes: nobody's data"),),
+        ),
+        Table(
+            "log_entries",
+            "one entry per event or access in its tenant's own log (issue 23), its canonical"
+            " bytes hashed into that log's chain",
+            (
+                pseudonym("tenant_id", "the log's tenant; the nil uuid for platform entries"),
+                operational("seq", "the entry's place in its tenant's log"),
+                pseudonym("event_id"),
+                operational("type"),
+                operational("service"),
+                pseudonym("actor_id"),
+                pseudonym("subject_ids", "whom the entry concerns, by id"),
+                operational("at"),
+                operational("access_key", "the tenant's day whose key encrypts IP and agent"),
+                operational("recorded_at"),
+                personal(
+                    "content",
+                    Held.PERIOD_KEY,
+                    End(
+                        When.PERIOD,
+                        "access_log: the tenant's day keys past its period are"
+                        " shredded, within a day",
+                        f"{_KEYS}:purge",
+                    ),
+                    End(
+                        When.DESTRUCTION,
+                        "the tenant's access-log keys are shredded",
+                        f"{_KEYS}:destroy_tenant",
+                    ),
+                    note="the published envelope: ids and states; an access's IP address and"
+                    " user agent under its tenant's day key",
+                ),
+                operational("prev_hash"),
+                operational("hash"),
+                operational("leaf_hash"),
+            ),
+            ends=(APPEND_ONLY,),
+        ),
+        Table(
+            "log_nodes",
+            "each tenant log's perfect subtrees: its roots and proofs from O(log n) of its rows",
+            (
+                pseudonym("tenant_id"),
+                operational("level"),
+                operational("idx"),
+                operational("hash", "a Merkle node: a hash of leaf hashes, no content"),
+            ),
+            ends=(APPEND_ONLY,),
+        ),
+        Table(
+            "platform_checkpoints",
+            "signed platform checkpoints: the root of a tree over every tenant log's head, and"
+            " the frozen single chain's size and root",
+            (
+                operational("number"),
+                operational("logs"),
+                operational("root_hash"),
+                operational("legacy_size"),
+                operational("legacy_root"),
+                operational("signed_at"),
+                operational("key_id"),
+                operational("public_key"),
+                operational("signature"),
+            ),
+            ends=(APPEND_ONLY,),
+        ),
+        Table(
+            "platform_checkpoint_heads",
+            "the heads a platform checkpoint signed, one per tenant log: its tree's leaves",
+            (
+                operational("number"),
+                pseudonym("tenant_id"),
+                operational("size"),
+                operational("root_hash"),
+                operational("head_hash"),
+            ),
+            ends=(APPEND_ONLY,),
+        ),
     ),
 )
