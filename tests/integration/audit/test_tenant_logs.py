@@ -11,6 +11,7 @@ triggers switched off for that one transaction.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import threading
 import time
@@ -24,7 +25,8 @@ import pytest
 from kernel.envelope import Envelope, new_envelope
 from kernel.errors import RetryLater
 from kernel.stores import prepare_databases
-from services.audit import chain
+from kernel.testing import world_env
+from services.audit import chain, cli
 from services.audit.ledger import Ledger, open_ledger
 
 MIGRATIONS = Path("services/audit/migrations")
@@ -297,3 +299,47 @@ def test_appends_of_different_tenants_do_not_wait_on_one_another(ledger: Ledger)
     assert done["a"] == 3
     ledger.logs.checkpoint()
     assert ledger.logs.verify_platform()["ok"] is True
+
+
+@pytest.fixture
+def in_world(world, monkeypatch):
+    """Point ``Settings.from_env()`` (and so the CLI) at this test's world."""
+    for name, value in world_env(world).items():
+        if name.startswith("LEDGERDESK_"):
+            monkeypatch.setenv(name, value)
+    return world
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli.main(list(args), out=out)
+    return code, out.getvalue()
+
+
+def test_cli_verify_logs_exits_0_then_1_on_tampering_and_2_on_usage(ledger, in_world) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ledger.logs.record_many(events(4, a) + events(3, b))
+    code, out = run_cli("checkpoint-logs")
+    assert (code, json.loads(out)["logs"]) == (0, 2)
+    code, out = run_cli("verify-logs")
+    assert (code, json.loads(out)["entries"]) == (0, 7)
+
+    tamper(ledger, lambda cur: _change_seq_2(cur, a))
+    code, out = run_cli("verify-logs")
+    assert code == 1
+    assert json.loads(out)["bad_logs"] == [{"tenant_id": str(a), "first_bad_seq": 2}]
+    code, out = run_cli("verify-logs", "--tenant", str(b))
+    assert (code, json.loads(out)["entries"]) == (0, 3)
+    code, _ = run_cli("verify-logs", "--tenant", str(a))
+    assert code == 1
+    with pytest.raises(SystemExit) as usage:
+        run_cli("verify-logs", "--tenant", "not-a-uuid")
+    assert usage.value.code == 2
+
+
+def _change_seq_2(cur, a: uuid.UUID) -> None:
+    cur.execute("SELECT content FROM log_entries WHERE tenant_id = %s AND seq = 2", (a,))
+    cur.execute(
+        "UPDATE log_entries SET content = %s WHERE tenant_id = %s AND seq = 2",
+        (edited(cur.fetchone()[0]), a),
+    )
