@@ -612,15 +612,25 @@ def _walk_log(
     tree = merkle.CompactRange()
     prev = chain.GENESIS
     first_bad: int | None = None
-    first_bad_leaf: int | None = None
+    first_bad_node: int | None = None
     verified = 0
-    with conn.cursor(name="tenant_log_verify") as rows:
-        rows.itersize = 5000
+    with (
+        conn.cursor(name="tenant_log_verify") as rows,
+        conn.cursor(name="tenant_log_verify_nodes") as stored_nodes,
+    ):
+        rows.itersize = stored_nodes.itersize = 5000
         rows.execute(
             "SELECT seq, content, prev_hash, hash, leaf_hash FROM log_entries"
             " WHERE tenant_id = %s ORDER BY seq",
             (log,),
         )
+        # The stored nodes (what proofs are served from) in the order entries complete them.
+        stored_nodes.execute(
+            "SELECT level, idx, hash FROM log_nodes WHERE tenant_id = %s"
+            " ORDER BY ((idx + 1) << level), level",
+            (log,),
+        )
+        nodes = iter(stored_nodes)
         for seq, content, prev_hash, hash_, stored_leaf in rows:
             if seq != tree.size + 1:
                 first_bad = tree.size + 1  # a gap, or a row out of place
@@ -632,9 +642,11 @@ def _walk_log(
                 first_bad = seq
                 break
             leaf = chain.leaf_hash(content)
-            if first_bad_leaf is None and bytes(stored_leaf) != leaf:
-                first_bad_leaf = seq
-            tree.append(leaf)
+            completed = tree.append(leaf)
+            if first_bad_node is None and not _stored_agree(
+                leaf, bytes(stored_leaf), completed, nodes
+            ):
+                first_bad_node = seq
             prev = bytes(hash_)
             for root, head in pending.pop(seq, ()):
                 if tree.root() != root or prev != head:
@@ -648,13 +660,29 @@ def _walk_log(
         first_bad = verified + 1  # a signed size the walk did not reach: a cut tail
     return {
         "tenant_id": str(log),
-        "ok": first_bad is None and first_bad_leaf is None,
+        "ok": first_bad is None and first_bad_node is None,
         "entries": tree.size,
         "verified_size": verified,
         "first_bad_seq": first_bad,
-        "first_bad_leaf_seq": first_bad_leaf,
+        "first_bad_node_seq": first_bad_node,
         "checkpoints": len(commitments),
     }
+
+
+def _stored_agree(
+    leaf: bytes,
+    stored_leaf: bytes,
+    completed: list[tuple[int, int, bytes]],
+    stored: Any,
+) -> bool:
+    """Whether the stored leaf hash and the nodes this entry completed are the recomputed ones."""
+    if stored_leaf != leaf:
+        return False
+    for node in completed:
+        found = next(stored, None)
+        if found is None or (found[0], found[1], bytes(found[2])) != node:
+            return False
+    return True
 
 
 def _walk_legacy(conn: Any, heads: dict[int, bytes]) -> bool:

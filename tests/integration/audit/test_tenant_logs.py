@@ -115,7 +115,7 @@ def test_verification_per_tenant_and_platform_wide_of_intact_logs(three_logs) ->
         "entries": 9,
         "verified_size": 9,
         "first_bad_seq": None,
-        "first_bad_leaf_seq": None,
+        "first_bad_node_seq": None,
         "checkpoints": 2,
     }
     assert ledger.logs.verify_log(None)["entries"] == 3
@@ -200,6 +200,25 @@ def test_tampering_in_one_tenants_log_is_found_there_alone(three_logs, change, f
     assert platform["bad_logs"] == [{"tenant_id": str(a), "first_bad_seq": first_bad}]
     assert platform["bad_checkpoints"] == []
     assert platform["legacy_ok"] is True
+
+
+def test_a_changed_stored_node_is_found_where_proofs_would_read_it(three_logs) -> None:
+    ledger, a, _ = three_logs
+
+    def change(cur) -> None:
+        # The node over A's entries 5..8 (level 2, index 1), which entry 8 completes.
+        cur.execute(
+            "UPDATE log_nodes SET hash = %s WHERE tenant_id = %s AND level = 2 AND idx = 1",
+            (bytes(32), a),
+        )
+
+    tamper(ledger, change)
+    report = ledger.logs.verify_log(a)
+    assert (report["ok"], report["first_bad_seq"], report["first_bad_node_seq"]) == (
+        False,
+        None,
+        8,
+    )
 
 
 def test_a_forged_signed_head_is_found(three_logs) -> None:
