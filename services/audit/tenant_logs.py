@@ -403,6 +403,13 @@ class TenantLogs:
                 with conn.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     commitments, checkpoints_ok = self._commitments(cur, log)
+                    # The latest checkpoint too, whether it signed this log or not: a log whose
+                    # entries and signed heads were all removed shows there, as a tree of heads
+                    # that no longer matches its signature.
+                    cur.execute("SELECT max(number) FROM platform_checkpoints")
+                    latest = cur.fetchone()[0]
+                    if latest is not None and not self._checkpoint_holds(cur, latest):
+                        checkpoints_ok = False
                 result = _walk_log(conn, log, commitments)
                 conn.commit()
             except BaseException:

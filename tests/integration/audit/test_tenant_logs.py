@@ -221,6 +221,20 @@ def test_a_changed_stored_node_is_found_where_proofs_would_read_it(three_logs) -
     )
 
 
+def test_a_log_removed_whole_with_its_signed_heads_is_found(three_logs) -> None:
+    ledger, a, b = three_logs
+
+    def remove(cur) -> None:
+        for table in ("log_entries", "log_nodes", "platform_checkpoint_heads", "log_heads"):
+            cur.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (a,))
+
+    tamper(ledger, remove)
+    report = ledger.logs.verify_log(a)
+    assert (report["ok"], report["entries"]) == (False, 0)
+    platform = ledger.logs.verify_platform()
+    assert (platform["ok"], platform["bad_checkpoints"]) == (False, [1, 2])
+
+
 def test_a_forged_signed_head_is_found(three_logs) -> None:
     """Rewriting a tenant's log whole and the head a checkpoint signed for it breaks that
     checkpoint's tree of heads, hence its signature."""
