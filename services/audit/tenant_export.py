@@ -1,7 +1,8 @@
 """Audit's part of a tenant's whole export (``kernel.tenant_export``): the tenant's own ledger
-entries, as ``GET /v1/audit/entries`` shows them (seq, hashes, payload opened; access-log
-addresses that a purge made unreadable read as erased), in keyset pages of the ledger's tenant
-index. Each entry's inclusion in a signed checkpoint can then be proved through the API."""
+entries, as ``GET /v1/audit/entries`` shows them (log and seq, hashes, payload opened;
+access-log addresses that a purge made unreadable read as erased), those of the frozen chain
+first and then its own log's, in keyset pages. Each entry's inclusion in a signed checkpoint can
+then be proved through the API (its own log's in a platform checkpoint)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def count(ledger: Ledger, tenant_id: str, kind: str, as_of: str) -> int:
         raise tenant_export.unknown("audit", kind)
     with ledger.db.read() as cur:
         cur.execute(
-            "SELECT count(*) FROM ledger WHERE tenant_id = %s AND at < %s", (tenant_id, as_of)
+            "SELECT count(*) FROM ledger_entries_all WHERE tenant_id = %s AND at < %s",
+            (tenant_id, as_of),
         )
         return cur.fetchone()[0]
 
@@ -29,10 +31,10 @@ def page(
 ) -> dict[str, Any]:
     if kind != "ledger":
         raise tenant_export.unknown("audit", kind)
-    items, next_seq = ledger.entries(
+    items, next_after = ledger.entries(
         tenant_id,
         until=dt.datetime.fromisoformat(as_of),
-        after_seq=int(after[0]) if after else 0,
+        after=None if not after else (str(after[0]), str(after[1]), int(after[2])),
         limit=tenant_export.bounded(limit),
     )
-    return {"items": items, "next": None if next_seq is None else [next_seq]}
+    return {"items": items, "next": None if next_after is None else list(next_after)}

@@ -109,7 +109,20 @@ class TenantLogs:
 
     def record(self, envelope: Envelope) -> int | None:
         """Append one entry; its seq in its tenant's log, or None when already recorded."""
+        if envelope.type == "access_logged" and self._recorded(envelope.event_id):
+            # A redelivery is checked before its fields are sealed, so a day destroyed since
+            # cannot change it (as the frozen chain's ``Ledger.record`` did).
+            return None
         return self.record_many([envelope])[0]
+
+    def _recorded(self, event_id: uuid.UUID) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM log_entries WHERE event_id = %s)"
+                " OR EXISTS (SELECT 1 FROM ledger WHERE event_id = %s)",
+                (event_id, event_id),
+            )
+            return bool(cur.fetchone()[0])
 
     def record_many(self, envelopes: Sequence[Envelope]) -> list[int | None]:
         """Append entries in order, in one transaction; for each, its seq in its tenant's log,
@@ -142,9 +155,13 @@ class TenantLogs:
             uuid.UUID(str(t)): (_tree(size, hashes), bytes(head))
             for t, size, head, hashes in cur.fetchall()
         }
+        # The frozen chain too: an event recorded there before the switch and delivered again
+        # after it is in already. It takes no appends, so reading it needs no lock.
+        ids = [e.event_id for e, _, _ in prepared]
         cur.execute(
-            "SELECT event_id FROM log_entries WHERE event_id = ANY(%s::uuid[])",
-            ([e.event_id for e, _, _ in prepared],),
+            "SELECT event_id FROM log_entries WHERE event_id = ANY(%s::uuid[])"
+            " UNION ALL SELECT event_id FROM ledger WHERE event_id = ANY(%s::uuid[])",
+            (ids, ids),
         )
         seen = {uuid.UUID(str(r[0])) for r in cur.fetchall()}
         rows: list[tuple] = []
@@ -299,6 +316,22 @@ class TenantLogs:
             signature,
         )
 
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """When the newest platform checkpoint was signed and whether it holds (its signature
+        by a published key, its root over the heads stored for it); None before the first."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT number, signed_at FROM platform_checkpoints ORDER BY number DESC LIMIT 1"
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return {
+                "number": row[0],
+                "signed_at": row[1],
+                "holds": self._checkpoint_holds(cur, row[0]),
+            }
+
     # --- proofs -------------------------------------------------------------------------------
 
     def proof(self, tenant_id: uuid.UUID, seq: int) -> dict[str, Any]:
@@ -330,25 +363,27 @@ class TenantLogs:
             path = merkle.hashes_of(ranges, nodes)
             checkpoint, leaves, index = _checkpoint_and_leaves(cur, number, tenant_id)
         return {
+            "log": "tenant",
             "tenant_id": str(tenant_id),
             "seq": seq,
+            "leaf_index": seq - 1,
             "leaf_hash": bytes(row[0]).hex(),
             "audit_path": [h.hex() for h in path],
-            "log": {
+            "tenant_log": {
                 "size": size,
                 "root_hash": bytes(log_root).hex(),
                 "head_hash": bytes(head_hash).hex(),
             },
             "log_index": index,
             "log_path": [h.hex() for h in merkle.inclusion_proof(leaves, index)],
-            "checkpoint": checkpoint,
+            "platform_checkpoint": checkpoint,
         }
 
     def proof_holds(self, proof: dict[str, Any], content: bytes) -> bool:
         """Whether ``proof`` proves ``content`` in a platform checkpoint signed by a published
         key: the entry in its log's tree, the log's head in the checkpoint's tree, the signature."""
-        log = proof["log"]
-        checkpoint = proof["checkpoint"]
+        log = proof["tenant_log"]
+        checkpoint = proof["platform_checkpoint"]
         tenant = uuid.UUID(proof["tenant_id"])
         leaf = chain.leaf_hash(content)
         log_root = bytes.fromhex(log["root_hash"])
@@ -421,9 +456,11 @@ class TenantLogs:
             result["first_bad_seq"] = result["first_bad_seq"] or 1
         return result
 
-    def verify_platform(self) -> dict[str, Any]:
+    def verify_platform(self, *, legacy: bool = True) -> dict[str, Any]:
         """Every platform checkpoint (signature, tree of heads), the frozen chain against the
-        heads they signed for it, and every tenant's log; which logs fail."""
+        heads they signed for it (unless ``legacy`` is False: the verification job's resumed
+        runs, which walk that chain from where they ended), and every tenant's log; which logs
+        fail."""
         with self.db.connection() as conn:
             try:
                 with conn.cursor() as cur:
@@ -441,7 +478,7 @@ class TenantLogs:
                         " UNION SELECT DISTINCT tenant_id FROM log_entries ORDER BY 1"
                     )
                     logs = [uuid.UUID(str(r[0])) for r in cur.fetchall()]
-                legacy_ok = _walk_legacy(conn, legacy_heads)
+                legacy_ok = _walk_legacy(conn, legacy_heads) if legacy else True
                 conn.commit()
             except BaseException:
                 if not conn.closed:

@@ -259,7 +259,7 @@ def test_a_proof_goes_through_the_tenants_log_and_the_platform_checkpoint(three_
     with ledger.db.transaction() as cur:
         cur.execute("SELECT content FROM log_entries WHERE tenant_id = %s AND seq = 7", (a,))
         content = bytes(cur.fetchone()[0])
-    assert proof["log"]["size"] == 9
+    assert proof["tenant_log"]["size"] == 9
     assert len(proof["audit_path"]) <= 4  # the tenant's tree of 9, not the platform's 17
     assert ledger.logs.proof_holds(proof, content) is True
     assert ledger.logs.proof_holds(proof, edited(content)) is False
