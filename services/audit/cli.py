@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None, out=None) -> int:
     commands.add_parser(
         "checkpoint-logs", help="sign a platform checkpoint over every tenant log's head now"
     )
+    export_log = commands.add_parser(
+        "export-log", help="write one tenant's log and its signed heads for the offline verifier"
+    )
+    export_log.add_argument("path", help="a file, or a folder to write tenant-log-<id>.jsonl in")
+    export_log.add_argument("--tenant", type=uuid.UUID, required=True)
     replay = commands.add_parser("replay", help="stream ledger entries as JSON lines")
     replay.add_argument("--tenant")
     replay.add_argument("--from", dest="since", type=_moment)
@@ -136,6 +141,24 @@ def _run(args: argparse.Namespace, out) -> int:
         if not result["ok"]:
             print("TAMPERED: see the report on stdout", file=sys.stderr)
             return cli.Exit.FAILED
+        return cli.Exit.OK
+    if args.command == "export-log":
+        target = Path(args.path)
+        if target.is_dir():
+            target = target / f"tenant-log-{args.tenant}.jsonl"
+        partial = target.with_name(target.name + ".partial")
+        # Signed first, so that the export reaches the log's head.
+        ledger.logs.checkpoint()
+        counts = {"entry": 0, "head": 0}
+        with partial.open("w", encoding="utf-8") as file:
+            for record in ledger.logs.export(args.tenant):
+                if record.get("type") in counts:
+                    counts[record["type"]] += 1
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(partial, target)
+        summary = {"path": str(target), "entries": counts["entry"], "heads": counts["head"]}
+        json.dump(summary, out)
+        out.write("\n")
         return cli.Exit.OK
     if args.command == "checkpoint-logs":
         json.dump(ledger.logs.checkpoint(), out, indent=2)

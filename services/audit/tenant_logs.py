@@ -24,16 +24,20 @@ import base64
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.extras
 
 from kernel.envelope import Envelope
 from kernel.errors import NotFound, RetryLater
-from kernel.signed_note import NoteError, PublicKey, parse_time
-from kernel.signing import check_signing_key, verify_signature
+from kernel.signing import check_signing_key
 from services.audit import access_keys, chain, merkle
+from services.audit.log_offline import (
+    LOG_EXPORT_FORMAT,
+    platform_message,
+    platform_signature_holds,
+)
 
 if TYPE_CHECKING:
     from services.audit.ledger import Ledger
@@ -51,46 +55,6 @@ _LEGACY_HEAD = (
 def log_of(envelope: Envelope) -> uuid.UUID:
     """The log an envelope's entry goes in: its tenant's, or the nil tenant's."""
     return chain.NIL_TENANT if envelope.tenant_id is None else uuid.UUID(str(envelope.tenant_id))
-
-
-def platform_message(
-    origin: str,
-    number: int,
-    logs: int,
-    root: bytes,
-    legacy_size: int,
-    legacy_root: bytes,
-    signed_at: str,
-) -> bytes:
-    """What a platform checkpoint's signature covers: a domain line, then one field a line."""
-    return (
-        "ledgerdesk platform checkpoint v1\n"
-        f"{origin}\n{number}\n{logs}\n{root.hex()}\n{legacy_size}\n{legacy_root.hex()}\n"
-        f"{signed_at}\n"
-    ).encode()
-
-
-def platform_signature_holds(
-    keys: tuple[PublicKey, ...],
-    origin: str,
-    number: int,
-    logs: int,
-    root: bytes,
-    legacy_size: int,
-    legacy_root: bytes,
-    signed_at: str,
-    public_key: str,
-    signature: bytes,
-) -> bool:
-    """Whether a platform checkpoint is signed by a published key valid when it was signed (the
-    published keys, never the one stored beside it)."""
-    try:
-        moment = parse_time(signed_at, "signed_at")
-    except NoteError:
-        return False
-    key = next((k for k in keys if k.public_key_b64 == public_key and k.valid_at(moment)), None)
-    message = platform_message(origin, number, logs, root, legacy_size, legacy_root, signed_at)
-    return key is not None and verify_signature(key.public_key_b64, message, signature)
 
 
 def _tree(size: int, hashes: Sequence[bytes]) -> merkle.CompactRange:
@@ -419,6 +383,72 @@ class TenantLogs:
                 base64.b64decode(checkpoint["signature"]),
             )
         )
+
+    # --- export -------------------------------------------------------------------------------
+
+    def export(self, tenant_id: uuid.UUID, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
+        """A tenant's log for the offline verifier (``services.audit.log_offline``), as records
+        for JSON lines: a header, each distinct head the platform checkpoints signed for it
+        (ascending size) with the first checkpoint that signed it and the head's path in that
+        checkpoint's tree, then its entries up to the newest such head; from one snapshot.
+        Nothing of another tenant but the hashes on those paths."""
+        with self.db.connection() as conn:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    cur.execute(
+                        "SELECT DISTINCT ON (size) number, size, root_hash, head_hash"
+                        " FROM platform_checkpoint_heads WHERE tenant_id = %s"
+                        " ORDER BY size, number",
+                        (tenant_id,),
+                    )
+                    found = cur.fetchall()
+                    heads = []
+                    for number, size, root, head in found:
+                        checkpoint, leaves, index = _checkpoint_and_leaves(cur, number, tenant_id)
+                        heads.append(
+                            {
+                                "type": "head",
+                                "size": size,
+                                "root_hash": bytes(root).hex(),
+                                "head_hash": bytes(head).hex(),
+                                "log_index": index,
+                                "log_path": [
+                                    h.hex() for h in merkle.inclusion_proof(leaves, index)
+                                ],
+                                "checkpoint": checkpoint,
+                            }
+                        )
+                covered = heads[-1]["size"] if heads else 0
+                yield {
+                    "format": LOG_EXPORT_FORMAT,
+                    "origin": self.ledger.origin,
+                    "tenant_id": str(tenant_id),
+                    "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+                    "heads": len(heads),
+                    "entries": covered,
+                }
+                yield from heads
+                with conn.cursor(name="tenant_log_export") as rows:
+                    rows.itersize = batch_size
+                    rows.execute(
+                        "SELECT seq, content, prev_hash, hash FROM log_entries"
+                        " WHERE tenant_id = %s AND seq <= %s ORDER BY seq",
+                        (tenant_id, covered),
+                    )
+                    for seq, content, prev, hash_ in rows:
+                        yield {
+                            "type": "entry",
+                            "seq": seq,
+                            "content": bytes(content).decode("utf-8"),
+                            "prev_hash": bytes(prev).hex(),
+                            "hash": bytes(hash_).hex(),
+                        }
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
 
     # --- verification -------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from kernel.envelope import Envelope, new_envelope
 from kernel.errors import RetryLater
 from kernel.stores import prepare_databases
 from kernel.testing import world_env
-from services.audit import chain, cli
+from services.audit import chain, cli, offline_verify
 from services.audit.ledger import Ledger, open_ledger
 
 MIGRATIONS = Path("services/audit/migrations")
@@ -376,3 +376,78 @@ def _change_seq_2(cur, a: uuid.UUID) -> None:
         "UPDATE log_entries SET content = %s WHERE tenant_id = %s AND seq = 2",
         (edited(cur.fetchone()[0]), a),
     )
+
+
+def offline(path: Path, keys: str) -> tuple[int, dict[str, Any] | None]:
+    out = io.StringIO()
+    code = offline_verify.main([str(path), "--keys", keys], out=out)
+    return code, (json.loads(out.getvalue()) if out.getvalue().strip() else None)
+
+
+def test_a_tenants_log_exported_verifies_offline_and_tampering_in_the_file_is_caught(
+    ledger, in_world, tmp_path
+) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    ledger.logs.record_many(events(5, a) + events(3, b))
+    ledger.logs.checkpoint()
+    ledger.logs.record_many(events(4, a) + events(2, b))  # the export signs a checkpoint itself
+    code, out = run_cli("export-log", str(tmp_path), "--tenant", str(a))
+    assert code == 0
+    summary = json.loads(out)
+    path = Path(summary["path"])
+    assert (path.name, summary["entries"], summary["heads"]) == (f"tenant-log-{a}.jsonl", 9, 2)
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    header, heads, entries = lines[0], lines[1:3], lines[3:]
+    assert header["tenant_id"] == str(a) and [h["size"] for h in heads] == [5, 9]
+    assert [e["seq"] for e in entries] == list(range(1, 10))
+    # Nothing of B's but hashes: its entries are not in the file.
+    assert all(str(b) not in e["content"] for e in entries)
+    keys = json.dumps(
+        {"origin": ledger.origin, "keys": [k.as_json() for k in ledger.keys]}
+    )  # what GET /v1/audit/public-key publishes
+    assert offline(path, keys) == (
+        0,
+        {
+            "ok": True,
+            "tenant_id": str(a),
+            "entries": 9,
+            "heads": 2,
+            "verified_until": 9,
+            "first_bad_seq": None,
+            "bad_head": None,
+        },
+    )
+
+    def written(records: list[dict[str, Any]]) -> Path:
+        changed = tmp_path / "changed.jsonl"
+        changed.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        return changed
+
+    # An entry edited: its hash breaks there.
+    edited_entries = [dict(e) for e in entries]
+    edited_entries[2]["content"] = edited(edited_entries[2]["content"].encode()).decode()
+    code, result = offline(written([header, *heads, *edited_entries]), keys)
+    assert (code, result["first_bad_seq"]) == (1, 3)
+    # Rehashed to the end with the log's own hash: the first signed head catches it.
+    prev = bytes.fromhex(edited_entries[1]["hash"])
+    for e in edited_entries[2:]:
+        e["prev_hash"] = prev.hex()
+        prev = chain.log_entry_hash(a, prev, e["seq"], e["content"].encode())
+        e["hash"] = prev.hex()
+    code, result = offline(written([header, *heads, *edited_entries]), keys)
+    assert (code, result["first_bad_seq"], result["bad_head"]["size"]) == (1, 1, 5)
+    # The tail cut with its entries but not its head: the signed size is never reached.
+    code, result = offline(written([header, *heads, *entries[:7]]), keys)
+    assert (code, result["first_bad_seq"]) == (1, 6)
+    # A head whose checkpoint signature was altered.
+    forged = json.loads(json.dumps(heads[1]))
+    forged["checkpoint"]["root_hash"] = "00" * 32
+    code, result = offline(written([header, heads[0], forged, *entries]), keys)
+    assert code == 1 and result["bad_head"]["size"] == 9
+    # Another tenant's log presented as A's: its hashes bind B, so it fails at once.
+    code, out = run_cli("export-log", str(tmp_path / "b.jsonl"), "--tenant", str(b))
+    b_lines = [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()]
+    code, result = offline(written([{**b_lines[0], "tenant_id": str(a)}, *b_lines[1:]]), keys)
+    assert code == 1
+    # Keys that are not JSON: could not run.
+    assert offline(path, "not json")[0] == 2
