@@ -396,29 +396,7 @@ class TenantLogs:
             try:
                 with conn.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    cur.execute(
-                        "SELECT DISTINCT ON (size) number, size, root_hash, head_hash"
-                        " FROM platform_checkpoint_heads WHERE tenant_id = %s"
-                        " ORDER BY size, number",
-                        (tenant_id,),
-                    )
-                    found = cur.fetchall()
-                    heads = []
-                    for number, size, root, head in found:
-                        checkpoint, leaves, index = _checkpoint_and_leaves(cur, number, tenant_id)
-                        heads.append(
-                            {
-                                "type": "head",
-                                "size": size,
-                                "root_hash": bytes(root).hex(),
-                                "head_hash": bytes(head).hex(),
-                                "log_index": index,
-                                "log_path": [
-                                    h.hex() for h in merkle.inclusion_proof(leaves, index)
-                                ],
-                                "checkpoint": checkpoint,
-                            }
-                        )
+                    heads = signed_heads(cur, tenant_id)
                 covered = heads[-1]["size"] if heads else 0
                 yield {
                     "format": LOG_EXPORT_FORMAT,
@@ -624,6 +602,43 @@ def _checkpoint_view(
         "public_key": public_key,
         "signature": base64.b64encode(signature).decode(),
     }
+
+
+def signed_heads(
+    cur: Any,
+    tenant_id: uuid.UUID,
+    *,
+    after_size: int = 0,
+    before: dt.datetime | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Each distinct head the platform checkpoints signed for a tenant's log (ascending size,
+    after ``after_size``, signed before ``before``), with the first checkpoint that signed it
+    and the head's audit path in that checkpoint's tree of heads: what ties the log to a
+    signed root, for the offline verifier (``log_offline``) and the tenant's export."""
+    cur.execute(
+        "SELECT DISTINCT ON (h.size) h.number, h.size, h.root_hash, h.head_hash"
+        " FROM platform_checkpoint_heads h JOIN platform_checkpoints c USING (number)"
+        " WHERE h.tenant_id = %s AND h.size > %s"
+        " AND (%s::timestamptz IS NULL OR c.signed_at::timestamptz < %s::timestamptz)"
+        " ORDER BY h.size, h.number LIMIT %s",
+        (tenant_id, after_size, before, before, limit),
+    )
+    heads = []
+    for number, size, root, head in cur.fetchall():
+        checkpoint, leaves, index = _checkpoint_and_leaves(cur, number, tenant_id)
+        heads.append(
+            {
+                "type": "head",
+                "size": size,
+                "root_hash": bytes(root).hex(),
+                "head_hash": bytes(head).hex(),
+                "log_index": index,
+                "log_path": [h.hex() for h in merkle.inclusion_proof(leaves, index)],
+                "checkpoint": checkpoint,
+            }
+        )
+    return heads
 
 
 def _checkpoint_and_leaves(
