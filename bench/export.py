@@ -140,7 +140,7 @@ _FLOOR = (
     ("tickets", "SELECT row_to_json(t)::text FROM tickets t WHERE tenant_id = %s"),
     ("tickets", "SELECT row_to_json(t)::text FROM ticket_messages t WHERE tenant_id = %s"),
     ("billing", "SELECT row_to_json(t)::text FROM invoices t WHERE tenant_id = %s"),
-    ("audit", "SELECT seq, content FROM ledger t WHERE tenant_id = %s ORDER BY seq"),
+    ("audit", "SELECT seq, content FROM log_entries t WHERE tenant_id = %s ORDER BY seq"),
 )
 
 

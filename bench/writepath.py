@@ -332,7 +332,8 @@ def _recorded(ctx: Context, tenant_id: str, expected: int) -> None:
 
             def recorded() -> bool:
                 cur.execute(
-                    "SELECT count(*) FROM ledger WHERE type = 'ticket_created' AND tenant_id = %s",
+                    "SELECT count(*) FROM ledger_entries_all"
+                    " WHERE type = 'ticket_created' AND tenant_id = %s",
                     (tenant_id,),
                 )
                 return cur.fetchone()[0] >= expected
@@ -351,7 +352,7 @@ def _fanout(ctx: Context, tenant_id: str, since: dt.datetime) -> list[float]:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT extract(epoch FROM recorded_at - at) FROM ledger"
+                "SELECT extract(epoch FROM recorded_at - at) FROM ledger_entries_all"
                 " WHERE type = 'ticket_created' AND tenant_id = %s AND at >= %s",
                 (tenant_id, since),
             )

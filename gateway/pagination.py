@@ -11,7 +11,9 @@ UUIDs, never passed on as text, so a forged one cannot reach SQL as anything but
   that may also be paged in the order their items changed (``updated_since``), those and
   ``u.<microseconds>.<id>``. A cursor of the other order than the request's is refused (409).
 - ``search``, a search's ranking: ``<terms matched>.<microseconds>.<id>``.
-- ``ledger``, the audit ledger's order: the last entry's sequence number.
+- ``ledger``, the audit ledger's order (the frozen single chain, then each tenant log in turn):
+  the last entry's sequence number in the frozen chain, or ``t.<its log's id, 32 hex
+  digits>.<its sequence number there>``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ PATTERNS = {
     "keyset": rf"^(?:c\.{_MICROS}\.{_ID})?$",
     "changes": rf"^(?:[cu]\.{_MICROS}\.{_ID})?$",
     "search": rf"^(?:[1-9][0-9]{{0,8}}\.{_MICROS}\.{_ID})?$",
-    "ledger": r"^[0-9]{0,18}$",
+    "ledger": rf"^(?:[0-9]{{0,18}}|t\.{_ID}\.[0-9]{{1,18}})$",
 }
 ORDERS = {"created_at": "c", "updated_at": "u"}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -94,12 +96,25 @@ def read_search(cursor: str) -> list[str]:
     return [str(int(matched)), _moment(micros), str(uuid.UUID(row_id))]
 
 
-def ledger_cursor(seq: int) -> str:
-    return str(int(seq))
+_NIL = "00000000-0000-0000-0000-000000000000"
 
 
-def read_ledger(cursor: str | None) -> int:
-    return int(cursor) if cursor else 0
+def ledger_cursor(position: list) -> str:
+    """The cursor after ``[log, log id, seq]`` (audit's ``next``)."""
+    log, log_id, seq = position
+    if log == "frozen":
+        return str(int(seq))  # as before the tenant logs: cursors given then still page
+    return f"t.{uuid.UUID(str(log_id)).hex}.{int(seq)}"
+
+
+def read_ledger(cursor: str | None) -> list | None:
+    """The position ``[log, log id, seq]`` of a ledger cursor (``page_params``'s); None first."""
+    if not cursor:
+        return None
+    if cursor.startswith("t."):
+        _, log_id, seq = cursor.split(".")
+        return ["tenant", str(uuid.UUID(log_id)), int(seq)]
+    return ["frozen", _NIL, int(cursor)]
 
 
 def _micros(moment: str) -> int:

@@ -468,7 +468,15 @@ class InvoiceListOut(Schema):
 
 
 class EntryOut(Schema):
-    seq = fields.Integer(required=True)
+    log = fields.String(
+        required=True,
+        metadata={
+            "enum": ["tenant", "frozen"],
+            "description": "the tenant's own log, or the single chain of earlier releases"
+            " (frozen: proved with log=frozen)",
+        },
+    )
+    seq = fields.Integer(required=True, metadata={"description": "the entry's seq in its log"})
     event_id = fields.UUID(required=True)
     at = fields.DateTime(required=True)
     type = fields.String(required=True)
@@ -497,6 +505,15 @@ class HeadOut(Schema):
     hash = fields.String(required=True)
 
 
+class LogsVerdictOut(Schema):
+    ok = fields.Boolean(required=True)
+    logs = fields.Integer(required=True, metadata={"description": "tenant logs walked"})
+    entries = fields.Integer(required=True)
+    bad = fields.Integer(
+        required=True, metadata={"description": "logs and platform checkpoints that failed"}
+    )
+
+
 class VerifyOut(Schema):
     """The verification job's last run, whole (the operator's view)."""
 
@@ -518,6 +535,12 @@ class VerifyOut(Schema):
     from_zero = fields.Boolean(required=True, allow_none=True)
     started_at = fields.String(required=True, allow_none=True)
     finished_at = fields.String(required=True, allow_none=True)
+    tenant_logs = fields.Nested(
+        LogsVerdictOut,
+        required=True,
+        allow_none=True,
+        metadata={"description": "the per-tenant logs; the figures above are the frozen chain's"},
+    )
 
 
 class TenantCheckpointOut(Schema):
@@ -530,6 +553,20 @@ class PlatformVerdictOut(Schema):
         required=True, allow_none=True, metadata={"description": "null before the first run"}
     )
     verified_at = fields.String(required=True, allow_none=True)
+
+
+class TenantLogVerifyOut(Schema):
+    """The tenant's own log walked against the heads the platform checkpoints signed for it."""
+
+    ok = fields.Boolean(required=True)
+    entries = fields.Integer(required=True)
+    verified = fields.Integer(
+        required=True, metadata={"description": "entries up to the last signed head that held"}
+    )
+    first_bad_seq = fields.Integer(required=True, allow_none=True)
+    signed_heads = fields.Integer(
+        required=True, metadata={"description": "distinct heads of this log signed"}
+    )
 
 
 class TenantVerifyOut(Schema):
@@ -552,8 +589,18 @@ class TenantVerifyOut(Schema):
             " past what one call proves (the next call goes on)"
         },
     )
-    first_bad_seq = fields.Integer(required=True, allow_none=True)
-    checkpoint = fields.Nested(TenantCheckpointOut, required=True, allow_none=True)
+    first_bad_seq = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "in the frozen chain (the own log's is under tenant_log)"},
+    )
+    tenant_log = fields.Nested(TenantLogVerifyOut, required=True)
+    checkpoint = fields.Nested(
+        TenantCheckpointOut,
+        required=True,
+        allow_none=True,
+        metadata={"description": "the latest platform checkpoint (before one: the frozen chain's)"},
+    )
     platform = fields.Nested(PlatformVerdictOut, required=True)
 
 
@@ -574,12 +621,47 @@ class CheckpointOut(Schema):
     )
 
 
+class PlatformCheckpointOut(Schema):
+    """Signed over the root of a tree of every tenant log's head (sorted by tenant id) and the
+    frozen chain's size and root."""
+
+    number = fields.Integer(required=True)
+    logs = fields.Integer(required=True, metadata={"description": "leaves: tenant logs' heads"})
+    root_hash = fields.String(required=True)
+    legacy_size = fields.Integer(required=True, metadata={"description": "the frozen chain's"})
+    legacy_root = fields.String(required=True)
+    signed_at = fields.String(required=True)
+    key_id = fields.String(required=True)
+    public_key = fields.String(required=True, metadata={"description": "Ed25519, base64"})
+    signature = fields.String(
+        required=True, metadata={"description": "base64, over the platform checkpoint message"}
+    )
+
+
+class TenantLogHeadOut(Schema):
+    size = fields.Integer(required=True)
+    root_hash = fields.String(required=True)
+    head_hash = fields.String(required=True, metadata={"description": "its last entry's hash"})
+
+
 class ProofOut(Schema):
+    """An entry of the tenant's own log (``log`` tenant): its path in the log's tree, then the
+    log's head's path in the platform checkpoint's tree; or, of the frozen chain (``log``
+    frozen), its path in that chain's checkpoint, as before."""
+
+    log = fields.String(required=True, metadata={"enum": ["tenant", "frozen"]})
     seq = fields.Integer(required=True)
     leaf_index = fields.Integer(required=True)
     leaf_hash = fields.String(required=True)
     audit_path = fields.List(fields.String(), required=True)
-    checkpoint = fields.Nested(CheckpointOut, required=True)
+    checkpoint = fields.Nested(CheckpointOut, metadata={"description": "frozen only"})
+    tenant_id = fields.UUID(metadata={"description": "tenant only"})
+    tenant_log = fields.Nested(TenantLogHeadOut, metadata={"description": "tenant only"})
+    log_index = fields.Integer(metadata={"description": "tenant only: the head's leaf index"})
+    log_path = fields.List(fields.String(), metadata={"description": "tenant only"})
+    platform_checkpoint = fields.Nested(
+        PlatformCheckpointOut, metadata={"description": "tenant only"}
+    )
 
 
 class ServiceAnswerOut(Schema):

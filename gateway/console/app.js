@@ -181,7 +181,38 @@ async function rootFromPath(leaf, index, size, path) {
   return sn === 0 ? r : null;
 }
 
+// An entry of the tenant's own log: its path to the log's root, the log's head (under the head
+// domain) as a leaf of the platform checkpoint's tree and its path to that root, the signature.
+async function verifyTenantProof(proof) {
+  const log = proof.tenant_log;
+  const cp = proof.platform_checkpoint;
+  const root = await rootFromPath(fromHex(proof.leaf_hash), proof.leaf_index, log.size,
+    proof.audit_path.map(fromHex));
+  if (!root || toHex(root) !== log.root_hash) {
+    return { ok: false, text: "Proof does not lead to your log's root." };
+  }
+  const size = new Uint8Array(8);
+  new DataView(size.buffer).setBigUint64(0, BigInt(log.size));
+  const head = await sha256(Uint8Array.of(0), utf8("ledgerdesk.log-head.v1\0"),
+    fromHex(proof.tenant_id.replaceAll("-", "")), size, fromHex(log.root_hash), fromHex(log.head_hash));
+  const top = await rootFromPath(head, proof.log_index, cp.logs, proof.log_path.map(fromHex));
+  if (!top || toHex(top) !== cp.root_hash) {
+    return { ok: false, text: "Your log's head does not lead to the platform checkpoint's root." };
+  }
+  const platform = await auditKey();
+  const message = utf8(`ledgerdesk platform checkpoint v1\n${platform.origin}\n${cp.number}\n${cp.logs}\n${cp.root_hash}\n${cp.legacy_size}\n${cp.legacy_root}\n${cp.signed_at}\n`);
+  const signed = await ed25519Verify(cp.public_key, cp.signature, message);
+  if (!signed || platform.public_key !== cp.public_key) {
+    return { ok: false, text: "The checkpoint's signature does not verify with this platform's key." };
+  }
+  return {
+    ok: true,
+    text: `Included: entry ${proof.seq} is in your log of ${log.size} entries, whose head is in the platform checkpoint signed ${when(cp.signed_at)}, and its signature is valid.`,
+  };
+}
+
 async function verifyProof(proof) {
+  if (proof.log === "tenant") return verifyTenantProof(proof);
   const cp = proof.checkpoint;
   const root = await rootFromPath(fromHex(proof.leaf_hash), proof.leaf_index, cp.tree_size,
     proof.audit_path.map(fromHex));
@@ -620,7 +651,7 @@ function entryRow(entry) {
     el("td", {}, entry.service),
     el("td", { class: "id" }, entry.actor_id || "—"),
     el("td", { class: "id" }, (entry.subject_ids || []).join(" ")),
-    el("td", {}, el("button", { type: "button", class: "quiet", "aria-label": `Inclusion proof of entry ${entry.seq}`, onclick: () => showProof(entry.seq) }, "Proof")));
+    el("td", {}, el("button", { type: "button", class: "quiet", "aria-label": `Inclusion proof of entry ${entry.seq}`, onclick: () => showProof(entry.seq, entry.log) }, "Proof")));
 }
 
 async function loadEntries(more) {
@@ -668,11 +699,11 @@ async function showLedger() {
   }
 }
 
-async function showProof(seq) {
+async function showProof(seq, log = "tenant") {
   $("proof").hidden = false;
   say("proof-result", `Checking entry ${seq}…`);
   try {
-    const proof = await call("GET", `/v1/audit/entries/${seq}/proof`);
+    const proof = await call("GET", `/v1/audit/entries/${seq}/proof?log=${log}`);
     $("proof-json").textContent = JSON.stringify(proof, null, 2);
     const result = await verifyProof(proof);
     say("proof-result", result.text, result.ok ? "ok" : "bad");
@@ -680,7 +711,7 @@ async function showProof(seq) {
     if (error instanceof ApiError && error.status === 409) {
       // Not in a signed checkpoint yet; asking again once the next one is signed.
       say("proof-result", `${error.message} Checking again shortly…`);
-      setTimeout(() => showProof(seq), 5000);
+      setTimeout(() => showProof(seq, log), 5000);
       return;
     }
     say("proof-result", `No proof: ${error.message}`, "bad");

@@ -12,16 +12,19 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.http import api, json_response
 from gateway.pagination import ledger_cursor, page_params, read_ledger
-from gateway.route import AUDIT, POSITIVE, TEXT, TIME, UUID
+from gateway.route import AUDIT, POSITIVE, TEXT, TIME, UUID, one_of
 from gateway.routes.base import Routes, utc
 from kernel.errors import NotFound, ValidationFailed
 from kernel.signed_note import current_key, short_key_id, verifier_key
+
+# The logs an entry can be in: its tenant's own, or the single chain of earlier releases.
+LOGS = ("tenant", "frozen")
 
 
 class AuditRoutes(Routes):
     """Mixed into the gateway service: what audit answers."""
 
-    def _ledger_filters(self, request: Request) -> tuple[dict[str, Any], int, int]:
+    def _ledger_filters(self, request: Request) -> tuple[dict[str, Any], int, list | None]:
         limit, cursor = page_params(request.args, "ledger")
         filters: dict[str, Any] = {}
         errors: dict[str, list[str]] = {}
@@ -106,19 +109,27 @@ class AuditRoutes(Routes):
         "/v1/audit/entries/<string:seq>/proof",
         roles=AUDIT,
         summary=(
-            "An inclusion proof against the latest signed checkpoint; 409 with Retry-After until a"
-            " checkpoint covers the entry"
+            "An inclusion proof of an entry of the tenant's own log in the latest signed platform"
+            " checkpoint (log=frozen: of the frozen chain in its latest checkpoint); 409 with"
+            " Retry-After until a checkpoint covers the entry"
         ),
         response="ProofOut",
-        errors=(404, 409),
+        errors=(404, 409, 422),
         path_schemas={"seq": POSITIVE},
+        filters={"log": one_of(LOGS)},
         retry_after=(409,),
     )
     def audit_proof(self, request: Request, seq: str) -> Response:
+        """Entry ``seq`` of the log an entry's ``log`` names: the tenant's own (the default),
+        proved in a platform checkpoint, or the frozen chain of earlier releases, as before."""
         caller = self._caller(request)
+        # Present but empty is refused, as the document's enum would refuse it.
+        log = request.args.get("log", "tenant")
+        if log not in LOGS:
+            raise ValidationFailed({"log": [f"one of {', '.join(LOGS)}"]})
         if not seq.isdigit() or not 0 < int(seq) < 2**63:
             raise NotFound("no such entry")
-        return json_response(200, self.audit.proof(caller["tenant_id"], int(seq)))
+        return json_response(200, self.audit.proof(caller["tenant_id"], int(seq), log))
 
     @api(
         "GET",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -146,3 +147,37 @@ def first_bad_seq(entries: Iterable[StoredEntry]) -> int | None:
         prev = row.hash
         expected += 1
     return None
+
+
+# --- the per-tenant logs (issue 23) -------------------------------------------------------------
+#
+# Each tenant's log has its own chain from GENESIS. Its hashes bind the log's tenant as well as
+# the position, under a domain of their own, so an entry's hash is valid in its own log only: a
+# row moved into another tenant's log, or a frozen-chain hash replayed, breaks there.
+
+NIL_TENANT = uuid.UUID(int=0)
+"""The log of the entries with no tenant (platform events)."""
+
+_LOG_DOMAIN = b"ledgerdesk.tenant-log.v1\x00"
+_HEAD_DOMAIN = b"ledgerdesk.log-head.v1\x00"
+
+
+def log_entry_hash(tenant_id: uuid.UUID, prev_hash: bytes, seq: int, content_bytes: bytes) -> bytes:
+    """SHA-256 over the log domain, the tenant's 16 bytes, the 8-byte ``seq``, ``prev_hash`` and
+    the content: ``entry_hash`` for a tenant's log."""
+    if len(prev_hash) != _HASH_SIZE:
+        raise ValueError(f"prev_hash must be {_HASH_SIZE} bytes, not {len(prev_hash)}")
+    if not 1 <= seq <= _MAX_SEQ:
+        raise ValueError(f"seq must be between 1 and {_MAX_SEQ}, not {seq}")
+    digest = hashlib.sha256(_LOG_DOMAIN)
+    digest.update(tenant_id.bytes)
+    digest.update(seq.to_bytes(8, "big"))
+    digest.update(prev_hash)
+    digest.update(content_bytes)
+    return digest.digest()
+
+
+def log_head_leaf(tenant_id: uuid.UUID, size: int, root: bytes, head_hash: bytes) -> bytes:
+    """A tenant log's head as a leaf of the platform checkpoint's tree (RFC 6962 leaf hash of
+    the domain, the tenant, the size, the log's Merkle root and its chain's last hash)."""
+    return leaf_hash(_HEAD_DOMAIN + tenant_id.bytes + size.to_bytes(8, "big") + root + head_hash)

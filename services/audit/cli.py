@@ -2,6 +2,8 @@
 export it for offline verification, and verify such an export offline.
 
     ledgerdesk-audit verify [--resume]
+    ledgerdesk-audit verify-logs [--tenant ID]
+    ledgerdesk-audit checkpoint-logs
     ledgerdesk-audit replay [--tenant ID] [--from TIME] [--to TIME] [--type T,...]
     ledgerdesk-audit state --tenant ID [--at TIME]
     ledgerdesk-audit export PATH
@@ -23,7 +25,14 @@ endpoints then report. Output is JSON on
 stdout; a progress bar goes to stderr when it is a terminal, its total the number of entries
 the walk will read, counted in the walk's own snapshot.
 
-Exit status (``kernel.cli``): 0 verified or done; 1 tampered (``verify`` found a break, or
+``verify-logs`` verifies the per-tenant logs (``services.audit.tenant_logs``): one tenant's
+(``--tenant``, the nil uuid for platform entries) reading that log's entries alone, or every log,
+every platform checkpoint and the frozen single chain they commit to. ``checkpoint-logs`` signs a
+platform checkpoint over every log's head now (the first one after the migration is what
+commits to the frozen chain).
+
+Exit status (``kernel.cli``): 0 verified or done; 1 tampered (``verify`` or ``verify-logs``
+found a break, or
 ``offline`` refused the export); 2 usage or configuration (``offline``: an input missing or
 malformed); 3 the audit database is unreachable.
 """
@@ -35,6 +44,7 @@ import datetime as dt
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 from tqdm import tqdm
@@ -74,6 +84,19 @@ def main(argv: list[str] | None = None, out=None) -> int:
         action="store_true",
         help="start where the last intact run ended (what the service's timer does)",
     )
+    verify_logs = commands.add_parser(
+        "verify-logs",
+        help="verify the per-tenant logs and platform checkpoints (one tenant's with --tenant)",
+    )
+    verify_logs.add_argument("--tenant", type=uuid.UUID, help="that tenant's log alone")
+    commands.add_parser(
+        "checkpoint-logs", help="sign a platform checkpoint over every tenant log's head now"
+    )
+    export_log = commands.add_parser(
+        "export-log", help="write one tenant's log and its signed heads for the offline verifier"
+    )
+    export_log.add_argument("path", help="a file, or a folder to write tenant-log-<id>.jsonl in")
+    export_log.add_argument("--tenant", type=uuid.UUID, required=True)
     replay = commands.add_parser("replay", help="stream ledger entries as JSON lines")
     replay.add_argument("--tenant")
     replay.add_argument("--from", dest="since", type=_moment)
@@ -107,6 +130,39 @@ def _run(args: argparse.Namespace, out) -> int:
                 file=sys.stderr,
             )
             return cli.Exit.FAILED
+        return cli.Exit.OK
+    if args.command == "verify-logs":
+        if args.tenant is not None:
+            result = ledger.logs.verify_log(args.tenant)
+        else:
+            result = ledger.logs.verify_platform()
+        json.dump(result, out, indent=2)
+        out.write("\n")
+        if not result["ok"]:
+            print("TAMPERED: see the report on stdout", file=sys.stderr)
+            return cli.Exit.FAILED
+        return cli.Exit.OK
+    if args.command == "export-log":
+        target = Path(args.path)
+        if target.is_dir():
+            target = target / f"tenant-log-{args.tenant}.jsonl"
+        partial = target.with_name(target.name + ".partial")
+        # Signed first, so that the export reaches the log's head.
+        ledger.logs.checkpoint()
+        counts = {"entry": 0, "head": 0}
+        with partial.open("w", encoding="utf-8") as file:
+            for record in ledger.logs.export(args.tenant):
+                if record.get("type") in counts:
+                    counts[record["type"]] += 1
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(partial, target)
+        summary = {"path": str(target), "entries": counts["entry"], "heads": counts["head"]}
+        json.dump(summary, out)
+        out.write("\n")
+        return cli.Exit.OK
+    if args.command == "checkpoint-logs":
+        json.dump(ledger.logs.checkpoint(), out, indent=2)
+        out.write("\n")
         return cli.Exit.OK
     show = cli.shown()
     if args.command == "export":

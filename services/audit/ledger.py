@@ -32,6 +32,7 @@ from kernel.signing import (
 from services.audit import access_keys, chain, merkle, tenant_view, verification
 from services.audit.access_keys import AccessLogKeys
 from services.audit.ledger_reads import LedgerReads, checkpoint_sound
+from services.audit.tenant_logs import TenantLogs
 
 # Payload keys that name a person whose data an entry touches.
 PERSON_KEYS = (
@@ -103,6 +104,8 @@ class Ledger(LedgerReads):
         self.day_seconds = day_seconds
         # How often checkpoints are signed: what a caller waiting for one is told to wait.
         self.checkpoint_seconds = checkpoint_seconds
+        # The per-tenant logs and platform checkpoints (issue 23), on the same keys and signer.
+        self.logs = TenantLogs(self)
 
     # --- writing ------------------------------------------------------------------------------
 

@@ -26,8 +26,12 @@ _NODES = (
     " ON n.level = w.level AND n.idx = w.idx"
 )
 _COLUMNS = (
-    "seq, event_id, type, service, tenant_id, actor_id, subject_ids, at, content, prev_hash, hash"
+    "log, log_id, seq, event_id, type, service, tenant_id, actor_id, subject_ids, at, content,"
+    " prev_hash, hash"
 )
+NIL = "00000000-0000-0000-0000-000000000000"
+# A place in the listing's order: the log ("frozen" or "tenant"), the log's id, a seq in it.
+Position = tuple[str, str, int]
 
 
 class LedgerReads:
@@ -39,25 +43,34 @@ class LedgerReads:
     # --- reading ------------------------------------------------------------------------------
 
     def checkpoint_status(self, now: dt.datetime) -> tuple[float, int]:
-        """Seconds since the newest checkpoint was signed (before the first, since the first
-        entry was recorded; 0 for an empty ledger), and the entries no checkpoint covers yet.
-        One statement, so both come from one snapshot; each part is one index read."""
+        """Seconds since the newest platform checkpoint was signed (before the first, since the
+        first entry of any tenant log was recorded; 0 while they are empty), and the entries no
+        checkpoint covers yet: the tenant logs' beyond the heads the newest platform checkpoint
+        signed, and the frozen chain's beyond its last checkpoint (nothing once it was signed
+        up to its end). One statement, so all come from one snapshot."""
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT (SELECT signed_at FROM checkpoints ORDER BY tree_size DESC LIMIT 1),"
-                " (SELECT coalesce(max(tree_size), 0) FROM checkpoints),"
-                " (SELECT coalesce(max(seq), 0) FROM ledger),"
-                " (SELECT recorded_at FROM ledger WHERE seq = 1)"
+                "SELECT (SELECT signed_at FROM platform_checkpoints ORDER BY number DESC LIMIT 1),"
+                " (SELECT min(recorded_at) FROM log_entries WHERE seq = 1),"
+                " (SELECT coalesce(sum(size), 0) FROM log_heads),"
+                " (SELECT coalesce(sum(size), 0) FROM platform_checkpoint_heads WHERE number ="
+                "   (SELECT max(number) FROM platform_checkpoints)),"
+                " (SELECT coalesce(max(seq), 0) FROM ledger)"
+                "  - (SELECT coalesce(max(tree_size), 0) FROM checkpoints)"
             )
-            signed_at, covered, head, first = cur.fetchone()
+            signed_at, first, heads, covered, frozen_unsigned = cur.fetchone()
         since = dt.datetime.fromisoformat(signed_at) if signed_at is not None else first
         age = 0.0 if since is None else max((now - since).total_seconds(), 0.0)
-        return age, head - covered
+        return age, int(heads - covered + max(frozen_unsigned, 0))
 
     def view(self, row: tuple) -> dict[str, Any]:
-        seq, event_id, type_, service, tenant_id, actor_id, subjects, at, content, prev, hash_ = row
+        log, log_id, seq, event_id, type_, service, tenant_id, actor_id, subjects, at = row[:10]
+        content, prev, hash_ = row[10:]
         envelope = json.loads(bytes(content))
         return {
+            # Which log the entry is in, and its seq there: the frozen single chain's (entries
+            # recorded before the per-tenant logs) or its tenant's own log.
+            "log": log,
             "seq": seq,
             "event_id": str(event_id),
             "at": at.isoformat(),
@@ -79,11 +92,20 @@ class LedgerReads:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         subject_id: str | None = None,
+        after: Position | None = None,
         after_seq: int = 0,
         limit: int = 50,
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        query = f"SELECT {_COLUMNS} FROM ledger WHERE seq > %s"
-        params: list[Any] = [after_seq]
+    ) -> tuple[list[dict[str, Any]], Position | None]:
+        """A page of entries in the listing's order (the frozen chain, then each log in turn)
+        after ``after`` (a position as this returns for the next page; ``after_seq`` alone, a
+        seq of the frozen chain); the page and the position after it, or None at the end."""
+        position = after if after is not None else ("frozen", NIL, after_seq)
+        log, log_id, seq = position
+        query = (
+            f"SELECT {_COLUMNS} FROM ledger_entries_all"
+            " WHERE (log, log_id, seq) > (%s, %s::uuid, %s)"
+        )
+        params: list[Any] = [log, str(log_id), seq]
         if tenant_id is not None:
             query += " AND tenant_id = %s"
             params.append(tenant_id)
@@ -99,26 +121,27 @@ class LedgerReads:
         if subject_id is not None:
             query += " AND subject_ids @> ARRAY[%s]::text[]"
             params.append(subject_id)
-        query += " ORDER BY seq LIMIT %s"
+        query += " ORDER BY log, log_id, seq LIMIT %s"
         params.append(limit + 1)
         with self.db.transaction() as cur:
             cur.execute(query, params)
             rows = cur.fetchall()
         items = [self.view(r) for r in rows[:limit]]
-        return items, (items[-1]["seq"] if len(rows) > limit and items else None)
+        last = rows[limit - 1] if len(rows) > limit and items else None
+        return items, (None if last is None else (last[0], str(last[1]), last[2]))
 
     def iter_entries(self, tenant_id: str | None = None, **filters: Any) -> Iterator[dict]:
-        after = 0
+        after: Position | None = None
         while True:
-            items, _ = self.entries(tenant_id, after_seq=after, limit=1000, **filters)
-            if not items:
-                return
+            items, after = self.entries(tenant_id, after=after, limit=1000, **filters)
             yield from items
-            after = items[-1]["seq"]
+            if after is None:
+                return
 
     def count(self) -> int:
+        """Every entry: the frozen chain's and the tenant logs'."""
         with self.db.transaction() as cur:
-            cur.execute("SELECT count(*) FROM ledger")
+            cur.execute("SELECT (SELECT count(*) FROM ledger) + (SELECT count(*) FROM log_entries)")
             return cur.fetchone()[0]
 
     # --- proofs ---------------------------------------------------------------------------------
@@ -177,6 +200,7 @@ class LedgerReads:
             nodes = read_nodes(cur, merkle.nodes_of(ranges))
         path = merkle.hashes_of(ranges, nodes)
         return {
+            "log": "frozen",
             "seq": seq,
             "leaf_index": seq - 1,
             "leaf_hash": bytes(row[1]).hex(),

@@ -56,6 +56,7 @@ from kernel.signed_note import (
     verify_ed25519,
 )
 from services.audit import chain, merkle
+from services.audit.log_offline import LOG_EXPORT_FORMAT, verify_log_export
 
 EXPORT_FORMAT = "ledgerdesk-audit-export/1"
 EXPORT_FILE = "audit-export.jsonl"
@@ -453,6 +454,8 @@ def main(
         except OSError as exc:
             raise CannotRun(f"cannot read the export {path}: {exc}") from exc
         with stream:
+            if _first_format(stream) == LOG_EXPORT_FORMAT:
+                return _verify_log(stream, origin, keys, out)
             export = read_export(stream)
             # The bar's total is the header's count: what the export claims, shown, never
             # trusted (the walk counts for itself).
@@ -499,6 +502,60 @@ def main(
     print(
         f"verified: {result['entries']} entries, {result['checkpoints']} checkpoints"
         f" (signed up to entry {result['verified_until']}{tail})",
+        file=sys.stderr,
+    )
+    return VERIFIED
+
+
+def _first_format(stream: IO[str]) -> Any:
+    """The format the export's first line names (the stream is left at its start)."""
+    line = stream.readline()
+    stream.seek(0)
+    try:
+        first = json.loads(line)
+    except ValueError:
+        return None
+    return first.get("format") if isinstance(first, dict) else None
+
+
+def _verify_log(stream: IO[str], origin: str, keys: tuple[PublicKey, ...], out: IO[str]) -> int:
+    """A tenant log's export (``ledgerdesk-audit export-log``; ``log_offline``), same exits."""
+    records = _records(stream)
+    _, header = next(records)
+    if not isinstance(header.get("tenant_id"), str):
+        raise CannotRun("the log export's header names no tenant_id")
+    heads: list[dict[str, Any]] = []
+    first_entry: list[tuple[int, dict[str, Any]]] = []
+    for number, record in records:
+        if record.get("type") == "head":
+            heads.append(record)
+            continue
+        first_entry.append((number, record))
+        break
+
+    def entries() -> Iterator[dict[str, Any]]:
+        for number, record in itertools.chain(first_entry, records):
+            if record.get("type") != "entry":
+                raise CannotRun(f"line {number}: only entries may follow the first entry")
+            yield record
+
+    try:
+        result = verify_log_export(header, heads, entries(), origin, keys)
+    except ValueError as exc:
+        raise CannotRun(f"malformed log export: {exc}") from exc
+    json.dump(result, out, indent=2)
+    out.write("\n")
+    if not result["ok"]:
+        where = [f"first bad seq {result['first_bad_seq']}"]
+        if result["bad_head"]:
+            where.append(
+                f"bad head of size {result['bad_head']['size']}: {result['bad_head']['reason']}"
+            )
+        print(f"TAMPERED: {'; '.join(where)}", file=sys.stderr)
+        return TAMPERED
+    print(
+        f"verified: tenant {result['tenant_id']}'s log, {result['entries']} entries,"
+        f" {result['heads']} signed heads",
         file=sys.stderr,
     )
     return VERIFIED

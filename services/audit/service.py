@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from nameko.timer import timer
 from kernel import privacy as privacy_protocol
 from kernel.config import Settings
 from kernel.envelope import Envelope, EventRegistry
+from kernel.errors import NotFound
 from kernel.forgetting import Forgetting
 from kernel.groupcommit import GroupCommit
 from kernel.nameko_adapters.common import settings_of
@@ -54,9 +56,11 @@ class LedgerDependency(DependencyProvider):
             origin=settings.audit_origin,
             keys=self.keys,
         )
-        # Consuming workers share transactions: one lock and one commit for what arrives meanwhile.
+        # Consuming workers share transactions: one commit for what arrives meanwhile, each
+        # batch locking the head rows of the tenants it holds (ledger.logs); the single chain
+        # of earlier releases is frozen and takes no appends.
         self.recorder: GroupCommit[Envelope, int | None] = GroupCommit(
-            self.ledger.record_many, self.ledger.record
+            self.ledger.logs.record_many, self.ledger.logs.record
         )
 
     def get_dependency(self, worker_ctx: Any) -> Ledger:
@@ -97,7 +101,10 @@ class AuditService:
 
     @timer(interval=Settings.from_env(service="audit").checkpoint_seconds)
     def sign_checkpoint(self) -> None:
+        # The frozen chain's own checkpoint first, a no-op once one covers its last entry (the
+        # tail recorded before the switch gets one, so its entries are provable as before).
         self.ledger.checkpoint()
+        self.ledger.logs.checkpoint()
 
     @timer(interval=Settings.from_env(service="audit").checkpoint_seconds)
     def verify_ledger(self) -> None:
@@ -108,18 +115,19 @@ class AuditService:
 
     @rpc
     def list_entries(
-        self, tenant_id: str | None, filters: dict[str, Any], limit: int, after_seq: int
+        self, tenant_id: str | None, filters: dict[str, Any], limit: int, after: list | None
     ) -> dict[str, Any]:
+        """A page of entries after ``after`` (``[log, log id, seq]``, as ``next`` gives it)."""
         items, next_after = self.ledger.entries(
             tenant_id,
             types=filters.get("types"),
             since=_moment(filters.get("from")),
             until=_moment(filters.get("to")),
             subject_id=filters.get("subject_id"),
-            after_seq=after_seq,
+            after=None if not after else (str(after[0]), str(after[1]), int(after[2])),
             limit=limit,
         )
-        return {"items": items, "next": next_after}
+        return {"items": items, "next": None if next_after is None else list(next_after)}
 
     @rpc
     def verify(self) -> dict[str, Any]:
@@ -131,12 +139,20 @@ class AuditService:
         return self.ledger.tenant_report(tenant_id)
 
     @rpc
-    def proof(self, tenant_id: str | None, seq: int) -> dict[str, Any]:
-        return self.ledger.proof(tenant_id, seq)
+    def proof(self, tenant_id: str | None, seq: int, log: str = "tenant") -> dict[str, Any]:
+        """Entry ``seq`` of the tenant's own log proved in the latest platform checkpoint, or
+        (``log="frozen"``) of the frozen chain in its latest checkpoint, as before."""
+        if log == "frozen":
+            return self.ledger.proof(tenant_id, seq)
+        if tenant_id is None:
+            raise NotFound("no such entry")
+        return self.ledger.logs.proof(uuid.UUID(tenant_id), seq)
 
     @rpc
-    def checkpoint(self) -> dict[str, Any] | None:
-        return self.ledger.checkpoint()
+    def checkpoint(self) -> dict[str, Any]:
+        """Sign now what the timer signs: the frozen chain's checkpoint (None when one covers
+        its end already) and a platform checkpoint (None when no log grew since the last)."""
+        return {"frozen": self.ledger.checkpoint(), "platform": self.ledger.logs.checkpoint()}
 
     @consume_events(PRIVACY)
     def privacy_command(self, event: Envelope) -> None:

@@ -1,11 +1,14 @@
-"""What a tenant sees of verification: its own entries proved included in a signed checkpoint,
-a bounded number per call, with the progress kept between calls (``tenant_verifications``).
+"""What a tenant sees of verification: its own log verified against the heads the platform
+checkpoints signed for it (``TenantLogs.verify_log``: its entries alone, whatever the others
+write), and its entries in the frozen single chain of earlier releases proved included in that
+chain's signed checkpoint, a bounded number per call, with the progress kept between calls
+(``tenant_verifications``).
 
-A call proves only the tenant's entries after the last one it proved, up to the latest signed
-checkpoint, at most ``PROOFS_PER_CALL`` of them, and saves how far it got; the report gives the
-totals and how many are still pending (newer than the checkpoint, or not reached yet: the next
-call goes on). So a call costs O(limit x log n) whatever the tenant has written, and a tenant
-cannot make one request hold the audit process for as long as its history is long.
+In the frozen chain, a call proves only the tenant's entries after the last one it proved, up to
+the latest signed checkpoint, at most ``PROOFS_PER_CALL`` of them, and saves how far it got; the
+report gives the totals and how many are still pending (newer than the checkpoint, or not
+reached yet: the next call goes on). So that part costs O(limit x log n) whatever the tenant had
+written. The walk of its own log costs O(its own entries): others' writes never lengthen it.
 
 An entry proved against an earlier checkpoint stays proved: the platform's verification job
 checks every later checkpoint's root over the whole tree it rebuilt from the entries, so a
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kernel.db import Database
-from services.audit import chain
+from services.audit import chain, verification
 
 if TYPE_CHECKING:
     from services.audit.ledger import Ledger
@@ -47,7 +50,8 @@ class Progress:
 def report(
     ledger: Ledger, tenant_id: str, *, limit: int = PROOFS_PER_CALL, batch_size: int = 1000
 ) -> dict[str, Any]:
-    """Prove up to ``limit`` more of the tenant's entries, save the progress, and report it."""
+    """Verify the tenant's own log, prove up to ``limit`` more of its entries in the frozen
+    chain, save that progress, and report both."""
     checkpoint = ledger.latest_checkpoint()
     signed = False
     if checkpoint is not None:
@@ -70,20 +74,38 @@ def report(
             (tenant_id, progress.last_seq),
         )
         pending = cur.fetchone()[0]
+    frozen_ok = not progress.failed and (checkpoint is None or signed)
+    # The tenant's own log, walked whole: its entries and the heads the platform checkpoints
+    # signed for it, nobody else's entries (``TenantLogs.verify_log``).
+    log = ledger.logs.verify_log(uuid.UUID(tenant_id))
+    latest = ledger.logs.latest_checkpoint()
     platform = ledger.verification_report()
+    frozen_verdict = verification.frozen_verdict(ledger.db)
+    log_pending = log["entries"] - log["verified_size"]
+    if latest is not None:
+        shown = {"signed_at": latest["signed_at"], "signature_ok": latest["holds"]}
+    elif checkpoint is not None:
+        shown = {"signed_at": checkpoint[2], "signature_ok": signed}
+    else:
+        shown = None
     return {
         "scope": "tenant",
-        "ok": not progress.failed
-        and (checkpoint is None or signed)
-        and platform["ok"] is not False,
-        "entries": progress.included + progress.failed + pending,
-        "included": progress.included,
-        "pending": pending,
+        "ok": frozen_ok and log["ok"] and frozen_verdict is not False,
+        "entries": progress.included + progress.failed + pending + log["entries"],
+        "included": progress.included + log["verified_size"],
+        "pending": pending + (log_pending if log["ok"] else 0),
         "first_bad_seq": progress.first_bad_seq,
-        "checkpoint": None
-        if checkpoint is None
-        else {"signed_at": checkpoint[2], "signature_ok": signed},
-        "platform": {"ok": platform["ok"], "verified_at": platform["finished_at"]},
+        "tenant_log": {
+            "ok": log["ok"],
+            "entries": log["entries"],
+            "verified": log["verified_size"],
+            "first_bad_seq": log["first_bad_seq"],
+            "signed_heads": log["checkpoints"],
+        },
+        "checkpoint": shown,
+        # The job's verdict on the frozen chain, which the tenant's entries of earlier releases
+        # are in: the other tenants' logs are none of this tenant's business.
+        "platform": {"ok": frozen_verdict, "verified_at": platform["finished_at"]},
     }
 
 

@@ -52,7 +52,7 @@ _YIELD_EVERY = 1000
 
 _REPORT = (
     "ok, entries, head_hash, first_bad_seq, first_bad_node_seq, checkpoints, verified_size,"
-    " from_zero, started_at, finished_at, compact_range"
+    " from_zero, started_at, finished_at, compact_range, logs_ok, logs, log_entries, bad_logs"
 )
 
 
@@ -88,11 +88,17 @@ def run(
             walk.run(ledger, conn, checkpoints, batch_size, progress)
             if progress is not None:
                 progress.reached(walk.tree.size - start)
+            # The tenant logs and the platform checkpoints, whole, on every run: each log is
+            # walked on its own connection (the job's lock is still held on this one). The
+            # frozen chain against the heads platform checkpoints signed for it, on a run from
+            # zero only: a resumed run trusts that chain's prefix as its own walk does.
+            logs = ledger.logs.verify_platform(legacy=walk.from_zero)
             with conn.cursor() as cur:
                 cur.execute(
                     "INSERT INTO ledger_verifications (started_at, from_zero, ok, entries,"
                     " head_hash, first_bad_seq, first_bad_node_seq, checkpoints, verified_size,"
-                    " compact_range) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    " compact_range, logs_ok, logs, log_entries, bad_logs)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     f" RETURNING {_REPORT}",
                     (
                         started_at,
@@ -105,6 +111,10 @@ def run(
                         walk.checkpoints,
                         walk.verified_size,
                         walk.tree.hashes if walk.ok else [],
+                        logs["ok"],
+                        logs["logs"],
+                        logs["entries"],
+                        len(logs["bad_logs"]) + len(logs["bad_checkpoints"]),
                     ),
                 )
                 report = _report(cur.fetchone())
@@ -133,8 +143,19 @@ def latest(db: Database) -> dict[str, Any]:
             "from_zero": None,
             "started_at": None,
             "finished_at": None,
+            "tenant_logs": None,
         }
     return _report(row)
+
+
+def frozen_verdict(db: Database) -> bool | None:
+    """The last run's verdict on the frozen chain alone (None before the first run): what a
+    tenant's report shows as the platform's, since another tenant's log is none of its business
+    (a tenant's own log is checked in its report, ``TenantLogs.verify_log``)."""
+    with db.transaction() as cur:
+        cur.execute("SELECT ok FROM ledger_verifications ORDER BY id DESC LIMIT 1")
+        row = cur.fetchone()
+    return None if row is None else row[0]
 
 
 def last_from_zero(db: Database) -> dt.datetime | None:
@@ -145,9 +166,12 @@ def last_from_zero(db: Database) -> dt.datetime | None:
 
 
 def _report(row: tuple) -> dict[str, Any]:
-    ok, entries, head_hash, bad, bad_node, checkpoints, verified, zero, started, finished, _ = row
+    ok, entries, head_hash, bad, bad_node, checkpoints, verified, zero, started, finished = row[:10]
+    logs_ok, logs, log_entries, bad_logs = row[11:]
     return {
-        "ok": ok,
+        # The frozen chain's walk and the tenant logs' both; the figures below are the frozen
+        # chain's, the logs' are under tenant_logs (None for runs before the logs were walked).
+        "ok": ok and logs_ok is not False,
         "entries": entries,
         "head": None if head_hash is None else {"seq": entries, "hash": bytes(head_hash).hex()},
         "first_bad_seq": bad,
@@ -157,6 +181,9 @@ def _report(row: tuple) -> dict[str, Any]:
         "from_zero": zero,
         "started_at": started.isoformat(),
         "finished_at": finished.isoformat(),
+        "tenant_logs": None
+        if logs_ok is None
+        else {"ok": logs_ok, "logs": logs, "entries": log_entries, "bad": bad_logs},
     }
 
 

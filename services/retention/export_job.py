@@ -72,6 +72,7 @@ PARTS = (
     Part("attachments.jsonl", "tickets", "attachments", files=True),
     Part("invoices.jsonl", "billing", "invoices"),
     Part("ledger.jsonl", "audit", "ledger"),
+    Part("ledger_heads.jsonl", "audit", "ledger_heads"),
 )
 
 

@@ -270,7 +270,9 @@ def tickets_blind_index(stack: Stack) -> Iterator[BlindIndex]:
 
 def audit_holds(stack: Stack, text: str) -> bool:
     """Whether any ledger entry's content holds ``text``."""
-    query = "SELECT count(*) FROM ledger WHERE strpos(encode(content, 'escape'), %s) > 0"
+    query = (
+        "SELECT count(*) FROM ledger_entries_all WHERE strpos(encode(content, 'escape'), %s) > 0"
+    )
     return rows(stack, "audit", query, text)[0][0] > 0
 
 
@@ -279,7 +281,8 @@ def recorded_trace_ids(stack: Stack) -> collections.Counter:
     found = rows(
         stack,
         "audit",
-        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' FROM ledger"
+        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id'"
+        " FROM ledger_entries_all"
         " WHERE type = 'access_logged'",
     )
     return collections.Counter(row[0] for row in found)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psycopg2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -66,7 +67,10 @@ def root_from_audit_path(index: int, size: int, leaf: bytes, path: Sequence[byte
     return sha256(b"\x01" + sibling + root_from_audit_path(index - k, size - k, leaf, inner))
 
 
-def check_proof(proof: dict[str, Any], content: bytes, public_key: str) -> None:
+def check_proof(proof: dict[str, Any], content: bytes, public_key: str, origin: str) -> None:
+    if proof["log"] == "tenant":
+        check_tenant_proof(proof, content, public_key, origin)
+        return
     leaf = sha256(b"\x00" + content)
     assert proof["leaf_hash"] == leaf.hex()
     assert proof["leaf_index"] == proof["seq"] - 1
@@ -78,6 +82,41 @@ def check_proof(proof: dict[str, Any], content: bytes, public_key: str) -> None:
     message = (
         f"ledgerdesk-checkpoint-v1\n{checkpoint['tree_size']}\n"
         f"{checkpoint['root_hash']}\n{checkpoint['signed_at']}\n"
+    ).encode()
+    Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(
+        base64.b64decode(checkpoint["signature"]), message
+    )
+
+
+def check_tenant_proof(proof: dict[str, Any], content: bytes, public_key: str, origin: str) -> None:
+    """An entry of a tenant's own log: its path to the log's root, the log's head (its size,
+    root and last hash, under the head domain) as a leaf of the platform checkpoint's tree and
+    its path to that root, and the signature over the platform checkpoint's fields."""
+    leaf = sha256(b"\x00" + content)
+    assert proof["leaf_hash"] == leaf.hex()
+    assert proof["leaf_index"] == proof["seq"] - 1
+    log = proof["tenant_log"]
+    path = [bytes.fromhex(node) for node in proof["audit_path"]]
+    assert (
+        root_from_audit_path(proof["leaf_index"], log["size"], leaf, path).hex()
+        == (log["root_hash"])
+    )
+    head = sha256(
+        b"\x00ledgerdesk.log-head.v1\x00"
+        + uuid.UUID(proof["tenant_id"]).bytes
+        + log["size"].to_bytes(8, "big")
+        + bytes.fromhex(log["root_hash"])
+        + bytes.fromhex(log["head_hash"])
+    )
+    checkpoint = proof["platform_checkpoint"]
+    log_path = [bytes.fromhex(node) for node in proof["log_path"]]
+    root = root_from_audit_path(proof["log_index"], checkpoint["logs"], head, log_path)
+    assert root.hex() == checkpoint["root_hash"]
+    assert checkpoint["public_key"] == public_key
+    message = (
+        f"ledgerdesk platform checkpoint v1\n{origin}\n{checkpoint['number']}\n"
+        f"{checkpoint['logs']}\n{checkpoint['root_hash']}\n{checkpoint['legacy_size']}\n"
+        f"{checkpoint['legacy_root']}\n{checkpoint['signed_at']}\n"
     ).encode()
     Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key)).verify(
         base64.b64decode(checkpoint["signature"]), message
@@ -312,8 +351,14 @@ def settle(stack: Stack, client: Traced) -> None:
     )
 
 
-def content_of(stack: Stack, seq: int) -> bytes:
-    return bytes(rows(stack, "audit", "SELECT content FROM ledger WHERE seq = %s", seq)[0][0])
+NIL = "00000000-0000-0000-0000-000000000000"
+
+
+def content_of(stack: Stack, entry: dict[str, Any]) -> bytes:
+    """An entry's stored content, found by its log and its seq there."""
+    log_id = NIL if entry["log"] == "frozen" else (entry["tenant_id"] or NIL)
+    query = "SELECT content FROM ledger_entries_all WHERE log = %s AND log_id = %s AND seq = %s"
+    return bytes(rows(stack, "audit", query, entry["log"], log_id, entry["seq"])[0][0])
 
 
 def pages(
@@ -374,8 +419,10 @@ def test_a_tenant_sees_only_its_own_entries(scene):
     types = {e["type"] for e in mine}
     assert {"tenant_created", "agent_created", "contact_created", "ticket_created"} <= types
     assert {"ticket_viewed", "access_logged"} <= types
-    assert {"seq", "at", "type", "service", "actor_id", "tenant_id", "subject_ids", "hash",
-            "prev_hash", "payload"} <= set(mine[0])  # fmt: skip
+    assert {"log", "seq", "at", "type", "service", "actor_id", "tenant_id", "subject_ids",
+            "hash", "prev_hash", "payload"} <= set(mine[0])  # fmt: skip
+    # Recorded since the switch: each tenant's own log, numbered from 1.
+    assert {e["log"] for e in mine} == {"tenant"} and mine[0]["seq"] == 1
 
     assert a_traces <= set(by_trace(mine))
     assert not b_traces & set(by_trace(mine))
@@ -493,7 +540,9 @@ def test_a_tenants_verify_does_not_move_when_another_tenant_writes(scene):
         # whoever writes): nothing of B's.
         assert after["entries"] == before["entries"] + 1, (before, after)
         assert after["pending"] == before["pending"] + 1
-        same = {k: v for k, v in after.items() if k not in ("entries", "pending", "platform")}
+        assert after["tenant_log"]["entries"] == before["tenant_log"]["entries"] + 1
+        moving = ("entries", "pending", "platform", "tenant_log")
+        same = {k: v for k, v in after.items() if k not in moving}
         assert same == {k: v for k, v in before.items() if k in same}
         assert after["platform"]["ok"] == before["platform"]["ok"]
         assert not keys_of(after) & PLATFORM_FIGURES
@@ -508,7 +557,8 @@ def test_the_operator_sees_the_whole_verification(scene):
         response = scene.client.call("GET", "/v1/operator/audit/verify", token)
         assert response.status_code == 200, response.text
         result = response.json()
-        return result if result["ok"] is not None and result["checkpoints"] else None
+        logs = result["tenant_logs"]
+        return result if result["ok"] is not None and logs and logs["entries"] else None
 
     result = wait_until(verified, timeout=4 * CHECKPOINT, interval=1, what="a verification run")
     assert (result["ok"], result["first_bad_seq"], result["first_bad_node_seq"]) == (
@@ -516,11 +566,14 @@ def test_the_operator_sees_the_whole_verification(scene):
         None,
         None,
     )
-    assert result["head"]["seq"] == result["entries"] >= result["verified_size"] > 0
-    [(head_hash,)] = rows(
-        scene.client.stack, "audit", "SELECT hash FROM ledger WHERE seq = %s", result["head"]["seq"]
+    # A platform started since the switch: its frozen chain is empty, every entry is in a log.
+    assert (result["entries"], result["head"]) == (0, None)
+    logs = result["tenant_logs"]
+    assert (logs["ok"], logs["bad"]) == (True, 0)
+    [(count, tenants)] = rows(
+        scene.client.stack, "audit", "SELECT count(*), count(DISTINCT tenant_id) FROM log_entries"
     )
-    assert result["head"]["hash"] == bytes(head_hash).hex()
+    assert 0 < logs["entries"] <= count and 2 <= logs["logs"] <= tenants
 
 
 def test_proofs_check_out_with_an_independent_verifier_and_the_published_key(scene):
@@ -550,15 +603,28 @@ def test_proofs_check_out_with_an_independent_verifier_and_the_published_key(sce
 
         response = wait_until(proved, timeout=4 * CHECKPOINT, interval=1, what="a checkpoint")
         proof = response.json()
-        assert proof["seq"] == entry["seq"]
-        check_proof(proof, content_of(stack, entry["seq"]), public_key)
+        assert (proof["seq"], proof["log"], proof["tenant_id"]) == (
+            entry["seq"],
+            "tenant",
+            scene.tenant_a,
+        )
+        check_proof(proof, content_of(stack, entry), public_key, stack.settings.audit_origin)
 
-    # Another tenant's entry, or one that does not exist, has no proof for this tenant.
+    # A seq names an entry of the caller's own log: B's entry 1 is B's, never A's.
     theirs, _ = pages(client, "/v1/audit/entries", scene.admin_b)
-    for seq in (theirs[0]["seq"], 10**9):
-        response = client.call("GET", f"/v1/audit/entries/{seq}/proof", scene.auditor)
+    response = client.call("GET", f"/v1/audit/entries/{theirs[0]['seq']}/proof", scene.admin_b)
+    assert response.status_code == 200, response.text
+    assert response.json()["tenant_id"] == scene.tenant_b
+    check_proof(
+        response.json(), content_of(stack, theirs[0]), public_key, stack.settings.audit_origin
+    )
+    # Past the end of the log, or in a frozen chain the platform never wrote to: no such entry.
+    for path in ("/v1/audit/entries/1000000000/proof", "/v1/audit/entries/1/proof?log=frozen"):
+        response = client.call("GET", path, scene.auditor)
         assert response.status_code == 404, response.text
         assert response.headers["Content-Type"] == "application/problem+json"
+    refused = client.call("GET", "/v1/audit/entries/1/proof?log=other", scene.auditor)
+    assert refused.status_code == 422
 
 
 # --- who touched this person --------------------------------------------------------------------
@@ -690,7 +756,8 @@ def test_every_published_event_of_every_service_is_in_the_ledger_exactly_once(sc
     published_ids = published.ids()
 
     def in_ledger() -> list[uuid.UUID]:
-        return [uuid.UUID(str(r[0])) for r in rows(stack, "audit", "SELECT event_id FROM ledger")]
+        found = rows(stack, "audit", "SELECT event_id FROM ledger_entries_all")
+        return [uuid.UUID(str(r[0])) for r in found]
 
     wait_until(
         lambda: published_ids <= set(in_ledger()),
@@ -702,10 +769,78 @@ def test_every_published_event_of_every_service_is_in_the_ledger_exactly_once(sc
     assert len(recorded) == len(set(recorded))
     # Nothing in the ledger that no service published (read again: requests go on meanwhile).
     assert set(recorded) <= published.ids()
-    [(low, high, count)] = rows(stack, "audit", "SELECT min(seq), max(seq), count(*) FROM ledger")
-    assert (low, high) == (1, count)
+    # Each tenant's log gap-free from 1; the frozen chain took nothing.
+    per_log = rows(
+        stack, "audit", "SELECT min(seq), max(seq), count(*) FROM log_entries GROUP BY tenant_id"
+    )
+    assert len(per_log) >= 3  # A's, B's and the platform's (the nil tenant's)
+    assert all((low, high) == (1, count) for low, high, count in per_log)
+    assert rows(stack, "audit", "SELECT count(*) FROM ledger") == [(0,)]
     sources = {
         json.loads(bytes(r[0]))["source"]
-        for r in rows(stack, "audit", "SELECT content FROM ledger")
+        for r in rows(stack, "audit", "SELECT content FROM log_entries")
     }
     assert {"accounts", "tickets", "billing", "gateway"} <= sources <= set(PUBLISHERS)
+
+
+# --- tampering with one tenant's log (this runs last of all: it leaves that log broken) ---------
+
+
+def tamper_audit(stack: Stack, query: str, *params: Any) -> None:
+    """Run ``query`` on audit's database with the ledger's append-only triggers off."""
+    conn = psycopg2.connect(stack.settings.database_dsn("audit"))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE log_entries DISABLE TRIGGER USER")
+            cur.execute(query, params)
+            cur.execute("ALTER TABLE log_entries ENABLE TRIGGER USER")
+    finally:
+        conn.close()
+
+
+def test_each_tenant_verifies_its_own_log_and_tampering_shows_in_that_tenants_and_the_platforms(
+    scene,
+):
+    client, stack = scene.client, scene.client.stack
+    token = stack.settings.operator_token
+    for key, tenant in ((scene.auditor, scene.tenant_a), (scene.admin_b, scene.tenant_b)):
+        settle(stack, client)
+        result = tenant_verify(client, key)
+        [(own,)] = rows(
+            stack, "audit", "SELECT count(*) FROM log_entries WHERE tenant_id = %s", tenant
+        )
+        [(everyone,)] = rows(stack, "audit", "SELECT count(*) FROM log_entries")
+        # Its own entries only: its log as it stood when read (that read is recorded after).
+        assert result["ok"] is True and result["tenant_log"]["ok"] is True, result
+        assert result["tenant_log"]["entries"] == result["entries"] <= own < everyone
+
+    # A value added to the payload of one of A's entries in the database, its hash left as it was.
+    [(seq,)] = rows(
+        stack,
+        "audit",
+        "SELECT seq FROM log_entries WHERE tenant_id = %s AND type = 'contact_created'",
+        scene.tenant_a,
+    )
+    tamper_audit(
+        stack,
+        "UPDATE log_entries SET content = convert_to(jsonb_set(convert_from(content, 'UTF8')"
+        "::jsonb, '{payload,tampered}', 'true')::text, 'UTF8') WHERE tenant_id = %s AND seq = %s",
+        scene.tenant_a,
+        seq,
+    )
+
+    mine = tenant_verify(client, scene.auditor)
+    assert mine["ok"] is False
+    assert (mine["tenant_log"]["ok"], mine["tenant_log"]["first_bad_seq"]) == (False, seq), mine
+    theirs = tenant_verify(client, scene.admin_b)
+    assert theirs["ok"] is True and theirs["tenant_log"]["ok"] is True, theirs
+    assert theirs["tenant_log"]["first_bad_seq"] is None
+
+    def found() -> dict[str, Any] | None:
+        response = client.call("GET", "/v1/operator/audit/verify", token)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        return result if result["tenant_logs"] and not result["tenant_logs"]["ok"] else None
+
+    platform_wide = wait_until(found, timeout=4 * CHECKPOINT, interval=1, what="the job's run")
+    assert platform_wide["ok"] is False and platform_wide["tenant_logs"]["bad"] == 1

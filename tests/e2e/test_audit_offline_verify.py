@@ -1,4 +1,6 @@
-"""Auditors verify offline, with the published public keys alone.
+"""Auditors verify offline, with the published public keys alone: the export of the single
+chain that releases before the per-tenant logs recorded into (frozen since, and built here as
+they built it).
 
 A whole platform runs with its audit keys configured as production would have them
 (``LEDGERDESK_AUDIT_PUBLIC_KEYS``: the key signing now, and the next one announced ahead of its
@@ -19,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from kernel.config import DEV_AUDIT_SIGNING_KEY
+from kernel.envelope import new_envelope
 from kernel.signed_note import parse_verifier_key
 from kernel.signing import Signer, signer_from_config
 from kernel.testing import Infrastructure, wait_until, world_env
 from services.audit import chain, merkle
+from services.audit.ledger import open_ledger
 from tests.e2e.conftest import Stack, running_stack
 from tests.support.audit_keys import EPOCH, NEXT, b64, configured_keys
 
@@ -75,10 +80,13 @@ class Exported:
 
 
 def latest_entry(stack: Stack, key: str, after: int) -> int:
+    """The last seq of the frozen chain that the tenant's listing shows, once past ``after``."""
+
     def probe() -> int:
         response = stack.call("GET", "/v1/audit/entries", key, params={"limit": "200"})
         assert response.status_code == 200, response.text
-        seqs = [item["seq"] for item in response.json()["items"]]
+        items = response.json()["items"]
+        seqs = [item["seq"] for item in items if item["log"] == "frozen"]
         return max(seqs, default=0) if max(seqs, default=0) > after else 0
 
     return wait_until(probe, timeout=60, interval=0.2, what=f"an entry after {after}")
@@ -86,24 +94,45 @@ def latest_entry(stack: Stack, key: str, after: int) -> int:
 
 def sign_checkpoint_covering(stack: Stack, key: str, seq: int) -> int:
     """Have the audit service sign a checkpoint now (as its timer does), then take the proof of
-    ``seq`` against it: proofs never sign one on demand."""
+    ``seq`` of the frozen chain against it: proofs never sign one on demand."""
     with ClusterRpcProxy({"AMQP_URI": stack.settings.amqp_uri}, timeout=30) as cluster:
         cluster.audit.checkpoint()
-    response = stack.call("GET", f"/v1/audit/entries/{seq}/proof", key)
+    response = stack.call("GET", f"/v1/audit/entries/{seq}/proof?log=frozen", key)
     assert response.status_code == 200, response.text
     checkpoint = response.json()["checkpoint"]
     assert checkpoint["note"], "a new checkpoint is stored as its signed note"
     return checkpoint["tree_size"]
 
 
-def signed_up_key(stack: Stack, who: str) -> str:
+def signed_up(stack: Stack, who: str) -> tuple[str, str]:
+    """A new tenant's admin key and the tenant's id."""
     admin = {"name": who, "email": f"{who.lower()}-{os.urandom(4).hex()}@example.com"}
-    return stack.sign_up(company=f"{who} Ltd", admin=admin)["api_key"]
+    answer = stack.sign_up(company=f"{who} Ltd", admin=admin)
+    return answer["api_key"], answer["tenant"]["id"]
 
 
-def add_contact(stack: Stack, key: str, name: str) -> None:
-    body = {"name": name, "email": f"{name.lower()}@example.com"}
-    assert stack.call("POST", "/v1/contacts", key, json=body).status_code == 201
+def add_contact(stack: Stack, tenant_id: str, name: str, versions: int = 4) -> None:
+    """A contact's creation and changes recorded in the single chain, as releases before the
+    per-tenant logs recorded every event: the running service records into the logs, and
+    ``export`` and this verifier are of that chain (it stays readable and provable as before)."""
+    contact = str(uuid.uuid4())
+    ledger = open_ledger(stack.settings)
+    try:
+        for version in range(1, versions + 1):
+            ledger.record(
+                new_envelope(
+                    type="contact_created" if version == 1 else "contact_updated",
+                    schema_version=1,
+                    source="accounts",
+                    stream_id=f"contact-{contact}",
+                    stream_version=version,
+                    tenant_id=uuid.UUID(tenant_id),
+                    actor_id=None,
+                    payload={"contact_id": contact, "name": f"{name} {version}"},
+                )
+            )
+    finally:
+        ledger.db.close()
 
 
 def run(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -124,13 +153,13 @@ def bare_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def exported(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    admin = signed_up_key(stack, "Auditee")
+    admin, tenant = signed_up(stack, "Auditee")
     sizes: list[int] = []
     for name in ("Ada", "Grace"):
-        add_contact(stack, admin, name)
+        add_contact(stack, tenant, name)
         seq = latest_entry(stack, admin, max(sizes, default=0))
         sizes.append(sign_checkpoint_covering(stack, admin, seq))
-    add_contact(stack, admin, "Edsger")  # entries after the newest checkpoint, too
+    add_contact(stack, tenant, "Edsger")  # entries after the newest checkpoint, too
     last = latest_entry(stack, admin, sizes[-1])
 
     response = stack.call("GET", "/v1/audit/public-key", admin)

@@ -306,7 +306,7 @@ def test_a_flood_of_unauthenticated_requests_adds_a_bounded_number_of_ledger_ent
             "SELECT count(*) FILTER (WHERE event_id = ANY(%s::uuid[])),"
             " count(*) FILTER (WHERE tenant_id IS NULL AND type = 'access_logged'"
             "   AND at >= to_timestamp(%s) AND at < to_timestamp(%s))"
-            " FROM ledger",
+            " FROM ledger_entries_all",
             summary_ids,
             first,
             last,

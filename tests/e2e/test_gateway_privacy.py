@@ -35,7 +35,8 @@ def recorded(stack: Stack, trace_ids: set[str]) -> bool:
     found = rows(
         stack,
         "audit",
-        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' FROM ledger"
+        "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id'"
+        " FROM ledger_entries_all"
         " WHERE type = 'access_logged'"
         " AND convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' = ANY(%s)",
         list(trace_ids),

@@ -168,7 +168,8 @@ def test_a_policy_change_mails_the_agents(stack: Stack, smtp: sink.Sink):
                 rows(
                     stack,
                     "audit",
-                    "SELECT 1 FROM ledger WHERE type = 'mail_sent' AND service = 'accounts'"
+                    "SELECT 1 FROM ledger_entries_all"
+                    " WHERE type = 'mail_sent' AND service = 'accounts'"
                     " AND tenant_id = ANY(%s::uuid[])"
                     " AND strpos(encode(content, 'escape'), 'policy_version') > 0",
                     tenants,

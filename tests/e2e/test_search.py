@@ -207,7 +207,7 @@ def test_a_query_is_stored_nowhere_and_its_access_record_names_the_tickets_retur
         found_ = rows(
             stack,
             "audit",
-            "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' FROM ledger"
+            "SELECT convert_from(content, 'UTF8')::jsonb -> 'payload' FROM ledger_entries_all"
             " WHERE type = 'access_logged'"
             " AND convert_from(content, 'UTF8')::jsonb -> 'payload' ->> 'trace_id' = %s",
             trace,

@@ -21,6 +21,8 @@ import pytest
 from kernel.signing import verify_signature
 from kernel.testing import wait_until, world_env
 from services import platform
+from services.audit.log_offline import head_holds
+from services.audit.offline_verify import load_keys
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import (
     admin,
@@ -44,6 +46,7 @@ FILES = (
     "attachments.jsonl",
     "invoices.jsonl",
     "ledger.jsonl",
+    "ledger_heads.jsonl",
 )
 GRACE_SECONDS = 25.92  # LEDGERDESK_GRACE_DAYS=0.0003
 
@@ -249,6 +252,13 @@ def test_an_export_holds_every_row_of_the_tenant_signed_and_nothing_of_another(s
         201,
     )
 
+    # A platform checkpoint signed over the tenant's log before the export's moment.
+    wait_until(
+        lambda: stack.call("GET", "/v1/audit/entries/1/proof", key=key).status_code == 200,
+        timeout=60,
+        interval=0.5,
+        what="a platform checkpoint over the tenant's log",
+    )
     retry = unique("export")
     export = start_export(stack, key, **{"Idempotency-Key": retry})
     assert export["status"] in ("queued", "building") and export["requested_by"] == admin_id
@@ -291,8 +301,21 @@ def test_an_export_holds_every_row_of_the_tenant_signed_and_nothing_of_another(s
     assert {i["id"] for i in exported["invoices.jsonl"]} == {i["id"] for i in invoices}
     ledger = exported["ledger.jsonl"]
     assert ledger and {e["tenant_id"] for e in ledger} == {tenant_id}
-    assert [e["seq"] for e in ledger] == sorted(e["seq"] for e in ledger)
+    # Its own log's, numbered from 1 with no gap: nothing of another tenant's volume shows.
+    assert {e["log"] for e in ledger} == {"tenant"}
+    assert [e["seq"] for e in ledger] == list(range(1, len(ledger) + 1))
     assert {"contact_created", "ticket_created"} <= {e["type"] for e in ledger}
+    # The heads signed for its log, each with its checkpoint and path there, checked with the
+    # published keys alone; the entry at each head's size carries the head's hash.
+    heads = exported["ledger_heads.jsonl"]
+    assert heads and [h["size"] for h in heads] == sorted({h["size"] for h in heads})
+    origin, keys = load_keys(
+        json.dumps(ok(stack.call("GET", "/v1/audit/public-key", key=key))), None
+    )
+    by_seq = {e["seq"]: e for e in ledger}
+    for head in heads:
+        assert head_holds(uuid.UUID(tenant_id), head, origin, keys) is None, head
+        assert by_seq[head["size"]]["hash"] == head["head_hash"]
     everything = b"".join(files.values())
     assert canary.encode() not in everything
     assert other["tenant"]["id"].encode() not in everything
@@ -300,8 +323,14 @@ def test_an_export_holds_every_row_of_the_tenant_signed_and_nothing_of_another(s
 
     # The ledger records the export by ids and counts, and the download as an access to it.
     def entries(type_: str) -> list[dict[str, Any]]:
-        page = stack.call("GET", f"/v1/audit/entries?type={type_}&limit=200", key=key)
-        return ok(page)["items"]
+        found: list[dict[str, Any]] = []
+        params = {"type": type_, "limit": "200"}
+        while True:
+            page = ok(stack.call("GET", "/v1/audit/entries", key=key, params=params))
+            found += page["items"]
+            if not page["next_cursor"]:
+                return found
+            params = {**params, "cursor": page["next_cursor"]}
 
     [recorded] = wait_until(
         lambda: [

@@ -170,7 +170,8 @@ def created_events(settings: Settings, tenant_id: str) -> collections.Counter:
 def ledger_tickets(settings: Settings, tenant_id: str) -> collections.Counter:
     rows = _query(
         settings.database_dsn("audit"),
-        "SELECT convert_from(content, 'UTF8')::jsonb #>> '{payload,ticket_id}' FROM ledger"
+        "SELECT convert_from(content, 'UTF8')::jsonb #>> '{payload,ticket_id}'"
+        " FROM ledger_entries_all"
         " WHERE type = 'ticket_created' AND tenant_id = %s",
         (tenant_id,),
     )

@@ -1,5 +1,6 @@
 """The audit ledger's checkpoint-age gauge against a real PostgreSQL: seconds since the newest
-signed checkpoint, and the entries none covers yet, read by the function a scrape calls and
+signed platform checkpoint, and the entries of the tenant logs none covers yet (the service
+records into those), read by the function a scrape calls and
 through a service's ops port."""
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def ledger(world) -> Ledger:
 def record(ledger: Ledger, n: int = 1) -> None:
     for _ in range(n):
         tenant = uuid.uuid4()
-        ledger.record(
+        ledger.logs.record(
             new_envelope(
                 type="tenant_created",
                 schema_version=1,
@@ -59,23 +60,23 @@ def test_the_age_of_the_newest_checkpoint_and_the_entries_none_covers(ledger):
     # Entries and no checkpoint yet: the wait counts from the first entry.
     record(ledger, 3)
     with ledger.db.transaction() as cur:
-        cur.execute("SELECT recorded_at FROM ledger WHERE seq = 1")
+        cur.execute("SELECT min(recorded_at) FROM log_entries")
         (first,) = cur.fetchone()
     later = first + dt.timedelta(minutes=10)
     assert read(ledger, later) == ((later - first).total_seconds(), 3)
 
-    checkpoint = ledger.checkpoint()
+    checkpoint = ledger.logs.checkpoint()
     assert checkpoint is not None
     signed = dt.datetime.fromisoformat(checkpoint["signed_at"])
     assert read(ledger, signed + dt.timedelta(seconds=5)) == (5.0, 0)
 
     # An idle ledger signs nothing new: its checkpoint ages with nothing left unsigned...
-    assert ledger.checkpoint() is None
+    assert ledger.logs.checkpoint() is None
     assert read(ledger, signed + dt.timedelta(hours=2)) == (7200.0, 0)
     # ...and entries since the newest checkpoint are what a stopped signer leaves behind.
     record(ledger, 2)
     assert read(ledger, signed + dt.timedelta(hours=2)) == (7200.0, 2)
-    ledger.checkpoint()
+    ledger.logs.checkpoint()
     age, unsigned = read(ledger, dt.datetime.now(dt.UTC))
     assert unsigned == 0 and age < 60
 
@@ -104,12 +105,27 @@ def test_a_scrape_of_audit_shows_the_checkpoint_age(world, container_factory, le
     port = next(d for d in container.dependencies if isinstance(d, Operations)).port
 
     record(ledger, 4)
+    # The frozen chain's entries count too, until its own checkpoint covers them.
+    frozen = new_envelope(
+        type="thing_happened",
+        schema_version=1,
+        source="accounts",
+        stream_id="thing-1",
+        stream_version=1,
+        tenant_id=None,
+        actor_id=None,
+        payload={},
+    )
+    ledger.record(frozen)
+    metrics = scrape(port)
+    assert metrics[gauges.UNSIGNED.name][0] == 5
+    ledger.checkpoint()
     metrics = scrape(port)
     assert metrics[gauges.UNSIGNED.name][0] == 4
     assert metrics[gauges.CHECKPOINT_AGE.name][0] >= 0
     assert "aggregate with max" in metrics[gauges.CHECKPOINT_AGE.name][1]
 
-    ledger.checkpoint()
+    ledger.logs.checkpoint()
     metrics = scrape(port)
     assert metrics[gauges.UNSIGNED.name][0] == 0
     assert metrics[gauges.CHECKPOINT_AGE.name][0] < 60

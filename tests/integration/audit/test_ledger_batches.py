@@ -15,6 +15,7 @@ import pytest
 
 from kernel.groupcommit import GroupCommit
 from kernel.stores import prepare_databases
+from services.audit import chain
 from services.audit.ledger import Ledger, open_ledger
 from tests.integration.audit.test_ledger import (
     BASE,
@@ -176,3 +177,47 @@ def test_batches_are_bounded(ledger, size):
         t.join(30)
     assert sum(seen) == 20 and max(seen) <= size
     chain_is_whole(ledger, 20)
+
+
+def test_the_services_recorder_on_the_tenant_logs_gives_each_log_whole_and_each_event_once(
+    ledger,
+):
+    """What the audit service runs since the switch: a group commit over ``ledger.logs``, with
+    single appends beside it (another audit process), redeliveries, and events already in the
+    frozen chain (recorded there before the switch, delivered again after it)."""
+    tenants = [uuid.uuid4() for _ in range(3)]
+    before_switch = mixed(6, tenants)
+    assert None not in [ledger.record(e) for e in before_switch]  # the frozen chain
+    recorder = GroupCommit(ledger.logs.record_many, ledger.logs.record)
+    shared = mixed(30, tenants)
+    own = [mixed(20, tenants) for _ in range(6)]
+    results: list[list[tuple[uuid.UUID, int | None]]] = [[] for _ in own]
+
+    def write(w: int) -> None:
+        record = recorder.submit if w % 2 == 0 else ledger.logs.record
+        for envelope in before_switch[w % 2 :: 2] + shared[w % 3 :: 3] + own[w]:
+            results[w].append((envelope.event_id, record(envelope)))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(len(own))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    won = [(eid, seq) for result in results for eid, seq in result if seq is not None]
+    expected = {e.event_id for e in shared} | {e.event_id for batch in own for e in batch}
+    assert {eid for eid, _ in won} == expected  # nothing of the frozen chain recorded again
+    assert len(won) == len(expected)  # each event won exactly once
+    assert recorder.pending() == 0
+    with ledger.db.transaction() as cur:
+        cur.execute(
+            "SELECT tenant_id, array_agg(seq ORDER BY seq) FROM log_entries GROUP BY tenant_id"
+        )
+        per_log = dict(cur.fetchall())
+    # Tenants' logs, and the nil tenant's for the events of none (mixed's third kind).
+    assert set(tenants[:2]) | {chain.NIL_TENANT} == set(per_log)
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in per_log.values())
+    assert sum(len(seqs) for seqs in per_log.values()) == len(expected)
+    ledger.logs.checkpoint()
+    assert ledger.logs.verify_platform()["ok"] is True
+    assert ledger.count() == len(expected) + len(before_switch)

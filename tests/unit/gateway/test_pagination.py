@@ -5,6 +5,7 @@ one."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 
@@ -69,8 +70,17 @@ def test_search_and_ledger_cursors_round_trip():
     cursor = search_cursor(3, AT, ROW)
     assert re.fullmatch(PATTERNS["search"], cursor)
     assert read_search(page_params({"cursor": cursor}, "search")[1]) == ["3", AT, ROW]
-    assert read_ledger(page_params({"cursor": ledger_cursor(42)}, "ledger")[1]) == 42
-    assert read_ledger(None) == 0
+    nil = "00000000-0000-0000-0000-000000000000"
+    frozen = ledger_cursor(["frozen", nil, 42])
+    assert frozen == "42"  # as before the tenant logs: a cursor given then still pages
+    assert read_ledger(page_params({"cursor": frozen}, "ledger")[1]) == ["frozen", nil, 42]
+    tenant = ledger_cursor(["tenant", ROW, 7])
+    assert read_ledger(page_params({"cursor": tenant}, "ledger")[1]) == [
+        "tenant",
+        str(uuid.UUID(ROW)),
+        7,
+    ]
+    assert read_ledger(None) is None
 
 
 @pytest.mark.parametrize(
@@ -88,6 +98,8 @@ def test_search_and_ledger_cursors_round_trip():
         ("ledger", "12a"),
         ("ledger", "9" * 19),  # beyond bigint
         ("ledger", "c.1.0b3e6c1e6f0a4f439d8a0c5b7c1d2e3f"),
+        ("ledger", "t.0b3e6c1e6f0a4f439d8a0c5b7c1d2e3f."),  # no seq
+        ("ledger", "t.0b3e6c1e-6f0a-4f43-9d8a-0c5b7c1d2e3f.1"),
     ],
 )
 def test_anything_not_of_the_lists_form_is_a_validation_error_on_cursor(kind, cursor):
