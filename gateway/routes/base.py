@@ -194,7 +194,8 @@ class Routes:
 
 def change_status(request: Request) -> str | None:
     """The ``status`` filter of a list of changes that wait or waited for approval."""
-    status = request.args.get("status") or None
+    # An empty value is not a filter left out: like any other value, it must be a status.
+    status = request.args.get("status")
     if status is not None and status not in CHANGE_STATUSES:
         raise ValidationFailed({"status": [f"one of {', '.join(CHANGE_STATUSES)}"]})
     return status

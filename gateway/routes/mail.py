@@ -57,7 +57,8 @@ class MailRoutes(Routes):
     def list_mail(self, request: Request) -> Response:
         caller = self._caller(request)
         limit, after = self._page(request)
-        status = request.args.get("status") or None
+        # An empty value is not a filter left out: like any other value, it must be a status.
+        status = request.args.get("status")
         if status is not None and status not in STATUSES:
             raise ValidationFailed({"status": [f"one of {', '.join(STATUSES)}"]})
         pages = {

@@ -58,7 +58,8 @@ class PrivacyRoutes(Routes):
     def list_privacy_requests(self, request: Request) -> Response:
         caller = self._caller(request)
         limit, after = self._page(request)
-        status = request.args.get("status") or None
+        # An empty value is not a filter left out: like any other value, it must be a status.
+        status = request.args.get("status")
         if status is not None and status not in schemas.PRIVACY_STATUSES:
             raise ValidationFailed({"status": [f"one of {', '.join(schemas.PRIVACY_STATUSES)}"]})
         return self._listing(

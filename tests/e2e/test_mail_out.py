@@ -213,6 +213,8 @@ def test_a_failed_mail_is_shown_to_its_tenants_admins_by_ids(stack: Stack, smtp:
     agent = create_agent(stack, key)["api_key"]
     assert_problem(stack.call("GET", "/v1/mail", key=agent), 403)
     assert_problem(stack.call("GET", "/v1/mail?status=lost", key=key), 422)
+    # An empty status is a value like any other, not the filter left out.
+    assert_problem(stack.call("GET", "/v1/mail?status=", key=key), 422)
 
 
 def test_an_erased_requesters_queued_mail_is_deleted(stack: Stack, smtp: sink.Sink):

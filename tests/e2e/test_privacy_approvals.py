@@ -171,6 +171,7 @@ def test_the_list_of_requests_pages_filters_and_is_tenant_scoped(stack):
     for item in waiting["items"]:
         assert item == stack.call("GET", f"/v1/privacy/requests/{item['id']}", key=key).json()
     assert stack.call("GET", "/v1/privacy/requests?status=bogus", key=key).status_code == 422
+    assert stack.call("GET", "/v1/privacy/requests?status=", key=key).status_code == 422
     assert stack.call("GET", "/v1/privacy/requests", key=other_key).json()["items"] == []
     assert (
         stack.call(
