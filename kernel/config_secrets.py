@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import urllib.parse
 from typing import TYPE_CHECKING
+
+from psycopg2.extensions import parse_dsn
 
 from kernel.config_values import ConfigurationError
 
@@ -46,6 +49,21 @@ def seed_bytes(value: str) -> bytes:
     return seed
 
 
+def _password_of_uri(uri: str) -> str:
+    try:
+        password = urllib.parse.urlsplit(uri.strip()).password
+    except ValueError:
+        return ""
+    return urllib.parse.unquote(password or "")
+
+
+def _password_of_dsn(dsn: str) -> str:
+    try:
+        return str(parse_dsn(dsn).get("password", ""))
+    except Exception:  # a malformed DSN fails where it is used, with its own message
+        return ""
+
+
 def check_production_secrets(settings: Settings) -> None:
     """Every secret this process holds is set, not a development value in any spelling, and
     long and varied enough to be random. Messages name settings, never values."""
@@ -71,7 +89,16 @@ def check_production_secrets(settings: Settings) -> None:
         # The relay's password is the relay's to choose, but never a development value.
         "SMTP_PASSWORD": looks_like_dev(settings.smtp_password),
     }
+    # Every process holds its connections' passwords: compose's development broker users
+    # (deploy/rabbitmq/dev-users.json) and database password must not reach production.
+    connections = {
+        "AMQP_URI": any(
+            looks_like_dev(_password_of_uri(uri)) for uri in settings.amqp_uri.split(";")
+        ),
+        "DATABASE_URL": looks_like_dev(_password_of_dsn(settings.database_url)),
+    }
     insecure = [name for name, dev in development.items() if name in held and dev]
+    insecure += [name for name, dev in connections.items() if dev]
     if insecure:
         raise ConfigurationError(
             "production refuses development secrets: set "

@@ -53,6 +53,13 @@ REAL = {
     "LEDGERDESK_SMTP_PASSWORD": "Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
     "LEDGERDESK_ATTACHMENT_S3_ACCESS_KEY_ID": "AKIA7QX2M4PZ9LKV3TNB",
     "LEDGERDESK_ATTACHMENT_S3_SECRET_ACCESS_KEY": "v8Lq2Xz7Pm4Kt9Rw1Bn6Cy3Hd5Gf0Js2Ua8Ek4Oi",
+    "POSTGRES_PASSWORD": "Hq3nV8xK2pW7",
+    # The broker's users and passwords are the deployment's (compose reads these variables).
+    **{
+        f"LEDGERDESK_{cell}AMQP_URI{process}": "amqp://ledgerdesk-x:Tz5mQ9wL4r@rabbitmq:5672/"
+        for cell in ("", "IN_")
+        for process in ("", "_ACCOUNTS", "_AUDIT", "_BILLING", "_GATEWAY", "_RETENTION", "_TICKETS")
+    },
 }
 
 
@@ -203,8 +210,10 @@ def test_compose_defaults_are_the_marked_dev_secrets_that_production_refuses(nam
     if own:
         with pytest.raises(ConfigurationError) as refused:
             Settings.from_env(environment_of(name, {"LEDGERDESK_ENV": "production"}), service=role)
+        # The connections' development passwords are refused with every process's secrets.
+        refused_names = [*(n for n in SECRET_FIELDS if n in own), "AMQP_URI", "DATABASE_URL"]
         assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
-            f"LEDGERDESK_{n}" for n in SECRET_FIELDS if n in own
+            f"LEDGERDESK_{n}" for n in refused_names
         )
 
     settings = Settings.from_env(environment_of(name, REAL), service=role)

@@ -237,15 +237,22 @@ def test_the_gateway_has_the_audit_public_key_and_never_the_seed() -> None:
 @pytest.mark.parametrize("process", sorted(ALL))
 def test_the_placeholder_secrets_are_refused_by_the_production_config(process: str) -> None:
     own = SERVICE_SECRETS[process]
-    if own:
-        with pytest.raises(ConfigurationError) as refused:
-            Settings.from_env(process_environment(process), service=process)
-        assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
-            f"LEDGERDESK_{n}" for n in SECRET_FIELDS if n in own
-        )
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(process_environment(process), service=process)
+    # The placeholder connection URLs' passwords are refused with the process's own secrets.
+    refused_names = [*(n for n in SECRET_FIELDS if n in own), "AMQP_URI", "DATABASE_URL"]
+    assert str(refused.value) == "production refuses development secrets: set " + ", ".join(
+        f"LEDGERDESK_{n}" for n in refused_names
+    )
 
     real = {k: v for k, v in REAL.items() if k.removeprefix("LEDGERDESK_") in own}
-    settings = Settings.from_env(process_environment(process, **real), service=process)
+    connections = {
+        "LEDGERDESK_AMQP_URI": "amqp://ledgerdesk-x:Tz5mQ9wL4r@rabbitmq:5672/",
+        "LEDGERDESK_DATABASE_URL": "postgresql://ledgerdesk:Hq3nV8xK2p@postgres:5432/postgres",
+    }
+    settings = Settings.from_env(
+        process_environment(process, **real, **connections), service=process
+    )
     assert settings.environment == "production"
     assert settings.gateway_host == "0.0.0.0"
     assert settings.log_level == "info"

@@ -18,6 +18,8 @@ def test_a_production_gateway_without_the_key_list_refuses_to_start(world, tmp_p
         LEDGERDESK_API_KEY_SECRET=base64.b64encode(bytes(range(40, 72))).decode(),
         LEDGERDESK_OPERATOR_TOKEN=base64.b64encode(bytes(range(80, 112))).decode(),
         LEDGERDESK_AUDIT_SIGNING_KEY=base64.b64encode(bytes(range(1, 33))).decode(),
+        # accounts holds the relay's password: a development one would stop it first.
+        LEDGERDESK_SMTP_PASSWORD="Rk7wQ2pZ9xL4vN1cT6yB3mH8jD5sF0gA",
     )
     platform.prepare(world)
     # The gateway reads retention's log of forgetting and reconciles its credentials with

@@ -203,3 +203,27 @@ def test_the_dev_defaults_still_pass_development_and_the_signer_takes_them():
 
     assert signer_from_config(settings.audit_signing_key).public_key_b64
     assert settings.operator_token == DEV_OPERATOR_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AMQP_URI", "amqp://ledgerdesk-tickets:dev-insecure-tickets@rabbitmq:5672/"),
+        ("AMQP_URI", "amqp://u:Strong-9f3k@a:5672/;amqp://u:DEV_INSECURE%2Dx@b:5672/"),
+        ("DATABASE_URL", "postgresql://postgres:dev-insecure-postgres@postgres:5432/postgres"),
+        ("DATABASE_URL", "host=postgres user=postgres password=dev-insecure-postgres"),
+    ],
+)
+def test_production_refuses_development_connection_passwords(name: str, value: str):
+    shown = _refusal(_production(**{name: value}))
+    assert shown == f"production refuses development secrets: set LEDGERDESK_{name}"
+    assert "insecure" not in shown.lower()
+
+
+def test_production_takes_connection_passwords_that_are_not_development_ones():
+    Settings.from_env(
+        _production(
+            AMQP_URI="amqp://ledgerdesk-tickets:Zr8q2LwX7p@rabbitmq:5672/",
+            DATABASE_URL="postgresql://postgres:Xk4v9TqP2m@postgres:5432/postgres",
+        )
+    )
