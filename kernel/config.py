@@ -301,6 +301,15 @@ class Settings:
         doc="the router's cells' mail listeners, `region=smtp://tickets:port,...` (or"
         " `lmtp://`): mail to a support address goes to its tenant's cell",
     )
+    # How long a destroyed tenant's id may stay in the router's directory, and how soon a
+    # tenant it missed (signed up before the router, or not recorded) is found there.
+    directory_sync_minutes: float = setting(
+        15.0,
+        name="DIRECTORY_SYNC_MINUTES",
+        parse=values.number(float),
+        doc="the router reconciles its directory with the cells' tenants on start and every"
+        " this many minutes (`gateway.directory_sync`): a destroyed tenant's row goes within it",
+    )
     policy_version: str = setting(
         "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"
     )
