@@ -22,8 +22,8 @@ Clients get ``CLIENT_TIMEOUT`` seconds between reads and writes, at most ``MAX_C
 connections are served at once (the next is answered 503 and closed), and a request that
 breaks HTTP in a way a cell might read differently from the router (a repeated Content-Length,
 Host or Authorization; Content-Length with Transfer-Encoding; a malformed chunk) is refused
-400. SIGTERM stops accepting, lets requests in flight finish (at most ``STOP_GRACE`` seconds)
-and exits.
+400. SIGTERM stops accepting, on HTTP and mail alike, lets requests and mail sessions in flight
+finish (at most ``STOP_GRACE`` seconds) and exits.
 
 On start and every ``LEDGERDESK_DIRECTORY_SYNC_MINUTES`` the directory is reconciled with the
 tenants the cells hold (``gateway.directory_sync``): tenants it missed recorded, destroyed ones
@@ -706,12 +706,18 @@ def main() -> int:
         try:
             if server.directory_sync is not None:
                 server.directory_sync.stopping.set()
-            if server.mail_front is not None:
-                server.mail_front.stop()
+            # Mail and HTTP drain side by side, in the one grace.
+            mail = threading.Thread(target=stop_mail, daemon=True)
+            mail.start()
             if not server.stop(STOP_GRACE):
                 log.warning("router: stopped with requests still in flight")
+            mail.join()
         finally:
             stopped.set()
+
+    def stop_mail() -> None:
+        if server.mail_front is not None and not mail_router.stop(server.mail_front, STOP_GRACE):
+            log.warning("router: stopped with mail sessions still in flight")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
