@@ -3,7 +3,8 @@
 The router records a tenant when its cell answers its sign-up (``gateway.router``), which misses
 tenants that signed up before the router existed or whose answer could not be recorded, and
 never learns of a destruction. ``sync`` compares the directory with each cell's accounts read
-model (``<prefix>_<region>_accounts``, ids only) and
+model (``tenants``, its ``id`` and ``status`` columns only; the database on the router's server
+that ``cell_accounts_dsn`` names) and
 
 - records a tenant a cell holds and the directory lacks;
 - removes the row of a tenant no cell holds any more: a tenant the accounts service marks
@@ -83,10 +84,13 @@ class Result:
 
 
 def cell_accounts_dsn(settings: Settings, region: str) -> str:
-    """The accounts database of ``region``'s cell: the router's server and prefix, with the
-    region after the prefix, as ``services.platform.cell_settings`` names a cell's databases."""
-    cell = settings.with_overrides(database_prefix=f"{settings.database_prefix}_{region}")
-    return cell.database_dsn(ACCOUNTS)
+    """The accounts database of ``region``'s cell, on the router's server: under the prefix
+    ``LEDGERDESK_CELLS_DATABASE_PREFIXES`` names for it, else the router's prefix with the
+    region after it, as ``services.platform.cell_settings`` names a cell's databases."""
+    prefix = settings.cells_database_prefixes.get(region) or (
+        f"{settings.database_prefix}_{region}"
+    )
+    return settings.with_overrides(database_prefix=prefix).database_dsn(ACCOUNTS)
 
 
 def held_by_cell(dsn: str) -> set[str]:

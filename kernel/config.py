@@ -301,6 +301,18 @@ class Settings:
         doc="the router's cells' mail listeners, `region=smtp://tickets:port,...` (or"
         " `lmtp://`): mail to a support address goes to its tenant's cell",
     )
+    # Where the router's reconciliation finds each cell's accounts database, on the router's
+    # own server: the cells' prefixes need not follow the router's (Compose's do not).
+    cells_database_prefixes: dict[str, str] = setting(
+        factory=dict,
+        name="CELLS_DATABASE_PREFIXES",
+        parse=values.cell_prefixes,
+        render=values.render_cells,
+        shown="empty: `<prefix>_<region>` for each",
+        doc="the router's cells' database prefixes, `region=prefix,...`: it reads each cell's"
+        " tenants (ids and status) from `<its prefix>_accounts` on `LEDGERDESK_DATABASE_URL`'s"
+        " server",
+    )
     # How long a destroyed tenant's id may stay in the router's directory, and how soon a
     # tenant it missed (signed up before the router, or not recorded) is found there.
     directory_sync_minutes: float = setting(

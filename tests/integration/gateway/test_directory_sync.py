@@ -17,11 +17,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 import requests
+from psycopg2.extensions import parse_dsn
 
 import services.accounts
 from gateway import directory, directory_sync
 from kernel import cli
-from kernel.config import Settings
+from kernel.config import ConfigurationError, Settings
 from kernel.stores import open_store
 from kernel.testing import free_port, wait_until, world_env
 from kernel.uow import EventSourcedStore
@@ -94,6 +95,18 @@ def test_the_accounts_database_read_is_the_one_the_platform_gives_the_cell(world
     for index, region in enumerate(REGIONS):
         cell = cell_settings(world, region, index)
         assert directory_sync.cell_accounts_dsn(world, region) == cell.database_dsn("accounts")
+    # Cells whose prefixes do not follow the router's (Compose's) are named one by one.
+    named = Settings.from_env(
+        {**world.to_env(), "LEDGERDESK_CELLS_DATABASE_PREFIXES": "uk=ledgerdesk"}, "router"
+    )
+    assert parse_dsn(directory_sync.cell_accounts_dsn(named, "uk"))["dbname"] == (
+        "ledgerdesk_accounts"
+    )
+    assert directory_sync.cell_accounts_dsn(named, "in") == cell_settings(
+        world, "in", 1
+    ).database_dsn("accounts")
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({"LEDGERDESK_CELLS_DATABASE_PREFIXES": "uk=a-b"}, "router")
 
 
 def test_a_tenant_the_directory_missed_is_recorded_once(cells: Cells) -> None:
