@@ -13,7 +13,10 @@ that ``cell_accounts_dsn`` names) and
   recorded, and a row naming a region that has no cell: which is true is for an operator to
   decide, and moving a tenant is ``tenant_moves``' business;
 - leaves alone a tenant being moved (a row of ``tenant_moves`` with ``finished_at IS NULL``,
-  when that table exists) and every row recorded in a cell that could not be read.
+  when that table exists) and every row recorded in a cell that could not be read;
+- reports, and removes nothing of, a cell that holds no tenant at all while the directory
+  records some there: the wrong database far more often than every tenant destroyed (the last
+  tenant of a region destroyed keeps its row, reported at each pass, until removed by hand).
 
 The directory is read before the cells: a tenant recorded after that read is not a candidate
 for removal, so a sign-up answered while a sync runs (the cell holds it before the router
@@ -131,6 +134,7 @@ def sync(
     # First the directory, then the cells: see the module's note on sign-ups meanwhile.
     recorded, moving = _recorded_and_moving(directory)
     holders: dict[str, list[str]] = {}
+    empty: set[str] = set()
     for region in settings.cells:
         try:
             tenants = read_cell(cell_accounts_dsn(settings, region))
@@ -139,6 +143,8 @@ def sync(
             log.warning("directory sync: cell %s unreadable (%s)", region, type(exc).__name__)
             result.unreachable.append(region)
             continue
+        if not tenants:
+            empty.add(region)
         for tenant in tenants:
             holders.setdefault(tenant, []).append(region)
     result.held = len(holders)
@@ -162,6 +168,7 @@ def sync(
             result.mismatched += 1
 
     to_remove: list[tuple[str, str]] = []
+    suspect: dict[str, int] = {}
     for tenant, region in recorded.items():
         if tenant in holders:
             continue
@@ -170,8 +177,17 @@ def sync(
         elif region not in settings.cells:
             log.warning("directory sync: tenant %s recorded in %s: no such cell", tenant, region)
             result.mismatched += 1
+        elif region in empty:
+            # A cell holding no tenant at all is more likely the wrong database (a prefix
+            # misnamed, a fresh restore) than every tenant destroyed: its rows are kept.
+            suspect[region] = suspect.get(region, 0) + 1
         elif region not in result.unreachable:
             to_remove.append((tenant, region))
+    for region, rows in suspect.items():
+        log.warning(
+            "directory sync: cell %s holds no tenant, %d recorded there: none removed", region, rows
+        )
+        result.mismatched += 1
 
     result.recorded, result.removed = len(to_record), len(to_remove)
     if not dry_run and (to_record or to_remove):
@@ -200,8 +216,6 @@ class Periodic:
     def __init__(self, settings: Settings, directory: Directory, interval: float) -> None:
         self.settings, self.directory, self.interval = settings, directory, interval
         self.stopping = threading.Event()
-        self.passes = 0
-        self.last: Result | None = None
         self.thread = threading.Thread(target=self._run, name="directory-sync", daemon=True)
 
     def start(self) -> Periodic:
@@ -211,17 +225,16 @@ class Periodic:
     def _run(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.last = sync(self.settings, self.directory)
+                sync(self.settings, self.directory)
             except Exception as exc:  # noqa: BLE001 - the directory down: the next pass retries
                 log.warning("directory sync: failed (%s)", type(exc).__name__)
-            self.passes += 1
             if self.stopping.wait(self.interval):
                 break
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
+        """No pass after this one. A pass in progress is not waited for: it writes in one
+        transaction, which ends with the process's connection if it is cut short."""
         self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

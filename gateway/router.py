@@ -705,7 +705,7 @@ def main() -> int:
     def finish() -> None:
         try:
             if server.directory_sync is not None:
-                server.directory_sync.stopping.set()
+                server.directory_sync.stop()
             # Mail and HTTP drain side by side, in the one grace.
             mail = threading.Thread(target=stop_mail, daemon=True)
             mail.start()

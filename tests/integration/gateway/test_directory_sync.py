@@ -159,8 +159,9 @@ def test_a_mismatch_is_reported_and_nothing_of_it_changed(cells: Cells) -> None:
 
 
 def test_a_dry_run_reports_and_changes_nothing(cells: Cells) -> None:
-    missed, doomed = cells.sign_up("uk"), cells.sign_up("in")
+    missed, doomed, kept = cells.sign_up("uk"), cells.sign_up("in"), cells.sign_up("in")
     cells.directory.record(doomed, "in")
+    cells.directory.record(kept, "in")
     destroy(cells.stores["in"], doomed)
     before = cells.rows()
 
@@ -168,7 +169,7 @@ def test_a_dry_run_reports_and_changes_nothing(cells: Cells) -> None:
 
     assert (result.recorded, result.removed) == (1, 1)
     assert "would record 1, would remove 1" in result.line()
-    assert cells.rows() == before == {doomed: "in"}
+    assert cells.rows() == before == {doomed: "in", kept: "in"}
     assert cells.directory.region_of(missed) is None
 
 
@@ -210,6 +211,25 @@ def test_rows_of_a_cell_that_cannot_be_read_are_kept(cells: Cells) -> None:
     assert cells.rows()[unread] == "sg" and cells.rows()[tenant] == "uk"
 
 
+def test_a_cell_holding_no_tenant_is_reported_and_none_of_its_rows_removed(cells: Cells) -> None:
+    doomed = cells.sign_up("in")
+    cells.directory.record(doomed, "in")
+    stale = str(uuid.uuid4())
+    cells.directory.record(stale, "in")
+    destroy(cells.stores["in"], doomed)
+
+    result = directory_sync.sync(cells.router, cells.directory)
+
+    assert (result.held, result.removed, result.mismatched) == (0, 0, 1)
+    assert result.exit_code() == cli.Exit.FAILED
+    assert cells.rows() == {doomed: "in", stale: "in"}
+    # With a tenant held there again, the cell is read as it is and the others go.
+    kept = cells.sign_up("in")
+    again = directory_sync.sync(cells.router, cells.directory)
+    assert (again.recorded, again.removed, again.mismatched) == (1, 2, 0)
+    assert cells.rows() == {kept: "in"}
+
+
 def test_the_command_prints_one_line_and_says_by_its_exit_code(cells: Cells) -> None:
     cells.sign_up("uk")
     env = world_env(cells.router)
@@ -249,7 +269,7 @@ def test_the_command_prints_one_line_and_says_by_its_exit_code(cells: Cells) -> 
 
 
 def test_the_router_syncs_on_start_and_again_every_period(cells: Cells) -> None:
-    missed = cells.sign_up("uk")
+    missed, kept = cells.sign_up("uk"), cells.sign_up("uk")
     router = cells.router.with_overrides(gateway_port=free_port())
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.router"],
@@ -263,6 +283,7 @@ def test_the_router_syncs_on_start_and_again_every_period(cells: Cells) -> None:
             timeout=60,
             what="the tenant recorded on the router's start",
         )
+        assert cells.directory.region_of(kept) == "uk"
         destroy(cells.stores["uk"], missed)
         wait_until(
             lambda: cells.directory.region_of(missed) is None,
