@@ -38,10 +38,10 @@ import argparse
 import logging
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg2
+from psycopg2.extras import execute_values
 
 from gateway.directory import Directory
 from kernel import cli
@@ -125,7 +125,6 @@ def sync(
     settings: Settings,
     directory: Directory,
     dry_run: bool = False,
-    read_cell: Callable[[str], set[str]] = held_by_cell,
 ) -> Result:
     """Reconcile ``directory`` with the cells of ``settings.cells`` (see the module)."""
     if not settings.cells:
@@ -137,7 +136,7 @@ def sync(
     empty: set[str] = set()
     for region in settings.cells:
         try:
-            tenants = read_cell(cell_accounts_dsn(settings, region))
+            tenants = held_by_cell(cell_accounts_dsn(settings, region))
         except (psycopg2.Error, kdb.DatabaseUnavailable) as exc:
             # Not its DSN: it names the host. A missing database or table is unreachable too.
             log.warning("directory sync: cell %s unreadable (%s)", region, type(exc).__name__)
@@ -192,18 +191,22 @@ def sync(
     result.recorded, result.removed = len(to_record), len(to_remove)
     if not dry_run and (to_record or to_remove):
         with directory.db.transaction() as cur:
-            for tenant, region in to_record:
-                # A sign-up recorded meanwhile wins: it is the same fact.
-                cur.execute(
-                    "INSERT INTO tenant_regions (tenant_id, region) VALUES (%s, %s)"
-                    " ON CONFLICT (tenant_id) DO NOTHING",
-                    (tenant, region),
-                )
-            for tenant, region in to_remove:
-                cur.execute(
-                    "DELETE FROM tenant_regions WHERE tenant_id = %s AND region = %s",
-                    (tenant, region),
-                )
+            # A sign-up recorded meanwhile wins: it is the same fact.
+            execute_values(
+                cur,
+                "INSERT INTO tenant_regions (tenant_id, region) VALUES %s"
+                " ON CONFLICT (tenant_id) DO NOTHING",
+                to_record,
+                template="(%s::uuid, %s)",
+            )
+            # By id and region: a row a finished move rewrote meanwhile is not this one.
+            execute_values(
+                cur,
+                "DELETE FROM tenant_regions t USING (VALUES %s) AS gone (tenant_id, region)"
+                " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region",
+                to_remove,
+                template="(%s::uuid, %s)",
+            )
     if result.recorded or result.removed or result.mismatched or result.unreachable:
         log.info(result.line())
     return result
