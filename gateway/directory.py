@@ -30,8 +30,12 @@ DATA_MAP = ServiceMap(
             (
                 pseudonym(
                     "tenant_id",
-                    note="kept while the cells keep the tenant; a destroyed tenant's row is not"
-                    " yet removed (an id naming no one outside its cell)",
+                    note="kept while a cell holds the tenant: the router's reconciliation"
+                    " with the cells (`gateway.directory_sync`, on start and every"
+                    " `LEDGERDESK_DIRECTORY_SYNC_MINUTES`, 15 by default) removes a destroyed"
+                    " tenant's row within that period, and records a tenant its sign-up missed;"
+                    " not where the cells' databases are on servers the router does not reach"
+                    " (the Kubernetes cells): there it is deleted by hand",
                 ),
                 operational("region"),
                 operational("recorded_at"),

@@ -10,6 +10,10 @@ another's) would tell anyone whether two tenants share a region.
 The cells' listeners see the router as their only peer, so the front limits mails per peer
 itself, with the listeners' limits (``LEDGERDESK_MAIL_IN_PEER_RATE`` and ``_BURST``, 451 past
 them). Logs carry reply codes, never an address.
+
+``stop`` is graceful: the front stops accepting, answers a new transaction 421 (the relay keeps
+the mail and tries later), and lets the sessions in progress finish within the router's grace
+before it cuts what is left.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+import threading
+import time
 import urllib.parse
 
 from aiosmtpd.controller import Controller
@@ -31,6 +37,7 @@ log = logging.getLogger("gateway.mail_router")
 
 
 ONE_RECIPIENT = "452 4.5.3 One recipient per message: send the rest again"
+STOPPING = "421 4.3.2 Shutting down: try again later"
 
 
 class _Front:
@@ -47,12 +54,41 @@ class _Front:
         self.domain = domain
         self.timeout = timeout
         self.peers = peers
+        # Connections open, counted on the front's loop and waited on by ``stop``'s thread.
+        self.open = 0
+        self.idle = threading.Condition()
+        self.stopping = False
+
+    def opened(self) -> None:
+        with self.idle:
+            self.open += 1
+
+    def closed(self) -> None:
+        with self.idle:
+            self.open -= 1
+            self.idle.notify_all()
+
+    def wait_idle(self, grace: float) -> bool:
+        deadline = time.monotonic() + grace
+        with self.idle:
+            while self.open > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.idle.wait(left)
+        return True
 
     async def handle_MAIL(  # noqa: N802 (aiosmtpd's hook names)
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
         """A mail's start takes a token from its peer's bucket: past it, 451, so the relay
         keeps the mail and tries later."""
+        if self.stopping:
+            # Closed once the answer is written (a transport flushes before it closes): a
+            # relay holding the connection open would keep the stop waiting for nothing.
+            if server.transport is not None:
+                asyncio.get_running_loop().call_soon(server.transport.close)
+            return STOPPING
         peer = session.peer[0] if isinstance(session.peer, tuple) and session.peer else ""
         if not self.peers.take(str(peer)):
             log.info("mail front: 4.7.1 rate limited")
@@ -118,6 +154,29 @@ class _Front:
         return "250 2.0.0 OK"
 
 
+class _Session(SMTP):
+    """A session that tells the front when its connection opens and closes."""
+
+    def __init__(self, handler: _Front, **kwargs: object) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self.front = handler
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front.opened()
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self.front.closed()
+
+
+class FrontController(Controller):
+    def factory(self) -> SMTP:
+        return _Session(self.handler, **self.SMTP_kwargs)
+
+
 def _text(message: bytes | str) -> str:
     return message.decode(errors="replace") if isinstance(message, bytes) else message
 
@@ -130,7 +189,7 @@ def start(settings: Settings, directory: Directory, timeout: float = 60.0) -> Co
     # aiosmtpd logs envelope addresses at info: silenced, as the cells' listeners do.
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     domain = settings.mail_in_domain.lower()
-    controller = Controller(
+    controller = FrontController(
         _Front(
             directory,
             settings.cells_mail_in,
@@ -146,3 +205,17 @@ def start(settings: Settings, directory: Directory, timeout: float = 60.0) -> Co
     )
     controller.start()
     return controller
+
+
+def stop(controller: Controller, grace: float) -> bool:
+    """Stop accepting, refuse new transactions, let the sessions in progress end within
+    ``grace`` seconds, then stop; False when some were cut."""
+    front: _Front = controller.handler
+    front.stopping = True
+    server = controller.server
+    if server is not None:
+        # Closing the listening socket leaves the connections it accepted open.
+        controller.loop.call_soon_threadsafe(server.close)
+    drained = front.wait_idle(grace)
+    controller.stop()
+    return drained

@@ -22,8 +22,12 @@ Clients get ``CLIENT_TIMEOUT`` seconds between reads and writes, at most ``MAX_C
 connections are served at once (the next is answered 503 and closed), and a request that
 breaks HTTP in a way a cell might read differently from the router (a repeated Content-Length,
 Host or Authorization; Content-Length with Transfer-Encoding; a malformed chunk) is refused
-400. SIGTERM stops accepting, lets requests in flight finish (at most ``STOP_GRACE`` seconds)
-and exits.
+400. SIGTERM stops accepting, on HTTP and mail alike, lets requests and mail sessions in flight
+finish (at most ``STOP_GRACE`` seconds) and exits.
+
+On start and every ``LEDGERDESK_DIRECTORY_SYNC_MINUTES`` the directory is reconciled with the
+tenants the cells hold (``gateway.directory_sync``): tenants it missed recorded, destroyed ones
+removed.
 
     python -m gateway.router      # on LEDGERDESK_GATEWAY_HOST:PORT, to LEDGERDESK_CELLS
 """
@@ -53,7 +57,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E40
 from typing import Any  # noqa: E402
 
 from gateway import directory as directory_module  # noqa: E402
-from gateway import mail_router  # noqa: E402
+from gateway import directory_sync, mail_router  # noqa: E402
 from gateway.problems import (  # noqa: E402
     BAD_GATEWAY,
     BAD_REQUEST,
@@ -595,6 +599,7 @@ class RouterServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     mail_front: Any = None
+    directory_sync: directory_sync.Periodic | None = None
 
     def __init__(
         self,
@@ -679,6 +684,9 @@ def serve(settings: Settings, timeout: float = 120.0) -> RouterServer:
         (settings.gateway_host, settings.gateway_port), make_handler(router, timeout)
     )
     server.mail_front = mail_router.start(settings, directory)
+    server.directory_sync = directory_sync.Periodic(
+        settings, directory, settings.directory_sync_minutes * 60
+    ).start()
     return server
 
 
@@ -696,12 +704,20 @@ def main() -> int:
 
     def finish() -> None:
         try:
-            if server.mail_front is not None:
-                server.mail_front.stop()
+            if server.directory_sync is not None:
+                server.directory_sync.stop()
+            # Mail and HTTP drain side by side, in the one grace.
+            mail = threading.Thread(target=stop_mail, daemon=True)
+            mail.start()
             if not server.stop(STOP_GRACE):
                 log.warning("router: stopped with requests still in flight")
+            mail.join()
         finally:
             stopped.set()
+
+    def stop_mail() -> None:
+        if server.mail_front is not None and not mail_router.stop(server.mail_front, STOP_GRACE):
+            log.warning("router: stopped with mail sessions still in flight")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -301,6 +301,27 @@ class Settings:
         doc="the router's cells' mail listeners, `region=smtp://tickets:port,...` (or"
         " `lmtp://`): mail to a support address goes to its tenant's cell",
     )
+    # Where the router's reconciliation finds each cell's accounts database, on the router's
+    # own server: the cells' prefixes need not follow the router's (Compose's do not).
+    cells_database_prefixes: dict[str, str] = setting(
+        factory=dict,
+        name="CELLS_DATABASE_PREFIXES",
+        parse=values.cell_prefixes,
+        render=values.render_cells,
+        shown="empty: `<prefix>_<region>` for each",
+        doc="the router's cells' database prefixes, `region=prefix,...`: it reads each cell's"
+        " tenants (ids and status) from `<its prefix>_accounts` on `LEDGERDESK_DATABASE_URL`'s"
+        " server",
+    )
+    # How long a destroyed tenant's id may stay in the router's directory, and how soon a
+    # tenant it missed (signed up before the router, or not recorded) is found there.
+    directory_sync_minutes: float = setting(
+        15.0,
+        name="DIRECTORY_SYNC_MINUTES",
+        parse=values.number(float),
+        doc="the router reconciles its directory with the cells' tenants on start and every"
+        " this many minutes (`gateway.directory_sync`): a destroyed tenant's row goes within it",
+    )
     policy_version: str = setting(
         "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"
     )

@@ -142,6 +142,19 @@ def _cell_urls(variable: str, raw: str, schemes: tuple[str, ...]) -> dict[str, s
     return found
 
 
+def cell_prefixes(variable: str, raw: str, read: Mapping[str, Any]) -> dict[str, str]:
+    """``region=prefix,...``: each region's cell's database prefix."""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        region, sep, prefix = (text.strip() for text in item.partition("="))
+        if not sep or not region or not re.fullmatch(r"[A-Za-z0-9_]+", prefix):
+            raise ConfigurationError(f"{variable}: region=prefix,... (letters, digits, _)")
+        if region in found:
+            raise ConfigurationError(f"{variable}: region {region} named twice")
+        found[region] = prefix
+    return found
+
+
 def render_cells(value: Mapping[str, str]) -> str:
     return ",".join(f"{region}={url}" for region, url in value.items())
 

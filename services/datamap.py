@@ -59,6 +59,10 @@ BACKUPS = (
     "| volume `ledgerdesk-keystore-backups` (`<prefix>_<service>_keys/<stamp>.dump`) | a daily"
     " `pg_dump` of each keystore `<prefix>_<service>_keys`: tenant and subject keys, wrapped |"
     " the master key (never on a volume) | its CronJob deleting dumps older than 7 days |",
+    "| volume `ledgerdesk-router-backups` (`<prefix>_directory/<stamp>.dump`), with region"
+    " cells | a daily `pg_dump` of the router's directory: tenant ids and their regions | none"
+    " (ids only) | its CronJob deleting dumps older than 90 days; a restored directory loses"
+    " the rows of tenants destroyed since at the router's first reconciliation |",
 )
 
 

@@ -283,6 +283,26 @@ def ensure_vhost(settings: Settings) -> None:
         requests.put(base + path, json=body, auth=auth, timeout=30).raise_for_status()
 
 
+def router_env(settings: Settings, cells: dict[str, Settings]) -> dict[str, str]:
+    """The router's settings in front of ``cells`` on this machine: their gateways and mail
+    listeners, and their databases' prefixes, where it reads the tenants each holds to keep
+    its directory true (``gateway.directory_sync``)."""
+    return {
+        **settings.to_env(),
+        "LEDGERDESK_CELLS": ",".join(
+            f"{region}=http://127.0.0.1:{cell.gateway_port}" for region, cell in cells.items()
+        ),
+        "LEDGERDESK_CELLS_MAIL_IN": ",".join(
+            f"{region}={cell.mail_in_protocol}://127.0.0.1:{cell.mail_in_port}"
+            for region, cell in cells.items()
+            if cell.mail_in_port
+        ),
+        "LEDGERDESK_CELLS_DATABASE_PREFIXES": ",".join(
+            f"{region}={cell.database_prefix}" for region, cell in cells.items()
+        ),
+    }
+
+
 def start_router(
     settings: Settings,
     cells: dict[str, Settings],
@@ -294,25 +314,13 @@ def start_router(
     settings); its directory is ``<prefix>_directory``. With ``log_dir``, its log goes to
     ``<log_dir>/router.log``."""
     base = env if env is not None else os.environ.copy()
-    router_env = {
-        **base,
-        **settings.to_env(),
-        "LEDGERDESK_CELLS": ",".join(
-            f"{region}=http://127.0.0.1:{cell.gateway_port}" for region, cell in cells.items()
-        ),
-        "LEDGERDESK_CELLS_MAIL_IN": ",".join(
-            f"{region}={cell.mail_in_protocol}://127.0.0.1:{cell.mail_in_port}"
-            for region, cell in cells.items()
-            if cell.mail_in_port
-        ),
-    }
     log = open(log_dir / "router.log", "ab") if log_dir is not None else None  # noqa: SIM115
     try:
         return subprocess.Popen(
             [sys.executable, "-m", ROUTER],
             cwd=ROOT,
             start_new_session=True,
-            env=router_env,
+            env={**base, **router_env(settings, cells)},
             stderr=log,
         )
     finally:

@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from gateway.directory_sync import cell_accounts_dsn
 from kernel.config import (
     DEV_AUDIT_SIGNING_KEY,
     SECRET_FIELDS,
@@ -143,6 +144,9 @@ def test_each_cell_has_its_region_databases_and_vhost_and_the_router_reaches_bot
         assert urllib.parse.urlsplit(router.cells[region]).hostname == f"gateway{suffix}"
         assert urllib.parse.urlsplit(router.cells_mail_in[region]).hostname == f"tickets{suffix}"
         assert services[f"tickets{suffix}"]["expose"] == ["2525"]
+        # Its directory's reconciliation reads the cell's own accounts database.
+        cell_accounts = Settings.from_env(environment_of(f"accounts{suffix}", {}))
+        assert cell_accounts_dsn(router, region) == cell_accounts.database_dsn("accounts")
     assert router.database_prefix not in {prefix for prefix, _ in seen.values()}
 
 

@@ -8,9 +8,16 @@ from typing import Any
 
 import kubernetes_validate
 
+from gateway import directory
 from kernel.config import Settings
 from tests.deploy.kustomize import render
-from tests.deploy.manifests import KUBERNETES
+from tests.deploy.manifests import KUBERNETES, find, pod_spec
+from tests.deploy.test_kubernetes_backups import (
+    DATA_PROMISE_DAYS,
+    backup_env,
+    claim_of,
+    longest_gap_days,
+)
 from tests.deploy.test_kubernetes_manifests import CUSTOM, KUBERNETES_VERSION
 
 CELLS = KUBERNETES / "cells"
@@ -113,6 +120,22 @@ def test_the_router_holds_no_key_of_any_cell() -> None:
     assert container["args"] == ["gateway.router"]
     assert [v["name"] for v in container["env"]] == ["LEDGERDESK_DATABASE_URL"]
     assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "ledgerdesk-router-secrets"
+
+
+def test_the_directory_is_backed_up_daily_by_the_platform_s_own_script() -> None:
+    job = of("CronJob", "ledgerdesk-backup-directory", "ledgerdesk-router")
+    env = backup_env(job)
+    assert env["BACKUP_DATABASE"] == router_settings().database_name(directory.NAME)
+    assert longest_gap_days(job["spec"]["schedule"]) == 1
+    assert int(env["BACKUP_KEEP_DAYS"]) + 2 <= DATA_PROMISE_DAYS
+    (container,) = pod_spec(job)["containers"]
+    (secret,) = [v["valueFrom"]["secretKeyRef"] for v in container["env"] if "valueFrom" in v]
+    assert secret == {"name": "ledgerdesk-router-secrets", "key": "LEDGERDESK_DATABASE_URL"}
+    # The script the platform's jobs run, the drill and tests/deploy/test_kubernetes_backups.py
+    # run for real: a copy that drifted would be a backup no one has tried.
+    script = of("ConfigMap", "ledgerdesk-backup", "ledgerdesk-router")["data"]
+    assert script == find("production", "ConfigMap", "ledgerdesk-backup")["data"]
+    assert of("PersistentVolumeClaim", claim_of(job), "ledgerdesk-router")
 
 
 def test_every_manifest_of_the_cells_is_valid_for_the_kubernetes_api_and_holds_no_secret() -> None:

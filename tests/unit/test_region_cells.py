@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.directory_sync import cell_accounts_dsn
 from kernel.config import Settings
 from services import platform
 
@@ -27,3 +28,18 @@ def test_each_cell_has_its_own_databases_vhost_region_and_ports() -> None:
     assert (uk.mail_in_port, india.mail_in_port) == (2526, 2527)
     assert india.ops_port == uk.ops_port + platform.OPS_PORTS_PER_CELL
     assert "127.0.0.1/32" in india.trusted_proxies
+
+
+def test_the_router_reads_each_cells_tenants_where_the_cell_keeps_them() -> None:
+    settings = Settings.from_env({"LEDGERDESK_DATABASE_PREFIX": "ledgerdesk_router"})
+    cells = {
+        region: platform.cell_settings(
+            settings.with_overrides(database_prefix=f"elsewhere{n}"), region, n
+        )
+        for n, region in enumerate(("uk", "in"))
+    }
+    router = Settings.from_env(platform.router_env(settings, cells), service="router")
+
+    assert list(router.cells) == ["uk", "in"]
+    for region, cell in cells.items():
+        assert cell_accounts_dsn(router, region) == cell.database_dsn("accounts")

@@ -1,15 +1,16 @@
 """The router as its process (``python -m gateway.router``), with its directory in PostgreSQL, in
 front of a plain HTTP server standing in for a cell's gateway and aiosmtpd's own server for
 each cell's mail listener: its mail front takes one recipient a transaction whatever the
-recipients' regions and keeps the listeners' per-peer limit; SIGTERM lets a request in flight
-finish; its log is JSON lines naming no path and no address. Real cells behind it are
-tests/e2e/test_residency.py's."""
+recipients' regions and keeps the listeners' per-peer limit; SIGTERM lets a request and a mail
+session in flight finish, and takes no more; its log is JSON lines naming no path and no
+address. Real cells behind it are tests/e2e/test_residency.py's."""
 
 from __future__ import annotations
 
 import json
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -143,6 +144,35 @@ def test_mail_takes_one_recipient_a_transaction_and_a_peer_is_limited(running: R
         listener.terminate()
     received = {r: p.communicate(timeout=10)[0] for r, p in running.listeners.items()}
     assert "It broke." in received["in"] and "It broke." not in received["uk"]
+
+
+def test_sigterm_lets_a_mail_session_in_progress_finish_and_takes_no_more(
+    running: Running,
+) -> None:
+    port = running.settings.mail_in_port
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("dev@example.com")[0] == 250
+        assert smtp.rcpt(f"{running.tenants['in']}@{running.settings.mail_in_domain}")[0] == 250
+        running.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: not _accepts(port), timeout=30, what="the mail front to stop accepting")
+        # The session begun before the signal is let finish: its mail reaches the cell.
+        assert smtp.data(b"Subject: x\r\n\r\nSent while stopping.\r\n")[0] == 250
+        assert smtp.mail("dev@example.com")[0] == 421
+        assert running.process.poll() is None  # still waiting for this session to end
+    assert running.process.wait(timeout=30) == 0
+    for listener in running.listeners.values():
+        listener.terminate()
+    received = {r: p.communicate(timeout=10)[0] for r, p in running.listeners.items()}
+    assert "Sent while stopping." in received["in"]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
 
 
 def test_sigterm_lets_a_request_in_flight_finish_and_the_log_names_no_path(
