@@ -67,8 +67,9 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
     # The API key secret: the gateway hashes a presented key to find it in its credentials.
     "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN", "API_KEY_SECRET"}),
-    # The router in front of the region cells: it reads only its directory's ids.
-    "router": frozenset(),
+    # The router in front of the region cells: it reads its directory's ids, and hashes a
+    # presented key to recognise a moved tenant's (services.tenant_move).
+    "router": frozenset({"API_KEY_SECRET"}),
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
     "prepare": frozenset(),
