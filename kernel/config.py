@@ -220,6 +220,19 @@ class Settings:
         shown="dev-insecure",
         doc="`kid:base64[,kid:base64...]` of 32 bytes each, current first",
     )
+    # A cell's master keys may differ from its neighbours' (each region's key management): the
+    # cell's processes get these as their LEDGERDESK_MASTER_KEY, and the tenant mover
+    # (services.tenant_move) unwraps with the source cell's and wraps under the target's.
+    cell_master_keys: dict[str, dict[str, bytes]] = setting(
+        factory=dict,
+        name="CELL_MASTER_KEYS",
+        parse=values.cell_master_keys,
+        render=values.render_cell_master_keys,
+        secret=True,
+        shown="empty: every cell uses LEDGERDESK_MASTER_KEY",
+        doc="a region cell's own master keys, `region=kid:base64[,kid:base64...];...`, in place"
+        " of `LEDGERDESK_MASTER_KEY` for that cell (`make run --cells`, the tenant mover)",
+    )
     api_key_secret: str = setting(
         DEV_API_KEY_SECRET,
         name="API_KEY_SECRET",
