@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import smtplib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from kernel.testing import Infrastructure, wait_until, world_env
 from services import tenant_move
 from tests.e2e.conftest import SIGNUP
 from tests.e2e.helpers import ok
-from tests.e2e.test_residency import Cells, populate, running_cells
+from tests.e2e.test_residency import TAP, Cells, populate, running_cells
 from tests.support import sweep
 
 # The in cell's own master key: a moved tenant's keys are re-wrapped under it.
@@ -90,7 +91,9 @@ def counts(cells: Cells, key: str) -> dict[str, int]:
     }
 
 
-def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(cells: Cells) -> None:
+def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
+    cells: Cells, infrastructure: Infrastructure
+) -> None:
     tenant = populate(cells, "uk")
     key, tenant_id = tenant["key"], tenant["tenant_id"]
     contact = ok(
@@ -130,6 +133,11 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(cells: Cells
     )
     assert int(refused.headers["Retry-After"]) > 0
     assert refused.headers["Content-Type"] == "application/problem+json"
+    # Its mail is deferred meanwhile (451: the relay sends it again after the cut-over).
+    with smtplib.SMTP("127.0.0.1", cells.router.mail_in_port, timeout=30) as front:
+        front.ehlo()
+        assert front.mail("someone@example.com")[0] == 250
+        assert front.rcpt(f"{tenant_id}@{cells.router.mail_in_domain}")[0] == 451
     other = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
     assert ok(cells.call("GET", "/v1/tenant", key=other["api_key"]))["id"] != tenant_id
 
@@ -189,9 +197,21 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(cells: Cells
     assert (verified["ok"], verified["first_bad_seq"]) == (True, None), verified
 
     # Nothing of the tenant in the source but its audit log; its keystore rows gone.
-    left = sweep.find(tenant["canaries"], sweep.database_texts(uk))
-    places = {place for found in left.values() for place in found}
-    assert {table for _, _, table in places} <= LEDGER_TABLES, places
+    left = sweep.find(
+        tenant["canaries"] + tenant["hex_ids"],
+        [*sweep.database_texts(uk), *sweep.queue_texts(infrastructure, uk, every=10_000)],
+    )
+    # The stack's tap (test_residency.TAP) is the test's own, never read: it keeps whatever the
+    # cell published before the move. The cell's queues must hold nothing of the tenant.
+    places = {place for found in left.values() for place in found if place[1] != TAP}
+    assert {place[-1] for place in places} <= LEDGER_TABLES, places
+    # The sweep can find: the audit log the source keeps names the tenant.
+    assert any(place[-1] == "log_entries" for place in left[tenant_id]), left
+    # The mail front takes the tenant's mail again, for its new cell.
+    with smtplib.SMTP("127.0.0.1", cells.router.mail_in_port, timeout=30) as front:
+        front.ehlo()
+        assert front.mail("someone@example.com")[0] == 250
+        assert front.rcpt(f"{tenant_id}@{cells.router.mail_in_domain}")[0] == 250
     for database in ("accounts", "tickets", "billing", "audit", "retention"):
         for table in ("tenant_keys", "subject_keys"):
             query = f"SELECT count(*) FROM {table} WHERE tenant_id = %s"
