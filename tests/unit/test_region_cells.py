@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from kernel.config import Settings
+import base64
+
+import pytest
+
+from kernel.config import ConfigurationError, Settings
 from services import platform
 
 
@@ -27,3 +31,18 @@ def test_each_cell_has_its_own_databases_vhost_region_and_ports() -> None:
     assert (uk.mail_in_port, india.mail_in_port) == (2526, 2527)
     assert india.ops_port == uk.ops_port + platform.OPS_PORTS_PER_CELL
     assert "127.0.0.1/32" in india.trusted_proxies
+
+
+def test_a_cell_named_in_cell_master_keys_gets_its_own_master_keys() -> None:
+    own = base64.b64encode(bytes(range(32))).decode()
+    old = base64.b64encode(bytes(range(1, 33))).decode()
+    settings = Settings.from_env({"LEDGERDESK_CELL_MASTER_KEYS": f"in=in-2:{own},in-1:{old}"})
+    uk, india = (platform.cell_settings(settings, r, n) for n, r in enumerate(("uk", "in")))
+    assert india.master_keys == {"in-2": bytes(range(32)), "in-1": bytes(range(1, 33))}
+    assert india.current_master_key_id == "in-2"
+    assert uk.master_keys == settings.master_keys, "a cell not named keeps the platform's"
+    # Handed to the cell's processes as their own LEDGERDESK_MASTER_KEY.
+    assert Settings.from_env(india.to_env()).master_keys == india.master_keys
+    for wrong in ("in", f"in=in-1:{own};in=in-2:{own}", "=k:" + own, "in=k:bm90MzI="):
+        with pytest.raises(ConfigurationError):
+            Settings.from_env({"LEDGERDESK_CELL_MASTER_KEYS": wrong})
