@@ -387,7 +387,22 @@ class Mover:
                 f"tenant {self.tenant}'s move is past {LAST_UNDOABLE} ({move['step']}):"
                 " it can only be resumed"
             )
+        if self._ledger_began(move):
+            # The source's log says the tenant moved out: only going forward makes it true.
+            raise MoveRefused(
+                f"tenant {self.tenant}'s audit log was moved out already: it can only be resumed"
+            )
         self._undo(move, "rolled back by the operator")
+
+    def _ledger_began(self, move: dict[str, Any]) -> bool:
+        source = self.cells.cell(move["source"])
+        moved_out = self._entry(MOVED_OUT, move["started_at"], {})
+        with _connection(source.database_dsn("audit")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT EXISTS (SELECT FROM log_entries WHERE event_id = %s)",
+                (str(moved_out.event_id),),
+            )
+            return bool(cur.fetchone()[0])
 
     def status(self) -> dict[str, Any] | None:
         return self.directory.move_of(self.tenant)

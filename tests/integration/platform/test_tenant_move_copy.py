@@ -117,3 +117,28 @@ def test_a_copy_carries_rows_and_history_and_verification_finds_a_changed_row(
         ) == [(1,)]
     finally:
         mover.close()
+
+
+def test_the_ledger_step_is_idempotent_and_once_begun_only_goes_forward(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = str(uuid.uuid4())
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        assert mover.directory.begin_move(tenant, "uk", "in")
+        mover.directory.set_step(tenant, "verified")
+        move = mover.directory.move_of(tenant)
+        assert move is not None
+        mover._move_ledger(uk, india, move)
+        mover._move_ledger(uk, india, move)  # a resumed step appends nothing twice
+        log = "SELECT seq, type, hash FROM log_entries WHERE tenant_id = %s ORDER BY seq"
+        source, target = execute(uk, "audit", log, tenant), execute(india, "audit", log, tenant)
+        assert [t for _, t, _ in source] == [tenant_move.MOVED_OUT]
+        assert target[:1] == source, "carried byte for byte"
+        assert [t for _, t, _ in target] == [tenant_move.MOVED_OUT, tenant_move.MOVED_IN]
+        with pytest.raises(tenant_move.MoveRefused, match="only be resumed"):
+            mover.rollback()
+    finally:
+        mover.close()
