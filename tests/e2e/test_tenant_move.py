@@ -176,6 +176,19 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
     assert search_index.main(["rebuild"], settings=india) == 0
     assert [t["id"] for t in searched()] == [ticket["id"]]
 
+    # Keys issued after the move name the new region, and are routed there.
+    agent = ok(
+        cells.call(
+            "POST",
+            "/v1/agents",
+            key=key,
+            json={"name": "After", "email": "after@example.com", "role": "agent"},
+        ),
+        201,
+    )
+    assert agent["api_key"].startswith("ldk_in_")
+    assert ok(cells.call("GET", "/v1/tenant", key=agent["api_key"]))["id"] == tenant_id
+
     # Writes go on in the new cell.
     ok(
         cells.call(
