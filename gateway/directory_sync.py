@@ -12,8 +12,8 @@ that ``cell_accounts_dsn`` names) and
 - reports, and never changes, a tenant held by two cells or by another cell than the one
   recorded, and a row naming a region that has no cell: which is true is for an operator to
   decide, and moving a tenant is ``tenant_moves``' business;
-- leaves alone a tenant being moved (a row of ``tenant_moves`` with ``finished_at IS NULL``,
-  when that table exists) and every row recorded in a cell that could not be read;
+- leaves alone a tenant being moved (a row of ``tenant_moves`` with ``finished_at IS NULL``)
+  and every row recorded in a cell that could not be read;
 - reports, and removes nothing of, a cell that holds no tenant at all while the directory
   records some there: the wrong database far more often than every tenant destroyed (the last
   tenant of a region destroyed keeps its row, reported at each pass, until removed by hand).
@@ -111,13 +111,8 @@ def _recorded_and_moving(directory: Directory) -> tuple[dict[str, str], set[str]
     with directory.db.read() as cur:
         cur.execute("SELECT tenant_id::text, region FROM tenant_regions")
         recorded = {tenant: region for tenant, region in cur.fetchall()}
-        # The tenant moves' table comes with their own migration: without it no one moves.
-        cur.execute("SELECT to_regclass('tenant_moves') IS NOT NULL")
-        row = cur.fetchone()
-        moving: set[str] = set()
-        if row and row[0]:
-            cur.execute("SELECT tenant_id::text FROM tenant_moves WHERE finished_at IS NULL")
-            moving = {r[0] for r in cur.fetchall()}
+        cur.execute("SELECT tenant_id::text FROM tenant_moves WHERE finished_at IS NULL")
+        moving = {r[0] for r in cur.fetchall()}
     return recorded, moving
 
 
@@ -206,6 +201,15 @@ def sync(
                 " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region",
                 to_remove,
                 template="(%s::uuid, %s)",
+            )
+            # What the directory holds of a moved tenant goes with it: its keys' hashes and
+            # its finished moves (an unfinished one never reaches here: it is left alone).
+            gone = [tenant for tenant, _ in to_remove]
+            cur.execute("DELETE FROM moved_keys WHERE tenant_id = ANY(%s::uuid[])", (gone,))
+            cur.execute(
+                "DELETE FROM tenant_moves WHERE tenant_id = ANY(%s::uuid[])"
+                " AND finished_at IS NOT NULL",
+                (gone,),
             )
     if result.recorded or result.removed or result.mismatched or result.unreachable:
         log.info(result.line())

@@ -109,11 +109,18 @@ class _Front:
         loop = asyncio.get_running_loop()
         try:
             region = await loop.run_in_executor(None, self.directory.region_of, local)
+            moving = region is not None and await loop.run_in_executor(
+                None, self.directory.moving, local
+            )
         except Exception:  # noqa: BLE001 - the directory unreachable: the relay tries again
             log.warning("mail front: directory unavailable (451)")
             return "451 4.3.0 Try again later"
         if region is None or region not in self.cells:
             return "550 5.1.1 No such mailbox here"
+        if moving:
+            # The tenant is between cells (services.tenant_move): the relay sends it again
+            # once the move is cut over, to the tenant's new cell.
+            return "451 4.3.0 Try again later"
         envelope.ledgerdesk_region = region  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"

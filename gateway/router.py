@@ -3,6 +3,9 @@
 Each region is a cell, a whole platform (every service and its gateway) with databases and a
 RabbitMQ vhost of its own. The router sends each request to one cell's gateway:
 
+- a request whose API key is a moved tenant's (``services.tenant_move``; its keyed hash in the
+  directory's ``moved_keys``, held in memory and read again on every change) to the tenant's
+  current cell, or refused 503 with Retry-After while its move is in its refusal window;
 - a request whose API key names a region (``ldk_<region>_...``, ``kernel.crypto.apikeys``) to
   that region's cell, without a lookup; a key naming a region that has no cell is refused;
 - a sign-up to the cell of the region in its body, recording tenant -> region in the directory
@@ -88,6 +91,11 @@ DRAIN_BYTES = 1024 * 1024
 CLIENT_TIMEOUT = 30.0
 # Connections served at once, each a thread; more are answered 503 at once and closed.
 MAX_CONNECTIONS = 256
+# Seconds a client refused during a tenant's move is told to wait (Retry-After): the window
+# lasts as long as the copy and its verification, seconds to minutes.
+MOVE_RETRY_AFTER = 5
+# Seconds between two reads of the directory's moved keys (a NOTIFY reads them at once).
+MOVES_REFRESH = 1.0
 # Seconds a SIGTERM leaves the requests in flight to finish before the process exits.
 STOP_GRACE = 20.0
 # A chunk-size line, a trailer line (RFC 9112, 7.1): longer is no client's honest mistake.
@@ -124,9 +132,16 @@ HOP_BY_HOP = frozenset(
 class Refused(Exception):
     """The router answers itself: a problem of ``kind``."""
 
-    def __init__(self, kind: Kind, detail: str, errors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        detail: str,
+        errors: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.kind, self.detail, self.errors = kind, detail, errors
+        self.retry_after = retry_after
 
 
 class CellFault(Exception):
@@ -159,18 +174,47 @@ def normalised_path(target: str) -> str:
 class Router:
     """Which cell takes a request; the directory of tenants' regions."""
 
-    def __init__(self, cells: dict[str, str], directory: directory_module.Directory | None):
+    def __init__(
+        self,
+        cells: dict[str, str],
+        directory: directory_module.Directory | None,
+        api_key_secret: str = "",
+    ):
         if not cells:
             raise ConfigurationError("LEDGERDESK_CELLS names no cell: the router has nowhere to go")
         self.cells = dict(cells)
         self.default = next(iter(self.cells))
         self.directory = directory
+        self.api_key_secret = api_key_secret
+        # Moved tenants' keys (keyed hash -> region, None while refused), replaced whole by
+        # ``refresh_moves``: a reader sees one map or the next, never half of one.
+        self.moved: dict[str, str | None] = {}
+
+    def refresh_moves(self) -> None:
+        """The directory's moved keys, read again (one read of an empty table when no tenant
+        was ever moved)."""
+        if self.directory is not None:
+            self.moved = self.directory.key_routes()
 
     def cell_of_key(self, authorization: str) -> str | None:
-        """The region a bearer key names; None when it names none."""
+        """The region a bearer key names, or its moved tenant's region; None when it names
+        none. A key of a tenant inside a move's refusal window is refused (503)."""
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return None
+        moved = self.moved
+        if moved and self.api_key_secret:
+            key_hash = apikeys.keyed_hash(self.api_key_secret, credential.strip())
+            if key_hash in moved:
+                target = moved[key_hash]
+                if target is None:
+                    raise Refused(
+                        SERVICE_UNAVAILABLE,
+                        "the tenant is moving to another region: try again shortly",
+                        retry_after=MOVE_RETRY_AFTER,
+                    )
+                if target in self.cells:
+                    return target
         region = apikeys.region_of(credential.strip())
         if region is not None and region not in self.cells:
             raise Refused(UNAUTHORIZED, "the key names a region this deployment does not serve")
@@ -541,6 +585,8 @@ def make_handler(
             self.send_header("Content-Type", "application/problem+json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header(REQUEST_ID, request_id)
+            if refused.retry_after is not None:
+                self.send_header("Retry-After", str(refused.retry_after))
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
@@ -679,7 +725,8 @@ def serve(settings: Settings, timeout: float = 120.0) -> RouterServer:
     and its mail front where cells' mail listeners are configured (``gateway.mail_router``)."""
     directory_module.prepare(settings)
     directory = directory_module.Directory(settings)
-    router = Router(settings.cells, directory)
+    router = Router(settings.cells, directory, settings.api_key_secret)
+    router.refresh_moves()
     server = RouterServer(
         (settings.gateway_host, settings.gateway_port), make_handler(router, timeout)
     )
@@ -687,7 +734,38 @@ def serve(settings: Settings, timeout: float = 120.0) -> RouterServer:
     server.directory_sync = directory_sync.Periodic(
         settings, directory, settings.directory_sync_minutes * 60
     ).start()
+    threading.Thread(
+        target=_follow_moves, args=(router, settings), name="moves", daemon=True
+    ).start()
     return server
+
+
+def _follow_moves(router: Router, settings: Settings) -> None:
+    """Keep the router's moved keys current: read again on every NOTIFY from the directory
+    (a move's step or its keys changed) and at least every ``MOVES_REFRESH`` seconds, so a
+    notification lost with a dropped connection costs a second at most."""
+    import select
+
+    import psycopg2
+
+    while True:
+        conn = None
+        try:
+            conn = psycopg2.connect(settings.database_dsn(directory_module.NAME))
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("LISTEN tenant_moves")
+            while True:
+                router.refresh_moves()
+                if select.select([conn], [], [], MOVES_REFRESH) != ([], [], []):
+                    conn.poll()
+                    conn.notifies.clear()
+        except Exception as exc:  # noqa: BLE001 - the directory went away: try again shortly
+            log.warning("router: moved keys not refreshed (%s)", type(exc).__name__)
+            time.sleep(MOVES_REFRESH)
+        finally:
+            if conn is not None:
+                conn.close()
 
 
 def main() -> int:

@@ -67,8 +67,9 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # Not the audit seed: the public key it publishes is configured (LEDGERDESK_AUDIT_PUBLIC_KEYS).
     # The API key secret: the gateway hashes a presented key to find it in its credentials.
     "gateway": frozenset({"MASTER_KEY", "OPERATOR_TOKEN", "API_KEY_SECRET"}),
-    # The router in front of the region cells: it reads only its directory's ids.
-    "router": frozenset(),
+    # The router in front of the region cells: it reads its directory's ids, and hashes a
+    # presented key to recognise a moved tenant's (services.tenant_move).
+    "router": frozenset({"API_KEY_SECRET"}),
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
     "prepare": frozenset(),
@@ -218,6 +219,19 @@ class Settings:
         secret=True,
         shown="dev-insecure",
         doc="`kid:base64[,kid:base64...]` of 32 bytes each, current first",
+    )
+    # A cell's master keys may differ from its neighbours' (each region's key management): the
+    # cell's processes get these as their LEDGERDESK_MASTER_KEY, and the tenant mover
+    # (services.tenant_move) unwraps with the source cell's and wraps under the target's.
+    cell_master_keys: dict[str, dict[str, bytes]] = setting(
+        factory=dict,
+        name="CELL_MASTER_KEYS",
+        parse=values.cell_master_keys,
+        render=values.render_cell_master_keys,
+        secret=True,
+        shown="empty: every cell uses LEDGERDESK_MASTER_KEY",
+        doc="a region cell's own master keys, `region=kid:base64[,kid:base64...];...`, in place"
+        " of `LEDGERDESK_MASTER_KEY` for that cell (`make run --cells`, the tenant mover)",
     )
     api_key_secret: str = setting(
         DEV_API_KEY_SECRET,

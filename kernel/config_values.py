@@ -187,6 +187,26 @@ def render_master_keys(keys: dict[str, bytes]) -> str:
     return ",".join(f"{kid}:{base64.b64encode(key).decode()}" for kid, key in keys.items())
 
 
+def cell_master_keys(
+    variable: str, raw: str, read: Mapping[str, Any]
+) -> dict[str, dict[str, bytes]]:
+    """``region=kid:base64[,kid:base64...];region=...``: a cell's own master keys, in place of
+    ``LEDGERDESK_MASTER_KEY`` for that cell (``services.platform.cell_settings``)."""
+    found: dict[str, dict[str, bytes]] = {}
+    for item in filter(None, (part.strip() for part in raw.split(";"))):
+        region, sep, keys = (text.strip() for text in item.partition("="))
+        if not sep or not region:
+            raise ConfigurationError(f"{variable}: region=kid:base64[,kid:base64...];...")
+        if region in found:
+            raise ConfigurationError(f"{variable}: region {region} named twice")
+        found[region] = parse_master_keys(keys)
+    return found
+
+
+def render_cell_master_keys(value: Mapping[str, dict[str, bytes]]) -> str:
+    return ";".join(f"{region}={render_master_keys(keys)}" for region, keys in value.items())
+
+
 def networks(variable: str, raw: str, read: Mapping[str, Any]) -> tuple[str, ...]:
     """Comma-separated CIDRs (a bare address is its /32 or /128), normalised."""
     networks = []

@@ -58,6 +58,11 @@ class Cursor(NamedTuple):
 
 
 START = Cursor(0, 0)
+# Where a rebuild replays from: before START. A tenant moved in from another region cell
+# (services.tenant_move) brings its history with ``tx_order`` -1, below every live reader's
+# cursor (live readers start at START and never apply it again: the read models came with it),
+# but a rebuild must fold it in with the rest.
+REPLAY_START = Cursor(-1, 0)
 
 # The oldest transaction still running when the statement's snapshot was taken: every
 # transaction below it has ended, and none can start below it.

@@ -243,7 +243,8 @@ def rebuild(
         # A bar's measure, not a count: positions are drawn from a sequence that skips some.
         total = eventstore.head_position(cur)
         bar = tqdm(total=total, desc=f"rebuild {projection.name}", unit="ev", disable=not show)
-        position = eventstore.START
+        # From before START: history imported with a moved tenant is replayed too.
+        position = eventstore.REPLAY_START
         batched = _BatchedWrites(cur)
         # A projection sees a cursor: the batching is replay's business, not the projection's.
         writes = cast(psycopg2.extensions.cursor, batched)

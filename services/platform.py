@@ -257,6 +257,13 @@ def cell_settings(settings: Settings, region: str, index: int) -> Settings:
         # The router's mail front takes the platform's port; each cell listens after it.
         mail_in_port=settings.mail_in_port + 1 + index if settings.mail_in_port else 0,
         trusted_proxies=trusted,
+        # The cell's own master keys where the platform names them: its keystores are wrapped
+        # under them (a tenant moved in is re-wrapped under them, services.tenant_move).
+        **(
+            {"master_keys": settings.cell_master_keys[region]}
+            if region in settings.cell_master_keys
+            else {}
+        ),
     )
 
 

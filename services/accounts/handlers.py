@@ -197,7 +197,11 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
 
 
 def _issue_key(agent: Agent, settings: Settings, issuer_id: str, region: str) -> str:
-    # The tenant's region in the key: the router in front of the cells routes it unlooked-up.
+    # The region in the key routes it, unlooked-up, to the cell holding the tenant: a cell's
+    # own region (a tenant moved in from another cell keeps its sign-up's region in its
+    # history, services.tenant_move), else the tenant's, on a platform serving several.
+    if len(settings.regions) == 1:
+        region = settings.regions[0]
     api_key = apikeys.generate(region)
     agent.issue_api_key(
         uuid.uuid4(), apikeys.keyed_hash(settings.api_key_secret, api_key), issuer_id

@@ -39,11 +39,16 @@ def of(kind: str, name: str, namespace: str) -> dict[str, Any]:
     return found
 
 
+# The router's Secret's values, as random as production requires (never a real one).
+ROUTER_SECRET = {
+    "LEDGERDESK_DATABASE_URL": "postgresql://db/postgres",
+    "LEDGERDESK_API_KEY_SECRET": "Zq3x9VbT1mKp7LwR2sYd8NcH4fJg6AeU0oPi",
+}
+
+
 def router_settings() -> Settings:
     data = of("ConfigMap", "ledgerdesk-router-config", "ledgerdesk-router")["data"]
-    return Settings.from_env(
-        {**data, "LEDGERDESK_DATABASE_URL": "postgresql://db/postgres"}, "router"
-    )
+    return Settings.from_env({**data, **ROUTER_SECRET}, "router")
 
 
 def test_each_cell_runs_the_whole_platform_in_its_own_namespace_for_its_region_only() -> None:
@@ -115,11 +120,17 @@ def test_mail_reaches_a_cell_only_through_the_router_and_the_router_reaches_only
 
 
 def test_the_router_holds_no_key_of_any_cell() -> None:
+    """Its directory's server and the API key secret the cells share (to recognise a moved
+    tenant's keys by their keyed hash), from its own Secret: no master key, no token."""
     deployment = of("Deployment", "ledgerdesk-router", "ledgerdesk-router")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["gateway.router"]
-    assert [v["name"] for v in container["env"]] == ["LEDGERDESK_DATABASE_URL"]
-    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "ledgerdesk-router-secrets"
+    assert [v["name"] for v in container["env"]] == [
+        "LEDGERDESK_DATABASE_URL",
+        "LEDGERDESK_API_KEY_SECRET",
+    ]
+    for variable in container["env"]:
+        assert variable["valueFrom"]["secretKeyRef"]["name"] == "ledgerdesk-router-secrets"
 
 
 def test_the_directory_is_backed_up_daily_by_the_platform_s_own_script() -> None:
@@ -165,9 +176,7 @@ def test_a_cells_api_is_reached_through_the_router_only_and_trusts_its_forwarded
     for region in REGIONS:
         namespace = f"ledgerdesk-{region}"
         config = of("ConfigMap", "ledgerdesk-config", namespace)["data"]
-        settings = Settings.from_env(
-            {**config, "LEDGERDESK_DATABASE_URL": "postgresql://db/postgres"}, "router"
-        )
+        settings = Settings.from_env({**config, **ROUTER_SECRET}, "router")
         assert settings.trusted_proxies, region
         policy = of("NetworkPolicy", "ledgerdesk-gateway", namespace)
         api = [

@@ -17,6 +17,7 @@ import json
 import secrets
 import smtplib
 import subprocess
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,28 +64,52 @@ class Cells:
 
 
 @contextlib.contextmanager
-def running_cells(infrastructure: Infrastructure, log_dir: Path) -> Iterator[Cells]:
+def running_cells(
+    infrastructure: Infrastructure,
+    log_dir: Path,
+    as_platform_makes_them: bool = False,
+    **router_overrides: str,
+) -> Iterator[Cells]:
+    """Two cells and the router. ``as_platform_makes_them``: the cells derived from the
+    router's world as ``make run --cells`` derives them (``platform.cell_settings``: databases
+    under ``<prefix>_<region>``, a vhost of that name), for tools that find cells so (the
+    tenant mover); else each cell a world of its own. ``router_overrides``: settings of the
+    router's world (and so of cells derived from it)."""
     with contextlib.ExitStack() as stack:
         cells: dict[str, Settings] = {}
         processes: dict[str, subprocess.Popen] = {}
-        for region in REGIONS:
-            port = free_port()
-            cells[region] = stack.enter_context(
-                make_world(
-                    infrastructure,
-                    LEDGERDESK_GATEWAY_PORT=str(port),
-                    LEDGERDESK_REGIONS=region,
-                    LEDGERDESK_MAIL_IN_PORT=str(free_port()),
-                )
-            )
         router_port = free_port()
         router = stack.enter_context(
             make_world(
                 infrastructure,
                 LEDGERDESK_GATEWAY_PORT=str(router_port),
                 LEDGERDESK_MAIL_IN_PORT=str(free_port()),
+                **({"LEDGERDESK_REGIONS": ",".join(REGIONS)} if as_platform_makes_them else {}),
+                **router_overrides,
             )
         )
+        for n, region in enumerate(REGIONS):
+            if as_platform_makes_them:
+                cell = platform.cell_settings(router, region, n).with_overrides(
+                    gateway_port=free_port(), mail_in_port=free_port()
+                )
+                platform.ensure_vhost(cell)
+                # The router's world drops the cell's databases (its prefix's); not its vhost.
+                stack.callback(
+                    infrastructure.management,
+                    "DELETE",
+                    f"/api/vhosts/{urllib.parse.quote(platform.cell_vhost(cell), safe='')}",
+                )
+                cells[region] = cell
+                continue
+            cells[region] = stack.enter_context(
+                make_world(
+                    infrastructure,
+                    LEDGERDESK_GATEWAY_PORT=str(free_port()),
+                    LEDGERDESK_REGIONS=region,
+                    LEDGERDESK_MAIL_IN_PORT=str(free_port()),
+                )
+            )
         stack.callback(platform.stop_processes, processes)
         for region, settings in cells.items():
             platform.prepare(settings)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
+import pytest
+
 from gateway.directory_sync import cell_accounts_dsn
-from kernel.config import Settings
+from kernel.config import ConfigurationError, Settings
 from services import platform
 
 
@@ -43,3 +47,18 @@ def test_the_router_reads_each_cells_tenants_where_the_cell_keeps_them() -> None
     assert list(router.cells) == ["uk", "in"]
     for region, cell in cells.items():
         assert cell_accounts_dsn(router, region) == cell.database_dsn("accounts")
+
+
+def test_a_cell_named_in_cell_master_keys_gets_its_own_master_keys() -> None:
+    own = base64.b64encode(bytes(range(32))).decode()
+    old = base64.b64encode(bytes(range(1, 33))).decode()
+    settings = Settings.from_env({"LEDGERDESK_CELL_MASTER_KEYS": f"in=in-2:{own},in-1:{old}"})
+    uk, india = (platform.cell_settings(settings, r, n) for n, r in enumerate(("uk", "in")))
+    assert india.master_keys == {"in-2": bytes(range(32)), "in-1": bytes(range(1, 33))}
+    assert india.current_master_key_id == "in-2"
+    assert uk.master_keys == settings.master_keys, "a cell not named keeps the platform's"
+    # Handed to the cell's processes as their own LEDGERDESK_MASTER_KEY.
+    assert Settings.from_env(india.to_env()).master_keys == india.master_keys
+    for wrong in ("in", f"in=in-1:{own};in=in-2:{own}", "=k:" + own, "in=k:bm90MzI="):
+        with pytest.raises(ConfigurationError):
+            Settings.from_env({"LEDGERDESK_CELL_MASTER_KEYS": wrong})

@@ -128,11 +128,26 @@ def test_a_destroyed_tenant_s_row_is_removed_and_the_others_stay(cells: Cells) -
     cells.directory.record(doomed, "uk")
     cells.directory.record(kept, "uk")
 
+    # Both moved here once: the directory holds their keys' hashes and their finished moves.
+    for tenant in (doomed, kept):
+        with cells.directory.db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO tenant_moves (tenant_id, source, target, step, finished_at, outcome)"
+                " VALUES (%s, 'in', 'uk', 'done', now(), 'done')",
+                (tenant,),
+            )
+        cells.directory.set_moved_keys(tenant, [f"hash-of-{tenant}"])
+
     destroy(cells.stores["uk"], doomed)
     result = directory_sync.sync(cells.router, cells.directory)
 
     assert (result.held, result.recorded, result.removed) == (1, 0, 1)
     assert cells.rows() == {kept: "uk"}
+    with cells.directory.db.read() as cur:
+        cur.execute("SELECT tenant_id::text FROM moved_keys")
+        assert {row[0] for row in cur.fetchall()} == {kept}
+        cur.execute("SELECT tenant_id::text FROM tenant_moves")
+        assert {row[0] for row in cur.fetchall()} == {kept}
 
 
 def test_a_mismatch_is_reported_and_nothing_of_it_changed(cells: Cells) -> None:
@@ -177,20 +192,15 @@ def test_a_tenant_being_moved_is_left_alone(cells: Cells) -> None:
     moving, gone = cells.sign_up("uk"), cells.sign_up("uk")
     cells.directory.record(gone, "uk")
     destroy(cells.stores["uk"], gone)
-    with cells.directory.db.transaction() as cur:
-        # The tenant moves' own migration adds this table; its columns read here are these.
-        cur.execute("CREATE TABLE tenant_moves (tenant_id uuid, finished_at timestamptz)")
-        cur.execute(
-            "INSERT INTO tenant_moves VALUES (%s, NULL), (%s, NULL)",
-            (moving, gone),
-        )
+    for tenant in (moving, gone):
+        assert cells.directory.begin_move(tenant, "uk", "in")
 
     result = directory_sync.sync(cells.router, cells.directory)
 
     assert (result.moving, result.recorded, result.removed) == (2, 0, 0)
     assert cells.rows() == {gone: "uk"}
     with cells.directory.db.transaction() as cur:
-        cur.execute("UPDATE tenant_moves SET finished_at = now()")
+        cur.execute("UPDATE tenant_moves SET step = 'rolled_back', finished_at = now()")
     done = directory_sync.sync(cells.router, cells.directory)
     assert (done.moving, done.recorded, done.removed) == (0, 1, 1)
     assert cells.rows() == {moving: "uk"}

@@ -83,6 +83,35 @@ def test_events_are_immutable(world):
             cur.execute(statement)
 
 
+def test_only_the_tenant_named_for_removal_loses_its_events(world):
+    store = source_store(world)
+    moved, staying = uuid.uuid4(), uuid.uuid4()
+    with store.unit_of_work() as uow:
+        uow.append("thing-m", 0, [thing(0), thing(1)], tenant_id=moved)
+        uow.append("thing-s", 0, [thing(0)], tenant_id=staying)
+    # A plain DELETE of the tenant's rows is refused, as any other.
+    with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
+        cur.execute("DELETE FROM events WHERE tenant_id = %s", (moved,))
+    # Naming one tenant removes that tenant's rows only: the other's are still refused.
+    with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
+        cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(moved),))
+        cur.execute("DELETE FROM events")
+    with store.db.transaction() as cur:
+        cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(moved),))
+        cur.execute("DELETE FROM events WHERE tenant_id = %s", (moved,))
+        assert cur.rowcount == 2
+    with store.db.transaction() as cur:
+        cur.execute("SELECT tenant_id, count(*) FROM events GROUP BY tenant_id")
+        assert [(str(t), n) for t, n in cur.fetchall()] == [(str(staying), 1)]
+    # SET LOCAL ended with its transaction: the next one is refused again.
+    with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
+        cur.execute("DELETE FROM events WHERE tenant_id = %s", (staying,))
+    # Updates are never allowed, named or not.
+    with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
+        cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(staying),))
+        cur.execute("UPDATE events SET type = 'x' WHERE tenant_id = %s", (staying,))
+
+
 def test_catch_up_in_global_order_never_skips_a_late_commit(world):
     """A reader follows its last cursor while writers commit concurrently."""
     store = source_store(world, maxconn=40)

@@ -102,6 +102,39 @@ def test_shredding_one_subject_erases_it_and_replay_still_completes(people):
         assert cur.fetchone()[0] == eventstore.head_position(cur)
 
 
+def test_a_rebuild_replays_imported_history_live_readers_never_read(people):
+    """A tenant moved in from another cell (services.tenant_move) brings its events with
+    ``tx_order`` -1 and its read models with them: a live reader, from START, never applies
+    them again; a rebuild replays them with the rest."""
+    moved, local, tenant = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with people.unit_of_work() as uow:
+        uow.append(f"person-{moved}", 0, [name(moved, "mover")], tenant_id=tenant)
+    with people.db.transaction() as cur:
+        # As the mover imports it: the same row under a new position, tx_order -1.
+        cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(tenant),))
+        cur.execute(
+            "CREATE TEMP TABLE carried ON COMMIT DROP AS SELECT * FROM events WHERE tenant_id = %s",
+            (tenant,),
+        )
+        cur.execute("DELETE FROM events WHERE tenant_id = %s", (tenant,))
+        cur.execute("ALTER TABLE carried DROP COLUMN position")
+        cur.execute("UPDATE carried SET tx_order = -1")
+        cur.execute(
+            "INSERT INTO events (event_id, stream_id, stream_version, type, source,"
+            " schema_version, tenant_id, occurred_at, actor_id, trace, payload, metadata,"
+            " tx_order) SELECT event_id, stream_id, stream_version, type, source,"
+            " schema_version, tenant_id, occurred_at, actor_id, trace, payload, metadata,"
+            " tx_order FROM carried"
+        )
+    with people.unit_of_work() as uow:
+        uow.append(f"person-{local}", 0, [name(local, "local")], tenant_id=uuid.uuid4())
+    with people.db.transaction() as cur:
+        live = [e.stream_id for _, e in eventstore.iter_all(cur, eventstore.START, settled=False)]
+    assert live == [f"person-{local}"], "a live reader starts after the imported history"
+    assert people.rebuild("people", progress=False) == 2
+    assert read_people(people) == {str(moved): ("mover", False), str(local): ("local", False)}
+
+
 def test_migrations_apply_once_and_refuse_edited_history(world, tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()

@@ -52,6 +52,7 @@ EVERYTHING_CHANGED = Settings(
     max_workers=6,
     regions=("uk", "us"),
     cells={"uk": "http://gateway-uk:8000", "us": "https://gateway-us:8443"},
+    cell_master_keys={"us": {"us-1": bytes(range(50, 82))}, "uk": {"uk-2": bytes(range(7, 39))}},
     cells_mail_in={"uk": "smtp://tickets-uk:2525", "us": "lmtp://tickets-us:24"},
     cells_database_prefixes={"uk": "desk_uk", "us": "desk_us"},
     directory_sync_minutes=2.5,

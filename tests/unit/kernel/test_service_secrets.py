@@ -37,9 +37,10 @@ ALL_GIVEN = {
 def test_every_process_of_the_platform_has_its_secrets_declared():
     from services.platform import SERVICES
 
-    # The router in front of the region cells holds none: no cell's key ever leaves its cell.
+    # The router in front of the region cells holds no cell's data key, only the API key
+    # secret every cell shares (it recognises a moved tenant's keys by their keyed hash).
     assert set(SERVICE_SECRETS) == {*SERVICES, "gateway", "prepare", "router"}
-    assert SERVICE_SECRETS["router"] == frozenset()
+    assert SERVICE_SECRETS["router"] == frozenset({"API_KEY_SECRET"})
     for name, secrets in SERVICE_SECRETS.items():
         assert secrets <= set(SECRET_FIELDS), name
     # The audit seed is audit's (and, for erasure receipts, retention's): the gateway publishes
@@ -47,9 +48,10 @@ def test_every_process_of_the_platform_has_its_secrets_declared():
     assert "AUDIT_SIGNING_KEY" not in SERVICE_SECRETS["gateway"]
     assert "OPERATOR_TOKEN" in SERVICE_SECRETS["gateway"]
     # Accounts hashes the keys it issues; the gateway hashes a presented key to find it in its
-    # credentials. No one else holds the key that makes the hashes.
+    # credentials; the router hashes it to recognise a moved tenant's. No one else holds the
+    # key that makes the hashes.
     holders = [n for n, s in SERVICE_SECRETS.items() if "API_KEY_SECRET" in s]
-    assert holders == ["accounts", "gateway"]
+    assert holders == ["accounts", "gateway", "router"]
     assert [n for n, s in SERVICE_SECRETS.items() if "OPERATOR_TOKEN" in s] == ["gateway"]
 
 

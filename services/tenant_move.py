@@ -1,0 +1,871 @@
+"""Moving a tenant from one region cell to another, on request.
+
+    python -m services.tenant_move move --tenant ID --to REGION
+    python -m services.tenant_move resume --tenant ID
+    python -m services.tenant_move rollback --tenant ID
+    python -m services.tenant_move status --tenant ID
+
+The cells are found as ``make run --cells`` makes them (``services.platform.cell_settings``: a
+cell's databases under ``<prefix>_<region>_*``, its vhost, its master keys); the move's progress
+is kept in the router's directory (``gateway.directory``: ``tenant_moves``), one step at a time,
+each step idempotent so ``resume`` reruns the one recorded:
+
+- ``frozen``: the router refuses the tenant's requests (503, Retry-After) and the mail front its
+  mail (451), by its API keys' keyed hashes written to the directory's ``moved_keys``; then the
+  source cell is let go quiet (its outboxes empty, its consumers' queues drained);
+- ``copied``: per service database (and the gateway's), in one target transaction, every row of
+  the tenant's of every movable table, read from the source through a server-side cursor; its
+  events with new positions and ``tx_order`` -1 (imported history, below every live reader's
+  cursor: the read models came with it, ``eventstore.REPLAY_START``); its keystore rows, the
+  tenant key unwrapped with the source's master key and wrapped under the target's (the same
+  key material: ciphertexts and blind indexes stay valid);
+- ``verified``: per table, the count and a hash of the rows' content agree; a database that
+  disagrees is copied again (a few times), else the move rolls back;
+- ``ledger_moved``: ``tenant.moved_out`` appended to the tenant's audit log in the source, the
+  log copied byte for byte to the target (every proof given before still verifies) and
+  ``tenant.moved_in`` appended there;
+- ``cut_over``: the directory names the target, the tenant's keys go there, the window ends;
+- ``source_destroyed``: every row copied is deleted from the source, its events by the store's
+  named deletion (``ledgerdesk.removing_tenant``), its keystore rows with them; the source keeps
+  the tenant's audit log (ids and hashes, ending with ``moved_out``) so its signed checkpoints
+  still verify;
+- ``done``.
+
+Before ``ledger_moved`` a failure or ``rollback`` deletes the target's copy and ends the window
+(``rolled_back``); from ``ledger_moved`` on, a move only goes forward (``resume``).
+
+Exit status (``kernel.cli``): 0 done; 1 refused or failed, said in one line (ids, regions and
+step names only); 2 usage or configuration; 3 PostgreSQL or RabbitMQ unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from gateway import directory as directory_module
+from kernel import cli, faults
+from kernel.config import Settings
+from kernel.crypto.primitives import tenant_key_aad, unwrap_key, wrap_key
+from kernel.db import DatabaseUnavailable, connect
+from kernel.envelope import new_envelope
+from services import platform
+from services.audit import chain
+from services.audit.tenant_logs import TenantLogs
+
+if TYPE_CHECKING:
+    from services.audit.ledger import Ledger
+
+log = logging.getLogger("services.tenant_move")
+
+STEPS: tuple[str, ...] = (
+    "frozen",
+    "copied",
+    "verified",
+    "ledger_moved",
+    "cut_over",
+    "source_destroyed",
+    "done",
+)
+# Up to here a move can be undone: the source is whole and serves nobody else meanwhile.
+LAST_UNDOABLE = "verified"
+# The databases holding a tenant's rows: each service's, and the gateway's.
+DATABASES: tuple[str, ...] = (*platform.SERVICES, "gateway")
+BATCH = 1000
+# Times a database whose copy disagrees with its source is copied again before the move rolls
+# back (the source changed under the freeze: a job of the cell's still finishing).
+VERIFY_RETRIES = 3
+QUIESCE_TIMEOUT = 60.0
+# Seconds for the router to take in the moved keys (it reads them at least once a second).
+ROUTER_REFRESH = 2.0
+MOVED_OUT = "tenant.moved_out"
+MOVED_IN = "tenant.moved_in"
+_NAMESPACE = uuid.UUID("4f1d2c57-5a4c-4e8e-9f0e-3e1a9c7d2b10")
+
+# Tables of the platform, not of a tenant: never moved. The audit log is moved by its own step.
+PLATFORM_TABLES: dict[str, frozenset[str]] = {
+    "*": frozenset({"events", "inbox", "outbox", "projection_state", "schema_migrations"}),
+    "accounts": frozenset({"policies", "policy_notice_jobs", "incidents"}),
+    "audit": frozenset(
+        {
+            "checkpoints",
+            "ledger",
+            "ledger_nodes",
+            "ledger_verifications",
+            "platform_checkpoints",
+            "platform_checkpoint_heads",
+            # The source's verification of the log it keeps; the target verifies its own.
+            "tenant_verifications",
+            "log_entries",
+            "log_nodes",
+            "log_heads",
+        }
+    ),
+    "billing": frozenset({"sandbox_charges"}),
+    "retention": frozenset({"services"}),
+    "gateway": frozenset({"credential_projection"}),
+}
+# Tables without ``tenant_id`` whose rows are a tenant's through another table's.
+CHILD_TABLES: dict[tuple[str, str], str] = {
+    ("accounts", "tenants"): "id = %(tenant)s",
+    ("accounts", "api_keys"): "agent_id IN (SELECT id FROM agents WHERE tenant_id = %(tenant)s)",
+    ("tickets", "attachment_chunks"): (
+        "attachment_id IN (SELECT id FROM attachments WHERE tenant_id = %(tenant)s)"
+    ),
+    ("retention", "request_services"): (
+        "request_id IN (SELECT id FROM requests WHERE tenant_id = %(tenant)s)"
+    ),
+    ("retention", "tenant_export_chunks"): (
+        "export_id IN (SELECT id FROM tenant_exports WHERE tenant_id = %(tenant)s)"
+    ),
+    # Restrictions of the tenant's agents and contacts, by the ids accounts holds.
+    ("billing", "restrictions"): "subject_id = ANY(%(subjects)s::uuid[])",
+    ("gateway", "idempotency_keys"): "scope = %(tenant)s::text",
+    ("gateway", "credential_keys"): (
+        "agent_id IN (SELECT agent_id FROM credential_agents WHERE tenant_id = %(tenant)s)"
+    ),
+    ("gateway", "webhook_attempts"): (
+        "delivery_id IN (SELECT id FROM webhook_deliveries WHERE tenant_id = %(tenant)s)"
+    ),
+}
+
+
+class MoveRefused(Exception):
+    """The move cannot go on: one line for the operator, ids and regions only."""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    where: str  # the tenant's rows, with %(tenant)s and %(subjects)s
+    columns: tuple[str, ...]  # copied as they are
+    events: bool = False  # the event store: new positions, imported tx_order
+
+
+@dataclass
+class Cells:
+    """The platform's settings, each region's cell's, and the directory."""
+
+    platform: Settings
+    cells: dict[str, Settings]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Cells:
+        return cls(
+            settings,
+            {r: platform.cell_settings(settings, r, n) for n, r in enumerate(settings.regions)},
+        )
+
+    def cell(self, region: str) -> Settings:
+        if region not in self.cells:
+            raise MoveRefused(f"no such region: {region} (LEDGERDESK_REGIONS)")
+        return self.cells[region]
+
+
+# --- databases --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _connection(dsn: str, autocommit: bool = False) -> Iterator[psycopg2.extensions.connection]:
+    conn = connect(dsn, connect_timeout=5)
+    conn.autocommit = autocommit
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _exists(settings: Settings, name: str) -> bool:
+    with _connection(settings.server_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        return cur.fetchone() is not None
+
+
+def tables_of(conn: psycopg2.extensions.connection, database: str) -> list[Table]:
+    """The movable tables of a database, parents before children; an unclassified table
+    refuses the move (a new table must say whether it is a tenant's)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.table_name, array_agg(c.column_name::text ORDER BY c.ordinal_position),"
+            " bool_or(c.column_default LIKE 'nextval(%%')"
+            " FROM information_schema.columns c JOIN information_schema.tables t"
+            " USING (table_schema, table_name)"
+            " WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE' GROUP BY 1"
+        )
+        found = {name: (tuple(cols), serial) for name, cols, serial in cur.fetchall()}
+        cur.execute(
+            "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c"
+            " WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace"
+        )
+        parents: dict[str, set[str]] = {}
+        for child, parent in cur.fetchall():
+            parents.setdefault(child, set()).add(parent)
+    platform_tables = PLATFORM_TABLES["*"] | PLATFORM_TABLES.get(database, frozenset())
+    tables: dict[str, Table] = {}
+    for name, (columns, serial) in sorted(found.items()):
+        if name in platform_tables:
+            continue
+        where = CHILD_TABLES.get((database, name))
+        if where is None and "tenant_id" in columns:
+            where = "tenant_id = %(tenant)s"
+        if where is None:
+            raise MoveRefused(
+                f"table {name} of {database} is neither a tenant's nor the platform's"
+            )
+        if serial:
+            # A target-assigned key nothing copied refers to would need a map: none so far.
+            raise MoveRefused(f"table {name} of {database} has a serial column: not movable yet")
+        tables[name] = Table(name, where, columns)
+    if "events" in found:
+        columns = tuple(c for c in found["events"][0] if c not in ("position", "tx_order"))
+        tables["events"] = Table("events", "tenant_id = %(tenant)s", columns, events=True)
+    ordered: list[Table] = []
+    placed: set[str] = set()
+    while len(ordered) < len(tables):
+        ready = [
+            t
+            for name, t in tables.items()
+            if name not in placed and not (parents.get(name, set()) & (set(tables) - placed))
+        ]
+        if not ready:
+            raise MoveRefused(f"the tables of {database} refer to each other in a cycle")
+        ordered.extend(ready)
+        placed.update(t.name for t in ready)
+    return ordered
+
+
+def _as_text(columns: Sequence[str]) -> sql.Composable:
+    """Columns read as their text: written back as untyped literals, every type (jsonb, arrays
+    of uuid or bytea, timestamps) comes back as it was, and a row's text is the same in any
+    database holding it."""
+    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
+
+
+def _select(table: Table) -> sql.Composed:
+    columns = _as_text(table.columns)
+    order = (
+        sql.SQL(" ORDER BY tx_order, position") if table.events else sql.SQL("")
+    )  # imported in their order: the new positions keep it
+    return sql.SQL("SELECT {} FROM {} WHERE {}{}").format(
+        columns, sql.Identifier(table.name), sql.SQL(table.where), order
+    )
+
+
+def _delete(cur: Any, tables: Sequence[Table], params: dict[str, Any]) -> None:
+    """The tenant's rows of ``tables``, children first; its events by the store's named
+    deletion, which ``SET LOCAL`` allows for this transaction only."""
+    cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (params["tenant"],))
+    for table in reversed(tables):
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE {}").format(
+                sql.Identifier(table.name), sql.SQL(table.where)
+            ),
+            params,
+        )
+
+
+def _copy_table(source: Any, target: Any, table: Table, params: dict[str, Any]) -> int:
+    """The table's rows of the tenant from ``source`` (a server-side cursor, ``BATCH`` rows at
+    a time) into ``target``."""
+    columns = list(table.columns) + (["tx_order"] if table.events else [])
+    insert = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    copied = 0
+    with source.cursor(name=f"move_{table.name}") as reader:
+        reader.itersize = BATCH
+        reader.execute(_select(table), params)
+        while rows := reader.fetchmany(BATCH):
+            if table.events:
+                rows = [(*row, -1) for row in rows]
+            psycopg2.extras.execute_values(
+                target, insert.as_string(target), rows, page_size=len(rows)
+            )
+            copied += len(rows)
+    return copied
+
+
+def fingerprint(
+    conn: psycopg2.extensions.connection, table: Table, params: dict[str, Any]
+) -> tuple[int, str]:
+    """The count and a hash of the tenant's rows of ``table``, in an order of their content
+    (target-assigned columns left out), the same in any cell holding the same rows."""
+    with conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), ''))"
+                " FROM ({}) r"
+            ).format(_select(Table(table.name, table.where, table.columns))),
+            params,
+        )
+        count, digest = cur.fetchone()
+    return int(count), str(digest)
+
+
+# --- the mover ----------------------------------------------------------------------------------
+
+
+class Mover:
+    def __init__(self, cells: Cells, tenant_id: str, out: Callable[[str], None] = print) -> None:
+        try:
+            self.tenant = str(uuid.UUID(tenant_id))
+        except ValueError:
+            raise MoveRefused("--tenant must be a tenant id") from None
+        self.cells = cells
+        self.out = out
+        directory_module.prepare(cells.platform)
+        self.directory = directory_module.Directory(cells.platform, maxconn=2)
+        self._lock: psycopg2.extensions.connection | None = None
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # its session's advisory lock goes with it
+        self.directory.close()
+
+    def _one_mover(self) -> None:
+        """One mover at a time works on a tenant: a session lock in the directory's database,
+        held until this mover ends (a killed mover's ends with its connection)."""
+        conn = connect(self.cells.platform.database_dsn(directory_module.NAME), connect_timeout=5)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_try_advisory_lock(hashtext('tenant_move'), hashtext(%s))",
+                (self.tenant,),
+            )
+            if not cur.fetchone()[0]:
+                conn.close()
+                raise MoveRefused(f"another mover is working on tenant {self.tenant}")
+        self._lock = conn
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def move(self, target: str) -> None:
+        self._one_mover()
+        self.cells.cell(target)
+        source = self.directory.region_of(self.tenant)
+        if source is None:
+            raise MoveRefused(f"tenant {self.tenant} is not in the directory")
+        if source == target:
+            raise MoveRefused(f"tenant {self.tenant} is in {target} already")
+        self.cells.cell(source)
+        if self._target_holds_log(target):
+            raise MoveRefused(
+                f"the {target} cell keeps an audit log of tenant {self.tenant} (moved out"
+                " before): moving it back is not supported"
+            )
+        if not self.directory.begin_move(self.tenant, source, target):
+            raise MoveRefused(f"tenant {self.tenant} has a move unfinished: resume or rollback")
+        self._freeze(self.cells.cell(source))
+        self.out(f"frozen: tenant {self.tenant}, {source} -> {target}")
+        self._run()
+
+    def resume(self) -> None:
+        self._one_mover()
+        move = self._unfinished()
+        self.out(f"resuming tenant {self.tenant}'s move at {move['step']}")
+        self._run()
+
+    def rollback(self) -> None:
+        self._one_mover()
+        move = self._unfinished()
+        if STEPS.index(move["step"]) > STEPS.index(LAST_UNDOABLE):
+            raise MoveRefused(
+                f"tenant {self.tenant}'s move is past {LAST_UNDOABLE} ({move['step']}):"
+                " it can only be resumed"
+            )
+        if self._ledger_began(move):
+            # The source's log says the tenant moved out: only going forward makes it true.
+            raise MoveRefused(
+                f"tenant {self.tenant}'s audit log was moved out already: it can only be resumed"
+            )
+        self._undo(move, "rolled back by the operator")
+
+    def _ledger_began(self, move: dict[str, Any]) -> bool:
+        source = self.cells.cell(move["source"])
+        moved_out = self._entry(MOVED_OUT, move["started_at"], {})
+        with _connection(source.database_dsn("audit")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT EXISTS (SELECT FROM log_entries WHERE event_id = %s)",
+                (str(moved_out.event_id),),
+            )
+            return bool(cur.fetchone()[0])
+
+    def status(self) -> dict[str, Any] | None:
+        return self.directory.move_of(self.tenant)
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def _unfinished(self) -> dict[str, Any]:
+        move = self.directory.move_of(self.tenant)
+        if move is None or move["outcome"] is not None:
+            raise MoveRefused(f"tenant {self.tenant} has no unfinished move")
+        return move
+
+    def _run(self) -> None:
+        while True:
+            move = self._unfinished()
+            step = move["step"]
+            if step == "done":
+                return
+            following = STEPS[STEPS.index(step) + 1]
+            try:
+                self._do(following, move)
+            except Exception as exc:  # noqa: BLE001 - any failure: undone or left to resume
+                # A database's error may quote a row: only a refusal's own words are shown.
+                reason = str(exc) if isinstance(exc, MoveRefused) else type(exc).__name__
+                reason = f"{following} failed: {reason}"
+                if STEPS.index(following) <= STEPS.index(LAST_UNDOABLE):
+                    self._undo(move, reason)
+                    raise MoveRefused(f"{reason}; the move was rolled back") from None
+                self.directory.set_step(self.tenant, step, reason[:500])
+                raise MoveRefused(f"{reason}; resume when the cause is mended") from None
+            if following == "cut_over":
+                self.out(f"{following}: tenant {self.tenant} is served by {move['target']}")
+            else:
+                self.directory.set_step(self.tenant, following)
+                self.out(following)
+            if following == "done":
+                return
+
+    def _do(self, step: str, move: dict[str, Any]) -> None:
+        source = self.cells.cell(move["source"])
+        target = self.cells.cell(move["target"])
+        if step == "copied":
+            # Again: a resumed freeze may not have recorded them; then the router's refresh.
+            self._freeze(source)
+            time.sleep(ROUTER_REFRESH)
+            self._quiesce(source)
+            for database in DATABASES:
+                self._copy(source, target, database)
+                faults.point("tenant_move.copied_one")
+        elif step == "verified":
+            self._verify(source, target)
+        elif step == "ledger_moved":
+            self._move_ledger(source, target, move)
+        elif step == "cut_over":
+            self.directory.cut_over(self.tenant, move["target"])
+        elif step == "source_destroyed":
+            # The subjects as the target holds them: a resumed destruction may have removed
+            # the source's accounts rows already.
+            subjects = self._subjects_in(target)
+            for database in DATABASES:
+                self._remove(source, database, subjects)
+        # "done": nothing more to do than say so.
+
+    def _freeze(self, source: Settings) -> None:
+        """The tenant's keys as the router will know them (the window began with the move's
+        record; keys issued since are in accounts too, read now)."""
+        with _connection(source.database_dsn("accounts")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT k.key_hash FROM api_keys k JOIN agents a ON a.id = k.agent_id"
+                " WHERE a.tenant_id = %s AND k.key_hash IS NOT NULL",
+                (self.tenant,),
+            )
+            hashes = [row[0] for row in cur.fetchall()]
+        self.directory.set_moved_keys(self.tenant, hashes)
+
+    def _quiesce(self, source: Settings, timeout: float = QUIESCE_TIMEOUT) -> None:
+        """Wait until the source cell has published everything (its outboxes empty) and its
+        consumers have taken it (their queues empty): what the tenant did before the freeze is
+        in the source's rows before they are copied."""
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = self._outboxes(source) + self._queued(source)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise MoveRefused(
+                    f"the source cell did not go quiet within {timeout:.0f}s"
+                    f" ({', '.join(waiting[:3])} still waiting)"
+                )
+            time.sleep(0.5)
+
+    def _outboxes(self, cell: Settings) -> list[str]:
+        waiting = []
+        for database in DATABASES:
+            name = cell.database_name(database)
+            if not _exists(cell, name):
+                continue
+            with _connection(cell.database_dsn(database)) as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('outbox') IS NOT NULL")
+                if cur.fetchone()[0]:
+                    cur.execute("SELECT EXISTS (SELECT FROM outbox)")
+                    if cur.fetchone()[0]:
+                        waiting.append(f"{database} outbox")
+        return waiting
+
+    def _queued(self, cell: Settings) -> list[str]:
+        import requests
+
+        management = urllib.parse.urlsplit(cell.rabbit_management_url)
+        base = f"{management.scheme}://{management.hostname}:{management.port or 15672}"
+        auth = (management.username or "guest", management.password or "guest")
+        vhost = urllib.parse.quote(platform.cell_vhost(cell), safe="")
+        answer = requests.get(
+            f"{base}/api/queues/{vhost}", auth=auth, timeout=30, params={"columns": "name,messages"}
+        )
+        answer.raise_for_status()
+        consumers = {s.queue for s in platform.subscriptions()}
+        return [
+            f"queue {q['name']}"
+            for q in answer.json()
+            if q["name"] in consumers and (q.get("messages") or 0) > 0
+        ]
+
+    def _subjects_in(self, cell: Settings) -> list[str]:
+        with _connection(cell.database_dsn("accounts")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT id FROM agents WHERE tenant_id = %(t)s"
+                " UNION SELECT id FROM contacts WHERE tenant_id = %(t)s",
+                {"t": self.tenant},
+            )
+            return [str(row[0]) for row in cur.fetchall()]
+
+    def _params(self, source: Settings) -> dict[str, Any]:
+        return {"tenant": self.tenant, "subjects": self._subjects_in(source)}
+
+    def _copy(self, source: Settings, target: Settings, database: str) -> None:
+        """The tenant's rows of one database, and its keystore's, into the target: each in one
+        target transaction that first removes what an interrupted copy left there."""
+        if not _exists(source, source.database_name(database)):
+            return
+        params = self._params(source)
+        self._copy_keys(source, target, database)
+        with (
+            _connection(source.database_dsn(database)) as src,
+            _connection(target.database_dsn(database)) as dst,
+        ):
+            src.set_session(readonly=True, isolation_level="REPEATABLE READ")
+            tables = tables_of(src, database)
+            with dst.cursor() as cur:
+                _delete(cur, tables, params)
+                for table in tables:
+                    _copy_table(src, cur, table, params)
+            dst.commit()
+            src.rollback()
+
+    def _copy_keys(self, source: Settings, target: Settings, database: str) -> None:
+        if not _exists(source, source.database_name(database, "keys")):
+            return
+        with (
+            _connection(source.database_dsn(database, "keys")) as src,
+            _connection(target.database_dsn(database, "keys")) as dst,
+        ):
+            with src.cursor() as cur:
+                cur.execute(
+                    "SELECT master_key_id, wrapped_key, created_at, shredded_at FROM tenant_keys"
+                    " WHERE tenant_id = %s",
+                    (self.tenant,),
+                )
+                tenant_row = cur.fetchone()
+                cur.execute(
+                    "SELECT subject_id, wrapped_key, created_at, shredded_at, parent_id"
+                    " FROM subject_keys WHERE tenant_id = %s"
+                    " ORDER BY parent_id IS NOT NULL, subject_id",
+                    (self.tenant,),
+                )
+                subjects = cur.fetchall()
+            src.rollback()
+            with dst.cursor() as cur:
+                _delete_keys(cur, self.tenant)
+                if tenant_row is not None:
+                    kid, wrapped, created, shredded = tenant_row
+                    if wrapped is not None:
+                        # Carried, re-wrapped: the same key under the target's master key.
+                        key = unwrap_key(
+                            source.master_keys[kid],
+                            bytes(wrapped),
+                            tenant_key_aad(uuid.UUID(self.tenant)),
+                        )
+                        kid = target.current_master_key_id
+                        wrapped = wrap_key(
+                            target.master_keys[kid], key, tenant_key_aad(uuid.UUID(self.tenant))
+                        )
+                    cur.execute(
+                        "INSERT INTO tenant_keys (tenant_id, master_key_id, wrapped_key,"
+                        " created_at, shredded_at) VALUES (%s, %s, %s, %s, %s)",
+                        (self.tenant, kid, wrapped, created, shredded),
+                    )
+                if subjects:
+                    psycopg2.extras.execute_values(
+                        cur,
+                        "INSERT INTO subject_keys (subject_id, wrapped_key, created_at,"
+                        " shredded_at, parent_id, tenant_id) VALUES %s",
+                        [(*row, self.tenant) for row in subjects],
+                        page_size=BATCH,
+                    )
+            dst.commit()
+
+    def _verify(self, source: Settings, target: Settings) -> None:
+        for database in DATABASES:
+            if not _exists(source, source.database_name(database)):
+                continue
+            for attempt in range(VERIFY_RETRIES + 1):
+                differing = self._differing(source, target, database)
+                if not differing:
+                    break
+                if attempt == VERIFY_RETRIES:
+                    raise MoveRefused(
+                        f"{database}: {', '.join(differing)} differ between the cells after"
+                        f" {VERIFY_RETRIES} copies"
+                    )
+                self.out(f"verify: {database} ({', '.join(differing)}) changed: copying again")
+                self._copy(source, target, database)
+
+    def _differing(self, source: Settings, target: Settings, database: str) -> list[str]:
+        params = self._params(source)
+        with (
+            _connection(source.database_dsn(database)) as src,
+            _connection(target.database_dsn(database)) as dst,
+        ):
+            differing = [
+                table.name
+                for table in tables_of(src, database)
+                if fingerprint(src, table, params) != fingerprint(dst, table, params)
+            ]
+        if _exists(source, source.database_name(database, "keys")):
+            keys = Table("subject_keys", "tenant_id = %(tenant)s", _SUBJECT_KEY_COLUMNS)
+            tenant = Table("tenant_keys", "tenant_id = %(tenant)s", _TENANT_KEY_COLUMNS)
+            with (
+                _connection(source.database_dsn(database, "keys")) as src,
+                _connection(target.database_dsn(database, "keys")) as dst,
+            ):
+                for table in (tenant, keys):
+                    if fingerprint(src, table, params) != fingerprint(dst, table, params):
+                        differing.append(f"keys.{table.name}")
+        return differing
+
+    def _target_holds_log(self, region: str) -> bool:
+        cell = self.cells.cell(region)
+        if not _exists(cell, cell.database_name("audit")):
+            return False
+        with _connection(cell.database_dsn("audit")) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT EXISTS (SELECT FROM log_heads WHERE tenant_id = %s)", (self.tenant,)
+            )
+            return bool(cur.fetchone()[0])
+
+    def _move_ledger(self, source: Settings, target: Settings, move: dict[str, Any]) -> None:
+        """``moved_out`` appended in the source (its event id derived from the move, so an
+        append resumed finds it in), the log copied to the target and ``moved_in`` appended
+        there, in one target transaction (a target holding the log has it whole)."""
+        started = move["started_at"]
+        regions = {"tenant_id": self.tenant, "from": move["source"], "to": move["target"]}
+        out = self._entry(MOVED_OUT, started, regions)
+        with _connection(source.database_dsn("audit")) as src:
+            with src.cursor() as cur:
+                _logs().append(cur, [(out, None, chain.canonical(out.to_dict()))])
+            src.commit()
+        if self._target_holds_log(move["target"]):
+            return
+        with (
+            _connection(source.database_dsn("audit")) as src,
+            _connection(target.database_dsn("audit")) as dst,
+        ):
+            with dst.cursor() as cur:
+                for table, order in (
+                    ("log_entries", "seq"),
+                    ("log_nodes", "level, idx"),
+                    ("log_heads", "tenant_id"),
+                ):
+                    names = _LOG_COLUMNS[table]
+                    with src.cursor() as read:
+                        read.execute(
+                            sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s ORDER BY {}").format(
+                                _as_text(names), sql.Identifier(table), sql.SQL(order)
+                            ),
+                            (self.tenant,),
+                        )
+                        rows = read.fetchall()
+                    if rows:
+                        psycopg2.extras.execute_values(
+                            cur,
+                            sql.SQL("INSERT INTO {} ({}) VALUES %s")
+                            .format(
+                                sql.Identifier(table),
+                                sql.SQL(", ").join(map(sql.Identifier, names)),
+                            )
+                            .as_string(cur),
+                            rows,
+                            page_size=BATCH,
+                        )
+                moved_in = self._entry(MOVED_IN, started, regions)
+                _logs().append(cur, [(moved_in, None, chain.canonical(moved_in.to_dict()))])
+            dst.commit()
+            src.rollback()
+
+    def _entry(self, kind: str, started: dt.datetime, payload: dict[str, str]) -> Any:
+        tenant = uuid.UUID(self.tenant)
+        return new_envelope(
+            event_id=uuid.uuid5(_NAMESPACE, f"{self.tenant}/{started.isoformat()}/{kind}"),
+            type=kind,
+            schema_version=1,
+            source="platform",
+            stream_id=f"tenant_move-{self.tenant}",
+            stream_version=1 if kind == MOVED_OUT else 2,
+            tenant_id=tenant,
+            actor_id=None,
+            payload=payload,
+        )
+
+    def _remove(self, cell: Settings, database: str, subjects: list[str]) -> None:
+        """Every row of the tenant's that a move copies, from one database of ``cell``, and its
+        keystore rows (shredded: no copy of its keys is left there)."""
+        if not _exists(cell, cell.database_name(database)):
+            return
+        params = {"tenant": self.tenant, "subjects": subjects}
+        with _connection(cell.database_dsn(database)) as conn:
+            tables = tables_of(conn, database)
+            with conn.cursor() as cur:
+                _delete(cur, tables, params)
+            conn.commit()
+        if _exists(cell, cell.database_name(database, "keys")):
+            with _connection(cell.database_dsn(database, "keys")) as conn:
+                with conn.cursor() as cur:
+                    _delete_keys(cur, self.tenant)
+                conn.commit()
+
+    def _undo(self, move: dict[str, Any], reason: str) -> None:
+        """Before the ledger moved: the target's copy deleted, the tenant served by the source
+        again."""
+        target = self.cells.cell(move["target"])
+        source = self.cells.cell(move["source"])
+        subjects = self._subjects_in(source)
+        for database in DATABASES:
+            self._remove(target, database, subjects)
+        self.directory.forget_moved_keys(self.tenant)
+        self.directory.set_step(self.tenant, "rolled_back", reason[:500])
+        self.out(f"rolled_back: tenant {self.tenant} is served by {move['source']}")
+
+
+# The tenant's audit log, copied byte for byte (text of each column, read back as it was).
+_LOG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "log_entries": (
+        "tenant_id",
+        "seq",
+        "event_id",
+        "type",
+        "service",
+        "actor_id",
+        "subject_ids",
+        "at",
+        "access_key",
+        "recorded_at",
+        "content",
+        "prev_hash",
+        "hash",
+        "leaf_hash",
+    ),
+    "log_nodes": ("tenant_id", "level", "idx", "hash"),
+    "log_heads": ("tenant_id", "size", "head_hash", "compact_range"),
+}
+_SUBJECT_KEY_COLUMNS = (
+    "subject_id",
+    "tenant_id",
+    "wrapped_key",
+    "created_at",
+    "shredded_at",
+    "parent_id",
+)
+# The tenant key's wrapping differs between cells by design; its key material is compared by
+# the copy itself (it unwrapped it).
+_TENANT_KEY_COLUMNS = ("tenant_id", "created_at", "shredded_at")
+
+
+def _delete_keys(cur: Any, tenant: str) -> None:
+    # Children before parents (subject_keys refers to its parent and to tenant_keys).
+    cur.execute(
+        "DELETE FROM subject_keys WHERE tenant_id = %s AND parent_id IS NOT NULL", (tenant,)
+    )
+    cur.execute("DELETE FROM subject_keys WHERE tenant_id = %s", (tenant,))
+    cur.execute("DELETE FROM tenant_keys WHERE tenant_id = %s", (tenant,))
+
+
+class _LogDatabase:
+    """What ``TenantLogs.append`` uses of a ledger: nothing but the cursor it is given."""
+
+    db = None
+
+
+def _logs() -> TenantLogs:
+    return TenantLogs(cast("Ledger", _LogDatabase()))
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.tenant_move",
+        description="Move a tenant from its region cell to another (docs/operations.md).",
+        epilog=cli.EXIT_CODES_HELP,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("move", "freeze, copy, verify, move the ledger, cut over, destroy the source's copy"),
+        ("resume", "go on with an interrupted move from its recorded step"),
+        ("rollback", "undo a move not yet past verified: the target's copy deleted"),
+        ("status", "the move's recorded step"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--tenant", required=True, metavar="ID")
+        if name == "move":
+            command.add_argument("--to", required=True, metavar="REGION")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return cli.guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    try:
+        mover = Mover(Cells.of(settings), args.tenant)
+    except MoveRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return cli.Exit.FAILED
+    except DatabaseUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return cli.Exit.UNREACHABLE
+    try:
+        if args.command == "status":
+            move = mover.status()
+            if move is None:
+                print(f"tenant {mover.tenant}: no move recorded")
+            else:
+                print(
+                    f"tenant {mover.tenant}: {move['source']} -> {move['target']},"
+                    f" step {move['step']}" + (f", {move['detail']}" if move["detail"] else "")
+                )
+            return cli.Exit.OK
+        if args.command == "move":
+            mover.move(args.to)
+        elif args.command == "resume":
+            mover.resume()
+        else:
+            mover.rollback()
+        return cli.Exit.OK
+    except MoveRefused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return cli.Exit.FAILED
+    except DatabaseUnavailable as exc:
+        print(str(exc), file=sys.stderr)
+        return cli.Exit.UNREACHABLE
+    finally:
+        mover.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""Moving a tenant between region cells (``services.tenant_move``), on two cells behind the
+router as ``make run --cells uk,in`` makes them (tests/e2e/test_residency.py's stack), the ``in``
+cell under a master key of its own.
+
+The mover runs as the operator runs it, a process, and is killed by a fault point after the
+first database is copied: meanwhile the router refuses the tenant (503, Retry-After); ``resume``
+finishes the move, or ``rollback`` undoes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import smtplib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+from kernel.config import Settings
+from kernel.testing import Infrastructure, wait_until, world_env
+from services import tenant_move
+from services.tickets import search_index
+from tests.e2e.conftest import SIGNUP
+from tests.e2e.helpers import ok
+from tests.e2e.test_residency import TAP, Cells, populate, running_cells
+from tests.support import sweep
+
+# The in cell's own master key: a moved tenant's keys are re-wrapped under it.
+IN_MASTER_KEY = "in-1:" + base64.b64encode(secrets.token_bytes(32)).decode()
+# Tables of the source that keep a moved tenant's id: its audit log (ids and hashes, so the
+# source's signed checkpoints still verify) and that log's verification state.
+LEDGER_TABLES = {"log_entries", "log_nodes", "log_heads", "tenant_verifications"}
+LEDGER_TABLES |= {"platform_checkpoint_heads"}
+
+
+@pytest.fixture(scope="module")
+def cells(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cells]:
+    with running_cells(
+        infrastructure,
+        tmp_path_factory.mktemp("router"),
+        as_platform_makes_them=True,
+        LEDGERDESK_CELL_MASTER_KEYS=f"in={IN_MASTER_KEY}",
+        LEDGERDESK_CHECKPOINT_SECONDS="3",
+    ) as running:
+        yield running
+
+
+def mover(cells: Cells, *args: str, faults: str = "") -> subprocess.CompletedProcess:
+    env = {**world_env(cells.router), "LEDGERDESK_FAULTS": faults}
+    return subprocess.run(
+        [sys.executable, "-m", "services.tenant_move", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def killed_mid_copy(cells: Cells, tenant_id: str) -> None:
+    """A move killed right after its first database's copy committed."""
+    killed = mover(
+        cells, "move", "--tenant", tenant_id, "--to", "in", faults="tenant_move.copied_one:1"
+    )
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    status = mover(cells, "status", "--tenant", tenant_id)
+    assert status.returncode == 0 and "step frozen" in status.stdout, status.stdout
+
+
+def rows_of(
+    settings: Settings, database: str, query: str, *params: Any, purpose: str = ""
+) -> list[tuple]:
+    conn = psycopg2.connect(settings.database_dsn(database, purpose))
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def counts(cells: Cells, key: str) -> dict[str, int]:
+    return {
+        path: len(ok(cells.call("GET", path, key=key, params={"limit": 100}))["items"])
+        for path in ("/v1/tickets", "/v1/contacts", "/v1/agents")
+    }
+
+
+def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
+    cells: Cells, infrastructure: Infrastructure
+) -> None:
+    tenant = populate(cells, "uk")
+    key, tenant_id = tenant["key"], tenant["tenant_id"]
+    contact = ok(
+        cells.call("POST", "/v1/contacts", key=key, json={"name": "N", "email": "n@example.com"}),
+        201,
+    )
+    ticket = ok(
+        cells.call(
+            "POST",
+            "/v1/tickets",
+            key=key,
+            json={"subject": "Fan", "body": "noisy", "requester_id": contact["id"]},
+        ),
+        201,
+    )
+    data = secrets.token_bytes(300 * 1024)
+    attachment = ok(
+        cells.call(
+            "POST",
+            f"/v1/tickets/{ticket['id']}/attachments",
+            key=key,
+            params={"filename": "fan.bin"},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        201,
+    )
+    before = counts(cells, key)
+    uk, india = cells.cells["uk"], cells.cells["in"]
+
+    killed_mid_copy(cells, tenant_id)
+    # A 503 response is falsy: wait_until is handed it in a list.
+    (refused,) = wait_until(
+        lambda: (r := cells.call("GET", "/v1/tenant", key=key)).status_code == 503 and [r],
+        timeout=10,
+        what="the router refusing the moving tenant",
+    )
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    # Its mail is deferred meanwhile (451: the relay sends it again after the cut-over).
+    with smtplib.SMTP("127.0.0.1", cells.router.mail_in_port, timeout=30) as front:
+        front.ehlo()
+        assert front.mail("someone@example.com")[0] == 250
+        assert front.rcpt(f"{tenant_id}@{cells.router.mail_in_domain}")[0] == 451
+    other = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    assert ok(cells.call("GET", "/v1/tenant", key=other["api_key"]))["id"] != tenant_id
+
+    resumed = mover(cells, "resume", "--tenant", tenant_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done" in resumed.stdout
+    for canary in tenant["canaries"][5:]:
+        assert canary not in resumed.stdout + resumed.stderr, "no personal data in the output"
+
+    # The same uk key, through the router, reads the same data from the in cell.
+    wait_until(
+        lambda: cells.call("GET", "/v1/tenant", key=key).status_code == 200,
+        timeout=10,
+        what="the moved tenant served again",
+    )
+    assert counts(cells, key) == before
+    got = cells.call(
+        "GET", f"/v1/tickets/{ticket['id']}/attachments/{attachment['id']}", key=key, stream=True
+    )
+    assert got.status_code == 200
+    assert hashlib.sha256(got.content).digest() == hashlib.sha256(data).digest()
+    imported = "SELECT DISTINCT tx_order FROM events WHERE tenant_id = %s AND stream_version = 1"
+    assert (-1,) in rows_of(india, "accounts", imported, tenant_id), "history sorts first"
+    # Its keys carried, re-wrapped under the in cell's master key.
+    for database in ("accounts", "tickets"):
+        wrapped = "SELECT master_key_id FROM tenant_keys WHERE tenant_id = %s"
+        assert rows_of(india, database, wrapped, tenant_id, purpose="keys") == [("in-1",)]
+
+    # A read model rebuilt in the target replays the imported history too: the moved ticket is
+    # still found after the search index is emptied and built again from the events.
+    def searched() -> list:
+        return ok(cells.call("GET", "/v1/search", key=key, params={"q": "Fan"}))["items"]
+
+    assert [t["id"] for t in searched()] == [ticket["id"]]
+    assert search_index.main(["rebuild"], settings=india) == 0
+    assert [t["id"] for t in searched()] == [ticket["id"]]
+
+    # Keys issued after the move name the new region, and are routed there.
+    agent = ok(
+        cells.call(
+            "POST",
+            "/v1/agents",
+            key=key,
+            json={"name": "After", "email": "after@example.com", "role": "agent"},
+        ),
+        201,
+    )
+    assert agent["api_key"].startswith("ldk_in_")
+    assert ok(cells.call("GET", "/v1/tenant", key=agent["api_key"]))["id"] == tenant_id
+
+    # Writes go on in the new cell.
+    ok(
+        cells.call(
+            "POST",
+            f"/v1/tickets/{ticket['id']}/messages",
+            key=key,
+            json={"body": "after the move"},
+        ),
+        201,
+    )
+
+    # The ledger: moved_out in the source's log, both in the target's, which verifies.
+    log = "SELECT type FROM log_entries WHERE tenant_id = %s ORDER BY seq"
+    source_log = [row[0] for row in rows_of(uk, "audit", log, tenant_id)]
+    target_log = [row[0] for row in rows_of(india, "audit", log, tenant_id)]
+    assert source_log[-1] == tenant_move.MOVED_OUT
+    assert target_log[: len(source_log)] == source_log, "the log is carried byte for byte"
+    assert tenant_move.MOVED_IN in target_log
+    verified = wait_until(
+        lambda: (
+            (r := ok(cells.call("GET", "/v1/audit/verify", key=key)))["included"]
+            and r["platform"]["verified_at"]
+            and r
+        ),
+        timeout=60,
+        interval=1,
+        what="a checkpoint and a verification run in the target",
+    )
+    assert (verified["ok"], verified["first_bad_seq"]) == (True, None), verified
+
+    # Nothing of the tenant in the source but its audit log; its keystore rows gone.
+    left = sweep.find(
+        tenant["canaries"] + tenant["hex_ids"],
+        [*sweep.database_texts(uk), *sweep.queue_texts(infrastructure, uk, every=10_000)],
+    )
+    # The stack's tap (test_residency.TAP) is the test's own, never read: it keeps whatever the
+    # cell published before the move. The cell's queues must hold nothing of the tenant.
+    places = {place for found in left.values() for place in found if place[1] != TAP}
+    assert {place[-1] for place in places} <= LEDGER_TABLES, places
+    # The sweep can find: the audit log the source keeps names the tenant.
+    assert any(place[-1] == "log_entries" for place in left[tenant_id]), left
+    # The mail front takes the tenant's mail again, for its new cell.
+    with smtplib.SMTP("127.0.0.1", cells.router.mail_in_port, timeout=30) as front:
+        front.ehlo()
+        assert front.mail("someone@example.com")[0] == 250
+        assert front.rcpt(f"{tenant_id}@{cells.router.mail_in_domain}")[0] == 250
+    for database in ("accounts", "tickets", "billing", "audit", "retention"):
+        for table in ("tenant_keys", "subject_keys"):
+            query = f"SELECT count(*) FROM {table} WHERE tenant_id = %s"
+            assert rows_of(uk, database, query, tenant_id, purpose="keys") == [(0,)], database
+    assert "tenant_moves" not in {t for _, _, t in places}
+
+
+def test_a_move_killed_mid_copy_rolls_back_and_the_source_serves_again(cells: Cells) -> None:
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    contact = ok(
+        cells.call("POST", "/v1/contacts", key=key, json={"name": "R", "email": "r@example.com"}),
+        201,
+    )
+    killed_mid_copy(cells, tenant_id)
+    assert rows_of(
+        cells.cells["in"], "accounts", "SELECT count(*) FROM agents WHERE tenant_id = %s", tenant_id
+    ) != [(0,)], "the kill came after a database's copy committed"
+
+    rolled = mover(cells, "rollback", "--tenant", tenant_id)
+    assert rolled.returncode == 0, rolled.stderr
+    status = mover(cells, "status", "--tenant", tenant_id)
+    assert "step rolled_back" in status.stdout, status.stdout
+    assert mover(cells, "resume", "--tenant", tenant_id).returncode == 1, "nothing to resume"
+
+    assert sweep.find([tenant_id], sweep.database_texts(cells.cells["in"])) == {}
+    wait_until(
+        lambda: cells.call("GET", "/v1/tenant", key=key).status_code == 200,
+        timeout=10,
+        what="the tenant served by its own cell again",
+    )
+    assert ok(cells.call("GET", f"/v1/contacts/{contact['id']}", key=key))["id"] == contact["id"]
