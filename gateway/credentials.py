@@ -42,7 +42,6 @@ from typing import Any
 
 import eventlet
 import eventlet.semaphore
-from nameko.standalone.rpc import ClusterRpcProxy
 from psycopg2.extensions import cursor as Cursor
 from psycopg2.extras import execute_values
 
@@ -53,6 +52,7 @@ from kernel.envelope import Envelope
 from kernel.errors import ServiceUnavailable, Unauthorized
 from kernel.forgetting import start_abandoned
 from kernel.nameko_adapters.common import DATABASE_UNAVAILABLE
+from kernel.nameko_adapters.proxy import standalone_rpc
 from kernel.observability import CREDENTIAL_CHECKS, CREDENTIALS_BEHIND
 from kernel.uow import EventSourcedStore
 
@@ -602,9 +602,9 @@ class CredentialProjection:
 
 def bring_in_line_at_start(store: EventSourcedStore, settings: Settings) -> None:
     """The gateway's own step of its start-up forgetting (``kernel.forgetting``), before it
-    serves: ``bring_in_line`` with accounts over a standalone RPC proxy (the service's own
-    are not started yet). Tried again with the rest of the step until accounts answers."""
-    with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as rpc:
+    serves: ``bring_in_line`` with accounts over a standalone RPC client (the service's own
+    proxies are not started yet). Tried again with the rest of the step until accounts answers."""
+    with standalone_rpc(settings) as rpc:
         projection = CredentialProjection(store.db, settings.api_key_secret)
         learned, ended = projection.bring_in_line(
             rpc.accounts.credentials_page, rpc.accounts.credential, start_abandoned

@@ -75,11 +75,12 @@ def start_abandoned() -> bool:
 
 
 def from_retention(settings: Settings) -> Callable[[], list[LogEntry]]:
-    """Reads the log from retention over RPC."""
-    from nameko.standalone.rpc import ClusterRpcProxy
+    """Reads the log from retention over RPC, by direct reply-to: a process's own broker user
+    may declare neither the RPC exchange nor a reply queue."""
+    from kernel.nameko_adapters.proxy import standalone_rpc
 
     def read() -> list[LogEntry]:
-        with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as rpc:
+        with standalone_rpc(settings) as rpc:
             return list(rpc.retention.forgetting_log())
 
     return read

@@ -36,11 +36,6 @@ PROCESSES: tuple[str, ...] = (*sorted(RPC_SERVERS), "gateway")
 # published: the default exchange, which RabbitMQ checks as this name.
 DEFAULT_EXCHANGE = "amq.default"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-# The reply queues of nameko's standalone RPC client (``ClusterRpcProxy``: a process's start-up
-# reading of retention's log of forgetting, the gateway's credentials reconciliation,
-# retention's calls): ``rpc.reply-standalone_rpc_proxy-<uuid4>``, the same prefix in every
-# process. Topic permissions keep anyone from binding a queue that hears others' replies.
-STANDALONE_REPLY_QUEUES = r"rpc\.reply-standalone_rpc_proxy-.+"
 
 
 def user_of(process: str) -> str:
@@ -94,8 +89,9 @@ RPC_CALLS: dict[str, tuple[str, ...]] = {
     ),
 }
 EVERY_PROCESS_CALLS = ("retention.forgetting_log",)
-# The routing key of a nameko standalone client's reply queue: a uuid4 (its reply queue is
-# bound with it, and the replies to it are published with it).
+# The routing key of the reply queue of a caller with one (nameko's own clients: an operator's
+# ``nameko shell``, a test's): a uuid4, the replies to it published with it. The platform's
+# own callers have none: their replies come by direct reply-to.
 _REPLY_KEY = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
@@ -134,14 +130,14 @@ def topic_permissions(process: str) -> list[TopicPermission]:
         calls = [rf"{re.escape(service)}\..+" for service in sorted(RPC_SERVERS)]
     else:
         calls = [re.escape(call) for call in (*RPC_CALLS[process], *EVERY_PROCESS_CALLS)]
-    # A service answers a standalone client's request on the RPC exchange, by its reply key.
+    # A service answers a caller with a reply queue on the RPC exchange, by its reply key.
     replies = [_REPLY_KEY] if process in RPC_SERVERS else []
-    own_requests = [re.escape(f"{process}.*")] if process in RPC_SERVERS else []
     rpc = TopicPermission(
         rpc_queue("any").exchange.name,
         write=_any_of(calls + replies),
-        # Its RPC queue's binding, and its standalone clients' reply queues'.
-        read=_any_of(own_requests + [_REPLY_KEY]),
+        # Nothing to bind: the prepare job binds the RPC queues, and replies come by direct
+        # reply-to. (Plain read on the exchange is not granted either; this says it twice.)
+        read="^$",
     )
     return [events, rpc]
 
@@ -154,7 +150,7 @@ def permissions(process: str) -> Permissions:
     dead-letter queue: operators list and replay dead letters through it."""
     if process not in PROCESSES:
         raise ValueError(f"unknown process {process!r}: one of {', '.join(PROCESSES)}")
-    own = [rf"{re.escape(process)}\..+", STANDALONE_REPLY_QUEUES]
+    own = [rf"{re.escape(process)}\..+"]
     if process in RPC_SERVERS:
         own.append(rf"{re.escape(rpc_queue(process).name)}(\..+)?")
     events, rpc_exchange = (
@@ -165,11 +161,12 @@ def permissions(process: str) -> Permissions:
     # queues there consumes them as they are (kernel.nameko_adapters.events). The dead-letter
     # exchange, direct and so beyond topic permissions, it may not even publish to: no forged
     # dead letter, and no exchange-to-exchange route around the RPC exchange's topic checks.
-    # nameko's RPC consumer and standalone client still declare the RPC exchange as they start,
-    # so configure on it stays (docs/operations.md, "One broker user per process").
-    configure = own + [rpc_exchange]
+    # The RPC exchange likewise: its RPC consumer finds its queue declared (kernel.nameko_adapters
+    # .rpc), and every call, a standalone one included, takes its reply by direct reply-to
+    # (kernel.nameko_adapters.proxy), so it needs no reply queue of its own and binds nothing.
+    configure = own
     write = own + [events, rpc_exchange, re.escape(DEFAULT_EXCHANGE)]
-    read = own + [rpc_exchange, re.escape(DIRECT_REPLY_TO)]
+    read = own + [re.escape(DIRECT_REPLY_TO)]
     if process == "gateway":
         read.append(r".+\.dead")
     return Permissions(_any_of(configure), _any_of(write), _any_of(read))

@@ -7,7 +7,8 @@ One module per job, each imported from where it is (this package re-exports noth
 - ``store``: ``EventStoreDependency`` and ``store_of``, a service's event store for its workers
   (opened by ``kernel.stores``);
 - ``events``: ``consume_events``, the durable event consumer;
-- ``proxy``: ``TimedRpcProxy``, RPC calls with a timeout, replies by direct reply-to;
+- ``proxy``: ``TimedRpcProxy``, RPC calls with a timeout, replies by direct reply-to, and
+  ``standalone_rpc``, the same calls outside a service's workers;
 - ``rpc``: ``rpc``, the entrypoint on a quorum queue that sets aside what it cannot serve;
 - ``rpc_queues``: RPC queue administration on the broker (declare, migrate, dead letters);
 - ``clock``: ``Clock``, the time as a dependency;

@@ -6,7 +6,10 @@ The services' ``rpc`` entrypoint (``kernel.nameko_adapters.rpc``) answers both: 
 direct reply-to address goes through the default exchange, any other through the RPC exchange.
 During a rolling deploy, then, responders go first: a responder older than this sends a direct
 reply-to caller's reply where no queue takes it, and the caller times out (a 503). The bench's
-``python -m bench.rpc`` measures one against the other (docs/performance.md)."""
+``python -m bench.rpc`` measures one against the other (docs/performance.md).
+
+``standalone_rpc``: the same direct reply-to calls outside a service's workers (a process's
+start-up), declaring nothing on the broker, unlike nameko's ``ClusterRpcProxy``."""
 
 from __future__ import annotations
 
@@ -14,12 +17,14 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import amqp
 import amqp.spec
 import eventlet
 import eventlet.event
+import eventlet.greenthread
 import eventlet.semaphore
 import kombu.serialization
 from kombu import Connection, Queue
@@ -42,6 +47,7 @@ from nameko.rpc import (
     get_rpc_exchange,
 )
 
+from kernel.config import Settings
 from kernel.errors import ServiceUnavailable
 from kernel.nameko_adapters.common import BROKER_UNREACHABLE, settings_of
 from kernel.nameko_adapters.patches import PublisherHeartbeats
@@ -391,3 +397,61 @@ class TimedRpcProxy(DependencyProvider):
     def get_dependency(self, worker_ctx: Any) -> _DirectServiceProxy:
         timeout = settings_of(self.container).rpc_timeout
         return _DirectServiceProxy(self.replies, worker_ctx, self.target_service, timeout)
+
+
+class _StandaloneContainer:
+    """What ``_DirectReplies`` reads of a container, for a caller outside any service's: its
+    config and a way to run its reading thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = settings.nameko_config()
+        self.service_name = "standalone"
+        self.threads: list[eventlet.greenthread.GreenThread] = []
+
+    def spawn_managed_thread(self, run: Callable[[], None]) -> eventlet.greenthread.GreenThread:
+        thread = eventlet.spawn(run)
+        self.threads.append(thread)
+        return thread
+
+
+class _StandaloneServices:
+    def __init__(self, replies: _DirectReplies, timeout: float) -> None:
+        self._replies = replies
+        self._timeout = timeout
+
+    def __getattr__(self, service: str) -> _StandaloneService:
+        return _StandaloneService(self._replies, service, self._timeout)
+
+
+class _StandaloneService:
+    def __init__(self, replies: _DirectReplies, service: str, timeout: float) -> None:
+        self._replies = replies
+        self._service = service
+        self._timeout = timeout
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._replies.call(self._service, method, args, kwargs, {}, self._timeout)
+
+        return call
+
+
+@contextlib.contextmanager
+def standalone_rpc(settings: Settings) -> Iterator[_StandaloneServices]:
+    """RPC calls from outside a service's workers (a process's start-up, before its own
+    container serves), as ``TimedRpcProxy`` makes them: ``rpc.<service>.<method>(...)``,
+    replies by direct reply-to, each call giving up after ``LEDGERDESK_RPC_TIMEOUT`` seconds
+    (``ServiceUnavailable``, as for a service not running or a broker out of reach). nameko's
+    standalone client would declare the RPC exchange and a reply queue, which a process's own
+    broker user may not (services/broker_definitions.py); this declares nothing."""
+    container = _StandaloneContainer(settings)
+    replies = _DirectReplies()
+    replies.container = container
+    replies.setup()
+    replies.start()
+    try:
+        yield _StandaloneServices(replies, settings.rpc_timeout)
+    finally:
+        replies.stop()
+        for thread in container.threads:
+            thread.kill()

@@ -245,17 +245,34 @@ class _QuorumRpcConsumer(RpcConsumer):
 
     def setup(self) -> None:
         super().setup()
+        config = self.container.config
+        service = self.container.service_name
         # Declared (and migrated) here too, so a service started without ``prepare`` works;
         # resuming a migration cut short is left to ``prepare``: looking for its holding queue
         # costs a channel error, logged by the broker, on every start.
-        declare_rpc_queues(
-            self.container.config["AMQP_URI"],
-            [self.container.service_name],
-            resume=False,
-            dead_letters=topology.DeadLetterLimits.of(settings_of(self.container)),
-            ssl=self.container.config.get(AMQP_SSL_CONFIG_KEY),
-        )
-        self.queue = rpc_queue(self.container.service_name, get_rpc_exchange(self.container.config))
+        declared_here = True
+        try:
+            declare_rpc_queues(
+                config[AMQP_URI_CONFIG_KEY],
+                [service],
+                resume=False,
+                dead_letters=topology.DeadLetterLimits.of(settings_of(self.container)),
+                ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            )
+        except amqp.exceptions.AccessRefused:
+            # A broker user of this process's own may not declare the RPC exchange (configure
+            # on it would let it delete it), as the event consumers may not declare theirs: the
+            # prepare job declared the queues, which need only be there.
+            topology.require(
+                config[AMQP_URI_CONFIG_KEY],
+                [rpc_queue(service).name, rpc_dead_letter_queue(service).name],
+                ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            )
+            declared_here = False
+        self.queue = rpc_queue(service, get_rpc_exchange(config))
+        # Consuming would declare the exchange, the queue and its binding again, which such a
+        # user may not. (kombu's attribute, set by its constructor and left out of its stubs.)
+        setattr(self.queue, "no_declare", not declared_here)  # noqa: B010
 
 
 class _Rpc(Rpc):

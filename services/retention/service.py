@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nameko.dependency_providers import Config
-from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
-from nameko.standalone.rpc import ClusterRpcProxy, RpcTimeout
 from nameko.timer import Timer, timer
 
 from kernel.commands import load_command
@@ -270,16 +268,20 @@ class RetentionService:
         inside that request, and enough downloads at once would take every worker it has."""
         with self.store.unit_of_work() as uow:
             subject_id, services = requests.export_subject(uow, tenant_id, request_id)
-        settings = self.config["LEDGERDESK"]
         document: dict[str, Any] = {s: None for s in services if s in (caller_answers or ())}
-        with ClusterRpcProxy(settings.rpc_client_config(), timeout=settings.rpc_timeout) as cluster:
-            for service in (s for s in services if s not in document):
-                try:
-                    document[service] = getattr(cluster, service).privacy_export(
-                        tenant_id, subject_id
-                    )
-                except (RpcTimeout, UnknownService):
-                    raise ServiceUnavailable(f"{service} did not answer; retry") from None
+        # Its own proxies (direct reply-to): a standalone client would declare the RPC exchange
+        # and a reply queue, which retention's broker user may not.
+        exporters = {
+            "accounts": self.accounts,
+            "tickets": self.tickets,
+            "billing": self.billing,
+            "audit": self.audit,
+        }
+        for service in (s for s in services if s not in document):
+            if service not in exporters:
+                raise ServiceUnavailable(f"{service} did not answer; retry")
+            # A call not answered in time, or to a service not running, is ServiceUnavailable.
+            document[service] = exporters[service].privacy_export(tenant_id, subject_id)
         return {
             "export_version": 1,
             "request_id": request_id,

@@ -195,6 +195,34 @@ def test_each_process_has_a_user_without_a_password_and_only_its_own_queues() ->
         assert bool(re.search(topic["read"], "#")) == hears_all, process
 
 
+def test_no_process_may_configure_or_bind_from_the_rpc_exchange_nor_own_a_reply_queue() -> None:
+    """Every call takes its reply by direct reply-to and every RPC consumer finds its queue
+    declared (kernel.nameko_adapters): no user may configure the RPC exchange, which would let it
+    delete it and so end every call, nor bind from it, nor declare a reply queue of nameko's
+    standalone client; each may still publish requests to it and consume its replies."""
+    rpc_exchange = rpc_queue("any").exchange.name
+    reply_queue = "rpc.reply-standalone_rpc_proxy-0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+    loaded = definitions()
+    grants = {p["user"]: p for p in loaded["permissions"]}
+    topics = {(t["user"], t["exchange"]): t for t in loaded["topic_permissions"]}
+    for process in broker_definitions.PROCESSES:
+        user = broker_definitions.user_of(process)
+        granted = broker_definitions.Permissions(
+            **{k: grants[user][k] for k in ("configure", "write", "read")}
+        )
+        assert not granted.allows("configure", rpc_exchange), process
+        assert not granted.allows("read", rpc_exchange), process
+        assert granted.allows("write", rpc_exchange), process
+        for operation in ("configure", "write", "read"):
+            assert not granted.allows(operation, reply_queue), (process, operation)
+        assert granted.allows("read", broker_definitions.DIRECT_REPLY_TO), process
+        assert granted.allows("write", broker_definitions.DEFAULT_EXCHANGE), process
+        # Nothing to bind with on the RPC exchange: not its own requests' key, nor a reply key.
+        topic = topics[(user, rpc_exchange)]
+        for key in (f"{process}.*", "#", "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"):
+            assert not re.search(topic["read"], key), (process, key)
+
+
 _CALL = re.compile(r"self\.(accounts|tickets|billing|audit|retention)\.([a-z_]+)")
 
 

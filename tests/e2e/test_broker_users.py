@@ -18,10 +18,13 @@ from kombu import Connection
 
 from kernel import topology
 from kernel.config import Settings
+from kernel.nameko_adapters.rpc_queues import rpc_queue
 from kernel.testing import Infrastructure, wait_until, world_env
 from services.broker_definitions import PROCESSES, permissions, topic_permissions, user_of
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import admin, completed, create_contact, file, ok
+
+RPC_EXCHANGE = rpc_queue("any").exchange.name
 
 
 class BrokerUsers:
@@ -115,6 +118,14 @@ def test_the_platform_runs_with_one_least_privileged_user_per_process(
     )
     # Retention asks every service by events and hears their answers: every consumer queue,
     # the relays' publishing and the RPC between them, each under its own user.
+    # Retention gathers an access export from every service over RPC, under its own user.
+    access = file(stack, key, {"type": "access", "subject": {"contact_id": contact["id"]}})
+    assert completed(stack, key, access["id"], timeout=90)["status"] == "completed"
+    exported = stack.call("GET", f"/v1/privacy/requests/{access['id']}/export", key=key)
+    assert exported.status_code == 200, exported.text
+    parts = exported.json()["services"]
+    assert parts["accounts"]["contact"]["email"] == contact["email"]
+    assert [t["subject"] for t in parts["tickets"]["tickets_requested"]] == ["Broker users"]
     filed = file(stack, key, {"type": "erasure", "subject": {"contact_id": contact["id"]}})
     assert completed(stack, key, filed["id"], timeout=90)["status"] == "completed"
     # The gateway lists every service's dead letters for the operator.
@@ -143,6 +154,10 @@ def test_the_platform_runs_with_one_least_privileged_user_per_process(
         ("gateway", "delete a service's queue"),
         ("tickets", "delete the events exchange"),
         ("tickets", "forge a dead letter"),
+        ("tickets", "delete the RPC exchange"),
+        ("gateway", "delete the RPC exchange"),
+        ("retention", "declare the RPC exchange"),
+        ("accounts", "declare a standalone client's reply queue"),
     ],
 )
 def test_a_process_user_is_refused_what_belongs_to_another(
@@ -159,6 +174,17 @@ def test_a_process_user_is_refused_what_belongs_to_another(
                 channel.basic_get("tickets.privacy.dead", no_ack=False)
             elif operation == "delete the events exchange":
                 channel.exchange_delete(topology.EVENTS_EXCHANGE)
+            elif operation == "delete the RPC exchange":
+                # Every call between services would be unroutable until the next prepare.
+                channel.exchange_delete(RPC_EXCHANGE)
+            elif operation == "declare the RPC exchange":
+                # What nameko's RPC consumer and standalone client do as they start.
+                channel.exchange_declare(RPC_EXCHANGE, "topic", durable=True, auto_delete=False)
+            elif operation == "declare a standalone client's reply queue":
+                channel.queue_declare(
+                    "rpc.reply-standalone_rpc_proxy-0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0",
+                    auto_delete=True,
+                )
             elif operation == "forge a dead letter":
                 channel.confirm_select()
                 channel.basic_publish_confirm(
@@ -166,11 +192,14 @@ def test_a_process_user_is_refused_what_belongs_to_another(
                 )
             else:
                 channel.queue_delete("tickets.privacy")
-    # What the refused user owns, it may use.
-    own = "billing.privacy.dead" if process == "billing" else f"{process}.privacy"
+    # What the refused user owns, it may use (and the RPC exchange is still there).
+    own = {"billing": "billing.privacy.dead", "retention": "retention.answers"}.get(
+        process, f"{process}.privacy"
+    )
     with Connection(users.uri(process), connect_timeout=5) as conn:
         channel = conn.channel()
         _name, _count, _consumers = channel.queue_declare(own, passive=True)
+        channel.exchange_declare(RPC_EXCHANGE, "topic", passive=True)
 
 
 def test_a_process_publishes_only_its_own_events(

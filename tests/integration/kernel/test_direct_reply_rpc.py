@@ -1,27 +1,35 @@
 """RPC by direct reply-to against the real broker: answers and errors reach their callers, many
 concurrent calls of one process each get their own reply, an unknown service and a silent one
 are ``ServiceUnavailable``, a lost connection fails its calls in flight and the next call
-connects again, and the responder still answers callers with a reply queue (rolling deploy)."""
+connects again, and the responder still answers callers with a reply queue (rolling deploy).
+A standalone caller (``standalone_rpc``) and a responder under a broker user that may configure
+nothing on the RPC exchange, nor any reply queue, still call and answer."""
 
 from __future__ import annotations
 
+import secrets
 import urllib.parse
+from collections.abc import Iterator
 
+import amqp
 import eventlet
 import eventlet.event
 import pytest
+from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.services import dummy, entrypoint_hook
 
+from kernel.config import Settings
 from kernel.errors import NotFound, ServiceUnavailable
 from kernel.nameko_adapters.proxy import (
     DIRECT_REPLY_TO,
     ReplyQueueRpcProxy,
     TimedRpcProxy,
     _DirectReplies,
+    standalone_rpc,
 )
 from kernel.nameko_adapters.rpc import rpc
 from kernel.nameko_adapters.rpc_queues import declare_rpc_queues
-from kernel.testing import wait_until
+from kernel.testing import Infrastructure, wait_until
 
 
 class Echo:
@@ -190,3 +198,64 @@ def test_a_lost_connection_fails_its_calls_in_flight_and_the_next_call_reconnect
 def test_the_responder_still_answers_a_caller_with_a_reply_queue(echo, caller):
     with entrypoint_hook(caller, "call_old") as call_old:
         assert call_old({"old": True}) == {"old": True}
+
+
+@pytest.fixture
+def configures_nothing(world: Settings, infrastructure: Infrastructure) -> Iterator[Settings]:
+    """The world's settings as a broker user that may publish and consume anything but configure
+    (declare, delete) nothing: not the RPC exchange, nor a reply queue of its own."""
+    vhost = urllib.parse.quote(world.database_prefix, safe="")
+    name, password = f"{world.database_prefix}.configures-nothing", secrets.token_urlsafe(16)
+    infrastructure.management("PUT", f"/api/users/{name}", json={"password": password, "tags": ""})
+    try:
+        infrastructure.management(
+            "PUT",
+            f"/api/permissions/{vhost}/{name}",
+            json={"configure": "^$", "write": ".*", "read": ".*"},
+        )
+        base = urllib.parse.urlsplit(infrastructure.amqp_base)
+        uri = (
+            f"amqp://{urllib.parse.quote(name, safe='')}:{password}"
+            f"@{base.hostname}:{base.port or 5672}/{world.database_prefix}"
+        )
+        yield world.with_overrides(amqp_uri=uri)
+    finally:
+        infrastructure.management("DELETE", f"/api/users/{name}")
+
+
+def _queues_and_exchanges(infrastructure: Infrastructure, vhost: str) -> set[str]:
+    quoted = urllib.parse.quote(vhost, safe="")
+    return {
+        f"{kind}:{entity['name']}"
+        for kind in ("queues", "exchanges")
+        for entity in infrastructure.management("GET", f"/api/{kind}/{quoted}").json()
+    }
+
+
+def test_a_standalone_call_declares_nothing_and_needs_no_configure_permission(
+    container_factory, world, configures_nothing, infrastructure
+):
+    # The prepare job's part, as the administrator: the RPC exchange, echo's queues.
+    declare_rpc_queues(world.amqp_uri, ["echo"], resume=False)
+    before = _queues_and_exchanges(infrastructure, world.database_prefix)
+    # Its RPC consumer too finds its queue rather than declaring the exchange.
+    echo = container_factory(Echo, configures_nothing.nameko_config())
+    echo.start()
+    with standalone_rpc(configures_nothing) as rpc:
+        assert rpc.echo.echo({"n": [1, "two"]}) == {"n": [1, "two"]}
+        with pytest.raises(NotFound):
+            rpc.echo.missing()
+        with pytest.raises(ServiceUnavailable, match="nobody is not running"):
+            rpc.nobody.echo(1)
+    assert _queues_and_exchanges(infrastructure, world.database_prefix) == before
+    # nameko's own standalone client is refused by this user: it declares the RPC exchange.
+    with pytest.raises(amqp.exceptions.AccessRefused):
+        with ClusterRpcProxy(configures_nothing.rpc_client_config(), timeout=5) as cluster:
+            cluster.echo.echo(1)
+
+
+def test_a_standalone_call_not_answered_in_time_is_unavailable(world):
+    declare_rpc_queues(world.amqp_uri, ["echo"], resume=False)  # its queue, no process
+    with standalone_rpc(world.with_overrides(rpc_timeout=0.5)) as rpc:
+        with pytest.raises(ServiceUnavailable, match="echo did not answer within 0.5s"):
+            rpc.echo.echo(1)
