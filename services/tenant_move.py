@@ -24,7 +24,9 @@ each step idempotent so ``resume`` reruns the one recorded:
 - ``ledger_moved``: ``tenant.moved_out`` appended to the tenant's audit log in the source, the
   log copied byte for byte to the target (every proof given before still verifies) and
   ``tenant.moved_in`` appended there;
-- ``cut_over``: the directory names the target, the tenant's keys go there, the window ends;
+- ``cut_over``: the target's accounts records the tenant's new region (``tenant_region_changed``:
+  ``/v1/tenant``, new events' ``metadata.region``, billing's tax rate from then on), then the
+  directory names the target, the tenant's keys go there, the window ends;
 - ``source_destroyed``: every row copied is deleted from the source, its events by the store's
   named deletion (``ledgerdesk.removing_tenant``), its keystore rows with them; the source keeps
   the tenant's audit log (ids and hashes, ending with ``moved_out``) so its signed checkpoints
@@ -64,6 +66,7 @@ from kernel.crypto.primitives import tenant_key_aad, unwrap_key, wrap_key
 from kernel.db import DatabaseUnavailable, connect
 from kernel.envelope import new_envelope
 from services import platform
+from services.accounts import moves as accounts_moves
 from services.audit import chain
 from services.audit.tenant_logs import TenantLogs
 
@@ -457,14 +460,28 @@ class Mover:
         elif step == "ledger_moved":
             self._move_ledger(source, target, move)
         elif step == "cut_over":
+            # The new region first: a cut-over recorded in the directory always has it, so the
+            # first request the target serves already sees it (``/v1/tenant``, new events'
+            # ``metadata.region``, billing's tax); a failure here leaves the step before
+            # ``cut_over`` and ``resume`` records it again (once: it is idempotent).
+            self._record_region(target, move)
             self.directory.cut_over(self.tenant, move["target"])
         elif step == "source_destroyed":
+            # Again, a no-op when recorded: a move an older mover cut over without recording
+            # the region gets it on resume.
+            self._record_region(target, move)
             # The subjects as the target holds them: a resumed destruction may have removed
             # the source's accounts rows already.
             subjects = self._subjects_in(target)
             for database in DATABASES:
                 self._remove(source, database, subjects)
         # "done": nothing more to do than say so.
+
+    def _record_region(self, target: Settings, move: dict[str, Any]) -> None:
+        """The tenant's region is the target's from now on, as the target's accounts records
+        it, in-process with its own command (its relay publishes the event to billing there)."""
+        if accounts_moves.record_region(target, self.tenant, move["target"]):
+            self.out(f"region: tenant {self.tenant} is hosted in {move['target']}")
 
     def _freeze(self, source: Settings) -> None:
         """The tenant's keys as the router will know them (the window began with the move's

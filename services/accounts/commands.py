@@ -24,6 +24,14 @@ class SignUpV1(Command):
     accept_policy_version = fields.String(required=True, validate=validate.Length(min=1, max=50))
 
 
+class ChangeTenantRegionV1(Command):
+    """The tenant mover's, in the target cell after its cut-over (``services.accounts.moves``):
+    no HTTP route."""
+
+    tenant_id = fields.UUID(required=True)
+    region = fields.String(required=True, validate=validate.Length(min=1, max=20))
+
+
 class CreateAgentV1(Command):
     """``POST /v1/agents``."""
 

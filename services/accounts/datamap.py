@@ -342,6 +342,10 @@ DATA_MAP = ServiceMap(
             "plan": operational("plan"),
             "policy_version": operational("policy_version"),
         },
+        "tenant_region_changed": {
+            "region": operational("region"),
+            "previous_region": operational("previous_region"),
+        },
         "api_key_issued": {
             "key_hash": secret(
                 "key_hash",

@@ -75,6 +75,24 @@ class Tenant(Aggregate):
             raise Conflict("the grace period is over; the tenant is being destroyed")
         self.record("tenant_reactivated", tenant_id=self.id)
 
+    def change_region(self, region: str, allowed_regions: tuple[str, ...]) -> bool:
+        """The tenant is hosted in ``region`` from now on: the cell recording it serves only
+        ``allowed_regions``. False when it is there already (a move's resumed step records it
+        once)."""
+        if region not in allowed_regions:
+            raise ValidationFailed({"region": [f"must be one of: {', '.join(allowed_regions)}"]})
+        if self.status == "destroyed":
+            raise Conflict("the tenant was destroyed")
+        if region == self.region:
+            return False
+        self.record(
+            "tenant_region_changed",
+            tenant_id=self.id,
+            region=region,
+            previous_region=self.region,
+        )
+        return True
+
     def destroy(self, request_id: str) -> bool:
         """Record the destruction; False when it was recorded already (a re-applied command
         after a restore, a redelivery): destruction happens once."""
@@ -105,6 +123,9 @@ class Tenant(Aggregate):
     def when_tenant_destroyed(self, event: dict[str, Any]) -> None:
         self.status = "destroyed"
         self.destroy_after = None
+
+    def when_tenant_region_changed(self, event: dict[str, Any]) -> None:
+        self.region = event["region"]
 
 
 @dataclass

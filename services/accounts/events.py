@@ -45,6 +45,16 @@ class TenantReactivatedV1(Schema):
     tenant_id = fields.UUID(required=True)
 
 
+class TenantRegionChangedV1(Schema):
+    """The tenant is hosted in ``region`` from now on (moved between region cells by
+    ``services.tenant_move``): the region its events, billing's tax and ``/v1/tenant`` name.
+    Ids and region codes only."""
+
+    tenant_id = fields.UUID(required=True)
+    region = fields.String(required=True)
+    previous_region = fields.String(required=True)
+
+
 class TenantDestroyedV1(Schema):
     """The tenant's grace ran out and retention's destruction reached accounts: its key is
     shredded, and replaying its streams ends here (agents inactive, keys revoked, contacts
@@ -208,6 +218,9 @@ TENANT_CREATED = EventType(
 TENANT_CANCELLED = EventType("tenant_cancelled", {1: TenantCancelledV1}, published=True)
 TENANT_REACTIVATED = EventType("tenant_reactivated", {1: TenantReactivatedV1}, published=True)
 TENANT_DESTROYED = EventType("tenant_destroyed", {1: TenantDestroyedV1})
+TENANT_REGION_CHANGED = EventType(
+    "tenant_region_changed", {1: TenantRegionChangedV1}, published=True
+)
 AGENT_CREATED = _personal("agent_created", AgentCreatedV1, "agent_id", ("name", "email"))
 AGENT_DEACTIVATED = EventType("agent_deactivated", {1: AgentDeactivatedV1}, published=True)
 API_KEY_ISSUED = EventType(
@@ -251,6 +264,7 @@ REGISTRY = EventRegistry(
     TENANT_CANCELLED,
     TENANT_REACTIVATED,
     TENANT_DESTROYED,
+    TENANT_REGION_CHANGED,
     AGENT_CREATED,
     AGENT_DEACTIVATED,
     API_KEY_ISSUED,

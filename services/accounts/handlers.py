@@ -184,6 +184,20 @@ def cancel_tenant(uow: UnitOfWork, tenant_id: str, settings: Settings) -> dict[s
     return {**tenant_view(tenant), "credential": tenant_credential(uow, tenant.id)}
 
 
+def change_tenant_region(uow: UnitOfWork, command: dict[str, Any], settings: Settings) -> bool:
+    """The tenant is hosted in the command's region from now on; False when it was already
+    (recorded by an earlier run of the same step). Its event carries the new region in its
+    metadata, as every event of the tenant's from now on (``_tenant_region`` reads it back)."""
+    tenant_id = str(command["tenant_id"])
+    tenant = load(uow, Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("no such tenant")
+    if not tenant.change_region(command["region"], settings.regions):
+        return False
+    uow.save(tenant, tenant.id, tenant.region)
+    return True
+
+
 def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
     tenant = load(uow, Tenant, tenant_id)
     if tenant is None:
@@ -198,8 +212,9 @@ def reactivate_tenant(uow: UnitOfWork, tenant_id: str) -> dict[str, Any]:
 
 def _issue_key(agent: Agent, settings: Settings, issuer_id: str, region: str) -> str:
     # The region in the key routes it, unlooked-up, to the cell holding the tenant: a cell's
-    # own region (a tenant moved in from another cell keeps its sign-up's region in its
-    # history, services.tenant_move), else the tenant's, on a platform serving several.
+    # own region (a tenant moved in from another cell has it from the move's
+    # tenant_region_changed on; one moved before that event existed kept its sign-up's), else
+    # the tenant's, on a platform serving several.
     if len(settings.regions) == 1:
         region = settings.regions[0]
     api_key = apikeys.generate(region)

@@ -21,7 +21,13 @@ class TenantsProjection(Projection):
     name = "tenants"
     tables = ("tenants",)
     event_types = frozenset(
-        {"tenant_created", "tenant_cancelled", "tenant_reactivated", "tenant_destroyed"}
+        {
+            "tenant_created",
+            "tenant_cancelled",
+            "tenant_reactivated",
+            "tenant_destroyed",
+            "tenant_region_changed",
+        }
     )
 
     def apply(self, cur: psycopg2.extensions.cursor, event: Envelope) -> None:
@@ -50,6 +56,11 @@ class TenantsProjection(Projection):
                 "UPDATE tenants SET status = 'active', destroy_after = NULL, version = %s"
                 " WHERE id = %s",
                 (event.stream_version, p["tenant_id"]),
+            )
+        elif event.type == "tenant_region_changed":
+            cur.execute(
+                "UPDATE tenants SET region = %s, version = %s WHERE id = %s",
+                (p["region"], event.stream_version, p["tenant_id"]),
             )
         elif event.type == "tenant_destroyed":
             cur.execute(

@@ -153,6 +153,10 @@ DATA_MAP = ServiceMap(
     event_fields={
         "billing_account_opened": {"plan": operational("plan"), "region": operational("region")},
         "plan_changed": {"plan": operational("plan"), "previous": operational("previous")},
+        "billing_account_region_changed": {
+            "region": operational("region"),
+            "previous_region": operational("previous_region"),
+        },
         "payment_method_added": {
             "brand": operational("brand"),
             "last4": operational("last4", "the last four digits, as processors show them"),

@@ -82,6 +82,21 @@ class BillingAccount(Aggregate):
         if plan != self.plan:
             self.record("plan_changed", tenant_id=self.tenant_id, plan=plan, previous=self.plan)
 
+    def change_region(self, region: str) -> bool:
+        """The tenant is hosted in ``region`` from now on (accounts said so): the invoices
+        issued from now on are taxed at its rate. False when nothing changes: the region is
+        the account's already, or the account was closed with its tenant (nothing is billed
+        any more, and a consumer refusing would only dead-letter the news)."""
+        if self.destroyed or region == self.region:
+            return False
+        self.record(
+            "billing_account_region_changed",
+            tenant_id=self.tenant_id,
+            region=region,
+            previous_region=self.region,
+        )
+        return True
+
     def set_address(self, address: dict) -> None:
         self._open_only()
         self.record("billing_address_set", tenant_id=self.tenant_id, address=address)
@@ -201,6 +216,9 @@ class BillingAccount(Aggregate):
         self.plan = event["plan"]
         self.region = event["region"]
         self.billed_until = _date(event["billed_from"])
+
+    def when_billing_account_region_changed(self, event: dict[str, Any]) -> None:
+        self.region = event["region"]
 
     def when_plan_changed(self, event: dict[str, Any]) -> None:
         self.plan = event["plan"]

@@ -45,6 +45,15 @@ class PlanChangedV1(Schema):
     previous = fields.String(required=True)
 
 
+class BillingAccountRegionChangedV1(Schema):
+    """The tenant is hosted in ``region`` from now on (accounts said so after a move between
+    region cells): invoices from now on are taxed at its rate; those issued keep theirs."""
+
+    tenant_id = fields.UUID(required=True)
+    region = fields.String(required=True)
+    previous_region = fields.String(required=True)
+
+
 class Address(Schema):
     line1 = fields.String(required=True)
     line2 = fields.String(load_default=None, allow_none=True)
@@ -127,6 +136,9 @@ ACCOUNT_OPENED = EventType(
     published=True,
 )
 PLAN_CHANGED = EventType("plan_changed", {1: PlanChangedV1}, published=True)
+ACCOUNT_REGION_CHANGED = EventType(
+    "billing_account_region_changed", {1: BillingAccountRegionChangedV1}, published=True
+)
 # Only where these fields are stored changed (under the tenant's key), not what they mean: the
 # store decrypts them on read, so the version stands.
 BILLING_ADDRESS_SET = EventType(
@@ -152,6 +164,7 @@ CHARGE_DECLINED = EventType("charge_declined", {1: ChargeDeclinedV1}, published=
 REGISTRY = EventRegistry(
     ACCOUNT_OPENED,
     PLAN_CHANGED,
+    ACCOUNT_REGION_CHANGED,
     BILLING_ADDRESS_SET,
     PAYMENT_METHOD_ADDED,
     INVOICE_ISSUED,

@@ -43,6 +43,18 @@ def learn_from_accounts(uow: UnitOfWork, event: Envelope) -> None:
             opened_at=event.occurred_at,
         )
         uow.save(account, account.tenant_id, account.region)
+    elif event.type == "tenant_region_changed":
+        stream = uow.load(BillingAccount.stream_id_for(p["tenant_id"]))
+        if not stream:
+            # Accounts' events of a tenant come in order on one queue: its account is opened
+            # by the tenant_created before this. Only a tenant moved in with no account (one
+            # whose sign-up billing never learned of) gets here; its account, when opened,
+            # takes the tenant_created's region.
+            log.warning("tenant_region_changed for a tenant without a billing account")
+            return
+        account = BillingAccount.from_history(p["tenant_id"], stream)
+        if account.change_region(p["region"]):
+            uow.save(account, account.tenant_id, account.region)
     elif event.type in ("agent_created", "agent_deactivated"):
         uow.cur.execute(
             "INSERT INTO billing_agents (agent_id, tenant_id, active, version)"

@@ -25,6 +25,7 @@ class BillingProjection(Projection):
         {
             "billing_account_opened",
             "plan_changed",
+            "billing_account_region_changed",
             "billing_address_set",
             "payment_method_added",
             "invoice_issued",
@@ -51,6 +52,11 @@ class BillingProjection(Projection):
             cur.execute(
                 "UPDATE billing_accounts SET plan = %s, version = %s WHERE tenant_id = %s",
                 (p["plan"], event.stream_version, p["tenant_id"]),
+            )
+        elif event.type == "billing_account_region_changed":
+            cur.execute(
+                "UPDATE billing_accounts SET region = %s, version = %s WHERE tenant_id = %s",
+                (p["region"], event.stream_version, p["tenant_id"]),
             )
         elif event.type == "billing_address_set":
             cur.execute(

@@ -4,7 +4,8 @@ cell under a master key of its own.
 
 The mover runs as the operator runs it, a process, and is killed by a fault point after the
 first database is copied: meanwhile the router refuses the tenant (503, Retry-After); ``resume``
-finishes the move, or ``rollback`` undoes it.
+finishes the move, or ``rollback`` undoes it. A moved tenant's region is the new cell's: its
+tenant document, billing's account (and tax rate) and its new events' ``metadata.region``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,16 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
     )
     before = counts(cells, key)
     uk, india = cells.cells["uk"], cells.cells["in"]
+    # Billing in the uk cell opened its account at the sign-up's region and rate.
+    billed = wait_until(
+        lambda: (
+            (r := cells.call("GET", "/v1/billing/subscription", key=key)).status_code == 200
+            and r.json()
+        ),
+        timeout=30,
+        what="billing's account of the new tenant",
+    )
+    assert (billed["region"], billed["tax_rate"]) == ("uk", str(uk.tax_rates["uk"]))
 
     killed_mid_copy(cells, tenant_id)
     # A 503 response is falsy: wait_until is handed it in a list.
@@ -155,6 +166,24 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
         what="the moved tenant served again",
     )
     assert counts(cells, key) == before
+    # Its region is the new cell's: the tenant document says so, and billing there (which
+    # learns it from accounts' tenant_region_changed) taxes its invoices from now on at the
+    # new region's rate.
+    assert ok(cells.call("GET", "/v1/tenant", key=key))["region"] == "in"
+    billed = wait_until(
+        lambda: (
+            (r := ok(cells.call("GET", "/v1/billing/subscription", key=key)))["region"] == "in"
+            and r
+        ),
+        timeout=30,
+        what="billing's account moved to the new region",
+    )
+    assert billed["tax_rate"] == str(india.tax_rates["in"]) != str(uk.tax_rates["uk"])
+    changed = "SELECT metadata->>'region' FROM events WHERE type = %s AND tenant_id = %s"
+    assert rows_of(india, "accounts", changed, "tenant_region_changed", tenant_id) == [("in",)]
+    assert rows_of(india, "billing", changed, "billing_account_region_changed", tenant_id) == [
+        ("in",)
+    ]
     got = cells.call(
         "GET", f"/v1/tickets/{ticket['id']}/attachments/{attachment['id']}", key=key, stream=True
     )
@@ -187,6 +216,12 @@ def test_a_tenant_moves_to_another_cell_killed_mid_copy_and_resumed(
         201,
     )
     assert agent["api_key"].startswith("ldk_in_")
+    # The tenant's new events carry its new region.
+    stamped = (
+        "SELECT metadata->>'region' FROM events WHERE type = 'agent_created'"
+        " AND payload->>'agent_id' = %s"
+    )
+    assert rows_of(india, "accounts", stamped, agent["id"]) == [("in",)]
     assert ok(cells.call("GET", "/v1/tenant", key=agent["api_key"]))["id"] == tenant_id
 
     # Writes go on in the new cell.

@@ -318,6 +318,89 @@ def test_a_months_invoice_is_seats_times_price_plus_the_regions_tax(
     assert billing.priced(handlers.subscription, tenant.id)["billed_until"] == "2025-04-01"
 
 
+# --- a tenant moved to another region ---------------------------------------------------------
+
+
+def deliver(billing: Billing, envelope: Any) -> None:
+    """As billing's consumer of accounts' events takes one: once per event id (its inbox)."""
+    with billing.store.unit_of_work() as uow:
+        if uow.first_delivery("billing.learn_from_accounts", envelope.event_id):
+            handlers.learn_from_accounts(uow, envelope)
+
+
+def region_changed(tenant: Tenant, region: str, previous: str) -> Any:
+    return new_envelope(
+        type="tenant_region_changed",
+        schema_version=1,
+        source="accounts",
+        stream_id=f"tenant-{tenant.id}",
+        stream_version=2,
+        tenant_id=uuid.UUID(tenant.id),
+        actor_id=None,
+        payload={"tenant_id": tenant.id, "region": region, "previous_region": previous},
+        metadata={"region": region},
+        occurred_at=dt.datetime(2025, 4, 10, tzinfo=UTC),
+    )
+
+
+def test_a_tenant_moved_to_another_region_is_taxed_at_its_rate_from_then_on(billing):
+    tenant = billing.open_tenant("Movers Ltd", "uk", seats=2)
+    assert billing.run(APRIL_RUN) == 1  # March, taxed in uk
+
+    moved = region_changed(tenant, "in", "uk")
+    deliver(billing, moved)
+    deliver(billing, moved)  # redelivered: handled once
+    # The same news again under another id (a resumed move's step): nothing changes either.
+    deliver(billing, region_changed(tenant, "in", "uk"))
+
+    subscription = billing.priced(handlers.subscription, tenant.id)
+    assert (subscription["region"], subscription["tax_rate"]) == ("in", "0.18")
+    assert billing.rows("SELECT region FROM billing_accounts WHERE tenant_id = %s", tenant.id) == [
+        ("in",)
+    ]
+    # One event, stamped with the new region, published with ids and region codes only.
+    [(payload, metadata)] = billing.rows(
+        "SELECT payload::text, metadata::text FROM events"
+        " WHERE type = 'billing_account_region_changed'"
+    )
+    assert json.loads(payload) == {
+        "tenant_id": tenant.id,
+        "region": "in",
+        "previous_region": "uk",
+    }
+    assert json.loads(metadata)["region"] == "in"
+    [(body,)] = billing.rows(
+        "SELECT body FROM outbox WHERE routing_key = 'billing.billing_account_region_changed'"
+    )
+    assert json.loads(body)["payload"] == json.loads(payload)
+
+    assert billing.run(MAY_RUN) == 1
+    march, april = billing.invoices(tenant)
+    # The invoice issued before keeps its tax; April's is the new region's.
+    assert (march["tax_rate"], march["subtotal"], march["tax"]) == ("0.20", 3000, 600)
+    assert (april["tax_rate"], april["subtotal"], april["tax"]) == ("0.18", 3000, 540)
+    # Later events of the account carry the new region too.
+    [(latest,)] = billing.rows(
+        "SELECT metadata::text FROM events WHERE type = 'invoice_issued'"
+        " AND payload->>'tenant_id' = %s AND payload->>'number' = 'INV-000002'",
+        tenant.id,
+    )
+    assert json.loads(latest)["region"] == "in"
+
+    # A rebuilt read model ends in the new region as well.
+    before = read_models(billing)
+    billing.store.rebuild("billing", progress=False)
+    assert read_models(billing) == before
+
+
+def test_a_region_change_for_a_tenant_billing_has_no_account_of_is_let_go(billing):
+    stranger = Tenant(id=str(uuid.uuid4()), admin_id=str(uuid.uuid4()))
+    deliver(billing, region_changed(stranger, "in", "uk"))
+    assert billing.rows(
+        "SELECT count(*) FROM events WHERE stream_id LIKE %s", f"%{stranger.id}%"
+    ) == [(0,)]
+
+
 PLANS_WITH_ODD_PRICES = [
     {"name": "standard", "price_per_agent": 1500, "currency": "GBP"},
     {"name": "odd-1250", "price_per_agent": 1250, "currency": "GBP"},

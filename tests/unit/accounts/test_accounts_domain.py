@@ -16,7 +16,7 @@ from kernel.aggregate import Aggregate, RecordedEvent
 from kernel.crypto import apikeys
 from kernel.envelope import new_envelope
 from kernel.errors import Conflict, ValidationFailed
-from services.accounts.commands import SignUpV1
+from services.accounts.commands import ChangeTenantRegionV1, SignUpV1
 from services.accounts.domain import DEFAULT_PLAN, Agent, Tenant
 from services.accounts.events import REGISTRY
 
@@ -226,6 +226,77 @@ def test_a_tenant_is_destroyed_once_and_nothing_follows():
         tenant.cancel(dt.datetime.now(dt.UTC), dt.timedelta(days=21))
     with pytest.raises(Conflict):
         tenant.reactivate(dt.datetime.now(dt.UTC))
+
+
+# --- Tenant.change_region (a move between region cells) -------------------------------------
+
+
+def _stored(tenant: Tenant, events: list[RecordedEvent]) -> list[Any]:
+    return [
+        new_envelope(
+            type=event.type,
+            schema_version=1,
+            source="accounts",
+            stream_id=tenant.stream_id,
+            stream_version=n,
+            tenant_id=uuid.UUID(tenant.id),
+            actor_id=None,
+            payload=REGISTRY[event.type].validate(event.payload),
+        )
+        for n, event in enumerate(events, start=1)
+    ]
+
+
+def test_a_tenant_moved_to_another_region_is_hosted_there_from_then_on():
+    tenant = sign_up(region="uk")
+
+    assert tenant.change_region("in", REGIONS) is True
+
+    assert tenant.region == "in"
+    assert tenant.pending[-1] == RecordedEvent(
+        "tenant_region_changed",
+        {"tenant_id": tenant.id, "region": "in", "previous_region": "uk"},
+    )
+    assert REGISTRY["tenant_region_changed"].published is True
+    # Rebuilt from its history, it is still the new region's (GET /v1/tenant reads that).
+    rebuilt = Tenant.from_history(tenant.id, _stored(tenant, tenant.pending))
+    assert (rebuilt.region, rebuilt.version, rebuilt.company) == ("in", 2, "Acme Ltd")
+
+
+def test_a_region_change_recorded_again_records_nothing():
+    tenant = sign_up(region="uk")
+    tenant.change_region("in", REGIONS)
+
+    assert tenant.change_region("in", REGIONS) is False
+    assert [e.type for e in tenant.pending] == ["tenant_created", "tenant_region_changed"]
+    assert sign_up(region="uk").change_region("uk", REGIONS) is False
+
+
+def test_a_region_the_cell_does_not_serve_is_refused():
+    tenant = sign_up(region="uk")
+
+    with pytest.raises(ValidationFailed) as info:
+        tenant.change_region("sg", ("in",))
+
+    assert info.value.errors == {"region": ["must be one of: in"]}
+    assert (tenant.region, len(tenant.pending)) == ("uk", 1)
+
+
+def test_a_destroyed_tenant_changes_region_no_more():
+    tenant = sign_up(region="uk")
+    tenant.destroy(str(uuid.uuid4()))
+
+    with pytest.raises(Conflict, match="destroyed"):
+        tenant.change_region("in", REGIONS)
+    assert tenant.region == "uk"
+
+
+def test_the_region_change_command_takes_a_tenant_id_and_a_region_only():
+    loaded = ChangeTenantRegionV1().load({"tenant_id": ADMIN_ID.hex, "region": "in"})
+    assert loaded == {"tenant_id": ADMIN_ID, "region": "in"}
+    with pytest.raises(ValidationError) as info:
+        ChangeTenantRegionV1().load({"tenant_id": "x", "region": "", "company": "Acme"})
+    assert set(info.value.messages) == {"tenant_id", "region", "company"}
 
 
 # --- the aggregate base ----------------------------------------------------------------------
