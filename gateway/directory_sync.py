@@ -195,16 +195,20 @@ def sync(
                 template="(%s::uuid, %s)",
             )
             # By id and region: a row a finished move rewrote meanwhile is not this one.
-            execute_values(
+            removed = execute_values(
                 cur,
                 "DELETE FROM tenant_regions t USING (VALUES %s) AS gone (tenant_id, region)"
-                " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region",
+                " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region"
+                " RETURNING t.tenant_id::text",
                 to_remove,
                 template="(%s::uuid, %s)",
+                fetch=True,
             )
             # What the directory holds of a moved tenant goes with it: its keys' hashes and
-            # its finished moves (an unfinished one never reaches here: it is left alone).
-            gone = [tenant for tenant, _ in to_remove]
+            # its finished moves; only of rows deleted here (a tenant that moved while this
+            # pass read the cells keeps its row, and with it its keys' routes).
+            gone = [row[0] for row in removed]
+            result.removed = len(gone)
             cur.execute("DELETE FROM moved_keys WHERE tenant_id = ANY(%s::uuid[])", (gone,))
             cur.execute(
                 "DELETE FROM tenant_moves WHERE tenant_id = ANY(%s::uuid[])"

@@ -121,17 +121,26 @@ class _Front:
             # The tenant is between cells (services.tenant_move): the relay sends it again
             # once the move is cut over, to the tenant's new cell.
             return "451 4.3.0 Try again later"
-        envelope.ledgerdesk_region = region  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
     async def handle_DATA(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        region: str = envelope.ledgerdesk_region  # type: ignore[attr-defined]
         content = envelope.original_content or envelope.content or b""
         raw = content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
         loop = asyncio.get_running_loop()
+        # Asked again: a move may have begun (or been cut over) since RCPT, and a mail handed to
+        # the cell the tenant is leaving would be lost with that cell's copy.
+        local = envelope.rcpt_tos[0].rpartition("@")[0]
+        try:
+            region = await loop.run_in_executor(None, self.directory.region_of, local)
+            moving = await loop.run_in_executor(None, self.directory.moving, local)
+        except Exception:  # noqa: BLE001 - the directory unreachable: the relay tries again
+            log.warning("mail front: directory unavailable (451)")
+            return "451 4.3.0 Try again later"
+        if moving or region is None or region not in self.cells:
+            return "451 4.3.0 Try again later"
         reply = await loop.run_in_executor(
             None, self._hand_on, region, envelope.mail_from or "", list(envelope.rcpt_tos), raw
         )

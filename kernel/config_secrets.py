@@ -68,6 +68,11 @@ def check_production_secrets(settings: Settings) -> None:
     """Every secret this process holds is set, not a development value in any spelling, and
     long and varied enough to be random. Messages name settings, never values."""
     held = settings.held_secrets
+    cell_keys = {
+        (f"{region}={kid}", key)
+        for region, keys in settings.cell_master_keys.items()
+        for kid, key in keys.items()
+    }
     try:
         seed = seed_bytes(settings.audit_signing_key) if settings.audit_signing_key else b""
     except ConfigurationError:
@@ -76,6 +81,10 @@ def check_production_secrets(settings: Settings) -> None:
         "MASTER_KEY": any(
             looks_like_dev(kid) or looks_like_dev(key.decode("latin-1"))
             for kid, key in settings.master_keys.items()
+        ),
+        # A cell's own master keys wrap its tenants' keys as LEDGERDESK_MASTER_KEY does.
+        "CELL_MASTER_KEYS": any(
+            looks_like_dev(kid) or looks_like_dev(key.decode("latin-1")) for kid, key in cell_keys
         ),
         "API_KEY_SECRET": looks_like_dev(settings.api_key_secret),
         "OPERATOR_TOKEN": looks_like_dev(settings.operator_token),
@@ -96,6 +105,7 @@ def check_production_secrets(settings: Settings) -> None:
             looks_like_dev(_password_of_uri(uri)) for uri in settings.amqp_uri.split(";")
         ),
         "DATABASE_URL": looks_like_dev(_password_of_dsn(settings.database_url)),
+        "RABBIT_MANAGEMENT_URL": looks_like_dev(_password_of_uri(settings.rabbit_management_url)),
     }
     insecure = [name for name, dev in development.items() if name in held and dev]
     insecure += [name for name, dev in connections.items() if dev]
@@ -130,6 +140,13 @@ def check_production_secrets(settings: Settings) -> None:
             if len(set(key)) < _MIN_DISTINCT_KEY_BYTES:
                 raise ConfigurationError(
                     f"production refuses LEDGERDESK_MASTER_KEY {kid!r}: its bytes repeat,"
+                    " it is not random"
+                )
+    if "CELL_MASTER_KEYS" in held:
+        for name, key in sorted(cell_keys):
+            if len(set(key)) < _MIN_DISTINCT_KEY_BYTES:
+                raise ConfigurationError(
+                    f"production refuses LEDGERDESK_CELL_MASTER_KEYS {name!r}: its bytes repeat,"
                     " it is not random"
                 )
     if "AUDIT_SIGNING_KEY" in held:

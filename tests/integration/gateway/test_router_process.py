@@ -146,6 +146,23 @@ def test_mail_takes_one_recipient_a_transaction_and_a_peer_is_limited(running: R
     assert "It broke." in received["in"] and "It broke." not in received["uk"]
 
 
+def test_a_move_begun_between_rcpt_and_data_is_answered_451_at_data(running: Running) -> None:
+    """A mail whose tenant began moving after its RCPT is not handed to the cell it leaves (it
+    would be lost with that cell's copy): the relay is told to try again, and reaches the
+    tenant's new cell once the move is cut over."""
+    tenant = running.tenants["in2"]
+    found = directory.Directory(running.settings)
+    try:
+        with smtplib.SMTP("127.0.0.1", running.settings.mail_in_port, timeout=30) as smtp:
+            smtp.ehlo()
+            assert smtp.mail("dev@example.com")[0] == 250
+            assert smtp.rcpt(f"{tenant}@{running.settings.mail_in_domain}")[0] == 250
+            assert found.begin_move(tenant, "in", "uk")
+            assert smtp.data(b"Subject: x\r\n\r\nSent while moving.\r\n")[0] == 451
+    finally:
+        found.close()
+
+
 def test_sigterm_lets_a_mail_session_in_progress_finish_and_takes_no_more(
     running: Running,
 ) -> None:

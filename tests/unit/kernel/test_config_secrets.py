@@ -227,3 +227,28 @@ def test_production_takes_connection_passwords_that_are_not_development_ones():
             DATABASE_URL="postgresql://postgres:Xk4v9TqP2m@postgres:5432/postgres",
         )
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "refusal"),
+    [
+        (
+            f"in=dev-insecure:{B64_A}",
+            "production refuses development secrets: set LEDGERDESK_CELL_MASTER_KEYS",
+        ),
+        (
+            f"in=k1:{base64.b64encode(bytes(32)).decode()}",
+            "production refuses"
+            " LEDGERDESK_CELL_MASTER_KEYS 'in=k1': its bytes repeat, it is not random",
+        ),
+    ],
+)
+def test_production_refuses_a_cells_development_or_patterned_master_key(value: str, refusal: str):
+    assert _refusal(_production(CELL_MASTER_KEYS=value)) == refusal
+
+
+def test_production_refuses_the_management_apis_development_password():
+    shown = _refusal(
+        _production(RABBIT_MANAGEMENT_URL="http://admin:dev-insecure-admin@rabbitmq:15672")
+    )
+    assert shown == "production refuses development secrets: set LEDGERDESK_RABBIT_MANAGEMENT_URL"
