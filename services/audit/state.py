@@ -69,3 +69,8 @@ def apply(state: dict[str, Any], type_: str, p: dict[str, Any], at: str) -> None
         state["subscription"] = {"plan": p["plan"], "region": p["region"]}
     elif type_ == "plan_changed":
         state["subscription"]["plan"] = p["plan"]
+    # A tenant moved to another region cell (services.tenant_move): its region from then on.
+    elif type_ == "tenant_region_changed":
+        state["tenant"]["region"] = p["region"]
+    elif type_ == "billing_account_region_changed":
+        state["subscription"]["region"] = p["region"]
