@@ -307,7 +307,7 @@ def test_a_forged_event_put_in_another_s_queue_is_rejected_not_applied(
     """Billing's user puts an ``accounts.api_key_revoked`` of an admin's key in the gateway's
     queue through the default exchange, which RabbitMQ lets it: the gateway takes accounts'
     events only from accounts' user (or its own, a replay), so it dead-letters the forgery and
-    the key still works."""
+    the key still works, until an operator replays it."""
     stack = least_privilege_stack
     key, created = admin(stack)
     agent_id = created["agent"]["id"]
@@ -355,6 +355,21 @@ def test_a_forged_event_put_in_another_s_queue_is_rejected_not_applied(
     assert dead["reason"] == "rejected"
     assert dead["event_type"] == "accounts.api_key_revoked"
     ok(stack.call("GET", "/v1/tenant", key=key))
+    # An operator's replay goes out as the gateway's user (not its first publisher's, which the
+    # broker would refuse), and the gateway's is taken: the operator decided, and the key is
+    # revoked.
+    replayed = stack.call(
+        "POST",
+        "/v1/operator/dead-letters/gateway.credentials/replay",
+        key=stack.settings.operator_token,
+        json={"ids": [str(forged.event_id)]},
+    )
+    assert ok(replayed) == {"replayed": 1}
+    wait_until(
+        lambda: stack.call("GET", "/v1/tenant", key=key).status_code == 401,
+        timeout=30,
+        what="the replayed revocation taken",
+    )
 
 
 def test_a_forged_request_put_in_a_service_s_rpc_queue_is_set_aside_unanswered(
