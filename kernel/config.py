@@ -261,6 +261,17 @@ class Settings:
     delivery_limit: int = setting(
         5, name="DELIVERY_LIMIT", parse=values.number(int), doc="quorum queue delivery limit"
     )
+    # Off by default: in development and tests every process usually connects as one user, and
+    # then no one's messages can be told apart (kernel.broker_users).
+    broker_user_check: bool = setting(
+        False,
+        name="BROKER_USER_CHECK",
+        parse=values.flag,
+        render=values.render_flag,
+        doc="each process has its own broker user (`ledgerdesk-<process>`): an event is taken"
+        " only with the AMQP `user_id` of its source's user or the gateway's, an RPC request"
+        " only from a process's user through the RPC exchange; others are dead-lettered",
+    )
     # How long a dead letter waits in a dead-letter queue (``<queue>.dead``, ``rpc-<s>.dead``)
     # for an operator before the broker drops it. audit.ledger.dead can hold access events with
     # their IP address and user agent in plaintext, outside the audit keys that end them, and a

@@ -34,6 +34,8 @@ import amqp
 from kombu import Connection
 from nameko.rpc import RPC_QUEUE_TEMPLATE
 
+from kernel import broker_users
+
 log = logging.getLogger(__name__)
 
 DEAD_SUFFIX = ".dead"
@@ -231,6 +233,9 @@ def replay_dead_letters(
                 # from an older one (kernel.queue_replacement): in the live queue it has a life
                 # afresh.
                 properties.pop("expiration", None)
+                # Replayed by this connection's user, which the broker vouches for (its first
+                # publisher's it would refuse): consumers take a replay from the gateway's.
+                properties["user_id"] = broker_users.connection_user(amqp_uri)
                 headers = {
                     k: v
                     for k, v in (properties.pop("application_headers", None) or {}).items()

@@ -57,6 +57,7 @@ def move_messages(
     routing_key: Callable[[amqp.Message], str],
     keep_routing_key: bool,
     copy: Callable[[amqp.Message], amqp.Message | None] | None = None,
+    user_id: str | None = None,
 ) -> int:
     """Move every message of ``source`` with its body and properties (or what ``copy`` makes of
     it; None drops it), each acknowledged only after the broker confirmed its copy (a crash
@@ -73,6 +74,11 @@ def move_messages(
         if keep_routing_key:
             headers[HELD_ROUTING_KEY_HEADER] = message.delivery_info["routing_key"]
         key = routing_key(message)
+        # Its first publisher's ``user_id``, which the broker refuses from the mover: the copy
+        # carries the mover's own, or none (kernel.broker_users).
+        message.properties.pop("user_id", None)
+        if user_id is not None:
+            message.properties["user_id"] = user_id
         moving: amqp.Message | None = amqp.Message(message.body, **message.properties)
         if copy is not None:
             moving = copy(moving)
@@ -100,7 +106,9 @@ def hold(conn: Connection, queue: str, quorum: bool, keep_routing_key: bool) -> 
             return  # another process replaced it meanwhile
         if consumers:
             raise QueueInUse(queue, consumers)
-        move_messages(channel, queue, "", lambda message: holding, keep_routing_key)
+        move_messages(
+            channel, queue, "", lambda message: holding, keep_routing_key, user_id=conn.userid
+        )
         if quorum:
             lost = channel.queue_delete(queue)
             if lost:
@@ -133,7 +141,7 @@ def release_held(
         return 0
     for source, key in unbind:
         channel.queue_unbind(holding, source, key)
-    moved = move_messages(channel, holding, exchange, routing_key, False, copy)
+    moved = move_messages(channel, holding, exchange, routing_key, False, copy, conn.userid)
     with contextlib.suppress(amqp.exceptions.PreconditionFailed, amqp.exceptions.NotFound):
         channel.queue_delete(holding, if_empty=True)
     return moved

@@ -31,7 +31,7 @@ import psycopg2
 from kombu import Connection
 from psycopg2.extensions import parse_dsn
 
-from kernel import faults
+from kernel import broker_users, faults
 from kernel.db import DatabaseUnavailable, connect, describe
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class _ConfirmingPublisher:
         )
         self._kombu.connect()
         self._conn: amqp.Connection = self._kombu.connection
+        # The broker vouches for it (kernel.broker_users): consumers may take it as the sender.
+        self._user_id = broker_users.connection_user(amqp_uri)
         self._channel = self._conn.channel()
         self._channel.confirm_select()
         self._channel.events["basic_ack"].add(self._on_ack)
@@ -121,6 +123,7 @@ class _ConfirmingPublisher:
                 delivery_mode=2,
                 message_id=str(event_id),
                 type=routing_key,
+                user_id=self._user_id,
                 application_headers=headers,
             )
             self._channel.basic_publish(message, exchange, routing_key, mandatory=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 from kombu import Queue
 
-from kernel import topology
+from kernel import broker_users, topology
 from kernel.config import Settings
 from kernel.nameko_adapters.rpc_queues import rpc_dead_letter_queue, rpc_queue
 from services.platform import RPC_SERVERS, subscriptions
@@ -39,8 +39,9 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 def user_of(process: str) -> str:
-    """The broker user a process of this kind connects as."""
-    return f"ledgerdesk-{process}"
+    """The broker user a process of this kind connects as (the kernel's rule: its consumers
+    tell senders apart by it)."""
+    return broker_users.user_of(process)
 
 
 @dataclass(frozen=True)

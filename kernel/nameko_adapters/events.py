@@ -13,7 +13,7 @@ import eventlet
 from kombu import Queue
 from nameko.messaging import Consumer
 
-from kernel import observability, topology
+from kernel import broker_users, observability, topology
 from kernel.envelope import Envelope, MalformedEnvelope, MalformedPayload
 from kernel.nameko_adapters.common import (
     BROKER_UNREACHABLE,
@@ -76,6 +76,19 @@ class DurableEventConsumer(Consumer):
 
     def setup(self) -> None:
         settings = settings_of(self.container)
+        self.check_sender = settings.broker_user_check
+        # The queue's owner is the process named first in it (services/broker_definitions.py).
+        owner = self.subscription.queue.split(".", 1)[0]
+        self.user_prefix = broker_users.prefix_of(
+            broker_users.connection_user(settings.amqp_uri), owner
+        )
+        if self.check_sender and self.user_prefix is None:
+            log.error(
+                "%s: this process's broker user is not %s, so no event's sender can be told:"
+                " every event will be dead-lettered (LEDGERDESK_BROKER_USER_CHECK is on)",
+                self.subscription.queue,
+                broker_users.user_of(owner),
+            )
         # Declared here too, so a consumer started before the platform's declare still works.
         declared_here = True
         try:
@@ -116,6 +129,16 @@ class DurableEventConsumer(Consumer):
             return
         if not any(topic_matches(b, envelope.routing_key) for b in self.subscription.bindings):
             self._reject(message, f"{envelope.routing_key} is not a type this queue takes")
+            return
+        if self.check_sender and not broker_users.event_sender_allowed(
+            message.properties.get("user_id"), envelope.source, self.user_prefix
+        ):
+            # Put in the queue through the default exchange by someone else: a forgery.
+            self._reject(
+                message,
+                f"{envelope.routing_key} published by neither {envelope.source}'s broker user"
+                f" nor the gateway's (user_id {message.properties.get('user_id')!r})",
+            )
             return
         super().handle_message(envelope, message)
 

@@ -47,6 +47,7 @@ from nameko.rpc import (
     get_rpc_exchange,
 )
 
+from kernel import broker_users
 from kernel.config import Settings
 from kernel.errors import ServiceUnavailable
 from kernel.nameko_adapters.common import BROKER_UNREACHABLE, settings_of
@@ -196,6 +197,8 @@ class _DirectReplies(SharedExtension):
             content_encoding=content_encoding,
             reply_to=DIRECT_REPLY_TO,
             correlation_id=correlation_id,
+            # The broker vouches for it: the responder takes requests of the platform's users only.
+            user_id=broker_users.connection_user(self._uri),
             application_headers=headers,
             delivery_mode=2,
         )

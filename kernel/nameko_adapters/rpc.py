@@ -27,7 +27,7 @@ from nameko.constants import (
 from nameko.exceptions import MalformedRequest, MethodNotFound
 from nameko.rpc import Responder, Rpc, RpcConsumer, get_rpc_exchange
 
-from kernel import deadletters, observability, topology
+from kernel import broker_users, deadletters, observability, topology
 from kernel.crypto.primitives import KeyShredded
 from kernel.errors import ChangedMeanwhile, DomainError, ServiceUnavailable, SubjectErased
 from kernel.eventstore import ConcurrencyError
@@ -62,6 +62,11 @@ class _UnconfirmedReplyPublisher(nameko.amqp.publish.Publisher):
     # confirm for each reply bought only a round trip on every call: 11-17% of the tickets and
     # accounts services' samples under the write-path load.
     use_confirms = False
+
+    def publish(self, payload: Any, **kwargs: Any) -> None:
+        # The broker vouches for it, as for every message of the platform (kernel.broker_users).
+        kwargs.setdefault("user_id", broker_users.connection_user(self.amqp_uri))
+        super().publish(payload, **kwargs)
 
 
 class _Responder(Responder):
@@ -132,7 +137,19 @@ class _QuorumRpcConsumer(RpcConsumer):
         """Why a request cannot be served: the broker's word for it, ours, and the error its
         caller gets (None when it cannot be answered)."""
         returned = _returns(message)
-        limit = settings_of(self.container).delivery_limit
+        settings = settings_of(self.container)
+        if settings.broker_user_check and not broker_users.request_sender_allowed(
+            message.properties.get("user_id"),
+            message.delivery_info.get("exchange", ""),
+            get_rpc_exchange(self.container.config).name,
+            broker_users.prefix_of(
+                broker_users.connection_user(settings.amqp_uri), self.container.service_name
+            ),
+        ):
+            # Not answered: whoever put it there may not call, and hears nothing back.
+            sender = message.properties.get("user_id")
+            return "rejected", f"not a request a process may make (user_id {sender!r})", None
+        limit = settings.delivery_limit
         if returned >= limit:
             return "delivery_limit", f"delivered {returned + 1} times (limit {limit})", None
         if not _answerable(message):
@@ -179,7 +196,7 @@ class _QuorumRpcConsumer(RpcConsumer):
                     delivery_mode=2,
                     headers=headers,
                     **NO_BODY,
-                    **kept,
+                    **broker_users.stamped(config[AMQP_URI_CONFIG_KEY], kept),
                 )
         except BROKER_UNREACHABLE as exc:
             # Not acknowledged: the broker gives it back with the connection, to try again.

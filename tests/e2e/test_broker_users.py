@@ -6,18 +6,24 @@ process's user is refused what belongs to another service."""
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import subprocess
 import sys
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 
 import amqp
+import psycopg2
 import pytest
 from kombu import Connection
 
 from kernel import topology
 from kernel.config import Settings
+from kernel.deadletters import list_dead_letters
+from kernel.envelope import new_envelope
+from kernel.nameko_adapters.proxy import DIRECT_REPLY_TO
 from kernel.nameko_adapters.rpc_queues import rpc_queue
 from kernel.testing import Infrastructure, wait_until, world_env
 from services.broker_definitions import PROCESSES, permissions, topic_permissions, user_of
@@ -92,7 +98,10 @@ def users(infrastructure: Infrastructure) -> Iterator[BrokerUsers]:
 def least_privilege_stack(infrastructure: Infrastructure, users: BrokerUsers) -> Iterator[Stack]:
     # The world is prepared (databases, topology) with the administrator's URI, as the prepare
     # job does; every process then connects as its own user.
-    with running_stack(infrastructure, amqp_uris=users.create) as running:
+    # And consumers take a message only from the user that may send it (kernel.broker_users).
+    with running_stack(
+        infrastructure, amqp_uris=users.create, LEDGERDESK_BROKER_USER_CHECK="true"
+    ) as running:
         yield running
 
 
@@ -282,3 +291,129 @@ def test_the_dead_letter_command_under_a_service_user_says_it_was_refused(
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
+
+
+def dead_letter(stack: Stack, queue: str, message_id: str) -> dict | None:
+    """The dead letter of ``queue`` with this id, if it is there (listing gives it back)."""
+    for item in list_dead_letters(stack.settings.amqp_uri, queue):
+        if item["message_id"] == message_id:
+            return item
+    return None
+
+
+def test_a_forged_event_put_in_another_s_queue_is_rejected_not_applied(
+    least_privilege_stack: Stack, users: BrokerUsers
+) -> None:
+    """Billing's user puts an ``accounts.api_key_revoked`` of an admin's key in the gateway's
+    queue through the default exchange, which RabbitMQ lets it: the gateway takes accounts'
+    events only from accounts' user (or its own, a replay), so it dead-letters the forgery and
+    the key still works, until an operator replays it."""
+    stack = least_privilege_stack
+    key, created = admin(stack)
+    agent_id = created["agent"]["id"]
+    with psycopg2.connect(stack.settings.database_dsn("gateway")) as db, db.cursor() as cur:
+        cur.execute("SELECT key_id FROM credential_keys WHERE agent_id = %s", (agent_id,))
+        (key_id,) = cur.fetchone()
+    db.close()
+    forged = new_envelope(
+        type="api_key_revoked",
+        schema_version=1,
+        source="accounts",
+        stream_id=f"agent-{agent_id}",
+        stream_version=1000,
+        tenant_id=uuid.UUID(created["tenant"]["id"]),
+        actor_id=agent_id,
+        payload={"agent_id": agent_id, "key_id": str(key_id)},
+    )
+
+    def message(user_id: str | None) -> amqp.Message:
+        return amqp.Message(
+            json.dumps(forged.to_dict(), default=str),
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            message_id=str(forged.event_id),
+            user_id=user_id,
+        )
+
+    with Connection(users.uri("billing"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        # The premise: the broker refuses a user_id that is not the connection's own.
+        with pytest.raises(amqp.exceptions.PreconditionFailed):
+            channel.basic_publish_confirm(
+                message(users.name("accounts")), "", "gateway.credentials"
+            )
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(message(users.name("billing")), "", "gateway.credentials")
+    dead = wait_until(
+        lambda: dead_letter(stack, "gateway.credentials", str(forged.event_id)),
+        timeout=30,
+        what="the forged event dead-lettered",
+    )
+    assert dead["reason"] == "rejected"
+    assert dead["event_type"] == "accounts.api_key_revoked"
+    ok(stack.call("GET", "/v1/tenant", key=key))
+    # An operator's replay goes out as the gateway's user (not its first publisher's, which the
+    # broker would refuse), and the gateway's is taken: the operator decided, and the key is
+    # revoked.
+    replayed = stack.call(
+        "POST",
+        "/v1/operator/dead-letters/gateway.credentials/replay",
+        key=stack.settings.operator_token,
+        json={"ids": [str(forged.event_id)]},
+    )
+    assert ok(replayed) == {"replayed": 1}
+    wait_until(
+        lambda: stack.call("GET", "/v1/tenant", key=key).status_code == 401,
+        timeout=30,
+        what="the replayed revocation taken",
+    )
+
+
+def test_a_forged_request_put_in_a_service_s_rpc_queue_is_set_aside_unanswered(
+    least_privilege_stack: Stack, users: BrokerUsers
+) -> None:
+    """Billing's user puts a request in accounts' RPC queue through the default exchange: it is
+    set aside without an answer (a process's requests come through the RPC exchange, whose
+    topic permissions hold each to its own calls), while billing's own call is answered."""
+    stack = least_privilege_stack
+    replies: list[str] = []
+    with Connection(users.uri("billing"), connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.basic_consume(
+            DIRECT_REPLY_TO,
+            no_ack=True,
+            callback=lambda m: replies.append(m.properties.get("correlation_id")),
+        )
+
+        def request(exchange: str, routing_key: str, correlation_id: str) -> None:
+            channel.basic_publish(
+                amqp.Message(
+                    json.dumps({"args": [], "kwargs": {}}),
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    reply_to=DIRECT_REPLY_TO,
+                    correlation_id=correlation_id,
+                    message_id=correlation_id,
+                    user_id=users.name("billing"),
+                ),
+                exchange,
+                routing_key,
+            )
+
+        forged = str(uuid.uuid4())
+        request("", "rpc-accounts", forged)
+        wait_until(
+            lambda: dead_letter(stack, "rpc-accounts", forged),
+            timeout=30,
+            what="the forged request set aside",
+        )
+        # Its own call, which it may make, is answered (an error: no arguments), and is the
+        # first reply to come: the forgery set aside before had none.
+        own = str(uuid.uuid4())
+        request(RPC_EXCHANGE, "accounts.billing_contact", own)
+        while not replies:
+            conn.drain_events(timeout=30)
+    assert replies == [own]

@@ -47,6 +47,7 @@ EVERYTHING_CHANGED = Settings(
     gateway_processes=3,
     rpc_timeout=2.5,
     delivery_limit=4,
+    broker_user_check=True,
     dead_letter_ttl_hours=0.25,
     dead_letter_max_messages=7,
     max_workers=6,
