@@ -11,14 +11,14 @@ is kept in the router's directory (``gateway.directory``: ``tenant_moves``), one
 each step idempotent so ``resume`` reruns the one recorded:
 
 - (before): refused while the source's dead-letter queues hold messages (one replayed there after
-  the move would recreate the tenant's data in the source) or the tenant's mail or webhook
-  deliveries are pending there;
+  the move would recreate the tenant's data in the source);
 - ``frozen``: the router refuses the tenant's requests (503, Retry-After) and the mail front its
   mail (451), by its live API keys' keyed hashes written to the directory's ``moved_keys``; then
-  the source cell is let go quiet (its outboxes empty, its consumer and RPC queues empty by
-  passive declares); then the tenant is fenced in every store database of both cells
-  (``tenant_fences``, store migration 0005: its events are refused there, ``TenantMoving``, 503
-  at a cell's gateway), so nothing the source accepts by another way in is lost;
+  the source cell is let go quiet (the tenant's mail and webhook deliveries sent, its outboxes
+  empty, its consumer and RPC queues empty by passive declares); then the tenant is fenced in
+  every store database of both cells (``tenant_fences``, store migration 0005: its events are
+  refused there, ``TenantMoving``, 503 at a cell's gateway), so nothing the source accepts by
+  another way in is lost;
 - ``copied``: per service database (and the gateway's), in one target transaction, every row of
   the tenant's of every movable table, read from the source through a server-side cursor; its
   events with new positions and ``tx_order`` -1 (imported history, below every live reader's
@@ -587,12 +587,17 @@ class Mover:
         self.directory.set_moved_keys(self.tenant, hashes)
 
     def _quiesce(self, source: Settings, timeout: float = QUIESCE_TIMEOUT) -> None:
-        """Wait until the source cell has published everything (its outboxes empty) and its
-        consumers have taken it (their queues empty): what the tenant did before the freeze is
-        in the source's rows before they are copied."""
+        """Wait until the source cell has sent the tenant's mail and webhook deliveries, published
+        everything (its outboxes empty) and its consumers and RPC servers have taken it (their
+        queues empty): what the tenant did before the freeze is in the source's rows before
+        they are copied."""
         deadline = time.monotonic() + timeout
         while True:
-            waiting = self._outboxes(source) + self._queued(source)
+            # In the order things flow (a delivery sent, its event published, consumed): what
+            # moves on between two looks is looked at after.
+            waiting = (
+                self._pending_deliveries(source) + self._outboxes(source) + self._queued(source)
+            )
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -631,9 +636,9 @@ class Mover:
         return waiting
 
     def _ready_to_start(self, source: Settings) -> None:
-        """Refuse to start while the source holds what would write the tenant there after the
-        move: a dead letter replayed later (of any tenant: a dead letter's tenant is not known
-        without opening it), or the tenant's mail and webhook deliveries still to send."""
+        """Refuse to start while the source holds a dead letter: replayed there after the move
+        it would recreate the tenant's data in the source (of any tenant: a dead letter's tenant
+        is not known without opening it)."""
         dead = deadletters.dead_letter_depths(
             source.amqp_uri, platform.dead_letter_queues(), ssl=source.amqp_ssl()
         )
@@ -643,15 +648,19 @@ class Mover:
                 f" ({', '.join(held[:3])}): replay or purge them first"
                 " (python -m services.platform dead-letters)"
             )
+
+    def _pending_deliveries(self, cell: Settings) -> list[str]:
+        """The tenant's mail and webhook deliveries still owed by ``cell``: sending one records
+        it there (``mail_sent``), so the move waits for them."""
         pending = []
         for database, table in (
             ("accounts", "mail_outbox"),
             ("tickets", "mail_outbox"),
             ("gateway", "webhook_deliveries"),
         ):
-            if not _exists(source, source.database_name(database)):
+            if not _exists(cell, cell.database_name(database)):
                 continue
-            with _connection(source.database_dsn(database)) as conn, conn.cursor() as cur:
+            with _connection(cell.database_dsn(database)) as conn, conn.cursor() as cur:
                 cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
                 if not cur.fetchone()[0]:
                     continue
@@ -663,11 +672,7 @@ class Mover:
                 )
                 if cur.fetchone()[0]:
                     pending.append(f"{database} {table}")
-        if pending:
-            raise MoveRefused(
-                f"tenant {self.tenant} has deliveries pending in {', '.join(pending)}:"
-                " move it when they are sent or failed"
-            )
+        return pending
 
     def _region_of(self, cell: Settings) -> str:
         return next((r for r, c in self.cells.cells.items() if c is cell), "source")
