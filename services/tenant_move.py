@@ -27,10 +27,10 @@ each step idempotent so ``resume`` reruns the one recorded:
   key material: ciphertexts and blind indexes stay valid);
 - ``verified``: per table, the count and a hash of the rows' content agree; a database that
   disagrees is copied again (a few times), else the move rolls back;
-- ``ledger_moved``: the cells compared again under the fence (a difference refuses the step:
-  resume or rollback), then ``tenant.moved_out`` appended to the tenant's audit log in the
-  source, the log copied byte for byte to the target (every proof given before still verifies)
-  and ``tenant.moved_in`` appended there;
+- ``ledger_moved``: the cells verified again under the fence (still differing after copies
+  again, the step is refused: resume or rollback), then ``tenant.moved_out`` appended to the
+  tenant's audit log in the source, the log copied byte for byte to the target (every proof
+  given before still verifies) and ``tenant.moved_in`` appended there;
 - ``cut_over``: the target's fence lifted, the target's accounts records the tenant's new region
   (``tenant_region_changed``: ``/v1/tenant``, new events' ``metadata.region``, billing's tax
   rate from then on), then the directory names the target, the tenant's keys go there, the
@@ -522,14 +522,11 @@ class Mover:
         elif step == "ledger_moved":
             # Under the fence, right before the step after which nothing is undone: the
             # target still holds what the source holds (a resumed move may follow anything).
+            # The same verification (a database that differs copied again, a few times, else
+            # refused: the step stays at ``verified`` for resume or rollback).
             self._fence(source)
-            for database in DATABASES:
-                if _exists(source, source.database_name(database)):
-                    if differing := self._differing(source, target, database):
-                        raise MoveRefused(
-                            f"{database}: {', '.join(differing)} differ between the cells:"
-                            " verify again (resume) or rollback"
-                        )
+            self._fence(target)
+            self._verify(source, target)
             self._move_ledger(source, target, move)
         elif step == "cut_over":
             # The new region first: a cut-over recorded in the directory always has it, so the

@@ -19,9 +19,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import amqp
 import psycopg2
 import pytest
 import requests
+from kombu import Connection
 
 from kernel.config import Settings
 from kernel.mail import sink
@@ -405,3 +407,25 @@ def test_a_write_reaching_the_source_directly_is_refused_and_idempotency_moves(
     )
     assert rows_of(uk, "gateway", held, tenant_id, f"{tenant_id}:%", tenant_id) == [(0,)]
     assert fences_of(uk, tenant_id) == [(0,)] == fences_of(cells.cells["in"], tenant_id)
+
+
+def test_a_move_does_not_start_while_the_source_holds_dead_letters(cells: Cells) -> None:
+    """A dead letter replayed in the source after the move would recreate data there."""
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    dead = "accounts.privacy.dead"
+    with Connection(cells.cells["uk"].amqp_uri, connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(amqp.Message("{}", message_id="dead-1"), "", dead)
+        try:
+            refused = mover(cells, "move", "--tenant", tenant_id, "--to", "in")
+        finally:
+            channel.queue_purge(dead)
+    assert refused.returncode == 1, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "dead-letter queues hold messages" in line and dead.removesuffix(".dead") in line
+    assert "replay or purge them first" in line
+    status = mover(cells, "status", "--tenant", tenant_id)
+    assert "no move recorded" in status.stdout, status.stdout
+    assert ok(cells.call("GET", "/v1/tenant", key=key))["id"] == tenant_id
