@@ -23,8 +23,9 @@ from kernel.datamap import End, Held, ServiceMap, Table, When, operational, pseu
 
 MIGRATIONS = Path(__file__).parent / "directory_migrations"
 NAME = "directory"
-# A move's steps in which the tenant is refused (503, mail 451): from the freeze to the cut-over.
-FROZEN_STEPS = frozenset({"frozen", "copied", "verified", "ledger_moved"})
+# A move's steps in which the tenant is refused (503, mail 451): from the freeze to the cut-over,
+# and while a rollback deletes the target's copy (until ``rolled_back``).
+FROZEN_STEPS = frozenset({"frozen", "copied", "verified", "ledger_moved", "rolling_back"})
 
 DATA_MAP = ServiceMap(
     service=NAME,

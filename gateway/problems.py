@@ -282,7 +282,7 @@ def from_exception(exc: BaseException) -> Response:
             if isinstance(exc, RateLimited) and exc.limit:
                 headers = {"Retry-After": str(exc.retry_after), **exc.quota.headers()}
                 return problem(kind, detail, headers=headers)
-            if isinstance(exc, RateLimited | errors.RetryLater):
+            if isinstance(exc, RateLimited | errors.RetryLater | errors.TenantMoving):
                 return problem(kind, detail, headers={"Retry-After": str(exc.retry_after)})
             return problem(kind, detail, errors=getattr(exc, "errors", None))
     # A bug: the client learns nothing of the internals; the log keeps the type, not the data.

@@ -105,3 +105,16 @@ class ValidationFailed(DomainError):
 @deserialize_to_instance
 class ServiceUnavailable(DomainError):
     """A dependency (a service, the broker, the database) did not answer in time."""
+
+
+@deserialize_to_instance
+class TenantMoving(ServiceUnavailable):
+    """The tenant is being moved to another region cell (``services.tenant_move``): nothing of
+    it is written until the move ends; ``retry_after`` whole seconds (the Retry-After header)."""
+
+    def __init__(self, retry_after: float | str = 5, detail: str = ""):
+        self.retry_after: int = max(1, math.ceil(float(retry_after)))
+        super().__init__(
+            detail or "the tenant is being moved to another region; retry in a few seconds"
+        )
+        self.args = (self.retry_after, self.detail)

@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.extras
 
 from kernel.envelope import Envelope, stored_envelope
+from kernel.errors import TenantMoving
 
 
 class ConcurrencyError(Exception):
@@ -178,6 +179,10 @@ _VERSION_CHECK = (
 # or, between two units of work each appending to two streams in opposite orders, each waits
 # on the other's version and the server ends one of them.
 _LOST_RACE = (psycopg2.errors.UniqueViolation, psycopg2.errors.DeadlockDetected)
+# Raised by the events' fence (store migration 0005) for a tenant being moved between cells.
+_FENCED = "LD001"
+# Seconds a client is asked to wait while its tenant moves: a move's window is seconds to minutes.
+MOVING_RETRY_AFTER = 5
 
 
 def stream_version(cur: psycopg2.extensions.cursor, stream_id: str) -> int:
@@ -229,6 +234,10 @@ def append(
         # (stream_id, stream_version) makes this insert wait for it, and fail if it commits.
         cur.execute("ROLLBACK TO SAVEPOINT event_append")
         raise ConcurrencyError(stream_id, expected_version) from None
+    except psycopg2.Error as exc:
+        if exc.pgcode == _FENCED:
+            raise TenantMoving(MOVING_RETRY_AFTER) from None
+        raise
     if cur.rowcount != len(envelopes):
         raise ConcurrencyError(stream_id, expected_version)
 

@@ -10,9 +10,15 @@ cell's databases under ``<prefix>_<region>_*``, its vhost, its master keys); the
 is kept in the router's directory (``gateway.directory``: ``tenant_moves``), one step at a time,
 each step idempotent so ``resume`` reruns the one recorded:
 
+- (before): refused while the source's dead-letter queues hold messages (one replayed there after
+  the move would recreate the tenant's data in the source);
 - ``frozen``: the router refuses the tenant's requests (503, Retry-After) and the mail front its
-  mail (451), by its API keys' keyed hashes written to the directory's ``moved_keys``; then the
-  source cell is let go quiet (its outboxes empty, its consumers' queues drained);
+  mail (451), by its live API keys' keyed hashes written to the directory's ``moved_keys``; then
+  the source cell is let go quiet (the tenant's mail and webhook deliveries sent, its outboxes
+  empty, its consumer and RPC queues empty by passive declares); then the tenant is fenced in
+  every store database of both cells (``tenant_fences``, store migration 0005: its events are
+  refused there, ``TenantMoving``, 503 at a cell's gateway), so nothing the source accepts by
+  another way in is lost;
 - ``copied``: per service database (and the gateway's), in one target transaction, every row of
   the tenant's of every movable table, read from the source through a server-side cursor; its
   events with new positions and ``tx_order`` -1 (imported history, below every live reader's
@@ -21,20 +27,25 @@ each step idempotent so ``resume`` reruns the one recorded:
   key material: ciphertexts and blind indexes stay valid);
 - ``verified``: per table, the count and a hash of the rows' content agree; a database that
   disagrees is copied again (a few times), else the move rolls back;
-- ``ledger_moved``: ``tenant.moved_out`` appended to the tenant's audit log in the source, the
-  log copied byte for byte to the target (every proof given before still verifies) and
-  ``tenant.moved_in`` appended there;
-- ``cut_over``: the target's accounts records the tenant's new region (``tenant_region_changed``:
-  ``/v1/tenant``, new events' ``metadata.region``, billing's tax rate from then on), then the
-  directory names the target, the tenant's keys go there, the window ends;
-- ``source_destroyed``: every row copied is deleted from the source, its events by the store's
+- ``ledger_moved``: the cells verified again under the fence (still differing after copies
+  again, the step is refused: resume or rollback), then ``tenant.moved_out`` appended to the
+  tenant's audit log in the source, the log copied byte for byte to the target (every proof
+  given before still verifies) and ``tenant.moved_in`` appended there;
+- ``cut_over``: the target's fence lifted, the target's accounts records the tenant's new region
+  (``tenant_region_changed``: ``/v1/tenant``, new events' ``metadata.region``, billing's tax
+  rate from then on), then the directory names the target, the tenant's keys go there, the
+  window ends;
+- ``source_destroyed``: refused while the target lacks an event (or the tenant key) the source
+  holds; then every row copied is deleted from the source, its events by the store's
   named deletion (``ledgerdesk.removing_tenant``), its keystore rows with them; the source keeps
   the tenant's audit log (ids and hashes, ending with ``moved_out``) so its signed checkpoints
-  still verify;
+  still verify; then the source's fence lifted;
 - ``done``.
 
-Before ``ledger_moved`` a failure or ``rollback`` deletes the target's copy and ends the window
-(``rolled_back``); from ``ledger_moved`` on, a move only goes forward (``resume``).
+Before ``ledger_moved`` a failure or ``rollback`` records ``rolling_back`` (the router still
+refuses the tenant), deletes the target's copy, lifts both cells' fences, forgets the moved keys
+and ends the window (``rolled_back``); a rollback interrupted midway is finished by ``rollback``
+only (``resume`` refuses it). From ``ledger_moved`` on, a move only goes forward (``resume``).
 
 Exit status (``kernel.cli``): 0 done; 1 refused or failed, said in one line (ids, regions and
 step names only); 2 usage or configuration; 3 PostgreSQL or RabbitMQ unreachable.
@@ -47,7 +58,6 @@ import datetime as dt
 import logging
 import sys
 import time
-import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +70,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from gateway import directory as directory_module
-from kernel import cli, faults
+from kernel import cli, deadletters, faults
 from kernel.config import Settings
 from kernel.crypto.primitives import tenant_key_aad, unwrap_key, wrap_key
 from kernel.db import DatabaseUnavailable, connect
@@ -86,6 +96,10 @@ STEPS: tuple[str, ...] = (
 )
 # Up to here a move can be undone: the source is whole and serves nobody else meanwhile.
 LAST_UNDOABLE = "verified"
+# Recorded before a rollback deletes anything of the target's copy, so that a rollback killed
+# midway is only ever finished by ``rollback``: ``resume`` would go on with a partial copy and
+# destroy the source's whole one.
+ROLLING_BACK = "rolling_back"
 # The databases holding a tenant's rows: each service's, and the gateway's.
 DATABASES: tuple[str, ...] = (*platform.SERVICES, "gateway")
 BATCH = 1000
@@ -101,7 +115,10 @@ _NAMESPACE = uuid.UUID("4f1d2c57-5a4c-4e8e-9f0e-3e1a9c7d2b10")
 
 # Tables of the platform, not of a tenant: never moved. The audit log is moved by its own step.
 PLATFORM_TABLES: dict[str, frozenset[str]] = {
-    "*": frozenset({"events", "inbox", "outbox", "projection_state", "schema_migrations"}),
+    # ``tenant_fences``: the move's own fence in each cell (store migration 0005), never copied.
+    "*": frozenset(
+        {"events", "inbox", "outbox", "projection_state", "schema_migrations", "tenant_fences"}
+    ),
     "accounts": frozenset({"policies", "policy_notice_jobs", "incidents"}),
     "audit": frozenset(
         {
@@ -137,7 +154,14 @@ CHILD_TABLES: dict[tuple[str, str], str] = {
     ),
     # Restrictions of the tenant's agents and contacts, by the ids accounts holds.
     ("billing", "restrictions"): "subject_id = ANY(%(subjects)s::uuid[])",
-    ("gateway", "idempotency_keys"): "scope = %(tenant)s::text",
+    # Its own scope's, its agents' (``actor_scope``: ``<tenant>:<agent>``) and its sign-up's
+    # (scope ``signup``, sealed under the tenant's key, or of the previous release naming it in
+    # its plaintext body), as ``gateway.idempotency.forget_tenant`` finds them.
+    ("gateway", "idempotency_keys"): (
+        "(scope = %(tenant)s::text OR scope LIKE %(tenant)s::text || ':%%'"
+        " OR tenant_id = %(tenant)s::uuid OR (body IS NOT NULL AND scope = 'signup'"
+        " AND position(convert_to(%(tenant)s::text, 'UTF8') IN body) > 0))"
+    ),
     ("gateway", "credential_keys"): (
         "agent_id IN (SELECT agent_id FROM credential_agents WHERE tenant_id = %(tenant)s)"
     ),
@@ -251,6 +275,21 @@ def tables_of(conn: psycopg2.extensions.connection, database: str) -> list[Table
     return ordered
 
 
+def _depth(conn: Any, queue: str) -> int:
+    """Messages ready in ``queue`` by a passive declare (0 when it does not exist: the failed
+    declare closes its channel, so each probe has a channel of its own)."""
+    import amqp
+
+    channel = conn.channel()
+    try:
+        _name, count, _consumers = channel.queue_declare(queue, passive=True)
+    except amqp.exceptions.NotFound:
+        return 0
+    if channel.is_open:
+        channel.close()
+    return int(count)
+
+
 def _as_text(columns: Sequence[str]) -> sql.Composable:
     """Columns read as their text: written back as untyped literals, every type (jsonb, arrays
     of uuid or bytea, timestamps) comes back as it was, and a row's text is the same in any
@@ -272,6 +311,8 @@ def _delete(cur: Any, tables: Sequence[Table], params: dict[str, Any]) -> None:
     """The tenant's rows of ``tables``, children first; its events by the store's named
     deletion, which ``SET LOCAL`` allows for this transaction only."""
     cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (params["tenant"],))
+    # The same transaction imports the tenant's events into a fenced target (``_copy``).
+    cur.execute("SET LOCAL ledgerdesk.moving_tenant = %s", (params["tenant"],))
     for table in reversed(tables):
         cur.execute(
             sql.SQL("DELETE FROM {} WHERE {}").format(
@@ -342,6 +383,8 @@ class Mover:
     def _one_mover(self) -> None:
         """One mover at a time works on a tenant: a session lock in the directory's database,
         held until this mover ends (a killed mover's ends with its connection)."""
+        if self._lock is not None:
+            return  # this mover's already: a refused command followed by another
         conn = connect(self.cells.platform.database_dsn(directory_module.NAME), connect_timeout=5)
         conn.autocommit = True
         with conn.cursor() as cur:
@@ -370,6 +413,9 @@ class Mover:
                 f"the {target} cell keeps an audit log of tenant {self.tenant} (moved out"
                 " before): moving it back is not supported"
             )
+        if (unfinished := self.directory.move_of(self.tenant)) and unfinished["outcome"] is None:
+            raise MoveRefused(f"tenant {self.tenant} has a move unfinished: resume or rollback")
+        self._ready_to_start(self.cells.cell(source))
         if not self.directory.begin_move(self.tenant, source, target):
             raise MoveRefused(f"tenant {self.tenant} has a move unfinished: resume or rollback")
         self._freeze(self.cells.cell(source))
@@ -379,12 +425,19 @@ class Mover:
     def resume(self) -> None:
         self._one_mover()
         move = self._unfinished()
+        if move["step"] == ROLLING_BACK:
+            raise MoveRefused(
+                f"tenant {self.tenant}'s move is being rolled back: only rollback continues it"
+            )
         self.out(f"resuming tenant {self.tenant}'s move at {move['step']}")
         self._run()
 
     def rollback(self) -> None:
         self._one_mover()
         move = self._unfinished()
+        if move["step"] == ROLLING_BACK:
+            self._undo(move, move["detail"] or "rolled back by the operator")
+            return
         if STEPS.index(move["step"]) > STEPS.index(LAST_UNDOABLE):
             raise MoveRefused(
                 f"tenant {self.tenant}'s move is past {LAST_UNDOABLE} ({move['step']}):"
@@ -452,18 +505,35 @@ class Mover:
             self._freeze(source)
             time.sleep(ROUTER_REFRESH)
             self._quiesce(source)
+            # The router's freeze is not the only way in (the source's timers and mail
+            # listener, an operator's call, a request routed before the refresh): from here
+            # the stores of both cells refuse the tenant's events, so nothing the source
+            # accepts is lost with its copy, and nothing reaches the target before cut-over.
+            self._fence(source)
+            self._fence(target)
             for database in DATABASES:
                 self._copy(source, target, database)
                 faults.point("tenant_move.copied_one")
         elif step == "verified":
+            # Again: a move copied by a mover without fences is resumed fenced.
+            self._fence(source)
+            self._fence(target)
             self._verify(source, target)
         elif step == "ledger_moved":
+            # Under the fence, right before the step after which nothing is undone: the
+            # target still holds what the source holds (a resumed move may follow anything).
+            # The same verification (a database that differs copied again, a few times, else
+            # refused: the step stays at ``verified`` for resume or rollback).
+            self._fence(source)
+            self._fence(target)
+            self._verify(source, target)
             self._move_ledger(source, target, move)
         elif step == "cut_over":
             # The new region first: a cut-over recorded in the directory always has it, so the
             # first request the target serves already sees it (``/v1/tenant``, new events'
             # ``metadata.region``, billing's tax); a failure here leaves the step before
             # ``cut_over`` and ``resume`` records it again (once: it is idempotent).
+            self._unfence(target)
             self._record_region(target, move)
             self.directory.cut_over(self.tenant, move["target"])
         elif step == "source_destroyed":
@@ -473,8 +543,25 @@ class Mover:
             # The subjects as the target holds them: a resumed destruction may have removed
             # the source's accounts rows already.
             subjects = self._subjects_in(target)
+            # The target takes writes since the cut-over, so it can no longer equal the source;
+            # what it must still hold is all the source holds of the tenant's history.
+            missing = [
+                database
+                for database in DATABASES
+                if _exists(source, source.database_name(database))
+                and self._history_missing(source, target, database)
+            ]
+            if missing:
+                raise MoveRefused(
+                    f"the {move['target']} cell lacks tenant {self.tenant}'s history of"
+                    f" {', '.join(missing)}: the source's copy is kept"
+                )
+            # The named deletion needs the fence (kept since the copy; a move an older mover
+            # cut over had none).
+            self._fence(source)
             for database in DATABASES:
                 self._remove(source, database, subjects)
+            self._unfence(source)
         # "done": nothing more to do than say so.
 
     def _record_region(self, target: Settings, move: dict[str, Any]) -> None:
@@ -485,23 +572,29 @@ class Mover:
 
     def _freeze(self, source: Settings) -> None:
         """The tenant's keys as the router will know them (the window began with the move's
-        record; keys issued since are in accounts too, read now)."""
+        record; keys issued since are in accounts too, read now). A revoked key is left to its
+        cell, which answers it 401 as before, not the window's 503."""
         with _connection(source.database_dsn("accounts")) as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT k.key_hash FROM api_keys k JOIN agents a ON a.id = k.agent_id"
-                " WHERE a.tenant_id = %s AND k.key_hash IS NOT NULL",
+                " WHERE a.tenant_id = %s AND k.key_hash IS NOT NULL AND k.revoked_at IS NULL",
                 (self.tenant,),
             )
             hashes = [row[0] for row in cur.fetchall()]
         self.directory.set_moved_keys(self.tenant, hashes)
 
     def _quiesce(self, source: Settings, timeout: float = QUIESCE_TIMEOUT) -> None:
-        """Wait until the source cell has published everything (its outboxes empty) and its
-        consumers have taken it (their queues empty): what the tenant did before the freeze is
-        in the source's rows before they are copied."""
+        """Wait until the source cell has sent the tenant's mail and webhook deliveries, published
+        everything (its outboxes empty) and its consumers and RPC servers have taken it (their
+        queues empty): what the tenant did before the freeze is in the source's rows before
+        they are copied."""
         deadline = time.monotonic() + timeout
         while True:
-            waiting = self._outboxes(source) + self._queued(source)
+            # In the order things flow (a delivery sent, its event published, consumed): what
+            # moves on between two looks is looked at after.
+            waiting = (
+                self._pending_deliveries(source) + self._outboxes(source) + self._queued(source)
+            )
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -526,22 +619,129 @@ class Mover:
         return waiting
 
     def _queued(self, cell: Settings) -> list[str]:
-        import requests
+        """The source vhost's queues holding messages, by passive declares (the broker's own
+        count now; the management API's is sampled and may be seconds old): every consumer
+        queue and every RPC queue (a request queued for the source would write there)."""
+        from kombu import Connection
 
-        management = urllib.parse.urlsplit(cell.rabbit_management_url)
-        base = f"{management.scheme}://{management.hostname}:{management.port or 15672}"
-        auth = (management.username or "guest", management.password or "guest")
-        vhost = urllib.parse.quote(platform.cell_vhost(cell), safe="")
-        answer = requests.get(
-            f"{base}/api/queues/{vhost}", auth=auth, timeout=30, params={"columns": "name,messages"}
+        waiting = []
+        with Connection(cell.amqp_uri, connect_timeout=5, ssl=cell.amqp_ssl()) as conn:
+            conn.connect()
+            for queue in platform.dead_letter_queues():
+                if depth := _depth(conn.connection, queue):
+                    waiting.append(f"queue {queue} ({depth})")
+        return waiting
+
+    def _ready_to_start(self, source: Settings) -> None:
+        """Refuse to start while the source holds a dead letter: replayed there after the move
+        it would recreate the tenant's data in the source (of any tenant: a dead letter's tenant
+        is not known without opening it)."""
+        dead = deadletters.dead_letter_depths(
+            source.amqp_uri, platform.dead_letter_queues(), ssl=source.amqp_ssl()
         )
-        answer.raise_for_status()
-        consumers = {s.queue for s in platform.subscriptions()}
-        return [
-            f"queue {q['name']}"
-            for q in answer.json()
-            if q["name"] in consumers and (q.get("messages") or 0) > 0
-        ]
+        if held := sorted(q for q, n in dead.items() if n):
+            raise MoveRefused(
+                f"the {self._region_of(source)} cell's dead-letter queues hold messages"
+                f" ({', '.join(held[:3])}): replay or purge them first"
+                " (python -m services.platform dead-letters)"
+            )
+
+    def _pending_deliveries(self, cell: Settings) -> list[str]:
+        """The tenant's mail and webhook deliveries still owed by ``cell``: sending one records
+        it there (``mail_sent``), so the move waits for them."""
+        pending = []
+        for database, table in (
+            ("accounts", "mail_outbox"),
+            ("tickets", "mail_outbox"),
+            ("gateway", "webhook_deliveries"),
+        ):
+            if not _exists(cell, cell.database_name(database)):
+                continue
+            with _connection(cell.database_dsn(database)) as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+                if not cur.fetchone()[0]:
+                    continue
+                cur.execute(
+                    sql.SQL(
+                        "SELECT EXISTS (SELECT FROM {} WHERE tenant_id = %s AND status = 'pending')"
+                    ).format(sql.Identifier(table)),
+                    (self.tenant,),
+                )
+                if cur.fetchone()[0]:
+                    pending.append(f"{database} {table}")
+        return pending
+
+    def _region_of(self, cell: Settings) -> str:
+        return next((r for r, c in self.cells.cells.items() if c is cell), "source")
+
+    def _fence(self, cell: Settings) -> None:
+        """The tenant's fence in every store database of ``cell`` (store migration 0005): its
+        events are refused there until ``_unfence``."""
+        self._each_store(
+            cell,
+            "INSERT INTO tenant_fences (tenant_id) VALUES (%s) ON CONFLICT (tenant_id) DO NOTHING",
+        )
+
+    def _unfence(self, cell: Settings) -> None:
+        self._each_store(cell, "DELETE FROM tenant_fences WHERE tenant_id = %s")
+
+    def _each_store(self, cell: Settings, statement: str) -> None:
+        for database in DATABASES:
+            if not _exists(cell, cell.database_name(database)):
+                continue
+            with _connection(cell.database_dsn(database)) as conn:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT to_regclass('tenant_fences') IS NOT NULL")
+                    if cur.fetchone()[0]:
+                        cur.execute(statement, (self.tenant,))
+                conn.commit()
+
+    def fenced(self, cell: Settings) -> list[str]:
+        """The databases of ``cell`` holding the tenant's fence."""
+        found = []
+        for database in DATABASES:
+            if not _exists(cell, cell.database_name(database)):
+                continue
+            with _connection(cell.database_dsn(database)) as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass('tenant_fences') IS NOT NULL")
+                if cur.fetchone()[0]:
+                    cur.execute(
+                        "SELECT EXISTS (SELECT FROM tenant_fences WHERE tenant_id = %s)",
+                        (self.tenant,),
+                    )
+                    if cur.fetchone()[0]:
+                        found.append(database)
+        return found
+
+    def _history_missing(self, source: Settings, target: Settings, database: str) -> bool:
+        """Whether an event of the tenant's in ``source``'s ``database``, or its tenant key,
+        is not in the target's (events are immutable: the target's copy holds every one of
+        them, whatever it appended since)."""
+        with _connection(source.database_dsn(database)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT array_agg(event_id::text) FROM events WHERE tenant_id = %s",
+                (self.tenant,),
+            )
+            ids = cur.fetchone()[0] or []
+        if not _exists(target, target.database_name(database)):
+            return bool(ids)
+        with _connection(target.database_dsn(database)) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM events WHERE tenant_id = %s AND event_id = ANY(%s::uuid[])",
+                (self.tenant, ids),
+            )
+            if cur.fetchone()[0] != len(ids):
+                return True
+        if not _exists(source, source.database_name(database, "keys")):
+            return False
+        query = "SELECT EXISTS (SELECT FROM tenant_keys WHERE tenant_id = %s)"
+        with _connection(source.database_dsn(database, "keys")) as conn, conn.cursor() as cur:
+            cur.execute(query, (self.tenant,))
+            if not cur.fetchone()[0]:
+                return False
+        with _connection(target.database_dsn(database, "keys")) as conn, conn.cursor() as cur:
+            cur.execute(query, (self.tenant,))
+            return not cur.fetchone()[0]
 
     def _subjects_in(self, cell: Settings) -> list[str]:
         with _connection(cell.database_dsn("accounts")) as conn, conn.cursor() as cur:
@@ -761,9 +961,16 @@ class Mover:
         again."""
         target = self.cells.cell(move["target"])
         source = self.cells.cell(move["source"])
+        # Recorded before anything is deleted: killed midway, only ``rollback`` goes on.
+        self.directory.set_step(self.tenant, ROLLING_BACK, reason[:500])
         subjects = self._subjects_in(source)
+        # The named deletion needs the fence (there since the copy, unless killed before it).
+        self._fence(target)
         for database in DATABASES:
             self._remove(target, database, subjects)
+            faults.point("tenant_move.undone_one")
+        self._unfence(target)
+        self._unfence(source)
         self.directory.forget_moved_keys(self.tenant)
         self.directory.set_step(self.tenant, "rolled_back", reason[:500])
         self.out(f"rolled_back: tenant {self.tenant} is served by {move['source']}")

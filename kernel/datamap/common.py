@@ -105,6 +105,26 @@ STORE_TABLES: tuple[Table, ...] = (
         ends=(End(When.KEPT, "ids only"),),
     ),
     Table(
+        "tenant_fences",
+        "tenants being moved between region cells (services.tenant_move): no event of theirs"
+        " is appended while fenced, and only a fenced tenant's events may be removed",
+        (
+            pseudonym(
+                "tenant_id",
+                note="from the move's freeze to its end: deleted at the cut-over in the target,"
+                " after the source's copy is destroyed in the source, and by a rollback in both",
+            ),
+            operational("fenced_at"),
+        ),
+        ends=(
+            End(
+                When.DELETED,
+                "the mover deletes the row when the move no longer needs it",
+                "services.tenant_move:Mover",
+            ),
+        ),
+    ),
+    Table(
         "projection_state",
         "how far each read model was rebuilt",
         (

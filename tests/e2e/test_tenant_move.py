@@ -19,10 +19,14 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import amqp
 import psycopg2
 import pytest
+import requests
+from kombu import Connection
 
 from kernel.config import Settings
+from kernel.mail import sink
 from kernel.testing import Infrastructure, wait_until, world_env
 from services import tenant_move
 from services.tickets import search_index
@@ -40,13 +44,23 @@ LEDGER_TABLES |= {"platform_checkpoint_heads"}
 
 
 @pytest.fixture(scope="module")
+def smtp() -> Iterator[Any]:
+    with sink.running() as controller:
+        yield controller
+
+
+@pytest.fixture(scope="module")
 def cells(
-    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory, smtp: Any
 ) -> Iterator[Cells]:
+    # A relay that takes the cells' mail: a move waits for the tenant's mail to be sent.
     with running_cells(
         infrastructure,
         tmp_path_factory.mktemp("router"),
         as_platform_makes_them=True,
+        LEDGERDESK_SMTP_HOST="127.0.0.1",
+        LEDGERDESK_SMTP_PORT=str(smtp.port),
+        LEDGERDESK_MAIL_RETRY_SECONDS="0.5",
         LEDGERDESK_CELL_MASTER_KEYS=f"in={IN_MASTER_KEY}",
         LEDGERDESK_CHECKPOINT_SECONDS="3",
     ) as running:
@@ -302,3 +316,116 @@ def test_a_move_killed_mid_copy_rolls_back_and_the_source_serves_again(cells: Ce
         what="the tenant served by its own cell again",
     )
     assert ok(cells.call("GET", f"/v1/contacts/{contact['id']}", key=key))["id"] == contact["id"]
+
+
+def fences_of(cell: Settings, tenant_id: str) -> list[tuple]:
+    return rows_of(
+        cell, "accounts", "SELECT count(*) FROM tenant_fences WHERE tenant_id = %s", tenant_id
+    )
+
+
+def test_a_rollback_killed_midway_is_finished_by_rollback_only(cells: Cells) -> None:
+    """Killed after deleting the target's first database, a rollback is not resumed forward
+    (which would cut over to a partial copy and destroy the source's whole one)."""
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    contact = ok(
+        cells.call("POST", "/v1/contacts", key=key, json={"name": "K", "email": "k@example.com"}),
+        201,
+    )
+    killed_mid_copy(cells, tenant_id)
+    uk, india = cells.cells["uk"], cells.cells["in"]
+    assert fences_of(uk, tenant_id) == [(1,)] == fences_of(india, tenant_id)
+
+    killed = mover(cells, "rollback", "--tenant", tenant_id, faults="tenant_move.undone_one:1")
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    status = mover(cells, "status", "--tenant", tenant_id)
+    assert "step rolling_back" in status.stdout, status.stdout
+    resumed = mover(cells, "resume", "--tenant", tenant_id)
+    assert resumed.returncode == 1 and "only rollback continues it" in resumed.stderr, resumed
+    assert "step rolling_back" in mover(cells, "status", "--tenant", tenant_id).stdout
+    # Still refused meanwhile: the source is not written while the rollback is unfinished.
+    assert cells.call("GET", "/v1/tenant", key=key).status_code == 503
+
+    rolled = mover(cells, "rollback", "--tenant", tenant_id)
+    assert rolled.returncode == 0, rolled.stderr
+    assert "step rolled_back" in mover(cells, "status", "--tenant", tenant_id).stdout
+    assert sweep.find([tenant_id], sweep.database_texts(india)) == {}
+    assert fences_of(uk, tenant_id) == [(0,)] == fences_of(india, tenant_id)
+    wait_until(
+        lambda: cells.call("GET", "/v1/tenant", key=key).status_code == 200,
+        timeout=10,
+        what="the tenant served by its own cell again",
+    )
+    assert ok(cells.call("GET", f"/v1/contacts/{contact['id']}", key=key))["id"] == contact["id"]
+
+
+def test_a_write_reaching_the_source_directly_is_refused_and_idempotency_moves(
+    cells: Cells,
+) -> None:
+    """The router's freeze is not the only way into the source cell: a request straight to its
+    gateway (as one routed before the router's refresh, or an operator's) is refused by the
+    fence (503, Retry-After), so nothing is accepted there that the move would lose. The
+    tenant's idempotency records move with it: a request replayed after the move answers what
+    it answered before, and the source keeps none of them."""
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    uk = cells.cells["uk"]
+    body = {"name": "Once", "email": "once@example.com"}
+    once = {"Idempotency-Key": f"once-{tenant_id}"}
+    first = ok(cells.call("POST", "/v1/contacts", key=key, json=body, headers=once), 201)
+
+    killed_mid_copy(cells, tenant_id)
+    direct = requests.post(
+        f"http://127.0.0.1:{uk.gateway_port}/v1/contacts",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"name": "Late", "email": "late@example.com"},
+        timeout=30,
+    )
+    assert direct.status_code == 503, direct.text
+    assert int(direct.headers["Retry-After"]) > 0
+    assert "being moved" in direct.json()["detail"], "refused by the fence"
+    late = "SELECT count(*) FROM events WHERE tenant_id = %s AND type = 'contact_created'"
+    assert rows_of(uk, "accounts", late, tenant_id) == [(1,)], "only the first contact"
+
+    resumed = mover(cells, "resume", "--tenant", tenant_id)
+    assert resumed.returncode == 0, resumed.stderr
+    wait_until(
+        lambda: cells.call("GET", "/v1/tenant", key=key).status_code == 200,
+        timeout=10,
+        what="the moved tenant served again",
+    )
+    replay = cells.call("POST", "/v1/contacts", key=key, json=body, headers=once)
+    assert replay.status_code == 201, replay.text
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == first["id"]
+    listed = ok(cells.call("GET", "/v1/contacts", key=key, params={"limit": 100}))["items"]
+    assert [c["id"] for c in listed] == [first["id"]]
+    held = (
+        "SELECT count(*) FROM idempotency_keys WHERE scope = %s OR scope LIKE %s"
+        " OR tenant_id = %s::uuid"
+    )
+    assert rows_of(uk, "gateway", held, tenant_id, f"{tenant_id}:%", tenant_id) == [(0,)]
+    assert fences_of(uk, tenant_id) == [(0,)] == fences_of(cells.cells["in"], tenant_id)
+
+
+def test_a_move_does_not_start_while_the_source_holds_dead_letters(cells: Cells) -> None:
+    """A dead letter replayed in the source after the move would recreate data there."""
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    dead = "accounts.privacy.dead"
+    with Connection(cells.cells["uk"].amqp_uri, connect_timeout=5) as conn:
+        channel = conn.channel()
+        channel.confirm_select()
+        channel.basic_publish_confirm(amqp.Message("{}", message_id="dead-1"), "", dead)
+        try:
+            refused = mover(cells, "move", "--tenant", tenant_id, "--to", "in")
+        finally:
+            channel.queue_purge(dead)
+    assert refused.returncode == 1, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "dead-letter queues hold messages" in line and dead.removesuffix(".dead") in line
+    assert "replay or purge them first" in line
+    status = mover(cells, "status", "--tenant", tenant_id)
+    assert "no move recorded" in status.stdout, status.stdout
+    assert ok(cells.call("GET", "/v1/tenant", key=key))["id"] == tenant_id

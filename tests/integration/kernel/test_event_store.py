@@ -10,6 +10,7 @@ import pytest
 from kernel import eventstore
 from kernel.aggregate import RecordedEvent
 from kernel.envelope import new_envelope
+from kernel.errors import TenantMoving
 from kernel.eventstore import ConcurrencyError
 from tests.support.settling import settle, settled_now
 from tests.support.source import source_store
@@ -92,7 +93,13 @@ def test_only_the_tenant_named_for_removal_loses_its_events(world):
     # A plain DELETE of the tenant's rows is refused, as any other.
     with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
         cur.execute("DELETE FROM events WHERE tenant_id = %s", (moved,))
-    # Naming one tenant removes that tenant's rows only: the other's are still refused.
+    # Named, but no move fenced it (a session-wide SET, a role's default): refused.
+    with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
+        cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(moved),))
+        cur.execute("DELETE FROM events WHERE tenant_id = %s", (moved,))
+    with store.db.transaction() as cur:
+        cur.execute("INSERT INTO tenant_fences (tenant_id) VALUES (%s)", (moved,))
+    # Naming one fenced tenant removes that tenant's rows only: the other's are still refused.
     with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
         cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(moved),))
         cur.execute("DELETE FROM events")
@@ -110,6 +117,40 @@ def test_only_the_tenant_named_for_removal_loses_its_events(world):
     with pytest.raises(Exception, match="append-only"), store.db.transaction() as cur:
         cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(staying),))
         cur.execute("UPDATE events SET type = 'x' WHERE tenant_id = %s", (staying,))
+
+
+def test_a_fenced_tenant_gets_no_event_but_the_movers_import(world):
+    """While a tenant moves between cells nothing appends to its history, however the write
+    arrives (``TenantMoving``, a 503 with Retry-After at the gateway); other tenants write on,
+    and the mover's import, naming the tenant, passes."""
+    store = source_store(world)
+    fenced, other = uuid.uuid4(), uuid.uuid4()
+    with store.unit_of_work() as uow:
+        uow.append("thing-f", 0, [thing(0)], tenant_id=fenced)
+    with store.db.transaction() as cur:
+        cur.execute("INSERT INTO tenant_fences (tenant_id) VALUES (%s)", (fenced,))
+
+    with pytest.raises(TenantMoving) as refused, store.unit_of_work() as uow:
+        uow.append("thing-f", 1, [thing(1)], tenant_id=fenced)
+    assert refused.value.retry_after == eventstore.MOVING_RETRY_AFTER
+    with store.unit_of_work() as uow:
+        uow.append("thing-o", 0, [thing(0)], tenant_id=other)
+    with store.db.transaction() as cur:
+        cur.execute("SET LOCAL ledgerdesk.moving_tenant = %s", (str(fenced),))
+        cur.execute(
+            "INSERT INTO events (event_id, stream_id, stream_version, type, source,"
+            " schema_version, tenant_id, occurred_at, payload, tx_order)"
+            " VALUES (%s, 'thing-i', 1, 'thing_happened', 'test', 1, %s, now(), '{}', -1)",
+            (str(uuid.uuid4()), fenced),
+        )
+
+    with store.db.transaction() as cur:
+        cur.execute("DELETE FROM tenant_fences WHERE tenant_id = %s", (fenced,))
+    with store.unit_of_work() as uow:
+        uow.append("thing-f", 1, [thing(1)], tenant_id=fenced)
+    with store.db.transaction() as cur:
+        cur.execute("SELECT stream_id, count(*) FROM events GROUP BY 1 ORDER BY 1")
+        assert cur.fetchall() == [("thing-f", 2), ("thing-i", 1), ("thing-o", 1)]
 
 
 def test_catch_up_in_global_order_never_skips_a_late_commit(world):

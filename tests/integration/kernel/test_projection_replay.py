@@ -111,7 +111,9 @@ def test_a_rebuild_replays_imported_history_live_readers_never_read(people):
         uow.append(f"person-{moved}", 0, [name(moved, "mover")], tenant_id=tenant)
     with people.db.transaction() as cur:
         # As the mover imports it: the same row under a new position, tx_order -1.
+        cur.execute("INSERT INTO tenant_fences (tenant_id) VALUES (%s)", (tenant,))
         cur.execute("SET LOCAL ledgerdesk.removing_tenant = %s", (str(tenant),))
+        cur.execute("SET LOCAL ledgerdesk.moving_tenant = %s", (str(tenant),))
         cur.execute(
             "CREATE TEMP TABLE carried ON COMMIT DROP AS SELECT * FROM events WHERE tenant_id = %s",
             (tenant,),
@@ -126,6 +128,7 @@ def test_a_rebuild_replays_imported_history_live_readers_never_read(people):
             " schema_version, tenant_id, occurred_at, actor_id, trace, payload, metadata,"
             " tx_order FROM carried"
         )
+        cur.execute("DELETE FROM tenant_fences WHERE tenant_id = %s", (tenant,))
     with people.unit_of_work() as uow:
         uow.append(f"person-{local}", 0, [name(local, "local")], tenant_id=uuid.uuid4())
     with people.db.transaction() as cur:

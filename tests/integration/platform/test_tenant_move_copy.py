@@ -94,6 +94,7 @@ def test_a_copy_carries_rows_and_history_and_verification_finds_a_changed_row(
         )
     mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
     try:
+        mover._fence(india)  # as the copy step does: a copy again removes the target's first
         mover._copy(uk, india, "tickets")
         assert mover._differing(uk, india, "tickets") == []
         copied = "SELECT payload::text, tx_order FROM events WHERE tenant_id = %s"
@@ -110,7 +111,11 @@ def test_a_copy_carries_rows_and_history_and_verification_finds_a_changed_row(
         mover._copy(uk, india, "tickets")
         assert execute(india, "tickets", "SELECT count(*) FROM events") == [(1,)]
 
-        # Removal takes the tenant's rows and events, and nobody else's.
+        # Removal needs the tenant's fence (the named deletion of events refuses without it),
+        # then takes the tenant's rows and events, and nobody else's.
+        with pytest.raises(psycopg2.Error, match="append-only"):
+            mover._remove(uk, "tickets", [])
+        mover._fence(uk)
         mover._remove(uk, "tickets", [])
         assert execute(
             uk, "tickets", "SELECT count(*) FROM directory WHERE tenant_id = %s", tenant
@@ -241,3 +246,192 @@ def test_a_move_cut_over_without_its_region_gets_it_on_resume(cells: tenant_move
     finally:
         mover.close()
     assert region_in(india, tenant) == [("in",)]
+
+
+def test_a_move_fences_both_cells_and_its_import_and_removal_pass_the_fence(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = signed_up(uk)
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover._fence(uk)
+        mover._fence(india)
+        assert "accounts" in mover.fenced(uk) and "accounts" in mover.fenced(india)
+        # Nothing of the tenant is appended in a fenced cell but the mover's import.
+        with pytest.raises(psycopg2.Error, match="being moved") as refused:
+            execute(
+                uk,
+                "accounts",
+                "INSERT INTO events (event_id, stream_id, stream_version, type, source,"
+                " schema_version, tenant_id, occurred_at, payload) VALUES"
+                " (%s, 'late-1', 1, 'late', 'accounts', 1, %s, now(), '{}')",
+                str(uuid.uuid4()),
+                tenant,
+            )
+        assert refused.value.pgcode == "LD001"
+        mover._copy(uk, india, "accounts")
+        assert mover._differing(uk, india, "accounts") == []
+        # The platform's table is never copied: the fences are each cell's own.
+        assert "tenant_fences" not in {
+            t.name
+            for t in tenant_move.tables_of(
+                psycopg2.connect(uk.database_dsn("accounts")), "accounts"
+            )
+        }
+        mover._unfence(uk)
+        mover._unfence(india)
+        assert mover.fenced(uk) == [] == mover.fenced(india)
+    finally:
+        mover.close()
+
+
+def test_idempotency_records_of_the_tenant_move_all_of_them(cells: tenant_move.Cells) -> None:
+    """Its own scope's, its agents' (``<tenant>:<agent>``) and its sign-up's (scope
+    ``signup``, sealed under its key): none stays in the source."""
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant, other, agent = (str(uuid.uuid4()) for _ in range(3))
+    rows = [
+        (tenant, "k1", None),
+        (f"{tenant}:{agent}", "k2", None),
+        ("signup", "k3", tenant),
+        (other, "k4", None),
+        ("signup", "k5", other),
+    ]
+    for scope, key, owner in rows:
+        if owner is None:
+            execute(
+                uk,
+                "gateway",
+                "INSERT INTO idempotency_keys (scope, key, fingerprint) VALUES (%s, %s, 'f')",
+                scope,
+                key,
+            )
+        else:
+            execute(
+                uk,
+                "gateway",
+                "INSERT INTO idempotency_keys (scope, key, fingerprint, status, headers,"
+                " sealed_body, tenant_id, subject_ids, completed_at) VALUES"
+                " (%s, %s, 'f', 201, '{}', '\\x00', %s, ARRAY[%s]::uuid[], now())",
+                scope,
+                key,
+                owner,
+                owner,
+            )
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover._copy(uk, india, "gateway")
+        keys = "SELECT key FROM idempotency_keys ORDER BY key"
+        assert execute(india, "gateway", keys) == [("k1",), ("k2",), ("k3",)]
+        mover._fence(uk)
+        mover._remove(uk, "gateway", [])
+        assert execute(uk, "gateway", keys) == [("k4",), ("k5",)]
+    finally:
+        mover.close()
+
+
+def test_a_revoked_key_is_not_frozen(cells: tenant_move.Cells) -> None:
+    """The router refuses the frozen tenant's live keys (503); a revoked one stays its cell's
+    to answer (401)."""
+    uk = cells.cell("uk")
+    tenant = signed_up(uk)
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        assert mover.directory.begin_move(tenant, "uk", "in")
+        mover._freeze(uk)
+        assert list(mover.directory.key_routes().values()) == [None]
+        execute(
+            uk,
+            "accounts",
+            "UPDATE api_keys SET revoked_at = now()"
+            " WHERE agent_id IN (SELECT id FROM agents WHERE tenant_id = %s)",
+            tenant,
+        )
+        mover._freeze(uk)
+        assert mover.directory.key_routes() == {}
+    finally:
+        mover.close()
+
+
+def test_a_rollback_begun_is_only_finished_by_rollback(cells: tenant_move.Cells) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = signed_up(uk)
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        assert mover.directory.begin_move(tenant, "uk", "in")
+        mover._fence(uk)
+        mover._fence(india)
+        mover._copy(uk, india, "accounts")
+        # As a rollback killed after recording its step and deleting part of the copy leaves it.
+        mover.directory.set_step(tenant, tenant_move.ROLLING_BACK, "rolled back by the operator")
+        assert mover.directory.moving(tenant), "the router still refuses the tenant"
+        with pytest.raises(tenant_move.MoveRefused, match="only rollback continues it"):
+            mover.resume()
+        mover.rollback()
+        move = mover.directory.move_of(tenant)
+        assert move is not None and move["outcome"] == "rolled_back"
+        assert not mover.directory.moving(tenant)
+        assert region_in(india, tenant) == [] and region_in(uk, tenant) == [("uk",)]
+        assert mover.fenced(uk) == [] == mover.fenced(india)
+    finally:
+        mover.close()
+
+
+def test_the_ledger_moves_only_after_the_cells_are_compared_again(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = signed_up(uk)
+    lines: list[str] = []
+    mover = tenant_move.Mover(cells, tenant, out=lines.append)
+    try:
+        mover.directory.record(tenant, "uk")
+        assert mover.directory.begin_move(tenant, "uk", "in")
+        mover._fence(india)
+        mover._copy(uk, india, "accounts")
+        mover.directory.set_step(tenant, "verified")
+        # Whatever changed the source after the verification (here by hand: the fence keeps
+        # events out, not an operator's SQL), the ledger step finds it and copies it again.
+        execute(uk, "accounts", "UPDATE tenants SET company = 'Changed' WHERE id = %s", tenant)
+        mover.resume()
+        assert "verify: accounts (tenants) changed: copying again" in lines
+        assert execute(india, "accounts", "SELECT company FROM tenants WHERE id = %s", tenant) == [
+            ("Changed",)
+        ]
+        move = mover.directory.move_of(tenant)
+        assert move is not None and move["outcome"] == "done"
+    finally:
+        mover.close()
+
+
+def test_the_source_is_not_destroyed_while_the_target_lacks_its_history(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = signed_up(uk)
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        assert mover.directory.begin_move(tenant, "uk", "in")
+        mover._copy(uk, india, "accounts")
+        mover.directory.cut_over(tenant, "in")
+        # An event the target's copy does not hold (appended before any fence, by hand).
+        execute(
+            uk,
+            "accounts",
+            "INSERT INTO events (event_id, stream_id, stream_version, type, source,"
+            " schema_version, tenant_id, occurred_at, payload) VALUES"
+            " (%s, 'late-1', 1, 'late', 'accounts', 1, %s, now(), '{}')",
+            str(uuid.uuid4()),
+            tenant,
+        )
+        with pytest.raises(tenant_move.MoveRefused, match="lacks .* history of accounts"):
+            mover.resume()
+        assert region_in(uk, tenant) == [("uk",)], "the source's copy kept"
+        move = mover.directory.move_of(tenant)
+        assert move is not None and move["step"] == "cut_over"
+    finally:
+        mover.close()
