@@ -362,6 +362,20 @@ def test_a_cell_reports_its_tenant_recorded_elsewhere_and_changes_nothing(cells:
     assert cells.rows() == {tenant: "in"}
 
 
+def test_a_cell_leaves_a_tenant_being_moved_alone(cells: Cells) -> None:
+    moving, gone, kept = cells.sign_up("uk"), cells.sign_up("uk"), cells.sign_up("uk")
+    cells.directory.record(gone, "uk")
+    cells.directory.record(kept, "uk")
+    destroy(cells.stores["uk"], gone)
+    for tenant in (moving, gone):
+        assert cells.directory.begin_move(tenant, "uk", "in")
+
+    result = directory_sync.sync_cell(cells.settings["uk"], "uk", cells.directory)
+
+    assert (result.moving, result.recorded, result.removed) == (2, 0, 0)
+    assert cells.rows() == {gone: "uk", kept: "uk"}
+
+
 def test_a_cell_holding_no_tenant_removes_none_of_its_rows(cells: Cells) -> None:
     recorded = str(uuid.uuid4())
     cells.directory.record(recorded, "uk")
