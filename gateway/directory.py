@@ -42,8 +42,9 @@ DATA_MAP = ServiceMap(
                     " with the cells (`gateway.directory_sync`, on start and every"
                     " `LEDGERDESK_DIRECTORY_SYNC_MINUTES`, 15 by default) removes a destroyed"
                     " tenant's row within that period, and records a tenant its sign-up missed;"
-                    " not where the cells' databases are on servers the router does not reach"
-                    " (the Kubernetes cells): there it is deleted by hand",
+                    " where the cells' databases are on servers the router does not reach (the"
+                    " Kubernetes cells) each cell does it for its own region's rows"
+                    " (`--cell REGION`, a CronJob every 15 minutes)",
                 ),
                 operational("region"),
                 operational("recorded_at"),
@@ -101,8 +102,9 @@ def prepare(settings: Settings) -> None:
 
 
 class Directory:
-    def __init__(self, settings: Settings, maxconn: int = 4) -> None:
-        self.db = kdb.Database(settings.database_dsn(NAME), maxconn=maxconn)
+    def __init__(self, settings: Settings, maxconn: int = 4, dsn: str | None = None) -> None:
+        # ``dsn``: a cell's reconciliation reaches the router's directory on another server.
+        self.db = kdb.Database(dsn or settings.database_dsn(NAME), maxconn=maxconn)
 
     def record(self, tenant_id: str, region: str) -> None:
         """The tenant lives in ``region``; recording it again changes nothing (a retried

@@ -16,7 +16,7 @@ that ``cell_accounts_dsn`` names) and
   and every row recorded in a cell that could not be read;
 - reports, and removes nothing of, a cell that holds no tenant at all while the directory
   records some there: the wrong database far more often than every tenant destroyed (the last
-  tenant of a region destroyed keeps its row, reported at each pass, until removed by hand).
+  tenant of a region destroyed keeps its row, reported at each pass, until an operator removes it).
 
 The directory is read before the cells: a tenant recorded after that read is not a candidate
 for removal, so a sign-up answered while a sync runs (the cell holds it before the router
@@ -26,6 +26,16 @@ The router runs it on start and every ``LEDGERDESK_DIRECTORY_SYNC_MINUTES`` (``P
 destruction reaches the directory within that period. By hand:
 
     python -m gateway.directory_sync [--dry-run]
+
+Where the router cannot reach the cells' databases (Kubernetes: each cell has its own server),
+each cell reconciles its own region's rows instead (``sync_cell``, a CronJob in the cell):
+
+    python -m gateway.directory_sync --cell REGION [--dry-run]
+
+reads the cell's own accounts database (``LEDGERDESK_DATABASE_URL``/``_PREFIX`` as the cell's
+processes have them) and writes the directory at ``LEDGERDESK_DIRECTORY_DATABASE_URL``, with the
+same decisions (``_reconcile``): a row recorded in another region is that cell's, unless this
+cell holds the tenant (a mismatch, reported).
 
 prints one line of counts. Exit status (``kernel.cli``): 0 in agreement (after the changes); 1
 mismatches reported, which need an operator; 2 configuration (no cells); 3 the directory, or
@@ -127,18 +137,50 @@ def sync(
     result = Result(dry_run=dry_run)
     # First the directory, then the cells: see the module's note on sign-ups meanwhile.
     recorded, moving = _recorded_and_moving(directory)
-    holders: dict[str, list[str]] = {}
-    empty: set[str] = set()
+    held: dict[str, set[str]] = {}
     for region in settings.cells:
         try:
-            tenants = held_by_cell(cell_accounts_dsn(settings, region))
+            held[region] = held_by_cell(cell_accounts_dsn(settings, region))
         except (psycopg2.Error, kdb.DatabaseUnavailable) as exc:
             # Not its DSN: it names the host. A missing database or table is unreachable too.
             log.warning("directory sync: cell %s unreadable (%s)", region, type(exc).__name__)
             result.unreachable.append(region)
-            continue
-        if not tenants:
-            empty.add(region)
+    return _reconcile(directory, result, recorded, moving, held, set(settings.cells), True)
+
+
+def sync_cell(
+    settings: Settings,
+    region: str,
+    directory: Directory,
+    dry_run: bool = False,
+) -> Result:
+    """Reconcile ``directory``'s rows of ``region`` with the tenants the cell itself holds (its
+    own accounts database, ``settings.database_dsn``): run inside a cell whose database server
+    the router cannot reach. Rows of other regions are other cells' business, except a tenant
+    this cell holds and the directory records elsewhere: reported, never changed."""
+    if not region:
+        raise ConfigurationError("--cell names no region")
+    result = Result(dry_run=dry_run)
+    recorded, moving = _recorded_and_moving(directory)
+    held = {region: held_by_cell(settings.database_dsn(ACCOUNTS))}
+    return _reconcile(directory, result, recorded, moving, held, {region}, False)
+
+
+def _reconcile(
+    directory: Directory,
+    result: Result,
+    recorded: dict[str, str],
+    moving: set[str],
+    held: dict[str, set[str]],
+    judged: set[str],
+    every_cell: bool,
+) -> Result:
+    """The decision both modes share. ``held``: the tenants of each cell read; ``judged``: the
+    regions whose rows this pass may remove; ``every_cell``: they are all the regions there
+    are, so a row naming another is a mismatch (the router), else another cell's (a cell)."""
+    holders: dict[str, list[str]] = {}
+    empty = {region for region, tenants in held.items() if not tenants}
+    for region, tenants in held.items():
         for tenant in tenants:
             holders.setdefault(tenant, []).append(region)
     result.held = len(holders)
@@ -167,15 +209,19 @@ def sync(
         if tenant in holders:
             continue
         if tenant in moving:
-            result.moving += 1
-        elif region not in settings.cells:
-            log.warning("directory sync: tenant %s recorded in %s: no such cell", tenant, region)
-            result.mismatched += 1
+            if every_cell or region in judged:
+                result.moving += 1
+        elif region not in judged:
+            if every_cell:
+                log.warning(
+                    "directory sync: tenant %s recorded in %s: no such cell", tenant, region
+                )
+                result.mismatched += 1
         elif region in empty:
             # A cell holding no tenant at all is more likely the wrong database (a prefix
             # misnamed, a fresh restore) than every tenant destroyed: its rows are kept.
             suspect[region] = suspect.get(region, 0) + 1
-        elif region not in result.unreachable:
+        elif region in held:
             to_remove.append((tenant, region))
     for region, rows in suspect.items():
         log.warning(
@@ -184,40 +230,47 @@ def sync(
         result.mismatched += 1
 
     result.recorded, result.removed = len(to_record), len(to_remove)
-    if not dry_run and (to_record or to_remove):
-        with directory.db.transaction() as cur:
-            # A sign-up recorded meanwhile wins: it is the same fact.
-            execute_values(
-                cur,
-                "INSERT INTO tenant_regions (tenant_id, region) VALUES %s"
-                " ON CONFLICT (tenant_id) DO NOTHING",
-                to_record,
-                template="(%s::uuid, %s)",
-            )
-            # By id and region: a row a finished move rewrote meanwhile is not this one.
-            removed = execute_values(
-                cur,
-                "DELETE FROM tenant_regions t USING (VALUES %s) AS gone (tenant_id, region)"
-                " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region"
-                " RETURNING t.tenant_id::text",
-                to_remove,
-                template="(%s::uuid, %s)",
-                fetch=True,
-            )
-            # What the directory holds of a moved tenant goes with it: its keys' hashes and
-            # its finished moves; only of rows deleted here (a tenant that moved while this
-            # pass read the cells keeps its row, and with it its keys' routes).
-            gone = [row[0] for row in removed]
-            result.removed = len(gone)
-            cur.execute("DELETE FROM moved_keys WHERE tenant_id = ANY(%s::uuid[])", (gone,))
-            cur.execute(
-                "DELETE FROM tenant_moves WHERE tenant_id = ANY(%s::uuid[])"
-                " AND finished_at IS NOT NULL",
-                (gone,),
-            )
+    if not result.dry_run and (to_record or to_remove):
+        result.removed = _write(directory, to_record, to_remove)
     if result.recorded or result.removed or result.mismatched or result.unreachable:
         log.info(result.line())
     return result
+
+
+def _write(
+    directory: Directory, to_record: list[tuple[str, str]], to_remove: list[tuple[str, str]]
+) -> int:
+    """Record and remove in one transaction; the number of rows actually removed."""
+    with directory.db.transaction() as cur:
+        # A sign-up recorded meanwhile wins: it is the same fact.
+        execute_values(
+            cur,
+            "INSERT INTO tenant_regions (tenant_id, region) VALUES %s"
+            " ON CONFLICT (tenant_id) DO NOTHING",
+            to_record,
+            template="(%s::uuid, %s)",
+        )
+        # By id and region: a row a finished move rewrote meanwhile is not this one.
+        removed = execute_values(
+            cur,
+            "DELETE FROM tenant_regions t USING (VALUES %s) AS gone (tenant_id, region)"
+            " WHERE t.tenant_id = gone.tenant_id AND t.region = gone.region"
+            " RETURNING t.tenant_id::text",
+            to_remove,
+            template="(%s::uuid, %s)",
+            fetch=True,
+        )
+        # What the directory holds of a moved tenant goes with it: its keys' hashes and
+        # its finished moves; only of rows deleted here (a tenant that moved while this
+        # pass read the cells keeps its row, and with it its keys' routes).
+        gone = [row[0] for row in removed]
+        cur.execute("DELETE FROM moved_keys WHERE tenant_id = ANY(%s::uuid[])", (gone,))
+        cur.execute(
+            "DELETE FROM tenant_moves WHERE tenant_id = ANY(%s::uuid[])"
+            " AND finished_at IS NOT NULL",
+            (gone,),
+        )
+    return len(gone)
 
 
 class Periodic:
@@ -256,14 +309,33 @@ def main(argv: list[str] | None = None) -> int:
         " 2 configuration; 3 the directory or a cell unreachable",
     )
     parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    parser.add_argument(
+        "--cell",
+        metavar="REGION",
+        help="run inside REGION's cell: reconcile the directory (LEDGERDESK_DIRECTORY_DATABASE_URL)"
+        " with this cell's own tenants, for that region's rows only",
+    )
     args = parser.parse_args(argv)
 
     def run() -> int:
-        settings = Settings.from_env(service="router")
-        configure_logging("router", settings.log_format, settings.log_level)
-        directory = Directory(settings, maxconn=1)
+        if args.cell is None:
+            settings = Settings.from_env(service="router")
+            configure_logging("router", settings.log_format, settings.log_level)
+            directory = Directory(settings, maxconn=1)
+        else:
+            # The cell's own settings: its accounts database is the one its processes use.
+            settings = Settings.from_env(service="directory-sync")
+            configure_logging("directory-sync", settings.log_format, settings.log_level)
+            if not settings.directory_database_url:
+                raise ConfigurationError(
+                    "--cell needs LEDGERDESK_DIRECTORY_DATABASE_URL, the router's directory"
+                )
+            directory = Directory(settings, maxconn=1, dsn=settings.directory_database_url)
         try:
-            result = sync(settings, directory, dry_run=args.dry_run)
+            if args.cell is None:
+                result = sync(settings, directory, dry_run=args.dry_run)
+            else:
+                result = sync_cell(settings, args.cell, directory, dry_run=args.dry_run)
         finally:
             directory.close()
         print(result.line())

@@ -73,6 +73,9 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # Creating databases and declaring the broker's topology (and the operators' dead-letter
     # and relay tools) take the connection settings only.
     "prepare": frozenset(),
+    # A cell's reconciliation of the router's directory (gateway.directory_sync --cell): ids
+    # and statuses only, through the two databases' URLs.
+    "directory-sync": frozenset(),
 }
 
 # --- the declaration --------------------------------------------------------------------------
@@ -346,6 +349,17 @@ class Settings:
         parse=values.number(float),
         doc="the router reconciles its directory with the cells' tenants on start and every"
         " this many minutes (`gateway.directory_sync`): a destroyed tenant's row goes within it",
+    )
+    # A cell whose database server the router cannot reach (Kubernetes) reconciles its own
+    # region's rows itself (`python -m gateway.directory_sync --cell`): it writes to the
+    # router's directory, whose whole DSN this is (database name included).
+    directory_database_url: str = setting(
+        "",
+        name="DIRECTORY_DATABASE_URL",
+        credential=True,
+        shown="empty: the cell does not reconcile the directory",
+        doc="a cell's DSN of the router's directory database (`<router prefix>_directory`),"
+        " for `python -m gateway.directory_sync --cell REGION` only",
     )
     policy_version: str = setting(
         "2026-01", name="POLICY_VERSION", doc="a fresh platform's first policy version"

@@ -11,7 +11,7 @@ import kubernetes_validate
 from gateway import directory
 from kernel.config import Settings
 from tests.deploy.kustomize import render
-from tests.deploy.manifests import KUBERNETES, find, pod_spec
+from tests.deploy.manifests import KUBERNETES, find, pod_labels, pod_spec
 from tests.deploy.test_kubernetes_backups import (
     DATA_PROMISE_DAYS,
     backup_env,
@@ -185,3 +185,73 @@ def test_a_cells_api_is_reached_through_the_router_only_and_trusts_its_forwarded
             if {"protocol": "TCP", "port": 8000} in rule["ports"]
         ]
         assert api == [router_only], region
+
+
+def test_each_cell_keeps_its_region_of_the_directory_true_every_period() -> None:
+    """The router reaches no cell's PostgreSQL: each cell runs the reconciliation for its own
+    region (gateway.directory_sync --cell), as often as the router's own pass would run, with
+    its own accounts database and the directory's URL, the one pod of the cell holding it."""
+    for region in REGIONS:
+        namespace = f"ledgerdesk-{region}"
+        job = of("CronJob", "ledgerdesk-directory-sync", namespace)
+        assert job["spec"]["schedule"] == (f"*/{int(Settings().directory_sync_minutes)} * * * *")
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        spec = pod_spec(job)
+        (container,) = spec["containers"]
+        assert container["args"] == ["gateway.directory_sync", "--cell", region]
+        gateway = of("Deployment", "ledgerdesk-gateway", namespace)
+        assert container["image"] == pod_spec(gateway)["containers"][0]["image"]
+        refs = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in container["env"]}
+        assert refs == {
+            name: {"name": "ledgerdesk-secrets", "key": name}
+            for name in ("LEDGERDESK_DATABASE_URL", "LEDGERDESK_DIRECTORY_DATABASE_URL")
+        }
+        # What the job's process reads: this cell's accounts database, the router's directory.
+        config = of("ConfigMap", "ledgerdesk-config", namespace)["data"]
+        directory_url = "postgresql://sync:pw@router-db:5432/ledgerdesk_router_directory"
+        settings = Settings.from_env(
+            {
+                **config,
+                "LEDGERDESK_DATABASE_URL": "postgresql://cell-db/postgres",
+                "LEDGERDESK_DIRECTORY_DATABASE_URL": directory_url,
+            },
+            "directory-sync",
+        )
+        assert settings.database_name("accounts") == f"ledgerdesk_{region}_accounts"
+        assert settings.directory_database_url == directory_url
+        assert urllib.parse.urlsplit(directory_url).path.lstrip(
+            "/"
+        ) == router_settings().database_name(directory.NAME)
+        # No other workload of the cell is given the directory's URL.
+        for document in documents():
+            if document["metadata"].get("namespace") != namespace:
+                continue
+            if document["metadata"]["name"] == "ledgerdesk-directory-sync":
+                continue
+            if document["kind"] in ("Deployment", "Job", "CronJob"):
+                assert "LEDGERDESK_DIRECTORY_DATABASE_URL" not in str(pod_spec(document)), document[
+                    "metadata"
+                ]["name"]
+
+
+def test_the_directory_sync_job_may_reach_postgresql_and_nothing_else() -> None:
+    for region in REGIONS:
+        namespace = f"ledgerdesk-{region}"
+        labels = pod_labels(of("CronJob", "ledgerdesk-directory-sync", namespace))
+        selecting = [
+            d
+            for d in documents()
+            if d["kind"] == "NetworkPolicy"
+            and d["metadata"]["namespace"] == namespace
+            and d["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+        ]
+        names = {d["metadata"]["name"] for d in selecting}
+        assert names == {"ledgerdesk-default-deny", "ledgerdesk-directory-sync"}, names
+        policy = of("NetworkPolicy", "ledgerdesk-directory-sync", namespace)
+        assert policy["spec"]["ingress"] == []
+        ports = [
+            (port["protocol"], port["port"])
+            for rule in policy["spec"]["egress"]
+            for port in rule["ports"]
+        ]
+        assert sorted(ports) == [("TCP", 53), ("TCP", 5432), ("UDP", 53)]

@@ -51,6 +51,10 @@ CONNECTIONS = {
     for _, variable in declared()
     if variable.credential and not variable.tests_only
 }
+# A region cell's key for the router's directory: its reconciliation CronJob's alone
+# (deploy/kubernetes/cells, test_kubernetes_cells.py), never the platform's containers'.
+CELLS_ONLY = {"LEDGERDESK_DIRECTORY_DATABASE_URL"}
+CONNECTIONS -= CELLS_ONLY
 # Production values: long, random-looking, none a development value.
 REAL = {
     "LEDGERDESK_MASTER_KEY": "k2026a:" + base64.b64encode(bytes(range(32))).decode(),
@@ -204,10 +208,10 @@ def test_the_secret_holds_exactly_the_declared_secrets_and_connection_urls() -> 
     broker_users = {
         f"LEDGERDESK_AMQP_URI_{process.upper()}" for process in broker_definitions.PROCESSES
     }
-    assert set(env_file(SECRETS_EXAMPLE)) == secrets | CONNECTIONS | broker_users
+    assert set(env_file(SECRETS_EXAMPLE)) == secrets | CONNECTIONS | CELLS_ONLY | broker_users
     for overlay in OVERLAYS:
         config = find(overlay, "ConfigMap", "ledgerdesk-config")["data"]
-        assert not set(config) & (secrets | CONNECTIONS)
+        assert not set(config) & (secrets | CONNECTIONS | CELLS_ONLY)
         variables = {variable.variable for _, variable in declared()}
         assert {name for name in config if name.startswith("LEDGERDESK_")} <= variables
 

@@ -315,3 +315,104 @@ def _up(url: str) -> bool:
     except requests.ConnectionError:
         return False
     return True
+
+
+# --- a cell reconciling its own region's rows (Kubernetes: the router reaches no cell's database)
+
+
+def test_a_cell_records_its_missing_tenant_removes_its_destroyed_one_and_leaves_others(
+    cells: Cells,
+) -> None:
+    missed, doomed, kept = cells.sign_up("uk"), cells.sign_up("uk"), cells.sign_up("uk")
+    cells.directory.record(doomed, "uk")
+    cells.directory.record(kept, "uk")
+    # The in cell's tenant, which the uk cell does not hold: the in cell's business.
+    elsewhere = cells.sign_up("in")
+    cells.directory.record(elsewhere, "in")
+    for tenant in (doomed, kept, elsewhere):
+        cells.directory.set_moved_keys(tenant, [f"hash-of-{tenant}"])
+    with cells.directory.db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO tenant_moves (tenant_id, source, target, step, finished_at, outcome)"
+            " VALUES (%s, 'in', 'uk', 'done', now(), 'done')",
+            (doomed,),
+        )
+    destroy(cells.stores["uk"], doomed)
+
+    result = directory_sync.sync_cell(cells.settings["uk"], "uk", cells.directory)
+
+    assert (result.held, result.recorded, result.removed, result.mismatched) == (2, 1, 1, 0)
+    assert result.exit_code() == cli.Exit.OK
+    assert cells.rows() == {missed: "uk", kept: "uk", elsewhere: "in"}
+    with cells.directory.db.read() as cur:
+        cur.execute("SELECT tenant_id::text FROM moved_keys")
+        assert {row[0] for row in cur.fetchall()} == {kept, elsewhere}
+        cur.execute("SELECT count(*) FROM tenant_moves")
+        assert cur.fetchone() == (0,)
+
+
+def test_a_cell_reports_its_tenant_recorded_elsewhere_and_changes_nothing(cells: Cells) -> None:
+    tenant = cells.sign_up("uk")
+    cells.directory.record(tenant, "in")
+
+    result = directory_sync.sync_cell(cells.settings["uk"], "uk", cells.directory)
+
+    assert (result.recorded, result.removed, result.mismatched) == (0, 0, 1)
+    assert result.exit_code() == cli.Exit.FAILED
+    assert cells.rows() == {tenant: "in"}
+
+
+def test_a_cell_leaves_a_tenant_being_moved_alone(cells: Cells) -> None:
+    moving, gone, kept = cells.sign_up("uk"), cells.sign_up("uk"), cells.sign_up("uk")
+    cells.directory.record(gone, "uk")
+    cells.directory.record(kept, "uk")
+    destroy(cells.stores["uk"], gone)
+    for tenant in (moving, gone):
+        assert cells.directory.begin_move(tenant, "uk", "in")
+
+    result = directory_sync.sync_cell(cells.settings["uk"], "uk", cells.directory)
+
+    assert (result.moving, result.recorded, result.removed) == (2, 0, 0)
+    assert cells.rows() == {gone: "uk", kept: "uk"}
+
+
+def test_a_cell_holding_no_tenant_removes_none_of_its_rows(cells: Cells) -> None:
+    recorded = str(uuid.uuid4())
+    cells.directory.record(recorded, "uk")
+
+    result = directory_sync.sync_cell(cells.settings["uk"], "uk", cells.directory)
+
+    assert (result.removed, result.mismatched) == (0, 1)
+    assert cells.rows() == {recorded: "uk"}
+
+
+def test_the_cell_command_reads_the_cell_s_settings_and_the_directory_s_url(cells: Cells) -> None:
+    tenant = cells.sign_up("in")
+    env = {
+        **world_env(cells.settings["in"]),
+        "LEDGERDESK_DIRECTORY_DATABASE_URL": cells.router.database_dsn("directory"),
+    }
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.directory_sync", "--cell", "in"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "directory sync: 1 held by the cells, recorded 1, removed 0, mismatched 0,"
+        " moving 0, unreachable none"
+    ]
+    assert cells.rows() == {tenant: "in"}
+
+    unset = subprocess.run(
+        [sys.executable, "-m", "gateway.directory_sync", "--cell", "in"],
+        env={**env, "LEDGERDESK_DIRECTORY_DATABASE_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unset.returncode == cli.Exit.USAGE
+    assert "LEDGERDESK_DIRECTORY_DATABASE_URL" in unset.stderr

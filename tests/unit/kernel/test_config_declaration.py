@@ -56,6 +56,7 @@ EVERYTHING_CHANGED = Settings(
     cell_master_keys={"us": {"us-1": bytes(range(50, 82))}, "uk": {"uk-2": bytes(range(7, 39))}},
     cells_mail_in={"uk": "smtp://tickets-uk:2525", "us": "lmtp://tickets-us:24"},
     cells_database_prefixes={"uk": "desk_uk", "us": "desk_us"},
+    directory_database_url="postgresql://u:p@router-db:5432/desk_directory",
     directory_sync_minutes=2.5,
     policy_version="2027-03",
     traces_exporter="console",
