@@ -39,8 +39,10 @@ def test_every_process_of_the_platform_has_its_secrets_declared():
 
     # The router in front of the region cells holds no cell's data key, only the API key
     # secret every cell shares (it recognises a moved tenant's keys by their keyed hash).
-    assert set(SERVICE_SECRETS) == {*SERVICES, "gateway", "prepare", "router"}
+    assert set(SERVICE_SECRETS) == {*SERVICES, "gateway", "prepare", "router", "directory-sync"}
     assert SERVICE_SECRETS["router"] == frozenset({"API_KEY_SECRET"})
+    # A cell's reconciliation of the directory reads ids and writes ids: no secret at all.
+    assert SERVICE_SECRETS["directory-sync"] == frozenset()
     for name, secrets in SERVICE_SECRETS.items():
         assert secrets <= set(SECRET_FIELDS), name
     # The audit seed is audit's (and, for erasure receipts, retention's): the gateway publishes
