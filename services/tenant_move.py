@@ -30,7 +30,10 @@ each step idempotent so ``resume`` reruns the one recorded:
 - ``ledger_moved``: the cells verified again under the fence (still differing after copies
   again, the step is refused: resume or rollback), then ``tenant.moved_out`` appended to the
   tenant's audit log in the source, the log copied byte for byte to the target (every proof
-  given before still verifies) and ``tenant.moved_in`` appended there;
+  given before still verifies) and ``tenant.moved_in`` appended there; a target the tenant
+  left before keeps its log up to that move's ``moved_out``: the source's log must extend it
+  (its entry at the target's size has the target's head hash), else the move is refused before
+  it starts, and only the entries (and tree nodes) past it are appended;
 - ``cut_over``: the target's fence lifted, the target's accounts records the tenant's new region
   (``tenant_region_changed``: ``/v1/tenant``, new events' ``metadata.region``, billing's tax
   rate from then on), then the directory names the target, the tenant's keys go there, the
@@ -408,11 +411,8 @@ class Mover:
         if source == target:
             raise MoveRefused(f"tenant {self.tenant} is in {target} already")
         self.cells.cell(source)
-        if self._target_holds_log(target):
-            raise MoveRefused(
-                f"the {target} cell keeps an audit log of tenant {self.tenant} (moved out"
-                " before): moving it back is not supported"
-            )
+        # Moving back: the cell left keeps the tenant's log, which the source's must extend.
+        self._refuse_unless_log_extends(self.cells.cell(source), self.cells.cell(target))
         if (unfinished := self.directory.move_of(self.tenant)) and unfinished["outcome"] is None:
             raise MoveRefused(f"tenant {self.tenant} has a move unfinished: resume or rollback")
         self._ready_to_start(self.cells.cell(source))
@@ -866,46 +866,127 @@ class Mover:
                         differing.append(f"keys.{table.name}")
         return differing
 
-    def _target_holds_log(self, region: str) -> bool:
-        cell = self.cells.cell(region)
-        if not _exists(cell, cell.database_name("audit")):
-            return False
-        with _connection(cell.database_dsn("audit")) as conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT EXISTS (SELECT FROM log_heads WHERE tenant_id = %s)", (self.tenant,)
-            )
-            return bool(cur.fetchone()[0])
-
-    def _move_ledger(self, source: Settings, target: Settings, move: dict[str, Any]) -> None:
-        """``moved_out`` appended in the source (its event id derived from the move, so an
-        append resumed finds it in), the log copied to the target and ``moved_in`` appended
-        there, in one target transaction (a target holding the log has it whole)."""
-        started = move["started_at"]
-        regions = {"tenant_id": self.tenant, "from": move["source"], "to": move["target"]}
-        out = self._entry(MOVED_OUT, started, regions)
-        with _connection(source.database_dsn("audit")) as src:
-            with src.cursor() as cur:
-                _logs().append(cur, [(out, None, chain.canonical(out.to_dict()))])
-            src.commit()
-        if self._target_holds_log(move["target"]):
+    def _refuse_unless_log_extends(self, source: Settings, target: Settings) -> None:
+        """Before a move starts: nothing is frozen for a move whose ledger step would refuse."""
+        if not _exists(target, target.database_name("audit")):
             return
         with (
             _connection(source.database_dsn("audit")) as src,
             _connection(target.database_dsn("audit")) as dst,
         ):
+            with src.cursor() as read, dst.cursor() as held:
+                self._held_log_size(read, held, self._region_of(source), self._region_of(target))
+            src.rollback()
+            dst.rollback()
+
+    def _held_log_size(self, read: Any, held: Any, source: str, target: str) -> int:
+        """The size of the log of the tenant's that the target keeps from a move out of it
+        (0: none), its head locked on ``held``'s transaction; refused unless the source's log
+        extends it: the source's entry at that size has the target's head hash, which chains
+        every entry before it, so the target's log is the source's first entries."""
+        held.execute(
+            "SELECT size, head_hash FROM log_heads WHERE tenant_id = %s FOR UPDATE",
+            (self.tenant,),
+        )
+        row = held.fetchone()
+        if row is None or row[0] == 0:
+            return 0
+        size, head = int(row[0]), bytes(row[1])
+        query = "SELECT hash FROM log_entries WHERE tenant_id = %s AND seq = %s"
+        held.execute(query, (self.tenant, size))
+        own = held.fetchone()
+        read.execute(query, (self.tenant, size))
+        theirs = read.fetchone()
+        if (
+            own is None
+            or bytes(own[0]) != head
+            or theirs is None
+            or bytes(theirs[0]) != head
+            # The head's hash chains the entries' hashes, not what is stored beside them: an
+            # entry or node changed in place (or one cell's stored differently) is found here.
+            or any(
+                self._prefix_digest(held, table, size) != self._prefix_digest(read, table, size)
+                for table in _PREFIX
+            )
+        ):
+            raise MoveRefused(
+                f"the {target} cell keeps an audit log of tenant {self.tenant} ({size} entries)"
+                f" that the {source} cell's log does not extend: the move is refused"
+            )
+        return size
+
+    def _prefix_digest(self, cur: Any, table: str, size: int) -> tuple[int, str | None]:
+        """The count and a hash of the text of the rows of ``table`` within the tenant's log's
+        first ``size`` entries."""
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*), md5(string_agg(ROW({})::text, ';' ORDER BY {}))"
+                " FROM {} WHERE tenant_id = %s AND {} <= %s"
+            ).format(
+                _as_text(_LOG_COLUMNS[table]),
+                sql.SQL(_PREFIX[table][1]),
+                sql.Identifier(table),
+                sql.SQL(_PREFIX[table][0]),
+            ),
+            (self.tenant, size),
+        )
+        count, digest = cur.fetchone()
+        return int(count), digest
+
+    def _move_ledger(self, source: Settings, target: Settings, move: dict[str, Any]) -> None:
+        """``moved_out`` appended in the source (its event id derived from the move, so an
+        append resumed finds it in), the log copied to the target and ``moved_in`` appended
+        there, in one target transaction (a target holding ``moved_in`` has the copy whole).
+
+        A target the tenant moved out of before keeps its log up to that ``moved_out``: only
+        the source's entries after it are appended, with the tree nodes they complete, and the
+        head becomes the source's (every proof either cell gave still verifies)."""
+        started = move["started_at"]
+        regions = {"tenant_id": self.tenant, "from": move["source"], "to": move["target"]}
+        out = self._entry(MOVED_OUT, started, regions)
+        moved_in = self._entry(MOVED_IN, started, regions)
+        with (
+            _connection(source.database_dsn("audit")) as src,
+            _connection(target.database_dsn("audit")) as dst,
+        ):
             with dst.cursor() as cur:
-                for table, order in (
-                    ("log_entries", "seq"),
-                    ("log_nodes", "level, idx"),
-                    ("log_heads", "tenant_id"),
+                cur.execute(
+                    "SELECT EXISTS (SELECT FROM log_entries WHERE event_id = %s)",
+                    (str(moved_in.event_id),),
+                )
+                if cur.fetchone()[0]:
+                    # A resumed step whose copy was committed: done.
+                    return
+            # Checked before ``moved_out`` too: a refused step leaves the source's log as it was.
+            with src.cursor() as read, dst.cursor() as held:
+                self._held_log_size(read, held, move["source"], move["target"])
+            dst.rollback()
+            with src.cursor() as cur:
+                _logs().append(cur, [(out, None, chain.canonical(out.to_dict()))])
+            src.commit()
+            with dst.cursor() as cur:
+                with src.cursor() as read:
+                    # One snapshot of the source's log: entries, nodes and head agree.
+                    read.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    held = self._held_log_size(read, cur, move["source"], move["target"])
+                for table, after, order in (
+                    ("log_entries", "seq > %s", "seq"),
+                    # The nodes completed by an entry past the target's: (idx + 1) << level is
+                    # the seq of the last leaf under a node.
+                    ("log_nodes", "((idx + 1) << level) > %s", "level, idx"),
                 ):
                     names = _LOG_COLUMNS[table]
                     with src.cursor() as read:
                         read.execute(
-                            sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s ORDER BY {}").format(
-                                _as_text(names), sql.Identifier(table), sql.SQL(order)
+                            sql.SQL(
+                                "SELECT {} FROM {} WHERE tenant_id = %s AND {} ORDER BY {}"
+                            ).format(
+                                _as_text(names),
+                                sql.Identifier(table),
+                                sql.SQL(after),
+                                sql.SQL(order),
                             ),
-                            (self.tenant,),
+                            (self.tenant, held),
                         )
                         rows = read.fetchall()
                     if rows:
@@ -920,7 +1001,21 @@ class Mover:
                             rows,
                             page_size=BATCH,
                         )
-                moved_in = self._entry(MOVED_IN, started, regions)
+                with src.cursor() as read:
+                    read.execute(
+                        sql.SQL("SELECT {} FROM log_heads WHERE tenant_id = %s").format(
+                            _as_text(_LOG_COLUMNS["log_heads"])
+                        ),
+                        (self.tenant,),
+                    )
+                    head = read.fetchone()
+                cur.execute(
+                    "INSERT INTO log_heads (tenant_id, size, head_hash, compact_range)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id) DO UPDATE SET"
+                    " size = EXCLUDED.size, head_hash = EXCLUDED.head_hash,"
+                    " compact_range = EXCLUDED.compact_range",
+                    head,
+                )
                 _logs().append(cur, [(moved_in, None, chain.canonical(moved_in.to_dict()))])
             dst.commit()
             src.rollback()
@@ -996,6 +1091,12 @@ _LOG_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "log_nodes": ("tenant_id", "level", "idx", "hash"),
     "log_heads": ("tenant_id", "size", "head_hash", "compact_range"),
+}
+# Per log table: the seq of the last entry a row needs (a node: of the last leaf under it), and
+# the rows' order.
+_PREFIX: dict[str, tuple[str, str]] = {
+    "log_entries": ("seq", "seq"),
+    "log_nodes": ("((idx + 1) << level)", "level, idx"),
 }
 _SUBJECT_KEY_COLUMNS = (
     "subject_id",

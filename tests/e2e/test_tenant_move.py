@@ -429,3 +429,51 @@ def test_a_move_does_not_start_while_the_source_holds_dead_letters(cells: Cells)
     status = mover(cells, "status", "--tenant", tenant_id)
     assert "no move recorded" in status.stdout, status.stdout
     assert ok(cells.call("GET", "/v1/tenant", key=key))["id"] == tenant_id
+
+
+def test_a_tenant_moves_back_to_the_cell_it_left(cells: Cells) -> None:
+    """uk -> in -> uk: the uk cell kept the tenant's log up to its first ``moved_out``; the move
+    back extends it with what ``in`` logged, and the whole log verifies in uk."""
+    signup = cells.call("POST", "/v1/signup", json={**SIGNUP, "region": "uk"}).json()
+    key, tenant_id = signup["api_key"], signup["tenant"]["id"]
+    contacts = [
+        ok(
+            cells.call(
+                "POST", "/v1/contacts", key=key, json={"name": "B", "email": "b@example.com"}
+            ),
+            201,
+        )["id"]
+    ]
+    for region in ("in", "uk"):
+        moved = mover(cells, "move", "--tenant", tenant_id, "--to", region)
+        assert moved.returncode == 0, moved.stderr
+        wait_until(
+            lambda r=region: ok(cells.call("GET", "/v1/tenant", key=key))["region"] == r,
+            timeout=20,
+            what=f"the tenant served by {region}",
+        )
+        if region == "in":
+            created = cells.call(
+                "POST", "/v1/contacts", key=key, json={"name": "C", "email": "c@example.com"}
+            )
+            contacts.append(ok(created, 201)["id"])
+    for contact in contacts:
+        assert ok(cells.call("GET", f"/v1/contacts/{contact}", key=key))["id"] == contact
+    log = "SELECT type, hash FROM log_entries WHERE tenant_id = %s ORDER BY seq"
+    india = rows_of(cells.cells["in"], "audit", log, tenant_id)
+    uk = rows_of(cells.cells["uk"], "audit", log, tenant_id)
+    assert india[-1][0] == tenant_move.MOVED_OUT
+    assert uk[: len(india)] == india, "in's log carried on top of the one uk kept"
+    assert [t for t, _ in uk].count(tenant_move.MOVED_OUT) == 2
+    assert uk[len(india)][0] == tenant_move.MOVED_IN, "then what uk logs since"
+    verified = wait_until(
+        lambda: (
+            (r := ok(cells.call("GET", "/v1/audit/verify", key=key)))["included"] >= len(india)
+            and r["platform"]["verified_at"]
+            and r
+        ),
+        timeout=60,
+        interval=1,
+        what="a checkpoint over the whole log and a verification run in uk",
+    )
+    assert (verified["ok"], verified["first_bad_seq"]) == (True, None), verified

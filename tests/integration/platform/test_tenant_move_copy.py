@@ -15,12 +15,14 @@ import pytest
 from gateway.idempotency import MIGRATIONS as GATEWAY_MIGRATIONS
 from kernel.commands import load_command
 from kernel.config import Settings
+from kernel.envelope import new_envelope
 from kernel.stores import open_store, prepare_databases
 from services import platform, tenant_move
 from services.accounts import handlers
 from services.accounts.commands import SignUpV1
 from services.accounts.events import REGISTRY as ACCOUNTS_EVENTS
 from services.accounts.projections import PROJECTIONS as ACCOUNTS_PROJECTIONS
+from services.audit.ledger import open_ledger
 
 
 def prepare_cell(cell: Settings) -> None:
@@ -433,5 +435,155 @@ def test_the_source_is_not_destroyed_while_the_target_lacks_its_history(
         assert region_in(uk, tenant) == [("uk",)], "the source's copy kept"
         move = mover.directory.move_of(tenant)
         assert move is not None and move["step"] == "cut_over"
+    finally:
+        mover.close()
+
+
+def logged(cell: Settings, tenant: str, n: int) -> None:
+    """``n`` entries appended to the tenant's audit log in ``cell``, and a platform checkpoint
+    signed there over them."""
+    ledger = open_ledger(cell)
+    ledger.logs.record_many(
+        [
+            new_envelope(
+                type="thing_happened",
+                schema_version=1,
+                source="tickets",
+                stream_id=f"Thing-{uuid.uuid4()}",
+                stream_version=1,
+                tenant_id=uuid.UUID(tenant),
+                actor_id=None,
+                payload={"n": i},
+            )
+            for i in range(n)
+        ]
+    )
+    assert ledger.logs.checkpoint() is not None
+
+
+def ledger_moved(mover: tenant_move.Mover, source: str, target: str) -> dict:
+    """The ledger step of a move ``source`` -> ``target``, the directory's move done after it."""
+    assert mover.directory.begin_move(mover.tenant, source, target)
+    mover.directory.set_step(mover.tenant, "verified")
+    move = mover.directory.move_of(mover.tenant)
+    assert move is not None
+    mover._move_ledger(mover.cells.cell(source), mover.cells.cell(target), move)
+    return move
+
+
+LOG = (
+    "SELECT seq, type, hash::text, leaf_hash::text FROM log_entries WHERE tenant_id = %s"
+    " ORDER BY seq"
+)
+HEAD = "SELECT size, head_hash::text, compact_range::text FROM log_heads WHERE tenant_id = %s"
+NODES = "SELECT level, idx, hash::text FROM log_nodes WHERE tenant_id = %s ORDER BY level, idx"
+
+
+def test_a_tenant_moves_back_to_a_cell_it_left_and_its_whole_log_verifies_there(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = str(uuid.uuid4())
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        logged(uk, tenant, 3)
+        ledger_moved(mover, "uk", "in")
+        mover.directory.cut_over(tenant, "in")
+        mover.directory.set_step(tenant, "done")
+        left = execute(uk, "audit", LOG, tenant)
+        logged(india, tenant, 4)
+        # Rolled back before the ledger step: uk's old log is as it was.
+        assert mover.directory.begin_move(tenant, "in", "uk")
+        undone = mover.directory.move_of(tenant)
+        assert undone is not None
+        mover._undo(undone, "rolled back by the test")
+        assert execute(uk, "audit", LOG, tenant) == left
+        back = ledger_moved(mover, "in", "uk")
+        # The ledger step run again (a resume) appends nothing twice.
+        mover._move_ledger(india, uk, back)
+        types = [t for _, t, _, _ in execute(uk, "audit", LOG, tenant)]
+        assert types == [
+            *["thing_happened"] * 3,
+            tenant_move.MOVED_OUT,
+            tenant_move.MOVED_IN,
+            *["thing_happened"] * 4,
+            tenant_move.MOVED_OUT,
+            tenant_move.MOVED_IN,
+        ]
+        source = execute(india, "audit", LOG, tenant)
+        assert execute(uk, "audit", LOG, tenant)[: len(source)] == source, "byte for byte"
+        assert set(execute(india, "audit", NODES, tenant)) <= set(
+            execute(uk, "audit", NODES, tenant)
+        )
+        ledger = open_ledger(uk)
+        assert ledger.logs.checkpoint() is not None
+        report = ledger.logs.verify_log(uuid.UUID(tenant))
+        assert report["ok"] is True, report
+        assert report["entries"] == report["verified_size"] == len(types)
+        assert report["checkpoints"] == 2, "signed before the move out and after the move back"
+        assert open_ledger(india).logs.verify_log(uuid.UUID(tenant))["ok"] is True
+    finally:
+        mover.close()
+
+
+def test_a_move_back_to_a_cell_whose_log_the_source_does_not_extend_is_refused(
+    cells: tenant_move.Cells,
+) -> None:
+    uk, india = cells.cell("uk"), cells.cell("in")
+    tenant = str(uuid.uuid4())
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        # Two logs of one tenant that share nothing: uk's is no prefix of india's.
+        logged(uk, tenant, 2)
+        logged(india, tenant, 3)
+        mover.directory.record(tenant, "in")
+        before = {
+            region: (execute(cell, "audit", LOG, tenant), execute(cell, "audit", HEAD, tenant))
+            for region, cell in (("uk", uk), ("in", india))
+        }
+        with pytest.raises(tenant_move.MoveRefused, match="does not extend"):
+            mover.move("uk")
+        assert mover.directory.move_of(tenant) is None, "nothing recorded"
+        assert mover.directory.begin_move(tenant, "in", "uk")
+        move = mover.directory.move_of(tenant)
+        assert move is not None
+        with pytest.raises(tenant_move.MoveRefused, match="does not extend"):
+            mover._move_ledger(india, uk, move)
+        after = {
+            region: (execute(cell, "audit", LOG, tenant), execute(cell, "audit", HEAD, tenant))
+            for region, cell in (("uk", uk), ("in", india))
+        }
+        assert after == before, "neither log changed"
+    finally:
+        mover.close()
+
+
+def test_a_move_back_to_a_cell_whose_old_log_was_changed_in_place_is_refused(
+    cells: tenant_move.Cells,
+) -> None:
+    uk = cells.cell("uk")
+    tenant = str(uuid.uuid4())
+    mover = tenant_move.Mover(cells, tenant, out=lambda line: None)
+    try:
+        mover.directory.record(tenant, "uk")
+        logged(uk, tenant, 3)
+        ledger_moved(mover, "uk", "in")
+        mover.directory.cut_over(tenant, "in")
+        mover.directory.set_step(tenant, "done")
+        # An entry's content rewritten past the append-only trigger, its hashes left: the head
+        # hash still matches, the prefix does not.
+        execute(
+            uk,
+            "audit",
+            "SET session_replication_role = replica;"
+            " UPDATE log_entries SET content = content || '\\x00'::bytea"
+            " WHERE tenant_id = %s AND seq = 2",
+            tenant,
+        )
+        with pytest.raises(tenant_move.MoveRefused, match="does not extend"):
+            mover.move("uk")
+        move = mover.directory.move_of(tenant)
+        assert move is not None and move["outcome"] == "done", "no new move recorded"
     finally:
         mover.close()
